@@ -1,0 +1,285 @@
+//! Typed configuration for every runnel service and the CLI.
+//!
+//! Layers, lowest to highest: the embedded defaults (`config/runnel.toml`, compiled in),
+//! then files given on the command line, then `RUNNEL__SECTION__KEY` environment variables.
+//! Tables merge key by key; arrays (such as `streams`) are replaced whole by a higher layer.
+//! Unknown keys are rejected with the key's dotted path and the layer that set it.
+#![warn(missing_docs)]
+
+mod layers;
+mod model;
+
+pub use layers::{ConfigLayer, ENV_PREFIX};
+pub use model::{
+    Config, EmbeddedLogConfig, FieldConfig, FieldType, KafkaLogConfig, LogBackend, LogConfig,
+    StorageConfig, StreamConfig,
+};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The embedded defaults: the contents of `config/runnel.toml`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/runnel.toml");
+
+/// The one configuration version this build reads.
+pub const CONFIG_VERSION: &str = "1";
+
+/// Everything that can go wrong while loading configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A config file could not be read.
+    #[error("read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A layer is not valid TOML.
+    #[error("parse {origin}: {message}")]
+    Parse {
+        /// Which layer: a file path, "embedded defaults" or an environment variable.
+        origin: String,
+        /// The parser's message, with line and column where it has them.
+        message: String,
+    },
+    /// A value has the wrong type, a key is unknown, or a required key is missing.
+    #[error("invalid config at `{path}` (from {origin}): {message}")]
+    Invalid {
+        /// Dotted path of the offending key, e.g. `storage.log.backend`.
+        path: String,
+        /// Which layer set it.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The `version` key names a version this build does not read.
+    #[error("unsupported config version {found} (this build reads version \"{CONFIG_VERSION}\")")]
+    Version {
+        /// What the config said.
+        found: String,
+    },
+    /// The values are well-typed but contradict each other.
+    #[error("invalid config at `{path}`: {message}")]
+    Semantic {
+        /// Dotted path of the offending key.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the embedded defaults, then `files` in order, then `RUNNEL__*` variables of `env`.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConfigError`] that names the file or variable and the key at fault.
+    pub fn load(files: &[PathBuf], env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut layers = vec![ConfigLayer::from_toml("embedded defaults", DEFAULT_CONFIG_TOML)?];
+        for path in files {
+            layers.push(ConfigLayer::from_file(path)?);
+        }
+        if let Some(env_layer) = ConfigLayer::from_env(env)? {
+            layers.push(env_layer);
+        }
+        Config::from_layers(layers)
+    }
+
+    /// Loads only the embedded defaults.
+    ///
+    /// # Panics
+    ///
+    /// Panics if the embedded defaults are invalid, which a unit test rules out.
+    pub fn embedded_defaults() -> Config {
+        Config::load(&[], &HashMap::new()).expect("embedded defaults are valid (tested)")
+    }
+
+    /// Merges `layers` (lowest first), then deserializes and validates the result.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConfigError`] naming the key and the layer that set it.
+    pub fn from_layers(layers: Vec<ConfigLayer>) -> Result<Config, ConfigError> {
+        let merged = layers::merge(layers)?;
+        let mut table = merged.table;
+        let version = table.remove("version");
+        match &version {
+            Some(toml::Value::String(s)) if s == CONFIG_VERSION => {}
+            Some(toml::Value::Integer(1)) => {}
+            Some(other) => {
+                return Err(ConfigError::Version {
+                    found: other.to_string(),
+                });
+            }
+            None => {
+                return Err(ConfigError::Version {
+                    found: "(missing `version` key)".to_string(),
+                });
+            }
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let origin = merged.origins.origin_of(&path);
+                ConfigError::Invalid {
+                    path,
+                    origin,
+                    message: error.into_inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_with(file_toml: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut layers = vec![ConfigLayer::from_toml("embedded defaults", DEFAULT_CONFIG_TOML)?];
+        layers.push(ConfigLayer::from_toml("test.toml", file_toml)?);
+        if let Some(layer) = ConfigLayer::from_env(&env(env_pairs))? {
+            layers.push(layer);
+        }
+        Config::from_layers(layers)
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let config = Config::embedded_defaults();
+        assert_eq!(config.storage.log.backend, LogBackend::Embedded);
+        let clicks = config.stream("clicks").expect("clicks stream declared");
+        assert_eq!(clicks.partitions, 4);
+        assert_eq!(clicks.event_time, "event_time");
+        assert_eq!(clicks.key.as_deref(), Some("user_id"));
+        assert_eq!(
+            config.storage.log.embedded.retention_age,
+            std::time::Duration::from_secs(7 * 86400)
+        );
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_and_parses_values() {
+        let config = Config::load(
+            &[],
+            &env(&[
+                ("RUNNEL__STORAGE__LOG__BACKEND", "kafka"),
+                (
+                    "RUNNEL__STORAGE__LOG__KAFKA__BOOTSTRAP_SERVERS",
+                    "10.0.0.1:9093",
+                ),
+                ("RUNNEL__STORAGE__LOG__EMBEDDED__SEGMENT_BYTES", "1048576"),
+                ("RUNNEL__STREAMS__0__PARTITIONS", "8"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("valid overrides");
+        assert_eq!(config.storage.log.backend, LogBackend::Kafka);
+        assert_eq!(config.storage.log.kafka.bootstrap_servers, "10.0.0.1:9093");
+        assert_eq!(config.storage.log.embedded.segment_bytes, 1 << 20);
+        assert_eq!(config.streams[0].partitions, 8);
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named_with_its_file() {
+        let err = load_with("[storage.log]\nbackedn = \"kafka\"\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("backedn"), "{msg}");
+        assert!(msg.contains("storage.log"), "{msg}");
+        assert!(msg.contains("test.toml"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_in_env_is_named_with_its_variable() {
+        let err = load_with("", &[("RUNNEL__STORAGE__COLOUR", "blue")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("colour"), "{msg}");
+        assert!(msg.contains("RUNNEL__STORAGE__COLOUR"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = load_with("[[streams]]\nname = \"a\"\npartitions = \"many\"\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n", &[])
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("streams[0].partitions"), "{msg}");
+        assert!(msg.contains("test.toml"), "{msg}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_file_and_line() {
+        let err = ConfigLayer::from_toml("bad.toml", "[storage\nx = 1").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bad.toml"), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_version_is_refused() {
+        let err = load_with("version = \"2\"", &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Version { .. }), "{err}");
+    }
+
+    #[test]
+    fn streams_are_validated() {
+        let cases = [
+            (
+                "[[streams]]\nname = \"s\"\npartitions = 0\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n",
+                "streams[0].partitions",
+            ),
+            (
+                "[[streams]]\nname = \"s\"\npartitions = 1\nevent-time = \"missing\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n",
+                "streams[0].event-time",
+            ),
+            (
+                "[[streams]]\nname = \"s\"\npartitions = 1\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"string\" }]\n",
+                "streams[0].event-time",
+            ),
+            (
+                "[[streams]]\nname = \"s\"\npartitions = 1\nevent-time = \"t\"\nkey = \"k\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n",
+                "streams[0].key",
+            ),
+            (
+                "[[streams]]\nname = \"s/x\"\npartitions = 1\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n",
+                "streams[0].name",
+            ),
+            (
+                "[[streams]]\nname = \"s\"\npartitions = 1\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }, { name = \"t\", type = \"int64\" }]\n",
+                "streams[0].schema[1].name",
+            ),
+        ];
+        for (toml_text, path) in cases {
+            let err = load_with(toml_text, &[]).unwrap_err();
+            match err {
+                ConfigError::Semantic { path: got, .. } => assert_eq!(got, path, "{toml_text}"),
+                other => panic!("expected a semantic error at {path}, got {other}"),
+            }
+        }
+        let err = load_with(
+            "[[streams]]\nname = \"s\"\npartitions = 1\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n[[streams]]\nname = \"s\"\npartitions = 1\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate stream"), "{err}");
+    }
+
+    #[test]
+    fn file_streams_replace_default_streams() {
+        let config = load_with(
+            "[[streams]]\nname = \"orders\"\npartitions = 2\nevent-time = \"ts\"\nschema = [{ name = \"ts\", type = \"int64\" }]\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.streams.len(), 1);
+        assert_eq!(config.streams[0].name, "orders");
+    }
+}

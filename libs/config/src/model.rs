@@ -1,0 +1,255 @@
+//! The typed configuration structs, one section per concern, and their validation.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ConfigError;
+
+/// The whole runnel configuration (version "1").
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// Where the log, history and checkpoints are stored.
+    pub storage: StorageConfig,
+    /// The declared event streams. Each stream is a topic of the log.
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+}
+
+/// The storage layer: the log and the object store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Root folder for local state (the embedded log lives in `<data-dir>/log`).
+    pub data_dir: PathBuf,
+    /// Object store for history, checkpoints and batch views: `file://...` or `s3://...`.
+    pub object_store_url: String,
+    /// The partitioned log.
+    pub log: LogConfig,
+}
+
+/// Which log backend to use, and the settings of each.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LogConfig {
+    /// `embedded` (local segment files) or `kafka`.
+    pub backend: LogBackend,
+    /// Settings of the embedded backend.
+    pub embedded: EmbeddedLogConfig,
+    /// Settings of the Kafka backend.
+    pub kafka: KafkaLogConfig,
+}
+
+/// The log backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogBackend {
+    /// Partitioned segment files on local disk.
+    Embedded,
+    /// A Kafka-protocol cluster, through rdkafka.
+    Kafka,
+}
+
+/// Settings of the embedded log.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EmbeddedLogConfig {
+    /// Folder of the segment files; defaults to `<data-dir>/log`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// A segment rolls once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// One index entry is written per this many bytes of records.
+    pub index_interval_bytes: u32,
+    /// Oldest segments of a partition are deleted while the partition holds more than this.
+    pub retention_bytes: u64,
+    /// Segments whose newest record was appended longer ago than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_check_interval: Duration,
+}
+
+/// Settings of the Kafka backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaLogConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Client id sent to the brokers.
+    pub client_id: String,
+    /// Replication factor of topics runnel creates.
+    pub replication_factor: i32,
+    /// Timeout of metadata, admin and commit requests.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Extra librdkafka properties passed to every client, e.g. `security.protocol`.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A declared stream: a topic of the log with a schema.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Stream and topic name: letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// Number of log partitions.
+    pub partitions: u32,
+    /// Field whose value is the record key (partitioning); none means round robin.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Field that holds the event time; must be a `timestamp` or `int64` (epoch milliseconds).
+    pub event_time: String,
+    /// Fields, in order.
+    pub schema: Vec<FieldConfig>,
+}
+
+/// One field of a stream's schema.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FieldConfig {
+    /// Field name.
+    pub name: String,
+    /// Field type.
+    #[serde(rename = "type")]
+    pub field_type: FieldType,
+    /// Whether the field may be absent or null.
+    #[serde(default)]
+    pub nullable: bool,
+}
+
+/// The field types a stream schema may declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer.
+    #[serde(alias = "int", alias = "bigint", alias = "long")]
+    Int64,
+    /// 64-bit float.
+    #[serde(alias = "double", alias = "float")]
+    Float64,
+    /// Boolean.
+    #[serde(alias = "boolean")]
+    Bool,
+    /// Instant, millisecond precision: RFC 3339 text or epoch milliseconds.
+    Timestamp,
+}
+
+impl Config {
+    /// Returns the declared stream called `name`.
+    pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|stream| stream.name == name)
+    }
+
+    /// Returns the folder of the embedded log.
+    pub fn embedded_log_dir(&self) -> PathBuf {
+        self.storage
+            .log
+            .embedded
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.storage.data_dir.join("log"))
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let semantic = |path: String, message: String| ConfigError::Semantic { path, message };
+        let embedded = &self.storage.log.embedded;
+        if embedded.segment_bytes < 4096 {
+            return Err(semantic(
+                "storage.log.embedded.segment-bytes".to_string(),
+                format!("must be at least 4096, got {}", embedded.segment_bytes),
+            ));
+        }
+        if embedded.index_interval_bytes == 0 {
+            return Err(semantic(
+                "storage.log.embedded.index-interval-bytes".to_string(),
+                "must be positive".to_string(),
+            ));
+        }
+        let url = &self.storage.object_store_url;
+        if !(url.starts_with("file://") || url.starts_with("s3://") || url.starts_with("memory://"))
+        {
+            return Err(semantic(
+                "storage.object-store-url".to_string(),
+                format!("`{url}` must start with file://, s3:// or memory://"),
+            ));
+        }
+        let mut stream_names = HashSet::new();
+        for (stream_idx, stream) in self.streams.iter().enumerate() {
+            let at = |key: &str| format!("streams[{stream_idx}].{key}");
+            if !is_valid_name(&stream.name) {
+                return Err(semantic(
+                    at("name"),
+                    format!(
+                        "`{}` must be 1-200 letters, digits, `.`, `_` or `-`",
+                        stream.name
+                    ),
+                ));
+            }
+            if !stream_names.insert(stream.name.as_str()) {
+                return Err(semantic(
+                    at("name"),
+                    format!("duplicate stream `{}`", stream.name),
+                ));
+            }
+            if stream.partitions == 0 {
+                return Err(semantic(
+                    at("partitions"),
+                    "must be at least 1".to_string(),
+                ));
+            }
+            let mut field_names = HashSet::new();
+            for (field_idx, field) in stream.schema.iter().enumerate() {
+                if field.name.is_empty() || !field_names.insert(field.name.as_str()) {
+                    return Err(semantic(
+                        at(&format!("schema[{field_idx}].name")),
+                        format!("empty or duplicate field name `{}`", field.name),
+                    ));
+                }
+            }
+            let field = |name: &str| stream.schema.iter().find(|field| field.name == name);
+            match field(&stream.event_time) {
+                None => {
+                    return Err(semantic(
+                        at("event-time"),
+                        format!("`{}` is not a field of the schema", stream.event_time),
+                    ));
+                }
+                Some(f) if !matches!(f.field_type, FieldType::Timestamp | FieldType::Int64) => {
+                    return Err(semantic(
+                        at("event-time"),
+                        format!(
+                            "field `{}` has type {:?}; the event time must be timestamp or int64",
+                            f.name, f.field_type
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(key) = &stream.key
+                && field(key).is_none()
+            {
+                return Err(semantic(
+                    at("key"),
+                    format!("`{key}` is not a field of the schema"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
