@@ -1,1 +1,257 @@
-//! placeholder
+//! The partitioned log that every runnel service stands on.
+//!
+//! Records are (topic, partition, offset, timestamp, key, value, headers). The [`Log`] trait
+//! produces (batch append, returning offsets) and consumes (readers from an offset, seek by
+//! timestamp, earliest/latest offsets, committed offsets per consumer group). Two backends
+//! implement it and pass one conformance suite (`tests/log.rs`):
+//! - [`EmbeddedLog`], the default: checksummed segment files on local disk, acknowledged
+//!   only once fsynced (with group commit), recovered after a crash by truncating a torn tail.
+//! - [`KafkaLog`]: a Kafka-protocol cluster through rdkafka.
+//!
+//! Both place keyed records with Kafka's default partitioner ([`partition_for_key`], murmur2),
+//! so runnel and any Kafka producer agree on where a key lives.
+#![warn(missing_docs)]
+
+mod embedded;
+mod error;
+mod kafka;
+mod partitioner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use runnel_config::{Config, LogBackend};
+
+pub use embedded::EmbeddedLog;
+pub use error::LogError;
+pub use kafka::KafkaLog;
+pub use partitioner::{Partitioner, murmur2, partition_for_key};
+
+/// A record header: a name and an opaque value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Header name.
+    pub key: String,
+    /// Header value.
+    pub value: Bytes,
+}
+
+/// A record to append. The log assigns its partition (unless given) and offset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProduceRecord {
+    /// Partitioning key; `None` spreads records round robin.
+    pub key: Option<Bytes>,
+    /// Payload.
+    pub value: Bytes,
+    /// Record timestamp, epoch milliseconds (usually the event time).
+    pub timestamp: i64,
+    /// Headers, in order.
+    pub headers: Vec<Header>,
+    /// Explicit partition; overrides the key's partition.
+    pub partition: Option<u32>,
+}
+
+/// A record read from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Topic it was read from.
+    pub topic: Arc<str>,
+    /// Partition it was read from.
+    pub partition: u32,
+    /// Its offset in the partition.
+    pub offset: u64,
+    /// Timestamp, epoch milliseconds.
+    pub timestamp: i64,
+    /// Key, if it had one.
+    pub key: Option<Bytes>,
+    /// Payload.
+    pub value: Bytes,
+    /// Headers, in order.
+    pub headers: Vec<Header>,
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordPosition {
+    /// Partition.
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+}
+
+/// Where a new reader starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOffset {
+    /// The oldest retained record.
+    Earliest,
+    /// The next record to be appended.
+    Latest,
+    /// This offset (the next record read has it).
+    At(u64),
+}
+
+/// The log: one trait over every backend.
+///
+/// Offsets are dense per partition and start at 0. A committed offset is, as in Kafka, the
+/// offset of the next record the group will read.
+#[async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Creates `topic` with `partitions` partitions, or checks that it exists with that many.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::PartitionMismatch`] if it exists with another count; backend errors.
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError>;
+
+    /// Returns the number of partitions of `topic`.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::UnknownTopic`]; backend errors.
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError>;
+
+    /// Appends `records` and returns, in input order, where each one landed.
+    ///
+    /// Returns only once every record is durable (embedded: fsynced; Kafka: acknowledged
+    /// by all in-sync replicas). Records with the same key keep their relative order.
+    ///
+    /// # Errors
+    ///
+    /// Unknown topic or partition, oversized record, I/O or broker failure. On error, some
+    /// records may have been written; none of them was acknowledged.
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>, LogError>;
+
+    /// Opens a reader of one partition.
+    ///
+    /// # Errors
+    ///
+    /// Unknown topic or partition, an offset out of range, backend errors.
+    async fn reader(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartOffset,
+    ) -> Result<Box<dyn PartitionReader>, LogError>;
+
+    /// Returns the offset of the oldest retained record (the next offset if empty).
+    ///
+    /// # Errors
+    ///
+    /// Unknown topic or partition; backend errors.
+    async fn earliest_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
+
+    /// Returns the offset the next appended record will get (the high watermark).
+    ///
+    /// # Errors
+    ///
+    /// Unknown topic or partition; backend errors.
+    async fn latest_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError>;
+
+    /// Returns the offset of the first record whose timestamp is at or after `timestamp`,
+    /// or `None` if there is none yet (Kafka's `offsets_for_times`).
+    ///
+    /// # Errors
+    ///
+    /// Unknown topic or partition; backend errors.
+    async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<u64>, LogError>;
+
+    /// Durably records, for consumer group `group`, the next offset to read per partition.
+    ///
+    /// # Errors
+    ///
+    /// Invalid group name, unknown topic; backend errors.
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), LogError>;
+
+    /// Returns the offset `group` committed for a partition, if it committed one.
+    ///
+    /// # Errors
+    ///
+    /// Invalid group name, unknown topic; backend errors.
+    async fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError>;
+}
+
+/// A cursor over one partition.
+///
+/// `next_batch` is cancel-safe: if its future is dropped, no record is lost; the next call
+/// returns what the dropped one would have.
+#[async_trait]
+pub trait PartitionReader: Send {
+    /// Returns up to `max_records` records from the current position, waiting up to
+    /// `max_wait` for the first one. Returns an empty batch if none arrived in time.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Corrupt`] naming the file and position of a record that fails its
+    /// checksum; [`LogError::OffsetOutOfRange`] if retention removed the position; backend errors.
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Record>, LogError>;
+
+    /// Returns the offset of the next record this reader will return.
+    fn position(&self) -> u64;
+
+    /// Moves the reader so that the next record returned has offset `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::OffsetOutOfRange`]; backend errors.
+    async fn seek(&mut self, offset: u64) -> Result<(), LogError>;
+}
+
+/// Opens the log backend that `config` selects.
+///
+/// # Errors
+///
+/// I/O and recovery errors of the embedded log; client creation errors of the Kafka backend.
+pub async fn open_log(config: &Config) -> Result<Arc<dyn Log>, LogError> {
+    match config.storage.log.backend {
+        LogBackend::Embedded => {
+            let log =
+                EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded).await?;
+            Ok(Arc::new(log))
+        }
+        LogBackend::Kafka => Ok(Arc::new(KafkaLog::new(&config.storage.log.kafka)?)),
+    }
+}
+
+/// Checks a topic or group name: 1-200 letters, digits, `.`, `_`, `-` (safe as a path segment).
+pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<(), LogError> {
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(LogError::InvalidName {
+            kind,
+            name: name.to_string(),
+        })
+    }
+}

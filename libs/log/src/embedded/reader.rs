@@ -1,0 +1,153 @@
+//! The embedded backend's partition reader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::format;
+use super::partition::PartitionShared;
+use super::segment::{FrameCursor, Segment};
+use crate::{LogError, PartitionReader, Record};
+
+/// Reads one partition of the embedded log, from the segment files, durable records only.
+///
+/// Reads are positioned `pread`s of at most 256 KiB (more only for a larger record) from
+/// what is almost always the page cache, done inline: they stay well under the 500 µs an
+/// async task may block, and keep `next_batch` cancel-safe, since all state is updated
+/// before it returns.
+pub(crate) struct EmbeddedReader {
+    shared: Arc<PartitionShared>,
+    high_watermark: watch::Receiver<u64>,
+    /// The segment holding `next_offset`, once located.
+    segment: Option<Arc<Segment>>,
+    /// File position of the frame at or before `next_offset` in `segment`.
+    file_position: u64,
+    next_offset: u64,
+    cursor: FrameCursor,
+}
+
+impl EmbeddedReader {
+    pub(crate) fn new(shared: Arc<PartitionShared>, offset: u64) -> Result<EmbeddedReader, LogError> {
+        let high_watermark = shared.high_watermark.subscribe();
+        let mut reader = EmbeddedReader {
+            shared,
+            high_watermark,
+            segment: None,
+            file_position: 0,
+            next_offset: offset,
+            cursor: FrameCursor::default(),
+        };
+        reader.locate()?;
+        Ok(reader)
+    }
+
+    /// Finds the segment and index position of `next_offset`.
+    fn locate(&mut self) -> Result<(), LogError> {
+        let segment = self.shared.segment_for(self.next_offset)?;
+        self.file_position = segment.position_for_offset(self.next_offset);
+        self.segment = Some(segment);
+        self.cursor.clear();
+        Ok(())
+    }
+
+    /// Reads durable records below `high_watermark`, at most `max_records`.
+    fn read_durable(&mut self, max_records: usize, high_watermark: u64) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::with_capacity(max_records.min(4096));
+        if self.segment.is_none() {
+            self.locate()?;
+        }
+        while records.len() < max_records && self.next_offset < high_watermark {
+            let segment = Arc::clone(self.segment.as_ref().expect("located above"));
+            let limit = segment.durable_size();
+            let Some((frame, bytes)) = self
+                .cursor
+                .frame_at(&segment.file, self.file_position, limit)
+                .map_err(|error| error.into_corrupt(&segment.log_path))?
+            else {
+                // The end of this segment: move on to the one that starts where it ended.
+                match self.shared.segment_starting_at(segment.next_offset()) {
+                    Some(next) if !Arc::ptr_eq(&next, &segment) => {
+                        self.segment = Some(next);
+                        self.file_position = 0;
+                        self.cursor.clear();
+                        continue;
+                    }
+                    _ => break,
+                }
+            };
+            if frame.offset < self.next_offset {
+                // Scanning forward from an index entry to the wanted offset.
+                self.file_position += frame.frame_len as u64;
+                continue;
+            }
+            if frame.offset != self.next_offset {
+                return Err(LogError::Corrupt {
+                    path: segment.log_path.clone(),
+                    position: self.file_position,
+                    reason: format!(
+                        "record has offset {} where {} was expected",
+                        frame.offset, self.next_offset
+                    ),
+                });
+            }
+            records.push(Record {
+                topic: Arc::clone(&self.shared.topic),
+                partition: self.shared.id,
+                offset: frame.offset,
+                timestamp: frame.timestamp,
+                key: frame.key.clone().map(|range| bytes.slice(range)),
+                value: bytes.slice(frame.value.clone()),
+                headers: if frame.headers.is_empty() {
+                    Vec::new()
+                } else {
+                    format::headers_from(&bytes, &frame)
+                },
+            });
+            self.file_position += frame.frame_len as u64;
+            self.next_offset += 1;
+        }
+        Ok(records)
+    }
+}
+
+#[async_trait]
+impl PartitionReader for EmbeddedReader {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Record>, LogError> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let high_watermark = *self.high_watermark.borrow_and_update();
+            if self.next_offset < high_watermark {
+                let records = self.read_durable(max_records, high_watermark)?;
+                if !records.is_empty() || max_records == 0 {
+                    return Ok(records);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.high_watermark.changed()).await {
+                Err(_elapsed) => return Ok(Vec::new()),
+                Ok(Err(_closed)) => return Err(LogError::Closed),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.next_offset
+    }
+
+    async fn seek(&mut self, offset: u64) -> Result<(), LogError> {
+        let previous = self.next_offset;
+        self.next_offset = offset;
+        if let Err(error) = self.locate() {
+            self.next_offset = previous;
+            return Err(error);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! The log's error type.
+
+use std::path::PathBuf;
+
+/// Everything a log operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The topic does not exist.
+    #[error("unknown topic `{0}`")]
+    UnknownTopic(String),
+    /// The partition does not exist.
+    #[error("topic `{topic}` has {partitions} partitions; partition {partition} does not exist")]
+    UnknownPartition {
+        /// Topic.
+        topic: String,
+        /// Requested partition.
+        partition: u32,
+        /// How many partitions the topic has.
+        partitions: u32,
+    },
+    /// The topic exists with another partition count.
+    #[error("topic `{topic}` exists with {existing} partitions, not {requested}")]
+    PartitionMismatch {
+        /// Topic.
+        topic: String,
+        /// Its partition count.
+        existing: u32,
+        /// The requested count.
+        requested: u32,
+    },
+    /// A topic or group name that is empty, too long or has characters outside `[A-Za-z0-9._-]`.
+    #[error("invalid {kind} name `{name}`: use 1-200 letters, digits, `.`, `_` or `-`")]
+    InvalidName {
+        /// "topic" or "consumer group".
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The offset is not (or no longer) in the partition.
+    #[error("offset {offset} of {topic}/{partition} is out of range [{earliest}, {latest}]")]
+    OffsetOutOfRange {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Requested offset.
+        offset: u64,
+        /// Oldest retained offset.
+        earliest: u64,
+        /// Next offset to be written.
+        latest: u64,
+    },
+    /// A record is larger than the log accepts.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A stored record fails its checksum or is malformed, somewhere other than a torn tail.
+    #[error("corrupt log file {} at byte {position}: {reason}", path.display())]
+    Corrupt {
+        /// The segment file.
+        path: PathBuf,
+        /// Byte position of the bad record.
+        position: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done, e.g. "fsync segment".
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A partition refuses appends after a write or fsync failed, since what reached the
+    /// disk is unknown; reopening the log recovers it.
+    #[error("partition {topic}/{partition} refuses writes after an earlier failure: {reason}")]
+    Poisoned {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The earlier failure.
+        reason: String,
+    },
+    /// The log was closed.
+    #[error("the log is closed")]
+    Closed,
+    /// The Kafka client or broker reported an error.
+    #[error("kafka: {action}: {source}")]
+    Kafka {
+        /// What was being done.
+        action: String,
+        /// The client's error.
+        source: rdkafka::error::KafkaError,
+    },
+    /// The Kafka cluster answered something runnel cannot use.
+    #[error("kafka: {0}")]
+    KafkaProtocol(String),
+}
+
+impl LogError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LogError {
+        let path = path.into();
+        move |source| LogError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Crash tests of the embedded backend (being written).

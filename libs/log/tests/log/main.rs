@@ -1,0 +1,10 @@
+//! The log's integration tests: one conformance suite run against every backend, and the
+//! embedded backend's crash tests. One test binary for the crate.
+//!
+//! The Kafka half needs a Kafka-protocol broker at `KAFKA_BOOTSTRAP`. Without it the Kafka
+//! tests print a notice and pass, unless `RUNNEL_REQUIRE_KAFKA=1` (set by `scripts/test.sh`
+//! and so in CI), where a missing broker fails them.
+
+mod conformance;
+mod embedded_crash;
+mod fixtures;
