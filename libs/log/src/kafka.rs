@@ -1,33 +1,566 @@
-//! The Kafka backend, through rdkafka (being written).
+//! The Kafka backend, through rdkafka (bundled librdkafka).
+//!
+//! The producer is idempotent with `acks=all`; runnel chooses every record's partition
+//! itself with Kafka's default partitioner (murmur2 of the key), so keyed records land
+//! where any Kafka producer would put them. Readers are assign-mode consumers on one
+//! partition (no group membership); committed offsets go through a per-group client that
+//! commits without joining the group, so nothing depends on group rebalancing or on
+//! broker transactions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use runnel_config::KafkaLogConfig;
+use tracing::info;
 
-use crate::{Log, LogError, PartitionReader, ProduceRecord, RecordPosition, StartOffset};
+use crate::{
+    Header, Log, LogError, PartitionReader, Partitioner, ProduceRecord, Record, RecordPosition,
+    StartOffset, check_name,
+};
+
+/// Largest message the producer sends (librdkafka's `message.max.bytes`).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 /// The log over a Kafka-protocol cluster.
-pub struct KafkaLog {}
+pub struct KafkaLog {
+    config: KafkaLogConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// For metadata, watermarks and time lookups; never assigned or subscribed.
+    metadata_client: Arc<BaseConsumer>,
+    /// One commit client per consumer group.
+    group_clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    partitioner: Partitioner,
+}
+
+fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) -> LogError {
+    let action = action.into();
+    move |source| LogError::Kafka { action, source }
+}
 
 impl KafkaLog {
-    /// Creates the clients.
+    /// Creates the producer, admin and metadata clients. Connects lazily.
     ///
     /// # Errors
     ///
-    /// Client configuration errors.
-    pub fn new(_config: &KafkaLogConfig) -> Result<KafkaLog, LogError> {
-        unimplemented!("the Kafka backend is being written (issue 2)")
+    /// [`LogError::Kafka`] if librdkafka refuses the configuration.
+    pub fn new(config: &KafkaLogConfig) -> Result<KafkaLog, LogError> {
+        let producer: FutureProducer = base_client_config(config)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+            .set(
+                "message.timeout.ms",
+                config.request_timeout.as_millis().to_string(),
+            )
+            .create()
+            .map_err(kafka_error("create producer"))?;
+        let admin = base_client_config(config)
+            .create()
+            .map_err(kafka_error("create admin client"))?;
+        let metadata_client: BaseConsumer = consumer_config(config, "runnel-metadata")
+            .create()
+            .map_err(kafka_error("create metadata client"))?;
+        Ok(KafkaLog {
+            config: config.clone(),
+            producer,
+            admin,
+            metadata_client: Arc::new(metadata_client),
+            group_clients: Mutex::new(HashMap::new()),
+            partitioner: Partitioner::default(),
+        })
     }
+
+    /// Runs a blocking librdkafka call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&BaseConsumer) -> Result<T, LogError> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let client = Arc::clone(&self.metadata_client);
+        run_blocking(client, call).await
+    }
+
+    fn group_client(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut clients = self
+            .group_clients
+            .lock()
+            .expect("group_clients lock is never poisoned");
+        if let Some(client) = clients.get(group) {
+            return Ok(Arc::clone(client));
+        }
+        let client: BaseConsumer = consumer_config(&self.config, group)
+            .create()
+            .map_err(kafka_error(format!("create commit client for group {group}")))?;
+        let client = Arc::new(client);
+        clients.insert(group.to_string(), Arc::clone(&client));
+        Ok(client)
+    }
+
+    async fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
+        self.check_partition(topic, partition).await?;
+        let topic = topic.to_string();
+        let timeout = self.config.request_timeout;
+        self.blocking(move |client| {
+            let (low, high) = client
+                .fetch_watermarks(&topic, partition as i32, timeout)
+                .map_err(kafka_error(format!("fetch watermarks of {topic}/{partition}")))?;
+            Ok((low.max(0) as u64, high.max(0) as u64))
+        })
+        .await
+    }
+
+    async fn check_partition(&self, topic: &str, partition: u32) -> Result<u32, LogError> {
+        let partitions = self.partition_count(topic).await?;
+        if partition >= partitions {
+            return Err(LogError::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions,
+            });
+        }
+        Ok(partitions)
+    }
+}
+
+async fn run_blocking<T: Send + 'static>(
+    client: Arc<BaseConsumer>,
+    call: impl FnOnce(&BaseConsumer) -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(move || call(&client))
+        .await
+        .map_err(|join_error| LogError::KafkaProtocol(format!("client call panicked: {join_error}")))?
+}
+
+fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
+    let mut client_config = ClientConfig::new();
+    client_config
+        .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", &config.client_id)
+        .set(
+            "socket.timeout.ms",
+            config.request_timeout.as_millis().to_string(),
+        );
+    for (key, value) in &config.properties {
+        client_config.set(key, value);
+    }
+    client_config
+}
+
+fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientConfig {
+    let mut client_config = base_client_config(config);
+    client_config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error")
+        .set("allow.auto.create.topics", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+    client_config
 }
 
 #[async_trait]
 impl Log for KafkaLog {
-    async fn ensure_topic(&self, _topic: &str, _partitions: u32) -> Result<(), LogError> { unimplemented!() }
-    async fn partition_count(&self, _topic: &str) -> Result<u32, LogError> { unimplemented!() }
-    async fn append(&self, _topic: &str, _records: Vec<ProduceRecord>) -> Result<Vec<RecordPosition>, LogError> { unimplemented!() }
-    async fn reader(&self, _topic: &str, _partition: u32, _start: StartOffset) -> Result<Box<dyn PartitionReader>, LogError> { unimplemented!() }
-    async fn earliest_offset(&self, _topic: &str, _partition: u32) -> Result<u64, LogError> { unimplemented!() }
-    async fn latest_offset(&self, _topic: &str, _partition: u32) -> Result<u64, LogError> { unimplemented!() }
-    async fn offset_for_timestamp(&self, _topic: &str, _partition: u32, _timestamp: i64) -> Result<Option<u64>, LogError> { unimplemented!() }
-    async fn commit_offsets(&self, _group: &str, _topic: &str, _offsets: &[(u32, u64)]) -> Result<(), LogError> { unimplemented!() }
-    async fn committed_offset(&self, _group: &str, _topic: &str, _partition: u32) -> Result<Option<u64>, LogError> { unimplemented!() }
+    async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
+        check_name("topic", topic)?;
+        let new_topic = NewTopic::new(
+            topic,
+            partitions as i32,
+            TopicReplication::Fixed(self.config.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(self.config.request_timeout));
+        let results = self
+            .admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(kafka_error(format!("create topic {topic}")))?;
+        for result in results {
+            match result {
+                Ok(_) => info!(topic, partitions, "created kafka topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(LogError::Kafka {
+                        action: format!("create topic {name}"),
+                        source: KafkaError::AdminOp(code),
+                    });
+                }
+            }
+        }
+        // Metadata can lag creation; wait until every partition is visible.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        loop {
+            match self.partition_count(topic).await {
+                Ok(existing) if existing == partitions => return Ok(()),
+                Ok(existing) if existing > 0 && existing != partitions => {
+                    return Err(LogError::PartitionMismatch {
+                        topic: topic.to_string(),
+                        existing,
+                        requested: partitions,
+                    });
+                }
+                Ok(_) | Err(LogError::UnknownTopic(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(existing) => {
+                    return Err(LogError::KafkaProtocol(format!(
+                        "topic {topic} shows {existing} partitions after creation with {partitions}"
+                    )));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
+        check_name("topic", topic)?;
+        let topic = topic.to_string();
+        let timeout = self.config.request_timeout;
+        self.blocking(move |client| {
+            let metadata = client
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(kafka_error(format!("fetch metadata of {topic}")))?;
+            let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(LogError::UnknownTopic(topic));
+            };
+            if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
+                return Err(LogError::UnknownTopic(topic));
+            }
+            Ok(topic_metadata.partitions().len() as u32)
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        topic: &str,
+        records: Vec<ProduceRecord>,
+    ) -> Result<Vec<RecordPosition>, LogError> {
+        let partitions = self.partition_count(topic).await?;
+        let mut placed = Vec::with_capacity(records.len());
+        for record in &records {
+            let partition = match record.partition {
+                Some(partition) if partition >= partitions => {
+                    return Err(LogError::UnknownPartition {
+                        topic: topic.to_string(),
+                        partition,
+                        partitions,
+                    });
+                }
+                Some(partition) => partition,
+                None => self.partitioner.partition(record.key.as_deref(), partitions),
+            };
+            let size = record.value.len() + record.key.as_ref().map_or(0, Bytes::len);
+            if size > MAX_MESSAGE_BYTES {
+                return Err(LogError::RecordTooLarge {
+                    size,
+                    limit: MAX_MESSAGE_BYTES,
+                });
+            }
+            placed.push(partition);
+        }
+        // Sends are enqueued in input order (join_all polls in order), so records of one
+        // partition keep their order; idempotence keeps it across retries.
+        let sends = records.iter().zip(&placed).map(|(record, partition)| {
+            let mut future_record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .partition(*partition as i32)
+                .payload(&record.value[..])
+                .timestamp(record.timestamp);
+            if let Some(key) = &record.key {
+                future_record = future_record.key(&key[..]);
+            }
+            if !record.headers.is_empty() {
+                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+                for header in &record.headers {
+                    headers = headers.insert(rdkafka::message::Header {
+                        key: &header.key,
+                        value: Some(&header.value[..]),
+                    });
+                }
+                future_record = future_record.headers(headers);
+            }
+            self.producer.send(future_record, self.config.request_timeout)
+        });
+        let deliveries = futures::future::join_all(sends).await;
+        let mut positions = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match delivery {
+                Ok(delivery) => positions.push(RecordPosition {
+                    partition: delivery.partition as u32,
+                    offset: delivery.offset as u64,
+                }),
+                Err((error, _)) => {
+                    return Err(LogError::Kafka {
+                        action: format!("produce to {topic}"),
+                        source: error,
+                    });
+                }
+            }
+        }
+        Ok(positions)
+    }
+
+    async fn reader(
+        &self,
+        topic: &str,
+        partition: u32,
+        start: StartOffset,
+    ) -> Result<Box<dyn PartitionReader>, LogError> {
+        let (earliest, latest) = self.watermarks(topic, partition).await?;
+        let offset = match start {
+            StartOffset::Earliest => earliest,
+            StartOffset::Latest => latest,
+            StartOffset::At(offset) if offset < earliest || offset > latest => {
+                return Err(LogError::OffsetOutOfRange {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    earliest,
+                    latest,
+                });
+            }
+            StartOffset::At(offset) => offset,
+        };
+        let reader = KafkaReader::new(self.config.clone(), Arc::from(topic), partition, offset)?;
+        Ok(Box::new(reader))
+    }
+
+    async fn earliest_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        Ok(self.watermarks(topic, partition).await?.0)
+    }
+
+    async fn latest_offset(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        Ok(self.watermarks(topic, partition).await?.1)
+    }
+
+    async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+    ) -> Result<Option<u64>, LogError> {
+        self.check_partition(topic, partition).await?;
+        let topic = topic.to_string();
+        let timeout = self.config.request_timeout;
+        self.blocking(move |client| {
+            let mut query = TopicPartitionList::new();
+            query
+                .add_partition_offset(&topic, partition as i32, Offset::Offset(timestamp))
+                .map_err(kafka_error("build offsets_for_times query"))?;
+            let answer = client
+                .offsets_for_times(query, timeout)
+                .map_err(kafka_error(format!("look up time {timestamp} in {topic}/{partition}")))?;
+            let element = answer
+                .find_partition(&topic, partition as i32)
+                .ok_or_else(|| LogError::KafkaProtocol(format!("no answer for {topic}/{partition}")))?;
+            element
+                .error()
+                .map_err(kafka_error(format!("look up time {timestamp} in {topic}/{partition}")))?;
+            match element.offset() {
+                Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),
+                Offset::End | Offset::Invalid | Offset::Offset(_) => Ok(None),
+                other => Err(LogError::KafkaProtocol(format!(
+                    "unexpected offsets_for_times answer {other:?}"
+                ))),
+            }
+        })
+        .await
+    }
+
+    async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: &[(u32, u64)],
+    ) -> Result<(), LogError> {
+        check_name("consumer group", group)?;
+        for (partition, _) in offsets {
+            self.check_partition(topic, *partition).await?;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset(topic, *partition as i32, Offset::Offset(*offset as i64))
+                .map_err(kafka_error("build commit request"))?;
+        }
+        let client = self.group_client(group)?;
+        let action = format!("commit offsets of group {group} on {topic}");
+        run_blocking(client, move |client| {
+            client
+                .commit(&list, CommitMode::Sync)
+                .map_err(kafka_error(action))
+        })
+        .await
+    }
+
+    async fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<u64>, LogError> {
+        check_name("consumer group", group)?;
+        self.check_partition(topic, partition).await?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition(topic, partition as i32);
+        let client = self.group_client(group)?;
+        let timeout = self.config.request_timeout;
+        let topic = topic.to_string();
+        let action = format!("fetch committed offset of group {group} on {topic}/{partition}");
+        run_blocking(client, move |client| {
+            let answer = client
+                .committed_offsets(list, timeout)
+                .map_err(kafka_error(action.clone()))?;
+            let element = answer
+                .find_partition(&topic, partition as i32)
+                .ok_or_else(|| LogError::KafkaProtocol(format!("no answer for {topic}/{partition}")))?;
+            element.error().map_err(kafka_error(action))?;
+            match element.offset() {
+                Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+}
+
+/// Reads one partition through an assign-mode consumer.
+struct KafkaReader {
+    config: KafkaLogConfig,
+    consumer: StreamConsumer,
+    topic: Arc<str>,
+    partition: u32,
+    next_offset: u64,
+}
+
+impl KafkaReader {
+    fn new(
+        config: KafkaLogConfig,
+        topic: Arc<str>,
+        partition: u32,
+        offset: u64,
+    ) -> Result<KafkaReader, LogError> {
+        let consumer = assigned_consumer(&config, &topic, partition, offset)?;
+        Ok(KafkaReader {
+            config,
+            consumer,
+            topic,
+            partition,
+            next_offset: offset,
+        })
+    }
+
+    fn to_record(&self, message: &BorrowedMessage<'_>) -> Record {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| Header {
+                        key: header.key.to_string(),
+                        value: Bytes::copy_from_slice(header.value.unwrap_or_default()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: Arc::clone(&self.topic),
+            partition: self.partition,
+            offset: message.offset() as u64,
+            timestamp: message.timestamp().to_millis().unwrap_or(0),
+            key: message.key().map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+            headers,
+        }
+    }
+
+    fn consume_error(&self, error: KafkaError) -> LogError {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetOutOfRange) {
+            return LogError::OffsetOutOfRange {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                offset: self.next_offset,
+                earliest: 0,
+                latest: 0,
+            };
+        }
+        LogError::Kafka {
+            action: format!("consume {}/{}", self.topic, self.partition),
+            source: error,
+        }
+    }
+}
+
+fn assigned_consumer(
+    config: &KafkaLogConfig,
+    topic: &str,
+    partition: u32,
+    offset: u64,
+) -> Result<StreamConsumer, LogError> {
+    let consumer: StreamConsumer = consumer_config(config, "runnel-reader")
+        .create()
+        .map_err(kafka_error("create consumer"))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
+        .map_err(kafka_error("build assignment"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(kafka_error(format!("assign {topic}/{partition}")))?;
+    Ok(consumer)
+}
+
+#[async_trait]
+impl PartitionReader for KafkaReader {
+    async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<Vec<Record>, LogError> {
+        let mut records = Vec::new();
+        if max_records == 0 {
+            return Ok(records);
+        }
+        let first = match tokio::time::timeout(max_wait, self.consumer.recv()).await {
+            Err(_elapsed) => return Ok(records),
+            Ok(Err(error)) => return Err(self.consume_error(error)),
+            Ok(Ok(message)) => self.to_record(&message),
+        };
+        self.next_offset = first.offset + 1;
+        records.push(first);
+        while records.len() < max_records {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(message)) => {
+                    let record = self.to_record(&message);
+                    self.next_offset = record.offset + 1;
+                    records.push(record);
+                }
+                Some(Err(error)) => return Err(self.consume_error(error)),
+                None => break,
+            }
+        }
+        Ok(records)
+    }
+
+    fn position(&self) -> u64 {
+        self.next_offset
+    }
+
+    async fn seek(&mut self, offset: u64) -> Result<(), LogError> {
+        // A fresh consumer guarantees nothing prefetched from the old position is served.
+        self.consumer = assigned_consumer(&self.config, &self.topic, self.partition, offset)?;
+        self.next_offset = offset;
+        Ok(())
+    }
 }

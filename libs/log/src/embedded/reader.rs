@@ -54,8 +54,23 @@ impl EmbeddedReader {
     }
 
     /// Reads durable records below `high_watermark`, at most `max_records`.
+    ///
+    /// An error after some records were read returns those records; the error comes back
+    /// on the next call, since the position stays at the bad record.
     fn read_durable(&mut self, max_records: usize, high_watermark: u64) -> Result<Vec<Record>, LogError> {
         let mut records = Vec::with_capacity(max_records.min(4096));
+        match self.read_into(&mut records, max_records, high_watermark) {
+            Err(error) if records.is_empty() => Err(error),
+            _ => Ok(records),
+        }
+    }
+
+    fn read_into(
+        &mut self,
+        records: &mut Vec<Record>,
+        max_records: usize,
+        high_watermark: u64,
+    ) -> Result<(), LogError> {
         if self.segment.is_none() {
             self.locate()?;
         }
@@ -109,7 +124,7 @@ impl EmbeddedReader {
             self.file_position += frame.frame_len as u64;
             self.next_offset += 1;
         }
-        Ok(records)
+        Ok(())
     }
 }
 

@@ -1,6 +1,5 @@
 //! Backends under test: how to open, restart and name topics on each.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -122,12 +121,6 @@ impl Fixture {
         }
     }
 
-    pub(crate) fn embedded_dir(&self) -> PathBuf {
-        match self {
-            Fixture::Embedded { dir, .. } => dir.path().to_path_buf(),
-            Fixture::Kafka { .. } => panic!("not an embedded fixture"),
-        }
-    }
 }
 
 pub(crate) fn record(key: Option<&str>, value: &str, timestamp: i64) -> ProduceRecord {
