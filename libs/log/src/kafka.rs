@@ -101,9 +101,12 @@ impl KafkaLog {
         if let Some(client) = clients.get(group) {
             return Ok(Arc::clone(client));
         }
-        let client: BaseConsumer = consumer_config(&self.config, group)
-            .create()
-            .map_err(kafka_error(format!("create commit client for group {group}")))?;
+        let client: BaseConsumer =
+            consumer_config(&self.config, group)
+                .create()
+                .map_err(kafka_error(format!(
+                    "create commit client for group {group}"
+                )))?;
         let client = Arc::new(client);
         clients.insert(group.to_string(), Arc::clone(&client));
         Ok(client)
@@ -116,7 +119,9 @@ impl KafkaLog {
         self.blocking(move |client| {
             let (low, high) = client
                 .fetch_watermarks(&topic, partition as i32, timeout)
-                .map_err(kafka_error(format!("fetch watermarks of {topic}/{partition}")))?;
+                .map_err(kafka_error(format!(
+                    "fetch watermarks of {topic}/{partition}"
+                )))?;
             Ok((low.max(0) as u64, high.max(0) as u64))
         })
         .await
@@ -141,7 +146,9 @@ async fn run_blocking<T: Send + 'static>(
 ) -> Result<T, LogError> {
     tokio::task::spawn_blocking(move || call(&client))
         .await
-        .map_err(|join_error| LogError::KafkaProtocol(format!("client call panicked: {join_error}")))?
+        .map_err(|join_error| {
+            LogError::KafkaProtocol(format!("client call panicked: {join_error}"))
+        })?
 }
 
 fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
@@ -211,7 +218,9 @@ impl Log for KafkaLog {
                         requested: partitions,
                     });
                 }
-                Ok(_) | Err(LogError::UnknownTopic(_)) if tokio::time::Instant::now() < deadline => {
+                Ok(_) | Err(LogError::UnknownTopic(_))
+                    if tokio::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Ok(existing) => {
@@ -260,7 +269,9 @@ impl Log for KafkaLog {
                     });
                 }
                 Some(partition) => partition,
-                None => self.partitioner.partition(record.key.as_deref(), partitions),
+                None => self
+                    .partitioner
+                    .partition(record.key.as_deref(), partitions),
             };
             let size = record.value.len() + record.key.as_ref().map_or(0, Bytes::len);
             if size > MAX_MESSAGE_BYTES {
@@ -291,7 +302,8 @@ impl Log for KafkaLog {
                 }
                 future_record = future_record.headers(headers);
             }
-            self.producer.send(future_record, self.config.request_timeout)
+            self.producer
+                .send(future_record, self.config.request_timeout)
         });
         let deliveries = futures::future::join_all(sends).await;
         let mut positions = Vec::with_capacity(deliveries.len());
@@ -352,31 +364,63 @@ impl Log for KafkaLog {
         timestamp: i64,
     ) -> Result<Option<u64>, LogError> {
         self.check_partition(topic, partition).await?;
-        let topic = topic.to_string();
+        let query_topic = topic.to_string();
         let timeout = self.config.request_timeout;
-        self.blocking(move |client| {
-            let mut query = TopicPartitionList::new();
-            query
-                .add_partition_offset(&topic, partition as i32, Offset::Offset(timestamp))
-                .map_err(kafka_error("build offsets_for_times query"))?;
-            let answer = client
-                .offsets_for_times(query, timeout)
-                .map_err(kafka_error(format!("look up time {timestamp} in {topic}/{partition}")))?;
-            let element = answer
-                .find_partition(&topic, partition as i32)
-                .ok_or_else(|| LogError::KafkaProtocol(format!("no answer for {topic}/{partition}")))?;
-            element
-                .error()
-                .map_err(kafka_error(format!("look up time {timestamp} in {topic}/{partition}")))?;
-            match element.offset() {
-                Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),
-                Offset::End | Offset::Invalid | Offset::Offset(_) => Ok(None),
-                other => Err(LogError::KafkaProtocol(format!(
-                    "unexpected offsets_for_times answer {other:?}"
-                ))),
+        let answer = self
+            .blocking(move |client| {
+                let topic = query_topic;
+                let mut query = TopicPartitionList::new();
+                query
+                    .add_partition_offset(&topic, partition as i32, Offset::Offset(timestamp))
+                    .map_err(kafka_error("build offsets_for_times query"))?;
+                let answer = client
+                    .offsets_for_times(query, timeout)
+                    .map_err(kafka_error(format!(
+                        "look up time {timestamp} in {topic}/{partition}"
+                    )))?;
+                let element = answer
+                    .find_partition(&topic, partition as i32)
+                    .ok_or_else(|| {
+                        LogError::KafkaProtocol(format!("no answer for {topic}/{partition}"))
+                    })?;
+                element.error().map_err(kafka_error(format!(
+                    "look up time {timestamp} in {topic}/{partition}"
+                )))?;
+                match element.offset() {
+                    Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),
+                    Offset::End | Offset::Invalid | Offset::Offset(_) => Ok(None),
+                    other => Err(LogError::KafkaProtocol(format!(
+                        "unexpected offsets_for_times answer {other:?}"
+                    ))),
+                }
+            })
+            .await?;
+        let Some(offset) = answer else {
+            return Ok(None);
+        };
+        // Check the broker's answer against the record itself: some Kafka-protocol brokers
+        // (tansu 0.6) answer offset 0 instead of "none" when no record is that recent.
+        let mut reader =
+            KafkaReader::new(self.config.clone(), Arc::from(topic), partition, offset)?;
+        let records = reader.next_batch(1, self.config.request_timeout).await?;
+        match records.first() {
+            Some(record) if record.offset == offset && record.timestamp >= timestamp => {
+                Ok(Some(offset))
             }
-        })
-        .await
+            Some(record) if record.timestamp < timestamp => {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    offset,
+                    timestamp,
+                    "broker answered a record older than the time asked for; no record is that recent"
+                );
+                Ok(None)
+            }
+            _ => Err(LogError::KafkaProtocol(format!(
+                "offsets_for_times answered offset {offset} for time {timestamp} in {topic}/{partition}, but that record could not be read"
+            ))),
+        }
     }
 
     async fn commit_offsets(
@@ -424,7 +468,9 @@ impl Log for KafkaLog {
                 .map_err(kafka_error(action.clone()))?;
             let element = answer
                 .find_partition(&topic, partition as i32)
-                .ok_or_else(|| LogError::KafkaProtocol(format!("no answer for {topic}/{partition}")))?;
+                .ok_or_else(|| {
+                    LogError::KafkaProtocol(format!("no answer for {topic}/{partition}"))
+                })?;
             element.error().map_err(kafka_error(action))?;
             match element.offset() {
                 Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),

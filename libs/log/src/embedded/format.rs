@@ -107,7 +107,9 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Decoded {
     let body_len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     if !(BODY_FIXED_BYTES..=MAX_BODY_BYTES).contains(&body_len) {
         return Decoded::Invalid {
-            reason: format!("frame length {body_len} is outside [{BODY_FIXED_BYTES}, {MAX_BODY_BYTES}]"),
+            reason: format!(
+                "frame length {body_len} is outside [{BODY_FIXED_BYTES}, {MAX_BODY_BYTES}]"
+            ),
         };
     }
     let frame_len = FRAME_HEADER_BYTES + body_len;
@@ -121,7 +123,9 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Decoded {
     let computed_crc = crc32c::crc32c(body);
     if stored_crc != computed_crc {
         return Decoded::Invalid {
-            reason: format!("checksum mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"),
+            reason: format!(
+                "checksum mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"
+            ),
         };
     }
     match parse_body(body, FRAME_HEADER_BYTES) {
@@ -238,9 +242,7 @@ impl IndexEntry {
             .map(|chunk| IndexEntry {
                 relative_offset: u32::from_le_bytes(chunk[0..4].try_into().expect("4 bytes")),
                 position: u32::from_le_bytes(chunk[4..8].try_into().expect("4 bytes")),
-                max_timestamp_before: i64::from_le_bytes(
-                    chunk[8..16].try_into().expect("8 bytes"),
-                ),
+                max_timestamp_before: i64::from_le_bytes(chunk[8..16].try_into().expect("8 bytes")),
             })
             .collect();
         Some(entries)

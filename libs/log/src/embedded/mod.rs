@@ -304,8 +304,9 @@ impl Log for EmbeddedLog {
         let topic = self.topic(topic_name)?;
         let n_partitions = topic.partitions.len() as u32;
         // Per partition: the records and their positions in the input.
-        let mut by_partition: Vec<(Vec<ProduceRecord>, Vec<usize>)> =
-            (0..n_partitions).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut by_partition: Vec<(Vec<ProduceRecord>, Vec<usize>)> = (0..n_partitions)
+            .map(|_| (Vec::new(), Vec::new()))
+            .collect();
         let n_records = records.len();
         for (record_idx, record) in records.into_iter().enumerate() {
             check_record(&record)?;
@@ -371,12 +372,18 @@ impl Log for EmbeddedLog {
 
     async fn earliest_offset(&self, topic_name: &str, partition: u32) -> Result<u64, LogError> {
         let topic = self.topic(topic_name)?;
-        Ok(self.partition(topic_name, &topic, partition)?.shared.earliest_offset())
+        Ok(self
+            .partition(topic_name, &topic, partition)?
+            .shared
+            .earliest_offset())
     }
 
     async fn latest_offset(&self, topic_name: &str, partition: u32) -> Result<u64, LogError> {
         let topic = self.topic(topic_name)?;
-        Ok(self.partition(topic_name, &topic, partition)?.shared.latest_offset())
+        Ok(self
+            .partition(topic_name, &topic, partition)?
+            .shared
+            .latest_offset())
     }
 
     async fn offset_for_timestamp(
@@ -415,7 +422,10 @@ impl Log for EmbeddedLog {
             .map(|(partition, offset)| format!("{partition} {offset}\n"))
             .collect();
         let path = self.offsets_path(group, topic_name);
-        let group_dir = path.parent().expect("offsets path has a parent").to_path_buf();
+        let group_dir = path
+            .parent()
+            .expect("offsets path has a parent")
+            .to_path_buf();
         let offsets_root = self.dir.join(OFFSETS_DIR);
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&group_dir)
@@ -446,7 +456,10 @@ impl Log for EmbeddedLog {
         check_name("consumer group", group)?;
         let topic = self.topic(topic_name)?;
         self.partition(topic_name, &topic, partition)?;
-        Ok(self.load_committed(group, topic_name)?.get(&partition).copied())
+        Ok(self
+            .load_committed(group, topic_name)?
+            .get(&partition)
+            .copied())
     }
 }
 
@@ -459,7 +472,11 @@ fn check_record(record: &ProduceRecord) -> Result<(), LogError> {
             limit: format::MAX_BODY_BYTES,
         });
     }
-    if let Some(header) = record.headers.iter().find(|header| header.key.len() > usize::from(u16::MAX)) {
+    if let Some(header) = record
+        .headers
+        .iter()
+        .find(|header| header.key.len() > usize::from(u16::MAX))
+    {
         return Err(LogError::RecordTooLarge {
             size: header.key.len(),
             limit: usize::from(u16::MAX),

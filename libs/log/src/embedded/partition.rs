@@ -19,9 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use super::format::{self, IndexEntry};
-use super::segment::{
-    FrameCursor, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir,
-};
+use super::segment::{FrameCursor, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir};
 use crate::{LogError, ProduceRecord};
 
 /// The most bytes of records one group commit writes.
@@ -42,7 +40,10 @@ pub(crate) struct PartitionShared {
 
 impl PartitionShared {
     pub(crate) fn earliest_offset(&self) -> u64 {
-        self.segments.read().expect("segments lock is never poisoned")[0].base_offset
+        self.segments
+            .read()
+            .expect("segments lock is never poisoned")[0]
+            .base_offset
     }
 
     pub(crate) fn latest_offset(&self) -> u64 {
@@ -51,7 +52,10 @@ impl PartitionShared {
 
     /// Returns the segment holding `offset` (the active one if `offset` is the next to be written).
     pub(crate) fn segment_for(&self, offset: u64) -> Result<Arc<Segment>, LogError> {
-        let segments = self.segments.read().expect("segments lock is never poisoned");
+        let segments = self
+            .segments
+            .read()
+            .expect("segments lock is never poisoned");
         let latest = self.latest_offset();
         let earliest = segments[0].base_offset;
         if offset < earliest || offset > latest {
@@ -63,7 +67,10 @@ impl PartitionShared {
 
     /// Returns the segment that starts at `base_offset`, if there is one.
     pub(crate) fn segment_starting_at(&self, base_offset: u64) -> Option<Arc<Segment>> {
-        let segments = self.segments.read().expect("segments lock is never poisoned");
+        let segments = self
+            .segments
+            .read()
+            .expect("segments lock is never poisoned");
         segments
             .iter()
             .find(|segment| segment.base_offset == base_offset)
@@ -139,7 +146,11 @@ impl Partition {
     ) -> Result<Partition, LogError> {
         std::fs::create_dir_all(&dir).map_err(LogError::io("create partition folder", &dir))?;
         let (segments, write_file) = recover_segments(&dir, config)?;
-        let active = Arc::clone(segments.last().expect("recovery returns at least one segment"));
+        let active = Arc::clone(
+            segments
+                .last()
+                .expect("recovery returns at least one segment"),
+        );
         let (high_watermark, _) = watch::channel(active.next_offset());
         let shared = Arc::new(PartitionShared {
             topic,
@@ -156,7 +167,11 @@ impl Partition {
             size: active.durable_size(),
             next_offset: active.next_offset(),
             max_timestamp: active.max_timestamp.load(Ordering::Acquire),
-            bytes_since_index: if active.durable_size() == 0 { u64::MAX } else { 0 },
+            bytes_since_index: if active.durable_size() == 0 {
+                u64::MAX
+            } else {
+                0
+            },
             active,
             poisoned: None,
             buf: Vec::new(),
@@ -175,7 +190,10 @@ impl Partition {
     }
 
     pub(crate) fn send(&self, command: Command) -> Result<(), LogError> {
-        let commands = self.commands.lock().expect("commands lock is never poisoned");
+        let commands = self
+            .commands
+            .lock()
+            .expect("commands lock is never poisoned");
         match commands.as_ref() {
             Some(sender) => sender.send(command).map_err(|_| LogError::Closed),
             None => Err(LogError::Closed),
@@ -184,7 +202,12 @@ impl Partition {
 
     /// Stops the writer thread after it has handled what is queued, and waits for it.
     pub(crate) fn close(&self) {
-        drop(self.commands.lock().expect("commands lock is never poisoned").take());
+        drop(
+            self.commands
+                .lock()
+                .expect("commands lock is never poisoned")
+                .take(),
+        );
         let handle = self
             .writer_thread
             .lock()
@@ -325,7 +348,13 @@ fn open_sealed_segment(
         ));
     }
     warn!(path = %log_path.display(), "segment index missing or inconsistent, rebuilding it");
-    let scan = scan_segment(&file, &log_path, base, file_len, config.index_interval_bytes)?;
+    let scan = scan_segment(
+        &file,
+        &log_path,
+        base,
+        file_len,
+        config.index_interval_bytes,
+    )?;
     if let Some(error) = scan.stopped_by {
         // A sealed segment was fsynced whole before the next one was created.
         return Err(error.into_corrupt(&log_path));
@@ -366,7 +395,13 @@ fn open_active_segment(
         .metadata()
         .map_err(LogError::io("stat segment", &log_path))?
         .len();
-    let scan = scan_segment(&file, &log_path, base, file_len, config.index_interval_bytes)?;
+    let scan = scan_segment(
+        &file,
+        &log_path,
+        base,
+        file_len,
+        config.index_interval_bytes,
+    )?;
     if let Some(error) = scan.stopped_by {
         let torn = is_torn_tail(&file, &error, file_len)
             .map_err(LogError::io("read segment", &log_path))?;
@@ -477,10 +512,7 @@ impl Writer {
         // since every acknowledged byte is already fsynced.
     }
 
-    fn append_batch(
-        &mut self,
-        batch: &mut Vec<PendingAppend>,
-    ) {
+    fn append_batch(&mut self, batch: &mut Vec<PendingAppend>) {
         if let Some(reason) = &self.poisoned {
             for (_, reply) in batch.drain(..) {
                 let _ = reply.send(Err(self.poisoned_error(reason)));
@@ -496,9 +528,7 @@ impl Writer {
             for record in &records {
                 let frame_len = format::frame_size(record) as u64;
                 if self.size > 0 && self.size + frame_len > self.config.segment_bytes {
-                    result = self
-                        .flush(&mut new_index)
-                        .and_then(|()| self.roll());
+                    result = self.flush(&mut new_index).and_then(|()| self.roll());
                     if result.is_err() {
                         break;
                     }
@@ -641,7 +671,11 @@ impl Writer {
         let mut deleted = 0;
         loop {
             let candidate = {
-                let segments = self.shared.segments.read().expect("segments lock is never poisoned");
+                let segments = self
+                    .shared
+                    .segments
+                    .read()
+                    .expect("segments lock is never poisoned");
                 if segments.len() < 2 {
                     break;
                 }

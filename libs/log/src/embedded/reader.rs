@@ -30,7 +30,10 @@ pub(crate) struct EmbeddedReader {
 }
 
 impl EmbeddedReader {
-    pub(crate) fn new(shared: Arc<PartitionShared>, offset: u64) -> Result<EmbeddedReader, LogError> {
+    pub(crate) fn new(
+        shared: Arc<PartitionShared>,
+        offset: u64,
+    ) -> Result<EmbeddedReader, LogError> {
         let high_watermark = shared.high_watermark.subscribe();
         let mut reader = EmbeddedReader {
             shared,
@@ -57,7 +60,11 @@ impl EmbeddedReader {
     ///
     /// An error after some records were read returns those records; the error comes back
     /// on the next call, since the position stays at the bad record.
-    fn read_durable(&mut self, max_records: usize, high_watermark: u64) -> Result<Vec<Record>, LogError> {
+    fn read_durable(
+        &mut self,
+        max_records: usize,
+        high_watermark: u64,
+    ) -> Result<Vec<Record>, LogError> {
         let mut records = Vec::with_capacity(max_records.min(4096));
         match self.read_into(&mut records, max_records, high_watermark) {
             Err(error) if records.is_empty() => Err(error),

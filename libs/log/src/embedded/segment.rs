@@ -111,7 +111,10 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
 #[derive(Debug)]
 pub(crate) enum FrameError {
     /// The frame runs past the readable limit.
-    Truncated { position: u64, frame_len: Option<usize> },
+    Truncated {
+        position: u64,
+        frame_len: Option<usize>,
+    },
     /// The bytes are not a valid frame.
     Invalid { position: u64, reason: String },
     /// Reading the file failed.
@@ -122,7 +125,10 @@ impl FrameError {
     /// Converts to the error a reader reports: inside the durable region nothing may be torn.
     pub(crate) fn into_corrupt(self, path: &Path) -> LogError {
         match self {
-            FrameError::Truncated { position, frame_len } => LogError::Corrupt {
+            FrameError::Truncated {
+                position,
+                frame_len,
+            } => LogError::Corrupt {
                 path: path.to_path_buf(),
                 position,
                 reason: format!("record of {frame_len:?} bytes is cut short"),
@@ -178,7 +184,9 @@ impl FrameCursor {
                     let bytes = self.chunk.slice(relative..relative + frame.frame_len);
                     return Ok(Some((frame, bytes)));
                 }
-                Decoded::Invalid { reason } => return Err(FrameError::Invalid { position, reason }),
+                Decoded::Invalid { reason } => {
+                    return Err(FrameError::Invalid { position, reason });
+                }
                 Decoded::Incomplete { frame_len } => {
                     let needed = frame_len.unwrap_or(FRAME_HEADER_BYTES) as u64;
                     let available = (self.chunk.len() - relative) as u64;
@@ -188,7 +196,11 @@ impl FrameCursor {
                             frame_len,
                         });
                     }
-                    self.fill(file, position, needed.max(CHUNK_BYTES).min(limit - position))?;
+                    self.fill(
+                        file,
+                        position,
+                        needed.max(CHUNK_BYTES).min(limit - position),
+                    )?;
                 }
             }
         }
@@ -282,7 +294,11 @@ pub(crate) fn scan_segment(
 /// Torn: the frame header or frame runs past the end of the file, the bad frame is the
 /// last one in the file, or everything from it to the end is zero (blocks allocated but
 /// never written). Anything else, a bad frame with data after it, is corruption.
-pub(crate) fn is_torn_tail(file: &File, error: &FrameError, file_len: u64) -> Result<bool, std::io::Error> {
+pub(crate) fn is_torn_tail(
+    file: &File,
+    error: &FrameError,
+    file_len: u64,
+) -> Result<bool, std::io::Error> {
     let position = match error {
         FrameError::Truncated { .. } => return Ok(true),
         FrameError::Invalid { position, .. } => *position,

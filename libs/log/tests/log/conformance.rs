@@ -72,9 +72,19 @@ async fn offsets_are_dense_and_order_is_kept_per_partition(fixture: &mut Fixture
         }
     }
     for (partition, values) in expected {
-        let records = read_n(log.as_ref(), &topic, partition, StartOffset::Earliest, values.len()).await;
+        let records = read_n(
+            log.as_ref(),
+            &topic,
+            partition,
+            StartOffset::Earliest,
+            values.len(),
+        )
+        .await;
         let read: Vec<&str> = records.iter().map(value_str).collect();
-        assert_eq!(read, values, "partition {partition} reads back in append order");
+        assert_eq!(
+            read, values,
+            "partition {partition} reads back in append order"
+        );
         for (idx, read_record) in records.iter().enumerate() {
             assert_eq!(read_record.offset, idx as u64);
             assert_eq!(read_record.partition, partition);
@@ -88,10 +98,7 @@ async fn keys_are_placed_by_kafkas_murmur2(fixture: &mut Fixture) {
     let topic = fixture.topic("keys");
     log.ensure_topic(&topic, 5).await.expect("create topic");
     let keys: Vec<String> = (0..40).map(|idx| format!("user-{idx}")).collect();
-    let records = keys
-        .iter()
-        .map(|key| record(Some(key), "v", 1))
-        .collect();
+    let records = keys.iter().map(|key| record(Some(key), "v", 1)).collect();
     let positions = log.append(&topic, records).await.expect("append");
     for (key, position) in keys.iter().zip(&positions) {
         assert_eq!(
@@ -100,9 +107,14 @@ async fn keys_are_placed_by_kafkas_murmur2(fixture: &mut Fixture) {
             "key {key}"
         );
     }
-    let partitions: std::collections::HashSet<u32> =
-        positions.iter().map(|position| position.partition).collect();
-    assert!(partitions.len() > 1, "40 keys spread over several partitions");
+    let partitions: std::collections::HashSet<u32> = positions
+        .iter()
+        .map(|position| position.partition)
+        .collect();
+    assert!(
+        partitions.len() > 1,
+        "40 keys spread over several partitions"
+    );
 }
 
 async fn records_round_trip_with_headers_and_timestamps(fixture: &mut Fixture) {
@@ -150,7 +162,9 @@ async fn earliest_and_latest_offsets(fixture: &mut Fixture) {
     log.ensure_topic(&topic, 2).await.expect("create topic");
     assert_eq!(log.earliest_offset(&topic, 0).await.expect("earliest"), 0);
     assert_eq!(log.latest_offset(&topic, 0).await.expect("latest"), 0);
-    let records = (0..7).map(|idx| to_partition(0, &idx.to_string(), idx)).collect();
+    let records = (0..7)
+        .map(|idx| to_partition(0, &idx.to_string(), idx))
+        .collect();
     log.append(&topic, records).await.expect("append");
     assert_eq!(log.earliest_offset(&topic, 0).await.expect("earliest"), 0);
     assert_eq!(log.latest_offset(&topic, 0).await.expect("latest"), 7);
@@ -196,7 +210,10 @@ async fn seek_by_timestamp(fixture: &mut Fixture) {
             .offset_for_timestamp(&topic, 0, timestamp)
             .await
             .expect("offset_for_timestamp");
-        assert_eq!(found, expected, "first offset with timestamp >= {timestamp}");
+        assert_eq!(
+            found, expected,
+            "first offset with timestamp >= {timestamp}"
+        );
     }
     let offset = log
         .offset_for_timestamp(&topic, 0, 2001)
@@ -216,7 +233,9 @@ async fn committed_offsets_per_group(fixture: &mut Fixture) {
     let records = (0..10).map(|idx| to_partition(idx % 2, "x", 1)).collect();
     log.append(&topic, records).await.expect("append");
     assert_eq!(
-        log.committed_offset(&group_a, &topic, 0).await.expect("committed"),
+        log.committed_offset(&group_a, &topic, 0)
+            .await
+            .expect("committed"),
         None
     );
     log.commit_offsets(&group_a, &topic, &[(0, 3), (1, 5)])
@@ -228,18 +247,35 @@ async fn committed_offsets_per_group(fixture: &mut Fixture) {
     log.commit_offsets(&group_a, &topic, &[(0, 4)])
         .await
         .expect("commit again");
-    assert_eq!(log.committed_offset(&group_a, &topic, 0).await.expect("a0"), Some(4));
-    assert_eq!(log.committed_offset(&group_a, &topic, 1).await.expect("a1"), Some(5));
-    assert_eq!(log.committed_offset(&group_b, &topic, 0).await.expect("b0"), Some(1));
-    assert_eq!(log.committed_offset(&group_b, &topic, 1).await.expect("b1"), None);
+    assert_eq!(
+        log.committed_offset(&group_a, &topic, 0).await.expect("a0"),
+        Some(4)
+    );
+    assert_eq!(
+        log.committed_offset(&group_a, &topic, 1).await.expect("a1"),
+        Some(5)
+    );
+    assert_eq!(
+        log.committed_offset(&group_b, &topic, 0).await.expect("b0"),
+        Some(1)
+    );
+    assert_eq!(
+        log.committed_offset(&group_b, &topic, 1).await.expect("b1"),
+        None
+    );
     fixture.restart().await;
     let log = fixture.log();
     assert_eq!(
-        log.committed_offset(&group_a, &topic, 0).await.expect("after restart"),
+        log.committed_offset(&group_a, &topic, 0)
+            .await
+            .expect("after restart"),
         Some(4),
         "commits survive a restart"
     );
-    assert_eq!(log.committed_offset(&group_a, &topic, 1).await.expect("a1"), Some(5));
+    assert_eq!(
+        log.committed_offset(&group_a, &topic, 1).await.expect("a1"),
+        Some(5)
+    );
 }
 
 async fn restarted_consumer_resumes_where_it_committed(fixture: &mut Fixture) {
@@ -248,9 +284,14 @@ async fn restarted_consumer_resumes_where_it_committed(fixture: &mut Fixture) {
     {
         let log = fixture.log();
         log.ensure_topic(&topic, 1).await.expect("create topic");
-        let records = (0..100).map(|idx| to_partition(0, &format!("r{idx}"), idx)).collect();
+        let records = (0..100)
+            .map(|idx| to_partition(0, &format!("r{idx}"), idx))
+            .collect();
         log.append(&topic, records).await.expect("append");
-        let mut reader = log.reader(&topic, 0, StartOffset::Earliest).await.expect("reader");
+        let mut reader = log
+            .reader(&topic, 0, StartOffset::Earliest)
+            .await
+            .expect("reader");
         let first = read_n_from(reader.as_mut(), 40).await;
         assert_eq!(first.last().expect("40 records").offset, 39);
         log.commit_offsets(&group, &topic, &[(0, reader.position())])
@@ -311,7 +352,10 @@ async fn empty_and_huge_records(fixture: &mut Fixture) {
     // least keep the value empty and not invent bytes.
     assert!(records[1].key.as_ref().is_none_or(|key| key.is_empty()));
     assert_eq!(records[2].value.len(), 1 << 20);
-    assert!(records[2].value == huge, "1 MiB value round-trips byte for byte");
+    assert!(
+        records[2].value == huge,
+        "1 MiB value round-trips byte for byte"
+    );
     assert_eq!(value_str(&records[3]), "after the big one");
 }
 
@@ -339,7 +383,9 @@ async fn concurrent_readers_see_every_record_in_order(fixture: &mut Fixture) {
             .collect();
         log.append(&topic, records).await.expect("append");
     }
-    let expected: Vec<(u64, String)> = (0..TOTAL).map(|idx| (idx as u64, idx.to_string())).collect();
+    let expected: Vec<(u64, String)> = (0..TOTAL)
+        .map(|idx| (idx as u64, idx.to_string()))
+        .collect();
     for reader in readers {
         assert_eq!(reader.await.expect("reader task"), expected);
     }
@@ -349,14 +395,20 @@ async fn reader_waits_for_appends_and_times_out_empty(fixture: &mut Fixture) {
     let log = fixture.log();
     let topic = fixture.topic("wait");
     log.ensure_topic(&topic, 1).await.expect("create topic");
-    let mut reader = log.reader(&topic, 0, StartOffset::Earliest).await.expect("reader");
+    let mut reader = log
+        .reader(&topic, 0, StartOffset::Earliest)
+        .await
+        .expect("reader");
     let started = Instant::now();
     let empty = reader
         .next_batch(10, Duration::from_millis(300))
         .await
         .expect("empty read");
     assert!(empty.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(250), "waited for max_wait");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "waited for max_wait"
+    );
     let appender = {
         let log = Arc::clone(&log);
         let topic = topic.clone();
@@ -374,7 +426,10 @@ async fn reader_waits_for_appends_and_times_out_empty(fixture: &mut Fixture) {
             .next_batch(10, Duration::from_secs(20))
             .await
             .expect("read");
-        assert!(started.elapsed() < Duration::from_secs(20), "append not seen");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "append not seen"
+        );
     }
     assert_eq!(value_str(&woken[0]), "wake");
     assert!(
@@ -388,9 +443,14 @@ async fn reader_seek(fixture: &mut Fixture) {
     let log = fixture.log();
     let topic = fixture.topic("seek");
     log.ensure_topic(&topic, 1).await.expect("create topic");
-    let records = (0..30).map(|idx| to_partition(0, &format!("r{idx}"), idx)).collect();
+    let records = (0..30)
+        .map(|idx| to_partition(0, &format!("r{idx}"), idx))
+        .collect();
     log.append(&topic, records).await.expect("append");
-    let mut reader = log.reader(&topic, 0, StartOffset::At(10)).await.expect("reader");
+    let mut reader = log
+        .reader(&topic, 0, StartOffset::At(10))
+        .await
+        .expect("reader");
     let first = read_n_from(reader.as_mut(), 5).await;
     assert_eq!(first[0].offset, 10);
     reader.seek(3).await.expect("seek back");
@@ -407,10 +467,16 @@ async fn topics_are_checked(fixture: &mut Fixture) {
     let topic = fixture.topic("checked");
     let missing = fixture.topic("missing");
     log.ensure_topic(&topic, 2).await.expect("create topic");
-    log.ensure_topic(&topic, 2).await.expect("ensure is idempotent");
+    log.ensure_topic(&topic, 2)
+        .await
+        .expect("ensure is idempotent");
     assert_eq!(log.partition_count(&topic).await.expect("count"), 2);
     match log.ensure_topic(&topic, 3).await {
-        Err(LogError::PartitionMismatch { existing: 2, requested: 3, .. }) => {}
+        Err(LogError::PartitionMismatch {
+            existing: 2,
+            requested: 3,
+            ..
+        }) => {}
         other => panic!("expected a partition mismatch, got {other:?}"),
     }
     match log.append(&missing, vec![record(None, "x", 1)]).await {
@@ -418,11 +484,19 @@ async fn topics_are_checked(fixture: &mut Fixture) {
         other => panic!("expected unknown topic, got {other:?}"),
     }
     match log.append(&topic, vec![to_partition(7, "x", 1)]).await {
-        Err(LogError::UnknownPartition { partition: 7, partitions: 2, .. }) => {}
+        Err(LogError::UnknownPartition {
+            partition: 7,
+            partitions: 2,
+            ..
+        }) => {}
         other => panic!("expected unknown partition, got {other:?}"),
     }
     match log.reader(&topic, 0, StartOffset::At(5)).await {
-        Err(LogError::OffsetOutOfRange { offset: 5, latest: 0, .. }) => {}
+        Err(LogError::OffsetOutOfRange {
+            offset: 5,
+            latest: 0,
+            ..
+        }) => {}
         Err(other) => panic!("expected out of range, got {other:?}"),
         Ok(_) => panic!("expected out of range, got a reader"),
     }

@@ -87,7 +87,10 @@ async fn torn_tail_is_truncated_and_never_served() {
         .append("t", vec![to_partition(0, &value(99), 1)])
         .await
         .expect("append after recovery");
-    assert_eq!(positions[0].offset, 19, "the next append reuses the torn offset");
+    assert_eq!(
+        positions[0].offset, 19,
+        "the next append reuses the torn offset"
+    );
     let after = read_n(&log, "t", 0, StartOffset::At(19), 1).await;
     assert_eq!(value_str(&after[0]), value(99));
 }
@@ -143,7 +146,9 @@ async fn flipped_byte_in_a_sealed_segment_fails_the_read_naming_file_and_positio
     log.close().await;
     let path = segment_path(dir.path(), "t", 0);
     flip_byte(&path, 50 * FRAME + 38);
-    let log = reopen(dir.path(), 4096).await.expect("sealed segments open through their index");
+    let log = reopen(dir.path(), 4096)
+        .await
+        .expect("sealed segments open through their index");
     let mut reader = log
         .reader("t", 0, StartOffset::Earliest)
         .await
@@ -186,7 +191,9 @@ async fn missing_or_damaged_index_is_rebuilt() {
     std::fs::remove_file(&first_index).expect("delete index");
     std::fs::write(&second_index, b"garbage").expect("damage index");
 
-    let log = reopen(dir.path(), 4096).await.expect("open rebuilds indexes");
+    let log = reopen(dir.path(), 4096)
+        .await
+        .expect("open rebuilds indexes");
     assert_eq!(
         std::fs::read(&first_index).expect("index written again"),
         original,
@@ -243,7 +250,10 @@ async fn retention_deletes_old_segments_by_size_and_age() {
     };
     let log = EmbeddedLog::open(dir.path(), &aged).await.expect("reopen");
     let old_path = segment_path(dir.path(), "t", earliest);
-    let file = OpenOptions::new().write(true).open(&old_path).expect("open");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&old_path)
+        .expect("open");
     file.set_modified(std::time::SystemTime::now() - Duration::from_secs(365 * 86400))
         .expect("set mtime");
     drop(file);

@@ -120,7 +120,6 @@ impl Fixture {
             }
         }
     }
-
 }
 
 pub(crate) fn record(key: Option<&str>, value: &str, timestamp: i64) -> ProduceRecord {
