@@ -269,6 +269,7 @@ const CHILD_DIR_VAR: &str = "RUNNEL_TEST_SIGKILL_CHILD_DIR";
 
 /// The child half of `acknowledged_appends_survive_sigkill`: appends until killed, printing
 /// each acknowledged offset.
+#[allow(clippy::print_stdout)]
 async fn append_until_killed(dir: &str) -> ! {
     let log = EmbeddedLog::open(Path::new(&dir), &embedded_config())
         .await
