@@ -100,18 +100,18 @@ impl ConfigLayer {
             if segments.iter().any(String::is_empty) {
                 return Err(ConfigError::Parse {
                     origin: format!("environment variable {name}"),
-                    message: "empty key segment (two `__` in a row or a trailing `__`)"
-                        .to_string(),
+                    message: "empty key segment (two `__` in a row or a trailing `__`)".to_string(),
                 });
             }
             let value = parse_env_value(raw_value);
-            let path = set_path(&mut table, &segments, value).map_err(|message| {
-                ConfigError::Parse {
+            let path =
+                set_path(&mut table, &segments, value).map_err(|message| ConfigError::Parse {
                     origin: format!("environment variable {name}"),
                     message,
-                }
-            })?;
-            origins.by_path.insert(path, format!("environment variable {name}"));
+                })?;
+            origins
+                .by_path
+                .insert(path, format!("environment variable {name}"));
         }
         Ok(Some(ConfigLayer { table, origins }))
     }
@@ -138,7 +138,11 @@ fn join_path(parent: &str, key: &str) -> String {
     }
 }
 
-fn merge_table(base: &mut toml::Table, overlay: toml::Table, path: &str) -> Result<(), ConfigError> {
+fn merge_table(
+    base: &mut toml::Table,
+    overlay: toml::Table,
+    path: &str,
+) -> Result<(), ConfigError> {
     for (key, value) in overlay {
         let child_path = join_path(path, &key);
         match (base.get_mut(&key), value) {

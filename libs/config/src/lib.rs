@@ -76,7 +76,10 @@ impl Config {
     ///
     /// Returns a [`ConfigError`] that names the file or variable and the key at fault.
     pub fn load(files: &[PathBuf], env: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let mut layers = vec![ConfigLayer::from_toml("embedded defaults", DEFAULT_CONFIG_TOML)?];
+        let mut layers = vec![ConfigLayer::from_toml(
+            "embedded defaults",
+            DEFAULT_CONFIG_TOML,
+        )?];
         for path in files {
             layers.push(ConfigLayer::from_file(path)?);
         }
@@ -118,8 +121,8 @@ impl Config {
                 });
             }
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|error| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
                 let path = error.path().to_string();
                 let origin = merged.origins.origin_of(&path);
                 ConfigError::Invalid {
@@ -145,7 +148,10 @@ mod tests {
     }
 
     fn load_with(file_toml: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let mut layers = vec![ConfigLayer::from_toml("embedded defaults", DEFAULT_CONFIG_TOML)?];
+        let mut layers = vec![ConfigLayer::from_toml(
+            "embedded defaults",
+            DEFAULT_CONFIG_TOML,
+        )?];
         layers.push(ConfigLayer::from_toml("test.toml", file_toml)?);
         if let Some(layer) = ConfigLayer::from_env(&env(env_pairs))? {
             layers.push(layer);

@@ -200,10 +200,7 @@ impl Config {
                 ));
             }
             if stream.partitions == 0 {
-                return Err(semantic(
-                    at("partitions"),
-                    "must be at least 1".to_string(),
-                ));
+                return Err(semantic(at("partitions"), "must be at least 1".to_string()));
             }
             let mut field_names = HashSet::new();
             for (field_idx, field) in stream.schema.iter().enumerate() {
