@@ -89,6 +89,12 @@ pub enum LogError {
         /// The earlier failure.
         reason: String,
     },
+    /// Another process (or another open `EmbeddedLog`) owns the log folder.
+    #[error("the log folder {} is in use by another runnel process (it holds runnel.lock); stop it, or reach the log through that process", path.display())]
+    Locked {
+        /// The log folder.
+        path: PathBuf,
+    },
     /// The log was closed.
     #[error("the log is closed")]
     Closed,

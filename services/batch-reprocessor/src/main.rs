@@ -1,1 +1,27 @@
-fn main() {}
+//! The `runnel-batch-reprocessor` binary: parses flags, loads config and runs the batch-reprocessor service.
+
+use anyhow::Context;
+use clap::Parser;
+use runnel_server_common::ServiceFlags;
+
+/// runnel's batch-reprocessor service.
+///
+/// Will replay jobs over the history and the live log (Kappa) and recompute them over the Parquet history into batch views (Lambda), for backfills (issue 6). Not built yet: today it opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Flags {
+    #[command(flatten)]
+    service: ServiceFlags,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let flags = Flags::parse();
+    let (config, shutdown) = runnel_server_common::start_service(
+        runnel_batch_reprocessor::SERVICE_NAME,
+        &flags.service,
+    )?;
+    runnel_batch_reprocessor::run(config, shutdown)
+        .await
+        .context("run batch-reprocessor service")
+}

@@ -1,1 +1,289 @@
-fn main() {}
+//! The `runnel` CLI: runs any service, all of them in one process, and works on the log.
+//!
+//! Flags are parsed here, config is loaded once and passed down; each service runs through
+//! its library's `run`. Client commands of later issues (ingest a file, query, backfill)
+//! will join the subcommands when their services exist.
+
+mod log_commands;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use runnel_config::Config;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::log_commands::LogCommand;
+
+/// runnel, a stream-processing platform: four services over one log.
+///
+/// Configuration is layered: the embedded defaults (see `runnel config`), then each
+/// `--config FILE` in order, then `RUNNEL__SECTION__KEY` environment variables, e.g.
+/// `RUNNEL__STORAGE__DATA_DIR=/tmp/runnel` or `RUNNEL__STORAGE__LOG__BACKEND=kafka`.
+/// `RUST_LOG` sets the log level (default `info`); logs go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "runnel", version, propagate_version = true)]
+struct Cli {
+    /// A config file layered over the embedded defaults; repeat it to layer several, the
+    /// last one winning. Goes before the subcommand: `runnel --config a.toml all`.
+    // Not `global`: clap does not merge a repeated global argument given on both sides of
+    // the subcommand, it drops the parent's values (clap-rs/clap#3938), which would
+    // silently ignore a config file. Here a misplaced `--config` is an error instead.
+    #[arg(long = "config", value_name = "FILE")]
+    config: Vec<PathBuf>,
+    /// Writes logs to stderr as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the ingest service (not built yet: issue 4).
+    ///
+    /// Will accept events over gRPC and HTTP, validate them against their stream's schema,
+    /// append them to the log and archive the log as Parquet history. Not built yet: today
+    /// it opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+    IngestService,
+    /// Runs the stream-processor service (not built yet: issues 3 and 5).
+    ///
+    /// Will run the configured windowed SQL jobs on the live log, checkpoint them for
+    /// exactly-once results and publish results to `<job>.results`. Not built yet: today it
+    /// opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+    StreamProcessor,
+    /// Runs the batch-reprocessor service (not built yet: issue 6).
+    ///
+    /// Will replay jobs over the history and the live log (Kappa) and recompute them over the
+    /// Parquet history into batch views (Lambda), for backfills. Not built yet: today it
+    /// opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+    BatchReprocessor,
+    /// Runs the serving service (not built yet: issue 7).
+    ///
+    /// Will answer gRPC queries on job results, merging the batch view and the speed view,
+    /// with live subscriptions. Not built yet: today it opens the log, ensures every declared
+    /// stream's topic and waits for Ctrl-C.
+    Serving,
+    /// Runs all four services in this process over one shared log, until Ctrl-C.
+    ///
+    /// This is the embedded default: one process, the log in `<data-dir>/log`. The log is
+    /// opened once and shared by the services. If one service fails, the others are stopped
+    /// and the error is reported. The services themselves are not built yet (issues 3 to 7).
+    All,
+    /// Prints the effective configuration: defaults, files and environment merged.
+    Config,
+    /// Works on the log directly: appends records, tails a partition, shows offsets.
+    ///
+    /// Opens the log that the config selects (embedded or Kafka), with every declared
+    /// stream's topic, as the services do.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+impl Command {
+    /// Returns the service name this command logs under.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::IngestService => runnel_ingest::SERVICE_NAME,
+            Command::StreamProcessor => runnel_stream_processor::SERVICE_NAME,
+            Command::BatchReprocessor => runnel_batch_reprocessor::SERVICE_NAME,
+            Command::Serving => runnel_serving::SERVICE_NAME,
+            Command::All | Command::Config | Command::Log(_) => "runnel",
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = runnel_server_common::load_config(&cli.config)?;
+    runnel_server_common::init_tracing(cli.command.service_name(), cli.log_json);
+    match cli.command {
+        Command::IngestService => {
+            let shutdown = shutdown_on_signal()?;
+            runnel_ingest::run(config, shutdown)
+                .await
+                .context("run ingest service")?;
+        }
+        Command::StreamProcessor => {
+            let shutdown = shutdown_on_signal()?;
+            runnel_stream_processor::run(config, shutdown)
+                .await
+                .context("run stream-processor service")?;
+        }
+        Command::BatchReprocessor => {
+            let shutdown = shutdown_on_signal()?;
+            runnel_batch_reprocessor::run(config, shutdown)
+                .await
+                .context("run batch-reprocessor service")?;
+        }
+        Command::Serving => {
+            let shutdown = shutdown_on_signal()?;
+            runnel_serving::run(config, shutdown)
+                .await
+                .context("run serving service")?;
+        }
+        Command::All => {
+            let shutdown = shutdown_on_signal()?;
+            run_all(config, shutdown).await?;
+        }
+        Command::Config => print_config(&config)?,
+        Command::Log(log_command) => log_commands::run(log_command, &config).await?,
+    }
+    Ok(())
+}
+
+fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
+    runnel_server_common::shutdown_on_signal().context("install signal handlers")
+}
+
+/// Runs the four services as tasks of this process over one log until `shutdown` is
+/// cancelled or one of them fails, which stops the others.
+async fn run_all(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let log = runnel_server_common::open_storage(&config)
+        .await
+        .context("open storage")?;
+    // Cancelled by the signal or by the first service to fail.
+    let services_shutdown = shutdown.child_token();
+    let mut services = JoinSet::new();
+    {
+        let (config, log, shutdown) = (config.clone(), log.clone(), services_shutdown.clone());
+        services.spawn(async move {
+            runnel_ingest::run_with_log(config, log, shutdown)
+                .await
+                .context("run ingest service")
+        });
+    }
+    {
+        let (config, log, shutdown) = (config.clone(), log.clone(), services_shutdown.clone());
+        services.spawn(async move {
+            runnel_stream_processor::run_with_log(config, log, shutdown)
+                .await
+                .context("run stream-processor service")
+        });
+    }
+    {
+        let (config, log, shutdown) = (config.clone(), log.clone(), services_shutdown.clone());
+        services.spawn(async move {
+            runnel_batch_reprocessor::run_with_log(config, log, shutdown)
+                .await
+                .context("run batch-reprocessor service")
+        });
+    }
+    {
+        let shutdown = services_shutdown.clone();
+        services.spawn(async move {
+            runnel_serving::run_with_log(config, log, shutdown)
+                .await
+                .context("run serving service")
+        });
+    }
+    info!(n_services = services.len(), "all services started");
+
+    let mut first_error: Option<anyhow::Error> = None;
+    while let Some(joined) = services.join_next().await {
+        let res = match joined {
+            Ok(res) => res,
+            Err(join_error) => Err(anyhow::Error::new(join_error).context("service task failed")),
+        };
+        if let Err(error) = res {
+            if first_error.is_none() {
+                error!(
+                    error = format!("{error:#}"),
+                    "a service failed, stopping the others"
+                );
+                services_shutdown.cancel();
+                first_error = Some(error);
+            } else {
+                error!(
+                    error = format!("{error:#}"),
+                    "another service failed while stopping"
+                );
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => {
+            info!("all services stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Prints `config` in Rust's debug notation (`Config` is deserialize-only).
+fn print_config(config: &Config) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{config:#?}") {
+        Ok(()) => Ok(()),
+        // The reader of our output is gone (`runnel config | head`): done.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error).context("write to stdout")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_files_go_before_the_subcommand_and_log_json_anywhere() {
+        let cli = Cli::try_parse_from([
+            "runnel",
+            "--config",
+            "a.toml",
+            "--config",
+            "b.toml",
+            "all",
+            "--log-json",
+        ])
+        .expect("valid flags");
+        assert_eq!(
+            cli.config,
+            [PathBuf::from("a.toml"), PathBuf::from("b.toml")]
+        );
+        assert!(cli.log_json);
+        assert!(matches!(cli.command, Command::All));
+        let cli = Cli::try_parse_from(["runnel", "--log-json", "config"]).expect("valid flags");
+        assert!(cli.log_json);
+        assert!(Cli::try_parse_from(["runnel", "all", "--config", "a.toml"]).is_err());
+    }
+
+    #[test]
+    fn a_subcommand_is_required() {
+        assert!(Cli::try_parse_from(["runnel"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn all_opens_the_log_and_stops_on_shutdown() {
+        let data_dir = tempfile::tempdir().expect("create temp dir");
+        let env = [(
+            "RUNNEL__STORAGE__DATA_DIR".to_string(),
+            data_dir.path().display().to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let config = Config::load(&[], &env).expect("valid config");
+        let shutdown = CancellationToken::new();
+        let all = tokio::spawn(run_all(config, shutdown.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!all.is_finished(), "services stopped before shutdown");
+        shutdown.cancel();
+        let res = tokio::time::timeout(std::time::Duration::from_secs(10), all)
+            .await
+            .expect("services stop within 10 s after shutdown")
+            .expect("run_all does not panic");
+        res.expect("services stop cleanly");
+        assert!(data_dir.path().join("log").is_dir(), "embedded log created");
+    }
+}

@@ -32,6 +32,7 @@ use crate::{
 };
 
 const TOPIC_META_FILE: &str = "topic.meta";
+const LOCK_FILE: &str = "runnel.lock";
 const OFFSETS_DIR: &str = "__consumer_offsets";
 
 struct Topic {
@@ -41,6 +42,9 @@ struct Topic {
 /// The embedded log. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct EmbeddedLog {
     dir: PathBuf,
+    /// An exclusive `flock` on `runnel.lock`, so one process at a time owns the folder
+    /// (one writer per partition; readers' wake-ups are in-process). Released by `close`.
+    lock_file: Mutex<Option<std::fs::File>>,
     config: EmbeddedLogConfig,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Serializes topic creation.
@@ -72,14 +76,21 @@ impl EmbeddedLog {
 
     fn open_blocking(dir: PathBuf, config: EmbeddedLogConfig) -> Result<EmbeddedLog, LogError> {
         std::fs::create_dir_all(&dir).map_err(LogError::io("create log folder", &dir))?;
+        let lock_file = lock_dir(&dir)?;
         let mut topics = HashMap::new();
         let entries = std::fs::read_dir(&dir).map_err(LogError::io("list log folder", &dir))?;
         for entry in entries {
             let entry = entry.map_err(LogError::io("list log folder", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let meta_path = entry.path().join(TOPIC_META_FILE);
-            if name == OFFSETS_DIR || !meta_path.is_file() {
+            if name == OFFSETS_DIR || !entry.path().is_dir() {
                 continue;
+            }
+            match std::fs::metadata(&meta_path) {
+                Ok(_) => {}
+                // A folder without metadata is a topic whose creation did not finish.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(LogError::io("read topic metadata", &meta_path)(error)),
             }
             let partitions = read_topic_meta(&meta_path)?;
             let topic = open_topic(&dir, &name, partitions, &config)?;
@@ -88,6 +99,7 @@ impl EmbeddedLog {
         info!(dir = %dir.display(), topics = topics.len(), "opened embedded log");
         Ok(EmbeddedLog {
             dir,
+            lock_file: Mutex::new(Some(lock_file)),
             config,
             topics: RwLock::new(topics),
             create_lock: tokio::sync::Mutex::new(()),
@@ -116,6 +128,12 @@ impl EmbeddedLog {
             }
         })
         .await;
+        drop(
+            self.lock_file
+                .lock()
+                .expect("lock_file lock is never poisoned")
+                .take(),
+        );
     }
 
     /// Applies retention to every partition of `topic` now; returns the segments deleted.
@@ -184,6 +202,28 @@ impl EmbeddedLog {
             .expect("committed lock is never poisoned")
             .insert(key, offsets.clone());
         Ok(offsets)
+    }
+}
+
+/// Takes the folder's exclusive lock, or fails naming the folder if another owner has it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(LogError::io("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io {
+            action: "lock",
+            path,
+            source,
+        }),
     }
 }
 

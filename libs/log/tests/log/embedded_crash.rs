@@ -239,7 +239,7 @@ async fn retention_deletes_old_segments_by_size_and_age() {
         Err(other) => panic!("expected out of range, got {other}"),
         Ok(_) => panic!("offset 0 was deleted by retention"),
     }
-    assert!(!segment_path(dir.path(), "t", 0).exists());
+    assert!(!segment_path(dir.path(), "t", 0).try_exists().expect("stat"));
     log.close().await;
 
     // By age: make the oldest remaining segment look a year old.
@@ -343,4 +343,21 @@ async fn acknowledged_appends_survive_sigkill() {
         }
         log.close().await;
     }
+}
+
+#[tokio::test]
+async fn a_second_owner_of_the_folder_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = EmbeddedLog::open(dir.path(), &embedded_config())
+        .await
+        .expect("open");
+    match EmbeddedLog::open(dir.path(), &embedded_config()).await {
+        Err(LogError::Locked { path }) => assert_eq!(path, dir.path()),
+        Err(other) => panic!("expected the folder to be locked, got {other}"),
+        Ok(_) => panic!("two owners of one log folder would be two writers per partition"),
+    }
+    first.close().await;
+    EmbeddedLog::open(dir.path(), &embedded_config())
+        .await
+        .expect("open after the first owner closed");
 }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The README's test command, and what CI runs (.ci/run).
+# Installs what the tests need when missing (make for rdkafka's bundled librdkafka, the tansu
+# broker), starts tansu on 127.0.0.1, and runs the workspace's tests against it. With
+# RUNNEL_REQUIRE_KAFKA=1 a Kafka test that finds no broker fails instead of skipping.
+# Arguments replace `--workspace`, e.g. `bash scripts/test.sh -p runnel-log`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib/tansu.sh
+
+echo "==> checking build tools"
+for tool in cargo gcc python3; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "error: $tool is required and not on PATH" >&2
+    exit 1
+  fi
+done
+if ! command -v make >/dev/null; then
+  # rdkafka builds its bundled librdkafka with make.
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    echo "==> installing make (needed to build librdkafka)"
+    apt-get update
+    apt-get install -y make
+  else
+    echo "error: make is required to build librdkafka; install it (e.g. apt-get install make)" >&2
+    exit 1
+  fi
+fi
+
+ensure_tansu
+start_tansu
+export RUNNEL_REQUIRE_KAFKA=1
+
+if (($# > 0)); then
+  test_args=("$@")
+else
+  test_args=(--workspace)
+fi
+echo "==> cargo test --locked ${test_args[*]} (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP, RUNNEL_REQUIRE_KAFKA=1)"
+status=0
+test_log="$(mktemp "${TMPDIR:-/tmp}/runnel-test.XXXXXX")"
+cargo test --locked "${test_args[@]}" 2>&1 | tee "$test_log" || status=$?
+# One closing line over every test binary, since cargo's last line speaks for one binary only.
+totals="$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$test_log")"
+rm -f "$test_log"
+stop_tansu
+if ((status == 0)); then
+  echo "==> tests passed"
+else
+  echo "==> tests failed (exit status $status)"
+fi
+echo "total: $totals"
+exit "$status"

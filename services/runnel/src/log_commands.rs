@@ -1,0 +1,383 @@
+//! `runnel log ...`: append a record, tail a partition, show offsets, through the `Log` trait.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use runnel_config::Config;
+use runnel_log::{Log, ProduceRecord, Record, StartOffset};
+use tokio_util::sync::CancellationToken;
+
+/// How many records `tail` asks the log for at once.
+const TAIL_BATCH_RECORDS: u64 = 1000;
+
+/// How long one `tail` read waits for new records before checking for Ctrl-C again.
+const TAIL_POLL_WAIT: Duration = Duration::from_secs(1);
+
+/// Timestamps from this many milliseconds after the epoch on (year 10000) are printed as
+/// numbers, since RFC 3339 has four-digit years.
+const MAX_RFC3339_MILLIS: i64 = 253_402_300_800_000;
+
+/// The `runnel log` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LogCommand {
+    /// Appends one record to a topic and prints its partition and offset once it is durable.
+    Produce(ProduceArgs),
+    /// Prints the records of one partition as `offset timestamp key value` lines.
+    ///
+    /// The timestamp is RFC 3339 in UTC (epoch milliseconds when out of that range). A
+    /// missing key prints as `-`, an empty one as `""`. Control characters, backslashes,
+    /// spaces in keys and bytes that are not UTF-8 are escaped (`\n`, `\\`, `\x20`, `\xff`),
+    /// so every record is one line. Stops after `--max` records, or on Ctrl-C.
+    Tail(TailArgs),
+    /// Prints the earliest and latest offset of every partition of a topic.
+    ///
+    /// `earliest` is the oldest retained record; `latest` is the offset the next appended
+    /// record will get. With `--group`, also the offset the group committed (`-` if none).
+    Offsets(OffsetsArgs),
+}
+
+/// Arguments of `runnel log produce`.
+#[derive(Debug, Args)]
+pub(crate) struct ProduceArgs {
+    /// Topic to append to; it must exist (every declared stream has one).
+    #[arg(long)]
+    topic: String,
+    /// Record key. Records with a key go to its partition by Kafka's default partitioner
+    /// (murmur2); without one, records are spread round robin.
+    #[arg(long)]
+    key: Option<String>,
+    /// Record value, stored as its UTF-8 bytes.
+    #[arg(long)]
+    value: String,
+    /// Appends to this partition instead of the key's.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Record timestamp: epoch milliseconds or RFC 3339 (`2025-01-31T12:00:00.5Z`).
+    /// Defaults to now.
+    #[arg(long, value_parser = parse_timestamp)]
+    timestamp: Option<i64>,
+}
+
+/// Arguments of `runnel log tail`.
+#[derive(Debug, Args)]
+pub(crate) struct TailArgs {
+    /// Topic to read.
+    #[arg(long)]
+    topic: String,
+    /// Partition to read.
+    #[arg(long)]
+    partition: u32,
+    /// Where to start: `earliest`, `latest` (only records appended from now on) or an offset.
+    #[arg(long, value_name = "earliest|latest|OFFSET", default_value = "earliest", value_parser = parse_start_offset)]
+    from: StartOffset,
+    /// Stops after printing this many records; without it, waits for new records until
+    /// Ctrl-C.
+    #[arg(long, value_name = "N")]
+    max: Option<u64>,
+}
+
+/// Arguments of `runnel log offsets`.
+#[derive(Debug, Args)]
+pub(crate) struct OffsetsArgs {
+    /// Topic to describe.
+    #[arg(long)]
+    topic: String,
+    /// Also prints the offsets this consumer group committed.
+    #[arg(long)]
+    group: Option<String>,
+}
+
+/// Runs a `runnel log` subcommand on the log `config` selects.
+pub(crate) async fn run(command: LogCommand, config: &Config) -> anyhow::Result<()> {
+    match command {
+        LogCommand::Produce(args) => produce(open_log(config).await?.as_ref(), args).await,
+        LogCommand::Tail(args) => {
+            // Installed before opening the log, so Ctrl-C during a slow open (e.g. a Kafka
+            // cluster that does not answer) still ends `tail` cleanly.
+            let shutdown =
+                runnel_server_common::shutdown_on_signal().context("install signal handlers")?;
+            tail(open_log(config).await?.as_ref(), args, shutdown).await
+        }
+        LogCommand::Offsets(args) => offsets(open_log(config).await?.as_ref(), args).await,
+    }
+}
+
+async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
+    runnel_server_common::open_storage(config)
+        .await
+        .context("open storage")
+}
+
+async fn produce(log: &dyn Log, args: ProduceArgs) -> anyhow::Result<()> {
+    let timestamp = match args.timestamp {
+        Some(timestamp) => timestamp,
+        None => now_millis()?,
+    };
+    let record = ProduceRecord {
+        key: args.key.map(Bytes::from),
+        value: Bytes::from(args.value),
+        timestamp,
+        headers: Vec::new(),
+        partition: args.partition,
+    };
+    let positions = log
+        .append(&args.topic, vec![record])
+        .await
+        .with_context(|| format!("append to topic `{}`", args.topic))?;
+    let position = positions
+        .first()
+        .context("the log acknowledged the append without a position")?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "partition {} offset {}",
+        position.partition, position.offset
+    )
+    .context("write to stdout")?;
+    Ok(())
+}
+
+async fn tail(log: &dyn Log, args: TailArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut reader = log
+        .reader(&args.topic, args.partition, args.from)
+        .await
+        .with_context(|| format!("open reader of {}/{}", args.topic, args.partition))?;
+    let mut n_printed: u64 = 0;
+    loop {
+        let max_records = match args.max {
+            Some(max) if n_printed >= max => break,
+            Some(max) => (max - n_printed).min(TAIL_BATCH_RECORDS),
+            None => TAIL_BATCH_RECORDS,
+        };
+        // `next_batch` is cancel-safe, so dropping it on Ctrl-C loses nothing.
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            batch = reader.next_batch(max_records as usize, TAIL_POLL_WAIT) => batch,
+        };
+        let batch = batch.with_context(|| {
+            format!(
+                "read {}/{} at offset {}",
+                args.topic,
+                args.partition,
+                reader.position()
+            )
+        })?;
+        match write_records(&batch) {
+            Ok(()) => {}
+            // The reader of our output is gone (`runnel log tail ... | head`): done.
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(error) => return Err(anyhow::Error::new(error).context("write to stdout")),
+        }
+        n_printed += batch.len() as u64;
+    }
+    Ok(())
+}
+
+fn write_records(records: &[Record]) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let mut line = Vec::new();
+    for record in records {
+        line.clear();
+        format_record(&mut line, record)?;
+        stdout.write_all(&line)?;
+    }
+    stdout.flush()
+}
+
+/// Writes `record` as one `offset timestamp key value` line.
+fn format_record(out: &mut Vec<u8>, record: &Record) -> std::io::Result<()> {
+    write!(out, "{} ", record.offset)?;
+    format_timestamp(out, record.timestamp)?;
+    out.push(b' ');
+    match &record.key {
+        None => out.push(b'-'),
+        Some(key) if key.is_empty() => out.extend_from_slice(b"\"\""),
+        Some(key) => write_escaped(out, key, true)?,
+    }
+    out.push(b' ');
+    write_escaped(out, &record.value, false)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+fn format_timestamp(out: &mut Vec<u8>, timestamp: i64) -> std::io::Result<()> {
+    let time = u64::try_from(timestamp)
+        .ok()
+        .filter(|_| timestamp < MAX_RFC3339_MILLIS)
+        .and_then(|millis| UNIX_EPOCH.checked_add(Duration::from_millis(millis)));
+    match time {
+        Some(time) => write!(out, "{}", humantime::format_rfc3339_millis(time)),
+        None => write!(out, "{timestamp}"),
+    }
+}
+
+/// Writes `bytes` with control characters, backslashes, non-UTF-8 bytes and, if
+/// `escape_space`, spaces escaped.
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8], escape_space: bool) -> std::io::Result<()> {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                write!(out, "{}", c.escape_default())?;
+            } else if c == ' ' && escape_space {
+                out.extend_from_slice(b"\\x20");
+            } else {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+        for byte in chunk.invalid() {
+            write!(out, "\\x{byte:02x}")?;
+        }
+    }
+    Ok(())
+}
+
+async fn offsets(log: &dyn Log, args: OffsetsArgs) -> anyhow::Result<()> {
+    let topic = &args.topic;
+    let n_partitions = log
+        .partition_count(topic)
+        .await
+        .with_context(|| format!("get partition count of `{topic}`"))?;
+    let mut lines = Vec::new();
+    match &args.group {
+        None => writeln!(
+            lines,
+            "{:>9} {:>12} {:>12}",
+            "partition", "earliest", "latest"
+        )?,
+        Some(_) => writeln!(
+            lines,
+            "{:>9} {:>12} {:>12} {:>12}",
+            "partition", "earliest", "latest", "committed"
+        )?,
+    }
+    for partition in 0..n_partitions {
+        let earliest = log
+            .earliest_offset(topic, partition)
+            .await
+            .with_context(|| format!("get earliest offset of {topic}/{partition}"))?;
+        let latest = log
+            .latest_offset(topic, partition)
+            .await
+            .with_context(|| format!("get latest offset of {topic}/{partition}"))?;
+        write!(lines, "{partition:>9} {earliest:>12} {latest:>12}")?;
+        if let Some(group) = &args.group {
+            let committed = log
+                .committed_offset(group, topic, partition)
+                .await
+                .with_context(|| {
+                    format!("get offset of group `{group}` committed for {topic}/{partition}")
+                })?;
+            match committed {
+                Some(committed) => write!(lines, " {committed:>12}")?,
+                None => write!(lines, " {:>12}", "-")?,
+            }
+        }
+        writeln!(lines)?;
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(&lines)
+        .context("write to stdout")?;
+    Ok(())
+}
+
+fn parse_start_offset(text: &str) -> Result<StartOffset, String> {
+    match text {
+        "earliest" => Ok(StartOffset::Earliest),
+        "latest" => Ok(StartOffset::Latest),
+        _ => text
+            .parse()
+            .map(StartOffset::At)
+            .map_err(|_| format!("`{text}` is not `earliest`, `latest` or an offset")),
+    }
+}
+
+fn parse_timestamp(text: &str) -> Result<i64, String> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Ok(millis);
+    }
+    let time = humantime::parse_rfc3339_weak(text).map_err(|error| {
+        format!("`{text}` is neither epoch milliseconds nor an RFC 3339 time: {error}")
+    })?;
+    millis_since_epoch(time).ok_or_else(|| format!("`{text}` is before 1970 or too far ahead"))
+}
+
+fn now_millis() -> anyhow::Result<i64> {
+    millis_since_epoch(SystemTime::now()).context("read the clock: it is before 1970")
+}
+
+fn millis_since_epoch(time: SystemTime) -> Option<i64> {
+    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(since_epoch.as_millis()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(timestamp: i64, key: Option<&[u8]>, value: &[u8]) -> Record {
+        Record {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset: 7,
+            timestamp,
+            key: key.map(Bytes::copy_from_slice),
+            value: Bytes::copy_from_slice(value),
+            headers: Vec::new(),
+        }
+    }
+
+    #[track_caller]
+    fn check(record: Record, expect: &str) {
+        let mut out = Vec::new();
+        format_record(&mut out, &record).expect("write to a Vec");
+        assert_eq!(
+            String::from_utf8(out).expect("escaped output is UTF-8"),
+            expect
+        );
+    }
+
+    #[test]
+    fn records_print_as_one_escaped_line() {
+        check(
+            record(1_700_000_000_123, Some(b"user 1"), b"{\"a\": 1}"),
+            "7 2023-11-14T22:13:20.123Z user\\x201 {\"a\": 1}\n",
+        );
+        check(
+            record(0, None, b"a\nb\\c"),
+            "7 1970-01-01T00:00:00.000Z - a\\nb\\\\c\n",
+        );
+        check(
+            record(-1, Some(b""), b"\xff\xfeok"),
+            "7 -1 \"\" \\xff\\xfeok\n",
+        );
+        check(
+            record(MAX_RFC3339_MILLIS, None, "é".as_bytes()),
+            "7 253402300800000 - é\n",
+        );
+    }
+
+    #[test]
+    fn start_offsets_parse() {
+        assert_eq!(parse_start_offset("earliest"), Ok(StartOffset::Earliest));
+        assert_eq!(parse_start_offset("latest"), Ok(StartOffset::Latest));
+        assert_eq!(parse_start_offset("42"), Ok(StartOffset::At(42)));
+        assert!(parse_start_offset("-1").is_err());
+        assert!(parse_start_offset("first").is_err());
+    }
+
+    #[test]
+    fn timestamps_parse_as_millis_or_rfc3339() {
+        assert_eq!(parse_timestamp("1700000000123"), Ok(1_700_000_000_123));
+        assert_eq!(
+            parse_timestamp("2023-11-14T22:13:20.123Z"),
+            Ok(1_700_000_000_123)
+        );
+        assert!(parse_timestamp("yesterday").is_err());
+    }
+}
