@@ -1,0 +1,28 @@
+//! Windowed SQL jobs: one job definition that runs live, on an unbounded stream with
+//! event-time semantics, and (later in issue 3) over a bounded history.
+//!
+//! The crate does no I/O and knows nothing of the log, Kafka or config files: Arrow record
+//! batches and arrival times go in, upserts and late events come out.
+//! - [`JobPlan::compile`] checks the SQL against the supported subset (errors carry the
+//!   position of the unsupported part) and lets DataFusion plan and lower it.
+//! - [`WindowOperator`] runs a plan: watermarks per partition, firing, allowed lateness,
+//!   late events, early results. DataFusion evaluates the expressions and aggregates; the
+//!   window logic is ours.
+#![warn(missing_docs)]
+
+mod error;
+mod groups;
+mod operator;
+mod plan;
+mod window;
+
+pub use error::{EngineError, EventError, SqlPosition};
+pub use operator::{
+    LATE_PARTITION_COLUMN, LATE_REASON_COLUMN, LATE_WATERMARK_COLUMN, LATE_WINDOW_START_COLUMN,
+    OperatorOptions, OperatorOutput, WindowOperator,
+};
+pub use plan::{
+    FINAL_COLUMN, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
+    WINDOW_START_COLUMN,
+};
+pub use window::WindowSpec;

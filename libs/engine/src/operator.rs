@@ -1,0 +1,825 @@
+//! The event-time window operator: batches in, upserts and late events out.
+//!
+//! Semantics (the contract `DESIGN.md` states, checked by the golden tests):
+//! - The watermark of a partition is the largest event time it has shown, less
+//!   `max_out_of_orderness`; the operator's watermark is the minimum over partitions that are
+//!   not idle, and never goes back. A partition is idle once the arrival clock (the log's
+//!   append time, passed in by the caller, so that replays see the same clock) has moved
+//!   `idle_timeout` past its last batch.
+//! - A window `[start, end)` fires when the watermark reaches `end`: every group is emitted
+//!   with the next version and `_final = true`.
+//! - An event for a window that has fired, while the watermark is below `end +
+//!   allowed_lateness`, updates it and its group is emitted again with the next version.
+//!   Past that, the event goes to the late-events output with its reason, and is counted.
+//! - With early emission every `N` ms, each time the watermark crosses a multiple of `N`,
+//!   groups of unfired windows that changed are emitted with `_final = false`.
+//!
+//! Results do not depend on how the input is cut into batches: each row is judged against
+//! the watermark as it stood just before that row, and a batch is cut into segments
+//! wherever the watermark crosses a firing point, so a firing sees exactly the rows that came
+//! before it. That is what lets a replay reproduce a live run byte for byte.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder, TimestampMillisecondArray,
+    UInt32Array,
+};
+use arrow::compute::{filter_record_batch, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+use crate::error::{EngineError, EventError};
+use crate::groups::GroupTable;
+use crate::plan::{GroupSlot, JobPlan, window_time_type};
+use crate::window::{WindowSpec, event_times_ms, floor_to};
+
+/// Late-event column: the source partition.
+pub const LATE_PARTITION_COLUMN: &str = "_partition";
+/// Late-event column: the window the event was too late for.
+pub const LATE_WINDOW_START_COLUMN: &str = "_window_start";
+/// Late-event column: the watermark when the event arrived.
+pub const LATE_WATERMARK_COLUMN: &str = "_watermark";
+/// Late-event column: why the event was not counted.
+pub const LATE_REASON_COLUMN: &str = "_reason";
+
+/// How the operator treats time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperatorOptions {
+    /// Source partitions feeding the operator (0..partitions).
+    pub partitions: u32,
+    /// How far behind the largest event time seen the watermark stays.
+    pub max_out_of_orderness: Duration,
+    /// How long after a window fires late events still update it.
+    pub allowed_lateness: Duration,
+    /// A partition with no batch for this long (arrival clock) stops holding the watermark.
+    pub idle_timeout: Option<Duration>,
+    /// Emit early (non-final) results each time the watermark crosses a multiple of this.
+    pub early_emit_interval: Option<Duration>,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> OperatorOptions {
+        OperatorOptions {
+            partitions: 1,
+            max_out_of_orderness: Duration::ZERO,
+            allowed_lateness: Duration::ZERO,
+            idle_timeout: None,
+            early_emit_interval: None,
+        }
+    }
+}
+
+/// What one call produced.
+#[derive(Debug, Default)]
+pub struct OperatorOutput {
+    /// Upserts, in emission order, with the plan's result schema.
+    pub results: Vec<RecordBatch>,
+    /// Events too late to count, with their reason (see [`WindowOperator::late_schema`]).
+    pub late_events: Vec<RecordBatch>,
+    /// Events that could not be used at all (e.g. no event time).
+    pub errors: Vec<EventError>,
+}
+
+impl OperatorOutput {
+    /// Appends `other` after this output.
+    pub fn append(&mut self, other: OperatorOutput) {
+        self.results.extend(other.results);
+        self.late_events.extend(other.late_events);
+        self.errors.extend(other.errors);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PartitionClock {
+    pub(crate) max_event_time: Option<i64>,
+    pub(crate) last_arrival: Option<i64>,
+}
+
+pub(crate) struct Window {
+    pub(crate) end: i64,
+    pub(crate) table: GroupTable,
+    pub(crate) fired: bool,
+}
+
+/// Which groups of a window to emit.
+#[derive(Debug, Clone, Copy)]
+enum Selection {
+    All,
+    Dirty,
+    Group(usize),
+}
+
+/// Rows of the current batch, ready to aggregate.
+struct Prepared {
+    /// Rows with an event time that passed WHERE, in the stream's schema.
+    batch: RecordBatch,
+    times: Vec<i64>,
+    keys: Vec<ArrayRef>,
+    args: Vec<Vec<ArrayRef>>,
+    filters: Vec<Option<BooleanArray>>,
+}
+
+/// The window operator for tumbling and hopping windows.
+pub struct WindowOperator {
+    pub(crate) plan: Arc<JobPlan>,
+    pub(crate) options: OperatorOptions,
+    pub(crate) max_out_of_orderness_ms: i64,
+    pub(crate) allowed_lateness_ms: i64,
+    pub(crate) partitions: Vec<PartitionClock>,
+    /// The arrival clock: the latest arrival time seen.
+    pub(crate) clock: Option<i64>,
+    /// The arrival time of the first call, from which never-seen partitions idle.
+    pub(crate) started_at: Option<i64>,
+    pub(crate) watermark: i64,
+    pub(crate) windows: BTreeMap<i64, Window>,
+    pub(crate) next_early: Option<i64>,
+    pub(crate) late_count: u64,
+    pub(crate) finished: bool,
+    late_schema: SchemaRef,
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl WindowOperator {
+    /// Creates an operator for `plan`.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Plan`] for session windows, which this operator does not run yet, and
+    /// for zero partitions.
+    pub fn new(
+        plan: Arc<JobPlan>,
+        options: OperatorOptions,
+    ) -> Result<WindowOperator, EngineError> {
+        if let WindowSpec::Session { .. } = plan.window {
+            return Err(EngineError::plan(
+                "session windows are not built yet in the live operator (issue 3 is in progress); TUMBLE and HOP work",
+            ));
+        }
+        if options.partitions == 0 {
+            return Err(EngineError::plan(
+                "an operator needs at least one partition",
+            ));
+        }
+        let mut late_fields: Vec<Field> = plan
+            .stream_schema
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .collect();
+        late_fields.push(Field::new(LATE_PARTITION_COLUMN, DataType::UInt32, false));
+        late_fields.push(Field::new(
+            LATE_WINDOW_START_COLUMN,
+            window_time_type(),
+            false,
+        ));
+        late_fields.push(Field::new(LATE_WATERMARK_COLUMN, window_time_type(), false));
+        late_fields.push(Field::new(LATE_REASON_COLUMN, DataType::Utf8, false));
+        Ok(WindowOperator {
+            max_out_of_orderness_ms: duration_ms(options.max_out_of_orderness),
+            allowed_lateness_ms: duration_ms(options.allowed_lateness),
+            partitions: vec![PartitionClock::default(); options.partitions as usize],
+            plan,
+            options,
+            clock: None,
+            started_at: None,
+            watermark: i64::MIN,
+            windows: BTreeMap::new(),
+            next_early: None,
+            late_count: 0,
+            finished: false,
+            late_schema: Arc::new(Schema::new(late_fields)),
+        })
+    }
+
+    /// Returns the schema of late-event batches: the stream's columns, then `_partition`,
+    /// `_window_start`, `_watermark` and `_reason`.
+    pub fn late_schema(&self) -> SchemaRef {
+        Arc::clone(&self.late_schema)
+    }
+
+    /// Returns the current watermark (epoch ms; `i64::MIN` before any).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    /// Returns how many (event, window) pairs were too late to count so far.
+    pub fn late_count(&self) -> u64 {
+        self.late_count
+    }
+
+    /// Returns the number of open windows and of groups across them.
+    pub fn open_state(&self) -> (usize, usize) {
+        let groups = self.windows.values().map(|window| window.table.len()).sum();
+        (self.windows.len(), groups)
+    }
+
+    /// Returns an estimate of the bytes held by open windows.
+    pub fn state_bytes(&self) -> usize {
+        self.windows
+            .values()
+            .map(|window| window.table.size())
+            .sum()
+    }
+
+    /// Processes a batch from `partition` that arrived at `arrival_ms` (the log's append
+    /// time of its records; any clock that replays identically).
+    ///
+    /// # Errors
+    ///
+    /// A batch whose schema is not the stream's, an unknown partition, use after
+    /// [`finish`](Self::finish), or a failure inside DataFusion. Bad events are not errors:
+    /// they come back in [`OperatorOutput::errors`].
+    pub fn process(
+        &mut self,
+        partition: u32,
+        batch: &RecordBatch,
+        arrival_ms: i64,
+    ) -> Result<OperatorOutput, EngineError> {
+        if self.finished {
+            return Err(EngineError::Misuse("process after finish".to_string()));
+        }
+        let Some(clock) = self.partitions.get(partition as usize).copied() else {
+            return Err(EngineError::Misuse(format!(
+                "partition {partition} is outside the operator's {} partitions",
+                self.partitions.len()
+            )));
+        };
+        self.check_schema(batch)?;
+        self.observe_arrival(arrival_ms);
+        self.partitions[partition as usize].last_arrival = Some(arrival_ms);
+
+        let mut output = OperatorOutput::default();
+        let prepared = self.prepare(partition, batch, &mut output.errors)?;
+        let others = self.others_watermark(partition);
+        let spec = self.plan.window;
+        let size_ms = spec.size_ms();
+        let per_event = spec.windows_per_event();
+        let mut max_event_time = clock.max_event_time;
+        let mut segment: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut late: Vec<(u32, i64, i64)> = Vec::new();
+        let mut next_trigger = self.next_trigger();
+        for (row, &timestamp) in prepared.times.iter().enumerate() {
+            let watermark = self.watermark_with(max_event_time, others);
+            if watermark >= next_trigger {
+                self.flush(&prepared, &mut segment)?;
+                self.advance_to(watermark, &mut output)?;
+                next_trigger = self.next_trigger();
+            }
+            for nth in 0..per_event {
+                let start = spec.window_start(timestamp, nth);
+                let end = start.saturating_add(size_ms);
+                if end.saturating_add(self.allowed_lateness_ms) <= watermark {
+                    late.push((row as u32, start, watermark));
+                } else if end <= watermark {
+                    self.flush(&prepared, &mut segment)?;
+                    self.apply_late_update(&prepared, row, start, &mut output)?;
+                } else {
+                    segment.entry(start).or_default().push(row as u32);
+                    next_trigger = next_trigger.min(end);
+                }
+            }
+            max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
+        }
+        self.flush(&prepared, &mut segment)?;
+        self.partitions[partition as usize].max_event_time = max_event_time;
+        let watermark = self.watermark_with(max_event_time, others);
+        self.advance_to(watermark, &mut output)?;
+        if !late.is_empty() {
+            output
+                .late_events
+                .push(self.late_batch(partition, &prepared.batch, &late)?);
+        }
+        Ok(output)
+    }
+
+    /// Moves the arrival clock to `arrival_ms` without data, so that idle partitions stop
+    /// holding the watermark back; fires what that releases.
+    ///
+    /// # Errors
+    ///
+    /// Use after [`finish`](Self::finish); failures inside DataFusion.
+    pub fn tick(&mut self, arrival_ms: i64) -> Result<OperatorOutput, EngineError> {
+        if self.finished {
+            return Err(EngineError::Misuse("tick after finish".to_string()));
+        }
+        self.observe_arrival(arrival_ms);
+        let mut output = OperatorOutput::default();
+        if let Some(watermark) = self.all_partitions_watermark() {
+            self.advance_to(watermark, &mut output)?;
+        }
+        Ok(output)
+    }
+
+    /// Ends a bounded input: the watermark goes to the end of time, every window fires and
+    /// all state is dropped.
+    ///
+    /// # Errors
+    ///
+    /// Failures inside DataFusion.
+    pub fn finish(&mut self) -> Result<OperatorOutput, EngineError> {
+        let mut output = OperatorOutput::default();
+        if !self.finished {
+            self.advance_to(i64::MAX, &mut output)?;
+            self.finished = true;
+        }
+        Ok(output)
+    }
+
+    fn check_schema(&self, batch: &RecordBatch) -> Result<(), EngineError> {
+        let expected = self.plan.stream_schema.fields();
+        let actual = batch.schema();
+        let matches = actual.fields().len() == expected.len()
+            && actual
+                .fields()
+                .iter()
+                .zip(expected.iter())
+                .all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
+        if matches {
+            return Ok(());
+        }
+        Err(EngineError::Schema(format!(
+            "expected columns [{}], got [{}]",
+            describe_fields(&self.plan.stream_schema),
+            describe_fields(&actual)
+        )))
+    }
+
+    fn observe_arrival(&mut self, arrival_ms: i64) {
+        self.started_at.get_or_insert(arrival_ms);
+        self.clock = Some(self.clock.map_or(arrival_ms, |clock| clock.max(arrival_ms)));
+    }
+
+    fn is_idle(&self, partition: &PartitionClock) -> bool {
+        let (Some(timeout), Some(clock)) = (self.options.idle_timeout, self.clock) else {
+            return false;
+        };
+        let since = partition.last_arrival.or(self.started_at).unwrap_or(clock);
+        clock.saturating_sub(since) >= duration_ms(timeout)
+    }
+
+    fn partition_watermark(&self, partition: &PartitionClock) -> i64 {
+        partition.max_event_time.map_or(i64::MIN, |max| {
+            max.saturating_sub(self.max_out_of_orderness_ms)
+        })
+    }
+
+    /// The minimum watermark of the partitions other than `partition` that are not idle.
+    fn others_watermark(&self, partition: u32) -> Option<i64> {
+        self.partitions
+            .iter()
+            .enumerate()
+            .filter(|(idx, clock)| *idx != partition as usize && !self.is_idle(clock))
+            .map(|(_, clock)| self.partition_watermark(clock))
+            .min()
+    }
+
+    /// The minimum watermark over partitions that are not idle; `None` if all are idle.
+    fn all_partitions_watermark(&self) -> Option<i64> {
+        self.partitions
+            .iter()
+            .filter(|clock| !self.is_idle(clock))
+            .map(|clock| self.partition_watermark(clock))
+            .min()
+            .map(|watermark| watermark.max(self.watermark))
+    }
+
+    fn watermark_with(&self, max_event_time: Option<i64>, others: Option<i64>) -> i64 {
+        let own = max_event_time.map_or(i64::MIN, |max| {
+            max.saturating_sub(self.max_out_of_orderness_ms)
+        });
+        let candidate = others.map_or(own, |others| own.min(others));
+        self.watermark.max(candidate)
+    }
+
+    /// The lowest watermark at which something happens: a firing, an expiry, an early emission.
+    fn next_trigger(&self) -> i64 {
+        let mut next = i64::MAX;
+        let mut any_unfired = false;
+        for window in self.windows.values() {
+            if window.fired {
+                next = next.min(window.end.saturating_add(self.allowed_lateness_ms));
+            } else {
+                any_unfired = true;
+                next = next.min(window.end);
+            }
+        }
+        if any_unfired && let Some(early) = self.next_early {
+            next = next.min(early);
+        }
+        next
+    }
+
+    /// Drops rows without an event time (reported) and rows WHERE rejects, and evaluates
+    /// the key, argument and FILTER expressions once for the whole batch.
+    fn prepare(
+        &self,
+        partition: u32,
+        batch: &RecordBatch,
+        errors: &mut Vec<EventError>,
+    ) -> Result<Prepared, EngineError> {
+        let times_column = batch.column(self.plan.event_time_index);
+        let times = event_times_ms(times_column);
+        let mut batch = batch.clone();
+        let mut times: Vec<i64> = if times_column.null_count() > 0 {
+            let mut keep = Vec::with_capacity(times.len());
+            for (row, time) in times.iter().enumerate() {
+                keep.push(time.is_some());
+                if time.is_none() {
+                    errors.push(EventError {
+                        partition,
+                        row,
+                        reason: format!("event time `{}` is null", self.plan.event_time),
+                    });
+                }
+            }
+            batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+            times.into_iter().flatten().collect()
+        } else {
+            times.into_iter().flatten().collect()
+        };
+        if let Some(filter) = &self.plan.filter {
+            let mask = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
+            let mask = mask.as_boolean();
+            // NULL counts as false, as in SQL.
+            let keep: BooleanArray = mask.iter().map(|value| Some(value == Some(true))).collect();
+            let mut kept_times = Vec::with_capacity(times.len());
+            for (time, keep) in times.iter().zip(keep.values().iter()) {
+                if keep {
+                    kept_times.push(*time);
+                }
+            }
+            batch = filter_record_batch(&batch, &keep)?;
+            times = kept_times;
+        }
+        let n_rows = batch.num_rows();
+        let keys = self
+            .plan
+            .keys
+            .iter()
+            .map(|key| key.evaluate(&batch)?.into_array(n_rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut args = Vec::with_capacity(self.plan.aggregates.len());
+        let mut filters = Vec::with_capacity(self.plan.aggregates.len());
+        for aggregate in &self.plan.aggregates {
+            args.push(
+                aggregate
+                    .args
+                    .iter()
+                    .map(|arg| arg.evaluate(&batch)?.into_array(n_rows))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+            filters.push(match &aggregate.filter {
+                Some(filter) => Some(
+                    filter
+                        .evaluate(&batch)?
+                        .into_array(n_rows)?
+                        .as_boolean()
+                        .clone(),
+                ),
+                None => None,
+            });
+        }
+        Ok(Prepared {
+            batch,
+            times,
+            keys,
+            args,
+            filters,
+        })
+    }
+
+    fn window_mut(&mut self, start: i64) -> Result<&mut Window, EngineError> {
+        if !self.windows.contains_key(&start) {
+            let end = start.saturating_add(self.plan.window.size_ms());
+            let table = GroupTable::new(&self.plan)?;
+            self.windows.insert(
+                start,
+                Window {
+                    end,
+                    table,
+                    fired: false,
+                },
+            );
+        }
+        Ok(self.windows.get_mut(&start).expect("inserted above"))
+    }
+
+    /// Adds the pending rows of each window to its state.
+    fn flush(
+        &mut self,
+        prepared: &Prepared,
+        segment: &mut BTreeMap<i64, Vec<u32>>,
+    ) -> Result<(), EngineError> {
+        for (start, rows) in std::mem::take(segment) {
+            self.update_window(prepared, start, &rows)?;
+        }
+        Ok(())
+    }
+
+    fn update_window(
+        &mut self,
+        prepared: &Prepared,
+        start: i64,
+        rows: &[u32],
+    ) -> Result<Vec<usize>, EngineError> {
+        let keys = select_all(&prepared.keys, rows)?;
+        let args = prepared
+            .args
+            .iter()
+            .map(|columns| select_all(columns, rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filters = prepared
+            .filters
+            .iter()
+            .map(|filter| {
+                filter
+                    .as_ref()
+                    .map(|filter| {
+                        Ok::<_, EngineError>(
+                            select(&(Arc::new(filter.clone()) as ArrayRef), rows)?
+                                .as_boolean()
+                                .clone(),
+                        )
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let window = self.window_mut(start)?;
+        Ok(window
+            .table
+            .update(rows.len(), &keys, &args, &filters)?
+            .to_vec())
+    }
+
+    /// Adds one late row to a fired window and emits its group again.
+    fn apply_late_update(
+        &mut self,
+        prepared: &Prepared,
+        row: usize,
+        start: i64,
+        output: &mut OperatorOutput,
+    ) -> Result<(), EngineError> {
+        let groups = self.update_window(prepared, start, &[row as u32])?;
+        let window = self.windows.get_mut(&start).expect("updated above");
+        window.fired = true;
+        if let Some(group) = groups.first().copied()
+            && let Some(batch) = self.emit(start, Selection::Group(group), true, true)?
+        {
+            output.results.push(batch);
+        }
+        Ok(())
+    }
+
+    /// Raises the watermark to `watermark`: fires, expires and emits early what it releases.
+    fn advance_to(
+        &mut self,
+        watermark: i64,
+        output: &mut OperatorOutput,
+    ) -> Result<(), EngineError> {
+        if watermark <= self.watermark {
+            return Ok(());
+        }
+        self.watermark = watermark;
+        let due: Vec<i64> = self
+            .windows
+            .iter()
+            .filter(|(_, window)| !window.fired && window.end <= watermark)
+            .map(|(start, _)| *start)
+            .collect();
+        let keep = self.allowed_lateness_ms > 0;
+        for start in due {
+            if let Some(batch) = self.emit(start, Selection::All, true, keep)? {
+                output.results.push(batch);
+            }
+            if keep {
+                let window = self.windows.get_mut(&start).expect("due window exists");
+                window.fired = true;
+            } else {
+                self.windows.remove(&start);
+            }
+        }
+        let lateness = self.allowed_lateness_ms;
+        self.windows.retain(|_, window| {
+            !(window.fired && window.end.saturating_add(lateness) <= watermark)
+        });
+        if let Some(interval) = self
+            .options
+            .early_emit_interval
+            .map(duration_ms)
+            .filter(|ms| *ms > 0)
+        {
+            let crossed = self.next_early.is_some_and(|early| watermark >= early);
+            if crossed {
+                let open: Vec<i64> = self
+                    .windows
+                    .iter()
+                    .filter(|(_, window)| {
+                        !window.fired && window.table.dirty.iter().any(|dirty| *dirty)
+                    })
+                    .map(|(start, _)| *start)
+                    .collect();
+                for start in open {
+                    if let Some(batch) = self.emit(start, Selection::Dirty, false, true)? {
+                        output.results.push(batch);
+                    }
+                }
+            }
+            if watermark < i64::MAX {
+                self.next_early = Some(floor_to(watermark, interval).saturating_add(interval));
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits groups of the window at `start` with their next version.
+    fn emit(
+        &mut self,
+        start: i64,
+        selection: Selection,
+        is_final: bool,
+        keep: bool,
+    ) -> Result<Option<RecordBatch>, EngineError> {
+        let plan = Arc::clone(&self.plan);
+        let Some(window) = self.windows.get_mut(&start) else {
+            return Ok(None);
+        };
+        let n_groups = window.table.len();
+        let selected: Vec<u32> = match selection {
+            Selection::All => (0..n_groups as u32).collect(),
+            Selection::Dirty => (0..n_groups)
+                .filter(|group| window.table.dirty[*group])
+                .map(|group| group as u32)
+                .collect(),
+            Selection::Group(group) => vec![group as u32],
+        };
+        if selected.is_empty() {
+            return Ok(None);
+        }
+        let mut versions = Vec::with_capacity(selected.len());
+        for group in &selected {
+            let group = *group as usize;
+            window.table.versions[group] += 1;
+            window.table.dirty[group] = false;
+            versions.push(window.table.versions[group]);
+        }
+        let end = window.end;
+        let evaluated = window.table.evaluate(&plan, keep)?;
+        let all_selected = selected.len() == n_groups;
+        let keys = if all_selected {
+            evaluated.keys
+        } else {
+            select_all(&evaluated.keys, &selected)?
+        };
+        let aggregates = if all_selected {
+            evaluated.aggregates
+        } else {
+            select_all(&evaluated.aggregates, &selected)?
+        };
+        let n_rows = selected.len();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.aggregate_schema.fields().len());
+        for slot in &plan.group_slots {
+            columns.push(match slot {
+                GroupSlot::Key(idx) => Arc::clone(&keys[*idx]),
+                GroupSlot::WindowStart => {
+                    Arc::new(TimestampMillisecondArray::from(vec![start; n_rows]))
+                }
+                GroupSlot::WindowEnd => {
+                    Arc::new(TimestampMillisecondArray::from(vec![end; n_rows]))
+                }
+            });
+        }
+        columns.extend(aggregates);
+        let aggregate_batch = RecordBatch::try_new(Arc::clone(&plan.aggregate_schema), columns)?;
+        let mut result_columns = plan
+            .projection
+            .iter()
+            .map(|expr| expr.evaluate(&aggregate_batch)?.into_array(n_rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        result_columns.push(Arc::new(render_keys(&keys, n_rows)?));
+        result_columns.push(Arc::new(TimestampMillisecondArray::from(vec![
+            start;
+            n_rows
+        ])));
+        result_columns.push(Arc::new(UInt32Array::from(versions)));
+        result_columns.push(Arc::new(BooleanArray::from(vec![is_final; n_rows])));
+        Ok(Some(RecordBatch::try_new(
+            Arc::clone(&plan.result_schema),
+            result_columns,
+        )?))
+    }
+
+    fn late_batch(
+        &mut self,
+        partition: u32,
+        batch: &RecordBatch,
+        late: &[(u32, i64, i64)],
+    ) -> Result<RecordBatch, EngineError> {
+        self.late_count += late.len() as u64;
+        let rows = UInt32Array::from(late.iter().map(|(row, _, _)| *row).collect::<Vec<_>>());
+        let mut columns = batch
+            .columns()
+            .iter()
+            .map(|column| take(column.as_ref(), &rows, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let size_ms = self.plan.window.size_ms();
+        columns.push(Arc::new(UInt32Array::from(vec![partition; late.len()])));
+        columns.push(Arc::new(TimestampMillisecondArray::from(
+            late.iter().map(|(_, start, _)| *start).collect::<Vec<_>>(),
+        )));
+        columns.push(Arc::new(TimestampMillisecondArray::from(
+            late.iter()
+                .map(|(_, _, watermark)| *watermark)
+                .collect::<Vec<_>>(),
+        )));
+        let mut reasons = StringBuilder::new();
+        for (_, start, watermark) in late {
+            reasons.append_value(format!(
+                "too late for window [{start}, {}): watermark {watermark} had passed its end plus the allowed lateness of {} ms",
+                start.saturating_add(size_ms),
+                self.allowed_lateness_ms
+            ));
+        }
+        columns.push(Arc::new(reasons.finish()));
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.late_schema),
+            columns,
+        )?)
+    }
+}
+
+fn describe_fields(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|field| format!("{}: {}", field.name(), field.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Returns the rows of `array` at `rows`: a zero-copy slice when they are contiguous.
+fn select(array: &ArrayRef, rows: &[u32]) -> Result<ArrayRef, EngineError> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok(array.slice(0, 0));
+    };
+    if (*last - *first) as usize + 1 == rows.len() {
+        return Ok(array.slice(*first as usize, rows.len()));
+    }
+    Ok(take(
+        array.as_ref(),
+        &UInt32Array::from(rows.to_vec()),
+        None,
+    )?)
+}
+
+fn select_all(arrays: &[ArrayRef], rows: &[u32]) -> Result<Vec<ArrayRef>, EngineError> {
+    arrays.iter().map(|array| select(array, rows)).collect()
+}
+
+/// Renders group keys as a JSON array per row: `["/home",42]`; the upsert key of a result.
+fn render_keys(keys: &[ArrayRef], n_rows: usize) -> Result<arrow::array::StringArray, EngineError> {
+    let options = FormatOptions::default();
+    let formatters = keys
+        .iter()
+        .map(|key| ArrayFormatter::try_new(key.as_ref(), &options))
+        .collect::<Result<Vec<_>, _>>()?;
+    let quoted: Vec<bool> = keys
+        .iter()
+        .map(|key| !(key.data_type().is_numeric() || key.data_type() == &DataType::Boolean))
+        .collect();
+    let mut builder = StringBuilder::with_capacity(n_rows, n_rows * 16);
+    let mut text = String::new();
+    for row in 0..n_rows {
+        text.clear();
+        text.push('[');
+        for (idx, (key, formatter)) in keys.iter().zip(&formatters).enumerate() {
+            if idx > 0 {
+                text.push(',');
+            }
+            if key.is_null(row) {
+                text.push_str("null");
+            } else if quoted[idx] {
+                text.push('"');
+                for ch in formatter.value(row).to_string().chars() {
+                    match ch {
+                        '"' => text.push_str("\\\""),
+                        '\\' => text.push_str("\\\\"),
+                        ch if ch.is_control() => text.push_str(&format!("\\u{:04x}", ch as u32)),
+                        ch => text.push(ch),
+                    }
+                }
+                text.push('"');
+            } else {
+                text.push_str(&formatter.value(row).to_string());
+            }
+        }
+        text.push(']');
+        builder.append_value(&text);
+    }
+    Ok(builder.finish())
+}

@@ -1,0 +1,689 @@
+//! From job SQL to a [`JobPlan`]: parse, check the supported subset, let DataFusion plan
+//! the query, and lower its pieces to physical expressions.
+//!
+//! The window table function is rewritten away: `FROM TUMBLE(clicks, event_time, ...)`
+//! becomes `FROM clicks`, where `clicks` is registered with the stream's columns plus
+//! `window_start` and `window_end`. DataFusion then plans an ordinary
+//! `Projection <- Aggregate <- Filter <- Scan`; the window operator computes the two window
+//! columns itself and feeds the rest through DataFusion's expressions and accumulators.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
+use datafusion::physical_expr::execution_props::ExecutionProps;
+use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
+use datafusion::sql::sqlparser::ast::{
+    self, FunctionArg, FunctionArgExpr, GroupByExpr, SetExpr, Spanned, Statement, TableFactor,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+use crate::error::{EngineError, SqlPosition};
+use crate::window::WindowSpec;
+
+/// Name of the window start column a job groups by.
+pub const WINDOW_START: &str = "window_start";
+/// Name of the window end column a job groups by.
+pub const WINDOW_END: &str = "window_end";
+/// Result column: the version of an upsert, from 1.
+pub const VERSION_COLUMN: &str = "_version";
+/// Result column: true once the watermark has passed the window's end.
+pub const FINAL_COLUMN: &str = "_final";
+/// Result column: the group key, rendered as text (see [`JobPlan::key_text`]).
+pub const KEY_COLUMN: &str = "_key";
+/// Result column: the window start, whatever the projection keeps.
+pub const WINDOW_START_COLUMN: &str = "_window_start";
+
+/// The aggregate functions a job may use, by DataFusion name.
+const SUPPORTED_AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "approx_distinct",
+    "approx_percentile_cont",
+    "approx_median",
+];
+
+/// One grouping column of the Aggregate node, in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GroupSlot {
+    /// The `idx`-th key expression.
+    Key(usize),
+    /// `window_start`.
+    WindowStart,
+    /// `window_end`.
+    WindowEnd,
+}
+
+/// One aggregate: DataFusion's expression, its lowered arguments and optional FILTER.
+#[derive(Debug)]
+pub(crate) struct AggregatePlan {
+    pub(crate) expr: Arc<AggregateFunctionExpr>,
+    pub(crate) args: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// A compiled job: everything the window operator and the batch plan need.
+#[derive(Debug)]
+pub struct JobPlan {
+    pub(crate) sql: String,
+    pub(crate) stream: String,
+    pub(crate) event_time: String,
+    pub(crate) event_time_index: usize,
+    pub(crate) window: WindowSpec,
+    pub(crate) stream_schema: SchemaRef,
+    pub(crate) filter: Option<Arc<dyn PhysicalExpr>>,
+    pub(crate) group_slots: Vec<GroupSlot>,
+    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) key_schema: SchemaRef,
+    pub(crate) aggregates: Vec<AggregatePlan>,
+    /// Output of the Aggregate node: group columns in `group_slots` order, then aggregates.
+    pub(crate) aggregate_schema: SchemaRef,
+    pub(crate) projection: Vec<Arc<dyn PhysicalExpr>>,
+    /// The user's columns, then `_key`, `_window_start`, `_version`, `_final`.
+    pub(crate) result_schema: SchemaRef,
+}
+
+impl JobPlan {
+    /// Compiles `sql` for a stream with `stream_schema`, whose event time is `event_time`
+    /// (a timestamp or an int64 of epoch milliseconds).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Parse`], [`EngineError::Unsupported`] with the position of the part
+    /// outside the supported subset, or [`EngineError::Plan`] for unknown columns and types.
+    pub fn compile(
+        sql: &str,
+        stream_schema: SchemaRef,
+        event_time: &str,
+    ) -> Result<JobPlan, EngineError> {
+        let parsed = parse_job_sql(sql)?;
+        let event_time_index = stream_schema.index_of(event_time).map_err(|_| {
+            EngineError::plan(format!(
+                "the event time column `{event_time}` is not in the stream"
+            ))
+        })?;
+        match stream_schema.field(event_time_index).data_type() {
+            DataType::Timestamp(_, _) | DataType::Int64 => {}
+            other => {
+                return Err(EngineError::plan(format!(
+                    "the event time column `{event_time}` has type {other}; it must be a timestamp or an int64 of epoch milliseconds"
+                )));
+            }
+        }
+        if parsed.time_column != event_time {
+            return Err(EngineError::Unsupported {
+                position: parsed.time_column_position,
+                message: format!(
+                    "the window is over `{}`, but the stream's event time is `{event_time}`",
+                    parsed.time_column
+                ),
+            });
+        }
+        for reserved in [WINDOW_START, WINDOW_END] {
+            if stream_schema.index_of(reserved).is_ok() {
+                return Err(EngineError::plan(format!(
+                    "the stream has a column named `{reserved}`, which the window defines"
+                )));
+            }
+        }
+        let mut fields: Vec<Field> = stream_schema
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .collect();
+        fields.push(Field::new(WINDOW_START, window_time_type(), false));
+        fields.push(Field::new(WINDOW_END, window_time_type(), false));
+        let windowed_schema = Arc::new(Schema::new(fields));
+
+        let context = SessionContext::new();
+        context
+            .register_table(
+                parsed.stream.as_str(),
+                Arc::new(EmptyTable::new(Arc::clone(&windowed_schema))),
+            )
+            .map_err(|error| EngineError::plan(error.to_string()))?;
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(parsed.statement));
+        let state = context.state();
+        let logical_plan = futures::executor::block_on(state.statement_to_plan(statement))
+            .map_err(|error| EngineError::plan(error.to_string()))?;
+        lower(
+            sql,
+            parsed.stream,
+            event_time.to_string(),
+            event_time_index,
+            parsed.window,
+            stream_schema,
+            &logical_plan,
+            &parsed.function_positions,
+        )
+    }
+
+    /// Returns the job's SQL.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Returns the stream the job reads.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Returns the window the job aggregates over.
+    pub fn window(&self) -> WindowSpec {
+        self.window
+    }
+
+    /// Returns the stream's schema (what input batches must have).
+    pub fn stream_schema(&self) -> SchemaRef {
+        Arc::clone(&self.stream_schema)
+    }
+
+    /// Returns the schema of result batches.
+    pub fn result_schema(&self) -> SchemaRef {
+        Arc::clone(&self.result_schema)
+    }
+
+    /// Returns the event time column's name.
+    pub fn event_time(&self) -> &str {
+        &self.event_time
+    }
+}
+
+/// Windows are reported as timestamps in milliseconds, without a time zone (UTC).
+pub(crate) fn window_time_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+struct ParsedJob {
+    statement: Statement,
+    stream: String,
+    time_column: String,
+    time_column_position: SqlPosition,
+    window: WindowSpec,
+    /// First position of each function name, lowercase, for error messages after planning.
+    function_positions: HashMap<String, SqlPosition>,
+}
+
+fn position_of(node: &impl Spanned) -> SqlPosition {
+    let start = node.span().start;
+    SqlPosition {
+        line: start.line.max(1),
+        column: start.column.max(1),
+    }
+}
+
+fn unsupported(node: &impl Spanned, message: impl Into<String>) -> EngineError {
+    EngineError::Unsupported {
+        position: position_of(node),
+        message: message.into(),
+    }
+}
+
+fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
+        .map_err(|error| EngineError::Parse(error.to_string()))?;
+    if statements.len() != 1 {
+        let message = format!("a job is one SELECT statement, found {}", statements.len());
+        return match statements.get(1) {
+            Some(second) => Err(unsupported(second, message)),
+            None => Err(EngineError::Parse(message)),
+        };
+    }
+    let mut statement = statements.remove(0);
+    let mut function_positions = HashMap::new();
+    let mut refusal: Option<EngineError> = None;
+    let _ = ast::visit_expressions(&statement, |expr: &ast::Expr| {
+        let problem = match expr {
+            ast::Expr::Subquery(_) | ast::Expr::Exists { .. } | ast::Expr::InSubquery { .. } => {
+                Some("subqueries are not supported in jobs")
+            }
+            ast::Expr::Function(function) if function.over.is_some() => Some(
+                "window functions (OVER) are not supported; windows come from TUMBLE, HOP or SESSION",
+            ),
+            ast::Expr::Function(function) => {
+                function_positions
+                    .entry(function.name.to_string().to_lowercase())
+                    .or_insert_with(|| position_of(expr));
+                None
+            }
+            _ => None,
+        };
+        match problem {
+            Some(message) => {
+                refusal = Some(unsupported(expr, message));
+                ControlFlow::Break(())
+            }
+            None => ControlFlow::Continue(()),
+        }
+    });
+    if let Some(error) = refusal {
+        return Err(error);
+    }
+    let Statement::Query(query) = &mut statement else {
+        return Err(unsupported(&statement, "a job is a SELECT statement"));
+    };
+    if let Some(with) = &query.with {
+        return Err(unsupported(with, "WITH is not supported in jobs"));
+    }
+    if let Some(order_by) = &query.order_by {
+        return Err(unsupported(
+            order_by,
+            "ORDER BY is not supported: results are upserts per key and window; order them when reading",
+        ));
+    }
+    if let Some(limit) = &query.limit_clause {
+        return Err(unsupported(
+            limit,
+            "LIMIT and OFFSET are not supported in jobs",
+        ));
+    }
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        return Err(unsupported(
+            query.body.as_ref(),
+            "a job is a single SELECT (no UNION, INTERSECT, EXCEPT or VALUES)",
+        ));
+    };
+    if select.distinct.is_some() {
+        return Err(unsupported(
+            &select.select_token.0,
+            "SELECT DISTINCT is not supported; GROUP BY the columns instead",
+        ));
+    }
+    if let Some(having) = &select.having {
+        return Err(unsupported(
+            having,
+            "HAVING is not supported in jobs yet; filter the results when reading",
+        ));
+    }
+    if let Some(qualify) = &select.qualify {
+        return Err(unsupported(qualify, "QUALIFY is not supported in jobs"));
+    }
+    if let Some(window) = select.named_window.first() {
+        return Err(unsupported(
+            window,
+            "WINDOW clauses are not supported; use TUMBLE, HOP or SESSION in FROM",
+        ));
+    }
+    if select.from.len() != 1 {
+        let message = "FROM must be exactly one of TUMBLE(...), HOP(...) or SESSION(...)";
+        return match select.from.get(1) {
+            Some(second) => Err(unsupported(second, message)),
+            None => Err(unsupported(&**select, message)),
+        };
+    }
+    if let Some(join) = select.from[0].joins.first() {
+        return Err(unsupported(join, "joins are not supported in jobs"));
+    }
+    if let Some(selection) = &select.selection {
+        let mut window_reference = None;
+        let _ = ast::visit_expressions(selection, |expr: &ast::Expr| {
+            if let ast::Expr::Identifier(ident) = expr
+                && (ident.value.eq_ignore_ascii_case(WINDOW_START)
+                    || ident.value.eq_ignore_ascii_case(WINDOW_END))
+            {
+                window_reference = Some(unsupported(
+                    expr,
+                    "WHERE filters events before windowing, so it cannot use window_start or window_end",
+                ));
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        if let Some(error) = window_reference {
+            return Err(error);
+        }
+    }
+    check_group_by(&select.group_by, select)?;
+    let (stream, time_column, time_column_position, window) =
+        rewrite_window_source(&mut select.from[0].relation)?;
+    Ok(ParsedJob {
+        statement,
+        stream,
+        time_column,
+        time_column_position,
+        window,
+        function_positions,
+    })
+}
+
+fn check_group_by(group_by: &GroupByExpr, select: &ast::Select) -> Result<(), EngineError> {
+    let GroupByExpr::Expressions(exprs, modifiers) = group_by else {
+        return Err(unsupported(
+            select,
+            "GROUP BY ALL is not supported; list the keys, window_start and window_end",
+        ));
+    };
+    if !modifiers.is_empty() {
+        return Err(unsupported(
+            select,
+            "GROUP BY modifiers (ROLLUP, CUBE, TOTALS) are not supported",
+        ));
+    }
+    for required in [WINDOW_START, WINDOW_END] {
+        let present = exprs.iter().any(|expr| {
+            matches!(expr, ast::Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case(required))
+        });
+        if !present {
+            return Err(unsupported(
+                select,
+                format!(
+                    "a windowed job must GROUP BY {WINDOW_START} and {WINDOW_END} (missing `{required}`)"
+                ),
+            ));
+        }
+    }
+    for expr in exprs {
+        if let ast::Expr::Value(_) = expr {
+            return Err(unsupported(
+                expr,
+                "GROUP BY by position is not supported; name the expression",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `TUMBLE(stream, col, ...)` by `stream`, returning the stream, time column and window.
+fn rewrite_window_source(
+    relation: &mut TableFactor,
+) -> Result<(String, String, SqlPosition, WindowSpec), EngineError> {
+    let how = "FROM must be TUMBLE(stream, time_col, size), HOP(stream, time_col, slide, size) or SESSION(stream, time_col, gap)";
+    let TableFactor::Table { name, args, .. } = relation else {
+        return Err(unsupported(&*relation, how));
+    };
+    let Some(table_args) = args.take() else {
+        return Err(unsupported(
+            &*name,
+            format!("`{name}` is not a window; {how}"),
+        ));
+    };
+    let function = name.to_string().to_lowercase();
+    let mut exprs = Vec::with_capacity(table_args.args.len());
+    for arg in &table_args.args {
+        match arg {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => exprs.push(expr.clone()),
+            other => {
+                return Err(unsupported(
+                    other,
+                    format!("window arguments are positional expressions; {how}"),
+                ));
+            }
+        }
+    }
+    let expected = match function.as_str() {
+        "tumble" | "session" => 3,
+        "hop" => 4,
+        _ => {
+            return Err(unsupported(
+                &*name,
+                format!("unknown window `{name}`; {how}"),
+            ));
+        }
+    };
+    if exprs.len() != expected {
+        return Err(unsupported(
+            &*name,
+            format!(
+                "{} takes {expected} arguments, found {}; {how}",
+                function.to_uppercase(),
+                exprs.len()
+            ),
+        ));
+    }
+    let identifier = |expr: &ast::Expr, what: &str| match expr {
+        ast::Expr::Identifier(ident) => Ok(ident.value.clone()),
+        other => Err(unsupported(
+            other,
+            format!("the {what} must be a plain name"),
+        )),
+    };
+    let stream = identifier(&exprs[0], "stream")?;
+    let time_column = identifier(&exprs[1], "time column")?;
+    let time_column_position = position_of(&exprs[1]);
+    let window = match function.as_str() {
+        "tumble" => WindowSpec::Tumble {
+            size_ms: interval_ms(&exprs[2])?,
+        },
+        "hop" => {
+            let slide_ms = interval_ms(&exprs[2])?;
+            let size_ms = interval_ms(&exprs[3])?;
+            if size_ms % slide_ms != 0 {
+                return Err(unsupported(
+                    &exprs[3],
+                    format!(
+                        "a HOP size ({size_ms} ms) must be a whole multiple of its slide ({slide_ms} ms)"
+                    ),
+                ));
+            }
+            WindowSpec::Hop { slide_ms, size_ms }
+        }
+        _ => WindowSpec::Session {
+            gap_ms: interval_ms(&exprs[2])?,
+        },
+    };
+    *name = ast::ObjectName::from(vec![ast::Ident::new(stream.clone())]);
+    Ok((stream, time_column, time_column_position, window))
+}
+
+/// Evaluates an `INTERVAL ...` literal to whole milliseconds.
+fn interval_ms(expr: &ast::Expr) -> Result<i64, EngineError> {
+    let refuse = |message: &str| unsupported(expr, message.to_string());
+    let context = SessionContext::new();
+    let logical = context
+        .state()
+        .create_logical_expr(&expr.to_string(), &DFSchema::empty())
+        .map_err(|_| refuse("expected an interval such as INTERVAL '1' MINUTE"))?;
+    let Expr::Literal(value, _) = logical else {
+        return Err(refuse(
+            "expected a constant interval such as INTERVAL '10' SECOND",
+        ));
+    };
+    let ms = match value {
+        ScalarValue::IntervalMonthDayNano(Some(interval)) => {
+            if interval.months != 0 {
+                return Err(refuse(
+                    "months and years vary in length; give the window in days or less",
+                ));
+            }
+            if interval.nanoseconds % 1_000_000 != 0 {
+                return Err(refuse("windows have millisecond precision"));
+            }
+            i64::from(interval.days) * 86_400_000 + interval.nanoseconds / 1_000_000
+        }
+        ScalarValue::IntervalDayTime(Some(interval)) => {
+            i64::from(interval.days) * 86_400_000 + i64::from(interval.milliseconds)
+        }
+        ScalarValue::IntervalYearMonth(_) => {
+            return Err(refuse(
+                "months and years vary in length; give the window in days or less",
+            ));
+        }
+        _ => return Err(refuse("expected an interval such as INTERVAL '1' MINUTE")),
+    };
+    if ms <= 0 {
+        return Err(refuse("a window interval must be positive"));
+    }
+    Ok(ms)
+}
+
+/// Finds `Projection <- Aggregate <- [Filter] <- [SubqueryAlias] <- TableScan` and lowers it.
+#[allow(clippy::too_many_arguments)]
+fn lower(
+    sql: &str,
+    stream: String,
+    event_time: String,
+    event_time_index: usize,
+    window: WindowSpec,
+    stream_schema: SchemaRef,
+    logical_plan: &LogicalPlan,
+    function_positions: &HashMap<String, SqlPosition>,
+) -> Result<JobPlan, EngineError> {
+    let LogicalPlan::Projection(projection) = logical_plan else {
+        return Err(EngineError::plan(format!(
+            "expected a projection over an aggregation, DataFusion planned {}",
+            logical_plan.display()
+        )));
+    };
+    let LogicalPlan::Aggregate(aggregate) = projection.input.as_ref() else {
+        return Err(EngineError::plan(
+            "a windowed job must aggregate: add COUNT(*) or another aggregate to SELECT",
+        ));
+    };
+    let mut below = aggregate.input.as_ref();
+    let mut filter_predicate = None;
+    if let LogicalPlan::Filter(filter) = below {
+        filter_predicate = Some(filter.predicate.clone());
+        below = filter.input.as_ref();
+    }
+    let input_schema = below.schema();
+    let props = ExecutionProps::new();
+    let planning = PhysicalPlanningContext::default();
+    let lower_expr = |expr: &Expr, schema: &DFSchema| {
+        create_physical_expr(expr, schema, &props, &planning)
+            .map_err(|error| EngineError::plan(error.to_string()))
+    };
+    let filter = filter_predicate
+        .as_ref()
+        .map(|predicate| lower_expr(predicate, input_schema))
+        .transpose()?;
+
+    let mut group_slots = Vec::with_capacity(aggregate.group_expr.len());
+    let mut keys = Vec::new();
+    let mut key_fields = Vec::new();
+    for (group_idx, group_expr) in aggregate.group_expr.iter().enumerate() {
+        let slot = match group_expr {
+            Expr::Column(column) if column.name == WINDOW_START => GroupSlot::WindowStart,
+            Expr::Column(column) if column.name == WINDOW_END => GroupSlot::WindowEnd,
+            _ => {
+                if references_window(group_expr) {
+                    return Err(EngineError::plan(format!(
+                        "the group key `{group_expr}` uses a window column; group by window_start and window_end themselves"
+                    )));
+                }
+                keys.push(lower_expr(group_expr, input_schema)?);
+                key_fields.push(aggregate.schema.field(group_idx).as_ref().clone());
+                GroupSlot::Key(keys.len() - 1)
+            }
+        };
+        group_slots.push(slot);
+    }
+
+    let physical_input_schema: Schema = input_schema.as_arrow().clone();
+    let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
+    for aggr_expr in &aggregate.aggr_expr {
+        check_aggregate(aggr_expr, function_positions)?;
+        let lowered = LoweredAggregateBuilder::new(
+            aggr_expr,
+            input_schema,
+            &physical_input_schema,
+            &props,
+            &planning,
+        )
+        .build()
+        .map_err(|error| EngineError::plan(error.to_string()))?;
+        if !lowered.order_bys.is_empty() {
+            return Err(EngineError::plan(format!(
+                "ordered aggregates (`{aggr_expr}`) are not supported in jobs"
+            )));
+        }
+        let args = lowered.aggregate.expressions();
+        aggregates.push(AggregatePlan {
+            expr: lowered.aggregate,
+            args,
+            filter: lowered.filter,
+        });
+    }
+
+    let aggregate_schema: SchemaRef = Arc::new(aggregate.schema.as_arrow().clone());
+    let projection_exprs = projection
+        .expr
+        .iter()
+        .map(|expr| lower_expr(expr, &aggregate.schema))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut result_fields: Vec<Field> = projection
+        .schema
+        .fields()
+        .iter()
+        .map(|field| field.as_ref().clone())
+        .collect();
+    for reserved in [
+        KEY_COLUMN,
+        WINDOW_START_COLUMN,
+        VERSION_COLUMN,
+        FINAL_COLUMN,
+    ] {
+        if result_fields.iter().any(|field| field.name() == reserved) {
+            return Err(EngineError::plan(format!(
+                "the output column name `{reserved}` is reserved for the result's bookkeeping"
+            )));
+        }
+    }
+    result_fields.push(Field::new(KEY_COLUMN, DataType::Utf8, false));
+    result_fields.push(Field::new(WINDOW_START_COLUMN, window_time_type(), false));
+    result_fields.push(Field::new(VERSION_COLUMN, DataType::UInt32, false));
+    result_fields.push(Field::new(FINAL_COLUMN, DataType::Boolean, false));
+
+    Ok(JobPlan {
+        sql: sql.to_string(),
+        stream,
+        event_time,
+        event_time_index,
+        window,
+        stream_schema,
+        filter,
+        group_slots,
+        keys,
+        key_schema: Arc::new(Schema::new(key_fields)),
+        aggregates,
+        aggregate_schema,
+        projection: projection_exprs,
+        result_schema: Arc::new(Schema::new(result_fields)),
+    })
+}
+
+fn references_window(expr: &Expr) -> bool {
+    expr.column_refs()
+        .iter()
+        .any(|column| column.name == WINDOW_START || column.name == WINDOW_END)
+}
+
+fn check_aggregate(
+    aggr_expr: &Expr,
+    function_positions: &HashMap<String, SqlPosition>,
+) -> Result<(), EngineError> {
+    let inner = match aggr_expr {
+        Expr::Alias(alias) => alias.expr.as_ref(),
+        other => other,
+    };
+    let Expr::AggregateFunction(function) = inner else {
+        return Err(EngineError::plan(format!(
+            "`{aggr_expr}` is not an aggregate"
+        )));
+    };
+    let name = function.func.name().to_lowercase();
+    if SUPPORTED_AGGREGATES.contains(&name.as_str()) {
+        return Ok(());
+    }
+    let message = format!(
+        "the aggregate `{name}` is not supported in jobs; use one of {}",
+        SUPPORTED_AGGREGATES.join(", ")
+    );
+    match function_positions.get(&name) {
+        Some(position) => Err(EngineError::Unsupported {
+            position: *position,
+            message,
+        }),
+        None => Err(EngineError::Plan(message)),
+    }
+}

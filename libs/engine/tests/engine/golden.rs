@@ -1,0 +1,226 @@
+//! Golden tests: `tests/golden/<case>/` holds `job.sql`, `options.json`, `input.jsonl` and
+//! `expected.jsonl`. `UPDATE_EXPECT=1 cargo test -p runnel-engine` rewrites the expected
+//! files; review the diff before committing it.
+//!
+//! `input.jsonl` lines are `{"p": partition, "at": arrival_ms, "e": {event}}` or
+//! `{"tick": arrival_ms}`; consecutive events with the same partition and arrival form one
+//! batch. Each case also runs with every event in its own batch, and must give the same
+//! results and late events: the operator's output may not depend on batching.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
+use serde_json::Value;
+
+enum Step {
+    Batch {
+        partition: u32,
+        arrival: i64,
+        events: Vec<Value>,
+    },
+    Tick(i64),
+}
+
+struct Case {
+    sql: String,
+    schema: SchemaRef,
+    event_time: String,
+    options: OperatorOptions,
+    steps: Vec<Step>,
+}
+
+fn case_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+fn field_type(name: &str) -> DataType {
+    match name {
+        "string" => DataType::Utf8,
+        "int64" => DataType::Int64,
+        "float64" => DataType::Float64,
+        "bool" => DataType::Boolean,
+        "timestamp" => DataType::Timestamp(TimeUnit::Millisecond, None),
+        other => panic!("unknown field type {other} in options.json"),
+    }
+}
+
+fn duration(options: &Value, key: &str) -> Option<Duration> {
+    options[key].as_u64().map(Duration::from_millis)
+}
+
+fn load(name: &str) -> Case {
+    let dir = case_dir(name);
+    let read = |file: &str| {
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_else(|error| panic!("read {name}/{file}: {error}"))
+    };
+    let options: Value = serde_json::from_str(&read("options.json")).expect("options.json is JSON");
+    let fields: Vec<Field> = options["schema"]
+        .as_array()
+        .expect("options.schema is a list")
+        .iter()
+        .map(|field| {
+            Field::new(
+                field["name"].as_str().expect("field name"),
+                field_type(field["type"].as_str().expect("field type")),
+                true,
+            )
+        })
+        .collect();
+    let mut steps: Vec<Step> = Vec::new();
+    for (line_idx, line) in read("input.jsonl").lines().enumerate() {
+        if line.trim().is_empty() || line.starts_with("//") {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("{name}/input.jsonl line {}: {error}", line_idx + 1));
+        if let Some(arrival) = value["tick"].as_i64() {
+            steps.push(Step::Tick(arrival));
+            continue;
+        }
+        let partition = value["p"].as_u64().unwrap_or(0) as u32;
+        let arrival = value["at"].as_i64().unwrap_or(0);
+        let event = value["e"].clone();
+        match steps.last_mut() {
+            Some(Step::Batch {
+                partition: last_partition,
+                arrival: last_arrival,
+                events,
+            }) if *last_partition == partition && *last_arrival == arrival => events.push(event),
+            _ => steps.push(Step::Batch {
+                partition,
+                arrival,
+                events: vec![event],
+            }),
+        }
+    }
+    Case {
+        sql: read("job.sql"),
+        schema: Arc::new(Schema::new(fields)),
+        event_time: options["event_time"]
+            .as_str()
+            .unwrap_or("event_time")
+            .to_string(),
+        options: OperatorOptions {
+            partitions: options["partitions"].as_u64().unwrap_or(1) as u32,
+            max_out_of_orderness: duration(&options, "max_out_of_orderness_ms").unwrap_or_default(),
+            allowed_lateness: duration(&options, "allowed_lateness_ms").unwrap_or_default(),
+            idle_timeout: duration(&options, "idle_timeout_ms"),
+            early_emit_interval: duration(&options, "early_emit_ms"),
+        },
+        steps,
+    }
+}
+
+fn to_batch(schema: &SchemaRef, events: &[Value]) -> RecordBatch {
+    let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(schema))
+        .build_decoder()
+        .expect("json decoder");
+    decoder.serialize(events).expect("events match the schema");
+    decoder.flush().expect("flush").expect("a batch")
+}
+
+fn render(batches: &[RecordBatch], prefix: &str, out: &mut String) {
+    for batch in batches {
+        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
+        writer.write(batch).expect("render batch");
+        writer.finish().expect("finish rendering");
+        let text = String::from_utf8(writer.into_inner()).expect("json is utf-8");
+        for line in text.lines() {
+            out.push_str(prefix);
+            out.push(' ');
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+}
+
+/// Runs the case; with `split`, every event is its own batch. Returns (results and late
+/// events, errors), rendered.
+fn run(case: &Case, split: bool) -> (String, String) {
+    let plan = Arc::new(
+        JobPlan::compile(&case.sql, Arc::clone(&case.schema), &case.event_time)
+            .expect("job compiles"),
+    );
+    let mut operator = WindowOperator::new(plan, case.options).expect("operator");
+    let mut output = OperatorOutput::default();
+    for step in &case.steps {
+        match step {
+            Step::Tick(arrival) => output.append(operator.tick(*arrival).expect("tick")),
+            Step::Batch {
+                partition,
+                arrival,
+                events,
+            } => {
+                let chunks: Vec<&[Value]> = if split {
+                    events.chunks(1).collect()
+                } else {
+                    vec![events.as_slice()]
+                };
+                for chunk in chunks {
+                    let batch = to_batch(&case.schema, chunk);
+                    output.append(
+                        operator
+                            .process(*partition, &batch, *arrival)
+                            .expect("process"),
+                    );
+                }
+            }
+        }
+    }
+    output.append(operator.finish().expect("finish"));
+    let mut text = String::new();
+    render(&output.results, "result", &mut text);
+    render(&output.late_events, "late", &mut text);
+    let mut errors = String::new();
+    for error in &output.errors {
+        errors.push_str(&format!(
+            "error partition={} row={} {}\n",
+            error.partition, error.row, error.reason
+        ));
+    }
+    (text, errors)
+}
+
+#[track_caller]
+fn check(name: &str) {
+    let case = load(name);
+    let (text, errors) = run(&case, false);
+    let (split_text, _) = run(&case, true);
+    assert_eq!(
+        text, split_text,
+        "{name}: one event per batch must give the same results and late events"
+    );
+    let actual = format!("{text}{errors}");
+    let expected_path = case_dir(name).join("expected.jsonl");
+    if std::env::var("UPDATE_EXPECT").as_deref() == Ok("1") {
+        std::fs::write(&expected_path, &actual).expect("write expected.jsonl");
+        return;
+    }
+    let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|error| {
+        panic!("read {name}/expected.jsonl ({error}); run with UPDATE_EXPECT=1 to create it")
+    });
+    assert_eq!(
+        actual, expected,
+        "{name}: output differs from expected.jsonl (UPDATE_EXPECT=1 rewrites it)"
+    );
+}
+
+macro_rules! golden {
+    ($($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                check(stringify!($case));
+            }
+        )*
+    };
+}
+
+golden!(tumble_basic);

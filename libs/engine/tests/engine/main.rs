@@ -1,0 +1,3 @@
+//! The engine's integration tests, one binary: golden cases (`tests/golden/<case>/`).
+
+mod golden;
