@@ -157,6 +157,12 @@ impl JobPlan {
         let state = context.state();
         let logical_plan = futures::executor::block_on(state.statement_to_plan(statement))
             .map_err(|error| EngineError::plan(error.to_string()))?;
+        // The analyzer adds the casts type coercion needs (e.g. AVG over an integer); the
+        // optimizer does not run, so the plan keeps the shape `lower` expects.
+        let logical_plan = state
+            .analyzer()
+            .execute_and_check(logical_plan, state.config_options(), |_, _| {})
+            .map_err(|error| EngineError::plan(error.to_string()))?;
         lower(
             sql,
             parsed.stream,
@@ -685,5 +691,181 @@ fn check_aggregate(
             message,
         }),
         None => Err(EngineError::Plan(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn clicks() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("event_time", DataType::Int64, false),
+            Field::new("page", DataType::Utf8, true),
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("duration_ms", DataType::Int64, true),
+        ]))
+    }
+
+    const GOOD: &str = "SELECT page, window_start, window_end, COUNT(*) AS n \
+        FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) GROUP BY page, window_start, window_end";
+
+    /// Compiles `sql` and checks it is refused at `line:column` with a message containing `needle`.
+    #[track_caller]
+    fn check_refused(sql: &str, line: u64, column: u64, needle: &str) {
+        match JobPlan::compile(sql, clicks(), "event_time") {
+            Err(EngineError::Unsupported { position, message }) => {
+                assert_eq!(
+                    (position.line, position.column),
+                    (line, column),
+                    "{message}"
+                );
+                assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+            }
+            Err(other) => panic!("expected a positioned refusal, got {other}"),
+            Ok(_) => panic!("{sql} compiled"),
+        }
+    }
+
+    #[test]
+    fn the_example_job_compiles() {
+        let plan = JobPlan::compile(GOOD, clicks(), "event_time").expect("compiles");
+        assert_eq!(plan.window(), WindowSpec::Tumble { size_ms: 60_000 });
+        assert_eq!(plan.stream(), "clicks");
+        let names: Vec<String> = plan
+            .result_schema()
+            .fields()
+            .iter()
+            .map(|field| field.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "page",
+                "window_start",
+                "window_end",
+                "n",
+                "_key",
+                "_window_start",
+                "_version",
+                "_final"
+            ]
+        );
+    }
+
+    #[test]
+    fn window_intervals_are_read() {
+        let hop = GOOD.replace(
+            "TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)",
+            "HOP(clicks, event_time, INTERVAL '10' SECOND, INTERVAL '1 minute')",
+        );
+        let plan = JobPlan::compile(&hop, clicks(), "event_time").expect("hop compiles");
+        assert_eq!(
+            plan.window(),
+            WindowSpec::Hop {
+                slide_ms: 10_000,
+                size_ms: 60_000
+            }
+        );
+        let session = GOOD.replace(
+            "TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)",
+            "SESSION(clicks, event_time, INTERVAL '1.5' SECOND)",
+        );
+        let plan = JobPlan::compile(&session, clicks(), "event_time").expect("session compiles");
+        assert_eq!(plan.window(), WindowSpec::Session { gap_ms: 1_500 });
+    }
+
+    #[test]
+    fn queries_outside_the_subset_are_refused_where_they_go_wrong() {
+        check_refused(&format!("{GOOD} HAVING COUNT(*) > 1"), 1, 154, "HAVING");
+        check_refused(&format!("{GOOD} ORDER BY n"), 1, 156, "ORDER BY");
+        check_refused(&format!("{GOOD} LIMIT 5"), 1, 153, "LIMIT");
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*)\nFROM clicks\nGROUP BY page, window_start, window_end",
+            2,
+            6,
+            "not a window",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*)\nFROM SLIDE(clicks, event_time, INTERVAL '1' MINUTE)\nGROUP BY page, window_start, window_end",
+            2,
+            6,
+            "unknown window",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)\nGROUP BY page, window_start",
+            1,
+            1,
+            "window_end",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*)\nFROM TUMBLE(clicks, event_time, INTERVAL '1' MONTH)\nGROUP BY page, window_start, window_end",
+            2,
+            42,
+            "months",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*)\nFROM HOP(clicks, event_time, INTERVAL '7' SECOND, INTERVAL '1' MINUTE)\nGROUP BY page, window_start, window_end",
+            2,
+            60,
+            "whole multiple",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)\nWHERE window_start > 0 GROUP BY page, window_start, window_end",
+            2,
+            7,
+            "WHERE",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end,\n  SUM(duration_ms) OVER (PARTITION BY page) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) GROUP BY page, window_start, window_end",
+            2,
+            3,
+            "OVER",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)\nWHERE page IN (SELECT page FROM clicks) GROUP BY page, window_start, window_end",
+            2,
+            7,
+            "subqueries",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end,\n  stddev(duration_ms) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) GROUP BY page, window_start, window_end",
+            2,
+            3,
+            "stddev",
+        );
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*) FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) GROUP BY page, window_start, window_end",
+            1,
+            69,
+            "event time",
+        );
+        check_refused(&format!("{GOOD}; {GOOD}"), 1, 148, "one SELECT");
+    }
+
+    #[test]
+    fn plan_errors_name_the_problem() {
+        let unknown = GOOD.replace("page,", "pagee,");
+        let message = JobPlan::compile(&unknown, clicks(), "event_time")
+            .err()
+            .expect("unknown column refused")
+            .to_string();
+        assert!(message.contains("pagee"), "{message}");
+        let bad_type = Arc::new(Schema::new(vec![Field::new(
+            "event_time",
+            DataType::Utf8,
+            false,
+        )]));
+        let message = JobPlan::compile(GOOD, bad_type, "event_time")
+            .err()
+            .expect("string event time refused")
+            .to_string();
+        assert!(message.contains("timestamp or an int64"), "{message}");
+        assert!(matches!(
+            JobPlan::compile("SELEC page", clicks(), "event_time"),
+            Err(EngineError::Parse(_))
+        ));
     }
 }

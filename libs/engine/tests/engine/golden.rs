@@ -223,4 +223,11 @@ macro_rules! golden {
     };
 }
 
-golden!(tumble_basic);
+golden!(
+    tumble_basic,
+    tumble_late_and_very_late,
+    hop_basic,
+    idle_partitions,
+    early_emission,
+    expressions_and_aggregates,
+);
