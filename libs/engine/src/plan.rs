@@ -598,11 +598,8 @@ fn lower(
         )
         .build()
         .map_err(|error| EngineError::plan(error.to_string()))?;
-        if !lowered.order_bys.is_empty() {
-            return Err(EngineError::plan(format!(
-                "ordered aggregates (`{aggr_expr}`) are not supported in jobs"
-            )));
-        }
+        // Every supported aggregate is insensitive to input order; the ORDER BY of
+        // `approx_percentile_cont(p) WITHIN GROUP (ORDER BY x)` names its input.
         let args = lowered.aggregate.expressions();
         aggregates.push(AggregatePlan {
             expr: lowered.aggregate,
@@ -869,3 +866,4 @@ mod tests {
         ));
     }
 }
+
