@@ -175,6 +175,17 @@ impl JobPlan {
         )
     }
 
+    /// Returns the stream and the time column a job's `FROM TUMBLE|HOP|SESSION(...)` names,
+    /// without planning it (to find the stream's schema before compiling).
+    ///
+    /// # Errors
+    ///
+    /// As [`JobPlan::compile`] for the parts it checks.
+    pub fn source_of(sql: &str) -> Result<(String, String), EngineError> {
+        let parsed = parse_job_sql(sql)?;
+        Ok((parsed.stream, parsed.time_column))
+    }
+
     /// Returns the job's SQL.
     pub fn sql(&self) -> &str {
         &self.sql
@@ -846,8 +857,7 @@ mod tests {
     fn plan_errors_name_the_problem() {
         let unknown = GOOD.replace("page,", "pagee,");
         let message = JobPlan::compile(&unknown, clicks(), "event_time")
-            .err()
-            .expect("unknown column refused")
+            .expect_err("unknown column refused")
             .to_string();
         assert!(message.contains("pagee"), "{message}");
         let bad_type = Arc::new(Schema::new(vec![Field::new(
@@ -856,8 +866,7 @@ mod tests {
             false,
         )]));
         let message = JobPlan::compile(GOOD, bad_type, "event_time")
-            .err()
-            .expect("string event time refused")
+            .expect_err("string event time refused")
             .to_string();
         assert!(message.contains("timestamp or an int64"), "{message}");
         assert!(matches!(
@@ -866,4 +875,3 @@ mod tests {
         ));
     }
 }
-

@@ -5,6 +5,7 @@
 //! will join the subcommands when their services exist.
 
 mod log_commands;
+mod run_command;
 
 use std::path::PathBuf;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::log_commands::LogCommand;
+use crate::run_command::RunArgs;
 
 /// runnel, a stream-processing platform: four services over one log.
 ///
@@ -74,6 +76,13 @@ enum Command {
     All,
     /// Prints the effective configuration: defaults, files and environment merged.
     Config,
+    /// Runs one windowed SQL job over a file of events and writes its results.
+    ///
+    /// In live mode the events stream through the window operator in file order, as if
+    /// they arrived on the log: results carry their versions, and late events go to a
+    /// second file beside the results. Example:
+    /// `runnel run --sql job.sql --input events.jsonl --out results.jsonl --max-out-of-orderness 5s`
+    Run(RunArgs),
     /// Works on the log directly: appends records, tails a partition, shows offsets.
     ///
     /// Opens the log that the config selects (embedded or Kafka), with every declared
@@ -90,7 +99,7 @@ impl Command {
             Command::StreamProcessor => runnel_stream_processor::SERVICE_NAME,
             Command::BatchReprocessor => runnel_batch_reprocessor::SERVICE_NAME,
             Command::Serving => runnel_serving::SERVICE_NAME,
-            Command::All | Command::Config | Command::Log(_) => "runnel",
+            Command::All | Command::Config | Command::Run(_) | Command::Log(_) => "runnel",
         }
     }
 }
@@ -130,6 +139,11 @@ async fn main() -> anyhow::Result<()> {
             run_all(config, shutdown).await?;
         }
         Command::Config => print_config(&config)?,
+        Command::Run(args) => {
+            tokio::task::spawn_blocking(move || run_command::run(args, &config))
+                .await
+                .context("run the job")??;
+        }
         Command::Log(log_command) => log_commands::run(log_command, &config).await?,
     }
     Ok(())

@@ -1,0 +1,207 @@
+//! The `runnel` binary, run as a process.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+const JOB: &str =
+    "SELECT page, window_start, window_end, COUNT(*) AS views, SUM(duration_ms) AS total_ms
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)
+WHERE country <> 'test'
+GROUP BY page, window_start, window_end";
+
+/// (event time ms, user, page, country, duration): the last one is late by 57 s.
+const EVENTS: [(i64, &str, &str, &str, i64); 6] = [
+    (1_000, "u1", "/a", "de", 100),
+    (2_000, "u2", "/b", "de", 200),
+    (30_000, "u2", "/a", "fr", 300),
+    (45_000, "u3", "/a", "test", 50),
+    (60_000, "u1", "/a", "de", 5),
+    (3_000, "u4", "/b", "de", 1),
+];
+
+fn rfc3339(ms: i64) -> String {
+    format!(
+        "1970-01-01T00:{:02}:{:02}.{:03}Z",
+        ms / 60_000,
+        (ms / 1000) % 60,
+        ms % 1000
+    )
+}
+
+fn write_inputs(dir: &Path) {
+    let jsonl: String = EVENTS
+        .iter()
+        .map(|(ts, user, page, country, duration)| {
+            format!(
+                "{{\"event_time\": \"{}\", \"user_id\": \"{user}\", \"page\": \"{page}\", \"country\": \"{country}\", \"duration_ms\": {duration}}}\n",
+                rfc3339(*ts)
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("events.jsonl"), jsonl).expect("write jsonl");
+    let mut csv = String::from("event_time,user_id,page,country,duration_ms\n");
+    for (ts, user, page, country, duration) in EVENTS {
+        csv.push_str(&format!(
+            "{},{user},{page},{country},{duration}\n",
+            rfc3339(ts)
+        ));
+    }
+    std::fs::write(dir.join("events.csv"), csv).expect("write csv");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "event_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+        Field::new("user_id", DataType::Utf8, true),
+        Field::new("page", DataType::Utf8, true),
+        Field::new("country", DataType::Utf8, true),
+        Field::new("duration_ms", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(
+                EVENTS.iter().map(|e| e.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                EVENTS.iter().map(|e| e.1).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                EVENTS.iter().map(|e| e.2).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                EVENTS.iter().map(|e| e.3).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                EVENTS.iter().map(|e| e.4).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("batch");
+    let file = std::fs::File::create(dir.join("events.parquet")).expect("create parquet");
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, schema, None).expect("parquet writer");
+    writer.write(&batch).expect("write parquet");
+    writer.close().expect("close parquet");
+}
+
+fn runnel(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run runnel")
+}
+
+#[test]
+fn run_gives_the_same_results_from_jsonl_csv_and_parquet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(dir.path());
+    std::fs::write(dir.path().join("job.sql"), JOB).expect("write job");
+    let mut outputs = Vec::new();
+    for input in ["events.jsonl", "events.csv", "events.parquet"] {
+        let out = format!("results-{input}.jsonl");
+        let run = runnel(
+            dir.path(),
+            &["run", "--sql", "job.sql", "--input", input, "--out", &out],
+        );
+        assert!(
+            run.status.success(),
+            "{input}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let results = std::fs::read_to_string(dir.path().join(&out)).expect("results written");
+        let late = std::fs::read_to_string(dir.path().join(format!("results-{input}.late.jsonl")))
+            .expect("late written");
+        outputs.push((input, results, late));
+    }
+    let (_, results, late) = &outputs[0];
+    assert_eq!(results.lines().count(), 3, "{results}");
+    assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":400"#), "{results}");
+    assert!(results.contains(r#""page":"/b","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":1,"total_ms":200"#), "{results}");
+    assert_eq!(
+        late.lines().count(),
+        1,
+        "the event at 3 s arrives after the watermark reached 60 s"
+    );
+    assert!(late.contains(r#""user_id":"u4""#), "{late}");
+    for (input, other_results, other_late) in &outputs[1..] {
+        assert_eq!(
+            other_results, results,
+            "{input} gives other results than JSONL"
+        );
+        assert_eq!(
+            other_late, late,
+            "{input} gives other late events than JSONL"
+        );
+    }
+}
+
+#[test]
+fn run_with_lateness_updates_instead_of_dropping() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(dir.path());
+    std::fs::write(dir.path().join("job.sql"), JOB).expect("write job");
+    let run = runnel(
+        dir.path(),
+        &[
+            "run",
+            "--sql",
+            "job.sql",
+            "--input",
+            "events.jsonl",
+            "--out",
+            "r.parquet",
+            "--allowed-lateness",
+            "1m",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = std::fs::File::open(dir.path().join("r.parquet")).expect("results");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet")
+        .build()
+        .expect("reader");
+    let rows: usize = reader.map(|batch| batch.expect("batch").num_rows()).sum();
+    assert_eq!(
+        rows, 4,
+        "two windows of /a and /b, plus /b again as version 2"
+    );
+}
+
+#[test]
+fn run_refuses_bad_sql_with_its_position() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(dir.path());
+    std::fs::write(dir.path().join("job.sql"), format!("{JOB}\nORDER BY views"))
+        .expect("write job");
+    let run = runnel(
+        dir.path(),
+        &[
+            "run",
+            "--sql",
+            "job.sql",
+            "--input",
+            "events.jsonl",
+            "--out",
+            "r.jsonl",
+        ],
+    );
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("line 5, column 10") && stderr.contains("ORDER BY"),
+        "{stderr}"
+    );
+}
