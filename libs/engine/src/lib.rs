@@ -14,6 +14,7 @@ mod error;
 mod groups;
 mod operator;
 mod plan;
+mod snapshot;
 mod window;
 
 pub use error::{EngineError, EventError, SqlPosition};

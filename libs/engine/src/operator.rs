@@ -397,6 +397,13 @@ impl WindowOperator {
         self.watermark.max(candidate)
     }
 
+    fn early_interval_ms(&self) -> Option<i64> {
+        self.options
+            .early_emit_interval
+            .map(duration_ms)
+            .filter(|ms| *ms > 0)
+    }
+
     /// The lowest watermark at which something happens: a firing, an expiry, an early emission.
     fn next_trigger(&self) -> i64 {
         let mut next = i64::MAX;
@@ -409,8 +416,14 @@ impl WindowOperator {
                 next = next.min(window.end);
             }
         }
-        if any_unfired && let Some(early) = self.next_early {
-            next = next.min(early);
+        if self.early_interval_ms().is_some() {
+            match self.next_early {
+                // The first real watermark sets the first early boundary; it must be seen at
+                // the row where it happens, whatever the batching.
+                None => next = next.min(i64::MIN + 1),
+                Some(early) if any_unfired => next = next.min(early),
+                Some(_) => {}
+            }
         }
         next
     }

@@ -16,6 +16,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
 use serde_json::Value;
 
+use crate::support::render;
+
 enum Step {
     Batch {
         partition: u32,
@@ -124,21 +126,6 @@ fn to_batch(schema: &SchemaRef, events: &[Value]) -> RecordBatch {
         .expect("json decoder");
     decoder.serialize(events).expect("events match the schema");
     decoder.flush().expect("flush").expect("a batch")
-}
-
-fn render(batches: &[RecordBatch], prefix: &str, out: &mut String) {
-    for batch in batches {
-        let mut writer = arrow::json::LineDelimitedWriter::new(Vec::new());
-        writer.write(batch).expect("render batch");
-        writer.finish().expect("finish rendering");
-        let text = String::from_utf8(writer.into_inner()).expect("json is utf-8");
-        for line in text.lines() {
-            out.push_str(prefix);
-            out.push(' ');
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
 }
 
 /// Runs the case; with `split`, every event is its own batch. Returns (results and late

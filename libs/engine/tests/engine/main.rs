@@ -1,3 +1,6 @@
-//! The engine's integration tests, one binary: golden cases (`tests/golden/<case>/`).
+//! The engine's integration tests, one binary: golden cases (`tests/golden/<case>/`) and
+//! property tests over random streams.
 
 mod golden;
+mod properties;
+mod support;

@@ -1,0 +1,235 @@
+//! Snapshots of a [`WindowOperator`]: its whole state as one Arrow IPC stream.
+//!
+//! Each open window is one batch: `_window_start`, `_window_end`, `_fired`, then the key
+//! columns (`_key_<i>`), the accumulators' intermediate state (`_state_<aggregate>_<field>`,
+//! DataFusion's own `state`/`merge_batch` format), `_version` and `_dirty`, one row per group.
+//! The operator's scalars (watermark, partition clocks, counters) and a fingerprint of the
+//! job and options are the schema's metadata, so a snapshot cannot be restored into another
+//! job by mistake.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+
+use crate::error::EngineError;
+use crate::groups::GroupTable;
+use crate::operator::{OperatorOptions, PartitionClock, Window, WindowOperator};
+use crate::plan::JobPlan;
+
+const FORMAT_VERSION: &str = "1";
+
+/// FNV-1a over the job's SQL and the options that change results.
+fn fingerprint(plan: &JobPlan, options: &OperatorOptions) -> String {
+    let text = format!(
+        "{}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{:?}\u{0}{}",
+        plan.sql,
+        plan.event_time,
+        options.max_out_of_orderness,
+        options.allowed_lateness,
+        options.idle_timeout,
+        options.early_emit_interval,
+        options.partitions
+    );
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+fn snapshot_schema(
+    plan: &JobPlan,
+    metadata: HashMap<String, String>,
+) -> Result<SchemaRef, EngineError> {
+    let mut fields = vec![
+        Field::new("_window_start", DataType::Int64, false),
+        Field::new("_window_end", DataType::Int64, false),
+        Field::new("_fired", DataType::Boolean, false),
+    ];
+    for (idx, key) in plan.key_schema.fields().iter().enumerate() {
+        fields.push(Field::new(
+            format!("_key_{idx}"),
+            key.data_type().clone(),
+            true,
+        ));
+    }
+    for (aggregate_idx, aggregate) in plan.aggregates.iter().enumerate() {
+        for (field_idx, field) in aggregate.expr.state_fields()?.iter().enumerate() {
+            fields.push(Field::new(
+                format!("_state_{aggregate_idx}_{field_idx}"),
+                field.data_type().clone(),
+                true,
+            ));
+        }
+    }
+    fields.push(Field::new("_version", DataType::UInt32, false));
+    fields.push(Field::new("_dirty", DataType::Boolean, false));
+    Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
+}
+
+fn encode_option(value: Option<i64>) -> String {
+    value.map_or_else(|| "-".to_string(), |value| value.to_string())
+}
+
+fn decode_option(text: &str) -> Result<Option<i64>, EngineError> {
+    if text == "-" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| EngineError::Snapshot(format!("`{text}` is not a number")))
+}
+
+impl WindowOperator {
+    /// Serializes the operator's whole state. The operator is unchanged and goes on.
+    ///
+    /// # Errors
+    ///
+    /// Failures inside DataFusion or Arrow while copying the state out.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, EngineError> {
+        let mut metadata = HashMap::new();
+        metadata.insert("runnel.format".to_string(), FORMAT_VERSION.to_string());
+        metadata.insert(
+            "runnel.fingerprint".to_string(),
+            fingerprint(&self.plan, &self.options),
+        );
+        metadata.insert("runnel.watermark".to_string(), self.watermark.to_string());
+        metadata.insert("runnel.clock".to_string(), encode_option(self.clock));
+        metadata.insert(
+            "runnel.started_at".to_string(),
+            encode_option(self.started_at),
+        );
+        metadata.insert(
+            "runnel.next_early".to_string(),
+            encode_option(self.next_early),
+        );
+        metadata.insert("runnel.late_count".to_string(), self.late_count.to_string());
+        metadata.insert("runnel.finished".to_string(), self.finished.to_string());
+        let partitions: Vec<String> = self
+            .partitions
+            .iter()
+            .map(|clock| {
+                format!(
+                    "{},{}",
+                    encode_option(clock.max_event_time),
+                    encode_option(clock.last_arrival)
+                )
+            })
+            .collect();
+        metadata.insert("runnel.partitions".to_string(), partitions.join(";"));
+        let schema = snapshot_schema(&self.plan, metadata)?;
+        let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
+        for (start, window) in &mut self.windows {
+            let n_groups = window.table.len();
+            let (keys, states) = window.table.state()?;
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from(vec![*start; n_groups])),
+                Arc::new(Int64Array::from(vec![window.end; n_groups])),
+                Arc::new(BooleanArray::from(vec![window.fired; n_groups])),
+            ];
+            columns.extend(keys);
+            columns.extend(states);
+            columns.push(Arc::new(UInt32Array::from(window.table.versions.clone())));
+            columns.push(Arc::new(BooleanArray::from(window.table.dirty.clone())));
+            writer.write(&RecordBatch::try_new(Arc::clone(&schema), columns)?)?;
+        }
+        writer.finish()?;
+        Ok(writer.into_inner()?)
+    }
+
+    /// Rebuilds an operator from [`snapshot`](Self::snapshot) bytes; it continues exactly as
+    /// the one that took the snapshot would have.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Snapshot`] if the bytes are not a snapshot, or one of another job or
+    /// other options.
+    pub fn restore(
+        plan: Arc<JobPlan>,
+        options: OperatorOptions,
+        bytes: &[u8],
+    ) -> Result<WindowOperator, EngineError> {
+        let corrupt = |what: &str| EngineError::Snapshot(what.to_string());
+        let reader = StreamReader::try_new(bytes, None)
+            .map_err(|error| EngineError::Snapshot(format!("not an Arrow IPC stream: {error}")))?;
+        let schema = reader.schema();
+        let metadata = schema.metadata();
+        let get = |key: &str| {
+            metadata
+                .get(key)
+                .map(String::as_str)
+                .ok_or_else(|| EngineError::Snapshot(format!("missing `{key}`")))
+        };
+        if get("runnel.format")? != FORMAT_VERSION {
+            return Err(corrupt("unknown snapshot format version"));
+        }
+        if get("runnel.fingerprint")? != fingerprint(&plan, &options) {
+            return Err(corrupt(
+                "the snapshot was taken for another job or other options (SQL, event time, lateness, idleness, early emission or partitions differ)",
+            ));
+        }
+        let expected = snapshot_schema(&plan, HashMap::new())?;
+        if expected.fields() != schema.fields() {
+            return Err(corrupt("its columns do not match the job's state"));
+        }
+        let mut operator = WindowOperator::new(Arc::clone(&plan), options)?;
+        operator.watermark = get("runnel.watermark")?
+            .parse()
+            .map_err(|_| corrupt("bad watermark"))?;
+        operator.clock = decode_option(get("runnel.clock")?)?;
+        operator.started_at = decode_option(get("runnel.started_at")?)?;
+        operator.next_early = decode_option(get("runnel.next_early")?)?;
+        operator.late_count = get("runnel.late_count")?
+            .parse()
+            .map_err(|_| corrupt("bad late count"))?;
+        operator.finished = get("runnel.finished")? == "true";
+        let partitions: Vec<&str> = get("runnel.partitions")?.split(';').collect();
+        if partitions.len() != operator.partitions.len() {
+            return Err(corrupt("partition count differs"));
+        }
+        for (clock, text) in operator.partitions.iter_mut().zip(partitions) {
+            let (max_event_time, last_arrival) = text
+                .split_once(',')
+                .ok_or_else(|| corrupt("bad partition clock"))?;
+            *clock = PartitionClock {
+                max_event_time: decode_option(max_event_time)?,
+                last_arrival: decode_option(last_arrival)?,
+            };
+        }
+        let n_keys = plan.key_schema.fields().len();
+        let n_columns = schema.fields().len();
+        let mut windows = BTreeMap::new();
+        for batch in reader {
+            let batch = batch
+                .map_err(|error| EngineError::Snapshot(format!("read window batch: {error}")))?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let start = batch.column(0).as_primitive::<Int64Type>().value(0);
+            let end = batch.column(1).as_primitive::<Int64Type>().value(0);
+            let fired = batch.column(2).as_boolean().value(0);
+            let keys: Vec<ArrayRef> = batch.columns()[3..3 + n_keys].to_vec();
+            let states: Vec<ArrayRef> = batch.columns()[3 + n_keys..n_columns - 2].to_vec();
+            let versions = batch.column(n_columns - 2).as_primitive::<UInt32Type>();
+            let dirty = batch.column(n_columns - 1).as_boolean();
+            if versions.null_count() > 0 || dirty.null_count() > 0 {
+                return Err(corrupt("null version or dirty flag"));
+            }
+            let table = GroupTable::restore(
+                &plan,
+                &keys,
+                &states,
+                versions.values().to_vec(),
+                dirty.values().iter().collect(),
+            )?;
+            windows.insert(start, Window { end, table, fired });
+        }
+        operator.windows = windows;
+        Ok(operator)
+    }
+}
