@@ -14,6 +14,7 @@ mod error;
 mod groups;
 mod operator;
 mod plan;
+mod recompute;
 mod snapshot;
 mod window;
 
@@ -26,4 +27,5 @@ pub use plan::{
     FINAL_COLUMN, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
     WINDOW_START_COLUMN,
 };
+pub use recompute::recompute;
 pub use window::WindowSpec;
