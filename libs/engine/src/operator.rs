@@ -795,7 +795,10 @@ fn select_all(arrays: &[ArrayRef], rows: &[u32]) -> Result<Vec<ArrayRef>, Engine
 }
 
 /// Renders group keys as a JSON array per row: `["/home",42]`; the upsert key of a result.
-fn render_keys(keys: &[ArrayRef], n_rows: usize) -> Result<arrow::array::StringArray, EngineError> {
+pub(crate) fn render_keys(
+    keys: &[ArrayRef],
+    n_rows: usize,
+) -> Result<arrow::array::StringArray, EngineError> {
     let options = FormatOptions::default();
     let formatters = keys
         .iter()

@@ -222,9 +222,9 @@ pub(crate) fn window_time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }
 
-struct ParsedJob {
-    statement: Statement,
-    stream: String,
+pub(crate) struct ParsedJob {
+    pub(crate) statement: Statement,
+    pub(crate) stream: String,
     time_column: String,
     time_column_position: SqlPosition,
     window: WindowSpec,
@@ -247,7 +247,7 @@ fn unsupported(node: &impl Spanned, message: impl Into<String>) -> EngineError {
     }
 }
 
-fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
+pub(crate) fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
     let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
         .map_err(|error| EngineError::Parse(error.to_string()))?;
     if statements.len() != 1 {

@@ -1,15 +1,32 @@
 //! Recompute (the Lambda batch layer): the job as a plain DataFusion batch plan over a
 //! table the caller registered (e.g. the Parquet history), every event counted, no
 //! lateness cut-off.
+//!
+//! The job's SQL is rewritten: `FROM TUMBLE|HOP|SESSION(stream, ...)` becomes a subquery
+//! over the table that applies the job's WHERE and assigns windows as expressions, with the
+//! same integer millisecond arithmetic as the live operator (hops through a cross join with
+//! the window offsets, sessions by a sort-based pass: `LAG` and a running `SUM` over each
+//! key ordered by event time). The key expressions and window start are carried as hidden
+//! columns, so results get the same `_key` as live ones.
 
-use arrow::array::RecordBatch;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::concat_batches;
+use arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::{self, GroupByExpr, SetExpr, Statement};
 
 use crate::error::EngineError;
-use crate::plan::JobPlan;
+use crate::operator::render_keys;
+use crate::plan::{JobPlan, WINDOW_END, WINDOW_START, parse_job_sql};
+use crate::window::WindowSpec;
+
+const KEY_PREFIX: &str = "__runnel_k";
+const WINDOW_START_ALIAS: &str = "__runnel_ws";
 
 /// Runs `plan` over `table` in `context` and returns its results, in the plan's result
-/// schema, each with `_version` 1 and `_final` true.
+/// schema, each with `_version` 1 and `_final` true, ordered by window start and key.
 ///
 /// # Errors
 ///
@@ -19,6 +36,147 @@ pub async fn recompute(
     context: &SessionContext,
     table: &str,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    let _ = (plan, context, table);
-    unimplemented!("recompute is being written (issue 3)")
+    let sql = batch_sql(plan, table)?;
+    let frame = context
+        .sql(&sql)
+        .await
+        .map_err(|error| EngineError::plan(format!("plan the recompute query: {error}")))?;
+    let batches = frame.collect().await?;
+    let n_user = plan.result_schema.fields().len() - 4;
+    let n_keys = plan.keys.len();
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let n_rows = batch.num_rows();
+        if n_rows == 0 {
+            continue;
+        }
+        // The table may hold other physical types than the stream schema the plan was
+        // compiled for (DataFusion reads Parquet strings as Utf8View); results are cast to
+        // the plan's result types, so batch and live views share one schema.
+        let mut columns: Vec<ArrayRef> = batch.columns()[..n_user]
+            .iter()
+            .zip(plan.result_schema.fields())
+            .map(|(column, field)| {
+                if column.data_type() == field.data_type() {
+                    Ok(Arc::clone(column))
+                } else {
+                    arrow::compute::cast(column, field.data_type())
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let keys = &batch.columns()[n_user..n_user + n_keys];
+        columns.push(Arc::new(render_keys(keys, n_rows)?));
+        columns.push(arrow::compute::cast(
+            batch.column(n_user + n_keys),
+            plan.result_schema.field(n_user + 1).data_type(),
+        )?);
+        columns.push(Arc::new(UInt32Array::from(vec![1u32; n_rows])));
+        columns.push(Arc::new(BooleanArray::from(vec![true; n_rows])));
+        results.push(RecordBatch::try_new(
+            Arc::clone(&plan.result_schema),
+            columns,
+        )?);
+    }
+    if results.len() > 1 {
+        let merged = concat_batches(&plan.result_schema, &results)?;
+        return Ok(vec![merged]);
+    }
+    Ok(results)
+}
+
+/// The batch query: the job's SELECT and GROUP BY over a window-assigning subquery.
+pub(crate) fn batch_sql(plan: &JobPlan, table: &str) -> Result<String, EngineError> {
+    let parsed = parse_job_sql(&plan.sql)?;
+    let Statement::Query(query) = parsed.statement else {
+        return Err(EngineError::plan("a job is a SELECT statement"));
+    };
+    let SetExpr::Select(select) = *query.body else {
+        return Err(EngineError::plan("a job is a single SELECT"));
+    };
+    let GroupByExpr::Expressions(group_by, _) = &select.group_by else {
+        return Err(EngineError::plan("a job lists its GROUP BY keys"));
+    };
+    let is_window = |expr: &ast::Expr| {
+        matches!(expr, ast::Expr::Identifier(ident)
+            if ident.value.eq_ignore_ascii_case(WINDOW_START) || ident.value.eq_ignore_ascii_case(WINDOW_END))
+    };
+    let key_exprs: Vec<String> = group_by
+        .iter()
+        .filter(|expr| !is_window(expr))
+        .map(ToString::to_string)
+        .collect();
+    let stream = quote_ident(&parsed.stream);
+    let table = quote_ident(table);
+    let time = quote_ident(&plan.event_time);
+    let time_ms = match plan.stream_schema.field(plan.event_time_index).data_type() {
+        DataType::Int64 => time,
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _) => {
+            format!("arrow_cast({time}, 'Int64')")
+        }
+        _ => format!("arrow_cast(arrow_cast({time}, 'Timestamp(Millisecond, None)'), 'Int64')"),
+    };
+    let filter = select
+        .selection
+        .as_ref()
+        .map(|selection| format!(" WHERE {selection}"))
+        .unwrap_or_default();
+    let events = format!("SELECT *, {time_ms} AS __runnel_ts FROM {table} AS {stream}{filter}");
+    let floor = |step: i64| format!("(__runnel_ts - (((__runnel_ts % {step}) + {step}) % {step}))");
+    let windowed = match plan.window {
+        WindowSpec::Tumble { size_ms } => format!(
+            "SELECT *, to_timestamp_millis({start}) AS {WINDOW_START}, to_timestamp_millis({start} + {size_ms}) AS {WINDOW_END} FROM ({events}) AS {stream}",
+            start = floor(size_ms)
+        ),
+        WindowSpec::Hop { slide_ms, size_ms } => {
+            let offsets: Vec<String> = (0..size_ms / slide_ms)
+                .map(|idx| format!("({idx})"))
+                .collect();
+            let start = format!("({} - __runnel_hop.i * {slide_ms})", floor(slide_ms));
+            format!(
+                "SELECT {stream}.*, to_timestamp_millis({start}) AS {WINDOW_START}, to_timestamp_millis({start} + {size_ms}) AS {WINDOW_END} \
+                 FROM ({events}) AS {stream} CROSS JOIN (VALUES {}) AS __runnel_hop(i)",
+                offsets.join(", ")
+            )
+        }
+        WindowSpec::Session { gap_ms } => {
+            let partition = if key_exprs.is_empty() {
+                String::new()
+            } else {
+                format!("PARTITION BY {}", key_exprs.join(", "))
+            };
+            let session_partition = if key_exprs.is_empty() {
+                "PARTITION BY __runnel_sid".to_string()
+            } else {
+                format!("PARTITION BY {}, __runnel_sid", key_exprs.join(", "))
+            };
+            let starts = format!(
+                "SELECT *, CASE WHEN __runnel_ts - LAG(__runnel_ts) OVER ({partition} ORDER BY __runnel_ts) < {gap_ms} THEN 0 ELSE 1 END AS __runnel_new FROM ({events}) AS {stream}"
+            );
+            let ids = format!(
+                "SELECT *, SUM(__runnel_new) OVER ({partition} ORDER BY __runnel_ts ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS __runnel_sid FROM ({starts}) AS {stream}"
+            );
+            format!(
+                "SELECT *, to_timestamp_millis(MIN(__runnel_ts) OVER ({session_partition})) AS {WINDOW_START}, \
+                 to_timestamp_millis(MAX(__runnel_ts) OVER ({session_partition}) + {gap_ms}) AS {WINDOW_END} FROM ({ids}) AS {stream}"
+            )
+        }
+    };
+    let mut select_items: Vec<String> = select.projection.iter().map(ToString::to_string).collect();
+    let mut order_by = vec![WINDOW_START_ALIAS.to_string()];
+    for (idx, key) in key_exprs.iter().enumerate() {
+        select_items.push(format!("{key} AS {KEY_PREFIX}{idx}"));
+        order_by.push(format!("{KEY_PREFIX}{idx}"));
+    }
+    select_items.push(format!("{WINDOW_START} AS {WINDOW_START_ALIAS}"));
+    let group_by: Vec<String> = group_by.iter().map(ToString::to_string).collect();
+    Ok(format!(
+        "SELECT {} FROM ({windowed}) AS {stream} GROUP BY {} ORDER BY {} NULLS FIRST",
+        select_items.join(", "),
+        group_by.join(", "),
+        order_by.join(" NULLS FIRST, ")
+    ))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

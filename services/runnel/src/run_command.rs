@@ -31,7 +31,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     /// `live`: events stream through the window operator in file order, with watermarks,
-    /// versions and late events. `recompute`: a batch plan over the whole file (not built yet).
+    /// versions and late events. `recompute`: a DataFusion batch plan over the whole file,
+    /// every event counted, no lateness cut-off (no late-events file).
     #[arg(long, value_enum, default_value = "live")]
     mode: RunMode,
     /// How far behind the largest event time seen the watermark stays, e.g. `5s`.
@@ -249,9 +250,6 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("read {}", args.sql.display()))?;
     let (stream, time_column) =
         JobPlan::source_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
-    if args.mode == RunMode::Recompute {
-        bail!("--mode recompute is not built yet (issue 3 is in progress); --mode live works");
-    }
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -275,6 +273,9 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         JobPlan::compile(&sql, schema, event_time)
             .with_context(|| format!("compile {}", args.sql.display()))?,
     );
+    if args.mode == RunMode::Recompute {
+        return run_recompute(&args, &plan, input_format, batches, output_format);
+    }
     let options = OperatorOptions {
         partitions: 1,
         max_out_of_orderness: args.max_out_of_orderness,
@@ -326,6 +327,47 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         results_file = %args.out.display(),
         late_file = %late_out.display(),
         "job run finished"
+    );
+    Ok(())
+}
+
+/// `--mode recompute`: the batch plan over the whole file; every event counts.
+fn run_recompute(
+    args: &RunArgs,
+    plan: &JobPlan,
+    input_format: FileFormat,
+    batches: BatchIter,
+    output_format: FileFormat,
+) -> anyhow::Result<()> {
+    let context = datafusion::prelude::SessionContext::new();
+    const TABLE: &str = "runnel_input";
+    let runtime = tokio::runtime::Handle::current();
+    if input_format == FileFormat::Parquet {
+        let path = args.input.to_string_lossy().into_owned();
+        runtime
+            .block_on(context.register_parquet(
+                TABLE,
+                &path,
+                datafusion::prelude::ParquetReadOptions::default(),
+            ))
+            .with_context(|| format!("register {}", args.input.display()))?;
+    } else {
+        let batches = batches
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("read {}", args.input.display()))?;
+        let table = datafusion::datasource::MemTable::try_new(plan.stream_schema(), vec![batches])?;
+        context.register_table(TABLE, Arc::new(table))?;
+    }
+    let results = runtime
+        .block_on(runnel_engine::recompute(plan, &context, TABLE))
+        .context("recompute the job")?;
+    let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
+    results_file.write(&results)?;
+    results_file.finish()?;
+    tracing::info!(
+        results = results.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        results_file = %args.out.display(),
+        "job recompute finished"
     );
     Ok(())
 }

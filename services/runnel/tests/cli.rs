@@ -205,3 +205,36 @@ fn run_refuses_bad_sql_with_its_position() {
         "{stderr}"
     );
 }
+
+#[test]
+fn recompute_counts_the_event_live_found_too_late() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(dir.path());
+    std::fs::write(dir.path().join("job.sql"), JOB).expect("write job");
+    for input in ["events.jsonl", "events.parquet"] {
+        let out = format!("batch-{input}.jsonl");
+        let run = runnel(
+            dir.path(),
+            &[
+                "run",
+                "--sql",
+                "job.sql",
+                "--input",
+                input,
+                "--out",
+                &out,
+                "--mode",
+                "recompute",
+            ],
+        );
+        assert!(
+            run.status.success(),
+            "{input}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let results = std::fs::read_to_string(dir.path().join(&out)).expect("results written");
+        assert_eq!(results.lines().count(), 3, "{results}");
+        assert!(results.contains(r#""page":"/b","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":201"#), "{input}: {results}");
+        assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":400"#), "{input}: {results}");
+    }
+}

@@ -208,6 +208,26 @@ fn finals(output: &OperatorOutput) -> Finals {
         .collect()
 }
 
+/// The job run by `runnel_engine::recompute` over all events registered as a table.
+fn recomputed(plan: &JobPlan, events: &[Event]) -> OperatorOutput {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let results = runtime.block_on(async {
+        let context = SessionContext::new();
+        context
+            .register_batch("history", batch_of(events))
+            .expect("register");
+        runnel_engine::recompute(plan, &context, "history")
+            .await
+            .expect("recompute")
+    });
+    OperatorOutput {
+        results,
+        ..OperatorOutput::default()
+    }
+}
+
 /// The same aggregation as `TUMBLE_JOB`, by DataFusion over all events at once.
 fn datafusion_date_bin(events: &[Event]) -> Finals {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -277,6 +297,16 @@ proptest! {
         let output = run(&plan(TUMBLE_JOB), options, &batches(&events, &[7, 50, 51, 200]), &[]);
         prop_assert!(output.late_events.is_empty());
         prop_assert_eq!(finals(&output), datafusion_date_bin(&events));
+    }
+
+    #[test]
+    fn without_late_events_live_equals_recompute(events in events(), hop in any::<bool>()) {
+        let plan = plan(if hop { HOP_JOB } else { TUMBLE_JOB });
+        let options = options(MAX_DISORDER_MS as u64, 0, None);
+        let live = run(&plan, options, &batches(&events, &[3, 90]), &[]);
+        prop_assert!(live.late_events.is_empty());
+        let batch = recomputed(&plan, &events);
+        prop_assert_eq!(finals(&live), finals(&batch));
     }
 }
 
