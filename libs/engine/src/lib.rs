@@ -15,6 +15,7 @@ mod groups;
 mod operator;
 mod plan;
 mod recompute;
+mod session;
 mod snapshot;
 mod window;
 

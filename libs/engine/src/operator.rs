@@ -34,6 +34,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use crate::error::{EngineError, EventError};
 use crate::groups::GroupTable;
 use crate::plan::{GroupSlot, JobPlan, window_time_type};
+use crate::session::{Assignment, SessionState};
 use crate::window::{WindowSpec, event_times_ms, floor_to};
 
 /// Late-event column: the source partition.
@@ -112,6 +113,14 @@ enum Selection {
     Group(usize),
 }
 
+/// An event too late to count, for the late-events output.
+struct LateEvent {
+    row: u32,
+    window_start: i64,
+    watermark: i64,
+    reason: String,
+}
+
 /// Rows of the current batch, ready to aggregate.
 struct Prepared {
     /// Rows with an event time that passed WHERE, in the stream's schema.
@@ -135,6 +144,8 @@ pub struct WindowOperator {
     pub(crate) started_at: Option<i64>,
     pub(crate) watermark: i64,
     pub(crate) windows: BTreeMap<i64, Window>,
+    /// Set for session windows, which keep their own state.
+    pub(crate) sessions: Option<SessionState>,
     pub(crate) next_early: Option<i64>,
     pub(crate) late_count: u64,
     pub(crate) finished: bool,
@@ -156,11 +167,17 @@ impl WindowOperator {
         plan: Arc<JobPlan>,
         options: OperatorOptions,
     ) -> Result<WindowOperator, EngineError> {
-        if let WindowSpec::Session { .. } = plan.window {
-            return Err(EngineError::plan(
-                "session windows are not built yet in the live operator (issue 3 is in progress); TUMBLE and HOP work",
-            ));
-        }
+        let sessions = match plan.window {
+            WindowSpec::Session { gap_ms } => {
+                if options.early_emit_interval.is_some() {
+                    return Err(EngineError::plan(
+                        "early results are not supported for session windows: a session's start moves as it merges",
+                    ));
+                }
+                Some(SessionState::new(&plan, gap_ms)?)
+            }
+            _ => None,
+        };
         if options.partitions == 0 {
             return Err(EngineError::plan(
                 "an operator needs at least one partition",
@@ -190,6 +207,7 @@ impl WindowOperator {
             started_at: None,
             watermark: i64::MIN,
             windows: BTreeMap::new(),
+            sessions,
             next_early: None,
             late_count: 0,
             finished: false,
@@ -215,6 +233,9 @@ impl WindowOperator {
 
     /// Returns the number of open windows and of groups across them.
     pub fn open_state(&self) -> (usize, usize) {
+        if let Some(sessions) = &self.sessions {
+            return (sessions.len(), sessions.len());
+        }
         let groups = self.windows.values().map(|window| window.table.len()).sum();
         (self.windows.len(), groups)
     }
@@ -257,12 +278,15 @@ impl WindowOperator {
         let mut output = OperatorOutput::default();
         let prepared = self.prepare(partition, batch, &mut output.errors)?;
         let others = self.others_watermark(partition);
+        if self.sessions.is_some() {
+            return self.process_sessions(partition, clock, &prepared, others, output);
+        }
         let spec = self.plan.window;
         let size_ms = spec.size_ms();
         let per_event = spec.windows_per_event();
         let mut max_event_time = clock.max_event_time;
         let mut segment: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-        let mut late: Vec<(u32, i64, i64)> = Vec::new();
+        let mut late: Vec<LateEvent> = Vec::new();
         let mut next_trigger = self.next_trigger();
         for (row, &timestamp) in prepared.times.iter().enumerate() {
             let watermark = self.watermark_with(max_event_time, others);
@@ -275,7 +299,15 @@ impl WindowOperator {
                 let start = spec.window_start(timestamp, nth);
                 let end = start.saturating_add(size_ms);
                 if end.saturating_add(self.allowed_lateness_ms) <= watermark {
-                    late.push((row as u32, start, watermark));
+                    late.push(LateEvent {
+                        row: row as u32,
+                        window_start: start,
+                        watermark,
+                        reason: format!(
+                            "too late for window [{start}, {end}): watermark {watermark} had passed its end plus the allowed lateness of {} ms",
+                            self.allowed_lateness_ms
+                        ),
+                    });
                 } else if end <= watermark {
                     self.flush(&prepared, &mut segment)?;
                     self.apply_late_update(&prepared, row, start, &mut output)?;
@@ -327,6 +359,63 @@ impl WindowOperator {
         if !self.finished {
             self.advance_to(i64::MAX, &mut output)?;
             self.finished = true;
+        }
+        Ok(output)
+    }
+
+    /// The per-row loop for session windows (see `session.rs`).
+    fn process_sessions(
+        &mut self,
+        partition: u32,
+        clock: PartitionClock,
+        prepared: &Prepared,
+        others: Option<i64>,
+        mut output: OperatorOutput,
+    ) -> Result<OperatorOutput, EngineError> {
+        let plan = Arc::clone(&self.plan);
+        let lateness = self.allowed_lateness_ms;
+        let n_rows = prepared.times.len();
+        let key_ids = self
+            .sessions
+            .as_mut()
+            .expect("called for session windows")
+            .intern(&prepared.keys, n_rows)?;
+        let mut max_event_time = clock.max_event_time;
+        let mut late: Vec<LateEvent> = Vec::new();
+        let mut next_trigger = self.next_trigger();
+        for (row, &timestamp) in prepared.times.iter().enumerate() {
+            let watermark = self.watermark_with(max_event_time, others);
+            if watermark >= next_trigger {
+                self.advance_to(watermark, &mut output)?;
+            }
+            let key = key_ids[row];
+            let sessions = self.sessions.as_mut().expect("called for session windows");
+            match sessions.assign(&plan, key, timestamp, watermark, lateness)? {
+                Assignment::Open => {
+                    sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?
+                }
+                Assignment::LateUpdate { key, start } => {
+                    sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?;
+                    sessions.emit(&plan, &[(key, start)], &mut output)?;
+                    sessions.mark_fired(key, start, lateness);
+                }
+                Assignment::Late(reason) => late.push(LateEvent {
+                    row: row as u32,
+                    window_start: timestamp,
+                    watermark,
+                    reason,
+                }),
+            }
+            next_trigger = sessions.next_trigger();
+            max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
+        }
+        self.partitions[partition as usize].max_event_time = max_event_time;
+        let watermark = self.watermark_with(max_event_time, others);
+        self.advance_to(watermark, &mut output)?;
+        if !late.is_empty() {
+            output
+                .late_events
+                .push(self.late_batch(partition, &prepared.batch, &late)?);
         }
         Ok(output)
     }
@@ -406,6 +495,9 @@ impl WindowOperator {
 
     /// The lowest watermark at which something happens: a firing, an expiry, an early emission.
     fn next_trigger(&self) -> i64 {
+        if let Some(sessions) = &self.sessions {
+            return sessions.next_trigger();
+        }
         let mut next = i64::MAX;
         let mut any_unfired = false;
         for window in self.windows.values() {
@@ -599,6 +691,9 @@ impl WindowOperator {
             return Ok(());
         }
         self.watermark = watermark;
+        if let Some(sessions) = &mut self.sessions {
+            return sessions.advance(&self.plan, watermark, self.allowed_lateness_ms, output);
+        }
         let due: Vec<i64> = self
             .windows
             .iter()
@@ -695,68 +790,43 @@ impl WindowOperator {
             select_all(&evaluated.aggregates, &selected)?
         };
         let n_rows = selected.len();
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.aggregate_schema.fields().len());
-        for slot in &plan.group_slots {
-            columns.push(match slot {
-                GroupSlot::Key(idx) => Arc::clone(&keys[*idx]),
-                GroupSlot::WindowStart => {
-                    Arc::new(TimestampMillisecondArray::from(vec![start; n_rows]))
-                }
-                GroupSlot::WindowEnd => {
-                    Arc::new(TimestampMillisecondArray::from(vec![end; n_rows]))
-                }
-            });
-        }
-        columns.extend(aggregates);
-        let aggregate_batch = RecordBatch::try_new(Arc::clone(&plan.aggregate_schema), columns)?;
-        let mut result_columns = plan
-            .projection
-            .iter()
-            .map(|expr| expr.evaluate(&aggregate_batch)?.into_array(n_rows))
-            .collect::<Result<Vec<_>, _>>()?;
-        result_columns.push(Arc::new(render_keys(&keys, n_rows)?));
-        result_columns.push(Arc::new(TimestampMillisecondArray::from(vec![
-            start;
-            n_rows
-        ])));
-        result_columns.push(Arc::new(UInt32Array::from(versions)));
-        result_columns.push(Arc::new(BooleanArray::from(vec![is_final; n_rows])));
-        Ok(Some(RecordBatch::try_new(
-            Arc::clone(&plan.result_schema),
-            result_columns,
-        )?))
+        let batch = build_results(
+            &plan,
+            &keys,
+            &vec![start; n_rows],
+            &vec![end; n_rows],
+            aggregates,
+            versions,
+            is_final,
+        )?;
+        Ok(Some(batch))
     }
 
     fn late_batch(
         &mut self,
         partition: u32,
         batch: &RecordBatch,
-        late: &[(u32, i64, i64)],
+        late: &[LateEvent],
     ) -> Result<RecordBatch, EngineError> {
         self.late_count += late.len() as u64;
-        let rows = UInt32Array::from(late.iter().map(|(row, _, _)| *row).collect::<Vec<_>>());
+        let rows = UInt32Array::from(late.iter().map(|event| event.row).collect::<Vec<_>>());
         let mut columns = batch
             .columns()
             .iter()
             .map(|column| take(column.as_ref(), &rows, None))
             .collect::<Result<Vec<_>, _>>()?;
-        let size_ms = self.plan.window.size_ms();
         columns.push(Arc::new(UInt32Array::from(vec![partition; late.len()])));
         columns.push(Arc::new(TimestampMillisecondArray::from(
-            late.iter().map(|(_, start, _)| *start).collect::<Vec<_>>(),
-        )));
-        columns.push(Arc::new(TimestampMillisecondArray::from(
             late.iter()
-                .map(|(_, _, watermark)| *watermark)
+                .map(|event| event.window_start)
                 .collect::<Vec<_>>(),
         )));
+        columns.push(Arc::new(TimestampMillisecondArray::from(
+            late.iter().map(|event| event.watermark).collect::<Vec<_>>(),
+        )));
         let mut reasons = StringBuilder::new();
-        for (_, start, watermark) in late {
-            reasons.append_value(format!(
-                "too late for window [{start}, {}): watermark {watermark} had passed its end plus the allowed lateness of {} ms",
-                start.saturating_add(size_ms),
-                self.allowed_lateness_ms
-            ));
+        for event in late {
+            reasons.append_value(&event.reason);
         }
         columns.push(Arc::new(reasons.finish()));
         Ok(RecordBatch::try_new(
@@ -764,6 +834,43 @@ impl WindowOperator {
             columns,
         )?)
     }
+}
+
+/// Builds result rows: the Aggregate node's columns (group slots, then aggregates), the
+/// user's projection over them, then `_key`, `_window_start`, `_version`, `_final`.
+pub(crate) fn build_results(
+    plan: &JobPlan,
+    keys: &[ArrayRef],
+    starts: &[i64],
+    ends: &[i64],
+    aggregates: Vec<ArrayRef>,
+    versions: Vec<u32>,
+    is_final: bool,
+) -> Result<RecordBatch, EngineError> {
+    let n_rows = starts.len();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(plan.aggregate_schema.fields().len());
+    for slot in &plan.group_slots {
+        columns.push(match slot {
+            GroupSlot::Key(idx) => Arc::clone(&keys[*idx]),
+            GroupSlot::WindowStart => Arc::new(TimestampMillisecondArray::from(starts.to_vec())),
+            GroupSlot::WindowEnd => Arc::new(TimestampMillisecondArray::from(ends.to_vec())),
+        });
+    }
+    columns.extend(aggregates);
+    let aggregate_batch = RecordBatch::try_new(Arc::clone(&plan.aggregate_schema), columns)?;
+    let mut result_columns = plan
+        .projection
+        .iter()
+        .map(|expr| expr.evaluate(&aggregate_batch)?.into_array(n_rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    result_columns.push(Arc::new(render_keys(keys, n_rows)?));
+    result_columns.push(Arc::new(TimestampMillisecondArray::from(starts.to_vec())));
+    result_columns.push(Arc::new(UInt32Array::from(versions)));
+    result_columns.push(Arc::new(BooleanArray::from(vec![is_final; n_rows])));
+    Ok(RecordBatch::try_new(
+        Arc::clone(&plan.result_schema),
+        result_columns,
+    )?)
 }
 
 fn describe_fields(schema: &Schema) -> String {

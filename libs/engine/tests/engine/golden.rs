@@ -217,4 +217,6 @@ golden!(
     idle_partitions,
     early_emission,
     expressions_and_aggregates,
+    session_merge,
+    session_late,
 );

@@ -22,6 +22,9 @@ FROM TUMBLE(s, ts, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end";
 const HOP_JOB: &str = "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS total
 FROM HOP(s, ts, INTERVAL '5' SECOND, INTERVAL '15' SECOND) GROUP BY k, window_start, window_end";
 
+const SESSION_JOB: &str = "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, AVG(v) AS mean
+FROM SESSION(s, ts, INTERVAL '3' SECOND) GROUP BY k, window_start, window_end";
+
 /// Largest disorder the generator produces: an event is at most this far behind the largest
 /// event time before it.
 const MAX_DISORDER_MS: i64 = 4_000;
@@ -273,6 +276,27 @@ proptest! {
         let whole = rendered(&run(&plan, options, &batches(&events, &[]), &[]));
         let cut = rendered(&run(&plan, options, &batches(&events, &cuts), &[]));
         same_output(&whole, &cut)?;
+    }
+
+    #[test]
+    fn batching_does_not_change_session_output(
+        events in events(),
+        cuts in prop::collection::vec(any::<usize>(), 0..20),
+        options in any_options(),
+    ) {
+        let options = OperatorOptions { early_emit_interval: None, ..options };
+        let plan = plan(SESSION_JOB);
+        let whole = rendered(&run(&plan, options, &batches(&events, &[]), &[]));
+        let cut = rendered(&run(&plan, options, &batches(&events, &cuts), &[]));
+        same_output(&whole, &cut)?;
+    }
+
+    #[test]
+    fn without_late_events_live_sessions_equal_recompute(events in events()) {
+        let plan = plan(SESSION_JOB);
+        let live = run(&plan, options(MAX_DISORDER_MS as u64, 0, None), &batches(&events, &[11, 40]), &[]);
+        prop_assert!(live.late_events.is_empty());
+        prop_assert_eq!(finals(&live), finals(&recomputed(&plan, &events)));
     }
 
     #[test]

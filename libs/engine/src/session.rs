@@ -1,0 +1,379 @@
+//! Session windows in the live operator.
+//!
+//! Per key, an event at `ts` opens the window `[ts, ts + gap)`; windows of one key that
+//! overlap merge, so a session is `[first, last + gap)`. Each session has its own DataFusion
+//! row accumulators, so that firing, merging and expiring one session costs the same
+//! whatever else is open. Rules where sessions differ from fixed windows:
+//! - A session fires when the watermark reaches its end; open sessions merge freely.
+//! - A fired session does not merge any more: a later event inside it (between its first
+//!   and last event) updates it within the allowed lateness and it is emitted again with
+//!   the next version; an event that would move its start or end, or join it with another
+//!   session, goes to the late-events output. The upsert key `(key, window_start)` of an
+//!   emitted session therefore never moves.
+//! - Early results are refused: a session's start moves as it merges.
+
+use std::collections::{BTreeSet, HashMap};
+
+use arrow::array::{Array, ArrayRef};
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+
+use crate::error::EngineError;
+use crate::operator::{OperatorOutput, build_results};
+use crate::plan::JobPlan;
+
+/// One session of one key.
+struct Session {
+    start: i64,
+    last: i64,
+    accumulators: Vec<Box<dyn Accumulator>>,
+    version: u32,
+    fired: bool,
+}
+
+/// Where an event goes.
+pub(crate) enum Assignment {
+    /// Into an open session (created or merged as needed).
+    Open,
+    /// Into a fired session, which is emitted again.
+    LateUpdate { key: u32, start: i64 },
+    /// Too late: to the late-events output with this reason.
+    Late(String),
+}
+
+/// All open and fired (within lateness) sessions.
+pub(crate) struct SessionState {
+    gap_ms: i64,
+    converter: Option<RowConverter>,
+    key_ids: HashMap<Box<[u8]>, u32>,
+    /// Row-format bytes of each key, by key id.
+    key_rows: Vec<Box<[u8]>>,
+    /// Sessions of each key, by key id, sorted by start.
+    sessions: Vec<Vec<Session>>,
+    /// Unfired sessions by (end, key, start): the firing order.
+    unfired: BTreeSet<(i64, u32, i64)>,
+    /// Fired sessions by (end + lateness, key, start): the expiry order.
+    fired: BTreeSet<(i64, u32, i64)>,
+}
+
+fn new_accumulators(plan: &JobPlan) -> Result<Vec<Box<dyn Accumulator>>, EngineError> {
+    plan.aggregates
+        .iter()
+        .map(|aggregate| Ok(aggregate.expr.create_accumulator()?))
+        .collect()
+}
+
+impl SessionState {
+    pub(crate) fn new(plan: &JobPlan, gap_ms: i64) -> Result<SessionState, EngineError> {
+        let converter = if plan.keys.is_empty() {
+            None
+        } else {
+            let fields = plan
+                .key_schema
+                .fields()
+                .iter()
+                .map(|field| SortField::new(field.data_type().clone()))
+                .collect();
+            Some(RowConverter::new(fields)?)
+        };
+        Ok(SessionState {
+            gap_ms,
+            converter,
+            key_ids: HashMap::new(),
+            key_rows: Vec::new(),
+            sessions: Vec::new(),
+            unfired: BTreeSet::new(),
+            fired: BTreeSet::new(),
+        })
+    }
+
+    /// Returns the number of open sessions (fired ones within lateness included).
+    pub(crate) fn len(&self) -> usize {
+        self.unfired.len() + self.fired.len()
+    }
+
+    /// Returns the key id of every row, interning new keys in first-seen order.
+    pub(crate) fn intern(
+        &mut self,
+        keys: &[ArrayRef],
+        n_rows: usize,
+    ) -> Result<Vec<u32>, EngineError> {
+        let Some(converter) = &self.converter else {
+            if self.sessions.is_empty() {
+                self.sessions.push(Vec::new());
+                self.key_rows.push(Box::new([]));
+            }
+            return Ok(vec![0; n_rows]);
+        };
+        let rows = converter.convert_columns(keys)?;
+        let mut ids = Vec::with_capacity(n_rows);
+        for row in rows.iter() {
+            let bytes: &[u8] = row.as_ref();
+            let id = match self.key_ids.get(bytes) {
+                Some(id) => *id,
+                None => {
+                    let id = self.key_rows.len() as u32;
+                    self.key_ids.insert(Box::from(bytes), id);
+                    self.key_rows.push(Box::from(bytes));
+                    self.sessions.push(Vec::new());
+                    id
+                }
+            };
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// The lowest watermark at which a session fires or expires.
+    pub(crate) fn next_trigger(&self) -> i64 {
+        let fire = self.unfired.first().map_or(i64::MAX, |(end, _, _)| *end);
+        let expire = self
+            .fired
+            .first()
+            .map_or(i64::MAX, |(expiry, _, _)| *expiry);
+        fire.min(expire)
+    }
+
+    /// Decides where the event at `timestamp` of key `key` goes, and opens or merges
+    /// sessions for it; the caller then adds the row with [`SessionState::update`].
+    pub(crate) fn assign(
+        &mut self,
+        plan: &JobPlan,
+        key: u32,
+        timestamp: i64,
+        watermark: i64,
+        lateness_ms: i64,
+    ) -> Result<Assignment, EngineError> {
+        let gap = self.gap_ms;
+        let event_end = timestamp.saturating_add(gap);
+        let sessions = &mut self.sessions[key as usize];
+        let overlaps = |session: &Session| {
+            session.start < event_end && timestamp < session.last.saturating_add(gap)
+        };
+        let fired: Vec<usize> = (0..sessions.len())
+            .filter(|idx| sessions[*idx].fired && overlaps(&sessions[*idx]))
+            .collect();
+        if !fired.is_empty() {
+            let session = &sessions[fired[0]];
+            let inside =
+                fired.len() == 1 && session.start <= timestamp && timestamp <= session.last;
+            let unexpired =
+                session.last.saturating_add(gap).saturating_add(lateness_ms) > watermark;
+            if inside && unexpired {
+                return Ok(Assignment::LateUpdate {
+                    key,
+                    start: session.start,
+                });
+            }
+            return Ok(Assignment::Late(format!(
+                "overlaps the session [{}, {}) of its key, already emitted at watermark {watermark}; it could only update it from inside",
+                session.start,
+                session.last.saturating_add(gap)
+            )));
+        }
+        let open: Vec<usize> = (0..sessions.len())
+            .filter(|idx| overlaps(&sessions[*idx]))
+            .collect();
+        if open.is_empty() {
+            if event_end.saturating_add(lateness_ms) <= watermark {
+                return Ok(Assignment::Late(format!(
+                    "too late for session [{timestamp}, {event_end}): watermark {watermark} had passed its end plus the allowed lateness of {lateness_ms} ms"
+                )));
+            }
+            let position = sessions.partition_point(|session| session.start < timestamp);
+            sessions.insert(
+                position,
+                Session {
+                    start: timestamp,
+                    last: timestamp,
+                    accumulators: new_accumulators(plan)?,
+                    version: 0,
+                    fired: false,
+                },
+            );
+            if event_end <= watermark {
+                // A window that is complete as it opens: it fires at once, as a late firing.
+                return Ok(Assignment::LateUpdate {
+                    key,
+                    start: timestamp,
+                });
+            }
+            self.unfired.insert((event_end, key, timestamp));
+            return Ok(Assignment::Open);
+        }
+        // Merge every overlapping open session into the first, then extend it by the event.
+        // Invariant: `unfired` holds one entry per open session, keyed by its current end, so
+        // the first session's entry goes before its end changes.
+        let first = open[0];
+        let target = &sessions[first];
+        self.unfired
+            .remove(&(target.last.saturating_add(gap), key, target.start));
+        for &idx in open[1..].iter().rev() {
+            let merged = sessions.remove(idx);
+            self.unfired
+                .remove(&(merged.last.saturating_add(gap), key, merged.start));
+            let target = &mut sessions[first];
+            for (accumulator, mut source) in target.accumulators.iter_mut().zip(merged.accumulators)
+            {
+                let state = source.state()?;
+                let arrays = state
+                    .iter()
+                    .map(|value| value.to_array_of_size(1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                accumulator.merge_batch(&arrays)?;
+            }
+            target.last = target.last.max(merged.last);
+        }
+        let session = &mut sessions[first];
+        session.start = session.start.min(timestamp);
+        session.last = session.last.max(timestamp);
+        self.unfired
+            .insert((session.last.saturating_add(gap), key, session.start));
+        debug_assert_eq!(
+            self.unfired.len() + self.fired.len(),
+            self.sessions.iter().map(Vec::len).sum::<usize>(),
+            "one index entry per session"
+        );
+        Ok(Assignment::Open)
+    }
+
+    /// Adds one row to the open session of `key` holding `timestamp`.
+    pub(crate) fn update(
+        &mut self,
+        key: u32,
+        timestamp: i64,
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<arrow::array::BooleanArray>],
+        row: usize,
+    ) -> Result<(), EngineError> {
+        let sessions = &mut self.sessions[key as usize];
+        let Some(session) = sessions
+            .iter_mut()
+            .find(|session| session.start <= timestamp && timestamp <= session.last)
+        else {
+            return Err(EngineError::Misuse(format!(
+                "no session of key {key} holds {timestamp}"
+            )));
+        };
+        for ((accumulator, columns), filter) in
+            session.accumulators.iter_mut().zip(args).zip(filters)
+        {
+            if let Some(filter) = filter
+                && !(filter.is_valid(row) && filter.value(row))
+            {
+                continue;
+            }
+            let values: Vec<ArrayRef> = columns.iter().map(|column| column.slice(row, 1)).collect();
+            accumulator.update_batch(&values)?;
+        }
+        Ok(())
+    }
+
+    /// Emits the sessions `(key, start)` with their next version.
+    pub(crate) fn emit(
+        &mut self,
+        plan: &JobPlan,
+        which: &[(u32, i64)],
+        output: &mut OperatorOutput,
+    ) -> Result<(), EngineError> {
+        if which.is_empty() {
+            return Ok(());
+        }
+        let gap = self.gap_ms;
+        let mut starts = Vec::with_capacity(which.len());
+        let mut ends = Vec::with_capacity(which.len());
+        let mut versions = Vec::with_capacity(which.len());
+        let mut values: Vec<Vec<ScalarValue>> =
+            vec![Vec::with_capacity(which.len()); plan.aggregates.len()];
+        for (key, start) in which {
+            let session = self.sessions[*key as usize]
+                .iter_mut()
+                .find(|session| session.start == *start)
+                .ok_or_else(|| {
+                    EngineError::Misuse(format!("no session of key {key} starts at {start}"))
+                })?;
+            session.version += 1;
+            starts.push(session.start);
+            ends.push(session.last.saturating_add(gap));
+            versions.push(session.version);
+            for (accumulator, column) in session.accumulators.iter_mut().zip(values.iter_mut()) {
+                column.push(accumulator.evaluate()?);
+            }
+        }
+        let aggregates = values
+            .into_iter()
+            .map(ScalarValue::iter_to_array)
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = match &self.converter {
+            Some(converter) => {
+                let parser = converter.parser();
+                let rows: Vec<_> = which
+                    .iter()
+                    .map(|(key, _)| parser.parse(&self.key_rows[*key as usize]))
+                    .collect();
+                converter.convert_rows(rows)?
+            }
+            None => Vec::new(),
+        };
+        output.results.push(build_results(
+            plan, &keys, &starts, &ends, aggregates, versions, true,
+        )?);
+        Ok(())
+    }
+
+    /// Fires the sessions whose end the watermark reached and drops the expired ones.
+    pub(crate) fn advance(
+        &mut self,
+        plan: &JobPlan,
+        watermark: i64,
+        lateness_ms: i64,
+        output: &mut OperatorOutput,
+    ) -> Result<(), EngineError> {
+        let mut due = Vec::new();
+        while let Some(&(end, key, start)) = self.unfired.first() {
+            if end > watermark {
+                break;
+            }
+            self.unfired.pop_first();
+            due.push((key, start));
+            if lateness_ms > 0 {
+                self.fired
+                    .insert((end.saturating_add(lateness_ms), key, start));
+            }
+        }
+        self.emit(plan, &due, output)?;
+        for (key, start) in &due {
+            let sessions = &mut self.sessions[*key as usize];
+            if lateness_ms > 0 {
+                if let Some(session) = sessions.iter_mut().find(|session| session.start == *start) {
+                    session.fired = true;
+                }
+            } else {
+                sessions.retain(|session| session.start != *start);
+            }
+        }
+        while let Some(&(expiry, key, start)) = self.fired.first() {
+            if expiry > watermark {
+                break;
+            }
+            self.fired.pop_first();
+            self.sessions[key as usize].retain(|session| session.start != start);
+        }
+        Ok(())
+    }
+
+    /// Marks a session fired (a late firing) and keeps it for the allowed lateness.
+    pub(crate) fn mark_fired(&mut self, key: u32, start: i64, lateness_ms: i64) {
+        let gap = self.gap_ms;
+        if let Some(session) = self.sessions[key as usize]
+            .iter_mut()
+            .find(|session| session.start == start)
+            && !session.fired
+        {
+            session.fired = true;
+            let expiry = session.last.saturating_add(gap).saturating_add(lateness_ms);
+            self.fired.insert((expiry, key, start));
+        }
+    }
+}
