@@ -13,8 +13,12 @@
 //! - Early results are refused: a session's start moves as it merges.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
@@ -375,5 +379,163 @@ impl SessionState {
             let expiry = session.last.saturating_add(gap).saturating_add(lateness_ms);
             self.fired.insert((expiry, key, start));
         }
+    }
+}
+
+/// Snapshot columns before the accumulator states.
+const FIXED_SNAPSHOT_COLUMNS: usize = 5;
+
+impl SessionState {
+    /// The schema of a session snapshot batch: one row per session, and one row with null
+    /// session fields for each key without a session, in key id order, so that a restored
+    /// operator interns keys exactly as the original did.
+    pub(crate) fn snapshot_schema(plan: &JobPlan) -> Result<SchemaRef, EngineError> {
+        let mut fields = vec![
+            Field::new("_key_row", DataType::Binary, false),
+            Field::new("_start", DataType::Int64, true),
+            Field::new("_last", DataType::Int64, true),
+            Field::new("_version", DataType::UInt32, true),
+            Field::new("_fired", DataType::Boolean, true),
+        ];
+        for (aggregate_idx, aggregate) in plan.aggregates.iter().enumerate() {
+            for (field_idx, field) in aggregate.expr.state_fields()?.iter().enumerate() {
+                fields.push(Field::new(
+                    format!("_state_{aggregate_idx}_{field_idx}"),
+                    field.data_type().clone(),
+                    true,
+                ));
+            }
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Copies every key and session out, leaving the state as it was.
+    pub(crate) fn snapshot(&mut self, plan: &JobPlan) -> Result<RecordBatch, EngineError> {
+        let schema = SessionState::snapshot_schema(plan)?;
+        let n_state = schema.fields().len() - FIXED_SNAPSHOT_COLUMNS;
+        let mut key_rows: Vec<&[u8]> = Vec::new();
+        let mut starts = Vec::new();
+        let mut lasts = Vec::new();
+        let mut versions = Vec::new();
+        let mut fired = Vec::new();
+        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::new(); n_state];
+        let state_types: Vec<DataType> = schema.fields()[FIXED_SNAPSHOT_COLUMNS..]
+            .iter()
+            .map(|field| field.data_type().clone())
+            .collect();
+        for (key, sessions) in self.sessions.iter_mut().enumerate() {
+            if sessions.is_empty() {
+                key_rows.push(&self.key_rows[key]);
+                starts.push(None);
+                lasts.push(None);
+                versions.push(None);
+                fired.push(None);
+                for (column, data_type) in states.iter_mut().zip(&state_types) {
+                    column.push(ScalarValue::try_from(data_type)?);
+                }
+                continue;
+            }
+            for session in sessions.iter_mut() {
+                key_rows.push(&self.key_rows[key]);
+                starts.push(Some(session.start));
+                lasts.push(Some(session.last));
+                versions.push(Some(session.version));
+                fired.push(Some(session.fired));
+                let mut column = 0;
+                for accumulator in &mut session.accumulators {
+                    for value in accumulator.state()? {
+                        states[column].push(value);
+                        column += 1;
+                    }
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(BinaryArray::from(key_rows)),
+            Arc::new(Int64Array::from(starts)),
+            Arc::new(Int64Array::from(lasts)),
+            Arc::new(UInt32Array::from(versions)),
+            Arc::new(BooleanArray::from(fired)),
+        ];
+        for (values, data_type) in states.into_iter().zip(&state_types) {
+            columns.push(if values.is_empty() {
+                arrow::array::new_empty_array(data_type)
+            } else {
+                ScalarValue::iter_to_array(values)?
+            });
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+
+    /// Rebuilds the state from [`SessionState::snapshot`] batches.
+    pub(crate) fn restore(
+        plan: &JobPlan,
+        gap_ms: i64,
+        lateness_ms: i64,
+        batches: &[RecordBatch],
+    ) -> Result<SessionState, EngineError> {
+        let mut state = SessionState::new(plan, gap_ms)?;
+        let corrupt = |what: &str| EngineError::Snapshot(format!("session state: {what}"));
+        for batch in batches {
+            let key_rows = batch.column(0).as_binary::<i32>();
+            let starts = batch.column(1).as_primitive::<Int64Type>();
+            let lasts = batch.column(2).as_primitive::<Int64Type>();
+            let versions = batch.column(3).as_primitive::<UInt32Type>();
+            let fired = batch.column(4).as_boolean();
+            let states = &batch.columns()[FIXED_SNAPSHOT_COLUMNS..];
+            for row in 0..batch.num_rows() {
+                let bytes = key_rows.value(row);
+                let key = match state.key_ids.get(bytes) {
+                    Some(key) => *key,
+                    None => {
+                        let key = state.key_rows.len() as u32;
+                        state.key_ids.insert(Box::from(bytes), key);
+                        state.key_rows.push(Box::from(bytes));
+                        state.sessions.push(Vec::new());
+                        key
+                    }
+                };
+                if starts.is_null(row) {
+                    continue;
+                }
+                if lasts.is_null(row) || versions.is_null(row) || fired.is_null(row) {
+                    return Err(corrupt(
+                        "a session row lacks its bounds, version or fired flag",
+                    ));
+                }
+                let mut accumulators = new_accumulators(plan)?;
+                let mut column = 0;
+                for (accumulator, aggregate) in accumulators.iter_mut().zip(&plan.aggregates) {
+                    let n_fields = aggregate.expr.state_fields()?.len();
+                    let Some(columns) = states.get(column..column + n_fields) else {
+                        return Err(corrupt("fewer state columns than aggregates need"));
+                    };
+                    let values: Vec<ArrayRef> =
+                        columns.iter().map(|array| array.slice(row, 1)).collect();
+                    accumulator.merge_batch(&values)?;
+                    column += n_fields;
+                }
+                let session = Session {
+                    start: starts.value(row),
+                    last: lasts.value(row),
+                    accumulators,
+                    version: versions.value(row),
+                    fired: fired.value(row),
+                };
+                let end = session.last.saturating_add(gap_ms);
+                if session.fired {
+                    state
+                        .fired
+                        .insert((end.saturating_add(lateness_ms), key, session.start));
+                } else {
+                    state.unfired.insert((end, key, session.start));
+                }
+                state.sessions[key as usize].push(session);
+            }
+        }
+        for sessions in &mut state.sessions {
+            sessions.sort_by_key(|session| session.start);
+        }
+        Ok(state)
     }
 }

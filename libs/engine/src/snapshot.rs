@@ -1,6 +1,7 @@
 //! Snapshots of a [`WindowOperator`]: its whole state as one Arrow IPC stream.
 //!
-//! Each open window is one batch: `_window_start`, `_window_end`, `_fired`, then the key
+//! Session windows write one batch of their own shape (see `SessionState::snapshot_schema`).
+//! For tumbling and hopping windows, each open window is one batch: `_window_start`, `_window_end`, `_fired`, then the key
 //! columns (`_key_<i>`), the accumulators' intermediate state (`_state_<aggregate>_<field>`,
 //! DataFusion's own `state`/`merge_batch` format), `_version` and `_dirty`, one row per group.
 //! The operator's scalars (watermark, partition clocks, counters) and a fingerprint of the
@@ -19,6 +20,8 @@ use crate::error::EngineError;
 use crate::groups::GroupTable;
 use crate::operator::{OperatorOptions, PartitionClock, Window, WindowOperator};
 use crate::plan::JobPlan;
+use crate::session::SessionState;
+use crate::window::WindowSpec;
 
 const FORMAT_VERSION: &str = "1";
 
@@ -92,11 +95,6 @@ impl WindowOperator {
     ///
     /// Failures inside DataFusion or Arrow while copying the state out.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, EngineError> {
-        if self.sessions.is_some() {
-            return Err(EngineError::Misuse(
-                "snapshots of session windows are not built yet (issue 3); tumbling and hopping windows snapshot".to_string(),
-            ));
-        }
         let mut metadata = HashMap::new();
         metadata.insert("runnel.format".to_string(), FORMAT_VERSION.to_string());
         metadata.insert(
@@ -127,6 +125,14 @@ impl WindowOperator {
             })
             .collect();
         metadata.insert("runnel.partitions".to_string(), partitions.join(";"));
+        if let Some(sessions) = &mut self.sessions {
+            let batch = sessions.snapshot(&self.plan)?;
+            let schema = Arc::new(batch.schema().as_ref().clone().with_metadata(metadata));
+            let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
+            writer.write(&batch.with_schema(Arc::clone(&schema))?)?;
+            writer.finish()?;
+            return Ok(writer.into_inner()?);
+        }
         let schema = snapshot_schema(&self.plan, metadata)?;
         let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
         for (start, window) in &mut self.windows {
@@ -178,7 +184,10 @@ impl WindowOperator {
                 "the snapshot was taken for another job or other options (SQL, event time, lateness, idleness, early emission or partitions differ)",
             ));
         }
-        let expected = snapshot_schema(&plan, HashMap::new())?;
+        let expected = match plan.window {
+            WindowSpec::Session { .. } => SessionState::snapshot_schema(&plan)?,
+            _ => snapshot_schema(&plan, HashMap::new())?,
+        };
         if expected.fields() != schema.fields() {
             return Err(corrupt("its columns do not match the job's state"));
         }
@@ -205,6 +214,18 @@ impl WindowOperator {
                 max_event_time: decode_option(max_event_time)?,
                 last_arrival: decode_option(last_arrival)?,
             };
+        }
+        if let WindowSpec::Session { gap_ms } = plan.window {
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| EngineError::Snapshot(format!("read session batch: {error}")))?;
+            operator.sessions = Some(SessionState::restore(
+                &plan,
+                gap_ms,
+                operator.allowed_lateness_ms,
+                &batches,
+            )?);
+            return Ok(operator);
         }
         let n_keys = plan.key_schema.fields().len();
         let n_columns = schema.fields().len();

@@ -305,9 +305,13 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 1..12),
         restore_at in prop::collection::vec(0usize..12, 1..4),
         options in any_options(),
-        hop in any::<bool>(),
+        window in 0u8..3,
     ) {
-        let plan = plan(if hop { HOP_JOB } else { TUMBLE_JOB });
+        let (plan, options) = match window {
+            0 => (plan(TUMBLE_JOB), options),
+            1 => (plan(HOP_JOB), options),
+            _ => (plan(SESSION_JOB), OperatorOptions { early_emit_interval: None, ..options }),
+        };
         let batches = batches(&events, &cuts);
         let unbroken = rendered(&run(&plan, options, &batches, &[]));
         let restored = rendered(&run(&plan, options, &batches, &restore_at));
