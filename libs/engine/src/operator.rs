@@ -319,15 +319,7 @@ impl WindowOperator {
             max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
         }
         self.flush(&prepared, &mut segment)?;
-        self.partitions[partition as usize].max_event_time = max_event_time;
-        let watermark = self.watermark_with(max_event_time, others);
-        self.advance_to(watermark, &mut output)?;
-        if !late.is_empty() {
-            output
-                .late_events
-                .push(self.late_batch(partition, &prepared.batch, &late)?);
-        }
-        Ok(output)
+        self.end_batch(partition, max_event_time, others, &prepared, &late, output)
     }
 
     /// Moves the arrival clock to `arrival_ms` without data, so that idle partitions stop
@@ -359,6 +351,28 @@ impl WindowOperator {
         if !self.finished {
             self.advance_to(i64::MAX, &mut output)?;
             self.finished = true;
+        }
+        Ok(output)
+    }
+
+    /// Closes a batch: records the partition's largest event time, raises the watermark to
+    /// where the batch left it, and adds the batch's late events.
+    fn end_batch(
+        &mut self,
+        partition: u32,
+        max_event_time: Option<i64>,
+        others: Option<i64>,
+        prepared: &Prepared,
+        late: &[LateEvent],
+        mut output: OperatorOutput,
+    ) -> Result<OperatorOutput, EngineError> {
+        self.partitions[partition as usize].max_event_time = max_event_time;
+        let watermark = self.watermark_with(max_event_time, others);
+        self.advance_to(watermark, &mut output)?;
+        if !late.is_empty() {
+            output
+                .late_events
+                .push(self.late_batch(partition, &prepared.batch, late)?);
         }
         Ok(output)
     }
@@ -409,15 +423,7 @@ impl WindowOperator {
             next_trigger = sessions.next_trigger();
             max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
         }
-        self.partitions[partition as usize].max_event_time = max_event_time;
-        let watermark = self.watermark_with(max_event_time, others);
-        self.advance_to(watermark, &mut output)?;
-        if !late.is_empty() {
-            output
-                .late_events
-                .push(self.late_batch(partition, &prepared.batch, &late)?);
-        }
-        Ok(output)
+        self.end_batch(partition, max_event_time, others, prepared, &late, output)
     }
 
     fn check_schema(&self, batch: &RecordBatch) -> Result<(), EngineError> {

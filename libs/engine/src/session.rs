@@ -397,15 +397,7 @@ impl SessionState {
             Field::new("_version", DataType::UInt32, true),
             Field::new("_fired", DataType::Boolean, true),
         ];
-        for (aggregate_idx, aggregate) in plan.aggregates.iter().enumerate() {
-            for (field_idx, field) in aggregate.expr.state_fields()?.iter().enumerate() {
-                fields.push(Field::new(
-                    format!("_state_{aggregate_idx}_{field_idx}"),
-                    field.data_type().clone(),
-                    true,
-                ));
-            }
-        }
+        fields.extend(crate::snapshot::state_columns(plan)?);
         Ok(Arc::new(Schema::new(fields)))
     }
 

@@ -45,6 +45,21 @@ fn fingerprint(plan: &JobPlan, options: &OperatorOptions) -> String {
     format!("{hash:016x}")
 }
 
+/// The columns of the accumulators' intermediate state, `_state_<aggregate>_<field>`.
+pub(crate) fn state_columns(plan: &JobPlan) -> Result<Vec<Field>, EngineError> {
+    let mut fields = Vec::new();
+    for (aggregate_idx, aggregate) in plan.aggregates.iter().enumerate() {
+        for (field_idx, field) in aggregate.expr.state_fields()?.iter().enumerate() {
+            fields.push(Field::new(
+                format!("_state_{aggregate_idx}_{field_idx}"),
+                field.data_type().clone(),
+                true,
+            ));
+        }
+    }
+    Ok(fields)
+}
+
 fn snapshot_schema(
     plan: &JobPlan,
     metadata: HashMap<String, String>,
@@ -61,15 +76,7 @@ fn snapshot_schema(
             true,
         ));
     }
-    for (aggregate_idx, aggregate) in plan.aggregates.iter().enumerate() {
-        for (field_idx, field) in aggregate.expr.state_fields()?.iter().enumerate() {
-            fields.push(Field::new(
-                format!("_state_{aggregate_idx}_{field_idx}"),
-                field.data_type().clone(),
-                true,
-            ));
-        }
-    }
+    fields.extend(state_columns(plan)?);
     fields.push(Field::new("_version", DataType::UInt32, false));
     fields.push(Field::new("_dirty", DataType::Boolean, false));
     Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
