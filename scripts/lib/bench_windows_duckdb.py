@@ -1,0 +1,91 @@
+"""DuckDB baseline for scripts/bench-windows.sh: the three window jobs as plain GROUP BYs.
+
+Usage: python bench_windows_duckdb.py EVENTS.parquet N_EVENTS [RUNS]
+
+Prints `BENCH duckdb_<job> <value> events/s` (best of RUNS, default 3) or
+`BENCH duckdb_<job> unavailable (<reason>)` on stdout; progress goes to stderr.
+Each query reads the Parquet file, like recompute does. The aggregated rows are folded into
+one checksum row inside DuckDB, so that every aggregate is computed (an outer COUNT(*) alone
+would let the optimizer drop them) and no time goes into converting rows to Python objects.
+"""
+
+import sys
+import time
+
+# Times are epoch milliseconds, all positive, so `%` floors.
+TUMBLE = """
+SELECT key, window_start, window_start + 60000 AS window_end,
+       COUNT(*) AS n, SUM(value) AS total, MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean
+FROM (SELECT key, value, event_time - event_time % 60000 AS window_start FROM read_parquet('{path}'))
+GROUP BY key, window_start
+"""
+
+# An event belongs to the 6 windows starting at its 10 s slot and the 5 slots before it.
+HOP = """
+SELECT key, window_start, window_start + 60000 AS window_end,
+       COUNT(*) AS n, SUM(value) AS total, MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean
+FROM (
+    SELECT key, value, event_time - event_time % 10000 - 10000 * nth AS window_start
+    FROM read_parquet('{path}') CROSS JOIN range(0, 6) AS slots(nth)
+)
+GROUP BY key, window_start
+"""
+
+# Per key, a new session starts where the gap to the previous event is 10 s or more.
+SESSION = """
+WITH marked AS (
+    SELECT key, event_time, value,
+           CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY key ORDER BY event_time) < 10000
+                THEN 0 ELSE 1 END AS is_start
+    FROM read_parquet('{path}')
+), numbered AS (
+    SELECT key, event_time, value,
+           SUM(is_start) OVER (PARTITION BY key ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS session
+    FROM marked
+)
+SELECT key, MIN(event_time) AS window_start, MAX(event_time) + 10000 AS window_end,
+       COUNT(*) AS n, SUM(value) AS total, MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean
+FROM numbered
+GROUP BY key, session
+"""
+
+CHECKSUM = """
+SELECT COUNT(*), SUM(n), SUM(total), MIN(lo), MAX(hi), SUM(mean), MIN(window_start), MAX(window_end)
+FROM ({query})
+"""
+
+
+def main():
+    import duckdb
+
+    path, n_events = sys.argv[1], int(sys.argv[2])
+    runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    escaped = path.replace("'", "''")
+    con = duckdb.connect()
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    print(f"==> duckdb {duckdb.__version__}, {threads} threads, {path}", file=sys.stderr)
+    for job, query in (("tumble", TUMBLE), ("hop", HOP), ("session", SESSION)):
+        name = f"duckdb_{job}"
+        print(f"==> {name}", file=sys.stderr)
+        sql = CHECKSUM.format(query=query.format(path=escaped))
+        try:
+            best = None
+            for run_idx in range(runs):
+                started = time.perf_counter()
+                row = con.execute(sql).fetchone()
+                elapsed = time.perf_counter() - started
+                print(
+                    f"    {name} run {run_idx + 1}/{runs}: {elapsed:.3f}s, "
+                    f"{row[0]} result rows, sum(n) = {row[1]}",
+                    file=sys.stderr,
+                )
+                best = elapsed if best is None else min(best, elapsed)
+            print(f"BENCH {name} {n_events / best:.0f} events/s", flush=True)
+        except Exception as error:  # noqa: BLE001: report any failure as the figure's reason.
+            reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            print(f"    {name} failed: {error}", file=sys.stderr)
+            print(f"BENCH {name} unavailable ({reason})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
