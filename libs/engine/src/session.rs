@@ -55,6 +55,8 @@ pub(crate) struct SessionState {
     key_rows: Vec<Box<[u8]>>,
     /// Sessions of each key, by key id, sorted by start.
     sessions: Vec<Vec<Session>>,
+    /// Scratch for the one-row argument slices of an update.
+    scratch: Vec<ArrayRef>,
     /// Unfired sessions by (end, key, start): the firing order.
     unfired: BTreeSet<(i64, u32, i64)>,
     /// Fired sessions by (end + lateness, key, start): the expiry order.
@@ -87,6 +89,7 @@ impl SessionState {
             key_ids: HashMap::new(),
             key_rows: Vec::new(),
             sessions: Vec::new(),
+            scratch: Vec::new(),
             unfired: BTreeSet::new(),
             fired: BTreeSet::new(),
         })
@@ -155,13 +158,24 @@ impl SessionState {
         let overlaps = |session: &Session| {
             session.start < event_end && timestamp < session.last.saturating_add(gap)
         };
-        let fired: Vec<usize> = (0..sessions.len())
-            .filter(|idx| sessions[*idx].fired && overlaps(&sessions[*idx]))
-            .collect();
-        if !fired.is_empty() {
-            let session = &sessions[fired[0]];
-            let inside =
-                fired.len() == 1 && session.start <= timestamp && timestamp <= session.last;
+        // One pass, no allocation in the common cases: the first overlapping fired session
+        // and how many there are; the first overlapping open session and how many.
+        let (mut first_fired, mut n_fired, mut first_open, mut n_open) =
+            (None, 0usize, None, 0usize);
+        for (idx, session) in sessions.iter().enumerate() {
+            if overlaps(session) {
+                if session.fired {
+                    first_fired.get_or_insert(idx);
+                    n_fired += 1;
+                } else {
+                    first_open.get_or_insert(idx);
+                    n_open += 1;
+                }
+            }
+        }
+        if let Some(fired_idx) = first_fired {
+            let session = &sessions[fired_idx];
+            let inside = n_fired == 1 && session.start <= timestamp && timestamp <= session.last;
             let unexpired =
                 session.last.saturating_add(gap).saturating_add(lateness_ms) > watermark;
             if inside && unexpired {
@@ -176,10 +190,14 @@ impl SessionState {
                 session.last.saturating_add(gap)
             )));
         }
-        let open: Vec<usize> = (0..sessions.len())
-            .filter(|idx| overlaps(&sessions[*idx]))
-            .collect();
-        if open.is_empty() {
+        let open: Vec<usize> = if n_open > 1 {
+            (0..sessions.len())
+                .filter(|idx| overlaps(&sessions[*idx]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let Some(first) = first_open else {
             if event_end.saturating_add(lateness_ms) <= watermark {
                 return Ok(Assignment::Late(format!(
                     "too late for session [{timestamp}, {event_end}): watermark {watermark} had passed its end plus the allowed lateness of {lateness_ms} ms"
@@ -205,15 +223,14 @@ impl SessionState {
             }
             self.unfired.insert((event_end, key, timestamp));
             return Ok(Assignment::Open);
-        }
+        };
         // Merge every overlapping open session into the first, then extend it by the event.
         // Invariant: `unfired` holds one entry per open session, keyed by its current end, so
         // the first session's entry goes before its end changes.
-        let first = open[0];
         let target = &sessions[first];
         self.unfired
             .remove(&(target.last.saturating_add(gap), key, target.start));
-        for &idx in open[1..].iter().rev() {
+        for &idx in open.iter().skip(1).rev() {
             let merged = sessions.remove(idx);
             self.unfired
                 .remove(&(merged.last.saturating_add(gap), key, merged.start));
@@ -268,8 +285,10 @@ impl SessionState {
             {
                 continue;
             }
-            let values: Vec<ArrayRef> = columns.iter().map(|column| column.slice(row, 1)).collect();
-            accumulator.update_batch(&values)?;
+            self.scratch.clear();
+            self.scratch
+                .extend(columns.iter().map(|column| column.slice(row, 1)));
+            accumulator.update_batch(&self.scratch)?;
         }
         Ok(())
     }
