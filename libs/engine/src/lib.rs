@@ -1,13 +1,14 @@
 //! Windowed SQL jobs: one job definition that runs live, on an unbounded stream with
-//! event-time semantics, and (later in issue 3) over a bounded history.
+//! event-time semantics, and over a bounded history as a batch plan ([`recompute`]).
 //!
 //! The crate does no I/O and knows nothing of the log, Kafka or config files: Arrow record
 //! batches and arrival times go in, upserts and late events come out.
 //! - [`JobPlan::compile`] checks the SQL against the supported subset (errors carry the
 //!   position of the unsupported part) and lets DataFusion plan and lower it.
 //! - [`WindowOperator`] runs a plan: watermarks per partition, firing, allowed lateness,
-//!   late events, early results. DataFusion evaluates the expressions and aggregates; the
-//!   window logic is ours.
+//!   late events, early results, snapshots. DataFusion evaluates the expressions and
+//!   aggregates; the window logic is ours.
+//! - [`recompute`] runs the same plan as a DataFusion batch query, every event counted.
 #![warn(missing_docs)]
 
 mod error;

@@ -131,7 +131,7 @@ struct Prepared {
     filters: Vec<Option<BooleanArray>>,
 }
 
-/// The window operator for tumbling and hopping windows.
+/// The window operator: tumbling and hopping windows here, session windows in `session.rs`.
 pub struct WindowOperator {
     pub(crate) plan: Arc<JobPlan>,
     pub(crate) options: OperatorOptions,
