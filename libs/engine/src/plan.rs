@@ -37,7 +37,7 @@ pub const WINDOW_END: &str = "window_end";
 pub const VERSION_COLUMN: &str = "_version";
 /// Result column: true once the watermark has passed the window's end.
 pub const FINAL_COLUMN: &str = "_final";
-/// Result column: the group key, rendered as text (see [`JobPlan::key_text`]).
+/// Result column: the group key as a JSON array of its values, e.g. `["/home",42]`.
 pub const KEY_COLUMN: &str = "_key";
 /// Result column: the window start, whatever the projection keeps.
 pub const WINDOW_START_COLUMN: &str = "_window_start";
