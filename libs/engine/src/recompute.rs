@@ -16,6 +16,8 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::DataType;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{self, GroupByExpr, SetExpr, Statement};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::error::EngineError;
 use crate::operator::render_keys;
@@ -124,7 +126,7 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str) -> Result<String, EngineErr
     let floor = |step: i64| format!("(__runnel_ts - (((__runnel_ts % {step}) + {step}) % {step}))");
     let windowed = match plan.window {
         WindowSpec::Tumble { size_ms } => format!(
-            "SELECT *, to_timestamp_millis({start}) AS {WINDOW_START}, to_timestamp_millis({start} + {size_ms}) AS {WINDOW_END} FROM ({events}) AS {stream}",
+            "SELECT *, to_timestamp_millis({start}) AS {WINDOW_START} FROM ({events}) AS {stream}",
             start = floor(size_ms)
         ),
         WindowSpec::Hop { slide_ms, size_ms } => {
@@ -133,7 +135,7 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str) -> Result<String, EngineErr
                 .collect();
             let start = format!("({} - __runnel_hop.i * {slide_ms})", floor(slide_ms));
             format!(
-                "SELECT {stream}.*, to_timestamp_millis({start}) AS {WINDOW_START}, to_timestamp_millis({start} + {size_ms}) AS {WINDOW_END} \
+                "SELECT {stream}.*, to_timestamp_millis({start}) AS {WINDOW_START} \
                  FROM ({events}) AS {stream} CROSS JOIN (VALUES {}) AS __runnel_hop(i)",
                 offsets.join(", ")
             )
@@ -161,7 +163,32 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str) -> Result<String, EngineErr
             )
         }
     };
-    let mut select_items: Vec<String> = select.projection.iter().map(ToString::to_string).collect();
+    // Fixed windows end at start + size: grouping by the start alone hashes one timestamp
+    // instead of two, and `window_end` is computed from the start in the projection.
+    let mut projection = select.projection.clone();
+    let group_by: Vec<&ast::Expr> = match plan.window {
+        WindowSpec::Session { .. } => group_by.iter().collect(),
+        WindowSpec::Tumble { size_ms } | WindowSpec::Hop { size_ms, .. } => {
+            let end = Parser::new(&GenericDialect {})
+                .try_with_sql(&format!(
+                    "to_timestamp_millis(arrow_cast({WINDOW_START}, 'Int64') + {size_ms})"
+                ))
+                .and_then(|mut parser| parser.parse_expr())
+                .map_err(|error| EngineError::plan(format!("build window_end: {error}")))?;
+            let _ = ast::visit_expressions_mut(&mut projection, |expr| {
+                if matches!(expr, ast::Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case(WINDOW_END))
+                {
+                    *expr = end.clone();
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            group_by
+                .iter()
+                .filter(|expr| !matches!(expr, ast::Expr::Identifier(ident) if ident.value.eq_ignore_ascii_case(WINDOW_END)))
+                .collect()
+        }
+    };
+    let mut select_items: Vec<String> = projection.iter().map(ToString::to_string).collect();
     let mut order_by = vec![WINDOW_START_ALIAS.to_string()];
     for (idx, key) in key_exprs.iter().enumerate() {
         select_items.push(format!("{key} AS {KEY_PREFIX}{idx}"));
