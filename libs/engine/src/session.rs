@@ -50,6 +50,8 @@ pub(crate) enum Assignment {
 pub(crate) struct SessionState {
     gap_ms: i64,
     converter: Option<RowConverter>,
+    /// Every key ever seen. FIXME: it only grows; high-cardinality keys (e.g. session ids)
+    /// need a deterministic compaction of keys without sessions.
     key_ids: HashMap<Box<[u8]>, u32>,
     /// Row-format bytes of each key, by key id.
     key_rows: Vec<Box<[u8]>>,

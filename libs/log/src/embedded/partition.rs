@@ -129,6 +129,9 @@ pub(crate) enum Command {
 }
 
 /// A partition as the log holds it: the shared state and the writer's channel.
+///
+/// Each partition has its own writer thread: simple, and fine for tens of partitions; a
+/// log with thousands would want a shared pool of writers.
 #[derive(Debug)]
 pub(crate) struct Partition {
     pub(crate) shared: Arc<PartitionShared>,
@@ -666,6 +669,8 @@ impl Writer {
 
     /// Deletes the oldest sealed segments while the partition is over its size budget or
     /// they are older than the retention age. The active segment always stays.
+    /// FIXME(issue 4): retention must not delete a segment the archiver has not copied to
+    /// the history yet; it does not know of the archiver today.
     fn apply_retention(&mut self) -> Result<usize, LogError> {
         self.last_retention = Instant::now();
         let mut deleted = 0;
