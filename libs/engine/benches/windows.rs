@@ -417,7 +417,7 @@ fn recompute(settings: &Settings, job: Job, figure: &str) -> anyhow::Result<Stri
     let (elapsed, _) = best_of(figure, settings.runs, || {
         runtime.block_on(async {
             // Timed from here: registering reads the file's metadata, and the plan reads it.
-            let context = SessionContext::new();
+            let context = SessionContext::new_with_config(runnel_engine::recompute_config());
             context
                 .register_parquet("events", &path, ParquetReadOptions::default())
                 .await

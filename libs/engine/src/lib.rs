@@ -29,5 +29,5 @@ pub use plan::{
     FINAL_COLUMN, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
     WINDOW_START_COLUMN,
 };
-pub use recompute::recompute;
+pub use recompute::{recompute, recompute_config};
 pub use window::WindowSpec;

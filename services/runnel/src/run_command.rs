@@ -339,7 +339,8 @@ fn run_recompute(
     batches: BatchIter,
     output_format: FileFormat,
 ) -> anyhow::Result<()> {
-    let context = datafusion::prelude::SessionContext::new();
+    let context =
+        datafusion::prelude::SessionContext::new_with_config(runnel_engine::recompute_config());
     const TABLE: &str = "runnel_input";
     let runtime = tokio::runtime::Handle::current();
     if input_format == FileFormat::Parquet {
