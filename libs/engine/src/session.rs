@@ -118,20 +118,21 @@ impl SessionState {
         let rows = converter.convert_columns(keys)?;
         let mut ids = Vec::with_capacity(n_rows);
         for row in rows.iter() {
-            let bytes: &[u8] = row.as_ref();
-            let id = match self.key_ids.get(bytes) {
-                Some(id) => *id,
-                None => {
-                    let id = self.key_rows.len() as u32;
-                    self.key_ids.insert(Box::from(bytes), id);
-                    self.key_rows.push(Box::from(bytes));
-                    self.sessions.push(Vec::new());
-                    id
-                }
-            };
-            ids.push(id);
+            ids.push(self.key_id(row.as_ref()));
         }
         Ok(ids)
+    }
+
+    /// Returns the id of the key with row-format `bytes`, giving a new key the next id.
+    fn key_id(&mut self, bytes: &[u8]) -> u32 {
+        if let Some(id) = self.key_ids.get(bytes) {
+            return *id;
+        }
+        let id = self.key_rows.len() as u32;
+        self.key_ids.insert(Box::from(bytes), id);
+        self.key_rows.push(Box::from(bytes));
+        self.sessions.push(Vec::new());
+        id
     }
 
     /// The lowest watermark at which a session fires or expires.
@@ -497,17 +498,7 @@ impl SessionState {
             let fired = batch.column(4).as_boolean();
             let states = &batch.columns()[FIXED_SNAPSHOT_COLUMNS..];
             for row in 0..batch.num_rows() {
-                let bytes = key_rows.value(row);
-                let key = match state.key_ids.get(bytes) {
-                    Some(key) => *key,
-                    None => {
-                        let key = state.key_rows.len() as u32;
-                        state.key_ids.insert(Box::from(bytes), key);
-                        state.key_rows.push(Box::from(bytes));
-                        state.sessions.push(Vec::new());
-                        key
-                    }
-                };
+                let key = state.key_id(key_rows.value(row));
                 if starts.is_null(row) {
                     continue;
                 }
