@@ -65,13 +65,10 @@ impl EmbeddedLog {
     pub async fn open(dir: &Path, config: &EmbeddedLogConfig) -> Result<EmbeddedLog, LogError> {
         let dir = dir.to_path_buf();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || EmbeddedLog::open_blocking(dir, config))
-            .await
-            .map_err(|join_error| LogError::Io {
-                action: "open log",
-                path: PathBuf::new(),
-                source: std::io::Error::other(join_error.to_string()),
-            })?
+        run_blocking("open log", dir.clone(), move || {
+            EmbeddedLog::open_blocking(dir, config)
+        })
+        .await
     }
 
     fn open_blocking(dir: PathBuf, config: EmbeddedLogConfig) -> Result<EmbeddedLog, LogError> {
@@ -205,6 +202,22 @@ impl EmbeddedLog {
     }
 }
 
+/// Runs blocking file work on tokio's blocking pool; a panic in it becomes an I/O error
+/// naming `action` and `path`.
+async fn run_blocking<T: Send + 'static>(
+    action: &'static str,
+    path: PathBuf,
+    work: impl FnOnce() -> Result<T, LogError> + Send + 'static,
+) -> Result<T, LogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join_error| LogError::Io {
+            action,
+            path,
+            source: std::io::Error::other(join_error.to_string()),
+        })?
+}
+
 /// Takes the folder's exclusive lock, or fails naming the folder if another owner has it.
 fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
     let path = dir.join(LOCK_FILE);
@@ -304,7 +317,7 @@ impl Log for EmbeddedLog {
         let dir = self.dir.clone();
         let config = self.config.clone();
         let name = topic.to_string();
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = run_blocking("create topic", self.dir.join(topic), move || {
             let topic_dir = dir.join(&name);
             std::fs::create_dir_all(&topic_dir)
                 .map_err(LogError::io("create topic folder", &topic_dir))?;
@@ -318,12 +331,7 @@ impl Log for EmbeddedLog {
             sync_dir(&dir)?;
             Ok::<_, LogError>(topic)
         })
-        .await
-        .map_err(|join_error| LogError::Io {
-            action: "create topic",
-            path: self.dir.join(topic),
-            source: std::io::Error::other(join_error.to_string()),
-        })??;
+        .await?;
         info!(topic, partitions, "created topic");
         self.topics
             .write()
@@ -434,13 +442,11 @@ impl Log for EmbeddedLog {
     ) -> Result<Option<u64>, LogError> {
         let topic = self.topic(topic_name)?;
         let shared = Arc::clone(&self.partition(topic_name, &topic, partition)?.shared);
-        tokio::task::spawn_blocking(move || shared.offset_for_timestamp(timestamp))
-            .await
-            .map_err(|join_error| LogError::Io {
-                action: "seek by timestamp",
-                path: PathBuf::new(),
-                source: std::io::Error::other(join_error.to_string()),
-            })?
+        let path = shared.dir.clone();
+        run_blocking("seek by timestamp in", path, move || {
+            shared.offset_for_timestamp(timestamp)
+        })
+        .await
     }
 
     async fn commit_offsets(
@@ -467,19 +473,14 @@ impl Log for EmbeddedLog {
             .expect("offsets path has a parent")
             .to_path_buf();
         let offsets_root = self.dir.join(OFFSETS_DIR);
-        tokio::task::spawn_blocking(move || {
+        run_blocking("commit offsets to", path.clone(), move || {
             std::fs::create_dir_all(&group_dir)
                 .map_err(LogError::io("create offsets folder", &group_dir))?;
             write_file_atomically(&path, text.as_bytes())?;
             sync_dir(&group_dir)?;
             sync_dir(&offsets_root)
         })
-        .await
-        .map_err(|join_error| LogError::Io {
-            action: "commit offsets",
-            path: PathBuf::new(),
-            source: std::io::Error::other(join_error.to_string()),
-        })??;
+        .await?;
         self.committed
             .lock()
             .expect("committed lock is never poisoned")

@@ -252,6 +252,16 @@ fn open_segment_file(path: &Path) -> Result<File, LogError> {
     File::open(path).map_err(LogError::io("open segment", path))
 }
 
+/// Opens a segment for reading and returns its length.
+fn open_segment_with_len(path: &Path) -> Result<(File, u64), LogError> {
+    let file = open_segment_file(path)?;
+    let len = file
+        .metadata()
+        .map_err(LogError::io("stat segment", path))?
+        .len();
+    Ok((file, len))
+}
+
 /// Opens every segment of a partition: sealed ones through their index (rebuilt if missing
 /// or inconsistent), the active one by a full scan that truncates a torn tail.
 fn recover_segments(
@@ -315,11 +325,7 @@ fn open_sealed_segment(
     config: &EmbeddedLogConfig,
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
-    let file = open_segment_file(&log_path)?;
-    let file_len = file
-        .metadata()
-        .map_err(LogError::io("stat segment", &log_path))?
-        .len();
+    let (file, file_len) = open_segment_with_len(&log_path)?;
     let loaded = std::fs::read(&index_path)
         .ok()
         .and_then(|bytes| IndexEntry::decode_all(&bytes))
@@ -393,11 +399,7 @@ fn open_active_segment(
     config: &EmbeddedLogConfig,
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
-    let file = open_segment_file(&log_path)?;
-    let file_len = file
-        .metadata()
-        .map_err(LogError::io("stat segment", &log_path))?
-        .len();
+    let (file, file_len) = open_segment_with_len(&log_path)?;
     let scan = scan_segment(
         &file,
         &log_path,
