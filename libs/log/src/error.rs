@@ -28,6 +28,9 @@ pub enum LogError {
         /// The requested count.
         requested: u32,
     },
+    /// A topic was asked for with no partitions.
+    #[error("topic `{0}` needs at least one partition")]
+    NoPartitions(String),
     /// A topic or group name that is empty, too long or has characters outside `[A-Za-z0-9._-]`.
     #[error("invalid {kind} name `{name}`: use 1-200 letters, digits, `.`, `_` or `-`")]
     InvalidName {

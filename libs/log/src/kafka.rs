@@ -27,7 +27,7 @@ use tracing::info;
 
 use crate::{
     Header, Log, LogError, PartitionReader, Partitioner, ProduceRecord, Record, RecordPosition,
-    StartOffset, check_name,
+    StartOffset, check_name, check_new_topic,
 };
 
 /// Largest message the producer sends (librdkafka's `message.max.bytes`).
@@ -182,7 +182,7 @@ fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientConfig {
 #[async_trait]
 impl Log for KafkaLog {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-        check_name("topic", topic)?;
+        check_new_topic(topic, partitions)?;
         let new_topic = NewTopic::new(
             topic,
             partitions as i32,

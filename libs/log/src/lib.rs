@@ -237,6 +237,15 @@ pub async fn open_log(config: &Config) -> Result<Arc<dyn Log>, LogError> {
     }
 }
 
+/// Checks the name and partition count of a topic to create.
+pub(crate) fn check_new_topic(topic: &str, partitions: u32) -> Result<(), LogError> {
+    check_name("topic", topic)?;
+    if partitions == 0 {
+        return Err(LogError::NoPartitions(topic.to_string()));
+    }
+    Ok(())
+}
+
 /// Checks a topic or group name: 1-200 letters, digits, `.`, `_`, `-` (safe as a path segment).
 pub(crate) fn check_name(kind: &'static str, name: &str) -> Result<(), LogError> {
     let valid = !name.is_empty()

@@ -28,7 +28,7 @@ use self::reader::EmbeddedReader;
 use self::segment::{sync_dir, write_file_atomically};
 use crate::{
     Log, LogError, PartitionReader, Partitioner, ProduceRecord, RecordPosition, StartOffset,
-    check_name,
+    check_name, check_new_topic,
 };
 
 const TOPIC_META_FILE: &str = "topic.meta";
@@ -294,7 +294,7 @@ fn parse_offsets(path: &Path, text: &str) -> Result<BTreeMap<u32, u64>, LogError
 #[async_trait]
 impl Log for EmbeddedLog {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
-        check_name("topic", topic)?;
+        check_new_topic(topic, partitions)?;
         let _guard = self.create_lock.lock().await;
         if let Ok(existing) = self.topic(topic) {
             let existing = existing.partitions.len() as u32;
@@ -306,13 +306,6 @@ impl Log for EmbeddedLog {
                 });
             }
             return Ok(());
-        }
-        if partitions == 0 {
-            return Err(LogError::PartitionMismatch {
-                topic: topic.to_string(),
-                existing: 0,
-                requested: 0,
-            });
         }
         let dir = self.dir.clone();
         let config = self.config.clone();

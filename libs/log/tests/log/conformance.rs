@@ -479,6 +479,10 @@ async fn topics_are_checked(fixture: &mut Fixture) {
         }) => {}
         other => panic!("expected a partition mismatch, got {other:?}"),
     }
+    match log.ensure_topic(&missing, 0).await {
+        Err(LogError::NoPartitions(name)) => assert_eq!(name, missing),
+        other => panic!("expected a refusal of zero partitions, got {other:?}"),
+    }
     match log.append(&missing, vec![record(None, "x", 1)]).await {
         Err(LogError::UnknownTopic(name)) => assert_eq!(name, missing),
         other => panic!("expected unknown topic, got {other:?}"),
