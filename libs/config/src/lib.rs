@@ -11,8 +11,8 @@ mod model;
 
 pub use layers::{ConfigLayer, ENV_PREFIX};
 pub use model::{
-    Config, EmbeddedLogConfig, FieldConfig, FieldType, KafkaLogConfig, LogBackend, LogConfig,
-    StorageConfig, StreamConfig,
+    ArchiveConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType, IngestConfig, KafkaLogConfig,
+    LogBackend, LogConfig, StorageConfig, StreamConfig,
 };
 
 use std::collections::HashMap;

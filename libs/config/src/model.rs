@@ -14,9 +14,61 @@ use crate::ConfigError;
 pub struct Config {
     /// Where the log, history and checkpoints are stored.
     pub storage: StorageConfig,
+    /// The ingest service: validation limits and backpressure.
+    pub ingest: IngestConfig,
+    /// The archiver: the log copied into Parquet history on the object store.
+    pub archive: ArchiveConfig,
     /// The declared event streams. Each stream is a topic of the log.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+}
+
+/// The ingest service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Address the gRPC and HTTP APIs listen on (one port serves both).
+    pub listen: String,
+    /// An event larger than this many bytes (as received) is rejected.
+    pub max_event_bytes: usize,
+    /// A request (HTTP body or gRPC message) larger than this is refused whole.
+    pub max_request_bytes: usize,
+    /// Bytes of requests being validated and appended at once; over it, requests are
+    /// answered 429 / RESOURCE_EXHAUSTED with a retry hint.
+    pub max_in_flight_bytes: usize,
+    /// The retry hint sent with 429 / RESOURCE_EXHAUSTED.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Events whose event time is further than this ahead of the service's clock are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_event_time_ahead: Duration,
+    /// Events whose event time is further than this behind the service's clock are
+    /// rejected; unset, any past event time is accepted.
+    #[serde(default, with = "humantime_serde")]
+    pub max_event_time_behind: Option<Duration>,
+    /// Whether the ingest service runs the archiver as a background task.
+    pub run_archiver: bool,
+}
+
+/// The archiver: copies every stream's log partitions into Parquet files on the object store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Folder (object-store prefix) of the history: `<prefix>/<stream>/date=.../*.parquet`.
+    pub prefix: String,
+    /// A file rolls once the log records it holds reach this many bytes.
+    pub target_file_bytes: u64,
+    /// A file rolls once its records span this much ingest time, or once its first record
+    /// is this old and the archiver has caught up with the log.
+    #[serde(with = "humantime_serde")]
+    pub max_file_age: Duration,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd compression level of the Parquet pages.
+    pub zstd_level: i32,
+    /// How long the archiver waits for new records before checking file age again.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 /// The storage layer: the log and the object store.
@@ -171,6 +223,49 @@ impl Config {
             return Err(semantic(
                 "storage.log.embedded.index-interval-bytes".to_string(),
                 "must be positive".to_string(),
+            ));
+        }
+        if self.archive.target_file_bytes == 0 {
+            return Err(semantic(
+                "archive.target-file-bytes".to_string(),
+                "must be positive".to_string(),
+            ));
+        }
+        if self.archive.row_group_rows == 0 {
+            return Err(semantic(
+                "archive.row-group-rows".to_string(),
+                "must be positive".to_string(),
+            ));
+        }
+        if !(1..=22).contains(&self.archive.zstd_level) {
+            return Err(semantic(
+                "archive.zstd-level".to_string(),
+                format!("must be 1 to 22, got {}", self.archive.zstd_level),
+            ));
+        }
+        if self.archive.prefix.is_empty() || self.archive.prefix.starts_with('/') {
+            return Err(semantic(
+                "archive.prefix".to_string(),
+                format!("`{}` must be a relative, non-empty path", self.archive.prefix),
+            ));
+        }
+        let ingest = &self.ingest;
+        if ingest.max_event_bytes == 0 || ingest.max_request_bytes < ingest.max_event_bytes {
+            return Err(semantic(
+                "ingest.max-request-bytes".to_string(),
+                format!(
+                    "must be at least max-event-bytes ({}), and both positive; got {}",
+                    ingest.max_event_bytes, ingest.max_request_bytes
+                ),
+            ));
+        }
+        if ingest.max_in_flight_bytes < ingest.max_request_bytes {
+            return Err(semantic(
+                "ingest.max-in-flight-bytes".to_string(),
+                format!(
+                    "must be at least max-request-bytes ({}), got {}",
+                    ingest.max_request_bytes, ingest.max_in_flight_bytes
+                ),
             ));
         }
         let url = &self.storage.object_store_url;

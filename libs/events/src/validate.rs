@@ -1,0 +1,1678 @@
+//! Validation of incoming events into the record format.
+//!
+//! A [`Validator`] is built once per stream from its declared schema and checks one event at
+//! a time, either a JSON document ([`Validator::validate_json`]) or a row of typed values
+//! ([`Validator::validate_row`], the gRPC typed path). Both go through the same per-field
+//! checks and produce a [`ValidEvent`]: the record value in the record format (see the crate
+//! docs), the record key and the event time. An event that fails is answered with a
+//! [`RejectReason`] naming the field at fault.
+//!
+//! What is accepted, per declared type:
+//! - `string`: a JSON string.
+//! - `int64`: a JSON integer in the `i64` range (`1.0` is a float and is refused).
+//! - `float64`: any JSON number; written back in its shortest round-trip form.
+//! - `bool`: `true` or `false`.
+//! - `timestamp`: integer epoch milliseconds, or RFC 3339 text with a time-zone offset
+//!   (`2024-05-01T12:00:00Z`, `2024-05-01 14:00:00.250+02:00`; fractions beyond
+//!   milliseconds are truncated); written back as epoch milliseconds.
+//!
+//! Fields the stream does not declare are dropped without a word (a producer may send more
+//! than the stream keeps). A declared field that appears twice is refused. A missing or
+//! `null` field is written as `null` when the field is nullable and refused otherwise; the
+//! event-time field is always required, and its value must lie within the limits around
+//! the caller's clock ([`ValidationLimits`]).
+//!
+//! Speed: the JSON path is one pass of serde_json driving a visitor over the declared
+//! fields, writing each value's canonical text into a reused scratch buffer; no
+//! `serde_json::Value` is built. Accepted values are cut from one shared arena
+//! ([`ValidateBuffer`]), so a batch of events costs a few allocations, not one per event.
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use runnel_config::{FieldType, StreamConfig};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// Bounds an event must respect besides its schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationLimits {
+    /// An event larger than this many bytes is refused: the raw JSON document, or the
+    /// canonical value of a typed row.
+    pub max_event_bytes: usize,
+    /// An event time further than this ahead of the clock is refused.
+    pub max_event_time_ahead: Duration,
+    /// An event time further than this behind the clock is refused; `None` accepts any
+    /// past time (backfills).
+    pub max_event_time_behind: Option<Duration>,
+}
+
+/// An accepted event, ready to be appended to the stream's topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidEvent {
+    /// The record value: the declared fields as a JSON object in the record format.
+    pub value: Bytes,
+    /// The record key: the key field's value as text; `None` when the stream has no key
+    /// field or the event's key is null.
+    pub key: Option<Bytes>,
+    /// The event time, epoch milliseconds.
+    pub event_time: i64,
+}
+
+/// A typed value of a row, for events that arrive already typed (gRPC typed rows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TypedValue<'a> {
+    /// No value: the field is absent.
+    Null,
+    /// Text.
+    String(&'a str),
+    /// A 64-bit integer; also accepted by `float64` fields and, as epoch milliseconds, by
+    /// `timestamp` fields.
+    Int64(i64),
+    /// A 64-bit float.
+    Float64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// An instant, epoch milliseconds; accepted by `timestamp` fields.
+    TimestampMillis(i64),
+}
+
+/// What kind of value was found where another was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `null`.
+    Null,
+    /// A string.
+    String,
+    /// An integer in the `i64` range.
+    Integer,
+    /// An integer beyond the `i64` range.
+    LargeInteger,
+    /// A number with a fraction or exponent.
+    Float,
+    /// `true` or `false`.
+    Bool,
+    /// A JSON object.
+    Object,
+    /// A JSON array.
+    Array,
+    /// A typed timestamp (typed rows only).
+    Timestamp,
+}
+
+impl fmt::Display for ValueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ValueKind::Null => "null",
+            ValueKind::String => "a string",
+            ValueKind::Integer => "an integer",
+            ValueKind::LargeInteger => "an integer beyond the int64 range",
+            ValueKind::Float => "a float",
+            ValueKind::Bool => "a boolean",
+            ValueKind::Object => "an object",
+            ValueKind::Array => "an array",
+            ValueKind::Timestamp => "a timestamp",
+        })
+    }
+}
+
+/// Returns the name of a declared field type as config spells it (`int64`).
+pub fn field_type_name(field_type: FieldType) -> &'static str {
+    match field_type {
+        FieldType::String => "string",
+        FieldType::Int64 => "int64",
+        FieldType::Float64 => "float64",
+        FieldType::Bool => "bool",
+        FieldType::Timestamp => "timestamp",
+    }
+}
+
+/// Why an event was refused. The message names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    /// The bytes are not one JSON document.
+    #[error("invalid JSON at line {line}, column {column}: {message}")]
+    InvalidJson {
+        /// serde_json's description, without the position.
+        message: String,
+        /// Line of the fault, from 1.
+        line: usize,
+        /// Column of the fault, from 1 (0 at the very start).
+        column: usize,
+    },
+    /// The document is valid JSON but not an object.
+    #[error("the event is {found}, not a JSON object")]
+    NotAnObject {
+        /// What the document is.
+        found: ValueKind,
+    },
+    /// A field that is not nullable is absent.
+    #[error("missing field `{field}`, which is not nullable")]
+    MissingField {
+        /// The field.
+        field: String,
+    },
+    /// The event-time field is absent.
+    #[error("missing event-time field `{field}`")]
+    MissingEventTime {
+        /// The event-time field.
+        field: String,
+    },
+    /// A field that is not nullable (or the event-time field) is `null`.
+    #[error("field `{field}` is null, but it is not nullable")]
+    NullField {
+        /// The field.
+        field: String,
+    },
+    /// A field's value has the wrong type.
+    #[error("field `{field}`: expected {expected}, found {found}")]
+    WrongType {
+        /// The field.
+        field: String,
+        /// The declared type, as config spells it.
+        expected: &'static str,
+        /// What was found.
+        found: ValueKind,
+    },
+    /// A timestamp field holds text that is not an RFC 3339 time.
+    #[error(
+        "field `{field}`: `{text}` is not a timestamp ({problem}); expected RFC 3339 text such as 2024-05-01T12:00:00Z, or integer epoch milliseconds"
+    )]
+    UnparsableTimestamp {
+        /// The field.
+        field: String,
+        /// The text, cut to 64 characters.
+        text: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// The event time is further ahead of the clock than allowed.
+    #[error(
+        "event time {} in field `{field}` is more than {max_ahead:?} ahead of the service clock ({})",
+        format_millis(*event_time),
+        format_millis(*now)
+    )]
+    EventTimeTooFarAhead {
+        /// The event-time field.
+        field: String,
+        /// The event time, epoch milliseconds.
+        event_time: i64,
+        /// The clock, epoch milliseconds.
+        now: i64,
+        /// The bound.
+        max_ahead: Duration,
+    },
+    /// The event time is further behind the clock than allowed.
+    #[error(
+        "event time {} in field `{field}` is more than {max_behind:?} behind the service clock ({})",
+        format_millis(*event_time),
+        format_millis(*now)
+    )]
+    EventTimeTooFarBehind {
+        /// The event-time field.
+        field: String,
+        /// The event time, epoch milliseconds.
+        event_time: i64,
+        /// The clock, epoch milliseconds.
+        now: i64,
+        /// The bound.
+        max_behind: Duration,
+    },
+    /// The event is larger than allowed.
+    #[error("the event is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A declared field appears more than once.
+    #[error("field `{field}` appears more than once")]
+    DuplicateField {
+        /// The field.
+        field: String,
+    },
+    /// A typed row has more values than the stream has fields.
+    #[error("the row has {found} values, but the stream declares {declared} fields")]
+    TooManyValues {
+        /// Values in the row.
+        found: usize,
+        /// Declared fields.
+        declared: usize,
+    },
+}
+
+impl RejectReason {
+    /// Returns a stable, snake_case name of the reason (`wrong_type`), for headers,
+    /// API responses and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson { .. } => "invalid_json",
+            RejectReason::NotAnObject { .. } => "not_an_object",
+            RejectReason::MissingField { .. } => "missing_field",
+            RejectReason::MissingEventTime { .. } => "missing_event_time",
+            RejectReason::NullField { .. } => "null_field",
+            RejectReason::WrongType { .. } => "wrong_type",
+            RejectReason::UnparsableTimestamp { .. } => "unparsable_timestamp",
+            RejectReason::EventTimeTooFarAhead { .. } => "event_time_too_far_ahead",
+            RejectReason::EventTimeTooFarBehind { .. } => "event_time_too_far_behind",
+            RejectReason::TooLarge { .. } => "too_large",
+            RejectReason::DuplicateField { .. } => "duplicate_field",
+            RejectReason::TooManyValues { .. } => "too_many_values",
+        }
+    }
+
+    /// Returns the declared field the reason is about, if it is about one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            RejectReason::MissingField { field }
+            | RejectReason::MissingEventTime { field }
+            | RejectReason::NullField { field }
+            | RejectReason::WrongType { field, .. }
+            | RejectReason::UnparsableTimestamp { field, .. }
+            | RejectReason::EventTimeTooFarAhead { field, .. }
+            | RejectReason::EventTimeTooFarBehind { field, .. }
+            | RejectReason::DuplicateField { field } => Some(field),
+            RejectReason::InvalidJson { .. }
+            | RejectReason::NotAnObject { .. }
+            | RejectReason::TooLarge { .. }
+            | RejectReason::TooManyValues { .. } => None,
+        }
+    }
+}
+
+/// A declared field, with what writing it needs precomputed.
+#[derive(Debug, Clone)]
+struct DeclaredField {
+    name: String,
+    field_type: FieldType,
+    /// Absent or null is refused: not nullable, or the event-time field.
+    required: bool,
+    /// `"name":`, preceded by a comma for every field but the first.
+    prefix: Vec<u8>,
+}
+
+/// Checks events of one stream and writes them in the record format.
+#[derive(Debug, Clone)]
+pub struct Validator {
+    fields: Vec<DeclaredField>,
+    event_time_index: usize,
+    key_index: Option<usize>,
+    limits: ValidationLimits,
+}
+
+/// Reusable buffers for validating events: scratch space and the arena accepted values are
+/// cut from. Keep one per task and pass it to every call.
+#[derive(Debug)]
+pub struct ValidateBuffer {
+    state: EventState,
+    arena: BytesMut,
+}
+
+/// Bytes the arena allocates at a time; values of one batch share these allocations.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+impl Default for ValidateBuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ValidateBuffer {
+    /// Returns empty buffers.
+    pub fn new() -> Self {
+        Self {
+            state: EventState::default(),
+            arena: BytesMut::with_capacity(ARENA_CHUNK),
+        }
+    }
+}
+
+/// The one event being validated.
+#[derive(Debug, Default)]
+struct EventState {
+    /// Canonical text of the values seen so far, in arrival order.
+    scratch: Vec<u8>,
+    /// Per declared field, its value's range in `scratch`.
+    slots: Vec<Option<Range<usize>>>,
+    /// The key's text; meaningful when `has_key`.
+    key: Vec<u8>,
+    has_key: bool,
+    event_time: Option<i64>,
+    /// Why the visitor stopped, when it stopped on a reject rather than a JSON error.
+    reason: Option<RejectReason>,
+}
+
+impl EventState {
+    fn reset(&mut self, n_fields: usize) {
+        self.scratch.clear();
+        self.slots.clear();
+        self.slots.resize(n_fields, None);
+        self.key.clear();
+        self.has_key = false;
+        self.event_time = None;
+        self.reason = None;
+    }
+}
+
+/// A scalar seen in the input, JSON or typed.
+#[derive(Debug, Clone, Copy)]
+enum Scalar<'a> {
+    Null,
+    Str(&'a str),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    TimestampMillis(i64),
+    Object,
+    Array,
+}
+
+impl Scalar<'_> {
+    fn kind(&self) -> ValueKind {
+        match self {
+            Scalar::Null => ValueKind::Null,
+            Scalar::Str(_) => ValueKind::String,
+            Scalar::I64(_) => ValueKind::Integer,
+            Scalar::U64(value) if i64::try_from(*value).is_ok() => ValueKind::Integer,
+            Scalar::U64(_) => ValueKind::LargeInteger,
+            Scalar::F64(_) => ValueKind::Float,
+            Scalar::Bool(_) => ValueKind::Bool,
+            Scalar::TimestampMillis(_) => ValueKind::Timestamp,
+            Scalar::Object => ValueKind::Object,
+            Scalar::Array => ValueKind::Array,
+        }
+    }
+}
+
+impl Validator {
+    /// Builds the validator of `stream`, a stream that passed config validation (its
+    /// event-time and key fields are declared).
+    pub fn new(stream: &StreamConfig, limits: ValidationLimits) -> Self {
+        let fields: Vec<DeclaredField> = stream
+            .schema
+            .iter()
+            .enumerate()
+            .map(|(field_idx, field)| {
+                let mut prefix = Vec::with_capacity(field.name.len() + 4);
+                if field_idx > 0 {
+                    prefix.push(b',');
+                }
+                write_json_str(&mut prefix, &field.name);
+                prefix.push(b':');
+                DeclaredField {
+                    name: field.name.clone(),
+                    field_type: field.field_type,
+                    required: !field.nullable || field.name == stream.event_time,
+                    prefix,
+                }
+            })
+            .collect();
+        let position = |name: &str| fields.iter().position(|field| field.name == name);
+        // Config validation guarantees the event-time field exists; should it not, no event
+        // passes (the missing event time is reported), which is loud enough.
+        let event_time_index = position(&stream.event_time).unwrap_or(usize::MAX);
+        let key_index = stream.key.as_deref().and_then(position);
+        Self {
+            fields,
+            event_time_index,
+            key_index,
+            limits,
+        }
+    }
+
+    /// The limits events are checked against.
+    pub fn limits(&self) -> &ValidationLimits {
+        &self.limits
+    }
+
+    /// Checks one JSON document and returns it in the record format.
+    ///
+    /// `now` is the clock (epoch milliseconds) the event-time bounds are measured from;
+    /// pass the same value for every event of a request.
+    ///
+    /// # Errors
+    ///
+    /// The [`RejectReason`] of the first problem found: size, then JSON syntax and types
+    /// in document order, then missing fields in declared order, then event-time bounds.
+    pub fn validate_json(
+        &self,
+        raw: &[u8],
+        now: i64,
+        buffer: &mut ValidateBuffer,
+    ) -> Result<ValidEvent, RejectReason> {
+        if raw.len() > self.limits.max_event_bytes {
+            return Err(RejectReason::TooLarge {
+                size: raw.len(),
+                limit: self.limits.max_event_bytes,
+            });
+        }
+        let state = &mut buffer.state;
+        state.reset(self.fields.len());
+        let mut deserializer = serde_json::Deserializer::from_slice(raw);
+        let parsed = EventSeed {
+            validator: self,
+            state: &mut *state,
+        }
+        .deserialize(&mut deserializer)
+        .and_then(|()| deserializer.end());
+        if let Err(error) = parsed {
+            return Err(match state.reason.take() {
+                Some(reason) => reason,
+                None => invalid_json(&error),
+            });
+        }
+        self.finish(now, buffer)
+    }
+
+    /// Checks one typed row, whose values are the declared fields in declared order (fewer
+    /// values than fields leaves the rest absent), and returns it in the record format.
+    ///
+    /// # Errors
+    ///
+    /// [`RejectReason::TooManyValues`], or the reason of the first problem found as for
+    /// [`Validator::validate_json`]; the size limit applies to the canonical value.
+    pub fn validate_row(
+        &self,
+        values: &[TypedValue<'_>],
+        now: i64,
+        buffer: &mut ValidateBuffer,
+    ) -> Result<ValidEvent, RejectReason> {
+        if values.len() > self.fields.len() {
+            return Err(RejectReason::TooManyValues {
+                found: values.len(),
+                declared: self.fields.len(),
+            });
+        }
+        buffer.state.reset(self.fields.len());
+        for (field_idx, value) in values.iter().enumerate() {
+            let scalar = match *value {
+                TypedValue::Null => continue,
+                TypedValue::String(text) => Scalar::Str(text),
+                TypedValue::Int64(value) => Scalar::I64(value),
+                TypedValue::Float64(value) => Scalar::F64(value),
+                TypedValue::Bool(value) => Scalar::Bool(value),
+                TypedValue::TimestampMillis(value) => Scalar::TimestampMillis(value),
+            };
+            self.accept(&mut buffer.state, field_idx, scalar)?;
+        }
+        let event = self.finish(now, buffer)?;
+        if event.value.len() > self.limits.max_event_bytes {
+            return Err(RejectReason::TooLarge {
+                size: event.value.len(),
+                limit: self.limits.max_event_bytes,
+            });
+        }
+        Ok(event)
+    }
+
+    /// Type-checks `scalar` for field `field_idx` and writes its canonical text.
+    fn accept(
+        &self,
+        state: &mut EventState,
+        field_idx: usize,
+        scalar: Scalar<'_>,
+    ) -> Result<(), RejectReason> {
+        let field = &self.fields[field_idx];
+        if state.slots[field_idx].is_some() {
+            return Err(RejectReason::DuplicateField {
+                field: field.name.clone(),
+            });
+        }
+        let wrong_type = || RejectReason::WrongType {
+            field: field.name.clone(),
+            expected: field_type_name(field.field_type),
+            found: scalar.kind(),
+        };
+        let start = state.scratch.len();
+        let is_key = self.key_index == Some(field_idx);
+        let out = &mut state.scratch;
+        // The key's text equals the canonical text for every type but strings.
+        let mut key_is_text = true;
+        let mut millis = None;
+        match (field.field_type, scalar) {
+            (_, Scalar::Null) => {
+                if field.required {
+                    return Err(RejectReason::NullField {
+                        field: field.name.clone(),
+                    });
+                }
+                out.extend_from_slice(b"null");
+                state.slots[field_idx] = Some(start..out.len());
+                // A null key means no key.
+                return Ok(());
+            }
+            (FieldType::String, Scalar::Str(text)) => {
+                write_json_str(out, text);
+                if is_key {
+                    state.key.clear();
+                    state.key.extend_from_slice(text.as_bytes());
+                    state.has_key = true;
+                }
+                key_is_text = false;
+            }
+            (FieldType::Int64, Scalar::I64(value)) => {
+                write_i64(out, value);
+                millis = Some(value);
+            }
+            (FieldType::Int64, Scalar::U64(value)) => {
+                let value = i64::try_from(value).map_err(|_| wrong_type())?;
+                write_i64(out, value);
+                millis = Some(value);
+            }
+            (FieldType::Float64, Scalar::F64(value)) => write_f64(out, value),
+            (FieldType::Float64, Scalar::I64(value)) => write_f64(out, value as f64),
+            (FieldType::Float64, Scalar::U64(value)) => write_f64(out, value as f64),
+            (FieldType::Bool, Scalar::Bool(value)) => {
+                out.extend_from_slice(if value { b"true" } else { b"false" });
+            }
+            (FieldType::Timestamp, Scalar::I64(value) | Scalar::TimestampMillis(value)) => {
+                write_i64(out, value);
+                millis = Some(value);
+            }
+            (FieldType::Timestamp, Scalar::U64(value)) => {
+                let value = i64::try_from(value).map_err(|_| wrong_type())?;
+                write_i64(out, value);
+                millis = Some(value);
+            }
+            (FieldType::Timestamp, Scalar::Str(text)) => {
+                let value = parse_rfc3339_millis(text).map_err(|problem| {
+                    RejectReason::UnparsableTimestamp {
+                        field: field.name.clone(),
+                        text: text.chars().take(64).collect(),
+                        problem,
+                    }
+                })?;
+                write_i64(out, value);
+                millis = Some(value);
+            }
+            _ => return Err(wrong_type()),
+        }
+        let end = out.len();
+        if is_key && key_is_text {
+            state.key.clear();
+            state.key.extend_from_slice(&state.scratch[start..end]);
+            state.has_key = true;
+        }
+        if field_idx == self.event_time_index {
+            state.event_time = millis;
+        }
+        state.slots[field_idx] = Some(start..end);
+        Ok(())
+    }
+
+    /// Checks presence and event-time bounds, then cuts the value and key from the arena.
+    fn finish(&self, now: i64, buffer: &mut ValidateBuffer) -> Result<ValidEvent, RejectReason> {
+        let state = &buffer.state;
+        let mut value_len = 2;
+        for (field_idx, (field, slot)) in self.fields.iter().zip(&state.slots).enumerate() {
+            match slot {
+                Some(range) => value_len += field.prefix.len() + range.len(),
+                None if field_idx == self.event_time_index => {
+                    return Err(RejectReason::MissingEventTime {
+                        field: field.name.clone(),
+                    });
+                }
+                None if field.required => {
+                    return Err(RejectReason::MissingField {
+                        field: field.name.clone(),
+                    });
+                }
+                None => value_len += field.prefix.len() + 4,
+            }
+        }
+        let event_time = match state.event_time {
+            Some(event_time) => event_time,
+            None => {
+                // Only reachable when the event-time field is not declared at all.
+                return Err(RejectReason::MissingEventTime {
+                    field: String::from("(undeclared)"),
+                });
+            }
+        };
+        self.check_event_time(event_time, now)?;
+
+        let arena = &mut buffer.arena;
+        let key_len = if state.has_key { state.key.len() } else { 0 };
+        if arena.capacity() - arena.len() < value_len + key_len {
+            arena.reserve((value_len + key_len).max(ARENA_CHUNK));
+        }
+        let key = if state.has_key {
+            arena.put_slice(&state.key);
+            Some(arena.split().freeze())
+        } else {
+            None
+        };
+        arena.put_u8(b'{');
+        for (field, slot) in self.fields.iter().zip(&state.slots) {
+            arena.put_slice(&field.prefix);
+            match slot {
+                Some(range) => arena.put_slice(&state.scratch[range.clone()]),
+                None => arena.put_slice(b"null"),
+            }
+        }
+        arena.put_u8(b'}');
+        debug_assert_eq!(arena.len(), value_len);
+        let value = arena.split().freeze();
+        Ok(ValidEvent {
+            value,
+            key,
+            event_time,
+        })
+    }
+
+    fn check_event_time(&self, event_time: i64, now: i64) -> Result<(), RejectReason> {
+        let field = || {
+            self.fields
+                .get(self.event_time_index)
+                .map(|field| field.name.clone())
+                .unwrap_or_default()
+        };
+        let ahead = i128::from(event_time) - i128::from(now);
+        if ahead > self.limits.max_event_time_ahead.as_millis() as i128 {
+            return Err(RejectReason::EventTimeTooFarAhead {
+                field: field(),
+                event_time,
+                now,
+                max_ahead: self.limits.max_event_time_ahead,
+            });
+        }
+        if let Some(max_behind) = self.limits.max_event_time_behind
+            && -ahead > max_behind.as_millis() as i128
+        {
+            return Err(RejectReason::EventTimeTooFarBehind {
+                field: field(),
+                event_time,
+                now,
+                max_behind,
+            });
+        }
+        Ok(())
+    }
+
+    /// Returns the index of the declared field called `name`.
+    fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|field| field.name == name)
+    }
+}
+
+/// Turns a serde_json syntax error into [`RejectReason::InvalidJson`].
+fn invalid_json(error: &serde_json::Error) -> RejectReason {
+    let mut message = error.to_string();
+    // serde_json appends " at line L column C"; the reason carries them as fields.
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    if message.ends_with(&suffix) {
+        message.truncate(message.len() - suffix.len());
+    }
+    RejectReason::InvalidJson {
+        message,
+        line: error.line(),
+        column: error.column(),
+    }
+}
+
+/// The top level of a document: must be an object.
+struct EventSeed<'a> {
+    validator: &'a Validator,
+    state: &'a mut EventState,
+}
+
+impl EventSeed<'_> {
+    /// Records `reason` and returns the error that stops serde_json.
+    fn reject<E: de::Error>(self, reason: RejectReason) -> E {
+        self.state.reason = Some(reason);
+        E::custom("rejected")
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EventSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(field_idx) = map.next_key_seed(KeySeed(self.validator))? {
+            match field_idx {
+                Some(field_idx) => map.next_value_seed(FieldSeed {
+                    validator: self.validator,
+                    state: &mut *self.state,
+                    field_idx,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<(), A::Error> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::Array,
+        }))
+    }
+
+    fn visit_bool<E: de::Error>(self, _value: bool) -> Result<(), E> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::Bool,
+        }))
+    }
+
+    fn visit_i64<E: de::Error>(self, _value: i64) -> Result<(), E> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::Integer,
+        }))
+    }
+
+    fn visit_u64<E: de::Error>(self, _value: u64) -> Result<(), E> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::Integer,
+        }))
+    }
+
+    fn visit_f64<E: de::Error>(self, _value: f64) -> Result<(), E> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::Float,
+        }))
+    }
+
+    fn visit_str<E: de::Error>(self, _value: &str) -> Result<(), E> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::String,
+        }))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.reject(RejectReason::NotAnObject {
+            found: ValueKind::Null,
+        }))
+    }
+}
+
+/// A map key: the index of the declared field it names, or `None` for an unknown field.
+struct KeySeed<'a>(&'a Validator);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.field_index(name))
+    }
+}
+
+/// The value of declared field `field_idx`.
+struct FieldSeed<'a> {
+    validator: &'a Validator,
+    state: &'a mut EventState,
+    field_idx: usize,
+}
+
+impl FieldSeed<'_> {
+    fn accept<E: de::Error>(self, scalar: Scalar<'_>) -> Result<(), E> {
+        match self.validator.accept(self.state, self.field_idx, scalar) {
+            Ok(()) => Ok(()),
+            Err(reason) => {
+                self.state.reason = Some(reason);
+                Err(E::custom("rejected"))
+            }
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field value")
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<(), E> {
+        self.accept(Scalar::Bool(value))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<(), E> {
+        self.accept(Scalar::I64(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<(), E> {
+        self.accept(Scalar::U64(value))
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<(), E> {
+        self.accept(Scalar::F64(value))
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<(), E> {
+        self.accept(Scalar::Str(value))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.accept(Scalar::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.accept(Scalar::Null)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        self.accept(Scalar::Object)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<(), A::Error> {
+        self.accept(Scalar::Array)
+    }
+}
+
+/// Writes `text` as a JSON string.
+fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    let plain = text
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');
+    if plain {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+fn write_i64(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Writes a finite float in its shortest round-trip form (JSON numbers are finite).
+fn write_f64(out: &mut Vec<u8>, value: f64) {
+    if value.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Parses an RFC 3339 time with an offset into epoch milliseconds: `YYYY-MM-DD`, `T`
+/// (or `t` or a space), `HH:MM:SS`, an optional fraction (truncated to milliseconds), then
+/// `Z` (or `z`) or `+HH:MM` / `-HH:MM`.
+///
+/// # Errors
+///
+/// A short description of the first thing wrong with `text`.
+pub fn parse_rfc3339_millis(text: &str) -> Result<i64, &'static str> {
+    let bytes = text.as_bytes();
+    let digits = |range: Range<usize>| -> Option<i64> {
+        let slice = bytes.get(range)?;
+        slice.iter().try_fold(0_i64, |acc, &byte| {
+            byte.is_ascii_digit()
+                .then(|| acc * 10 + i64::from(byte - b'0'))
+        })
+    };
+    let byte_is = |idx: usize, allowed: &[u8]| bytes.get(idx).is_some_and(|b| allowed.contains(b));
+    let year = digits(0..4).ok_or("expected a date YYYY-MM-DD")?;
+    if !byte_is(4, b"-") || !byte_is(7, b"-") {
+        return Err("expected a date YYYY-MM-DD");
+    }
+    let month = digits(5..7).ok_or("expected a date YYYY-MM-DD")?;
+    let day = digits(8..10).ok_or("expected a date YYYY-MM-DD")?;
+    if !(1..=12).contains(&month) {
+        return Err("month out of range");
+    }
+    if day < 1 || day > days_in_month(year, month) {
+        return Err("day out of range");
+    }
+    if bytes.len() == 10 {
+        return Err("no time of day");
+    }
+    if !byte_is(10, b"Tt ") {
+        return Err("expected `T` between date and time");
+    }
+    let hour = digits(11..13).ok_or("expected a time HH:MM:SS")?;
+    if !byte_is(13, b":") || !byte_is(16, b":") {
+        return Err("expected a time HH:MM:SS");
+    }
+    let minute = digits(14..16).ok_or("expected a time HH:MM:SS")?;
+    let second = digits(17..19).ok_or("expected a time HH:MM:SS")?;
+    if hour > 23 || minute > 59 || second > 60 {
+        return Err("time of day out of range");
+    }
+    let mut idx = 19;
+    let mut millis = 0;
+    if byte_is(idx, b".") {
+        idx += 1;
+        let fraction_start = idx;
+        while byte_is(idx, b"0123456789") {
+            if idx - fraction_start < 3 {
+                millis = millis * 10 + i64::from(bytes[idx] - b'0');
+            }
+            idx += 1;
+        }
+        let n_digits = idx - fraction_start;
+        if n_digits == 0 {
+            return Err("expected digits after the decimal point");
+        }
+        for _ in n_digits..3 {
+            millis *= 10;
+        }
+    }
+    let offset_minutes = match bytes.get(idx) {
+        Some(b'Z' | b'z') if idx + 1 == bytes.len() => 0,
+        Some(sign @ (b'+' | b'-')) if idx + 6 == bytes.len() => {
+            let offset_hour = digits(idx + 1..idx + 3).ok_or("expected an offset +HH:MM")?;
+            let offset_minute = digits(idx + 4..idx + 6).ok_or("expected an offset +HH:MM")?;
+            if !byte_is(idx + 3, b":") {
+                return Err("expected an offset +HH:MM");
+            }
+            if offset_hour > 23 || offset_minute > 59 {
+                return Err("offset out of range");
+            }
+            let minutes = offset_hour * 60 + offset_minute;
+            if *sign == b'-' { -minutes } else { minutes }
+        }
+        None => return Err("no time-zone offset (add `Z` for UTC)"),
+        _ => return Err("expected `Z` or an offset +HH:MM at the end"),
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Ok(seconds * 1000 + millis)
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC with milliseconds (`1970-01-01T00:00:00.000Z`).
+pub fn format_millis(millis: i64) -> String {
+    let days = millis.div_euclid(86_400_000);
+    let in_day = millis.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        in_day / 3_600_000,
+        (in_day / 60_000) % 60,
+        (in_day / 1000) % 60,
+        in_day % 1000
+    )
+}
+
+fn is_leap_year(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap_year(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use runnel_config::FieldConfig;
+
+    use super::*;
+
+    /// 2024-05-01T12:00:00Z.
+    const NOW: i64 = 1_714_564_800_000;
+
+    fn field(name: &str, field_type: FieldType, nullable: bool) -> FieldConfig {
+        FieldConfig {
+            name: name.to_string(),
+            field_type,
+            nullable,
+        }
+    }
+
+    fn clicks() -> StreamConfig {
+        StreamConfig {
+            name: "clicks".to_string(),
+            partitions: 4,
+            key: Some("user_id".to_string()),
+            event_time: "event_time".to_string(),
+            schema: vec![
+                field("event_time", FieldType::Timestamp, false),
+                field("user_id", FieldType::String, false),
+                field("page", FieldType::String, true),
+                field("duration_ms", FieldType::Int64, true),
+                field("score", FieldType::Float64, true),
+                field("bot", FieldType::Bool, true),
+            ],
+        }
+    }
+
+    fn limits() -> ValidationLimits {
+        ValidationLimits {
+            max_event_bytes: 1024,
+            max_event_time_ahead: Duration::from_secs(3600),
+            max_event_time_behind: Some(Duration::from_secs(86_400)),
+        }
+    }
+
+    fn validator() -> Validator {
+        Validator::new(&clicks(), limits())
+    }
+
+    #[track_caller]
+    fn accept(json: &str) -> ValidEvent {
+        validator()
+            .validate_json(json.as_bytes(), NOW, &mut ValidateBuffer::new())
+            .unwrap_or_else(|reason| panic!("{json} rejected: {reason}"))
+    }
+
+    #[track_caller]
+    fn check(json: &str, expect_value: &str, expect_key: Option<&str>) {
+        let event = accept(json);
+        assert_eq!(
+            std::str::from_utf8(&event.value).expect("utf-8"),
+            expect_value
+        );
+        assert_eq!(event.key.as_deref(), expect_key.map(str::as_bytes));
+        serde_json::from_slice::<serde_json::Value>(&event.value).expect("valid JSON");
+    }
+
+    #[track_caller]
+    fn reject(json: &str) -> RejectReason {
+        match validator().validate_json(json.as_bytes(), NOW, &mut ValidateBuffer::new()) {
+            Ok(event) => panic!("{json} accepted as {event:?}"),
+            Err(reason) => reason,
+        }
+    }
+
+    #[test]
+    fn canonical_output_has_declared_fields_in_declared_order() {
+        check(
+            r#"{"bot": false, "score": 2, "page": "/a", "extra": {"x": [1, 2]}, "user_id": "u1", "event_time": "2024-05-01T12:00:00.123Z", "duration_ms": 17}"#,
+            r#"{"event_time":1714564800123,"user_id":"u1","page":"/a","duration_ms":17,"score":2.0,"bot":false}"#,
+            Some("u1"),
+        );
+    }
+
+    #[test]
+    fn absent_and_null_nullable_fields_are_written_as_null() {
+        check(
+            r#"{"event_time": 1714564800000, "user_id": "u\"2", "page": null}"#,
+            r#"{"event_time":1714564800000,"user_id":"u\"2","page":null,"duration_ms":null,"score":null,"bot":null}"#,
+            Some("u\"2"),
+        );
+    }
+
+    #[test]
+    fn strings_are_re_escaped_and_unicode_kept() {
+        check(
+            r#"{"event_time": 1714564800000, "user_id": "\u00e9t\u00e9", "page": "line\nbreak \ud83d\ude00 ü"}"#,
+            "{\"event_time\":1714564800000,\"user_id\":\"été\",\"page\":\"line\\nbreak 😀 ü\",\"duration_ms\":null,\"score\":null,\"bot\":null}",
+            Some("été"),
+        );
+    }
+
+    #[test]
+    fn floats_are_written_in_shortest_form() {
+        let event = accept(r#"{"event_time": 1714564800000, "user_id": "u", "score": 1.5e3}"#);
+        assert!(
+            std::str::from_utf8(&event.value)
+                .expect("utf-8")
+                .contains(r#""score":1500.0"#)
+        );
+    }
+
+    #[test]
+    fn keys_of_other_types_are_their_canonical_text() {
+        let mut stream = clicks();
+        stream.key = Some("duration_ms".to_string());
+        let validator = Validator::new(&stream, limits());
+        let mut buffer = ValidateBuffer::new();
+        let event = validator
+            .validate_json(
+                br#"{"event_time": 1714564800000, "user_id": "u", "duration_ms": -42}"#,
+                NOW,
+                &mut buffer,
+            )
+            .expect("valid");
+        assert_eq!(event.key.as_deref(), Some(&b"-42"[..]));
+        let event = validator
+            .validate_json(
+                br#"{"event_time": 1714564800000, "user_id": "u"}"#,
+                NOW,
+                &mut buffer,
+            )
+            .expect("valid");
+        assert_eq!(event.key, None, "a null key is no key");
+        stream.key = None;
+        let event = Validator::new(&stream, limits())
+            .validate_json(
+                br#"{"event_time": 1714564800000, "user_id": "u"}"#,
+                NOW,
+                &mut buffer,
+            )
+            .expect("valid");
+        assert_eq!(event.key, None, "no key field, no key");
+    }
+
+    #[test]
+    fn event_time_is_returned_and_int64_event_times_work() {
+        assert_eq!(
+            accept(r#"{"event_time": "2024-05-01T14:00:00+02:00", "user_id": "u"}"#).event_time,
+            NOW
+        );
+        let mut stream = clicks();
+        stream.schema[0].field_type = FieldType::Int64;
+        let event = Validator::new(&stream, limits())
+            .validate_json(
+                br#"{"event_time": 1714564800001, "user_id": "u"}"#,
+                NOW,
+                &mut ValidateBuffer::new(),
+            )
+            .expect("valid");
+        assert_eq!(event.event_time, NOW + 1);
+    }
+
+    #[test]
+    fn one_buffer_serves_many_events() {
+        let validator = validator();
+        let mut buffer = ValidateBuffer::new();
+        let mut values = Vec::new();
+        for idx in 0..5000 {
+            let json = format!(
+                r#"{{"event_time": {}, "user_id": "user-{idx}"}}"#,
+                NOW + idx
+            );
+            let event = validator
+                .validate_json(json.as_bytes(), NOW, &mut buffer)
+                .expect("valid");
+            assert_eq!(event.key.as_deref(), Some(format!("user-{idx}").as_bytes()));
+            values.push(event.value);
+        }
+        for (idx, value) in values.iter().enumerate() {
+            let expect = format!(
+                r#"{{"event_time":{},"user_id":"user-{idx}","page":null,"duration_ms":null,"score":null,"bot":null}}"#,
+                NOW + idx as i64
+            );
+            assert_eq!(value, expect.as_bytes());
+        }
+    }
+
+    #[test]
+    fn invalid_json_reports_line_and_column() {
+        let reason = reject("{\"event_time\": 1714564800000,\n \"user_id\": \"u\",,}");
+        assert_eq!(
+            reason,
+            RejectReason::InvalidJson {
+                message: "key must be a string".to_string(),
+                line: 2,
+                column: 17,
+            }
+        );
+        assert_eq!(reason.code(), "invalid_json");
+        assert_eq!(
+            reason.to_string(),
+            "invalid JSON at line 2, column 17: key must be a string"
+        );
+        assert!(matches!(reject(""), RejectReason::InvalidJson { .. }));
+        assert!(matches!(
+            reject(r#"{"event_time": 1714564800000, "user_id": "u"} x"#),
+            RejectReason::InvalidJson { message, .. } if message == "trailing characters"
+        ));
+        assert!(matches!(
+            reject("{\"event_time\": 1714564800000, \"user_id\": \"\u{1}\"}"),
+            RejectReason::InvalidJson { .. }
+        ));
+    }
+
+    #[test]
+    fn invalid_utf8_is_invalid_json() {
+        let mut raw = br#"{"event_time": 1714564800000, "user_id": "x"#.to_vec();
+        raw.extend_from_slice(&[0xff, b'"', b'}']);
+        let reason = validator()
+            .validate_json(&raw, NOW, &mut ValidateBuffer::new())
+            .expect_err("invalid UTF-8");
+        assert_eq!(reason.code(), "invalid_json");
+    }
+
+    #[test]
+    fn documents_that_are_not_objects_are_refused() {
+        for (json, found) in [
+            ("[1, 2]", ValueKind::Array),
+            ("\"text\"", ValueKind::String),
+            ("42", ValueKind::Integer),
+            ("-1.5", ValueKind::Float),
+            ("true", ValueKind::Bool),
+            ("null", ValueKind::Null),
+        ] {
+            assert_eq!(reject(json), RejectReason::NotAnObject { found }, "{json}");
+        }
+        assert_eq!(
+            reject("[]").to_string(),
+            "the event is an array, not a JSON object"
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let reason = reject(r#"{"event_time": 1714564800000, "page": "/a"}"#);
+        assert_eq!(
+            reason,
+            RejectReason::MissingField {
+                field: "user_id".to_string()
+            }
+        );
+        assert_eq!(
+            reason.to_string(),
+            "missing field `user_id`, which is not nullable"
+        );
+        let reason = reject(r#"{"user_id": "u"}"#);
+        assert_eq!(
+            reason,
+            RejectReason::MissingEventTime {
+                field: "event_time".to_string()
+            }
+        );
+        assert_eq!(reason.to_string(), "missing event-time field `event_time`");
+    }
+
+    #[test]
+    fn event_time_is_required_even_when_declared_nullable() {
+        let mut stream = clicks();
+        stream.schema[0].nullable = true;
+        let validator = Validator::new(&stream, limits());
+        let mut buffer = ValidateBuffer::new();
+        assert_eq!(
+            validator.validate_json(br#"{"user_id": "u"}"#, NOW, &mut buffer),
+            Err(RejectReason::MissingEventTime {
+                field: "event_time".to_string()
+            })
+        );
+        assert_eq!(
+            validator.validate_json(br#"{"user_id": "u", "event_time": null}"#, NOW, &mut buffer),
+            Err(RejectReason::NullField {
+                field: "event_time".to_string()
+            })
+        );
+    }
+
+    #[test]
+    fn null_in_a_non_nullable_field_is_refused() {
+        let reason = reject(r#"{"event_time": 1714564800000, "user_id": null}"#);
+        assert_eq!(
+            reason,
+            RejectReason::NullField {
+                field: "user_id".to_string()
+            }
+        );
+        assert_eq!(
+            reason.to_string(),
+            "field `user_id` is null, but it is not nullable"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_expected_and_found() {
+        let cases = [
+            (r#""user_id": 7"#, "user_id", "string", ValueKind::Integer),
+            (
+                r#""user_id": "u", "duration_ms": "7""#,
+                "duration_ms",
+                "int64",
+                ValueKind::String,
+            ),
+            (
+                r#""user_id": "u", "duration_ms": 7.0"#,
+                "duration_ms",
+                "int64",
+                ValueKind::Float,
+            ),
+            (
+                r#""user_id": "u", "duration_ms": 9223372036854775808"#,
+                "duration_ms",
+                "int64",
+                ValueKind::LargeInteger,
+            ),
+            (
+                r#""user_id": "u", "score": "1.5""#,
+                "score",
+                "float64",
+                ValueKind::String,
+            ),
+            (
+                r#""user_id": "u", "bot": 1"#,
+                "bot",
+                "bool",
+                ValueKind::Integer,
+            ),
+            (
+                r#""user_id": "u", "page": {"a": 1}"#,
+                "page",
+                "string",
+                ValueKind::Object,
+            ),
+            (r#""user_id": ["u"]"#, "user_id", "string", ValueKind::Array),
+        ];
+        for (fields, field, expected, found) in cases {
+            let json = format!(r#"{{"event_time": 1714564800000, {fields}}}"#);
+            assert_eq!(
+                reject(&json),
+                RejectReason::WrongType {
+                    field: field.to_string(),
+                    expected,
+                    found
+                },
+                "{json}"
+            );
+        }
+        let reason = reject(r#"{"event_time": true, "user_id": "u"}"#);
+        assert_eq!(
+            reason.to_string(),
+            "field `event_time`: expected timestamp, found a boolean"
+        );
+        assert_eq!(reason.code(), "wrong_type");
+    }
+
+    #[test]
+    fn unparsable_timestamps_say_why() {
+        let reason = reject(r#"{"event_time": "yesterday", "user_id": "u"}"#);
+        assert_eq!(
+            reason,
+            RejectReason::UnparsableTimestamp {
+                field: "event_time".to_string(),
+                text: "yesterday".to_string(),
+                problem: "expected a date YYYY-MM-DD",
+            }
+        );
+        assert_eq!(reason.code(), "unparsable_timestamp");
+        assert!(
+            reason
+                .to_string()
+                .starts_with("field `event_time`: `yesterday` is not a timestamp")
+        );
+        let reason = reject(r#"{"event_time": "2024-05-01T12:00:00", "user_id": "u"}"#);
+        assert!(
+            matches!(&reason, RejectReason::UnparsableTimestamp { problem, .. } if problem.contains("offset")),
+            "{reason}"
+        );
+        let reason = reject(r#"{"event_time": "2024-02-30T12:00:00Z", "user_id": "u"}"#);
+        assert!(
+            matches!(&reason, RejectReason::UnparsableTimestamp { problem, .. } if *problem == "day out of range"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn event_times_far_from_now_are_refused() {
+        let ahead = NOW + 3_600_001;
+        let reason = reject(&format!(r#"{{"event_time": {ahead}, "user_id": "u"}}"#));
+        assert_eq!(
+            reason,
+            RejectReason::EventTimeTooFarAhead {
+                field: "event_time".to_string(),
+                event_time: ahead,
+                now: NOW,
+                max_ahead: Duration::from_secs(3600),
+            }
+        );
+        assert_eq!(
+            reason.to_string(),
+            "event time 2024-05-01T13:00:00.001Z in field `event_time` is more than 3600s ahead of the service clock (2024-05-01T12:00:00.000Z)"
+        );
+        accept(&format!(
+            r#"{{"event_time": {}, "user_id": "u"}}"#,
+            NOW + 3_600_000
+        ));
+        let reason = reject(r#"{"event_time": "2024-04-30T11:59:59.999Z", "user_id": "u"}"#);
+        assert_eq!(reason.code(), "event_time_too_far_behind");
+        assert_eq!(
+            reason.to_string(),
+            "event time 2024-04-30T11:59:59.999Z in field `event_time` is more than 86400s behind the service clock (2024-05-01T12:00:00.000Z)"
+        );
+        accept(r#"{"event_time": "2024-04-30T12:00:00Z", "user_id": "u"}"#);
+        let mut no_behind = limits();
+        no_behind.max_event_time_behind = None;
+        Validator::new(&clicks(), no_behind)
+            .validate_json(
+                br#"{"event_time": -5000, "user_id": "u"}"#,
+                NOW,
+                &mut ValidateBuffer::new(),
+            )
+            .expect("any past time is accepted without a bound");
+        assert_eq!(
+            reject(&format!(
+                r#"{{"event_time": {}, "user_id": "u"}}"#,
+                i64::MAX
+            ))
+            .code(),
+            "event_time_too_far_ahead"
+        );
+    }
+
+    #[test]
+    fn oversized_events_are_refused_before_parsing() {
+        let json = format!(
+            r#"{{"event_time": 1714564800000, "user_id": "{}"}}"#,
+            "x".repeat(1000)
+        );
+        assert_eq!(
+            reject(&json),
+            RejectReason::TooLarge {
+                size: json.len(),
+                limit: 1024
+            }
+        );
+        assert_eq!(
+            reject(&format!("{json} garbage")).to_string(),
+            format!(
+                "the event is {} bytes, over the limit of 1024 bytes",
+                json.len() + 8
+            )
+        );
+    }
+
+    #[test]
+    fn duplicate_declared_fields_are_refused_unknown_ones_ignored() {
+        let reason = reject(r#"{"event_time": 1714564800000, "user_id": "u", "user_id": "v"}"#);
+        assert_eq!(
+            reason,
+            RejectReason::DuplicateField {
+                field: "user_id".to_string()
+            }
+        );
+        assert_eq!(reason.to_string(), "field `user_id` appears more than once");
+        accept(r#"{"event_time": 1714564800000, "user_id": "u", "x": 1, "x": [2]}"#);
+    }
+
+    #[test]
+    fn typed_rows_give_the_same_record_as_json() {
+        let validator = validator();
+        let mut buffer = ValidateBuffer::new();
+        let row = validator
+            .validate_row(
+                &[
+                    TypedValue::TimestampMillis(NOW + 123),
+                    TypedValue::String("u1"),
+                    TypedValue::String("/a"),
+                    TypedValue::Int64(17),
+                    TypedValue::Int64(2),
+                    TypedValue::Bool(false),
+                ],
+                NOW,
+                &mut buffer,
+            )
+            .expect("valid row");
+        let json = accept(
+            r#"{"bot": false, "score": 2, "page": "/a", "user_id": "u1", "event_time": "2024-05-01T12:00:00.123Z", "duration_ms": 17}"#,
+        );
+        assert_eq!(row, json);
+        let short = validator
+            .validate_row(
+                &[
+                    TypedValue::String("2024-05-01T12:00:00Z"),
+                    TypedValue::String("u"),
+                ],
+                NOW,
+                &mut buffer,
+            )
+            .expect("trailing fields may be left out");
+        assert_eq!(
+            short.value,
+            &br#"{"event_time":1714564800000,"user_id":"u","page":null,"duration_ms":null,"score":null,"bot":null}"#[..]
+        );
+    }
+
+    #[test]
+    fn typed_rows_share_the_checks() {
+        let validator = validator();
+        let mut buffer = ValidateBuffer::new();
+        let mut check = |values: &[TypedValue<'_>], code: &str| {
+            let reason = validator
+                .validate_row(values, NOW, &mut buffer)
+                .expect_err("rejected");
+            assert_eq!(reason.code(), code, "{values:?}: {reason}");
+        };
+        check(
+            &[TypedValue::Int64(NOW), TypedValue::Int64(1)],
+            "wrong_type",
+        );
+        check(
+            &[TypedValue::Null, TypedValue::String("u")],
+            "missing_event_time",
+        );
+        check(&[TypedValue::Int64(NOW)], "missing_field");
+        check(
+            &[TypedValue::String("now"), TypedValue::String("u")],
+            "unparsable_timestamp",
+        );
+        check(
+            &[TypedValue::Int64(NOW + 7_200_000), TypedValue::String("u")],
+            "event_time_too_far_ahead",
+        );
+        check(
+            &[TypedValue::Int64(0), TypedValue::String("u")],
+            "event_time_too_far_behind",
+        );
+        check(
+            &[
+                TypedValue::Int64(NOW),
+                TypedValue::String(&"x".repeat(2000)),
+            ],
+            "too_large",
+        );
+        check(&[TypedValue::Null; 7], "too_many_values");
+        check(
+            &[
+                TypedValue::Int64(NOW),
+                TypedValue::String("u"),
+                TypedValue::Null,
+                TypedValue::Float64(1.5),
+            ],
+            "wrong_type",
+        );
+    }
+
+    #[test]
+    fn rfc3339_parses_offsets_fractions_and_rejects_nonsense() {
+        let cases = [
+            ("1970-01-01T00:00:00Z", Ok(0)),
+            ("1970-01-01t00:00:00.5z", Ok(500)),
+            ("1970-01-01 00:00:01.0019Z", Ok(1001)),
+            ("1970-01-01T01:00:00+01:00", Ok(0)),
+            ("1969-12-31T23:00:00-01:00", Ok(0)),
+            ("1969-12-31T23:59:59.999Z", Ok(-1)),
+            ("2000-02-29T00:00:00Z", Ok(951_782_400_000)),
+            ("2024-05-01T12:00:00Z", Ok(NOW)),
+            ("2023-02-29T00:00:00Z", Err("day out of range")),
+            ("2024-13-01T00:00:00Z", Err("month out of range")),
+            ("2024-05-01", Err("no time of day")),
+            ("2024-05-01T24:00:00Z", Err("time of day out of range")),
+            (
+                "2024-05-01T12:00:00.Z",
+                Err("expected digits after the decimal point"),
+            ),
+            (
+                "2024-05-01T12:00:00+0100",
+                Err("expected `Z` or an offset +HH:MM at the end"),
+            ),
+            (
+                "2024-05-01T12:00:00Zx",
+                Err("expected `Z` or an offset +HH:MM at the end"),
+            ),
+            ("2024-05-01T12:00", Err("expected a time HH:MM:SS")),
+            ("2024/05/01T12:00:00Z", Err("expected a date YYYY-MM-DD")),
+            ("", Err("expected a date YYYY-MM-DD")),
+        ];
+        for (text, expect) in cases {
+            assert_eq!(parse_rfc3339_millis(text), expect, "{text}");
+        }
+    }
+
+    #[test]
+    fn formatting_round_trips_through_parsing() {
+        for millis in [
+            0,
+            -1,
+            NOW,
+            951_782_400_000,
+            -62_135_596_800_000,
+            253_402_300_799_999,
+        ] {
+            let text = format_millis(millis);
+            assert_eq!(parse_rfc3339_millis(&text), Ok(millis), "{text}");
+        }
+        assert_eq!(format_millis(NOW + 1), "2024-05-01T12:00:00.001Z");
+    }
+}
