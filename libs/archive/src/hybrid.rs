@@ -51,7 +51,7 @@ enum Phase {
         /// Files still to read, in offset order.
         files: VecDeque<FileEntry>,
         /// The file being read.
-        current: Option<(FileEntry, ParquetRecordBatchStream<StoreFile>)>,
+        current: Option<Box<(FileEntry, ParquetRecordBatchStream<StoreFile>)>>,
     },
     Live(Box<dyn PartitionReader>),
 }
@@ -186,12 +186,12 @@ impl HybridSource {
         loop {
             match &mut self.phase {
                 Phase::History { files, current } => {
-                    let Some((file, stream)) = current else {
+                    let Some(reading) = current else {
                         match files.pop_front() {
                             Some(file) => {
                                 let stream =
                                     open_file(&self.store, &file, self.batch_rows).await?;
-                                *current = Some((file, stream));
+                                *current = Some(Box::new((file, stream)));
                             }
                             None => {
                                 if !self.extend_history().await? {
@@ -201,6 +201,7 @@ impl HybridSource {
                         }
                         continue;
                     };
+                    let (file, stream) = &mut **reading;
                     match stream.next().await {
                         Some(read) => {
                             let batch = read.map_err(|source| ArchiveError::Parquet {

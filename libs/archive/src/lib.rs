@@ -46,7 +46,7 @@ pub enum ArchiveError {
         path: String,
         /// The store's error.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A log operation failed.
     #[error("log topic `{topic}`: {source}")]
@@ -55,7 +55,7 @@ pub enum ArchiveError {
         topic: String,
         /// The log's error.
         #[source]
-        source: LogError,
+        source: Box<LogError>,
     },
     /// Writing or reading a Parquet file failed.
     #[error("parquet file {path}: {source}")]
@@ -127,14 +127,14 @@ impl ArchiveError {
         Self::Store {
             operation,
             path: path.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
     pub(crate) fn log(topic: &str, source: LogError) -> Self {
         Self::Log {
             topic: topic.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 }

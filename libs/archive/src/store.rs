@@ -1,5 +1,6 @@
 //! Opening the object store that `storage.object-store-url` names.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
@@ -20,11 +21,17 @@ use crate::ArchiveError;
 ///   HTTP).
 /// - `memory://`: a new, empty in-memory store (tests).
 ///
+/// `options` (`storage.object-store-options`) override the environment, with the same keys in
+/// lower case (`aws_endpoint`, `aws_allow_http`, ...).
+///
 /// # Errors
 ///
 /// [`ArchiveError::StoreUrl`] for another scheme, a folder that cannot be created or an S3
 /// configuration the client refuses.
-pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
+pub fn open_object_store(
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn ObjectStore>, ArchiveError> {
     let refuse = |message: String| ArchiveError::StoreUrl {
         url: url.to_string(),
         message,
@@ -43,8 +50,14 @@ pub fn open_object_store(url: &str) -> Result<Arc<dyn ObjectStore>, ArchiveError
         if bucket.is_empty() {
             return Err(refuse("no bucket".to_string()));
         }
-        let store = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        for (key, value) in options {
+            let key = key
+                .parse()
+                .map_err(|_| refuse(format!("unknown S3 option `{key}`")))?;
+            builder = builder.with_config(key, value);
+        }
+        let store = builder
             .build()
             .map_err(|error| refuse(error.to_string()))?;
         let prefix = prefix.trim_matches('/');
@@ -71,7 +84,8 @@ mod tests {
     async fn file_urls_open_a_folder_and_create_it() {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("a/b");
-        let store = open_object_store(&format!("file://{}", folder.display())).unwrap();
+        let store =
+            open_object_store(&format!("file://{}", folder.display()), &BTreeMap::new()).unwrap();
         store
             .put(&Path::from("x/y.txt"), PutPayload::from_static(b"hi"))
             .await
@@ -81,9 +95,13 @@ mod tests {
 
     #[test]
     fn other_schemes_are_refused_with_the_url() {
-        let error = open_object_store("gs://bucket").err().unwrap().to_string();
+        let none = BTreeMap::new();
+        let error = open_object_store("gs://bucket", &none).err().unwrap().to_string();
         assert!(error.contains("gs://bucket"), "{error}");
-        assert!(open_object_store("s3://").is_err());
-        assert!(open_object_store("file://").is_err());
+        assert!(open_object_store("s3://", &none).is_err());
+        assert!(open_object_store("file://", &none).is_err());
+        let bad = BTreeMap::from([("aws_colour".to_string(), "blue".to_string())]);
+        let error = open_object_store("s3://bucket", &bad).err().unwrap().to_string();
+        assert!(error.contains("aws_colour"), "{error}");
     }
 }

@@ -77,8 +77,15 @@ pub struct ArchiveConfig {
 pub struct StorageConfig {
     /// Root folder for local state (the embedded log lives in `<data-dir>/log`).
     pub data_dir: PathBuf,
-    /// Object store for history, checkpoints and batch views: `file://...` or `s3://...`.
-    pub object_store_url: String,
+    /// Object store for history, checkpoints and batch views: `file://...` or `s3://...`;
+    /// defaults to `file://<data-dir>/objects` (see [`Config::object_store_url`]).
+    #[serde(default)]
+    pub object_store_url: Option<String>,
+    /// Client options of the object store, over the standard `AWS_*` environment variables:
+    /// for S3, keys such as `aws_endpoint`, `aws_region`, `aws_access_key_id`,
+    /// `aws_secret_access_key`, `aws_allow_http`.
+    #[serde(default)]
+    pub object_store_options: BTreeMap<String, String>,
     /// The partitioned log.
     pub log: LogConfig,
 }
@@ -200,6 +207,15 @@ impl Config {
         self.streams.iter().find(|stream| stream.name == name)
     }
 
+    /// Returns the object store's URL: `storage.object-store-url`, or a folder `objects` in
+    /// the data folder.
+    pub fn object_store_url(&self) -> String {
+        match &self.storage.object_store_url {
+            Some(url) => url.clone(),
+            None => format!("file://{}", self.storage.data_dir.join("objects").display()),
+        }
+    }
+
     /// Returns the folder of the embedded log.
     pub fn embedded_log_dir(&self) -> PathBuf {
         self.storage
@@ -268,7 +284,7 @@ impl Config {
                 ),
             ));
         }
-        let url = &self.storage.object_store_url;
+        let url = &self.object_store_url();
         if !(url.starts_with("file://") || url.starts_with("s3://") || url.starts_with("memory://"))
         {
             return Err(semantic(

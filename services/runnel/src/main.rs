@@ -4,6 +4,7 @@
 //! its library's `run`. Client commands of later issues (ingest a file, query, backfill)
 //! will join the subcommands when their services exist.
 
+mod archive_command;
 mod log_commands;
 mod run_command;
 
@@ -16,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::archive_command::ArchiveArgs;
 use crate::log_commands::LogCommand;
 use crate::run_command::RunArgs;
 
@@ -89,6 +91,13 @@ enum Command {
     /// stream's topic, as the services do.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Copies every stream's log into Parquet history on the object store.
+    ///
+    /// The ingest service runs the archiver itself (`ingest.run-archiver`); this runs it
+    /// alone. Files go to `<object store>/<archive.prefix>/<stream>/date=YYYY-MM-DD/`, listed
+    /// in `<stream>/_manifest.json`. Safe to kill at any point: a restart resumes without
+    /// gaps or duplicates.
+    Archive(ArchiveArgs),
 }
 
 impl Command {
@@ -99,7 +108,11 @@ impl Command {
             Command::StreamProcessor => runnel_stream_processor::SERVICE_NAME,
             Command::BatchReprocessor => runnel_batch_reprocessor::SERVICE_NAME,
             Command::Serving => runnel_serving::SERVICE_NAME,
-            Command::All | Command::Config | Command::Run(_) | Command::Log(_) => "runnel",
+            Command::All
+            | Command::Config
+            | Command::Run(_)
+            | Command::Log(_)
+            | Command::Archive(_) => "runnel",
         }
     }
 }
@@ -145,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("run the job")??;
         }
         Command::Log(log_command) => log_commands::run(log_command, &config).await?,
+        Command::Archive(args) => archive_command::run(args, &config).await?,
     }
     Ok(())
 }

@@ -1,0 +1,46 @@
+//! `runnel archive`: the archiver on its own, outside the ingest service.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Args;
+use runnel_config::Config;
+
+/// Arguments of `runnel archive`.
+#[derive(Debug, Args)]
+pub(crate) struct ArchiveArgs {
+    /// Archives up to the log's end as it is now, finishes the files there and exits,
+    /// printing what it wrote. Without it, archives until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+}
+
+/// Runs the archiver over every declared stream of `config`.
+pub(crate) async fn run(args: ArchiveArgs, config: &Config) -> anyhow::Result<()> {
+    // Installed before opening the log, so Ctrl-C during a slow open still stops cleanly.
+    let shutdown = runnel_server_common::shutdown_on_signal().context("install signal handlers")?;
+    let log = runnel_server_common::open_storage(config)
+        .await
+        .context("open storage")?;
+    let url = config.object_store_url();
+    let store = runnel_archive::open_object_store(&url, &config.storage.object_store_options)
+        .context("open the object store")?;
+    if args.once {
+        let summary = runnel_archive::archive_until_caught_up(config, log, store)
+            .await
+            .context("archive")?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "archived {} rows into {} files ({} adopted after a crash, {} undecodable records \
+             sent to dead-letter topics)",
+            summary.rows, summary.files, summary.adopted, summary.undecodable
+        )
+        .context("write to stdout")?;
+    } else {
+        runnel_archive::run_archiver(config, log, store, shutdown)
+            .await
+            .context("archive")?;
+    }
+    Ok(())
+}
