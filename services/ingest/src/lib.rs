@@ -1,15 +1,55 @@
-//! runnel's ingest service: validates events against their stream's schema, appends them to the log over gRPC and HTTP, and archives the log to Parquet history (issue 4).
+//! runnel's ingest service: events in over gRPC and HTTP, validated against their stream's
+//! declared schema, appended to the log.
 //!
-//! Not built yet: [`run`] opens the log (running its recovery) with every declared stream's
-//! topic, says at WARN what is missing, and waits for shutdown.
+//! One listen address (`ingest.listen`) serves both APIs: gRPC `runnel.ingest.v1.Ingest`
+//! (unary `Ingest` and client-streaming `IngestStream`, JSON documents or typed rows; see
+//! `proto/runnel/ingest/v1/ingest.proto`) and HTTP `POST /v1/streams/{stream}/events`
+//! (NDJSON or a JSON array; see the `http` module). Requests are told apart by the router,
+//! gRPC paths being `/runnel.ingest.v1.Ingest/*`.
+//!
+//! For each batch:
+//! - Backpressure first: the request's bytes are taken from a budget of
+//!   `ingest.max-in-flight-bytes`, now or never; over it the answer is HTTP 429 with
+//!   `Retry-After` or gRPC RESOURCE_EXHAUSTED with `retry-after-ms` metadata, rather than a
+//!   queue. Requests over `ingest.max-request-bytes` are refused whole (413 / OUT_OF_RANGE).
+//! - Each event is validated (`runnel_events::validate`) into the record format: value =
+//!   the declared fields as JSON, key = the stream's key field (the log partitions keyed
+//!   records with Kafka's murmur2 partitioner and spreads unkeyed ones round robin),
+//!   timestamp = ingest time (now, epoch milliseconds).
+//! - Valid events are appended to the stream's topic, rejected ones to
+//!   `<stream>.dead-letter` (one partition) with their raw bytes (cut to
+//!   `ingest.max-event-bytes`, noted by a header) and headers naming the reason, the
+//!   request index and the stream ([`headers`]). With all-or-nothing, a batch with any
+//!   rejected event appends nothing to the stream. Events for an undeclared stream go to
+//!   `_unknown-stream.dead-letter` and the answer is 404 / NOT_FOUND.
+//! - The answer is sent once both appends are durable: it gives the accepted count, the
+//!   partition/offset ranges they landed in, and each rejected event's index and reason.
 #![warn(missing_docs)]
 
+mod grpc;
+mod http;
+mod service;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use runnel_config::Config;
 use runnel_log::{Log, LogError};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tracing::{Instrument, info, info_span};
+
+pub use grpc::{BATCHES_DONE_METADATA, RETRY_AFTER_MS_METADATA};
+pub use service::{PartitionRange, UNKNOWN_STREAM_CODE, headers};
+
+/// The gRPC API's generated types, server and client (`runnel.ingest.v1`).
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("runnel.ingest.v1");
+}
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "ingest";
@@ -20,13 +60,106 @@ pub enum IngestError {
     /// The log could not be opened, or a stream's topic could not be created.
     #[error("open storage: {0}")]
     OpenStorage(#[source] LogError),
+    /// A dead-letter topic could not be created.
+    #[error("ensure the dead-letter topics: {0}")]
+    DeadLetterTopics(#[source] LogError),
+    /// The listen address could not be bound.
+    #[error("listen on {address}: {source}")]
+    Listen {
+        /// `ingest.listen`.
+        address: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error("serve: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// The ingest service, bound to its address and ready to serve.
+pub struct BoundIngest {
+    local_addr: SocketAddr,
+    listener: TcpListener,
+    ingestor: Arc<service::Ingestor>,
+    shutdown: CancellationToken,
+}
+
+/// Binds `config.ingest.listen` (port 0 picks a free port) and ensures the dead-letter
+/// topics; [`BoundIngest::serve`] then serves until `shutdown` is cancelled.
+///
+/// The caller has ensured the declared streams' topics (`runnel_server_common::open_storage`).
+///
+/// # Errors
+///
+/// [`IngestError::DeadLetterTopics`], [`IngestError::Listen`].
+pub async fn bind(
+    config: &Config,
+    log: Arc<dyn Log>,
+    shutdown: CancellationToken,
+) -> Result<BoundIngest, IngestError> {
+    let ingestor = service::Ingestor::new(config, log)
+        .await
+        .map_err(IngestError::DeadLetterTopics)?;
+    let address = &config.ingest.listen;
+    let listen_error = |source| IngestError::Listen {
+        address: address.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(address.as_str())
+        .await
+        .map_err(listen_error)?;
+    let local_addr = listener.local_addr().map_err(listen_error)?;
+    Ok(BoundIngest {
+        local_addr,
+        listener,
+        ingestor: Arc::new(ingestor),
+        shutdown,
+    })
+}
+
+impl BoundIngest {
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves gRPC and HTTP until the shutdown token is cancelled, then lets requests in
+    /// progress finish.
+    ///
+    /// # Errors
+    ///
+    /// [`IngestError::Serve`].
+    pub async fn serve(self) -> Result<(), IngestError> {
+        let max_request_bytes = self.ingestor.config().max_request_bytes;
+        let grpc = proto::ingest_server::IngestServer::new(grpc::GrpcIngest {
+            ingestor: Arc::clone(&self.ingestor),
+        })
+        // A larger message is refused by tonic with OUT_OF_RANGE, naming the limit.
+        .max_decoding_message_size(max_request_bytes)
+        .max_encoding_message_size(usize::MAX);
+        let router = Routes::new(grpc)
+            .into_axum_router()
+            .merge(http::router(Arc::clone(&self.ingestor)));
+        info!(address = %self.local_addr, "ingest listening (gRPC and HTTP)");
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        Server::builder()
+            .accept_http1(true)
+            .http2_adaptive_window(Some(true))
+            .initial_stream_window_size(Some(4 * 1024 * 1024))
+            .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(incoming, self.shutdown.cancelled_owned())
+            .await
+            .map_err(IngestError::Serve)
+    }
 }
 
 /// Runs the ingest service until `shutdown` is cancelled, on the log that `config` selects.
 ///
 /// # Errors
 ///
-/// [`IngestError::OpenStorage`] if the log cannot be opened or a topic cannot be created.
+/// [`IngestError::OpenStorage`] if the log cannot be opened or a topic cannot be created;
+/// the errors of [`run_with_log`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
     let log = runnel_server_common::open_storage(&config)
         .await
@@ -41,20 +174,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Inge
 ///
 /// # Errors
 ///
-/// None yet; the signature leaves room for the service's own failures.
+/// The errors of [`bind`] and [`BoundIngest::serve`].
 pub async fn run_with_log(
     config: Config,
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    runnel_server_common::hold_until_shutdown(
-        SERVICE_NAME,
-        "ingest API and archiver not built yet (issue 4)",
-        &config,
-        log,
-        shutdown,
-    )
+    async move {
+        let bound = bind(&config, Arc::clone(&log), shutdown.clone()).await?;
+        // archiver: spawned here (lead), when `config.ingest.run_archiver`, with `log` and
+        // `shutdown`; the service then waits for both.
+        bound.serve().await?;
+        info!("ingest stopped");
+        Ok(())
+    }
     .instrument(info_span!("service", service = SERVICE_NAME))
-    .await;
-    Ok(())
+    .await
 }

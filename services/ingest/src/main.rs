@@ -6,7 +6,7 @@ use runnel_server_common::ServiceFlags;
 
 /// runnel's ingest service.
 ///
-/// Will accept events over gRPC and HTTP, validate them against their stream's schema, append them to the log and archive the log as Parquet history (issue 4). Not built yet: today it opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+/// Accepts events over gRPC (`runnel.ingest.v1.Ingest`) and HTTP (`POST /v1/streams/{stream}/events`) on `ingest.listen`, validates them against their stream's schema and appends them to the log; rejected events go to `<stream>.dead-letter`. Runs until Ctrl-C.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {

@@ -1,0 +1,111 @@
+//! The gRPC front end: `runnel.ingest.v1.Ingest` (see `proto/runnel/ingest/v1/ingest.proto`).
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{Instrument, info_span, warn};
+
+use crate::proto;
+use crate::proto::ingest_request::Events;
+use crate::service::{Api, Batch, IngestFailure, Ingestor};
+
+/// Metadata entry of RESOURCE_EXHAUSTED answers: how long to wait before retrying, in
+/// milliseconds.
+pub const RETRY_AFTER_MS_METADATA: &str = "retry-after-ms";
+
+/// Metadata entry of an `IngestStream` that failed part way: how many batches were
+/// processed before the one that failed.
+pub const BATCHES_DONE_METADATA: &str = "batches-done";
+
+/// The `Ingest` service.
+pub(crate) struct GrpcIngest {
+    pub(crate) ingestor: Arc<Ingestor>,
+}
+
+impl GrpcIngest {
+    async fn ingest_one(
+        &self,
+        request: proto::IngestRequest,
+    ) -> Result<proto::IngestResponse, IngestFailure> {
+        let _permit = self.ingestor.try_reserve(request.encoded_len())?;
+        let proto::IngestRequest {
+            stream,
+            all_or_nothing,
+            events,
+        } = request;
+        let batch = match events {
+            Some(Events::Json(json)) => Batch::Json(json.events),
+            Some(Events::Rows(rows)) => Batch::Rows(rows.rows),
+            None => return Err(IngestFailure::NoEvents),
+        };
+        let outcome = self
+            .ingestor
+            .ingest(&stream, batch, all_or_nothing, Api::Grpc)
+            .instrument(info_span!("grpc_ingest", stream = %stream))
+            .await?;
+        Ok(outcome.to_proto())
+    }
+}
+
+#[tonic::async_trait]
+impl proto::ingest_server::Ingest for GrpcIngest {
+    async fn ingest(
+        &self,
+        request: Request<proto::IngestRequest>,
+    ) -> Result<Response<proto::IngestResponse>, Status> {
+        match self.ingest_one(request.into_inner()).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(failure) => Err(status(&failure, MetadataMap::new())),
+        }
+    }
+
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<proto::IngestRequest>>,
+    ) -> Result<Response<proto::IngestStreamResponse>, Status> {
+        let mut requests = request.into_inner();
+        let mut response = proto::IngestStreamResponse::default();
+        while let Some(request) = requests.message().await? {
+            match self.ingest_one(request).await {
+                Ok(batch) => {
+                    response.accepted += batch.accepted;
+                    response.rejected += batch.rejected;
+                    response.batches.push(batch);
+                }
+                Err(failure) => {
+                    let mut metadata = MetadataMap::new();
+                    metadata.insert(
+                        BATCHES_DONE_METADATA,
+                        MetadataValue::from(response.batches.len() as u64),
+                    );
+                    return Err(status(&failure, metadata));
+                }
+            }
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// The status of a failed request, with the retry hint when busy.
+fn status(failure: &IngestFailure, mut metadata: MetadataMap) -> Status {
+    let code = match failure {
+        IngestFailure::UnknownStream { .. } => Code::NotFound,
+        IngestFailure::Busy { retry_after, .. } => {
+            metadata.insert(
+                RETRY_AFTER_MS_METADATA,
+                MetadataValue::from(retry_after.as_millis() as u64),
+            );
+            Code::ResourceExhausted
+        }
+        IngestFailure::TooLarge { .. } => Code::OutOfRange,
+        IngestFailure::NoEvents | IngestFailure::BadBody(_) => Code::InvalidArgument,
+        IngestFailure::Append { .. } => Code::Unavailable,
+        IngestFailure::Validation(_) => Code::Internal,
+    };
+    if matches!(code, Code::Unavailable | Code::Internal) {
+        warn!(error = %failure, "ingest request failed");
+    }
+    Status::with_metadata(code, failure.to_string(), metadata)
+}
