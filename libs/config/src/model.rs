@@ -131,6 +131,12 @@ pub struct EmbeddedLogConfig {
     /// How often retention runs.
     #[serde(with = "humantime_serde")]
     pub retention_check_interval: Duration,
+    /// Consumer groups that hold retention back: no segment is deleted before every one of
+    /// these groups that committed on its partition has committed past it. The archiver's
+    /// group (`runnel-archiver`) is here by default, so the log keeps what is not yet in the
+    /// Parquet history.
+    #[serde(default)]
+    pub retention_holds: Vec<String>,
 }
 
 /// Settings of the Kafka backend.

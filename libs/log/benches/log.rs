@@ -148,6 +148,7 @@ async fn main() {
         retention_bytes: u64::MAX,
         retention_age: Duration::from_secs(365 * 86400),
         retention_check_interval: Duration::from_secs(3600),
+        retention_holds: Vec::new(),
     };
     let embedded = Arc::new(
         EmbeddedLog::open(&dir.path().join("log"), &config)

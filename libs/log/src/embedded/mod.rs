@@ -94,16 +94,21 @@ impl EmbeddedLog {
             topics.insert(name, Arc::new(topic));
         }
         info!(dir = %dir.display(), topics = topics.len(), "opened embedded log");
-        Ok(EmbeddedLog {
+        let log = EmbeddedLog {
             dir,
             lock_file: Mutex::new(Some(lock_file)),
             config,
-            topics: RwLock::new(topics),
+            topics: RwLock::new(HashMap::new()),
             create_lock: tokio::sync::Mutex::new(()),
             commit_lock: tokio::sync::Mutex::new(()),
             committed: Mutex::new(HashMap::new()),
             partitioner: Partitioner::default(),
-        })
+        };
+        for (name, topic) in &topics {
+            log.refresh_retention_floors(name, topic)?;
+        }
+        *log.topics.write().expect("topics lock is never poisoned") = topics;
+        Ok(log)
     }
 
     /// Stops every partition's writer thread once it has finished what is queued.
@@ -147,6 +152,26 @@ impl EmbeddedLog {
             deleted += response.await.map_err(|_| LogError::Closed)??;
         }
         Ok(deleted)
+    }
+
+    /// Sets each partition's retention floor to the smallest offset committed on it by the
+    /// groups in `retention-holds` (no floor if none has committed there).
+    fn refresh_retention_floors(&self, topic_name: &str, topic: &Topic) -> Result<(), LogError> {
+        let mut floors = vec![u64::MAX; topic.partitions.len()];
+        for group in &self.config.retention_holds {
+            for (partition, offset) in self.load_committed(group, topic_name)? {
+                if let Some(floor) = floors.get_mut(partition as usize) {
+                    *floor = (*floor).min(offset);
+                }
+            }
+        }
+        for (partition, floor) in topic.partitions.iter().zip(floors) {
+            partition
+                .shared
+                .retention_floor
+                .store(floor, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
@@ -478,6 +503,9 @@ impl Log for EmbeddedLog {
             .lock()
             .expect("committed lock is never poisoned")
             .insert((group.to_string(), topic_name.to_string()), merged);
+        if self.config.retention_holds.iter().any(|hold| hold == group) {
+            self.refresh_retention_floors(topic_name, &topic)?;
+        }
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use runnel_config::EmbeddedLogConfig;
 use tokio::sync::{oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::format::{self, IndexEntry};
 use super::segment::{FrameCursor, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir};
@@ -36,6 +36,10 @@ pub(crate) struct PartitionShared {
     pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
     /// The offset after the last durable record.
     pub(crate) high_watermark: watch::Sender<u64>,
+    /// Retention deletes no segment holding this offset or a later one: the smallest offset
+    /// committed by the consumer groups that hold retention (`retention-holds`) on this
+    /// partition; `u64::MAX` when none has committed.
+    pub(crate) retention_floor: std::sync::atomic::AtomicU64,
 }
 
 impl PartitionShared {
@@ -161,6 +165,7 @@ impl Partition {
             dir,
             segments: RwLock::new(segments),
             high_watermark,
+            retention_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         let (sender, receiver) = std::sync::mpsc::channel();
         let writer = Writer {
@@ -670,9 +675,9 @@ impl Writer {
     }
 
     /// Deletes the oldest sealed segments while the partition is over its size budget or
-    /// they are older than the retention age. The active segment always stays.
-    /// FIXME(issue 4): retention must not delete a segment the archiver has not copied to
-    /// the history yet; it does not know of the archiver today.
+    /// they are older than the retention age. The active segment always stays, and so does
+    /// every segment from the one holding the retention floor on (records a holding group,
+    /// such as the archiver, has not consumed yet).
     fn apply_retention(&mut self) -> Result<usize, LogError> {
         self.last_retention = Instant::now();
         let mut deleted = 0;
@@ -699,6 +704,20 @@ impl Writer {
                 let over_size = total > self.config.retention_bytes;
                 let too_old = age > self.config.retention_age;
                 if !(over_size || too_old) {
+                    break;
+                }
+                let floor = self
+                    .shared
+                    .retention_floor
+                    .load(std::sync::atomic::Ordering::Acquire);
+                if oldest.next_offset() > floor {
+                    debug!(
+                        topic = %self.shared.topic,
+                        partition = self.shared.id,
+                        base_offset = oldest.base_offset,
+                        floor,
+                        "retention held back: a holding group has not consumed this segment"
+                    );
                     break;
                 }
                 oldest

@@ -265,6 +265,37 @@ async fn retention_deletes_old_segments_by_size_and_age() {
     assert_eq!(log.latest_offset("t", 0).await.expect("latest"), 600);
 }
 
+#[tokio::test]
+async fn retention_waits_for_holding_groups() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = runnel_config::EmbeddedLogConfig {
+        segment_bytes: 4096,
+        retention_bytes: 4096,
+        retention_holds: vec!["archiver".to_string()],
+        ..embedded_config()
+    };
+    let log = EmbeddedLog::open(dir.path(), &config).await.expect("open");
+    log.ensure_topic("t", 1).await.expect("create");
+    let records = (0..600)
+        .map(|idx| to_partition(0, &value(idx), idx as i64))
+        .collect();
+    log.append("t", records).await.expect("append");
+    // The holding group committed offset 150 (segments hold 99 records): only the segment
+    // 0..99 is wholly before it. Another group's commits hold nothing.
+    log.commit_offsets("archiver", "t", &[(0, 150)]).await.expect("commit");
+    log.commit_offsets("other", "t", &[(0, 0)]).await.expect("commit");
+    assert_eq!(log.enforce_retention("t").await.expect("retention"), 1);
+    assert_eq!(log.earliest_offset("t", 0).await.expect("earliest"), 99);
+    // The hold survives a restart (it is read back from the committed offsets).
+    log.close().await;
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), &config).await.expect("reopen");
+    assert_eq!(log.enforce_retention("t").await.expect("retention"), 0);
+    log.commit_offsets("archiver", "t", &[(0, 600)]).await.expect("commit");
+    assert!(log.enforce_retention("t").await.expect("retention") >= 4);
+    assert!(log.earliest_offset("t", 0).await.expect("earliest") >= 495);
+}
+
 const CHILD_DIR_VAR: &str = "RUNNEL_TEST_SIGKILL_CHILD_DIR";
 
 /// The child half of `acknowledged_appends_survive_sigkill`: appends until killed, printing

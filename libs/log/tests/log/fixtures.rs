@@ -32,6 +32,7 @@ pub(crate) fn embedded_config() -> EmbeddedLogConfig {
         retention_bytes: u64::MAX,
         retention_age: Duration::from_secs(365 * 86400),
         retention_check_interval: Duration::from_secs(3600),
+        retention_holds: Vec::new(),
     }
 }
 
