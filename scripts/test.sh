@@ -1,12 +1,35 @@
 #!/usr/bin/env bash
 # The README's test command, and what CI runs (.ci/run).
 # Installs what the tests need when missing (make for rdkafka's bundled librdkafka, the tansu
-# broker), starts tansu on 127.0.0.1, and runs the workspace's tests against it. With
-# RUNNEL_REQUIRE_KAFKA=1 a Kafka test that finds no broker fails instead of skipping.
+# broker, a Python venv with DuckDB and moto from PyPI), starts tansu and moto's S3 server on
+# 127.0.0.1, and runs the workspace's tests against them with:
+#   KAFKA_BOOTSTRAP                         tansu's address (scripts/lib/tansu.sh)
+#   RUNNEL_PYTHON                           a Python with duckdb, for scripts/lib/read_history_duckdb.py
+#   RUNNEL_S3_ENDPOINT, RUNNEL_S3_BUCKET    moto's URL and an empty bucket (scripts/lib/pytools.sh)
+#   AWS_ENDPOINT, AWS_ALLOW_HTTP, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
+#                                           moto's client settings, for object_store's
+#                                           AmazonS3Builder::from_env (set for cargo test only)
+#   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1
+#                                           a test that finds its broker, DuckDB or S3 server
+#                                           missing fails instead of skipping
 # Arguments replace `--workspace`, e.g. `bash scripts/test.sh -p runnel-log`.
+# The last line is `total: N passed, M failed` over every test binary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib/tansu.sh
+source scripts/lib/pytools.sh
+
+# One cleanup for everything started below, on any exit. A non-interactive shell's background
+# jobs ignore SIGINT, so Ctrl-C must reach the servers through these traps; `exit` runs EXIT's.
+test_log=""
+cleanup() {
+  stop_moto
+  stop_tansu
+  rm -f "$test_log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 echo "==> checking build tools"
 for tool in cargo gcc python3; do
@@ -28,22 +51,24 @@ if ! command -v make >/dev/null; then
 fi
 
 ensure_tansu
+ensure_test_venv
 start_tansu
-export RUNNEL_REQUIRE_KAFKA=1
+start_moto
+export RUNNEL_REQUIRE_KAFKA=1 RUNNEL_REQUIRE_DUCKDB=1 RUNNEL_REQUIRE_S3=1
 
 if (($# > 0)); then
   test_args=("$@")
 else
   test_args=(--workspace)
 fi
-echo "==> cargo test --locked ${test_args[*]} (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP, RUNNEL_REQUIRE_KAFKA=1)"
+echo "==> cargo test --locked ${test_args[*]} (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP, RUNNEL_S3_ENDPOINT=$RUNNEL_S3_ENDPOINT," \
+  "RUNNEL_PYTHON=$RUNNEL_PYTHON, RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1)"
 status=0
 test_log="$(mktemp "${TMPDIR:-/tmp}/runnel-test.XXXXXX")"
-cargo test --locked "${test_args[@]}" 2>&1 | tee "$test_log" || status=$?
+env "${MOTO_CLIENT_ENV[@]}" cargo test --locked "${test_args[@]}" 2>&1 | tee "$test_log" || status=$?
 # One closing line over every test binary, since cargo's last line speaks for one binary only.
 totals="$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$test_log")"
-rm -f "$test_log"
-stop_tansu
+cleanup
 if ((status == 0)); then
   echo "==> tests passed"
 else

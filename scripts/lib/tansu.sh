@@ -3,8 +3,9 @@
 # Sourced by scripts/test.sh and scripts/bench-log.sh; defines:
 #   ensure_tansu  finds the cached tansu binary, or builds it with `cargo install` (once per machine)
 #   start_tansu   starts tansu on a free port of 127.0.0.1 with SQLite storage in a fresh temporary
-#                 folder, waits until it accepts connections, exports KAFKA_BOOTSTRAP=127.0.0.1:PORT
-#                 and installs EXIT, INT and TERM traps that run stop_tansu (replacing the caller's)
+#                 folder, waits until it accepts connections, and exports KAFKA_BOOTSTRAP=127.0.0.1:PORT.
+#                 A caller without an EXIT trap gets EXIT, INT and TERM traps that run stop_tansu;
+#                 a caller with one (scripts/test.sh's cleanup) keeps its traps and calls stop_tansu
 #   stop_tansu    stops the broker and removes its folder
 # Progress goes to stderr, so that a caller's stdout carries only its own output.
 
@@ -67,11 +68,13 @@ wait_for_tansu() {
 
 start_tansu() {
   TANSU_DIR="$(mktemp -d "${TMPDIR:-/tmp}/runnel-tansu.XXXXXX")"
-  trap stop_tansu EXIT
-  # A non-interactive shell's background jobs ignore SIGINT, so Ctrl-C must reach the broker
-  # through this trap; `exit` runs the EXIT trap.
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  if [[ -z "$(trap -p EXIT)" ]]; then
+    trap stop_tansu EXIT
+    # A non-interactive shell's background jobs ignore SIGINT, so Ctrl-C must reach the broker
+    # through this trap; `exit` runs the EXIT trap.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+  fi
   local attempt port
   # The free port can be taken between picking it and tansu binding it; then try another.
   for attempt in 1 2 3; do
