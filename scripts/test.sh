@@ -6,9 +6,6 @@
 #   KAFKA_BOOTSTRAP                         tansu's address (scripts/lib/tansu.sh)
 #   RUNNEL_PYTHON                           a Python with duckdb, for scripts/lib/read_history_duckdb.py
 #   RUNNEL_S3_ENDPOINT, RUNNEL_S3_BUCKET    moto's URL and an empty bucket (scripts/lib/pytools.sh)
-#   AWS_ENDPOINT, AWS_ALLOW_HTTP, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
-#                                           moto's client settings, for object_store's
-#                                           AmazonS3Builder::from_env (set for cargo test only)
 #   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1
 #                                           a test that finds its broker, DuckDB or S3 server
 #                                           missing fails instead of skipping
@@ -65,7 +62,7 @@ echo "==> cargo test --locked ${test_args[*]} (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP,
   "RUNNEL_PYTHON=$RUNNEL_PYTHON, RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1)"
 status=0
 test_log="$(mktemp "${TMPDIR:-/tmp}/runnel-test.XXXXXX")"
-env "${MOTO_CLIENT_ENV[@]}" cargo test --locked "${test_args[@]}" 2>&1 | tee "$test_log" || status=$?
+cargo test --locked "${test_args[@]}" 2>&1 | tee "$test_log" || status=$?
 # One closing line over every test binary, since cargo's last line speaks for one binary only.
 totals="$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$test_log")"
 cleanup

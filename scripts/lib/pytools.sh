@@ -8,9 +8,8 @@
 #   start_moto        starts moto's server on a free port of 127.0.0.1 (in memory; its log in a fresh
 #                     temporary folder), waits until it answers, creates the bucket runnel-test, and
 #                     exports RUNNEL_S3_ENDPOINT=http://127.0.0.1:PORT and RUNNEL_S3_BUCKET=runnel-test.
-#                     It sets MOTO_CLIENT_ENV, an array of the AWS_* assignments an object_store S3
-#                     client needs for this server, for `env "${MOTO_CLIENT_ENV[@]}" COMMAND`; they
-#                     are not exported, so nothing else in the caller's shell sees them.
+#                     Clients use any access key (moto accepts all); tests pass the endpoint as
+#                     storage.object-store-options, not through AWS_* variables.
 #                     It installs no traps: the caller stops it (scripts/test.sh's cleanup does).
 #   stop_moto         stops the server and removes its folder; safe to call when it is not running
 # Progress goes to stderr, so that a caller's stdout carries only its own output.
@@ -26,7 +25,6 @@ MOTO_BUCKET=runnel-test
 MOTO_START_TIMEOUT_SECS=60
 MOTO_PID=""
 MOTO_DIR=""
-MOTO_CLIENT_ENV=()
 
 # The venv is ready when its stamp names the pinned requirements and its Python (a link to the
 # base Python, which may have moved since) imports both tools.
@@ -121,13 +119,6 @@ start_moto() {
     if wait_for_moto "$port" && create_moto_bucket "$endpoint" "$MOTO_BUCKET" 2>"$MOTO_DIR/bucket.err"; then
       export RUNNEL_S3_ENDPOINT="$endpoint"
       export RUNNEL_S3_BUCKET="$MOTO_BUCKET"
-      MOTO_CLIENT_ENV=(
-        "AWS_ENDPOINT=$RUNNEL_S3_ENDPOINT"
-        AWS_ALLOW_HTTP=true
-        AWS_ACCESS_KEY_ID=test
-        AWS_SECRET_ACCESS_KEY=test
-        AWS_REGION=us-east-1
-      )
       echo "==> moto is up: RUNNEL_S3_ENDPOINT=$RUNNEL_S3_ENDPOINT RUNNEL_S3_BUCKET=$RUNNEL_S3_BUCKET (pid $MOTO_PID)" >&2
       return 0
     fi
@@ -154,8 +145,6 @@ stop_moto() {
     wait "$MOTO_PID" 2>/dev/null || true
   fi
   MOTO_PID=""
-  # shellcheck disable=SC2034 # read by the sourcing script
-  MOTO_CLIENT_ENV=()
   if [[ -n "$MOTO_DIR" ]]; then
     rm -rf "$MOTO_DIR"
     MOTO_DIR=""
