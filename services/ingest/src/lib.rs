@@ -24,6 +24,10 @@
 //!   `_unknown-stream.dead-letter` and the answer is 404 / NOT_FOUND.
 //! - The answer is sent once both appends are durable: it gives the accepted count, the
 //!   partition/offset ranges they landed in, and each rejected event's index and reason.
+//!
+//! With `ingest.run-archiver` (the default) the service also runs the archiver
+//! (`runnel_archive::run_archiver`) as a background task, copying every stream into the
+//! Parquet history until shutdown.
 #![warn(missing_docs)]
 
 mod grpc;
@@ -74,6 +78,9 @@ pub enum IngestError {
     /// The server failed while serving.
     #[error("serve: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// The archiver could not start (object store) or failed fatally.
+    #[error("archiver: {0}")]
+    Archive(#[source] runnel_archive::ArchiveError),
 }
 
 /// The ingest service, bound to its address and ready to serve.
@@ -182,9 +189,35 @@ pub async fn run_with_log(
 ) -> Result<(), IngestError> {
     async move {
         let bound = bind(&config, Arc::clone(&log), shutdown.clone()).await?;
-        // archiver: spawned here (lead), when `config.ingest.run_archiver`, with `log` and
-        // `shutdown`; the service then waits for both.
-        bound.serve().await?;
+        // The archiver's own token: it stops when the service stops, whatever stopped it.
+        let archiver_shutdown = shutdown.child_token();
+        let archiver = if config.ingest.run_archiver {
+            let url = config.object_store_url();
+            let store = runnel_archive::open_object_store(&url, &config.storage.object_store_options)
+                .map_err(IngestError::Archive)?;
+            let (config, log, shutdown) =
+                (config.clone(), Arc::clone(&log), archiver_shutdown.clone());
+            Some(tokio::spawn(
+                async move { runnel_archive::run_archiver(&config, log, store, shutdown).await }
+                    .in_current_span(),
+            ))
+        } else {
+            None
+        };
+        let served = bound.serve().await;
+        if let Some(archiver) = archiver {
+            archiver_shutdown.cancel();
+            match archiver.await {
+                Ok(result) => result.map_err(IngestError::Archive)?,
+                Err(join_error) => {
+                    return Err(IngestError::Archive(runnel_archive::ArchiveError::Task {
+                        stream: "*".to_string(),
+                        message: join_error.to_string(),
+                    }));
+                }
+            }
+        }
+        served?;
         info!("ingest stopped");
         Ok(())
     }
