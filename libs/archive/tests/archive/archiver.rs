@@ -5,7 +5,7 @@ use std::time::Duration;
 use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use runnel_archive::ARCHIVER_GROUP;
-use runnel_log::{Log, StartOffset};
+use runnel_log::StartOffset;
 
 use crate::support::*;
 

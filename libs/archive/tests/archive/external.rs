@@ -1,10 +1,8 @@
 //! Real second parties: DuckDB reads the archived files; a real S3-compatible server stores
-//! them.
+//! them; a real Kafka-protocol broker holds the log.
 
 use std::process::Command;
-use std::time::Duration;
 
-use runnel_archive::{HybridSource, HybridStart};
 
 use crate::support::*;
 
@@ -120,34 +118,30 @@ async fn history_on_s3_is_archived_recovered_and_read_back() {
 
     events.extend(fixture.append(1500, 100, 100, steady).await);
     for partition in 0..2 {
-        let mut source = HybridSource::open(
-            fixture.store.clone(),
-            "history",
-            fixture.log(),
-            &fixture.schema(),
-            partition,
-            HybridStart::Earliest,
-            200,
-        )
-        .await
-        .unwrap();
-        let end = {
-            use runnel_log::Log;
-            fixture.log.latest_offset(STREAM, partition).await.unwrap()
-        };
-        let mut read = Vec::new();
-        while source.position() < end {
-            let batch = source
-                .next_batch(Duration::from_secs(5))
-                .await
-                .unwrap()
-                .expect("a batch within 5 s");
-            read.extend(events_of(&[batch]));
-        }
-        let expected: Vec<Event> = sorted(events.clone())
-            .into_iter()
-            .filter(|event| event.partition == partition)
-            .collect();
-        assert_eq!(read, expected);
+        let read = read_partition_to_end(&fixture, partition).await;
+        assert_eq!(read, of_partition(&events, partition));
+    }
+}
+
+#[tokio::test]
+async fn history_of_a_kafka_topic_is_archived_and_read_back_across_the_seam() {
+    let Some(fixture) = Fixture::kafka(2).await else {
+        return;
+    };
+    let mut events = fixture.append(0, 1200, 400, steady).await;
+    let summary = fixture.archive().await;
+    assert_eq!(summary.rows, 1200);
+    let manifest = fixture.manifest().await;
+    assert!(manifest.files.len() > 2);
+    events.extend(fixture.append(1200, 300, 300, steady).await);
+    for partition in 0..2 {
+        let read = read_partition_to_end(&fixture, partition).await;
+        assert_eq!(read, of_partition(&events, partition));
+        let committed = fixture
+            .log
+            .committed_offset(runnel_archive::ARCHIVER_GROUP, &fixture.stream, partition)
+            .await
+            .unwrap();
+        assert_eq!(committed, manifest.next_offset(partition));
     }
 }

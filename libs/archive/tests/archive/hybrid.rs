@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use runnel_archive::{ArchiveError, HybridSource, HybridStart};
-use runnel_log::Log;
 
 use crate::support::*;
 
@@ -31,16 +30,6 @@ async fn read_until(source: &mut HybridSource, end: u64) -> Vec<Event> {
         }
     }
     events
-}
-
-fn of_partition(events: &[Event], partition: u32) -> Vec<Event> {
-    sorted(
-        events
-            .iter()
-            .filter(|event| event.partition == partition)
-            .cloned()
-            .collect(),
-    )
 }
 
 #[tokio::test]
@@ -132,8 +121,8 @@ async fn a_gap_between_history_and_log_is_an_error_not_a_skip() {
     let mut fixture = Fixture::new(1).await;
     fixture.config.storage.log.embedded.segment_bytes = 4096;
     fixture.config.storage.log.embedded.retention_bytes = 8192;
-    drop(fixture.log);
-    fixture.log = std::sync::Arc::new(
+    fixture.embedded().close().await;
+    let reopened = std::sync::Arc::new(
         runnel_log::EmbeddedLog::open(
             &fixture.config.embedded_log_dir(),
             &fixture.config.storage.log.embedded,
@@ -141,8 +130,10 @@ async fn a_gap_between_history_and_log_is_an_error_not_a_skip() {
         .await
         .unwrap(),
     );
+    fixture.log = reopened.clone();
+    fixture.embedded = Some(reopened);
     fixture.append(0, 1000, 100, steady).await;
-    let deleted = fixture.log.enforce_retention(STREAM).await.unwrap();
+    let deleted = fixture.embedded().enforce_retention(STREAM).await.unwrap();
     assert!(deleted > 0);
     let earliest = fixture.log.earliest_offset(STREAM, 0).await.unwrap();
     assert!(earliest > 0);

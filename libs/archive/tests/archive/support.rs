@@ -33,18 +33,35 @@ pub(crate) struct Event {
 pub(crate) struct Fixture {
     pub(crate) dir: TempDir,
     pub(crate) config: Config,
-    pub(crate) log: Arc<EmbeddedLog>,
+    pub(crate) log: Arc<dyn Log>,
+    /// The log, when it is the embedded one (for retention and close).
+    pub(crate) embedded: Option<Arc<EmbeddedLog>>,
     pub(crate) store: Arc<dyn ObjectStore>,
+    /// The stream (and topic): `clicks`, or a name unique to the run on a shared broker.
+    pub(crate) stream: String,
 }
 
-pub(crate) fn stream_config(partitions: u32) -> StreamConfig {
+/// A temporary folder and a config over it: the object store in `<dir>/objects`, small files.
+fn base_config(stream: &str, partitions: u32) -> (TempDir, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded_defaults();
+    config.storage.data_dir = dir.path().to_path_buf();
+    config.storage.object_store_url = None;
+    config.streams = vec![stream_config(stream, partitions)];
+    config.archive.target_file_bytes = 16 * 1024;
+    config.archive.row_group_rows = 1000;
+    config.archive.poll_interval = Duration::from_millis(20);
+    (dir, config)
+}
+
+pub(crate) fn stream_config(name: &str, partitions: u32) -> StreamConfig {
     let field = |name: &str, field_type, nullable| FieldConfig {
         name: name.to_string(),
         field_type,
         nullable,
     };
     StreamConfig {
-        name: STREAM.to_string(),
+        name: name.to_string(),
         partitions,
         key: Some("user_id".to_string()),
         event_time: "event_time".to_string(),
@@ -60,20 +77,51 @@ pub(crate) fn stream_config(partitions: u32) -> StreamConfig {
 impl Fixture {
     /// A log in a temporary folder, a `file://` object store beside it, and a `clicks` stream.
     pub(crate) async fn new(partitions: u32) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::embedded_defaults();
-        config.storage.data_dir = dir.path().to_path_buf();
-        config.storage.object_store_url = None;
-        config.streams = vec![stream_config(partitions)];
-        config.archive.target_file_bytes = 16 * 1024;
-        config.archive.row_group_rows = 1000;
-        config.archive.poll_interval = Duration::from_millis(20);
+        let (dir, config) = base_config(STREAM, partitions);
         let log = Arc::new(
             EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
                 .await
                 .unwrap(),
         );
-        log.ensure_topic(STREAM, partitions).await.unwrap();
+        Fixture::with_log(dir, config, log.clone(), Some(log)).await
+    }
+
+    /// The same on the Kafka broker at `KAFKA_BOOTSTRAP`, with a stream named for this run;
+    /// `None` if no broker is configured (and none required by `RUNNEL_REQUIRE_KAFKA=1`).
+    pub(crate) async fn kafka(partitions: u32) -> Option<Fixture> {
+        let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") else {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
+                "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
+            );
+            eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
+            return None;
+        };
+        let stream = format!(
+            "clicks-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+        let (dir, mut config) = base_config(&stream, partitions);
+        config.storage.log.backend = runnel_config::LogBackend::Kafka;
+        config.storage.log.kafka.bootstrap_servers = bootstrap;
+        let log = Arc::new(runnel_log::KafkaLog::new(&config.storage.log.kafka).unwrap());
+        Some(Fixture::with_log(dir, config, log, None).await)
+    }
+
+    async fn with_log(
+        dir: TempDir,
+        config: Config,
+        log: Arc<dyn Log>,
+        embedded: Option<Arc<EmbeddedLog>>,
+    ) -> Fixture {
+        let stream = config.streams[0].name.clone();
+        log.ensure_topic(&stream, config.streams[0].partitions)
+            .await
+            .unwrap();
         let store = runnel_archive::open_object_store(
             &config.object_store_url(),
             &config.storage.object_store_options,
@@ -83,12 +131,19 @@ impl Fixture {
             dir,
             config,
             log,
+            embedded,
             store,
+            stream,
         }
     }
 
     pub(crate) fn log(&self) -> Arc<dyn Log> {
         self.log.clone()
+    }
+
+    /// The embedded log (panics on Kafka).
+    pub(crate) fn embedded(&self) -> &EmbeddedLog {
+        self.embedded.as_deref().expect("an embedded-log fixture")
     }
 
     pub(crate) fn objects_dir(&self) -> std::path::PathBuf {
@@ -134,7 +189,7 @@ impl Fixture {
                 })
                 .collect();
             let (records, mut pending): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let positions = self.log.append(STREAM, records).await.unwrap();
+            let positions = self.log.append(&self.stream, records).await.unwrap();
             for (event, position) in pending.iter_mut().zip(positions) {
                 event.partition = position.partition;
                 event.offset = position.offset;
@@ -154,7 +209,7 @@ impl Fixture {
             headers: Vec::new(),
             partition: Some(0),
         };
-        self.log.append(STREAM, vec![record]).await.unwrap()[0].offset
+        self.log.append(&self.stream, vec![record]).await.unwrap()[0].offset
     }
 
     pub(crate) async fn archive(&self) -> runnel_archive::ArchiveSummary {
@@ -164,7 +219,11 @@ impl Fixture {
     }
 
     pub(crate) async fn manifest(&self) -> runnel_archive::Manifest {
-        runnel_archive::load_manifest(self.store.as_ref(), &self.config.archive.prefix, STREAM)
+        runnel_archive::load_manifest(
+            self.store.as_ref(),
+            &self.config.archive.prefix,
+            &self.stream,
+        )
             .await
             .unwrap()
             .expect("a manifest")
@@ -248,4 +307,45 @@ pub(crate) fn tree(root: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
 pub(crate) fn sorted(mut events: Vec<Event>) -> Vec<Event> {
     events.sort();
     events
+}
+
+/// Reads a partition through a hybrid source from the earliest offset to the log's end.
+pub(crate) async fn read_partition_to_end(fixture: &Fixture, partition: u32) -> Vec<Event> {
+    let end = fixture
+        .log
+        .latest_offset(&fixture.stream, partition)
+        .await
+        .unwrap();
+    let mut source = runnel_archive::HybridSource::open(
+        fixture.store.clone(),
+        &fixture.config.archive.prefix,
+        fixture.log(),
+        &fixture.schema(),
+        partition,
+        runnel_archive::HybridStart::Earliest,
+        200,
+    )
+    .await
+    .unwrap();
+    let mut read = Vec::new();
+    while source.position() < end {
+        let batch = source
+            .next_batch(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .expect("a batch within 5 s");
+        read.extend(events_of(&[batch]));
+    }
+    read
+}
+
+/// The events of one partition, in offset order.
+pub(crate) fn of_partition(events: &[Event], partition: u32) -> Vec<Event> {
+    sorted(
+        events
+            .iter()
+            .filter(|event| event.partition == partition)
+            .cloned()
+            .collect(),
+    )
 }
