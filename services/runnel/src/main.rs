@@ -1,10 +1,11 @@
 //! The `runnel` CLI: runs any service, all of them in one process, and works on the log.
 //!
 //! Flags are parsed here, config is loaded once and passed down; each service runs through
-//! its library's `run`. Client commands of later issues (ingest a file, query, backfill)
-//! will join the subcommands when their services exist.
+//! its library's `run`. `runnel ingest` is the ingest service's client; client commands of
+//! later issues (query, backfill) will join the subcommands when their services exist.
 
 mod archive_command;
+mod ingest_command;
 mod log_commands;
 mod run_command;
 
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::archive_command::ArchiveArgs;
+use crate::ingest_command::IngestArgs;
 use crate::log_commands::LogCommand;
 use crate::run_command::RunArgs;
 
@@ -46,11 +48,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the ingest service (not built yet: issue 4).
+    /// Runs the ingest service: events in over gRPC and HTTP, validated, appended to the log.
     ///
-    /// Will accept events over gRPC and HTTP, validate them against their stream's schema,
-    /// append them to the log and archive the log as Parquet history. Not built yet: today
-    /// it opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+    /// Listens on `ingest.listen` for gRPC (`runnel.ingest.v1.Ingest`) and HTTP
+    /// (`POST /v1/streams/{stream}/events`, NDJSON or a JSON array). Rejected events go to
+    /// `<stream>.dead-letter` with their reason.
     IngestService,
     /// Runs the stream-processor service (not built yet: issues 3 and 5).
     ///
@@ -98,6 +100,13 @@ enum Command {
     /// in `<stream>/_manifest.json`. Safe to kill at any point: a restart resumes without
     /// gaps or duplicates.
     Archive(ArchiveArgs),
+    /// Sends a file of events to the ingest service over gRPC and prints what it accepted.
+    ///
+    /// `.jsonl` lines go as they are; `.csv` and `.parquet` rows are sent as JSON objects.
+    /// Example: `runnel ingest --stream clicks --file events.jsonl`. A progress bar shows on
+    /// a terminal; the summary is `accepted N, rejected M` with the first reasons. Exits
+    /// non-zero if the service cannot be reached or refuses the stream.
+    Ingest(IngestArgs),
 }
 
 impl Command {
@@ -112,7 +121,8 @@ impl Command {
             | Command::Config
             | Command::Run(_)
             | Command::Log(_)
-            | Command::Archive(_) => "runnel",
+            | Command::Archive(_)
+            | Command::Ingest(_) => "runnel",
         }
     }
 }
@@ -159,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Log(log_command) => log_commands::run(log_command, &config).await?,
         Command::Archive(args) => archive_command::run(args, &config).await?,
+        Command::Ingest(args) => ingest_command::run(args, &config).await?,
     }
     Ok(())
 }
@@ -295,10 +306,17 @@ mod tests {
     #[tokio::test]
     async fn all_opens_the_log_and_stops_on_shutdown() {
         let data_dir = tempfile::tempdir().expect("create temp dir");
-        let env = [(
-            "RUNNEL__STORAGE__DATA_DIR".to_string(),
-            data_dir.path().display().to_string(),
-        )]
+        let env = [
+            (
+                "RUNNEL__STORAGE__DATA_DIR".to_string(),
+                data_dir.path().display().to_string(),
+            ),
+            // A free port, so that the test runs beside a service on the default one.
+            (
+                "RUNNEL__INGEST__LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+        ]
         .into_iter()
         .collect();
         let config = Config::load(&[], &env).expect("valid config");

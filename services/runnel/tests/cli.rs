@@ -238,3 +238,151 @@ fn recompute_counts_the_event_live_found_too_late() {
         assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":400"#), "{input}: {results}");
     }
 }
+
+/// A `runnel ingest-service` process on a free port, killed on drop.
+struct IngestService {
+    child: std::process::Child,
+    url: String,
+}
+
+impl IngestService {
+    fn start(dir: &Path) -> IngestService {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["ingest-service", "--log-json"])
+            .current_dir(dir)
+            .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
+            .env("RUNNEL__INGEST__LISTEN", "127.0.0.1:0")
+            .env("RUNNEL__INGEST__RUN_ARCHIVER", "false")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start runnel ingest-service");
+        let stderr = child.stderr.take().expect("stderr");
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Reads every line, so that the service never blocks on a full pipe.
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if event["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|message| message.starts_with("ingest listening"))
+                    && let Some(address) = event["fields"]["address"].as_str()
+                {
+                    let _ = address_tx.send(address.to_string());
+                }
+            }
+        });
+        let address = address_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the service logs its address within 60 s");
+        IngestService {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+}
+
+impl Drop for IngestService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ingest_sends_jsonl_csv_and_parquet_files_to_the_service() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(dir.path());
+    let mut jsonl = std::fs::read_to_string(dir.path().join("events.jsonl")).expect("jsonl");
+    jsonl.push_str("{\"event_time\": \"yesterday\", \"user_id\": \"u9\"}\n\n{\"user_id\": 5}\n");
+    std::fs::write(dir.path().join("with-bad.jsonl"), jsonl).expect("write jsonl");
+    let service = IngestService::start(dir.path());
+    for (file, expect) in [
+        ("events.jsonl", "accepted 6, rejected 0"),
+        ("events.csv", "accepted 6, rejected 0"),
+        ("events.parquet", "accepted 6, rejected 0"),
+        ("with-bad.jsonl", "accepted 6, rejected 2"),
+    ] {
+        let run = runnel(
+            dir.path(),
+            &[
+                "ingest",
+                "--stream",
+                "clicks",
+                "--file",
+                file,
+                "--url",
+                &service.url,
+                "--batch-size",
+                "4",
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{file}: {stdout}{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(stdout.starts_with(expect), "{file}: {stdout}");
+        if file == "with-bad.jsonl" {
+            assert!(
+                stdout.contains("line 7: field `event_time`: `yesterday` is not a timestamp"),
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains("line 9: field `event_time`: expected timestamp")
+                    || stdout.contains("line 9: field `user_id`: expected string"),
+                "{stdout}"
+            );
+        }
+    }
+    let unknown = runnel(
+        dir.path(),
+        &[
+            "ingest",
+            "--stream",
+            "nope",
+            "--file",
+            "events.jsonl",
+            "--url",
+            &service.url,
+        ],
+    );
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("stream `nope` is not declared"), "{stderr}");
+}
+
+#[test]
+fn ingest_fails_when_the_service_is_unreachable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(dir.path());
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let run = runnel(
+        dir.path(),
+        &[
+            "ingest",
+            "--stream",
+            "clicks",
+            "--file",
+            "events.jsonl",
+            "--url",
+            &format!("http://127.0.0.1:{port}"),
+        ],
+    );
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("connect to the ingest service at http://127.0.0.1:"),
+        "{stderr}"
+    );
+}
