@@ -1001,7 +1001,7 @@ pub fn parse_rfc3339_millis(text: &str) -> Result<i64, &'static str> {
             let minutes = offset_hour * 60 + offset_minute;
             if *sign == b'-' { -minutes } else { minutes }
         }
-        None => return Err("no time-zone offset (add `Z` for UTC)"),
+        None => return Err("no time-zone offset; add `Z` for UTC"),
         _ => return Err("expected `Z` or an offset +HH:MM at the end"),
     };
     let days = days_from_civil(year, month, day);

@@ -100,7 +100,9 @@ fn status(failure: &IngestFailure, mut metadata: MetadataMap) -> Status {
             Code::ResourceExhausted
         }
         IngestFailure::TooLarge { .. } => Code::OutOfRange,
-        IngestFailure::NoEvents | IngestFailure::BadBody(_) => Code::InvalidArgument,
+        IngestFailure::NoEvents | IngestFailure::BadBody(_) | IngestFailure::ReadBody(_) => {
+            Code::InvalidArgument
+        }
         IngestFailure::Append { .. } => Code::Unavailable,
         IngestFailure::Validation(_) => Code::Internal,
     };

@@ -138,7 +138,7 @@ async fn read_body(
     let mut joined: Option<BytesMut> = None;
     let mut total = 0;
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|error| IngestFailure::BadBody(format!("read body: {error}")))?;
+        let chunk = chunk.map_err(|error| IngestFailure::ReadBody(error.to_string()))?;
         total += chunk.len();
         ingestor.check_request_size(total)?;
         if let Some(buffer) = joined.as_mut() {
@@ -324,6 +324,7 @@ fn failure_response(failure: &IngestFailure) -> Response {
         IngestFailure::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large"),
         IngestFailure::NoEvents => (StatusCode::BAD_REQUEST, "no_events"),
         IngestFailure::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+        IngestFailure::ReadBody(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
         IngestFailure::Append { .. } => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
         IngestFailure::Validation(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };

@@ -173,6 +173,9 @@ pub(crate) enum IngestFailure {
     /// The HTTP body is neither NDJSON nor a JSON array.
     #[error("the body is not a JSON array: {0}")]
     BadBody(String),
+    /// The HTTP body could not be read.
+    #[error("read the request body: {0}")]
+    ReadBody(String),
     /// Appending to the log failed: nothing of the batch is acknowledged.
     #[error("append to `{topic}`: {source}")]
     Append {
