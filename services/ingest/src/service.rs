@@ -399,6 +399,19 @@ impl Ingestor {
     }
 }
 
+/// Creates a dead-letter topic with one partition; one that exists already is used with
+/// whatever partition count it has (records are spread round robin).
+async fn ensure_dead_letter_topic(log: &dyn Log, topic: &str) -> Result<(), LogError> {
+    match log.ensure_topic(topic, 1).await {
+        Ok(()) => Ok(()),
+        Err(LogError::PartitionMismatch { existing, .. }) => {
+            debug!(topic, partitions = existing, "dead-letter topic exists");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// The raw bytes of each event and their format name.
 fn raw_events(batch: Batch) -> Box<dyn Iterator<Item = (Bytes, &'static str)>> {
     match batch {
