@@ -228,11 +228,10 @@ impl Ingestor {
                 dead_letter_topic: dead_letter_topic(&stream.name),
                 validator: Validator::new(stream, limits),
             };
-            log.ensure_topic(&entry.dead_letter_topic, 1).await?;
+            ensure_dead_letter_topic(log.as_ref(), &entry.dead_letter_topic).await?;
             streams.insert(stream.name.clone(), Arc::new(entry));
         }
-        log.ensure_topic(UNKNOWN_STREAM_DEAD_LETTER_TOPIC, 1)
-            .await?;
+        ensure_dead_letter_topic(log.as_ref(), UNKNOWN_STREAM_DEAD_LETTER_TOPIC).await?;
         // The semaphore cannot hold more than `Semaphore::MAX_PERMITS`.
         let permits = ingest.max_in_flight_bytes.min(Semaphore::MAX_PERMITS);
         Ok(Self {
