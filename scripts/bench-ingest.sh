@@ -10,6 +10,7 @@
 # http_ingest: POST /v1/streams/clicks/events with NDJSON bodies of the same batches,
 #   BENCH_INGEST_HTTP_CONNECTIONS keep-alive connections (default 8).
 # Each figure is measured over BENCH_INGEST_SECONDS (default 10) after a 2 s warm-up.
+# archive, hybrid_read: see the end of this script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -67,4 +68,13 @@ load --api grpc --connections "$CONNECTIONS" --in-flight 2
 echo "==> HTTP: $HTTP_CONNECTIONS connections, $BATCH events per request" >&2
 load --api http --connections "$HTTP_CONNECTIONS"
 
-# archive, hybrid_read: the archiver and hybrid-source figures are added here (lead).
+kill "$service_pid" 2>/dev/null || true
+wait "$service_pid" 2>/dev/null || true
+service_pid=""
+
+# archive, hybrid_read (and decode_baseline, the same records read from the log and decoded
+# with nothing written, measured in the same run): libs/archive/benches/history.rs over
+# BENCH_ARCHIVE_EVENTS (default 2,000,000) events in a temporary embedded log.
+echo "==> archive and hybrid_read: cargo bench -p runnel-archive --bench history" >&2
+RUNNEL_BENCH_EVENTS="${BENCH_ARCHIVE_EVENTS:-2000000}" \
+  cargo bench --quiet -p runnel-archive --bench history
