@@ -1,5 +1,7 @@
 //! The `runnel` binary, run as a process.
 
+mod history;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -246,14 +248,20 @@ struct IngestService {
 }
 
 impl IngestService {
+    /// Starts the service with `dir/data` as its data folder, the archiver off.
     fn start(dir: &Path) -> IngestService {
+        IngestService::start_with(dir, &[("RUNNEL__INGEST__RUN_ARCHIVER", "false")])
+    }
+
+    /// Starts the service with `dir/data` as its data folder and extra variables.
+    fn start_with(dir: &Path, env: &[(&str, &str)]) -> IngestService {
         use std::io::BufRead;
         let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
             .args(["ingest-service", "--log-json"])
             .current_dir(dir)
             .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
             .env("RUNNEL__INGEST__LISTEN", "127.0.0.1:0")
-            .env("RUNNEL__INGEST__RUN_ARCHIVER", "false")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stderr(std::process::Stdio::piped())
             .spawn()
