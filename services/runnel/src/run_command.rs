@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use runnel_config::{Config, FieldType, StreamConfig};
+use runnel_config::{Config, StreamConfig};
 use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
 
 /// Arguments of `runnel run`.
@@ -85,25 +85,8 @@ fn file_format(path: &Path, allowed: &[FileFormat]) -> anyhow::Result<FileFormat
     Ok(format)
 }
 
-/// The Arrow type of a declared field type.
-fn arrow_type(field_type: FieldType) -> DataType {
-    match field_type {
-        FieldType::String => DataType::Utf8,
-        FieldType::Int64 => DataType::Int64,
-        FieldType::Float64 => DataType::Float64,
-        FieldType::Bool => DataType::Boolean,
-        FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
-    }
-}
-
 fn declared_schema(stream: &StreamConfig) -> SchemaRef {
-    Arc::new(Schema::new(
-        stream
-            .schema
-            .iter()
-            .map(|field| Field::new(&field.name, arrow_type(field.field_type), true))
-            .collect::<Vec<_>>(),
-    ))
+    Arc::clone(runnel_events::StreamSchema::new(stream).declared())
 }
 
 /// Record batches read from an input file.
