@@ -138,7 +138,11 @@ async fn run() {
         .iter()
         .map(|file| file.bytes)
         .sum();
-    bench("archive_bytes_per_event", bytes as f64 / archived as f64, "bytes");
+    bench(
+        "archive_bytes_per_event",
+        bytes as f64 / archived as f64,
+        "bytes",
+    );
 
     append(&log, archived, events - archived, now).await;
     let started = Instant::now();

@@ -65,11 +65,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::ArchiveError;
-use crate::parquet_file::StoreFile;
 use crate::manifest::{
     FILE_ENTRY_METADATA_KEY, FileEntry, Manifest, ManifestField, load_manifest, save_manifest,
     stream_dir,
 };
+use crate::parquet_file::StoreFile;
 
 /// The consumer group under which the archiver commits, per partition, the offset after the
 /// last archived record.
@@ -322,7 +322,10 @@ async fn archive_stream(
             Until::CaughtUp => None,
             Until::Shutdown(token) => Some(token.clone()),
         };
-        tasks.spawn(task.run(shutdown).instrument(info_span!("partition", partition)));
+        tasks.spawn(
+            task.run(shutdown)
+                .instrument(info_span!("partition", partition)),
+        );
     }
     let mut summary = ArchiveSummary {
         adopted,
@@ -405,7 +408,11 @@ async fn recover(
         }
         None => Manifest::empty(stream, fields),
     };
-    let known: HashSet<String> = manifest.files.iter().map(|file| file.path.clone()).collect();
+    let known: HashSet<String> = manifest
+        .files
+        .iter()
+        .map(|file| file.path.clone())
+        .collect();
     let dir = stream_dir(prefix, stream);
     let mut orphans: Vec<(u32, u64, object_store::ObjectMeta)> = Vec::new();
     let listed: Vec<object_store::ObjectMeta> = store
@@ -479,7 +486,11 @@ async fn read_file_entry(
         .metadata()
         .file_metadata()
         .key_value_metadata()
-        .and_then(|pairs| pairs.iter().find(|pair| pair.key == FILE_ENTRY_METADATA_KEY))
+        .and_then(|pairs| {
+            pairs
+                .iter()
+                .find(|pair| pair.key == FILE_ENTRY_METADATA_KEY)
+        })
         .and_then(|pair| pair.value.clone())
         .ok_or_else(|| invalid("no runnel file entry in the footer"))?;
     let mut entry: FileEntry = serde_json::from_str(&json)
@@ -556,10 +567,9 @@ impl PartitionArchiver {
             }
             .map_err(|source| ArchiveError::log(&topic, source))?;
             if records.is_empty() {
-                let aged = self
-                    .file
-                    .as_ref()
-                    .is_some_and(|file| file.first_ingest_time + age_millis(&self.shared.options) <= now_millis());
+                let aged = self.file.as_ref().is_some_and(|file| {
+                    file.first_ingest_time + age_millis(&self.shared.options) <= now_millis()
+                });
                 if aged && let Some(file) = self.file.take() {
                     self.finish(file).await?;
                 }
@@ -588,11 +598,9 @@ impl PartitionArchiver {
             }
             let file = match &mut self.file {
                 Some(file) => file,
-                None => self.file.insert(FileBuilder::new(
-                    &self.shared,
-                    self.partition,
-                    record,
-                )?),
+                None => self
+                    .file
+                    .insert(FileBuilder::new(&self.shared, self.partition, record)?),
             };
             file.note(record);
             if file.raw_bytes >= target {
@@ -756,7 +764,9 @@ impl FileBuilder {
         format!(
             "{prefix}/{stream}/date={}/{}-{}-{}.parquet",
             utc_date(self.first_ingest_time),
-            self.partition, self.first_offset, self.last_offset
+            self.partition,
+            self.first_offset,
+            self.last_offset
         )
     }
 
@@ -855,7 +865,9 @@ fn age_millis(options: &ArchiveOptions) -> i64 {
 fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// Days since the epoch of an epoch-milliseconds instant, in UTC.

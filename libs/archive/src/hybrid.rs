@@ -27,8 +27,8 @@ use runnel_log::{Log, LogError, PartitionReader, StartOffset};
 use tracing::{debug, warn};
 
 use crate::ArchiveError;
-use crate::parquet_file::StoreFile;
 use crate::manifest::{FileEntry, load_manifest};
+use crate::parquet_file::StoreFile;
 
 /// Where a hybrid source starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +189,7 @@ impl HybridSource {
                     let Some(reading) = current else {
                         match files.pop_front() {
                             Some(file) => {
-                                let stream =
-                                    open_file(&self.store, &file, self.batch_rows).await?;
+                                let stream = open_file(&self.store, &file, self.batch_rows).await?;
                                 *current = Some(Box::new((file, stream)));
                             }
                             None => {
@@ -208,12 +207,8 @@ impl HybridSource {
                                 path: file.path.clone(),
                                 source,
                             })?;
-                            let batch = rows_from(
-                                &self.schema,
-                                &mut self.next_offset,
-                                &file.path,
-                                batch,
-                            )?;
+                            let batch =
+                                rows_from(&self.schema, &mut self.next_offset, &file.path, batch)?;
                             if batch.num_rows() > 0 {
                                 return Ok(Some(batch));
                             }
@@ -253,8 +248,8 @@ impl HybridSource {
     /// Reads the manifest again and queues files that continue the history; returns whether
     /// there were any.
     async fn extend_history(&mut self) -> Result<bool, ArchiveError> {
-        let Some(manifest) = load_manifest(self.store.as_ref(), &self.prefix, self.schema.name())
-            .await?
+        let Some(manifest) =
+            load_manifest(self.store.as_ref(), &self.prefix, self.schema.name()).await?
         else {
             return Ok(false);
         };
@@ -311,7 +306,11 @@ async fn open_file(
     file: &FileEntry,
     batch_rows: usize,
 ) -> Result<ParquetRecordBatchStream<StoreFile>, ArchiveError> {
-    let reader = StoreFile::new(Arc::clone(store), Path::from(file.path.as_str()), file.bytes);
+    let reader = StoreFile::new(
+        Arc::clone(store),
+        Path::from(file.path.as_str()),
+        file.bytes,
+    );
     let parquet_error = |source| ArchiveError::Parquet {
         path: file.path.clone(),
         source,

@@ -18,7 +18,9 @@ pub mod manifest;
 mod parquet_file;
 mod store;
 
-pub use archiver::{ARCHIVER_GROUP, ArchiveOptions, ArchiveSummary, archive_until_caught_up, run_archiver};
+pub use archiver::{
+    ARCHIVER_GROUP, ArchiveOptions, ArchiveSummary, archive_until_caught_up, run_archiver,
+};
 pub use hybrid::{HybridSource, HybridStart};
 pub use manifest::{FileEntry, Manifest, load_manifest};
 pub use store::open_object_store;

@@ -241,12 +241,11 @@ pub async fn save_manifest(
 ) -> Result<(), ArchiveError> {
     manifest.generation += 1;
     let path = manifest_path(prefix, &manifest.stream);
-    let json = serde_json::to_vec_pretty(manifest).map_err(|error| {
-        ArchiveError::ManifestInvalid {
+    let json =
+        serde_json::to_vec_pretty(manifest).map_err(|error| ArchiveError::ManifestInvalid {
             stream: manifest.stream.clone(),
             message: format!("serialize: {error}"),
-        }
-    })?;
+        })?;
     store
         .put(&path, PutPayload::from(json))
         .await
@@ -320,10 +319,16 @@ mod tests {
     async fn a_garbled_manifest_is_an_error_naming_it() {
         let store = object_store::memory::InMemory::new();
         store
-            .put(&manifest_path("h", "s"), PutPayload::from_static(b"{not json"))
+            .put(
+                &manifest_path("h", "s"),
+                PutPayload::from_static(b"{not json"),
+            )
             .await
             .unwrap();
-        let error = load_manifest(&store, "h", "s").await.unwrap_err().to_string();
+        let error = load_manifest(&store, "h", "s")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("h/s/_manifest.json"), "{error}");
     }
 }

@@ -40,9 +40,10 @@ pub fn open_object_store(
         if folder.is_empty() {
             return Err(refuse("the folder is empty".to_string()));
         }
-        std::fs::create_dir_all(folder).map_err(|error| refuse(format!("create {folder}: {error}")))?;
-        let store = LocalFileSystem::new_with_prefix(folder)
-            .map_err(|error| refuse(error.to_string()))?;
+        std::fs::create_dir_all(folder)
+            .map_err(|error| refuse(format!("create {folder}: {error}")))?;
+        let store =
+            LocalFileSystem::new_with_prefix(folder).map_err(|error| refuse(error.to_string()))?;
         return Ok(Arc::new(store));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
@@ -57,9 +58,7 @@ pub fn open_object_store(
                 .map_err(|_| refuse(format!("unknown S3 option `{key}`")))?;
             builder = builder.with_config(key, value);
         }
-        let store = builder
-            .build()
-            .map_err(|error| refuse(error.to_string()))?;
+        let store = builder.build().map_err(|error| refuse(error.to_string()))?;
         let prefix = prefix.trim_matches('/');
         if prefix.is_empty() {
             return Ok(Arc::new(store));
@@ -96,12 +95,18 @@ mod tests {
     #[test]
     fn other_schemes_are_refused_with_the_url() {
         let none = BTreeMap::new();
-        let error = open_object_store("gs://bucket", &none).err().unwrap().to_string();
+        let error = open_object_store("gs://bucket", &none)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("gs://bucket"), "{error}");
         assert!(open_object_store("s3://", &none).is_err());
         assert!(open_object_store("file://", &none).is_err());
         let bad = BTreeMap::from([("aws_colour".to_string(), "blue".to_string())]);
-        let error = open_object_store("s3://bucket", &bad).err().unwrap().to_string();
+        let error = open_object_store("s3://bucket", &bad)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("aws_colour"), "{error}");
     }
 }

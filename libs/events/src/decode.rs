@@ -155,7 +155,9 @@ impl EventDecoder {
             return Ok(Err("more than one JSON value in the record".to_string()));
         }
         if decoder.has_partial_record() {
-            return Ok(Err("truncated JSON: the value ends inside an object".to_string()));
+            return Ok(Err(
+                "truncated JSON: the value ends inside an object".to_string()
+            ));
         }
         match decoder.flush() {
             Ok(Some(batch)) if batch.num_rows() == 1 => Ok(Ok(batch)),
@@ -195,10 +197,7 @@ pub fn event_time_range(schema: &StreamSchema, batch: &RecordBatch) -> Option<(i
     let column = batch.column(schema.event_time_index());
     let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Int64).ok()?;
     let values = values.as_any().downcast_ref::<Int64Array>()?;
-    Some((
-        arrow::compute::min(values)?,
-        arrow::compute::max(values)?,
-    ))
+    Some((arrow::compute::min(values)?, arrow::compute::max(values)?))
 }
 
 #[cfg(test)]
@@ -245,7 +244,10 @@ mod tests {
         let schema = stream();
         let records = [
             record(7, r#"{"ts":1700000000000,"user":"a","n":1}"#),
-            record(8, r#"{"ts":"2023-11-14T22:13:20.001Z","user":"b","n":null}"#),
+            record(
+                8,
+                r#"{"ts":"2023-11-14T22:13:20.001Z","user":"b","n":null}"#,
+            ),
         ];
         let decoded = EventDecoder::new(&schema).decode(&records).unwrap();
         assert!(decoded.undecodable.is_empty());
@@ -256,7 +258,13 @@ mod tests {
         assert!(batch.column(2).is_null(1));
         let offsets = batch.column(4).as_primitive::<Int64Type>();
         assert_eq!(offsets.values(), &[7, 8]);
-        assert_eq!(batch.column(3).as_primitive::<arrow::datatypes::Int32Type>().value(0), 1);
+        assert_eq!(
+            batch
+                .column(3)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .value(0),
+            1
+        );
         let ingest = batch.column(5).as_primitive::<TimestampMillisecondType>();
         assert_eq!(ingest.values(), &[1_007, 1_008]);
         assert_eq!(

@@ -193,8 +193,9 @@ pub async fn run_with_log(
         let archiver_shutdown = shutdown.child_token();
         let archiver = if config.ingest.run_archiver {
             let url = config.object_store_url();
-            let store = runnel_archive::open_object_store(&url, &config.storage.object_store_options)
-                .map_err(IngestError::Archive)?;
+            let store =
+                runnel_archive::open_object_store(&url, &config.storage.object_store_options)
+                    .map_err(IngestError::Archive)?;
             let (config, log, shutdown) =
                 (config.clone(), Arc::clone(&log), archiver_shutdown.clone());
             Some(tokio::spawn(

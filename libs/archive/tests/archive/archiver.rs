@@ -15,7 +15,10 @@ async fn archives_every_record_once_in_contiguous_zstd_files() {
     let events = fixture.append(0, 3000, 250, steady).await;
     let summary = fixture.archive().await;
     assert_eq!(summary.rows, 3000);
-    assert!(summary.files > 6, "small target_file_bytes rolls many files: {summary:?}");
+    assert!(
+        summary.files > 6,
+        "small target_file_bytes rolls many files: {summary:?}"
+    );
 
     let manifest = fixture.manifest().await;
     assert_eq!(manifest.files.len() as u64, summary.files);
@@ -52,7 +55,10 @@ async fn archives_every_record_once_in_contiguous_zstd_files() {
             let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
             let metadata = reader.metadata();
             for group in metadata.row_groups() {
-                assert!(group.num_rows() <= 1000, "row groups of at most row-group-rows");
+                assert!(
+                    group.num_rows() <= 1000,
+                    "row groups of at most row-group-rows"
+                );
                 for column in group.columns() {
                     assert!(matches!(column.compression(), Compression::ZSTD(_)));
                 }
@@ -86,7 +92,9 @@ async fn a_second_run_writes_only_what_is_new() {
     let manifest = fixture.manifest().await;
     let mut read = Vec::new();
     for file in &manifest.files {
-        read.extend(events_of(&read_file(&fixture.objects_dir().join(&file.path))));
+        read.extend(events_of(&read_file(
+            &fixture.objects_dir().join(&file.path),
+        )));
     }
     assert_eq!(sorted(read), sorted(events));
 }
@@ -113,10 +121,20 @@ async fn files_roll_at_the_ingest_date_and_at_the_age_limit() {
         .iter()
         .map(|file| (file.first_offset, file.last_offset))
         .collect();
-    let mut expected: Vec<(u64, u64)> = (0..100).step_by(6).map(|first| (first, (first + 5).min(99))).collect();
+    let mut expected: Vec<(u64, u64)> = (0..100)
+        .step_by(6)
+        .map(|first| (first, (first + 5).min(99)))
+        .collect();
     expected.push((100, 109));
     assert_eq!(ranges, expected);
-    assert!(manifest.files.last().unwrap().path.contains("date=2026-11-23/"));
+    assert!(
+        manifest
+            .files
+            .last()
+            .unwrap()
+            .path
+            .contains("date=2026-11-23/")
+    );
     assert!(manifest.files[0].path.contains("date=2026-11-22/"));
 }
 
@@ -145,21 +163,29 @@ async fn a_file_written_before_a_crash_is_adopted_and_strays_are_deleted() {
     let mut files_before = files_before;
     files_after.remove("history/clicks/_manifest.json");
     files_before.remove("history/clicks/_manifest.json");
-    assert_eq!(files_after, files_before, "the adopted files are the ones written");
+    assert_eq!(
+        files_after, files_before,
+        "the adopted files are the ones written"
+    );
 }
 
 #[tokio::test]
 async fn undecodable_records_go_to_the_dead_letter_topic_and_ranges_stay_contiguous() {
     let fixture = Fixture::new(1).await;
     fixture.append(0, 10, 10, steady).await;
-    let bad = fixture.append_raw("{\"event_time\": not json", BASE_MS + 10).await;
+    let bad = fixture
+        .append_raw("{\"event_time\": not json", BASE_MS + 10)
+        .await;
     fixture.append(11, 10, 10, steady).await;
     let summary = fixture.archive().await;
     assert_eq!(summary.undecodable, 1);
     assert_eq!(summary.rows, 20);
     let manifest = fixture.manifest().await;
     let file = &manifest.files[0];
-    assert_eq!((file.first_offset, file.last_offset, file.rows), (0, 20, 20));
+    assert_eq!(
+        (file.first_offset, file.last_offset, file.rows),
+        (0, 20, 20)
+    );
 
     let dead_letters = runnel_events::dead_letter_topic(STREAM);
     let mut reader = fixture

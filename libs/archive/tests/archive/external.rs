@@ -3,7 +3,6 @@
 
 use std::process::Command;
 
-
 use crate::support::*;
 
 /// Whether an external dependency is missing: fails if `require` is set, else says so.
@@ -18,7 +17,10 @@ fn missing(what: &str, require: &str) -> bool {
 #[tokio::test]
 async fn duckdb_reads_exactly_the_events_that_were_archived() {
     let Ok(python) = std::env::var("RUNNEL_PYTHON") else {
-        if missing("RUNNEL_PYTHON (a Python with duckdb)", "RUNNEL_REQUIRE_DUCKDB") {
+        if missing(
+            "RUNNEL_PYTHON (a Python with duckdb)",
+            "RUNNEL_REQUIRE_DUCKDB",
+        ) {
             return;
         }
         unreachable!()
@@ -29,7 +31,10 @@ async fn duckdb_reads_exactly_the_events_that_were_archived() {
     events.extend(fixture.append(2000, 500, 500, |n| steady(n) + DAY_MS).await);
     fixture.archive().await;
 
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/lib/read_history_duckdb.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/lib/read_history_duckdb.py"
+    );
     let output = Command::new(&python)
         .arg(script)
         .arg(fixture.objects_dir().join("history"))
@@ -70,7 +75,10 @@ async fn history_on_s3_is_archived_recovered_and_read_back() {
         std::env::var("RUNNEL_S3_ENDPOINT"),
         std::env::var("RUNNEL_S3_BUCKET"),
     ) else {
-        if missing("RUNNEL_S3_ENDPOINT and RUNNEL_S3_BUCKET", "RUNNEL_REQUIRE_S3") {
+        if missing(
+            "RUNNEL_S3_ENDPOINT and RUNNEL_S3_BUCKET",
+            "RUNNEL_REQUIRE_S3",
+        ) {
             return;
         }
         unreachable!()
@@ -109,7 +117,9 @@ async fn history_on_s3_is_archived_recovered_and_read_back() {
     use object_store::ObjectStoreExt;
     fixture
         .store
-        .delete(&object_store::path::Path::from("history/clicks/_manifest.json"))
+        .delete(&object_store::path::Path::from(
+            "history/clicks/_manifest.json",
+        ))
         .await
         .unwrap();
     let recovered = fixture.archive().await;

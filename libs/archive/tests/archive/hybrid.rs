@@ -6,7 +6,12 @@ use runnel_archive::{ArchiveError, HybridSource, HybridStart};
 
 use crate::support::*;
 
-async fn open(fixture: &Fixture, partition: u32, start: HybridStart, batch_rows: usize) -> HybridSource {
+async fn open(
+    fixture: &Fixture,
+    partition: u32,
+    start: HybridStart,
+    batch_rows: usize,
+) -> HybridSource {
     HybridSource::open(
         fixture.store.clone(),
         &fixture.config.archive.prefix,
@@ -43,7 +48,10 @@ async fn reads_history_then_the_log_with_the_seam_inside_a_batch() {
     let mut manifest = fixture.manifest().await;
     manifest.files.retain(|file| file.last_offset < 1000);
     let seam = manifest.next_offset(0).unwrap();
-    assert!(seam % 300 != 0 && seam % 128 != 0, "seam {seam} on a boundary");
+    assert!(
+        seam % 300 != 0 && seam % 128 != 0,
+        "seam {seam} on a boundary"
+    );
     runnel_archive::manifest::save_manifest(fixture.store.as_ref(), "history", &mut manifest)
         .await
         .unwrap();
@@ -56,13 +64,23 @@ async fn reads_history_then_the_log_with_the_seam_inside_a_batch() {
     assert!(source.is_live());
     let mut read = history;
     read.extend(read_live);
-    assert_eq!(read, of_partition(&events, 0), "every offset once, in order");
+    assert_eq!(
+        read,
+        of_partition(&events, 0),
+        "every offset once, in order"
+    );
 
     // Records appended while the source is live arrive too.
     let later = fixture.append(1500, 10, 10, steady).await;
     let read = read_until(&mut source, 1510).await;
     assert_eq!(read, later);
-    assert!(source.next_batch(Duration::from_millis(50)).await.unwrap().is_none());
+    assert!(
+        source
+            .next_batch(Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -108,7 +126,11 @@ async fn files_archived_while_reading_are_picked_up_before_the_log() {
     let mut events = fixture.append(0, 300, 300, steady).await;
     fixture.archive().await;
     let mut source = open(&fixture, 0, HybridStart::Earliest, 100).await;
-    let first = source.next_batch(Duration::from_secs(1)).await.unwrap().unwrap();
+    let first = source
+        .next_batch(Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
     events.extend(fixture.append(300, 300, 300, steady).await);
     fixture.archive().await;
     let mut read = events_of(&[first]);
@@ -138,7 +160,10 @@ async fn a_gap_between_history_and_log_is_an_error_not_a_skip() {
     let earliest = fixture.log.earliest_offset(STREAM, 0).await.unwrap();
     assert!(earliest > 0);
     let mut source = open(&fixture, 0, HybridStart::Offset(0), 100).await;
-    let error = source.next_batch(Duration::from_millis(100)).await.unwrap_err();
+    let error = source
+        .next_batch(Duration::from_millis(100))
+        .await
+        .unwrap_err();
     match &error {
         ArchiveError::HistoryGap {
             archived_until,

@@ -224,9 +224,9 @@ impl Fixture {
             &self.config.archive.prefix,
             &self.stream,
         )
-            .await
-            .unwrap()
-            .expect("a manifest")
+        .await
+        .unwrap()
+        .expect("a manifest")
     }
 }
 

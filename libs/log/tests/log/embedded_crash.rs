@@ -282,16 +282,24 @@ async fn retention_waits_for_holding_groups() {
     log.append("t", records).await.expect("append");
     // The holding group committed offset 150 (segments hold 99 records): only the segment
     // 0..99 is wholly before it. Another group's commits hold nothing.
-    log.commit_offsets("archiver", "t", &[(0, 150)]).await.expect("commit");
-    log.commit_offsets("other", "t", &[(0, 0)]).await.expect("commit");
+    log.commit_offsets("archiver", "t", &[(0, 150)])
+        .await
+        .expect("commit");
+    log.commit_offsets("other", "t", &[(0, 0)])
+        .await
+        .expect("commit");
     assert_eq!(log.enforce_retention("t").await.expect("retention"), 1);
     assert_eq!(log.earliest_offset("t", 0).await.expect("earliest"), 99);
     // The hold survives a restart (it is read back from the committed offsets).
     log.close().await;
     drop(log);
-    let log = EmbeddedLog::open(dir.path(), &config).await.expect("reopen");
+    let log = EmbeddedLog::open(dir.path(), &config)
+        .await
+        .expect("reopen");
     assert_eq!(log.enforce_retention("t").await.expect("retention"), 0);
-    log.commit_offsets("archiver", "t", &[(0, 600)]).await.expect("commit");
+    log.commit_offsets("archiver", "t", &[(0, 600)])
+        .await
+        .expect("commit");
     assert!(log.enforce_retention("t").await.expect("retention") >= 4);
     assert!(log.earliest_offset("t", 0).await.expect("earliest") >= 495);
 }

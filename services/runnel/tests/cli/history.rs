@@ -86,7 +86,11 @@ fn history(root: &Path) -> BTreeMap<String, Vec<u8>> {
                 stack.push(path);
                 continue;
             }
-            let relative = path.strip_prefix(root).expect("under root").display().to_string();
+            let relative = path
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
             let mut bytes = std::fs::read(&path).expect("read file");
             if relative.ends_with("_manifest.json") {
                 let mut manifest: serde_json::Value =
@@ -136,7 +140,10 @@ async fn the_archiver_killed_at_random_points_leaves_the_same_history() {
     archive_to_the_end(&reference_config);
     let uninterrupted = started.elapsed();
     let reference = history(&dir.path().join("reference"));
-    let files = reference.keys().filter(|path| path.ends_with(".parquet")).count();
+    let files = reference
+        .keys()
+        .filter(|path| path.ends_with(".parquet"))
+        .count();
     assert!(files > 20, "the reference run wrote {files} files");
 
     let seed = std::env::var("RUNNEL_CRASH_SEED")
@@ -149,7 +156,9 @@ async fn the_archiver_killed_at_random_points_leaves_the_same_history() {
                 .as_nanos() as u64
                 | 1
         });
-    eprintln!("crash seed {seed} (RUNNEL_CRASH_SEED replays it); uninterrupted run {uninterrupted:?}");
+    eprintln!(
+        "crash seed {seed} (RUNNEL_CRASH_SEED replays it); uninterrupted run {uninterrupted:?}"
+    );
     let mut random = Random(seed);
     let crash_config = write_config(dir.path(), "objects");
     // Each run resumes where the last one stopped, so later runs have less to do: kill within
@@ -178,7 +187,10 @@ async fn the_archiver_killed_at_random_points_leaves_the_same_history() {
         }
         eprintln!("round {round}: killed after {delay:?} (finished first: {finished})");
     }
-    assert!(killed >= ROUNDS / 2, "only {killed} of {ROUNDS} runs were killed mid-way");
+    assert!(
+        killed >= ROUNDS / 2,
+        "only {killed} of {ROUNDS} runs were killed mid-way"
+    );
     archive_to_the_end(&crash_config);
     let recovered = history(&dir.path().join("objects"));
     let differing: Vec<&String> = reference
@@ -235,11 +247,17 @@ fn ingested_events_reach_the_history_and_open_in_duckdb() {
         ],
     );
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.starts_with("accepted 3000, rejected 0"), "{stdout}");
 
     // The service's archiver finishes the files once they are 500 ms old.
-    let manifest_path = dir.path().join("data/objects/history/clicks/_manifest.json");
+    let manifest_path = dir
+        .path()
+        .join("data/objects/history/clicks/_manifest.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows: u64 = std::fs::read(&manifest_path)
@@ -255,7 +273,10 @@ fn ingested_events_reach_the_history_and_open_in_duckdb() {
         if rows == 3000 {
             break;
         }
-        assert!(Instant::now() < deadline, "archived {rows} of 3000 rows after 60 s");
+        assert!(
+            Instant::now() < deadline,
+            "archived {rows} of 3000 rows after 60 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(service);
@@ -269,7 +290,10 @@ fn ingested_events_reach_the_history_and_open_in_duckdb() {
         return;
     };
     let output = Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/lib/read_history_duckdb.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/lib/read_history_duckdb.py"
+        ))
         .arg(dir.path().join("data/objects/history"))
         .arg("clicks")
         .output()
