@@ -11,8 +11,8 @@ mod model;
 
 pub use layers::{ConfigLayer, ENV_PREFIX};
 pub use model::{
-    ArchiveConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType, IngestConfig, KafkaLogConfig,
-    LogBackend, LogConfig, StorageConfig, StreamConfig,
+    ArchiveConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType, IngestConfig, JobConfig,
+    KafkaLogConfig, LogBackend, LogConfig, StorageConfig, StreamConfig, StreamProcessorConfig,
 };
 
 use std::collections::HashMap;

@@ -21,6 +21,51 @@ pub struct Config {
     /// The declared event streams. Each stream is a topic of the log.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// The stream-processor service: checkpoints and metrics.
+    pub stream_processor: StreamProcessorConfig,
+    /// The windowed SQL jobs the stream-processor runs.
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+}
+
+/// The stream-processor service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StreamProcessorConfig {
+    /// How often each task checkpoints its operator state and source offset.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Complete checkpoints kept per task; older ones are deleted.
+    pub checkpoints_to_keep: u32,
+    /// Object-store folder of the checkpoints: `<prefix>/<job>/<partition>/<epoch>/`.
+    pub checkpoint_prefix: String,
+    /// Log records read at once per task.
+    pub read_batch_records: usize,
+}
+
+/// A windowed SQL job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct JobConfig {
+    /// Job name: letters, digits, `.`, `_`, `-`; names its topics `<name>.results` and
+    /// `<name>.late` and its checkpoints.
+    pub name: String,
+    /// The job's SQL, inline.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// A file holding the job's SQL (relative to the working directory), instead of `sql`.
+    #[serde(default)]
+    pub sql_file: Option<std::path::PathBuf>,
+    /// How far behind its partition's largest event time an event may be and still count
+    /// as on time.
+    #[serde(default, with = "humantime_serde")]
+    pub max_out_of_orderness: Duration,
+    /// How long after a window fired late events still update it.
+    #[serde(default, with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Early (non-final) results each time the watermark crosses a multiple of this.
+    #[serde(default, with = "humantime_serde")]
+    pub early_emit_interval: Option<Duration>,
 }
 
 /// The ingest service.
@@ -268,7 +313,10 @@ impl Config {
         if self.archive.prefix.is_empty() || self.archive.prefix.starts_with('/') {
             return Err(semantic(
                 "archive.prefix".to_string(),
-                format!("`{}` must be a relative, non-empty path", self.archive.prefix),
+                format!(
+                    "`{}` must be a relative, non-empty path",
+                    self.archive.prefix
+                ),
             ));
         }
         let ingest = &self.ingest;
@@ -288,6 +336,43 @@ impl Config {
                     "must be at least max-request-bytes ({}), got {}",
                     ingest.max_request_bytes, ingest.max_in_flight_bytes
                 ),
+            ));
+        }
+        let mut job_names = HashSet::new();
+        for (job_idx, job) in self.jobs.iter().enumerate() {
+            let at = |key: &str| format!("jobs[{job_idx}].{key}");
+            if !is_valid_name(&job.name) {
+                return Err(semantic(
+                    at("name"),
+                    format!(
+                        "`{}` must be 1-200 letters, digits, `.`, `_` or `-`",
+                        job.name
+                    ),
+                ));
+            }
+            if !job_names.insert(job.name.as_str()) {
+                return Err(semantic(
+                    at("name"),
+                    format!("duplicate job `{}`", job.name),
+                ));
+            }
+            if job.sql.is_some() == job.sql_file.is_some() {
+                return Err(semantic(
+                    at("sql"),
+                    "give exactly one of `sql` and `sql-file`".to_string(),
+                ));
+            }
+        }
+        if self.stream_processor.checkpoints_to_keep == 0 {
+            return Err(semantic(
+                "stream-processor.checkpoints-to-keep".to_string(),
+                "must be at least 1".to_string(),
+            ));
+        }
+        if self.stream_processor.read_batch_records == 0 {
+            return Err(semantic(
+                "stream-processor.read-batch-records".to_string(),
+                "must be positive".to_string(),
             ));
         }
         let url = &self.object_store_url();

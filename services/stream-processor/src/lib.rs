@@ -1,15 +1,34 @@
-//! runnel's stream-processor service: runs the configured windowed SQL jobs on the live log, checkpoints them for exactly-once results and publishes results (issues 3 and 5).
+//! runnel's stream-processor service: the configured windowed SQL jobs, live on the log.
 //!
-//! Not built yet: [`run`] opens the log (running its recovery) with every declared stream's
-//! topic, says at WARN what is missing, and waits for shutdown.
+//! Each job runs as one task per partition of its source stream (`task`): a window
+//! operator fed by that partition alone, as Kafka Streams runs a task per partition, so the
+//! task's output depends only on its partition's records. Results go to `<job>.results` as
+//! upserts and late events to `<job>.late` (`output`); each task checkpoints its operator
+//! state and source offset to the object store (`checkpoint`) and resumes from there after
+//! a crash, re-emitting the same records.
+//!
+//! Not built yet (issue 5, next steps): consumer-group scale-out and the repartition topic
+//! for jobs grouped by something other than the stream's key (today a job's window keys are
+//! grouped per source partition: exact only when the group key includes the stream's
+//! partition key, as a warning at start-up says), the status and `/metrics` endpoint, and
+//! the benchmark.
 #![warn(missing_docs)]
+
+mod checkpoint;
+mod job;
+mod output;
+mod task;
 
 use std::sync::Arc;
 
+use object_store::path::Path;
 use runnel_config::Config;
 use runnel_log::{Log, LogError};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, error, info, info_span};
+
+pub use checkpoint::CheckpointManifest;
+pub use job::{Job, job_group, late_topic, results_topic};
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "stream-processor";
@@ -20,13 +39,95 @@ pub enum StreamProcessorError {
     /// The log could not be opened, or a stream's topic could not be created.
     #[error("open storage: {0}")]
     OpenStorage(#[source] LogError),
+    /// The object store could not be opened.
+    #[error("open the object store: {0}")]
+    OpenStore(#[source] runnel_archive::ArchiveError),
+    /// A job's configuration or SQL is not valid.
+    #[error("job `{job}`: {message}")]
+    Job {
+        /// The job.
+        job: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The window engine failed.
+    #[error("job `{job}`: {source}")]
+    Engine {
+        /// The job.
+        job: String,
+        /// The engine's error.
+        #[source]
+        source: runnel_engine::EngineError,
+    },
+    /// A log operation failed.
+    #[error("log topic `{topic}`: {source}")]
+    Log {
+        /// The topic.
+        topic: String,
+        /// The log's error.
+        #[source]
+        source: Box<LogError>,
+    },
+    /// An object-store operation failed.
+    #[error("{operation} {path}: {source}")]
+    Store {
+        /// What was being done.
+        operation: &'static str,
+        /// The object.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A checkpoint is unreadable or inconsistent.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The object.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Log records could not be decoded at all.
+    #[error(transparent)]
+    Decode(#[from] runnel_events::decode::DecodeError),
+    /// Building or encoding an Arrow batch failed.
+    #[error("encode output: {0}")]
+    Encode(#[source] arrow::error::ArrowError),
+    /// A task panicked.
+    #[error("task of job `{job}` partition {partition}: {message}")]
+    Task {
+        /// The job.
+        job: String,
+        /// The partition.
+        partition: u32,
+        /// What happened.
+        message: String,
+    },
 }
 
-/// Runs the stream-processor service until `shutdown` is cancelled, on the log that `config` selects.
+impl StreamProcessorError {
+    pub(crate) fn log(topic: &str, source: LogError) -> Self {
+        Self::Log {
+            topic: topic.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn store(operation: &'static str, path: &Path, source: object_store::Error) -> Self {
+        Self::Store {
+            operation,
+            path: path.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Runs the stream-processor service until `shutdown` is cancelled, on the log that
+/// `config` selects.
 ///
 /// # Errors
 ///
-/// [`StreamProcessorError::OpenStorage`] if the log cannot be opened or a topic cannot be created.
+/// [`StreamProcessorError::OpenStorage`], and the errors of [`run_with_log`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamProcessorError> {
     let log = runnel_server_common::open_storage(&config)
         .await
@@ -34,27 +135,118 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     run_with_log(config, log, shutdown).await
 }
 
-/// Runs the stream-processor service on a log that is already open, until `shutdown` is cancelled.
-///
-/// This is how `runnel all` runs every service in one process over one shared log; the
-/// caller has ensured the declared streams' topics (`runnel_server_common::open_storage`).
+/// Runs every configured job on a log that is already open, until `shutdown` is cancelled
+/// or a task fails (which stops the others: the service is meant to be restarted, and
+/// resumes from the checkpoints).
 ///
 /// # Errors
 ///
-/// None yet; the signature leaves room for the service's own failures.
+/// A job that does not compile, an object store that does not open, and the first task
+/// failure.
 pub async fn run_with_log(
     config: Config,
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<(), StreamProcessorError> {
-    runnel_server_common::hold_until_shutdown(
-        SERVICE_NAME,
-        "window engine and job runner not built yet (issues 3 and 5)",
-        &config,
-        log,
-        shutdown,
-    )
+    async move {
+        let store = runnel_archive::open_object_store(
+            &config.object_store_url(),
+            &config.storage.object_store_options,
+        )
+        .map_err(StreamProcessorError::OpenStore)?;
+        let context = task::TaskContext {
+            log: Arc::clone(&log),
+            store,
+            checkpoint_prefix: config.stream_processor.checkpoint_prefix.clone(),
+            checkpoints_to_keep: config.stream_processor.checkpoints_to_keep,
+            checkpoint_interval: config.stream_processor.checkpoint_interval,
+            read_batch_records: config.stream_processor.read_batch_records,
+        };
+        let tasks_shutdown = shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        for job_config in &config.jobs {
+            let job = Arc::new(Job::compile(&config, job_config)?);
+            let stream = job.stream.name().to_string();
+            let partitions = log
+                .partition_count(&stream)
+                .await
+                .map_err(|source| StreamProcessorError::log(&stream, source))?;
+            for topic in [results_topic(&job.name), late_topic(&job.name)] {
+                log.ensure_topic(&topic, partitions)
+                    .await
+                    .map_err(|source| StreamProcessorError::log(&topic, source))?;
+            }
+            info!(job = %job.name, stream, partitions, "starting job");
+            tracing::warn!(
+                job = %job.name,
+                key = ?job.stream.config().key,
+                "each task groups its own partition's events: results are exact when the \
+                 job groups by the stream's key; the repartition topic for other group keys \
+                 is not built yet (issue 5)"
+            );
+            for partition in 0..partitions {
+                let task = task::Task::open(Arc::clone(&job), partition, context.clone()).await?;
+                let token = tasks_shutdown.clone();
+                let (name, span) = (
+                    job.name.clone(),
+                    info_span!("task", job = %job.name, partition),
+                );
+                tasks.spawn(
+                    async move {
+                        task.run(token)
+                            .await
+                            .map_err(|error| (name, partition, error))
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        if tasks.is_empty() {
+            info!("no jobs configured; waiting for shutdown");
+        }
+        let mut first_error = None;
+        let mut shutdown_requested = std::pin::pin!(shutdown.cancelled());
+        loop {
+            tokio::select! {
+                () = &mut shutdown_requested, if !tasks_shutdown.is_cancelled() => {
+                    tasks_shutdown.cancel();
+                }
+                joined = tasks.join_next() => {
+                    let Some(joined) = joined else {
+                        if tasks_shutdown.is_cancelled() || first_error.is_some() {
+                            break;
+                        }
+                        // No jobs: wait for shutdown.
+                        shutdown.cancelled().await;
+                        break;
+                    };
+                    let failure = match joined {
+                        Ok(Ok(())) => None,
+                        Ok(Err((job, partition, error))) => {
+                            error!(%job, partition, %error, "task failed; stopping the others");
+                            Some(error)
+                        }
+                        Err(join_error) => Some(StreamProcessorError::Task {
+                            job: "?".to_string(),
+                            partition: 0,
+                            message: join_error.to_string(),
+                        }),
+                    };
+                    if let Some(error) = failure {
+                        tasks_shutdown.cancel();
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => {
+                info!("stream-processor stopped");
+                Ok(())
+            }
+        }
+    }
     .instrument(info_span!("service", service = SERVICE_NAME))
-    .await;
-    Ok(())
+    .await
 }

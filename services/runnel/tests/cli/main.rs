@@ -1,6 +1,7 @@
 //! The `runnel` binary, run as a process.
 
 mod history;
+mod stream;
 
 use std::path::Path;
 use std::process::Command;

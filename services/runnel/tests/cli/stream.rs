@@ -1,0 +1,297 @@
+//! The stream-processor as a real process: killed with SIGKILL at random moments while it
+//! works through a log, restarted each time, and finally caught up, it leaves the same
+//! results (every version of every upsert, byte for byte) and late events as an
+//! uninterrupted run over a copy of the same log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use runnel_config::Config;
+use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
+
+const EVENTS: u64 = 40_000;
+const PARTITIONS: u32 = 4;
+const JOB: &str = "views";
+
+fn write_config(root: &Path) -> PathBuf {
+    let path = root.join("runnel.toml");
+    let toml = format!(
+        r#"version = "1"
+[storage]
+data-dir = "{data}"
+[stream-processor]
+checkpoint-interval = "300ms"
+read-batch-records = 1000
+[[jobs]]
+name = "{JOB}"
+sql = """
+SELECT user_id, window_start, window_end, COUNT(*) AS views, SUM(duration_ms) AS total_ms,
+       MAX(page) AS last_page
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND)
+GROUP BY user_id, window_start, window_end
+"""
+max-out-of-orderness = "2s"
+allowed-lateness = "5s"
+"#,
+        data = root.join("data").display(),
+    );
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
+/// Fills `clicks` (4 partitions, keyed by user) with events a second apart per partition
+/// in event time, some out of order within the allowed lateness and some far too late;
+/// returns each partition's end offset.
+async fn fill_log(root: &Path) -> Vec<u64> {
+    let config = Config::load(&[write_config(root)], &Default::default()).expect("config");
+    let log = EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
+        .await
+        .expect("open log");
+    log.ensure_topic("clicks", PARTITIONS).await.expect("topic");
+    let base = 1_795_305_600_000_i64;
+    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(2000) {
+        let records = chunk
+            .iter()
+            .map(|&n| {
+                let user = format!("user-{}", n % 53);
+                let mut event_time = base + n as i64 * 250;
+                if n % 17 == 0 {
+                    event_time -= 4_000; // out of order: an update within the lateness
+                }
+                if n % 101 == 0 {
+                    event_time -= 60_000; // far too late: a late event
+                }
+                ProduceRecord {
+                    key: Some(Bytes::from(user.clone())),
+                    value: Bytes::from(format!(
+                        r#"{{"event_time":{event_time},"user_id":"{user}","page":"/p/{}","country":"de","duration_ms":{}}}"#,
+                        n % 7,
+                        n % 1000
+                    )),
+                    timestamp: base + n as i64,
+                    headers: Vec::new(),
+                    partition: None,
+                }
+            })
+            .collect();
+        log.append("clicks", records).await.expect("append");
+    }
+    let mut ends = Vec::new();
+    for partition in 0..PARTITIONS {
+        ends.push(
+            log.latest_offset("clicks", partition)
+                .await
+                .expect("latest"),
+        );
+    }
+    log.close().await;
+    ends
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "runnel.lock" {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+fn start(root: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--config")
+        .arg(root.join("runnel.toml"))
+        .arg("stream-processor")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start runnel stream-processor")
+}
+
+/// Whether every task's newest checkpoint has reached its partition's end.
+fn caught_up(root: &Path, ends: &[u64]) -> bool {
+    ends.iter().enumerate().all(|(partition, &end)| {
+        let dir = root.join(format!("data/objects/checkpoints/{JOB}/{partition}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        entries
+            .filter_map(|entry| std::fs::read(entry.ok()?.path().join("_checkpoint.json")).ok())
+            .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .any(|manifest| manifest["source_offset"].as_u64() == Some(end))
+    })
+}
+
+fn run_until_caught_up(root: &Path, ends: &[u64]) {
+    let mut child = start(root);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !caught_up(root, ends) {
+        if let Some(status) = child.try_wait().expect("poll") {
+            panic!("the stream-processor exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "not caught up after 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
+
+/// Every record of a topic: key to the list of values, in log order per partition.
+async fn read_topic(root: &Path, topic: &str) -> BTreeMap<String, Vec<Bytes>> {
+    let config = Config::load(&[root.join("runnel.toml")], &Default::default()).expect("config");
+    let log = EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
+        .await
+        .expect("open log");
+    let mut records: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let end = log.latest_offset(topic, partition).await.expect("latest");
+        let mut reader = log
+            .reader(topic, partition, StartOffset::Earliest)
+            .await
+            .expect("reader");
+        let mut position = 0;
+        while position < end {
+            for record in reader
+                .next_batch(10_000, Duration::from_secs(1))
+                .await
+                .expect("read")
+            {
+                position = record.offset + 1;
+                let key = String::from_utf8(record.key.expect("a key").to_vec()).expect("utf-8");
+                records.entry(key).or_default().push(record.value);
+            }
+        }
+    }
+    log.close().await;
+    records
+}
+
+/// Results by (key, version): every copy of one must be the same bytes (idempotent upserts).
+fn versions(results: &BTreeMap<String, Vec<Bytes>>) -> BTreeMap<(String, u64), Bytes> {
+    let mut by_version = BTreeMap::new();
+    for (key, values) in results {
+        for value in values {
+            let row: serde_json::Value = serde_json::from_slice(value).expect("JSON result");
+            let version = row["_version"].as_u64().expect("_version");
+            let previous = by_version.insert((key.clone(), version), value.clone());
+            if let Some(previous) = previous {
+                assert_eq!(
+                    previous, *value,
+                    "two different records for {key} v{version}"
+                );
+            }
+        }
+    }
+    by_version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_the_stream_processor_changes_no_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (calm, crashed) = (dir.path().join("calm"), dir.path().join("crashed"));
+    std::fs::create_dir_all(&calm).expect("dir");
+    let ends = fill_log(&calm).await;
+    copy_dir(&calm.join("data"), &crashed.join("data"));
+    write_config(&crashed);
+
+    let started = Instant::now();
+    run_until_caught_up(&calm, &ends);
+    let uninterrupted = started.elapsed();
+
+    let seed = std::env::var("RUNNEL_CRASH_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("crash seed {seed}; uninterrupted run {uninterrupted:?}");
+    let mut random = seed;
+    let mut window = (uninterrupted.as_millis() as u64 / 2).max(100);
+    let mut killed = 0;
+    for round in 0..6 {
+        let mut child = start(&crashed);
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let delay = Duration::from_millis(random % window);
+        std::thread::sleep(delay);
+        let finished = caught_up(&crashed, &ends);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        if finished {
+            window = (window / 2).max(50);
+        } else {
+            killed += 1;
+        }
+        eprintln!("round {round}: SIGKILL after {delay:?} (already caught up: {finished})");
+    }
+    assert!(
+        killed >= 3,
+        "only {killed} of 6 runs were killed before catching up"
+    );
+    run_until_caught_up(&crashed, &ends);
+
+    let calm_raw = read_topic(&calm, &format!("{JOB}.results")).await;
+    let crashed_raw = read_topic(&crashed, &format!("{JOB}.results")).await;
+    let count = |raw: &BTreeMap<String, Vec<Bytes>>| raw.values().map(Vec::len).sum::<usize>();
+    // Restarts re-emit what followed their checkpoint: more records, the same upserts.
+    eprintln!(
+        "result records: uninterrupted {}, with crashes {}",
+        count(&calm_raw),
+        count(&crashed_raw)
+    );
+    assert!(count(&crashed_raw) >= count(&calm_raw));
+    let calm_results = versions(&calm_raw);
+    let crashed_results = versions(&crashed_raw);
+    assert!(calm_results.len() > 100, "{} results", calm_results.len());
+    assert!(
+        calm_results.values().any(|value| {
+            serde_json::from_slice::<serde_json::Value>(value).expect("JSON")["_version"].as_u64()
+                > Some(1)
+        }),
+        "the data set updates some windows after they fired"
+    );
+    let differing: Vec<&(String, u64)> = calm_results
+        .keys()
+        .chain(crashed_results.keys())
+        .filter(|key| calm_results.get(*key) != crashed_results.get(*key))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "seed {seed}: results differ at {differing:?}"
+    );
+
+    let calm_late = read_topic(&calm, &format!("{JOB}.late")).await;
+    let crashed_late = read_topic(&crashed, &format!("{JOB}.late")).await;
+    assert!(!calm_late.is_empty(), "the data set has late events");
+    let first = |late: &BTreeMap<String, Vec<Bytes>>| -> BTreeMap<String, Bytes> {
+        late.iter()
+            .map(|(key, values)| {
+                assert!(
+                    values.iter().all(|value| value == &values[0]),
+                    "{key} copies differ"
+                );
+                (key.clone(), values[0].clone())
+            })
+            .collect()
+    };
+    assert_eq!(
+        first(&calm_late),
+        first(&crashed_late),
+        "seed {seed}: late events differ"
+    );
+}

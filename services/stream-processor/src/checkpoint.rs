@@ -1,0 +1,269 @@
+//! Task checkpoints on the object store.
+//!
+//! A task's checkpoint `n` is two objects under `<prefix>/<job>/<partition>/<n, 20 digits>/`:
+//! `state.arrow` (the operator's snapshot) and then `_checkpoint.json` (this module's
+//! [`CheckpointManifest`]: the source offset to resume from and the state's size). The
+//! manifest goes last, so a checkpoint without one is incomplete and never used; recovery
+//! takes the highest complete epoch. Older epochs beyond the configured count are deleted
+//! after a new one is complete.
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::StreamProcessorError;
+
+const MANIFEST_FILE: &str = "_checkpoint.json";
+const STATE_FILE: &str = "state.arrow";
+
+/// What a complete checkpoint records besides the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointManifest {
+    /// The job.
+    pub job: String,
+    /// The source partition the task owns.
+    pub partition: u32,
+    /// The checkpoint's number, from 1.
+    pub epoch: u64,
+    /// The next source offset to read after restoring the state.
+    pub source_offset: u64,
+    /// The operator's watermark when the checkpoint was taken.
+    pub watermark: i64,
+    /// Late events counted so far.
+    pub late_count: u64,
+    /// Size of `state.arrow`.
+    pub state_bytes: u64,
+}
+
+/// A restored checkpoint: its manifest and the operator's snapshot.
+#[derive(Debug)]
+pub(crate) struct Restored {
+    /// The manifest.
+    pub(crate) manifest: CheckpointManifest,
+    /// The operator's snapshot bytes.
+    pub(crate) state: bytes::Bytes,
+}
+
+/// The checkpoints of one task.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskCheckpoints {
+    prefix: String,
+    job: String,
+    partition: u32,
+    keep: u32,
+}
+
+impl TaskCheckpoints {
+    /// The checkpoints of `job`'s task for `partition`, under `prefix`, keeping `keep`.
+    pub(crate) fn new(prefix: &str, job: &str, partition: u32, keep: u32) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            job: job.to_string(),
+            partition,
+            keep: keep.max(1),
+        }
+    }
+
+    fn dir(&self) -> Path {
+        Path::from(format!("{}/{}/{}", self.prefix, self.job, self.partition))
+    }
+
+    fn epoch_dir(&self, epoch: u64) -> String {
+        format!(
+            "{}/{}/{}/{epoch:020}",
+            self.prefix, self.job, self.partition
+        )
+    }
+
+    /// Epoch numbers that have a manifest, ascending.
+    async fn complete_epochs(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<Vec<u64>, StreamProcessorError> {
+        let dir = self.dir();
+        let listed: Vec<object_store::ObjectMeta> = store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|source| StreamProcessorError::store("list", &dir, source))?;
+        let mut epochs: Vec<u64> = listed
+            .iter()
+            .filter(|meta| meta.location.filename() == Some(MANIFEST_FILE))
+            .filter_map(|meta| {
+                let parts: Vec<_> = meta.location.parts().collect();
+                parts
+                    .get(parts.len().checked_sub(2)?)?
+                    .as_ref()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// The newest complete checkpoint, if any.
+    ///
+    /// # Errors
+    ///
+    /// Object-store failures; a manifest that does not parse or names another task.
+    pub(crate) async fn latest(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<Option<Restored>, StreamProcessorError> {
+        let Some(&epoch) = self.complete_epochs(store).await?.last() else {
+            return Ok(None);
+        };
+        let dir = self.epoch_dir(epoch);
+        let manifest_path = Path::from(format!("{dir}/{MANIFEST_FILE}"));
+        let bytes = read(store, &manifest_path).await?;
+        let manifest: CheckpointManifest =
+            serde_json::from_slice(&bytes).map_err(|error| StreamProcessorError::Checkpoint {
+                path: manifest_path.to_string(),
+                message: error.to_string(),
+            })?;
+        if manifest.job != self.job
+            || manifest.partition != self.partition
+            || manifest.epoch != epoch
+        {
+            return Err(StreamProcessorError::Checkpoint {
+                path: manifest_path.to_string(),
+                message: format!(
+                    "names job `{}` partition {} epoch {}",
+                    manifest.job, manifest.partition, manifest.epoch
+                ),
+            });
+        }
+        let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
+        let state = read(store, &state_path).await?;
+        if state.len() as u64 != manifest.state_bytes {
+            return Err(StreamProcessorError::Checkpoint {
+                path: state_path.to_string(),
+                message: format!(
+                    "holds {} bytes, its manifest says {}",
+                    state.len(),
+                    manifest.state_bytes
+                ),
+            });
+        }
+        Ok(Some(Restored { manifest, state }))
+    }
+
+    /// Writes checkpoint `manifest.epoch`: the state, then the manifest; then deletes epochs
+    /// older than the ones to keep.
+    ///
+    /// # Errors
+    ///
+    /// Object-store failures.
+    pub(crate) async fn save(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &CheckpointManifest,
+        state: Vec<u8>,
+    ) -> Result<(), StreamProcessorError> {
+        let dir = self.epoch_dir(manifest.epoch);
+        let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
+        store
+            .put(&state_path, PutPayload::from(state))
+            .await
+            .map_err(|source| StreamProcessorError::store("write", &state_path, source))?;
+        let manifest_path = Path::from(format!("{dir}/{MANIFEST_FILE}"));
+        let json = serde_json::to_vec_pretty(manifest).map_err(|error| {
+            StreamProcessorError::Checkpoint {
+                path: manifest_path.to_string(),
+                message: error.to_string(),
+            }
+        })?;
+        store
+            .put(&manifest_path, PutPayload::from(json))
+            .await
+            .map_err(|source| StreamProcessorError::store("write", &manifest_path, source))?;
+        let epochs = self.complete_epochs(store).await?;
+        let stale = epochs.len().saturating_sub(self.keep as usize);
+        for &epoch in &epochs[..stale] {
+            let dir = self.epoch_dir(epoch);
+            // The manifest first: a half-deleted epoch is then incomplete, never half-used.
+            for file in [MANIFEST_FILE, STATE_FILE] {
+                let path = Path::from(format!("{dir}/{file}"));
+                match store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(source) => {
+                        return Err(StreamProcessorError::store("delete", &path, source));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn read(store: &dyn ObjectStore, path: &Path) -> Result<bytes::Bytes, StreamProcessorError> {
+    store
+        .get(path)
+        .await
+        .map_err(|source| StreamProcessorError::store("read", path, source))?
+        .bytes()
+        .await
+        .map_err(|source| StreamProcessorError::store("read", path, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(epoch: u64, bytes: u64) -> CheckpointManifest {
+        CheckpointManifest {
+            job: "j".to_string(),
+            partition: 3,
+            epoch,
+            source_offset: epoch * 10,
+            watermark: 0,
+            late_count: 0,
+            state_bytes: bytes,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_latest_complete_checkpoint_is_restored_and_old_ones_pruned() {
+        let store = object_store::memory::InMemory::new();
+        let checkpoints = TaskCheckpoints::new("checkpoints", "j", 3, 2);
+        assert!(checkpoints.latest(&store).await.unwrap().is_none());
+        for epoch in 1..=3 {
+            checkpoints
+                .save(&store, &manifest(epoch, 3), vec![epoch as u8; 3])
+                .await
+                .unwrap();
+        }
+        // An epoch whose state was written but not its manifest is not used.
+        store
+            .put(
+                &Path::from("checkpoints/j/3/00000000000000000004/state.arrow"),
+                PutPayload::from_static(b"half"),
+            )
+            .await
+            .unwrap();
+        let restored = checkpoints.latest(&store).await.unwrap().unwrap();
+        assert_eq!(restored.manifest, manifest(3, 3));
+        assert_eq!(&restored.state[..], &[3, 3, 3]);
+        assert_eq!(
+            checkpoints.complete_epochs(&store).await.unwrap(),
+            vec![2, 3]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_state_of_the_wrong_size_is_refused() {
+        let store = object_store::memory::InMemory::new();
+        let checkpoints = TaskCheckpoints::new("c", "j", 3, 2);
+        checkpoints
+            .save(&store, &manifest(1, 99), vec![1; 3])
+            .await
+            .unwrap();
+        let error = checkpoints.latest(&store).await.unwrap_err().to_string();
+        assert!(
+            error.contains("state.arrow") && error.contains("99"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! A configured job, compiled: its plan, operator options, source stream and topics.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use runnel_config::{Config, JobConfig};
+use runnel_engine::{JobPlan, OperatorOptions};
+use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
+
+use crate::StreamProcessorError;
+
+/// The topic a job's results go to.
+pub fn results_topic(job: &str) -> String {
+    format!("{job}.results")
+}
+
+/// The topic a job's late events go to.
+pub fn late_topic(job: &str) -> String {
+    format!("{job}.late")
+}
+
+/// The consumer group under which a job's tasks commit their checkpointed source offsets
+/// (its lag is measured against them).
+pub fn job_group(job: &str) -> String {
+    format!("runnel-job.{job}")
+}
+
+/// A job ready to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The job's name.
+    pub name: String,
+    /// The compiled plan; its stream schema is the declared fields plus `_offset` and
+    /// `_ingest_time`, so late events say which record they were.
+    pub plan: Arc<JobPlan>,
+    /// Operator options; `partitions` is 1: each task owns one source partition.
+    pub options: OperatorOptions,
+    /// The source stream.
+    pub stream: StreamSchema,
+    /// Indexes of the decoded batch's columns that the plan reads (all but `_partition`).
+    pub input_columns: Vec<usize>,
+    /// The schema of the plan's input batches.
+    pub input_schema: SchemaRef,
+}
+
+impl Job {
+    /// Reads the job's SQL and compiles it against its stream.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::Job`] naming the job: an unreadable SQL file, an undeclared
+    /// stream, or SQL the engine refuses (with its position).
+    pub fn compile(config: &Config, job: &JobConfig) -> Result<Job, StreamProcessorError> {
+        let fail = |message: String| StreamProcessorError::Job {
+            job: job.name.clone(),
+            message,
+        };
+        let sql = match (&job.sql, &job.sql_file) {
+            (Some(sql), _) => sql.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|error| fail(format!("read {}: {error}", path.display())))?,
+            (None, None) => return Err(fail("no `sql` or `sql-file`".to_string())),
+        };
+        let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
+        let stream_config = config.stream(&stream_name).ok_or_else(|| {
+            fail(format!(
+                "reads stream `{stream_name}`, which is not declared"
+            ))
+        })?;
+        let stream = StreamSchema::new(stream_config);
+        let positioned = stream.with_position();
+        let input_columns: Vec<usize> = positioned
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, field)| {
+                field.name() != runnel_events::PARTITION_COLUMN
+                    && (stream.declared().index_of(field.name()).is_ok()
+                        || field.name() == OFFSET_COLUMN
+                        || field.name() == INGEST_TIME_COLUMN)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        let input_schema = Arc::new(Schema::new(
+            input_columns
+                .iter()
+                .map(|&index| positioned.field(index).clone())
+                .collect::<Vec<_>>(),
+        ));
+        let plan = JobPlan::compile(&sql, Arc::clone(&input_schema), &stream_config.event_time)
+            .map_err(|error| fail(error.to_string()))?;
+        let options = OperatorOptions {
+            partitions: 1,
+            max_out_of_orderness: job.max_out_of_orderness,
+            allowed_lateness: job.allowed_lateness,
+            idle_timeout: None,
+            early_emit_interval: job.early_emit_interval,
+        };
+        Ok(Job {
+            name: job.name.clone(),
+            plan: Arc::new(plan),
+            options,
+            stream,
+            input_columns,
+            input_schema,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! A job's outputs as log records.
+//!
+//! Results go to `<job>.results` as upserts: the value is the result row as a JSON object
+//! (the user's columns, `_key`, `_window_start`, `_version`, `_final`), the key is
+//! `<_key>@<_window_start in epoch ms>` (group key and window: the upsert's identity). Late
+//! events go to `<job>.late`: the value is the late row as JSON (the event, its `_offset`
+//! and `_ingest_time`, and `_partition`, `_window_start`, `_watermark`, `_reason`), the key
+//! `<partition>:<offset>` of the source record, so duplicates after a recovery are found by
+//! key. Both are written to the task's own partition number, so one task's outputs keep
+//! their order, and with the record timestamp of the input that produced them, so a rerun
+//! writes the same records.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use arrow::json::writer::{LineDelimited, WriterBuilder};
+use bytes::Bytes;
+use runnel_log::ProduceRecord;
+
+use crate::StreamProcessorError;
+
+/// Rows of `batches` as JSON objects, one per row.
+fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, StreamProcessorError> {
+    let mut buffer = Vec::new();
+    {
+        let mut writer = WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, LineDelimited>(&mut buffer);
+        for batch in batches {
+            writer.write(batch).map_err(StreamProcessorError::Encode)?;
+        }
+        writer.finish().map_err(StreamProcessorError::Encode)?;
+    }
+    let buffer = Bytes::from(buffer);
+    let mut rows = Vec::new();
+    let mut start = 0;
+    for (index, byte) in buffer.iter().enumerate() {
+        if *byte == b'\n' {
+            rows.push(buffer.slice(start..index));
+            start = index + 1;
+        }
+    }
+    Ok(rows)
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, StreamProcessorError> {
+    batch
+        .column_by_name(name)
+        .map(|column| column.as_ref())
+        .ok_or_else(|| {
+            StreamProcessorError::Encode(arrow::error::ArrowError::SchemaError(format!(
+                "output has no column `{name}`"
+            )))
+        })
+}
+
+/// Result batches as upsert records for partition `partition`.
+///
+/// # Errors
+///
+/// [`StreamProcessorError::Encode`] if a batch lacks `_key` or `_window_start`.
+pub(crate) fn result_records(
+    batches: &[RecordBatch],
+    partition: u32,
+    timestamp: i64,
+) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+    let mut keys = Vec::new();
+    for batch in batches {
+        let key = column(batch, runnel_engine::KEY_COLUMN)?.as_string::<i32>();
+        let start = column(batch, runnel_engine::WINDOW_START_COLUMN)?
+            .as_primitive::<TimestampMillisecondType>();
+        for row in 0..batch.num_rows() {
+            keys.push(Bytes::from(format!(
+                "{}@{}",
+                key.value(row),
+                start.value(row)
+            )));
+        }
+    }
+    records(keys, json_rows(batches)?, partition, timestamp)
+}
+
+/// Late-event batches as records for partition `partition`.
+///
+/// # Errors
+///
+/// [`StreamProcessorError::Encode`] if a batch lacks `_offset`.
+pub(crate) fn late_records(
+    batches: &[RecordBatch],
+    partition: u32,
+    timestamp: i64,
+) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+    let mut keys = Vec::new();
+    for batch in batches {
+        let offsets = column(batch, runnel_events::OFFSET_COLUMN)?.as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            keys.push(Bytes::from(format!("{partition}:{}", offsets.value(row))));
+        }
+    }
+    records(keys, json_rows(batches)?, partition, timestamp)
+}
+
+fn records(
+    keys: Vec<Bytes>,
+    values: Vec<Bytes>,
+    partition: u32,
+    timestamp: i64,
+) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+    if keys.len() != values.len() {
+        return Err(StreamProcessorError::Encode(
+            arrow::error::ArrowError::ComputeError(format!(
+                "{} keys for {} JSON rows",
+                keys.len(),
+                values.len()
+            )),
+        ));
+    }
+    Ok(keys
+        .into_iter()
+        .zip(values)
+        .map(|(key, value)| ProduceRecord {
+            key: Some(key),
+            value,
+            timestamp,
+            headers: Vec::new(),
+            partition: Some(partition),
+        })
+        .collect())
+}
