@@ -1,42 +1,125 @@
 //! The stream-processor as a real process: killed with SIGKILL at random moments while it
 //! works through a log, restarted each time, and finally caught up, it leaves the same
 //! results (every version of every upsert, byte for byte) and late events as an
-//! uninterrupted run over a copy of the same log.
+//! uninterrupted run over a copy of the same log. Once on the embedded log, once on Kafka.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use runnel_config::Config;
-use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
+use runnel_log::{EmbeddedLog, KafkaLog, Log, ProduceRecord, StartOffset};
 
 const EVENTS: u64 = 40_000;
 const PARTITIONS: u32 = 4;
-const JOB: &str = "views";
 
-fn write_config(root: &Path) -> PathBuf {
-    let path = root.join("runnel.toml");
+/// One run's world: a data folder, a stream and a job named for it, on one log backend.
+struct Universe {
+    root: PathBuf,
+    stream: String,
+    job: String,
+    /// `Some(bootstrap)` for Kafka; `None` for the embedded log in `root/data/log`.
+    kafka: Option<String>,
+}
+
+impl Universe {
+    fn embedded(root: PathBuf) -> Universe {
+        Universe {
+            root,
+            stream: "clicks".to_string(),
+            job: "views".to_string(),
+            kafka: None,
+        }
+    }
+
+    /// On the broker, with a stream and job no earlier run used.
+    fn kafka(root: PathBuf, bootstrap: &str, tag: &str) -> Universe {
+        let run = format!(
+            "{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_millis()
+        );
+        Universe {
+            root,
+            stream: format!("clicks-{tag}-{run}"),
+            job: format!("views-{tag}-{run}"),
+            kafka: Some(bootstrap.to_string()),
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config::load(&[self.root.join("runnel.toml")], &Default::default()).expect("config")
+    }
+
+    /// Opens the universe's log; for the embedded one, also the handle that closes it.
+    async fn log(&self) -> (Arc<dyn Log>, Option<Arc<EmbeddedLog>>) {
+        let config = self.config();
+        match &self.kafka {
+            Some(_) => (
+                Arc::new(KafkaLog::new(&config.storage.log.kafka).expect("kafka clients")),
+                None,
+            ),
+            None => {
+                let log = Arc::new(
+                    EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
+                        .await
+                        .expect("open log"),
+                );
+                (log.clone(), Some(log))
+            }
+        }
+    }
+}
+
+fn write_config(universe: &Universe) -> PathBuf {
+    std::fs::create_dir_all(&universe.root).expect("create dir");
+    let path = universe.root.join("runnel.toml");
+    let backend = match &universe.kafka {
+        Some(bootstrap) => format!(
+            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\n"
+        ),
+        None => String::new(),
+    };
     let toml = format!(
         r#"version = "1"
 [storage]
 data-dir = "{data}"
+{backend}
+[[streams]]
+name = "{stream}"
+partitions = {PARTITIONS}
+key = "user_id"
+event-time = "event_time"
+schema = [
+  {{ name = "event_time", type = "timestamp" }},
+  {{ name = "user_id", type = "string" }},
+  {{ name = "page", type = "string" }},
+  {{ name = "country", type = "string" }},
+  {{ name = "duration_ms", type = "int64" }},
+]
 [stream-processor]
 checkpoint-interval = "300ms"
 read-batch-records = 1000
 [[jobs]]
-name = "{JOB}"
+name = "{job}"
 sql = """
 SELECT user_id, window_start, window_end, COUNT(*) AS views, SUM(duration_ms) AS total_ms,
        MAX(page) AS last_page
-FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND)
+FROM TUMBLE("{stream}", event_time, INTERVAL '10' SECOND)
 GROUP BY user_id, window_start, window_end
 """
 max-out-of-orderness = "2s"
 allowed-lateness = "5s"
 "#,
-        data = root.join("data").display(),
+        data = universe.root.join("data").display(),
+        stream = universe.stream,
+        job = universe.job,
     );
     std::fs::write(&path, toml).expect("write config");
     path
@@ -45,12 +128,11 @@ allowed-lateness = "5s"
 /// Fills `clicks` (4 partitions, keyed by user) with events a second apart per partition
 /// in event time, some out of order within the allowed lateness and some far too late;
 /// returns each partition's end offset.
-async fn fill_log(root: &Path) -> Vec<u64> {
-    let config = Config::load(&[write_config(root)], &Default::default()).expect("config");
-    let log = EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
-        .await
-        .expect("open log");
-    log.ensure_topic("clicks", PARTITIONS).await.expect("topic");
+async fn fill_log(universe: &Universe) -> Vec<u64> {
+    write_config(universe);
+    let (log, embedded) = universe.log().await;
+    let topic = universe.stream.as_str();
+    log.ensure_topic(topic, PARTITIONS).await.expect("topic");
     let base = 1_795_305_600_000_i64;
     for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(2000) {
         let records = chunk
@@ -77,17 +159,15 @@ async fn fill_log(root: &Path) -> Vec<u64> {
                 }
             })
             .collect();
-        log.append("clicks", records).await.expect("append");
+        log.append(topic, records).await.expect("append");
     }
     let mut ends = Vec::new();
     for partition in 0..PARTITIONS {
-        ends.push(
-            log.latest_offset("clicks", partition)
-                .await
-                .expect("latest"),
-        );
+        ends.push(log.latest_offset(topic, partition).await.expect("latest"));
     }
-    log.close().await;
+    if let Some(embedded) = embedded {
+        embedded.close().await;
+    }
     ends
 }
 
@@ -104,10 +184,10 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn start(root: &Path) -> Child {
+fn start(universe: &Universe) -> Child {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--config")
-        .arg(root.join("runnel.toml"))
+        .arg(universe.root.join("runnel.toml"))
         .arg("stream-processor")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -117,9 +197,12 @@ fn start(root: &Path) -> Child {
 }
 
 /// Whether every task's newest checkpoint has reached its partition's end.
-fn caught_up(root: &Path, ends: &[u64]) -> bool {
+fn caught_up(universe: &Universe, ends: &[u64]) -> bool {
     ends.iter().enumerate().all(|(partition, &end)| {
-        let dir = root.join(format!("data/objects/checkpoints/{JOB}/{partition}"));
+        let dir = universe.root.join(format!(
+            "data/objects/checkpoints/{}/{partition}",
+            universe.job
+        ));
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return false;
         };
@@ -130,10 +213,10 @@ fn caught_up(root: &Path, ends: &[u64]) -> bool {
     })
 }
 
-fn run_until_caught_up(root: &Path, ends: &[u64]) {
-    let mut child = start(root);
+fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
+    let mut child = start(universe);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !caught_up(root, ends) {
+    while !caught_up(universe, ends) {
         if let Some(status) = child.try_wait().expect("poll") {
             panic!("the stream-processor exited early: {status}");
         }
@@ -145,11 +228,8 @@ fn run_until_caught_up(root: &Path, ends: &[u64]) {
 }
 
 /// Every record of a topic: key to the list of values, in log order per partition.
-async fn read_topic(root: &Path, topic: &str) -> BTreeMap<String, Vec<Bytes>> {
-    let config = Config::load(&[root.join("runnel.toml")], &Default::default()).expect("config");
-    let log = EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
-        .await
-        .expect("open log");
+async fn read_topic(universe: &Universe, topic: &str) -> BTreeMap<String, Vec<Bytes>> {
+    let (log, embedded) = universe.log().await;
     let mut records: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
     for partition in 0..PARTITIONS {
         let end = log.latest_offset(topic, partition).await.expect("latest");
@@ -170,7 +250,9 @@ async fn read_topic(root: &Path, topic: &str) -> BTreeMap<String, Vec<Bytes>> {
             }
         }
     }
-    log.close().await;
+    if let Some(embedded) = embedded {
+        embedded.close().await;
+    }
     records
 }
 
@@ -196,14 +278,38 @@ fn versions(results: &BTreeMap<String, Vec<Bytes>>) -> BTreeMap<(String, u64), B
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_moments_the_stream_processor_changes_no_result() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (calm, crashed) = (dir.path().join("calm"), dir.path().join("crashed"));
-    std::fs::create_dir_all(&calm).expect("dir");
+    let calm = Universe::embedded(dir.path().join("calm"));
+    let crashed = Universe::embedded(dir.path().join("crashed"));
     let ends = fill_log(&calm).await;
-    copy_dir(&calm.join("data"), &crashed.join("data"));
+    copy_dir(&calm.root.join("data"), &crashed.root.join("data"));
     write_config(&crashed);
+    crash_and_compare(&calm, &crashed, &ends).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_at_random_moments_on_kafka_the_stream_processor_changes_no_result() {
+    let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
+            "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
+        );
+        eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let calm = Universe::kafka(dir.path().join("calm"), &bootstrap, "calm");
+    let crashed = Universe::kafka(dir.path().join("crashed"), &bootstrap, "crashed");
+    // Two topics with the same records, in the same partitions and offsets.
+    let ends = fill_log(&calm).await;
+    assert_eq!(fill_log(&crashed).await, ends);
+    crash_and_compare(&calm, &crashed, &ends).await;
+}
+
+/// Runs `calm` to the end uninterrupted and `crashed` through six random SIGKILLs and then
+/// to the end, and compares their outputs.
+async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
     let started = Instant::now();
-    run_until_caught_up(&calm, &ends);
+    run_until_caught_up(calm, ends);
     let uninterrupted = started.elapsed();
 
     let seed = std::env::var("RUNNEL_CRASH_SEED")
@@ -221,13 +327,13 @@ async fn killed_at_random_moments_the_stream_processor_changes_no_result() {
     let mut window = (uninterrupted.as_millis() as u64 / 2).max(100);
     let mut killed = 0;
     for round in 0..6 {
-        let mut child = start(&crashed);
+        let mut child = start(crashed);
         random ^= random << 13;
         random ^= random >> 7;
         random ^= random << 17;
         let delay = Duration::from_millis(random % window);
         std::thread::sleep(delay);
-        let finished = caught_up(&crashed, &ends);
+        let finished = caught_up(crashed, ends);
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
         if finished {
@@ -241,10 +347,10 @@ async fn killed_at_random_moments_the_stream_processor_changes_no_result() {
         killed >= 3,
         "only {killed} of 6 runs were killed before catching up"
     );
-    run_until_caught_up(&crashed, &ends);
+    run_until_caught_up(crashed, ends);
 
-    let calm_raw = read_topic(&calm, &format!("{JOB}.results")).await;
-    let crashed_raw = read_topic(&crashed, &format!("{JOB}.results")).await;
+    let calm_raw = read_topic(calm, &format!("{}.results", calm.job)).await;
+    let crashed_raw = read_topic(crashed, &format!("{}.results", crashed.job)).await;
     let count = |raw: &BTreeMap<String, Vec<Bytes>>| raw.values().map(Vec::len).sum::<usize>();
     // Restarts re-emit what followed their checkpoint: more records, the same upserts.
     eprintln!(
@@ -275,8 +381,8 @@ async fn killed_at_random_moments_the_stream_processor_changes_no_result() {
         "seed {seed}: results differ at {differing:?}"
     );
 
-    let calm_late = read_topic(&calm, &format!("{JOB}.late")).await;
-    let crashed_late = read_topic(&crashed, &format!("{JOB}.late")).await;
+    let calm_late = read_topic(calm, &format!("{}.late", calm.job)).await;
+    let crashed_late = read_topic(crashed, &format!("{}.late", crashed.job)).await;
     assert!(!calm_late.is_empty(), "the data set has late events");
     let first = |late: &BTreeMap<String, Vec<Bytes>>| -> BTreeMap<String, Bytes> {
         late.iter()
