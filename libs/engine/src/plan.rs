@@ -215,6 +215,35 @@ impl JobPlan {
     pub fn event_time(&self) -> &str {
         &self.event_time
     }
+
+    /// Whether the job groups by the stream column `column` as it is (among other keys):
+    /// then every row of a group has the same value there, so a stream partitioned by that
+    /// column has each group in one partition.
+    pub fn groups_by_column(&self, column: &str) -> bool {
+        self.keys.iter().any(|key| {
+            key.as_ref()
+                .downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                .is_some_and(|key| key.name() == column)
+        })
+    }
+
+    /// Each row's group key, as the `_key` of its results (a JSON array), for a batch of the
+    /// stream: how a repartition step routes rows so that each group has one owner.
+    ///
+    /// # Errors
+    ///
+    /// A batch that is not the stream's; a failure evaluating a key expression.
+    pub fn group_key_texts(
+        &self,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<arrow::array::StringArray, EngineError> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|key| key.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::operator::render_keys(&keys, batch.num_rows())
+    }
 }
 
 /// Windows are reported as timestamps in milliseconds, without a time zone (UTC).
@@ -735,6 +764,32 @@ mod tests {
             Err(other) => panic!("expected a positioned refusal, got {other}"),
             Ok(_) => panic!("{sql} compiled"),
         }
+    }
+
+    #[test]
+    fn group_keys_are_named_and_rendered_as_the_results_key() {
+        let plan = JobPlan::compile(GOOD, clicks(), "event_time").expect("compiles");
+        assert!(plan.groups_by_column("page"));
+        assert!(!plan.groups_by_column("user_id"));
+        let two = "SELECT user_id, upper(page) AS p, window_start, COUNT(*) AS n \
+            FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
+            GROUP BY user_id, upper(page), window_start, window_end";
+        let plan = JobPlan::compile(two, clicks(), "event_time").expect("compiles");
+        assert!(plan.groups_by_column("user_id"));
+        assert!(!plan.groups_by_column("page"), "upper(page) is not the column");
+        let batch = arrow::array::RecordBatch::try_new(
+            clicks(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+                Arc::new(arrow::array::StringArray::from(vec![Some("/a"), None])),
+                Arc::new(arrow::array::StringArray::from(vec!["u\"1", "u2"])),
+                Arc::new(arrow::array::Int64Array::from(vec![5, 6])),
+            ],
+        )
+        .expect("batch");
+        let keys = plan.group_key_texts(&batch).expect("keys");
+        assert_eq!(keys.value(0), r#"["u\"1","/A"]"#);
+        assert_eq!(keys.value(1), r#"["u2",null]"#);
     }
 
     #[test]
