@@ -41,6 +41,9 @@ pub struct StreamProcessorConfig {
     pub checkpoint_prefix: String,
     /// Log records read at once per task.
     pub read_batch_records: usize,
+    /// Address of the HTTP endpoint serving `GET /metrics` (Prometheus text format) and
+    /// `GET /status` (the jobs' status as JSON); port 0 picks a free port.
+    pub metrics_listen: String,
 }
 
 /// A windowed SQL job.

@@ -7,16 +7,23 @@
 //! state and source offset to the object store (`checkpoint`) and resumes from there after
 //! a crash, re-emitting the same records.
 //!
+//! Each task reports its progress (watermark, offsets and lag, counts, last checkpoint) to a
+//! shared [`StatusRegistry`] (`status`), which an HTTP endpoint on
+//! `stream-processor.metrics-listen` serves as Prometheus metrics (`GET /metrics`) and JSON
+//! (`GET /status`) (`metrics`), and which the serving layer can read through
+//! [`run_with_status`].
+//!
 //! Not built yet (issue 5, next steps): consumer-group scale-out and the repartition topic
 //! for jobs grouped by something other than the stream's key (today a job's window keys are
 //! grouped per source partition: exact only when the group key includes the stream's
-//! partition key, as a warning at start-up says), the status and `/metrics` endpoint, and
-//! the benchmark.
+//! partition key, as a warning at start-up says), and the benchmark.
 #![warn(missing_docs)]
 
 mod checkpoint;
 mod job;
+mod metrics;
 mod output;
+mod status;
 mod task;
 
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use tracing::{Instrument, error, info, info_span};
 
 pub use checkpoint::CheckpointManifest;
 pub use job::{Job, job_group, late_topic, results_topic};
+pub use status::{CheckpointStatus, JobStatus, PartitionStatus, StatusRegistry};
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "stream-processor";
@@ -93,6 +101,18 @@ pub enum StreamProcessorError {
     /// Building or encoding an Arrow batch failed.
     #[error("encode output: {0}")]
     Encode(#[source] arrow::error::ArrowError),
+    /// The metrics endpoint's address could not be bound.
+    #[error("listen on {address} (stream-processor.metrics-listen): {source}")]
+    MetricsListen {
+        /// `stream-processor.metrics-listen`.
+        address: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint failed while serving.
+    #[error("serve metrics: {0}")]
+    MetricsServe(#[source] std::io::Error),
     /// A task panicked.
     #[error("task of job `{job}` partition {partition}: {message}")]
     Task {
@@ -141,14 +161,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
 ///
 /// # Errors
 ///
-/// A job that does not compile, an object store that does not open, and the first task
-/// failure.
+/// The errors of [`run_with_status`].
 pub async fn run_with_log(
     config: Config,
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<(), StreamProcessorError> {
+    run_with_status(config, log, Arc::new(StatusRegistry::new()), shutdown).await
+}
+
+/// Runs every configured job on a log that is already open, reporting their status to
+/// `status` (which the caller may read meanwhile, as the serving layer does), until
+/// `shutdown` is cancelled or a task fails (which stops the others: the service is meant to
+/// be restarted, and resumes from the checkpoints).
+///
+/// The status is also served over HTTP on `stream-processor.metrics-listen`, from before the
+/// first task starts until the service stops.
+///
+/// # Errors
+///
+/// [`StreamProcessorError::MetricsListen`], a job that does not compile, an object store
+/// that does not open, and the first task failure.
+pub async fn run_with_status(
+    config: Config,
+    log: Arc<dyn Log>,
+    status: Arc<StatusRegistry>,
+    shutdown: CancellationToken,
+) -> Result<(), StreamProcessorError> {
     async move {
+        let metrics_server =
+            metrics::MetricsServer::bind(&config.stream_processor.metrics_listen).await?;
+        let metrics_shutdown = shutdown.child_token();
+        // The endpoint stops with the service, whatever stops it (dropping the guard
+        // cancels its token, also on an early return).
+        let _metrics_guard = metrics_shutdown.clone().drop_guard();
+        let metrics_task = tokio::spawn(
+            metrics_server
+                .serve(Arc::clone(&status), metrics_shutdown.clone())
+                .in_current_span(),
+        );
         let store = runnel_archive::open_object_store(
             &config.object_store_url(),
             &config.storage.object_store_options,
@@ -161,6 +212,7 @@ pub async fn run_with_log(
             checkpoints_to_keep: config.stream_processor.checkpoints_to_keep,
             checkpoint_interval: config.stream_processor.checkpoint_interval,
             read_batch_records: config.stream_processor.read_batch_records,
+            status: Arc::clone(&status),
         };
         let tasks_shutdown = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
@@ -239,9 +291,16 @@ pub async fn run_with_log(
                 }
             }
         }
-        match first_error {
-            Some(error) => Err(error),
-            None => {
+        metrics_shutdown.cancel();
+        let served = match metrics_task.await {
+            Ok(served) => served,
+            Err(join_error) => Err(StreamProcessorError::MetricsServe(std::io::Error::other(
+                join_error.to_string(),
+            ))),
+        };
+        match (first_error, served) {
+            (Some(error), _) | (None, Err(error)) => Err(error),
+            (None, Ok(())) => {
                 info!("stream-processor stopped");
                 Ok(())
             }

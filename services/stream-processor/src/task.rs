@@ -10,6 +10,10 @@
 //! Order of effects per batch: outputs are appended (durably) before the batch counts as
 //! done; a checkpoint records the offset after the last done batch, state first and
 //! manifest last; then the offset is committed for the job's consumer group (for lag).
+//!
+//! The task reports to its cell of the status registry once per batch and per checkpoint,
+//! and reads its partition's end offset about once a second (`END_OFFSET_REFRESH`) for the
+//! lag.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +30,13 @@ use crate::StreamProcessorError;
 use crate::checkpoint::{CheckpointManifest, TaskCheckpoints};
 use crate::job::{Job, job_group, late_topic, results_topic};
 use crate::output::{late_records, result_records};
+use crate::status::{PartitionReporter, StatusRegistry};
 
 /// How long a read waits for records before the task checks its checkpoint timer.
 const READ_WAIT: Duration = Duration::from_millis(200);
+
+/// How often a task reads its partition's end offset for its status.
+const END_OFFSET_REFRESH: Duration = Duration::from_secs(1);
 
 /// What a task needs from the service.
 #[derive(Clone)]
@@ -45,6 +53,8 @@ pub(crate) struct TaskContext {
     pub(crate) checkpoint_interval: Duration,
     /// `stream-processor.read-batch-records`.
     pub(crate) read_batch_records: usize,
+    /// Where tasks report their status.
+    pub(crate) status: Arc<StatusRegistry>,
 }
 
 /// One job on one partition.
@@ -60,6 +70,9 @@ pub(crate) struct Task {
     epoch: u64,
     checkpointed_offset: u64,
     last_checkpoint: Instant,
+    status: PartitionReporter,
+    /// When the partition's end offset was last read for the status.
+    end_offset_read: Option<Instant>,
 }
 
 impl Task {
@@ -81,6 +94,9 @@ impl Task {
             partition,
             context.checkpoints_to_keep,
         );
+        let status = context
+            .status
+            .register(&job.name, job.stream.name(), partition);
         let (operator, offset, epoch) = match checkpoints.latest(context.store.as_ref()).await? {
             Some(restored) => {
                 let operator =
@@ -118,6 +134,12 @@ impl Task {
                 (operator, earliest, 0)
             }
         };
+        status.started(
+            offset,
+            operator.watermark(),
+            operator.late_count(),
+            (epoch > 0).then_some(epoch),
+        );
         Ok(Task {
             decoder: EventDecoder::new(&job.stream),
             job,
@@ -129,6 +151,8 @@ impl Task {
             epoch,
             checkpointed_offset: offset,
             last_checkpoint: Instant::now(),
+            status,
+            end_offset_read: None,
         })
     }
 
@@ -157,6 +181,12 @@ impl Task {
             };
             if !records.is_empty() {
                 self.process(&records).await?;
+            }
+            if self
+                .end_offset_read
+                .is_none_or(|read| read.elapsed() >= END_OFFSET_REFRESH)
+            {
+                self.read_end_offset(&topic).await;
             }
             if self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
                 && self.offset != self.checkpointed_offset
@@ -194,11 +224,29 @@ impl Task {
                 job: self.job.name.clone(),
                 source,
             })?;
+        let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
         self.emit(output, arrival).await?;
         if let Some(last) = records.last() {
             self.offset = last.offset + 1;
         }
+        self.status.batch_done(
+            self.offset,
+            records.len() as u64,
+            result_rows as u64,
+            self.operator.watermark(),
+            self.operator.late_count(),
+        );
         Ok(())
+    }
+
+    /// Reads the partition's end offset into the status. A failure is only logged: the
+    /// status keeps the previous value, and a log that fails will fail the next read too.
+    async fn read_end_offset(&mut self, topic: &str) {
+        self.end_offset_read = Some(Instant::now());
+        match self.context.log.latest_offset(topic, self.partition).await {
+            Ok(end_offset) => self.status.end_offset(end_offset),
+            Err(error) => warn!(%error, "read the partition's end offset for the status"),
+        }
     }
 
     async fn emit(
@@ -231,6 +279,7 @@ impl Task {
     }
 
     async fn checkpoint(&mut self) -> Result<(), StreamProcessorError> {
+        let started = Instant::now();
         let state = self
             .operator
             .snapshot()
@@ -264,6 +313,8 @@ impl Task {
         debug!(epoch = self.epoch, offset = self.offset, "checkpoint");
         self.checkpointed_offset = self.offset;
         self.last_checkpoint = Instant::now();
+        self.status
+            .checkpoint_done(self.epoch, self.offset, started.elapsed());
         Ok(())
     }
 }

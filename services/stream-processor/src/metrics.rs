@@ -1,0 +1,341 @@
+//! The HTTP endpoint of the jobs' status: `GET /metrics` in Prometheus' text exposition
+//! format (version 0.0.4) and `GET /status` as JSON, both from one
+//! [`StatusRegistry::snapshot`] per request.
+//!
+//! Series are labelled `job` and `partition` (the job's source partition), so their number
+//! is bounded by the configured jobs and their streams' partitions; `events_per_second` is
+//! per job.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::StreamProcessorError;
+use crate::status::{JobStatus, PartitionStatus, StatusRegistry};
+
+/// The content type of the text exposition format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics endpoint, bound and ready to serve.
+pub(crate) struct MetricsServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `address` (`stream-processor.metrics-listen`; port 0 picks a free port).
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::MetricsListen`].
+    pub(crate) async fn bind(address: &str) -> Result<MetricsServer, StreamProcessorError> {
+        let listen_error = |source| StreamProcessorError::MetricsListen {
+            address: address.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(address).await.map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        Ok(MetricsServer {
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Serves `/metrics` and `/status` from `registry` until `shutdown` is cancelled.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::MetricsServe`].
+    pub(crate) async fn serve(
+        self,
+        registry: Arc<StatusRegistry>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StreamProcessorError> {
+        let router = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/status", get(status))
+            .with_state(registry);
+        info!(address = %self.local_addr, "metrics listening");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(StreamProcessorError::MetricsServe)
+    }
+}
+
+async fn metrics(State(registry): State<Arc<StatusRegistry>>) -> impl IntoResponse {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+    (
+        [(header::CONTENT_TYPE, TEXT_FORMAT)],
+        render(&registry.snapshot(), now_ms),
+    )
+}
+
+async fn status(State(registry): State<Arc<StatusRegistry>>) -> Json<Vec<JobStatus>> {
+    Json(registry.snapshot())
+}
+
+/// A label value with `\`, `"` and line feeds escaped.
+fn escape_label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for character in value.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            other => escaped.push(other),
+        }
+    }
+    escaped
+}
+
+/// One metric family: its name, type, help and how each partition's sample is read.
+struct PartitionFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    /// The sample's value, or `None` to leave the series out (not known yet).
+    value: fn(&PartitionStatus, i64) -> Option<f64>,
+}
+
+const PARTITION_FAMILIES: &[PartitionFamily] = &[
+    PartitionFamily {
+        name: "runnel_job_watermark_ms",
+        kind: "gauge",
+        help: "The task's watermark in epoch milliseconds: its largest event time minus the job's max-out-of-orderness.",
+        value: |partition, _| partition.watermark_ms.map(|watermark| watermark as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_watermark_delay_seconds",
+        kind: "gauge",
+        help: "How far the task's watermark is behind the wall clock, in seconds.",
+        value: |partition, now_ms| {
+            partition
+                .watermark_ms
+                .map(|watermark| now_ms.saturating_sub(watermark) as f64 / 1000.0)
+        },
+    },
+    PartitionFamily {
+        name: "runnel_job_source_offset",
+        kind: "gauge",
+        help: "The next source offset the task processes; every offset below it is done.",
+        value: |partition, _| Some(partition.source_offset as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_log_end_offset",
+        kind: "gauge",
+        help: "The source partition's end offset, read from the log about once a second.",
+        value: |partition, _| Some(partition.end_offset as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_lag_records",
+        kind: "gauge",
+        help: "Source records appended but not processed yet (log end offset minus source offset).",
+        value: |partition, _| Some(partition.lag_records as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_events_total",
+        kind: "counter",
+        help: "Source records processed by this process.",
+        value: |partition, _| Some(partition.events_total as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_late_events_total",
+        kind: "counter",
+        help: "Events too late to count (one per event and window), sent to the job's late topic.",
+        value: |partition, _| Some(partition.late_events_total as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_results_total",
+        kind: "counter",
+        help: "Result records (upserts) emitted to the job's results topic by this process.",
+        value: |partition, _| Some(partition.results_total as f64),
+    },
+    PartitionFamily {
+        name: "runnel_job_last_checkpoint_epoch",
+        kind: "gauge",
+        help: "The epoch of the task's newest checkpoint, taken or restored.",
+        value: |partition, _| {
+            partition
+                .last_checkpoint
+                .as_ref()
+                .map(|checkpoint| checkpoint.epoch as f64)
+        },
+    },
+    PartitionFamily {
+        name: "runnel_job_last_checkpoint_timestamp_seconds",
+        kind: "gauge",
+        help: "When the task's newest checkpoint taken by this process was complete, in Unix seconds.",
+        value: |partition, _| {
+            partition
+                .last_checkpoint
+                .as_ref()?
+                .completed_at_ms
+                .map(|at| at as f64 / 1000.0)
+        },
+    },
+    PartitionFamily {
+        name: "runnel_job_checkpoint_duration_seconds",
+        kind: "gauge",
+        help: "How long the task's newest checkpoint taken by this process took (snapshot, writes, offset commit).",
+        value: |partition, _| partition.last_checkpoint.as_ref()?.duration_seconds,
+    },
+];
+
+/// Renders `jobs` in the text exposition format; `now_ms` (epoch ms) is the wall clock the
+/// watermark delay is measured against.
+pub(crate) fn render(jobs: &[JobStatus], now_ms: i64) -> String {
+    let mut text = String::new();
+    // Writing to a `String` cannot fail.
+    let _ = write_families(&mut text, jobs, now_ms);
+    text
+}
+
+fn write_families(text: &mut String, jobs: &[JobStatus], now_ms: i64) -> std::fmt::Result {
+    let job_labels: Vec<String> = jobs.iter().map(|job| escape_label(&job.job)).collect();
+    for family in PARTITION_FAMILIES {
+        writeln!(text, "# HELP {} {}", family.name, family.help)?;
+        writeln!(text, "# TYPE {} {}", family.name, family.kind)?;
+        for (job, label) in jobs.iter().zip(&job_labels) {
+            for partition in &job.partitions {
+                if let Some(value) = (family.value)(partition, now_ms) {
+                    writeln!(
+                        text,
+                        "{}{{job=\"{label}\",partition=\"{}\"}} {value}",
+                        family.name, partition.partition
+                    )?;
+                }
+            }
+        }
+    }
+    let name = "runnel_job_events_per_second";
+    writeln!(
+        text,
+        "# HELP {name} Source records processed per second over the last ten seconds, over the job's partitions."
+    )?;
+    writeln!(text, "# TYPE {name} gauge")?;
+    for (job, label) in jobs.iter().zip(&job_labels) {
+        writeln!(text, "{name}{{job=\"{label}\"}} {}", job.events_per_second)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::CheckpointStatus;
+
+    fn partition(number: u32) -> PartitionStatus {
+        PartitionStatus {
+            partition: number,
+            watermark_ms: None,
+            source_offset: 0,
+            end_offset: 0,
+            lag_records: 0,
+            events_total: 0,
+            events_per_second: 0.0,
+            late_events_total: 0,
+            results_total: 0,
+            last_checkpoint: None,
+        }
+    }
+
+    #[test]
+    fn the_exposition_format_has_help_type_and_one_sample_per_known_series() {
+        let mut first = partition(0);
+        first.watermark_ms = Some(1_795_305_598_000);
+        first.source_offset = 120;
+        first.end_offset = 150;
+        first.lag_records = 30;
+        first.events_total = 120;
+        first.events_per_second = 12.5;
+        first.late_events_total = 2;
+        first.results_total = 40;
+        first.last_checkpoint = Some(CheckpointStatus {
+            epoch: 7,
+            source_offset: 100,
+            completed_at_ms: Some(1_795_305_600_250),
+            duration_seconds: Some(0.015),
+        });
+        let jobs = vec![JobStatus {
+            job: "views \"v2\"\\x".to_string(),
+            stream: "clicks".to_string(),
+            watermark_ms: None,
+            lag_records: 30,
+            events_total: 120,
+            events_per_second: 12.5,
+            late_events_total: 2,
+            results_total: 40,
+            partitions: vec![first, partition(1)],
+        }];
+        let text = render(&jobs, 1_795_305_600_500);
+        let job = r#"job="views \"v2\"\\x""#;
+        let expected = format!(
+            r#"# HELP runnel_job_watermark_ms The task's watermark in epoch milliseconds: its largest event time minus the job's max-out-of-orderness.
+# TYPE runnel_job_watermark_ms gauge
+runnel_job_watermark_ms{{{job},partition="0"}} 1795305598000
+# HELP runnel_job_watermark_delay_seconds How far the task's watermark is behind the wall clock, in seconds.
+# TYPE runnel_job_watermark_delay_seconds gauge
+runnel_job_watermark_delay_seconds{{{job},partition="0"}} 2.5
+# HELP runnel_job_source_offset The next source offset the task processes; every offset below it is done.
+# TYPE runnel_job_source_offset gauge
+runnel_job_source_offset{{{job},partition="0"}} 120
+runnel_job_source_offset{{{job},partition="1"}} 0
+# HELP runnel_job_log_end_offset The source partition's end offset, read from the log about once a second.
+# TYPE runnel_job_log_end_offset gauge
+runnel_job_log_end_offset{{{job},partition="0"}} 150
+runnel_job_log_end_offset{{{job},partition="1"}} 0
+# HELP runnel_job_lag_records Source records appended but not processed yet (log end offset minus source offset).
+# TYPE runnel_job_lag_records gauge
+runnel_job_lag_records{{{job},partition="0"}} 30
+runnel_job_lag_records{{{job},partition="1"}} 0
+# HELP runnel_job_events_total Source records processed by this process.
+# TYPE runnel_job_events_total counter
+runnel_job_events_total{{{job},partition="0"}} 120
+runnel_job_events_total{{{job},partition="1"}} 0
+# HELP runnel_job_late_events_total Events too late to count (one per event and window), sent to the job's late topic.
+# TYPE runnel_job_late_events_total counter
+runnel_job_late_events_total{{{job},partition="0"}} 2
+runnel_job_late_events_total{{{job},partition="1"}} 0
+# HELP runnel_job_results_total Result records (upserts) emitted to the job's results topic by this process.
+# TYPE runnel_job_results_total counter
+runnel_job_results_total{{{job},partition="0"}} 40
+runnel_job_results_total{{{job},partition="1"}} 0
+# HELP runnel_job_last_checkpoint_epoch The epoch of the task's newest checkpoint, taken or restored.
+# TYPE runnel_job_last_checkpoint_epoch gauge
+runnel_job_last_checkpoint_epoch{{{job},partition="0"}} 7
+# HELP runnel_job_last_checkpoint_timestamp_seconds When the task's newest checkpoint taken by this process was complete, in Unix seconds.
+# TYPE runnel_job_last_checkpoint_timestamp_seconds gauge
+runnel_job_last_checkpoint_timestamp_seconds{{{job},partition="0"}} 1795305600.25
+# HELP runnel_job_checkpoint_duration_seconds How long the task's newest checkpoint taken by this process took (snapshot, writes, offset commit).
+# TYPE runnel_job_checkpoint_duration_seconds gauge
+runnel_job_checkpoint_duration_seconds{{{job},partition="0"}} 0.015
+# HELP runnel_job_events_per_second Source records processed per second over the last ten seconds, over the job's partitions.
+# TYPE runnel_job_events_per_second gauge
+runnel_job_events_per_second{{{job}}} 12.5
+"#
+        );
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn no_jobs_still_declares_every_family() {
+        let text = render(&[], 0);
+        assert_eq!(text.lines().count(), 2 * (PARTITION_FAMILIES.len() + 1));
+        assert!(text.lines().all(|line| line.starts_with('#')), "{text}");
+    }
+}

@@ -1,0 +1,432 @@
+//! Job status: per job and source partition, what its task has done so far.
+//!
+//! Each task reports into its own cell (a mutex it takes once per batch, once a second for
+//! the log's end offset, and once per checkpoint), so reporting costs nothing per event and
+//! tasks never wait for each other. [`StatusRegistry::snapshot`] copies every cell into
+//! plain [`JobStatus`] / [`PartitionStatus`] values: what the `/metrics` and `/status`
+//! endpoints (`metrics`) render, and what the serving layer reports as its job list.
+//!
+//! Counters (`events_total`, `results_total`) count what this process did since its start;
+//! `late_events_total` is the operator's own count, which a checkpoint carries over a
+//! restart.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// The span over which `events_per_second` is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The status of one job: its partitions' status and their totals.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobStatus {
+    /// The job's name.
+    pub job: String,
+    /// The stream the job reads.
+    pub stream: String,
+    /// The job's watermark (epoch ms): the smallest of its partitions', or `None` while
+    /// some partition has none yet.
+    pub watermark_ms: Option<i64>,
+    /// Records in the log not processed yet, over all partitions.
+    pub lag_records: u64,
+    /// Source records processed by this process, over all partitions.
+    pub events_total: u64,
+    /// Source records processed per second over the last ten seconds or so, over all
+    /// partitions.
+    pub events_per_second: f64,
+    /// Events too late to count (one per event and window), over all partitions.
+    pub late_events_total: u64,
+    /// Result records (upserts) emitted by this process, over all partitions.
+    pub results_total: u64,
+    /// Each source partition's status, by partition number.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// The status of one job's task on one source partition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionStatus {
+    /// The source partition.
+    pub partition: u32,
+    /// The task's watermark (epoch ms): the largest event time seen minus the job's
+    /// `max-out-of-orderness`; `None` before the first event.
+    pub watermark_ms: Option<i64>,
+    /// The next source offset the task will process: every offset below it is done.
+    pub source_offset: u64,
+    /// The partition's end offset (the offset the next appended record will get), as last
+    /// read from the log (about once a second).
+    pub end_offset: u64,
+    /// `end_offset - source_offset`: records appended but not processed yet.
+    pub lag_records: u64,
+    /// Source records processed by this process (undecodable ones included).
+    pub events_total: u64,
+    /// Source records processed per second over the last ten seconds or so.
+    pub events_per_second: f64,
+    /// Events too late to count (one per event and window), including those counted
+    /// before the checkpoint the task restored.
+    pub late_events_total: u64,
+    /// Result records (upserts) emitted by this process.
+    pub results_total: u64,
+    /// The newest checkpoint, taken or restored by this process.
+    pub last_checkpoint: Option<CheckpointStatus>,
+}
+
+/// A task's newest checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckpointStatus {
+    /// The checkpoint's epoch.
+    pub epoch: u64,
+    /// The source offset it resumes from.
+    pub source_offset: u64,
+    /// When it was complete (epoch ms); `None` for the checkpoint restored at start.
+    pub completed_at_ms: Option<i64>,
+    /// How long taking it took (snapshot, writes, offset commit) in seconds; `None` for
+    /// the checkpoint restored at start.
+    pub duration_seconds: Option<f64>,
+}
+
+/// The status of every running job, shared by the tasks that report into it and the
+/// readers that take snapshots.
+///
+/// Create one with [`StatusRegistry::new`] and pass it to
+/// [`run_with_status`](crate::run_with_status) to read the jobs' status from outside the
+/// service (as the serving layer does in `runnel all`).
+#[derive(Debug, Default)]
+pub struct StatusRegistry {
+    /// Jobs in the order they were registered.
+    jobs: Mutex<Vec<RegisteredJob>>,
+}
+
+#[derive(Debug, Clone)]
+struct RegisteredJob {
+    name: String,
+    stream: String,
+    /// Ascending by partition.
+    partitions: Vec<(u32, Arc<Mutex<PartitionState>>)>,
+}
+
+/// One task's cell.
+#[derive(Debug)]
+struct PartitionState {
+    watermark: Option<i64>,
+    source_offset: u64,
+    end_offset: u64,
+    events_total: u64,
+    late_events_total: u64,
+    results_total: u64,
+    last_checkpoint: Option<CheckpointStatus>,
+    /// `(when, events_total then)`, oldest first: the samples `events_per_second` is
+    /// measured over. Invariant: not empty.
+    rate_samples: VecDeque<(Instant, u64)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A reporter never panics while holding the lock, and every state it leaves is valid.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn epoch_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    })
+}
+
+impl StatusRegistry {
+    /// Returns an empty registry.
+    pub fn new() -> StatusRegistry {
+        StatusRegistry::default()
+    }
+
+    /// Returns a cell for `job`'s task on `partition` of `stream`, replacing any earlier
+    /// one for the same task (a task restarted with the same registry starts afresh).
+    pub(crate) fn register(&self, job: &str, stream: &str, partition: u32) -> PartitionReporter {
+        let state = Arc::new(Mutex::new(PartitionState {
+            watermark: None,
+            source_offset: 0,
+            end_offset: 0,
+            events_total: 0,
+            late_events_total: 0,
+            results_total: 0,
+            last_checkpoint: None,
+            rate_samples: VecDeque::from([(Instant::now(), 0)]),
+        }));
+        let mut jobs = lock(&self.jobs);
+        let index = match jobs.iter().position(|registered| registered.name == job) {
+            Some(index) => index,
+            None => {
+                jobs.push(RegisteredJob {
+                    name: job.to_string(),
+                    stream: stream.to_string(),
+                    partitions: Vec::new(),
+                });
+                jobs.len() - 1
+            }
+        };
+        let registered = &mut jobs[index];
+        registered.stream = stream.to_string();
+        match registered
+            .partitions
+            .binary_search_by_key(&partition, |(number, _)| *number)
+        {
+            Ok(at) => registered.partitions[at].1 = Arc::clone(&state),
+            Err(at) => registered
+                .partitions
+                .insert(at, (partition, Arc::clone(&state))),
+        }
+        PartitionReporter { state }
+    }
+
+    /// Returns the status of every job, in the order the jobs started.
+    pub fn snapshot(&self) -> Vec<JobStatus> {
+        self.snapshot_at(Instant::now())
+    }
+
+    /// Returns the status of `job`, if it runs.
+    pub fn job(&self, job: &str) -> Option<JobStatus> {
+        self.snapshot().into_iter().find(|status| status.job == job)
+    }
+
+    fn snapshot_at(&self, now: Instant) -> Vec<JobStatus> {
+        // The cells are copied after the registry's lock is released, so a snapshot holds
+        // one task's lock at a time, briefly.
+        let registered: Vec<RegisteredJob> = lock(&self.jobs).clone();
+        registered
+            .into_iter()
+            .map(|job| {
+                let partitions: Vec<PartitionStatus> = job
+                    .partitions
+                    .iter()
+                    .map(|(partition, state)| lock(state).status(*partition, now))
+                    .collect();
+                JobStatus::from_partitions(job.name, job.stream, partitions)
+            })
+            .collect()
+    }
+}
+
+impl JobStatus {
+    fn from_partitions(job: String, stream: String, partitions: Vec<PartitionStatus>) -> Self {
+        let watermark_ms = partitions
+            .iter()
+            .map(|partition| partition.watermark_ms)
+            .try_fold(i64::MAX, |min, watermark| Some(min.min(watermark?)))
+            .filter(|_| !partitions.is_empty());
+        JobStatus {
+            job,
+            stream,
+            watermark_ms,
+            lag_records: partitions.iter().map(|p| p.lag_records).sum(),
+            events_total: partitions.iter().map(|p| p.events_total).sum(),
+            events_per_second: partitions.iter().map(|p| p.events_per_second).sum(),
+            late_events_total: partitions.iter().map(|p| p.late_events_total).sum(),
+            results_total: partitions.iter().map(|p| p.results_total).sum(),
+            partitions,
+        }
+    }
+}
+
+impl PartitionState {
+    fn status(&self, partition: u32, now: Instant) -> PartitionStatus {
+        PartitionStatus {
+            partition,
+            watermark_ms: self.watermark,
+            source_offset: self.source_offset,
+            end_offset: self.end_offset,
+            lag_records: self.end_offset.saturating_sub(self.source_offset),
+            events_total: self.events_total,
+            events_per_second: self.rate(now),
+            late_events_total: self.late_events_total,
+            results_total: self.results_total,
+            last_checkpoint: self.last_checkpoint.clone(),
+        }
+    }
+
+    /// Events per second from the newest sample at least `RATE_WINDOW` old (or the oldest
+    /// one, early on) to now.
+    fn rate(&self, now: Instant) -> f64 {
+        let base = self
+            .rate_samples
+            .iter()
+            .rev()
+            .find(|(at, _)| now.saturating_duration_since(*at) >= RATE_WINDOW)
+            .or(self.rate_samples.front());
+        let Some(&(at, events)) = base else {
+            return 0.0;
+        };
+        let seconds = now.saturating_duration_since(at).as_secs_f64();
+        if seconds < 0.001 {
+            return 0.0;
+        }
+        self.events_total.saturating_sub(events) as f64 / seconds
+    }
+
+    /// Adds a rate sample and drops those no rate needs any more.
+    fn sample(&mut self, now: Instant) {
+        self.rate_samples.push_back((now, self.events_total));
+        // Keep one sample at least `RATE_WINDOW` old: drop the oldest while the next one
+        // is old enough too.
+        while self.rate_samples.len() > 1
+            && self
+                .rate_samples
+                .get(1)
+                .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= RATE_WINDOW)
+        {
+            self.rate_samples.pop_front();
+        }
+    }
+}
+
+/// How a task reports into its cell of a [`StatusRegistry`].
+#[derive(Debug, Clone)]
+pub(crate) struct PartitionReporter {
+    state: Arc<Mutex<PartitionState>>,
+}
+
+fn watermark(operator_watermark: i64) -> Option<i64> {
+    // The operator's watermark is `i64::MIN` before its first event.
+    (operator_watermark != i64::MIN).then_some(operator_watermark)
+}
+
+impl PartitionReporter {
+    /// The task starts at `source_offset`, with the operator's `watermark` and
+    /// `late_count`, from the checkpoint `restored` (epoch and offset) if any.
+    pub(crate) fn started(
+        &self,
+        source_offset: u64,
+        operator_watermark: i64,
+        late_count: u64,
+        restored: Option<u64>,
+    ) {
+        let mut state = lock(&self.state);
+        state.source_offset = source_offset;
+        state.end_offset = state.end_offset.max(source_offset);
+        state.watermark = watermark(operator_watermark);
+        state.late_events_total = late_count;
+        state.last_checkpoint = restored.map(|epoch| CheckpointStatus {
+            epoch,
+            source_offset,
+            completed_at_ms: None,
+            duration_seconds: None,
+        });
+    }
+
+    /// A batch of `records` source records is done: the task continues at
+    /// `source_offset`, emitted `results` result records, and its operator is at
+    /// `operator_watermark` with `late_count` late events so far.
+    pub(crate) fn batch_done(
+        &self,
+        source_offset: u64,
+        records: u64,
+        results: u64,
+        operator_watermark: i64,
+        late_count: u64,
+    ) {
+        let mut state = lock(&self.state);
+        state.source_offset = source_offset;
+        // The end offset is refreshed about once a second; the task may have read past it.
+        state.end_offset = state.end_offset.max(source_offset);
+        state.events_total += records;
+        state.results_total += results;
+        state.watermark = watermark(operator_watermark);
+        state.late_events_total = late_count;
+    }
+
+    /// The log's end offset of the task's partition is `end_offset`; also samples the event
+    /// count for the rate (the task calls this about once a second).
+    pub(crate) fn end_offset(&self, end_offset: u64) {
+        self.end_offset_at(end_offset, Instant::now());
+    }
+
+    fn end_offset_at(&self, end_offset: u64, now: Instant) {
+        let mut state = lock(&self.state);
+        state.end_offset = end_offset.max(state.source_offset);
+        state.sample(now);
+    }
+
+    /// Checkpoint `epoch`, resuming from `source_offset`, is complete; it took `duration`.
+    pub(crate) fn checkpoint_done(&self, epoch: u64, source_offset: u64, duration: Duration) {
+        let mut state = lock(&self.state);
+        state.last_checkpoint = Some(CheckpointStatus {
+            epoch,
+            source_offset,
+            completed_at_ms: Some(epoch_ms(SystemTime::now())),
+            duration_seconds: Some(duration.as_secs_f64()),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_add_up_to_their_job_and_the_watermark_is_their_minimum() {
+        let registry = StatusRegistry::new();
+        let first = registry.register("views", "clicks", 1);
+        let zeroth = registry.register("views", "clicks", 0);
+        zeroth.started(0, i64::MIN, 0, None);
+        first.started(40, 500, 2, Some(3));
+        let status = registry.snapshot();
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            status[0].watermark_ms, None,
+            "partition 0 has no watermark yet"
+        );
+        assert_eq!(
+            status[0].partitions[1].last_checkpoint,
+            Some(CheckpointStatus {
+                epoch: 3,
+                source_offset: 40,
+                completed_at_ms: None,
+                duration_seconds: None
+            })
+        );
+
+        zeroth.batch_done(10, 10, 4, 1_000, 1);
+        zeroth.end_offset(25);
+        first.batch_done(50, 10, 1, 700, 3);
+        first.end_offset(45); // Older than what the task has read: not a negative lag.
+        let status = registry.job("views").expect("registered");
+        assert_eq!(status.watermark_ms, Some(700));
+        assert_eq!(
+            status
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.source_offset, p.end_offset, p.lag_records))
+                .collect::<Vec<_>>(),
+            vec![(0, 10, 25, 15), (1, 50, 50, 0)]
+        );
+        assert_eq!(status.lag_records, 15);
+        assert_eq!(status.events_total, 20);
+        assert_eq!(status.late_events_total, 4);
+        assert_eq!(status.results_total, 5);
+        assert!(registry.job("other").is_none());
+    }
+
+    #[test]
+    fn the_rate_spans_about_ten_seconds() {
+        let registry = StatusRegistry::new();
+        let reporter = registry.register("j", "s", 0);
+        let start = lock(&reporter.state).rate_samples[0].0;
+        // 100 events a second for 30 seconds, then nothing for 5 seconds.
+        for second in 1..=30 {
+            reporter.batch_done(second * 100, 100, 0, 0, 0);
+            reporter.end_offset_at(second * 100, start + Duration::from_secs(second));
+        }
+        let status = lock(&reporter.state).status(0, start + Duration::from_secs(30));
+        assert!(
+            (status.events_per_second - 100.0).abs() < 1e-9,
+            "{status:?}"
+        );
+        let status = lock(&reporter.state).status(0, start + Duration::from_secs(35));
+        assert!((status.events_per_second - 50.0).abs() < 1e-9, "{status:?}");
+        assert!(lock(&reporter.state).rate_samples.len() <= 12);
+        // Early on, the rate is measured from the task's start.
+        let early = registry.register("j", "s", 1);
+        let start = lock(&early.state).rate_samples[0].0;
+        early.batch_done(30, 30, 0, 0, 0);
+        let status = lock(&early.state).status(1, start + Duration::from_secs(2));
+        assert!((status.events_per_second - 15.0).abs() < 1e-9, "{status:?}");
+    }
+}
