@@ -316,6 +316,10 @@ mod tests {
                 "RUNNEL__INGEST__LISTEN".to_string(),
                 "127.0.0.1:0".to_string(),
             ),
+            (
+                "RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
         ]
         .into_iter()
         .collect();

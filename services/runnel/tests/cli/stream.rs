@@ -104,6 +104,7 @@ schema = [
   {{ name = "duration_ms", type = "int64" }},
 ]
 [stream-processor]
+metrics-listen = "127.0.0.1:0"
 checkpoint-interval = "300ms"
 read-batch-records = 1000
 [[jobs]]
