@@ -89,6 +89,24 @@ impl Job {
         ));
         let plan = JobPlan::compile(&sql, Arc::clone(&input_schema), &stream_config.event_time)
             .map_err(|error| fail(error.to_string()))?;
+        // Each task aggregates its own partition, which is exact only when every group lives
+        // in one partition: when the job groups by the stream's partitioning key.
+        match &stream_config.key {
+            Some(key) if plan.groups_by_column(key) => {}
+            Some(key) => {
+                return Err(fail(format!(
+                    "groups by columns that do not include stream `{stream_name}`'s key \
+                     `{key}`; such a job needs a repartition topic, which is not built yet \
+                     (issue 5). Add `{key}` to its GROUP BY to run it today"
+                )));
+            }
+            None => {
+                return Err(fail(format!(
+                    "stream `{stream_name}` has no key (its events are spread round robin), so \
+                     a job on it needs a repartition topic, which is not built yet (issue 5)"
+                )));
+            }
+        }
         let options = OperatorOptions {
             partitions: 1,
             max_out_of_orderness: job.max_out_of_orderness,
@@ -104,5 +122,81 @@ impl Job {
             input_columns,
             input_schema,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_job(sql: &str) -> (Config, JobConfig) {
+        let mut config = Config::embedded_defaults();
+        let job = JobConfig {
+            name: "j".to_string(),
+            sql: Some(sql.to_string()),
+            sql_file: None,
+            max_out_of_orderness: std::time::Duration::ZERO,
+            allowed_lateness: std::time::Duration::ZERO,
+            early_emit_interval: None,
+        };
+        config.jobs = vec![job.clone()];
+        (config, job)
+    }
+
+    #[test]
+    fn a_job_grouped_by_the_streams_key_compiles_with_offsets_in_its_input() {
+        let (config, job) = config_with_job(
+            "SELECT user_id, page, window_start, COUNT(*) AS n \
+             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
+             GROUP BY user_id, page, window_start, window_end",
+        );
+        let job = Job::compile(&config, &job).expect("compiles");
+        let names: Vec<&str> = job
+            .input_schema
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "event_time",
+                "user_id",
+                "page",
+                "country",
+                "duration_ms",
+                "_offset",
+                "_ingest_time"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_job_not_grouped_by_the_streams_key_is_refused_until_repartitioning_exists() {
+        let (config, job) = config_with_job(
+            "SELECT page, window_start, COUNT(*) AS n \
+             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
+             GROUP BY page, window_start, window_end",
+        );
+        let error = Job::compile(&config, &job).unwrap_err().to_string();
+        assert!(
+            error.contains("job `j`") && error.contains("`user_id`"),
+            "{error}"
+        );
+        assert!(error.contains("repartition"), "{error}");
+    }
+
+    #[test]
+    fn an_undeclared_stream_is_named() {
+        let (config, job) = config_with_job(
+            "SELECT user_id, window_start, COUNT(*) AS n \
+             FROM TUMBLE(nope, event_time, INTERVAL '1' MINUTE) \
+             GROUP BY user_id, window_start, window_end",
+        );
+        let error = Job::compile(&config, &job).unwrap_err().to_string();
+        assert!(
+            error.contains("`nope`") && error.contains("not declared"),
+            "{error}"
+        );
     }
 }

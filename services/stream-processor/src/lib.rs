@@ -13,10 +13,10 @@
 //! (`GET /status`) (`metrics`), and which the serving layer can read through
 //! [`run_with_status`].
 //!
-//! Not built yet (issue 5, next steps): consumer-group scale-out and the repartition topic
-//! for jobs grouped by something other than the stream's key (today a job's window keys are
-//! grouped per source partition: exact only when the group key includes the stream's
-//! partition key, as a warning at start-up says), and the benchmark.
+//! Not built yet (issue 5, next steps): consumer-group scale-out, and the repartition topic
+//! for jobs grouped by something other than the stream's key. Until it exists such a job is
+//! refused at start-up with that reason, since per-partition tasks would each count a
+//! share of a group.
 #![warn(missing_docs)]
 
 mod checkpoint;
@@ -229,13 +229,6 @@ pub async fn run_with_status(
                     .map_err(|source| StreamProcessorError::log(&topic, source))?;
             }
             info!(job = %job.name, stream, partitions, "starting job");
-            tracing::warn!(
-                job = %job.name,
-                key = ?job.stream.config().key,
-                "each task groups its own partition's events: results are exact when the \
-                 job groups by the stream's key; the repartition topic for other group keys \
-                 is not built yet (issue 5)"
-            );
             for partition in 0..partitions {
                 let task = task::Task::open(Arc::clone(&job), partition, context.clone()).await?;
                 let token = tasks_shutdown.clone();

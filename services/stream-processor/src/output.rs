@@ -90,13 +90,36 @@ pub(crate) fn late_records(
     timestamp: i64,
 ) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
     let mut keys = Vec::new();
+    let mut relabelled = Vec::with_capacity(batches.len());
     for batch in batches {
         let offsets = column(batch, runnel_events::OFFSET_COLUMN)?.as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
             keys.push(Bytes::from(format!("{partition}:{}", offsets.value(row))));
         }
+        relabelled.push(with_source_partition(batch, partition)?);
     }
-    records(keys, json_rows(batches)?, partition, timestamp)
+    records(keys, json_rows(&relabelled)?, partition, timestamp)
+}
+
+/// The task's operator has one input (its partition), which it numbers 0; the late events'
+/// `_partition` names the source partition instead.
+fn with_source_partition(
+    batch: &RecordBatch,
+    partition: u32,
+) -> Result<RecordBatch, StreamProcessorError> {
+    let Ok(index) = batch
+        .schema()
+        .index_of(runnel_engine::LATE_PARTITION_COLUMN)
+    else {
+        return Ok(batch.clone());
+    };
+    let data_type = batch.schema().field(index).data_type().clone();
+    let constant = arrow::array::UInt32Array::from(vec![partition; batch.num_rows()]);
+    let constant =
+        arrow::compute::cast(&constant, &data_type).map_err(StreamProcessorError::Encode)?;
+    let mut columns = batch.columns().to_vec();
+    columns[index] = constant;
+    RecordBatch::try_new(batch.schema(), columns).map_err(StreamProcessorError::Encode)
 }
 
 fn records(

@@ -385,6 +385,12 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
     let calm_late = read_topic(calm, &format!("{}.late", calm.job)).await;
     let crashed_late = read_topic(crashed, &format!("{}.late", crashed.job)).await;
     assert!(!calm_late.is_empty(), "the data set has late events");
+    for (key, values) in &calm_late {
+        let (partition, offset) = key.split_once(':').expect("<partition>:<offset>");
+        let row: serde_json::Value = serde_json::from_slice(&values[0]).expect("JSON late event");
+        assert_eq!(row["_partition"].to_string(), partition, "{key}: {row}");
+        assert_eq!(row["_offset"].to_string(), offset, "{key}: {row}");
+    }
     let first = |late: &BTreeMap<String, Vec<Bytes>>| -> BTreeMap<String, Bytes> {
         late.iter()
             .map(|(key, values)| {
