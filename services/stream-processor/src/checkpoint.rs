@@ -34,6 +34,10 @@ pub struct CheckpointManifest {
     pub late_count: u64,
     /// Size of `state.arrow`.
     pub state_bytes: u64,
+    /// For a task reading a repartition topic: per source partition, the highest source
+    /// offset seen, below which copies (written again by a restarted router) are dropped.
+    #[serde(default)]
+    pub seen_source_offsets: Vec<Option<u64>>,
 }
 
 /// A restored checkpoint: its manifest and the operator's snapshot.
@@ -221,6 +225,7 @@ mod tests {
             watermark: 0,
             late_count: 0,
             state_bytes: bytes,
+            seen_source_offsets: Vec::new(),
         }
     }
 

@@ -19,6 +19,11 @@ pub fn late_topic(job: &str) -> String {
     format!("{job}.late")
 }
 
+/// The topic through which a job not grouped by its stream's key routes events by group.
+pub fn repartition_topic(job: &str) -> String {
+    format!("{job}.repartition")
+}
+
 /// The consumer group under which a job's tasks commit their checkpointed source offsets
 /// (its lag is measured against them).
 pub fn job_group(job: &str) -> String {
@@ -41,6 +46,20 @@ pub struct Job {
     pub input_columns: Vec<usize>,
     /// The schema of the plan's input batches.
     pub input_schema: SchemaRef,
+    /// Whether the job reads through `<job>.repartition` (it does not group by the stream's
+    /// key): router tasks key each event by its group there, and the window tasks read it.
+    pub repartition: bool,
+}
+
+impl Job {
+    /// The topic the window tasks read: the stream's, or the job's repartition topic.
+    pub fn input_topic(&self) -> String {
+        if self.repartition {
+            repartition_topic(&self.name)
+        } else {
+            self.stream.name().to_string()
+        }
+    }
 }
 
 impl Job {
@@ -89,24 +108,13 @@ impl Job {
         ));
         let plan = JobPlan::compile(&sql, Arc::clone(&input_schema), &stream_config.event_time)
             .map_err(|error| fail(error.to_string()))?;
-        // Each task aggregates its own partition, which is exact only when every group lives
-        // in one partition: when the job groups by the stream's partitioning key.
-        match &stream_config.key {
-            Some(key) if plan.groups_by_column(key) => {}
-            Some(key) => {
-                return Err(fail(format!(
-                    "groups by columns that do not include stream `{stream_name}`'s key \
-                     `{key}`; such a job needs a repartition topic, which is not built yet \
-                     (issue 5). Add `{key}` to its GROUP BY to run it today"
-                )));
-            }
-            None => {
-                return Err(fail(format!(
-                    "stream `{stream_name}` has no key (its events are spread round robin), so \
-                     a job on it needs a repartition topic, which is not built yet (issue 5)"
-                )));
-            }
-        }
+        // A task aggregates what its input partition holds; that is every event of a group
+        // only when the stream is partitioned by a column the job groups by. Otherwise the
+        // events go through the repartition topic first, keyed by their group.
+        let repartition = match &stream_config.key {
+            Some(key) => !plan.groups_by_column(key),
+            None => true,
+        };
         let options = OperatorOptions {
             partitions: 1,
             max_out_of_orderness: job.max_out_of_orderness,
@@ -115,6 +123,7 @@ impl Job {
             early_emit_interval: job.early_emit_interval,
         };
         Ok(Job {
+            repartition,
             name: job.name.clone(),
             plan: Arc::new(plan),
             options,
@@ -151,6 +160,8 @@ mod tests {
              GROUP BY user_id, page, window_start, window_end",
         );
         let job = Job::compile(&config, &job).expect("compiles");
+        assert!(!job.repartition);
+        assert_eq!(job.input_topic(), "clicks");
         let names: Vec<&str> = job
             .input_schema
             .fields()
@@ -172,18 +183,15 @@ mod tests {
     }
 
     #[test]
-    fn a_job_not_grouped_by_the_streams_key_is_refused_until_repartitioning_exists() {
+    fn a_job_not_grouped_by_the_streams_key_reads_through_its_repartition_topic() {
         let (config, job) = config_with_job(
             "SELECT page, window_start, COUNT(*) AS n \
              FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
              GROUP BY page, window_start, window_end",
         );
-        let error = Job::compile(&config, &job).unwrap_err().to_string();
-        assert!(
-            error.contains("job `j`") && error.contains("`user_id`"),
-            "{error}"
-        );
-        assert!(error.contains("repartition"), "{error}");
+        let job = Job::compile(&config, &job).expect("compiles");
+        assert!(job.repartition);
+        assert_eq!(job.input_topic(), "j.repartition");
     }
 
     #[test]

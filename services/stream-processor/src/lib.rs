@@ -13,16 +13,18 @@
 //! (`GET /status`) (`metrics`), and which the serving layer can read through
 //! [`run_with_status`].
 //!
-//! Not built yet (issue 5, next steps): consumer-group scale-out, and the repartition topic
-//! for jobs grouped by something other than the stream's key. Until it exists such a job is
-//! refused at start-up with that reason, since per-partition tasks would each count a
-//! share of a group.
+//! A job that does not group by its stream's key reads through `<job>.repartition`: a
+//! router per source partition (`router`) copies each event there keyed by its group, and
+//! the window tasks read that topic, one operator input per source partition.
+//!
+//! Not built yet (issue 5, next step): consumer-group scale-out over several instances.
 #![warn(missing_docs)]
 
 mod checkpoint;
 mod job;
 mod metrics;
 mod output;
+mod router;
 mod status;
 mod task;
 
@@ -35,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
 pub use checkpoint::CheckpointManifest;
-pub use job::{Job, job_group, late_topic, results_topic};
+pub use job::{Job, job_group, late_topic, repartition_topic, results_topic};
 pub use status::{CheckpointStatus, JobStatus, PartitionStatus, StatusRegistry};
 
 /// The service's name in logs.
@@ -223,14 +225,46 @@ pub async fn run_with_status(
                 .partition_count(&stream)
                 .await
                 .map_err(|source| StreamProcessorError::log(&stream, source))?;
-            for topic in [results_topic(&job.name), late_topic(&job.name)] {
+            let mut topics = vec![results_topic(&job.name), late_topic(&job.name)];
+            if job.repartition {
+                topics.push(job::repartition_topic(&job.name));
+            }
+            for topic in topics {
                 log.ensure_topic(&topic, partitions)
                     .await
                     .map_err(|source| StreamProcessorError::log(&topic, source))?;
             }
-            info!(job = %job.name, stream, partitions, "starting job");
+            info!(
+                job = %job.name,
+                stream,
+                partitions,
+                repartition = job.repartition,
+                "starting job"
+            );
+            if job.repartition {
+                for partition in 0..partitions {
+                    let router =
+                        router::Router::open(Arc::clone(&job), partition, context.clone()).await?;
+                    let token = tasks_shutdown.clone();
+                    let (name, span) = (
+                        job.name.clone(),
+                        info_span!("router", job = %job.name, partition),
+                    );
+                    tasks.spawn(
+                        async move {
+                            router
+                                .run(token)
+                                .await
+                                .map_err(|error| (name, partition, error))
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
             for partition in 0..partitions {
-                let task = task::Task::open(Arc::clone(&job), partition, context.clone()).await?;
+                let task =
+                    task::Task::open(Arc::clone(&job), partition, partitions, context.clone())
+                        .await?;
                 let token = tasks_shutdown.clone();
                 let (name, span) = (
                     job.name.clone(),

@@ -81,22 +81,41 @@ pub(crate) fn result_records(
 
 /// Late-event batches as records for partition `partition`.
 ///
+/// `source_partition` is the partition the task read directly, whose operator numbers its
+/// one input 0: the `_partition` column is set to it. For a task reading a repartition topic
+/// it is `None`: the operator's inputs are the source partitions already.
+///
 /// # Errors
 ///
-/// [`StreamProcessorError::Encode`] if a batch lacks `_offset`.
+/// [`StreamProcessorError::Encode`] if a batch lacks `_offset` or `_partition`.
 pub(crate) fn late_records(
     batches: &[RecordBatch],
     partition: u32,
+    source_partition: Option<u32>,
     timestamp: i64,
 ) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
     let mut keys = Vec::new();
     let mut relabelled = Vec::with_capacity(batches.len());
     for batch in batches {
-        let offsets = column(batch, runnel_events::OFFSET_COLUMN)?.as_primitive::<Int64Type>();
+        let batch = match source_partition {
+            Some(source) => with_source_partition(batch, source)?,
+            None => batch.clone(),
+        };
+        let offsets = column(&batch, runnel_events::OFFSET_COLUMN)?.as_primitive::<Int64Type>();
+        let partitions = arrow::compute::cast(
+            column(&batch, runnel_engine::LATE_PARTITION_COLUMN)?,
+            &arrow::datatypes::DataType::UInt32,
+        )
+        .map_err(StreamProcessorError::Encode)?;
+        let partitions = partitions.as_primitive::<arrow::datatypes::UInt32Type>();
         for row in 0..batch.num_rows() {
-            keys.push(Bytes::from(format!("{partition}:{}", offsets.value(row))));
+            keys.push(Bytes::from(format!(
+                "{}:{}",
+                partitions.value(row),
+                offsets.value(row)
+            )));
         }
-        relabelled.push(with_source_partition(batch, partition)?);
+        relabelled.push(batch);
     }
     records(keys, json_rows(&relabelled)?, partition, timestamp)
 }

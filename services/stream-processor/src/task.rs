@@ -33,7 +33,7 @@ use crate::output::{late_records, result_records};
 use crate::status::{PartitionReporter, StatusRegistry};
 
 /// How long a read waits for records before the task checks its checkpoint timer.
-const READ_WAIT: Duration = Duration::from_millis(200);
+pub(crate) const READ_WAIT: Duration = Duration::from_millis(200);
 
 /// How often a task reads its partition's end offset for its status.
 const END_OFFSET_REFRESH: Duration = Duration::from_secs(1);
@@ -73,6 +73,30 @@ pub(crate) struct Task {
     status: PartitionReporter,
     /// When the partition's end offset was last read for the status.
     end_offset_read: Option<Instant>,
+    /// The topic the task reads: the stream's, or the job's repartition topic.
+    topic: String,
+    /// Reading a repartition topic: per source partition, the highest source offset seen.
+    seen_source_offsets: Vec<Option<u64>>,
+}
+
+/// Header of a repartitioned record: the partition it was read from in the stream.
+pub(crate) const SOURCE_PARTITION_HEADER: &str = "runnel-source-partition";
+/// Header of a repartitioned record: its offset in the stream.
+pub(crate) const SOURCE_OFFSET_HEADER: &str = "runnel-source-offset";
+
+/// A repartitioned record's position in the stream, from its headers.
+fn source_position(record: &Record) -> Option<(u32, u64)> {
+    let header = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|header| header.key == name)
+            .and_then(|header| std::str::from_utf8(&header.value).ok())
+    };
+    Some((
+        header(SOURCE_PARTITION_HEADER)?.parse().ok()?,
+        header(SOURCE_OFFSET_HEADER)?.parse().ok()?,
+    ))
 }
 
 impl Task {
@@ -86,21 +110,31 @@ impl Task {
     pub(crate) async fn open(
         job: Arc<Job>,
         partition: u32,
+        source_partitions: u32,
         context: TaskContext,
     ) -> Result<Task, StreamProcessorError> {
+        let mut options = job.options;
+        if job.repartition {
+            // One operator input per source partition: each has its own watermark.
+            options.partitions = source_partitions;
+        }
+        let topic = job.input_topic();
         let checkpoints = TaskCheckpoints::new(
             &context.checkpoint_prefix,
             &job.name,
             partition,
             context.checkpoints_to_keep,
         );
-        let status = context
-            .status
-            .register(&job.name, job.stream.name(), partition);
+        let status = context.status.register(&job.name, &topic, partition);
+        let mut seen_source_offsets = vec![None; source_partitions as usize];
         let (operator, offset, epoch) = match checkpoints.latest(context.store.as_ref()).await? {
             Some(restored) => {
+                if job.repartition {
+                    seen_source_offsets = restored.manifest.seen_source_offsets.clone();
+                    seen_source_offsets.resize(source_partitions as usize, None);
+                }
                 let operator =
-                    WindowOperator::restore(Arc::clone(&job.plan), job.options, &restored.state)
+                    WindowOperator::restore(Arc::clone(&job.plan), options, &restored.state)
                         .map_err(|source| StreamProcessorError::Engine {
                             job: job.name.clone(),
                             source,
@@ -119,18 +153,17 @@ impl Task {
             }
             None => {
                 let operator =
-                    WindowOperator::new(Arc::clone(&job.plan), job.options).map_err(|source| {
+                    WindowOperator::new(Arc::clone(&job.plan), options).map_err(|source| {
                         StreamProcessorError::Engine {
                             job: job.name.clone(),
                             source,
                         }
                     })?;
-                let topic = job.stream.name();
                 let earliest = context
                     .log
-                    .earliest_offset(topic, partition)
+                    .earliest_offset(&topic, partition)
                     .await
-                    .map_err(|source| StreamProcessorError::log(topic, source))?;
+                    .map_err(|source| StreamProcessorError::log(&topic, source))?;
                 (operator, earliest, 0)
             }
         };
@@ -153,6 +186,8 @@ impl Task {
             last_checkpoint: Instant::now(),
             status,
             end_offset_read: None,
+            topic,
+            seen_source_offsets,
         })
     }
 
@@ -165,7 +200,7 @@ impl Task {
         mut self,
         shutdown: CancellationToken,
     ) -> Result<(), StreamProcessorError> {
-        let topic = self.job.stream.name().to_string();
+        let topic = self.topic.clone();
         let mut reader = self
             .context
             .log
@@ -201,29 +236,19 @@ impl Task {
     }
 
     async fn process(&mut self, records: &[Record]) -> Result<(), StreamProcessorError> {
-        let decoded = self.decoder.decode(records)?;
-        for bad in &decoded.undecodable {
-            warn!(offset = bad.offset, reason = %bad.reason, "undecodable record skipped");
-        }
         let arrival = records
             .iter()
             .map(|record| record.timestamp)
             .max()
             .unwrap_or_default();
-        let input = decoded
-            .batch
-            .project(&self.job.input_columns)
-            .map_err(StreamProcessorError::Encode)?;
-        let input =
-            RecordBatch::try_new(Arc::clone(&self.job.input_schema), input.columns().to_vec())
-                .map_err(StreamProcessorError::Encode)?;
-        let output = self
-            .operator
-            .process(0, &input, arrival)
-            .map_err(|source| StreamProcessorError::Engine {
-                job: self.job.name.clone(),
-                source,
-            })?;
+        let output = if self.job.repartition {
+            self.process_repartitioned(records, arrival)?
+        } else {
+            let input = self.decode(records)?;
+            self.operator
+                .process(0, &input, arrival)
+                .map_err(|source| self.engine_error(source))?
+        };
         let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
         self.emit(output, arrival).await?;
         if let Some(last) = records.last() {
@@ -237,6 +262,85 @@ impl Task {
             self.operator.late_count(),
         );
         Ok(())
+    }
+
+    fn engine_error(&self, source: runnel_engine::EngineError) -> StreamProcessorError {
+        StreamProcessorError::Engine {
+            job: self.job.name.clone(),
+            source,
+        }
+    }
+
+    /// Decodes records into the plan's input: declared fields, `_offset`, `_ingest_time`.
+    fn decode(&self, records: &[Record]) -> Result<RecordBatch, StreamProcessorError> {
+        let decoded = self.decoder.decode(records)?;
+        for bad in &decoded.undecodable {
+            warn!(offset = bad.offset, reason = %bad.reason, "undecodable record skipped");
+        }
+        let input = decoded
+            .batch
+            .project(&self.job.input_columns)
+            .map_err(StreamProcessorError::Encode)?;
+        RecordBatch::try_new(Arc::clone(&self.job.input_schema), input.columns().to_vec())
+            .map_err(StreamProcessorError::Encode)
+    }
+
+    /// Records of the repartition topic: back in their stream coordinates (partition and
+    /// offset from the headers), copies a restarted router wrote again dropped, and each run
+    /// of one source partition given to the operator as that input.
+    fn process_repartitioned(
+        &mut self,
+        records: &[Record],
+        arrival: i64,
+    ) -> Result<OperatorOutput, StreamProcessorError> {
+        let mut output = OperatorOutput::default();
+        let mut run: Vec<Record> = Vec::new();
+        let mut run_partition = None;
+        for record in records {
+            let Some((partition, offset)) = source_position(record) else {
+                warn!(
+                    offset = record.offset,
+                    "repartitioned record without its source headers skipped"
+                );
+                continue;
+            };
+            let Some(seen) = self.seen_source_offsets.get_mut(partition as usize) else {
+                warn!(
+                    partition,
+                    "repartitioned record from an unknown source partition skipped"
+                );
+                continue;
+            };
+            if seen.is_some_and(|seen| offset <= seen) {
+                continue;
+            }
+            *seen = Some(offset);
+            if run_partition.is_some_and(|current| current != partition) {
+                let input = self.decode(&run)?;
+                let current = run_partition.unwrap_or_default();
+                output.append(
+                    self.operator
+                        .process(current, &input, arrival)
+                        .map_err(|source| self.engine_error(source))?,
+                );
+                run.clear();
+            }
+            run_partition = Some(partition);
+            run.push(Record {
+                partition,
+                offset,
+                ..record.clone()
+            });
+        }
+        if let Some(partition) = run_partition {
+            let input = self.decode(&run)?;
+            output.append(
+                self.operator
+                    .process(partition, &input, arrival)
+                    .map_err(|source| self.engine_error(source))?,
+            );
+        }
+        Ok(output)
     }
 
     /// Reads the partition's end offset into the status. A failure is only logged: the
@@ -266,7 +370,13 @@ impl Task {
                 .await
                 .map_err(|source| StreamProcessorError::log(&topic, source))?;
         }
-        let late = late_records(&output.late_events, self.partition, arrival)?;
+        let source_partition = (!self.job.repartition).then_some(self.partition);
+        let late = late_records(
+            &output.late_events,
+            self.partition,
+            source_partition,
+            arrival,
+        )?;
         if !late.is_empty() {
             let topic = late_topic(&self.job.name);
             self.context
@@ -296,11 +406,12 @@ impl Task {
             watermark: self.operator.watermark(),
             late_count: self.operator.late_count(),
             state_bytes: state.len() as u64,
+            seen_source_offsets: self.seen_source_offsets.clone(),
         };
         self.checkpoints
             .save(self.context.store.as_ref(), &manifest, state)
             .await?;
-        let topic = self.job.stream.name();
+        let topic = self.topic.as_str();
         self.context
             .log
             .commit_offsets(
