@@ -119,7 +119,7 @@ impl Job {
             partitions: 1,
             max_out_of_orderness: job.max_out_of_orderness,
             allowed_lateness: job.allowed_lateness,
-            idle_timeout: None,
+            idle_timeout: job.idle_timeout,
             early_emit_interval: job.early_emit_interval,
         };
         Ok(Job {
@@ -147,6 +147,7 @@ mod tests {
             max_out_of_orderness: std::time::Duration::ZERO,
             allowed_lateness: std::time::Duration::ZERO,
             early_emit_interval: None,
+            idle_timeout: Some(std::time::Duration::from_secs(30)),
         };
         config.jobs = vec![job.clone()];
         (config, job)
@@ -192,6 +193,10 @@ mod tests {
         let job = Job::compile(&config, &job).expect("compiles");
         assert!(job.repartition);
         assert_eq!(job.input_topic(), "j.repartition");
+        assert_eq!(
+            job.options.idle_timeout,
+            Some(std::time::Duration::from_secs(30))
+        );
     }
 
     #[test]
