@@ -2,10 +2,13 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use runnel_config::{Config, JobConfig};
 use runnel_engine::{JobPlan, OperatorOptions};
+use runnel_events::decode::EventDecoder;
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
+use runnel_log::Record;
 
 use crate::StreamProcessorError;
 
@@ -52,6 +55,34 @@ pub struct Job {
 }
 
 impl Job {
+    /// Decodes records of the job's stream into the plan's input (declared fields,
+    /// `_offset`, `_ingest_time`); undecodable records are logged and left out.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures building the batch.
+    pub(crate) fn input(
+        &self,
+        decoder: &EventDecoder,
+        records: &[Record],
+    ) -> Result<RecordBatch, StreamProcessorError> {
+        let decoded = decoder.decode(records)?;
+        for bad in &decoded.undecodable {
+            tracing::warn!(
+                partition = bad.partition,
+                offset = bad.offset,
+                reason = %bad.reason,
+                "undecodable record skipped"
+            );
+        }
+        let input = decoded
+            .batch
+            .project(&self.input_columns)
+            .map_err(StreamProcessorError::Encode)?;
+        RecordBatch::try_new(Arc::clone(&self.input_schema), input.columns().to_vec())
+            .map_err(StreamProcessorError::Encode)
+    }
+
     /// The topic the window tasks read: the stream's, or the job's repartition topic.
     pub fn input_topic(&self) -> String {
         if self.repartition {

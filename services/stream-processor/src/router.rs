@@ -16,7 +16,7 @@ use bytes::Bytes;
 use runnel_events::decode::EventDecoder;
 use runnel_log::{Header, ProduceRecord, Record, StartOffset};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::StreamProcessorError;
 use crate::checkpoint::{CheckpointManifest, TaskCheckpoints};
@@ -129,32 +129,19 @@ impl Router {
     /// Copies of `records` keyed by their group (undecodable records are left out: no
     /// window task could count them either).
     fn route(&self, records: &[Record]) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
-        let decoded = self.decoder.decode(records)?;
-        for bad in &decoded.undecodable {
-            warn!(offset = bad.offset, reason = %bad.reason, "undecodable record not routed");
-        }
-        let input = decoded
-            .batch
-            .project(&self.job.input_columns)
-            .map_err(StreamProcessorError::Encode)?;
-        let input = arrow::array::RecordBatch::try_new(
-            Arc::clone(&self.job.input_schema),
-            input.columns().to_vec(),
-        )
-        .map_err(StreamProcessorError::Encode)?;
+        let input = self.job.input(&self.decoder, records)?;
         let keys = self.job.plan.group_key_texts(&input).map_err(|source| {
             StreamProcessorError::Engine {
                 job: self.job.name.clone(),
                 source,
             }
         })?;
-        let offsets = decoded
-            .batch
+        let offsets = input
             .column_by_name(runnel_events::OFFSET_COLUMN)
             .map(|column| column.as_primitive::<Int64Type>().clone())
             .ok_or_else(|| {
                 StreamProcessorError::Encode(arrow::error::ArrowError::SchemaError(
-                    "decoded batch without _offset".to_string(),
+                    "the plan's input has no _offset".to_string(),
                 ))
             })?;
         let first = records.first().map_or(0, |record| record.offset);

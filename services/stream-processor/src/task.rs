@@ -271,18 +271,9 @@ impl Task {
         }
     }
 
-    /// Decodes records into the plan's input: declared fields, `_offset`, `_ingest_time`.
+    /// Decodes records into the plan's input.
     fn decode(&self, records: &[Record]) -> Result<RecordBatch, StreamProcessorError> {
-        let decoded = self.decoder.decode(records)?;
-        for bad in &decoded.undecodable {
-            warn!(offset = bad.offset, reason = %bad.reason, "undecodable record skipped");
-        }
-        let input = decoded
-            .batch
-            .project(&self.job.input_columns)
-            .map_err(StreamProcessorError::Encode)?;
-        RecordBatch::try_new(Arc::clone(&self.job.input_schema), input.columns().to_vec())
-            .map_err(StreamProcessorError::Encode)
+        self.job.input(&self.decoder, records)
     }
 
     /// Records of the repartition topic: back in their stream coordinates (partition and
