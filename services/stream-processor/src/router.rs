@@ -113,6 +113,7 @@ impl Router {
                         .map_err(|error| StreamProcessorError::log(&target, error))?;
                 }
                 self.offset = last.offset + 1;
+                tokio::task::yield_now().await;
             }
             if self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
                 && self.offset != self.checkpointed_offset

@@ -216,6 +216,9 @@ impl Task {
             };
             if !records.is_empty() {
                 self.process(&records).await?;
+                // A catching-up task always finds records ready: give the other tasks and
+                // the metrics endpoint (and, in `runnel all`, the other services) a turn.
+                tokio::task::yield_now().await;
             }
             if self
                 .end_offset_read
