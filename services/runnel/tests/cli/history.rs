@@ -74,8 +74,8 @@ async fn fill_log(dir: &Path) {
     log.close().await;
 }
 
-/// Every file under `root`: relative path to bytes; the manifest without its generation
-/// (which counts writes, so differs after recoveries).
+/// Every file under `root` that the object store sees: relative path to bytes; the manifest
+/// without its generation (which counts writes, so differs after recoveries).
 fn history(root: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut files = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -91,6 +91,15 @@ fn history(root: &Path) -> BTreeMap<String, Vec<u8>> {
                 .expect("under root")
                 .display()
                 .to_string();
+            // `name#<digits>` is object_store's temporary file of a put that a kill cut
+            // short: the store neither lists nor reads it (its atomic put renames the
+            // finished file into place), so it is not part of the history.
+            if relative
+                .rsplit_once('#')
+                .is_some_and(|(_, suffix)| suffix.bytes().all(|b| b.is_ascii_digit()))
+            {
+                continue;
+            }
             let mut bytes = std::fs::read(&path).expect("read file");
             if relative.ends_with("_manifest.json") {
                 let mut manifest: serde_json::Value =
