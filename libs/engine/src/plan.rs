@@ -776,7 +776,10 @@ mod tests {
             GROUP BY user_id, upper(page), window_start, window_end";
         let plan = JobPlan::compile(two, clicks(), "event_time").expect("compiles");
         assert!(plan.groups_by_column("user_id"));
-        assert!(!plan.groups_by_column("page"), "upper(page) is not the column");
+        assert!(
+            !plan.groups_by_column("page"),
+            "upper(page) is not the column"
+        );
         let batch = arrow::array::RecordBatch::try_new(
             clicks(),
             vec![
