@@ -127,18 +127,6 @@ fn archive_to_the_end(config: &Path) {
     );
 }
 
-/// A small xorshift generator, seeded from the clock (the seed is printed to replay a run).
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_archiver_killed_at_random_points_leaves_the_same_history() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -155,20 +143,11 @@ async fn the_archiver_killed_at_random_points_leaves_the_same_history() {
         .count();
     assert!(files > 20, "the reference run wrote {files} files");
 
-    let seed = std::env::var("RUNNEL_CRASH_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos() as u64
-                | 1
-        });
+    let mut random = super::CrashRandom::from_env_or_clock();
+    let seed = random.seed();
     eprintln!(
         "crash seed {seed} (RUNNEL_CRASH_SEED replays it); uninterrupted run {uninterrupted:?}"
     );
-    let mut random = Random(seed);
     let crash_config = write_config(dir.path(), "objects");
     // Each run resumes where the last one stopped, so later runs have less to do: kill within
     // a third of a whole run, and halve that window whenever a run finished first.

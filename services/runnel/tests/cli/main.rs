@@ -3,6 +3,40 @@
 mod history;
 mod stream;
 
+/// The random kill times of the crash tests: a small xorshift generator seeded from
+/// `RUNNEL_CRASH_SEED`, or from the clock (the tests print the seed, so a run replays).
+struct CrashRandom {
+    seed: u64,
+    state: u64,
+}
+
+impl CrashRandom {
+    fn from_env_or_clock() -> CrashRandom {
+        let seed = std::env::var("RUNNEL_CRASH_SEED")
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_nanos() as u64
+                    | 1
+            });
+        CrashRandom { seed, state: seed }
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state % bound
+    }
+}
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;

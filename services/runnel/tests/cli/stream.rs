@@ -372,28 +372,16 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
     run_until_caught_up(calm, ends);
     let uninterrupted = started.elapsed();
 
-    let seed = std::env::var("RUNNEL_CRASH_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos() as u64
-                | 1
-        });
+    let mut random = super::CrashRandom::from_env_or_clock();
+    let seed = random.seed();
     eprintln!("crash seed {seed}; uninterrupted run {uninterrupted:?}");
-    let mut random = seed;
     // The uninterrupted run is timed while other tests load the machine; start within a
     // quarter of it and halve the window whenever a run had caught up before its kill.
     let mut window = (uninterrupted.as_millis() as u64 / 4).max(100);
     let mut killed = 0;
     for round in 0..8 {
         let mut child = start(crashed);
-        random ^= random << 13;
-        random ^= random >> 7;
-        random ^= random << 17;
-        let delay = Duration::from_millis(random % window);
+        let delay = Duration::from_millis(random.below(window));
         std::thread::sleep(delay);
         let finished = caught_up(crashed, ends);
         child.kill().expect("SIGKILL");
