@@ -205,6 +205,10 @@ pub struct KafkaLogConfig {
     /// Timeout of metadata, admin and commit requests.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long a consumer-group member may go silent before the group hands its partitions
+    /// to the others (librdkafka's `session.timeout.ms`; heartbeats go at a fifth of it).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
     /// Extra librdkafka properties passed to every client, e.g. `security.protocol`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

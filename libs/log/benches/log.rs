@@ -188,6 +188,7 @@ async fn main() {
                     client_id: "runnel-bench".to_string(),
                     replication_factor: 1,
                     request_timeout: Duration::from_secs(60),
+                    session_timeout: Duration::from_secs(10),
                     properties: Default::default(),
                 })
                 .expect("kafka clients"),

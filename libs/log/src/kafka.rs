@@ -4,8 +4,9 @@
 //! itself with Kafka's default partitioner (murmur2 of the key), so keyed records land
 //! where any Kafka producer would put them. Readers are assign-mode consumers on one
 //! partition (no group membership); committed offsets go through a per-group client that
-//! commits without joining the group, so nothing depends on group rebalancing or on
-//! broker transactions.
+//! commits without joining the group, so reading depends neither on group rebalancing nor on
+//! broker transactions. Sharing partitions among processes is the one use of a broker
+//! group: [`Log::join_group`] (`kafka_group`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +26,10 @@ use rdkafka::{Offset, TopicPartitionList};
 use runnel_config::KafkaLogConfig;
 use tracing::info;
 
+use crate::kafka_group::KafkaMembership;
 use crate::{
-    Header, Log, LogError, PartitionReader, Partitioner, ProduceRecord, Record, RecordPosition,
-    StartOffset, check_name, check_new_topic,
+    GroupMembership, Header, Log, LogError, PartitionReader, Partitioner, ProduceRecord, Record,
+    RecordPosition, StartOffset, check_name, check_new_topic,
 };
 
 /// Largest message the producer sends (librdkafka's `message.max.bytes`).
@@ -45,7 +47,7 @@ pub struct KafkaLog {
     partitioner: Partitioner,
 }
 
-fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) -> LogError {
+pub(crate) fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) -> LogError {
     let action = action.into();
     move |source| LogError::Kafka { action, source }
 }
@@ -166,7 +168,7 @@ fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
     client_config
 }
 
-fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientConfig {
+pub(crate) fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientConfig {
     let mut client_config = base_client_config(config);
     client_config
         .set("group.id", group)
@@ -478,6 +480,16 @@ impl Log for KafkaLog {
             }
         })
         .await
+    }
+
+    async fn join_group(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Box<dyn GroupMembership>, LogError> {
+        check_name("consumer group", group)?;
+        self.partition_count(topic).await?;
+        Ok(Box::new(KafkaMembership::join(&self.config, group, topic)?))
     }
 }
 

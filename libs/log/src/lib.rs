@@ -14,7 +14,9 @@
 
 mod embedded;
 mod error;
+mod group;
 mod kafka;
+mod kafka_group;
 mod partitioner;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use runnel_config::{Config, LogBackend};
 
 pub use embedded::EmbeddedLog;
 pub use error::LogError;
+pub use group::{GroupMembership, OwnershipChange, Revocation};
 pub use kafka::KafkaLog;
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
 
@@ -189,6 +192,23 @@ pub trait Log: Send + Sync + 'static {
         topic: &str,
         partition: u32,
     ) -> Result<Option<u64>, LogError>;
+
+    /// Joins consumer group `group` over the partitions of `topic`, which exists: the
+    /// group's members share them, one owner per partition (see [`GroupMembership`]).
+    ///
+    /// Embedded: one process opens the log at a time, so the member owns every partition.
+    /// Kafka: a member of a broker-coordinated group (cooperative-sticky assignment); use a
+    /// group of its own, since a group with members refuses the plain commits of
+    /// [`Log::commit_offsets`].
+    ///
+    /// # Errors
+    ///
+    /// Invalid group name, unknown topic; backend errors.
+    async fn join_group(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<Box<dyn GroupMembership>, LogError>;
 }
 
 /// A cursor over one partition.

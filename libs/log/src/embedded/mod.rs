@@ -26,9 +26,10 @@ use tracing::info;
 use self::partition::{Command, Partition};
 use self::reader::EmbeddedReader;
 use self::segment::{sync_dir, write_file_atomically};
+use crate::group::SoleMembership;
 use crate::{
-    Log, LogError, PartitionReader, Partitioner, ProduceRecord, RecordPosition, StartOffset,
-    check_name, check_new_topic,
+    GroupMembership, Log, LogError, PartitionReader, Partitioner, ProduceRecord, RecordPosition,
+    StartOffset, check_name, check_new_topic,
 };
 
 const TOPIC_META_FILE: &str = "topic.meta";
@@ -522,6 +523,16 @@ impl Log for EmbeddedLog {
             .load_committed(group, topic_name)?
             .get(&partition)
             .copied())
+    }
+
+    async fn join_group(
+        &self,
+        group: &str,
+        topic_name: &str,
+    ) -> Result<Box<dyn GroupMembership>, LogError> {
+        check_name("consumer group", group)?;
+        let partitions = self.partition_count(topic_name).await?;
+        Ok(Box::new(SoleMembership::new(partitions)))
     }
 }
 

@@ -70,6 +70,7 @@ impl Fixture {
             client_id: "runnel-test".to_string(),
             replication_factor: 1,
             request_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(6),
             properties: Default::default(),
         };
         let log = Arc::new(KafkaLog::new(&config).expect("create kafka clients"));

@@ -8,3 +8,4 @@
 mod conformance;
 mod embedded_crash;
 mod fixtures;
+mod group;

@@ -1,0 +1,98 @@
+//! Group membership: several processes share the partitions of a topic, each partition
+//! owned by one member at a time, as in a Kafka consumer group.
+//!
+//! A member learns what it owns from [`GroupMembership::next_change`]. A revocation waits
+//! for the member to let go ([`Revocation::done`]) before the group gives the partitions to
+//! another member, so two members never work on one partition at once (unless a member
+//! stops answering for longer than the session timeout: then the group presumes it dead).
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use crate::LogError;
+
+/// A change in the partitions this member owns.
+#[derive(Debug)]
+pub enum OwnershipChange {
+    /// These partitions are now this member's, in addition to those it had.
+    Assigned(Vec<u32>),
+    /// These partitions are being taken away: stop using them, then call
+    /// [`Revocation::done`].
+    Revoked(Revocation),
+}
+
+/// Partitions being taken from this member. The group hands them to another member only
+/// once this is done or dropped.
+#[derive(Debug)]
+pub struct Revocation {
+    /// The partitions, ascending.
+    pub partitions: Vec<u32>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Revocation {
+    /// A revocation that `done` tells about.
+    pub(crate) fn new(partitions: Vec<u32>, done: oneshot::Sender<()>) -> Revocation {
+        Revocation {
+            partitions,
+            done: Some(done),
+        }
+    }
+
+    /// Says that this member no longer uses the partitions.
+    pub fn done(mut self) {
+        if let Some(done) = self.done.take() {
+            // The group may have stopped waiting (the member is leaving): nothing to tell.
+            let _ = done.send(());
+        }
+    }
+}
+
+/// This process's membership of a group over a topic's partitions. Dropping it leaves the
+/// group; [`GroupMembership::leave`] also waits until the group knows.
+#[async_trait]
+pub trait GroupMembership: Send {
+    /// Waits for the next change in what this member owns. The first change is the initial
+    /// assignment. Cancel-safe: a dropped call loses no change.
+    ///
+    /// # Errors
+    ///
+    /// A fatal error of the group client; the membership is then unusable.
+    async fn next_change(&mut self) -> Result<OwnershipChange, LogError>;
+
+    /// Leaves the group, so that the others take over this member's partitions at once
+    /// rather than after the session timeout. Stop using the partitions first.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors while leaving.
+    async fn leave(self: Box<Self>) -> Result<(), LogError>;
+}
+
+/// A group of one: the member owns every partition, for good. The embedded log's
+/// membership, since one process at a time opens an embedded log.
+pub(crate) struct SoleMembership {
+    partitions: Option<Vec<u32>>,
+}
+
+impl SoleMembership {
+    pub(crate) fn new(partitions: u32) -> SoleMembership {
+        SoleMembership {
+            partitions: Some((0..partitions).collect()),
+        }
+    }
+}
+
+#[async_trait]
+impl GroupMembership for SoleMembership {
+    async fn next_change(&mut self) -> Result<OwnershipChange, LogError> {
+        match self.partitions.take() {
+            Some(partitions) => Ok(OwnershipChange::Assigned(partitions)),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn leave(self: Box<Self>) -> Result<(), LogError> {
+        Ok(())
+    }
+}
