@@ -33,6 +33,19 @@ pub fn job_group(job: &str) -> String {
     format!("runnel-job.{job}")
 }
 
+/// The topic whose partitions a job's instances share through [`members_group`]: empty, it
+/// has the stream's partition count, and owning its partition `p` means running the job's
+/// task (and router) of partition `p`.
+pub fn members_topic(job: &str) -> String {
+    format!("{job}.members")
+}
+
+/// The consumer group that shares a job's partitions among stream-processor instances. Not
+/// [`job_group`]: a group with members refuses the plain offset commits the tasks make.
+pub fn members_group(job: &str) -> String {
+    format!("runnel-job.{job}.members")
+}
+
 /// A job ready to run.
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -17,9 +17,12 @@
 //! router per source partition (`router`) copies each event there keyed by its group, and
 //! the window tasks read that topic, one operator input per source partition.
 //!
-//! Not built yet (issue 5, next step): consumer-group scale-out over several instances.
+//! Several instances share a job's partitions (`assignment`): each joins the job's group
+//! over `<job>.members` and runs the tasks of the partitions it is assigned; a partition
+//! that moves is checkpointed by its old owner before the new one restores it.
 #![warn(missing_docs)]
 
+mod assignment;
 mod checkpoint;
 mod job;
 mod metrics;
@@ -37,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
 pub use checkpoint::CheckpointManifest;
-pub use job::{Job, job_group, late_topic, repartition_topic, results_topic};
+pub use job::{
+    Job, job_group, late_topic, members_group, members_topic, repartition_topic, results_topic,
+};
 pub use status::{CheckpointStatus, JobStatus, PartitionStatus, StatusRegistry};
 
 /// The service's name in logs.
@@ -216,8 +221,8 @@ pub async fn run_with_status(
             read_batch_records: config.stream_processor.read_batch_records,
             status: Arc::clone(&status),
         };
-        let tasks_shutdown = shutdown.child_token();
-        let mut tasks = tokio::task::JoinSet::new();
+        let jobs_shutdown = shutdown.child_token();
+        let mut jobs = tokio::task::JoinSet::new();
         for job_config in &config.jobs {
             let job = Arc::new(Job::compile(&config, job_config)?);
             let stream = job.stream.name().to_string();
@@ -225,7 +230,11 @@ pub async fn run_with_status(
                 .partition_count(&stream)
                 .await
                 .map_err(|source| StreamProcessorError::log(&stream, source))?;
-            let mut topics = vec![results_topic(&job.name), late_topic(&job.name)];
+            let mut topics = vec![
+                results_topic(&job.name),
+                late_topic(&job.name),
+                members_topic(&job.name),
+            ];
             if job.repartition {
                 topics.push(job::repartition_topic(&job.name));
             }
@@ -241,58 +250,25 @@ pub async fn run_with_status(
                 repartition = job.repartition,
                 "starting job"
             );
-            if job.repartition {
-                for partition in 0..partitions {
-                    let router =
-                        router::Router::open(Arc::clone(&job), partition, context.clone()).await?;
-                    let token = tasks_shutdown.clone();
-                    let (name, span) = (
-                        job.name.clone(),
-                        info_span!("router", job = %job.name, partition),
-                    );
-                    tasks.spawn(
-                        async move {
-                            router
-                                .run(token)
-                                .await
-                                .map_err(|error| (name, partition, error))
-                        }
-                        .instrument(span),
-                    );
-                }
-            }
-            for partition in 0..partitions {
-                let task =
-                    task::Task::open(Arc::clone(&job), partition, partitions, context.clone())
-                        .await?;
-                let token = tasks_shutdown.clone();
-                let (name, span) = (
-                    job.name.clone(),
-                    info_span!("task", job = %job.name, partition),
-                );
-                tasks.spawn(
-                    async move {
-                        task.run(token)
-                            .await
-                            .map_err(|error| (name, partition, error))
-                    }
+            let span = info_span!("job", job = %job.name);
+            jobs.spawn(
+                assignment::run_job(job, partitions, context.clone(), jobs_shutdown.clone())
                     .instrument(span),
-                );
-            }
+            );
         }
-        if tasks.is_empty() {
+        if jobs.is_empty() {
             info!("no jobs configured; waiting for shutdown");
         }
         let mut first_error = None;
         let mut shutdown_requested = std::pin::pin!(shutdown.cancelled());
         loop {
             tokio::select! {
-                () = &mut shutdown_requested, if !tasks_shutdown.is_cancelled() => {
-                    tasks_shutdown.cancel();
+                () = &mut shutdown_requested, if !jobs_shutdown.is_cancelled() => {
+                    jobs_shutdown.cancel();
                 }
-                joined = tasks.join_next() => {
+                joined = jobs.join_next() => {
                     let Some(joined) = joined else {
-                        if tasks_shutdown.is_cancelled() || first_error.is_some() {
+                        if jobs_shutdown.is_cancelled() || first_error.is_some() {
                             break;
                         }
                         // No jobs: wait for shutdown.
@@ -301,8 +277,8 @@ pub async fn run_with_status(
                     };
                     let failure = match joined {
                         Ok(Ok(())) => None,
-                        Ok(Err((job, partition, error))) => {
-                            error!(%job, partition, %error, "task failed; stopping the others");
+                        Ok(Err(error)) => {
+                            error!(%error, "job failed; stopping the others");
                             Some(error)
                         }
                         Err(join_error) => Some(StreamProcessorError::Task {
@@ -312,7 +288,7 @@ pub async fn run_with_status(
                         }),
                     };
                     if let Some(error) = failure {
-                        tasks_shutdown.cancel();
+                        jobs_shutdown.cancel();
                         first_error.get_or_insert(error);
                     }
                 }

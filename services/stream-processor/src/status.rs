@@ -177,6 +177,17 @@ impl StatusRegistry {
         PartitionReporter { state }
     }
 
+    /// Removes `job`'s task on `partition` (it moved to another instance). The job stays
+    /// listed, with the partitions it still runs here.
+    pub(crate) fn unregister(&self, job: &str, partition: u32) {
+        let mut jobs = lock(&self.jobs);
+        if let Some(registered) = jobs.iter_mut().find(|registered| registered.name == job) {
+            registered
+                .partitions
+                .retain(|(number, _)| *number != partition);
+        }
+    }
+
     /// Returns the status of every job, in the order the jobs started.
     pub fn snapshot(&self) -> Vec<JobStatus> {
         self.snapshot_at(Instant::now())
@@ -402,6 +413,14 @@ mod tests {
         assert_eq!(status.late_events_total, 4);
         assert_eq!(status.results_total, 5);
         assert!(registry.job("other").is_none());
+
+        // Partition 0 moves to another instance: the job adds up what is left here.
+        registry.unregister("views", 0);
+        let status = registry.job("views").expect("still listed");
+        assert_eq!(status.partitions.len(), 1);
+        assert_eq!(status.partitions[0].partition, 1);
+        assert_eq!((status.lag_records, status.events_total), (0, 10));
+        assert_eq!(status.watermark_ms, Some(700));
     }
 
     #[test]

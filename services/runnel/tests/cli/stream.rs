@@ -88,7 +88,7 @@ fn write_config(universe: &Universe) -> PathBuf {
     let path = universe.root.join("runnel.toml");
     let backend = match &universe.kafka {
         Some(bootstrap) => format!(
-            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\n"
+            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\nsession-timeout = \"6s\"\n"
         ),
         None => String::new(),
     };
@@ -154,12 +154,18 @@ allowed-lateness = "1h"
 /// in event time, some out of order within the allowed lateness and some far too late;
 /// returns each partition's end offset.
 async fn fill_log(universe: &Universe) -> Vec<u64> {
+    append_events(universe, 0..EVENTS).await
+}
+
+/// Appends events number `events` of the data set `fill_log` writes; returns each
+/// partition's end offset. Appending the data set in parts gives the same log as at once.
+async fn append_events(universe: &Universe, events: std::ops::Range<u64>) -> Vec<u64> {
     write_config(universe);
     let (log, embedded) = universe.log().await;
     let topic = universe.stream.as_str();
     log.ensure_topic(topic, PARTITIONS).await.expect("topic");
     let base = 1_795_305_600_000_i64;
-    for chunk in (0..EVENTS).collect::<Vec<_>>().chunks(2000) {
+    for chunk in events.collect::<Vec<_>>().chunks(2000) {
         let records = chunk
             .iter()
             .map(|&n| {
@@ -210,17 +216,23 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn start(universe: &Universe) -> Child {
+    spawn_instance(universe, "stream-processor", "warn")
+}
+
+/// Starts a stream-processor process of `universe` logging at `rust_log` to
+/// `<root>/<name>.log`.
+fn spawn_instance(universe: &Universe, name: &str, rust_log: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--config")
         .arg(universe.root.join("runnel.toml"))
         .arg("stream-processor")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(universe.root.join("stream-processor.log"))
+                .open(universe.root.join(format!("{name}.log")))
                 .expect("open the process log"),
         )
         .spawn()
@@ -399,6 +411,13 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
     );
     run_until_caught_up(crashed, ends);
 
+    compare_outputs(calm, crashed, &format!("seed {seed}")).await;
+}
+
+/// Asserts that `other` holds the same result versions (byte for byte) and late events as
+/// `reference`, and, with the pages job, the same page aggregates. `label` names the run.
+async fn compare_outputs(reference: &Universe, other: &Universe, label: &str) {
+    let (calm, crashed) = (reference, other);
     let calm_raw = read_topic(calm, &format!("{}.results", calm.job)).await;
     let crashed_raw = read_topic(crashed, &format!("{}.results", crashed.job)).await;
     let count = |raw: &BTreeMap<String, Vec<Bytes>>| raw.values().map(Vec::len).sum::<usize>();
@@ -428,7 +447,7 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
         .collect();
     assert!(
         differing.is_empty(),
-        "seed {seed}: results differ at {differing:?}"
+        "{label}: results differ at {differing:?}"
     );
 
     let calm_late = read_topic(calm, &format!("{}.late", calm.job)).await;
@@ -454,11 +473,11 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
     assert_eq!(
         first(&calm_late),
         first(&crashed_late),
-        "seed {seed}: late events differ"
+        "{label}: late events differ"
     );
 
     if crashed.with_pages {
-        compare_pages(calm, crashed, &calm_raw, seed).await;
+        compare_pages(calm, crashed, &calm_raw, label).await;
     }
 }
 
@@ -482,7 +501,7 @@ async fn compare_pages(
     calm: &Universe,
     crashed: &Universe,
     calm_raw: &BTreeMap<String, Vec<Bytes>>,
-    seed: u64,
+    label: &str,
 ) {
     // The repartitioned job: its input order depends on how the routers' copies
     // interleaved, so versions may differ; with every event within the allowed lateness,
@@ -491,10 +510,7 @@ async fn compare_pages(
     let crashed_pages =
         latest(&read_topic(crashed, &format!("{}-pages.results", crashed.job)).await);
     assert!(calm_pages.len() > 100, "{} page windows", calm_pages.len());
-    assert_eq!(
-        calm_pages, crashed_pages,
-        "seed {seed}: page aggregates differ"
-    );
+    assert_eq!(calm_pages, crashed_pages, "{label}: page aggregates differ");
     let counted: u64 = calm_pages
         .values()
         .map(|row| row["views"].as_u64().expect("views"))
@@ -511,4 +527,133 @@ async fn compare_pages(
         (EVENTS - 200..=EVENTS).contains(&counted),
         "page windows count {counted} of {EVENTS} events"
     );
+}
+
+/// A running instance of a scale-out test: its process and its log file's name.
+struct Instance {
+    child: Child,
+    name: String,
+}
+
+impl Instance {
+    fn start(universe: &Universe, name: &str) -> Instance {
+        Instance {
+            child: spawn_instance(universe, name, "warn,runnel_stream_processor=info"),
+            name: name.to_string(),
+        }
+    }
+
+    fn log(&self, universe: &Universe) -> String {
+        std::fs::read_to_string(universe.root.join(format!("{}.log", self.name)))
+            .unwrap_or_default()
+    }
+
+    /// How many times the group has assigned this instance partitions.
+    fn assignments(&self, universe: &Universe) -> usize {
+        self.log(universe)
+            .matches("partitions assigned here")
+            .count()
+    }
+
+    fn check_alive(&mut self, universe: &Universe) {
+        if let Some(status) = self.child.try_wait().expect("poll") {
+            panic!(
+                "instance {} exited: {status}\n{}",
+                self.name,
+                self.log(universe)
+            );
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+/// Waits up to two minutes for `done`, failing if an instance exits meanwhile.
+fn wait_for(
+    universe: &Universe,
+    instances: &mut [&mut Instance],
+    what: &str,
+    mut done: impl FnMut(&mut [&mut Instance]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(instances) {
+        for instance in instances.iter_mut() {
+            instance.check_alive(universe);
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = instances
+                .iter()
+                .map(|instance| format!("--- {}:\n{}", instance.name, instance.log(universe)))
+                .collect();
+            panic!("{what}: not within 120 s\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Scale-out: two stream-processor processes share the job over the Kafka group while
+/// events arrive; one is killed with SIGKILL midway (the other takes its partitions over
+/// after the session timeout) and restarted (it takes some back). The results and late
+/// events equal, byte for byte, those of one instance over the same log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_one_killed_midway_give_the_results_of_one_on_kafka() {
+    let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
+            "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
+        );
+        eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let single = Universe::kafka(dir.path().join("single"), &bootstrap, "single");
+    let pair = Universe::kafka(dir.path().join("pair"), &bootstrap, "pair");
+    let ends = fill_log(&single).await;
+    let quarter = EVENTS / 4;
+
+    append_events(&pair, 0..quarter).await;
+    let mut first = Instance::start(&pair, "first");
+    let mut second = Instance::start(&pair, "second");
+    wait_for(
+        &pair,
+        &mut [&mut first, &mut second],
+        "both instances own partitions",
+        |all| all.iter().all(|instance| instance.assignments(&pair) > 0),
+    );
+    // Killed as the append returns: busy with what has not been checkpointed yet.
+    append_events(&pair, quarter..2 * quarter).await;
+    second.kill();
+    let first_assignments = first.assignments(&pair);
+    append_events(&pair, 2 * quarter..3 * quarter).await;
+    wait_for(
+        &pair,
+        &mut [&mut first],
+        "the survivor takes the partitions over",
+        |all| all[0].assignments(&pair) > first_assignments,
+    );
+    let mut second = Instance::start(&pair, "second-restarted");
+    wait_for(
+        &pair,
+        &mut [&mut first, &mut second],
+        "the restarted instance owns partitions",
+        |all| all[1].assignments(&pair) > 0,
+    );
+    assert_eq!(append_events(&pair, 3 * quarter..EVENTS).await, ends);
+    wait_for(&pair, &mut [&mut first, &mut second], "caught up", |_| {
+        caught_up(&pair, &ends)
+    });
+    first.kill();
+    second.kill();
+    if std::env::var_os("RUNNEL_TEST_SHOW_LOGS").is_some() {
+        for name in ["first", "second", "second-restarted"] {
+            let log = std::fs::read_to_string(pair.root.join(format!("{name}.log")));
+            eprintln!("--- {name}:\n{}", log.unwrap_or_default());
+        }
+    }
+
+    run_until_caught_up(&single, &ends);
+    compare_outputs(&single, &pair, "two instances").await;
 }
