@@ -1,6 +1,6 @@
-//! The stream-processor in process on an embedded log in a temporary folder: its status
-//! endpoint, fetched over real HTTP on loopback, reports what it did (offsets and lag,
-//! events, watermark, late events, results, checkpoints), matching what is in the log.
+//! The status endpoint, fetched over real HTTP on loopback, reports what the service did
+//! (offsets and lag, events, watermark, late events, results, checkpoints), matching what is
+//! in the log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -154,8 +154,9 @@ impl std::io::Write for Capture {
     }
 }
 
-/// The address of the `metrics listening` INFO line.
-async fn metrics_address(logs: &Mutex<Vec<u8>>) -> String {
+/// The address of the `metrics listening` INFO line of the service that runs `job` (other
+/// tests of this binary run services too, and log to the same subscriber).
+async fn metrics_address(logs: &Mutex<Vec<u8>>, job: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = String::from_utf8_lossy(&logs.lock().expect("log buffer")).into_owned();
@@ -166,12 +167,15 @@ async fn metrics_address(logs: &Mutex<Vec<u8>>) -> String {
             if event["fields"]["message"] == "metrics listening"
                 && let Some(address) = event["fields"]["address"].as_str()
             {
-                return address.to_string();
+                let (_, _, body) = get(address, "/status").await;
+                if body.contains(&format!(r#""job":"{job}""#)) {
+                    return address.to_string();
+                }
             }
         }
         assert!(
             Instant::now() < deadline,
-            "no `metrics listening` line in 30 s"
+            "no `metrics listening` line of a service running {job} in 30 s"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -293,7 +297,7 @@ async fn metrics_and_status_report_offsets_lag_events_watermark_and_late_events(
         Arc::clone(&log),
         shutdown.clone(),
     ));
-    let address = metrics_address(&logs).await;
+    let address = metrics_address(&logs, JOB).await;
 
     // The job's status exists before any event: nothing processed, no watermark.
     let deadline = Instant::now() + Duration::from_secs(30);

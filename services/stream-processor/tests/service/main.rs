@@ -1,0 +1,10 @@
+//! The stream-processor in process on an embedded log in a temporary folder. One test
+//! binary for the crate.
+//!
+//! - `status`: the status endpoint, fetched over real HTTP on loopback, reports what the
+//!   service did, matching what is in the log.
+//! - `idle`: a silent source partition stops holding back a repartitioned job's watermark
+//!   once it has been idle for the job's `idle-timeout`, and holds it back without one.
+
+mod idle;
+mod status;
