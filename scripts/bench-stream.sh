@@ -21,9 +21,12 @@
 #   checkpoint after the last batch (up to one interval) all count. On stderr, from the
 #   service's JSON log and its GET /status: when the job started, when every partition was
 #   processed to its end, the rate of the processing alone, and how long /status took to answer.
-# decode_baseline: the same log opened, read and decoded to Arrow with EventDecoder, one task
-#   per partition on a two-worker tokio runtime as in the service, no operator, nothing
-#   written, in the driver's process (opening the log counted, process start not).
+# decode_baseline: the same log opened, read and decoded to Arrow with arrow_json
+#   (EventDecoder::decode_general, the yardstick of every run so far), one task per partition
+#   on a two-worker tokio runtime as in the service, no operator, nothing written, in the
+#   driver's process (opening the log counted, process start not).
+# decode_record_format: the same with EventDecoder::decode, the decoder the service uses
+#   (the record format's own parser, falling back to arrow_json).
 # stream_<job>_vs_decode: ratios of the two (1 would be the service at the decode floor).
 # stage_<job>_<step>: events/s of each step of a task alone, on one thread, one partition
 #   after the other: read (log to records), decode (records to Arrow), operator
@@ -107,7 +110,7 @@ run_figures() {
 
 all_names() {
   local job step
-  echo decode_baseline
+  echo decode_baseline decode_record_format
   for job in "${JOBS[@]}"; do echo "stream_$job"; done
   for job in $STAGES; do
     for step in read decode operator encode all; do echo "stage_${job}_$step"; done
@@ -129,8 +132,8 @@ echo "==> filling an embedded log in $work_dir/throughput with $EVENTS events" >
 if "${throughput[@]}" fill --events "$EVENTS" >&2; then
   # The log is fsynced; this settles the folder's metadata before anything is timed.
   sync
-  echo "==> decode_baseline" >&2
-  run_figures decode_baseline "${throughput[@]}" decode
+  echo "==> decode_baseline, decode_record_format" >&2
+  run_figures "decode_baseline decode_record_format" "${throughput[@]}" decode
   for job in "${JOBS[@]}"; do
     echo "==> stream_$job: the service process with the one job, checkpoints every $CHECKPOINT_INTERVAL" >&2
     run_figures "stream_$job" "${throughput[@]}" service --bin "$service_bin" --job "$job" \
@@ -142,7 +145,7 @@ if "${throughput[@]}" fill --events "$EVENTS" >&2; then
       "${throughput[@]}" stages --job "$job"
   done
 else
-  for name in decode_baseline "${JOBS[@]/#/stream_}"; do unavailable "$name" "could not fill the log"; done
+  for name in decode_baseline decode_record_format "${JOBS[@]/#/stream_}"; do unavailable "$name" "could not fill the log"; done
   for job in $STAGES; do
     for step in read decode operator encode all; do unavailable "stage_${job}_$step" "could not fill the log"; done
   done

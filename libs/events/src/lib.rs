@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod decode;
+mod record_format;
 pub mod validate;
 
 use std::sync::Arc;

@@ -896,7 +896,7 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
 }
 
 /// Writes `text` as a JSON string.
-fn write_json_str(out: &mut Vec<u8>, text: &str) {
+pub(crate) fn write_json_str(out: &mut Vec<u8>, text: &str) {
     let plain = text
         .bytes()
         .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\');

@@ -77,7 +77,8 @@ enum Action {
         #[arg(long, default_value_t = 5_000_000)]
         events: u64,
     },
-    /// Prints `decode_baseline`: reading and decoding the whole log, no operator.
+    /// Prints `decode_baseline` and `decode_record_format`: reading and decoding the whole log,
+    /// no operator.
     Decode,
     /// Runs the service process with one job until it has checkpointed the log's end.
     Service {
@@ -344,7 +345,14 @@ async fn fill(dir: &Path, events: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `decode_baseline` (arrow_json for every run: the yardstick of earlier runs) and
+/// `decode_record_format` (the decoder the service uses: the record format's own parser).
 async fn decode(dir: &Path) -> anyhow::Result<()> {
+    decode_pass(dir, "decode_baseline", true).await?;
+    decode_pass(dir, "decode_record_format", false).await
+}
+
+async fn decode_pass(dir: &Path, name: &'static str, general: bool) -> anyhow::Result<()> {
     let config = load_config(&dir.join("fill.toml"))?;
     let schema = runnel_events::StreamSchema::new(config.stream(STREAM).context("`clicks`")?);
     let started = Instant::now();
@@ -363,7 +371,12 @@ async fn decode(dir: &Path) -> anyhow::Result<()> {
                 let records = reader
                     .next_batch(READ_BATCH, Duration::from_secs(1))
                     .await?;
-                rows += decoder.decode(&records)?.batch.num_rows() as u64;
+                let decoded = if general {
+                    decoder.decode_general(&records)?
+                } else {
+                    decoder.decode(&records)?
+                };
+                rows += decoded.batch.num_rows() as u64;
             }
             anyhow::Ok(rows)
         });
@@ -377,12 +390,12 @@ async fn decode(dir: &Path) -> anyhow::Result<()> {
     let events: u64 = ends.iter().sum();
     ensure!(rows == events, "decoded {rows} rows of {events} records");
     eprintln!(
-        "    decode_baseline: {rows} events in {:.2}s (opening the log: {:.2}s)",
+        "    {name}: {rows} events in {:.2}s (opening the log: {:.2}s)",
         elapsed.as_secs_f64(),
         opened.as_secs_f64()
     );
     println!(
-        "BENCH decode_baseline {:.0} events/s",
+        "BENCH {name} {:.0} events/s",
         rows as f64 / elapsed.as_secs_f64()
     );
     Ok(())
