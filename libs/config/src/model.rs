@@ -50,9 +50,12 @@ pub struct StreamProcessorConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct JobConfig {
-    /// Job name: letters, digits, `.`, `_`, `-`; names its topics `<name>.results` and
-    /// `<name>.late` and its checkpoints.
+    /// Job name: letters, digits, `.`, `_`, `-`. Its versions share it.
     pub name: String,
+    /// The job's version, from 1. Versions of one job run side by side, each with its own
+    /// topics and checkpoints (see [`JobConfig::id`]); serving answers from the active one.
+    #[serde(default = "first_version")]
+    pub version: u32,
     /// The job's SQL, inline.
     #[serde(default)]
     pub sql: Option<String>,
@@ -74,6 +77,24 @@ pub struct JobConfig {
     /// partition holds it back until it sends again.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+impl JobConfig {
+    /// The name of this version of the job, which names its topics (`<id>.results`,
+    /// `<id>.late`), checkpoints and batch views: the name itself for version 1, so that a job
+    /// declared without a version keeps its topics when a second version is added, and
+    /// `<name>.v<version>` after.
+    pub fn id(&self) -> String {
+        if self.version == 1 {
+            self.name.clone()
+        } else {
+            format!("{}.v{}", self.name, self.version)
+        }
+    }
 }
 
 /// The ingest service.
@@ -362,10 +383,18 @@ impl Config {
                     ),
                 ));
             }
-            if !job_names.insert(job.name.as_str()) {
+            if job.version == 0 {
+                return Err(semantic(at("version"), "versions start at 1".to_string()));
+            }
+            if !job_names.insert(job.id()) {
                 return Err(semantic(
                     at("name"),
-                    format!("duplicate job `{}`", job.name),
+                    format!(
+                        "duplicate job `{}` version {} (its id `{}` is taken)",
+                        job.name,
+                        job.version,
+                        job.id()
+                    ),
                 ));
             }
             if job.sql.is_some() == job.sql_file.is_some() {

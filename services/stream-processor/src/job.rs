@@ -49,8 +49,13 @@ pub fn members_group(job: &str) -> String {
 /// A job ready to run.
 #[derive(Debug, Clone)]
 pub struct Job {
-    /// The job's name.
+    /// This version's id (`JobConfig::id`: the name for version 1, else `<name>.v<version>`),
+    /// which names its topics, consumer groups and checkpoints.
     pub name: String,
+    /// The job's declared name, shared by its versions.
+    pub job_name: String,
+    /// The job's version.
+    pub version: u32,
     /// The compiled plan; its stream schema is the declared fields plus `_offset` and
     /// `_ingest_time`, so late events say which record they were.
     pub plan: Arc<JobPlan>,
@@ -115,7 +120,7 @@ impl Job {
     /// stream, or SQL the engine refuses (with its position).
     pub fn compile(config: &Config, job: &JobConfig) -> Result<Job, StreamProcessorError> {
         let fail = |message: String| StreamProcessorError::Job {
-            job: job.name.clone(),
+            job: job.id(),
             message,
         };
         let sql = match (&job.sql, &job.sql_file) {
@@ -168,7 +173,9 @@ impl Job {
         };
         Ok(Job {
             repartition,
-            name: job.name.clone(),
+            name: job.id(),
+            job_name: job.name.clone(),
+            version: job.version,
             plan: Arc::new(plan),
             options,
             stream,
@@ -186,6 +193,7 @@ mod tests {
         let mut config = Config::embedded_defaults();
         let job = JobConfig {
             name: "j".to_string(),
+            version: 1,
             sql: Some(sql.to_string()),
             sql_file: None,
             max_out_of_orderness: std::time::Duration::ZERO,
