@@ -19,8 +19,7 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use futures::StreamExt;
 use object_store::ObjectStore;
-use object_store::path::Path;
-use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use runnel_events::StreamSchema;
 use runnel_events::decode::EventDecoder;
 use runnel_log::{Log, LogError, PartitionReader, StartOffset};
@@ -28,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::ArchiveError;
 use crate::manifest::{FileEntry, load_manifest};
-use crate::parquet_file::StoreFile;
+use crate::parquet_file::{StoreFile, open_history_file};
 
 /// Where a hybrid source starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +188,9 @@ impl HybridSource {
                     let Some(reading) = current else {
                         match files.pop_front() {
                             Some(file) => {
-                                let stream = open_file(&self.store, &file, self.batch_rows).await?;
+                                let stream =
+                                    open_history_file(&self.store, &file, self.batch_rows, 0, None)
+                                        .await?;
                                 *current = Some(Box::new((file, stream)));
                             }
                             None => {
@@ -299,28 +300,6 @@ impl HybridSource {
             Err(source) => Err(ArchiveError::log(topic, source)),
         }
     }
-}
-
-async fn open_file(
-    store: &Arc<dyn ObjectStore>,
-    file: &FileEntry,
-    batch_rows: usize,
-) -> Result<ParquetRecordBatchStream<StoreFile>, ArchiveError> {
-    let reader = StoreFile::new(
-        Arc::clone(store),
-        Path::from(file.path.as_str()),
-        file.bytes,
-    );
-    let parquet_error = |source| ArchiveError::Parquet {
-        path: file.path.clone(),
-        source,
-    };
-    ParquetRecordBatchStreamBuilder::new(reader)
-        .await
-        .map_err(parquet_error)?
-        .with_batch_size(batch_rows)
-        .build()
-        .map_err(parquet_error)
 }
 
 /// Drops rows before `next_offset` (the start may fall inside a file), gives the batch the

@@ -15,7 +15,7 @@
 pub mod archiver;
 pub mod hybrid;
 pub mod manifest;
-mod parquet_file;
+pub mod parquet_file;
 mod store;
 
 pub use archiver::{

@@ -1,4 +1,5 @@
-//! Reading a Parquet file of known size from the object store, for the Parquet async reader.
+//! Reading a Parquet file of known size from the object store, for the Parquet async reader,
+//! and opening a history file ([`open_history_file`]).
 //!
 //! parquet 59 deprecates its own object-store reader in favour of implementing
 //! [`AsyncFileReader`]; this is that implementation. The size comes from the manifest (or a
@@ -14,19 +15,24 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::statistics::Statistics;
+
+use crate::{ArchiveError, FileEntry};
 
 /// A Parquet file in an object store, of a known size.
 #[derive(Debug, Clone)]
-pub(crate) struct StoreFile {
+pub struct StoreFile {
     store: Arc<dyn ObjectStore>,
     path: Path,
     size: u64,
 }
 
 impl StoreFile {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
+    /// The file at `path`, `size` bytes long.
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, size: u64) -> Self {
         Self { store, path, size }
     }
 }
@@ -73,4 +79,57 @@ impl AsyncFileReader for StoreFile {
         }
         .boxed()
     }
+}
+
+/// Opens a history file as a stream of batches of `batch_rows` rows in its own columns (the
+/// stream's positioned schema). With `event_time` (a half-open range of epoch milliseconds),
+/// row groups whose event-time statistics (column `event_time_column`) lie wholly outside it
+/// are skipped; the rows of the others are not filtered.
+///
+/// # Errors
+///
+/// [`ArchiveError::Parquet`] if the footer cannot be read.
+pub async fn open_history_file(
+    store: &Arc<dyn ObjectStore>,
+    file: &FileEntry,
+    batch_rows: usize,
+    event_time_column: usize,
+    event_time: Option<Range<i64>>,
+) -> Result<ParquetRecordBatchStream<StoreFile>, ArchiveError> {
+    let reader = StoreFile::new(
+        Arc::clone(store),
+        Path::from(file.path.as_str()),
+        file.bytes,
+    );
+    let parquet_error = |source| ArchiveError::Parquet {
+        path: file.path.clone(),
+        source,
+    };
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(parquet_error)?
+        .with_batch_size(batch_rows);
+    if let Some(range) = event_time {
+        let keep: Vec<usize> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, group)| {
+                let statistics = (event_time_column < group.num_columns())
+                    .then(|| group.column(event_time_column).statistics())
+                    .flatten();
+                match statistics {
+                    Some(Statistics::Int64(values)) => match (values.min_opt(), values.max_opt()) {
+                        (Some(&min), Some(&max)) => max >= range.start && min < range.end,
+                        _ => true,
+                    },
+                    _ => true,
+                }
+            })
+            .map(|(index, _)| index)
+            .collect();
+        builder = builder.with_row_groups(keep);
+    }
+    builder.build().map_err(parquet_error)
 }

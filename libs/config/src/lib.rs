@@ -291,14 +291,16 @@ mod tests {
 
     #[test]
     fn versions_of_a_job_have_their_own_ids() {
-        let job = |version: &str| {
-            format!("[[jobs]]\nname = \"views\"\n{version}sql = \"SELECT 1\"\n")
-        };
+        let job =
+            |version: &str| format!("[[jobs]]\nname = \"views\"\n{version}sql = \"SELECT 1\"\n");
         let config = load_with(&(job("") + &job("version = 2\n")), &[]).expect("valid");
         let ids: Vec<String> = config.jobs.iter().map(JobConfig::id).collect();
         assert_eq!(ids, ["views", "views.v2"]);
         let err = load_with(&(job("version = 2\n") + &job("version = 2\n")), &[]).unwrap_err();
-        assert!(err.to_string().contains("duplicate job `views` version 2"), "{err}");
+        assert!(
+            err.to_string().contains("duplicate job `views` version 2"),
+            "{err}"
+        );
         assert!(err.to_string().contains("jobs[1].name"), "{err}");
         let err = load_with(&job("version = 0\n"), &[]).unwrap_err();
         assert!(err.to_string().contains("jobs[0].version"), "{err}");

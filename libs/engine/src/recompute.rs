@@ -11,9 +11,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::concat_batches;
 use arrow::datatypes::DataType;
+use arrow::datatypes::Int64Type;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{self, GroupByExpr, SetExpr, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -26,6 +27,7 @@ use crate::window::WindowSpec;
 
 const KEY_PREFIX: &str = "__runnel_k";
 const WINDOW_START_ALIAS: &str = "__runnel_ws";
+const WINDOW_END_ALIAS: &str = "__runnel_we";
 
 /// Returns the DataFusion configuration recompute runs best with: twice as many target
 /// partitions as cores and 32768-row batches.
@@ -50,6 +52,24 @@ pub async fn recompute(
     context: &SessionContext,
     table: &str,
 ) -> Result<Vec<RecordBatch>, EngineError> {
+    Ok(recompute_windows(plan, context, table)
+        .await?
+        .into_iter()
+        .map(|(results, _)| results)
+        .collect())
+}
+
+/// [`recompute`], with each batch's window ends (epoch milliseconds, one per row) beside it:
+/// a session's end is not in the result columns unless the job selects it.
+///
+/// # Errors
+///
+/// Planning or execution errors from DataFusion.
+pub async fn recompute_windows(
+    plan: &JobPlan,
+    context: &SessionContext,
+    table: &str,
+) -> Result<Vec<(RecordBatch, Int64Array)>, EngineError> {
     let sql = batch_sql(plan, table)?;
     let frame = context
         .sql(&sql)
@@ -86,14 +106,18 @@ pub async fn recompute(
         )?);
         columns.push(Arc::new(UInt32Array::from(vec![1u32; n_rows])));
         columns.push(Arc::new(BooleanArray::from(vec![true; n_rows])));
-        results.push(RecordBatch::try_new(
-            Arc::clone(&plan.result_schema),
-            columns,
-        )?);
+        let ends = arrow::compute::cast(batch.column(n_user + n_keys + 1), &DataType::Int64)?;
+        results.push((
+            RecordBatch::try_new(Arc::clone(&plan.result_schema), columns)?,
+            ends.as_primitive::<Int64Type>().clone(),
+        ));
     }
     if results.len() > 1 {
-        let merged = concat_batches(&plan.result_schema, &results)?;
-        return Ok(vec![merged]);
+        let (batches, ends): (Vec<RecordBatch>, Vec<Int64Array>) = results.into_iter().unzip();
+        let merged = concat_batches(&plan.result_schema, &batches)?;
+        let ends: Vec<&dyn Array> = ends.iter().map(|ends| ends as &dyn Array).collect();
+        let ends = arrow::compute::concat(&ends)?;
+        return Ok(vec![(merged, ends.as_primitive::<Int64Type>().clone())]);
     }
     Ok(results)
 }
@@ -207,6 +231,12 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str) -> Result<String, EngineErr
         order_by.push(format!("{KEY_PREFIX}{idx}"));
     }
     select_items.push(format!("{WINDOW_START} AS {WINDOW_START_ALIAS}"));
+    select_items.push(match plan.window {
+        WindowSpec::Session { .. } => format!("MAX({WINDOW_END}) AS {WINDOW_END_ALIAS}"),
+        WindowSpec::Tumble { size_ms } | WindowSpec::Hop { size_ms, .. } => {
+            format!("arrow_cast({WINDOW_START}, 'Int64') + {size_ms} AS {WINDOW_END_ALIAS}")
+        }
+    });
     let group_by: Vec<String> = group_by.iter().map(ToString::to_string).collect();
     Ok(format!(
         "SELECT {} FROM ({windowed}) AS {stream} GROUP BY {} ORDER BY {} NULLS FIRST",

@@ -1,11 +1,22 @@
-//! runnel's batch-reprocessor service: replays jobs over the history and the live log (Kappa) and recomputes them over the Parquet history into batch views (Lambda) (issue 6).
+//! runnel's batch-reprocessor: backfills. It recomputes a job over the Parquet history into
+//! a batch view (Lambda's batch layer, [`recompute`]) and replays it over the history and
+//! then the live log with the live operator (Kappa).
 //!
-//! Not built yet: [`run`] opens the log (running its recovery) with every declared stream's
-//! topic, says at WARN what is missing, and waits for shutdown.
+//! - `recompute`: the DataFusion batch plan over the history's files, split among workers,
+//!   into a batch view.
+//! - `view`: batch views, `views/<job>/<version>/`: Parquet files and a manifest with the
+//!   view's horizon, replaced atomically.
+//!
+//! Not built yet (issue 6): replay, and the service itself: [`run`] opens the log, says at
+//! WARN what is missing and waits for shutdown; backfills run from the CLI.
 #![warn(missing_docs)]
+
+pub mod recompute;
+pub mod view;
 
 use std::sync::Arc;
 
+use object_store::path::Path;
 use runnel_config::Config;
 use runnel_log::{Log, LogError};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +31,66 @@ pub enum BatchReprocessorError {
     /// The log could not be opened, or a stream's topic could not be created.
     #[error("open storage: {0}")]
     OpenStorage(#[source] LogError),
+}
+
+/// Everything a backfill can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The history could not be read.
+    #[error(transparent)]
+    Archive(runnel_archive::ArchiveError),
+    /// An object-store operation failed.
+    #[error("{operation} {path}: {source}")]
+    Store {
+        /// What was being done.
+        operation: &'static str,
+        /// The object.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A batch view's manifest is unreadable.
+    #[error("batch view manifest {path}: {message}")]
+    ViewInvalid {
+        /// The object.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Reading or writing a Parquet file failed.
+    #[error("parquet file {path}: {message}")]
+    Parquet {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An Arrow operation failed.
+    #[error("arrow: {0}")]
+    Arrow(String),
+    /// DataFusion refused the history table or its query.
+    #[error("datafusion: {0}")]
+    DataFusion(String),
+    /// The job's engine failed.
+    #[error("job `{job}`: {source}")]
+    Engine {
+        /// The job's id.
+        job: String,
+        /// The engine's error.
+        #[source]
+        source: runnel_engine::EngineError,
+    },
+}
+
+impl BatchError {
+    pub(crate) fn store(operation: &'static str, path: &Path, source: object_store::Error) -> Self {
+        Self::Store {
+            operation,
+            path: path.to_string(),
+            source: Box::new(source),
+        }
+    }
 }
 
 /// Runs the batch-reprocessor service until `shutdown` is cancelled, on the log that `config` selects.
@@ -49,7 +120,7 @@ pub async fn run_with_log(
 ) -> Result<(), BatchReprocessorError> {
     runnel_server_common::hold_until_shutdown(
         SERVICE_NAME,
-        "replay and recompute not built yet (issue 6)",
+        "runs no standing work: backfills run from the CLI (`runnel backfill`); replay is not built yet (issue 6)",
         &config,
         log,
         shutdown,

@@ -283,7 +283,9 @@ impl Summary {
     }
 }
 
-fn progress_bar(total: u64) -> ProgressBar {
+/// A progress bar of `total` events on stderr, hidden when stderr is not a terminal; `{msg}`
+/// follows the counts.
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
     let target = if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()
     } else {

@@ -1,10 +1,11 @@
 //! The `runnel` CLI: runs any service, all of them in one process, and works on the log.
 //!
 //! Flags are parsed here, config is loaded once and passed down; each service runs through
-//! its library's `run`. `runnel ingest` is the ingest service's client; client commands of
-//! later issues (query, backfill) will join the subcommands when their services exist.
+//! its library's `run`. `runnel ingest` is the ingest service's client; `runnel backfill`
+//! runs the batch-reprocessor's backfills; `runnel query` (issue 7) will join them.
 
 mod archive_command;
+mod backfill_command;
 mod ingest_command;
 mod log_commands;
 mod run_command;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::archive_command::ArchiveArgs;
+use crate::backfill_command::BackfillArgs;
 use crate::ingest_command::IngestArgs;
 use crate::log_commands::LogCommand;
 use crate::run_command::RunArgs;
@@ -54,17 +56,17 @@ enum Command {
     /// (`POST /v1/streams/{stream}/events`, NDJSON or a JSON array). Rejected events go to
     /// `<stream>.dead-letter` with their reason.
     IngestService,
-    /// Runs the stream-processor service (not built yet: issues 3 and 5).
+    /// Runs the stream-processor service: the configured `[[jobs]]` on the live log.
     ///
-    /// Will run the configured windowed SQL jobs on the live log, checkpoint them for
-    /// exactly-once results and publish results to `<job>.results`. Not built yet: today it
-    /// opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+    /// Results go to `<job>.results` as upserts and late events to `<job>.late`; tasks
+    /// checkpoint to the object store and resume there after a crash. On Kafka, instances
+    /// started with the same config share each job's partitions. Metrics on
+    /// `stream-processor.metrics-listen` (`/metrics`, `/status`).
     StreamProcessor,
-    /// Runs the batch-reprocessor service (not built yet: issue 6).
+    /// Runs the batch-reprocessor service (its standing work is not built yet: issue 6).
     ///
-    /// Will replay jobs over the history and the live log (Kappa) and recompute them over the
-    /// Parquet history into batch views (Lambda), for backfills. Not built yet: today it
-    /// opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+    /// Backfills run with `runnel backfill`; the service opens the log, ensures every
+    /// declared stream's topic and waits for Ctrl-C.
     BatchReprocessor,
     /// Runs the serving service (not built yet: issue 7).
     ///
@@ -107,6 +109,15 @@ enum Command {
     /// a terminal; the summary is `accepted N, rejected M` with the first reasons. Exits
     /// non-zero if the service cannot be reached or refuses the stream.
     Ingest(IngestArgs),
+    /// Runs a job over its history: a batch view (recompute) or the live operator (replay).
+    ///
+    /// `--mode recompute` runs the job's DataFusion batch plan over the Parquet history
+    /// between --from and --to, every archived event counted, and replaces the batch view
+    /// `views/<job>/<version>/` (Parquet files and `_manifest.json` with the view's horizon).
+    /// Example: `runnel backfill --job views --mode recompute --workers 4`.
+    // `--version` is the job's version here, not runnel's.
+    #[command(disable_version_flag = true)]
+    Backfill(BackfillArgs),
 }
 
 impl Command {
@@ -122,7 +133,8 @@ impl Command {
             | Command::Run(_)
             | Command::Log(_)
             | Command::Archive(_)
-            | Command::Ingest(_) => "runnel",
+            | Command::Ingest(_)
+            | Command::Backfill(_) => "runnel",
         }
     }
 }
@@ -170,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Log(log_command) => log_commands::run(log_command, &config).await?,
         Command::Archive(args) => archive_command::run(args, &config).await?,
         Command::Ingest(args) => ingest_command::run(args, &config).await?,
+        Command::Backfill(args) => backfill_command::run(args, &config).await?,
     }
     Ok(())
 }

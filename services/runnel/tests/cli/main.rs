@@ -1,5 +1,6 @@
 //! The `runnel` binary, run as a process.
 
+mod backfill;
 mod history;
 mod stream;
 

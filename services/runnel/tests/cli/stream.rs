@@ -17,20 +17,20 @@ const EVENTS: u64 = 40_000;
 const PARTITIONS: u32 = 4;
 
 /// One run's world: a data folder, a stream and a job named for it, on one log backend.
-struct Universe {
-    root: PathBuf,
-    stream: String,
-    job: String,
+pub(super) struct Universe {
+    pub(super) root: PathBuf,
+    pub(super) stream: String,
+    pub(super) job: String,
     /// `Some(bootstrap)` for Kafka; `None` for the embedded log in `root/data/log`.
     kafka: Option<String>,
     /// Whether the universe also runs `<job>-pages`, grouped by page (not the stream's key),
     /// through its repartition topic. Only on the embedded log: the SQLite-backed test
     /// broker times out under the extra router and window tasks on this 2-core machine.
-    with_pages: bool,
+    pub(super) with_pages: bool,
 }
 
 impl Universe {
-    fn embedded(root: PathBuf) -> Universe {
+    pub(super) fn embedded(root: PathBuf) -> Universe {
         Universe {
             root,
             stream: "clicks".to_string(),
@@ -83,7 +83,7 @@ impl Universe {
     }
 }
 
-fn write_config(universe: &Universe) -> PathBuf {
+pub(super) fn write_config(universe: &Universe) -> PathBuf {
     std::fs::create_dir_all(&universe.root).expect("create dir");
     let path = universe.root.join("runnel.toml");
     let backend = match &universe.kafka {
@@ -153,7 +153,7 @@ allowed-lateness = "1h"
 /// Fills `clicks` (4 partitions, keyed by user) with events a second apart per partition
 /// in event time, some out of order within the allowed lateness and some far too late;
 /// returns each partition's end offset.
-async fn fill_log(universe: &Universe) -> Vec<u64> {
+pub(super) async fn fill_log(universe: &Universe) -> Vec<u64> {
     append_events(universe, 0..EVENTS).await
 }
 
@@ -278,7 +278,7 @@ fn caught_up(universe: &Universe, ends: &[u64]) -> bool {
     direct_done && (pages_done || !universe.with_pages)
 }
 
-fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
+pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
     let mut child = start(universe);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !caught_up(universe, ends) {
@@ -300,7 +300,7 @@ fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
 }
 
 /// Every record of a topic: key to the list of values, in log order per partition.
-async fn read_topic(universe: &Universe, topic: &str) -> BTreeMap<String, Vec<Bytes>> {
+pub(super) async fn read_topic(universe: &Universe, topic: &str) -> BTreeMap<String, Vec<Bytes>> {
     let (log, embedded) = universe.log().await;
     let mut records: BTreeMap<String, Vec<Bytes>> = BTreeMap::new();
     for partition in 0..PARTITIONS {
@@ -482,7 +482,7 @@ async fn compare_outputs(reference: &Universe, other: &Universe, label: &str) {
 }
 
 /// The latest version of every upsert, without its version number.
-fn latest(raw: &BTreeMap<String, Vec<Bytes>>) -> BTreeMap<String, serde_json::Value> {
+pub(super) fn latest(raw: &BTreeMap<String, Vec<Bytes>>) -> BTreeMap<String, serde_json::Value> {
     raw.iter()
         .map(|(key, values)| {
             let mut rows: Vec<serde_json::Value> = values

@@ -1,0 +1,419 @@
+//! Recompute (the Lambda batch layer): a job's DataFusion batch plan over the Parquet
+//! history, into a batch view.
+//!
+//! The history's manifest says which files can hold events of `[from, horizon)` (by their
+//! event-time bounds); each file's row groups are pruned by their event-time statistics and
+//! its rows filtered to the range. The files are split among `workers` partitions of a
+//! DataFusion table, so DataFusion aggregates each worker's files in parallel and merges the
+//! partial aggregates; results are ordered by window and key, so the view is the same for
+//! any number of workers.
+//!
+//! The view keeps the windows that lie wholly in the range: starting at or after `from`
+//! (sessions: at or after `from + gap`, since an event before `from` could have opened them
+//! earlier) and ending at or before the horizon, so every window it holds counted every
+//! archived event that belongs to it.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
+use arrow::compute::kernels::cmp;
+use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use runnel_archive::FileEntry;
+use runnel_archive::parquet_file::open_history_file;
+use runnel_config::Config;
+use runnel_engine::WindowSpec;
+use runnel_stream_processor::Job;
+use tracing::{info, warn};
+
+use crate::BatchError;
+use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
+
+/// The folder under the object store's root where batch views live.
+pub const VIEWS_PREFIX: &str = "views";
+
+/// Rows per batch read from a history file.
+const READ_BATCH_ROWS: usize = 32_768;
+
+/// What to recompute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecomputeRequest {
+    /// Windows starting before this (epoch ms) are left out; `None`: from the first event.
+    pub from_ms: Option<i64>,
+    /// Events from this on (epoch ms) are not read; `None`: up to the horizon.
+    pub to_ms: Option<i64>,
+    /// How many partitions the history's files are split into (at least 1).
+    pub workers: usize,
+}
+
+/// Counters of a recompute's progress, for a progress bar.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// History files to read.
+    pub files_total: AtomicU64,
+    /// History files opened so far.
+    pub files_done: AtomicU64,
+    /// Events in the files to read (by the manifest).
+    pub events_total: AtomicU64,
+    /// Events read so far (before the range filter).
+    pub events_done: AtomicU64,
+}
+
+/// The event time up to which the history is complete for `job`: the least, over the
+/// partitions that have files, of the largest archived event time less the job's
+/// out-of-orderness, less its allowed lateness. `None` without any file.
+fn history_horizon(job: &Job, files: &[FileEntry]) -> Option<i64> {
+    let mut largest: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+    for file in files {
+        if let Some(max) = file.max_event_time {
+            let slot = largest.entry(file.partition).or_insert(max);
+            *slot = (*slot).max(max);
+        }
+    }
+    let lag = i64::try_from(
+        (job.options.max_out_of_orderness + job.options.allowed_lateness).as_millis(),
+    )
+    .unwrap_or(i64::MAX);
+    largest.values().min().map(|max| max.saturating_sub(lag))
+}
+
+/// Splits `files` into `workers` groups of about equal rows (largest first onto the
+/// lightest group); the split only balances work, the view does not depend on it.
+fn split(mut files: Vec<FileEntry>, workers: usize) -> Vec<Vec<FileEntry>> {
+    files.sort_by(|a, b| {
+        b.rows
+            .cmp(&a.rows)
+            .then(a.partition.cmp(&b.partition))
+            .then(a.first_offset.cmp(&b.first_offset))
+    });
+    let mut groups: Vec<(u64, Vec<FileEntry>)> = vec![(0, Vec::new()); workers.max(1)];
+    for file in files {
+        if let Some(lightest) = groups.iter_mut().min_by_key(|(rows, _)| *rows) {
+            lightest.0 += file.rows;
+            lightest.1.push(file);
+        }
+    }
+    groups.into_iter().map(|(_, files)| files).collect()
+}
+
+/// Recomputes `job` over the history into its batch view (replacing the previous one) and
+/// returns the new view's manifest.
+///
+/// # Errors
+///
+/// Store and Parquet failures, a history file whose columns are not the stream's, and
+/// DataFusion's errors.
+pub async fn recompute_view(
+    config: &Config,
+    job: &Job,
+    request: RecomputeRequest,
+    store: Arc<dyn ObjectStore>,
+    progress: Arc<Progress>,
+) -> Result<ViewManifest, BatchError> {
+    let stream = job.stream.name();
+    let history = runnel_archive::load_manifest(store.as_ref(), &config.archive.prefix, stream)
+        .await
+        .map_err(BatchError::Archive)?
+        .map(|manifest| manifest.files)
+        .unwrap_or_default();
+    let horizon = history_horizon(job, &history).map(|horizon| match request.to_ms {
+        Some(to) => horizon.min(to),
+        None => horizon,
+    });
+    let from = request.from_ms.unwrap_or(i64::MIN);
+    let events = from..horizon.unwrap_or(i64::MIN);
+    let files: Vec<FileEntry> = history
+        .into_iter()
+        .filter(|file| match (file.min_event_time, file.max_event_time) {
+            (Some(min), Some(max)) => min < events.end && max >= events.start,
+            _ => false,
+        })
+        .collect();
+    progress
+        .files_total
+        .store(files.len() as u64, Ordering::Relaxed);
+    progress
+        .events_total
+        .store(files.iter().map(|file| file.rows).sum(), Ordering::Relaxed);
+    info!(
+        job = %job.name,
+        files = files.len(),
+        from = request.from_ms,
+        horizon,
+        workers = request.workers,
+        "recomputing over the history"
+    );
+    let history_files = files.len() as u64;
+    let partitions: Vec<Arc<dyn PartitionStream>> = split(files, request.workers)
+        .into_iter()
+        .map(|files| {
+            Arc::new(HistoryPartition {
+                files,
+                store: Arc::clone(&store),
+                job_columns: job.input_columns.clone(),
+                positioned: Arc::clone(job.stream.with_position()),
+                schema: Arc::clone(&job.input_schema),
+                event_time_column: job.stream.event_time_index(),
+                events: events.clone(),
+                progress: Arc::clone(&progress),
+            }) as Arc<dyn PartitionStream>
+        })
+        .collect();
+    let table = StreamingTable::try_new(Arc::clone(&job.input_schema), partitions)
+        .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+    let context = SessionContext::new_with_config(
+        runnel_engine::recompute_config().with_target_partitions(request.workers.max(1)),
+    );
+    context
+        .register_table("history", Arc::new(table))
+        .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+    let computed = runnel_engine::recompute_windows(&job.plan, &context, "history")
+        .await
+        .map_err(|source| BatchError::Engine {
+            job: job.name.clone(),
+            source,
+        })?;
+    let first_start = match job.plan.window() {
+        WindowSpec::Session { gap_ms } if request.from_ms.is_some() => from.saturating_add(gap_ms),
+        _ => from,
+    };
+    let mut results = Vec::new();
+    for (batch, ends) in computed {
+        let kept = keep_windows(&batch, &ends, first_start, events.end)?;
+        if kept.num_rows() > 0 {
+            results.push(kept);
+        }
+    }
+
+    let previous = load_view(store.as_ref(), VIEWS_PREFIX, &job.job_name, job.version).await?;
+    let generation = previous.as_ref().map_or(1, |view| view.generation + 1);
+    let mut manifest = ViewManifest {
+        format: VIEW_FORMAT,
+        job: job.job_name.clone(),
+        version: job.version,
+        generation,
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        horizon_ms: horizon,
+        history_files,
+        events: progress.events_done.load(Ordering::Relaxed),
+        files: Vec::new(),
+        created_at_ms: now_ms(),
+    };
+    let path = generation_dir(VIEWS_PREFIX, &job.job_name, job.version, generation)
+        .join("part-00000.parquet");
+    let bytes = write_parquet(&job.plan.result_schema(), &results, &path)?;
+    let size = bytes.len() as u64;
+    store
+        .put(&path, PutPayload::from(bytes))
+        .await
+        .map_err(|source| BatchError::store("write", &path, source))?;
+    manifest.files.push(ViewFile {
+        path: path.to_string(),
+        rows: results.iter().map(|batch| batch.num_rows() as u64).sum(),
+        bytes: size,
+    });
+    save_view(store.as_ref(), VIEWS_PREFIX, &manifest).await?;
+    if let Some(previous) = previous {
+        for file in previous.files {
+            let old = Path::from(file.path.as_str());
+            if let Err(error) = store.delete(&old).await {
+                warn!(path = %old, %error, "could not delete a file of the previous view");
+            }
+        }
+    }
+    info!(
+        job = %job.name,
+        generation,
+        rows = manifest.files[0].rows,
+        horizon,
+        "batch view written"
+    );
+    Ok(manifest)
+}
+
+/// The rows of `batch` whose window starts at or after `first_start` and ends at or before
+/// `horizon`.
+fn keep_windows(
+    batch: &RecordBatch,
+    ends: &Int64Array,
+    first_start: i64,
+    horizon: i64,
+) -> Result<RecordBatch, BatchError> {
+    let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
+    let starts = batch
+        .column_by_name("_window_start")
+        .ok_or_else(|| BatchError::Arrow("results without `_window_start`".to_string()))?;
+    let starts = arrow::compute::cast(starts, &DataType::Int64).map_err(arrow)?;
+    let starts = starts.as_primitive::<Int64Type>();
+    let keep: BooleanArray = starts
+        .iter()
+        .zip(ends.iter())
+        .map(|(start, end)| match (start, end) {
+            (Some(start), Some(end)) => Some(start >= first_start && end <= horizon),
+            _ => Some(false),
+        })
+        .collect();
+    arrow::compute::filter_record_batch(batch, &keep).map_err(arrow)
+}
+
+fn write_parquet(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    path: &Path,
+) -> Result<Bytes, BatchError> {
+    let parquet_error = |source: parquet::errors::ParquetError| BatchError::Parquet {
+        path: path.to_string(),
+        message: source.to_string(),
+    };
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, Arc::clone(schema), Some(properties))
+        .map_err(parquet_error)?;
+    for batch in batches {
+        writer.write(batch).map_err(parquet_error)?;
+    }
+    writer.close().map_err(parquet_error)?;
+    Ok(Bytes::from(buffer))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// One worker's share of the history: its files, read one after the other, as the job's
+/// input rows with event times in `events`.
+#[derive(Debug)]
+struct HistoryPartition {
+    files: Vec<FileEntry>,
+    store: Arc<dyn ObjectStore>,
+    /// The job's input columns among the positioned ones.
+    job_columns: Vec<usize>,
+    positioned: SchemaRef,
+    schema: SchemaRef,
+    event_time_column: usize,
+    events: Range<i64>,
+    progress: Arc<Progress>,
+}
+
+impl PartitionStream for HistoryPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _context: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let store = Arc::clone(&self.store);
+        let (event_time_column, events) = (self.event_time_column, self.events.clone());
+        let progress = Arc::clone(&self.progress);
+        let opened = futures::stream::iter(self.files.clone()).then(move |file| {
+            let (store, events, progress) =
+                (Arc::clone(&store), events.clone(), Arc::clone(&progress));
+            async move {
+                let stream = open_history_file(
+                    &store,
+                    &file,
+                    READ_BATCH_ROWS,
+                    event_time_column,
+                    Some(events),
+                )
+                .await
+                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)))?;
+                progress.files_done.fetch_add(1, Ordering::Relaxed);
+                let path = file.path;
+                Ok::<_, datafusion::error::DataFusionError>(stream.map(move |batch| {
+                    batch.map_err(|source| {
+                        datafusion::error::DataFusionError::External(Box::new(
+                            BatchError::Parquet {
+                                path: path.clone(),
+                                message: source.to_string(),
+                            },
+                        ))
+                    })
+                }))
+            }
+        });
+        let (positioned, schema) = (Arc::clone(&self.positioned), Arc::clone(&self.schema));
+        let (job_columns, events) = (self.job_columns.clone(), self.events.clone());
+        let progress = Arc::clone(&self.progress);
+        let rows = opened.try_flatten().and_then(move |batch| {
+            progress
+                .events_done
+                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            let rows = job_rows(
+                &batch,
+                &positioned,
+                &schema,
+                &job_columns,
+                event_time_column,
+                &events,
+            )
+            .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
+            futures::future::ready(rows)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            rows,
+        ))
+    }
+}
+
+/// A history batch as the job's input: checked against the stream's positioned schema,
+/// projected to the job's columns, filtered to event times in `events`.
+fn job_rows(
+    batch: &RecordBatch,
+    positioned: &SchemaRef,
+    schema: &SchemaRef,
+    job_columns: &[usize],
+    event_time_column: usize,
+    events: &Range<i64>,
+) -> Result<RecordBatch, BatchError> {
+    let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
+    let batch = RecordBatch::try_new(Arc::clone(positioned), batch.columns().to_vec()).map_err(
+        |error| {
+            BatchError::Arrow(format!(
+                "a history file's columns are not the stream's: {error}"
+            ))
+        },
+    )?;
+    let times = batch.column(event_time_column);
+    let times = match times.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            arrow::compute::cast(times, &DataType::Int64).map_err(arrow)?
+        }
+        _ => Arc::clone(times),
+    };
+    let low = Int64Array::new_scalar(events.start);
+    let high = Int64Array::new_scalar(events.end);
+    let keep = arrow::compute::and(
+        &cmp::gt_eq(&times, &low).map_err(arrow)?,
+        &cmp::lt(&times, &high).map_err(arrow)?,
+    )
+    .map_err(arrow)?;
+    let projected = batch.project(job_columns).map_err(arrow)?;
+    let projected =
+        RecordBatch::try_new(Arc::clone(schema), projected.columns().to_vec()).map_err(arrow)?;
+    if keep.true_count() == keep.len() {
+        return Ok(projected);
+    }
+    arrow::compute::filter_record_batch(&projected, &keep).map_err(arrow)
+}

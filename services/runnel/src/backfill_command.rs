@@ -1,0 +1,161 @@
+//! `runnel backfill`: a job over its history, as a batch view (recompute) or through the
+//! live operator (replay).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
+use runnel_config::Config;
+use runnel_events::validate::{format_millis, parse_rfc3339_millis};
+
+use crate::ingest_command::progress_bar;
+
+/// How a backfill runs the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// The live operator over the history, then the live log (Kappa): the same results,
+    /// versions and late events as the live run.
+    Replay,
+    /// The DataFusion batch plan over the history between --from and --to (Lambda's batch
+    /// layer): every archived event counted, into the batch view `views/<job>/<version>/`.
+    Recompute,
+}
+
+/// Arguments of `runnel backfill`.
+#[derive(Debug, Args)]
+pub(crate) struct BackfillArgs {
+    /// The job, by its `[[jobs]]` name.
+    #[arg(long)]
+    job: String,
+    /// The job's version; default: the highest declared.
+    #[arg(long)]
+    version: Option<u32>,
+    /// Leaves out windows starting before this: RFC 3339 (`2026-11-01T00:00:00Z`) or epoch
+    /// milliseconds. Default: from the first archived event.
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// Reads no event at or after this (same forms as --from). Default: up to the history's
+    /// horizon.
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
+    /// replay or recompute.
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Recompute: how many ways the history's files are split, aggregated in parallel and
+    /// merged. The view is the same for any number.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(millis) = text.parse::<i64>() {
+        return Ok(millis);
+    }
+    parse_rfc3339_millis(text)
+        .map_err(|reason| format!("`{text}` is neither epoch milliseconds nor RFC 3339: {reason}"))
+}
+
+/// Runs the backfill `args` describes.
+pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<()> {
+    let versions: Vec<&runnel_config::JobConfig> = config
+        .jobs
+        .iter()
+        .filter(|job| job.name == args.job)
+        .collect();
+    let Some(latest) = versions.iter().map(|job| job.version).max() else {
+        let declared: Vec<String> = config.jobs.iter().map(|job| job.id()).collect();
+        anyhow::bail!(
+            "--job: no job `{}` is declared (declared: {})",
+            args.job,
+            if declared.is_empty() {
+                "none".to_string()
+            } else {
+                declared.join(", ")
+            }
+        );
+    };
+    let version = args.version.unwrap_or(latest);
+    let Some(job_config) = versions.iter().find(|job| job.version == version) else {
+        anyhow::bail!(
+            "--version: job `{}` has no version {version} (declared: {})",
+            args.job,
+            versions
+                .iter()
+                .map(|job| job.version.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    if let (Some(from), Some(to)) = (args.from, args.to)
+        && from >= to
+    {
+        anyhow::bail!("--from ({from}) must be before --to ({to})");
+    }
+    let job = runnel_stream_processor::Job::compile(config, job_config)
+        .with_context(|| format!("compile job `{}`", job_config.id()))?;
+    match args.mode {
+        Mode::Recompute => recompute(config, &job, &args).await,
+        Mode::Replay => {
+            anyhow::bail!("--mode replay is not built yet (issue 6); --mode recompute is")
+        }
+    }
+}
+
+async fn recompute(
+    config: &Config,
+    job: &runnel_stream_processor::Job,
+    args: &BackfillArgs,
+) -> anyhow::Result<()> {
+    let store = runnel_archive::open_object_store(
+        &config.object_store_url(),
+        &config.storage.object_store_options,
+    )
+    .context("open the object store")?;
+    let progress = Arc::new(Progress::default());
+    let request = RecomputeRequest {
+        from_ms: args.from,
+        to_ms: args.to,
+        workers: usize::from(args.workers),
+    };
+    let started = Instant::now();
+    let work = recompute_view(config, job, request, store, Arc::clone(&progress));
+    let mut work = std::pin::pin!(work);
+    let bar = progress_bar(0);
+    let view = loop {
+        tokio::select! {
+            done = &mut work => break done.context("recompute")?,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                bar.set_length(progress.events_total.load(Ordering::Relaxed));
+                bar.set_position(progress.events_done.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "files {}/{}",
+                    progress.files_done.load(Ordering::Relaxed),
+                    progress.files_total.load(Ordering::Relaxed)
+                ));
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let rows: u64 = view.files.iter().map(|file| file.rows).sum();
+    let horizon = view
+        .horizon_ms
+        .map_or_else(|| "none (nothing archived yet)".to_string(), format_millis);
+    writeln!(
+        std::io::stdout().lock(),
+        "batch view views/{}/{}/ generation {}: {rows} windows complete up to {horizon}, from {} \
+         events in {} history files, {} workers, {:.1}s",
+        view.job,
+        view.version,
+        view.generation,
+        view.events,
+        view.history_files,
+        args.workers,
+        started.elapsed().as_secs_f64()
+    )
+    .context("write to stdout")?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! `runnel backfill --mode recompute` as a process, over the history of a log the live
+//! stream-processor has run over: the batch view equals live on every window no late event
+//! touched, counts the late events on the others, is the same for 1 and 3 workers, and
+//! opens in DuckDB.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::stream::{Universe, fill_log, latest, read_topic, run_until_caught_up};
+
+const WINDOW_MS: i64 = 10_000;
+
+fn runnel(universe: &Universe, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--config")
+        .arg(universe.root.join("runnel.toml"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run runnel");
+    assert!(
+        output.status.success(),
+        "runnel {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+/// The batch view of version 1 of the universe's job: its manifest and its files.
+fn view(universe: &Universe) -> (serde_json::Value, Vec<PathBuf>) {
+    let objects = universe.root.join("data/objects");
+    let manifest_path = objects.join(format!("views/{}/1/_manifest.json", universe.job));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("the view's manifest"))
+            .expect("JSON manifest");
+    let files = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|file| objects.join(file["path"].as_str().expect("path")))
+        .collect();
+    (manifest, files)
+}
+
+/// The view's rows by upsert key (`<_key>@<_window_start ms>`, as the results topic keys
+/// them): views, total_ms, last_page.
+fn view_rows(files: &[PathBuf]) -> BTreeMap<String, (i64, i64, String)> {
+    let mut rows = BTreeMap::new();
+    for path in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(path).expect("open view file"),
+        )
+        .expect("a Parquet file")
+        .build()
+        .expect("reader");
+        for batch in reader {
+            let batch: RecordBatch = batch.expect("batch");
+            let column = |name: &str| batch.column_by_name(name).expect(name).clone();
+            let (keys, starts) = (column("_key"), column("_window_start"));
+            let (views, total, page) = (column("views"), column("total_ms"), column("last_page"));
+            for row in 0..batch.num_rows() {
+                let key = format!(
+                    "{}@{}",
+                    keys.as_string::<i32>().value(row),
+                    starts.as_primitive::<TimestampMillisecondType>().value(row)
+                );
+                let value = (
+                    views.as_primitive::<Int64Type>().value(row),
+                    total.as_primitive::<Int64Type>().value(row),
+                    page.as_string::<i32>().value(row).to_string(),
+                );
+                assert!(rows.insert(key.clone(), value).is_none(), "{key} twice");
+            }
+        }
+    }
+    rows
+}
+
+/// Epoch milliseconds of arrow_json's text for a zone-less millisecond timestamp.
+fn millis(text: &str) -> i64 {
+    runnel_events::validate::parse_rfc3339_millis(&format!("{text}Z")).expect("a timestamp")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recompute_agrees_with_live_and_counts_the_late_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut universe = Universe::embedded(dir.path().join("u"));
+    universe.with_pages = false;
+    let ends = fill_log(&universe).await;
+    run_until_caught_up(&universe, &ends);
+    runnel(&universe, &["archive", "--once"]);
+
+    let summary = runnel(
+        &universe,
+        &["backfill", "--job", &universe.job, "--mode", "recompute"],
+    );
+    eprintln!("{summary}");
+    let (manifest, files) = view(&universe);
+    let one_worker = view_rows(&files);
+    let horizon = manifest["horizon_ms"].as_i64().expect("a horizon");
+    assert_eq!(manifest["generation"], 1);
+    assert_eq!(
+        manifest["events"].as_u64(),
+        Some(ends.iter().sum::<u64>()),
+        "every archived event read"
+    );
+
+    runnel(
+        &universe,
+        &[
+            "backfill",
+            "--job",
+            &universe.job,
+            "--mode",
+            "recompute",
+            "--workers",
+            "3",
+        ],
+    );
+    let (manifest, files) = view(&universe);
+    assert_eq!(manifest["generation"], 2);
+    assert_eq!(
+        view_rows(&files),
+        one_worker,
+        "1 and 3 workers give the same view"
+    );
+    let old_generation = universe
+        .root
+        .join(format!("data/objects/views/{}/1/{:020}", universe.job, 1));
+    assert!(
+        std::fs::read_dir(&old_generation).map_or(true, |mut entries| entries.next().is_none()),
+        "the first generation's files are deleted"
+    );
+
+    // Live: the latest version of every window, and the late events per window.
+    let live = latest(&read_topic(&universe, &format!("{}.results", universe.job)).await);
+    let late_raw = read_topic(&universe, &format!("{}.late", universe.job)).await;
+    let mut late: BTreeMap<String, i64> = BTreeMap::new();
+    for values in late_raw.values() {
+        let row: serde_json::Value = serde_json::from_slice(&values[0]).expect("late JSON");
+        let key = serde_json::to_string(&[row["user_id"].as_str().expect("user")]).expect("key");
+        let start = millis(row["_window_start"].as_str().expect("window start"));
+        *late.entry(format!("{key}@{start}")).or_default() += 1;
+    }
+    assert!(
+        one_worker.len() > 100,
+        "{} windows in the view",
+        one_worker.len()
+    );
+    let mut touched = 0;
+    for (key, (views, total_ms, last_page)) in &one_worker {
+        let Some(live_row) = live.get(key) else {
+            // Live never opened a window whose every event came too late.
+            assert_eq!(
+                late.get(key),
+                Some(views),
+                "{key} is in the view, and in live neither as a result nor as late events"
+            );
+            touched += 1;
+            continue;
+        };
+        let live_views = live_row["views"].as_i64().expect("views");
+        match late.get(key) {
+            None => {
+                assert_eq!(live_row["_final"], true, "{key}");
+                assert_eq!(
+                    (live_views, live_row["total_ms"].as_i64().expect("total")),
+                    (*views, *total_ms),
+                    "{key}: the view and live differ on a window no late event touched"
+                );
+                assert_eq!(
+                    live_row["last_page"].as_str(),
+                    Some(last_page.as_str()),
+                    "{key}"
+                );
+            }
+            Some(late_events) => {
+                touched += 1;
+                assert_eq!(
+                    live_views + late_events,
+                    *views,
+                    "{key}: the view counts live's events and its late ones"
+                );
+            }
+        }
+    }
+    assert!(touched > 0, "some window of the view had late events");
+    // Complete up to the horizon: every window live fired that ends by then is there.
+    for (key, row) in &live {
+        let start: i64 = key.rsplit_once('@').expect("@").1.parse().expect("ms");
+        if row["_final"] == true && start + WINDOW_MS <= horizon {
+            assert!(
+                one_worker.contains_key(key),
+                "{key} ends before the horizon, not in the view"
+            );
+        }
+    }
+
+    read_with_duckdb(&files, &one_worker);
+}
+
+/// A second reader: DuckDB counts the view's rows and sums its views.
+fn read_with_duckdb(files: &[PathBuf], rows: &BTreeMap<String, (i64, i64, String)>) {
+    let Ok(python) = std::env::var("RUNNEL_PYTHON") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_DUCKDB").as_deref() != Ok("1"),
+            "RUNNEL_REQUIRE_DUCKDB=1 but RUNNEL_PYTHON is not set"
+        );
+        eprintln!("skipped the DuckDB half: RUNNEL_PYTHON is not set (scripts/test.sh sets it)");
+        return;
+    };
+    let list: Vec<String> = files
+        .iter()
+        .map(|path| format!("'{}'", path.display()))
+        .collect();
+    let script = format!(
+        "import duckdb\nprint(*duckdb.sql(\"SELECT count(*), sum(views) FROM read_parquet([{}])\").fetchone())",
+        list.join(", ")
+    );
+    let output = Command::new(python)
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    assert!(
+        output.status.success(),
+        "DuckDB: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected = format!(
+        "{} {}",
+        rows.len(),
+        rows.values().map(|(views, _, _)| views).sum::<i64>()
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), expected);
+}
