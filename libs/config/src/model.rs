@@ -230,6 +230,11 @@ pub struct KafkaLogConfig {
     /// to the others (librdkafka's `session.timeout.ms`; heartbeats go at a fifth of it).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// How long a group waits for its members to rejoin when it rebalances, and so the
+    /// longest a member may take to let go of revoked partitions (librdkafka's
+    /// `max.poll.interval.ms`, the group's rebalance timeout). At least `session-timeout`.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_timeout: Duration,
     /// Extra librdkafka properties passed to every client, e.g. `security.protocol`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
@@ -403,6 +408,16 @@ impl Config {
                     "give exactly one of `sql` and `sql-file`".to_string(),
                 ));
             }
+        }
+        let kafka = &self.storage.log.kafka;
+        if kafka.rebalance_timeout < kafka.session_timeout {
+            return Err(semantic(
+                "storage.log.kafka.rebalance-timeout".to_string(),
+                format!(
+                    "must be at least session-timeout ({:?}), got {:?}",
+                    kafka.session_timeout, kafka.rebalance_timeout
+                ),
+            ));
         }
         if self.stream_processor.checkpoints_to_keep == 0 {
             return Err(semantic(

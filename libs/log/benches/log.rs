@@ -189,6 +189,7 @@ async fn main() {
                     replication_factor: 1,
                     request_timeout: Duration::from_secs(60),
                     session_timeout: Duration::from_secs(10),
+                    rebalance_timeout: Duration::from_secs(60),
                     properties: Default::default(),
                 })
                 .expect("kafka clients"),

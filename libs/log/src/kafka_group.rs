@@ -104,9 +104,17 @@ impl KafkaMembership {
         let session_ms = config.session_timeout.as_millis().max(1);
         let consumer: BaseConsumer<MembershipContext> = consumer_config(config, group)
             .set("auto.offset.reset", "latest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", "roundrobin")
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", (session_ms / 5).max(1).to_string())
+            .set(
+                "max.poll.interval.ms",
+                config
+                    .rebalance_timeout
+                    .as_millis()
+                    .max(session_ms)
+                    .to_string(),
+            )
             .create_with_context(context)
             .map_err(kafka_error(format!("create the client of group {group}")))?;
         consumer

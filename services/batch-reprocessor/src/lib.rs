@@ -6,12 +6,16 @@
 //!   into a batch view.
 //! - `view`: batch views, `views/<job>/<version>/`: Parquet files and a manifest with the
 //!   view's horizon, replaced atomically.
+//! - `replay`: a job version run by the stream-processor's own tasks over the hybrid source
+//!   until it has caught up with the live log, then made active (`active`).
 //!
-//! Not built yet (issue 6): replay, and the service itself: [`run`] opens the log, says at
-//! WARN what is missing and waits for shutdown; backfills run from the CLI.
+//! The service itself has no standing work: [`run`] opens the log and waits for shutdown;
+//! backfills run from the CLI (`runnel backfill`).
 #![warn(missing_docs)]
 
+pub mod active;
 pub mod recompute;
+pub mod replay;
 pub mod view;
 
 use std::sync::Arc;
@@ -38,7 +42,7 @@ pub enum BatchReprocessorError {
 pub enum BatchError {
     /// The history could not be read.
     #[error(transparent)]
-    Archive(runnel_archive::ArchiveError),
+    Archive(Box<runnel_archive::ArchiveError>),
     /// An object-store operation failed.
     #[error("{operation} {path}: {source}")]
     Store {
@@ -72,6 +76,15 @@ pub enum BatchError {
     /// DataFusion refused the history table or its query.
     #[error("datafusion: {0}")]
     DataFusion(String),
+    /// The replay's stream-processor tasks failed.
+    #[error(transparent)]
+    StreamProcessor(Box<runnel_stream_processor::StreamProcessorError>),
+    /// A log operation failed.
+    #[error("log topic `{0}`: {1}")]
+    Log(String, #[source] Box<LogError>),
+    /// The backfill asked for is not built.
+    #[error("{0}")]
+    Unsupported(String),
     /// The job's engine failed.
     #[error("job `{job}`: {source}")]
     Engine {
@@ -81,6 +94,15 @@ pub enum BatchError {
         #[source]
         source: runnel_engine::EngineError,
     },
+}
+
+/// The wall clock, epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 impl BatchError {

@@ -16,7 +16,6 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp;
@@ -40,8 +39,8 @@ use runnel_engine::WindowSpec;
 use runnel_stream_processor::Job;
 use tracing::{info, warn};
 
-use crate::BatchError;
 use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
+use crate::{BatchError, now_ms};
 
 /// The folder under the object store's root where batch views live.
 pub const VIEWS_PREFIX: &str = "views";
@@ -127,7 +126,7 @@ pub async fn recompute_view(
     let stream = job.stream.name();
     let history = runnel_archive::load_manifest(store.as_ref(), &config.archive.prefix, stream)
         .await
-        .map_err(BatchError::Archive)?
+        .map_err(|error| BatchError::Archive(Box::new(error)))?
         .map(|manifest| manifest.files)
         .unwrap_or_default();
     let horizon = history_horizon(job, &history).map(|horizon| match request.to_ms {
@@ -291,14 +290,6 @@ fn write_parquet(
     }
     writer.close().map_err(parquet_error)?;
     Ok(Bytes::from(buffer))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 /// One worker's share of the history: its files, read one after the other, as the job's

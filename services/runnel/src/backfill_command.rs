@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
+use runnel_batch_reprocessor::replay::{ReplayOutcome, ReplayProgress};
 use runnel_config::Config;
 use runnel_events::validate::{format_millis, parse_rfc3339_millis};
 
@@ -46,9 +47,13 @@ pub(crate) struct BackfillArgs {
     #[arg(long, value_enum)]
     mode: Mode,
     /// Recompute: how many ways the history's files are split, aggregated in parallel and
-    /// merged. The view is the same for any number.
+    /// merged. The view is the same for any number. (A replay runs one task per partition.)
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: u16,
+    /// Replay: exit once caught up with the live log (and the version made active) instead
+    /// of going on live until Ctrl-C.
+    #[arg(long)]
+    stop_when_caught_up: bool,
 }
 
 fn parse_time(text: &str) -> Result<i64, String> {
@@ -95,14 +100,101 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
     {
         anyhow::bail!("--from ({from}) must be before --to ({to})");
     }
-    let job = runnel_stream_processor::Job::compile(config, job_config)
-        .with_context(|| format!("compile job `{}`", job_config.id()))?;
     match args.mode {
-        Mode::Recompute => recompute(config, &job, &args).await,
+        Mode::Recompute => {
+            let job = runnel_stream_processor::Job::compile(config, job_config)
+                .with_context(|| format!("compile job `{}`", job_config.id()))?;
+            recompute(config, &job, &args).await
+        }
         Mode::Replay => {
-            anyhow::bail!("--mode replay is not built yet (issue 6); --mode recompute is")
+            if args.from.is_some() || args.to.is_some() {
+                anyhow::bail!(
+                    "--from and --to are for --mode recompute: a replay runs from the version's \
+                     checkpoint, or from the first archived event, to the live log"
+                );
+            }
+            replay(config, job_config, args.stop_when_caught_up).await
         }
     }
+}
+
+async fn replay(
+    config: &Config,
+    job_config: &runnel_config::JobConfig,
+    stop_when_caught_up: bool,
+) -> anyhow::Result<()> {
+    // Installed before opening the log, so Ctrl-C during a slow open still stops cleanly.
+    let shutdown = runnel_server_common::shutdown_on_signal().context("install signal handlers")?;
+    let log = runnel_server_common::open_storage(config)
+        .await
+        .context("open storage")?;
+    let store = runnel_archive::open_object_store(
+        &config.object_store_url(),
+        &config.storage.object_store_options,
+    )
+    .context("open the object store")?;
+    let progress = Arc::new(ReplayProgress::default());
+    let started = Instant::now();
+    let work = runnel_batch_reprocessor::replay::replay(
+        config,
+        job_config,
+        log,
+        store,
+        Arc::clone(&progress),
+        stop_when_caught_up,
+        shutdown,
+    );
+    let mut work = std::pin::pin!(work);
+    let bar = progress_bar(0);
+    let mut announced = false;
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break done.context("replay")?,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                bar.set_length(progress.events_total.load(Ordering::Relaxed));
+                bar.set_position(progress.events_done.load(Ordering::Relaxed));
+                if progress.caught_up.load(Ordering::Relaxed) && !announced {
+                    announced = true;
+                    bar.finish_and_clear();
+                    if !stop_when_caught_up {
+                        writeln!(
+                            std::io::stdout().lock(),
+                            "job {} version {} caught up with the live log in {:.1}s and is now active; \
+                             running live until Ctrl-C",
+                            job_config.name,
+                            job_config.version,
+                            started.elapsed().as_secs_f64()
+                        )
+                        .context("write to stdout")?;
+                    }
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    let events = progress.events_done.load(Ordering::Relaxed);
+    let line = match outcome {
+        ReplayOutcome::CaughtUp => format!(
+            "job {} version {} replayed {events} events and caught up with the live log in {:.1}s; \
+             it is now active",
+            job_config.name,
+            job_config.version,
+            started.elapsed().as_secs_f64()
+        ),
+        ReplayOutcome::Stopped => format!(
+            "replay of job {} version {} stopped after {events} events ({}); it resumes from its \
+             checkpoints",
+            job_config.name,
+            job_config.version,
+            if progress.caught_up.load(Ordering::Relaxed) {
+                "caught up"
+            } else {
+                "not caught up yet"
+            }
+        ),
+    };
+    writeln!(std::io::stdout().lock(), "{line}").context("write to stdout")?;
+    Ok(())
 }
 
 async fn recompute(

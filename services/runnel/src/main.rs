@@ -114,6 +114,10 @@ enum Command {
     /// `--mode recompute` runs the job's DataFusion batch plan over the Parquet history
     /// between --from and --to, every archived event counted, and replaces the batch view
     /// `views/<job>/<version>/` (Parquet files and `_manifest.json` with the view's horizon).
+    /// `--mode replay` runs the version with the live operator over the history and then
+    /// the live log, resuming from its checkpoints; once caught up with the log it becomes
+    /// the job's active version (`jobs/<job>/active.json`) and runs on live until Ctrl-C (or
+    /// exits, with --stop-when-caught-up).
     /// Example: `runnel backfill --job views --mode recompute --workers 4`.
     // `--version` is the job's version here, not runnel's.
     #[command(disable_version_flag = true)]

@@ -196,6 +196,7 @@ async fn follow(
                     OwnershipChange::Revoked(revocation) => {
                         info!(job = %running.job.name, partitions = ?revocation.partitions, "partitions moving away; stopping their tasks");
                         running.stop(&revocation.partitions).await?;
+                        info!(job = %running.job.name, partitions = ?revocation.partitions, "partitions let go");
                         revocation.done();
                     }
                 }

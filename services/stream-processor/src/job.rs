@@ -93,8 +93,19 @@ impl Job {
                 "undecodable record skipped"
             );
         }
-        let input = decoded
-            .batch
+        self.project(&decoded.batch)
+    }
+
+    /// A batch of the stream's positioned columns as the plan's input.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures: a batch that lacks the columns.
+    pub(crate) fn project(
+        &self,
+        positioned: &RecordBatch,
+    ) -> Result<RecordBatch, StreamProcessorError> {
+        let input = positioned
             .project(&self.input_columns)
             .map_err(StreamProcessorError::Encode)?;
         RecordBatch::try_new(Arc::clone(&self.input_schema), input.columns().to_vec())

@@ -102,6 +102,9 @@ pub enum StreamProcessorError {
         /// What is wrong.
         message: String,
     },
+    /// The stream's history (or the log behind it) could not be read.
+    #[error("read the stream's history and log: {0}")]
+    History(#[source] runnel_archive::ArchiveError),
     /// Log records could not be decoded at all.
     #[error(transparent)]
     Decode(#[from] runnel_events::decode::DecodeError),
@@ -219,6 +222,7 @@ pub async fn run_with_status(
             checkpoints_to_keep: config.stream_processor.checkpoints_to_keep,
             checkpoint_interval: config.stream_processor.checkpoint_interval,
             read_batch_records: config.stream_processor.read_batch_records,
+            history_prefix: config.archive.prefix.clone(),
             status: Arc::clone(&status),
         };
         let jobs_shutdown = shutdown.child_token();

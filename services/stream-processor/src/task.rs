@@ -18,11 +18,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
 use arrow::array::RecordBatch;
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use object_store::ObjectStore;
+use runnel_archive::{HybridSource, HybridStart};
 use runnel_engine::{OperatorOutput, WindowOperator};
 use runnel_events::decode::EventDecoder;
-use runnel_log::{Log, Record, StartOffset};
+use runnel_log::{Log, PartitionReader, Record, StartOffset};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -53,6 +56,8 @@ pub(crate) struct TaskContext {
     pub(crate) checkpoint_interval: Duration,
     /// `stream-processor.read-batch-records`.
     pub(crate) read_batch_records: usize,
+    /// `archive.prefix`: where the stream's Parquet history is, in `store`.
+    pub(crate) history_prefix: String,
     /// Where tasks report their status.
     pub(crate) status: Arc<StatusRegistry>,
 }
@@ -77,6 +82,16 @@ pub(crate) struct Task {
     topic: String,
     /// Reading a repartition topic: per source partition, the highest source offset seen.
     seen_source_offsets: Vec<Option<u64>>,
+    /// No checkpoint: a direct task starts at the history's first offset (or the log's).
+    fresh: bool,
+}
+
+/// Where a task reads.
+enum Source {
+    /// A repartition topic, on the log.
+    Log(Box<dyn PartitionReader>),
+    /// The stream: its history, then its live log.
+    Hybrid(Box<HybridSource>),
 }
 
 /// Header of a repartitioned record: the partition it was read from in the stream.
@@ -188,6 +203,7 @@ impl Task {
             end_offset_read: None,
             topic,
             seen_source_offsets,
+            fresh: epoch == 0,
         })
     }
 
@@ -201,24 +217,39 @@ impl Task {
         shutdown: CancellationToken,
     ) -> Result<(), StreamProcessorError> {
         let topic = self.topic.clone();
-        let mut reader = self
-            .context
-            .log
-            .reader(&topic, self.partition, StartOffset::At(self.offset))
-            .await
-            .map_err(|source| StreamProcessorError::log(&topic, source))?;
+        let mut source = self.open_source().await?;
         loop {
-            let records = tokio::select! {
-                () = shutdown.cancelled() => break,
-                read = reader.next_batch(self.context.read_batch_records, READ_WAIT) => {
-                    read.map_err(|source| StreamProcessorError::log(&topic, source))?
+            match &mut source {
+                Source::Log(reader) => {
+                    let records = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        read = reader.next_batch(self.context.read_batch_records, READ_WAIT) => {
+                            read.map_err(|source| StreamProcessorError::log(&topic, source))?
+                        }
+                    };
+                    if !records.is_empty() {
+                        self.process(&records).await?;
+                        // A catching-up task always finds records ready: give the other
+                        // tasks and the metrics endpoint (and, in `runnel all`, the other
+                        // services) a turn.
+                        tokio::task::yield_now().await;
+                    }
                 }
-            };
-            if !records.is_empty() {
-                self.process(&records).await?;
-                // A catching-up task always finds records ready: give the other tasks and
-                // the metrics endpoint (and, in `runnel all`, the other services) a turn.
-                tokio::task::yield_now().await;
+                Source::Hybrid(hybrid) => {
+                    let batch = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        read = hybrid.next_batch(READ_WAIT) => {
+                            read.map_err(StreamProcessorError::History)?
+                        }
+                    };
+                    if let Some(batch) = batch {
+                        self.process_positioned(&batch).await?;
+                        tokio::task::yield_now().await;
+                    }
+                    // Everything before the source's position was yielded (and is now
+                    // processed) or was undecodable and skipped.
+                    self.offset = self.offset.max(hybrid.position());
+                }
             }
             if self
                 .end_offset_read
@@ -238,20 +269,83 @@ impl Task {
         Ok(())
     }
 
+    /// Opens where the task reads: the stream through the hybrid source (its history, then
+    /// its live log), or the job's repartition topic on the log.
+    async fn open_source(&mut self) -> Result<Source, StreamProcessorError> {
+        if self.job.repartition {
+            let reader = self
+                .context
+                .log
+                .reader(&self.topic, self.partition, StartOffset::At(self.offset))
+                .await
+                .map_err(|source| StreamProcessorError::log(&self.topic, source))?;
+            return Ok(Source::Log(reader));
+        }
+        let start = if self.fresh {
+            HybridStart::Earliest
+        } else {
+            HybridStart::Offset(self.offset)
+        };
+        let hybrid = HybridSource::open(
+            Arc::clone(&self.context.store),
+            &self.context.history_prefix,
+            Arc::clone(&self.context.log),
+            &self.job.stream,
+            self.partition,
+            start,
+            self.context.read_batch_records,
+        )
+        .await
+        .map_err(StreamProcessorError::History)?;
+        if self.fresh {
+            self.offset = hybrid.position();
+            self.checkpointed_offset = self.offset;
+        }
+        Ok(Source::Hybrid(Box::new(hybrid)))
+    }
+
+    /// A batch of the stream's rows (declared columns, then `_partition`, `_offset`,
+    /// `_ingest_time`) through the operator. Its arrival time is its largest ingest time:
+    /// the largest log timestamp of its records, as when read from the log.
+    async fn process_positioned(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<(), StreamProcessorError> {
+        let declared = self.job.stream.declared().fields().len();
+        let offsets = batch.column(declared + 1).as_primitive::<Int64Type>();
+        let ingest_times = batch
+            .column(declared + 2)
+            .as_primitive::<TimestampMillisecondType>();
+        let arrival = arrow::compute::max(ingest_times).unwrap_or_default();
+        let input = self.job.project(batch)?;
+        let output = self
+            .operator
+            .process(0, &input, arrival)
+            .map_err(|source| self.engine_error(source))?;
+        let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
+        self.emit(output, arrival).await?;
+        if let Some(last) = offsets.iter().flatten().next_back() {
+            self.offset = u64::try_from(last).unwrap_or_default() + 1;
+        }
+        self.status.batch_done(
+            self.offset,
+            batch.num_rows() as u64,
+            result_rows as u64,
+            self.operator.watermark(),
+            self.operator.late_count(),
+        );
+        Ok(())
+    }
+
+    /// Records of the repartition topic through the operator. Their arrival time is the
+    /// largest log timestamp among them.
     async fn process(&mut self, records: &[Record]) -> Result<(), StreamProcessorError> {
         let arrival = records
             .iter()
             .map(|record| record.timestamp)
             .max()
             .unwrap_or_default();
-        let output = if self.job.repartition {
-            self.process_repartitioned(records, arrival)?
-        } else {
-            let input = self.decode(records)?;
-            self.operator
-                .process(0, &input, arrival)
-                .map_err(|source| self.engine_error(source))?
-        };
+        let output = self.process_repartitioned(records, arrival)?;
         let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
         self.emit(output, arrival).await?;
         if let Some(last) = records.last() {

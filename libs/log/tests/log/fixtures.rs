@@ -71,6 +71,7 @@ impl Fixture {
             replication_factor: 1,
             request_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(6),
+            rebalance_timeout: Duration::from_secs(20),
             properties: Default::default(),
         };
         let log = Arc::new(KafkaLog::new(&config).expect("create kafka clients"));

@@ -238,3 +238,143 @@ fn read_with_duckdb(files: &[PathBuf], rows: &BTreeMap<String, (i64, i64, String
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), expected);
 }
+
+/// How many checkpoints the replayed version's tasks have completed (pruned ones count
+/// too: epochs only grow).
+fn checkpoint_count(universe: &Universe) -> u64 {
+    let dir = universe
+        .root
+        .join(format!("data/objects/checkpoints/{}.v2", universe.job));
+    let Ok(partitions) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    partitions
+        .filter_map(Result::ok)
+        .filter_map(|partition| std::fs::read_dir(partition.path()).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|epoch| {
+            epoch
+                .path()
+                .join("_checkpoint.json")
+                .try_exists()
+                .expect("stat")
+        })
+        .filter_map(|epoch| epoch.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Declares version 2 of the universe's job with the same SQL and settings.
+fn declare_version_2(universe: &Universe) {
+    let path = universe.root.join("runnel.toml");
+    let toml = std::fs::read_to_string(&path).expect("config");
+    let job = &toml[toml.find("[[jobs]]").expect("a job")..];
+    let name = format!("name = \"{}\"\n", universe.job);
+    let second = job.replacen(&name, &format!("{name}version = 2\n"), 1);
+    std::fs::write(&path, format!("{toml}\n{second}")).expect("write config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_a_new_version_reproduces_live_and_resumes_after_kills() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut universe = Universe::embedded(dir.path().join("u"));
+    universe.with_pages = false;
+    let ends = fill_log(&universe).await;
+    run_until_caught_up(&universe, &ends);
+    // The history holds most of the log: the replay reads it there, then the log.
+    runnel(&universe, &["archive", "--once"]);
+    declare_version_2(&universe);
+
+    let replay_args = [
+        "backfill",
+        "--job",
+        universe.job.as_str(),
+        "--version",
+        "2",
+        "--mode",
+        "replay",
+        "--stop-when-caught-up",
+    ];
+    let mut random = super::CrashRandom::from_env_or_clock();
+    eprintln!("crash seed {}", random.seed());
+    for round in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .arg("--config")
+            .arg(universe.root.join("runnel.toml"))
+            .args(replay_args)
+            .env("RUST_LOG", "warn")
+            // Checkpoints come early, so a kill right after one leaves most of the work.
+            .env("RUNNEL__STREAM_PROCESSOR__CHECKPOINT_INTERVAL", "20ms")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the replay");
+        // A whole replay takes about half a second here. Killed as soon as it has
+        // checkpointed once more (a random moment within the next 10 ms).
+        let started = std::time::Instant::now();
+        let before = checkpoint_count(&universe);
+        while checkpoint_count(&universe) == before
+            && started.elapsed() < std::time::Duration::from_secs(30)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(random.below(10)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        eprintln!("round {round}: SIGKILL after {:?}", started.elapsed());
+    }
+    let objects = universe.root.join("data/objects");
+    let active_path = objects.join(format!("jobs/{}/active.json", universe.job));
+    assert!(
+        !active_path.try_exists().expect("stat"),
+        "a killed replay had already caught up: the kills came too late to test resuming"
+    );
+    let checkpoints = objects.join(format!("checkpoints/{}.v2", universe.job));
+    assert!(
+        std::fs::read_dir(&checkpoints).is_ok_and(|mut partitions| partitions.next().is_some()),
+        "the killed replays left checkpoints to resume from"
+    );
+    let summary = runnel(&universe, &replay_args);
+    eprintln!("{summary}");
+    assert!(summary.contains("caught up"), "{summary}");
+
+    let job = &universe.job;
+    let live = crate::stream::versions(&read_topic(&universe, &format!("{job}.results")).await);
+    let replayed =
+        crate::stream::versions(&read_topic(&universe, &format!("{job}.v2.results")).await);
+    assert!(live.len() > 100, "{} live results", live.len());
+    let differing: Vec<&(String, u64)> = live
+        .keys()
+        .chain(replayed.keys())
+        .filter(|key| live.get(*key) != replayed.get(*key))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "replayed results differ from live at {} of {} (key, version)s, e.g. {:?}",
+        differing.len(),
+        live.len(),
+        differing.first()
+    );
+    let first_copies =
+        |late: BTreeMap<String, Vec<bytes::Bytes>>| -> BTreeMap<String, bytes::Bytes> {
+            late.into_iter()
+                .map(|(key, values)| {
+                    assert!(
+                        values.iter().all(|value| value == &values[0]),
+                        "{key} copies differ"
+                    );
+                    (key, values[0].clone())
+                })
+                .collect()
+        };
+    let live_late = first_copies(read_topic(&universe, &format!("{job}.late")).await);
+    let replayed_late = first_copies(read_topic(&universe, &format!("{job}.v2.late")).await);
+    assert!(!live_late.is_empty(), "the data set has late events");
+    assert_eq!(live_late, replayed_late, "late events differ");
+
+    let active: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&active_path).expect("the active-version file"))
+            .expect("JSON");
+    assert_eq!(active["version"], 2);
+}

@@ -88,7 +88,7 @@ pub(super) fn write_config(universe: &Universe) -> PathBuf {
     let path = universe.root.join("runnel.toml");
     let backend = match &universe.kafka {
         Some(bootstrap) => format!(
-            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\nsession-timeout = \"6s\"\n"
+            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\nsession-timeout = \"6s\"\nrebalance-timeout = \"15s\"\n[storage.log.kafka.properties]\ndebug = \"cgrp\"\n"
         ),
         None => String::new(),
     };
@@ -329,7 +329,7 @@ pub(super) async fn read_topic(universe: &Universe, topic: &str) -> BTreeMap<Str
 }
 
 /// Results by (key, version): every copy of one must be the same bytes (idempotent upserts).
-fn versions(results: &BTreeMap<String, Vec<Bytes>>) -> BTreeMap<(String, u64), Bytes> {
+pub(super) fn versions(results: &BTreeMap<String, Vec<Bytes>>) -> BTreeMap<(String, u64), Bytes> {
     let mut by_version = BTreeMap::new();
     for (key, values) in results {
         for value in values {
@@ -538,7 +538,11 @@ struct Instance {
 impl Instance {
     fn start(universe: &Universe, name: &str) -> Instance {
         Instance {
-            child: spawn_instance(universe, name, "warn,runnel_stream_processor=info"),
+            child: spawn_instance(
+                universe,
+                name,
+                "warn,runnel_stream_processor=info,librdkafka=debug",
+            ),
             name: name.to_string(),
         }
     }
