@@ -2,9 +2,11 @@
 //!
 //! A `BaseConsumer` subscribed to the group's topic runs on a thread of its own, polling so
 //! that librdkafka serves the rebalance callbacks; it reads nothing (the topic is meant to
-//! stay empty: it only carries the partition count). The assignment is cooperative-sticky,
-//! so a member joining or leaving moves only the partitions that must move. A revocation
-//! blocks the callback, and so the rebalance, until the member has let go.
+//! stay empty: it only carries the partition count). The assignment is eager round robin:
+//! a rebalance revokes every member's partitions and hands them out again. Cooperative-sticky
+//! would move only what must move, but the test broker (tansu 0.6) livelocks the survivors'
+//! rejoins after a member dies under it, so it waits for a broker that handles it. A
+//! revocation blocks the callback, and so the rebalance, until the member has let go.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

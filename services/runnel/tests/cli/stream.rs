@@ -88,7 +88,7 @@ pub(super) fn write_config(universe: &Universe) -> PathBuf {
     let path = universe.root.join("runnel.toml");
     let backend = match &universe.kafka {
         Some(bootstrap) => format!(
-            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\nsession-timeout = \"6s\"\nrebalance-timeout = \"15s\"\n[storage.log.kafka.properties]\ndebug = \"cgrp\"\n"
+            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\nsession-timeout = \"6s\"\nrebalance-timeout = \"15s\"\n"
         ),
         None => String::new(),
     };
@@ -538,11 +538,7 @@ struct Instance {
 impl Instance {
     fn start(universe: &Universe, name: &str) -> Instance {
         Instance {
-            child: spawn_instance(
-                universe,
-                name,
-                "warn,runnel_stream_processor=info,librdkafka=debug",
-            ),
+            child: spawn_instance(universe, name, "warn,runnel_stream_processor=info"),
             name: name.to_string(),
         }
     }
