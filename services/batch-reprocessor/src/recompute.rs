@@ -37,6 +37,7 @@ use runnel_archive::parquet_file::open_history_file;
 use runnel_config::Config;
 use runnel_engine::WindowSpec;
 use runnel_stream_processor::Job;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
@@ -109,8 +110,126 @@ fn split(mut files: Vec<FileEntry>, workers: usize) -> Vec<Vec<FileEntry>> {
     groups.into_iter().map(|(_, files)| files).collect()
 }
 
+/// Event time each chunk of a recompute covers, at least (rounded up to whole windows).
+const CHUNK_MS: i64 = 3_600_000;
+
+/// A recompute under way: `views/<job>/<version>/_run.json`, replaced after each chunk, so
+/// that an interrupted recompute of the same request resumes after its last finished chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct RunState {
+    /// The job's SQL: a run of other SQL is not resumed.
+    sql: String,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    /// Fixed when the run started, so that its chunks agree.
+    horizon_ms: Option<i64>,
+    generation: u64,
+    history_files: u64,
+    /// Finished chunks, in order: their files and event counts.
+    chunks: Vec<(ViewFile, u64)>,
+}
+
+fn run_state_path(job: &Job) -> Path {
+    crate::view::view_dir(VIEWS_PREFIX, &job.job_name, job.version).join("_run.json")
+}
+
+async fn load_run_state(
+    store: &dyn ObjectStore,
+    job: &Job,
+) -> Result<Option<RunState>, BatchError> {
+    let path = run_state_path(job);
+    match store.get(&path).await {
+        Ok(found) => {
+            let bytes = found
+                .bytes()
+                .await
+                .map_err(|source| BatchError::store("read", &path, source))?;
+            // An unreadable run state only costs the work it recorded.
+            Ok(serde_json::from_slice(&bytes).ok())
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(BatchError::store("read", &path, source)),
+    }
+}
+
+async fn save_run_state(
+    store: &dyn ObjectStore,
+    job: &Job,
+    state: &RunState,
+) -> Result<(), BatchError> {
+    let path = run_state_path(job);
+    let json = serde_json::to_vec(state).map_err(|error| BatchError::ViewInvalid {
+        path: path.to_string(),
+        message: format!("serialize: {error}"),
+    })?;
+    store
+        .put(&path, PutPayload::from(json))
+        .await
+        .map_err(|source| BatchError::store("write", &path, source))?;
+    Ok(())
+}
+
+/// One chunk: windows starting in `starts` (ending by the horizon), from events in `events`
+/// (`starts` widened by what its last windows reach past it); `own` is the part of the event
+/// time it counts events for, so that each event is counted once over the chunks.
+#[derive(Debug, Clone)]
+struct Chunk {
+    starts: Range<i64>,
+    events: Range<i64>,
+    own: Range<i64>,
+}
+
+/// Cuts `[from, horizon)` into chunks of whole windows. Sessions are one chunk: a session
+/// can span any cut.
+fn chunks(window: WindowSpec, from: i64, first_event: i64, horizon: i64) -> Vec<Chunk> {
+    let (size, reach) = match window {
+        WindowSpec::Tumble { size_ms } => (size_ms, 0),
+        WindowSpec::Hop { slide_ms, size_ms } => (size_ms, size_ms - slide_ms),
+        WindowSpec::Session { .. } => {
+            return vec![Chunk {
+                starts: from..horizon,
+                events: from..horizon,
+                own: from..horizon,
+            }];
+        }
+    };
+    let length = size * ((CHUNK_MS + size - 1) / size).max(1);
+    let begin = from.max(first_event);
+    let mut start = begin - begin.rem_euclid(size);
+    let mut chunks = Vec::new();
+    while start < horizon {
+        let end = start.saturating_add(length);
+        // The first chunk holds every window the range keeps that starts before it too (a
+        // hop window starting before the first event still holds it), and reads from `from`.
+        let first = chunks.is_empty();
+        let lowest = if first { from } else { start };
+        chunks.push(Chunk {
+            starts: if first { i64::MIN } else { start }..end,
+            events: lowest..end.saturating_add(reach).min(horizon),
+            own: lowest..end.min(horizon),
+        });
+        start = end;
+    }
+    chunks
+}
+
+/// What a recompute did.
+#[derive(Debug, Clone)]
+pub struct RecomputeOutcome {
+    /// The new view.
+    pub view: ViewManifest,
+    /// Chunks the range was cut into.
+    pub chunks: usize,
+    /// Of those, chunks an interrupted run had finished, which this one took over.
+    pub resumed_chunks: usize,
+}
+
 /// Recomputes `job` over the history into its batch view (replacing the previous one) and
 /// returns the new view's manifest.
+///
+/// The range is cut into chunks of about an hour of windows (one for sessions), each written
+/// as its own file of the new generation; after each, the run's state is saved, and a later
+/// recompute of the same request resumes after the last finished chunk.
 ///
 /// # Errors
 ///
@@ -122,111 +241,169 @@ pub async fn recompute_view(
     request: RecomputeRequest,
     store: Arc<dyn ObjectStore>,
     progress: Arc<Progress>,
-) -> Result<ViewManifest, BatchError> {
+) -> Result<RecomputeOutcome, BatchError> {
     let stream = job.stream.name();
     let history = runnel_archive::load_manifest(store.as_ref(), &config.archive.prefix, stream)
         .await
         .map_err(|error| BatchError::Archive(Box::new(error)))?
         .map(|manifest| manifest.files)
         .unwrap_or_default();
-    let horizon = history_horizon(job, &history).map(|horizon| match request.to_ms {
-        Some(to) => horizon.min(to),
-        None => horizon,
+    let previous = load_view(store.as_ref(), VIEWS_PREFIX, &job.job_name, job.version).await?;
+    let resumed = load_run_state(store.as_ref(), job).await?.filter(|state| {
+        state.sql == job.plan.sql()
+            && state.from_ms == request.from_ms
+            && state.to_ms == request.to_ms
+            && previous
+                .as_ref()
+                .is_none_or(|view| view.generation < state.generation)
     });
+    let horizon = match &resumed {
+        Some(state) => state.horizon_ms,
+        None => history_horizon(job, &history).map(|horizon| match request.to_ms {
+            Some(to) => horizon.min(to),
+            None => horizon,
+        }),
+    };
     let from = request.from_ms.unwrap_or(i64::MIN);
-    let events = from..horizon.unwrap_or(i64::MIN);
+    let end = horizon.unwrap_or(i64::MIN);
     let files: Vec<FileEntry> = history
         .into_iter()
         .filter(|file| match (file.min_event_time, file.max_event_time) {
-            (Some(min), Some(max)) => min < events.end && max >= events.start,
+            (Some(min), Some(max)) => min < end && max >= from,
             _ => false,
         })
         .collect();
-    progress
-        .files_total
-        .store(files.len() as u64, Ordering::Relaxed);
-    progress
-        .events_total
-        .store(files.iter().map(|file| file.rows).sum(), Ordering::Relaxed);
+    let first_event = files
+        .iter()
+        .filter_map(|file| file.min_event_time)
+        .min()
+        .unwrap_or(end);
+    let chunks = chunks(job.plan.window(), from, first_event, end);
+    let mut state = resumed.unwrap_or_else(|| RunState {
+        sql: job.plan.sql().to_string(),
+        from_ms: request.from_ms,
+        to_ms: request.to_ms,
+        horizon_ms: horizon,
+        generation: previous.as_ref().map_or(1, |view| view.generation + 1),
+        history_files: files.len() as u64,
+        chunks: Vec::new(),
+    });
+    let overlapping = |chunk: &Chunk| -> Vec<FileEntry> {
+        files
+            .iter()
+            .filter(|file| match (file.min_event_time, file.max_event_time) {
+                (Some(min), Some(max)) => min < chunk.events.end && max >= chunk.events.start,
+                _ => false,
+            })
+            .cloned()
+            .collect()
+    };
+    let resumed_chunks = state.chunks.len().min(chunks.len());
+    let todo = &chunks[resumed_chunks..];
+    progress.files_total.store(
+        todo.iter()
+            .map(|chunk| overlapping(chunk).len() as u64)
+            .sum(),
+        Ordering::Relaxed,
+    );
+    progress.events_total.store(
+        todo.iter()
+            .map(|chunk| overlapping(chunk).iter().map(|file| file.rows).sum::<u64>())
+            .sum(),
+        Ordering::Relaxed,
+    );
     info!(
         job = %job.name,
         files = files.len(),
         from = request.from_ms,
         horizon,
+        chunks = chunks.len(),
+        done = state.chunks.len(),
         workers = request.workers,
         "recomputing over the history"
     );
-    let history_files = files.len() as u64;
-    let partitions: Vec<Arc<dyn PartitionStream>> = split(files, request.workers)
-        .into_iter()
-        .map(|files| {
-            Arc::new(HistoryPartition {
-                files,
-                store: Arc::clone(&store),
-                job_columns: job.input_columns.clone(),
-                positioned: Arc::clone(job.stream.with_position()),
-                schema: Arc::clone(&job.input_schema),
-                event_time_column: job.stream.event_time_index(),
-                events: events.clone(),
-                progress: Arc::clone(&progress),
-            }) as Arc<dyn PartitionStream>
-        })
-        .collect();
-    let table = StreamingTable::try_new(Arc::clone(&job.input_schema), partitions)
-        .map_err(|source| BatchError::DataFusion(source.to_string()))?;
-    let context = SessionContext::new_with_config(
-        runnel_engine::recompute_config().with_target_partitions(request.workers.max(1)),
-    );
-    context
-        .register_table("history", Arc::new(table))
-        .map_err(|source| BatchError::DataFusion(source.to_string()))?;
-    let computed = runnel_engine::recompute_windows(&job.plan, &context, "history")
-        .await
-        .map_err(|source| BatchError::Engine {
-            job: job.name.clone(),
-            source,
-        })?;
     let first_start = match job.plan.window() {
         WindowSpec::Session { gap_ms } if request.from_ms.is_some() => from.saturating_add(gap_ms),
         _ => from,
     };
-    let mut results = Vec::new();
-    for (batch, ends) in computed {
-        let kept = keep_windows(&batch, &ends, first_start, events.end)?;
-        if kept.num_rows() > 0 {
-            results.push(kept);
+    for (index, chunk) in chunks.iter().enumerate().skip(state.chunks.len()) {
+        let counted = Arc::new(AtomicU64::new(0));
+        let partitions: Vec<Arc<dyn PartitionStream>> = split(overlapping(chunk), request.workers)
+            .into_iter()
+            .map(|files| {
+                Arc::new(HistoryPartition {
+                    files,
+                    store: Arc::clone(&store),
+                    job_columns: job.input_columns.clone(),
+                    positioned: Arc::clone(job.stream.with_position()),
+                    schema: Arc::clone(&job.input_schema),
+                    event_time_column: job.stream.event_time_index(),
+                    events: chunk.events.clone(),
+                    own: chunk.own.clone(),
+                    counted: Arc::clone(&counted),
+                    progress: Arc::clone(&progress),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        let table = StreamingTable::try_new(Arc::clone(&job.input_schema), partitions)
+            .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+        let context = SessionContext::new_with_config(
+            runnel_engine::recompute_config().with_target_partitions(request.workers.max(1)),
+        );
+        context
+            .register_table("history", Arc::new(table))
+            .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+        let computed = runnel_engine::recompute_windows(&job.plan, &context, "history")
+            .await
+            .map_err(|source| BatchError::Engine {
+                job: job.name.clone(),
+                source,
+            })?;
+        let mut results = Vec::new();
+        for (batch, ends) in computed {
+            let starts = chunk.starts.start.max(first_start)..chunk.starts.end;
+            let kept = keep_windows(&batch, &ends, &starts, end)?;
+            if kept.num_rows() > 0 {
+                results.push(kept);
+            }
         }
+        let path = generation_dir(VIEWS_PREFIX, &job.job_name, job.version, state.generation)
+            .join(format!("part-{index:05}.parquet"));
+        let bytes = write_parquet(&job.plan.result_schema(), &results, &path)?;
+        let size = bytes.len() as u64;
+        store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|source| BatchError::store("write", &path, source))?;
+        state.chunks.push((
+            ViewFile {
+                path: path.to_string(),
+                rows: results.iter().map(|batch| batch.num_rows() as u64).sum(),
+                bytes: size,
+            },
+            counted.load(Ordering::Relaxed),
+        ));
+        save_run_state(store.as_ref(), job, &state).await?;
     }
 
-    let previous = load_view(store.as_ref(), VIEWS_PREFIX, &job.job_name, job.version).await?;
-    let generation = previous.as_ref().map_or(1, |view| view.generation + 1);
-    let mut manifest = ViewManifest {
+    let manifest = ViewManifest {
         format: VIEW_FORMAT,
         job: job.job_name.clone(),
         version: job.version,
-        generation,
+        generation: state.generation,
         from_ms: request.from_ms,
         to_ms: request.to_ms,
         horizon_ms: horizon,
-        history_files,
-        events: progress.events_done.load(Ordering::Relaxed),
-        files: Vec::new(),
+        history_files: state.history_files,
+        events: state.chunks.iter().map(|(_, events)| events).sum(),
+        files: state.chunks.iter().map(|(file, _)| file.clone()).collect(),
         created_at_ms: now_ms(),
     };
-    let path = generation_dir(VIEWS_PREFIX, &job.job_name, job.version, generation)
-        .join("part-00000.parquet");
-    let bytes = write_parquet(&job.plan.result_schema(), &results, &path)?;
-    let size = bytes.len() as u64;
-    store
-        .put(&path, PutPayload::from(bytes))
-        .await
-        .map_err(|source| BatchError::store("write", &path, source))?;
-    manifest.files.push(ViewFile {
-        path: path.to_string(),
-        rows: results.iter().map(|batch| batch.num_rows() as u64).sum(),
-        bytes: size,
-    });
     save_view(store.as_ref(), VIEWS_PREFIX, &manifest).await?;
+    let run_state = run_state_path(job);
+    if let Err(error) = store.delete(&run_state).await {
+        warn!(path = %run_state, %error, "could not delete the finished run's state");
+    }
     if let Some(previous) = previous {
         for file in previous.files {
             let old = Path::from(file.path.as_str());
@@ -237,20 +414,23 @@ pub async fn recompute_view(
     }
     info!(
         job = %job.name,
-        generation,
-        rows = manifest.files[0].rows,
+        generation = manifest.generation,
+        rows = manifest.files.iter().map(|file| file.rows).sum::<u64>(),
         horizon,
         "batch view written"
     );
-    Ok(manifest)
+    Ok(RecomputeOutcome {
+        view: manifest,
+        chunks: chunks.len(),
+        resumed_chunks,
+    })
 }
 
-/// The rows of `batch` whose window starts at or after `first_start` and ends at or before
-/// `horizon`.
+/// The rows of `batch` whose window starts in `starts` and ends at or before `horizon`.
 fn keep_windows(
     batch: &RecordBatch,
     ends: &Int64Array,
-    first_start: i64,
+    starts_in: &Range<i64>,
     horizon: i64,
 ) -> Result<RecordBatch, BatchError> {
     let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
@@ -263,7 +443,7 @@ fn keep_windows(
         .iter()
         .zip(ends.iter())
         .map(|(start, end)| match (start, end) {
-            (Some(start), Some(end)) => Some(start >= first_start && end <= horizon),
+            (Some(start), Some(end)) => Some(starts_in.contains(&start) && end <= horizon),
             _ => Some(false),
         })
         .collect();
@@ -304,6 +484,9 @@ struct HistoryPartition {
     schema: SchemaRef,
     event_time_column: usize,
     events: Range<i64>,
+    /// The event times whose rows this chunk counts in `counted`.
+    own: Range<i64>,
+    counted: Arc<AtomicU64>,
     progress: Arc<Progress>,
 }
 
@@ -345,6 +528,7 @@ impl PartitionStream for HistoryPartition {
         });
         let (positioned, schema) = (Arc::clone(&self.positioned), Arc::clone(&self.schema));
         let (job_columns, events) = (self.job_columns.clone(), self.events.clone());
+        let (own, counted) = (self.own.clone(), Arc::clone(&self.counted));
         let progress = Arc::clone(&self.progress);
         let rows = opened.try_flatten().and_then(move |batch| {
             progress
@@ -357,6 +541,8 @@ impl PartitionStream for HistoryPartition {
                 &job_columns,
                 event_time_column,
                 &events,
+                &own,
+                &counted,
             )
             .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
             futures::future::ready(rows)
@@ -369,7 +555,9 @@ impl PartitionStream for HistoryPartition {
 }
 
 /// A history batch as the job's input: checked against the stream's positioned schema,
-/// projected to the job's columns, filtered to event times in `events`.
+/// projected to the job's columns, filtered to event times in `events`; the rows with event
+/// times in `own` are added to `counted`.
+#[allow(clippy::too_many_arguments)]
 fn job_rows(
     batch: &RecordBatch,
     positioned: &SchemaRef,
@@ -377,6 +565,8 @@ fn job_rows(
     job_columns: &[usize],
     event_time_column: usize,
     events: &Range<i64>,
+    own: &Range<i64>,
+    counted: &AtomicU64,
 ) -> Result<RecordBatch, BatchError> {
     let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
     let batch = RecordBatch::try_new(Arc::clone(positioned), batch.columns().to_vec()).map_err(
@@ -400,6 +590,12 @@ fn job_rows(
         &cmp::lt(&times, &high).map_err(arrow)?,
     )
     .map_err(arrow)?;
+    let owned = arrow::compute::and(
+        &cmp::gt_eq(&times, &Int64Array::new_scalar(own.start)).map_err(arrow)?,
+        &cmp::lt(&times, &Int64Array::new_scalar(own.end)).map_err(arrow)?,
+    )
+    .map_err(arrow)?;
+    counted.fetch_add(owned.true_count() as u64, Ordering::Relaxed);
     let projected = batch.project(job_columns).map_err(arrow)?;
     let projected =
         RecordBatch::try_new(Arc::clone(schema), projected.columns().to_vec()).map_err(arrow)?;

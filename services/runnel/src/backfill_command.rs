@@ -217,7 +217,7 @@ async fn recompute(
     let work = recompute_view(config, job, request, store, Arc::clone(&progress));
     let mut work = std::pin::pin!(work);
     let bar = progress_bar(0);
-    let view = loop {
+    let outcome = loop {
         tokio::select! {
             done = &mut work => break done.context("recompute")?,
             () = tokio::time::sleep(Duration::from_millis(200)) => {
@@ -232,6 +232,7 @@ async fn recompute(
         }
     };
     bar.finish_and_clear();
+    let view = &outcome.view;
     let rows: u64 = view.files.iter().map(|file| file.rows).sum();
     let horizon = view
         .horizon_ms
@@ -239,12 +240,15 @@ async fn recompute(
     writeln!(
         std::io::stdout().lock(),
         "batch view views/{}/{}/ generation {}: {rows} windows complete up to {horizon}, from {} \
-         events in {} history files, {} workers, {:.1}s",
+         events in {} history files, {} chunks ({} resumed from an interrupted run), {} \
+         workers, {:.1}s",
         view.job,
         view.version,
         view.generation,
         view.events,
         view.history_files,
+        outcome.chunks,
+        outcome.resumed_chunks,
         args.workers,
         started.elapsed().as_secs_f64()
     )

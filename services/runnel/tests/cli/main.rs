@@ -4,6 +4,17 @@ mod backfill;
 mod history;
 mod stream;
 
+/// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing
+/// test leaves no process behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The random kill times of the crash tests: a small xorshift generator seeded from
 /// `RUNNEL_CRASH_SEED`, or from the clock (the tests print the seed, so a run replays).
 struct CrashRandom {

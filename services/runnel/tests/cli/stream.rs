@@ -13,7 +13,21 @@ use bytes::Bytes;
 use runnel_config::Config;
 use runnel_log::{EmbeddedLog, KafkaLog, Log, ProduceRecord, StartOffset};
 
-const EVENTS: u64 = 40_000;
+pub(super) const EVENTS: u64 = 40_000;
+const BASE_MS: i64 = 1_795_305_600_000;
+
+/// The event time of event `n` of the data set: 250 ms apart, every 17th 4 s out of order
+/// (an update within the lateness), every 101st a minute behind (far too late).
+pub(super) fn event_time(n: u64) -> i64 {
+    let mut event_time = BASE_MS + n as i64 * 250;
+    if n.is_multiple_of(17) {
+        event_time -= 4_000;
+    }
+    if n.is_multiple_of(101) {
+        event_time -= 60_000;
+    }
+    event_time
+}
 const PARTITIONS: u32 = 4;
 
 /// One run's world: a data folder, a stream and a job named for it, on one log backend.
@@ -164,19 +178,13 @@ async fn append_events(universe: &Universe, events: std::ops::Range<u64>) -> Vec
     let (log, embedded) = universe.log().await;
     let topic = universe.stream.as_str();
     log.ensure_topic(topic, PARTITIONS).await.expect("topic");
-    let base = 1_795_305_600_000_i64;
+    let base = BASE_MS;
     for chunk in events.collect::<Vec<_>>().chunks(2000) {
         let records = chunk
             .iter()
             .map(|&n| {
                 let user = format!("user-{}", n % 53);
-                let mut event_time = base + n as i64 * 250;
-                if n % 17 == 0 {
-                    event_time -= 4_000; // out of order: an update within the lateness
-                }
-                if n % 101 == 0 {
-                    event_time -= 60_000; // far too late: a late event
-                }
+                let event_time = event_time(n);
                 ProduceRecord {
                     key: Some(Bytes::from(user.clone())),
                     value: Bytes::from(format!(
@@ -279,13 +287,13 @@ fn caught_up(universe: &Universe, ends: &[u64]) -> bool {
 }
 
 pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
-    let mut child = start(universe);
+    let mut child = super::KillOnDrop(start(universe));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !caught_up(universe, ends) {
         let log = || {
             std::fs::read_to_string(universe.root.join("stream-processor.log")).unwrap_or_default()
         };
-        if let Some(status) = child.try_wait().expect("poll") {
+        if let Some(status) = child.0.try_wait().expect("poll") {
             panic!("the stream-processor exited early: {status}\n{}", log());
         }
         assert!(
@@ -295,8 +303,7 @@ pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    child.kill().expect("kill");
-    child.wait().expect("reap");
+    drop(child);
 }
 
 /// Every record of a topic: key to the list of values, in log order per partition.
@@ -392,12 +399,11 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
     let mut window = (uninterrupted.as_millis() as u64 / 4).max(100);
     let mut killed = 0;
     for round in 0..8 {
-        let mut child = start(crashed);
+        let child = super::KillOnDrop(start(crashed));
         let delay = Duration::from_millis(random.below(window));
         std::thread::sleep(delay);
         let finished = caught_up(crashed, ends);
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        drop(child);
         if finished {
             window = (window / 2).max(50);
         } else {
@@ -531,14 +537,18 @@ async fn compare_pages(
 
 /// A running instance of a scale-out test: its process and its log file's name.
 struct Instance {
-    child: Child,
+    child: super::KillOnDrop,
     name: String,
 }
 
 impl Instance {
     fn start(universe: &Universe, name: &str) -> Instance {
         Instance {
-            child: spawn_instance(universe, name, "warn,runnel_stream_processor=info"),
+            child: super::KillOnDrop(spawn_instance(
+                universe,
+                name,
+                "warn,runnel_stream_processor=info",
+            )),
             name: name.to_string(),
         }
     }
@@ -556,7 +566,7 @@ impl Instance {
     }
 
     fn check_alive(&mut self, universe: &Universe) {
-        if let Some(status) = self.child.try_wait().expect("poll") {
+        if let Some(status) = self.child.0.try_wait().expect("poll") {
             panic!(
                 "instance {} exited: {status}\n{}",
                 self.name,
@@ -565,9 +575,8 @@ impl Instance {
         }
     }
 
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+    fn kill(self) {
+        drop(self.child);
     }
 }
 
