@@ -2,6 +2,11 @@
 
 Usage: python bench_windows_duckdb.py EVENTS.parquet N_EVENTS [RUNS]
 
+EVENTS.parquet may be a glob (DuckDB's read_parquet). The columns are `key`, `value` and
+`event_time` (epoch milliseconds) unless BENCH_DUCKDB_KEY, BENCH_DUCKDB_VALUE and
+BENCH_DUCKDB_TIME name other columns or expressions (e.g. `epoch_ms(event_time)` for a
+timestamp column): scripts/bench-backfill.sh reads the Parquet history that way.
+
 Prints `BENCH duckdb_<job> <value> events/s` (best of RUNS, default 3) or
 `BENCH duckdb_<job> unavailable (<reason>)` on stdout; progress goes to stderr.
 Each query reads the Parquet file, like recompute does. The aggregated rows are folded into
@@ -9,6 +14,7 @@ one checksum row inside DuckDB, so that every aggregate is computed (an outer CO
 would let the optimizer drop them) and no time goes into converting rows to Python objects.
 """
 
+import os
 import sys
 import time
 
@@ -16,7 +22,7 @@ import time
 TUMBLE = """
 SELECT key, window_start, window_start + 60000 AS window_end,
        COUNT(*) AS n, SUM(value) AS total, MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean
-FROM (SELECT key, value, event_time - event_time % 60000 AS window_start FROM read_parquet('{path}'))
+FROM (SELECT key, value, event_time - event_time % 60000 AS window_start FROM {source})
 GROUP BY key, window_start
 """
 
@@ -26,7 +32,7 @@ SELECT key, window_start, window_start + 60000 AS window_end,
        COUNT(*) AS n, SUM(value) AS total, MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean
 FROM (
     SELECT key, value, event_time - event_time % 10000 - 10000 * nth AS window_start
-    FROM read_parquet('{path}') CROSS JOIN range(0, 6) AS slots(nth)
+    FROM {source} CROSS JOIN range(0, 6) AS slots(nth)
 )
 GROUP BY key, window_start
 """
@@ -37,7 +43,7 @@ WITH marked AS (
     SELECT key, event_time, value,
            CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY key ORDER BY event_time) < 10000
                 THEN 0 ELSE 1 END AS is_start
-    FROM read_parquet('{path}')
+    FROM {source}
 ), numbered AS (
     SELECT key, event_time, value,
            SUM(is_start) OVER (PARTITION BY key ORDER BY event_time ROWS UNBOUNDED PRECEDING) AS session
@@ -61,13 +67,20 @@ def main():
     path, n_events = sys.argv[1], int(sys.argv[2])
     runs = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     escaped = path.replace("'", "''")
+    key = os.environ.get("BENCH_DUCKDB_KEY", "key")
+    value = os.environ.get("BENCH_DUCKDB_VALUE", "value")
+    event_time = os.environ.get("BENCH_DUCKDB_TIME", "event_time")
+    source = (
+        f"(SELECT {key} AS key, {value} AS value, {event_time} AS event_time "
+        f"FROM read_parquet('{escaped}'))"
+    )
     con = duckdb.connect()
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
     print(f"==> duckdb {duckdb.__version__}, {threads} threads, {path}", file=sys.stderr)
     for job, query in (("tumble", TUMBLE), ("hop", HOP), ("session", SESSION)):
         name = f"duckdb_{job}"
         print(f"==> {name}", file=sys.stderr)
-        sql = CHECKSUM.format(query=query.format(path=escaped))
+        sql = CHECKSUM.format(query=query.format(source=source))
         try:
             best = None
             for run_idx in range(runs):

@@ -142,7 +142,7 @@ pub async fn run_with_log(
 ) -> Result<(), BatchReprocessorError> {
     runnel_server_common::hold_until_shutdown(
         SERVICE_NAME,
-        "runs no standing work: backfills run from the CLI (`runnel backfill`); replay is not built yet (issue 6)",
+        "runs no standing work: backfills run from the CLI (`runnel backfill`)",
         &config,
         log,
         shutdown,

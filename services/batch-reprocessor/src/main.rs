@@ -6,7 +6,7 @@ use runnel_server_common::ServiceFlags;
 
 /// runnel's batch-reprocessor service.
 ///
-/// Will replay jobs over the history and the live log (Kappa) and recompute them over the Parquet history into batch views (Lambda), for backfills (issue 6). Not built yet: today it opens the log, ensures every declared stream's topic and waits for Ctrl-C.
+/// Backfills (replay over the history and the live log, recompute over the Parquet history into batch views) run from `runnel backfill`; the service has no standing work: it opens the log, ensures every declared stream's topic and waits for Ctrl-C.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {

@@ -63,7 +63,7 @@ enum Command {
     /// started with the same config share each job's partitions. Metrics on
     /// `stream-processor.metrics-listen` (`/metrics`, `/status`).
     StreamProcessor,
-    /// Runs the batch-reprocessor service (its standing work is not built yet: issue 6).
+    /// Runs the batch-reprocessor service, which has no standing work: backfills run from `runnel backfill`.
     ///
     /// Backfills run with `runnel backfill`; the service opens the log, ensures every
     /// declared stream's topic and waits for Ctrl-C.
@@ -78,7 +78,7 @@ enum Command {
     ///
     /// This is the embedded default: one process, the log in `<data-dir>/log`. The log is
     /// opened once and shared by the services. If one service fails, the others are stopped
-    /// and the error is reported. The services themselves are not built yet (issues 3 to 7).
+    /// and the error is reported. Serving is not built yet (issue 7).
     All,
     /// Prints the effective configuration: defaults, files and environment merged.
     Config,
