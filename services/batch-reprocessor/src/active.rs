@@ -4,12 +4,12 @@
 //! writes it, in one put, once the version it runs has caught up with the live log; until
 //! a job has one, its lowest declared version is active.
 
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use runnel_config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::BatchError;
+use crate::{BatchError, get_json, put_json};
 
 /// The folder under the object store's root of the jobs' active-version files.
 pub const JOBS_PREFIX: &str = "jobs";
@@ -39,21 +39,7 @@ pub async fn load_active(
     store: &dyn ObjectStore,
     job: &str,
 ) -> Result<Option<ActiveVersion>, BatchError> {
-    let path = active_path(job);
-    let bytes = match store.get(&path).await {
-        Ok(found) => found
-            .bytes()
-            .await
-            .map_err(|source| BatchError::store("read", &path, source))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(BatchError::store("read", &path, source)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|error| BatchError::ViewInvalid {
-            path: path.to_string(),
-            message: error.to_string(),
-        })
+    get_json(store, &active_path(job)).await
 }
 
 /// Makes `version` the active version of `job` (one put).
@@ -65,16 +51,7 @@ pub async fn save_active(
     store: &dyn ObjectStore,
     active: &ActiveVersion,
 ) -> Result<(), BatchError> {
-    let path = active_path(&active.job);
-    let json = serde_json::to_vec_pretty(active).map_err(|error| BatchError::ViewInvalid {
-        path: path.to_string(),
-        message: format!("serialize: {error}"),
-    })?;
-    store
-        .put(&path, PutPayload::from(json))
-        .await
-        .map_err(|source| BatchError::store("write", &path, source))?;
-    Ok(())
+    put_json(store, &active_path(&active.job), active).await
 }
 
 /// The version of `job` serving answers from: the one its active-version file names, if

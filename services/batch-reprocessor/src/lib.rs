@@ -54,8 +54,8 @@ pub enum BatchError {
         #[source]
         source: Box<object_store::Error>,
     },
-    /// A batch view's manifest is unreadable.
-    #[error("batch view manifest {path}: {message}")]
+    /// A batch view's manifest, or another JSON object of the backfills, is unreadable.
+    #[error("{path}: {message}")]
     ViewInvalid {
         /// The object.
         path: String,
@@ -94,6 +94,46 @@ pub enum BatchError {
         #[source]
         source: runnel_engine::EngineError,
     },
+}
+
+/// Reads the JSON object at `path`; `None` if there is none.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+) -> Result<Option<T>, BatchError> {
+    use object_store::ObjectStoreExt;
+    let bytes = match store.get(path).await {
+        Ok(found) => found
+            .bytes()
+            .await
+            .map_err(|source| BatchError::store("read", path, source))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(BatchError::store("read", path, source)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| BatchError::ViewInvalid {
+            path: path.to_string(),
+            message: error.to_string(),
+        })
+}
+
+/// Writes `value` as JSON at `path`, replacing what was there in one put.
+pub(crate) async fn put_json<T: serde::Serialize>(
+    store: &dyn object_store::ObjectStore,
+    path: &Path,
+    value: &T,
+) -> Result<(), BatchError> {
+    use object_store::ObjectStoreExt;
+    let json = serde_json::to_vec_pretty(value).map_err(|error| BatchError::ViewInvalid {
+        path: path.to_string(),
+        message: format!("serialize: {error}"),
+    })?;
+    store
+        .put(path, object_store::PutPayload::from(json))
+        .await
+        .map_err(|source| BatchError::store("write", path, source))?;
+    Ok(())
 }
 
 /// The wall clock, epoch milliseconds.

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
-use crate::{BatchError, now_ms};
+use crate::{BatchError, get_json, now_ms, put_json};
 
 /// The folder under the object store's root where batch views live.
 pub const VIEWS_PREFIX: &str = "views";
@@ -137,18 +137,13 @@ async fn load_run_state(
     store: &dyn ObjectStore,
     job: &Job,
 ) -> Result<Option<RunState>, BatchError> {
-    let path = run_state_path(job);
-    match store.get(&path).await {
-        Ok(found) => {
-            let bytes = found
-                .bytes()
-                .await
-                .map_err(|source| BatchError::store("read", &path, source))?;
-            // An unreadable run state only costs the work it recorded.
-            Ok(serde_json::from_slice(&bytes).ok())
+    match get_json(store, &run_state_path(job)).await {
+        // A run state that does not parse only costs the work it recorded.
+        Err(BatchError::ViewInvalid { path, message }) => {
+            warn!(%path, %message, "ignoring an unreadable recompute run state");
+            Ok(None)
         }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(source) => Err(BatchError::store("read", &path, source)),
+        read => read,
     }
 }
 
@@ -157,16 +152,7 @@ async fn save_run_state(
     job: &Job,
     state: &RunState,
 ) -> Result<(), BatchError> {
-    let path = run_state_path(job);
-    let json = serde_json::to_vec(state).map_err(|error| BatchError::ViewInvalid {
-        path: path.to_string(),
-        message: format!("serialize: {error}"),
-    })?;
-    store
-        .put(&path, PutPayload::from(json))
-        .await
-        .map_err(|source| BatchError::store("write", &path, source))?;
-    Ok(())
+    put_json(store, &run_state_path(job), state).await
 }
 
 /// One chunk: windows starting in `starts` (ending by the horizon), from events in `events`

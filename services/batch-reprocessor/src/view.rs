@@ -5,11 +5,11 @@
 //! `_manifest.json` in one put. Readers go through the manifest, so they see the old view
 //! or the new one, never a mix; the previous generation's files are deleted after.
 
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::BatchError;
+use crate::{BatchError, get_json, put_json};
 
 /// The view manifest's format version.
 pub const VIEW_FORMAT: u32 = 1;
@@ -87,19 +87,9 @@ pub async fn load_view(
     version: u32,
 ) -> Result<Option<ViewManifest>, BatchError> {
     let path = view_manifest_path(prefix, job, version);
-    let bytes = match store.get(&path).await {
-        Ok(found) => found
-            .bytes()
-            .await
-            .map_err(|source| BatchError::store("read", &path, source))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(BatchError::store("read", &path, source)),
+    let Some(manifest) = get_json::<ViewManifest>(store, &path).await? else {
+        return Ok(None);
     };
-    let manifest: ViewManifest =
-        serde_json::from_slice(&bytes).map_err(|error| BatchError::ViewInvalid {
-            path: path.to_string(),
-            message: error.to_string(),
-        })?;
     if manifest.format != VIEW_FORMAT {
         return Err(BatchError::ViewInvalid {
             path: path.to_string(),
@@ -119,13 +109,5 @@ pub(crate) async fn save_view(
     manifest: &ViewManifest,
 ) -> Result<(), BatchError> {
     let path = view_manifest_path(prefix, &manifest.job, manifest.version);
-    let json = serde_json::to_vec_pretty(manifest).map_err(|error| BatchError::ViewInvalid {
-        path: path.to_string(),
-        message: format!("serialize: {error}"),
-    })?;
-    store
-        .put(&path, PutPayload::from(json))
-        .await
-        .map_err(|source| BatchError::store("write", &path, source))?;
-    Ok(())
+    put_json(store, &path, manifest).await
 }
