@@ -38,19 +38,8 @@ JOBS=(tumble hop session)
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-backfill.XXXXXX")"
 trap 'rm -rf "$work_dir"' EXIT
 declare -A values=()
-
-emit() {
-  local line="$1" name value
-  echo "$line"
-  read -r _ name value _ <<<"$line"
-  values["$name"]="$value"
-}
-
-unavailable() {
-  local reason="$2"
-  reason="$(tr -s '\n\t' '  ' <<<"$reason" | cut -c1-160)"
-  emit "BENCH $1 unavailable (${reason% })"
-}
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 all_names() {
   local job
@@ -146,17 +135,6 @@ else
   done
 fi
 
-is_number() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-ratio() {
-  local name="$1" ours="${values[$2]:-}" theirs="${values[$3]:-}"
-  if ! is_number "$ours"; then
-    unavailable "$name" "$2 unavailable"
-  elif ! is_number "$theirs" || [[ "$theirs" =~ ^0+(\.0+)?$ ]]; then
-    unavailable "$name" "$3 unavailable"
-  else
-    emit "BENCH $name $(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }') ratio"
-  fi
-}
 for job in "${JOBS[@]}"; do
   ratio "recompute_${job}_vs_duckdb" "recompute_$job" "duckdb_$job"
   ratio "replay_${job}_vs_live" "replay_$job" "live_$job"

@@ -72,41 +72,8 @@ JOBS=(tumble hop session)
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-stream.XXXXXX")"
 trap 'rm -rf "$work_dir"' EXIT
 declare -A values=()
-
-# Prints a BENCH line and remembers its value for the ratios.
-emit() {
-  local line="$1" name value
-  echo "$line"
-  read -r _ name value _ <<<"$line"
-  values["$name"]="$value"
-}
-
-unavailable() {
-  local reason="$2"
-  reason="$(tr -s '\n\t' '  ' <<<"$reason" | cut -c1-160)"
-  emit "BENCH $1 unavailable (${reason% })"
-}
-
-# Runs a command that prints BENCH lines for `names` (space-separated); any name it did not
-# print is reported unavailable with the command's last line on stderr.
-run_figures() {
-  local names="$1" status=0 name line reason
-  shift
-  if "$@" 2>&1 >"$work_dir/out" | tee "$work_dir/err" >&2; then
-    status=0
-  else
-    status=$?
-  fi
-  for name in $names; do
-    line="$(grep -m1 "^BENCH $name " "$work_dir/out" || true)"
-    if [[ -n "$line" ]]; then
-      emit "$line"
-    else
-      reason="$(grep -v '^[[:space:]]*$' "$work_dir/err" | tail -n1 || true)"
-      unavailable "$name" "${reason:-exited with status $status}"
-    fi
-  done
-}
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 all_names() {
   local job step
@@ -152,17 +119,8 @@ else
 fi
 
 # Ratios of events/s, the service over the decode baseline.
-is_number() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 for job in "${JOBS[@]}"; do
-  ours="${values[stream_$job]:-}" floor="${values[decode_baseline]:-}"
-  name="stream_${job}_vs_decode"
-  if ! is_number "$ours"; then
-    unavailable "$name" "stream_$job unavailable"
-  elif ! is_number "$floor" || [[ "$floor" =~ ^0+(\.0+)?$ ]]; then
-    unavailable "$name" "decode_baseline unavailable"
-  else
-    emit "BENCH $name $(awk -v a="$ours" -v b="$floor" 'BEGIN { printf "%.2f", a / b }') ratio"
-  fi
+  ratio "stream_${job}_vs_decode" "stream_$job" decode_baseline
 done
 
 echo "==> latency: $RATE events/s for ${LATENCY_SECONDS}s measured, tumbling job with early results every 1s, service in process" >&2

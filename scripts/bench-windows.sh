@@ -25,42 +25,8 @@ DUCKDB_FIGURES=(duckdb_tumble duckdb_hop duckdb_session)
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-windows.XXXXXX")"
 trap 'rm -rf "$work_dir"' EXIT
 declare -A values=()
-
-# Prints a BENCH line and remembers its value for the ratios.
-emit() {
-  local line="$1" name value
-  echo "$line"
-  read -r _ name value _ <<<"$line"
-  values["$name"]="$value"
-}
-
-unavailable() {
-  local reason="$2"
-  reason="$(tr -s '\n\t' '  ' <<<"$reason" | cut -c1-160)"
-  emit "BENCH $1 unavailable (${reason% })"
-}
-
-# Runs a command that prints BENCH lines for `names` (space-separated); any name it did not print is reported
-# unavailable with the command's last line on stderr (a crash, an abort, a missing tool).
-run_figures() {
-  local names="$1" status=0 name line reason
-  shift
-  # stdout to a file, stderr to the terminal and a file; with pipefail, $? is the command's.
-  if "$@" 2>&1 >"$work_dir/out" | tee "$work_dir/err" >&2; then
-    status=0
-  else
-    status=$?
-  fi
-  for name in $names; do
-    line="$(grep -m1 "^BENCH $name " "$work_dir/out" || true)"
-    if [[ -n "$line" ]]; then
-      emit "$line"
-    else
-      reason="$(grep -v '^[[:space:]]*$' "$work_dir/err" | tail -n1 || true)"
-      unavailable "$name" "${reason:-exited with status $status}"
-    fi
-  done
-}
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
 
 echo "==> building the benchmark (release)" >&2
 bench_bin=""
@@ -119,17 +85,8 @@ else
 fi
 
 # Ratios of events/s, ours over DuckDB's: above 1 means faster than DuckDB.
-is_number() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 for mode in live recompute; do
   for job in tumble hop session; do
-    ours="${values[${mode}_$job]:-}" theirs="${values[duckdb_$job]:-}"
-    name="${mode}_${job}_vs_duckdb"
-    if ! is_number "$ours"; then
-      unavailable "$name" "${mode}_$job unavailable"
-    elif ! is_number "$theirs" || [[ "$theirs" =~ ^0+(\.0+)?$ ]]; then
-      unavailable "$name" "duckdb_$job unavailable"
-    else
-      emit "BENCH $name $(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }') ratio"
-    fi
+    ratio "${mode}_${job}_vs_duckdb" "${mode}_$job" "duckdb_$job"
   done
 done
