@@ -4,6 +4,13 @@ mod backfill;
 mod history;
 mod stream;
 
+/// Held by the tests that run stream-processor processes on the Kafka broker, one at a time:
+/// the test broker (tansu on SQLite) times out under two of them at once on two cores.
+async fn kafka_exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static KAFKA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    KAFKA.lock().await
+}
+
 /// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing
 /// test leaves no process behind.
 struct KillOnDrop(std::process::Child);

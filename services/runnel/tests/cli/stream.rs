@@ -303,6 +303,33 @@ pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    if universe.with_pages {
+        // `caught_up` knows that every event reached some page task, not that every page
+        // task has read all it was sent: wait until their checkpoints stop moving.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pages = format!("{}-pages", universe.job);
+        let settled = || {
+            let mut texts: Vec<String> = manifests(universe, &pages)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            texts.sort();
+            texts
+        };
+        let mut last = settled();
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = settled();
+            if now == last {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page tasks did not settle in 60 s"
+            );
+            last = now;
+        }
+    }
     drop(child);
 }
 
@@ -375,6 +402,7 @@ async fn killed_at_random_moments_on_kafka_the_stream_processor_changes_no_resul
         eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
         return;
     };
+    let _kafka = super::kafka_exclusive().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let calm = Universe::kafka(dir.path().join("calm"), &bootstrap, "calm");
     let crashed = Universe::kafka(dir.path().join("crashed"), &bootstrap, "crashed");
@@ -617,6 +645,7 @@ async fn two_instances_one_killed_midway_give_the_results_of_one_on_kafka() {
         eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
         return;
     };
+    let _kafka = super::kafka_exclusive().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let single = Universe::kafka(dir.path().join("single"), &bootstrap, "single");
     let pair = Universe::kafka(dir.path().join("pair"), &bootstrap, "pair");
