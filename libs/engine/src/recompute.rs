@@ -170,9 +170,11 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str) -> Result<String, EngineErr
                 .map(|idx| format!("({idx})"))
                 .collect();
             let start = format!("({} - __runnel_hop.i * {slide_ms})", floor(slide_ms));
+            // The offsets first: a cross join buffers its left side whole and streams its
+            // right one, and the events are the big side.
             format!(
                 "SELECT {stream}.*, to_timestamp_millis({start}) AS {WINDOW_START} \
-                 FROM ({events}) AS {stream} CROSS JOIN (VALUES {}) AS __runnel_hop(i)",
+                 FROM (VALUES {}) AS __runnel_hop(i) CROSS JOIN ({events}) AS {stream}",
                 offsets.join(", ")
             )
         }
