@@ -188,9 +188,15 @@ impl HybridSource {
                     let Some(reading) = current else {
                         match files.pop_front() {
                             Some(file) => {
-                                let stream =
-                                    open_history_file(&self.store, &file, self.batch_rows, 0, None)
-                                        .await?;
+                                let stream = open_history_file(
+                                    &self.store,
+                                    &file,
+                                    self.batch_rows,
+                                    0,
+                                    None,
+                                    None,
+                                )
+                                .await?;
                                 *current = Some(Box::new((file, stream)));
                             }
                             None => {

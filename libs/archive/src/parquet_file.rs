@@ -13,6 +13,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
@@ -82,7 +83,8 @@ impl AsyncFileReader for StoreFile {
 }
 
 /// Opens a history file as a stream of batches of `batch_rows` rows in its own columns (the
-/// stream's positioned schema). With `event_time` (a half-open range of epoch milliseconds),
+/// stream's positioned schema), or only those of `columns` (ascending indexes; the batches
+/// hold them in that order). With `event_time` (a half-open range of epoch milliseconds),
 /// row groups whose event-time statistics (column `event_time_column`) lie wholly outside it
 /// are skipped; the rows of the others are not filtered.
 ///
@@ -95,6 +97,7 @@ pub async fn open_history_file(
     batch_rows: usize,
     event_time_column: usize,
     event_time: Option<Range<i64>>,
+    columns: Option<&[usize]>,
 ) -> Result<ParquetRecordBatchStream<StoreFile>, ArchiveError> {
     let reader = StoreFile::new(
         Arc::clone(store),
@@ -130,6 +133,10 @@ pub async fn open_history_file(
             .map(|(index, _)| index)
             .collect();
         builder = builder.with_row_groups(keep);
+    }
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
     }
     builder.build().map_err(parquet_error)
 }

@@ -21,10 +21,13 @@ use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch};
 use arrow::compute::kernels::cmp;
 use arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use datafusion::catalog::streaming::StreamingTable;
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -314,25 +317,18 @@ pub async fn recompute_view(
     };
     for (index, chunk) in chunks.iter().enumerate().skip(state.chunks.len()) {
         let counted = Arc::new(AtomicU64::new(0));
-        let partitions: Vec<Arc<dyn PartitionStream>> = split(overlapping(chunk), request.workers)
-            .into_iter()
-            .map(|files| {
-                Arc::new(HistoryPartition {
-                    files,
-                    store: Arc::clone(&store),
-                    job_columns: job.input_columns.clone(),
-                    positioned: Arc::clone(job.stream.with_position()),
-                    schema: Arc::clone(&job.input_schema),
-                    event_time_column: job.stream.event_time_index(),
-                    events: chunk.events.clone(),
-                    own: chunk.own.clone(),
-                    counted: Arc::clone(&counted),
-                    progress: Arc::clone(&progress),
-                }) as Arc<dyn PartitionStream>
-            })
-            .collect();
-        let table = StreamingTable::try_new(Arc::clone(&job.input_schema), partitions)
-            .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+        let table = HistoryTable {
+            groups: split(overlapping(chunk), request.workers),
+            store: Arc::clone(&store),
+            job_columns: job.input_columns.clone(),
+            positioned: Arc::clone(job.stream.with_position()),
+            schema: Arc::clone(&job.input_schema),
+            event_time_column: job.stream.event_time_index(),
+            events: chunk.events.clone(),
+            own: chunk.own.clone(),
+            counted: Arc::clone(&counted),
+            progress: Arc::clone(&progress),
+        };
         let context = SessionContext::new_with_config(
             runnel_engine::recompute_config().with_target_partitions(request.workers.max(1)),
         );
@@ -458,16 +454,111 @@ fn write_parquet(
     Ok(Bytes::from(buffer))
 }
 
-/// One worker's share of the history: its files, read one after the other, as the job's
-/// input rows with event times in `events`.
+/// The history files of one chunk as a DataFusion table of the job's input columns, one
+/// partition per worker. A scan reads only the columns the query needs (and the event time,
+/// for the range filter) from the Parquet files.
 #[derive(Debug)]
-struct HistoryPartition {
-    files: Vec<FileEntry>,
+struct HistoryTable {
+    groups: Vec<Vec<FileEntry>>,
     store: Arc<dyn ObjectStore>,
     /// The job's input columns among the positioned ones.
     job_columns: Vec<usize>,
     positioned: SchemaRef,
+    /// The job's input schema.
     schema: SchemaRef,
+    event_time_column: usize,
+    events: Range<i64>,
+    own: Range<i64>,
+    counted: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for HistoryTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let wanted: Vec<usize> = match projection {
+            Some(projection) => projection.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let schema = Arc::new(self.schema.project(&wanted)?);
+        // File columns to read, ascending (the reader yields them in file order).
+        let mut read: Vec<usize> = wanted
+            .iter()
+            .map(|&index| self.job_columns[index])
+            .collect();
+        read.push(self.event_time_column);
+        read.sort_unstable();
+        read.dedup();
+        let at = |column: usize| read.iter().position(|&read| read == column).unwrap_or(0);
+        let output: Vec<usize> = wanted
+            .iter()
+            .map(|&index| at(self.job_columns[index]))
+            .collect();
+        let time_at = at(self.event_time_column);
+        let positioned_read = Arc::new(self.positioned.project(&read)?);
+        let partitions: Vec<Arc<dyn PartitionStream>> = self
+            .groups
+            .iter()
+            .map(|files| {
+                Arc::new(HistoryPartition {
+                    files: files.clone(),
+                    store: Arc::clone(&self.store),
+                    read: read.clone(),
+                    positioned_read: Arc::clone(&positioned_read),
+                    output: output.clone(),
+                    time_at,
+                    schema: Arc::clone(&schema),
+                    event_time_column: self.event_time_column,
+                    events: self.events.clone(),
+                    own: self.own.clone(),
+                    counted: Arc::clone(&self.counted),
+                    progress: Arc::clone(&self.progress),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        let scan = StreamingTableExec::try_new(
+            schema,
+            partitions,
+            None,
+            Vec::<LexOrdering>::new(),
+            false,
+            None,
+        )?;
+        Ok(Arc::new(scan))
+    }
+}
+
+/// One worker's share of a chunk's history: its files, read one after the other, as the
+/// scanned input columns with event times in `events`.
+#[derive(Debug)]
+struct HistoryPartition {
+    files: Vec<FileEntry>,
+    store: Arc<dyn ObjectStore>,
+    /// The file columns read, ascending.
+    read: Vec<usize>,
+    /// The stream's positioned schema, projected to `read`.
+    positioned_read: SchemaRef,
+    /// The scanned columns, as positions in `read`.
+    output: Vec<usize>,
+    /// The event time's position in `read`.
+    time_at: usize,
+    /// The scanned schema.
+    schema: SchemaRef,
+    /// The event time's column in the file.
     event_time_column: usize,
     events: Range<i64>,
     /// The event times whose rows this chunk counts in `counted`.
@@ -484,10 +575,15 @@ impl PartitionStream for HistoryPartition {
     fn execute(&self, _context: Arc<TaskContext>) -> SendableRecordBatchStream {
         let store = Arc::clone(&self.store);
         let (event_time_column, events) = (self.event_time_column, self.events.clone());
+        let read = self.read.clone();
         let progress = Arc::clone(&self.progress);
         let opened = futures::stream::iter(self.files.clone()).then(move |file| {
-            let (store, events, progress) =
-                (Arc::clone(&store), events.clone(), Arc::clone(&progress));
+            let (store, events, progress, read) = (
+                Arc::clone(&store),
+                events.clone(),
+                Arc::clone(&progress),
+                read.clone(),
+            );
             async move {
                 let stream = open_history_file(
                     &store,
@@ -495,6 +591,7 @@ impl PartitionStream for HistoryPartition {
                     READ_BATCH_ROWS,
                     event_time_column,
                     Some(events),
+                    Some(&read),
                 )
                 .await
                 .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)))?;
@@ -512,25 +609,23 @@ impl PartitionStream for HistoryPartition {
                 }))
             }
         });
-        let (positioned, schema) = (Arc::clone(&self.positioned), Arc::clone(&self.schema));
-        let (job_columns, events) = (self.job_columns.clone(), self.events.clone());
-        let (own, counted) = (self.own.clone(), Arc::clone(&self.counted));
+        let columns = ReadColumns {
+            positioned_read: Arc::clone(&self.positioned_read),
+            output: self.output.clone(),
+            time_at: self.time_at,
+            schema: Arc::clone(&self.schema),
+            events: self.events.clone(),
+            own: self.own.clone(),
+            counted: Arc::clone(&self.counted),
+        };
         let progress = Arc::clone(&self.progress);
         let rows = opened.try_flatten().and_then(move |batch| {
             progress
                 .events_done
                 .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-            let rows = job_rows(
-                &batch,
-                &positioned,
-                &schema,
-                &job_columns,
-                event_time_column,
-                &events,
-                &own,
-                &counted,
-            )
-            .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
+            let rows = columns
+                .job_rows(&batch)
+                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
             futures::future::ready(rows)
         });
         Box::pin(RecordBatchStreamAdapter::new(
@@ -540,53 +635,54 @@ impl PartitionStream for HistoryPartition {
     }
 }
 
-/// A history batch as the job's input: checked against the stream's positioned schema,
-/// projected to the job's columns, filtered to event times in `events`; the rows with event
-/// times in `own` are added to `counted`.
-#[allow(clippy::too_many_arguments)]
-fn job_rows(
-    batch: &RecordBatch,
-    positioned: &SchemaRef,
-    schema: &SchemaRef,
-    job_columns: &[usize],
-    event_time_column: usize,
-    events: &Range<i64>,
-    own: &Range<i64>,
-    counted: &AtomicU64,
-) -> Result<RecordBatch, BatchError> {
-    let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
-    let batch = RecordBatch::try_new(Arc::clone(positioned), batch.columns().to_vec()).map_err(
-        |error| {
-            BatchError::Arrow(format!(
-                "a history file's columns are not the stream's: {error}"
-            ))
-        },
-    )?;
-    let times = batch.column(event_time_column);
-    let times = match times.data_type() {
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            arrow::compute::cast(times, &DataType::Int64).map_err(arrow)?
+/// How a partition turns the columns it read into the scanned rows.
+struct ReadColumns {
+    positioned_read: SchemaRef,
+    output: Vec<usize>,
+    time_at: usize,
+    schema: SchemaRef,
+    events: Range<i64>,
+    own: Range<i64>,
+    counted: Arc<AtomicU64>,
+}
+
+impl ReadColumns {
+    /// The columns read from a history file as the scanned rows: checked against the
+    /// stream's types, filtered to event times in `events`; the rows with event times in `own`
+    /// are added to `counted`.
+    fn job_rows(&self, batch: &RecordBatch) -> Result<RecordBatch, BatchError> {
+        let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
+        let batch =
+            RecordBatch::try_new(Arc::clone(&self.positioned_read), batch.columns().to_vec())
+                .map_err(|error| {
+                    BatchError::Arrow(format!(
+                        "a history file's columns are not the stream's: {error}"
+                    ))
+                })?;
+        let times = batch.column(self.time_at);
+        let times = match times.data_type() {
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                arrow::compute::cast(times, &DataType::Int64).map_err(arrow)?
+            }
+            _ => Arc::clone(times),
+        };
+        let within = |range: &Range<i64>| -> Result<BooleanArray, BatchError> {
+            arrow::compute::and(
+                &cmp::gt_eq(&times, &Int64Array::new_scalar(range.start)).map_err(arrow)?,
+                &cmp::lt(&times, &Int64Array::new_scalar(range.end)).map_err(arrow)?,
+            )
+            .map_err(arrow)
+        };
+        let keep = within(&self.events)?;
+        self.counted
+            .fetch_add(within(&self.own)?.true_count() as u64, Ordering::Relaxed);
+        let projected = batch.project(&self.output).map_err(arrow)?;
+        let projected =
+            RecordBatch::try_new(Arc::clone(&self.schema), projected.columns().to_vec())
+                .map_err(arrow)?;
+        if keep.true_count() == keep.len() {
+            return Ok(projected);
         }
-        _ => Arc::clone(times),
-    };
-    let low = Int64Array::new_scalar(events.start);
-    let high = Int64Array::new_scalar(events.end);
-    let keep = arrow::compute::and(
-        &cmp::gt_eq(&times, &low).map_err(arrow)?,
-        &cmp::lt(&times, &high).map_err(arrow)?,
-    )
-    .map_err(arrow)?;
-    let owned = arrow::compute::and(
-        &cmp::gt_eq(&times, &Int64Array::new_scalar(own.start)).map_err(arrow)?,
-        &cmp::lt(&times, &Int64Array::new_scalar(own.end)).map_err(arrow)?,
-    )
-    .map_err(arrow)?;
-    counted.fetch_add(owned.true_count() as u64, Ordering::Relaxed);
-    let projected = batch.project(job_columns).map_err(arrow)?;
-    let projected =
-        RecordBatch::try_new(Arc::clone(schema), projected.columns().to_vec()).map_err(arrow)?;
-    if keep.true_count() == keep.len() {
-        return Ok(projected);
+        arrow::compute::filter_record_batch(&projected, &keep).map_err(arrow)
     }
-    arrow::compute::filter_record_batch(&projected, &keep).map_err(arrow)
 }
