@@ -286,7 +286,10 @@ fn caught_up(universe: &Universe, ends: &[u64]) -> bool {
     direct_done && (pages_done || !universe.with_pages)
 }
 
-pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
+/// Runs the stream-processor until it has caught up (and, with the pages job, its page tasks
+/// have settled); returns how long it took to catch up.
+pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) -> Duration {
+    let started = Instant::now();
     let mut child = super::KillOnDrop(start(universe));
     let deadline = Instant::now() + Duration::from_secs(120);
     while !caught_up(universe, ends) {
@@ -303,6 +306,7 @@ pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let caught_up_after = started.elapsed();
     if universe.with_pages {
         // `caught_up` knows that every event reached some page task, not that every page
         // task has read all it was sent: wait until their checkpoints stop moving.
@@ -331,6 +335,7 @@ pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) {
         }
     }
     drop(child);
+    caught_up_after
 }
 
 /// Every record of a topic: key to the list of values, in log order per partition.
@@ -415,9 +420,7 @@ async fn killed_at_random_moments_on_kafka_the_stream_processor_changes_no_resul
 /// Runs `calm` to the end uninterrupted and `crashed` through eight random SIGKILLs and then
 /// to the end, and compares their outputs.
 async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
-    let started = Instant::now();
-    run_until_caught_up(calm, ends);
-    let uninterrupted = started.elapsed();
+    let uninterrupted = run_until_caught_up(calm, ends);
 
     let mut random = super::CrashRandom::from_env_or_clock();
     let seed = random.seed();
