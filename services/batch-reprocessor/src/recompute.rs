@@ -94,6 +94,15 @@ fn history_horizon(job: &Job, files: &[FileEntry]) -> Option<i64> {
     largest.values().min().map(|max| max.saturating_sub(lag))
 }
 
+/// Whether a history file's event-time bounds overlap `range` (a file without event times
+/// holds no window's events).
+fn holds_events_in(file: &FileEntry, range: &Range<i64>) -> bool {
+    match (file.min_event_time, file.max_event_time) {
+        (Some(min), Some(max)) => min < range.end && max >= range.start,
+        _ => false,
+    }
+}
+
 /// Splits `files` into `workers` groups of about equal rows (largest first onto the
 /// lightest group); the split only balances work, the view does not depend on it.
 fn split(mut files: Vec<FileEntry>, workers: usize) -> Vec<Vec<FileEntry>> {
@@ -257,10 +266,7 @@ pub async fn recompute_view(
     let end = horizon.unwrap_or(i64::MIN);
     let files: Vec<FileEntry> = history
         .into_iter()
-        .filter(|file| match (file.min_event_time, file.max_event_time) {
-            (Some(min), Some(max)) => min < end && max >= from,
-            _ => false,
-        })
+        .filter(|file| holds_events_in(file, &(from..end)))
         .collect();
     let first_event = files
         .iter()
@@ -277,28 +283,25 @@ pub async fn recompute_view(
         history_files: files.len() as u64,
         chunks: Vec::new(),
     });
-    let overlapping = |chunk: &Chunk| -> Vec<FileEntry> {
-        files
-            .iter()
-            .filter(|file| match (file.min_event_time, file.max_event_time) {
-                (Some(min), Some(max)) => min < chunk.events.end && max >= chunk.events.start,
-                _ => false,
-            })
-            .cloned()
-            .collect()
-    };
     let resumed_chunks = state.chunks.len().min(chunks.len());
-    let todo = &chunks[resumed_chunks..];
+    // Each chunk's files, by the event times it reads.
+    let chunk_files: Vec<Vec<FileEntry>> = chunks
+        .iter()
+        .map(|chunk| {
+            files
+                .iter()
+                .filter(|file| holds_events_in(file, &chunk.events))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let todo = &chunk_files[resumed_chunks..];
     progress.files_total.store(
-        todo.iter()
-            .map(|chunk| overlapping(chunk).len() as u64)
-            .sum(),
+        todo.iter().map(|files| files.len() as u64).sum(),
         Ordering::Relaxed,
     );
     progress.events_total.store(
-        todo.iter()
-            .map(|chunk| overlapping(chunk).iter().map(|file| file.rows).sum::<u64>())
-            .sum(),
+        todo.iter().flatten().map(|file| file.rows).sum(),
         Ordering::Relaxed,
     );
     info!(
@@ -307,7 +310,7 @@ pub async fn recompute_view(
         from = request.from_ms,
         horizon,
         chunks = chunks.len(),
-        done = state.chunks.len(),
+        done = resumed_chunks,
         workers = request.workers,
         "recomputing over the history"
     );
@@ -315,19 +318,26 @@ pub async fn recompute_view(
         WindowSpec::Session { gap_ms } if request.from_ms.is_some() => from.saturating_add(gap_ms),
         _ => from,
     };
-    for (index, chunk) in chunks.iter().enumerate().skip(state.chunks.len()) {
+    for (index, (chunk, files)) in chunks
+        .iter()
+        .zip(&chunk_files)
+        .enumerate()
+        .skip(resumed_chunks)
+    {
         let counted = Arc::new(AtomicU64::new(0));
         let table = HistoryTable {
-            groups: split(overlapping(chunk), request.workers),
-            store: Arc::clone(&store),
+            groups: split(files.clone(), request.workers),
             job_columns: job.input_columns.clone(),
             positioned: Arc::clone(job.stream.with_position()),
             schema: Arc::clone(&job.input_schema),
-            event_time_column: job.stream.event_time_index(),
-            events: chunk.events.clone(),
-            own: chunk.own.clone(),
-            counted: Arc::clone(&counted),
-            progress: Arc::clone(&progress),
+            chunk: Arc::new(ChunkRead {
+                store: Arc::clone(&store),
+                event_time_column: job.stream.event_time_index(),
+                events: chunk.events.clone(),
+                own: chunk.own.clone(),
+                counted: Arc::clone(&counted),
+                progress: Arc::clone(&progress),
+            }),
         };
         let context = SessionContext::new_with_config(
             runnel_engine::recompute_config().with_target_partitions(request.workers.max(1)),
@@ -454,23 +464,32 @@ fn write_parquet(
     Ok(Bytes::from(buffer))
 }
 
+/// What every scan of one chunk shares: where and what it reads, and what it reports.
+#[derive(Debug)]
+struct ChunkRead {
+    store: Arc<dyn ObjectStore>,
+    /// The event time's column in the files.
+    event_time_column: usize,
+    /// Rows with event times outside this are left out.
+    events: Range<i64>,
+    /// The event times whose rows this chunk counts in `counted`.
+    own: Range<i64>,
+    counted: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
 /// The history files of one chunk as a DataFusion table of the job's input columns, one
 /// partition per worker. A scan reads only the columns the query needs (and the event time,
 /// for the range filter) from the Parquet files.
 #[derive(Debug)]
 struct HistoryTable {
     groups: Vec<Vec<FileEntry>>,
-    store: Arc<dyn ObjectStore>,
     /// The job's input columns among the positioned ones.
     job_columns: Vec<usize>,
     positioned: SchemaRef,
     /// The job's input schema.
     schema: SchemaRef,
-    event_time_column: usize,
-    events: Range<i64>,
-    own: Range<i64>,
-    counted: Arc<AtomicU64>,
-    progress: Arc<Progress>,
+    chunk: Arc<ChunkRead>,
 }
 
 #[async_trait::async_trait]
@@ -500,33 +519,28 @@ impl TableProvider for HistoryTable {
             .iter()
             .map(|&index| self.job_columns[index])
             .collect();
-        read.push(self.event_time_column);
+        read.push(self.chunk.event_time_column);
         read.sort_unstable();
         read.dedup();
         let at = |column: usize| read.iter().position(|&read| read == column).unwrap_or(0);
-        let output: Vec<usize> = wanted
-            .iter()
-            .map(|&index| at(self.job_columns[index]))
-            .collect();
-        let time_at = at(self.event_time_column);
-        let positioned_read = Arc::new(self.positioned.project(&read)?);
+        let scan = Arc::new(Scan {
+            output: wanted
+                .iter()
+                .map(|&index| at(self.job_columns[index]))
+                .collect(),
+            time_at: at(self.chunk.event_time_column),
+            positioned_read: Arc::new(self.positioned.project(&read)?),
+            read,
+            schema: Arc::clone(&schema),
+        });
         let partitions: Vec<Arc<dyn PartitionStream>> = self
             .groups
             .iter()
             .map(|files| {
                 Arc::new(HistoryPartition {
                     files: files.clone(),
-                    store: Arc::clone(&self.store),
-                    read: read.clone(),
-                    positioned_read: Arc::clone(&positioned_read),
-                    output: output.clone(),
-                    time_at,
-                    schema: Arc::clone(&schema),
-                    event_time_column: self.event_time_column,
-                    events: self.events.clone(),
-                    own: self.own.clone(),
-                    counted: Arc::clone(&self.counted),
-                    progress: Arc::clone(&self.progress),
+                    chunk: Arc::clone(&self.chunk),
+                    scan: Arc::clone(&scan),
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
@@ -542,12 +556,9 @@ impl TableProvider for HistoryTable {
     }
 }
 
-/// One worker's share of a chunk's history: its files, read one after the other, as the
-/// scanned input columns with event times in `events`.
+/// The columns one scan reads, and how it turns them into its rows.
 #[derive(Debug)]
-struct HistoryPartition {
-    files: Vec<FileEntry>,
-    store: Arc<dyn ObjectStore>,
+struct Scan {
     /// The file columns read, ascending.
     read: Vec<usize>,
     /// The stream's positioned schema, projected to `read`.
@@ -558,99 +569,13 @@ struct HistoryPartition {
     time_at: usize,
     /// The scanned schema.
     schema: SchemaRef,
-    /// The event time's column in the file.
-    event_time_column: usize,
-    events: Range<i64>,
-    /// The event times whose rows this chunk counts in `counted`.
-    own: Range<i64>,
-    counted: Arc<AtomicU64>,
-    progress: Arc<Progress>,
 }
 
-impl PartitionStream for HistoryPartition {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _context: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let store = Arc::clone(&self.store);
-        let (event_time_column, events) = (self.event_time_column, self.events.clone());
-        let read = self.read.clone();
-        let progress = Arc::clone(&self.progress);
-        let opened = futures::stream::iter(self.files.clone()).then(move |file| {
-            let (store, events, progress, read) = (
-                Arc::clone(&store),
-                events.clone(),
-                Arc::clone(&progress),
-                read.clone(),
-            );
-            async move {
-                let stream = open_history_file(
-                    &store,
-                    &file,
-                    READ_BATCH_ROWS,
-                    event_time_column,
-                    Some(events),
-                    Some(&read),
-                )
-                .await
-                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)))?;
-                progress.files_done.fetch_add(1, Ordering::Relaxed);
-                let path = file.path;
-                Ok::<_, datafusion::error::DataFusionError>(stream.map(move |batch| {
-                    batch.map_err(|source| {
-                        datafusion::error::DataFusionError::External(Box::new(
-                            BatchError::Parquet {
-                                path: path.clone(),
-                                message: source.to_string(),
-                            },
-                        ))
-                    })
-                }))
-            }
-        });
-        let columns = ReadColumns {
-            positioned_read: Arc::clone(&self.positioned_read),
-            output: self.output.clone(),
-            time_at: self.time_at,
-            schema: Arc::clone(&self.schema),
-            events: self.events.clone(),
-            own: self.own.clone(),
-            counted: Arc::clone(&self.counted),
-        };
-        let progress = Arc::clone(&self.progress);
-        let rows = opened.try_flatten().and_then(move |batch| {
-            progress
-                .events_done
-                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-            let rows = columns
-                .job_rows(&batch)
-                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
-            futures::future::ready(rows)
-        });
-        Box::pin(RecordBatchStreamAdapter::new(
-            Arc::clone(&self.schema),
-            rows,
-        ))
-    }
-}
-
-/// How a partition turns the columns it read into the scanned rows.
-struct ReadColumns {
-    positioned_read: SchemaRef,
-    output: Vec<usize>,
-    time_at: usize,
-    schema: SchemaRef,
-    events: Range<i64>,
-    own: Range<i64>,
-    counted: Arc<AtomicU64>,
-}
-
-impl ReadColumns {
+impl Scan {
     /// The columns read from a history file as the scanned rows: checked against the
-    /// stream's types, filtered to event times in `events`; the rows with event times in `own`
-    /// are added to `counted`.
-    fn job_rows(&self, batch: &RecordBatch) -> Result<RecordBatch, BatchError> {
+    /// stream's types, filtered to event times in the chunk's `events`; the rows with event
+    /// times in its `own` are added to its `counted`.
+    fn job_rows(&self, chunk: &ChunkRead, batch: &RecordBatch) -> Result<RecordBatch, BatchError> {
         let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
         let batch =
             RecordBatch::try_new(Arc::clone(&self.positioned_read), batch.columns().to_vec())
@@ -673,9 +598,10 @@ impl ReadColumns {
             )
             .map_err(arrow)
         };
-        let keep = within(&self.events)?;
-        self.counted
-            .fetch_add(within(&self.own)?.true_count() as u64, Ordering::Relaxed);
+        let keep = within(&chunk.events)?;
+        chunk
+            .counted
+            .fetch_add(within(&chunk.own)?.true_count() as u64, Ordering::Relaxed);
         let projected = batch.project(&self.output).map_err(arrow)?;
         let projected =
             RecordBatch::try_new(Arc::clone(&self.schema), projected.columns().to_vec())
@@ -684,5 +610,66 @@ impl ReadColumns {
             return Ok(projected);
         }
         arrow::compute::filter_record_batch(&projected, &keep).map_err(arrow)
+    }
+}
+
+/// One worker's share of a chunk's history: its files, read one after the other, as the
+/// scan's rows.
+#[derive(Debug)]
+struct HistoryPartition {
+    files: Vec<FileEntry>,
+    chunk: Arc<ChunkRead>,
+    scan: Arc<Scan>,
+}
+
+impl PartitionStream for HistoryPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.scan.schema
+    }
+
+    fn execute(&self, _context: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (chunk, scan) = (Arc::clone(&self.chunk), Arc::clone(&self.scan));
+        let opened = futures::stream::iter(self.files.clone()).then(move |file| {
+            let (chunk, scan) = (Arc::clone(&chunk), Arc::clone(&scan));
+            async move {
+                let stream = open_history_file(
+                    &chunk.store,
+                    &file,
+                    READ_BATCH_ROWS,
+                    chunk.event_time_column,
+                    Some(chunk.events.clone()),
+                    Some(&scan.read),
+                )
+                .await
+                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)))?;
+                chunk.progress.files_done.fetch_add(1, Ordering::Relaxed);
+                let path = file.path;
+                Ok::<_, datafusion::error::DataFusionError>(stream.map(move |batch| {
+                    batch.map_err(|source| {
+                        datafusion::error::DataFusionError::External(Box::new(
+                            BatchError::Parquet {
+                                path: path.clone(),
+                                message: source.to_string(),
+                            },
+                        ))
+                    })
+                }))
+            }
+        });
+        let (chunk, scan) = (Arc::clone(&self.chunk), Arc::clone(&self.scan));
+        let rows = opened.try_flatten().and_then(move |batch| {
+            chunk
+                .progress
+                .events_done
+                .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            let rows = scan
+                .job_rows(&chunk, &batch)
+                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)));
+            futures::future::ready(rows)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.scan.schema),
+            rows,
+        ))
     }
 }

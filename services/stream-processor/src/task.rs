@@ -322,19 +322,13 @@ impl Task {
             .operator
             .process(0, &input, arrival)
             .map_err(|source| self.engine_error(source))?;
-        let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
-        self.emit(output, arrival).await?;
-        if let Some(last) = offsets.iter().flatten().next_back() {
-            self.offset = u64::try_from(last).unwrap_or_default() + 1;
-        }
-        self.status.batch_done(
-            self.offset,
-            batch.num_rows() as u64,
-            result_rows as u64,
-            self.operator.watermark(),
-            self.operator.late_count(),
-        );
-        Ok(())
+        let next_offset = offsets
+            .iter()
+            .flatten()
+            .next_back()
+            .map(|last| u64::try_from(last).unwrap_or_default() + 1);
+        self.finish_batch(output, arrival, next_offset, batch.num_rows())
+            .await
     }
 
     /// Records of the repartition topic through the operator. Their arrival time is the
@@ -346,14 +340,28 @@ impl Task {
             .max()
             .unwrap_or_default();
         let output = self.process_repartitioned(records, arrival)?;
+        let next_offset = records.last().map(|last| last.offset + 1);
+        self.finish_batch(output, arrival, next_offset, records.len())
+            .await
+    }
+
+    /// Appends a batch's outputs, then counts the batch done: the task moves on to
+    /// `next_offset` and reports `events` events.
+    async fn finish_batch(
+        &mut self,
+        output: OperatorOutput,
+        arrival: i64,
+        next_offset: Option<u64>,
+        events: usize,
+    ) -> Result<(), StreamProcessorError> {
         let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
         self.emit(output, arrival).await?;
-        if let Some(last) = records.last() {
-            self.offset = last.offset + 1;
+        if let Some(next_offset) = next_offset {
+            self.offset = next_offset;
         }
         self.status.batch_done(
             self.offset,
-            records.len() as u64,
+            events as u64,
             result_rows as u64,
             self.operator.watermark(),
             self.operator.late_count(),

@@ -269,12 +269,7 @@ fn ingested_events_reach_the_history_and_open_in_duckdb() {
     }
     drop(service);
 
-    let Ok(python) = std::env::var("RUNNEL_PYTHON") else {
-        assert!(
-            std::env::var("RUNNEL_REQUIRE_DUCKDB").as_deref() != Ok("1"),
-            "RUNNEL_REQUIRE_DUCKDB=1 but RUNNEL_PYTHON is not set"
-        );
-        eprintln!("skipped the DuckDB half: RUNNEL_PYTHON is not set (scripts/test.sh sets it)");
+    let Some(python) = super::duckdb_python() else {
         return;
     };
     let output = Command::new(python)

@@ -4,6 +4,33 @@ mod backfill;
 mod history;
 mod stream;
 
+/// The environment variable `var` that names an external service a test needs (set by
+/// `scripts/test.sh`), or `None` after a notice if it is unset; unset while `require` is
+/// `1` (as in CI), it fails the test.
+fn external(var: &str, require: &str, skipped: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            assert!(
+                std::env::var(require).as_deref() != Ok("1"),
+                "{require}=1 but {var} is not set"
+            );
+            eprintln!("skipped {skipped}: {var} is not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// The Kafka broker's bootstrap address, if the tests have one.
+fn kafka_bootstrap() -> Option<String> {
+    external("KAFKA_BOOTSTRAP", "RUNNEL_REQUIRE_KAFKA", "the Kafka test")
+}
+
+/// The Python with DuckDB, if the tests have one.
+fn duckdb_python() -> Option<String> {
+    external("RUNNEL_PYTHON", "RUNNEL_REQUIRE_DUCKDB", "the DuckDB half")
+}
+
 /// Held by the tests that run stream-processor processes on the Kafka broker, one at a time:
 /// the test broker (tansu on SQLite) times out under two of them at once on two cores.
 async fn kafka_exclusive() -> tokio::sync::MutexGuard<'static, ()> {

@@ -399,12 +399,7 @@ async fn killed_at_random_moments_the_stream_processor_changes_no_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_moments_on_kafka_the_stream_processor_changes_no_result() {
-    let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") else {
-        assert!(
-            std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-            "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
-        );
-        eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
+    let Some(bootstrap) = super::kafka_bootstrap() else {
         return;
     };
     let _kafka = super::kafka_exclusive().await;
@@ -646,12 +641,7 @@ fn wait_for(
 /// events equal, byte for byte, those of one instance over the same log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_killed_midway_give_the_results_of_one_on_kafka() {
-    let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") else {
-        assert!(
-            std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-            "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
-        );
-        eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
+    let Some(bootstrap) = super::kafka_bootstrap() else {
         return;
     };
     let _kafka = super::kafka_exclusive().await;
