@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::ArchiveError;
 use crate::manifest::{FileEntry, load_manifest};
-use crate::parquet_file::{StoreFile, open_history_file};
+use crate::parquet_file::{HistoryRead, StoreFile, open_history_file};
 
 /// Where a hybrid source starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,10 +191,7 @@ impl HybridSource {
                                 let stream = open_history_file(
                                     &self.store,
                                     &file,
-                                    self.batch_rows,
-                                    0,
-                                    None,
-                                    None,
+                                    &HistoryRead::whole(self.batch_rows),
                                 )
                                 .await?;
                                 *current = Some(Box::new((file, stream)));

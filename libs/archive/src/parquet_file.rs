@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::async_reader::{ParquetRecordBatchStream, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
@@ -82,11 +82,52 @@ impl AsyncFileReader for StoreFile {
     }
 }
 
-/// Opens a history file as a stream of batches of `batch_rows` rows in its own columns (the
-/// stream's positioned schema), or only those of `columns` (ascending indexes; the batches
-/// hold them in that order). With `event_time` (a half-open range of epoch milliseconds),
-/// row groups whose event-time statistics (column `event_time_column`) lie wholly outside it
-/// are skipped; the rows of the others are not filtered.
+/// How to read a history file: see [`open_history_file`].
+#[derive(Debug, Clone)]
+pub struct HistoryRead<'a> {
+    /// Rows per batch.
+    pub batch_rows: usize,
+    /// The event time's column, for `event_time`.
+    pub event_time_column: usize,
+    /// With a half-open range of epoch milliseconds, row groups whose event-time statistics
+    /// lie wholly outside it are skipped; the rows of the others are not filtered.
+    pub event_time: Option<Range<i64>>,
+    /// Only these columns (ascending indexes; the batches hold them in that order).
+    pub columns: Option<&'a [usize]>,
+    /// Strings as `Utf8View` (decoded without copying short values into one buffer, and
+    /// compared inline by DataFusion's grouping) rather than the stream's `Utf8`.
+    pub string_views: bool,
+}
+
+impl HistoryRead<'_> {
+    /// Every row of every column, in the stream's positioned schema.
+    pub fn whole(batch_rows: usize) -> Self {
+        HistoryRead {
+            batch_rows,
+            event_time_column: 0,
+            event_time: None,
+            columns: None,
+            string_views: false,
+        }
+    }
+}
+
+/// `schema` with its `Utf8` fields as `Utf8View`.
+pub fn with_string_views(schema: &arrow::datatypes::Schema) -> arrow::datatypes::Schema {
+    use arrow::datatypes::{DataType, Field};
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| match field.data_type() {
+            DataType::Utf8 => field.as_ref().clone().with_data_type(DataType::Utf8View),
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone())
+}
+
+/// Opens a history file as a stream of batches in its own columns (the stream's positioned
+/// schema), as `read` says.
 ///
 /// # Errors
 ///
@@ -94,12 +135,9 @@ impl AsyncFileReader for StoreFile {
 pub async fn open_history_file(
     store: &Arc<dyn ObjectStore>,
     file: &FileEntry,
-    batch_rows: usize,
-    event_time_column: usize,
-    event_time: Option<Range<i64>>,
-    columns: Option<&[usize]>,
+    read: &HistoryRead<'_>,
 ) -> Result<ParquetRecordBatchStream<StoreFile>, ArchiveError> {
-    let reader = StoreFile::new(
+    let mut reader = StoreFile::new(
         Arc::clone(store),
         Path::from(file.path.as_str()),
         file.bytes,
@@ -108,19 +146,30 @@ pub async fn open_history_file(
         path: file.path.clone(),
         source,
     };
-    let mut builder = ParquetRecordBatchStreamBuilder::new(reader)
+    let options = ArrowReaderOptions::new();
+    let mut metadata = ArrowReaderMetadata::load_async(&mut reader, options.clone())
         .await
-        .map_err(parquet_error)?
-        .with_batch_size(batch_rows);
-    if let Some(range) = event_time {
+        .map_err(parquet_error)?;
+    if read.string_views {
+        let views = Arc::new(with_string_views(metadata.schema()));
+        metadata = ArrowReaderMetadata::try_new(
+            Arc::clone(metadata.metadata()),
+            options.with_schema(views),
+        )
+        .map_err(parquet_error)?;
+    }
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata)
+        .with_batch_size(read.batch_rows);
+    if let Some(range) = &read.event_time {
+        let column = read.event_time_column;
         let keep: Vec<usize> = builder
             .metadata()
             .row_groups()
             .iter()
             .enumerate()
             .filter(|(_, group)| {
-                let statistics = (event_time_column < group.num_columns())
-                    .then(|| group.column(event_time_column).statistics())
+                let statistics = (column < group.num_columns())
+                    .then(|| group.column(column).statistics())
                     .flatten();
                 match statistics {
                     Some(Statistics::Int64(values)) => match (values.min_opt(), values.max_opt()) {
@@ -134,7 +183,7 @@ pub async fn open_history_file(
             .collect();
         builder = builder.with_row_groups(keep);
     }
-    if let Some(columns) = columns {
+    if let Some(columns) = read.columns {
         let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
         builder = builder.with_projection(mask);
     }

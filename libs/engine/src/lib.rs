@@ -29,5 +29,5 @@ pub use plan::{
     FINAL_COLUMN, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
     WINDOW_START_COLUMN,
 };
-pub use recompute::{recompute, recompute_config, recompute_windows};
+pub use recompute::{WindowResults, recompute, recompute_config, recompute_windows};
 pub use window::WindowSpec;

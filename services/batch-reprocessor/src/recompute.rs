@@ -36,12 +36,12 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use runnel_archive::FileEntry;
-use runnel_archive::parquet_file::open_history_file;
+use runnel_archive::parquet_file::{HistoryRead, open_history_file, with_string_views};
 use runnel_config::Config;
 use runnel_engine::WindowSpec;
 use runnel_stream_processor::Job;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
 use crate::{BatchError, get_json, now_ms, put_json};
@@ -138,7 +138,7 @@ struct RunState {
     generation: u64,
     history_files: u64,
     /// Finished chunks, in order: their files and event counts.
-    chunks: Vec<(ViewFile, u64)>,
+    chunks: Vec<(Vec<ViewFile>, u64)>,
 }
 
 fn run_state_path(job: &Job) -> Path {
@@ -328,8 +328,8 @@ pub async fn recompute_view(
         let table = HistoryTable {
             groups: split(files.clone(), request.workers),
             job_columns: job.input_columns.clone(),
-            positioned: Arc::clone(job.stream.with_position()),
-            schema: Arc::clone(&job.input_schema),
+            positioned: Arc::new(with_string_views(job.stream.with_position())),
+            schema: Arc::new(with_string_views(&job.input_schema)),
             chunk: Arc::new(ChunkRead {
                 store: Arc::clone(&store),
                 event_time_column: job.stream.event_time_index(),
@@ -345,36 +345,45 @@ pub async fn recompute_view(
         context
             .register_table("history", Arc::new(table))
             .map_err(|source| BatchError::DataFusion(source.to_string()))?;
-        let computed = runnel_engine::recompute_windows(&job.plan, &context, "history")
+        let started = std::time::Instant::now();
+        let streams = runnel_engine::recompute_windows(&job.plan, &context, "history")
             .await
             .map_err(|source| BatchError::Engine {
                 job: job.name.clone(),
                 source,
             })?;
-        let mut results = Vec::new();
-        for (batch, ends) in computed {
-            let starts = chunk.starts.start.max(first_start)..chunk.starts.end;
-            let kept = keep_windows(&batch, &ends, &starts, end)?;
-            if kept.num_rows() > 0 {
-                results.push(kept);
-            }
+        // Each output partition is aggregated, filtered and encoded on its own task, into
+        // its own file.
+        let starts = chunk.starts.start.max(first_start)..chunk.starts.end;
+        let dir = generation_dir(VIEWS_PREFIX, &job.job_name, job.version, state.generation);
+        let writers: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(part, stream)| {
+                let path = dir
+                    .clone()
+                    .join(format!("part-{index:05}-{part:03}.parquet"));
+                let (schema, starts, store, name) = (
+                    job.plan.result_schema(),
+                    starts.clone(),
+                    Arc::clone(&store),
+                    job.name.clone(),
+                );
+                tokio::spawn(async move {
+                    write_view_file(stream, &schema, &starts, end, store.as_ref(), path, &name)
+                        .await
+                })
+            })
+            .collect();
+        let mut files = Vec::new();
+        for writer in writers {
+            let written = writer.await.map_err(|error| {
+                BatchError::DataFusion(format!("a view writer failed: {error}"))
+            })?;
+            files.extend(written?);
         }
-        let path = generation_dir(VIEWS_PREFIX, &job.job_name, job.version, state.generation)
-            .join(format!("part-{index:05}.parquet"));
-        let bytes = write_parquet(&job.plan.result_schema(), &results, &path)?;
-        let size = bytes.len() as u64;
-        store
-            .put(&path, PutPayload::from(bytes))
-            .await
-            .map_err(|source| BatchError::store("write", &path, source))?;
-        state.chunks.push((
-            ViewFile {
-                path: path.to_string(),
-                rows: results.iter().map(|batch| batch.num_rows() as u64).sum(),
-                bytes: size,
-            },
-            counted.load(Ordering::Relaxed),
-        ));
+        debug!(chunk = index, files = files.len(), elapsed = ?started.elapsed(), "chunk written");
+        state.chunks.push((files, counted.load(Ordering::Relaxed)));
         save_run_state(store.as_ref(), job, &state).await?;
     }
 
@@ -388,7 +397,11 @@ pub async fn recompute_view(
         horizon_ms: horizon,
         history_files: state.history_files,
         events: state.chunks.iter().map(|(_, events)| events).sum(),
-        files: state.chunks.iter().map(|(file, _)| file.clone()).collect(),
+        files: state
+            .chunks
+            .iter()
+            .flat_map(|(files, _)| files.iter().cloned())
+            .collect(),
         created_at_ms: now_ms(),
     };
     save_view(store.as_ref(), VIEWS_PREFIX, &manifest).await?;
@@ -442,11 +455,17 @@ fn keep_windows(
     arrow::compute::filter_record_batch(batch, &keep).map_err(arrow)
 }
 
-fn write_parquet(
+/// Writes the results of one output partition that [`keep_windows`] keeps as a view file at
+/// `path`: `None` if it keeps none.
+async fn write_view_file(
+    mut results: runnel_engine::WindowResults,
     schema: &SchemaRef,
-    batches: &[RecordBatch],
-    path: &Path,
-) -> Result<Bytes, BatchError> {
+    starts: &Range<i64>,
+    horizon: i64,
+    store: &dyn ObjectStore,
+    path: Path,
+    job: &str,
+) -> Result<Option<ViewFile>, BatchError> {
     let parquet_error = |source: parquet::errors::ParquetError| BatchError::Parquet {
         path: path.to_string(),
         message: source.to_string(),
@@ -454,14 +473,34 @@ fn write_parquet(
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
-    let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, Arc::clone(schema), Some(properties))
+    let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(properties))
         .map_err(parquet_error)?;
-    for batch in batches {
-        writer.write(batch).map_err(parquet_error)?;
+    let mut rows = 0;
+    while let Some(computed) = results.next().await {
+        let (batch, ends) = computed.map_err(|source| BatchError::Engine {
+            job: job.to_string(),
+            source,
+        })?;
+        let kept = keep_windows(&batch, &ends, starts, horizon)?;
+        if kept.num_rows() > 0 {
+            rows += kept.num_rows() as u64;
+            writer.write(&kept).map_err(parquet_error)?;
+        }
     }
-    writer.close().map_err(parquet_error)?;
-    Ok(Bytes::from(buffer))
+    if rows == 0 {
+        return Ok(None);
+    }
+    let bytes = Bytes::from(writer.into_inner().map_err(parquet_error)?);
+    let size = bytes.len() as u64;
+    store
+        .put(&path, PutPayload::from(bytes))
+        .await
+        .map_err(|source| BatchError::store("write", &path, source))?;
+    Ok(Some(ViewFile {
+        path: path.to_string(),
+        rows,
+        bytes: size,
+    }))
 }
 
 /// What every scan of one chunk shares: where and what it reads, and what it reports.
@@ -591,21 +630,41 @@ impl Scan {
             }
             _ => Arc::clone(times),
         };
+        let times = times.as_primitive_opt::<Int64Type>().ok_or_else(|| {
+            BatchError::Arrow(format!(
+                "a history file's event times are {}, not epoch milliseconds",
+                times.data_type()
+            ))
+        })?;
+        // Most batches lie wholly inside both ranges: their bounds say so without comparing
+        // each row.
+        let bounds = (times.null_count() == 0)
+            .then(|| arrow::compute::min(times).zip(arrow::compute::max(times)))
+            .flatten();
+        let holds_all = |range: &Range<i64>| {
+            bounds.is_some_and(|(min, max)| range.start <= min && max < range.end)
+        };
         let within = |range: &Range<i64>| -> Result<BooleanArray, BatchError> {
             arrow::compute::and(
-                &cmp::gt_eq(&times, &Int64Array::new_scalar(range.start)).map_err(arrow)?,
-                &cmp::lt(&times, &Int64Array::new_scalar(range.end)).map_err(arrow)?,
+                &cmp::gt_eq(times, &Int64Array::new_scalar(range.start)).map_err(arrow)?,
+                &cmp::lt(times, &Int64Array::new_scalar(range.end)).map_err(arrow)?,
             )
             .map_err(arrow)
         };
-        let keep = within(&chunk.events)?;
-        chunk
-            .counted
-            .fetch_add(within(&chunk.own)?.true_count() as u64, Ordering::Relaxed);
+        let counted = if holds_all(&chunk.own) {
+            times.len()
+        } else {
+            within(&chunk.own)?.true_count()
+        };
+        chunk.counted.fetch_add(counted as u64, Ordering::Relaxed);
         let projected = batch.project(&self.output).map_err(arrow)?;
         let projected =
             RecordBatch::try_new(Arc::clone(&self.schema), projected.columns().to_vec())
                 .map_err(arrow)?;
+        if holds_all(&chunk.events) {
+            return Ok(projected);
+        }
+        let keep = within(&chunk.events)?;
         if keep.true_count() == keep.len() {
             return Ok(projected);
         }
@@ -632,16 +691,18 @@ impl PartitionStream for HistoryPartition {
         let opened = futures::stream::iter(self.files.clone()).then(move |file| {
             let (chunk, scan) = (Arc::clone(&chunk), Arc::clone(&scan));
             async move {
-                let stream = open_history_file(
-                    &chunk.store,
-                    &file,
-                    READ_BATCH_ROWS,
-                    chunk.event_time_column,
-                    Some(chunk.events.clone()),
-                    Some(&scan.read),
-                )
-                .await
-                .map_err(|error| datafusion::error::DataFusionError::External(Box::new(error)))?;
+                let read = HistoryRead {
+                    batch_rows: READ_BATCH_ROWS,
+                    event_time_column: chunk.event_time_column,
+                    event_time: Some(chunk.events.clone()),
+                    columns: Some(&scan.read),
+                    string_views: true,
+                };
+                let stream = open_history_file(&chunk.store, &file, &read)
+                    .await
+                    .map_err(|error| {
+                        datafusion::error::DataFusionError::External(Box::new(error))
+                    })?;
                 chunk.progress.files_done.fetch_add(1, Ordering::Relaxed);
                 let path = file.path;
                 Ok::<_, datafusion::error::DataFusionError>(stream.map(move |batch| {

@@ -25,6 +25,12 @@ use crate::ingest_command::IngestArgs;
 use crate::log_commands::LogCommand;
 use crate::run_command::RunArgs;
 
+/// mimalloc rather than the system allocator: Arrow and DataFusion allocate a buffer per
+/// column per batch, and glibc's malloc returned them to the kernel only to fault them in
+/// again (a tenth of a recompute's time went to page faults, memset and memmove).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// runnel, a stream-processing platform: four services over one log.
 ///
 /// Configuration is layered: the embedded defaults (see `runnel config`), then each
