@@ -12,7 +12,8 @@ mod model;
 pub use layers::{ConfigLayer, ENV_PREFIX};
 pub use model::{
     ArchiveConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType, IngestConfig, JobConfig,
-    KafkaLogConfig, LogBackend, LogConfig, StorageConfig, StreamConfig, StreamProcessorConfig,
+    KafkaLogConfig, LogBackend, LogConfig, ServingConfig, StorageConfig, StreamConfig,
+    StreamProcessorConfig,
 };
 
 use std::collections::HashMap;

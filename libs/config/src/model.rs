@@ -26,6 +26,23 @@ pub struct Config {
     /// The windowed SQL jobs the stream-processor runs.
     #[serde(default)]
     pub jobs: Vec<JobConfig>,
+    /// The serving service: the gRPC query API.
+    pub serving: ServingConfig,
+}
+
+/// The serving service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Address the gRPC query API (`runnel.serving.v1.Serving`, health, reflection) listens on.
+    pub listen: String,
+    /// Keys per page of `GetWindow` when the request leaves it at 0.
+    pub default_page_size: u32,
+    /// The largest page (and `TopK` k) a request may ask for.
+    pub max_page_size: u32,
+    /// How often batch views and the active version of each job are looked up.
+    #[serde(with = "humantime_serde")]
+    pub view_poll_interval: Duration,
 }
 
 /// The stream-processor service.
@@ -423,6 +440,17 @@ impl Config {
             return Err(semantic(
                 "stream-processor.checkpoints-to-keep".to_string(),
                 "must be at least 1".to_string(),
+            ));
+        }
+        if self.serving.default_page_size == 0
+            || self.serving.default_page_size > self.serving.max_page_size
+        {
+            return Err(semantic(
+                "serving.default-page-size".to_string(),
+                format!(
+                    "must be from 1 to max-page-size ({}), got {}",
+                    self.serving.max_page_size, self.serving.default_page_size
+                ),
             ));
         }
         if self.stream_processor.read_batch_records == 0 {

@@ -1,18 +1,58 @@
-//! runnel's serving service: answers queries over gRPC from the batch view and the speed view (issue 7).
+//! runnel's serving service: answers queries on job results over gRPC
+//! (`runnel.serving.v1.Serving`, with the standard health and reflection services), merging
+//! each job's batch view and speed view.
 //!
-//! Not built yet: [`run`] opens the log (running its recovery) with every declared stream's
-//! topic, says at WARN what is missing, and waits for shutdown.
+//! - The speed view (`views`, `follow`): per job version, the latest result of each key and
+//!   window, read from the version's results topic from its first record (a restarted service
+//!   rebuilds it so, and is NOT_SERVING on health until every version has read up to the
+//!   log's end as of its start), then followed live; each stored update goes to subscribers.
+//! - The batch view: the recompute's Parquet files under `views/<job>/<version>/`, loaded
+//!   whole when its manifest names a new generation.
+//! - The Lambda merge: a window the batch view covers (in its range, ending by its horizon)
+//!   is answered from it, any other from the speed view.
+//! - The active version of each job is `jobs/<job>/active.json` (written by a replay backfill
+//!   that caught up), else the lowest declared; looked up every `serving.view-poll-interval`
+//!   and switched in one store, so a query sees one version or the other.
 #![warn(missing_docs)]
 
-use std::sync::Arc;
+mod follow;
+mod grpc;
+mod views;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use object_store::ObjectStore;
 use runnel_config::Config;
 use runnel_log::{Log, LogError};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info_span};
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::views::{JobView, Jobs, ResultLayout, VersionView};
+
+/// The generated gRPC client, server and messages of `runnel.serving.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("runnel.serving.v1");
+
+    /// The encoded descriptor set of `serving.proto`, for the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/serving_descriptor.bin"));
+}
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "serving";
+
+/// Speed-view updates buffered per job for subscribers; a subscriber further behind is
+/// dropped with RESOURCE_EXHAUSTED.
+const SUBSCRIBER_BUFFER: usize = 65_536;
 
 /// Everything the serving service can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +60,301 @@ pub enum ServingError {
     /// The log could not be opened, or a stream's topic could not be created.
     #[error("open storage: {0}")]
     OpenStorage(#[source] LogError),
+    /// The object store could not be opened.
+    #[error("open the object store: {0}")]
+    OpenStore(#[source] runnel_archive::ArchiveError),
+    /// A job does not compile.
+    #[error("job: {0}")]
+    Job(#[source] runnel_stream_processor::StreamProcessorError),
+    /// A results topic could not be read.
+    #[error("results topic `{topic}`: {source}")]
+    Log {
+        /// The topic.
+        topic: String,
+        /// The underlying error.
+        source: Box<LogError>,
+    },
+    /// Results that are not the job's result rows.
+    #[error("results: {0}")]
+    Results(String),
+    /// A batch view (or active-version file) could not be read.
+    #[error("batch view {path}: {message}")]
+    BatchView {
+        /// The object read.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The listen address could not be bound.
+    #[error("listen on {address}: {source}")]
+    Listen {
+        /// `serving.listen`.
+        address: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The reflection service could not be built.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The server failed while serving.
+    #[error("serve: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// The serving service, bound to its address, its views not yet rebuilt.
+pub struct BoundServing {
+    local_addr: SocketAddr,
+    listener: TcpListener,
+    config: Arc<Config>,
+    log: Arc<dyn Log>,
+    store: Arc<dyn ObjectStore>,
+    jobs: Arc<Jobs>,
+    shutdown: CancellationToken,
+}
+
+/// Compiles every declared job version, ensures its results topic, and binds
+/// `config.serving.listen` (port 0 picks a free port); [`BoundServing::serve`] then serves
+/// until `shutdown` is cancelled.
+///
+/// # Errors
+///
+/// [`ServingError::OpenStore`], [`ServingError::Job`], [`ServingError::Log`],
+/// [`ServingError::Listen`].
+pub async fn bind(
+    config: &Config,
+    log: Arc<dyn Log>,
+    shutdown: CancellationToken,
+) -> Result<BoundServing, ServingError> {
+    let store = runnel_archive::open_object_store(
+        &config.object_store_url(),
+        &config.storage.object_store_options,
+    )
+    .map_err(ServingError::OpenStore)?;
+    let mut versions: BTreeMap<String, BTreeMap<u32, Arc<VersionView>>> = BTreeMap::new();
+    for job_config in &config.jobs {
+        let job =
+            runnel_stream_processor::Job::compile(config, job_config).map_err(ServingError::Job)?;
+        let stream = job.stream.name().to_string();
+        let log_error = |topic: &str| {
+            let topic = topic.to_string();
+            move |source| ServingError::Log {
+                topic,
+                source: Box::new(source),
+            }
+        };
+        let partitions = log
+            .partition_count(&stream)
+            .await
+            .map_err(log_error(&stream))?;
+        let results = runnel_stream_processor::results_topic(&job.name);
+        log.ensure_topic(&results, partitions)
+            .await
+            .map_err(log_error(&results))?;
+        let source_topic = if job.repartition {
+            runnel_stream_processor::repartition_topic(&job.name)
+        } else {
+            stream
+        };
+        let layout = ResultLayout::new(job.plan.result_schema(), job.plan.window());
+        versions.entry(job.job_name.clone()).or_default().insert(
+            job.version,
+            Arc::new(VersionView::new(
+                job.name.clone(),
+                job.version,
+                source_topic,
+                layout,
+            )),
+        );
+    }
+    let jobs: Jobs = versions
+        .into_iter()
+        .map(|(name, versions)| {
+            let lowest = versions.keys().next().copied().unwrap_or(1);
+            let (updates, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+            let job = JobView {
+                name: name.clone(),
+                versions,
+                active: AtomicU32::new(lowest),
+                updates,
+            };
+            (name, Arc::new(job))
+        })
+        .collect();
+    let address = &config.serving.listen;
+    let listen_error = |source| ServingError::Listen {
+        address: address.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(address.as_str())
+        .await
+        .map_err(listen_error)?;
+    let local_addr = listener.local_addr().map_err(listen_error)?;
+    Ok(BoundServing {
+        local_addr,
+        listener,
+        config: Arc::new(config.clone()),
+        log,
+        store,
+        jobs: Arc::new(jobs),
+        shutdown,
+    })
+}
+
+impl BoundServing {
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Rebuilds the speed views and loads the batch views in the background, and serves
+    /// until the shutdown token is cancelled. Health says NOT_SERVING until every job
+    /// version's speed view is rebuilt and the batch views were looked up once.
+    ///
+    /// # Errors
+    ///
+    /// [`ServingError::Log`] if a results topic cannot be read at the start;
+    /// [`ServingError::Reflection`], [`ServingError::Serve`].
+    pub async fn serve(self) -> Result<(), ServingError> {
+        let BoundServing {
+            local_addr,
+            listener,
+            config,
+            log,
+            store,
+            jobs,
+            shutdown,
+        } = self;
+        let tasks_shutdown = shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        for job in jobs.values() {
+            for view in job.versions.values() {
+                let topic = runnel_stream_processor::results_topic(&view.id);
+                let log_error = |source| ServingError::Log {
+                    topic: topic.clone(),
+                    source: Box::new(source),
+                };
+                let partitions = log.partition_count(&topic).await.map_err(log_error)?;
+                let pending = Arc::new(AtomicUsize::new(partitions as usize));
+                if partitions == 0 {
+                    view.ready.store(true, Ordering::Release);
+                }
+                for partition in 0..partitions {
+                    let end = log
+                        .latest_offset(&topic, partition)
+                        .await
+                        .map_err(log_error)?;
+                    tasks.spawn(
+                        follow::follow_results(
+                            Arc::clone(&log),
+                            Arc::clone(job),
+                            Arc::clone(view),
+                            partition,
+                            end,
+                            Arc::clone(&pending),
+                            tasks_shutdown.clone(),
+                        )
+                        .in_current_span(),
+                    );
+                }
+            }
+        }
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_not_serving::<proto::serving_server::ServingServer<grpc::GrpcServing>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        {
+            let (store, config, jobs, shutdown) = (
+                Arc::clone(&store),
+                Arc::clone(&config),
+                Arc::clone(&jobs),
+                tasks_shutdown.clone(),
+            );
+            tasks.spawn(
+                async move {
+                    let mut serving = false;
+                    let mut polled = false;
+                    let mut ticker = tokio::time::interval(config.serving.view_poll_interval);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut readiness = tokio::time::interval(Duration::from_millis(50));
+                    loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            _ = ticker.tick() => {
+                                match follow::poll_views(store.as_ref(), &config, &jobs).await {
+                                    Ok(()) => polled = true,
+                                    Err(error) => warn!(%error, "could not look up the batch views; trying again"),
+                                }
+                            }
+                            _ = readiness.tick(), if !serving => {}
+                        }
+                        let rebuilt = jobs.values().all(|job| {
+                            job.versions
+                                .values()
+                                .all(|view| view.ready.load(Ordering::Acquire))
+                        });
+                        if !serving && polled && rebuilt {
+                            serving = true;
+                            reporter
+                                .set_serving::<proto::serving_server::ServingServer<grpc::GrpcServing>>()
+                                .await;
+                            reporter
+                                .set_service_status("", tonic_health::ServingStatus::Serving)
+                                .await;
+                            info!("serving: every speed view rebuilt");
+                        }
+                    }
+                }
+                .in_current_span(),
+            );
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|error| ServingError::Reflection(error.to_string()))?;
+        let service = proto::serving_server::ServingServer::new(grpc::GrpcServing {
+            jobs: Arc::clone(&jobs),
+            config: Arc::clone(&config),
+            log: Arc::clone(&log),
+            store: Arc::clone(&store),
+        })
+        .max_encoding_message_size(usize::MAX);
+        info!(address = %local_addr, "serving listening (gRPC)");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let shutdown_server = shutdown.clone();
+        let served = tokio::select! {
+            served = Server::builder()
+                .add_service(health)
+                .add_service(reflection)
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown_server.cancelled_owned()) => {
+                served.map_err(ServingError::Serve)
+            }
+            failed = tasks.join_next() => match failed {
+                Some(Ok(Err(error))) => Err(error),
+                Some(Err(join)) => Err(ServingError::Results(format!("a view task failed: {join}"))),
+                _ => Ok(()),
+            },
+        };
+        tasks_shutdown.cancel();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Err(error)) = done {
+                error!(%error, "a view task failed while stopping");
+            }
+        }
+        served
+    }
 }
 
 /// Runs the serving service until `shutdown` is cancelled, on the log that `config` selects.
 ///
 /// # Errors
 ///
-/// [`ServingError::OpenStorage`] if the log cannot be opened or a topic cannot be created.
+/// [`ServingError::OpenStorage`] if the log cannot be opened or a topic cannot be created;
+/// the errors of [`run_with_log`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServingError> {
     let log = runnel_server_common::open_storage(&config)
         .await
@@ -41,20 +369,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
 ///
 /// # Errors
 ///
-/// None yet; the signature leaves room for the service's own failures.
+/// The errors of [`bind`] and [`BoundServing::serve`].
 pub async fn run_with_log(
     config: Config,
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<(), ServingError> {
-    runnel_server_common::hold_until_shutdown(
-        SERVICE_NAME,
-        "gRPC query API not built yet (issue 7)",
-        &config,
-        log,
-        shutdown,
-    )
+    async move {
+        let bound = bind(&config, log, shutdown).await?;
+        bound.serve().await?;
+        info!("serving stopped");
+        Ok(())
+    }
     .instrument(info_span!("service", service = SERVICE_NAME))
-    .await;
-    Ok(())
+    .await
 }

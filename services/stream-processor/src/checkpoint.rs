@@ -40,6 +40,23 @@ pub struct CheckpointManifest {
     pub seen_source_offsets: Vec<Option<u64>>,
 }
 
+/// The manifest of task `partition` of `job`'s newest complete checkpoint under `prefix`, if
+/// it has one: where the task would resume, and its watermark then.
+///
+/// # Errors
+///
+/// Object-store failures; a manifest that does not parse or names another task.
+pub async fn latest_checkpoint(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    job: &str,
+    partition: u32,
+) -> Result<Option<CheckpointManifest>, StreamProcessorError> {
+    TaskCheckpoints::new(prefix, job, partition, 1)
+        .latest_manifest(store)
+        .await
+}
+
 /// A restored checkpoint: its manifest and the operator's snapshot.
 #[derive(Debug)]
 pub(crate) struct Restored {
@@ -107,20 +124,19 @@ impl TaskCheckpoints {
         Ok(epochs)
     }
 
-    /// The newest complete checkpoint, if any.
+    /// The manifest of the newest complete checkpoint, if any.
     ///
     /// # Errors
     ///
     /// Object-store failures; a manifest that does not parse or names another task.
-    pub(crate) async fn latest(
+    pub(crate) async fn latest_manifest(
         &self,
         store: &dyn ObjectStore,
-    ) -> Result<Option<Restored>, StreamProcessorError> {
+    ) -> Result<Option<CheckpointManifest>, StreamProcessorError> {
         let Some(&epoch) = self.complete_epochs(store).await?.last() else {
             return Ok(None);
         };
-        let dir = self.epoch_dir(epoch);
-        let manifest_path = Path::from(format!("{dir}/{MANIFEST_FILE}"));
+        let manifest_path = Path::from(format!("{}/{MANIFEST_FILE}", self.epoch_dir(epoch)));
         let bytes = read(store, &manifest_path).await?;
         let manifest: CheckpointManifest =
             serde_json::from_slice(&bytes).map_err(|error| StreamProcessorError::Checkpoint {
@@ -139,6 +155,22 @@ impl TaskCheckpoints {
                 ),
             });
         }
+        Ok(Some(manifest))
+    }
+
+    /// The newest complete checkpoint, if any.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Self::latest_manifest`]; a state of another size than its manifest says.
+    pub(crate) async fn latest(
+        &self,
+        store: &dyn ObjectStore,
+    ) -> Result<Option<Restored>, StreamProcessorError> {
+        let Some(manifest) = self.latest_manifest(store).await? else {
+            return Ok(None);
+        };
+        let dir = self.epoch_dir(manifest.epoch);
         let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
         let state = read(store, &state_path).await?;
         if state.len() as u64 != manifest.state_bytes {

@@ -39,7 +39,7 @@ use runnel_log::{Log, LogError};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
-pub use checkpoint::CheckpointManifest;
+pub use checkpoint::{CheckpointManifest, latest_checkpoint};
 pub use job::{
     Job, job_group, late_topic, members_group, members_topic, repartition_topic, results_topic,
 };

@@ -1,0 +1,246 @@
+//! Keeping the views current: the speed view follows each job version's results topic from
+//! its first record; the batch views and each job's active version are looked up on the
+//! object store every `view-poll-interval`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::json::ReaderBuilder;
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use runnel_batch_reprocessor::recompute::VIEWS_PREFIX;
+use runnel_batch_reprocessor::view::load_view;
+use runnel_config::Config;
+use runnel_log::{Log, LogError, Record, StartOffset};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::ServingError;
+use crate::views::{BatchView, JobView, ResultLayout, Update, VersionView, ViewTable, Window};
+
+/// Results records read at once.
+const READ_RECORDS: usize = 4096;
+/// How long a read waits for new results before looking at shutdown again.
+const READ_WAIT: Duration = Duration::from_millis(100);
+
+/// Result records (JSON objects) as windows; a batch that does not decode is decoded record
+/// by record, and records that still fail are logged and left out.
+fn decode_results(layout: &ResultLayout, records: &[Record]) -> Vec<Window> {
+    let decode = |records: &[Record]| -> Result<Vec<Window>, ServingError> {
+        let mut decoder = ReaderBuilder::new(Arc::clone(&layout.schema))
+            .with_batch_size(records.len().max(1))
+            .build_decoder()
+            .map_err(|error| ServingError::Results(error.to_string()))?;
+        let mut windows = Vec::with_capacity(records.len());
+        for record in records {
+            decoder
+                .decode(&record.value)
+                .map_err(|error| ServingError::Results(error.to_string()))?;
+        }
+        while let Some(batch) = decoder
+            .flush()
+            .map_err(|error| ServingError::Results(error.to_string()))?
+        {
+            windows.extend(layout.windows(&batch)?);
+        }
+        Ok(windows)
+    };
+    match decode(records) {
+        Ok(windows) => windows,
+        Err(_) => records
+            .iter()
+            .filter_map(|record| match decode(std::slice::from_ref(record)) {
+                Ok(windows) => Some(windows),
+                Err(error) => {
+                    warn!(
+                        topic = %record.topic,
+                        partition = record.partition,
+                        offset = record.offset,
+                        %error,
+                        "skipping a result record that does not decode"
+                    );
+                    None
+                }
+            })
+            .flatten()
+            .collect(),
+    }
+}
+
+/// Follows partition `partition` of `view`'s results topic from its first record into the
+/// speed view, publishing each stored window to `job`'s subscribers. `pending` counts the
+/// version's partitions not yet read up to `end` (the log's end at the start); the last one
+/// to get there marks the version ready.
+pub(crate) async fn follow_results(
+    log: Arc<dyn Log>,
+    job: Arc<JobView>,
+    view: Arc<VersionView>,
+    partition: u32,
+    end: u64,
+    pending: Arc<AtomicUsize>,
+    shutdown: CancellationToken,
+) -> Result<(), ServingError> {
+    let topic = runnel_stream_processor::results_topic(&view.id);
+    let log_error = |source: LogError| ServingError::Log {
+        topic: topic.clone(),
+        source: Box::new(source),
+    };
+    let mut reader = log
+        .reader(&topic, partition, StartOffset::Earliest)
+        .await
+        .map_err(log_error)?;
+    let mut caught_up = false;
+    loop {
+        if !caught_up && reader.position() >= end {
+            caught_up = true;
+            if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                view.ready.store(true, Ordering::Release);
+                info!(job = %view.id, "speed view rebuilt from the results topic");
+            }
+        }
+        let records = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            read = reader.next_batch(READ_RECORDS, READ_WAIT) => match read {
+                Ok(records) => records,
+                Err(LogError::OffsetOutOfRange { .. }) => {
+                    // Retention removed records before they were read: what is left still
+                    // holds every window's later versions.
+                    let earliest = log.earliest_offset(&topic, partition).await.map_err(log_error)?;
+                    warn!(%topic, partition, from = reader.position(), to = earliest,
+                        "results were removed by retention before serving read them");
+                    reader.seek(earliest).await.map_err(log_error)?;
+                    continue;
+                }
+                Err(source) => return Err(log_error(source)),
+            },
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let windows = decode_results(&view.layout, &records);
+        let stored: Vec<Arc<Window>> = {
+            let mut speed = view
+                .speed
+                .write()
+                .map_err(|_| ServingError::Results("the speed view's lock is poisoned".into()))?;
+            windows
+                .into_iter()
+                .filter_map(|window| speed.upsert(window))
+                .collect()
+        };
+        for window in stored {
+            // No subscriber is not an error.
+            let _ = job.updates.send(Update {
+                version: view.version,
+                window,
+            });
+        }
+    }
+}
+
+/// Reads the batch view files of `manifest` into a table.
+async fn read_batch_view(
+    store: &dyn ObjectStore,
+    layout: &ResultLayout,
+    files: &[runnel_batch_reprocessor::view::ViewFile],
+) -> Result<ViewTable, ServingError> {
+    let mut table = ViewTable::default();
+    for file in files {
+        let path = Path::from(file.path.as_str());
+        let bytes: Bytes = store
+            .get(&path)
+            .await
+            .map_err(|error| ServingError::BatchView {
+                path: path.to_string(),
+                message: error.to_string(),
+            })?
+            .bytes()
+            .await
+            .map_err(|error| ServingError::BatchView {
+                path: path.to_string(),
+                message: error.to_string(),
+            })?;
+        let parquet = |message: String| ServingError::BatchView {
+            path: path.to_string(),
+            message,
+        };
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|error| parquet(error.to_string()))?
+            .build()
+            .map_err(|error| parquet(error.to_string()))?;
+        for batch in reader {
+            let batch: RecordBatch = batch.map_err(|error| parquet(error.to_string()))?;
+            let batch = RecordBatch::try_new(Arc::clone(&layout.schema), batch.columns().to_vec())
+                .map_err(|error| parquet(format!("not the job's result columns: {error}")))?;
+            for window in layout.windows(&batch)? {
+                table.upsert(window);
+            }
+        }
+    }
+    Ok(table)
+}
+
+/// Looks up each job's active version and each version's batch view once: a new active
+/// version is switched to at once (queries answer from it from then on), a new batch view
+/// generation is read whole and then replaces the old one.
+pub(crate) async fn poll_views(
+    store: &dyn ObjectStore,
+    config: &Config,
+    jobs: &crate::views::Jobs,
+) -> Result<(), ServingError> {
+    for job in jobs.values() {
+        let active = runnel_batch_reprocessor::active::active_version(store, config, &job.name)
+            .await
+            .map_err(|error| ServingError::BatchView {
+                path: runnel_batch_reprocessor::active::active_path(&job.name).to_string(),
+                message: error.to_string(),
+            })?;
+        if let Some(active) = active {
+            let previous = job.active.swap(active, Ordering::AcqRel);
+            if previous != active {
+                info!(job = %job.name, from = previous, to = active, "active version switched");
+            }
+        }
+        for view in job.versions.values() {
+            let manifest = load_view(store, VIEWS_PREFIX, &job.name, view.version)
+                .await
+                .map_err(|error| ServingError::BatchView {
+                    path: format!("{VIEWS_PREFIX}/{}/{}", job.name, view.version),
+                    message: error.to_string(),
+                })?;
+            let Some(manifest) = manifest else {
+                continue;
+            };
+            let held = view
+                .batch
+                .read()
+                .ok()
+                .and_then(|batch| batch.as_ref().map(|batch| batch.generation));
+            if held == Some(manifest.generation) {
+                continue;
+            }
+            let table = read_batch_view(store, &view.layout, &manifest.files).await?;
+            info!(
+                job = %view.id,
+                generation = manifest.generation,
+                windows = table.len(),
+                horizon = manifest.horizon_ms,
+                "batch view loaded"
+            );
+            let loaded = Arc::new(BatchView {
+                table,
+                from_ms: manifest.from_ms,
+                horizon_ms: manifest.horizon_ms,
+                generation: manifest.generation,
+            });
+            if let Ok(mut batch) = view.batch.write() {
+                *batch = Some(loaded);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,607 @@
+//! The serving service over real gRPC on loopback, beside the real stream-processor on one
+//! embedded log: queries answered from the speed view, then from a recompute's batch view,
+//! then from a new job version once it is made active; paging, top-k, subscriptions, export,
+//! health and the errors of bad requests; a restart that rebuilds the same answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use runnel_config::Config;
+use runnel_log::{Log, ProduceRecord};
+use runnel_serving::proto::serving_client::ServingClient;
+use runnel_serving::proto::{self, ViewSource, value::Kind};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const JOB: &str = "views";
+const USERS: u64 = 40;
+const WINDOW_MS: i64 = 10_000;
+const BASE_MS: i64 = 1_795_305_600_000;
+const EVENTS_PER_WINDOW: u64 = 3;
+
+fn write_config(root: &Path) -> Config {
+    let path = root.join("runnel.toml");
+    let toml = format!(
+        r#"version = "1"
+[storage]
+data-dir = "{data}"
+[stream-processor]
+checkpoint-interval = "200ms"
+metrics-listen = "127.0.0.1:0"
+[serving]
+listen = "127.0.0.1:0"
+default-page-size = 10
+max-page-size = 1000
+view-poll-interval = "100ms"
+[[streams]]
+name = "clicks"
+partitions = 2
+key = "user_id"
+event-time = "event_time"
+schema = [
+  {{ name = "event_time", type = "timestamp" }},
+  {{ name = "user_id", type = "string" }},
+  {{ name = "duration_ms", type = "int64" }},
+]
+[[jobs]]
+name = "{JOB}"
+sql = """
+SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(duration_ms) AS total
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND)
+GROUP BY user_id, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+[[jobs]]
+name = "{JOB}"
+version = 2
+sql = """
+SELECT user_id, window_start, window_end, COUNT(*) AS n, 2 * SUM(duration_ms) AS total
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND)
+GROUP BY user_id, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+"#,
+        data = root.join("data").display(),
+    );
+    std::fs::write(&path, toml).expect("write config");
+    Config::load(&[path], &Default::default()).expect("valid config")
+}
+
+fn user(u: u64) -> String {
+    format!("user-{u:02}")
+}
+
+fn duration(u: u64, window: u64, i: u64) -> i64 {
+    (u * 100 + window + i) as i64
+}
+
+/// Every user's events of window `window`, in event-time order.
+fn window_events(window: u64) -> Vec<ProduceRecord> {
+    let mut events = Vec::new();
+    for i in 0..EVENTS_PER_WINDOW {
+        for u in 0..USERS {
+            let time = BASE_MS + window as i64 * WINDOW_MS + i as i64 * 3_000 + u as i64 * 10;
+            events.push(ProduceRecord {
+                key: Some(Bytes::from(user(u))),
+                value: Bytes::from(format!(
+                    r#"{{"event_time":{time},"user_id":"{}","duration_ms":{}}}"#,
+                    user(u),
+                    duration(u, window, i)
+                )),
+                timestamp: time,
+                headers: Vec::new(),
+                partition: None,
+            });
+        }
+    }
+    events
+}
+
+/// A user's expected total in a window, by job version.
+fn expected_total(u: u64, window: u64, version: u32) -> i64 {
+    let total: i64 = (0..EVENTS_PER_WINDOW).map(|i| duration(u, window, i)).sum();
+    total * i64::from(version)
+}
+
+fn int(value: &proto::Value) -> Option<i64> {
+    match value.kind {
+        Some(Kind::Int64Value(value)) => Some(value),
+        _ => None,
+    }
+}
+
+/// (window index, n, total, source, job version) of each window of `key`'s answer.
+fn summary(response: &proto::QueryWindowsResponse) -> Vec<(i64, i64, i64, ViewSource, u32)> {
+    let n = response
+        .column_names
+        .iter()
+        .position(|name| name == "n")
+        .expect("a column `n`");
+    let total = response
+        .column_names
+        .iter()
+        .position(|name| name == "total")
+        .expect("a column `total`");
+    response
+        .windows
+        .iter()
+        .map(|window| {
+            (
+                (window.window_start_ms - BASE_MS) / WINDOW_MS,
+                int(&window.values[n]).expect("n is an integer"),
+                int(&window.values[total]).expect("total is an integer"),
+                window.source(),
+                window.job_version,
+            )
+        })
+        .collect()
+}
+
+fn expected_summary(
+    u: u64,
+    windows: std::ops::Range<u64>,
+    source: impl Fn(u64) -> ViewSource,
+    version: u32,
+) -> Vec<(i64, i64, i64, ViewSource, u32)> {
+    windows
+        .map(|window| {
+            (
+                window as i64,
+                EVENTS_PER_WINDOW as i64,
+                expected_total(u, window, version),
+                source(window),
+                version,
+            )
+        })
+        .collect()
+}
+
+struct Serving {
+    client: ServingClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), runnel_serving::ServingError>>,
+}
+
+async fn start_serving(config: &Config, log: Arc<dyn Log>) -> Serving {
+    let shutdown = CancellationToken::new();
+    let bound = runnel_serving::bind(config, log, shutdown.clone())
+        .await
+        .expect("bind serving");
+    let address = format!("http://{}", bound.local_addr());
+    let task = tokio::spawn(bound.serve());
+    let channel = Channel::from_shared(address)
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect to serving");
+    Serving {
+        client: ServingClient::new(channel.clone()),
+        health: tonic_health::pb::health_client::HealthClient::new(channel),
+        shutdown,
+        task,
+    }
+}
+
+async fn query(client: &mut ServingClient<Channel>, u: u64) -> proto::QueryWindowsResponse {
+    client
+        .query_windows(proto::QueryWindowsRequest {
+            job: JOB.to_string(),
+            key: user(u),
+            from_ms: 0,
+            to_ms: 0,
+        })
+        .await
+        .expect("query windows")
+        .into_inner()
+}
+
+/// Polls `user`'s windows until they summarise as `expected` (30 s at most).
+async fn wait_for(
+    client: &mut ServingClient<Channel>,
+    u: u64,
+    expected: &[(i64, i64, i64, ViewSource, u32)],
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = client
+            .query_windows(proto::QueryWindowsRequest {
+                job: JOB.to_string(),
+                key: user(u),
+                from_ms: 0,
+                to_ms: 0,
+            })
+            .await;
+        let seen = answer.as_ref().map(|answer| summary(answer.get_ref()));
+        if seen.as_deref().is_ok_and(|seen| seen == expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {user}'s windows never became {expected:?}; last answer: {seen:?}",
+            user = user(u)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn export(client: &mut ServingClient<Channel>, version: u32) -> BTreeSet<String> {
+    let mut stream = client
+        .export_results(proto::ExportResultsRequest {
+            job: JOB.to_string(),
+            version,
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut rows = BTreeSet::new();
+    while let Some(row) = stream.next().await {
+        let row = row.expect("an exported row");
+        rows.insert(format!(
+            "{} {} {:?} {} {}",
+            row.key, row.window_start_ms, row.values, row.version, row.r#final
+        ));
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_version() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let config = write_config(root.path());
+    let log = runnel_server_common::open_storage(&config)
+        .await
+        .expect("open the log");
+    let store = runnel_archive::open_object_store(
+        &config.object_store_url(),
+        &config.storage.object_store_options,
+    )
+    .expect("object store");
+    for window in 0..12 {
+        log.append("clicks", window_events(window))
+            .await
+            .expect("append");
+    }
+    let processor_shutdown = CancellationToken::new();
+    let processor = tokio::spawn(runnel_stream_processor::run_with_log(
+        config.clone(),
+        Arc::clone(&log),
+        processor_shutdown.clone(),
+    ));
+    let mut serving = start_serving(&config, Arc::clone(&log)).await;
+    let client = &mut serving.client;
+
+    // Windows 0-10 are final (window 11 ends after the watermark): from the speed view.
+    for u in [0, 17, USERS - 1] {
+        wait_for(
+            client,
+            u,
+            &expected_summary(u, 0..11, |_| ViewSource::Speed, 1),
+            "speed view",
+        )
+        .await;
+    }
+    let health = serving
+        .health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    assert_eq!(
+        health.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let answer = query(client, 3).await;
+    assert_eq!(
+        answer.column_names,
+        ["user_id", "window_start", "window_end", "n", "total"]
+    );
+    let first = &answer.windows[0];
+    assert_eq!(first.key, r#"["user-03"]"#);
+    assert_eq!(first.window_end_ms, Some(BASE_MS + WINDOW_MS));
+    assert!(first.r#final);
+    assert_eq!(first.version, 1);
+    let ranged = client
+        .query_windows(proto::QueryWindowsRequest {
+            job: JOB.to_string(),
+            key: r#"["user-03"]"#.to_string(),
+            from_ms: BASE_MS + 2 * WINDOW_MS,
+            to_ms: BASE_MS + 5 * WINDOW_MS,
+        })
+        .await
+        .expect("a ranged query")
+        .into_inner();
+    assert_eq!(
+        summary(&ranged),
+        expected_summary(3, 2..5, |_| ViewSource::Speed, 1),
+        "windows starting in [from, to)"
+    );
+
+    // GetWindow pages through every key in key order.
+    let mut keys = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .get_window(proto::GetWindowRequest {
+                job: JOB.to_string(),
+                window_start_ms: BASE_MS + 4 * WINDOW_MS,
+                page_size: 7,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("get window")
+            .into_inner();
+        assert!(page.windows.len() <= 7);
+        keys.extend(page.windows.iter().map(|window| window.key.clone()));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let all_keys: Vec<String> = (0..USERS).map(|u| format!(r#"["{}"]"#, user(u))).collect();
+    assert_eq!(keys, all_keys, "every key once, in order");
+    assert_eq!(pages, USERS.div_ceil(7));
+
+    // TopK by total: the users with the largest durations.
+    let top = client
+        .top_k(proto::TopKRequest {
+            job: JOB.to_string(),
+            window_start_ms: BASE_MS + 4 * WINDOW_MS,
+            k: 3,
+            order_by: "total".to_string(),
+            ascending: false,
+        })
+        .await
+        .expect("top k")
+        .into_inner();
+    let top_keys: Vec<&str> = top
+        .windows
+        .iter()
+        .map(|window| window.key.as_str())
+        .collect();
+    assert_eq!(
+        top_keys,
+        [r#"["user-39"]"#, r#"["user-38"]"#, r#"["user-37"]"#]
+    );
+
+    // Bad requests name the field.
+    let refused = [
+        (
+            client
+                .query_windows(proto::QueryWindowsRequest {
+                    job: "nope".to_string(),
+                    key: "user-01".to_string(),
+                    from_ms: 0,
+                    to_ms: 0,
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::NotFound,
+            "job:",
+        ),
+        (
+            client
+                .query_windows(proto::QueryWindowsRequest {
+                    job: JOB.to_string(),
+                    key: "user-01".to_string(),
+                    from_ms: 10,
+                    to_ms: 5,
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::InvalidArgument,
+            "to_ms:",
+        ),
+        (
+            client
+                .query_windows(proto::QueryWindowsRequest {
+                    job: JOB.to_string(),
+                    key: String::new(),
+                    from_ms: 0,
+                    to_ms: 0,
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::InvalidArgument,
+            "key:",
+        ),
+        (
+            client
+                .get_window(proto::GetWindowRequest {
+                    job: JOB.to_string(),
+                    window_start_ms: BASE_MS,
+                    page_size: 1_000_000,
+                    page_token: String::new(),
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::InvalidArgument,
+            "page_size:",
+        ),
+        (
+            client
+                .top_k(proto::TopKRequest {
+                    job: JOB.to_string(),
+                    window_start_ms: BASE_MS,
+                    k: 3,
+                    order_by: "nope".to_string(),
+                    ascending: false,
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::InvalidArgument,
+            "order_by:",
+        ),
+        (
+            client
+                .export_results(proto::ExportResultsRequest {
+                    job: JOB.to_string(),
+                    version: 9,
+                })
+                .await
+                .map(|_| ()),
+            tonic::Code::NotFound,
+            "version:",
+        ),
+    ];
+    for (index, (answer, code, field)) in refused.into_iter().enumerate() {
+        let status = answer.expect_err("a bad request is refused");
+        assert_eq!(status.code(), code, "request {index}: {status:?}");
+        assert!(
+            status.message().starts_with(field),
+            "request {index}: {status:?}"
+        );
+    }
+
+    // A subscriber sees window 11 fire once window 12's events pass its end.
+    let mut updates = client
+        .subscribe(proto::SubscribeRequest {
+            job: JOB.to_string(),
+            key: user(5),
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    log.append("clicks", window_events(12))
+        .await
+        .expect("append");
+    let update = tokio::time::timeout(Duration::from_secs(30), updates.next())
+        .await
+        .expect("an update within 30 s")
+        .expect("the stream goes on")
+        .expect("an update");
+    assert_eq!(update.key, r#"["user-05"]"#, "only the subscribed key");
+    assert_eq!(update.window_start_ms, BASE_MS + 11 * WINDOW_MS);
+    assert_eq!(update.source(), ViewSource::Speed);
+
+    // A recompute's batch view answers for the windows ending by its horizon; the speed
+    // view for later ones.
+    runnel_archive::archive_until_caught_up(&config, Arc::clone(&log), Arc::clone(&store))
+        .await
+        .expect("archive");
+    let job = runnel_stream_processor::Job::compile(&config, &config.jobs[0]).expect("compile");
+    let outcome = runnel_batch_reprocessor::recompute::recompute_view(
+        &config,
+        &job,
+        runnel_batch_reprocessor::recompute::RecomputeRequest {
+            from_ms: None,
+            to_ms: None,
+            workers: 2,
+        },
+        Arc::clone(&store),
+        Arc::default(),
+    )
+    .await
+    .expect("recompute");
+    let horizon = outcome.view.horizon_ms.expect("a horizon");
+    assert!((BASE_MS + 12 * WINDOW_MS..BASE_MS + 13 * WINDOW_MS).contains(&horizon));
+    log.append("clicks", window_events(13))
+        .await
+        .expect("append");
+    let batch_until_12 = |window: u64| {
+        if window < 12 {
+            ViewSource::Batch
+        } else {
+            ViewSource::Speed
+        }
+    };
+    for u in [0, 5, USERS - 1] {
+        wait_for(
+            client,
+            u,
+            &expected_summary(u, 0..13, batch_until_12, 1),
+            "batch view",
+        )
+        .await;
+    }
+    let before_restart = export(client, 1).await;
+    assert_eq!(before_restart.len(), (USERS * 13) as usize);
+
+    // Version 2 becomes active: every answer comes from it at once.
+    runnel_batch_reprocessor::active::save_active(
+        store.as_ref(),
+        &runnel_batch_reprocessor::active::ActiveVersion {
+            job: JOB.to_string(),
+            version: 2,
+            activated_at_ms: 0,
+        },
+    )
+    .await
+    .expect("activate version 2");
+    for u in [0, 5, USERS - 1] {
+        wait_for(
+            client,
+            u,
+            &expected_summary(u, 0..13, |_| ViewSource::Speed, 2),
+            "version 2",
+        )
+        .await;
+    }
+    let jobs = client
+        .list_jobs(proto::ListJobsRequest {})
+        .await
+        .expect("list jobs")
+        .into_inner()
+        .jobs;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].active_version, 2);
+    let versions: BTreeMap<u32, &proto::JobVersionInfo> = jobs[0]
+        .versions
+        .iter()
+        .map(|info| (info.version, info))
+        .collect();
+    assert_eq!(versions.keys().copied().collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(versions[&1].batch_horizon_ms, Some(horizon));
+    assert_eq!(versions[&1].batch_windows, USERS * 12);
+    assert!(versions[&2].batch_horizon_ms.is_none());
+    assert!(versions.values().all(|info| info.ready));
+
+    // A restarted service rebuilds the same answers from the results topics.
+    serving.shutdown.cancel();
+    serving
+        .task
+        .await
+        .expect("join")
+        .expect("serving stops cleanly");
+    let mut restarted = start_serving(&config, Arc::clone(&log)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after_restart = loop {
+        match restarted
+            .client
+            .export_results(proto::ExportResultsRequest {
+                job: JOB.to_string(),
+                version: 1,
+            })
+            .await
+        {
+            Ok(_) => break export(&mut restarted.client, 1).await,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(Instant::now() < deadline, "never ready: {status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("export after restart: {status:?}"),
+        }
+    };
+    assert_eq!(after_restart, before_restart);
+
+    restarted.shutdown.cancel();
+    restarted
+        .task
+        .await
+        .expect("join")
+        .expect("serving stops cleanly");
+    processor_shutdown.cancel();
+    processor
+        .await
+        .expect("join")
+        .expect("stream-processor stops cleanly");
+}
