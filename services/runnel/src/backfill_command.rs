@@ -56,7 +56,7 @@ pub(crate) struct BackfillArgs {
     stop_when_caught_up: bool,
 }
 
-fn parse_time(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
     if let Ok(millis) = text.parse::<i64>() {
         return Ok(millis);
     }

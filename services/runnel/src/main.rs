@@ -8,6 +8,7 @@ mod archive_command;
 mod backfill_command;
 mod ingest_command;
 mod log_commands;
+mod query_command;
 mod run_command;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::archive_command::ArchiveArgs;
 use crate::backfill_command::BackfillArgs;
 use crate::ingest_command::IngestArgs;
 use crate::log_commands::LogCommand;
+use crate::query_command::{QueryArgs, ResultsCommand};
 use crate::run_command::RunArgs;
 
 /// mimalloc rather than the system allocator: Arrow and DataFusion allocate a buffer per
@@ -74,17 +76,18 @@ enum Command {
     /// Backfills run with `runnel backfill`; the service opens the log, ensures every
     /// declared stream's topic and waits for Ctrl-C.
     BatchReprocessor,
-    /// Runs the serving service (not built yet: issue 7).
+    /// Runs the serving service: job results over gRPC, batch and speed views merged.
     ///
-    /// Will answer gRPC queries on job results, merging the batch view and the speed view,
-    /// with live subscriptions. Not built yet: today it opens the log, ensures every declared
-    /// stream's topic and waits for Ctrl-C.
+    /// Listens on `serving.listen` (`runnel.serving.v1.Serving`, with the standard health and
+    /// reflection services). Windows ending by a batch view's horizon come from the batch
+    /// view (`runnel backfill --mode recompute`), later ones from the results topics; each
+    /// job answers from its active version. Query it with `runnel query`.
     Serving,
     /// Runs all four services in this process over one shared log, until Ctrl-C.
     ///
     /// This is the embedded default: one process, the log in `<data-dir>/log`. The log is
     /// opened once and shared by the services. If one service fails, the others are stopped
-    /// and the error is reported. Serving is not built yet (issue 7).
+    /// and the error is reported.
     All,
     /// Prints the effective configuration: defaults, files and environment merged.
     Config,
@@ -128,6 +131,17 @@ enum Command {
     // `--version` is the job's version here, not runnel's.
     #[command(disable_version_flag = true)]
     Backfill(BackfillArgs),
+    /// Queries the serving service: a key's windows, one window's keys, top k, jobs, live
+    /// updates.
+    ///
+    /// Examples: `runnel query windows --job page_views --key u1`,
+    /// `runnel query window --job page_views --start 2026-11-22T10:00:00Z --all`,
+    /// `runnel query topk --job page_views --start 2026-11-22T10:00:00Z --by views --k 5`,
+    /// `runnel query jobs`, `runnel query subscribe --job page_views --format json`.
+    Query(QueryArgs),
+    /// Works on job results through the serving service.
+    #[command(subcommand)]
+    Results(ResultsCommand),
 }
 
 impl Command {
@@ -144,7 +158,9 @@ impl Command {
             | Command::Log(_)
             | Command::Archive(_)
             | Command::Ingest(_)
-            | Command::Backfill(_) => "runnel",
+            | Command::Backfill(_)
+            | Command::Query(_)
+            | Command::Results(_) => "runnel",
         }
     }
 }
@@ -193,6 +209,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Archive(args) => archive_command::run(args, &config).await?,
         Command::Ingest(args) => ingest_command::run(args, &config).await?,
         Command::Backfill(args) => backfill_command::run(args, &config).await?,
+        Command::Query(args) => query_command::run_query(args, &config).await?,
+        Command::Results(command) => query_command::run_results(command, &config).await?,
     }
     Ok(())
 }

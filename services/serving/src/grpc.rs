@@ -207,6 +207,7 @@ impl GrpcServing {
             speed_windows: speed as u64,
             batch_windows: batch as u64,
             ready: view.ready.load(Ordering::Acquire),
+            column_names: view.layout.columns.clone(),
         })
     }
 }
@@ -356,10 +357,6 @@ impl proto::serving_server::Serving for GrpcServing {
                 name: job.name.clone(),
                 active_version: job.active.load(Ordering::Acquire),
                 versions,
-                column_names: job
-                    .active()
-                    .map(|view| view.layout.columns.clone())
-                    .unwrap_or_default(),
             });
         }
         Ok(Response::new(proto::ListJobsResponse { jobs }))
@@ -440,7 +437,10 @@ mod tests {
         assert_eq!(key_text("key", "u1").expect("valid"), r#"["u1"]"#);
         assert_eq!(key_text("key", r#""u1""#).expect("valid"), r#"["u1"]"#);
         assert_eq!(key_text("key", "42").expect("valid"), "[42]");
-        assert_eq!(key_text("key", r#"[42,"de"]"#).expect("valid"), r#"[42,"de"]"#);
+        assert_eq!(
+            key_text("key", r#"[42,"de"]"#).expect("valid"),
+            r#"[42,"de"]"#
+        );
         assert_eq!(key_text("key", r#"a"b"#).expect("valid"), r#"["a\"b"]"#);
         let refused = key_text("key", " ").unwrap_err();
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);

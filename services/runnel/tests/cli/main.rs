@@ -2,6 +2,7 @@
 
 mod backfill;
 mod history;
+mod query;
 mod stream;
 
 /// The environment variable `var` that names an external service a test needs (set by

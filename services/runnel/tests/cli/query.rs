@@ -1,0 +1,328 @@
+//! `runnel all` as a real process (the four services over the embedded log), fed by
+//! `runnel ingest` and queried by `runnel query` and `runnel results export` over gRPC.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+
+use super::{KillOnDrop, rfc3339, runnel};
+
+const CONFIG: &str = r#"
+[ingest]
+listen = "127.0.0.1:0"
+[serving]
+listen = "127.0.0.1:0"
+view-poll-interval = "100ms"
+[stream-processor]
+metrics-listen = "127.0.0.1:0"
+checkpoint-interval = "200ms"
+[[jobs]]
+name = "views"
+sql = """
+SELECT user_id, window_start, window_end, COUNT(*) AS views, SUM(duration_ms) AS total_ms
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)
+WHERE country <> 'test'
+GROUP BY user_id, window_start, window_end
+"""
+"#;
+
+/// `runnel all`, and the addresses its ingest and serving services logged.
+struct RunnelAll {
+    _child: KillOnDrop,
+    ingest: String,
+    serving: String,
+}
+
+impl RunnelAll {
+    fn start(dir: &Path) -> RunnelAll {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["--config", "runnel.toml", "all", "--log-json"])
+            .current_dir(dir)
+            .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start runnel all");
+        let stderr = child.stderr.take().expect("stderr");
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let message = event["fields"]["message"].as_str().unwrap_or_default();
+                if let Some(address) = event["fields"]["address"].as_str() {
+                    for service in ["ingest", "serving"] {
+                        if message.starts_with(&format!("{service} listening")) {
+                            let _ = address_tx.send((service, address.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        let mut addresses = BTreeMap::new();
+        while addresses.len() < 2 {
+            let (service, address) = address_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("ingest and serving log their addresses within 60 s");
+            addresses.insert(service, format!("http://{address}"));
+        }
+        RunnelAll {
+            _child: KillOnDrop(child),
+            ingest: addresses["ingest"].clone(),
+            serving: addresses["serving"].clone(),
+        }
+    }
+}
+
+fn succeeds(dir: &Path, args: &[&str]) -> String {
+    let run = runnel(dir, args);
+    assert!(
+        run.status.success(),
+        "runnel {args:?}: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8_lossy(&run.stdout).into_owned()
+}
+
+#[test]
+fn query_and_export_read_results_from_the_serving_service() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The first minute's events, then one event per user at 3:20 so that every partition's
+    // watermark passes the first minute's end.
+    let mut events: Vec<(i64, String, &str, &str, i64)> = vec![
+        (1_000, "u1".into(), "/a", "de", 100),
+        (2_000, "u2".into(), "/b", "de", 200),
+        (30_000, "u2".into(), "/a", "fr", 300),
+        (45_000, "u3".into(), "/a", "test", 50),
+    ];
+    events.extend((0..40).map(|user| (200_000, format!("u{user}"), "/z", "de", 1)));
+    let jsonl: String = events
+        .iter()
+        .map(|(time, user, page, country, duration)| {
+            format!(
+                "{{\"event_time\": \"{}\", \"user_id\": \"{user}\", \"page\": \"{page}\", \"country\": \"{country}\", \"duration_ms\": {duration}}}\n",
+                rfc3339(*time)
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("events.jsonl"), jsonl).expect("write events");
+    std::fs::write(dir.path().join("runnel.toml"), CONFIG).expect("write config");
+    let all = RunnelAll::start(dir.path());
+    let ingested = succeeds(
+        dir.path(),
+        &[
+            "ingest",
+            "--stream",
+            "clicks",
+            "--file",
+            "events.jsonl",
+            "--url",
+            &all.ingest,
+        ],
+    );
+    assert!(
+        ingested.starts_with("accepted 44, rejected 0"),
+        "{ingested}"
+    );
+
+    // u2 in the first minute: two events; u3's one is filtered out (country `test`).
+    let query = |key: &str| {
+        succeeds(
+            dir.path(),
+            &[
+                "--config",
+                "runnel.toml",
+                "query",
+                "windows",
+                "--job",
+                "views",
+                "--key",
+                key,
+                "--url",
+                &all.serving,
+                "--format",
+                "json",
+            ],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let answer = query("u2");
+        if !answer.trim().is_empty() {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "no result for u2 within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let rows: Vec<serde_json::Value> = answer
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(rows.len(), 1, "{answer}");
+    assert_eq!(rows[0]["key"], r#"["u2"]"#);
+    assert_eq!(rows[0]["window_start"], "1970-01-01T00:00:00.000Z");
+    assert_eq!(rows[0]["values"]["views"], 2);
+    assert_eq!(rows[0]["values"]["total_ms"], 500);
+    assert_eq!(rows[0]["final"], true);
+    assert_eq!(rows[0]["source"], "speed");
+    let u1 = query(r#"["u1"]"#);
+    assert!(
+        u1.contains(r#""views":1"#) && u1.contains(r#""total_ms":100"#),
+        "{u1}"
+    );
+    assert_eq!(query("u3"), "", "no window without events");
+
+    let table = succeeds(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "query",
+            "window",
+            "--job",
+            "views",
+            "--start",
+            "0",
+            "--url",
+            &all.serving,
+        ],
+    );
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two keys: {table}");
+    assert!(
+        lines[0].starts_with("user_id") && lines[0].contains("views"),
+        "{table}"
+    );
+    let top = succeeds(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "query",
+            "topk",
+            "--job",
+            "views",
+            "--start",
+            "1970-01-01T00:00:00Z",
+            "--by",
+            "total_ms",
+            "--k",
+            "1",
+            "--url",
+            &all.serving,
+        ],
+    );
+    assert!(
+        top.lines().nth(1).is_some_and(|row| row.starts_with("u2 ")),
+        "{top}"
+    );
+    let jobs = succeeds(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "query",
+            "jobs",
+            "--url",
+            &all.serving,
+        ],
+    );
+    assert!(
+        jobs.lines()
+            .nth(1)
+            .is_some_and(|row| row.starts_with("views")),
+        "{jobs}"
+    );
+
+    // Export to Parquet, read back by the parquet crate; and to JSON lines.
+    let exported = succeeds(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "results",
+            "export",
+            "--job",
+            "views",
+            "--out",
+            "results.parquet",
+            "--url",
+            &all.serving,
+        ],
+    );
+    assert!(exported.starts_with("exported 2 results"), "{exported}");
+    let file = std::fs::File::open(dir.path().join("results.parquet")).expect("open export");
+    let batches: Vec<RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("a Parquet file")
+            .build()
+            .expect("reader")
+            .collect::<Result<_, _>>()
+            .expect("read export");
+    let mut views: BTreeMap<String, i64> = BTreeMap::new();
+    for batch in &batches {
+        let keys = batch
+            .column_by_name("_key")
+            .expect("_key")
+            .as_string::<i32>();
+        let counts = batch
+            .column_by_name("views")
+            .expect("views")
+            .as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            views.insert(keys.value(row).to_string(), counts.value(row));
+        }
+    }
+    assert_eq!(
+        views,
+        BTreeMap::from([(r#"["u1"]"#.to_string(), 1), (r#"["u2"]"#.to_string(), 2)])
+    );
+    succeeds(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "results",
+            "export",
+            "--job",
+            "views",
+            "--out",
+            "results.jsonl",
+            "--url",
+            &all.serving,
+        ],
+    );
+    let jsonl = std::fs::read_to_string(dir.path().join("results.jsonl")).expect("read jsonl");
+    assert_eq!(jsonl.lines().count(), 2, "{jsonl}");
+
+    // A bad query says which field.
+    let refused = runnel(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "query",
+            "windows",
+            "--job",
+            "nope",
+            "--key",
+            "x",
+            "--url",
+            &all.serving,
+        ],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("NotFound") && stderr.contains("job: `nope` is not declared"),
+        "{stderr}"
+    );
+}
