@@ -43,6 +43,16 @@ pub struct ServingConfig {
     /// How often batch views and the active version of each job are looked up.
     #[serde(with = "humantime_serde")]
     pub view_poll_interval: Duration,
+    /// Requests must carry `authorization: Bearer <token>`; unset, none is asked for.
+    /// Set it through `RUNNEL__SERVING__AUTH_TOKEN` rather than a file kept in version control.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// TLS: the server's certificate chain (PEM); with `tls-key`, the port speaks TLS only.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// The stream-processor service.
@@ -139,6 +149,16 @@ pub struct IngestConfig {
     pub max_event_time_behind: Option<Duration>,
     /// Whether the ingest service runs the archiver as a background task.
     pub run_archiver: bool,
+    /// Requests must carry `authorization: Bearer <token>`; unset, none is asked for.
+    /// Set it through `RUNNEL__INGEST__AUTH_TOKEN` rather than a file kept in version control.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+    /// TLS: the server's certificate chain (PEM); with `tls-key`, the port speaks TLS only.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the server's private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// The archiver: copies every stream's log partitions into Parquet files on the object store.
@@ -441,6 +461,36 @@ impl Config {
                 "stream-processor.checkpoints-to-keep".to_string(),
                 "must be at least 1".to_string(),
             ));
+        }
+        for (section, token, cert, key) in [
+            (
+                "ingest",
+                &self.ingest.auth_token,
+                &self.ingest.tls_cert,
+                &self.ingest.tls_key,
+            ),
+            (
+                "serving",
+                &self.serving.auth_token,
+                &self.serving.tls_cert,
+                &self.serving.tls_key,
+            ),
+        ] {
+            if token
+                .as_deref()
+                .is_some_and(|token| token.trim().is_empty())
+            {
+                return Err(semantic(
+                    format!("{section}.auth-token"),
+                    "is empty; leave it unset for no authentication".to_string(),
+                ));
+            }
+            if cert.is_some() != key.is_some() {
+                return Err(semantic(
+                    format!("{section}.tls-key"),
+                    "tls-cert and tls-key go together: set both or neither".to_string(),
+                ));
+            }
         }
         if self.serving.default_page_size == 0
             || self.serving.default_page_size > self.serving.max_page_size

@@ -6,6 +6,8 @@
 //! token to the service's `run`, which opens the log with [`open_storage`].
 #![warn(missing_docs)]
 
+pub mod security;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -75,9 +75,12 @@ pub enum IngestError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The server failed while serving.
+    /// The server failed while serving, or its TLS certificate or key is not valid.
     #[error("serve: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// The TLS certificate or key could not be read.
+    #[error("ingest TLS: {0}")]
+    Tls(#[source] runnel_server_common::security::TlsFileError),
     /// The archiver could not start (object store) or failed fatally.
     #[error("archiver: {0}")]
     Archive(#[source] runnel_archive::ArchiveError),
@@ -144,12 +147,31 @@ impl BoundIngest {
         // A larger message is refused by tonic with OUT_OF_RANGE, naming the limit.
         .max_decoding_message_size(max_request_bytes)
         .max_encoding_message_size(usize::MAX);
-        let router = Routes::new(grpc)
-            .into_axum_router()
-            .merge(http::router(Arc::clone(&self.ingestor)));
-        info!(address = %self.local_addr, "ingest listening (gRPC and HTTP)");
+        let config = self.ingestor.config();
+        let router = runnel_server_common::security::require_bearer(
+            Routes::new(grpc)
+                .into_axum_router()
+                .merge(http::router(Arc::clone(&self.ingestor))),
+            config.auth_token.as_deref(),
+            &[],
+        );
+        let mut server = Server::builder();
+        let tls = runnel_server_common::security::server_tls(
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+        )
+        .map_err(IngestError::Tls)?;
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(IngestError::Serve)?;
+        }
+        info!(
+            address = %self.local_addr,
+            tls = config.tls_cert.is_some(),
+            auth = config.auth_token.is_some(),
+            "ingest listening (gRPC and HTTP)"
+        );
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        Server::builder()
+        server
             .accept_http1(true)
             .http2_adaptive_window(Some(true))
             .initial_stream_window_size(Some(4 * 1024 * 1024))

@@ -26,7 +26,8 @@ use runnel_ingest::proto::ingest_client::IngestClient;
 use runnel_ingest::proto::{IngestRequest, IngestResponse, JsonEvents, ingest_request::Events};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
 
 /// How many rejection reasons the summary shows.
 const SHOWN_REJECTIONS: usize = 5;
@@ -42,9 +43,8 @@ pub(crate) struct IngestArgs {
     /// the stream, and are inferred otherwise.
     #[arg(long, value_name = "FILE")]
     file: PathBuf,
-    /// The ingest service; defaults to `http://` + `ingest.listen` of the config.
-    #[arg(long)]
-    url: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Events per request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     batch_size: u32,
@@ -111,18 +111,17 @@ struct Summary {
 /// Runs `runnel ingest`.
 pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
     let format = FileFormat::of(&args.file)?;
-    let url = args
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", connect_address(&config.ingest.listen)));
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("`{url}` is not a valid URL"))?
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connect to the ingest service at {url}"))?;
-    let client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
+    let connection = connect(
+        &ServiceEndpoint {
+            name: "ingest",
+            listen: &config.ingest.listen,
+            auth_token: config.ingest.auth_token.as_deref(),
+            tls_cert: config.ingest.tls_cert.as_deref(),
+        },
+        &args.client,
+    )
+    .await?;
+    let client = IngestClient::new(connection).max_decoding_message_size(usize::MAX);
 
     let declared = config.stream(&args.stream).cloned();
     let total = count_events(&args.file, format)
@@ -188,16 +187,9 @@ pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()>
     summary.print(format, started.elapsed())
 }
 
-/// Where a client reaches a listen address: a wildcard address means this machine.
-fn connect_address(listen: &str) -> String {
-    listen
-        .replace("0.0.0.0", "127.0.0.1")
-        .replace("[::]", "[::1]")
-}
-
 /// Sends one batch, retrying for as long as the service answers RESOURCE_EXHAUSTED.
 async fn send_with_retries(
-    mut client: IngestClient<Channel>,
+    mut client: IngestClient<Connection>,
     request: IngestRequest,
 ) -> anyhow::Result<IngestResponse> {
     loop {
@@ -615,12 +607,5 @@ mod tests {
             split_csv_header(r#"a,"b,c","d""e",f"#),
             ["a", "b,c", "d\"e", "f"]
         );
-    }
-
-    #[test]
-    fn wildcard_listen_addresses_are_reached_on_loopback() {
-        assert_eq!(connect_address("0.0.0.0:7301"), "127.0.0.1:7301");
-        assert_eq!(connect_address("[::]:7301"), "[::1]:7301");
-        assert_eq!(connect_address("10.0.0.1:7301"), "10.0.0.1:7301");
     }
 }

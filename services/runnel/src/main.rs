@@ -6,6 +6,7 @@
 
 mod archive_command;
 mod backfill_command;
+mod client;
 mod ingest_command;
 mod log_commands;
 mod query_command;

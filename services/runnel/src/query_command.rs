@@ -22,7 +22,8 @@ use runnel_events::validate::format_millis;
 use runnel_serving::proto::serving_client::ServingClient;
 use runnel_serving::proto::{self, value::Kind};
 use serde_json::{Map, Value as Json, json};
-use tonic::transport::{Channel, Endpoint};
+
+use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
 
 use crate::backfill_command::parse_time;
 
@@ -35,19 +36,11 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Where the serving service is.
-#[derive(Debug, Args)]
-pub(crate) struct ServerArgs {
-    /// The serving service; defaults to `http://` + `serving.listen` of the config.
-    #[arg(long, global = true)]
-    url: Option<String>,
-}
-
 /// Arguments of `runnel query`.
 #[derive(Debug, Args)]
 pub(crate) struct QueryArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    client: ClientArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     format: Format,
@@ -120,7 +113,7 @@ enum QueryCall {
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    client: ClientArgs,
     #[arg(long)]
     job: String,
     /// The job version; default: the active one.
@@ -142,17 +135,21 @@ pub(crate) enum ResultsCommand {
     Export(ExportArgs),
 }
 
-async fn connect(config: &Config, server: &ServerArgs) -> anyhow::Result<ServingClient<Channel>> {
-    let url = server
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.serving.listen));
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("--url: `{url}` is not a URL"))?
-        .connect()
-        .await
-        .with_context(|| format!("connect to the serving service at {url}"))?;
-    Ok(ServingClient::new(channel).max_decoding_message_size(usize::MAX))
+async fn connect_serving(
+    config: &Config,
+    args: &ClientArgs,
+) -> anyhow::Result<ServingClient<Connection>> {
+    let connection = connect(
+        &ServiceEndpoint {
+            name: "serving",
+            listen: &config.serving.listen,
+            auth_token: config.serving.auth_token.as_deref(),
+            tls_cert: config.serving.tls_cert.as_deref(),
+        },
+        args,
+    )
+    .await?;
+    Ok(ServingClient::new(connection).max_decoding_message_size(usize::MAX))
 }
 
 /// A gRPC status as an error that says what the service said.
@@ -301,7 +298,7 @@ fn print_table(
 
 /// Runs `runnel query …`.
 pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Result<()> {
-    let mut client = connect(config, &args.server).await?;
+    let mut client = connect_serving(config, &args.client).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.call {
@@ -487,7 +484,7 @@ fn print_jobs(out: &mut impl Write, format: Format, jobs: &[proto::JobInfo]) -> 
 
 /// The result column names of `job`'s version `version` (default: the active one).
 async fn column_names(
-    client: &mut ServingClient<Channel>,
+    client: &mut ServingClient<Connection>,
     job: &str,
     version: Option<u32>,
 ) -> anyhow::Result<Vec<String>> {
@@ -520,7 +517,7 @@ pub(crate) async fn run_results(command: ResultsCommand, config: &Config) -> any
         Some("jsonl" | "ndjson") => false,
         _ => bail!("--out: {}: write .parquet or .jsonl", args.out.display()),
     };
-    let mut client = connect(config, &args.server).await?;
+    let mut client = connect_serving(config, &args.client).await?;
     let columns = column_names(&mut client, &args.job, args.job_version).await?;
     let mut rows = client
         .export_results(proto::ExportResultsRequest {

@@ -31,6 +31,7 @@ use runnel_log::{Log, LogError};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -96,9 +97,12 @@ pub enum ServingError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
-    /// The server failed while serving.
+    /// The server failed while serving, or its TLS certificate or key is not valid.
     #[error("serve: {0}")]
     Serve(#[source] tonic::transport::Error),
+    /// The TLS certificate or key could not be read.
+    #[error("serving TLS: {0}")]
+    Tls(#[source] runnel_server_common::security::TlsFileError),
 }
 
 /// The serving service, bound to its address, its views not yet rebuilt.
@@ -322,14 +326,35 @@ impl BoundServing {
             store: Arc::clone(&store),
         })
         .max_encoding_message_size(usize::MAX);
-        info!(address = %local_addr, "serving listening (gRPC)");
+        // Health stays open to probes; the API and reflection ask for the token.
+        let router = runnel_server_common::security::require_bearer(
+            Routes::new(health)
+                .add_service(reflection)
+                .add_service(service)
+                .into_axum_router(),
+            config.serving.auth_token.as_deref(),
+            &["/grpc.health.v1.Health/"],
+        );
+        let mut server = Server::builder();
+        let tls = runnel_server_common::security::server_tls(
+            config.serving.tls_cert.as_deref(),
+            config.serving.tls_key.as_deref(),
+        )
+        .map_err(ServingError::Tls)?;
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).map_err(ServingError::Serve)?;
+        }
+        info!(
+            address = %local_addr,
+            tls = config.serving.tls_cert.is_some(),
+            auth = config.serving.auth_token.is_some(),
+            "serving listening (gRPC)"
+        );
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let shutdown_server = shutdown.clone();
         let served = tokio::select! {
-            served = Server::builder()
-                .add_service(health)
-                .add_service(reflection)
-                .add_service(service)
+            served = server
+                .add_routes(Routes::from(router))
                 .serve_with_incoming_shutdown(incoming, shutdown_server.cancelled_owned()) => {
                 served.map_err(ServingError::Serve)
             }

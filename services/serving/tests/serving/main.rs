@@ -23,7 +23,8 @@ const WINDOW_MS: i64 = 10_000;
 const BASE_MS: i64 = 1_795_305_600_000;
 const EVENTS_PER_WINDOW: u64 = 3;
 
-fn write_config(root: &Path) -> Config {
+/// The test config; `serving` is more of the `[serving]` section.
+fn write_config(root: &Path, serving: &str) -> Config {
     let path = root.join("runnel.toml");
     let toml = format!(
         r#"version = "1"
@@ -37,6 +38,7 @@ listen = "127.0.0.1:0"
 default-page-size = 10
 max-page-size = 1000
 view-poll-interval = "100ms"
+{serving}
 [[streams]]
 name = "clicks"
 partitions = 2
@@ -253,7 +255,7 @@ async fn export(client: &mut ServingClient<Channel>, version: u32) -> BTreeSet<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_version() {
     let root = tempfile::tempdir().expect("temp dir");
-    let config = write_config(root.path());
+    let config = write_config(root.path(), "");
     let log = runnel_server_common::open_storage(&config)
         .await
         .expect("open the log");
@@ -604,4 +606,123 @@ async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_versi
         .await
         .expect("join")
         .expect("stream-processor stops cleanly");
+}
+
+const TOKEN: &str = "s3cret-token";
+
+fn tls_fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../e2e-tests/fixtures/tls")
+        .join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_api_asks_for_the_bearer_token_and_health_does_not() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let serving = format!(
+        "auth-token = \"{TOKEN}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"",
+        tls_fixture("server.pem").display(),
+        tls_fixture("server.key").display()
+    );
+    let config = write_config(root.path(), &serving);
+    let log = runnel_server_common::open_storage(&config)
+        .await
+        .expect("open the log");
+    let shutdown = CancellationToken::new();
+    let bound = runnel_serving::bind(&config, log, shutdown.clone())
+        .await
+        .expect("bind serving");
+    let port = bound.local_addr().port();
+    let task = tokio::spawn(bound.serve());
+    let ca = std::fs::read(tls_fixture("ca.pem")).expect("read the test CA");
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .expect("address")
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                .domain_name("localhost"),
+        )
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connect over TLS");
+    let mut client = ServingClient::new(channel.clone());
+
+    // Health answers anyone (probes carry no token).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health without a token")
+            .into_inner()
+            .status();
+        if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never serving: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let with = |token: Option<&str>| {
+        let mut request = tonic::Request::new(proto::ListJobsRequest {});
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.parse().expect("header"));
+        }
+        request
+    };
+    for token in [None, Some("Bearer wrong"), Some(TOKEN)] {
+        let status = client.list_jobs(with(token)).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{token:?}");
+        assert!(!status.message().contains(TOKEN) && !status.message().contains(JOB));
+    }
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let listed = reflection
+        .server_reflection_info(futures::stream::iter([
+            tonic_reflection::pb::v1::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                        String::new(),
+                    ),
+                ),
+            },
+        ]))
+        .await;
+    assert_eq!(
+        listed
+            .map(|_| ())
+            .expect_err("reflection asks for the token too")
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+    let jobs = client
+        .list_jobs(with(Some(&format!("Bearer {TOKEN}"))))
+        .await
+        .expect("with the token")
+        .into_inner()
+        .jobs;
+    assert_eq!(
+        jobs.iter().map(|job| job.name.as_str()).collect::<Vec<_>>(),
+        [JOB]
+    );
+
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("address")
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let answer = ServingClient::new(plain)
+            .list_jobs(with(Some(&format!("Bearer {TOKEN}"))))
+            .await;
+        assert!(answer.is_err(), "plain HTTP/2 is not served on a TLS port");
+    }
+    shutdown.cancel();
+    task.await.expect("join").expect("serving stops cleanly");
 }

@@ -1,0 +1,134 @@
+//! Bearer-token authentication and TLS for the services' ports (`auth-token`, `tls-cert`,
+//! `tls-key` of `[ingest]` and `[serving]`).
+//!
+//! The token check is one axum middleware over the whole router, so gRPC and HTTP routes
+//! of a port are guarded alike: a gRPC call without the right token ends UNAUTHENTICATED,
+//! an HTTP request gets 401 with `WWW-Authenticate: Bearer`. Neither answer says more than
+//! that the token is missing or wrong, and the request goes no further.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tonic::transport::{Identity, ServerTlsConfig};
+
+/// What a port asks of its callers.
+#[derive(Debug, Clone)]
+struct Guard {
+    token: Arc<str>,
+    /// Path prefixes anyone may call (e.g. the gRPC health service, for probes).
+    open: &'static [&'static str],
+}
+
+/// Whether `a` equals `b`, in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if guard.open.iter().any(|open| path.starts_with(open)) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if presented.is_some_and(|token| same_secret(token.trim().as_bytes(), guard.token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let reason = if presented.is_some() {
+        "the bearer token is not valid"
+    } else {
+        "a bearer token is required (header `authorization: Bearer <token>`)"
+    };
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unauthenticated(reason).into_http::<Body>();
+    }
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        axum::Json(serde_json::json!({ "error": format!("unauthenticated: {reason}") })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"runnel\""),
+    );
+    response
+}
+
+/// `router` with every request but those under the `open` path prefixes required to carry
+/// `authorization: Bearer <token>`; `router` itself without a token.
+pub fn require_bearer(
+    router: axum::Router,
+    token: Option<&str>,
+    open: &'static [&'static str],
+) -> axum::Router {
+    match token {
+        Some(token) => router.layer(axum::middleware::from_fn_with_state(
+            Guard {
+                token: Arc::from(token.trim()),
+                open,
+            },
+            check,
+        )),
+        None => router,
+    }
+}
+
+/// A TLS certificate or key that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("read {path}: {source}")]
+pub struct TlsFileError {
+    /// The file.
+    pub path: String,
+    /// The underlying error.
+    pub source: std::io::Error,
+}
+
+/// The server TLS configuration of `cert` and `key` (PEM files); `None` without them.
+///
+/// # Errors
+///
+/// [`TlsFileError`] if a file cannot be read; its contents are checked when the server
+/// starts.
+pub fn server_tls(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<ServerTlsConfig>, TlsFileError> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsFileError {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    Ok(Some(
+        ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_when_equal() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3cres"));
+        assert!(!same_secret(b"s3cret", b"s3cret!"));
+        assert!(!same_secret(b"", b"x"));
+    }
+}
