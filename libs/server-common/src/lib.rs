@@ -118,12 +118,18 @@ pub async fn hold_until_shutdown(
 /// `service_name` so that a log file says which binary wrote it. Calling it a second time in
 /// one process (as tests may) leaves the first subscriber in place.
 pub fn init_tracing(service_name: &str, json: bool) {
+    init_tracing_with_default(service_name, json, "info");
+}
+
+/// [`init_tracing`] with another filter than `info` when `RUST_LOG` is unset (the demo's
+/// screen wants only warnings).
+pub fn init_tracing_with_default(service_name: &str, json: bool, default_filter: &str) {
     let (env_filter, filter_error) = match EnvFilter::try_from_default_env() {
         Ok(env_filter) => (env_filter, None),
         Err(error) => {
             // An unset RUST_LOG is not an error worth reporting; a malformed one is.
             let is_set = std::env::var_os(EnvFilter::DEFAULT_ENV).is_some();
-            (EnvFilter::new("info"), is_set.then_some(error))
+            (EnvFilter::new(default_filter), is_set.then_some(error))
         }
     };
     let builder = tracing_subscriber::fmt()

@@ -7,6 +7,7 @@
 mod archive_command;
 mod backfill_command;
 mod client;
+mod demo_command;
 mod ingest_command;
 mod log_commands;
 mod query_command;
@@ -23,6 +24,7 @@ use tracing::{error, info};
 
 use crate::archive_command::ArchiveArgs;
 use crate::backfill_command::BackfillArgs;
+use crate::demo_command::DemoArgs;
 use crate::ingest_command::IngestArgs;
 use crate::log_commands::LogCommand;
 use crate::query_command::{QueryArgs, ResultsCommand};
@@ -143,6 +145,14 @@ enum Command {
     /// Works on job results through the serving service.
     #[command(subcommand)]
     Results(ResultsCommand),
+    /// Runs the whole platform in this process with a generated click stream and shows
+    /// live results read over gRPC; then a recompute and a new job version's replay.
+    ///
+    /// Needs nothing but this binary: the embedded log and a local object store in a fresh
+    /// temporary folder (deleted at the end). The demo's own config is layered over the
+    /// embedded defaults (`--config` files are not read; `RUNNEL__*` variables are).
+    /// Ctrl-C stops it. Example: `cargo run --release -p runnel -- demo`.
+    Demo(DemoArgs),
 }
 
 impl Command {
@@ -161,7 +171,8 @@ impl Command {
             | Command::Ingest(_)
             | Command::Backfill(_)
             | Command::Query(_)
-            | Command::Results(_) => "runnel",
+            | Command::Results(_)
+            | Command::Demo(_) => "runnel",
         }
     }
 }
@@ -169,6 +180,11 @@ impl Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Demo(args) = cli.command {
+        runnel_server_common::init_tracing_with_default("runnel", cli.log_json, "warn");
+        let env = runnel_server_common::process_env()?;
+        return demo_command::run(args, &env).await;
+    }
     let config = runnel_server_common::load_config(&cli.config)?;
     runnel_server_common::init_tracing(cli.command.service_name(), cli.log_json);
     match cli.command {
@@ -212,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => backfill_command::run(args, &config).await?,
         Command::Query(args) => query_command::run_query(args, &config).await?,
         Command::Results(command) => query_command::run_results(command, &config).await?,
+        Command::Demo(_) => unreachable!("the demo runs above, on its own config"),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `runnel` binary, run as a process.
 
 mod backfill;
+mod demo;
 mod history;
 mod query;
 mod stream;
