@@ -4,10 +4,10 @@
 # broker, a Python venv with DuckDB and moto from PyPI), starts tansu and moto's S3 server on
 # 127.0.0.1, and runs the workspace's tests against them with:
 #   KAFKA_BOOTSTRAP                         tansu's address (scripts/lib/tansu.sh)
-#   RUNNEL_PYTHON                           a Python with duckdb, for scripts/lib/read_history_duckdb.py
+#   RUNNEL_PYTHON                           a Python with duckdb and grpcio, for scripts/lib/*.py
 #   RUNNEL_S3_ENDPOINT, RUNNEL_S3_BUCKET    moto's URL and an empty bucket (scripts/lib/pytools.sh)
-#   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1
-#                                           a test that finds its broker, DuckDB or S3 server
+#   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1, RUNNEL_REQUIRE_GRPCIO=1
+#                                           a test that finds its broker, DuckDB, S3 server or grpcio
 #                                           missing fails instead of skipping
 # Arguments replace `--workspace`, e.g. `bash scripts/test.sh -p runnel-log`.
 # The last line is `total: N passed, M failed` over every test binary.
@@ -51,7 +51,7 @@ ensure_tansu
 ensure_test_venv
 start_tansu
 start_moto
-export RUNNEL_REQUIRE_KAFKA=1 RUNNEL_REQUIRE_DUCKDB=1 RUNNEL_REQUIRE_S3=1
+export RUNNEL_REQUIRE_KAFKA=1 RUNNEL_REQUIRE_DUCKDB=1 RUNNEL_REQUIRE_S3=1 RUNNEL_REQUIRE_GRPCIO=1
 
 if (($# > 0)); then
   test_args=("$@")

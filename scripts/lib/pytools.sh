@@ -1,9 +1,10 @@
 # shellcheck shell=bash
 # The Python tools the tests use as real second parties, in one place: DuckDB (a second Parquet
-# reader, through scripts/lib/read_history_duckdb.py) and moto's server (an S3-compatible object
-# store). Sourced by scripts/test.sh; defines:
+# reader, through scripts/lib/read_history_duckdb.py), moto's server (an S3-compatible object
+# store) and grpcio with grpcio-reflection (a gRPC client that knows no compiled stubs, through
+# scripts/lib/serving_reflection_client.py). Sourced by scripts/test.sh; defines:
 #   ensure_test_venv  finds the cached venv ${RUNNEL_CACHE:-~/.cache/runnel}/test-venv with the pinned
-#                     duckdb and moto[server], or (re)creates it with pip (once per machine, about a
+#                     duckdb, moto[server], grpcio and grpcio-reflection, or (re)creates it with pip (once per machine, about a
 #                     minute cold); exports RUNNEL_PYTHON=<venv>/bin/python
 #   start_moto        starts moto's server on a free port of 127.0.0.1 (in memory; its log in a fresh
 #                     temporary folder), waits until it answers, creates the bucket runnel-test, and
@@ -16,11 +17,13 @@
 
 TEST_DUCKDB_VERSION=1.5.6
 TEST_MOTO_VERSION=5.2.5
+TEST_GRPCIO_VERSION=1.85.1
 RUNNEL_CACHE="${RUNNEL_CACHE:-$HOME/.cache/runnel}"
 TEST_VENV="$RUNNEL_CACHE/test-venv"
 # Written after a successful install; a venv whose stamp differs is rebuilt from scratch.
 TEST_VENV_STAMP="$TEST_VENV/runnel-requirements.txt"
-TEST_VENV_REQUIREMENTS=("duckdb==$TEST_DUCKDB_VERSION" "moto[server]==$TEST_MOTO_VERSION")
+TEST_VENV_REQUIREMENTS=("duckdb==$TEST_DUCKDB_VERSION" "moto[server]==$TEST_MOTO_VERSION"
+  "grpcio==$TEST_GRPCIO_VERSION" "grpcio-reflection==$TEST_GRPCIO_VERSION")
 MOTO_BUCKET=runnel-test
 MOTO_START_TIMEOUT_SECS=60
 MOTO_PID=""
@@ -31,7 +34,7 @@ MOTO_DIR=""
 test_venv_is_ready() {
   [[ -x "$TEST_VENV/bin/python" ]] &&
     [[ "$(cat "$TEST_VENV_STAMP" 2>/dev/null)" == "$(printf '%s\n' "${TEST_VENV_REQUIREMENTS[@]}")" ]] &&
-    "$TEST_VENV/bin/python" -c 'import duckdb, moto.server' 2>/dev/null
+    "$TEST_VENV/bin/python" -c 'import duckdb, moto.server, grpc, grpc_reflection' 2>/dev/null
 }
 
 ensure_test_venv() {

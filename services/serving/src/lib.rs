@@ -314,10 +314,18 @@ impl BoundServing {
                 .in_current_span(),
             );
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection v1, and v1alpha for the clients that only speak it (grpcio's Python
+        // descriptor database among them).
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection()
             .build_v1()
+            .map_err(|error| ServingError::Reflection(error.to_string()))?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
             .map_err(|error| ServingError::Reflection(error.to_string()))?;
         let service = proto::serving_server::ServingServer::new(grpc::GrpcServing {
             jobs: Arc::clone(&jobs),
@@ -329,7 +337,8 @@ impl BoundServing {
         // Health stays open to probes; the API and reflection ask for the token.
         let router = runnel_server_common::security::require_bearer(
             Routes::new(health)
-                .add_service(reflection)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 .add_service(service)
                 .into_axum_router(),
             config.serving.auth_token.as_deref(),

@@ -163,6 +163,7 @@ fn expected_summary(
 }
 
 struct Serving {
+    address: String,
     client: ServingClient<Channel>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     shutdown: CancellationToken,
@@ -176,12 +177,13 @@ async fn start_serving(config: &Config, log: Arc<dyn Log>) -> Serving {
         .expect("bind serving");
     let address = format!("http://{}", bound.local_addr());
     let task = tokio::spawn(bound.serve());
-    let channel = Channel::from_shared(address)
+    let channel = Channel::from_shared(address.clone())
         .expect("address")
         .connect()
         .await
         .expect("connect to serving");
     Serving {
+        address,
         client: ServingClient::new(channel.clone()),
         health: tonic_health::pb::health_client::HealthClient::new(channel),
         shutdown,
@@ -725,4 +727,127 @@ async fn over_tls_the_api_asks_for_the_bearer_token_and_health_does_not() {
     }
     shutdown.cancel();
     task.await.expect("join").expect("serving stops cleanly");
+}
+
+/// `RUNNEL_PYTHON` (a Python with grpcio and grpcio-reflection: scripts/test.sh's venv), or
+/// `None` to skip; with `RUNNEL_REQUIRE_GRPCIO` set, a missing one fails the test.
+fn grpcio_python() -> Option<String> {
+    match std::env::var("RUNNEL_PYTHON") {
+        Ok(python) if !python.is_empty() => Some(python),
+        _ => {
+            assert!(
+                std::env::var_os("RUNNEL_REQUIRE_GRPCIO").is_none(),
+                "RUNNEL_REQUIRE_GRPCIO is set but RUNNEL_PYTHON is not: run through scripts/test.sh"
+            );
+            eprintln!("skipped: RUNNEL_PYTHON is not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+fn reflection_call(python: &str, address: &str, method: &str, request: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/lib/serving_reflection_client.py");
+    let output = std::process::Command::new(python)
+        .arg(&script)
+        .args([address, method, request])
+        .output()
+        .expect("run the reflection client");
+    assert!(
+        output.status.success(),
+        "{method}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the client prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generic_client_drives_serving_through_reflection_only() {
+    let Some(python) = grpcio_python() else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("temp dir");
+    let config = write_config(root.path(), "");
+    let log = runnel_server_common::open_storage(&config)
+        .await
+        .expect("open the log");
+    for window in 0..4 {
+        log.append("clicks", window_events(window))
+            .await
+            .expect("append");
+    }
+    let processor_shutdown = CancellationToken::new();
+    let processor = tokio::spawn(runnel_stream_processor::run_with_log(
+        config.clone(),
+        Arc::clone(&log),
+        processor_shutdown.clone(),
+    ));
+    let mut serving = start_serving(&config, Arc::clone(&log)).await;
+    wait_for(
+        &mut serving.client,
+        3,
+        &expected_summary(3, 0..3, |_| ViewSource::Speed, 1),
+        "speed view",
+    )
+    .await;
+    let address = serving.address.trim_start_matches("http://").to_string();
+    let python_for = python.clone();
+    let (jobs, windows, top) = tokio::task::spawn_blocking(move || {
+        (
+            reflection_call(&python_for, &address, "ListJobs", "{}"),
+            reflection_call(
+                &python_for,
+                &address,
+                "QueryWindows",
+                &format!(r#"{{"job": "{JOB}", "key": "user-03"}}"#),
+            ),
+            reflection_call(
+                &python_for,
+                &address,
+                "TopK",
+                &format!(
+                    r#"{{"job": "{JOB}", "windowStartMs": "{}", "k": 2, "orderBy": "total"}}"#,
+                    BASE_MS + WINDOW_MS
+                ),
+            ),
+        )
+    })
+    .await
+    .expect("join");
+    assert_eq!(jobs["jobs"][0]["name"], JOB, "{jobs}");
+    let native = query(&mut serving.client, 3).await;
+    let reflected = windows["windows"].as_array().expect("windows");
+    assert_eq!(reflected.len(), native.windows.len(), "{windows}");
+    for (reflected, native) in reflected.iter().zip(&native.windows) {
+        // Proto3 JSON writes 64-bit integers as strings.
+        assert_eq!(reflected["key"], native.key.as_str());
+        assert_eq!(
+            reflected["windowStartMs"],
+            native.window_start_ms.to_string().as_str()
+        );
+        assert_eq!(
+            reflected["values"][3]["int64Value"], "3",
+            "n = 3 events: {windows}"
+        );
+        assert_eq!(reflected["source"], "VIEW_SOURCE_SPEED");
+    }
+    let top_keys: Vec<&str> = top["windows"]
+        .as_array()
+        .expect("top windows")
+        .iter()
+        .filter_map(|window| window["key"].as_str())
+        .collect();
+    assert_eq!(top_keys, [r#"["user-39"]"#, r#"["user-38"]"#]);
+
+    serving.shutdown.cancel();
+    serving
+        .task
+        .await
+        .expect("join")
+        .expect("serving stops cleanly");
+    processor_shutdown.cancel();
+    processor
+        .await
+        .expect("join")
+        .expect("stream-processor stops cleanly");
 }
