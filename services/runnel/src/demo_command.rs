@@ -6,7 +6,7 @@
 //! page views, hopping country traffic, user sessions). Every second the terminal shows what
 //! the serving service answers over gRPC. After one phase the demo replays version 2 of
 //! `user_sessions` (a longer session gap), which becomes the active version once it has
-//! caught up with the live log; after three it recomputes `page_views` over the archived
+//! caught up with the live log; every three it recomputes `page_views` over the archived
 //! history (its older windows then come from the batch view). Ctrl-C (or `--for`) stops
 //! everything.
 
@@ -41,8 +41,8 @@ pub(crate) struct DemoArgs {
     /// Stops by itself after this long (e.g. `90s`); default: at Ctrl-C.
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     run_for: Option<Duration>,
-    /// Seconds before the replay of `user_sessions` v2; the recompute of `page_views` starts
-    /// after three times as long (once the history holds some complete windows).
+    /// Seconds before the replay of `user_sessions` v2; `page_views` is recomputed every
+    /// three times as long (from then on, older windows are answered from the batch view).
     #[arg(long, default_value_t = 20)]
     phase_seconds: u64,
     /// Where the demo keeps its log and object store; default: a fresh folder under the
@@ -371,7 +371,7 @@ async fn frame(
             source(window),
         ));
     }
-    let old_window = (now - 30_000).div_euclid(10_000) * 10_000;
+    let old_window = (now - 60_000).div_euclid(10_000) * 10_000;
     let old = client
         .top_k(proto::TopKRequest {
             job: "page_views".to_string(),
@@ -384,7 +384,7 @@ async fn frame(
         .into_inner();
     if let Some(window) = old.windows.first() {
         out.push_str(&format!(
-            "  30 s before ({}): {} with {} views, from the {} view\n",
+            "  a minute before ({}): {} with {} views, from the {} view\n",
             clock(old_window),
             column(window, &old.column_names, "page"),
             column(window, &old.column_names, "views"),
@@ -563,6 +563,9 @@ async fn run_demo(
     )];
     let recompute_progress = Arc::new(Progress::default());
     let mut recompute: Option<tokio::task::JoinHandle<anyhow::Result<String>>> = None;
+    let mut next_recompute = 3 * phase;
+    // The milestone line the latest recompute rewrites.
+    let mut recompute_line: Option<usize> = None;
     let replay_progress = Arc::new(ReplayProgress::default());
     let mut replay_started = false;
     let mut switched = false;
@@ -585,11 +588,16 @@ async fn run_demo(
         if args.run_for.is_some_and(|limit| elapsed >= limit) {
             break;
         }
-        if recompute.is_none() && elapsed >= 3 * phase {
-            milestones.push(format!(
-                "[{:>3} s] recomputing page_views over the archived history (runnel backfill --mode recompute)",
-                elapsed.as_secs()
-            ));
+        // The batch layer runs again every three phases, each run moving the horizon on.
+        if recompute.is_none() && elapsed >= next_recompute {
+            next_recompute = elapsed + 3 * phase;
+            if recompute_line.is_none() {
+                milestones.push(format!(
+                    "[{:>3} s] recomputing page_views over the archived history every {} s (runnel backfill --mode recompute)",
+                    elapsed.as_secs(),
+                    (3 * phase).as_secs()
+                ));
+            }
             let (config, store, progress) = (
                 config.clone(),
                 Arc::clone(&store),
@@ -632,9 +640,14 @@ async fn run_demo(
                 Ok(Err(error)) => format!("recompute failed: {error:#}"),
                 Err(join) => format!("recompute failed: {join}"),
             };
-            milestones.push(format!("[{:>3} s] {message}", elapsed.as_secs()));
-            // Not again: the demo shows one recompute.
-            recompute = Some(tokio::spawn(std::future::pending()));
+            let line = format!("[{:>3} s] {message}", elapsed.as_secs());
+            match recompute_line {
+                Some(index) => milestones[index] = line,
+                None => {
+                    recompute_line = Some(milestones.len());
+                    milestones.push(line);
+                }
+            }
         }
         if !replay_started && elapsed >= phase {
             replay_started = true;
