@@ -162,6 +162,44 @@ fn expected_summary(
         .collect()
 }
 
+/// An embedded log holding windows `0..windows` of events, with the stream-processor running
+/// the test jobs on it.
+struct Universe {
+    _root: tempfile::TempDir,
+    config: Config,
+    log: Arc<dyn Log>,
+    processor: tokio::task::JoinHandle<Result<(), runnel_stream_processor::StreamProcessorError>>,
+    processor_shutdown: CancellationToken,
+}
+
+impl Universe {
+    async fn start(windows: u64) -> Universe {
+        let root = tempfile::tempdir().expect("temp dir");
+        let config = write_config(root.path(), "");
+        let log = runnel_server_common::open_storage(&config)
+            .await
+            .expect("open the log");
+        for window in 0..windows {
+            log.append("clicks", window_events(window))
+                .await
+                .expect("append");
+        }
+        let processor_shutdown = CancellationToken::new();
+        let processor = tokio::spawn(runnel_stream_processor::run_with_log(
+            config.clone(),
+            Arc::clone(&log),
+            processor_shutdown.clone(),
+        ));
+        Universe {
+            _root: root,
+            config,
+            log,
+            processor,
+            processor_shutdown,
+        }
+    }
+}
+
 struct Serving {
     address: String,
     client: ServingClient<Channel>,
@@ -256,27 +294,18 @@ async fn export(client: &mut ServingClient<Channel>, version: u32) -> BTreeSet<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_version() {
-    let root = tempfile::tempdir().expect("temp dir");
-    let config = write_config(root.path(), "");
-    let log = runnel_server_common::open_storage(&config)
-        .await
-        .expect("open the log");
+    let Universe {
+        _root,
+        config,
+        log,
+        processor,
+        processor_shutdown,
+    } = Universe::start(12).await;
     let store = runnel_archive::open_object_store(
         &config.object_store_url(),
         &config.storage.object_store_options,
     )
     .expect("object store");
-    for window in 0..12 {
-        log.append("clicks", window_events(window))
-            .await
-            .expect("append");
-    }
-    let processor_shutdown = CancellationToken::new();
-    let processor = tokio::spawn(runnel_stream_processor::run_with_log(
-        config.clone(),
-        Arc::clone(&log),
-        processor_shutdown.clone(),
-    ));
     let mut serving = start_serving(&config, Arc::clone(&log)).await;
     let client = &mut serving.client;
 
@@ -766,22 +795,13 @@ async fn a_generic_client_drives_serving_through_reflection_only() {
     let Some(python) = grpcio_python() else {
         return;
     };
-    let root = tempfile::tempdir().expect("temp dir");
-    let config = write_config(root.path(), "");
-    let log = runnel_server_common::open_storage(&config)
-        .await
-        .expect("open the log");
-    for window in 0..4 {
-        log.append("clicks", window_events(window))
-            .await
-            .expect("append");
-    }
-    let processor_shutdown = CancellationToken::new();
-    let processor = tokio::spawn(runnel_stream_processor::run_with_log(
-        config.clone(),
-        Arc::clone(&log),
-        processor_shutdown.clone(),
-    ));
+    let Universe {
+        _root,
+        config,
+        log,
+        processor,
+        processor_shutdown,
+    } = Universe::start(4).await;
     let mut serving = start_serving(&config, Arc::clone(&log)).await;
     wait_for(
         &mut serving.client,
