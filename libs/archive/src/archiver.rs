@@ -44,7 +44,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use bytes::Bytes;
@@ -59,6 +59,7 @@ use parquet::file::properties::WriterProperties;
 use runnel_config::{ArchiveConfig, Config};
 use runnel_events::StreamSchema;
 use runnel_events::decode::{EventDecoder, event_time_range};
+use runnel_events::validate::now_millis;
 use runnel_log::{Header, Log, LogError, ProduceRecord, Record, StartOffset};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -860,14 +861,6 @@ impl FileBuilder {
 
 fn age_millis(options: &ArchiveOptions) -> i64 {
     i64::try_from(options.max_file_age.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 /// Days since the epoch of an epoch-milliseconds instant, in UTC.

@@ -1009,6 +1009,15 @@ pub fn parse_rfc3339_millis(text: &str) -> Result<i64, &'static str> {
     Ok(seconds * 1000 + millis)
 }
 
+/// The clock as epoch milliseconds: 0 before 1970, `i64::MAX` past the range.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC with milliseconds (`1970-01-01T00:00:00.000Z`).
 pub fn format_millis(millis: i64) -> String {
     let days = millis.div_euclid(86_400_000);

@@ -137,14 +137,6 @@ pub(crate) async fn put_json<T: serde::Serialize>(
 }
 
 /// The wall clock, epoch milliseconds.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 impl BatchError {
     pub(crate) fn store(operation: &'static str, path: &Path, source: object_store::Error) -> Self {
         Self::Store {

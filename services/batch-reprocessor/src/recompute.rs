@@ -44,7 +44,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
-use crate::{BatchError, get_json, now_ms, put_json};
+use crate::{BatchError, get_json, put_json};
+use runnel_events::validate::now_millis;
 
 /// The folder under the object store's root where batch views live.
 pub const VIEWS_PREFIX: &str = "views";
@@ -402,7 +403,7 @@ pub async fn recompute_view(
             .iter()
             .flat_map(|(files, _)| files.iter().cloned())
             .collect(),
-        created_at_ms: now_ms(),
+        created_at_ms: now_millis(),
     };
     save_view(store.as_ref(), VIEWS_PREFIX, &manifest).await?;
     let run_state = run_state_path(job);

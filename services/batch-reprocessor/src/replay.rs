@@ -22,8 +22,9 @@ use runnel_stream_processor::{Job, StatusRegistry};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::BatchError;
 use crate::active::{ActiveVersion, save_active};
-use crate::{BatchError, now_ms};
+use runnel_events::validate::now_millis;
 
 /// How often the replay's progress is read from its tasks.
 const POLL: Duration = Duration::from_millis(100);
@@ -142,7 +143,7 @@ pub async fn replay(
                 &ActiveVersion {
                     job: job.job_name.clone(),
                     version: job.version,
-                    activated_at_ms: now_ms(),
+                    activated_at_ms: now_millis(),
                 },
             )
             .await?;

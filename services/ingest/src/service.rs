@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
 use runnel_config::{Config, IngestConfig};
 use runnel_events::validate::{
-    RejectReason, TypedValue, ValidateBuffer, ValidationLimits, Validator,
+    RejectReason, TypedValue, ValidateBuffer, ValidationLimits, Validator, now_millis,
 };
 use runnel_events::{UNKNOWN_STREAM_DEAD_LETTER_TOPIC, dead_letter_topic};
 use runnel_log::{Header, Log, LogError, ProduceRecord, RecordPosition};
@@ -573,13 +573,6 @@ fn ranges(positions: &[RecordPosition]) -> Vec<PartitionRange> {
 }
 
 /// The ingest clock: now, epoch milliseconds.
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use clap::Args;
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
 use runnel_batch_reprocessor::replay::{ReplayProgress, replay};
 use runnel_config::Config;
-use runnel_events::validate::format_millis;
+use runnel_events::validate::{format_millis, now_millis};
 use runnel_ingest::proto::ingest_client::IngestClient;
 use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
 use runnel_serving::proto::serving_client::ServingClient;
@@ -162,14 +162,6 @@ const PAGES: [&str; 12] = [
 ];
 const COUNTRIES: [&str; 8] = ["de", "fr", "us", "br", "jp", "in", "gb", "es"];
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
-}
-
 /// Counters the screen shows.
 #[derive(Debug, Default)]
 struct Generated {
@@ -189,7 +181,7 @@ async fn generate(
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
     // About 7 clicks per 48 s cycle per user.
     let users = u64::from(rate) * 7;
-    let started = now_ms();
+    let started = now_millis();
     let mut next: BinaryHeap<std::cmp::Reverse<(i64, u64)>> = (0..users)
         .map(|user| std::cmp::Reverse((started + random.below(30_000) as i64, user)))
         .collect();
@@ -200,7 +192,7 @@ async fn generate(
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let now = now_ms();
+        let now = now_millis();
         let mut events = Vec::new();
         while let Some(std::cmp::Reverse((at, user))) = next.peek().copied() {
             if at > now {
@@ -342,7 +334,7 @@ async fn frame(
             ));
         }
     }
-    let now = now_ms();
+    let now = now_millis();
     // The last page_views window the watermark has passed (2 s out of orderness).
     let page_window = (now - 12_000).div_euclid(10_000) * 10_000;
     let top = client
@@ -459,7 +451,11 @@ pub(crate) async fn run(
     let (data_dir, remove_after) = match &args.data_dir {
         Some(dir) => (dir.clone(), false),
         None => (
-            std::env::temp_dir().join(format!("runnel-demo-{}-{}", std::process::id(), now_ms())),
+            std::env::temp_dir().join(format!(
+                "runnel-demo-{}-{}",
+                std::process::id(),
+                now_millis()
+            )),
             true,
         ),
     };

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use arrow::array::{AsArray, RecordBatch};
@@ -540,7 +540,7 @@ async fn service(
     let log_file = std::fs::File::create(&log_path)
         .with_context(|| format!("create {}", log_path.display()))?;
     let started = Instant::now();
-    let spawned_ms = now_ms();
+    let spawned_ms = runnel_events::validate::now_millis();
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(&config_path)
@@ -858,13 +858,6 @@ struct ResultRow {
     n: u64,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Appends `rate` events per second, in one append at a time, for `run`.
 async fn generate(log: Arc<EmbeddedLog>, rate: u64, run: Duration) -> anyhow::Result<Appended> {
     let mut appended = Appended {
@@ -882,7 +875,7 @@ async fn generate(log: Arc<EmbeddedLog>, rate: u64, run: Duration) -> anyhow::Re
         if due <= sent {
             continue;
         }
-        let now = now_ms();
+        let now = runnel_events::validate::now_millis();
         let first = appended.events.len();
         let mut records = Vec::with_capacity((due - sent) as usize);
         for n in sent..due {

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -124,12 +124,6 @@ struct PartitionState {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A reporter never panics while holding the lock, and every state it leaves is valid.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn epoch_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-    })
 }
 
 impl StatusRegistry {
@@ -361,7 +355,7 @@ impl PartitionReporter {
         state.last_checkpoint = Some(CheckpointStatus {
             epoch,
             source_offset,
-            completed_at_ms: Some(epoch_ms(SystemTime::now())),
+            completed_at_ms: Some(runnel_events::validate::now_millis()),
             duration_seconds: Some(duration.as_secs_f64()),
         });
     }

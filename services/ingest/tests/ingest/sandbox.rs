@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use runnel_config::Config;
 use runnel_ingest::proto::ingest_client::IngestClient;
@@ -157,12 +157,7 @@ impl Sandbox {
     }
 }
 
-pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64
-}
+pub(crate) use runnel_events::validate::now_millis;
 
 /// A record's header by name.
 pub(crate) fn header<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
