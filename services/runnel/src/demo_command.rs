@@ -32,6 +32,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::query_command::source_name;
+
 /// Arguments of `runnel demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -283,12 +285,22 @@ fn column(window: &proto::WindowResult, columns: &[String], name: &str) -> Strin
     )
 }
 
-fn source(window: &proto::WindowResult) -> &'static str {
-    match window.source() {
-        proto::ViewSource::Batch => "batch",
-        proto::ViewSource::Speed => "speed",
-        proto::ViewSource::Unspecified => "?",
-    }
+/// The `k` most viewed pages of the `page_views` window starting at `start`.
+async fn top_pages(
+    client: &mut ServingClient<Channel>,
+    start: i64,
+    k: u32,
+) -> Result<proto::TopKResponse, tonic::Status> {
+    Ok(client
+        .top_k(proto::TopKRequest {
+            job: "page_views".to_string(),
+            window_start_ms: start,
+            k,
+            order_by: "views".to_string(),
+            ascending: false,
+        })
+        .await?
+        .into_inner())
 }
 
 /// One screen of what serving answers.
@@ -337,16 +349,7 @@ async fn frame(
     let now = now_millis();
     // The last page_views window the watermark has passed (2 s out of orderness).
     let page_window = (now - 12_000).div_euclid(10_000) * 10_000;
-    let top = client
-        .top_k(proto::TopKRequest {
-            job: "page_views".to_string(),
-            window_start_ms: page_window,
-            k: 5,
-            order_by: "views".to_string(),
-            ascending: false,
-        })
-        .await?
-        .into_inner();
+    let top = top_pages(client, page_window, 5).await?;
     out.push_str(&format!(
         "\npage_views: top pages of {}-{} (TopK by views)\n",
         clock(page_window),
@@ -360,27 +363,18 @@ async fn frame(
             column(window, &top.column_names, "avg_ms"),
             window.version,
             if window.r#final { "final" } else { "early" },
-            source(window),
+            source_name(window),
         ));
     }
     let old_window = (now - 60_000).div_euclid(10_000) * 10_000;
-    let old = client
-        .top_k(proto::TopKRequest {
-            job: "page_views".to_string(),
-            window_start_ms: old_window,
-            k: 1,
-            order_by: "views".to_string(),
-            ascending: false,
-        })
-        .await?
-        .into_inner();
+    let old = top_pages(client, old_window, 1).await?;
     if let Some(window) = old.windows.first() {
         out.push_str(&format!(
             "  a minute before ({}): {} with {} views, from the {} view\n",
             clock(old_window),
             column(window, &old.column_names, "page"),
             column(window, &old.column_names, "views"),
-            source(window),
+            source_name(window),
         ));
     }
     let hop_window = (now - 32_000).div_euclid(10_000) * 10_000;

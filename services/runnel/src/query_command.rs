@@ -179,7 +179,7 @@ fn value_text(value: &proto::Value) -> String {
     }
 }
 
-fn source_name(window: &proto::WindowResult) -> &'static str {
+pub(crate) fn source_name(window: &proto::WindowResult) -> &'static str {
     match window.source() {
         proto::ViewSource::Batch => "batch",
         proto::ViewSource::Speed => "speed",

@@ -324,9 +324,65 @@ fn recompute_counts_the_event_live_found_too_late() {
     }
 }
 
+/// Starts `runnel <args> --log-json` in `dir` (data folder `dir/data`, every listener on a
+/// free port, extra variables `env`) and waits for each of `services` to log
+/// `<service> listening` with its address: the process, and each service's `http://` URL.
+fn start_listening(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    services: &[&'static str],
+) -> (KillOnDrop, std::collections::BTreeMap<&'static str, String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(args)
+        .arg("--log-json")
+        .current_dir(dir)
+        .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
+        .env("RUNNEL__INGEST__LISTEN", "127.0.0.1:0")
+        .env("RUNNEL__SERVING__LISTEN", "127.0.0.1:0")
+        .env("RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start runnel");
+    let stderr = child.stderr.take().expect("stderr");
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let wanted = services.to_vec();
+    std::thread::spawn(move || {
+        // Reads every line, so that the process never blocks on a full pipe.
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let message = event["fields"]["message"].as_str().unwrap_or_default();
+            if let Some(address) = event["fields"]["address"].as_str() {
+                for service in &wanted {
+                    if message.starts_with(&format!("{service} listening")) {
+                        let _ = address_tx.send((*service, format!("http://{address}")));
+                    }
+                }
+            }
+        }
+    });
+    let process = KillOnDrop(child);
+    let mut urls = std::collections::BTreeMap::new();
+    while urls.len() < services.len() {
+        let (service, url) = address_rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!("runnel {args:?}: {services:?} log their addresses within 60 s")
+            });
+        urls.insert(service, url);
+    }
+    (process, urls)
+}
+
 /// A `runnel ingest-service` process on a free port, killed on drop.
 struct IngestService {
-    child: std::process::Child,
+    _process: KillOnDrop,
     url: String,
 }
 
@@ -338,49 +394,11 @@ impl IngestService {
 
     /// Starts the service with `dir/data` as its data folder and extra variables.
     fn start_with(dir: &Path, env: &[(&str, &str)]) -> IngestService {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .args(["ingest-service", "--log-json"])
-            .current_dir(dir)
-            .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
-            .env("RUNNEL__INGEST__LISTEN", "127.0.0.1:0")
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start runnel ingest-service");
-        let stderr = child.stderr.take().expect("stderr");
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Reads every line, so that the service never blocks on a full pipe.
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if event["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|message| message.starts_with("ingest listening"))
-                    && let Some(address) = event["fields"]["address"].as_str()
-                {
-                    let _ = address_tx.send(address.to_string());
-                }
-            }
-        });
-        let address = address_rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the service logs its address within 60 s");
+        let (process, urls) = start_listening(dir, &["ingest-service"], env, &["ingest"]);
         IngestService {
-            child,
-            url: format!("http://{address}"),
+            _process: process,
+            url: urls["ingest"].clone(),
         }
-    }
-}
-
-impl Drop for IngestService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

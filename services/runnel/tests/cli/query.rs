@@ -2,24 +2,18 @@
 //! `runnel ingest` and queried by `runnel query` and `runnel results export` over gRPC.
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 
-use super::{KillOnDrop, rfc3339, runnel};
+use super::{KillOnDrop, rfc3339, runnel, start_listening};
 
 const CONFIG: &str = r#"
-[ingest]
-listen = "127.0.0.1:0"
 [serving]
-listen = "127.0.0.1:0"
 view-poll-interval = "100ms"
 [stream-processor]
-metrics-listen = "127.0.0.1:0"
 checkpoint-interval = "200ms"
 [[jobs]]
 name = "views"
@@ -33,50 +27,23 @@ GROUP BY user_id, window_start, window_end
 
 /// `runnel all`, and the addresses its ingest and serving services logged.
 struct RunnelAll {
-    _child: KillOnDrop,
+    _process: KillOnDrop,
     ingest: String,
     serving: String,
 }
 
 impl RunnelAll {
     fn start(dir: &Path) -> RunnelAll {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-            .args(["--config", "runnel.toml", "all", "--log-json"])
-            .current_dir(dir)
-            .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start runnel all");
-        let stderr = child.stderr.take().expect("stderr");
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let message = event["fields"]["message"].as_str().unwrap_or_default();
-                if let Some(address) = event["fields"]["address"].as_str() {
-                    for service in ["ingest", "serving"] {
-                        if message.starts_with(&format!("{service} listening")) {
-                            let _ = address_tx.send((service, address.to_string()));
-                        }
-                    }
-                }
-            }
-        });
-        let mut addresses = BTreeMap::new();
-        while addresses.len() < 2 {
-            let (service, address) = address_rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("ingest and serving log their addresses within 60 s");
-            addresses.insert(service, format!("http://{address}"));
-        }
+        let (process, urls) = start_listening(
+            dir,
+            &["--config", "runnel.toml", "all"],
+            &[],
+            &["ingest", "serving"],
+        );
         RunnelAll {
-            _child: KillOnDrop(child),
-            ingest: addresses["ingest"].clone(),
-            serving: addresses["serving"].clone(),
+            _process: process,
+            ingest: urls["ingest"].clone(),
+            serving: urls["serving"].clone(),
         }
     }
 }
