@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 /// What a port asks of its callers.
 #[derive(Debug, Clone)]
@@ -86,38 +86,40 @@ pub fn require_bearer(
     }
 }
 
-/// A TLS certificate or key that could not be read.
+/// A TLS certificate or key that could not be read or used.
 #[derive(Debug, thiserror::Error)]
-#[error("read {path}: {source}")]
-pub struct TlsFileError {
-    /// The file.
-    pub path: String,
-    /// The underlying error.
-    pub source: std::io::Error,
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The certificate or key is not valid.
+    #[error("{0}")]
+    Invalid(#[source] tonic::transport::Error),
 }
 
-/// The server TLS configuration of `cert` and `key` (PEM files); `None` without them.
+/// A gRPC server builder that speaks TLS with `cert` and `key` (PEM files), or plain
+/// HTTP/2 without them.
 ///
 /// # Errors
 ///
-/// [`TlsFileError`] if a file cannot be read; its contents are checked when the server
-/// starts.
-pub fn server_tls(
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> Result<Option<ServerTlsConfig>, TlsFileError> {
+/// [`TlsError`] if a file cannot be read or does not hold a certificate and key.
+pub fn server(cert: Option<&Path>, key: Option<&Path>) -> Result<Server, TlsError> {
     let (Some(cert), Some(key)) = (cert, key) else {
-        return Ok(None);
+        return Ok(Server::builder());
     };
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsFileError {
+        std::fs::read(path).map_err(|source| TlsError::Read {
             path: path.display().to_string(),
             source,
         })
     };
-    Ok(Some(
-        ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)),
-    ))
+    let tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    Server::builder().tls_config(tls).map_err(TlsError::Invalid)
 }
 
 #[cfg(test)]

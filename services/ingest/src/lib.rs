@@ -42,7 +42,6 @@ use runnel_log::{Log, LogError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span};
 
@@ -75,12 +74,12 @@ pub enum IngestError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The server failed while serving, or its TLS certificate or key is not valid.
+    /// The server failed while serving.
     #[error("serve: {0}")]
     Serve(#[source] tonic::transport::Error),
-    /// The TLS certificate or key could not be read.
+    /// The TLS certificate or key could not be read or used.
     #[error("ingest TLS: {0}")]
-    Tls(#[source] runnel_server_common::security::TlsFileError),
+    Tls(#[source] runnel_server_common::security::TlsError),
     /// The archiver could not start (object store) or failed fatally.
     #[error("archiver: {0}")]
     Archive(#[source] runnel_archive::ArchiveError),
@@ -155,15 +154,11 @@ impl BoundIngest {
             config.auth_token.as_deref(),
             &[],
         );
-        let mut server = Server::builder();
-        let tls = runnel_server_common::security::server_tls(
+        let server = runnel_server_common::security::server(
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
         )
         .map_err(IngestError::Tls)?;
-        if let Some(tls) = tls {
-            server = server.tls_config(tls).map_err(IngestError::Serve)?;
-        }
         info!(
             address = %self.local_addr,
             tls = config.tls_cert.is_some(),

@@ -32,7 +32,6 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -97,12 +96,12 @@ pub enum ServingError {
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
-    /// The server failed while serving, or its TLS certificate or key is not valid.
+    /// The server failed while serving.
     #[error("serve: {0}")]
     Serve(#[source] tonic::transport::Error),
-    /// The TLS certificate or key could not be read.
+    /// The TLS certificate or key could not be read or used.
     #[error("serving TLS: {0}")]
-    Tls(#[source] runnel_server_common::security::TlsFileError),
+    Tls(#[source] runnel_server_common::security::TlsError),
 }
 
 /// The serving service, bound to its address, its views not yet rebuilt.
@@ -344,15 +343,11 @@ impl BoundServing {
             config.serving.auth_token.as_deref(),
             &["/grpc.health.v1.Health/"],
         );
-        let mut server = Server::builder();
-        let tls = runnel_server_common::security::server_tls(
+        let mut server = runnel_server_common::security::server(
             config.serving.tls_cert.as_deref(),
             config.serving.tls_key.as_deref(),
         )
         .map_err(ServingError::Tls)?;
-        if let Some(tls) = tls {
-            server = server.tls_config(tls).map_err(ServingError::Serve)?;
-        }
         info!(
             address = %local_addr,
             tls = config.serving.tls_cert.is_some(),
