@@ -92,10 +92,15 @@ pub enum LogError {
         /// The earlier failure.
         reason: String,
     },
-    /// Another process (or another open `EmbeddedLog`) owns the log folder.
-    #[error("the log folder {} is in use by another runnel process (it holds runnel.lock); stop it, or reach the log through that process", path.display())]
-    Locked {
-        /// The log folder.
+    /// Another process (or another open `EmbeddedLog`) writes this partition of the
+    /// embedded log.
+    #[error("partition {topic}/{partition} is written by another process (it holds {}); one process at a time appends to a partition of the embedded log, so send the records through it", path.display())]
+    PartitionLocked {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// The lock file.
         path: PathBuf,
     },
     /// The log was closed.

@@ -17,6 +17,10 @@
 //! has a timestamp at most `max_timestamp_before`. Both columns grow monotonically, so one
 //! binary search finds a position by offset and another by timestamp. A sealed segment's
 //! index ends with a sentinel entry `(record_count, segment_size, max_timestamp)`.
+//!
+//! A partition's `published` file is what its writer last made durable, for readers in other
+//! processes: `crc:u32 earliest:u64 active_base:u64 active_size:u64 next_offset:u64
+//! max_timestamp:i64` (crc = crc32c of the rest), rewritten in place after each group commit.
 
 use std::ops::Range;
 
@@ -249,6 +253,53 @@ impl IndexEntry {
     }
 }
 
+/// Bytes of a `published` file.
+pub(crate) const PUBLISHED_BYTES: usize = 44;
+
+/// A partition's durable state as its writer published it (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// Base offset of the oldest segment.
+    pub(crate) earliest: u64,
+    /// Base offset of the segment being written.
+    pub(crate) active_base: u64,
+    /// Durable bytes of that segment.
+    pub(crate) active_size: u64,
+    /// The offset after the last durable record.
+    pub(crate) next_offset: u64,
+    /// The largest timestamp in the active segment (`i64::MIN` if none).
+    pub(crate) max_timestamp: i64,
+}
+
+impl Published {
+    pub(crate) fn encode(&self) -> [u8; PUBLISHED_BYTES] {
+        let mut buf = [0u8; PUBLISHED_BYTES];
+        buf[4..12].copy_from_slice(&self.earliest.to_le_bytes());
+        buf[12..20].copy_from_slice(&self.active_base.to_le_bytes());
+        buf[20..28].copy_from_slice(&self.active_size.to_le_bytes());
+        buf[28..36].copy_from_slice(&self.next_offset.to_le_bytes());
+        buf[36..44].copy_from_slice(&self.max_timestamp.to_le_bytes());
+        let crc = crc32c::crc32c(&buf[4..]);
+        buf[0..4].copy_from_slice(&crc.to_le_bytes());
+        buf
+    }
+
+    /// Decodes a `published` file; `None` if it is short or its checksum does not match
+    /// (a read that raced the writer's rewrite).
+    pub(crate) fn decode(buf: &[u8]) -> Option<Published> {
+        let buf: &[u8; PUBLISHED_BYTES] = buf.get(..PUBLISHED_BYTES)?.try_into().ok()?;
+        let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+        (crc == crc32c::crc32c(&buf[4..])).then(|| Published {
+            earliest: u64_at(4),
+            active_base: u64_at(12),
+            active_size: u64_at(20),
+            next_offset: u64_at(28),
+            max_timestamp: u64_at(36) as i64,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -296,6 +347,25 @@ mod tests {
                 other => panic!("cut at {cut}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn published_state_round_trips_and_detects_torn_reads() {
+        let published = Published {
+            earliest: 99,
+            active_base: 1_000,
+            active_size: 4_096,
+            next_offset: 1_042,
+            max_timestamp: -5,
+        };
+        let bytes = published.encode();
+        assert_eq!(Published::decode(&bytes), Some(published));
+        for idx in 0..bytes.len() {
+            let mut torn = bytes;
+            torn[idx] ^= 0x10;
+            assert_eq!(Published::decode(&torn), None, "flip at byte {idx}");
+        }
+        assert_eq!(Published::decode(&bytes[..PUBLISHED_BYTES - 1]), None);
     }
 
     proptest! {

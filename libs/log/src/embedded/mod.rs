@@ -6,8 +6,16 @@
 //! <topic>/topic.meta                        "partitions = N"
 //! <topic>/<partition>/<base_offset>.log     record frames (see `format`)
 //! <topic>/<partition>/<base_offset>.index   index of a sealed segment
+//! <topic>/<partition>/published             the durable end, for other processes
+//! <topic>/<partition>/writer.lock           flock of the process writing the partition
 //! __consumer_offsets/<group>/<topic>        "partition offset" lines
+//! __locks/topics                            flock while a topic is created
+//! __locks/commits/<group>                   flock while a group's offsets are rewritten
+//! __locks/members/<group>                   flock of the group's member
 //! ```
+//!
+//! Several processes may open one log folder: each partition is written by one of them at a
+//! time (the first to append to it) and followed by the others (see `partition`).
 
 mod format;
 mod partition;
@@ -16,7 +24,7 @@ mod segment;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use runnel_config::EmbeddedLogConfig;
@@ -26,15 +34,15 @@ use tracing::info;
 use self::partition::{Command, Partition};
 use self::reader::EmbeddedReader;
 use self::segment::{sync_dir, write_file_atomically};
-use crate::group::SoleMembership;
+use crate::group::FileLockMembership;
 use crate::{
     GroupMembership, Log, LogError, PartitionReader, Partitioner, ProduceRecord, RecordPosition,
     StartOffset, check_name, check_new_topic,
 };
 
 const TOPIC_META_FILE: &str = "topic.meta";
-const LOCK_FILE: &str = "runnel.lock";
 const OFFSETS_DIR: &str = "__consumer_offsets";
+const LOCKS_DIR: &str = "__locks";
 
 struct Topic {
     partitions: Vec<Partition>,
@@ -43,26 +51,45 @@ struct Topic {
 /// The embedded log. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct EmbeddedLog {
     dir: PathBuf,
-    /// An exclusive `flock` on `runnel.lock`, so one process at a time owns the folder
-    /// (one writer per partition; readers' wake-ups are in-process). Released by `close`.
-    lock_file: Mutex<Option<std::fs::File>>,
     config: EmbeddedLogConfig,
+    holds: Arc<RetentionHolds>,
+    /// The topics this log has opened (others' are opened when first named).
     topics: RwLock<HashMap<String, Arc<Topic>>>,
-    /// Serializes topic creation.
+    /// Serializes topic creation and opening in this process.
     create_lock: tokio::sync::Mutex<()>,
-    /// Serializes commits, which read, merge and rewrite a group's offsets file.
-    commit_lock: tokio::sync::Mutex<()>,
-    /// Committed offsets, cached: (group, topic) -> partition -> offset.
-    committed: Mutex<HashMap<(String, String), BTreeMap<u32, u64>>>,
     partitioner: Partitioner,
 }
 
+/// The consumer groups whose commits hold a topic's retention back, read from their files
+/// (they may be committed by another process).
+#[derive(Debug)]
+pub(crate) struct RetentionHolds {
+    offsets_dir: PathBuf,
+    groups: Vec<String>,
+}
+
+impl RetentionHolds {
+    /// The smallest offset a holding group committed on the partition; `u64::MAX` if none has.
+    pub(crate) fn floor(&self, topic: &str, partition: u32) -> Result<u64, LogError> {
+        let mut floor = u64::MAX;
+        for group in &self.groups {
+            let path = self.offsets_dir.join(group).join(topic);
+            if let Some(offset) = read_offsets(&path)?.get(&partition) {
+                floor = floor.min(*offset);
+            }
+        }
+        Ok(floor)
+    }
+}
+
 impl EmbeddedLog {
-    /// Opens the log in `dir` (creating it), recovering every partition found there.
+    /// Opens the log in `dir` (creating it), following every partition found there; a
+    /// partition is recovered when this process first appends to it.
     ///
     /// # Errors
     ///
-    /// I/O errors, and [`LogError::Corrupt`] for damage that is not a torn tail.
+    /// I/O errors, and [`LogError::Corrupt`] for damage to what the partitions' writers
+    /// published.
     pub async fn open(dir: &Path, config: &EmbeddedLogConfig) -> Result<EmbeddedLog, LogError> {
         let dir = dir.to_path_buf();
         let config = config.clone();
@@ -74,45 +101,35 @@ impl EmbeddedLog {
 
     fn open_blocking(dir: PathBuf, config: EmbeddedLogConfig) -> Result<EmbeddedLog, LogError> {
         std::fs::create_dir_all(&dir).map_err(LogError::io("create log folder", &dir))?;
-        let lock_file = lock_dir(&dir)?;
+        let holds = Arc::new(RetentionHolds {
+            offsets_dir: dir.join(OFFSETS_DIR),
+            groups: config.retention_holds.clone(),
+        });
         let mut topics = HashMap::new();
         let entries = std::fs::read_dir(&dir).map_err(LogError::io("list log folder", &dir))?;
         for entry in entries {
             let entry = entry.map_err(LogError::io("list log folder", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let meta_path = entry.path().join(TOPIC_META_FILE);
-            if name == OFFSETS_DIR || !entry.path().is_dir() {
+            if name == OFFSETS_DIR || name == LOCKS_DIR || !entry.path().is_dir() {
                 continue;
             }
-            match std::fs::metadata(&meta_path) {
-                Ok(_) => {}
-                // A folder without metadata is a topic whose creation did not finish.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(error) => return Err(LogError::io("read topic metadata", &meta_path)(error)),
+            if let Some(topic) = open_topic(&dir, &name, &config, &holds)? {
+                topics.insert(name, Arc::new(topic));
             }
-            let partitions = read_topic_meta(&meta_path)?;
-            let topic = open_topic(&dir, &name, partitions, &config)?;
-            topics.insert(name, Arc::new(topic));
         }
         info!(dir = %dir.display(), topics = topics.len(), "opened embedded log");
-        let log = EmbeddedLog {
+        Ok(EmbeddedLog {
             dir,
-            lock_file: Mutex::new(Some(lock_file)),
             config,
-            topics: RwLock::new(HashMap::new()),
+            holds,
+            topics: RwLock::new(topics),
             create_lock: tokio::sync::Mutex::new(()),
-            commit_lock: tokio::sync::Mutex::new(()),
-            committed: Mutex::new(HashMap::new()),
             partitioner: Partitioner::default(),
-        };
-        for (name, topic) in &topics {
-            log.refresh_retention_floors(name, topic)?;
-        }
-        *log.topics.write().expect("topics lock is never poisoned") = topics;
-        Ok(log)
+        })
     }
 
-    /// Stops every partition's writer thread once it has finished what is queued.
+    /// Stops every partition's writer thread once it has finished what is queued, and lets
+    /// go of the partitions this process writes.
     ///
     /// Appends after `close` fail with [`LogError::Closed`].
     pub async fn close(&self) {
@@ -131,57 +148,106 @@ impl EmbeddedLog {
             }
         })
         .await;
-        drop(
-            self.lock_file
-                .lock()
-                .expect("lock_file lock is never poisoned")
-                .take(),
-        );
     }
 
-    /// Applies retention to every partition of `topic` now; returns the segments deleted.
+    /// Applies retention to every partition of `topic` now (writing them from now on);
+    /// returns the segments deleted.
     ///
     /// # Errors
     ///
-    /// Unknown topic; I/O errors.
-    pub async fn enforce_retention(&self, topic: &str) -> Result<usize, LogError> {
-        let topic = self.topic(topic)?;
+    /// Unknown topic; [`LogError::PartitionLocked`] if another process writes a partition;
+    /// I/O errors.
+    pub async fn enforce_retention(&self, topic_name: &str) -> Result<usize, LogError> {
+        let topic = self.topic(topic_name).await?;
         let mut deleted = 0;
-        for partition in &topic.partitions {
+        for partition in 0..topic.partitions.len() {
+            take_over(&topic, partition).await?;
             let (reply, response) = oneshot::channel();
-            partition.send(Command::EnforceRetention { reply })?;
+            topic.partitions[partition].send(Command::EnforceRetention { reply })?;
             deleted += response.await.map_err(|_| LogError::Closed)??;
         }
         Ok(deleted)
     }
 
-    /// Sets each partition's retention floor to the smallest offset committed on it by the
-    /// groups in `retention-holds` (no floor if none has committed there).
-    fn refresh_retention_floors(&self, topic_name: &str, topic: &Topic) -> Result<(), LogError> {
-        let mut floors = vec![u64::MAX; topic.partitions.len()];
-        for group in &self.config.retention_holds {
-            for (partition, offset) in self.load_committed(group, topic_name)? {
-                if let Some(floor) = floors.get_mut(partition as usize) {
-                    *floor = (*floor).min(offset);
-                }
-            }
+    /// The topic, opened from the folder if another process created it.
+    async fn topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
+        if let Some(topic) = self.known_topic(name) {
+            return Ok(topic);
         }
-        for (partition, floor) in topic.partitions.iter().zip(floors) {
-            partition
-                .shared
-                .retention_floor
-                .store(floor, std::sync::atomic::Ordering::Release);
+        let _guard = self.create_lock.lock().await;
+        if let Some(topic) = self.known_topic(name) {
+            return Ok(topic);
         }
-        Ok(())
+        check_name("topic", name)?;
+        let dir = self.dir.clone();
+        let config = self.config.clone();
+        let holds = Arc::clone(&self.holds);
+        let owned_name = name.to_string();
+        let opened = run_blocking("open topic", self.dir.join(name), move || {
+            open_topic(&dir, &owned_name, &config, &holds)
+        })
+        .await?
+        .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let opened = Arc::new(opened);
+        self.topics
+            .write()
+            .expect("topics lock is never poisoned")
+            .insert(name.to_string(), Arc::clone(&opened));
+        Ok(opened)
     }
 
-    fn topic(&self, name: &str) -> Result<Arc<Topic>, LogError> {
+    /// Creates the topic, unless another process has meanwhile: the folder, each partition's
+    /// first segment and `published` state, then `topic.meta` (a folder without it is ignored).
+    async fn create_topic(&self, name: &str, partitions: u32) -> Result<Arc<Topic>, LogError> {
+        let _guard = self.create_lock.lock().await;
+        if let Some(topic) = self.known_topic(name) {
+            return Ok(topic);
+        }
+        let dir = self.dir.clone();
+        let config = self.config.clone();
+        let holds = Arc::clone(&self.holds);
+        let owned_name = name.to_string();
+        let lock_path = self.dir.join(LOCKS_DIR).join("topics");
+        let (topic, created) = run_blocking("create topic", self.dir.join(name), move || {
+            let _lock = lock_file_blocking(&lock_path)?;
+            if let Some(topic) = open_topic(&dir, &owned_name, &config, &holds)? {
+                return Ok((topic, false));
+            }
+            let topic_dir = dir.join(&owned_name);
+            std::fs::create_dir_all(&topic_dir)
+                .map_err(LogError::io("create topic folder", &topic_dir))?;
+            for id in 0..partitions {
+                Partition::create(&topic_dir.join(id.to_string()))?;
+            }
+            let meta_path = topic_dir.join(TOPIC_META_FILE);
+            write_file_atomically(
+                &meta_path,
+                format!("partitions = {partitions}\n").as_bytes(),
+            )?;
+            sync_dir(&topic_dir)?;
+            sync_dir(&dir)?;
+            let topic = open_topic(&dir, &owned_name, &config, &holds)?
+                .ok_or_else(|| LogError::UnknownTopic(owned_name.clone()))?;
+            Ok((topic, true))
+        })
+        .await?;
+        if created {
+            info!(topic = name, partitions, "created topic");
+        }
+        let topic = Arc::new(topic);
+        self.topics
+            .write()
+            .expect("topics lock is never poisoned")
+            .insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    fn known_topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics
             .read()
             .expect("topics lock is never poisoned")
             .get(name)
             .cloned()
-            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
     }
 
     fn partition<'a>(
@@ -204,28 +270,45 @@ impl EmbeddedLog {
         self.dir.join(OFFSETS_DIR).join(group).join(topic)
     }
 
-    fn load_committed(&self, group: &str, topic: &str) -> Result<BTreeMap<u32, u64>, LogError> {
-        let key = (group.to_string(), topic.to_string());
-        if let Some(offsets) = self
-            .committed
-            .lock()
-            .expect("committed lock is never poisoned")
-            .get(&key)
-        {
-            return Ok(offsets.clone());
-        }
-        let path = self.offsets_path(group, topic);
-        let offsets = match std::fs::read_to_string(&path) {
-            Ok(text) => parse_offsets(&path, &text)?,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => return Err(LogError::io("read committed offsets", &path)(error)),
-        };
-        self.committed
-            .lock()
-            .expect("committed lock is never poisoned")
-            .insert(key, offsets.clone());
-        Ok(offsets)
+    fn lock_path(&self, kind: &str, name: &str) -> PathBuf {
+        self.dir.join(LOCKS_DIR).join(kind).join(name)
     }
+}
+
+/// Makes this process the writer of `topic`'s partition `partition` if it is not yet.
+async fn take_over(topic: &Arc<Topic>, partition: usize) -> Result<(), LogError> {
+    if topic.partitions[partition].is_writing() {
+        return Ok(());
+    }
+    let topic = Arc::clone(topic);
+    let path = topic.partitions[partition].shared.dir.clone();
+    run_blocking("take over writing", path, move || {
+        topic.partitions[partition].take_over()
+    })
+    .await
+}
+
+/// Reads a group's committed offsets of one topic; empty if it has committed none.
+fn read_offsets(path: &Path) -> Result<BTreeMap<u32, u64>, LogError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_offsets(path, &text),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(LogError::io("read committed offsets", path)(error)),
+    }
+}
+
+/// Opens (creating it) and locks `path`, waiting while another holder has it. Blocking.
+fn lock_file_blocking(path: &Path) -> Result<std::fs::File, LogError> {
+    let parent = path.parent().expect("lock paths have a parent");
+    std::fs::create_dir_all(parent).map_err(LogError::io("create lock folder", parent))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(LogError::io("open lock file", path))?;
+    file.lock().map_err(LogError::io("lock", path))?;
+    Ok(file)
 }
 
 /// Runs blocking file work on tokio's blocking pool; a panic in it becomes an I/O error
@@ -244,30 +327,7 @@ async fn run_blocking<T: Send + 'static>(
         })?
 }
 
-/// Takes the folder's exclusive lock, or fails naming the folder if another owner has it.
-fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(LogError::io("open lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Locked {
-            path: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io {
-            action: "lock",
-            path,
-            source,
-        }),
-    }
-}
-
-fn read_topic_meta(path: &Path) -> Result<u32, LogError> {
-    let text = std::fs::read_to_string(path).map_err(LogError::io("read topic metadata", path))?;
+fn parse_topic_meta(path: &Path, text: &str) -> Result<u32, LogError> {
     text.trim()
         .strip_prefix("partitions = ")
         .and_then(|count| count.parse::<u32>().ok())
@@ -279,12 +339,20 @@ fn read_topic_meta(path: &Path) -> Result<u32, LogError> {
         })
 }
 
+/// Opens the topic `name` if its creation finished (it has `topic.meta`).
 fn open_topic(
     dir: &Path,
     name: &str,
-    partitions: u32,
     config: &EmbeddedLogConfig,
-) -> Result<Topic, LogError> {
+    holds: &Arc<RetentionHolds>,
+) -> Result<Option<Topic>, LogError> {
+    let meta_path = dir.join(name).join(TOPIC_META_FILE);
+    let partitions = match std::fs::read_to_string(&meta_path) {
+        Ok(text) => parse_topic_meta(&meta_path, &text)?,
+        // A folder without metadata is a topic whose creation did not finish.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(LogError::io("read topic metadata", &meta_path)(error)),
+    };
     let topic_name: Arc<str> = Arc::from(name);
     let partitions = (0..partitions)
         .map(|id| {
@@ -293,10 +361,11 @@ fn open_topic(
                 id,
                 dir.join(name).join(id.to_string()),
                 config,
+                Arc::clone(holds),
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Topic { partitions })
+    Ok(Some(Topic { partitions }))
 }
 
 fn parse_offsets(path: &Path, text: &str) -> Result<BTreeMap<u32, u64>, LogError> {
@@ -321,46 +390,24 @@ fn parse_offsets(path: &Path, text: &str) -> Result<BTreeMap<u32, u64>, LogError
 impl Log for EmbeddedLog {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         check_new_topic(topic, partitions)?;
-        let _guard = self.create_lock.lock().await;
-        if let Ok(existing) = self.topic(topic) {
-            let existing = existing.partitions.len() as u32;
-            if existing != partitions {
-                return Err(LogError::PartitionMismatch {
-                    topic: topic.to_string(),
-                    existing,
-                    requested: partitions,
-                });
-            }
-            return Ok(());
+        let existing = match self.topic(topic).await {
+            Ok(existing) => existing,
+            Err(LogError::UnknownTopic(_)) => self.create_topic(topic, partitions).await?,
+            Err(error) => return Err(error),
+        };
+        let existing = existing.partitions.len() as u32;
+        if existing != partitions {
+            return Err(LogError::PartitionMismatch {
+                topic: topic.to_string(),
+                existing,
+                requested: partitions,
+            });
         }
-        let dir = self.dir.clone();
-        let config = self.config.clone();
-        let name = topic.to_string();
-        let opened = run_blocking("create topic", self.dir.join(topic), move || {
-            let topic_dir = dir.join(&name);
-            std::fs::create_dir_all(&topic_dir)
-                .map_err(LogError::io("create topic folder", &topic_dir))?;
-            let topic = open_topic(&dir, &name, partitions, &config)?;
-            // The metadata goes last: a topic folder without it is ignored on open.
-            write_file_atomically(
-                &topic_dir.join(TOPIC_META_FILE),
-                format!("partitions = {partitions}\n").as_bytes(),
-            )?;
-            sync_dir(&topic_dir)?;
-            sync_dir(&dir)?;
-            Ok::<_, LogError>(topic)
-        })
-        .await?;
-        info!(topic, partitions, "created topic");
-        self.topics
-            .write()
-            .expect("topics lock is never poisoned")
-            .insert(topic.to_string(), Arc::new(opened));
         Ok(())
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
-        Ok(self.topic(topic)?.partitions.len() as u32)
+        Ok(self.topic(topic).await?.partitions.len() as u32)
     }
 
     async fn append(
@@ -368,7 +415,7 @@ impl Log for EmbeddedLog {
         topic_name: &str,
         records: Vec<ProduceRecord>,
     ) -> Result<Vec<RecordPosition>, LogError> {
-        let topic = self.topic(topic_name)?;
+        let topic = self.topic(topic_name).await?;
         let n_partitions = topic.partitions.len() as u32;
         // Per partition: the records and their positions in the input.
         let mut by_partition: Vec<(Vec<ProduceRecord>, Vec<usize>)> = (0..n_partitions)
@@ -389,6 +436,13 @@ impl Log for EmbeddedLog {
             let (partition_records, indexes) = &mut by_partition[partition as usize];
             partition_records.push(record);
             indexes.push(record_idx);
+        }
+        // Every partition's writer first, so that a partition another process writes fails
+        // the append before any of it is written.
+        for (partition_id, (partition_records, _)) in by_partition.iter().enumerate() {
+            if !partition_records.is_empty() {
+                take_over(&topic, partition_id).await?;
+            }
         }
         let mut pending = Vec::new();
         for (partition_id, (partition_records, indexes)) in by_partition.into_iter().enumerate() {
@@ -427,8 +481,9 @@ impl Log for EmbeddedLog {
         partition: u32,
         start: StartOffset,
     ) -> Result<Box<dyn PartitionReader>, LogError> {
-        let topic = self.topic(topic_name)?;
+        let topic = self.topic(topic_name).await?;
         let shared = Arc::clone(&self.partition(topic_name, &topic, partition)?.shared);
+        shared.refresh()?;
         let offset = match start {
             StartOffset::Earliest => shared.earliest_offset(),
             StartOffset::Latest => shared.latest_offset(),
@@ -438,19 +493,17 @@ impl Log for EmbeddedLog {
     }
 
     async fn earliest_offset(&self, topic_name: &str, partition: u32) -> Result<u64, LogError> {
-        let topic = self.topic(topic_name)?;
-        Ok(self
-            .partition(topic_name, &topic, partition)?
-            .shared
-            .earliest_offset())
+        let topic = self.topic(topic_name).await?;
+        let shared = &self.partition(topic_name, &topic, partition)?.shared;
+        shared.refresh()?;
+        Ok(shared.earliest_offset())
     }
 
     async fn latest_offset(&self, topic_name: &str, partition: u32) -> Result<u64, LogError> {
-        let topic = self.topic(topic_name)?;
-        Ok(self
-            .partition(topic_name, &topic, partition)?
-            .shared
-            .latest_offset())
+        let topic = self.topic(topic_name).await?;
+        let shared = &self.partition(topic_name, &topic, partition)?.shared;
+        shared.refresh()?;
+        Ok(shared.latest_offset())
     }
 
     async fn offset_for_timestamp(
@@ -459,10 +512,11 @@ impl Log for EmbeddedLog {
         partition: u32,
         timestamp: i64,
     ) -> Result<Option<u64>, LogError> {
-        let topic = self.topic(topic_name)?;
+        let topic = self.topic(topic_name).await?;
         let shared = Arc::clone(&self.partition(topic_name, &topic, partition)?.shared);
         let path = shared.dir.clone();
         run_blocking("seek by timestamp in", path, move || {
+            shared.refresh()?;
             shared.offset_for_timestamp(timestamp)
         })
         .await
@@ -475,39 +529,31 @@ impl Log for EmbeddedLog {
         offsets: &[(u32, u64)],
     ) -> Result<(), LogError> {
         check_name("consumer group", group)?;
-        let topic = self.topic(topic_name)?;
+        let topic = self.topic(topic_name).await?;
         for (partition, _) in offsets {
             self.partition(topic_name, &topic, *partition)?;
         }
-        let _guard = self.commit_lock.lock().await;
-        let mut merged = self.load_committed(group, topic_name)?;
-        merged.extend(offsets.iter().copied());
-        let text: String = merged
-            .iter()
-            .map(|(partition, offset)| format!("{partition} {offset}\n"))
-            .collect();
         let path = self.offsets_path(group, topic_name);
-        let group_dir = path
-            .parent()
-            .expect("offsets path has a parent")
-            .to_path_buf();
+        let lock_path = self.lock_path("commits", group);
         let offsets_root = self.dir.join(OFFSETS_DIR);
+        let offsets = offsets.to_vec();
         run_blocking("commit offsets to", path.clone(), move || {
-            std::fs::create_dir_all(&group_dir)
-                .map_err(LogError::io("create offsets folder", &group_dir))?;
+            // Other processes commit too: read, merge and rewrite under the group's lock.
+            let _lock = lock_file_blocking(&lock_path)?;
+            let mut merged = read_offsets(&path)?;
+            merged.extend(offsets);
+            let text: String = merged
+                .iter()
+                .map(|(partition, offset)| format!("{partition} {offset}\n"))
+                .collect();
+            let group_dir = path.parent().expect("offsets path has a parent");
+            std::fs::create_dir_all(group_dir)
+                .map_err(LogError::io("create offsets folder", group_dir))?;
             write_file_atomically(&path, text.as_bytes())?;
-            sync_dir(&group_dir)?;
+            sync_dir(group_dir)?;
             sync_dir(&offsets_root)
         })
-        .await?;
-        self.committed
-            .lock()
-            .expect("committed lock is never poisoned")
-            .insert((group.to_string(), topic_name.to_string()), merged);
-        if self.config.retention_holds.iter().any(|hold| hold == group) {
-            self.refresh_retention_floors(topic_name, &topic)?;
-        }
-        Ok(())
+        .await
     }
 
     async fn committed_offset(
@@ -517,12 +563,17 @@ impl Log for EmbeddedLog {
         partition: u32,
     ) -> Result<Option<u64>, LogError> {
         check_name("consumer group", group)?;
-        let topic = self.topic(topic_name)?;
+        let topic = self.topic(topic_name).await?;
         self.partition(topic_name, &topic, partition)?;
-        Ok(self
-            .load_committed(group, topic_name)?
+        let path = self.offsets_path(group, topic_name);
+        Ok(
+            run_blocking("read committed offsets", path.clone(), move || {
+                read_offsets(&path)
+            })
+            .await?
             .get(&partition)
-            .copied())
+            .copied(),
+        )
     }
 
     async fn join_group(
@@ -532,7 +583,10 @@ impl Log for EmbeddedLog {
     ) -> Result<Box<dyn GroupMembership>, LogError> {
         check_name("consumer group", group)?;
         let partitions = self.partition_count(topic_name).await?;
-        Ok(Box::new(SoleMembership::new(partitions)))
+        Ok(Box::new(FileLockMembership::new(
+            self.lock_path("members", group),
+            partitions,
+        )))
     }
 }
 

@@ -1,14 +1,22 @@
-//! A partition: its segments, crash recovery on open, and the writer thread.
+//! A partition: its segments, crash recovery, the writer thread and following another
+//! process's writes.
 //!
-//! One writer thread per partition owns the active segment's write handle. Appends queue
-//! on a channel; the thread takes everything queued, writes it with one `write`, fsyncs once
-//! (group commit), publishes the new durable end and only then acknowledges. Readers see
-//! durable records only, and wait on a `watch` of the high watermark rather than polling.
+//! One process at a time writes a partition. Its first append takes `writer.lock` (an
+//! exclusive `flock`, released when the log closes or the process dies), recovers the files
+//! (truncating a torn tail) and starts the writer thread. Appends queue on a channel; the
+//! thread takes everything queued, writes it with one `write`, fsyncs once (group commit),
+//! publishes the new durable end and only then acknowledges.
+//!
+//! Publishing has two halves: in process, a `watch` of the high watermark that readers wait
+//! on; across processes, the `published` file (`format::Published`), rewritten in place
+//! after the fsync. A process that does not write the partition *follows* it: its readers
+//! re-read `published` every [`FOLLOW_POLL`] while they wait, and read below the end it
+//! names, so they too see durable records only.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -18,12 +26,22 @@ use runnel_config::EmbeddedLogConfig;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use super::format::{self, IndexEntry};
-use super::segment::{FrameCursor, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir};
+use super::RetentionHolds;
+use super::format::{self, IndexEntry, PUBLISHED_BYTES, Published};
+use super::segment::{
+    FrameCursor, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir,
+    write_file_atomically,
+};
 use crate::{LogError, ProduceRecord};
 
 /// The most bytes of records one group commit writes.
 const MAX_GROUP_COMMIT_BYTES: usize = 32 << 20;
+/// The writer's durable state for other processes (see `format::Published`).
+const PUBLISHED_FILE: &str = "published";
+/// Held (`flock`) by the process writing the partition.
+const WRITER_LOCK_FILE: &str = "writer.lock";
+/// How often a waiting reader of a partition another process writes re-reads `published`.
+pub(crate) const FOLLOW_POLL: Duration = Duration::from_millis(5);
 
 /// State of a partition shared by its writer thread, its readers and the log.
 #[derive(Debug)]
@@ -36,10 +54,21 @@ pub(crate) struct PartitionShared {
     pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
     /// The offset after the last durable record.
     pub(crate) high_watermark: watch::Sender<u64>,
-    /// Retention deletes no segment holding this offset or a later one: the smallest offset
-    /// committed by the consumer groups that hold retention (`retention-holds`) on this
-    /// partition; `u64::MAX` when none has committed.
-    pub(crate) retention_floor: std::sync::atomic::AtomicU64,
+    /// `Some` while this process does not write the partition: what it follows.
+    follower: Mutex<Option<Follower>>,
+    /// Whether `follower` is `Some`, readable without the lock.
+    following: AtomicBool,
+}
+
+/// How a process that does not write a partition learns what its writer made durable.
+#[derive(Debug)]
+struct Follower {
+    published_path: PathBuf,
+    /// Opened once it exists (a folder from before `published` files has none until a
+    /// writer takes the partition over).
+    published_file: Option<File>,
+    /// What `published` said when last applied.
+    last: Option<Published>,
 }
 
 impl PartitionShared {
@@ -52,6 +81,102 @@ impl PartitionShared {
 
     pub(crate) fn latest_offset(&self) -> u64 {
         *self.high_watermark.borrow()
+    }
+
+    /// Whether another process (or none) writes this partition, so that readers must
+    /// [`PartitionShared::refresh`] to see new records.
+    pub(crate) fn is_following(&self) -> bool {
+        self.following.load(Ordering::Acquire)
+    }
+
+    /// Catches up with the writer's `published` file: new records, rolled segments and
+    /// segments deleted by retention. Does nothing while this process writes the partition.
+    pub(crate) fn refresh(&self) -> Result<(), LogError> {
+        if !self.is_following() {
+            return Ok(());
+        }
+        let mut guard = self
+            .follower
+            .lock()
+            .expect("follower lock is never poisoned");
+        let Some(follower) = guard.as_mut() else {
+            return Ok(());
+        };
+        // A segment can vanish between reading `published` and opening it (retention);
+        // the next `published` no longer names it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(published) = follower.read()? else {
+                return Ok(());
+            };
+            if follower.last == Some(published) {
+                return Ok(());
+            }
+            match self.apply_published(follower.last.as_ref(), &published) {
+                Ok(()) => {
+                    follower.last = Some(published);
+                    return Ok(());
+                }
+                Err(LogError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn apply_published(
+        &self,
+        previous: Option<&Published>,
+        published: &Published,
+    ) -> Result<(), LogError> {
+        let segments = self
+            .segments
+            .read()
+            .expect("segments lock is never poisoned")
+            .clone();
+        let active = segments.last().expect("segments are never empty");
+        if published.next_offset < self.latest_offset()
+            || published.active_base < active.base_offset
+        {
+            return Err(LogError::Corrupt {
+                path: self.dir.join(PUBLISHED_FILE),
+                position: 0,
+                reason: format!(
+                    "the writer published an end (offset {}, segment {}) before what it published \
+                     earlier (offset {}, segment {})",
+                    published.next_offset,
+                    published.active_base,
+                    self.latest_offset(),
+                    active.base_offset
+                ),
+            });
+        }
+        if published.active_base == active.base_offset && previous.is_some() {
+            active.publish(
+                published.active_size,
+                published.next_offset,
+                published.max_timestamp,
+            );
+            if published.earliest > segments[0].base_offset {
+                self.segments
+                    .write()
+                    .expect("segments lock is never poisoned")
+                    .retain(|segment| segment.base_offset >= published.earliest);
+            }
+        } else {
+            let loaded = load_followed_segments(&self.dir, Some(published), &segments)?;
+            *self
+                .segments
+                .write()
+                .expect("segments lock is never poisoned") = loaded;
+        }
+        self.high_watermark.send_if_modified(|high_watermark| {
+            let changed = *high_watermark != published.next_offset;
+            *high_watermark = published.next_offset;
+            changed
+        });
+        Ok(())
     }
 
     /// Returns the segment holding `offset` (the active one if `offset` is the next to be written).
@@ -68,7 +193,6 @@ impl PartitionShared {
         let idx = segments.partition_point(|segment| segment.base_offset <= offset);
         Ok(Arc::clone(&segments[idx - 1]))
     }
-
     /// Returns the segment that starts at `base_offset`, if there is one.
     pub(crate) fn segment_starting_at(&self, base_offset: u64) -> Option<Arc<Segment>> {
         let segments = self
@@ -132,32 +256,110 @@ pub(crate) enum Command {
     },
 }
 
-/// A partition as the log holds it: the shared state and the writer's channel.
+impl Follower {
+    /// Reads `published`; `None` while it does not exist or every read raced a rewrite.
+    fn read(&mut self) -> Result<Option<Published>, LogError> {
+        if self.published_file.is_none() {
+            match File::open(&self.published_path) {
+                Ok(file) => self.published_file = Some(file),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => {
+                    return Err(LogError::io("open", &self.published_path)(error));
+                }
+            }
+        }
+        let file = self.published_file.as_ref().expect("opened above");
+        let mut buf = [0u8; PUBLISHED_BYTES];
+        for _ in 0..3 {
+            match file.read_exact_at(&mut buf, 0) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(LogError::io("read", &self.published_path)(error)),
+            }
+            if let Some(published) = Published::decode(&buf) {
+                return Ok(Some(published));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A partition as the log holds it: the shared state, and the writer once this process
+/// writes it.
 ///
-/// Each partition has its own writer thread: simple, and fine for tens of partitions; a
-/// log with thousands would want a shared pool of writers.
+/// Each written partition has its own writer thread: simple, and fine for tens of
+/// partitions; a log with thousands would want a shared pool of writers.
 #[derive(Debug)]
 pub(crate) struct Partition {
     pub(crate) shared: Arc<PartitionShared>,
-    commands: Mutex<Option<Sender<Command>>>,
-    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    config: EmbeddedLogConfig,
+    holds: Arc<RetentionHolds>,
+    writer: Mutex<WriterSlot>,
+}
+
+#[derive(Debug)]
+enum WriterSlot {
+    /// This process does not write the partition (yet).
+    Following,
+    /// This process writes the partition.
+    Writing {
+        commands: Sender<Command>,
+        thread: JoinHandle<()>,
+        /// The `flock` on `writer.lock`.
+        _lock: File,
+    },
+    /// The log was closed.
+    Closed,
 }
 
 impl Partition {
-    /// Opens (recovering) or creates the partition in `dir`, and starts its writer thread.
+    /// Creates an empty partition in `dir`: its first segment and its `published` state.
+    pub(crate) fn create(dir: &Path) -> Result<(), LogError> {
+        std::fs::create_dir_all(dir).map_err(LogError::io("create partition folder", dir))?;
+        let (log_path, _) = segment_paths(dir, 0);
+        File::create(&log_path).map_err(LogError::io("create segment", &log_path))?;
+        let empty = Published {
+            earliest: 0,
+            active_base: 0,
+            active_size: 0,
+            next_offset: 0,
+            max_timestamp: i64::MIN,
+        };
+        write_file_atomically(&dir.join(PUBLISHED_FILE), &empty.encode())?;
+        sync_dir(dir)
+    }
+
+    /// Opens the partition in `dir` as a follower: the segments as the writer last published
+    /// them. The first append takes the writer's part ([`Partition::take_over`]).
     pub(crate) fn open(
         topic: Arc<str>,
         id: u32,
         dir: PathBuf,
         config: &EmbeddedLogConfig,
+        holds: Arc<RetentionHolds>,
     ) -> Result<Partition, LogError> {
-        std::fs::create_dir_all(&dir).map_err(LogError::io("create partition folder", &dir))?;
-        let (segments, write_file) = recover_segments(&dir, config)?;
-        let active = Arc::clone(
-            segments
-                .last()
-                .expect("recovery returns at least one segment"),
-        );
+        let mut follower = Follower {
+            published_path: dir.join(PUBLISHED_FILE),
+            published_file: None,
+            last: None,
+        };
+        let mut attempt = 0;
+        let (segments, published) = loop {
+            attempt += 1;
+            let published = follower.read()?;
+            match load_followed_segments(&dir, published.as_ref(), &[]) {
+                Ok(segments) => break (segments, published),
+                Err(LogError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < 3 => {}
+                Err(error) => return Err(error),
+            }
+        };
+        follower.last = published;
+        let active = segments
+            .last()
+            .expect("loading returns at least one segment");
         let (high_watermark, _) = watch::channel(active.next_offset());
         let shared = Arc::new(PartitionShared {
             topic,
@@ -165,13 +367,86 @@ impl Partition {
             dir,
             segments: RwLock::new(segments),
             high_watermark,
-            retention_floor: std::sync::atomic::AtomicU64::new(u64::MAX),
+            follower: Mutex::new(Some(follower)),
+            following: AtomicBool::new(true),
         });
-        let (sender, receiver) = std::sync::mpsc::channel();
-        let writer = Writer {
-            shared: Arc::clone(&shared),
+        Ok(Partition {
+            shared,
             config: config.clone(),
+            holds,
+            writer: Mutex::new(WriterSlot::Following),
+        })
+    }
+
+    /// Whether this process writes the partition.
+    pub(crate) fn is_writing(&self) -> bool {
+        matches!(
+            *self.writer.lock().expect("writer lock is never poisoned"),
+            WriterSlot::Writing { .. }
+        )
+    }
+
+    /// Makes this process the partition's writer, unless it is already: takes `writer.lock`,
+    /// recovers the segment files (truncating a torn tail of a writer that died), publishes
+    /// their state and starts the writer thread. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::PartitionLocked`] while another process writes the partition; recovery
+    /// errors; [`LogError::Closed`] after `close`.
+    pub(crate) fn take_over(&self) -> Result<(), LogError> {
+        let mut slot = self.writer.lock().expect("writer lock is never poisoned");
+        match &*slot {
+            WriterSlot::Writing { .. } => return Ok(()),
+            WriterSlot::Closed => return Err(LogError::Closed),
+            WriterSlot::Following => {}
+        }
+        let shared = &self.shared;
+        let lock = lock_writer(shared)?;
+        let mut follower = shared
+            .follower
+            .lock()
+            .expect("follower lock is never poisoned");
+        let (recovered, write_file) = recover_segments(&shared.dir, &self.config)?;
+        let existing = shared
+            .segments
+            .read()
+            .expect("segments lock is never poisoned")
+            .clone();
+        // Readers hold the segments they follow: keep those objects, with the recovered state.
+        let segments: Vec<Arc<Segment>> = recovered
+            .into_iter()
+            .map(|segment| {
+                match existing
+                    .iter()
+                    .find(|known| known.base_offset == segment.base_offset)
+                {
+                    Some(known) => {
+                        known.assign(&segment);
+                        Arc::clone(known)
+                    }
+                    None => Arc::new(segment),
+                }
+            })
+            .collect();
+        let active = Arc::clone(
+            segments
+                .last()
+                .expect("recovery returns at least one segment"),
+        );
+        let published_path = shared.dir.join(PUBLISHED_FILE);
+        let published = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&published_path)
+            .map_err(LogError::io("open", &published_path))?;
+        let writer = Writer {
+            shared: Arc::clone(shared),
+            config: self.config.clone(),
+            holds: Arc::clone(&self.holds),
             file: write_file,
+            published,
             size: active.durable_size(),
             next_offset: active.next_offset(),
             max_timestamp: active.max_timestamp.load(Ordering::Acquire),
@@ -185,62 +460,203 @@ impl Partition {
             buf: Vec::new(),
             last_retention: Instant::now(),
         };
-        let thread_name = format!("log-{}-{}", shared.topic, id);
-        let writer_thread = std::thread::Builder::new()
+        *shared
+            .segments
+            .write()
+            .expect("segments lock is never poisoned") = segments;
+        writer.publish()?;
+        *follower = None;
+        shared.following.store(false, Ordering::Release);
+        shared.high_watermark.send_if_modified(|high_watermark| {
+            let changed = *high_watermark != writer.next_offset;
+            *high_watermark = writer.next_offset;
+            changed
+        });
+        drop(follower);
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let thread_name = format!("log-{}-{}", shared.topic, shared.id);
+        let thread = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || writer.run(receiver))
             .map_err(LogError::io("spawn writer thread for", &shared.dir))?;
-        Ok(Partition {
-            shared,
-            commands: Mutex::new(Some(sender)),
-            writer_thread: Mutex::new(Some(writer_thread)),
-        })
+        debug!(topic = %shared.topic, partition = shared.id, "writing partition");
+        *slot = WriterSlot::Writing {
+            commands,
+            thread,
+            _lock: lock,
+        };
+        Ok(())
     }
 
+    /// Hands a command to the writer thread ([`Partition::take_over`] first).
     pub(crate) fn send(&self, command: Command) -> Result<(), LogError> {
-        let commands = self
-            .commands
-            .lock()
-            .expect("commands lock is never poisoned");
-        match commands.as_ref() {
-            Some(sender) => sender.send(command).map_err(|_| LogError::Closed),
-            None => Err(LogError::Closed),
+        match &*self.writer.lock().expect("writer lock is never poisoned") {
+            WriterSlot::Writing { commands, .. } => {
+                commands.send(command).map_err(|_| LogError::Closed)
+            }
+            WriterSlot::Following | WriterSlot::Closed => Err(LogError::Closed),
         }
     }
 
-    /// Stops the writer thread after it has handled what is queued, and waits for it.
+    /// Stops the writer thread after it has handled what is queued, waits for it and lets
+    /// go of `writer.lock`.
     pub(crate) fn close(&self) {
-        drop(
-            self.commands
-                .lock()
-                .expect("commands lock is never poisoned")
-                .take(),
+        let slot = std::mem::replace(
+            &mut *self.writer.lock().expect("writer lock is never poisoned"),
+            WriterSlot::Closed,
         );
-        let handle = self
-            .writer_thread
-            .lock()
-            .expect("writer_thread lock is never poisoned")
-            .take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
+        if let WriterSlot::Writing {
+            commands,
+            thread,
+            _lock,
+        } = slot
         {
-            warn!(topic = %self.shared.topic, partition = self.shared.id, "log writer thread panicked");
+            drop(commands);
+            if thread.join().is_err() {
+                warn!(topic = %self.shared.topic, partition = self.shared.id, "log writer thread panicked");
+            }
         }
     }
 }
 
-/// Lists the segment base offsets in `dir`, sorted, removing leftover temporary files.
-fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+/// Takes the partition's writer lock, or fails naming the partition if another process has it.
+fn lock_writer(shared: &PartitionShared) -> Result<File, LogError> {
+    let path = shared.dir.join(WRITER_LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(LogError::io("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::PartitionLocked {
+            topic: shared.topic.to_string(),
+            partition: shared.id,
+            path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io {
+            action: "lock",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Opens the segments of a partition another process writes, as `published` describes them
+/// (every segment file, up to the first bad frame of the newest, when there is no
+/// `published` yet). Segments in `known` are kept, the one that was active updated from
+/// its sealed index.
+fn load_followed_segments(
+    dir: &Path,
+    published: Option<&Published>,
+    known: &[Arc<Segment>],
+) -> Result<Vec<Arc<Segment>>, LogError> {
+    let mut bases = list_segment_bases(dir)?;
+    if let Some(published) = published {
+        bases.retain(|base| (published.earliest..=published.active_base).contains(base));
+        if bases.last() != Some(&published.active_base) {
+            return Err(LogError::Corrupt {
+                path: segment_paths(dir, published.active_base).0,
+                position: 0,
+                reason: "the segment the writer published as active is missing".to_string(),
+            });
+        }
+    }
+    if bases.is_empty() {
+        return Err(LogError::Corrupt {
+            path: dir.to_path_buf(),
+            position: 0,
+            reason: "the partition folder holds no segment".to_string(),
+        });
+    }
+    let previous_active = known.last().map(|segment| segment.base_offset);
+    let mut segments = Vec::with_capacity(bases.len());
+    for (idx, base) in bases.iter().copied().enumerate() {
+        let known_segment = known.iter().find(|segment| segment.base_offset == base);
+        let segment = match (bases.get(idx + 1).copied(), known_segment) {
+            (Some(_), Some(segment)) if Some(base) != previous_active => Arc::clone(segment),
+            (Some(next_base), Some(segment)) => {
+                // The segment this process followed as active has been sealed since.
+                let sealed = open_sealed_segment(dir, base, next_base, None)?;
+                segment.assign(&sealed);
+                Arc::clone(segment)
+            }
+            (Some(next_base), None) => Arc::new(open_sealed_segment(dir, base, next_base, None)?),
+            (None, Some(segment)) => {
+                let published = published.expect("a known active segment was published");
+                segment.publish(
+                    published.active_size,
+                    published.next_offset,
+                    published.max_timestamp,
+                );
+                Arc::clone(segment)
+            }
+            (None, None) => Arc::new(open_followed_active_segment(dir, base, published)?),
+        };
+        segments.push(segment);
+    }
+    Ok(segments)
+}
+
+/// Opens the newest segment of a partition another process writes, indexed up to the end
+/// the writer published (without `published`: up to the first bad frame).
+fn open_followed_active_segment(
+    dir: &Path,
+    base: u64,
+    published: Option<&Published>,
+) -> Result<Segment, LogError> {
+    let (log_path, index_path) = segment_paths(dir, base);
+    let (file, file_len) = open_segment_with_len(&log_path)?;
+    let limit = published.map_or(file_len, |published| published.active_size);
+    if limit > file_len {
+        return Err(LogError::Corrupt {
+            path: log_path,
+            position: file_len,
+            reason: format!("the writer published {limit} durable bytes, the file has {file_len}"),
+        });
+    }
+    let scan = scan_segment(&file, &log_path, base, limit, FOLLOWER_INDEX_INTERVAL_BYTES)?;
+    if let Some(published) = published {
+        if let Some(error) = scan.stopped_by {
+            return Err(error.into_corrupt(&log_path));
+        }
+        if scan.next_offset != published.next_offset {
+            return Err(LogError::Corrupt {
+                path: log_path,
+                position: scan.valid_size,
+                reason: format!(
+                    "the writer published offsets up to {}, the segment holds them up to {}",
+                    published.next_offset, scan.next_offset
+                ),
+            });
+        }
+    }
+    Ok(new_segment(
+        base,
+        (log_path, index_path),
+        file,
+        SegmentContents {
+            size: scan.valid_size,
+            next_offset: scan.next_offset,
+            max_timestamp: scan.max_timestamp,
+            index: scan.index,
+        },
+    ))
+}
+
+/// Index spacing of a followed active segment (the writer's own setting is not needed:
+/// this index lives only in the follower's memory).
+const FOLLOWER_INDEX_INTERVAL_BYTES: u32 = 4096;
+
+/// Lists the segment base offsets in `dir`, sorted, without touching anything.
+fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, LogError> {
     let mut bases = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(LogError::io("list partition folder", dir))?;
     for entry in entries {
         let entry = entry.map_err(LogError::io("list partition folder", dir))?;
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.ends_with(".tmp") {
-            std::fs::remove_file(entry.path())
-                .map_err(LogError::io("remove leftover temporary file", entry.path()))?;
-        } else if let Some(stem) = name.strip_suffix(".log") {
+        if let Some(stem) = name.to_string_lossy().strip_suffix(".log") {
             let base = stem.parse::<u64>().map_err(|_| LogError::Corrupt {
                 path: entry.path(),
                 position: 0,
@@ -251,6 +667,20 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
     }
     bases.sort_unstable();
     Ok(bases)
+}
+
+/// Lists the segment base offsets in `dir`, sorted, removing leftover temporary files
+/// (the writer's: only it writes them).
+fn list_segments(dir: &Path) -> Result<Vec<u64>, LogError> {
+    let entries = std::fs::read_dir(dir).map_err(LogError::io("list partition folder", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(LogError::io("list partition folder", dir))?;
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            std::fs::remove_file(entry.path())
+                .map_err(LogError::io("remove leftover temporary file", entry.path()))?;
+        }
+    }
+    list_segment_bases(dir)
 }
 
 fn open_segment_file(path: &Path) -> Result<File, LogError> {
@@ -272,7 +702,7 @@ fn open_segment_with_len(path: &Path) -> Result<(File, u64), LogError> {
 fn recover_segments(
     dir: &Path,
     config: &EmbeddedLogConfig,
-) -> Result<(Vec<Arc<Segment>>, File), LogError> {
+) -> Result<(Vec<Segment>, File), LogError> {
     let mut bases = list_segments(dir)?;
     if bases.is_empty() {
         let (log_path, _) = segment_paths(dir, 0);
@@ -284,10 +714,10 @@ fn recover_segments(
     for (idx, base) in bases.iter().copied().enumerate() {
         let next_base = bases.get(idx + 1).copied();
         let segment = match next_base {
-            Some(next_base) => open_sealed_segment(dir, base, next_base, config)?,
+            Some(next_base) => open_sealed_segment(dir, base, next_base, Some(config))?,
             None => open_active_segment(dir, base, config)?,
         };
-        segments.push(Arc::new(segment));
+        segments.push(segment);
     }
     let active = segments.last().expect("at least one segment");
     let write_file = OpenOptions::new()
@@ -323,11 +753,14 @@ fn new_segment(
     }
 }
 
+/// Opens a sealed segment through its index. A missing or inconsistent index is rebuilt
+/// from the segment, and written back when `writer_config` says this process writes the
+/// partition (a follower keeps it in memory).
 fn open_sealed_segment(
     dir: &Path,
     base: u64,
     next_base: u64,
-    config: &EmbeddedLogConfig,
+    writer_config: Option<&EmbeddedLogConfig>,
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
     let (file, file_len) = open_segment_with_len(&log_path)?;
@@ -367,7 +800,9 @@ fn open_sealed_segment(
         &log_path,
         base,
         file_len,
-        config.index_interval_bytes,
+        writer_config.map_or(FOLLOWER_INDEX_INTERVAL_BYTES, |config| {
+            config.index_interval_bytes
+        }),
     )?;
     if let Some(error) = scan.stopped_by {
         // A sealed segment was fsynced whole before the next one was created.
@@ -394,7 +829,9 @@ fn open_sealed_segment(
             index: scan.index,
         },
     );
-    segment.write_sealed_index()?;
+    if writer_config.is_some() {
+        segment.write_sealed_index()?;
+    }
     Ok(segment)
 }
 
@@ -460,7 +897,10 @@ fn open_active_segment(
 struct Writer {
     shared: Arc<PartitionShared>,
     config: EmbeddedLogConfig,
+    holds: Arc<RetentionHolds>,
     file: File,
+    /// `published`, rewritten in place after each fsync.
+    published: File,
     active: Arc<Segment>,
     size: u64,
     next_offset: u64,
@@ -617,14 +1057,26 @@ impl Writer {
             .expect("index lock is never poisoned")
             .append(new_index);
         self.active
-            .max_timestamp
-            .store(self.max_timestamp, Ordering::Release);
-        self.active
-            .next_offset
-            .store(self.next_offset, Ordering::Release);
-        self.active.durable_size.store(self.size, Ordering::Release);
+            .publish(self.size, self.next_offset, self.max_timestamp);
+        self.publish()?;
         self.shared.high_watermark.send_replace(self.next_offset);
         Ok(())
+    }
+
+    /// Tells other processes what is durable: rewrites `published` in place. Not fsynced:
+    /// after a machine crash the next writer's recovery publishes afresh.
+    fn publish(&self) -> Result<(), LogError> {
+        let earliest = self.shared.earliest_offset();
+        let published = Published {
+            earliest,
+            active_base: self.active.base_offset,
+            active_size: self.size,
+            next_offset: self.next_offset,
+            max_timestamp: self.max_timestamp,
+        };
+        self.published
+            .write_all_at(&published.encode(), 0)
+            .map_err(LogError::io("write", self.shared.dir.join(PUBLISHED_FILE)))
     }
 
     /// Seals the active segment and starts a new one at the next offset.
@@ -681,6 +1133,9 @@ impl Writer {
     fn apply_retention(&mut self) -> Result<usize, LogError> {
         self.last_retention = Instant::now();
         let mut deleted = 0;
+        // Read once, when a segment is due: the holding groups' commits (other processes
+        // commit too, so they are read from their files).
+        let mut floor: Option<u64> = None;
         loop {
             let candidate = {
                 let segments = self
@@ -706,10 +1161,10 @@ impl Writer {
                 if !(over_size || too_old) {
                     break;
                 }
-                let floor = self
-                    .shared
-                    .retention_floor
-                    .load(std::sync::atomic::Ordering::Acquire);
+                let floor = match floor {
+                    Some(floor) => floor,
+                    None => *floor.insert(self.holds.floor(&self.shared.topic, self.shared.id)?),
+                };
                 if oldest.next_offset() > floor {
                     debug!(
                         topic = %self.shared.topic,
@@ -745,6 +1200,7 @@ impl Writer {
         }
         if deleted > 0 {
             sync_dir(&self.shared.dir)?;
+            self.publish()?;
         }
         Ok(deleted)
     }

@@ -8,11 +8,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::format;
-use super::partition::PartitionShared;
+use super::partition::{FOLLOW_POLL, PartitionShared};
 use super::segment::{FrameCursor, Segment};
 use crate::{LogError, PartitionReader, Record};
 
-/// Reads one partition of the embedded log, from the segment files, durable records only.
+/// Reads one partition of the embedded log, from the segment files, durable records only:
+/// below the high watermark of this process's writer, or of the `published` file of the
+/// process that writes the partition.
 ///
 /// Reads are positioned `pread`s of at most 256 KiB (more only for a larger record) from
 /// what is almost always the page cache, done inline: they stay well under the 500 µs an
@@ -83,6 +85,8 @@ impl EmbeddedReader {
         }
         while records.len() < max_records && self.next_offset < high_watermark {
             let segment = Arc::clone(self.segment.as_ref().expect("located above"));
+            // The offset first: the size published with it (or later) covers its records.
+            let segment_end = segment.next_offset();
             let limit = segment.durable_size();
             let Some((frame, bytes)) = self
                 .cursor
@@ -90,7 +94,7 @@ impl EmbeddedReader {
                 .map_err(|error| error.into_corrupt(&segment.log_path))?
             else {
                 // The end of this segment: move on to the one that starts where it ended.
-                match self.shared.segment_starting_at(segment.next_offset()) {
+                match self.shared.segment_starting_at(segment_end) {
                     Some(next) if !Arc::ptr_eq(&next, &segment) => {
                         self.segment = Some(next);
                         self.file_position = 0;
@@ -144,6 +148,8 @@ impl PartitionReader for EmbeddedReader {
     ) -> Result<Vec<Record>, LogError> {
         let deadline = Instant::now() + max_wait;
         loop {
+            // Another process writing the partition publishes through a file, not the watch.
+            self.shared.refresh()?;
             let high_watermark = *self.high_watermark.borrow_and_update();
             if self.next_offset < high_watermark {
                 let records = self.read_durable(max_records, high_watermark)?;
@@ -151,8 +157,14 @@ impl PartitionReader for EmbeddedReader {
                     return Ok(records);
                 }
             }
-            match tokio::time::timeout_at(deadline, self.high_watermark.changed()).await {
-                Err(_elapsed) => return Ok(Vec::new()),
+            let wake = if self.shared.is_following() {
+                deadline.min(Instant::now() + FOLLOW_POLL)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(wake, self.high_watermark.changed()).await {
+                Err(_elapsed) if Instant::now() >= deadline => return Ok(Vec::new()),
+                Err(_elapsed) => {}
                 Ok(Err(_closed)) => return Err(LogError::Closed),
                 Ok(Ok(())) => {}
             }

@@ -49,6 +49,30 @@ impl Segment {
         self.next_offset.load(Ordering::Acquire)
     }
 
+    /// Makes records up to `next_offset` (`size` bytes) readable. The size is stored before
+    /// the offset, so a reader that loads `next_offset` first reads a size that covers it.
+    pub(crate) fn publish(&self, size: u64, next_offset: u64, max_timestamp: i64) {
+        self.max_timestamp.store(max_timestamp, Ordering::Release);
+        self.durable_size.store(size, Ordering::Release);
+        self.next_offset.store(next_offset, Ordering::Release);
+    }
+
+    /// Takes the state of `other`, the same segment opened afresh (after it was sealed, or
+    /// by a new writer's recovery), so readers holding this one see it.
+    pub(crate) fn assign(&self, other: &Segment) {
+        debug_assert_eq!(self.base_offset, other.base_offset);
+        *self.index.write().expect("index lock is never poisoned") = other
+            .index
+            .read()
+            .expect("index lock is never poisoned")
+            .clone();
+        self.publish(
+            other.durable_size(),
+            other.next_offset(),
+            other.max_timestamp.load(Ordering::Acquire),
+        );
+    }
+
     /// Returns the position of the closest indexed record at or before `offset`.
     pub(crate) fn position_for_offset(&self, offset: u64) -> u64 {
         let index = self.index.read().expect("index lock is never poisoned");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use runnel_log::{EmbeddedLog, Log, LogError, StartOffset};
 
-use crate::fixtures::{embedded_config, read_n, to_partition, value_str};
+use crate::fixtures::{embedded_config, read_n, read_n_from, to_partition, value_str};
 
 /// Bytes of one test record's frame: 8 (len, crc) + 28 (fixed body) + 5 (value "vNNNN").
 const FRAME: u64 = 41;
@@ -62,41 +62,44 @@ fn flip_byte(path: &Path, position: u64) {
 }
 
 #[tokio::test]
-async fn torn_tail_is_truncated_and_never_served() {
+async fn torn_tail_is_never_served_and_the_next_writer_truncates_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = write_records(dir.path(), 1 << 20, 20).await;
     log.close().await;
     let path = segment_path(dir.path(), "t", 0);
-    // Cut the file in the middle of the last record, as a crash mid-write leaves it.
+    // Half of a 21st record, as a writer killed mid-write leaves it (never fsynced, so
+    // never published nor acknowledged).
     let file = OpenOptions::new().write(true).open(&path).expect("open");
-    file.set_len(19 * FRAME + 17).expect("cut");
+    file.write_all_at(&[0x2a; 17], 20 * FRAME)
+        .expect("write torn record");
     drop(file);
 
-    let log = reopen(dir.path(), 1 << 20).await.expect("recover");
-    assert_eq!(log.latest_offset("t", 0).await.expect("latest"), 19);
-    let records = read_n(&log, "t", 0, StartOffset::Earliest, 19).await;
+    let log = reopen(dir.path(), 1 << 20).await.expect("open");
+    assert_eq!(log.latest_offset("t", 0).await.expect("latest"), 20);
+    let records = read_n(&log, "t", 0, StartOffset::Earliest, 20).await;
     let values: Vec<&str> = records.iter().map(value_str).collect();
-    let expected: Vec<String> = (0..19).map(value).collect();
+    let expected: Vec<String> = (0..20).map(value).collect();
     assert_eq!(values, expected);
-    assert_eq!(
-        std::fs::metadata(&path).expect("stat").len(),
-        19 * FRAME,
-        "the torn bytes are gone from the file"
-    );
+    // Opening only reads; the first append makes this process the writer, which recovers.
     let positions = log
         .append("t", vec![to_partition(0, &value(99), 1)])
         .await
         .expect("append after recovery");
     assert_eq!(
-        positions[0].offset, 19,
-        "the next append reuses the torn offset"
+        positions[0].offset, 20,
+        "the next append takes the offset the torn record had"
     );
-    let after = read_n(&log, "t", 0, StartOffset::At(19), 1).await;
+    assert_eq!(
+        std::fs::metadata(&path).expect("stat").len(),
+        21 * FRAME,
+        "the torn bytes are gone from the file"
+    );
+    let after = read_n(&log, "t", 0, StartOffset::At(20), 1).await;
     assert_eq!(value_str(&after[0]), value(99));
 }
 
 #[tokio::test]
-async fn zero_filled_tail_is_truncated() {
+async fn zero_filled_tail_is_ignored_then_truncated() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = write_records(dir.path(), 1 << 20, 10).await;
     log.close().await;
@@ -106,6 +109,12 @@ async fn zero_filled_tail_is_truncated() {
     drop(file);
     let log = reopen(dir.path(), 1 << 20).await.expect("recover");
     assert_eq!(log.latest_offset("t", 0).await.expect("latest"), 10);
+    let positions = log
+        .append("t", vec![to_partition(0, &value(10), 1)])
+        .await
+        .expect("append");
+    assert_eq!(positions[0].offset, 10);
+    assert_eq!(std::fs::metadata(&path).expect("stat").len(), 11 * FRAME);
 }
 
 #[tokio::test]
@@ -191,9 +200,24 @@ async fn missing_or_damaged_index_is_rebuilt() {
     std::fs::remove_file(&first_index).expect("delete index");
     std::fs::write(&second_index, b"garbage").expect("damage index");
 
+    // Opening rebuilds them in memory (it only reads the folder); lookups by offset and by
+    // time go through the rebuilt indexes.
     let log = reopen(dir.path(), 4096)
         .await
         .expect("open rebuilds indexes");
+    assert!(!first_index.exists(), "a reader wrote to the folder");
+    for offset in [0u64, 57, 98, 99, 150, 299] {
+        let records = read_n(&log, "t", 0, StartOffset::At(offset), 1).await;
+        assert_eq!(value_str(&records[0]), value(offset as usize));
+    }
+    assert_eq!(
+        log.offset_for_timestamp("t", 0, 1505).await.expect("seek"),
+        Some(151)
+    );
+    // The writer's recovery writes them back.
+    log.append("t", vec![to_partition(0, &value(300), 3000)])
+        .await
+        .expect("append");
     assert_eq!(
         std::fs::read(&first_index).expect("index written again"),
         original,
@@ -202,15 +226,6 @@ async fn missing_or_damaged_index_is_rebuilt() {
     assert_eq!(
         std::fs::metadata(&second_index).expect("rebuilt").len() % 16,
         0
-    );
-    // Lookups by offset and by time go through the rebuilt indexes.
-    for offset in [0u64, 57, 98, 99, 150, 299] {
-        let records = read_n(&log, "t", 0, StartOffset::At(offset), 1).await;
-        assert_eq!(value_str(&records[0]), value(offset as usize));
-    }
-    assert_eq!(
-        log.offset_for_timestamp("t", 0, 1505).await.expect("seek"),
-        Some(151)
     );
 }
 
@@ -325,31 +340,42 @@ async fn append_until_killed(dir: &str) -> ! {
     unreachable!("appends until SIGKILL")
 }
 
+/// Starts this test binary as a child that appends to `t` in `dir` until killed, printing
+/// `acked <offset>` after each acknowledged batch (see `append_until_killed`).
+fn spawn_appending_child(
+    dir: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "embedded_crash::acknowledged_appends_survive_sigkill",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_VAR, dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("piped stdout");
+    (child, std::io::BufReader::new(stdout).lines())
+}
+
 /// A child process (this same test, re-run with `RUNNEL_TEST_SIGKILL_CHILD_DIR` set) appends
 /// and prints what was acknowledged; it is killed with SIGKILL at a different point in each
 /// of three rounds, and every acknowledged record must be there after recovery.
 #[tokio::test]
 async fn acknowledged_appends_survive_sigkill() {
-    use std::io::BufRead;
     if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
         append_until_killed(&dir).await;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     for round in 0..3 {
-        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "embedded_crash::acknowledged_appends_survive_sigkill",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR_VAR, dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn child");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut child, mut lines) = spawn_appending_child(dir.path());
         let mut last_acked = None;
         // Kill it after a number of acknowledged batches that varies per round.
         let kill_after = 20 + round * 37;
@@ -384,19 +410,61 @@ async fn acknowledged_appends_survive_sigkill() {
     }
 }
 
+/// While a child process appends, this process follows the partition; after the child is
+/// SIGKILLed, every record it acknowledged is readable here, and this process takes the
+/// partition over (recovering its files) and appends after them.
 #[tokio::test]
-async fn a_second_owner_of_the_folder_is_refused_until_the_first_closes() {
+async fn a_follower_process_reads_a_killed_writers_acknowledged_records_and_takes_over() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let first = EmbeddedLog::open(dir.path(), &embedded_config())
-        .await
-        .expect("open");
-    match EmbeddedLog::open(dir.path(), &embedded_config()).await {
-        Err(LogError::Locked { path }) => assert_eq!(path, dir.path()),
-        Err(other) => panic!("expected the folder to be locked, got {other}"),
-        Ok(_) => panic!("two owners of one log folder would be two writers per partition"),
+    let (mut child, mut lines) = spawn_appending_child(dir.path());
+    let mut acked = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        if let Some(offset) = line.strip_prefix("acked ") {
+            acked.push(offset.trim().parse::<u64>().expect("offset"));
+            if acked.len() == 1 {
+                break;
+            }
+        }
     }
-    first.close().await;
-    EmbeddedLog::open(dir.path(), &embedded_config())
+    let follower = EmbeddedLog::open(dir.path(), &embedded_config())
         .await
-        .expect("open after the first owner closed");
+        .expect("open beside the writer");
+    let mut reader = follower
+        .reader("t", 0, StartOffset::Earliest)
+        .await
+        .expect("reader");
+    // Read while the child writes.
+    let mut read = read_n_from(reader.as_mut(), 2_000).await;
+    child.kill().expect("SIGKILL child");
+    child.wait().expect("reap child");
+    for line in lines.map_while(Result::ok) {
+        if let Some(offset) = line.strip_prefix("acked ") {
+            acked.push(offset.trim().parse::<u64>().expect("offset"));
+        }
+    }
+    let last_acked = *acked.last().expect("acknowledged appends");
+    if (read.len() as u64) <= last_acked {
+        let missing = last_acked as usize + 1 - read.len();
+        read.extend(read_n_from(reader.as_mut(), missing).await);
+    }
+    for (idx, record) in read.iter().enumerate() {
+        assert_eq!(record.offset, idx as u64, "dense offsets");
+        assert_eq!(
+            value_str(record),
+            format!("b{}-{}", idx / 100, idx % 100),
+            "record {idx}"
+        );
+    }
+    let positions = follower
+        .append("t", vec![to_partition(0, "after", 0)])
+        .await
+        .expect("take over and append");
+    assert!(positions[0].offset > last_acked);
+    let next = read_n_from(
+        reader.as_mut(),
+        positions[0].offset as usize + 1 - read.len(),
+    )
+    .await;
+    assert_eq!(value_str(next.last().expect("record")), "after");
+    follower.close().await;
 }

@@ -7,5 +7,6 @@
 
 mod conformance;
 mod embedded_crash;
+mod embedded_shared;
 mod fixtures;
 mod group;
