@@ -1,12 +1,10 @@
 //! The four services as separate OS processes (`runnel ingest-service`, `stream-processor`,
-//! `batch-reprocessor`, `serving`) on loopback, over Kafka (the tansu broker that
-//! `scripts/test.sh` starts): events in over HTTP and gRPC, results out through serving;
-//! every service SIGKILLed and restarted in turn with no acknowledged event lost and no
-//! final result changed; a new job version replayed by `runnel backfill` and switched to
-//! atomically; bearer tokens required on both ports.
-//!
-//! The same over the embedded log is missing: one process opens an embedded log at a time,
-//! so its services can only share it inside one process (`runnel all`, `runnel demo`).
+//! `batch-reprocessor`, `serving`) on loopback, once over the embedded log (one folder the
+//! processes share: each partition written by one of them, followed by the others) and
+//! once over Kafka (the tansu broker that `scripts/test.sh` starts): events in over HTTP
+//! and gRPC, results out through serving; every service SIGKILLed and restarted in turn
+//! with no acknowledged event lost and no final result changed; a new job version replayed
+//! by `runnel backfill` and switched to atomically; bearer tokens required on both ports.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -319,10 +317,38 @@ async fn wait_for_results(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_services_as_processes_on_the_embedded_log_survive_kills_and_switch_versions() {
+    // The processes share `<data-dir>/log`; a SIGKILLed stream-processor's group lock and
+    // partition locks go with it, so its successor starts at once.
+    four_services_survive_kills_and_switch_versions(
+        "[storage.log]\nbackend = \"embedded\"\n",
+        Duration::ZERO,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_services_as_processes_on_kafka_survive_kills_and_switch_versions() {
     let Some(bootstrap) = kafka_bootstrap() else {
         return;
     };
+    // tansu does not expire a dead group member while another waits to join: let the
+    // session time out before the stream-processor restarts (see the Kafka crash test in
+    // services/runnel/tests/cli).
+    four_services_survive_kills_and_switch_versions(
+        &format!(
+            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\n\
+             bootstrap-servers = \"{bootstrap}\"\nsession-timeout = \"6s\"\n\
+             rebalance-timeout = \"15s\"\n"
+        ),
+        Duration::from_secs(7),
+    )
+    .await;
+}
+
+/// The scenario, with the `[storage.log]` tables of `log_config`; the stream-processor's
+/// successor starts `restart_wait` after it was killed.
+async fn four_services_survive_kills_and_switch_versions(log_config: &str, restart_wait: Duration) {
     let dir = tempfile::tempdir().expect("temp dir");
     let suffix = format!(
         "{}_{}",
@@ -346,12 +372,7 @@ async fn four_services_as_processes_on_kafka_survive_kills_and_switch_versions()
 [storage]
 data-dir = "{data}"
 object-store-url = "file://{objects}"
-[storage.log]
-backend = "kafka"
-[storage.log.kafka]
-bootstrap-servers = "{bootstrap}"
-session-timeout = "6s"
-rebalance-timeout = "15s"
+{log_config}
 [ingest]
 listen = "127.0.0.1:0"
 auth-token = "{TOKEN}"
@@ -455,9 +476,7 @@ max-out-of-orderness = "1s"
     let ingest_url = ingest.address.clone().expect("ingest address");
     send_window(&ingest_url, &stream, 3).await;
     drop(processor);
-    // tansu does not expire a dead group member while another waits to join: let the
-    // session time out first (see the Kafka crash test in services/runnel/tests/cli).
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    tokio::time::sleep(restart_wait).await;
     processor = platform.start("v1.toml", &["stream-processor"], None);
     send_window(&ingest_url, &stream, 4).await;
     drop(serving);
