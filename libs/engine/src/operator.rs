@@ -340,6 +340,43 @@ impl WindowOperator {
         Ok(output)
     }
 
+    /// Tells the operator that input `partition` has reached event time `event_time_ms` at
+    /// arrival time `arrival_ms`, with events that went elsewhere (to the other window tasks
+    /// of a repartitioned job): that input's watermark moves as if they had come here, and
+    /// what that releases fires. An event time below what the input reached changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// An unknown partition, use after [`finish`](Self::finish), failures inside DataFusion.
+    pub fn advance_partition(
+        &mut self,
+        partition: u32,
+        event_time_ms: i64,
+        arrival_ms: i64,
+    ) -> Result<OperatorOutput, EngineError> {
+        if self.finished {
+            return Err(EngineError::Misuse("advance after finish".to_string()));
+        }
+        let partitions = self.partitions.len();
+        let Some(clock) = self.partitions.get_mut(partition as usize) else {
+            return Err(EngineError::Misuse(format!(
+                "partition {partition} is outside the operator's {partitions} partitions"
+            )));
+        };
+        clock.max_event_time = Some(
+            clock
+                .max_event_time
+                .map_or(event_time_ms, |max| max.max(event_time_ms)),
+        );
+        clock.last_arrival = Some(arrival_ms);
+        self.observe_arrival(arrival_ms);
+        let mut output = OperatorOutput::default();
+        if let Some(watermark) = self.all_partitions_watermark() {
+            self.advance_to(watermark, &mut output)?;
+        }
+        Ok(output)
+    }
+
     /// Ends a bounded input: the watermark goes to the end of time, every window fires and
     /// all state is dropped.
     ///

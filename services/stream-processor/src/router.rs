@@ -6,6 +6,14 @@
 //! timestamp and carries its stream position in two headers, so the window task can read it
 //! in stream coordinates and drop copies written again after a router restart (a router
 //! resumes from its checkpointed source offset and re-routes what followed it).
+//!
+//! A window task learns how far a source partition has got in event time only from the
+//! copies it receives; a group that gets no more events would never see its windows fire.
+//! So after each batch the router tells every repartition partition that has not yet seen the
+//! batch's largest event time about it, with a *progress marker*: an empty record with the
+//! source partition and that event time in headers, after the copies it follows in the same
+//! append (Kafka Streams' repartition topics carry no such thing; Flink broadcasts watermarks
+//! across a shuffle the same way).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,14 +22,16 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use bytes::Bytes;
 use runnel_events::decode::EventDecoder;
-use runnel_log::{Header, ProduceRecord, Record, StartOffset};
+use runnel_log::{Header, ProduceRecord, Record, StartOffset, partition_for_key};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::StreamProcessorError;
 use crate::checkpoint::{CheckpointManifest, TaskCheckpoints};
 use crate::job::{Job, repartition_topic};
-use crate::task::{SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, TaskContext};
+use crate::task::{
+    SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER, TaskContext,
+};
 
 /// Routes one source partition of a job into its repartition topic.
 pub(crate) struct Router {
@@ -34,6 +44,8 @@ pub(crate) struct Router {
     epoch: u64,
     checkpointed_offset: u64,
     last_checkpoint: Instant,
+    /// Per repartition partition, the largest event time it was sent (in a copy or a marker).
+    announced: Vec<Option<i64>>,
 }
 
 impl Router {
@@ -76,6 +88,7 @@ impl Router {
             epoch,
             checkpointed_offset: offset,
             last_checkpoint: Instant::now(),
+            announced: Vec::new(),
         })
     }
 
@@ -96,6 +109,13 @@ impl Router {
             .reader(&source, self.partition, StartOffset::At(self.offset))
             .await
             .map_err(|error| StreamProcessorError::log(&source, error))?;
+        let targets = self
+            .context
+            .log
+            .partition_count(&target)
+            .await
+            .map_err(|error| StreamProcessorError::log(&target, error))?;
+        self.announced = vec![None; targets as usize];
         loop {
             let records = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -128,8 +148,10 @@ impl Router {
     }
 
     /// Copies of `records` keyed by their group (undecodable records are left out: no
-    /// window task could count them either).
-    fn route(&self, records: &[Record]) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+    /// window task could count them either), each in the repartition partition its key
+    /// picks, then a progress marker for each partition that has not seen the largest event
+    /// time among them.
+    fn route(&mut self, records: &[Record]) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
         let input = self.job.input(&self.decoder, records)?;
         let keys = self.job.plan.group_key_texts(&input).map_err(|source| {
             StreamProcessorError::Engine {
@@ -145,6 +167,17 @@ impl Router {
                     "the plan's input has no _offset".to_string(),
                 ))
             })?;
+        // Event times by row (epoch ms; `None` where missing, which the task drops too).
+        let event_times: Option<Vec<Option<i64>>> = arrow::compute::cast(
+            input.column(self.job.stream.event_time_index()),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .ok()
+        .map(|times| times.as_primitive::<Int64Type>().iter().collect());
+        let header = |key: &str, value: &dyn ToString| Header {
+            key: key.to_string(),
+            value: Bytes::from(value.to_string()),
+        };
         let first = records.first().map_or(0, |record| record.offset);
         let mut routed = Vec::with_capacity(input.num_rows());
         for row in 0..input.num_rows() {
@@ -152,20 +185,46 @@ impl Router {
             let Some(record) = records.get((offset - first) as usize) else {
                 continue;
             };
-            let header = |key: &str, value: u64| Header {
-                key: key.to_string(),
-                value: Bytes::from(value.to_string()),
-            };
+            let key = keys.value(row).as_bytes();
+            let target = partition_for_key(key, self.announced.len() as u32);
+            if let Some(time) = event_times
+                .as_ref()
+                .and_then(|times| times.get(row).copied().flatten())
+            {
+                let announced = &mut self.announced[target as usize];
+                *announced = Some(announced.map_or(time, |announced| announced.max(time)));
+            }
             routed.push(ProduceRecord {
-                key: Some(Bytes::copy_from_slice(keys.value(row).as_bytes())),
+                key: Some(Bytes::copy_from_slice(key)),
                 value: record.value.clone(),
                 timestamp: record.timestamp,
                 headers: vec![
-                    header(SOURCE_PARTITION_HEADER, u64::from(self.partition)),
-                    header(SOURCE_OFFSET_HEADER, offset),
+                    header(SOURCE_PARTITION_HEADER, &self.partition),
+                    header(SOURCE_OFFSET_HEADER, &offset),
                 ],
-                partition: None,
+                partition: Some(target),
             });
+        }
+        let progress = event_times
+            .as_ref()
+            .and_then(|times| times.iter().flatten().max().copied());
+        if let (Some(progress), Some(last)) = (progress, records.last()) {
+            for (target, announced) in self.announced.iter_mut().enumerate() {
+                if announced.is_some_and(|announced| announced >= progress) {
+                    continue;
+                }
+                *announced = Some(progress);
+                routed.push(ProduceRecord {
+                    key: None,
+                    value: Bytes::new(),
+                    timestamp: last.timestamp,
+                    headers: vec![
+                        header(SOURCE_PARTITION_HEADER, &self.partition),
+                        header(SOURCE_PROGRESS_HEADER, &progress),
+                    ],
+                    partition: Some(target as u32),
+                });
+            }
         }
         Ok(routed)
     }

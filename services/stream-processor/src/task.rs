@@ -99,6 +99,26 @@ pub(crate) const SOURCE_PARTITION_HEADER: &str = "runnel-source-partition";
 /// Header of a repartitioned record: its offset in the stream.
 pub(crate) const SOURCE_OFFSET_HEADER: &str = "runnel-source-offset";
 
+/// Header of a router's progress marker: the largest event time its source partition has
+/// reached (epoch ms); the marker has no key and no value.
+pub(crate) const SOURCE_PROGRESS_HEADER: &str = "runnel-source-progress";
+
+/// A progress marker's source partition and event time, from its headers.
+fn source_progress(record: &Record) -> Option<(u32, i64)> {
+    let header = |key: &str| {
+        record
+            .headers
+            .iter()
+            .find(|header| header.key == key)
+            .and_then(|header| std::str::from_utf8(&header.value).ok())
+    };
+    let progress = header(SOURCE_PROGRESS_HEADER)?;
+    Some((
+        header(SOURCE_PARTITION_HEADER)?.parse().ok()?,
+        progress.parse().ok()?,
+    ))
+}
+
 /// A repartitioned record's position in the stream, from its headers.
 fn source_position(record: &Record) -> Option<(u32, u64)> {
     let header = |name: &str| {
@@ -339,9 +359,9 @@ impl Task {
             .map(|record| record.timestamp)
             .max()
             .unwrap_or_default();
-        let output = self.process_repartitioned(records, arrival)?;
+        let (output, events) = self.process_repartitioned(records, arrival)?;
         let next_offset = records.last().map(|last| last.offset + 1);
-        self.finish_batch(output, arrival, next_offset, records.len())
+        self.finish_batch(output, arrival, next_offset, events)
             .await
     }
 
@@ -383,16 +403,45 @@ impl Task {
 
     /// Records of the repartition topic: back in their stream coordinates (partition and
     /// offset from the headers), copies a restarted router wrote again dropped, and each run
-    /// of one source partition given to the operator as that input.
+    /// of one source partition given to the operator as that input; a progress marker
+    /// advances its source partition's input (in order: after the run before it). Returns
+    /// the output and the number of events (markers are not events).
     fn process_repartitioned(
         &mut self,
         records: &[Record],
         arrival: i64,
-    ) -> Result<OperatorOutput, StreamProcessorError> {
+    ) -> Result<(OperatorOutput, usize), StreamProcessorError> {
         let mut output = OperatorOutput::default();
         let mut run: Vec<Record> = Vec::new();
         let mut run_partition = None;
+        let mut events = 0;
         for record in records {
+            if let Some((partition, event_time)) = source_progress(record) {
+                if let Some(current) = run_partition.take() {
+                    let input = self.decode(&run)?;
+                    output.append(
+                        self.operator
+                            .process(current, &input, arrival)
+                            .map_err(|source| self.engine_error(source))?,
+                    );
+                    run.clear();
+                }
+                if partition as usize >= self.seen_source_offsets.len() {
+                    warn!(
+                        partition,
+                        "progress marker of an unknown source partition skipped"
+                    );
+                    continue;
+                }
+                // A marker repeated by a restarted router is harmless: progress only grows.
+                output.append(
+                    self.operator
+                        .advance_partition(partition, event_time, arrival)
+                        .map_err(|source| self.engine_error(source))?,
+                );
+                continue;
+            }
+            events += 1;
             let Some((partition, offset)) = source_position(record) else {
                 warn!(
                     offset = record.offset,
@@ -436,7 +485,7 @@ impl Task {
                     .map_err(|source| self.engine_error(source))?,
             );
         }
-        Ok(output)
+        Ok((output, events))
     }
 
     /// Reads the partition's end offset into the status. A failure is only logged: the

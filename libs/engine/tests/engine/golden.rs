@@ -2,8 +2,9 @@
 //! `expected.jsonl`. `UPDATE_EXPECT=1 cargo test -p runnel-engine` rewrites the expected
 //! files; review the diff before committing it.
 //!
-//! `input.jsonl` lines are `{"p": partition, "at": arrival_ms, "e": {event}}` or
-//! `{"tick": arrival_ms}`; consecutive events with the same partition and arrival form one
+//! `input.jsonl` lines are `{"p": partition, "at": arrival_ms, "e": {event}}`,
+//! `{"tick": arrival_ms}` or `{"advance": partition, "to": event_time_ms, "at": arrival_ms}`
+//! (`WindowOperator::advance_partition`); consecutive events with the same partition and arrival form one
 //! batch. Each case also runs with every event in its own batch, and must give the same
 //! results and late events: the operator's output may not depend on batching.
 
@@ -25,6 +26,11 @@ enum Step {
         events: Vec<Value>,
     },
     Tick(i64),
+    Advance {
+        partition: u32,
+        event_time: i64,
+        arrival: i64,
+    },
 }
 
 struct Case {
@@ -86,6 +92,14 @@ fn load(name: &str) -> Case {
             steps.push(Step::Tick(arrival));
             continue;
         }
+        if let Some(partition) = value["advance"].as_u64() {
+            steps.push(Step::Advance {
+                partition: partition as u32,
+                event_time: value["to"].as_i64().expect("advance has `to`"),
+                arrival: value["at"].as_i64().unwrap_or(0),
+            });
+            continue;
+        }
         let partition = value["p"].as_u64().unwrap_or(0) as u32;
         let arrival = value["at"].as_i64().unwrap_or(0);
         let event = value["e"].clone();
@@ -140,6 +154,15 @@ fn run(case: &Case, split: bool) -> (String, String) {
     for step in &case.steps {
         match step {
             Step::Tick(arrival) => output.append(operator.tick(*arrival).expect("tick")),
+            Step::Advance {
+                partition,
+                event_time,
+                arrival,
+            } => output.append(
+                operator
+                    .advance_partition(*partition, *event_time, *arrival)
+                    .expect("advance"),
+            ),
             Step::Batch {
                 partition,
                 arrival,
@@ -215,6 +238,7 @@ golden!(
     tumble_late_and_very_late,
     hop_basic,
     idle_partitions,
+    partition_progress,
     early_emission,
     expressions_and_aggregates,
     session_merge,

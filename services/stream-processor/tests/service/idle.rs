@@ -208,3 +208,63 @@ async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
         "the job without an idle timeout fired a window: {stuck:?}"
     );
 }
+
+/// A page whose repartition partition gets no more events after its first: the routers'
+/// progress markers carry both source partitions' event time there, so its window fires
+/// once every source partition has moved past its end (and not only at an idle timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_without_further_events_fires_once_every_source_partition_moved_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path());
+    let embedded = Arc::new(
+        EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
+            .await
+            .expect("open log"),
+    );
+    embedded.ensure_topic("clicks", 2).await.expect("topic");
+    let log: Arc<dyn Log> = Arc::clone(&embedded) as Arc<dyn Log>;
+    let status = Arc::new(StatusRegistry::new());
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(runnel_stream_processor::run_with_status(
+        config,
+        Arc::clone(&log),
+        Arc::clone(&status),
+        shutdown.clone(),
+    ));
+
+    // Two pages whose groups land in different repartition partitions.
+    let repartition_of =
+        |page: &str| runnel_log::partition_for_key(format!("[\"{page}\"]").as_bytes(), 2);
+    let quiet = "/quiet";
+    let busy = ["/a", "/b", "/c", "/d", "/e"]
+        .into_iter()
+        .find(|page| repartition_of(page) != repartition_of(quiet))
+        .expect("a page in the other repartition partition");
+    log.append("clicks", vec![event(0, BASE_MS, quiet)])
+        .await
+        .expect("append");
+    let busy_events: Vec<ProduceRecord> = (1..=30)
+        .flat_map(|second| [0, 1].map(|partition| event(partition, BASE_MS + second * 1000, busy)))
+        .collect();
+    log.append("clicks", busy_events).await.expect("append");
+    wait_until_read(&status, 61).await;
+
+    let key = (format!("[\"{quiet}\"]"), BASE_MS);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for job in ["pages-stuck", "pages-idle"] {
+        loop {
+            let results = latest_results(log.as_ref(), job).await;
+            if results.get(&key) == Some(&(1, true)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{job}: the quiet page's window never fired: {results:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    shutdown.cancel();
+    service.await.expect("join").expect("clean stop");
+    embedded.close().await;
+}
