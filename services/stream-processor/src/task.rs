@@ -105,32 +105,27 @@ pub(crate) const SOURCE_PROGRESS_HEADER: &str = "runnel-source-progress";
 
 /// A progress marker's source partition and event time, from its headers.
 fn source_progress(record: &Record) -> Option<(u32, i64)> {
-    let header = |key: &str| {
-        record
-            .headers
-            .iter()
-            .find(|header| header.key == key)
-            .and_then(|header| std::str::from_utf8(&header.value).ok())
-    };
-    let progress = header(SOURCE_PROGRESS_HEADER)?;
+    let progress = header_text(record, SOURCE_PROGRESS_HEADER)?;
     Some((
-        header(SOURCE_PARTITION_HEADER)?.parse().ok()?,
+        header_text(record, SOURCE_PARTITION_HEADER)?.parse().ok()?,
         progress.parse().ok()?,
     ))
 }
 
+/// The text of `record`'s header `name`, if it has one in UTF-8.
+fn header_text<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
+    record
+        .headers
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| std::str::from_utf8(&header.value).ok())
+}
+
 /// A repartitioned record's position in the stream, from its headers.
 fn source_position(record: &Record) -> Option<(u32, u64)> {
-    let header = |name: &str| {
-        record
-            .headers
-            .iter()
-            .find(|header| header.key == name)
-            .and_then(|header| std::str::from_utf8(&header.value).ok())
-    };
     Some((
-        header(SOURCE_PARTITION_HEADER)?.parse().ok()?,
-        header(SOURCE_OFFSET_HEADER)?.parse().ok()?,
+        header_text(record, SOURCE_PARTITION_HEADER)?.parse().ok()?,
+        header_text(record, SOURCE_OFFSET_HEADER)?.parse().ok()?,
     ))
 }
 

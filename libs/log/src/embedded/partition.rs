@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 use super::RetentionHolds;
 use super::format::{self, IndexEntry, PUBLISHED_BYTES, Published};
 use super::segment::{
-    FrameCursor, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir,
+    FrameCursor, ScanResult, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir,
     write_file_atomically,
 };
 use crate::{LogError, ProduceRecord};
@@ -616,9 +616,9 @@ fn open_followed_active_segment(
             reason: format!("the writer published {limit} durable bytes, the file has {file_len}"),
         });
     }
-    let scan = scan_segment(&file, &log_path, base, limit, FOLLOWER_INDEX_INTERVAL_BYTES)?;
+    let mut scan = scan_segment(&file, &log_path, base, limit, FOLLOWER_INDEX_INTERVAL_BYTES)?;
     if let Some(published) = published {
-        if let Some(error) = scan.stopped_by {
+        if let Some(error) = scan.stopped_by.take() {
             return Err(error.into_corrupt(&log_path));
         }
         if scan.next_offset != published.next_offset {
@@ -636,12 +636,7 @@ fn open_followed_active_segment(
         base,
         (log_path, index_path),
         file,
-        SegmentContents {
-            size: scan.valid_size,
-            next_offset: scan.next_offset,
-            max_timestamp: scan.max_timestamp,
-            index: scan.index,
-        },
+        SegmentContents::scanned(scan),
     ))
 }
 
@@ -733,6 +728,18 @@ struct SegmentContents {
     next_offset: u64,
     max_timestamp: i64,
     index: Vec<IndexEntry>,
+}
+
+impl SegmentContents {
+    /// The valid frames a scan found.
+    fn scanned(scan: ScanResult) -> SegmentContents {
+        SegmentContents {
+            size: scan.valid_size,
+            next_offset: scan.next_offset,
+            max_timestamp: scan.max_timestamp,
+            index: scan.index,
+        }
+    }
 }
 
 fn new_segment(
@@ -842,14 +849,14 @@ fn open_active_segment(
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
     let (file, file_len) = open_segment_with_len(&log_path)?;
-    let scan = scan_segment(
+    let mut scan = scan_segment(
         &file,
         &log_path,
         base,
         file_len,
         config.index_interval_bytes,
     )?;
-    if let Some(error) = scan.stopped_by {
+    if let Some(error) = scan.stopped_by.take() {
         let torn = is_torn_tail(&file, &error, file_len)
             .map_err(LogError::io("read segment", &log_path))?;
         if !torn {
@@ -883,12 +890,7 @@ fn open_active_segment(
         base,
         (log_path, index_path),
         file,
-        SegmentContents {
-            size: scan.valid_size,
-            next_offset: scan.next_offset,
-            max_timestamp: scan.max_timestamp,
-            index: scan.index,
-        },
+        SegmentContents::scanned(scan),
     ))
 }
 

@@ -135,10 +135,17 @@ async fn wait_until_read(status: &StatusRegistry, events: u64) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path());
+/// The stream-processor running both jobs in this process over a fresh embedded log.
+struct Running {
+    embedded: Arc<EmbeddedLog>,
+    log: Arc<dyn Log>,
+    status: Arc<StatusRegistry>,
+    shutdown: CancellationToken,
+    service: tokio::task::JoinHandle<Result<(), runnel_stream_processor::StreamProcessorError>>,
+}
+
+async fn start(root: &Path) -> Running {
+    let config = write_config(root);
     let embedded = Arc::new(
         EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
             .await
@@ -154,6 +161,25 @@ async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
         Arc::clone(&status),
         shutdown.clone(),
     ));
+    Running {
+        embedded,
+        log,
+        status,
+        shutdown,
+        service,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Running {
+        embedded,
+        log,
+        status,
+        shutdown,
+        service,
+    } = start(dir.path()).await;
 
     // Partition 1 says one thing per page at the start and falls silent. Every window task
     // with a page reads it first, so the arrival clock starts there for each of them.
@@ -215,22 +241,13 @@ async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_without_further_events_fires_once_every_source_partition_moved_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = write_config(dir.path());
-    let embedded = Arc::new(
-        EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
-            .await
-            .expect("open log"),
-    );
-    embedded.ensure_topic("clicks", 2).await.expect("topic");
-    let log: Arc<dyn Log> = Arc::clone(&embedded) as Arc<dyn Log>;
-    let status = Arc::new(StatusRegistry::new());
-    let shutdown = CancellationToken::new();
-    let service = tokio::spawn(runnel_stream_processor::run_with_status(
-        config,
-        Arc::clone(&log),
-        Arc::clone(&status),
-        shutdown.clone(),
-    ));
+    let Running {
+        embedded,
+        log,
+        status,
+        shutdown,
+        service,
+    } = start(dir.path()).await;
 
     // Two pages whose groups land in different repartition partitions.
     let repartition_of =
