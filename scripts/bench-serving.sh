@@ -33,6 +33,11 @@
 #   stream-processor's read, the operator, the results append, serving's read, the
 #   broadcast and the gRPC stream), not the wait for the next emission point that events
 #   with wall-clock times would add (up to the 1 s interval, by design).
+# e2e_processes_p50_ms, e2e_processes_p99_ms: the same with ingest, the stream-processor and
+#   serving as three `runnel` processes (release) on one embedded log folder: ingest writes
+#   the stream's partitions and the stream-processor the results', and each other process
+#   follows them through the partitions' `published` files (re-read every 5 ms while a
+#   reader waits), so each hop between processes adds up to that poll interval.
 #
 # Goals: query_p99_ms < 2 at 10,000 queries/s; e2e_p99_ms < 200. A figure that cannot be
 # measured prints `BENCH <name> unavailable (<reason>)`.
@@ -46,6 +51,7 @@ E2E_SECONDS="${BENCH_SERVING_E2E_SECONDS:-20}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 QUERY_NAMES="query_baseline_p50_ms query_baseline_p99_ms query_baseline_qps query_p50_ms query_p99_ms query_qps"
 E2E_NAMES="e2e_p50_ms e2e_p99_ms"
+E2E_PROCESS_NAMES="e2e_processes_p50_ms e2e_processes_p99_ms"
 
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-serving.XXXXXX")"
 trap 'rm -rf "$work_dir"' EXIT
@@ -53,9 +59,9 @@ declare -A values=()
 # shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh
 
-echo "==> building the serving_bench driver (release)" >&2
-if ! cargo build --release -p runnel-serving --example serving_bench >&2; then
-  for name in $QUERY_NAMES $E2E_NAMES query_p50_vs_baseline query_p99_vs_baseline; do
+echo "==> building the serving_bench driver and runnel (release)" >&2
+if ! cargo build --release -p runnel-serving --example serving_bench -p runnel --bin runnel >&2; then
+  for name in $QUERY_NAMES $E2E_NAMES $E2E_PROCESS_NAMES query_p50_vs_baseline query_p99_vs_baseline; do
     unavailable "$name" "release build failed"
   done
   exit 1
@@ -73,3 +79,7 @@ ratio query_p99_vs_baseline query_p99_ms query_baseline_p99_ms
 
 echo "==> e2e: ingest acknowledgement to Subscribe update, early results every 1s, ${E2E_SECONDS}s" >&2
 run_figures "$E2E_NAMES" "$bench_bin" --dir "$work_dir/e2e" e2e --seconds "$E2E_SECONDS"
+
+echo "==> e2e_processes: the same with the services as three runnel processes on one embedded log" >&2
+run_figures "$E2E_PROCESS_NAMES" "$bench_bin" --dir "$work_dir/e2e-processes" e2e \
+  --seconds "$E2E_SECONDS" --processes "$TARGET_DIR/release/runnel"

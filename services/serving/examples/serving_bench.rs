@@ -28,7 +28,11 @@
 //!   call (acknowledged: durable in the log) to the arrival of the first update of its
 //!   window whose COUNT covers it (the user's events of a window are counted in send order,
 //!   so a count of `n` covers the first `n` events of the window). The first second of
-//!   events is a warm-up. Prints `e2e_{p50,p99}_ms`.
+//!   events is a warm-up. Prints `e2e_{p50,p99}_ms`. With `--processes <runnel binary>`
+//!   the three services run instead as separate `runnel` processes on the one embedded log
+//!   folder (ingest writes the stream, the stream-processor the results, serving follows
+//!   them through the partitions' `published` files), and it prints
+//!   `e2e_processes_{p50,p99}_ms`.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
@@ -112,6 +116,9 @@ enum Action {
         /// One event sent every this many milliseconds.
         #[arg(long, default_value_t = 50)]
         interval_ms: u64,
+        /// Run the services as processes of this `runnel` binary rather than in this one.
+        #[arg(long)]
+        processes: Option<PathBuf>,
     },
 }
 
@@ -122,9 +129,13 @@ fn now_ms() -> anyhow::Result<i64> {
     Ok(now.as_millis() as i64)
 }
 
-/// Writes `<dir>/runnel.toml`: the data folder, free loopback ports, no archiver, the two
-/// streams and the two jobs.
-fn write_config(dir: &Path) -> anyhow::Result<Config> {
+/// Writes `<dir>/runnel.toml`: the data folder, loopback ports (`listen`: ingest's and
+/// serving's, else any free one), no archiver, the two streams and the two jobs.
+fn write_config(dir: &Path, listen: Option<(SocketAddr, SocketAddr)>) -> anyhow::Result<Config> {
+    let (ingest_listen, serving_listen) = listen.map_or_else(
+        || ("127.0.0.1:0".to_string(), "127.0.0.1:0".to_string()),
+        |(ingest, serving)| (ingest.to_string(), serving.to_string()),
+    );
     let stream = |name: &str| {
         format!(
             r#"[[streams]]
@@ -145,12 +156,12 @@ schema = [
 [storage]
 data-dir = "{data}"
 [ingest]
-listen = "127.0.0.1:0"
+listen = "{ingest_listen}"
 run-archiver = false
 [stream-processor]
 metrics-listen = "127.0.0.1:0"
 [serving]
-listen = "127.0.0.1:0"
+listen = "{serving_listen}"
 {query_stream}{e2e_stream}
 [[jobs]]
 name = "{QUERY_JOB}"
@@ -228,12 +239,7 @@ impl Services {
 
     /// A new HTTP/2 connection to serving.
     async fn serving_channel(&self) -> anyhow::Result<Channel> {
-        Endpoint::from_shared(format!("http://{}", self.serving))
-            .context("serving address")?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connect to serving")
+        connect(self.serving).await
     }
 
     /// Stops the services; a failure is reported, not returned (the figures are out).
@@ -246,6 +252,75 @@ impl Services {
                 Ok(Err(join)) => eprintln!("    {name} panicked: {join}"),
                 Err(_) => eprintln!("    {name} did not stop within 30 s"),
             }
+        }
+    }
+}
+
+/// A new HTTP/2 connection to the service at `address`.
+async fn connect(address: SocketAddr) -> anyhow::Result<Channel> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .context("service address")?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connect to {address}"))
+}
+
+/// Ingest, the stream-processor and serving as `runnel` processes on one embedded log,
+/// killed when dropped.
+struct Processes {
+    children: Vec<std::process::Child>,
+}
+
+impl Processes {
+    fn start(runnel: &Path, dir: &Path) -> anyhow::Result<Processes> {
+        let mut processes = Processes {
+            children: Vec::new(),
+        };
+        for service in ["ingest-service", "stream-processor", "serving"] {
+            let log_path = dir.join(format!("{service}.log"));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("create {}", log_path.display()))?;
+            let child = std::process::Command::new(runnel)
+                .arg("--config")
+                .arg(dir.join("runnel.toml"))
+                .arg(service)
+                .current_dir(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("start {} {service}", runnel.display()))?;
+            processes.children.push(child);
+        }
+        Ok(processes)
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_address() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
+    listener.local_addr().context("the free port's address")
+}
+
+/// Waits until a connection to `address` succeeds.
+async fn wait_listening(address: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match connect(address).await {
+            Ok(_) => return Ok(()),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(error.context("the service did not listen within 120 s"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
@@ -574,7 +649,7 @@ async fn query(
         keys > 0 && windows_per_key > 0,
         "--keys and --windows-per-key must be positive"
     );
-    let config = write_config(dir)?;
+    let config = write_config(dir, None)?;
     let log = runnel_server_common::open_storage(&config)
         .await
         .context("open the embedded log")?;
@@ -722,23 +797,53 @@ async fn query_load(
     baseline.map(|_| ())
 }
 
-async fn e2e(dir: &Path, seconds: u64, interval_ms: u64) -> anyhow::Result<()> {
+async fn e2e(
+    dir: &Path,
+    seconds: u64,
+    interval_ms: u64,
+    processes: Option<&Path>,
+) -> anyhow::Result<()> {
     ensure!(
         seconds > 0 && interval_ms > 0,
         "--seconds and --interval-ms must be positive"
     );
-    let config = write_config(dir)?;
+    if let Some(runnel) = processes {
+        let (ingest, serving) = (free_address()?, free_address()?);
+        write_config(dir, Some((ingest, serving)))?;
+        let processes = Processes::start(runnel, dir)?;
+        wait_listening(ingest).await?;
+        wait_listening(serving).await?;
+        let outcome = e2e_run(ingest, serving, seconds, interval_ms, "e2e_processes").await;
+        drop(processes);
+        return outcome;
+    }
+    let config = write_config(dir, None)?;
     let log = runnel_server_common::open_storage(&config)
         .await
         .context("open the embedded log")?;
     let services = Services::start(&config, &log).await?;
-    let outcome = e2e_run(&services, seconds, interval_ms).await;
+    let outcome = e2e_run(
+        services.ingest,
+        services.serving,
+        seconds,
+        interval_ms,
+        "e2e",
+    )
+    .await;
     services.stop().await;
     outcome
 }
 
-async fn e2e_run(services: &Services, seconds: u64, interval_ms: u64) -> anyhow::Result<()> {
-    let channel = services.serving_channel().await?;
+/// Measures ingest acknowledgement to Subscribe update against the services at `ingest` and
+/// `serving`; prints `<figure>_p50_ms` and `<figure>_p99_ms`.
+async fn e2e_run(
+    ingest: SocketAddr,
+    serving: SocketAddr,
+    seconds: u64,
+    interval_ms: u64,
+    figure: &str,
+) -> anyhow::Result<()> {
+    let channel = connect(serving).await?;
     wait_serving(&channel).await?;
     let mut client = ServingClient::new(channel);
     let info = job_info(&mut client, E2E_JOB).await?;
@@ -747,12 +852,7 @@ async fn e2e_run(services: &Services, seconds: u64, interval_ms: u64) -> anyhow:
         .iter()
         .position(|name| name == "n")
         .context("job `e2e_tumble` has no column `n`")?;
-    let mut ingest = runnel_ingest::proto::ingest_client::IngestClient::connect(format!(
-        "http://{}",
-        services.ingest
-    ))
-    .await
-    .context("connect to ingest")?;
+    let mut ingest = runnel_ingest::proto::ingest_client::IngestClient::new(connect(ingest).await?);
 
     let warmup_events = (1_000 / interval_ms).max(1) as usize;
     let events = warmup_events + (seconds * 1_000 / interval_ms) as usize;
@@ -890,8 +990,14 @@ async fn e2e_run(services: &Services, seconds: u64, interval_ms: u64) -> anyhow:
         percentile(&latencies, 0.99),
         latencies[latencies.len() - 1]
     );
-    println!("BENCH e2e_p50_ms {:.2} ms", percentile(&latencies, 0.5));
-    println!("BENCH e2e_p99_ms {:.2} ms", percentile(&latencies, 0.99));
+    println!(
+        "BENCH {figure}_p50_ms {:.2} ms",
+        percentile(&latencies, 0.5)
+    );
+    println!(
+        "BENCH {figure}_p99_ms {:.2} ms",
+        percentile(&latencies, 0.99)
+    );
     Ok(())
 }
 
@@ -927,6 +1033,7 @@ async fn main() -> anyhow::Result<()> {
         Action::E2e {
             seconds,
             interval_ms,
-        } => e2e(dir, seconds, interval_ms).await,
+            processes,
+        } => e2e(dir, seconds, interval_ms, processes.as_deref()).await,
     }
 }
