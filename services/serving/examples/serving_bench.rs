@@ -274,6 +274,10 @@ struct Processes {
 
 impl Processes {
     fn start(runnel: &Path, dir: &Path) -> anyhow::Result<Processes> {
+        // The children run in `dir`: a relative path would be looked up from there.
+        let runnel = std::fs::canonicalize(runnel)
+            .with_context(|| format!("find the runnel binary {}", runnel.display()))?;
+        let runnel = runnel.as_path();
         let mut processes = Processes {
             children: Vec::new(),
         };
