@@ -193,6 +193,7 @@ impl PartitionShared {
         let idx = segments.partition_point(|segment| segment.base_offset <= offset);
         Ok(Arc::clone(&segments[idx - 1]))
     }
+
     /// Returns the segment that starts at `base_offset`, if there is one.
     pub(crate) fn segment_starting_at(&self, base_offset: u64) -> Option<Arc<Segment>> {
         let segments = self
