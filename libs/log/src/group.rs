@@ -6,13 +6,8 @@
 //! another member, so two members never work on one partition at once (unless a member
 //! stops answering for longer than the session timeout: then the group presumes it dead).
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::path::PathBuf;
-use std::time::Duration;
-
 use async_trait::async_trait;
 use tokio::sync::oneshot;
-use tracing::info;
 
 use crate::LogError;
 
@@ -72,76 +67,4 @@ pub trait GroupMembership: Send {
     ///
     /// Backend errors while leaving.
     async fn leave(self: Box<Self>) -> Result<(), LogError>;
-}
-
-/// The embedded log's membership: one member at a time owns every partition. The member
-/// holds an exclusive `flock` on the group's lock file; a member in another process (or a
-/// second one in this process) waits for it, as a standby, and takes every partition once
-/// the first leaves or dies.
-pub(crate) struct FileLockMembership {
-    path: PathBuf,
-    partitions: u32,
-    /// Held while this member owns the partitions.
-    lock: Option<File>,
-}
-
-/// How often a waiting member tries the group's lock.
-const MEMBER_POLL: Duration = Duration::from_millis(100);
-
-impl FileLockMembership {
-    pub(crate) fn new(path: PathBuf, partitions: u32) -> FileLockMembership {
-        FileLockMembership {
-            path,
-            partitions,
-            lock: None,
-        }
-    }
-
-    fn try_lock(&self) -> Result<Option<File>, LogError> {
-        let parent = self.path.parent().expect("lock paths have a parent");
-        std::fs::create_dir_all(parent).map_err(LogError::io("create lock folder", parent))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.path)
-            .map_err(LogError::io("open lock file", &self.path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(source)) => Err(LogError::Io {
-                action: "lock",
-                path: self.path.clone(),
-                source,
-            }),
-        }
-    }
-}
-
-#[async_trait]
-impl GroupMembership for FileLockMembership {
-    async fn next_change(&mut self) -> Result<OwnershipChange, LogError> {
-        if self.lock.is_some() {
-            return std::future::pending().await;
-        }
-        let mut waiting_logged = false;
-        loop {
-            if let Some(lock) = self.try_lock()? {
-                self.lock = Some(lock);
-                return Ok(OwnershipChange::Assigned((0..self.partitions).collect()));
-            }
-            if !waiting_logged {
-                info!(
-                    lock = %self.path.display(),
-                    "another member of the group owns its partitions; waiting for it to leave"
-                );
-                waiting_logged = true;
-            }
-            tokio::time::sleep(MEMBER_POLL).await;
-        }
-    }
-
-    async fn leave(self: Box<Self>) -> Result<(), LogError> {
-        Ok(())
-    }
 }

@@ -18,6 +18,7 @@
 //! time (the first to append to it) and followed by the others (see `partition`).
 
 mod format;
+mod lock;
 mod partition;
 mod reader;
 mod segment;
@@ -31,10 +32,10 @@ use runnel_config::EmbeddedLogConfig;
 use tokio::sync::oneshot;
 use tracing::info;
 
+use self::lock::{FileLockMembership, lock_file_blocking};
 use self::partition::{Command, Partition};
 use self::reader::EmbeddedReader;
 use self::segment::{sync_dir, write_file_atomically};
-use crate::group::FileLockMembership;
 use crate::{
     GroupMembership, Log, LogError, PartitionReader, Partitioner, ProduceRecord, RecordPosition,
     StartOffset, check_name, check_new_topic,
@@ -188,12 +189,7 @@ impl EmbeddedLog {
         })
         .await?
         .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
-        let opened = Arc::new(opened);
-        self.topics
-            .write()
-            .expect("topics lock is never poisoned")
-            .insert(name.to_string(), Arc::clone(&opened));
-        Ok(opened)
+        Ok(self.remember(name, opened))
     }
 
     /// Creates the topic, unless another process has meanwhile: the folder, each partition's
@@ -234,12 +230,17 @@ impl EmbeddedLog {
         if created {
             info!(topic = name, partitions, "created topic");
         }
+        Ok(self.remember(name, topic))
+    }
+
+    /// Keeps an opened topic for later calls.
+    fn remember(&self, name: &str, topic: Topic) -> Arc<Topic> {
         let topic = Arc::new(topic);
         self.topics
             .write()
             .expect("topics lock is never poisoned")
             .insert(name.to_string(), Arc::clone(&topic));
-        Ok(topic)
+        topic
     }
 
     fn known_topic(&self, name: &str) -> Option<Arc<Topic>> {
@@ -295,20 +296,6 @@ fn read_offsets(path: &Path) -> Result<BTreeMap<u32, u64>, LogError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
         Err(error) => Err(LogError::io("read committed offsets", path)(error)),
     }
-}
-
-/// Opens (creating it) and locks `path`, waiting while another holder has it. Blocking.
-fn lock_file_blocking(path: &Path) -> Result<std::fs::File, LogError> {
-    let parent = path.parent().expect("lock paths have a parent");
-    std::fs::create_dir_all(parent).map_err(LogError::io("create lock folder", parent))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(LogError::io("open lock file", path))?;
-    file.lock().map_err(LogError::io("lock", path))?;
-    Ok(file)
 }
 
 /// Runs blocking file work on tokio's blocking pool; a panic in it becomes an I/O error

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::RetentionHolds;
 use super::format::{self, IndexEntry, PUBLISHED_BYTES, Published};
+use super::lock::try_lock_file;
 use super::segment::{
     FrameCursor, ScanResult, Segment, is_torn_tail, scan_segment, segment_paths, sync_dir,
     write_file_atomically,
@@ -523,25 +524,11 @@ impl Partition {
 /// Takes the partition's writer lock, or fails naming the partition if another process has it.
 fn lock_writer(shared: &PartitionShared) -> Result<File, LogError> {
     let path = shared.dir.join(WRITER_LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(LogError::io("open lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::PartitionLocked {
-            topic: shared.topic.to_string(),
-            partition: shared.id,
-            path,
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(LogError::Io {
-            action: "lock",
-            path,
-            source,
-        }),
-    }
+    try_lock_file(&path)?.ok_or_else(|| LogError::PartitionLocked {
+        topic: shared.topic.to_string(),
+        partition: shared.id,
+        path,
+    })
 }
 
 /// Opens the segments of a partition another process writes, as `published` describes them
