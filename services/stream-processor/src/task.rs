@@ -412,15 +412,7 @@ impl Task {
         let mut events = 0;
         for record in records {
             if let Some((partition, event_time)) = source_progress(record) {
-                if let Some(current) = run_partition.take() {
-                    let input = self.decode(&run)?;
-                    output.append(
-                        self.operator
-                            .process(current, &input, arrival)
-                            .map_err(|source| self.engine_error(source))?,
-                    );
-                    run.clear();
-                }
+                self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
                 if partition as usize >= self.seen_source_offsets.len() {
                     warn!(
                         partition,
@@ -456,14 +448,7 @@ impl Task {
             }
             *seen = Some(offset);
             if run_partition.is_some_and(|current| current != partition) {
-                let input = self.decode(&run)?;
-                let current = run_partition.unwrap_or_default();
-                output.append(
-                    self.operator
-                        .process(current, &input, arrival)
-                        .map_err(|source| self.engine_error(source))?,
-                );
-                run.clear();
+                self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
             }
             run_partition = Some(partition);
             run.push(Record {
@@ -472,15 +457,30 @@ impl Task {
                 ..record.clone()
             });
         }
-        if let Some(partition) = run_partition {
-            let input = self.decode(&run)?;
-            output.append(
-                self.operator
-                    .process(partition, &input, arrival)
-                    .map_err(|source| self.engine_error(source))?,
-            );
-        }
+        self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
         Ok((output, events))
+    }
+
+    /// Gives the run of records of one source partition collected so far to the operator,
+    /// as that partition's input, and empties it.
+    fn flush_run(
+        &mut self,
+        run: &mut Vec<Record>,
+        run_partition: &mut Option<u32>,
+        arrival: i64,
+        output: &mut OperatorOutput,
+    ) -> Result<(), StreamProcessorError> {
+        let Some(partition) = run_partition.take() else {
+            return Ok(());
+        };
+        let input = self.decode(run)?;
+        output.append(
+            self.operator
+                .process(partition, &input, arrival)
+                .map_err(|source| self.engine_error(source))?,
+        );
+        run.clear();
+        Ok(())
     }
 
     /// Reads the partition's end offset into the status. A failure is only logged: the

@@ -144,6 +144,15 @@ struct Running {
     service: tokio::task::JoinHandle<Result<(), runnel_stream_processor::StreamProcessorError>>,
 }
 
+impl Running {
+    /// Stops the service cleanly and closes the log.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.service.await.expect("join").expect("clean stop");
+        self.embedded.close().await;
+    }
+}
+
 async fn start(root: &Path) -> Running {
     let config = write_config(root);
     let embedded = Arc::new(
@@ -173,13 +182,8 @@ async fn start(root: &Path) -> Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let Running {
-        embedded,
-        log,
-        status,
-        shutdown,
-        service,
-    } = start(dir.path()).await;
+    let running = start(dir.path()).await;
+    let (log, status) = (Arc::clone(&running.log), Arc::clone(&running.status));
 
     // Partition 1 says one thing per page at the start and falls silent. Every window task
     // with a page reads it first, so the arrival clock starts there for each of them.
@@ -203,9 +207,7 @@ async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
     // appended).
     let idle = latest_results(log.as_ref(), "pages-idle").await;
     let stuck = latest_results(log.as_ref(), "pages-stuck").await;
-    shutdown.cancel();
-    service.await.expect("join").expect("clean stop");
-    embedded.close().await;
+    running.stop().await;
 
     // With the timeout: partition 0's watermark rules, 59 s past the base; the windows
     // ending by then fired, each with every event of its window (partition 1's included).
@@ -241,13 +243,8 @@ async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_without_further_events_fires_once_every_source_partition_moved_on() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let Running {
-        embedded,
-        log,
-        status,
-        shutdown,
-        service,
-    } = start(dir.path()).await;
+    let running = start(dir.path()).await;
+    let (log, status) = (Arc::clone(&running.log), Arc::clone(&running.status));
 
     // Two pages whose groups land in different repartition partitions.
     let repartition_of =
@@ -281,7 +278,5 @@ async fn a_page_without_further_events_fires_once_every_source_partition_moved_o
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    shutdown.cancel();
-    service.await.expect("join").expect("clean stop");
-    embedded.close().await;
+    running.stop().await;
 }
