@@ -40,7 +40,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
@@ -48,6 +48,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use runnel_config::Config;
+use runnel_events::validate::now_millis;
 use runnel_log::{Log, ProduceRecord};
 use runnel_serving::proto::serving_client::ServingClient;
 use runnel_serving::proto::{self, value::Kind};
@@ -120,13 +121,6 @@ enum Action {
         #[arg(long)]
         processes: Option<PathBuf>,
     },
-}
-
-fn now_ms() -> anyhow::Result<i64> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?;
-    Ok(now.as_millis() as i64)
 }
 
 /// Writes `<dir>/runnel.toml`: the data folder, loopback ports (`listen`: ingest's and
@@ -862,7 +856,7 @@ async fn e2e_run(
     let events = warmup_events + (seconds * 1_000 / interval_ms) as usize;
     // Event i at base + i seconds, every one in the past (ingest refuses events over an
     // hour ahead); base is a whole minute.
-    let base = (now_ms()? - (events as i64 + 120) * 1_000).div_euclid(WINDOW_MS) * WINDOW_MS;
+    let base = (now_millis() - (events as i64 + 120) * 1_000).div_euclid(WINDOW_MS) * WINDOW_MS;
     let event_time = |index: usize| base + index as i64 * 1_000;
 
     let mut updates = client
