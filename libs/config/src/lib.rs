@@ -11,9 +11,9 @@ mod model;
 
 pub use layers::{ConfigLayer, ENV_PREFIX};
 pub use model::{
-    ArchiveConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType, IngestConfig, JobConfig,
-    KafkaLogConfig, LogBackend, LogConfig, ServingConfig, StorageConfig, StreamConfig,
-    StreamProcessorConfig,
+    ArchiveConfig, BatchReprocessorConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType,
+    IngestConfig, JobConfig, KafkaLogConfig, LogBackend, LogConfig, ServingConfig, StorageConfig,
+    StreamConfig, StreamProcessorConfig,
 };
 
 use std::collections::HashMap;

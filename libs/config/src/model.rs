@@ -26,8 +26,35 @@ pub struct Config {
     /// The windowed SQL jobs the stream-processor runs.
     #[serde(default)]
     pub jobs: Vec<JobConfig>,
+    /// What a job may ask for, checked when it compiles (live, replay, recompute and
+    /// `runnel run` alike).
+    pub limits: LimitsConfig,
     /// The serving service: the gRPC query API.
     pub serving: ServingConfig,
+    /// The batch-reprocessor's backfills: limits of a recompute.
+    pub batch_reprocessor: BatchReprocessorConfig,
+}
+
+/// Bounds on what one job may ask for: a job over them is refused when it compiles, with
+/// the position of the interval at fault.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The most windows one event may belong to (a HOP's size over its slide).
+    pub max_windows_per_event: u32,
+    /// The longest window size, hop slide or session gap (at most 366,000 days).
+    #[serde(with = "humantime_serde")]
+    pub max_window_interval: Duration,
+}
+
+/// The batch-reprocessor's backfills (`runnel backfill`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BatchReprocessorConfig {
+    /// The most chunks (about an hour of windows each) a recompute may cut its range into;
+    /// a range wider than that, usually widened by an outlying event time, is refused
+    /// before anything is read or written. At most 10,000,000.
+    pub max_recompute_chunks: u64,
 }
 
 /// The serving service.
@@ -71,6 +98,15 @@ pub struct StreamProcessorConfig {
     /// Address of the HTTP endpoint serving `GET /metrics` (Prometheus text format) and
     /// `GET /status` (the jobs' status as JSON); port 0 picks a free port.
     pub metrics_listen: String,
+    /// A job whose task fails on something that is not one event (the log, the object
+    /// store, its state) is restarted from its checkpoints at most this many times in a
+    /// row; then it is reported failed and stays stopped, while the other jobs go on.
+    pub max_job_restarts: u32,
+    /// The wait before a job's first restart; it doubles with each restart in a row (up
+    /// to 64 times this). A job that ran this long times 64 without failing starts its
+    /// count afresh.
+    #[serde(with = "humantime_serde")]
+    pub job_restart_backoff: Duration,
 }
 
 /// A windowed SQL job.
@@ -140,13 +176,6 @@ pub struct IngestConfig {
     /// The retry hint sent with 429 / RESOURCE_EXHAUSTED.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
-    /// Events whose event time is further than this ahead of the service's clock are rejected.
-    #[serde(with = "humantime_serde")]
-    pub max_event_time_ahead: Duration,
-    /// Events whose event time is further than this behind the service's clock are
-    /// rejected; unset, any past event time is accepted.
-    #[serde(default, with = "humantime_serde")]
-    pub max_event_time_behind: Option<Duration>,
     /// Whether the ingest service runs the archiver as a background task.
     pub run_archiver: bool,
     /// Requests must carry `authorization: Bearer <token>`; unset, none is asked for.
@@ -159,6 +188,33 @@ pub struct IngestConfig {
     /// TLS: the server's private key (PEM).
     #[serde(default)]
     pub tls_key: Option<std::path::PathBuf>,
+    /// A connection with no request in progress (from its opening, and again from each
+    /// answer) must deliver a complete request head within this time, or it is closed.
+    /// HTTP/2 connections are exempt once their preface arrives; keepalive pings watch them.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// The longest wait for the next piece of an HTTP request body (the first included);
+    /// past it the request is answered 408 and its connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Past its first `body-read-timeout`, an HTTP request body must average at least this
+    /// many bytes per second, or it is answered 408 and its connection closed; 0 turns the
+    /// check off.
+    pub min_body_bytes_per_second: u64,
+    /// Connections open at once; a connection over it is answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections open at once from one client IP address; a connection over it is
+    /// answered 503 and closed.
+    pub max_connections_per_client: usize,
+    /// HTTP/2 (gRPC): calls in progress at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2: the interval of the keepalive pings the service sends.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// HTTP/2: a connection whose client leaves a keepalive ping unanswered this long is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
 }
 
 /// The archiver: copies every stream's log partitions into Parquet files on the object store.
@@ -177,9 +233,15 @@ pub struct ArchiveConfig {
     pub row_group_rows: usize,
     /// zstd compression level of the Parquet pages.
     pub zstd_level: i32,
-    /// How long the archiver waits for new records before checking file age again.
+    /// How long the archiver waits for new records before checking file age again; a
+    /// partition stopped at a corrupt range of the log looks again this often (at least
+    /// every second).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// Address of `runnel archive`'s HTTP endpoint: `GET /metrics` (Prometheus text) and
+    /// `GET /status` (JSON), the archiver's state per partition; port 0 picks a free port.
+    /// The ingest service serves the same on its own port when it runs the archiver.
+    pub metrics_listen: String,
 }
 
 /// The storage layer: the log and the object store.
@@ -292,6 +354,52 @@ pub struct StreamConfig {
     pub event_time: String,
     /// Fields, in order.
     pub schema: Vec<FieldConfig>,
+    /// An event whose event time is further than this ahead of its arrival is rejected: at
+    /// ingest against the service's clock (to the dead-letter topic), and wherever the log
+    /// is decoded against the record's timestamp (records other producers wrote; the
+    /// archiver sends them to the dead-letter topic). Default 1 hour.
+    #[serde(default = "default_max_event_time_ahead", with = "humantime_serde")]
+    pub max_event_time_ahead: Duration,
+    /// An event whose event time is further than this behind its arrival is rejected, as
+    /// for `max-event-time-ahead`. Default 3650 days; raise it to ingest older history.
+    #[serde(default = "default_max_event_time_behind", with = "humantime_serde")]
+    pub max_event_time_behind: Duration,
+}
+
+fn default_max_event_time_ahead() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+fn default_max_event_time_behind() -> Duration {
+    Duration::from_secs(3_650 * 86_400)
+}
+
+impl LimitsConfig {
+    /// The limits in the engine's terms.
+    pub fn max_window_interval_ms(&self) -> i64 {
+        i64::try_from(self.max_window_interval.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+impl StreamConfig {
+    /// A stream of `schema` with the default event-time bounds.
+    pub fn new(
+        name: impl Into<String>,
+        partitions: u32,
+        key: Option<String>,
+        event_time: impl Into<String>,
+        schema: Vec<FieldConfig>,
+    ) -> StreamConfig {
+        StreamConfig {
+            name: name.into(),
+            partitions,
+            key,
+            event_time: event_time.into(),
+            schema,
+            max_event_time_ahead: default_max_event_time_ahead(),
+            max_event_time_behind: default_max_event_time_behind(),
+        }
+    }
 }
 
 /// One field of a stream's schema.
@@ -413,6 +521,39 @@ impl Config {
                 ),
             ));
         }
+        for (key, duration) in [
+            ("ingest.header-read-timeout", ingest.header_read_timeout),
+            ("ingest.body-read-timeout", ingest.body_read_timeout),
+            (
+                "ingest.http2-keepalive-interval",
+                ingest.http2_keepalive_interval,
+            ),
+            (
+                "ingest.http2-keepalive-timeout",
+                ingest.http2_keepalive_timeout,
+            ),
+        ] {
+            if duration.is_zero() {
+                return Err(semantic(key.to_string(), "must be positive".to_string()));
+            }
+        }
+        if ingest.max_connections_per_client == 0
+            || ingest.max_connections < ingest.max_connections_per_client
+        {
+            return Err(semantic(
+                "ingest.max-connections-per-client".to_string(),
+                format!(
+                    "must be positive and at most max-connections ({}), got {}",
+                    ingest.max_connections, ingest.max_connections_per_client
+                ),
+            ));
+        }
+        if ingest.http2_max_concurrent_streams == 0 {
+            return Err(semantic(
+                "ingest.http2-max-concurrent-streams".to_string(),
+                "must be positive".to_string(),
+            ));
+        }
         let mut job_names = HashSet::new();
         for (job_idx, job) in self.jobs.iter().enumerate() {
             let at = |key: &str| format!("jobs[{job_idx}].{key}");
@@ -445,6 +586,51 @@ impl Config {
                     "give exactly one of `sql` and `sql-file`".to_string(),
                 ));
             }
+            // Times a job waits for are bounded as its windows are: a typo of `5000d` for
+            // `5s` would hold every window's state for years.
+            let max_interval = self.limits.max_window_interval;
+            for (key, duration) in [
+                ("max-out-of-orderness", Some(job.max_out_of_orderness)),
+                ("allowed-lateness", Some(job.allowed_lateness)),
+                ("early-emit-interval", job.early_emit_interval),
+                ("idle-timeout", job.idle_timeout),
+            ] {
+                let Some(duration) = duration else { continue };
+                if duration > max_interval {
+                    return Err(semantic(
+                        at(key),
+                        format!(
+                            "{} is over limits.max-window-interval ({})",
+                            humantime::format_duration(duration),
+                            humantime::format_duration(max_interval)
+                        ),
+                    ));
+                }
+                if duration.is_zero() && matches!(key, "early-emit-interval" | "idle-timeout") {
+                    return Err(semantic(
+                        at(key),
+                        "must be positive; leave it unset to turn it off".to_string(),
+                    ));
+                }
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_windows_per_event == 0 {
+            return Err(semantic(
+                "limits.max-windows-per-event".to_string(),
+                "must be at least 1".to_string(),
+            ));
+        }
+        if limits.max_window_interval.is_zero()
+            || limits.max_window_interval > Duration::from_secs(366_000 * 86_400)
+        {
+            return Err(semantic(
+                "limits.max-window-interval".to_string(),
+                format!(
+                    "must be positive and at most 366000d, got {}",
+                    humantime::format_duration(limits.max_window_interval)
+                ),
+            ));
         }
         let kafka = &self.storage.log.kafka;
         if kafka.rebalance_timeout < kafka.session_timeout {
@@ -500,6 +686,15 @@ impl Config {
                 format!(
                     "must be from 1 to max-page-size ({}), got {}",
                     self.serving.max_page_size, self.serving.default_page_size
+                ),
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.batch_reprocessor.max_recompute_chunks) {
+            return Err(semantic(
+                "batch-reprocessor.max-recompute-chunks".to_string(),
+                format!(
+                    "must be from 1 to 10000000, got {}",
+                    self.batch_reprocessor.max_recompute_chunks
                 ),
             ));
         }

@@ -289,7 +289,13 @@ fn file_schema(path: &Path) -> anyhow::Result<SchemaRef> {
 }
 
 fn compile(job: Job, schema: SchemaRef) -> anyhow::Result<Arc<JobPlan>> {
-    let plan = JobPlan::compile(&job.sql(), schema, "event_time").context("compile the job")?;
+    let plan = JobPlan::compile(
+        &job.sql(),
+        schema,
+        "event_time",
+        &runnel_engine::JobLimits::default(),
+    )
+    .context("compile the job")?;
     Ok(Arc::new(plan))
 }
 

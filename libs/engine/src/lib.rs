@@ -13,6 +13,7 @@
 
 mod error;
 mod groups;
+mod guard;
 mod operator;
 mod plan;
 mod recompute;
@@ -26,8 +27,8 @@ pub use operator::{
     OperatorOptions, OperatorOutput, WindowOperator,
 };
 pub use plan::{
-    FINAL_COLUMN, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
+    FINAL_COLUMN, JobLimits, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
     WINDOW_START_COLUMN,
 };
 pub use recompute::{WindowResults, recompute, recompute_config, recompute_windows};
-pub use window::WindowSpec;
+pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};

@@ -27,7 +27,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringBuilder, TimestampMillisecondArray,
     UInt32Array,
 };
-use arrow::compute::{filter_record_batch, take};
+use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
@@ -35,7 +35,7 @@ use crate::error::{EngineError, EventError};
 use crate::groups::GroupTable;
 use crate::plan::{GroupSlot, JobPlan, window_time_type};
 use crate::session::{Assignment, SessionState};
-use crate::window::{WindowSpec, event_times_ms, floor_to};
+use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec, event_times_ms, floor_to};
 
 /// Late-event column: the source partition.
 pub const LATE_PARTITION_COLUMN: &str = "_partition";
@@ -78,9 +78,13 @@ impl Default for OperatorOptions {
 pub struct OperatorOutput {
     /// Upserts, in emission order, with the plan's result schema.
     pub results: Vec<RecordBatch>,
-    /// Events too late to count, with their reason (see [`WindowOperator::late_schema`]).
+    /// Events not counted, with their reason (see [`WindowOperator::late_schema`]): events
+    /// too late for their window, and the events of [`OperatorOutput::errors`] (with a null
+    /// `_window_start` and `_watermark`), in input order.
     pub late_events: Vec<RecordBatch>,
-    /// Events that could not be used at all (e.g. no event time).
+    /// Events that could not be used at all: no event time, one outside
+    /// [`crate::EVENT_TIME_RANGE_MS`], or expressions that fail on them. Each is also a row
+    /// of [`OperatorOutput::late_events`].
     pub errors: Vec<EventError>,
 }
 
@@ -121,10 +125,23 @@ struct LateEvent {
     reason: String,
 }
 
+/// One row of a call's late-events output.
+struct LateRow<'a> {
+    /// Its row in the input batch: the output's order.
+    input_row: u32,
+    /// Where its columns are: (0, row of the input) or (1, row of the prepared batch).
+    source: (usize, usize),
+    window_start: Option<i64>,
+    watermark: Option<i64>,
+    reason: &'a str,
+}
+
 /// Rows of the current batch, ready to aggregate.
-struct Prepared {
+pub(crate) struct Prepared {
     /// Rows with an event time that passed WHERE, in the stream's schema.
     batch: RecordBatch,
+    /// Each row's index in the input batch.
+    pub(crate) input_rows: Vec<u32>,
     times: Vec<i64>,
     keys: Vec<ArrayRef>,
     args: Vec<Vec<ArrayRef>>,
@@ -190,12 +207,13 @@ impl WindowOperator {
             .map(|field| field.as_ref().clone())
             .collect();
         late_fields.push(Field::new(LATE_PARTITION_COLUMN, DataType::UInt32, false));
+        // Null for an event that failed (see `OperatorOutput::errors`): it reached no window.
         late_fields.push(Field::new(
             LATE_WINDOW_START_COLUMN,
             window_time_type(),
-            false,
+            true,
         ));
-        late_fields.push(Field::new(LATE_WATERMARK_COLUMN, window_time_type(), false));
+        late_fields.push(Field::new(LATE_WATERMARK_COLUMN, window_time_type(), true));
         late_fields.push(Field::new(LATE_REASON_COLUMN, DataType::Utf8, false));
         Ok(WindowOperator {
             max_out_of_orderness_ms: duration_ms(options.max_out_of_orderness),
@@ -279,7 +297,7 @@ impl WindowOperator {
         let prepared = self.prepare(partition, batch, &mut output.errors)?;
         let others = self.others_watermark(partition);
         if self.sessions.is_some() {
-            return self.process_sessions(partition, clock, &prepared, others, output);
+            return self.process_sessions(partition, clock, batch, &prepared, others, output);
         }
         let spec = self.plan.window;
         let size_ms = spec.size_ms();
@@ -319,7 +337,14 @@ impl WindowOperator {
             max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
         }
         self.flush(&prepared, &mut segment)?;
-        self.end_batch(partition, max_event_time, others, &prepared, &late, output)
+        self.end_batch(
+            partition,
+            max_event_time,
+            others,
+            (batch, &prepared),
+            &late,
+            output,
+        )
     }
 
     /// Moves the arrival clock to `arrival_ms` without data, so that idle partitions stop
@@ -393,23 +418,22 @@ impl WindowOperator {
     }
 
     /// Closes a batch: records the partition's largest event time, raises the watermark to
-    /// where the batch left it, and adds the batch's late events.
+    /// where the batch left it, and adds the batch's late events and failed events.
     fn end_batch(
         &mut self,
         partition: u32,
         max_event_time: Option<i64>,
         others: Option<i64>,
-        prepared: &Prepared,
+        (input, prepared): (&RecordBatch, &Prepared),
         late: &[LateEvent],
         mut output: OperatorOutput,
     ) -> Result<OperatorOutput, EngineError> {
         self.partitions[partition as usize].max_event_time = max_event_time;
         let watermark = self.watermark_with(max_event_time, others);
         self.advance_to(watermark, &mut output)?;
-        if !late.is_empty() {
-            output
-                .late_events
-                .push(self.late_batch(partition, &prepared.batch, late)?);
+        if !late.is_empty() || !output.errors.is_empty() {
+            let batch = self.late_batch(partition, input, prepared, late, &output.errors)?;
+            output.late_events.push(batch);
         }
         Ok(output)
     }
@@ -419,6 +443,7 @@ impl WindowOperator {
         &mut self,
         partition: u32,
         clock: PartitionClock,
+        input: &RecordBatch,
         prepared: &Prepared,
         others: Option<i64>,
         mut output: OperatorOutput,
@@ -460,7 +485,14 @@ impl WindowOperator {
             next_trigger = sessions.next_trigger();
             max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
         }
-        self.end_batch(partition, max_event_time, others, prepared, &late, output)
+        self.end_batch(
+            partition,
+            max_event_time,
+            others,
+            (input, prepared),
+            &late,
+            output,
+        )
     }
 
     fn check_schema(&self, batch: &RecordBatch) -> Result<(), EngineError> {
@@ -563,83 +595,13 @@ impl WindowOperator {
         next
     }
 
-    /// Drops rows without an event time (reported) and rows WHERE rejects, and evaluates
-    /// the key, argument and FILTER expressions once for the whole batch.
     fn prepare(
         &self,
         partition: u32,
-        batch: &RecordBatch,
+        input: &RecordBatch,
         errors: &mut Vec<EventError>,
     ) -> Result<Prepared, EngineError> {
-        let times_column = batch.column(self.plan.event_time_index);
-        let times = event_times_ms(times_column);
-        let mut batch = batch.clone();
-        let mut times: Vec<i64> = if times_column.null_count() > 0 {
-            let mut keep = Vec::with_capacity(times.len());
-            for (row, time) in times.iter().enumerate() {
-                keep.push(time.is_some());
-                if time.is_none() {
-                    errors.push(EventError {
-                        partition,
-                        row,
-                        reason: format!("event time `{}` is null", self.plan.event_time),
-                    });
-                }
-            }
-            batch = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-            times.into_iter().flatten().collect()
-        } else {
-            times.into_iter().flatten().collect()
-        };
-        if let Some(filter) = &self.plan.filter {
-            let mask = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
-            let mask = mask.as_boolean();
-            // NULL counts as false, as in SQL.
-            let keep: BooleanArray = mask.iter().map(|value| Some(value == Some(true))).collect();
-            let mut kept_times = Vec::with_capacity(times.len());
-            for (time, keep) in times.iter().zip(keep.values().iter()) {
-                if keep {
-                    kept_times.push(*time);
-                }
-            }
-            batch = filter_record_batch(&batch, &keep)?;
-            times = kept_times;
-        }
-        let n_rows = batch.num_rows();
-        let keys = self
-            .plan
-            .keys
-            .iter()
-            .map(|key| key.evaluate(&batch)?.into_array(n_rows))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut args = Vec::with_capacity(self.plan.aggregates.len());
-        let mut filters = Vec::with_capacity(self.plan.aggregates.len());
-        for aggregate in &self.plan.aggregates {
-            args.push(
-                aggregate
-                    .args
-                    .iter()
-                    .map(|arg| arg.evaluate(&batch)?.into_array(n_rows))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
-            filters.push(match &aggregate.filter {
-                Some(filter) => Some(
-                    filter
-                        .evaluate(&batch)?
-                        .into_array(n_rows)?
-                        .as_boolean()
-                        .clone(),
-                ),
-                None => None,
-            });
-        }
-        Ok(Prepared {
-            batch,
-            times,
-            keys,
-            args,
-            filters,
-        })
+        prepare_events(&self.plan, partition, input, errors)
     }
 
     fn window_mut(&mut self, start: i64) -> Result<&mut Window, EngineError> {
@@ -845,31 +807,57 @@ impl WindowOperator {
         Ok(Some(batch))
     }
 
+    /// The late events of a batch (rows of `prepared`) and its failed events (rows of
+    /// `input`), merged in input order: the late-events output of one call.
     fn late_batch(
         &mut self,
         partition: u32,
-        batch: &RecordBatch,
+        input: &RecordBatch,
+        prepared: &Prepared,
         late: &[LateEvent],
+        errors: &[EventError],
     ) -> Result<RecordBatch, EngineError> {
         self.late_count += late.len() as u64;
-        let rows = UInt32Array::from(late.iter().map(|event| event.row).collect::<Vec<_>>());
-        let mut columns = batch
-            .columns()
+        let mut rows: Vec<LateRow<'_>> = late
             .iter()
-            .map(|column| take(column.as_ref(), &rows, None))
+            .map(|event| LateRow {
+                input_row: prepared.input_rows[event.row as usize],
+                source: (1, event.row as usize),
+                window_start: Some(event.window_start),
+                watermark: Some(event.watermark),
+                reason: &event.reason,
+            })
+            .collect();
+        rows.extend(errors.iter().map(|error| LateRow {
+            input_row: error.row as u32,
+            source: (0, error.row),
+            window_start: None,
+            watermark: None,
+            reason: &error.reason,
+        }));
+        rows.sort_by_key(|row| row.input_row);
+        let indices: Vec<(usize, usize)> = rows.iter().map(|row| row.source).collect();
+        let mut columns = (0..input.num_columns())
+            .map(|column| {
+                interleave(
+                    &[
+                        input.column(column).as_ref(),
+                        prepared.batch.column(column).as_ref(),
+                    ],
+                    &indices,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        columns.push(Arc::new(UInt32Array::from(vec![partition; late.len()])));
+        columns.push(Arc::new(UInt32Array::from(vec![partition; rows.len()])));
         columns.push(Arc::new(TimestampMillisecondArray::from(
-            late.iter()
-                .map(|event| event.window_start)
-                .collect::<Vec<_>>(),
+            rows.iter().map(|row| row.window_start).collect::<Vec<_>>(),
         )));
         columns.push(Arc::new(TimestampMillisecondArray::from(
-            late.iter().map(|event| event.watermark).collect::<Vec<_>>(),
+            rows.iter().map(|row| row.watermark).collect::<Vec<_>>(),
         )));
         let mut reasons = StringBuilder::new();
-        for event in late {
-            reasons.append_value(&event.reason);
+        for row in &rows {
+            reasons.append_value(row.reason);
         }
         columns.push(Arc::new(reasons.finish()));
         Ok(RecordBatch::try_new(
@@ -923,6 +911,169 @@ fn describe_fields(schema: &Schema) -> String {
         .map(|field| format!("{}: {}", field.name(), field.data_type()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Drops rows without a usable event time and rows WHERE rejects, and evaluates the key,
+/// argument and FILTER expressions once for the whole batch.
+///
+/// An event whose expressions fail (division by zero, a failed cast, an overflow) is
+/// reported in `errors` with the reason and left out; the others go on. Errors come out
+/// in input-row order.
+pub(crate) fn prepare_events(
+    plan: &JobPlan,
+    partition: u32,
+    input: &RecordBatch,
+    errors: &mut Vec<EventError>,
+) -> Result<Prepared, EngineError> {
+    let times = event_times_ms(input.column(plan.event_time_index));
+    let mut rows = Rows::all(input);
+    if times
+        .iter()
+        .any(|time| time.is_none_or(|time| !EVENT_TIME_RANGE_MS.contains(&time)))
+    {
+        let mut keep = Vec::with_capacity(times.len());
+        for (row, time) in times.iter().enumerate() {
+            let reason = match time {
+                None => Some(format!("event time `{}` is null", plan.event_time)),
+                Some(time) if !EVENT_TIME_RANGE_MS.contains(time) => Some(format!(
+                    "event time `{}` of {time} ms is outside the supported range (years 0000 to 9999)",
+                    plan.event_time
+                )),
+                Some(_) => None,
+            };
+            keep.push(reason.is_none());
+            if let Some(reason) = reason {
+                errors.push(EventError {
+                    partition,
+                    row,
+                    reason,
+                });
+            }
+        }
+        rows.retain(&BooleanArray::from(keep))?;
+    }
+    if let Some(filter) = &plan.filter {
+        let mask = rows.evaluate(partition, errors, |batch| {
+            Ok(filter.evaluate(batch)?.into_array(batch.num_rows())?)
+        })?;
+        // NULL counts as false, as in SQL.
+        let keep: BooleanArray = mask
+            .as_boolean()
+            .iter()
+            .map(|value| Some(value == Some(true)))
+            .collect();
+        rows.retain(&keep)?;
+    }
+    let (keys, args, filters) = rows.evaluate(partition, errors, |batch| {
+        let n_rows = batch.num_rows();
+        let keys = plan
+            .keys
+            .iter()
+            .map(|key| key.evaluate(batch)?.into_array(n_rows))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut args = Vec::with_capacity(plan.aggregates.len());
+        let mut filters = Vec::with_capacity(plan.aggregates.len());
+        for aggregate in &plan.aggregates {
+            args.push(
+                aggregate
+                    .args
+                    .iter()
+                    .map(|arg| arg.evaluate(batch)?.into_array(n_rows))
+                    .collect::<Result<Vec<_>, _>>()?,
+            );
+            filters.push(match &aggregate.filter {
+                Some(filter) => Some(
+                    filter
+                        .evaluate(batch)?
+                        .into_array(n_rows)?
+                        .as_boolean()
+                        .clone(),
+                ),
+                None => None,
+            });
+        }
+        Ok((keys, args, filters))
+    })?;
+    errors.sort_by_key(|error| error.row);
+    let times = rows
+        .input_rows
+        .iter()
+        .map(|&row| times[row as usize].expect("rows without an event time were dropped"))
+        .collect();
+    Ok(Prepared {
+        batch: rows.batch,
+        input_rows: rows.input_rows,
+        times,
+        keys,
+        args,
+        filters,
+    })
+}
+
+/// A selection of an input batch's rows, as it narrows while a batch is prepared.
+struct Rows {
+    batch: RecordBatch,
+    /// Each row's index in the input batch.
+    input_rows: Vec<u32>,
+}
+
+impl Rows {
+    fn all(input: &RecordBatch) -> Rows {
+        Rows {
+            batch: input.clone(),
+            input_rows: (0..input.num_rows() as u32).collect(),
+        }
+    }
+
+    /// Keeps the rows where `keep` is true.
+    fn retain(&mut self, keep: &BooleanArray) -> Result<(), EngineError> {
+        if keep.true_count() == keep.len() {
+            return Ok(());
+        }
+        self.batch = filter_record_batch(&self.batch, keep)?;
+        self.input_rows = self
+            .input_rows
+            .iter()
+            .zip(keep.values().iter())
+            .filter_map(|(row, keep)| keep.then_some(*row))
+            .collect();
+        Ok(())
+    }
+
+    /// Runs `evaluate` over the rows. When it fails, each row is evaluated alone: the rows
+    /// that fail are reported in `errors` and left out, and the rest evaluated again. A
+    /// failure that no single row reproduces is not about an event, and is returned.
+    fn evaluate<T>(
+        &mut self,
+        partition: u32,
+        errors: &mut Vec<EventError>,
+        evaluate: impl Fn(&RecordBatch) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let batch_error = match evaluate(&self.batch) {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let n_rows = self.batch.num_rows();
+        let mut keep = Vec::with_capacity(n_rows);
+        for row in 0..n_rows {
+            match evaluate(&self.batch.slice(row, 1)) {
+                Ok(_) => keep.push(true),
+                Err(error) => {
+                    keep.push(false);
+                    errors.push(EventError {
+                        partition,
+                        row: self.input_rows[row] as usize,
+                        reason: format!("evaluating the job's expressions failed: {error}"),
+                    });
+                }
+            }
+        }
+        if keep.iter().all(|keep| *keep) {
+            return Err(batch_error);
+        }
+        self.retain(&BooleanArray::from(keep))?;
+        evaluate(&self.batch)
+    }
 }
 
 /// Returns the rows of `array` at `rows`: a zero-copy slice when they are contiguous.

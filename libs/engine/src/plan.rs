@@ -27,7 +27,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::error::{EngineError, SqlPosition};
-use crate::window::WindowSpec;
+use crate::window::{MAX_WINDOW_INTERVAL_MS, WindowSpec};
 
 /// Name of the window start column a job groups by.
 pub const WINDOW_START: &str = "window_start";
@@ -94,20 +94,103 @@ pub struct JobPlan {
     pub(crate) result_schema: SchemaRef,
 }
 
+/// What a job may ask of the engine: bounds on the work one event can cause, checked when
+/// the job compiles (config: `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// The most windows one event may belong to: a HOP's size over its slide.
+    pub max_windows_per_event: u32,
+    /// The longest window size, slide or session gap, in milliseconds (at most
+    /// [`crate::MAX_WINDOW_INTERVAL_MS`]).
+    pub max_window_interval_ms: i64,
+}
+
+impl Default for JobLimits {
+    /// 1,000 windows per event and intervals of up to 366 days.
+    fn default() -> JobLimits {
+        JobLimits {
+            max_windows_per_event: 1_000,
+            max_window_interval_ms: 366 * 86_400_000,
+        }
+    }
+}
+
+impl JobLimits {
+    /// Refuses a window that asks for more than these limits, at the interval's position.
+    fn check(&self, parsed: &ParsedJob) -> Result<(), EngineError> {
+        let max_interval_ms = self.max_window_interval_ms.min(MAX_WINDOW_INTERVAL_MS);
+        let (intervals, what): (Vec<i64>, &[&str]) = match parsed.window {
+            WindowSpec::Tumble { size_ms } => (vec![size_ms], &["window size"]),
+            WindowSpec::Hop { slide_ms, size_ms } => {
+                (vec![slide_ms, size_ms], &["hop slide", "hop size"])
+            }
+            WindowSpec::Session { gap_ms } => (vec![gap_ms], &["session gap"]),
+        };
+        let at = |idx: usize| {
+            parsed
+                .interval_positions
+                .get(idx)
+                .copied()
+                .unwrap_or(parsed.time_column_position)
+        };
+        for (idx, (interval_ms, what)) in intervals.iter().zip(what).enumerate() {
+            if *interval_ms > max_interval_ms {
+                return Err(EngineError::Unsupported {
+                    position: at(idx),
+                    message: format!(
+                        "the {what} of {} exceeds the limit of {} (limits.max-window-interval)",
+                        format_interval_ms(*interval_ms),
+                        format_interval_ms(max_interval_ms)
+                    ),
+                });
+            }
+        }
+        let per_event = parsed.window.windows_per_event();
+        if per_event > self.max_windows_per_event as usize {
+            return Err(EngineError::Unsupported {
+                position: at(1),
+                message: format!(
+                    "each event would belong to {per_event} windows (hop size / slide), over the limit of {} (limits.max-windows-per-event); use a longer slide or a shorter size",
+                    self.max_windows_per_event
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes an interval in milliseconds as the largest whole unit: `365d`, `90m`, `1500ms`.
+fn format_interval_ms(ms: i64) -> String {
+    for (unit_ms, unit) in [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ] {
+        if ms % unit_ms == 0 {
+            return format!("{}{unit}", ms / unit_ms);
+        }
+    }
+    format!("{ms}ms")
+}
+
 impl JobPlan {
     /// Compiles `sql` for a stream with `stream_schema`, whose event time is `event_time`
-    /// (a timestamp or an int64 of epoch milliseconds).
+    /// (a timestamp or an int64 of epoch milliseconds), refusing windows beyond `limits`.
     ///
     /// # Errors
     ///
     /// [`EngineError::Parse`], [`EngineError::Unsupported`] with the position of the part
-    /// outside the supported subset, or [`EngineError::Plan`] for unknown columns and types.
+    /// outside the supported subset or over `limits`, or [`EngineError::Plan`] for unknown
+    /// columns and types.
     pub fn compile(
         sql: &str,
         stream_schema: SchemaRef,
         event_time: &str,
+        limits: &JobLimits,
     ) -> Result<JobPlan, EngineError> {
         let parsed = parse_job_sql(sql)?;
+        limits.check(&parsed)?;
         let event_time_index = stream_schema.index_of(event_time).map_err(|_| {
             EngineError::plan(format!(
                 "the event time column `{event_time}` is not in the stream"
@@ -230,19 +313,41 @@ impl JobPlan {
     /// Each row's group key, as the `_key` of its results (a JSON array), for a batch of the
     /// stream: how a repartition step routes rows so that each group has one owner.
     ///
+    /// A row whose key expressions fail (say, a division by zero) has a null key: the
+    /// operator that gets it reports it as that event's error.
+    ///
     /// # Errors
     ///
-    /// A batch that is not the stream's; a failure evaluating a key expression.
+    /// A batch that is not the stream's.
     pub fn group_key_texts(
         &self,
         batch: &arrow::array::RecordBatch,
     ) -> Result<arrow::array::StringArray, EngineError> {
-        let keys = self
-            .keys
-            .iter()
-            .map(|key| key.evaluate(batch)?.into_array(batch.num_rows()))
-            .collect::<Result<Vec<_>, _>>()?;
-        crate::operator::render_keys(&keys, batch.num_rows())
+        let render = |batch: &arrow::array::RecordBatch| {
+            let keys = self
+                .keys
+                .iter()
+                .map(|key| key.evaluate(batch)?.into_array(batch.num_rows()))
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::operator::render_keys(&keys, batch.num_rows())
+        };
+        match render(batch) {
+            Ok(texts) => Ok(texts),
+            Err(batch_error) => {
+                let texts: arrow::array::StringArray = (0..batch.num_rows())
+                    .map(|row| {
+                        render(&batch.slice(row, 1))
+                            .ok()
+                            .map(|text| text.value(0).to_string())
+                    })
+                    .collect();
+                if arrow::array::Array::null_count(&texts) == 0 {
+                    // No single row fails: not about an event.
+                    return Err(batch_error);
+                }
+                Ok(texts)
+            }
+        }
     }
 }
 
@@ -257,6 +362,8 @@ pub(crate) struct ParsedJob {
     time_column: String,
     time_column_position: SqlPosition,
     window: WindowSpec,
+    /// Where each interval argument of the window starts (size; slide and size; gap).
+    interval_positions: Vec<SqlPosition>,
     /// First position of each function name, lowercase, for error messages after planning.
     function_positions: HashMap<String, SqlPosition>,
 }
@@ -391,13 +498,14 @@ pub(crate) fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
         }
     }
     check_group_by(&select.group_by, select)?;
-    let (stream, time_column, time_column_position, window) =
+    let (stream, time_column, time_column_position, window, interval_positions) =
         rewrite_window_source(&mut select.from[0].relation)?;
     Ok(ParsedJob {
         statement,
         stream,
         time_column,
         time_column_position,
+        interval_positions,
         window,
         function_positions,
     })
@@ -441,9 +549,10 @@ fn check_group_by(group_by: &GroupByExpr, select: &ast::Select) -> Result<(), En
 }
 
 /// Replaces `TUMBLE(stream, col, ...)` by `stream`, returning the stream, time column and window.
+#[allow(clippy::type_complexity)]
 fn rewrite_window_source(
     relation: &mut TableFactor,
-) -> Result<(String, String, SqlPosition, WindowSpec), EngineError> {
+) -> Result<(String, String, SqlPosition, WindowSpec, Vec<SqlPosition>), EngineError> {
     let how = "FROM must be TUMBLE(stream, time_col, size), HOP(stream, time_col, slide, size) or SESSION(stream, time_col, gap)";
     let TableFactor::Table { name, args, .. } = relation else {
         return Err(unsupported(&*relation, how));
@@ -518,8 +627,15 @@ fn rewrite_window_source(
             gap_ms: interval_ms(&exprs[2])?,
         },
     };
+    let interval_positions = exprs[2..].iter().map(position_of).collect();
     *name = ast::ObjectName::from(vec![ast::Ident::new(stream.clone())]);
-    Ok((stream, time_column, time_column_position, window))
+    Ok((
+        stream,
+        time_column,
+        time_column_position,
+        window,
+        interval_positions,
+    ))
 }
 
 /// Evaluates an `INTERVAL ...` literal to whole milliseconds.
@@ -752,7 +868,7 @@ mod tests {
     /// Compiles `sql` and checks it is refused at `line:column` with a message containing `needle`.
     #[track_caller]
     fn check_refused(sql: &str, line: u64, column: u64, needle: &str) {
-        match JobPlan::compile(sql, clicks(), "event_time") {
+        match JobPlan::compile(sql, clicks(), "event_time", &JobLimits::default()) {
             Err(EngineError::Unsupported { position, message }) => {
                 assert_eq!(
                     (position.line, position.column),
@@ -768,13 +884,15 @@ mod tests {
 
     #[test]
     fn group_keys_are_named_and_rendered_as_the_results_key() {
-        let plan = JobPlan::compile(GOOD, clicks(), "event_time").expect("compiles");
+        let plan = JobPlan::compile(GOOD, clicks(), "event_time", &JobLimits::default())
+            .expect("compiles");
         assert!(plan.groups_by_column("page"));
         assert!(!plan.groups_by_column("user_id"));
         let two = "SELECT user_id, upper(page) AS p, window_start, COUNT(*) AS n \
             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
             GROUP BY user_id, upper(page), window_start, window_end";
-        let plan = JobPlan::compile(two, clicks(), "event_time").expect("compiles");
+        let plan =
+            JobPlan::compile(two, clicks(), "event_time", &JobLimits::default()).expect("compiles");
         assert!(plan.groups_by_column("user_id"));
         assert!(
             !plan.groups_by_column("page"),
@@ -797,7 +915,8 @@ mod tests {
 
     #[test]
     fn the_example_job_compiles() {
-        let plan = JobPlan::compile(GOOD, clicks(), "event_time").expect("compiles");
+        let plan = JobPlan::compile(GOOD, clicks(), "event_time", &JobLimits::default())
+            .expect("compiles");
         assert_eq!(plan.window(), WindowSpec::Tumble { size_ms: 60_000 });
         assert_eq!(plan.stream(), "clicks");
         let names: Vec<String> = plan
@@ -827,7 +946,8 @@ mod tests {
             "TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)",
             "HOP(clicks, event_time, INTERVAL '10' SECOND, INTERVAL '1 minute')",
         );
-        let plan = JobPlan::compile(&hop, clicks(), "event_time").expect("hop compiles");
+        let plan = JobPlan::compile(&hop, clicks(), "event_time", &JobLimits::default())
+            .expect("hop compiles");
         assert_eq!(
             plan.window(),
             WindowSpec::Hop {
@@ -839,7 +959,8 @@ mod tests {
             "TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)",
             "SESSION(clicks, event_time, INTERVAL '1.5' SECOND)",
         );
-        let plan = JobPlan::compile(&session, clicks(), "event_time").expect("session compiles");
+        let plan = JobPlan::compile(&session, clicks(), "event_time", &JobLimits::default())
+            .expect("session compiles");
         assert_eq!(plan.window(), WindowSpec::Session { gap_ms: 1_500 });
     }
 
@@ -912,9 +1033,61 @@ mod tests {
     }
 
     #[test]
+    fn windows_beyond_the_limits_are_refused_at_their_interval() {
+        let job = |window: &str| {
+            format!(
+                "SELECT page, window_start, window_end, COUNT(*)\nFROM {window}\nGROUP BY page, window_start, window_end"
+            )
+        };
+        // One event in 31,536,000,000 windows: the issue's 6.6 GB from one event.
+        check_refused(
+            &job("HOP(clicks, event_time, INTERVAL '1' MILLISECOND, INTERVAL '365' DAY)"),
+            2,
+            65,
+            "31536000000 windows",
+        );
+        check_refused(
+            &job("HOP(clicks, event_time, INTERVAL '1' SECOND, INTERVAL '1001' SECOND)"),
+            2,
+            60,
+            "limits.max-windows-per-event",
+        );
+        check_refused(
+            &job("TUMBLE(clicks, event_time, INTERVAL '367' DAY)"),
+            2,
+            42,
+            "window size of 367d exceeds the limit of 366d",
+        );
+        check_refused(
+            &job("SESSION(clicks, event_time, INTERVAL '10000' DAY)"),
+            2,
+            43,
+            "session gap",
+        );
+        check_refused(
+            &job("TUMBLE(clicks, event_time, INTERVAL '0' SECOND)"),
+            2,
+            42,
+            "must be positive",
+        );
+        // Exactly at the limits compiles, and config can lower them.
+        let at_limit = job("HOP(clicks, event_time, INTERVAL '1' SECOND, INTERVAL '1000' SECOND)");
+        JobPlan::compile(&at_limit, clicks(), "event_time", &JobLimits::default())
+            .expect("1,000 windows per event compile");
+        let strict = JobLimits {
+            max_windows_per_event: 10,
+            max_window_interval_ms: 3_600_000,
+        };
+        let message = JobPlan::compile(&at_limit, clicks(), "event_time", &strict)
+            .expect_err("a lower limit refuses it")
+            .to_string();
+        assert!(message.contains("over the limit of 10"), "{message}");
+    }
+
+    #[test]
     fn plan_errors_name_the_problem() {
         let unknown = GOOD.replace("page,", "pagee,");
-        let message = JobPlan::compile(&unknown, clicks(), "event_time")
+        let message = JobPlan::compile(&unknown, clicks(), "event_time", &JobLimits::default())
             .expect_err("unknown column refused")
             .to_string();
         assert!(message.contains("pagee"), "{message}");
@@ -923,12 +1096,12 @@ mod tests {
             DataType::Utf8,
             false,
         )]));
-        let message = JobPlan::compile(GOOD, bad_type, "event_time")
+        let message = JobPlan::compile(GOOD, bad_type, "event_time", &JobLimits::default())
             .expect_err("string event time refused")
             .to_string();
         assert!(message.contains("timestamp or an int64"), "{message}");
         assert!(matches!(
-            JobPlan::compile("SELEC page", clicks(), "event_time"),
+            JobPlan::compile("SELEC page", clicks(), "event_time", &JobLimits::default()),
             Err(EngineError::Parse(_))
         ));
     }

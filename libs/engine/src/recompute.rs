@@ -30,7 +30,7 @@ use futures::stream::BoxStream;
 use crate::error::EngineError;
 use crate::operator::render_keys;
 use crate::plan::{JobPlan, WINDOW_END, WINDOW_START, parse_job_sql};
-use crate::window::WindowSpec;
+use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec};
 
 const KEY_PREFIX: &str = "__runnel_k";
 const WINDOW_START_ALIAS: &str = "__runnel_ws";
@@ -105,7 +105,10 @@ async fn batch_frame(
     table: &str,
     ordered: bool,
 ) -> Result<DataFrame, EngineError> {
-    let sql = batch_sql(plan, table, ordered)?;
+    // One bad event must not fail the run: read the table through the live operator's row
+    // preparation, which leaves it out (live sends it to the late output).
+    let table = crate::guard::guard_table(plan, context, table).await?;
+    let sql = batch_sql(plan, &table, ordered)?;
     context.register_udf(ScalarUDF::from(WindowFloor::new()));
     context
         .sql(&sql)
@@ -281,11 +284,14 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str, ordered: bool) -> Result<St
         }
         _ => format!("arrow_cast(arrow_cast({time}, 'Timestamp(Millisecond, None)'), 'Int64')"),
     };
-    let filter = select
-        .selection
-        .as_ref()
-        .map(|selection| format!(" WHERE {selection}"))
-        .unwrap_or_default();
+    // Events the live operator reports as errors (no event time, or one outside
+    // `EVENT_TIME_RANGE_MS`) are not counted here either.
+    let (first, last) = (EVENT_TIME_RANGE_MS.start(), EVENT_TIME_RANGE_MS.end());
+    let in_range = format!("({time_ms}) BETWEEN {first} AND {last}");
+    let filter = match &select.selection {
+        Some(selection) => format!(" WHERE {in_range} AND ({selection})"),
+        None => format!(" WHERE {in_range}"),
+    };
     let events = format!("SELECT *, {time_ms} AS __runnel_ts FROM {table} AS {stream}{filter}");
     let floor = |step: i64| format!("{WINDOW_FLOOR}(__runnel_ts, {step})");
     let windowed = match plan.window {

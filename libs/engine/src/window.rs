@@ -1,10 +1,22 @@
 //! Window kinds, window assignment, and reading event times out of Arrow arrays.
 
+use std::ops::RangeInclusive;
+
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{
     DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType,
 };
+
+/// The event times (epoch milliseconds) the engine accepts: 0000-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999Z, the years RFC 3339 can write. An event outside is reported as
+/// an error of that event, never counted. Inside it, with windows of at most
+/// [`MAX_WINDOW_INTERVAL_MS`], no window arithmetic can overflow an `i64`.
+pub const EVENT_TIME_RANGE_MS: RangeInclusive<i64> = -62_167_219_200_000..=253_402_300_799_999;
+
+/// The longest window size, slide or session gap any job may ask for (about 1,000 years);
+/// config sets a smaller bound (`limits.max-window-interval`).
+pub const MAX_WINDOW_INTERVAL_MS: i64 = 1_000 * 366 * 86_400_000;
 
 /// The window a job aggregates over. Times are epoch milliseconds; windows are `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +45,9 @@ impl WindowSpec {
     pub fn windows_per_event(&self) -> usize {
         match self {
             WindowSpec::Tumble { .. } | WindowSpec::Session { .. } => 1,
-            WindowSpec::Hop { slide_ms, size_ms } => (size_ms / slide_ms) as usize,
+            WindowSpec::Hop { slide_ms, size_ms } => {
+                usize::try_from(size_ms / slide_ms).unwrap_or(usize::MAX)
+            }
         }
     }
 
@@ -46,21 +60,27 @@ impl WindowSpec {
     }
 
     /// Returns the start of the `nth` window (0 = the latest) holding `timestamp`, for
-    /// tumbling and hopping windows.
+    /// tumbling and hopping windows. Saturates at the ends of `i64` (the operator only
+    /// passes times in [`EVENT_TIME_RANGE_MS`], where nothing saturates).
     pub(crate) fn window_start(&self, timestamp: i64, nth: usize) -> i64 {
         match self {
             WindowSpec::Tumble { size_ms } => floor_to(timestamp, *size_ms),
             WindowSpec::Hop { slide_ms, .. } => {
-                floor_to(timestamp, *slide_ms) - nth as i64 * slide_ms
+                let back = i64::try_from(nth)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(*slide_ms);
+                floor_to(timestamp, *slide_ms).saturating_sub(back)
             }
             WindowSpec::Session { .. } => timestamp,
         }
     }
 }
 
-/// Rounds `value` down to a multiple of `step` (also for negative values).
+/// Rounds `value` down to a multiple of `step` (also for negative values), saturating at
+/// `i64::MIN` where the multiple is not representable. `step` is positive.
 pub(crate) fn floor_to(value: i64, step: i64) -> i64 {
-    value.div_euclid(step) * step
+    debug_assert!(step > 0, "window steps are positive");
+    value.div_euclid(step).saturating_mul(step)
 }
 
 /// Reads an event time column as epoch milliseconds; `None` where the value is null.
@@ -99,6 +119,35 @@ pub(crate) fn event_times_ms(column: &ArrayRef) -> Vec<Option<i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn assignment_saturates_at_the_ends_of_i64() {
+        let tumble = WindowSpec::Tumble { size_ms: 60_000 };
+        assert_eq!(tumble.window_start(i64::MIN, 0), i64::MIN);
+        assert_eq!(
+            tumble.window_start(i64::MAX, 0),
+            i64::MAX.div_euclid(60_000) * 60_000
+        );
+        let hop = WindowSpec::Hop {
+            slide_ms: 1,
+            size_ms: 1_000,
+        };
+        assert_eq!(hop.window_start(i64::MIN + 3, 999), i64::MIN);
+        assert_eq!(hop.window_start(i64::MAX, 0), i64::MAX);
+        assert_eq!(floor_to(i64::MIN, 7), i64::MIN);
+        // The accepted range's ends floor without saturating.
+        let (first, last) = (*EVENT_TIME_RANGE_MS.start(), *EVENT_TIME_RANGE_MS.end());
+        let widest = WindowSpec::Hop {
+            slide_ms: 1,
+            size_ms: MAX_WINDOW_INTERVAL_MS,
+        };
+        assert_eq!(widest.window_start(first, 0), first);
+        assert!(
+            widest.window_start(first, usize::try_from(MAX_WINDOW_INTERVAL_MS).unwrap() - 1)
+                > i64::MIN
+        );
+        assert!(last.saturating_add(MAX_WINDOW_INTERVAL_MS) < i64::MAX);
+    }
 
     #[test]
     fn assignment_floors_including_negative_times() {

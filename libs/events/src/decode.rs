@@ -10,13 +10,18 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMillisecondArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, RecordBatch,
+    TimestampMillisecondArray,
+};
+use arrow::datatypes::{Int32Type, Int64Type, TimestampMillisecondType};
 use arrow::error::ArrowError;
 use arrow::json::reader::{Decoder, ReaderBuilder};
 use runnel_log::Record;
 
-use crate::StreamSchema;
 use crate::record_format::RecordFormatDecoder;
+use crate::validate::format_millis;
+use crate::{EventTimeBounds, EventTimeOutOfBounds, StreamSchema};
 
 /// A record that could not be decoded into the stream's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +100,78 @@ impl EventDecoder {
     /// [`Decoded::undecodable`] instead.
     pub fn decode(&self, records: &[Record]) -> Result<Decoded, DecodeError> {
         let values = records.iter().map(|record| &record.value[..]);
-        match self.record_format.decode(&self.schema, values) {
-            Some(declared) => Ok(Decoded {
+        let decoded = match self.record_format.decode(&self.schema, values) {
+            Some(declared) => Decoded {
                 batch: self.with_position(declared, records.iter())?,
                 undecodable: Vec::new(),
-            }),
-            None => self.decode_general(records),
+            },
+            None => self.decode_general_unbounded(records)?,
+        };
+        self.check_event_times(decoded)
+    }
+
+    /// Leaves out (as undecodable) the rows without an event time and those whose event
+    /// time is outside the stream's [`EventTimeBounds`] around the record's timestamp.
+    fn check_event_times(&self, decoded: Decoded) -> Result<Decoded, DecodeError> {
+        let batch = &decoded.batch;
+        // A timestamp or an int64 of epoch milliseconds.
+        let times = arrow::compute::cast(
+            batch.column(self.schema.event_time_index()),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .map_err(|source| self.arrow_error(source))?;
+        let times = times.as_primitive::<Int64Type>();
+        let declared = self.schema.declared().fields().len();
+        let ingest_times = batch
+            .column(declared + 2)
+            .as_primitive::<TimestampMillisecondType>();
+        let bounds = EventTimeBounds::of(self.schema.config());
+        let judge = |row: usize| -> Option<String> {
+            if times.is_null(row) {
+                return Some(format!(
+                    "missing event time: field `{}` is null or absent",
+                    self.schema.config().event_time
+                ));
+            }
+            let (event_time, arrival) = (times.value(row), ingest_times.value(row));
+            match bounds.check(event_time, arrival) {
+                Ok(()) => None,
+                Err(EventTimeOutOfBounds::Ahead) => Some(format!(
+                    "event time {} is more than {} ahead of the record's timestamp {} (streams.max-event-time-ahead)",
+                    format_millis(event_time),
+                    humantime::format_duration(bounds.max_ahead),
+                    format_millis(arrival)
+                )),
+                Err(EventTimeOutOfBounds::Behind) => Some(format!(
+                    "event time {} is more than {} behind the record's timestamp {} (streams.max-event-time-behind)",
+                    format_millis(event_time),
+                    humantime::format_duration(bounds.max_behind),
+                    format_millis(arrival)
+                )),
+            }
+        };
+        if (0..batch.num_rows()).all(|row| judge(row).is_none()) {
+            return Ok(decoded);
         }
+        let partitions = batch.column(declared).as_primitive::<Int32Type>();
+        let offsets = batch.column(declared + 1).as_primitive::<Int64Type>();
+        let mut keep = Vec::with_capacity(batch.num_rows());
+        let mut undecodable = decoded.undecodable;
+        for row in 0..batch.num_rows() {
+            let reason = judge(row);
+            keep.push(reason.is_none());
+            if let Some(reason) = reason {
+                undecodable.push(Undecodable {
+                    partition: u32::try_from(partitions.value(row)).unwrap_or_default(),
+                    offset: u64::try_from(offsets.value(row)).unwrap_or_default(),
+                    reason,
+                });
+            }
+        }
+        undecodable.sort_by_key(|bad| bad.offset);
+        let batch = arrow::compute::filter_record_batch(batch, &BooleanArray::from(keep))
+            .map_err(|source| self.arrow_error(source))?;
+        Ok(Decoded { batch, undecodable })
     }
 
     /// Decodes `records` as [`EventDecoder::decode`] does, but without the record format's
@@ -111,6 +181,11 @@ impl EventDecoder {
     ///
     /// As [`EventDecoder::decode`].
     pub fn decode_general(&self, records: &[Record]) -> Result<Decoded, DecodeError> {
+        let decoded = self.decode_general_unbounded(records)?;
+        self.check_event_times(decoded)
+    }
+
+    fn decode_general_unbounded(&self, records: &[Record]) -> Result<Decoded, DecodeError> {
         match self.decode_fast(records)? {
             Some(declared) => Ok(Decoded {
                 batch: self.with_position(declared, records.iter())?,
@@ -236,17 +311,21 @@ mod tests {
             field_type,
             nullable: true,
         };
-        StreamSchema::new(&StreamConfig {
-            name: "clicks".to_string(),
-            partitions: 2,
-            key: Some("user".to_string()),
-            event_time: "ts".to_string(),
-            schema: vec![
+        let mut config = StreamConfig::new(
+            "clicks",
+            2,
+            Some("user".to_string()),
+            "ts",
+            vec![
                 field("ts", FieldType::Timestamp),
                 field("user", FieldType::String),
                 field("n", FieldType::Int64),
             ],
-        })
+        );
+        // The tests' records carry small timestamps and event times: no bound applies.
+        config.max_event_time_ahead = std::time::Duration::from_secs(u64::MAX / 4000);
+        config.max_event_time_behind = std::time::Duration::from_secs(u64::MAX / 4000);
+        StreamSchema::new(&config)
     }
 
     fn record(offset: u64, value: &str) -> Record {
@@ -316,6 +395,63 @@ mod tests {
     }
 
     #[test]
+    fn event_times_outside_the_streams_bounds_are_undecodable() {
+        let mut config = stream().config().clone();
+        config.max_event_time_ahead = std::time::Duration::from_secs(3_600);
+        config.max_event_time_behind = std::time::Duration::from_secs(3_650 * 86_400);
+        let schema = StreamSchema::new(&config);
+        let now = 1_700_000_000_000_i64;
+        let at = |offset: u64, value: &str| Record {
+            timestamp: now,
+            ..record(offset, value)
+        };
+        let records = [
+            at(0, r#"{"ts":1700000000000,"user":"a","n":1}"#),
+            at(1, r#"{"ts":-9223372036854775808,"user":"b","n":1}"#),
+            at(2, r#"{"ts":"0001-01-01T00:00:00Z","user":"c","n":1}"#),
+            at(3, r#"{"ts":9223372036854775807,"user":"d","n":1}"#),
+            at(4, r#"{"ts":1700003600001,"user":"e","n":1}"#),
+            at(5, r#"{"ts":null,"user":"f","n":1}"#),
+            at(6, r#"{"ts":1700003600000,"user":"g","n":1}"#),
+        ];
+        let decoder = EventDecoder::new(&schema);
+        for decoded in [
+            decoder.decode(&records).unwrap(),
+            decoder.decode_general(&records).unwrap(),
+            // The record format's own parser takes a run of canonical records only.
+            decoder.decode(&records[..2]).unwrap(),
+        ] {
+            let offsets = decoded.batch.column(4).as_primitive::<Int64Type>();
+            let bad: Vec<u64> = decoded.undecodable.iter().map(|u| u.offset).collect();
+            let n_records = offsets.len() + bad.len();
+            assert_eq!(offsets.values(), &[0, 6][..offsets.len().min(2)]);
+            assert_eq!(bad, [1, 2, 3, 4, 5][..n_records - offsets.len()]);
+        }
+        let decoded = decoder.decode(&records).unwrap();
+        let reasons: Vec<&str> = decoded
+            .undecodable
+            .iter()
+            .map(|u| u.reason.as_str())
+            .collect();
+        assert!(
+            reasons[0].contains("behind the record's timestamp"),
+            "{}",
+            reasons[0]
+        );
+        assert!(
+            reasons[0].contains("streams.max-event-time-behind"),
+            "{}",
+            reasons[0]
+        );
+        assert!(
+            reasons[2].contains("ahead of the record's timestamp"),
+            "{}",
+            reasons[2]
+        );
+        assert!(reasons[4].contains("missing event time"), "{}", reasons[4]);
+    }
+
+    #[test]
     fn an_empty_run_gives_an_empty_batch() {
         let decoded = EventDecoder::new(&stream()).decode(&[]).unwrap();
         assert_eq!(decoded.batch.num_rows(), 0);
@@ -329,12 +465,12 @@ mod tests {
             field_type,
             nullable: true,
         };
-        StreamSchema::new(&StreamConfig {
-            name: "all".to_string(),
-            partitions: 1,
-            key: None,
-            event_time: "ts".to_string(),
-            schema: vec![
+        let mut config = StreamConfig::new(
+            "all",
+            1,
+            None,
+            "ts",
+            vec![
                 field("ts", FieldType::Timestamp),
                 field("text", FieldType::String),
                 field("n", FieldType::Int64),
@@ -342,7 +478,10 @@ mod tests {
                 field("flag", FieldType::Bool),
                 field("na\"me", FieldType::String),
             ],
-        })
+        );
+        config.max_event_time_ahead = std::time::Duration::from_secs(u64::MAX / 4000);
+        config.max_event_time_behind = std::time::Duration::from_secs(u64::MAX / 4000);
+        StreamSchema::new(&config)
     }
 
     /// Runs both decoders over `values`: the record-format parser must give what arrow_json
@@ -427,8 +566,6 @@ mod tests {
                 every_type().config(),
                 crate::validate::ValidationLimits {
                     max_event_bytes: 1 << 20,
-                    max_event_time_ahead: std::time::Duration::from_secs(u64::MAX / 4000),
-                    max_event_time_behind: None,
                 },
             );
             let mut buffer = crate::validate::ValidateBuffer::new();

@@ -27,6 +27,7 @@ mod record_format;
 pub mod validate;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use runnel_config::{FieldType, StreamConfig};
@@ -46,6 +47,53 @@ pub fn dead_letter_topic(stream: &str) -> String {
 
 /// The dead-letter topic for events sent to a stream that is not declared.
 pub const UNKNOWN_STREAM_DEAD_LETTER_TOPIC: &str = "_unknown-stream.dead-letter";
+
+/// How far an event's time may be from its arrival: the stream's `max-event-time-ahead`
+/// and `max-event-time-behind`. Ingest judges an event against its clock; a decoder of the
+/// log against the record's timestamp, so a replay judges every record as the live run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// The furthest an event time may be ahead of its arrival.
+    pub max_ahead: Duration,
+    /// The furthest an event time may be behind its arrival.
+    pub max_behind: Duration,
+}
+
+/// Which bound an event time broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventTimeOutOfBounds {
+    /// Too far ahead of its arrival.
+    Ahead,
+    /// Too far behind its arrival.
+    Behind,
+}
+
+impl EventTimeBounds {
+    /// The bounds `stream` declares.
+    pub fn of(stream: &StreamConfig) -> EventTimeBounds {
+        EventTimeBounds {
+            max_ahead: stream.max_event_time_ahead,
+            max_behind: stream.max_event_time_behind,
+        }
+    }
+
+    /// Checks `event_time` against an arrival at `arrival` (both epoch milliseconds),
+    /// without overflow at the ends of `i64`.
+    ///
+    /// # Errors
+    ///
+    /// The bound it breaks.
+    pub fn check(&self, event_time: i64, arrival: i64) -> Result<(), EventTimeOutOfBounds> {
+        let ahead = i128::from(event_time) - i128::from(arrival);
+        if ahead > self.max_ahead.as_millis() as i128 {
+            return Err(EventTimeOutOfBounds::Ahead);
+        }
+        if -ahead > self.max_behind.as_millis() as i128 {
+            return Err(EventTimeOutOfBounds::Behind);
+        }
+        Ok(())
+    }
+}
 
 /// The Arrow type of a declared field type.
 pub fn arrow_type(field_type: FieldType) -> DataType {

@@ -35,17 +35,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use runnel_config::{FieldType, StreamConfig};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-/// Bounds an event must respect besides its schema.
+use crate::{EventTimeBounds, EventTimeOutOfBounds};
+
+/// Bounds an event must respect besides its schema and its stream's event-time bounds
+/// ([`crate::EventTimeBounds`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidationLimits {
     /// An event larger than this many bytes is refused: the raw JSON document, or the
     /// canonical value of a typed row.
     pub max_event_bytes: usize,
-    /// An event time further than this ahead of the clock is refused.
-    pub max_event_time_ahead: Duration,
-    /// An event time further than this behind the clock is refused; `None` accepts any
-    /// past time (backfills).
-    pub max_event_time_behind: Option<Duration>,
 }
 
 /// An accepted event, ready to be appended to the stream's topic.
@@ -189,8 +187,9 @@ pub enum RejectReason {
     },
     /// The event time is further ahead of the clock than allowed.
     #[error(
-        "event time {} in field `{field}` is more than {max_ahead:?} ahead of the service clock ({})",
+        "event time {} in field `{field}` is more than {} ahead of the service clock ({}) (streams.max-event-time-ahead)",
         format_millis(*event_time),
+        humantime::format_duration(*max_ahead),
         format_millis(*now)
     )]
     EventTimeTooFarAhead {
@@ -205,8 +204,9 @@ pub enum RejectReason {
     },
     /// The event time is further behind the clock than allowed.
     #[error(
-        "event time {} in field `{field}` is more than {max_behind:?} behind the service clock ({})",
+        "event time {} in field `{field}` is more than {} behind the service clock ({}) (streams.max-event-time-behind)",
         format_millis(*event_time),
+        humantime::format_duration(*max_behind),
         format_millis(*now)
     )]
     EventTimeTooFarBehind {
@@ -300,6 +300,7 @@ pub struct Validator {
     event_time_index: usize,
     key_index: Option<usize>,
     limits: ValidationLimits,
+    bounds: EventTimeBounds,
 }
 
 /// Reusable buffers for validating events: scratch space and the arena accepted values are
@@ -420,6 +421,7 @@ impl Validator {
             event_time_index,
             key_index,
             limits,
+            bounds: EventTimeBounds::of(stream),
         }
     }
 
@@ -670,26 +672,21 @@ impl Validator {
                 .map(|field| field.name.clone())
                 .unwrap_or_default()
         };
-        let ahead = i128::from(event_time) - i128::from(now);
-        if ahead > self.limits.max_event_time_ahead.as_millis() as i128 {
-            return Err(RejectReason::EventTimeTooFarAhead {
+        match self.bounds.check(event_time, now) {
+            Ok(()) => Ok(()),
+            Err(EventTimeOutOfBounds::Ahead) => Err(RejectReason::EventTimeTooFarAhead {
                 field: field(),
                 event_time,
                 now,
-                max_ahead: self.limits.max_event_time_ahead,
-            });
-        }
-        if let Some(max_behind) = self.limits.max_event_time_behind
-            && -ahead > max_behind.as_millis() as i128
-        {
-            return Err(RejectReason::EventTimeTooFarBehind {
+                max_ahead: self.bounds.max_ahead,
+            }),
+            Err(EventTimeOutOfBounds::Behind) => Err(RejectReason::EventTimeTooFarBehind {
                 field: field(),
                 event_time,
                 now,
-                max_behind,
-            });
+                max_behind: self.bounds.max_behind,
+            }),
         }
-        Ok(())
     }
 
     /// Returns the index of the declared field called `name`.
@@ -1092,12 +1089,12 @@ mod tests {
     }
 
     fn clicks() -> StreamConfig {
-        StreamConfig {
-            name: "clicks".to_string(),
-            partitions: 4,
-            key: Some("user_id".to_string()),
-            event_time: "event_time".to_string(),
-            schema: vec![
+        let mut stream = StreamConfig::new(
+            "clicks",
+            4,
+            Some("user_id".to_string()),
+            "event_time",
+            vec![
                 field("event_time", FieldType::Timestamp, false),
                 field("user_id", FieldType::String, false),
                 field("page", FieldType::String, true),
@@ -1105,14 +1102,14 @@ mod tests {
                 field("score", FieldType::Float64, true),
                 field("bot", FieldType::Bool, true),
             ],
-        }
+        );
+        stream.max_event_time_behind = Duration::from_secs(86_400);
+        stream
     }
 
     fn limits() -> ValidationLimits {
         ValidationLimits {
             max_event_bytes: 1024,
-            max_event_time_ahead: Duration::from_secs(3600),
-            max_event_time_behind: Some(Duration::from_secs(86_400)),
         }
     }
 
@@ -1478,7 +1475,7 @@ mod tests {
         );
         assert_eq!(
             reason.to_string(),
-            "event time 2024-05-01T13:00:00.001Z in field `event_time` is more than 3600s ahead of the service clock (2024-05-01T12:00:00.000Z)"
+            "event time 2024-05-01T13:00:00.001Z in field `event_time` is more than 1h ahead of the service clock (2024-05-01T12:00:00.000Z) (streams.max-event-time-ahead)"
         );
         accept(&format!(
             r#"{{"event_time": {}, "user_id": "u"}}"#,
@@ -1488,18 +1485,44 @@ mod tests {
         assert_eq!(reason.code(), "event_time_too_far_behind");
         assert_eq!(
             reason.to_string(),
-            "event time 2024-04-30T11:59:59.999Z in field `event_time` is more than 86400s behind the service clock (2024-05-01T12:00:00.000Z)"
+            "event time 2024-04-30T11:59:59.999Z in field `event_time` is more than 1day behind the service clock (2024-05-01T12:00:00.000Z) (streams.max-event-time-behind)"
         );
         accept(r#"{"event_time": "2024-04-30T12:00:00Z", "user_id": "u"}"#);
-        let mut no_behind = limits();
-        no_behind.max_event_time_behind = None;
-        Validator::new(&clicks(), no_behind)
+        // The default bound is ten years: 1970 is refused, and so are the ends of i64.
+        let mut default_bounds = clicks();
+        default_bounds.max_event_time_behind =
+            StreamConfig::new("s", 1, None, "t", Vec::new()).max_event_time_behind;
+        let default_validator = Validator::new(&default_bounds, limits());
+        for (json, code) in [
+            (
+                r#"{"event_time": -5000, "user_id": "u"}"#,
+                "event_time_too_far_behind",
+            ),
+            (
+                r#"{"event_time": -9223372036854775808, "user_id": "u"}"#,
+                "event_time_too_far_behind",
+            ),
+            (
+                r#"{"event_time": "0001-01-01T00:00:00Z", "user_id": "u"}"#,
+                "event_time_too_far_behind",
+            ),
+            (
+                r#"{"event_time": 9223372036854775807, "user_id": "u"}"#,
+                "event_time_too_far_ahead",
+            ),
+        ] {
+            let reason = default_validator
+                .validate_json(json.as_bytes(), NOW, &mut ValidateBuffer::new())
+                .expect_err(json);
+            assert_eq!(reason.code(), code, "{json}");
+        }
+        default_validator
             .validate_json(
-                br#"{"event_time": -5000, "user_id": "u"}"#,
+                br#"{"event_time": "2016-05-02T00:00:00Z", "user_id": "u"}"#,
                 NOW,
                 &mut ValidateBuffer::new(),
             )
-            .expect("any past time is accepted without a bound");
+            .expect("eight years back is accepted by default");
         assert_eq!(
             reject(&format!(
                 r#"{{"event_time": {}, "user_id": "u"}}"#,

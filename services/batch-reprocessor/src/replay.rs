@@ -120,6 +120,19 @@ pub async fn replay(
         let Some(job_status) = status.job(&job.name) else {
             continue;
         };
+        if job_status.state == runnel_stream_processor::JobState::Failed {
+            // Its restarts ran out: the replay cannot finish; say why.
+            tasks_shutdown.cancel();
+            let message = job_status
+                .last_error
+                .unwrap_or_else(|| "failed".to_string());
+            return Err(BatchError::StreamProcessor(Box::new(
+                runnel_stream_processor::StreamProcessorError::Job {
+                    job: job.name.clone(),
+                    message,
+                },
+            )));
+        }
         let mut done = 0;
         let mut total = 0;
         let mut caught_up = job_status.partitions.len() == ends.len();

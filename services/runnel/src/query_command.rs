@@ -434,6 +434,7 @@ fn print_jobs(out: &mut impl Write, format: Format, jobs: &[proto::JobInfo]) -> 
                             "speed_windows": version.speed_windows,
                             "batch_windows": version.batch_windows,
                             "ready": version.ready,
+                            "failure": version.failure,
                             "columns": version.column_names,
                         })
                     })
@@ -456,6 +457,7 @@ fn print_jobs(out: &mut impl Write, format: Format, jobs: &[proto::JobInfo]) -> 
                 "speed",
                 "batch",
                 "ready",
+                "state",
             ]
             .map(String::from);
             let rows: Vec<Vec<String>> = jobs
@@ -472,6 +474,10 @@ fn print_jobs(out: &mut impl Write, format: Format, jobs: &[proto::JobInfo]) -> 
                             version.speed_windows.to_string(),
                             version.batch_windows.to_string(),
                             version.ready.to_string(),
+                            match &version.failure {
+                                Some(failure) => format!("FAILED: {failure}"),
+                                None => "ok".to_string(),
+                            },
                         ]
                     })
                 })

@@ -198,8 +198,22 @@ impl GrpcServing {
                 }
             }
         }
+        let failure = runnel_stream_processor::job_failure(
+            self.store.as_ref(),
+            &self.config.stream_processor.checkpoint_prefix,
+            &view.id,
+        )
+        .await
+        .map_err(|error| unavailable(error.to_string()))?
+        .map(|failure| {
+            format!(
+                "failed after {} restarts: {}",
+                failure.restarts, failure.error
+            )
+        });
         let (speed, batch) = view.sizes();
         Ok(proto::JobVersionInfo {
+            failure,
             version: view.version,
             watermark_ms: watermark.filter(|_| all_checkpointed),
             lag_records: lag,

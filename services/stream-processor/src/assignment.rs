@@ -80,10 +80,8 @@ impl Running {
             partition: 0,
             message: join_error.to_string(),
         })?;
-        if let Err(error) = ended {
-            tracing::error!(partition, %error, "task failed; stopping the job here");
-            return Err(error);
-        }
+        // The job's supervisor logs the failure and restarts the job.
+        ended?;
         let Some((token, running)) = self.owned.get_mut(&partition) else {
             return Ok(());
         };

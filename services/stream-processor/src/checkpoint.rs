@@ -234,6 +234,93 @@ impl TaskCheckpoints {
     }
 }
 
+/// The object that says a job failed for good: `<prefix>/<job>/_failed.json`.
+fn failure_path(prefix: &str, job: &str) -> Path {
+    Path::from(format!("{prefix}/{job}/{FAILURE_FILE}"))
+}
+
+const FAILURE_FILE: &str = "_failed.json";
+
+/// A job the stream-processor stopped after its restarts ran out, as recorded next to its
+/// checkpoints for every process to read (serving's `ListJobs`). It is removed when the job
+/// starts again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// What failed, where (partition and offset) and why.
+    pub error: String,
+    /// Restarts tried before giving up.
+    pub restarts: u32,
+    /// When the job was given up (epoch ms).
+    pub failed_at_ms: i64,
+}
+
+/// Records that `job` failed for good.
+///
+/// # Errors
+///
+/// Object-store failures.
+pub(crate) async fn record_job_failure(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    job: &str,
+    failure: &JobFailure,
+) -> Result<(), StreamProcessorError> {
+    let path = failure_path(prefix, job);
+    let json = serde_json::to_vec(failure).map_err(|error| StreamProcessorError::Checkpoint {
+        path: path.to_string(),
+        message: error.to_string(),
+    })?;
+    store
+        .put(&path, PutPayload::from(json))
+        .await
+        .map_err(|source| StreamProcessorError::store("write", &path, source))?;
+    Ok(())
+}
+
+/// Removes the record of `job`'s failure, if there is one (the job starts again).
+///
+/// # Errors
+///
+/// Object-store failures.
+pub(crate) async fn clear_job_failure(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    job: &str,
+) -> Result<(), StreamProcessorError> {
+    let path = failure_path(prefix, job);
+    match store.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(StreamProcessorError::store("delete", &path, source)),
+    }
+}
+
+/// The failure recorded for `job` under `prefix`, if the stream-processor gave it up.
+///
+/// # Errors
+///
+/// Object-store failures; a record that does not parse.
+pub async fn job_failure(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    job: &str,
+) -> Result<Option<JobFailure>, StreamProcessorError> {
+    let path = failure_path(prefix, job);
+    let bytes = match store.get(&path).await {
+        Ok(object) => object
+            .bytes()
+            .await
+            .map_err(|source| StreamProcessorError::store("read", &path, source))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(StreamProcessorError::store("read", &path, source)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| StreamProcessorError::Checkpoint {
+            path: path.to_string(),
+            message: error.to_string(),
+        })
+}
+
 async fn read(store: &dyn ObjectStore, path: &Path) -> Result<bytes::Bytes, StreamProcessorError> {
     store
         .get(path)

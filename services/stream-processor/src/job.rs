@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use runnel_config::{Config, JobConfig};
-use runnel_engine::{JobPlan, OperatorOptions};
+use runnel_engine::{JobLimits, JobPlan, OperatorOptions};
 use runnel_events::decode::EventDecoder;
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
 use runnel_log::Record;
@@ -166,8 +166,13 @@ impl Job {
                 .map(|&index| positioned.field(index).clone())
                 .collect::<Vec<_>>(),
         ));
-        let plan = JobPlan::compile(&sql, Arc::clone(&input_schema), &stream_config.event_time)
-            .map_err(|error| fail(error.to_string()))?;
+        let plan = JobPlan::compile(
+            &sql,
+            Arc::clone(&input_schema),
+            &stream_config.event_time,
+            &job_limits(config),
+        )
+        .map_err(|error| fail(error.to_string()))?;
         // A task aggregates what its input partition holds; that is every event of a group
         // only when the stream is partitioned by a column the job groups by. Otherwise the
         // events go through the repartition topic first, keyed by their group.
@@ -193,6 +198,14 @@ impl Job {
             input_columns,
             input_schema,
         })
+    }
+}
+
+/// The engine's limits on what a job may ask for, from `config.limits`.
+pub fn job_limits(config: &Config) -> JobLimits {
+    JobLimits {
+        max_windows_per_event: config.limits.max_windows_per_event,
+        max_window_interval_ms: config.limits.max_window_interval_ms(),
     }
 }
 

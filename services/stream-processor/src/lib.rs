@@ -32,18 +32,20 @@ mod status;
 mod task;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use object_store::path::Path;
 use runnel_config::Config;
 use runnel_log::{Log, LogError};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
-pub use checkpoint::{CheckpointManifest, latest_checkpoint};
+pub use checkpoint::{CheckpointManifest, JobFailure, job_failure, latest_checkpoint};
 pub use job::{
-    Job, job_group, late_topic, members_group, members_topic, repartition_topic, results_topic,
+    Job, job_group, job_limits, late_topic, members_group, members_topic, repartition_topic,
+    results_topic,
 };
-pub use status::{CheckpointStatus, JobStatus, PartitionStatus, StatusRegistry};
+pub use status::{CheckpointStatus, JobState, JobStatus, PartitionStatus, StatusRegistry};
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "stream-processor";
@@ -123,6 +125,20 @@ pub enum StreamProcessorError {
     /// The metrics endpoint failed while serving.
     #[error("serve metrics: {0}")]
     MetricsServe(#[source] std::io::Error),
+    /// A task stopped on an error that is not about one event (the log, the object store,
+    /// the operator's state): the job is restarted from its checkpoints, within limits.
+    #[error("job `{job}` partition {partition} at source offset {offset}: {source}")]
+    TaskFailed {
+        /// The job.
+        job: String,
+        /// The source partition (or repartition-topic partition) of the task.
+        partition: u32,
+        /// The next offset the task was to process.
+        offset: u64,
+        /// What failed.
+        #[source]
+        source: Box<StreamProcessorError>,
+    },
     /// A task panicked.
     #[error("task of job `{job}` partition {partition}: {message}")]
     Task {
@@ -152,6 +168,132 @@ impl StreamProcessorError {
     }
 }
 
+/// How a failed job is restarted (`stream-processor.max-job-restarts`,
+/// `stream-processor.job-restart-backoff`).
+#[derive(Debug, Clone, Copy)]
+struct RestartPolicy {
+    max_restarts: u32,
+    backoff: Duration,
+}
+
+impl RestartPolicy {
+    /// The backoff doubles per restart in a row up to this many times the first.
+    const MAX_BACKOFF_FACTOR: u32 = 64;
+
+    fn of(config: &Config) -> RestartPolicy {
+        RestartPolicy {
+            max_restarts: config.stream_processor.max_job_restarts,
+            backoff: config.stream_processor.job_restart_backoff,
+        }
+    }
+
+    /// The wait before the restart that follows `restarts_in_row` restarts.
+    fn delay(&self, restarts_in_row: u32) -> Duration {
+        let factor = 1_u32
+            .checked_shl(restarts_in_row)
+            .unwrap_or(u32::MAX)
+            .min(Self::MAX_BACKOFF_FACTOR);
+        self.backoff.saturating_mul(factor)
+    }
+
+    /// A job that ran this long before failing counts its restarts afresh.
+    fn healthy_after(&self) -> Duration {
+        self.backoff.saturating_mul(Self::MAX_BACKOFF_FACTOR)
+    }
+}
+
+/// Runs `job` until `shutdown`, restarting it from its checkpoints after a failure, at most
+/// `policy.max_restarts` times in a row; then reports it failed (status, metrics, and
+/// `_failed.json` beside its checkpoints for `ListJobs`) and returns, leaving the other jobs
+/// and the service running. An event's own failure never comes here: the operator sends
+/// that event to the late topic.
+async fn supervise_job(
+    job: Arc<Job>,
+    partitions: u32,
+    context: task::TaskContext,
+    policy: RestartPolicy,
+    shutdown: CancellationToken,
+) {
+    let stream = job.stream.name().to_string();
+    let (mut restarts_in_row, mut restarts) = (0_u32, 0_u32);
+    loop {
+        context.status.job_running(&job.name, &stream);
+        if let Err(error) = checkpoint::clear_job_failure(
+            context.store.as_ref(),
+            &context.checkpoint_prefix,
+            &job.name,
+        )
+        .await
+        {
+            warn!(%error, "could not remove the record of the job's earlier failure");
+        }
+        let started = Instant::now();
+        let error = match assignment::run_job(
+            Arc::clone(&job),
+            partitions,
+            context.clone(),
+            shutdown.clone(),
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        let message = error.to_string();
+        if shutdown.is_cancelled() {
+            error!(error = %message, "job failed while stopping");
+            return;
+        }
+        if started.elapsed() >= policy.healthy_after() {
+            restarts_in_row = 0;
+        }
+        if restarts_in_row >= policy.max_restarts {
+            error!(
+                error = %message,
+                restarts,
+                "job failed again after stream-processor.max-job-restarts restarts in a row; it stays stopped until the service restarts, the other jobs go on"
+            );
+            let failure = JobFailure {
+                error: message.clone(),
+                restarts,
+                failed_at_ms: runnel_events::validate::now_millis(),
+            };
+            if let Err(error) = checkpoint::record_job_failure(
+                context.store.as_ref(),
+                &context.checkpoint_prefix,
+                &job.name,
+                &failure,
+            )
+            .await
+            {
+                warn!(%error, "could not record the job's failure for other processes");
+            }
+            // Last, so that whoever sees the job failed here finds the record too.
+            context
+                .status
+                .job_failed(&job.name, &stream, message, JobState::Failed, restarts);
+            return;
+        }
+        let delay = policy.delay(restarts_in_row);
+        restarts_in_row += 1;
+        restarts += 1;
+        warn!(
+            error = %message,
+            retry_in = ?delay,
+            restart = restarts_in_row,
+            max_restarts = policy.max_restarts,
+            "job failed; restarting it from its checkpoints"
+        );
+        context
+            .status
+            .job_failed(&job.name, &stream, message, JobState::Restarting, restarts);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Runs the stream-processor service until `shutdown` is cancelled, on the log that
 /// `config` selects.
 ///
@@ -165,9 +307,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     run_with_log(config, log, shutdown).await
 }
 
-/// Runs every configured job on a log that is already open, until `shutdown` is cancelled
-/// or a task fails (which stops the others: the service is meant to be restarted, and
-/// resumes from the checkpoints).
+/// Runs every configured job on a log that is already open, until `shutdown` is cancelled.
+/// A job whose task fails is restarted from its checkpoints, within
+/// `stream-processor.max-job-restarts`, then reported failed; the other jobs go on.
 ///
 /// # Errors
 ///
@@ -182,8 +324,8 @@ pub async fn run_with_log(
 
 /// Runs every configured job on a log that is already open, reporting their status to
 /// `status` (which the caller may read meanwhile, as the serving layer does), until
-/// `shutdown` is cancelled or a task fails (which stops the others: the service is meant to
-/// be restarted, and resumes from the checkpoints).
+/// `shutdown` is cancelled. A failed job is restarted and then given up as
+/// [`run_with_log`] says; a given-up job is [`JobState::Failed`] in `status`.
 ///
 /// The status is also served over HTTP on `stream-processor.metrics-listen`, from before the
 /// first task starts until the service stops.
@@ -191,7 +333,7 @@ pub async fn run_with_log(
 /// # Errors
 ///
 /// [`StreamProcessorError::MetricsListen`], a job that does not compile, an object store
-/// that does not open, and the first task failure.
+/// that does not open, and a task that panicked.
 pub async fn run_with_status(
     config: Config,
     log: Arc<dyn Log>,
@@ -256,8 +398,14 @@ pub async fn run_with_status(
             );
             let span = info_span!("job", job = %job.name);
             jobs.spawn(
-                assignment::run_job(job, partitions, context.clone(), jobs_shutdown.clone())
-                    .instrument(span),
+                supervise_job(
+                    job,
+                    partitions,
+                    context.clone(),
+                    RestartPolicy::of(&config),
+                    jobs_shutdown.clone(),
+                )
+                .instrument(span),
             );
         }
         if jobs.is_empty() {
@@ -279,12 +427,9 @@ pub async fn run_with_status(
                         shutdown.cancelled().await;
                         break;
                     };
+                    // A job's failures are its supervisor's: only a panic comes here.
                     let failure = match joined {
-                        Ok(Ok(())) => None,
-                        Ok(Err(error)) => {
-                            error!(%error, "job failed; stopping the others");
-                            Some(error)
-                        }
+                        Ok(()) => None,
                         Err(join_error) => Some(StreamProcessorError::Task {
                             job: "?".to_string(),
                             partition: 0,

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::StreamProcessorError;
-use crate::status::{JobStatus, PartitionStatus, StatusRegistry};
+use crate::status::{JobState, JobStatus, PartitionStatus, StatusRegistry};
 
 /// The content type of the text exposition format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -166,6 +166,12 @@ const PARTITION_FAMILIES: &[PartitionFamily] = &[
         value: |partition, _| Some(partition.results_total as f64),
     },
     PartitionFamily {
+        name: "runnel_job_errors_total",
+        kind: "counter",
+        help: "Events whose expressions failed or whose event time was unusable, sent to the job's late topic with their reason, by this process.",
+        value: |partition, _| Some(partition.errors_total as f64),
+    },
+    PartitionFamily {
         name: "runnel_job_last_checkpoint_epoch",
         kind: "gauge",
         help: "The epoch of the task's newest checkpoint, taken or restored.",
@@ -196,6 +202,35 @@ const PARTITION_FAMILIES: &[PartitionFamily] = &[
     },
 ];
 
+/// One metric family with a sample per job.
+struct JobFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&JobStatus) -> f64,
+}
+
+const JOB_FAMILIES: &[JobFamily] = &[
+    JobFamily {
+        name: "runnel_job_events_per_second",
+        kind: "gauge",
+        help: "Source records processed per second over the last ten seconds, over the job's partitions.",
+        value: |job| job.events_per_second,
+    },
+    JobFamily {
+        name: "runnel_job_failed",
+        kind: "gauge",
+        help: "1 while the job is stopped after a failure (restarting or failed for good), else 0.",
+        value: |job| f64::from(u8::from(job.state != JobState::Running)),
+    },
+    JobFamily {
+        name: "runnel_job_restarts_total",
+        kind: "counter",
+        help: "Times the job was restarted after a failure by this process.",
+        value: |job| f64::from(job.restarts),
+    },
+];
+
 /// Renders `jobs` in the text exposition format; `now_ms` (epoch ms) is the wall clock the
 /// watermark delay is measured against.
 pub(crate) fn render(jobs: &[JobStatus], now_ms: i64) -> String {
@@ -222,14 +257,17 @@ fn write_families(text: &mut String, jobs: &[JobStatus], now_ms: i64) -> std::fm
             }
         }
     }
-    let name = "runnel_job_events_per_second";
-    writeln!(
-        text,
-        "# HELP {name} Source records processed per second over the last ten seconds, over the job's partitions."
-    )?;
-    writeln!(text, "# TYPE {name} gauge")?;
-    for (job, label) in jobs.iter().zip(&job_labels) {
-        writeln!(text, "{name}{{job=\"{label}\"}} {}", job.events_per_second)?;
+    for family in JOB_FAMILIES {
+        writeln!(text, "# HELP {} {}", family.name, family.help)?;
+        writeln!(text, "# TYPE {} {}", family.name, family.kind)?;
+        for (job, label) in jobs.iter().zip(&job_labels) {
+            writeln!(
+                text,
+                "{}{{job=\"{label}\"}} {}",
+                family.name,
+                (family.value)(job)
+            )?;
+        }
     }
     Ok(())
 }
@@ -250,6 +288,7 @@ mod tests {
             events_per_second: 0.0,
             late_events_total: 0,
             results_total: 0,
+            errors_total: 0,
             last_checkpoint: None,
         }
     }
@@ -265,6 +304,7 @@ mod tests {
         first.events_per_second = 12.5;
         first.late_events_total = 2;
         first.results_total = 40;
+        first.errors_total = 1;
         first.last_checkpoint = Some(CheckpointStatus {
             epoch: 7,
             source_offset: 100,
@@ -280,6 +320,10 @@ mod tests {
             events_per_second: 12.5,
             late_events_total: 2,
             results_total: 40,
+            errors_total: 1,
+            state: JobState::Failed,
+            restarts: 3,
+            last_error: Some("partition 0 at offset 120: boom".to_string()),
             partitions: vec![first, partition(1)],
         }];
         let text = render(&jobs, 1_795_305_600_500);
@@ -315,6 +359,10 @@ runnel_job_late_events_total{{{job},partition="1"}} 0
 # TYPE runnel_job_results_total counter
 runnel_job_results_total{{{job},partition="0"}} 40
 runnel_job_results_total{{{job},partition="1"}} 0
+# HELP runnel_job_errors_total Events whose expressions failed or whose event time was unusable, sent to the job's late topic with their reason, by this process.
+# TYPE runnel_job_errors_total counter
+runnel_job_errors_total{{{job},partition="0"}} 1
+runnel_job_errors_total{{{job},partition="1"}} 0
 # HELP runnel_job_last_checkpoint_epoch The epoch of the task's newest checkpoint, taken or restored.
 # TYPE runnel_job_last_checkpoint_epoch gauge
 runnel_job_last_checkpoint_epoch{{{job},partition="0"}} 7
@@ -327,6 +375,12 @@ runnel_job_checkpoint_duration_seconds{{{job},partition="0"}} 0.015
 # HELP runnel_job_events_per_second Source records processed per second over the last ten seconds, over the job's partitions.
 # TYPE runnel_job_events_per_second gauge
 runnel_job_events_per_second{{{job}}} 12.5
+# HELP runnel_job_failed 1 while the job is stopped after a failure (restarting or failed for good), else 0.
+# TYPE runnel_job_failed gauge
+runnel_job_failed{{{job}}} 1
+# HELP runnel_job_restarts_total Times the job was restarted after a failure by this process.
+# TYPE runnel_job_restarts_total counter
+runnel_job_restarts_total{{{job}}} 3
 "#
         );
         assert_eq!(text, expected);
@@ -335,7 +389,10 @@ runnel_job_events_per_second{{{job}}} 12.5
     #[test]
     fn no_jobs_still_declares_every_family() {
         let text = render(&[], 0);
-        assert_eq!(text.lines().count(), 2 * (PARTITION_FAMILIES.len() + 1));
+        assert_eq!(
+            text.lines().count(),
+            2 * (PARTITION_FAMILIES.len() + JOB_FAMILIES.len())
+        );
         assert!(text.lines().all(|line| line.starts_with('#')), "{text}");
     }
 }

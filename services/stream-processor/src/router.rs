@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use bytes::Bytes;
 use runnel_events::decode::EventDecoder;
@@ -185,7 +185,13 @@ impl Router {
             let Some(record) = records.get((offset - first) as usize) else {
                 continue;
             };
-            let key = keys.value(row).as_bytes();
+            // A row whose key fails goes on with an empty key; the window task that gets it
+            // finds the same failure and sends the event to the late topic with its reason.
+            let key = if keys.is_null(row) {
+                &[][..]
+            } else {
+                keys.value(row).as_bytes()
+            };
             let target = partition_for_key(key, self.announced.len() as u32);
             if let Some(time) = event_times
                 .as_ref()

@@ -40,8 +40,41 @@ pub struct JobStatus {
     pub late_events_total: u64,
     /// Result records (upserts) emitted by this process, over all partitions.
     pub results_total: u64,
+    /// Events whose expressions failed or whose event time was unusable, sent to the
+    /// late topic with their reason, over all partitions.
+    pub errors_total: u64,
+    /// Whether the job runs, waits to restart after a failure, or has failed for good.
+    pub state: JobState,
+    /// Times the job was restarted after a failure by this process.
+    pub restarts: u32,
+    /// The last failure: what failed, where (partition and offset) and why.
+    pub last_error: Option<String>,
     /// Each source partition's status, by partition number.
     pub partitions: Vec<PartitionStatus>,
+}
+
+/// Whether a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Its tasks run.
+    Running,
+    /// A task failed; the job restarts from its checkpoints after a backoff.
+    Restarting,
+    /// A task failed again after `stream-processor.max-job-restarts` restarts; the job
+    /// stays stopped until the service restarts. The other jobs go on.
+    Failed,
+}
+
+impl JobState {
+    /// The state's name, as `/status` and `ListJobs` give it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Restarting => "restarting",
+            JobState::Failed => "failed",
+        }
+    }
 }
 
 /// The status of one job's task on one source partition.
@@ -68,6 +101,9 @@ pub struct PartitionStatus {
     pub late_events_total: u64,
     /// Result records (upserts) emitted by this process.
     pub results_total: u64,
+    /// Events whose expressions failed or whose event time was unusable, sent to the
+    /// late topic with their reason, by this process.
+    pub errors_total: u64,
     /// The newest checkpoint, taken or restored by this process.
     pub last_checkpoint: Option<CheckpointStatus>,
 }
@@ -102,6 +138,9 @@ pub struct StatusRegistry {
 struct RegisteredJob {
     name: String,
     stream: String,
+    state: JobState,
+    restarts: u32,
+    last_error: Option<String>,
     /// Ascending by partition.
     partitions: Vec<(u32, Arc<Mutex<PartitionState>>)>,
 }
@@ -115,6 +154,7 @@ struct PartitionState {
     events_total: u64,
     late_events_total: u64,
     results_total: u64,
+    errors_total: u64,
     last_checkpoint: Option<CheckpointStatus>,
     /// `(when, events_total then)`, oldest first: the samples `events_per_second` is
     /// measured over. Invariant: not empty.
@@ -142,23 +182,12 @@ impl StatusRegistry {
             events_total: 0,
             late_events_total: 0,
             results_total: 0,
+            errors_total: 0,
             last_checkpoint: None,
             rate_samples: VecDeque::from([(Instant::now(), 0)]),
         }));
         let mut jobs = lock(&self.jobs);
-        let index = match jobs.iter().position(|registered| registered.name == job) {
-            Some(index) => index,
-            None => {
-                jobs.push(RegisteredJob {
-                    name: job.to_string(),
-                    stream: stream.to_string(),
-                    partitions: Vec::new(),
-                });
-                jobs.len() - 1
-            }
-        };
-        let registered = &mut jobs[index];
-        registered.stream = stream.to_string();
+        let registered = registered_job(&mut jobs, job, stream);
         match registered
             .partitions
             .binary_search_by_key(&partition, |(number, _)| *number)
@@ -169,6 +198,30 @@ impl StatusRegistry {
                 .insert(at, (partition, Arc::clone(&state))),
         }
         PartitionReporter { state }
+    }
+
+    /// Lists `job` (reading `stream`) as running, with no partitions yet.
+    pub(crate) fn job_running(&self, job: &str, stream: &str) {
+        let mut jobs = lock(&self.jobs);
+        registered_job(&mut jobs, job, stream).state = JobState::Running;
+    }
+
+    /// `job` failed with `error`; it is `state` now (restarting or failed) after `restarts`
+    /// restarts. Its partitions are no longer listed: no task of it runs.
+    pub(crate) fn job_failed(
+        &self,
+        job: &str,
+        stream: &str,
+        error: String,
+        state: JobState,
+        restarts: u32,
+    ) {
+        let mut jobs = lock(&self.jobs);
+        let registered = registered_job(&mut jobs, job, stream);
+        registered.state = state;
+        registered.restarts = restarts;
+        registered.last_error = Some(error);
+        registered.partitions.clear();
     }
 
     /// Removes `job`'s task on `partition` (it moved to another instance). The job stays
@@ -204,22 +257,51 @@ impl StatusRegistry {
                     .iter()
                     .map(|(partition, state)| lock(state).status(*partition, now))
                     .collect();
-                JobStatus::from_partitions(job.name, job.stream, partitions)
+                JobStatus::from_partitions(job, partitions)
             })
             .collect()
     }
 }
 
+/// Finds `job` in `jobs`, listing it (running, reading `stream`) if it is not there yet.
+fn registered_job<'a>(
+    jobs: &'a mut Vec<RegisteredJob>,
+    job: &str,
+    stream: &str,
+) -> &'a mut RegisteredJob {
+    let index = match jobs.iter().position(|registered| registered.name == job) {
+        Some(index) => index,
+        None => {
+            jobs.push(RegisteredJob {
+                name: job.to_string(),
+                stream: stream.to_string(),
+                state: JobState::Running,
+                restarts: 0,
+                last_error: None,
+                partitions: Vec::new(),
+            });
+            jobs.len() - 1
+        }
+    };
+    let registered = &mut jobs[index];
+    registered.stream = stream.to_string();
+    registered
+}
+
 impl JobStatus {
-    fn from_partitions(job: String, stream: String, partitions: Vec<PartitionStatus>) -> Self {
+    fn from_partitions(job: RegisteredJob, partitions: Vec<PartitionStatus>) -> Self {
         let watermark_ms = partitions
             .iter()
             .map(|partition| partition.watermark_ms)
             .try_fold(i64::MAX, |min, watermark| Some(min.min(watermark?)))
             .filter(|_| !partitions.is_empty());
         JobStatus {
-            job,
-            stream,
+            job: job.name,
+            stream: job.stream,
+            state: job.state,
+            restarts: job.restarts,
+            last_error: job.last_error,
+            errors_total: partitions.iter().map(|p| p.errors_total).sum(),
             watermark_ms,
             lag_records: partitions.iter().map(|p| p.lag_records).sum(),
             events_total: partitions.iter().map(|p| p.events_total).sum(),
@@ -243,6 +325,7 @@ impl PartitionState {
             events_per_second: self.rate(now),
             late_events_total: self.late_events_total,
             results_total: self.results_total,
+            errors_total: self.errors_total,
             last_checkpoint: self.last_checkpoint.clone(),
         }
     }
@@ -317,17 +400,20 @@ impl PartitionReporter {
     }
 
     /// A batch of `records` source records is done: the task continues at
-    /// `source_offset`, emitted `results` result records, and its operator is at
+    /// `source_offset`, emitted `results` result records, found `errors` events it could
+    /// not use (sent to the late topic with their reason), and its operator is at
     /// `operator_watermark` with `late_count` late events so far.
     pub(crate) fn batch_done(
         &self,
         source_offset: u64,
         records: u64,
         results: u64,
+        errors: u64,
         operator_watermark: i64,
         late_count: u64,
     ) {
         let mut state = lock(&self.state);
+        state.errors_total += errors;
         state.source_offset = source_offset;
         // The end offset is refreshed about once a second; the task may have read past it.
         state.end_offset = state.end_offset.max(source_offset);
@@ -388,9 +474,9 @@ mod tests {
             })
         );
 
-        zeroth.batch_done(10, 10, 4, 1_000, 1);
+        zeroth.batch_done(10, 10, 4, 0, 1_000, 1);
         zeroth.end_offset(25);
-        first.batch_done(50, 10, 1, 700, 3);
+        first.batch_done(50, 10, 1, 2, 700, 3);
         first.end_offset(45); // Older than what the task has read: not a negative lag.
         let status = registry.job("views").expect("registered");
         assert_eq!(status.watermark_ms, Some(700));
@@ -406,6 +492,8 @@ mod tests {
         assert_eq!(status.events_total, 20);
         assert_eq!(status.late_events_total, 4);
         assert_eq!(status.results_total, 5);
+        assert_eq!(status.errors_total, 2);
+        assert_eq!(status.state, JobState::Running);
         assert!(registry.job("other").is_none());
 
         // Partition 0 moves to another instance: the job adds up what is left here.
@@ -418,13 +506,42 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_job_is_listed_with_its_error_and_no_partitions() {
+        let registry = StatusRegistry::new();
+        registry.job_running("views", "clicks");
+        let task = registry.register("views", "clicks", 0);
+        task.batch_done(10, 10, 1, 0, 1_000, 0);
+        registry.job_failed(
+            "views",
+            "clicks",
+            "partition 0 at offset 10: boom".to_string(),
+            JobState::Restarting,
+            1,
+        );
+        let status = registry.job("views").expect("listed");
+        assert_eq!(status.state, JobState::Restarting);
+        assert_eq!(status.restarts, 1);
+        assert_eq!(
+            status.last_error.as_deref(),
+            Some("partition 0 at offset 10: boom")
+        );
+        assert!(status.partitions.is_empty());
+        registry.job_running("views", "clicks");
+        let status = registry.job("views").expect("listed");
+        assert_eq!(status.state, JobState::Running);
+        // The error stays, for the operator to read, as does the count of restarts.
+        assert_eq!(status.restarts, 1);
+        assert!(status.last_error.is_some());
+    }
+
+    #[test]
     fn the_rate_spans_about_ten_seconds() {
         let registry = StatusRegistry::new();
         let reporter = registry.register("j", "s", 0);
         let start = lock(&reporter.state).rate_samples[0].0;
         // 100 events a second for 30 seconds, then nothing for 5 seconds.
         for second in 1..=30 {
-            reporter.batch_done(second * 100, 100, 0, 0, 0);
+            reporter.batch_done(second * 100, 100, 0, 0, 0, 0);
             reporter.end_offset_at(second * 100, start + Duration::from_secs(second));
         }
         let status = lock(&reporter.state).status(0, start + Duration::from_secs(30));
@@ -438,7 +555,7 @@ mod tests {
         // Early on, the rate is measured from the task's start.
         let early = registry.register("j", "s", 1);
         let start = lock(&early.state).rate_samples[0].0;
-        early.batch_done(30, 30, 0, 0, 0);
+        early.batch_done(30, 30, 0, 0, 0, 0);
         let status = lock(&early.state).status(1, start + Duration::from_secs(2));
         assert!((status.events_per_second - 15.0).abs() < 1e-9, "{status:?}");
     }

@@ -231,6 +231,21 @@ impl Task {
         mut self,
         shutdown: CancellationToken,
     ) -> Result<(), StreamProcessorError> {
+        match self.run_until_stopped(shutdown).await {
+            Ok(()) => Ok(()),
+            Err(source) => Err(StreamProcessorError::TaskFailed {
+                job: self.job.name.clone(),
+                partition: self.partition,
+                offset: self.offset,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    async fn run_until_stopped(
+        &mut self,
+        shutdown: CancellationToken,
+    ) -> Result<(), StreamProcessorError> {
         let topic = self.topic.clone();
         let mut source = self.open_source().await?;
         loop {
@@ -262,8 +277,19 @@ impl Task {
                         tokio::task::yield_now().await;
                     }
                     // Everything before the source's position was yielded (and is now
-                    // processed) or was undecodable and skipped.
-                    self.offset = self.offset.max(hybrid.position());
+                    // processed) or was undecodable and skipped; skipped records count as
+                    // progress too, or a partition ending in them would never catch up.
+                    if hybrid.position() > self.offset {
+                        self.offset = hybrid.position();
+                        self.status.batch_done(
+                            self.offset,
+                            0,
+                            0,
+                            0,
+                            self.operator.watermark(),
+                            self.operator.late_count(),
+                        );
+                    }
                 }
             }
             if self
@@ -370,6 +396,7 @@ impl Task {
         events: usize,
     ) -> Result<(), StreamProcessorError> {
         let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
+        let errors = output.errors.len();
         self.emit(output, arrival).await?;
         if let Some(next_offset) = next_offset {
             self.offset = next_offset;
@@ -378,6 +405,7 @@ impl Task {
             self.offset,
             events as u64,
             result_rows as u64,
+            errors as u64,
             self.operator.watermark(),
             self.operator.late_count(),
         );
@@ -498,8 +526,14 @@ impl Task {
         output: OperatorOutput,
         arrival: i64,
     ) -> Result<(), StreamProcessorError> {
-        for error in &output.errors {
-            warn!(row = error.row, reason = %error.reason, "event not counted");
+        // Each failed event is a row of the late events, with its reason, offset and
+        // partition; one line per batch says so.
+        if let Some(first) = output.errors.first() {
+            debug!(
+                n_events = output.errors.len(),
+                first_reason = %first.reason,
+                "events not counted sent to the late topic"
+            );
         }
         let results = result_records(&output.results, self.partition, arrival)?;
         if !results.is_empty() {

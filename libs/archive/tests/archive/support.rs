@@ -60,18 +60,18 @@ pub(crate) fn stream_config(name: &str, partitions: u32) -> StreamConfig {
         field_type,
         nullable,
     };
-    StreamConfig {
-        name: name.to_string(),
+    StreamConfig::new(
+        name,
         partitions,
-        key: Some("user_id".to_string()),
-        event_time: "event_time".to_string(),
-        schema: vec![
+        Some("user_id".to_string()),
+        "event_time",
+        vec![
             field("event_time", FieldType::Timestamp, false),
             field("user_id", FieldType::String, false),
             field("page", FieldType::String, false),
             field("duration_ms", FieldType::Int64, true),
         ],
-    }
+    )
 }
 
 impl Fixture {

@@ -100,7 +100,10 @@ fn batches(events: &[Event], cuts: &[usize]) -> Vec<RecordBatch> {
 }
 
 fn plan(sql: &str) -> Arc<JobPlan> {
-    Arc::new(JobPlan::compile(sql, schema(), "ts").expect("job compiles"))
+    Arc::new(
+        JobPlan::compile(sql, schema(), "ts", &runnel_engine::JobLimits::default())
+            .expect("job compiles"),
+    )
 }
 
 /// Runs the batches; before each batch whose index is in `restore_before`, the operator is

@@ -3,6 +3,8 @@
 mod backfill;
 mod demo;
 mod history;
+mod hostile;
+mod log_repair;
 mod query;
 mod stream;
 
@@ -387,9 +389,16 @@ struct IngestService {
 }
 
 impl IngestService {
-    /// Starts the service with `dir/data` as its data folder, the archiver off.
+    /// Starts the service with `dir/data` as its data folder, the archiver off, and any
+    /// past event time accepted (the test events are from 1970).
     fn start(dir: &Path) -> IngestService {
-        IngestService::start_with(dir, &[("RUNNEL__INGEST__RUN_ARCHIVER", "false")])
+        IngestService::start_with(
+            dir,
+            &[
+                ("RUNNEL__INGEST__RUN_ARCHIVER", "false"),
+                ("RUNNEL__STREAMS__0__MAX_EVENT_TIME_BEHIND", "100000d"),
+            ],
+        )
     }
 
     /// Starts the service with `dir/data` as its data folder and extra variables.

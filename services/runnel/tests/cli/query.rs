@@ -26,18 +26,19 @@ GROUP BY user_id, window_start, window_end
 "#;
 
 /// `runnel all`, and the addresses its ingest and serving services logged.
-struct RunnelAll {
+pub(super) struct RunnelAll {
     _process: KillOnDrop,
-    ingest: String,
-    serving: String,
+    pub(super) ingest: String,
+    pub(super) serving: String,
 }
 
 impl RunnelAll {
-    fn start(dir: &Path) -> RunnelAll {
+    pub(super) fn start(dir: &Path) -> RunnelAll {
         let (process, urls) = start_listening(
             dir,
             &["--config", "runnel.toml", "all"],
-            &[],
+            // The test's events are from 1970.
+            &[("RUNNEL__STREAMS__0__MAX_EVENT_TIME_BEHIND", "100000d")],
             &["ingest", "serving"],
         );
         RunnelAll {
@@ -48,7 +49,7 @@ impl RunnelAll {
     }
 }
 
-fn succeeds(dir: &Path, args: &[&str]) -> String {
+pub(super) fn succeeds(dir: &Path, args: &[&str]) -> String {
     let run = runnel(dir, args);
     assert!(
         run.status.success(),

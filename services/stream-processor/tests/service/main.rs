@@ -5,6 +5,9 @@
 //!   service did, matching what is in the log.
 //! - `idle`: a silent source partition stops holding back a repartitioned job's watermark
 //!   once it has been idle for the job's `idle-timeout`, and holds it back without one.
+//! - `isolation`: a poison event goes to its job's late topic and a failing job is given up
+//!   after bounded restarts, while the other jobs and the service go on.
 
 mod idle;
+mod isolation;
 mod status;
