@@ -197,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 let (bodies, counters) = (Arc::clone(&bodies), Arc::clone(&counters));
                 let path = format!("/v1/streams/{}/events", flags.stream);
                 let mut batch_idx = connection;
+                let address = address.clone();
                 workers.spawn(async move {
                     let mut stream = BufReader::new(stream);
                     while !counters.stop.load(Ordering::Relaxed) {
@@ -208,7 +209,16 @@ async fn main() -> anyhow::Result<()> {
                         );
                         stream.get_mut().write_all(head.as_bytes()).await?;
                         stream.get_mut().write_all(body).await?;
-                        let (status, response) = read_http_response(&mut stream).await?;
+                        let (status, response, closes) = read_http_response(&mut stream).await?;
+                        if closes {
+                            // The service closes a connection it answered before the
+                            // body's end (429 among them): go on over a new one.
+                            let fresh = TcpStream::connect(&address)
+                                .await
+                                .with_context(|| format!("connect to {address}"))?;
+                            fresh.set_nodelay(true)?;
+                            stream = BufReader::new(fresh);
+                        }
                         match status {
                             200 => {
                                 let response: serde_json::Value = serde_json::from_slice(&response)?;
@@ -247,8 +257,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body.
-async fn read_http_response(stream: &mut BufReader<TcpStream>) -> anyhow::Result<(u16, Vec<u8>)> {
+/// Reads one HTTP/1.1 response with a Content-Length body; says whether the service closes
+/// the connection after it.
+async fn read_http_response(
+    stream: &mut BufReader<TcpStream>,
+) -> anyhow::Result<(u16, Vec<u8>, bool)> {
     let mut line = String::new();
     stream.read_line(&mut line).await?;
     let status: u16 = line
@@ -257,6 +270,7 @@ async fn read_http_response(stream: &mut BufReader<TcpStream>) -> anyhow::Result
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("bad status line `{line}`"))?;
     let mut content_length = 0;
+    let mut closes = false;
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 {
@@ -271,8 +285,14 @@ async fn read_http_response(stream: &mut BufReader<TcpStream>) -> anyhow::Result
         {
             content_length = value.trim().parse()?;
         }
+        if let Some((name, value)) = trimmed.split_once(':')
+            && name.eq_ignore_ascii_case("connection")
+            && value.trim().eq_ignore_ascii_case("close")
+        {
+            closes = true;
+        }
     }
     let mut body = vec![0; content_length];
     stream.read_exact(&mut body).await?;
-    Ok((status, body))
+    Ok((status, body, closes))
 }

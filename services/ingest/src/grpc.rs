@@ -103,6 +103,10 @@ fn status(failure: &IngestFailure, mut metadata: MetadataMap) -> Status {
         IngestFailure::NoEvents | IngestFailure::BadBody(_) | IngestFailure::ReadBody(_) => {
             Code::InvalidArgument
         }
+        // HTTP's body timeouts; gRPC streams are watched by HTTP/2 keepalive instead.
+        IngestFailure::BodyStalled { .. } | IngestFailure::BodyTooSlow { .. } => {
+            Code::DeadlineExceeded
+        }
         IngestFailure::Append { .. } => Code::Unavailable,
         IngestFailure::Validation(_) => Code::Internal,
     };

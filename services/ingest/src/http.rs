@@ -1,4 +1,5 @@
-//! The HTTP front end: `POST /v1/streams/{stream}/events`.
+//! The HTTP front end: `POST /v1/streams/{stream}/events` and `GET /healthz`; every other
+//! request is answered 404 (405 for a wrong method on a route) with the JSON error body.
 //!
 //! The body is NDJSON (one JSON object per line; blank lines are skipped) or one JSON array
 //! of objects. It is read as NDJSON when the content type says so (`application/x-ndjson`,
@@ -6,28 +7,62 @@
 //! NDJSON otherwise (so a single-line object is one event). `?all_or_nothing=true` asks for
 //! all-or-nothing.
 //!
+//! The body's bytes are taken from the in-flight budget as they arrive, never from what
+//! `Content-Length` announces, so a request that sends only its head holds none of it. The
+//! body must keep coming: no wait for its next piece may exceed `ingest.body-read-timeout`,
+//! and past that first stretch it must average `ingest.min-body-bytes-per-second`.
+//!
 //! Answers, as JSON:
 //! - 200 with `{stream, accepted, rejected, aborted, ranges, rejections}` once the batch is
 //!   durable, also when some events were rejected;
 //! - 422 with the same body when all-or-nothing was asked and an event was rejected;
-//! - 400 for a body without events or a malformed array, 404 for an undeclared stream,
+//! - 400 for a body without events or a malformed array, 404 for an undeclared stream or a
+//!   path that is no route, 405 for a wrong method, 408 for a body that stalls or trickles,
 //!   413 for a body over `ingest.max-request-bytes`, 429 with `Retry-After` (seconds) and
 //!   `retry-after-ms` when too many bytes are in flight, 503 when the log fails;
-//!   all with `{error, code}`.
+//!   all with `{code, error}`. An answer given before the body's end closes the connection.
+//!
+//! gRPC shares the port: a request with content type `application/grpc` goes to the gRPC
+//! services ([`GRPC_SERVICES`]), and one for a method they do not have is answered
+//! UNIMPLEMENTED; any other request never reaches them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tracing::{Instrument, info_span, warn};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::service::{Api, Batch, BatchOutcome, IngestFailure, Ingestor, PartitionRange};
+
+/// The events endpoint.
+const EVENTS_ROUTE: &str = "/v1/streams/{stream}/events";
+
+/// The health probe: 200 while the service runs, 503 once it is stopping.
+const HEALTHZ_ROUTE: &str = "/healthz";
+
+/// The gRPC services of the port, by their full names (gRPC paths are `/<name>/<method>`).
+pub(crate) const GRPC_SERVICES: [&str; 2] = [
+    crate::proto::ingest_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+];
+
+/// What a request that is no route is told.
+const ROUTES: &str = "the routes are POST /v1/streams/{stream}/events, GET /healthz, \
+     GET /metrics and GET /status (the archiver's), and gRPC (content-type application/grpc) runnel.ingest.v1.Ingest and grpc.health.v1.Health";
+
+/// Request paths are cut to this many bytes when quoted in an error.
+const MAX_QUOTED_PATH_BYTES: usize = 256;
 
 /// Query parameters of the events endpoint.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -62,11 +97,110 @@ struct ErrorBody {
     error: String,
 }
 
-/// Returns the HTTP routes.
-pub(crate) fn router(ingestor: Arc<Ingestor>) -> Router {
+/// Returns the HTTP routes; a wrong method on one of them is answered 405.
+///
+/// `shutdown` is the service's token: `GET /healthz` answers 503 once it is cancelled.
+pub(crate) fn router(ingestor: Arc<Ingestor>, shutdown: CancellationToken) -> Router {
     Router::new()
-        .route("/v1/streams/{stream}/events", post(post_events))
+        .route(EVENTS_ROUTE, post(post_events).fallback(method_not_allowed))
+        .route(
+            HEALTHZ_ROUTE,
+            get(move || healthz(shutdown.clone())).fallback(method_not_allowed),
+        )
         .with_state(ingestor)
+}
+
+/// `GET /healthz`.
+async fn healthz(shutdown: CancellationToken) -> Response {
+    if shutdown.is_cancelled() {
+        let body = serde_json::json!({ "service": crate::SERVICE_NAME, "status": "stopping" });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let body = serde_json::json!({ "service": crate::SERVICE_NAME, "status": "serving" });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// Whether a request is gRPC: its content type is `application/grpc` or a subtype of it
+/// (`application/grpc+proto`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.starts_with("application/grpc") && !value.starts_with("application/grpc-web")
+        })
+}
+
+/// Whether `path` is under one of the port's gRPC services.
+fn is_grpc_path(path: &str) -> bool {
+    let Some(path) = path.strip_prefix('/') else {
+        return false;
+    };
+    GRPC_SERVICES.iter().any(|service| {
+        path.strip_prefix(service)
+            .is_some_and(|method| method.starts_with('/'))
+    })
+}
+
+/// Middleware: keeps gRPC and HTTP apart. A gRPC request for a path that is not one of the
+/// gRPC services is answered UNIMPLEMENTED (in gRPC, as its client expects); any other
+/// request for a gRPC service's path is answered 404, so that no gRPC status ever answers
+/// a plain HTTP request.
+pub(crate) async fn route_guard(request: Request, next: Next) -> Response {
+    let grpc = is_grpc(request.headers());
+    let grpc_path = is_grpc_path(request.uri().path());
+    if grpc && !grpc_path {
+        let path = quoted_path(request.uri());
+        debug!(path, "gRPC request for an unknown service");
+        return tonic::Status::unimplemented(format!(
+            "no gRPC method `{path}` on this port; it serves {}",
+            GRPC_SERVICES.join(" and ")
+        ))
+        .into_http::<Body>();
+    }
+    if !grpc && grpc_path {
+        return not_found(request.method().clone(), request.uri().clone()).await;
+    }
+    next.run(request).await
+}
+
+/// The answer to a request that is no route: 404 naming the path and listing the routes.
+pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
+    let path = quoted_path(&uri);
+    debug!(%method, path, "no route");
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {path}; {ROUTES}"),
+    )
+}
+
+/// The answer to a wrong method on a route: 405 (axum adds `Allow`).
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let path = quoted_path(&uri);
+    debug!(%method, path, "method not allowed");
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path}; {ROUTES}"),
+    )
+}
+
+/// The request's path, cut to [`MAX_QUOTED_PATH_BYTES`] on a character boundary.
+fn quoted_path(uri: &Uri) -> String {
+    let path = uri.path();
+    if path.len() <= MAX_QUOTED_PATH_BYTES {
+        return path.to_string();
+    }
+    let mut end = MAX_QUOTED_PATH_BYTES;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &path[..end])
+}
+
+fn error_response(status: StatusCode, code: &'static str, error: String) -> Response {
+    (status, axum::Json(ErrorBody { code, error })).into_response()
 }
 
 async fn post_events(
@@ -98,19 +232,12 @@ async fn ingest(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
-    // With a known length the bytes are reserved before the body is read; otherwise after
-    // (the read is bounded by the request limit either way).
-    let (body, _permit) = match content_length {
-        Some(length) => {
-            let permit = ingestor.try_reserve(length)?;
-            (read_body(ingestor, body, Some(length)).await?, permit)
-        }
-        None => {
-            let body = read_body(ingestor, body, None).await?;
-            let permit = ingestor.try_reserve(body.len())?;
-            (body, permit)
-        }
-    };
+    // An announced length over the limit is refused before anything is read; the budget
+    // is taken from the bytes as they arrive.
+    if let Some(length) = content_length {
+        ingestor.check_request_size(length)?;
+    }
+    let (body, _permit) = read_body(ingestor, body).await?;
     let ndjson = request_headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -126,37 +253,86 @@ async fn ingest(
         .await
 }
 
-/// Reads the whole body, refusing it as soon as it passes the request limit.
+/// Reads the whole body, taking its bytes from the in-flight budget as they arrive.
+///
+/// Refuses it as soon as it passes the request limit or the budget, when no piece of it
+/// arrives within `ingest.body-read-timeout`, or when, past that first stretch, it has
+/// averaged less than `ingest.min-body-bytes-per-second`.
 async fn read_body(
     ingestor: &Ingestor,
     body: Body,
-    size_hint: Option<usize>,
-) -> Result<Bytes, IngestFailure> {
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), IngestFailure> {
+    let config = ingestor.config();
+    let body_read_timeout = config.body_read_timeout;
+    let min_rate = config.min_body_bytes_per_second;
+    let started = Instant::now();
     let mut chunks = body.into_data_stream();
-    // One chunk is kept as it is; several are joined into one buffer.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut total = 0;
-    while let Some(chunk) = chunks.next().await {
+    loop {
+        let idle_deadline = Instant::now() + body_read_timeout;
+        let rate_deadline = rate_deadline(started, body_read_timeout, total, min_rate);
+        let deadline = rate_deadline.map_or(idle_deadline, |rate| rate.min(idle_deadline));
+        let Ok(next) = tokio::time::timeout_at(deadline, chunks.next()).await else {
+            return Err(if rate_deadline.is_some_and(|rate| rate < idle_deadline) {
+                IngestFailure::BodyTooSlow {
+                    received: total,
+                    elapsed: started.elapsed(),
+                    min_rate,
+                }
+            } else {
+                IngestFailure::BodyStalled {
+                    received: total,
+                    timeout: body_read_timeout,
+                }
+            });
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let chunk = chunk.map_err(|error| IngestFailure::ReadBody(error.to_string()))?;
+        if chunk.is_empty() {
+            continue;
+        }
         total += chunk.len();
         ingestor.check_request_size(total)?;
-        if let Some(buffer) = joined.as_mut() {
-            buffer.extend_from_slice(&chunk);
-        } else if let Some(previous) = first.take() {
-            let mut buffer = BytesMut::with_capacity(size_hint.unwrap_or(0).max(total));
-            buffer.extend_from_slice(&previous);
-            buffer.extend_from_slice(&chunk);
-            joined = Some(buffer);
-        } else {
-            first = Some(chunk);
+        let taken = ingestor.try_reserve(chunk.len())?;
+        match permit.as_mut() {
+            Some(permit) => permit.merge(taken),
+            None => permit = Some(taken),
         }
+        parts.push(chunk);
     }
-    Ok(match (first, joined) {
-        (_, Some(buffer)) => buffer.freeze(),
-        (Some(first), None) => first,
-        (None, None) => Bytes::new(),
-    })
+    let body = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total);
+            for part in &parts {
+                joined.extend_from_slice(part);
+            }
+            joined.freeze()
+        }
+    };
+    Ok((body, permit))
+}
+
+/// When a body that has `received` bytes after starting at `started` falls under
+/// `min_rate` bytes per second, counting only the time past `grace`; `None` without a
+/// minimum rate, or before any byte has arrived (the wait for the first one is
+/// `ingest.body-read-timeout`, which ends at the same time).
+fn rate_deadline(
+    started: Instant,
+    grace: Duration,
+    received: usize,
+    min_rate: u64,
+) -> Option<Instant> {
+    if min_rate == 0 || received == 0 {
+        return None;
+    }
+    let earned = Duration::from_secs_f64(received as f64 / min_rate as f64);
+    Some(started + grace + earned)
 }
 
 fn is_ndjson_content_type(content_type: &str) -> bool {
@@ -325,23 +501,39 @@ fn failure_response(failure: &IngestFailure) -> Response {
         IngestFailure::NoEvents => (StatusCode::BAD_REQUEST, "no_events"),
         IngestFailure::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
         IngestFailure::ReadBody(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+        IngestFailure::BodyStalled { .. } => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        IngestFailure::BodyTooSlow { .. } => (StatusCode::REQUEST_TIMEOUT, "body_too_slow"),
         IngestFailure::Append { .. } => (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable"),
         IngestFailure::Validation(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
+    // These are answered before the body's end (the budget and the limits are checked as
+    // it arrives), so the rest of it must not be read as the next request.
+    let closes = matches!(
+        failure,
+        IngestFailure::Busy { .. }
+            | IngestFailure::TooLarge { .. }
+            | IngestFailure::ReadBody(_)
+            | IngestFailure::BodyStalled { .. }
+            | IngestFailure::BodyTooSlow { .. }
+    );
+    if matches!(
+        failure,
+        IngestFailure::BodyStalled { .. } | IngestFailure::BodyTooSlow { .. }
+    ) {
+        debug!(error = %failure, "request body timed out");
+    }
     if matches!(
         failure,
         IngestFailure::Append { .. } | IngestFailure::Validation(_)
     ) {
         warn!(error = %failure, "ingest request failed");
     }
-    let mut response = (
-        status,
-        axum::Json(ErrorBody {
-            code,
-            error: failure.to_string(),
-        }),
-    )
-        .into_response();
+    let mut response = error_response(status, code, failure.to_string());
+    if closes {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let IngestFailure::Busy { retry_after, .. } = failure {
         let millis = retry_after.as_millis();
         let seconds = millis.div_ceil(1000).max(1);
@@ -427,6 +619,57 @@ mod tests {
             "[}]",
             "the body is not a JSON array: unbalanced `}` at byte 1",
         );
+    }
+
+    #[test]
+    fn a_body_may_trickle_only_at_the_minimum_rate_after_the_grace() {
+        let started = Instant::now();
+        let grace = Duration::from_secs(10);
+        assert_eq!(rate_deadline(started, grace, 0, 1000), None, "nothing yet");
+        assert_eq!(rate_deadline(started, grace, 5000, 0), None, "no minimum");
+        assert_eq!(
+            rate_deadline(started, grace, 5000, 1000),
+            Some(started + Duration::from_secs(15))
+        );
+        assert_eq!(
+            rate_deadline(started, grace, 1, 1000),
+            Some(started + Duration::from_millis(10_001))
+        );
+    }
+
+    #[test]
+    fn grpc_paths_are_the_grpc_services_methods() {
+        assert!(is_grpc_path("/runnel.ingest.v1.Ingest/Ingest"));
+        assert!(is_grpc_path("/grpc.health.v1.Health/Check"));
+        assert!(is_grpc_path("/runnel.ingest.v1.Ingest/"));
+        assert!(!is_grpc_path("/runnel.ingest.v1.Ingestx/Ingest"));
+        assert!(!is_grpc_path("/runnel.ingest.v1.Ingest"));
+        assert!(!is_grpc_path("/v1/streams/clicks/events"));
+        assert!(!is_grpc_path("runnel.ingest.v1.Ingest/Ingest"));
+        let grpc = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(content_type).expect("header"),
+            );
+            is_grpc(&headers)
+        };
+        assert!(grpc("application/grpc"));
+        assert!(grpc("application/grpc+proto"));
+        assert!(!grpc("application/grpc-web"));
+        assert!(!grpc("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn quoted_paths_are_cut_on_a_character_boundary() {
+        let uri: Uri = "/v1/stream/clicks/events?x=1".parse().expect("uri");
+        assert_eq!(quoted_path(&uri), "/v1/stream/clicks/events");
+        let long = format!("/{}", "%C3%A9".repeat(100));
+        let uri: Uri = long.parse().expect("uri");
+        let quoted = quoted_path(&uri);
+        assert!(quoted.ends_with("..."), "{quoted}");
+        assert!(quoted.len() <= MAX_QUOTED_PATH_BYTES + 3, "{quoted}");
     }
 
     #[test]

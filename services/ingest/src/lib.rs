@@ -4,14 +4,27 @@
 //! One listen address (`ingest.listen`) serves both APIs: gRPC `runnel.ingest.v1.Ingest`
 //! (unary `Ingest` and client-streaming `IngestStream`, JSON documents or typed rows; see
 //! `proto/runnel/ingest/v1/ingest.proto`) and HTTP `POST /v1/streams/{stream}/events`
-//! (NDJSON or a JSON array; see the `http` module). Requests are told apart by the router,
-//! gRPC paths being `/runnel.ingest.v1.Ingest/*`.
+//! (NDJSON or a JSON array; see the `http` module), with the standard gRPC health service
+//! (`grpc.health.v1.Health`) and `GET /healthz` beside them, both open without the token.
+//! Requests are told apart by content type and path: gRPC requests
+//! (`application/grpc`) go to the gRPC services, others to the HTTP routes; anything else
+//! is answered 404 (405 for a wrong method) with the JSON error body, or UNIMPLEMENTED for
+//! a gRPC request.
+//!
+//! The port guards itself against slow and abusive clients (the `connection` module):
+//! connections are counted in total and per client address (`ingest.max-connections`,
+//! `ingest.max-connections-per-client`; over them a connection is answered 503 and closed),
+//! a request head must arrive within `ingest.header-read-timeout`, an HTTP body must keep
+//! arriving (`ingest.body-read-timeout`, `ingest.min-body-bytes-per-second`; 408
+//! otherwise), and HTTP/2 connections have a stream limit and keepalive pings
+//! (`ingest.http2-*`).
 //!
 //! For each batch:
 //! - Backpressure first: the request's bytes are taken from a budget of
-//!   `ingest.max-in-flight-bytes`, now or never; over it the answer is HTTP 429 with
-//!   `Retry-After` or gRPC RESOURCE_EXHAUSTED with `retry-after-ms` metadata, rather than a
-//!   queue. Requests over `ingest.max-request-bytes` are refused whole (413 / OUT_OF_RANGE).
+//!   `ingest.max-in-flight-bytes` as they arrive, now or never; over it the answer is HTTP
+//!   429 with `Retry-After` or gRPC RESOURCE_EXHAUSTED with `retry-after-ms` metadata,
+//!   rather than a queue. Requests over `ingest.max-request-bytes` are refused whole
+//!   (413 / OUT_OF_RANGE).
 //! - Each event is validated (`runnel_events::validate`) into the record format: value =
 //!   the declared fields as JSON, key = the stream's key field (the log partitions keyed
 //!   records with Kafka's murmur2 partitioner and spreads unkeyed ones round robin),
@@ -30,6 +43,8 @@
 //! Parquet history until shutdown.
 #![warn(missing_docs)]
 
+mod archive_status;
+mod connection;
 mod grpc;
 mod http;
 mod service;
@@ -42,8 +57,9 @@ use runnel_log::{Log, LogError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
-use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, info, info_span};
+
+use crate::connection::ConnectionLimits;
 
 pub use grpc::{BATCHES_DONE_METADATA, RETRY_AFTER_MS_METADATA};
 pub use service::{PartitionRange, UNKNOWN_STREAM_CODE, headers};
@@ -137,23 +153,34 @@ impl BoundIngest {
     ///
     /// # Errors
     ///
-    /// [`IngestError::Serve`].
+    /// [`IngestError::Tls`], [`IngestError::Serve`].
     pub async fn serve(self) -> Result<(), IngestError> {
-        let max_request_bytes = self.ingestor.config().max_request_bytes;
+        let config = self.ingestor.config().clone();
         let grpc = proto::ingest_server::IngestServer::new(grpc::GrpcIngest {
             ingestor: Arc::clone(&self.ingestor),
         })
         // A larger message is refused by tonic with OUT_OF_RANGE, naming the limit.
-        .max_decoding_message_size(max_request_bytes)
+        .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
-        let config = self.ingestor.config();
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        set_health(&health_reporter, tonic_health::ServingStatus::Serving).await;
+        let routes = Routes::new(grpc)
+            .add_service(health)
+            .into_axum_router()
+            .merge(http::router(
+                Arc::clone(&self.ingestor),
+                self.shutdown.clone(),
+            ))
+            .merge(archive_status::router())
+            .fallback(http::not_found)
+            .layer(axum::middleware::from_fn(http::route_guard));
+        // Health stays open to probes; the rest asks for the token when one is set.
         let router = runnel_server_common::security::require_bearer(
-            Routes::new(grpc)
-                .into_axum_router()
-                .merge(http::router(Arc::clone(&self.ingestor))),
+            routes,
             config.auth_token.as_deref(),
-            &[],
-        );
+            &["/grpc.health.v1.Health/", "/healthz"],
+        )
+        .layer(axum::middleware::from_fn(connection::track_requests));
         let server = runnel_server_common::security::server(
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
@@ -163,19 +190,48 @@ impl BoundIngest {
             address = %self.local_addr,
             tls = config.tls_cert.is_some(),
             auth = config.auth_token.is_some(),
+            max_connections = config.max_connections,
+            max_connections_per_client = config.max_connections_per_client,
             "ingest listening (gRPC and HTTP)"
         );
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let incoming = connection::incoming(
+            self.listener,
+            ConnectionLimits {
+                max_connections: config.max_connections,
+                max_connections_per_client: config.max_connections_per_client,
+                header_read_timeout: config.header_read_timeout,
+                answer_refusals: config.tls_cert.is_none(),
+            },
+        );
+        let shutdown = self.shutdown.clone();
+        let stopping = async move {
+            shutdown.cancelled().await;
+            set_health(&health_reporter, tonic_health::ServingStatus::NotServing).await;
+        };
         server
             .accept_http1(true)
             .http2_adaptive_window(Some(true))
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .initial_connection_window_size(Some(16 * 1024 * 1024))
+            .max_concurrent_streams(Some(config.http2_max_concurrent_streams))
+            .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(config.http2_keepalive_timeout))
             .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(incoming, self.shutdown.cancelled_owned())
+            .serve_with_incoming_shutdown(incoming, stopping)
             .await
             .map_err(IngestError::Serve)
     }
+}
+
+/// Sets the health of the whole server (`""`) and of `runnel.ingest.v1.Ingest`.
+async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(proto::ingest_server::SERVICE_NAME, status)
+        .await;
 }
 
 /// Runs the ingest service until `shutdown` is cancelled, on the log that `config` selects.

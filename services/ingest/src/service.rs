@@ -176,6 +176,22 @@ pub(crate) enum IngestFailure {
     /// The HTTP body could not be read.
     #[error("read the request body: {0}")]
     ReadBody(String),
+    /// No piece of the HTTP body arrived within `ingest.body-read-timeout`.
+    #[error(
+        "the request body stalled: nothing arrived for {} ms after {received} bytes (ingest.body-read-timeout)",
+        timeout.as_millis()
+    )]
+    BodyStalled { received: usize, timeout: Duration },
+    /// The HTTP body arrived more slowly than `ingest.min-body-bytes-per-second`.
+    #[error(
+        "the request body is too slow: {received} bytes in {} ms, under {min_rate} bytes per second (ingest.min-body-bytes-per-second)",
+        elapsed.as_millis()
+    )]
+    BodyTooSlow {
+        received: usize,
+        elapsed: Duration,
+        min_rate: u64,
+    },
     /// Appending to the log failed: nothing of the batch is acknowledged.
     #[error("append to `{topic}`: {source}")]
     Append {
@@ -216,10 +232,9 @@ impl Ingestor {
     /// Builds the ingestor and ensures every dead-letter topic (one partition each).
     pub(crate) async fn new(config: &Config, log: Arc<dyn Log>) -> Result<Self, LogError> {
         let ingest = &config.ingest;
+        // The event-time bounds are the stream's (`StreamConfig::max_event_time_*`).
         let limits = ValidationLimits {
             max_event_bytes: ingest.max_event_bytes,
-            max_event_time_ahead: ingest.max_event_time_ahead,
-            max_event_time_behind: ingest.max_event_time_behind,
         };
         let mut streams = HashMap::new();
         for stream in &config.streams {
@@ -259,6 +274,9 @@ impl Ingestor {
 
     /// Takes `bytes` of the in-flight budget, now or never: over the budget the request is
     /// answered busy with the retry hint.
+    ///
+    /// The front ends take the bytes that have arrived: HTTP each piece of the body as it
+    /// is read, gRPC each message once tonic has decoded it.
     pub(crate) fn try_reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, IngestFailure> {
         self.check_request_size(bytes)?;
         // At least one permit, so that empty requests are counted too; at most u32::MAX,

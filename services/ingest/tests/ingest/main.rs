@@ -6,4 +6,6 @@ mod backpressure;
 mod bad_input;
 mod grpc;
 mod http;
+mod routes;
 mod sandbox;
+mod slow_clients;

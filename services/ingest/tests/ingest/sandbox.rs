@@ -19,6 +19,7 @@ name = "clicks"
 partitions = 4
 key = "user_id"
 event-time = "event_time"
+max-event-time-behind = "1d"
 schema = [
   { name = "event_time", type = "timestamp" },
   { name = "user_id", type = "string" },
@@ -30,6 +31,7 @@ schema = [
 name = "metrics"
 partitions = 3
 event-time = "at"
+max-event-time-behind = "1d"
 schema = [
   { name = "at", type = "int64" },
   { name = "value", type = "float64" },
@@ -78,7 +80,6 @@ impl Sandbox {
                 "RUNNEL__INGEST__MAX_IN_FLIGHT_BYTES",
                 (1024 * 1024).to_string(),
             ),
-            ("RUNNEL__INGEST__MAX_EVENT_TIME_BEHIND", "1d".to_string()),
             ("RUNNEL__INGEST__RETRY_AFTER", "1500ms".to_string()),
             ("RUNNEL__INGEST__RUN_ARCHIVER", "false".to_string()),
         ]
@@ -215,10 +216,15 @@ pub(crate) async fn write_post_head(
 pub(crate) async fn read_response(stream: &mut TcpStream) -> HttpResponse {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read response");
+    parse_response(&raw)
+}
+
+/// Parses a whole HTTP/1.1 response (head and body).
+pub(crate) fn parse_response(raw: &[u8]) -> HttpResponse {
     let split = raw
         .windows(4)
         .position(|window| window == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {}", String::from_utf8_lossy(&raw)));
+        .unwrap_or_else(|| panic!("no header end: {}", String::from_utf8_lossy(raw)));
     let head = std::str::from_utf8(&raw[..split]).expect("utf-8 head");
     let mut lines = head.split("\r\n");
     let status_line = lines.next().expect("status line");
