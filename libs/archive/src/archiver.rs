@@ -34,6 +34,17 @@
 //! - after the manifest, before the commit: the commit is only a retention hold; the
 //!   archiver resumes from the manifest.
 //!
+//! # Corruption
+//!
+//! A partition whose log cannot be read at some offset ([`LogError::Corrupt`]: a bad frame
+//! in the embedded log) stops there, alone: its state becomes corrupt in the
+//! [`ArchiverStatus`] (file, byte, offset, the repair commands), an ERROR names the repair
+//! once, and the task looks again every `poll-interval` (at least every second) until the
+//! offset reads, e.g. after `runnel log repair`; the other partitions and streams go on.
+//! Offsets a repair skipped are covered by the file that spans them (like undecodable
+//! records), so ranges stay contiguous. Other failures (object store, I/O) retry the stream
+//! with a growing pause.
+//!
 //! Records that cannot be decoded are appended to the stream's dead-letter topic (with
 //! headers `runnel-source-offset`, `runnel-source-partition` and `runnel-reason`) and left
 //! out of the file; the file's offset range still covers them, so ranges stay contiguous.
@@ -71,6 +82,7 @@ use crate::manifest::{
     stream_dir,
 };
 use crate::parquet_file::StoreFile;
+use crate::status::{ArchiverStatus, CorruptRange};
 
 /// The consumer group under which the archiver commits, per partition, the offset after the
 /// last archived record.
@@ -85,6 +97,9 @@ const READ_BATCH_RECORDS: usize = 16_384;
 
 /// The longest pause before the service's archiver retries a stream after an error.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// The shortest pause between two looks at a partition stopped by corruption.
+const MIN_CORRUPT_RECHECK: Duration = Duration::from_secs(1);
 
 /// How the archiver writes files; see [`ArchiveConfig`].
 #[derive(Debug, Clone, PartialEq)]
@@ -138,10 +153,12 @@ impl ArchiveSummary {
     }
 }
 
-/// Runs the archiver over every declared stream until `shutdown` is cancelled.
+/// Runs the archiver over every declared stream until `shutdown` is cancelled, reporting
+/// into the process's [`ArchiverStatus::process`].
 ///
 /// A stream whose archiving fails (object store down, say) is logged at ERROR and retried
-/// with a growing pause, from its manifest; the other streams go on.
+/// with a growing pause, from its manifest; the other streams go on. A partition whose log
+/// is corrupt waits for a repair (see the module docs); the others go on.
 ///
 /// # Errors
 ///
@@ -152,14 +169,30 @@ pub async fn run_archiver(
     store: Arc<dyn ObjectStore>,
     shutdown: CancellationToken,
 ) -> Result<(), ArchiveError> {
+    run_archiver_with_status(config, log, store, ArchiverStatus::process(), shutdown).await
+}
+
+/// [`run_archiver`], reporting into `status`.
+///
+/// # Errors
+///
+/// None today: failures are retried. The signature leaves room for fatal ones.
+pub async fn run_archiver_with_status(
+    config: &Config,
+    log: Arc<dyn Log>,
+    store: Arc<dyn ObjectStore>,
+    status: Arc<ArchiverStatus>,
+    shutdown: CancellationToken,
+) -> Result<(), ArchiveError> {
     let options = ArchiveOptions::from(&config.archive);
     let mut tasks = tokio::task::JoinSet::new();
     for stream in &config.streams {
         let schema = StreamSchema::new(stream);
-        let (log, store, options, shutdown) = (
+        let (log, store, options, status, shutdown) = (
             Arc::clone(&log),
             Arc::clone(&store),
             options.clone(),
+            Arc::clone(&status),
             shutdown.clone(),
         );
         let span = info_span!("archiver", stream = %stream.name);
@@ -172,12 +205,14 @@ pub async fn run_archiver(
                         Arc::clone(&log),
                         Arc::clone(&store),
                         &options,
+                        &status,
                         Until::Shutdown(shutdown.clone()),
                     )
                     .await;
                     match result {
                         Ok(_) => return,
                         Err(error) => {
+                            status.stream_failed(schema.name(), error.to_string());
                             error!(%error, retry_in = ?delay, "archiving failed; retrying");
                         }
                     }
@@ -201,31 +236,46 @@ pub async fn run_archiver(
 /// This is `runnel archive --once`, and what tests and benchmarks use: on a log that does
 /// not change meanwhile, the files are the same whether or not an earlier run was killed.
 ///
+/// A partition whose log is corrupt stops at the corruption (its open file is not
+/// written); every other partition and stream is archived to the end before the error.
+///
 /// # Errors
 ///
 /// Log, object-store and Parquet failures; an invalid manifest; a gap between the history
-/// and the log.
+/// and the log; [`ArchiveError::CorruptLog`] (the first) after the rest is archived.
 pub async fn archive_until_caught_up(
     config: &Config,
     log: Arc<dyn Log>,
     store: Arc<dyn ObjectStore>,
 ) -> Result<ArchiveSummary, ArchiveError> {
     let options = ArchiveOptions::from(&config.archive);
+    let status = ArchiverStatus::new();
     let mut summary = ArchiveSummary::default();
+    let mut corrupt = None;
     for stream in &config.streams {
         let schema = StreamSchema::new(stream);
-        let stream_summary = archive_stream(
+        let archived = archive_stream(
             &schema,
             Arc::clone(&log),
             Arc::clone(&store),
             &options,
+            &status,
             Until::CaughtUp,
         )
         .instrument(info_span!("archiver", stream = %stream.name))
-        .await?;
-        summary.add(stream_summary);
+        .await;
+        match archived {
+            Ok(stream_summary) => summary.add(stream_summary),
+            Err(error @ ArchiveError::CorruptLog { .. }) => {
+                corrupt.get_or_insert(error);
+            }
+            Err(error) => return Err(error),
+        }
     }
-    Ok(summary)
+    match corrupt {
+        Some(error) => Err(error),
+        None => Ok(summary),
+    }
 }
 
 /// When an archiving run stops.
@@ -239,6 +289,7 @@ enum Until {
 
 /// What every partition task of one stream shares.
 struct StreamArchive {
+    status: Arc<ArchiverStatus>,
     schema: StreamSchema,
     decoder: EventDecoder,
     log: Arc<dyn Log>,
@@ -254,6 +305,7 @@ async fn archive_stream(
     log: Arc<dyn Log>,
     store: Arc<dyn ObjectStore>,
     options: &ArchiveOptions,
+    status: &Arc<ArchiverStatus>,
     until: Until,
 ) -> Result<ArchiveSummary, ArchiveError> {
     let topic = schema.name();
@@ -300,7 +352,9 @@ async fn archive_stream(
         }
         Until::Shutdown(_) => vec![None; partitions as usize],
     };
+    status.stream_started(topic);
     let shared = Arc::new(StreamArchive {
+        status: Arc::clone(status),
         schema: schema.clone(),
         decoder: EventDecoder::new(schema),
         log,
@@ -315,6 +369,7 @@ async fn archive_stream(
             shared: Arc::clone(&shared),
             partition,
             next_offset: next[partition as usize],
+            file_start: next[partition as usize],
             end: ends[partition as usize],
             file: None,
             summary: ArchiveSummary::default(),
@@ -333,9 +388,14 @@ async fn archive_stream(
         ..ArchiveSummary::default()
     };
     let mut first_error = None;
+    let mut corrupt = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(Ok(partition_summary)) => summary.add(partition_summary),
+            // One partition's corruption does not stop the others.
+            Ok(Err(error @ ArchiveError::CorruptLog { .. })) => {
+                corrupt.get_or_insert(error);
+            }
             Ok(Err(error)) => {
                 if first_error.is_none() {
                     // Stop the other partitions: the stream is retried as a whole.
@@ -352,7 +412,7 @@ async fn archive_stream(
             }
         }
     }
-    match first_error {
+    match first_error.or(corrupt) {
         Some(error) => Err(error),
         None => Ok(summary),
     }
@@ -509,6 +569,9 @@ struct PartitionArchiver {
     partition: u32,
     /// The next offset to read; the open file holds everything before it.
     next_offset: u64,
+    /// The first offset of the next file: the one after the last finished file. Offsets a
+    /// repair skipped between it and the file's first record belong to that file.
+    file_start: u64,
     /// Where a caught-up run stops (exclusive).
     end: Option<u64>,
     file: Option<FileBuilder>,
@@ -516,34 +579,102 @@ struct PartitionArchiver {
 }
 
 impl PartitionArchiver {
+    /// Archives until the end (caught-up runs) or shutdown; a corrupt log stops a caught-up
+    /// run and makes a service's run wait for a repair.
     async fn run(
         mut self,
         shutdown: Option<CancellationToken>,
     ) -> Result<ArchiveSummary, ArchiveError> {
-        let topic = self.shared.schema.name().to_string();
-        let mut reader = match self
-            .shared
-            .log
-            .reader(&topic, self.partition, StartOffset::At(self.next_offset))
-            .await
-        {
-            Ok(reader) => reader,
-            Err(LogError::OffsetOutOfRange { .. }) => {
-                let log_earliest = self
-                    .shared
-                    .log
-                    .earliest_offset(&topic, self.partition)
-                    .await
-                    .map_err(|source| ArchiveError::log(&topic, source))?;
-                return Err(ArchiveError::HistoryGap {
-                    stream: topic,
-                    partition: self.partition,
-                    archived_until: self.next_offset,
-                    log_earliest,
-                });
+        let stream = self.shared.schema.name().to_string();
+        self.shared
+            .status
+            .archiving(&stream, self.partition, self.next_offset);
+        loop {
+            let error = match self.archive(shutdown.as_ref()).await {
+                Ok(summary) => return Ok(summary),
+                Err(error @ ArchiveError::CorruptLog { .. }) => error,
+                Err(error) => return Err(error),
+            };
+            let Some(shutdown) = &shutdown else {
+                error!(%error, "archiving stopped at a corrupt range of the log");
+                return Err(error);
+            };
+            self.report_corrupt(&error);
+            if !self.wait_until_readable(shutdown).await? {
+                return Ok(self.summary);
             }
-            Err(source) => return Err(ArchiveError::log(&topic, source)),
+            self.shared
+                .status
+                .archiving(&stream, self.partition, self.next_offset);
+            info!(
+                offset = self.next_offset,
+                "the log reads again at the corrupt offset; archiving resumes"
+            );
+        }
+    }
+
+    /// Records a corrupt range in the status, and logs it at ERROR the first time.
+    fn report_corrupt(&self, error: &ArchiveError) {
+        let ArchiveError::CorruptLog { source, offset, .. } = error else {
+            return;
         };
+        let (path, position) = match source.as_ref() {
+            LogError::Corrupt { path, position, .. } => {
+                (Some(path.display().to_string()), Some(*position))
+            }
+            _ => (None, None),
+        };
+        let stream = self.shared.schema.name();
+        let corrupt = CorruptRange {
+            offset: *offset,
+            path,
+            position,
+            error: source.to_string(),
+            repair: repair_commands(stream, self.partition, *offset),
+            since_ms: now_millis(),
+            rechecks: 0,
+        };
+        if self.shared.status.corrupt(stream, self.partition, corrupt) {
+            error!(
+                %error,
+                offset,
+                repair = %repair_commands(stream, self.partition, *offset),
+                "archiving of the partition stopped at a corrupt range of the log; it waits for a repair while the other partitions go on"
+            );
+        }
+    }
+
+    /// Waits until the partition reads at `next_offset` again, looking every poll interval
+    /// (at least every [`MIN_CORRUPT_RECHECK`]); `false` if `shutdown` came first.
+    async fn wait_until_readable(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, ArchiveError> {
+        let recheck = self.shared.options.poll_interval.max(MIN_CORRUPT_RECHECK);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(false),
+                () = tokio::time::sleep(recheck) => {}
+            }
+            match probe(&self.shared, self.partition, self.next_offset).await {
+                Ok(()) => return Ok(true),
+                Err(error @ ArchiveError::CorruptLog { .. }) => self.report_corrupt(&error),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The error of a log read at `offset`: [`ArchiveError::CorruptLog`] for corruption.
+    fn log_error(&self, source: LogError, offset: u64) -> ArchiveError {
+        log_error(self.shared.schema.name(), self.partition, offset, source)
+    }
+
+    /// Archives from `next_offset` until the end (caught-up runs) or shutdown.
+    async fn archive(
+        &mut self,
+        shutdown: Option<&CancellationToken>,
+    ) -> Result<ArchiveSummary, ArchiveError> {
+        let mut reader = open_reader(&self.shared, self.partition, self.next_offset).await?;
         debug!(from = self.next_offset, end = ?self.end, "archiving");
         loop {
             let max = match self.end {
@@ -559,15 +690,17 @@ impl PartitionArchiver {
                 None => READ_BATCH_RECORDS,
             };
             let wait = self.shared.options.poll_interval;
-            let records = match &shutdown {
+            let records = match shutdown {
                 Some(token) => tokio::select! {
                     () = token.cancelled() => return Ok(self.summary),
                     read = reader.next_batch(max, wait) => read,
                 },
                 None => reader.next_batch(max, wait).await,
             }
-            .map_err(|source| ArchiveError::log(&topic, source))?;
+            .map_err(|source| self.log_error(source, reader.position()))?;
             if records.is_empty() {
+                // Offsets a repair skipped at the end of what is there.
+                self.next_offset = self.next_offset.max(reader.position());
                 let aged = self.file.as_ref().is_some_and(|file| {
                     file.first_ingest_time + age_millis(&self.shared.options) <= now_millis()
                 });
@@ -577,6 +710,7 @@ impl PartitionArchiver {
                 continue;
             }
             self.absorb(&records).await?;
+            self.next_offset = self.next_offset.max(reader.position());
         }
     }
 
@@ -599,9 +733,12 @@ impl PartitionArchiver {
             }
             let file = match &mut self.file {
                 Some(file) => file,
-                None => self
-                    .file
-                    .insert(FileBuilder::new(&self.shared, self.partition, record)?),
+                None => self.file.insert(FileBuilder::new(
+                    &self.shared,
+                    self.partition,
+                    self.file_start,
+                    record,
+                )?),
             };
             file.note(record);
             if file.raw_bytes >= target {
@@ -691,6 +828,7 @@ impl PartitionArchiver {
             .map_err(|source| ArchiveError::store("write", &path, source))?;
         let next = entry.next_offset();
         let rows = entry.rows;
+        self.file_start = next;
         {
             let mut manifest = shared.manifest.lock().await;
             manifest.push(entry)?;
@@ -703,6 +841,7 @@ impl PartitionArchiver {
             .await
             .map_err(|source| ArchiveError::log(topic, source))?;
         debug!(%path, rows, "archived");
+        shared.status.archived(topic, self.partition, rows, next);
         self.summary.files += 1;
         self.summary.rows += rows;
         Ok(())
@@ -728,7 +867,15 @@ struct FileBuilder {
 }
 
 impl FileBuilder {
-    fn new(shared: &StreamArchive, partition: u32, first: &Record) -> Result<Self, ArchiveError> {
+    /// A file of `partition` from offset `first_offset` (at most `first`'s: the offsets
+    /// before it were skipped by a repair), whose first record is `first`.
+    fn new(
+        shared: &StreamArchive,
+        partition: u32,
+        first_offset: u64,
+        first: &Record,
+    ) -> Result<Self, ArchiveError> {
+        debug_assert!(first_offset <= first.offset);
         let writer = ArrowWriter::try_new(
             Vec::new(),
             Arc::clone(shared.schema.with_position()),
@@ -744,7 +891,7 @@ impl FileBuilder {
             pending_rows: 0,
             partition,
             day: utc_day(first.timestamp),
-            first_offset: first.offset,
+            first_offset,
             last_offset: first.offset,
             first_ingest_time: first.timestamp,
             last_ingest_time: first.timestamp,
@@ -857,6 +1004,67 @@ impl FileBuilder {
         entry.bytes = bytes.len() as u64;
         Ok((bytes, entry))
     }
+}
+
+/// The error of a log read of `stream`'s `partition` at `offset`:
+/// [`ArchiveError::CorruptLog`] for corruption.
+fn log_error(stream: &str, partition: u32, offset: u64, source: LogError) -> ArchiveError {
+    match source {
+        LogError::Corrupt { .. } => ArchiveError::CorruptLog {
+            stream: stream.to_string(),
+            partition,
+            offset,
+            source: Box::new(source),
+        },
+        source => ArchiveError::log(stream, source),
+    }
+}
+
+/// A reader of `partition` at `offset`.
+async fn open_reader(
+    shared: &StreamArchive,
+    partition: u32,
+    offset: u64,
+) -> Result<Box<dyn runnel_log::PartitionReader>, ArchiveError> {
+    let topic = shared.schema.name();
+    match shared
+        .log
+        .reader(topic, partition, StartOffset::At(offset))
+        .await
+    {
+        Ok(reader) => Ok(reader),
+        Err(LogError::OffsetOutOfRange { .. }) => {
+            let log_earliest = shared
+                .log
+                .earliest_offset(topic, partition)
+                .await
+                .map_err(|source| ArchiveError::log(topic, source))?;
+            Err(ArchiveError::HistoryGap {
+                stream: topic.to_string(),
+                partition,
+                archived_until: offset,
+                log_earliest,
+            })
+        }
+        Err(source) => Err(log_error(topic, partition, offset, source)),
+    }
+}
+
+/// Reads one record of `partition` at `offset` (or learns there is none yet).
+async fn probe(shared: &StreamArchive, partition: u32, offset: u64) -> Result<(), ArchiveError> {
+    let mut reader = open_reader(shared, partition, offset).await?;
+    reader
+        .next_batch(1, Duration::ZERO)
+        .await
+        .map_err(|source| log_error(shared.schema.name(), partition, offset, source))?;
+    Ok(())
+}
+
+/// What an operator runs to recover a partition stopped at `offset`.
+fn repair_commands(stream: &str, partition: u32, offset: u64) -> String {
+    format!(
+        "runnel log check --topic {stream} --partition {partition}; then, with the process that writes {stream}/{partition} stopped: runnel log repair --topic {stream} --partition {partition} --skip-range {offset}-<last bad offset> --yes"
+    )
 }
 
 fn age_millis(options: &ArchiveOptions) -> i64 {

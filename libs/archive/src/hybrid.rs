@@ -10,6 +10,10 @@
 //!
 //! Records that the archiver could not decode are in neither the history nor the output;
 //! the live side skips them the same way, so both sides yield the same rows.
+//!
+//! A damaged record on the live side is [`ArchiveError::CorruptLog`], naming the offset
+//! (and, from the log, the repair): the source stays there, and a later `next_batch` reads
+//! the offset again, so a caller that waits for a repair and retries goes on past it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -224,10 +228,10 @@ impl HybridSource {
                     }
                 }
                 Phase::Live(reader) => {
-                    let records = reader
-                        .next_batch(self.batch_rows, max_wait)
-                        .await
-                        .map_err(|source| ArchiveError::log(self.schema.name(), source))?;
+                    let records = match reader.next_batch(self.batch_rows, max_wait).await {
+                        Ok(records) => records,
+                        Err(source) => return Err(self.log_error(source)),
+                    };
                     let Some(last) = records.last() else {
                         return Ok(None);
                     };
@@ -300,7 +304,20 @@ impl HybridSource {
                     log_earliest,
                 })
             }
-            Err(source) => Err(ArchiveError::log(topic, source)),
+            Err(source) => Err(self.log_error(source)),
+        }
+    }
+
+    /// The error of a log read at the source's position.
+    fn log_error(&self, source: LogError) -> ArchiveError {
+        match source {
+            LogError::Corrupt { .. } => ArchiveError::CorruptLog {
+                stream: self.schema.name().to_string(),
+                partition: self.partition,
+                offset: self.next_offset,
+                source: Box::new(source),
+            },
+            source => ArchiveError::log(self.schema.name(), source),
         }
     }
 }

@@ -10,19 +10,24 @@
 //! - [`hybrid`]: one reader per partition that yields the history (via the manifest) and
 //!   then the live log from the next offset, as Arrow batches.
 //! - [`open_object_store`]: the object store a `file://`, `s3://` or `memory://` URL names.
+//! - [`status`]: the archiver's status per partition (corrupt ranges waiting for a repair),
+//!   served as `/metrics` and `/status`.
 #![warn(missing_docs)]
 
 pub mod archiver;
 pub mod hybrid;
 pub mod manifest;
 pub mod parquet_file;
+pub mod status;
 mod store;
 
 pub use archiver::{
     ARCHIVER_GROUP, ArchiveOptions, ArchiveSummary, archive_until_caught_up, run_archiver,
+    run_archiver_with_status,
 };
 pub use hybrid::{HybridSource, HybridStart};
 pub use manifest::{FileEntry, Manifest, load_manifest};
+pub use status::ArchiverStatus;
 pub use store::open_object_store;
 
 use object_store::path::Path;
@@ -110,6 +115,22 @@ pub enum ArchiveError {
         archived_until: u64,
         /// The log's earliest offset.
         log_earliest: u64,
+    },
+    /// A partition's log cannot be read at an offset: a damaged record. It stays so until an
+    /// operator repairs the partition (`runnel log repair`), which the log's error says how.
+    #[error(
+        "stream `{stream}` partition {partition}: the log is unreadable at offset {offset}: {source}"
+    )]
+    CorruptLog {
+        /// The stream.
+        stream: String,
+        /// The partition.
+        partition: u32,
+        /// The first offset that cannot be read.
+        offset: u64,
+        /// The log's error ([`LogError::Corrupt`]).
+        #[source]
+        source: Box<LogError>,
     },
     /// The stream is not declared in config.
     #[error("unknown stream `{0}`")]

@@ -103,6 +103,17 @@ pub enum LogError {
         /// The lock file.
         path: PathBuf,
     },
+    /// A repair of a partition of the embedded log was refused: it does not fit what the
+    /// partition holds. Nothing was changed.
+    #[error("repair of partition {topic}/{partition} refused: {reason}")]
+    RepairRefused {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: u32,
+        /// Why.
+        reason: String,
+    },
     /// The log was closed.
     #[error("the log is closed")]
     Closed,

@@ -14,6 +14,8 @@
 
 mod embedded;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod kafka;
 mod kafka_group;
@@ -26,7 +28,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use runnel_config::{Config, LogBackend};
 
-pub use embedded::EmbeddedLog;
+pub use embedded::{
+    EmbeddedLog, LogProblem, PartitionCheck, ProblemKind, REPAIRS_FILE, RepairAction, RepairReport,
+    SkippedRange, check_embedded_log, repair_embedded_partition,
+};
 pub use error::LogError;
 pub use group::{GroupMembership, OwnershipChange, Revocation};
 pub use kafka::KafkaLog;

@@ -1,16 +1,19 @@
 //! `runnel archive`: the archiver on its own, outside the ingest service.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use runnel_config::Config;
+use tracing::info;
 
 /// Arguments of `runnel archive`.
 #[derive(Debug, Args)]
 pub(crate) struct ArchiveArgs {
     /// Archives up to the log's end as it is now, finishes the files there and exits,
-    /// printing what it wrote. Without it, archives until Ctrl-C.
+    /// printing what it wrote. Without it, archives until Ctrl-C and serves the archiver's
+    /// status on `archive.metrics-listen` (`GET /metrics`, `GET /status`).
     #[arg(long)]
     once: bool,
 }
@@ -38,9 +41,30 @@ pub(crate) async fn run(args: ArchiveArgs, config: &Config) -> anyhow::Result<()
         )
         .context("write to stdout")?;
     } else {
-        runnel_archive::run_archiver(config, log, store, shutdown)
+        let address = &config.archive.metrics_listen;
+        let listener = tokio::net::TcpListener::bind(address)
             .await
-            .context("archive")?;
+            .with_context(|| format!("listen on archive.metrics-listen ({address})"))?;
+        let local_addr = listener
+            .local_addr()
+            .with_context(|| format!("read the address of {address}"))?;
+        info!(address = %local_addr, "archiver status listening (GET /metrics, GET /status)");
+        let status = runnel_archive::ArchiverStatus::process();
+        let server = tokio::spawn(runnel_archive::status::serve(
+            listener,
+            Arc::clone(&status),
+            shutdown.clone(),
+        ));
+        let archived =
+            runnel_archive::run_archiver_with_status(config, log, store, status, shutdown.clone())
+                .await
+                .context("archive");
+        shutdown.cancel();
+        server
+            .await
+            .context("run the status endpoint")?
+            .context("serve the status endpoint")?;
+        archived?;
     }
     Ok(())
 }

@@ -1,14 +1,17 @@
-//! `runnel log ...`: append a record, tail a partition, show offsets, through the `Log` trait.
+//! `runnel log ...`: append a record, tail a partition, show offsets, through the `Log` trait;
+//! check the embedded log's files for damage and repair a damaged partition.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Args, Subcommand};
-use runnel_config::Config;
-use runnel_log::{Log, ProduceRecord, Record, StartOffset};
+use clap::{ArgGroup, Args, Subcommand};
+use runnel_config::{Config, LogBackend};
+use runnel_log::{
+    Log, PartitionCheck, ProduceRecord, Record, RepairAction, RepairReport, StartOffset,
+};
 use tokio_util::sync::CancellationToken;
 
 /// How many records `tail` asks the log for at once.
@@ -38,6 +41,58 @@ pub(crate) enum LogCommand {
     /// `earliest` is the oldest retained record; `latest` is the offset the next appended
     /// record will get. With `--group`, also the offset the group committed (`-` if none).
     Offsets(OffsetsArgs),
+    /// Scans the embedded log's partitions for damaged records and index problems.
+    ///
+    /// Every topic's partitions, or those of `--topic` (only `--partition`, if given). Each
+    /// bad frame is printed with its file, byte position and the offsets it makes
+    /// unreadable, with the `runnel log repair` command that recovers it. Read-only and
+    /// lock-free, so it runs beside the services. Exits non-zero if anything is wrong.
+    /// The Kafka backend has no such files: there the command says so and fails.
+    Check(CheckArgs),
+    /// Recovers a damaged partition of the embedded log, after asking for confirmation.
+    ///
+    /// `--skip-range FIRST-LAST` replaces the records of those offsets with a marker that
+    /// readers step over: every other offset keeps its record and its number.
+    /// `--truncate-after OFFSET` drops every record after OFFSET (new appends reuse the
+    /// offsets). Stop the process that writes the partition first (the repair takes its
+    /// `writer.lock` and refuses while it is held). What is removed is kept under
+    /// `<partition>/repairs/`, and every repair is recorded in `<partition>/repairs.jsonl`.
+    /// Without `--yes` it asks to type the partition name (`clicks/0`) on a terminal, and
+    /// refuses when stdin is not one.
+    Repair(RepairArgs),
+}
+
+/// Arguments of `runnel log check`.
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// Topic to check (all topics without it).
+    #[arg(long)]
+    topic: Option<String>,
+    /// Partition to check (all of the topic's without it).
+    #[arg(long, requires = "topic")]
+    partition: Option<u32>,
+}
+
+/// Arguments of `runnel log repair`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("action").required(true).args(["truncate_after", "skip_range"])))]
+pub(crate) struct RepairArgs {
+    /// Topic of the partition.
+    #[arg(long)]
+    topic: String,
+    /// Partition to repair.
+    #[arg(long)]
+    partition: u32,
+    /// Drops every record after this offset, and the segments after it.
+    #[arg(long, value_name = "OFFSET")]
+    truncate_after: Option<u64>,
+    /// Skips these offsets (inclusive; one offset alone is `N`): their records are replaced
+    /// by a marker readers step over.
+    #[arg(long, value_name = "FIRST-LAST", value_parser = parse_offset_range)]
+    skip_range: Option<(u64, u64)>,
+    /// Repairs without asking.
+    #[arg(long)]
+    yes: bool,
 }
 
 /// Arguments of `runnel log produce`.
@@ -103,7 +158,236 @@ pub(crate) async fn run(command: LogCommand, config: &Config) -> anyhow::Result<
             tail(open_log(config).await?.as_ref(), args, shutdown).await
         }
         LogCommand::Offsets(args) => offsets(open_log(config).await?.as_ref(), args).await,
+        LogCommand::Check(args) => check(config, args).await,
+        LogCommand::Repair(args) => repair(config, args).await,
     }
+}
+
+/// Fails unless the log is the embedded one: `check` and `repair` work on its files.
+fn require_embedded(config: &Config, command: &str) -> anyhow::Result<()> {
+    match config.storage.log.backend {
+        LogBackend::Embedded => Ok(()),
+        LogBackend::Kafka => anyhow::bail!(
+            "`runnel log {command}` is not applicable: storage.log.backend is kafka, and it \
+             works on the embedded log's segment files only; Kafka brokers check their own \
+             segments (see the broker's tools, e.g. kafka-dump-log.sh)"
+        ),
+    }
+}
+
+async fn check(config: &Config, args: CheckArgs) -> anyhow::Result<()> {
+    require_embedded(config, "check")?;
+    let dir = config.embedded_log_dir();
+    let checks = tokio::task::spawn_blocking(move || {
+        runnel_log::check_embedded_log(&dir, args.topic.as_deref(), args.partition)
+    })
+    .await
+    .context("run the check")?
+    .context("check the embedded log")?;
+    let mut out = Vec::new();
+    for check in &checks {
+        write_check(&mut out, check)?;
+    }
+    let bad: Vec<&PartitionCheck> = checks.iter().filter(|check| !check.is_ok()).collect();
+    if !bad.is_empty() {
+        writeln!(
+            out,
+            "stop the process that writes a partition (the ingest service for a stream, the \
+             stream-processor for results) before `runnel log repair`"
+        )?;
+    }
+    std::io::stdout()
+        .lock()
+        .write_all(&out)
+        .context("write to stdout")?;
+    let n_problems: usize = bad.iter().map(|check| check.problems.len()).sum();
+    anyhow::ensure!(
+        bad.is_empty(),
+        "found {n_problems} problem(s) in {} of {} partition(s)",
+        bad.len(),
+        checks.len()
+    );
+    Ok(())
+}
+
+/// Writes what the check found in one partition.
+fn write_check(out: &mut Vec<u8>, check: &PartitionCheck) -> anyhow::Result<()> {
+    let summary = format!(
+        "{} segment(s), offsets {}..{}",
+        check.segments, check.earliest_offset, check.next_offset
+    );
+    match check.problems.len() {
+        0 => writeln!(out, "{}/{}: ok ({summary})", check.topic, check.partition)?,
+        n => writeln!(
+            out,
+            "{}/{}: {n} problem(s) ({summary})",
+            check.topic, check.partition
+        )?,
+    }
+    for problem in &check.problems {
+        let offsets = match (problem.first_offset, problem.last_offset) {
+            (Some(first), Some(last)) if first == last => format!("offset {first} unreadable; "),
+            (Some(first), Some(last)) => format!("offsets {first}-{last} unreadable; "),
+            (Some(first), None) => format!("offsets from {first} on unreadable; "),
+            (None, _) => String::new(),
+        };
+        writeln!(
+            out,
+            "  {}: {} byte {}: {offsets}{}",
+            problem.kind,
+            problem.path.display(),
+            problem.position,
+            problem.reason
+        )?;
+    }
+    for skipped in &check.skipped {
+        writeln!(
+            out,
+            "  skipped by a repair: offsets {}-{} ({} byte {})",
+            skipped.first,
+            skipped.last,
+            skipped.path.display(),
+            skipped.position
+        )?;
+    }
+    if check.unfinished_tail_bytes > 0 {
+        writeln!(
+            out,
+            "  {} byte(s) after the last whole record: an append in progress, or a torn tail \
+             the next writer truncates",
+            check.unfinished_tail_bytes
+        )?;
+    }
+    for command in check.repair_commands() {
+        writeln!(out, "  repair: {command}")?;
+    }
+    Ok(())
+}
+
+async fn repair(config: &Config, args: RepairArgs) -> anyhow::Result<()> {
+    require_embedded(config, "repair")?;
+    let action = match (args.truncate_after, args.skip_range) {
+        (Some(offset), None) => RepairAction::TruncateAfter(offset),
+        (None, Some((first, last))) => RepairAction::SkipRange { first, last },
+        _ => anyhow::bail!("give one of --truncate-after and --skip-range"),
+    };
+    let name = format!("{}/{}", args.topic, args.partition);
+    let dir = config.embedded_log_dir();
+    let checks = {
+        let (dir, topic) = (dir.clone(), args.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            runnel_log::check_embedded_log(&dir, Some(&topic), Some(args.partition))
+        })
+        .await
+        .context("run the check")?
+        .with_context(|| format!("check {name}"))?
+    };
+    let mut out = Vec::new();
+    for check in &checks {
+        write_check(&mut out, check)?;
+    }
+    let effect = match action {
+        RepairAction::TruncateAfter(offset) => format!(
+            "drop every record of {name} after offset {offset}; new appends reuse the offsets \
+             from {}",
+            offset + 1
+        ),
+        RepairAction::SkipRange { first, last } => format!(
+            "skip offsets {first}-{last} of {name}: their records are replaced by a marker \
+             readers step over"
+        ),
+    };
+    writeln!(out, "this repair will {effect}")?;
+    std::io::stdout()
+        .lock()
+        .write_all(&out)
+        .context("write to stdout")?;
+    confirm(args.yes, &name)?;
+    let operator = operator_name();
+    let index_interval_bytes = config.storage.log.embedded.index_interval_bytes;
+    let report = tokio::task::spawn_blocking(move || {
+        runnel_log::repair_embedded_partition(
+            &dir,
+            index_interval_bytes,
+            &args.topic,
+            args.partition,
+            action,
+            operator.as_deref(),
+        )
+    })
+    .await
+    .context("run the repair")?
+    .with_context(|| format!("repair {name}"))?;
+    write_report(&report)
+}
+
+/// Asks for the partition name on a terminal, unless `yes`.
+fn confirm(yes: bool, name: &str) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        std::io::stdin().is_terminal(),
+        "refusing to repair {name} unconfirmed: pass --yes (stdin is not a terminal to ask on)"
+    );
+    let mut stderr = std::io::stderr().lock();
+    write!(stderr, "type the partition name ({name}) to repair it: ")?;
+    stderr.flush()?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("read the confirmation")?;
+    anyhow::ensure!(
+        answer.trim() == name,
+        "not confirmed ({:?} is not {name}): nothing was changed",
+        answer.trim()
+    );
+    Ok(())
+}
+
+/// The user running the repair, for the audit record: the one behind `sudo` if any.
+fn operator_name() -> Option<String> {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().filter(|name| !name.is_empty()))
+}
+
+fn write_report(report: &RepairReport) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    let dropped = match report.last_dropped {
+        Some(last) => format!("offsets {}-{last}", report.first_dropped),
+        None => format!("offsets from {}", report.first_dropped),
+    };
+    writeln!(
+        out,
+        "repaired {}/{} ({}): {dropped} dropped, {} byte(s); removed bytes kept in {}; recorded in {}",
+        report.topic,
+        report.partition,
+        report.action,
+        report.bytes_dropped,
+        report.backup_dir.display(),
+        report.audit_path.display()
+    )?;
+    if let Some(next) = report.next_offset {
+        writeln!(out, "the next record appended gets offset {next}")?;
+    }
+    for (group, committed) in &report.groups_past {
+        writeln!(
+            out,
+            "warning: consumer group `{group}` committed offset {committed}, past the cut: it \
+             will not read the records appended at offsets below {committed}"
+        )?;
+    }
+    writeln!(
+        out,
+        "processes that followed {}/{} before the repair read it again once restarted",
+        report.topic, report.partition
+    )?;
+    std::io::stdout()
+        .lock()
+        .write_all(&out)
+        .context("write to stdout")?;
+    Ok(())
 }
 
 async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
@@ -297,6 +581,26 @@ fn parse_start_offset(text: &str) -> Result<StartOffset, String> {
     }
 }
 
+/// `FIRST-LAST` or a single offset `N` (`N-N`).
+fn parse_offset_range(text: &str) -> Result<(u64, u64), String> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("`{text}` is not FIRST-LAST (two offsets) or one offset"))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((first, last)) => (parse(first)?, parse(last)?),
+        None => {
+            let offset = parse(text)?;
+            (offset, offset)
+        }
+    };
+    if first > last {
+        return Err(format!("`{text}`: the first offset is after the last"));
+    }
+    Ok((first, last))
+}
+
 fn parse_timestamp(text: &str) -> Result<i64, String> {
     if let Ok(millis) = text.parse::<i64>() {
         return Ok(millis);
@@ -369,6 +673,15 @@ mod tests {
         assert_eq!(parse_start_offset("42"), Ok(StartOffset::At(42)));
         assert!(parse_start_offset("-1").is_err());
         assert!(parse_start_offset("first").is_err());
+    }
+
+    #[test]
+    fn offset_ranges_parse() {
+        assert_eq!(parse_offset_range("10-12"), Ok((10, 12)));
+        assert_eq!(parse_offset_range("7"), Ok((7, 7)));
+        assert!(parse_offset_range("12-10").is_err());
+        assert!(parse_offset_range("a-b").is_err());
+        assert!(parse_offset_range("-3").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod archiver;
+mod corrupt;
 mod external;
 mod hybrid;
 mod support;

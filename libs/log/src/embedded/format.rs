@@ -11,7 +11,20 @@
 //! ```
 //!
 //! Every record carries its absolute offset, so a segment can be checked and its index
-//! rebuilt from the segment alone. An index file is a sequence of 16-byte entries
+//! rebuilt from the segment alone.
+//!
+//! A *skip frame* stands where a repair (`runnel log repair --skip-range`) removed corrupt
+//! records: a frame like the others (so it is checksummed and indexed), whose `key_len` is
+//! -2 and whose timestamp slot holds the last offset it covers, the value being padding:
+//!
+//! ```text
+//! skip body := first:u64 last:u64 key_len=-2:i32 padding_len:u32 padding[padding_len]
+//!              header_count=0:u32
+//! ```
+//!
+//! It covers offsets `first..=last` and fills exactly the bytes of the frames it replaced,
+//! so every other frame keeps its position and offset. Readers step over it: the next
+//! record they return has offset `last + 1`. An index file is a sequence of 16-byte entries
 //! `(relative_offset:u32, position:u32, max_timestamp_before:i64)`: the record with offset
 //! `base + relative_offset` starts at `position`, and every record of the segment before it
 //! has a timestamp at most `max_timestamp_before`. Both columns grow monotonically, so one
@@ -34,6 +47,12 @@ const BODY_FIXED_BYTES: usize = 8 + 8 + 4 + 4 + 4;
 pub(crate) const MAX_BODY_BYTES: usize = 64 << 20;
 /// Bytes of one index entry.
 pub(crate) const INDEX_ENTRY_BYTES: usize = 16;
+/// The smallest frame: a header and a fixed body with no key, value or header.
+pub(crate) const MIN_FRAME_BYTES: usize = FRAME_HEADER_BYTES + BODY_FIXED_BYTES;
+/// The largest frame the log writes or believes.
+pub(crate) const MAX_FRAME_BYTES: usize = FRAME_HEADER_BYTES + MAX_BODY_BYTES;
+/// The `key_len` that marks a skip frame.
+const SKIP_KEY_LEN: i32 = -2;
 
 /// Returns the encoded frame size of `record`.
 pub(crate) fn frame_size(record: &ProduceRecord) -> usize {
@@ -80,12 +99,56 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, offset: u64, record: &ProduceRecor
     buf[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Appends skip frames that cover offsets `first..=last` and fill exactly `len` bytes.
+///
+/// One frame when `len` fits in one; otherwise as many as needed, each covering at least
+/// one offset, the last covering the rest.
+///
+/// # Panics
+///
+/// If `first > last`, or `len` is too small or too large for the offsets: it must be at least
+/// [`MIN_FRAME_BYTES`] and at most [`MAX_FRAME_BYTES`] per offset.
+pub(crate) fn encode_skip_frames(buf: &mut Vec<u8>, first: u64, last: u64, len: u64) {
+    assert!(first <= last, "a skip frame covers at least one offset");
+    let n_frames = len.div_ceil(MAX_FRAME_BYTES as u64).max(1);
+    assert!(
+        n_frames <= last - first + 1 && len >= n_frames * MIN_FRAME_BYTES as u64,
+        "{len} bytes cannot hold skip frames for offsets {first}..={last}"
+    );
+    let mut offset = first;
+    let mut remaining = len;
+    for frame_idx in 0..n_frames {
+        let frames_left = n_frames - frame_idx;
+        let frame_len = remaining.div_ceil(frames_left);
+        let frame_last = if frames_left == 1 { last } else { offset };
+        let padding_len = frame_len as usize - MIN_FRAME_BYTES;
+        let frame_start = buf.len();
+        buf.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+        let body_start = buf.len();
+        buf.extend_from_slice(&offset.to_le_bytes());
+        buf.extend_from_slice(&frame_last.to_le_bytes());
+        buf.extend_from_slice(&SKIP_KEY_LEN.to_le_bytes());
+        buf.extend_from_slice(&(padding_len as u32).to_le_bytes());
+        buf.resize(buf.len() + padding_len, 0);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        let body_len = (buf.len() - body_start) as u32;
+        let crc = crc32c::crc32c(&buf[body_start..]);
+        buf[frame_start..frame_start + 4].copy_from_slice(&body_len.to_le_bytes());
+        buf[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
+        remaining -= frame_len;
+        offset = frame_last + 1;
+    }
+}
+
 /// A decoded frame, as byte ranges into the buffer it was decoded from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Frame {
     /// Total bytes of the frame, header included.
     pub(crate) frame_len: usize,
     pub(crate) offset: u64,
+    /// For a skip frame, the last offset it covers (it holds no record); `None` for a record.
+    pub(crate) skipped_to: Option<u64>,
+    /// The record's timestamp; `i64::MIN` for a skip frame.
     pub(crate) timestamp: i64,
     pub(crate) key: Option<Range<usize>>,
     pub(crate) value: Range<usize>,
@@ -141,6 +204,13 @@ pub(crate) fn decode_frame(buf: &[u8]) -> Decoded {
     }
 }
 
+impl Frame {
+    /// The offset after the last one this frame covers.
+    pub(crate) fn end_offset(&self) -> u64 {
+        self.skipped_to.unwrap_or(self.offset) + 1
+    }
+}
+
 /// Parses a checksummed body; ranges are shifted by `base` to index the enclosing buffer.
 fn parse_body(body: &[u8], base: usize) -> Result<Frame, String> {
     let mut cursor = Cursor { buf: body, pos: 0 };
@@ -149,6 +219,7 @@ fn parse_body(body: &[u8], base: usize) -> Result<Frame, String> {
     let key_len = i32::from_le_bytes(cursor.array()?);
     let key = match key_len {
         -1 => None,
+        SKIP_KEY_LEN => return parse_skip_body(&mut cursor, offset, timestamp as u64, base),
         len if len >= 0 => Some(cursor.range(len as usize)?),
         len => return Err(format!("negative key length {len}")),
     };
@@ -175,10 +246,40 @@ fn parse_body(body: &[u8], base: usize) -> Result<Frame, String> {
     Ok(Frame {
         frame_len: 0,
         offset,
+        skipped_to: None,
         timestamp,
         key: key.map(|range| shift(range, base)),
         value: shift(value, base),
         headers,
+    })
+}
+
+/// Parses the rest of a skip frame's body (after `key_len`).
+fn parse_skip_body(
+    cursor: &mut Cursor<'_>,
+    first: u64,
+    last: u64,
+    base: usize,
+) -> Result<Frame, String> {
+    if last < first {
+        return Err(format!(
+            "skip frame ends at offset {last}, before its first offset {first}"
+        ));
+    }
+    let padding_len = u32::from_le_bytes(cursor.array()?) as usize;
+    let padding = cursor.range(padding_len)?;
+    let header_count = u32::from_le_bytes(cursor.array()?);
+    if header_count != 0 || cursor.pos != cursor.buf.len() {
+        return Err("skip frame with headers or trailing bytes".to_string());
+    }
+    Ok(Frame {
+        frame_len: 0,
+        offset: first,
+        skipped_to: Some(last),
+        timestamp: i64::MIN,
+        key: None,
+        value: shift(padding, base),
+        headers: Vec::new(),
     })
 }
 
@@ -366,6 +467,45 @@ mod tests {
             assert_eq!(Published::decode(&torn), None, "flip at byte {idx}");
         }
         assert_eq!(Published::decode(&bytes[..PUBLISHED_BYTES - 1]), None);
+    }
+
+    #[test]
+    fn skip_frames_fill_their_bytes_exactly_and_decode() {
+        for (first, last, len) in [
+            (10u64, 10u64, MIN_FRAME_BYTES as u64),
+            (10, 12, 123),
+            (7, 7_000, 1 << 20),
+        ] {
+            let mut buf = vec![0xAA; 3];
+            encode_skip_frames(&mut buf, first, last, len);
+            assert_eq!(buf.len() as u64 - 3, len);
+            let mut position = 3;
+            let mut next = first;
+            while position < buf.len() {
+                let Decoded::Frame(frame) = decode_frame(&buf[position..]) else {
+                    panic!("skip frame at {position} of ({first}, {last}, {len}) did not decode");
+                };
+                assert_eq!(frame.offset, next);
+                assert_eq!(frame.timestamp, i64::MIN);
+                next = frame.end_offset();
+                position += frame.frame_len;
+            }
+            assert_eq!(next, last + 1);
+        }
+    }
+
+    #[test]
+    fn every_single_byte_flip_of_a_skip_frame_is_detected() {
+        let mut buf = Vec::new();
+        encode_skip_frames(&mut buf, 5, 9, 60);
+        for idx in 0..buf.len() {
+            let mut corrupted = buf.clone();
+            corrupted[idx] ^= 0x01;
+            assert!(
+                !matches!(decode_frame(&corrupted), Decoded::Frame(_)),
+                "flip at byte {idx} went unnoticed"
+            );
+        }
     }
 
     proptest! {

@@ -8,6 +8,8 @@
 //! <topic>/<partition>/<base_offset>.index   index of a sealed segment
 //! <topic>/<partition>/published             the durable end, for other processes
 //! <topic>/<partition>/writer.lock           flock of the process writing the partition
+//! <topic>/<partition>/repairs.jsonl         audit trail of `runnel log repair` (see `repair`)
+//! <topic>/<partition>/repairs/              what repairs removed, kept for inspection
 //! __consumer_offsets/<group>/<topic>        "partition offset" lines
 //! __locks/topics                            flock while a topic is created
 //! __locks/commits/<group>                   flock while a group's offsets are rewritten
@@ -17,10 +19,12 @@
 //! Several processes may open one log folder: each partition is written by one of them at a
 //! time (the first to append to it) and followed by the others (see `partition`).
 
-mod format;
+mod check;
+pub(crate) mod format;
 mod lock;
 mod partition;
 mod reader;
+mod repair;
 mod segment;
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +36,9 @@ use runnel_config::EmbeddedLogConfig;
 use tokio::sync::oneshot;
 use tracing::info;
 
+pub use self::check::{LogProblem, PartitionCheck, ProblemKind, SkippedRange, check_embedded_log};
+pub use self::repair::{REPAIRS_FILE, RepairAction, RepairReport, repair_embedded_partition};
+
 use self::lock::{FileLockMembership, lock_file_blocking};
 use self::partition::{Command, Partition};
 use self::reader::EmbeddedReader;
@@ -41,9 +48,9 @@ use crate::{
     StartOffset, check_name, check_new_topic,
 };
 
-const TOPIC_META_FILE: &str = "topic.meta";
-const OFFSETS_DIR: &str = "__consumer_offsets";
-const LOCKS_DIR: &str = "__locks";
+pub(crate) const TOPIC_META_FILE: &str = "topic.meta";
+pub(crate) const OFFSETS_DIR: &str = "__consumer_offsets";
+pub(crate) const LOCKS_DIR: &str = "__locks";
 
 struct Topic {
     partitions: Vec<Partition>,
@@ -290,7 +297,7 @@ async fn take_over(topic: &Arc<Topic>, partition: usize) -> Result<(), LogError>
 }
 
 /// Reads a group's committed offsets of one topic; empty if it has committed none.
-fn read_offsets(path: &Path) -> Result<BTreeMap<u32, u64>, LogError> {
+pub(crate) fn read_offsets(path: &Path) -> Result<BTreeMap<u32, u64>, LogError> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_offsets(path, &text),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
@@ -314,7 +321,7 @@ async fn run_blocking<T: Send + 'static>(
         })?
 }
 
-fn parse_topic_meta(path: &Path, text: &str) -> Result<u32, LogError> {
+pub(crate) fn parse_topic_meta(path: &Path, text: &str) -> Result<u32, LogError> {
     text.trim()
         .strip_prefix("partitions = ")
         .and_then(|count| count.parse::<u32>().ok())

@@ -27,6 +27,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use super::RetentionHolds;
+use super::check::with_repair_hint;
 use super::format::{self, IndexEntry, PUBLISHED_BYTES, Published};
 use super::lock::try_lock_file;
 use super::segment::{
@@ -38,9 +39,9 @@ use crate::{LogError, ProduceRecord};
 /// The most bytes of records one group commit writes.
 const MAX_GROUP_COMMIT_BYTES: usize = 32 << 20;
 /// The writer's durable state for other processes (see `format::Published`).
-const PUBLISHED_FILE: &str = "published";
+pub(crate) const PUBLISHED_FILE: &str = "published";
 /// Held (`flock`) by the process writing the partition.
-const WRITER_LOCK_FILE: &str = "writer.lock";
+pub(crate) const WRITER_LOCK_FILE: &str = "writer.lock";
 /// How often a waiting reader of a partition another process writes re-reads `published`.
 pub(crate) const FOLLOW_POLL: Duration = Duration::from_millis(5);
 
@@ -607,7 +608,15 @@ fn open_followed_active_segment(
     let mut scan = scan_segment(&file, &log_path, base, limit, FOLLOWER_INDEX_INTERVAL_BYTES)?;
     if let Some(published) = published {
         if let Some(error) = scan.stopped_by.take() {
-            return Err(error.into_corrupt(&log_path));
+            let error = error.into_corrupt(&log_path);
+            return Err(with_repair_hint(
+                error,
+                dir,
+                &file,
+                scan.next_offset,
+                limit,
+                Some(published.next_offset),
+            ));
         }
         if scan.next_offset != published.next_offset {
             return Err(LogError::Corrupt {
@@ -633,7 +642,7 @@ fn open_followed_active_segment(
 const FOLLOWER_INDEX_INTERVAL_BYTES: u32 = 4096;
 
 /// Lists the segment base offsets in `dir`, sorted, without touching anything.
-fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, LogError> {
+pub(crate) fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, LogError> {
     let mut bases = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(LogError::io("list partition folder", dir))?;
     for entry in entries {
@@ -671,7 +680,7 @@ fn open_segment_file(path: &Path) -> Result<File, LogError> {
 }
 
 /// Opens a segment for reading and returns its length.
-fn open_segment_with_len(path: &Path) -> Result<(File, u64), LogError> {
+pub(crate) fn open_segment_with_len(path: &Path) -> Result<(File, u64), LogError> {
     let file = open_segment_file(path)?;
     let len = file
         .metadata()
@@ -801,7 +810,15 @@ fn open_sealed_segment(
     )?;
     if let Some(error) = scan.stopped_by {
         // A sealed segment was fsynced whole before the next one was created.
-        return Err(error.into_corrupt(&log_path));
+        let error = error.into_corrupt(&log_path);
+        return Err(with_repair_hint(
+            error,
+            dir,
+            &file,
+            scan.next_offset,
+            file_len,
+            Some(next_base),
+        ));
     }
     if scan.next_offset != next_base {
         return Err(LogError::Corrupt {
@@ -848,7 +865,15 @@ fn open_active_segment(
         let torn = is_torn_tail(&file, &error, file_len)
             .map_err(LogError::io("read segment", &log_path))?;
         if !torn {
-            return Err(error.into_corrupt(&log_path));
+            let error = error.into_corrupt(&log_path);
+            return Err(with_repair_hint(
+                error,
+                dir,
+                &file,
+                scan.next_offset,
+                file_len,
+                None,
+            ));
         }
         warn!(
             path = %log_path.display(),

@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::warn;
 
+use super::check::with_repair_hint;
 use super::format;
 use super::partition::{FOLLOW_POLL, PartitionShared};
 use super::segment::{FrameCursor, Segment};
@@ -68,7 +70,12 @@ impl EmbeddedReader {
         high_watermark: u64,
     ) -> Result<Vec<Record>, LogError> {
         let mut records = Vec::with_capacity(max_records.min(4096));
-        match self.read_into(&mut records, max_records, high_watermark) {
+        let read = self.read_into(&mut records, max_records, high_watermark);
+        if read.is_err() {
+            // Read the bytes again next time: a repair may have rewritten them meanwhile.
+            self.cursor.clear();
+        }
+        match read {
             Err(error) if records.is_empty() => Err(error),
             _ => Ok(records),
         }
@@ -88,11 +95,11 @@ impl EmbeddedReader {
             // The offset first: the size published with it (or later) covers its records.
             let segment_end = segment.next_offset();
             let limit = segment.durable_size();
-            let Some((frame, bytes)) = self
+            let read = self
                 .cursor
                 .frame_at(&segment.file, self.file_position, limit)
-                .map_err(|error| error.into_corrupt(&segment.log_path))?
-            else {
+                .map_err(|error| self.corrupt(&segment, error.into_corrupt(&segment.log_path)));
+            let Some((frame, bytes)) = read? else {
                 // The end of this segment: move on to the one that starts where it ended.
                 match self.shared.segment_starting_at(segment_end) {
                     Some(next) if !Arc::ptr_eq(&next, &segment) => {
@@ -104,20 +111,36 @@ impl EmbeddedReader {
                     _ => break,
                 }
             };
-            if frame.offset < self.next_offset {
+            if frame.end_offset() <= self.next_offset {
                 // Scanning forward from an index entry to the wanted offset.
                 self.file_position += frame.frame_len as u64;
                 continue;
             }
+            if let Some(last) = frame.skipped_to
+                && frame.offset <= self.next_offset
+            {
+                // Offsets a repair skipped: the next record returned is the one after them.
+                warn!(
+                    topic = %self.shared.topic,
+                    partition = self.shared.id,
+                    first = self.next_offset,
+                    last,
+                    "reading past offsets that a repair skipped (see repairs.jsonl in the partition folder)"
+                );
+                self.file_position += frame.frame_len as u64;
+                self.next_offset = last + 1;
+                continue;
+            }
             if frame.offset != self.next_offset {
-                return Err(LogError::Corrupt {
+                let error = LogError::Corrupt {
                     path: segment.log_path.clone(),
                     position: self.file_position,
                     reason: format!(
                         "record has offset {} where {} was expected",
                         frame.offset, self.next_offset
                     ),
-                });
+                };
+                return Err(self.corrupt(&segment, error));
             }
             records.push(Record {
                 topic: Arc::clone(&self.shared.topic),
@@ -136,6 +159,21 @@ impl EmbeddedReader {
             self.next_offset += 1;
         }
         Ok(())
+    }
+}
+
+impl EmbeddedReader {
+    /// Adds to a corruption error at the reader's position what is affected and how to
+    /// recover.
+    fn corrupt(&self, segment: &Segment, error: LogError) -> LogError {
+        with_repair_hint(
+            error,
+            &self.shared.dir,
+            &segment.file,
+            self.next_offset,
+            segment.durable_size(),
+            Some(segment.next_offset()),
+        )
     }
 }
 

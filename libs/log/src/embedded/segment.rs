@@ -141,11 +141,23 @@ pub(crate) enum FrameError {
     },
     /// The bytes are not a valid frame.
     Invalid { position: u64, reason: String },
+    /// A valid frame with another offset than the one expected there.
+    WrongOffset { position: u64, reason: String },
     /// Reading the file failed.
     Io(std::io::Error),
 }
 
 impl FrameError {
+    /// The byte position of the bad frame (`None` for a read error).
+    pub(crate) fn position(&self) -> Option<u64> {
+        match self {
+            FrameError::Truncated { position, .. }
+            | FrameError::Invalid { position, .. }
+            | FrameError::WrongOffset { position, .. } => Some(*position),
+            FrameError::Io(_) => None,
+        }
+    }
+
     /// Converts to the error a reader reports: inside the durable region nothing may be torn.
     pub(crate) fn into_corrupt(self, path: &Path) -> LogError {
         match self {
@@ -157,7 +169,8 @@ impl FrameError {
                 position,
                 reason: format!("record of {frame_len:?} bytes is cut short"),
             },
-            FrameError::Invalid { position, reason } => LogError::Corrupt {
+            FrameError::Invalid { position, reason }
+            | FrameError::WrongOffset { position, reason } => LogError::Corrupt {
                 path: path.to_path_buf(),
                 position,
                 reason,
@@ -253,7 +266,8 @@ pub(crate) struct ScanResult {
 }
 
 /// Reads every frame of `file` (of length `file_len`), checking checksums and that offsets
-/// run on from `base_offset`, and builds the index.
+/// run on from `base_offset`, and builds the index. A skip frame moves the next offset past
+/// the offsets it covers. The scan stops at the first bad frame (`stopped_by`).
 pub(crate) fn scan_segment(
     file: &File,
     path: &Path,
@@ -287,14 +301,14 @@ pub(crate) fn scan_segment(
             }
         };
         if frame.offset != result.next_offset {
-            return Err(LogError::Corrupt {
-                path: path.to_path_buf(),
+            result.stopped_by = Some(FrameError::WrongOffset {
                 position: result.valid_size,
                 reason: format!(
                     "record has offset {} where {} was expected",
                     frame.offset, result.next_offset
                 ),
             });
+            break;
         }
         if bytes_since_index >= u64::from(index_interval_bytes) {
             result.index.push(IndexEntry {
@@ -306,10 +320,65 @@ pub(crate) fn scan_segment(
         }
         bytes_since_index += frame.frame_len as u64;
         result.valid_size += frame.frame_len as u64;
-        result.next_offset += 1;
+        result.next_offset = frame.end_offset();
         result.max_timestamp = result.max_timestamp.max(frame.timestamp);
     }
     Ok(result)
+}
+
+/// Bytes looked at per read when searching for the next valid frame.
+const RESYNC_WINDOW_BYTES: u64 = 1 << 20;
+
+/// Finds the first valid frame at or after byte `from` (and before `limit`) whose offset is
+/// in `offsets`, looking at no more than `max_bytes` bytes; returns its position and offset.
+///
+/// Used after a bad frame, to learn where good records resume: a candidate must carry an
+/// offset in the range and pass its checksum, so bytes inside a damaged frame are not taken
+/// for a frame.
+pub(crate) fn find_next_frame(
+    file: &File,
+    from: u64,
+    limit: u64,
+    offsets: std::ops::Range<u64>,
+    max_bytes: u64,
+) -> Result<Option<(u64, u64)>, std::io::Error> {
+    let stop = limit.min(from.saturating_add(max_bytes));
+    let mut window_start = from;
+    while window_start < stop {
+        // A frame's first 16 bytes (len, crc, offset) must be in the window to be considered;
+        // windows overlap by as much.
+        let window_end = (window_start + RESYNC_WINDOW_BYTES).min(limit);
+        let mut window = vec![0u8; (window_end - window_start) as usize];
+        file.read_exact_at(&mut window, window_start)?;
+        let candidates_end = (window_end.min(stop) - window_start) as usize;
+        for relative in 0..candidates_end {
+            let Some(head) = window.get(relative..relative + 16) else {
+                break;
+            };
+            let offset = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+            if !offsets.contains(&offset) {
+                continue;
+            }
+            let body_len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
+            let position = window_start + relative as u64;
+            let frame_len = FRAME_HEADER_BYTES as u64 + body_len;
+            if body_len > format::MAX_BODY_BYTES as u64 || position + frame_len > limit {
+                continue;
+            }
+            let mut frame = vec![0u8; frame_len as usize];
+            file.read_exact_at(&mut frame, position)?;
+            if let Decoded::Frame(frame) = format::decode_frame(&frame)
+                && frame.offset == offset
+            {
+                return Ok(Some((position, offset)));
+            }
+        }
+        if window_end >= stop || window_end >= limit {
+            break;
+        }
+        window_start = window_end.saturating_sub(15).max(window_start + 1);
+    }
+    Ok(None)
 }
 
 /// Decides whether bytes that stopped a scan of the newest segment are a torn tail (an
@@ -326,7 +395,7 @@ pub(crate) fn is_torn_tail(
     let position = match error {
         FrameError::Truncated { .. } => return Ok(true),
         FrameError::Invalid { position, .. } => *position,
-        FrameError::Io(_) => return Ok(false),
+        FrameError::WrongOffset { .. } | FrameError::Io(_) => return Ok(false),
     };
     let remaining = file_len - position;
     if remaining >= 4 {

@@ -11,21 +11,21 @@ use runnel_log::{EmbeddedLog, Log, LogError, StartOffset};
 use crate::fixtures::{embedded_config, read_n, read_n_from, to_partition, value_str};
 
 /// Bytes of one test record's frame: 8 (len, crc) + 28 (fixed body) + 5 (value "vNNNN").
-const FRAME: u64 = 41;
+pub(crate) const FRAME: u64 = 41;
 
-fn value(idx: usize) -> String {
+pub(crate) fn value(idx: usize) -> String {
     format!("v{idx:04}")
 }
 
-fn segment_path(dir: &Path, topic: &str, base: u64) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, topic: &str, base: u64) -> PathBuf {
     dir.join(topic).join("0").join(format!("{base:020}.log"))
 }
 
-fn index_path(dir: &Path, topic: &str, base: u64) -> PathBuf {
+pub(crate) fn index_path(dir: &Path, topic: &str, base: u64) -> PathBuf {
     dir.join(topic).join("0").join(format!("{base:020}.index"))
 }
 
-async fn write_records(dir: &Path, segment_bytes: u64, count: usize) -> EmbeddedLog {
+pub(crate) async fn write_records(dir: &Path, segment_bytes: u64, count: usize) -> EmbeddedLog {
     let config = runnel_config::EmbeddedLogConfig {
         segment_bytes,
         ..embedded_config()
@@ -41,7 +41,7 @@ async fn write_records(dir: &Path, segment_bytes: u64, count: usize) -> Embedded
     log
 }
 
-async fn reopen(dir: &Path, segment_bytes: u64) -> Result<EmbeddedLog, LogError> {
+pub(crate) async fn reopen(dir: &Path, segment_bytes: u64) -> Result<EmbeddedLog, LogError> {
     let config = runnel_config::EmbeddedLogConfig {
         segment_bytes,
         ..embedded_config()
@@ -49,7 +49,7 @@ async fn reopen(dir: &Path, segment_bytes: u64) -> Result<EmbeddedLog, LogError>
     EmbeddedLog::open(dir, &config).await
 }
 
-fn flip_byte(path: &Path, position: u64) {
+pub(crate) fn flip_byte(path: &Path, position: u64) {
     let file = OpenOptions::new()
         .read(true)
         .write(true)

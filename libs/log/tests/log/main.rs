@@ -7,6 +7,7 @@
 
 mod conformance;
 mod embedded_crash;
+mod embedded_repair;
 mod embedded_shared;
 mod fixtures;
 mod group;
