@@ -85,6 +85,44 @@ pub enum BatchError {
     /// The backfill asked for is not built.
     #[error("{0}")]
     Unsupported(String),
+    /// A recompute's range was refused before anything was read or written: it needs more
+    /// chunks than `batch-reprocessor.max-recompute-chunks`, or its windows cannot be
+    /// represented. The message names the range, the chunk count and the event times (with
+    /// their files and offsets) that widened it.
+    #[error("{0}")]
+    RangeRefused(String),
+    /// A recompute's new generation holds fewer windows or events than the one it would
+    /// replace, and shrinking was not allowed (`RecomputeRequest::allow_shrink`). The
+    /// previous generation is kept; the new one's files are deleted.
+    #[error(
+        "job `{job}` version {version}: the new generation {generation} holds {windows} \
+         windows from {events} events over {range}, fewer than generation \
+         {previous_generation} it would replace ({previous_windows} windows from \
+         {previous_events} events over {previous_range}); it was not written and generation \
+         {previous_generation} stays"
+    )]
+    WouldShrink {
+        /// The job's name.
+        job: String,
+        /// The job's version.
+        version: u32,
+        /// The refused generation.
+        generation: u64,
+        /// Windows (result rows) the refused generation holds.
+        windows: u64,
+        /// Events the refused generation counted.
+        events: u64,
+        /// The refused generation's range, `[from, horizon)`.
+        range: String,
+        /// The generation that stays.
+        previous_generation: u64,
+        /// Windows the generation that stays holds.
+        previous_windows: u64,
+        /// Events the generation that stays counted.
+        previous_events: u64,
+        /// The range of the generation that stays.
+        previous_range: String,
+    },
     /// The job's engine failed.
     #[error("job `{job}`: {source}")]
     Engine {
@@ -136,7 +174,6 @@ pub(crate) async fn put_json<T: serde::Serialize>(
     Ok(())
 }
 
-/// The wall clock, epoch milliseconds.
 impl BatchError {
     pub(crate) fn store(operation: &'static str, path: &Path, source: object_store::Error) -> Self {
         Self::Store {

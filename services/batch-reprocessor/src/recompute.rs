@@ -12,6 +12,13 @@
 //! (sessions: at or after `from + gap`, since an event before `from` could have opened them
 //! earlier) and ending at or before the horizon, so every window it holds counted every
 //! archived event that belongs to it.
+//!
+//! Two guards keep one bad event from costing the platform its memory or its results. The
+//! range runs from the history's actual earliest event time (or `from`) to the horizon, and
+//! its chunks are counted, in checked arithmetic, before any is planned: beyond
+//! `batch-reprocessor.max-recompute-chunks` the recompute is refused, naming the event times
+//! (file, partition, offset) that widened it. And a new generation that holds fewer windows
+//! or events than the one it replaces is not written unless the request allows it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -39,13 +46,13 @@ use runnel_archive::FileEntry;
 use runnel_archive::parquet_file::{HistoryRead, open_history_file, with_string_views};
 use runnel_config::Config;
 use runnel_engine::WindowSpec;
+use runnel_events::validate::{format_millis, now_millis};
 use runnel_stream_processor::Job;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
 use crate::{BatchError, get_json, put_json};
-use runnel_events::validate::now_millis;
 
 /// The folder under the object store's root where batch views live.
 pub const VIEWS_PREFIX: &str = "views";
@@ -62,6 +69,10 @@ pub struct RecomputeRequest {
     pub to_ms: Option<i64>,
     /// How many partitions the history's files are split into (at least 1).
     pub workers: usize,
+    /// Whether the new view may hold fewer windows or events than the one it replaces;
+    /// otherwise such a recompute fails with [`BatchError::WouldShrink`] and the previous
+    /// view stays.
+    pub allow_shrink: bool,
 }
 
 /// Counters of a recompute's progress, for a progress bar.
@@ -178,24 +189,77 @@ struct Chunk {
     own: Range<i64>,
 }
 
-/// Cuts `[from, horizon)` into chunks of whole windows. Sessions are one chunk: a session
-/// can span any cut.
-fn chunks(window: WindowSpec, from: i64, first_event: i64, horizon: i64) -> Vec<Chunk> {
+/// Why a recompute's range cannot be cut into chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PlanError {
+    /// Counting the chunks gave more than the configured maximum.
+    TooMany {
+        /// Chunks the range needs.
+        chunks: u128,
+        /// Event time per chunk.
+        length_ms: i64,
+    },
+    /// The first window start lies below `i64::MIN`: no window of the earliest event time
+    /// can be represented.
+    Unrepresentable {
+        /// The earliest event time whose window can be represented.
+        lowest_event: i64,
+    },
+    /// The window's size is not positive.
+    BadWindow(String),
+}
+
+/// Cuts `[from, horizon)` into chunks of whole windows, starting at the window of
+/// `max(from, first_event)`. Sessions are one chunk: a session can span any cut.
+///
+/// The chunks are counted (in `i128`, so no time arithmetic can overflow) before any is
+/// allocated, and more than `max_chunks` are refused.
+fn plan_chunks(
+    window: WindowSpec,
+    from: i64,
+    first_event: i64,
+    horizon: i64,
+    max_chunks: u64,
+) -> Result<Vec<Chunk>, PlanError> {
     let (size, reach) = match window {
         WindowSpec::Tumble { size_ms } => (size_ms, 0),
-        WindowSpec::Hop { slide_ms, size_ms } => (size_ms, size_ms - slide_ms),
+        WindowSpec::Hop { slide_ms, size_ms } => (size_ms, size_ms.saturating_sub(slide_ms)),
         WindowSpec::Session { .. } => {
-            return vec![Chunk {
+            return Ok(vec![Chunk {
                 starts: from..horizon,
                 events: from..horizon,
                 own: from..horizon,
-            }];
+            }]);
         }
     };
-    let length = size * ((CHUNK_MS + size - 1) / size).max(1);
+    if size <= 0 || reach < 0 {
+        return Err(PlanError::BadWindow(format!(
+            "the window's size ({size} ms) must be positive and at least its slide"
+        )));
+    }
+    // Whole windows of about `CHUNK_MS`: at most `CHUNK_MS + size`, so it fits.
+    let length = size.saturating_mul((CHUNK_MS - 1) / size + 1);
     let begin = from.max(first_event);
-    let mut start = begin - begin.rem_euclid(size);
-    let mut chunks = Vec::new();
+    let first_start = i128::from(begin) - i128::from(begin.rem_euclid(size));
+    let horizon_wide = i128::from(horizon);
+    let count = if first_start >= horizon_wide {
+        0
+    } else {
+        (horizon_wide - first_start + i128::from(length) - 1) / i128::from(length)
+    };
+    if count > i128::from(max_chunks) {
+        return Err(PlanError::TooMany {
+            chunks: count.unsigned_abs(),
+            length_ms: length,
+        });
+    }
+    let Ok(mut start) = i64::try_from(first_start) else {
+        // The first window start at or above `i64::MIN`, as an event time.
+        let above_min = (-(i64::MIN.rem_euclid(size))).rem_euclid(size);
+        let lowest_event = i64::MIN.saturating_add(above_min);
+        return Err(PlanError::Unrepresentable { lowest_event });
+    };
+    let mut chunks = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
     while start < horizon {
         let end = start.saturating_add(length);
         // The first chunk holds every window the range keeps that starts before it too (a
@@ -209,7 +273,58 @@ fn chunks(window: WindowSpec, from: i64, first_event: i64, horizon: i64) -> Vec<
         });
         start = end;
     }
-    chunks
+    debug_assert!(chunks.len() as u128 <= u128::from(max_chunks));
+    Ok(chunks)
+}
+
+/// The chunks whose events `file` can hold: `chunks[first..last]` (the chunks' event ranges
+/// grow on both ends, so they are contiguous).
+fn chunk_span(chunks: &[Chunk], file: &FileEntry) -> Range<usize> {
+    let (Some(min), Some(max)) = (file.min_event_time, file.max_event_time) else {
+        return 0..0;
+    };
+    let first = chunks.partition_point(|chunk| chunk.events.end <= min);
+    let last = chunks.partition_point(|chunk| chunk.events.start <= max);
+    first..last.max(first)
+}
+
+/// Epoch milliseconds as RFC 3339, and as the number when far from today (years before 1
+/// or after 9999 do not read well).
+fn time_text(millis: i128) -> String {
+    const YEAR_1: i128 = -62_135_596_800_000;
+    const YEAR_10000: i128 = 253_402_300_800_000;
+    match i64::try_from(millis) {
+        Ok(millis) if (YEAR_1..YEAR_10000).contains(&i128::from(millis)) => format_millis(millis),
+        _ => format!("{millis} ms"),
+    }
+}
+
+/// A view's range as text: `[from, horizon)`.
+pub(crate) fn range_text(from_ms: Option<i64>, horizon_ms: Option<i64>) -> String {
+    format!(
+        "[{}, {})",
+        from_ms.map_or_else(
+            || "the first event".to_string(),
+            |from| time_text(from.into())
+        ),
+        horizon_ms.map_or_else(
+            || "nothing archived".to_string(),
+            |end| time_text(end.into())
+        )
+    )
+}
+
+/// Whether a view of `windows` windows from `events` events would shrink one of
+/// `previous_windows` from `previous_events`: fewer events, or fewer windows. Sessions may
+/// merge as events are added, so for them fewer windows count only when the events did not
+/// grow.
+fn shrinks(
+    (windows, events): (u64, u64),
+    (previous_windows, previous_events): (u64, u64),
+    sessions: bool,
+) -> bool {
+    events < previous_events
+        || (windows < previous_windows && (!sessions || events <= previous_events))
 }
 
 /// What a recompute did.
@@ -226,14 +341,23 @@ pub struct RecomputeOutcome {
 /// Recomputes `job` over the history into its batch view (replacing the previous one) and
 /// returns the new view's manifest.
 ///
-/// The range is cut into chunks of about an hour of windows (one for sessions), each written
-/// as its own file of the new generation; after each, the run's state is saved, and a later
-/// recompute of the same request resumes after the last finished chunk.
+/// The range runs from `from` (or the history's earliest event time) to the horizon; it is
+/// cut into chunks of about an hour of windows (one for sessions), each written as its own
+/// file of the new generation; after each, the run's state is saved, and a later recompute
+/// of the same request resumes after the last finished chunk. The chunks are counted before
+/// any is planned, and a range that needs more than `batch-reprocessor.max-recompute-chunks`
+/// is refused before anything is read or written.
+///
+/// The new view replaces the previous one whole, so one that holds fewer windows or events
+/// is refused unless `request.allow_shrink`: its files are deleted and the previous view
+/// stays.
 ///
 /// # Errors
 ///
-/// Store and Parquet failures, a history file whose columns are not the stream's, and
-/// DataFusion's errors.
+/// [`BatchError::RangeRefused`] for a range over the chunk limit (naming the outlying event
+/// times) or whose windows cannot be represented; [`BatchError::WouldShrink`] for a view
+/// that would shrink unasked; store and Parquet failures, a history file whose columns are
+/// not the stream's, and DataFusion's errors.
 pub async fn recompute_view(
     config: &Config,
     job: &Job,
@@ -265,16 +389,34 @@ pub async fn recompute_view(
     };
     let from = request.from_ms.unwrap_or(i64::MIN);
     let end = horizon.unwrap_or(i64::MIN);
+    // The files that hold events of the range; the range starts at their earliest event
+    // time (when `from` is earlier), not at the extremes of the time type.
     let files: Vec<FileEntry> = history
-        .into_iter()
-        .filter(|file| holds_events_in(file, &(from..end)))
+        .iter()
+        .filter(|file| file.rows > 0 && holds_events_in(file, &(from..end)))
+        .cloned()
         .collect();
     let first_event = files
         .iter()
         .filter_map(|file| file.min_event_time)
         .min()
         .unwrap_or(end);
-    let chunks = chunks(job.plan.window(), from, first_event, end);
+    let max_chunks = config.batch_reprocessor.max_recompute_chunks;
+    let chunks = match plan_chunks(job.plan.window(), from, first_event, end, max_chunks) {
+        Ok(chunks) => chunks,
+        Err(refused) => {
+            let refusal = RangeRefusal {
+                job,
+                history: &history,
+                files: &files,
+                from: request.from_ms,
+                first_event,
+                horizon: end,
+                max_chunks,
+            };
+            return Err(refusal.describe(&store, refused).await);
+        }
+    };
     let mut state = resumed.unwrap_or_else(|| RunState {
         sql: job.plan.sql().to_string(),
         from_ms: request.from_ms,
@@ -285,49 +427,57 @@ pub async fn recompute_view(
         chunks: Vec::new(),
     });
     let resumed_chunks = state.chunks.len().min(chunks.len());
-    // Each chunk's files, by the event times it reads.
-    let chunk_files: Vec<Vec<FileEntry>> = chunks
-        .iter()
-        .map(|chunk| {
-            files
-                .iter()
-                .filter(|file| holds_events_in(file, &chunk.events))
-                .cloned()
-                .collect()
-        })
-        .collect();
-    let todo = &chunk_files[resumed_chunks..];
-    progress.files_total.store(
-        todo.iter().map(|files| files.len() as u64).sum(),
-        Ordering::Relaxed,
-    );
-    progress.events_total.store(
-        todo.iter().flatten().map(|file| file.rows).sum(),
-        Ordering::Relaxed,
-    );
+    // Each file's chunks, by the event times they read (a file is read by every chunk its
+    // event-time bounds overlap).
+    let spans: Vec<Range<usize>> = files.iter().map(|file| chunk_span(&chunks, file)).collect();
+    let (mut files_total, mut events_total) = (0, 0);
+    for (file, span) in files.iter().zip(&spans) {
+        let todo = span.end.saturating_sub(span.start.max(resumed_chunks)) as u64;
+        files_total += todo;
+        events_total += todo.saturating_mul(file.rows);
+    }
+    progress.files_total.store(files_total, Ordering::Relaxed);
+    progress.events_total.store(events_total, Ordering::Relaxed);
     info!(
         job = %job.name,
         files = files.len(),
         from = request.from_ms,
+        first_event,
         horizon,
         chunks = chunks.len(),
         done = resumed_chunks,
         workers = request.workers,
         "recomputing over the history"
     );
-    let first_start = match job.plan.window() {
+    let keep_from = match job.plan.window() {
         WindowSpec::Session { gap_ms } if request.from_ms.is_some() => from.saturating_add(gap_ms),
         _ => from,
     };
-    for (index, (chunk, files)) in chunks
-        .iter()
-        .zip(&chunk_files)
-        .enumerate()
-        .skip(resumed_chunks)
-    {
+    // The files by the first chunk that reads them; `active` holds those the current chunk
+    // reads.
+    let mut by_first: Vec<usize> = (0..files.len())
+        .filter(|&file| !spans[file].is_empty())
+        .collect();
+    by_first.sort_by_key(|&file| spans[file].start);
+    let mut by_first = by_first.into_iter().peekable();
+    let mut active: Vec<usize> = Vec::new();
+    for (index, chunk) in chunks.iter().enumerate() {
+        while let Some(file) = by_first.next_if(|&file| spans[file].start <= index) {
+            active.push(file);
+        }
+        active.retain(|&file| spans[file].end > index);
+        if index < resumed_chunks {
+            continue;
+        }
+        if active.is_empty() {
+            // No file holds events of this chunk: it holds no window.
+            state.chunks.push((Vec::new(), 0));
+            continue;
+        }
+        let chunk_files: Vec<FileEntry> = active.iter().map(|&file| files[file].clone()).collect();
         let counted = Arc::new(AtomicU64::new(0));
         let table = HistoryTable {
-            groups: split(files.clone(), request.workers),
+            groups: split(chunk_files, request.workers),
             job_columns: job.input_columns.clone(),
             positioned: Arc::new(with_string_views(job.stream.with_position())),
             schema: Arc::new(with_string_views(&job.input_schema)),
@@ -355,7 +505,7 @@ pub async fn recompute_view(
             })?;
         // Each output partition is aggregated, filtered and encoded on its own task, into
         // its own file.
-        let starts = chunk.starts.start.max(first_start)..chunk.starts.end;
+        let starts = chunk.starts.start.max(keep_from)..chunk.starts.end;
         let dir = generation_dir(VIEWS_PREFIX, &job.job_name, job.version, state.generation);
         let writers: Vec<_> = streams
             .into_iter()
@@ -393,7 +543,9 @@ pub async fn recompute_view(
         job: job.job_name.clone(),
         version: job.version,
         generation: state.generation,
-        from_ms: request.from_ms,
+        // Exactly the window starts the chunks kept, so that serving lets the view answer
+        // for no window it did not recompute.
+        from_ms: request.from_ms.map(|_| keep_from),
         to_ms: request.to_ms,
         horizon_ms: horizon,
         history_files: state.history_files,
@@ -405,6 +557,32 @@ pub async fn recompute_view(
             .collect(),
         created_at_ms: now_millis(),
     };
+    if let Some(previous) = &previous
+        && !request.allow_shrink
+    {
+        let windows = manifest.windows();
+        let previous_windows = previous.windows();
+        let sessions = matches!(job.plan.window(), WindowSpec::Session { .. });
+        if shrinks(
+            (windows, manifest.events),
+            (previous_windows, previous.events),
+            sessions,
+        ) {
+            discard_generation(store.as_ref(), job, &manifest).await;
+            return Err(BatchError::WouldShrink {
+                job: job.job_name.clone(),
+                version: job.version,
+                generation: manifest.generation,
+                windows,
+                events: manifest.events,
+                range: range_text(manifest.from_ms, manifest.horizon_ms),
+                previous_generation: previous.generation,
+                previous_windows,
+                previous_events: previous.events,
+                previous_range: range_text(previous.from_ms, previous.horizon_ms),
+            });
+        }
+    }
     save_view(store.as_ref(), VIEWS_PREFIX, &manifest).await?;
     let run_state = run_state_path(job);
     if let Err(error) = store.delete(&run_state).await {
@@ -421,7 +599,7 @@ pub async fn recompute_view(
     info!(
         job = %job.name,
         generation = manifest.generation,
-        rows = manifest.files.iter().map(|file| file.rows).sum::<u64>(),
+        rows = manifest.windows(),
         horizon,
         "batch view written"
     );
@@ -430,6 +608,232 @@ pub async fn recompute_view(
         chunks: chunks.len(),
         resumed_chunks,
     })
+}
+
+/// Deletes a refused generation's files and the run state that names them, so that the
+/// next recompute starts afresh. Failures are logged: the files are unreferenced either way.
+async fn discard_generation(store: &dyn ObjectStore, job: &Job, manifest: &ViewManifest) {
+    for file in &manifest.files {
+        let path = Path::from(file.path.as_str());
+        if let Err(error) = store.delete(&path).await {
+            warn!(%path, %error, "could not delete a file of a refused view generation");
+        }
+    }
+    let run_state = run_state_path(job);
+    if let Err(error) = store.delete(&run_state).await {
+        warn!(path = %run_state, %error, "could not delete a refused run's state");
+    }
+}
+
+/// What a refused range is described with.
+struct RangeRefusal<'a> {
+    job: &'a Job,
+    /// Every file of the history.
+    history: &'a [FileEntry],
+    /// The files holding events of the range.
+    files: &'a [FileEntry],
+    from: Option<i64>,
+    first_event: i64,
+    horizon: i64,
+    max_chunks: u64,
+}
+
+/// Outlying rows named in a refusal, at most.
+const OUTLIERS_SHOWN: usize = 5;
+
+/// Outlying files scanned for their rows in a refusal, at most.
+const OUTLYING_FILES_SCANNED: usize = 8;
+
+impl RangeRefusal<'_> {
+    /// The refusal of the range as an error: the range, the chunk count, the limit and its
+    /// key, and what widened the range: `from`, or the earliest files with their outlying
+    /// rows (scanned from the files: partition, offset, event time).
+    async fn describe(&self, store: &Arc<dyn ObjectStore>, refused: PlanError) -> BatchError {
+        let job = format!("job `{}` version {}", self.job.name, self.job.version);
+        // Event times before `lowest` widened the range: with this horizon, the limit allows
+        // no earlier start.
+        let (length_ms, chunks, lowest) = match refused {
+            PlanError::BadWindow(message) => {
+                return BatchError::RangeRefused(format!("recompute of {job}: {message}"));
+            }
+            PlanError::TooMany { chunks, length_ms } => {
+                let lowest =
+                    i128::from(self.horizon) - i128::from(self.max_chunks) * i128::from(length_ms);
+                let lowest = i64::try_from(lowest.max(i128::from(i64::MIN))).unwrap_or(i64::MIN);
+                (length_ms, Some(chunks), lowest)
+            }
+            PlanError::Unrepresentable { lowest_event } => (0, None, lowest_event),
+        };
+        let begin = self.from.unwrap_or(i64::MIN).max(self.first_event);
+        let range = format!(
+            "[{}, {})",
+            time_text(begin.into()),
+            time_text(self.horizon.into())
+        );
+        let mut message = match chunks {
+            Some(chunks) => format!(
+                "recompute of {job} refused before reading anything: its range {range} needs \
+                 {chunks} chunks of {length_ms} ms, more than batch-reprocessor.max-recompute-chunks \
+                 ({})",
+                self.max_chunks
+            ),
+            None => format!(
+                "recompute of {job} refused before reading anything: its range {range} starts \
+                 before the earliest window start that can be represented"
+            ),
+        };
+        match self.from {
+            Some(from) if from >= self.first_event => message.push_str(&format!(
+                "; it starts at the asked-for start (--from), {}",
+                time_text(from.into())
+            )),
+            _ => message.push_str(&format!(
+                "; it starts at the history's earliest event time, {}",
+                time_text(self.first_event.into())
+            )),
+        }
+        let mut outlying: Vec<&FileEntry> = self
+            .files
+            .iter()
+            .filter(|file| file.min_event_time.is_some_and(|min| min < lowest))
+            .collect();
+        outlying.sort_by_key(|file| file.min_event_time);
+        message.push_str(&format!(
+            "; history files with event times before {}, the earliest the limit allows ({} of \
+             {}):",
+            time_text(lowest.into()),
+            outlying.len(),
+            self.files.len(),
+        ));
+        for file in outlying.iter().take(OUTLIERS_SHOWN) {
+            message.push_str(&format!(
+                " {} (partition {}, offsets {}-{}, event times {} to {}),",
+                file.path,
+                file.partition,
+                file.first_offset,
+                file.last_offset,
+                file.min_event_time
+                    .map_or("-".to_string(), |t| time_text(t.into())),
+                file.max_event_time
+                    .map_or("-".to_string(), |t| time_text(t.into())),
+            ));
+        }
+        if outlying.len() > OUTLIERS_SHOWN {
+            message.push_str(&format!(" and {} more,", outlying.len() - OUTLIERS_SHOWN));
+        }
+        message.pop();
+        match self.outlying_rows(store, &outlying, begin..lowest).await {
+            Ok((rows, examples)) if rows > 0 => {
+                message.push_str(&format!("; {rows} event(s) there lie before it:"));
+                for (partition, offset, time) in &examples {
+                    message.push_str(&format!(
+                        " partition {partition} offset {offset} at {},",
+                        time_text((*time).into())
+                    ));
+                }
+                message.pop();
+                if rows > examples.len() as u64 {
+                    message.push_str(", ...");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                warn!(%error, "could not scan the outlying history files for a refusal");
+            }
+        }
+        let rest = self
+            .files
+            .iter()
+            .filter(|file| !outlying.iter().any(|out| out.path == file.path))
+            .filter_map(|file| file.min_event_time)
+            .min();
+        if let Some(rest) = rest {
+            message.push_str(&format!(
+                "; the other files' event times start at {}",
+                time_text(rest.into())
+            ));
+        }
+        if let Some((partition, latest)) = self.horizon_partition() {
+            message.push_str(&format!(
+                "; it ends at the horizon, set by partition {partition}'s latest event time {}",
+                time_text(latest.into())
+            ));
+        }
+        message.push_str(
+            ". Leave the outlying events out with --from (and --to), or raise \
+             batch-reprocessor.max-recompute-chunks",
+        );
+        BatchError::RangeRefused(message)
+    }
+
+    /// The partition whose latest archived event time sets the horizon, and that time.
+    fn horizon_partition(&self) -> Option<(u32, i64)> {
+        let mut largest: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
+        for file in self.history {
+            if let Some(max) = file.max_event_time {
+                let slot = largest.entry(file.partition).or_insert(max);
+                *slot = (*slot).max(max);
+            }
+        }
+        largest.into_iter().min_by_key(|&(_, max)| max)
+    }
+
+    /// How many rows of `files` (the first [`OUTLYING_FILES_SCANNED`]) have event times in
+    /// `outlying`, with the first [`OUTLIERS_SHOWN`] as (partition, offset, event time).
+    async fn outlying_rows(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        files: &[&FileEntry],
+        outlying: Range<i64>,
+    ) -> Result<(u64, Vec<(u32, i64, i64)>), BatchError> {
+        let event_time_column = self.job.stream.event_time_index();
+        let offset_column = self.job.stream.declared().fields().len() + 1;
+        let columns = [event_time_column, offset_column];
+        let (mut rows, mut examples) = (0, Vec::new());
+        for file in files.iter().take(OUTLYING_FILES_SCANNED) {
+            let read = HistoryRead {
+                batch_rows: READ_BATCH_ROWS,
+                event_time_column,
+                event_time: Some(outlying.clone()),
+                columns: Some(&columns),
+                string_views: false,
+            };
+            let mut batches = open_history_file(store, file, &read)
+                .await
+                .map_err(|error| BatchError::Archive(Box::new(error)))?;
+            while let Some(batch) = batches.next().await {
+                let batch = batch.map_err(|source| BatchError::Parquet {
+                    path: file.path.clone(),
+                    message: source.to_string(),
+                })?;
+                let arrow =
+                    |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
+                let times =
+                    arrow::compute::cast(batch.column(0), &DataType::Int64).map_err(arrow)?;
+                let offsets =
+                    arrow::compute::cast(batch.column(1), &DataType::Int64).map_err(arrow)?;
+                let (times, offsets) = (
+                    times.as_primitive::<Int64Type>(),
+                    offsets.as_primitive::<Int64Type>(),
+                );
+                for row in 0..batch.num_rows() {
+                    if times.is_null(row) || !outlying.contains(&times.value(row)) {
+                        continue;
+                    }
+                    rows += 1;
+                    if examples.len() < OUTLIERS_SHOWN {
+                        let offset = if offsets.is_null(row) {
+                            -1
+                        } else {
+                            offsets.value(row)
+                        };
+                        examples.push((file.partition, offset, times.value(row)));
+                    }
+                }
+            }
+        }
+        Ok((rows, examples))
+    }
 }
 
 /// The rows of `batch` whose window starts in `starts` and ends at or before `horizon`.
@@ -733,5 +1137,194 @@ impl PartitionStream for HistoryPartition {
             Arc::clone(&self.scan.schema),
             rows,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+    /// 2026-11-22T00:00:00Z.
+    const BASE: i64 = 1_795_305_600_000;
+    const TEN_SECONDS: WindowSpec = WindowSpec::Tumble { size_ms: 10_000 };
+
+    #[track_caller]
+    fn too_many(result: Result<Vec<Chunk>, PlanError>) -> u128 {
+        match result {
+            Err(PlanError::TooMany { chunks, .. }) => chunks,
+            other => panic!("expected TooMany, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunks_of_a_day_of_history_cover_every_window_start_once() {
+        let chunks = plan_chunks(TEN_SECONDS, i64::MIN, BASE + 1_234, BASE + 24 * HOUR, 100)
+            .expect("a day fits");
+        assert_eq!(chunks.len(), 24);
+        assert_eq!(
+            chunks[0].starts.start,
+            i64::MIN,
+            "the first chunk keeps earlier starts"
+        );
+        assert_eq!(chunks[0].events.start, i64::MIN);
+        assert_eq!(chunks[1].starts.start, BASE + HOUR);
+        for pair in chunks.windows(2) {
+            assert_eq!(
+                pair[0].starts.end, pair[1].starts.start,
+                "contiguous starts"
+            );
+            assert_eq!(
+                pair[0].own.end, pair[1].own.start,
+                "each event counted once"
+            );
+        }
+        assert_eq!(chunks[23].events.end, BASE + 24 * HOUR);
+    }
+
+    #[test]
+    fn an_event_at_i64_min_is_refused_by_count_without_overflow() {
+        // One chunk per hour from i64::MIN to 2026: about 2.6 billion, counted, not planned.
+        let chunks = too_many(plan_chunks(TEN_SECONDS, i64::MIN, i64::MIN, BASE, 100_000));
+        assert_eq!(
+            chunks,
+            (i128::from(BASE) - i128::from(i64::MIN)).unsigned_abs() / 3_600_000 + 1
+        );
+        let hop = WindowSpec::Hop {
+            slide_ms: 1_000,
+            size_ms: 60_000,
+        };
+        too_many(plan_chunks(hop, i64::MIN, i64::MIN, i64::MAX, 10_000_000));
+    }
+
+    #[test]
+    fn a_year_0001_event_is_refused_with_the_chunk_count_the_finding_saw() {
+        let year_1 = -62_135_596_800_000;
+        // The finding saw 17,758,595 chunks, with a horizon 11 hours later.
+        let chunks = too_many(plan_chunks(TEN_SECONDS, i64::MIN, year_1, BASE, 100_000));
+        assert_eq!(chunks, 17_758_584);
+        // Left out by `from`, the same history is a day.
+        let chunks = plan_chunks(TEN_SECONDS, BASE - 24 * HOUR, year_1, BASE, 100_000)
+            .expect("from leaves it out");
+        assert_eq!(chunks.len(), 24);
+        assert_eq!(
+            chunks[0].events.start,
+            BASE - 24 * HOUR,
+            "reads from `from`"
+        );
+    }
+
+    #[test]
+    fn windows_below_i64_min_are_refused_and_the_top_of_the_range_saturates() {
+        let refused = plan_chunks(TEN_SECONDS, i64::MIN, i64::MIN, i64::MIN + 5, 100);
+        let Err(PlanError::Unrepresentable { lowest_event }) = refused else {
+            panic!("expected Unrepresentable, got {refused:?}");
+        };
+        assert_eq!(lowest_event.rem_euclid(10_000), 0, "a window start");
+        assert!(lowest_event > i64::MIN && lowest_event < i64::MIN + 10_000);
+        let top = i64::MAX - 5;
+        let chunks = plan_chunks(TEN_SECONDS, i64::MIN, top - HOUR, i64::MAX, 100)
+            .expect("an hour below i64::MAX");
+        assert!(!chunks.is_empty() && chunks.len() <= 2);
+        assert_eq!(chunks.last().map(|chunk| chunk.starts.end), Some(i64::MAX));
+    }
+
+    #[test]
+    fn a_window_that_is_not_positive_is_refused() {
+        let tumble = WindowSpec::Tumble { size_ms: 0 };
+        assert!(matches!(
+            plan_chunks(tumble, 0, 0, HOUR, 100),
+            Err(PlanError::BadWindow(_))
+        ));
+    }
+
+    #[test]
+    fn sessions_are_one_chunk_and_an_empty_range_none() {
+        let session = WindowSpec::Session { gap_ms: 60_000 };
+        let chunks = plan_chunks(session, i64::MIN, i64::MIN, BASE, 1).expect("one chunk");
+        assert_eq!(chunks.len(), 1);
+        assert!(
+            plan_chunks(TEN_SECONDS, BASE, BASE, BASE, 1)
+                .expect("empty")
+                .is_empty()
+        );
+    }
+
+    fn file(min: i64, max: i64) -> FileEntry {
+        FileEntry {
+            path: "clicks/x.parquet".to_string(),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 0,
+            rows: 1,
+            bytes: 1,
+            min_event_time: Some(min),
+            max_event_time: Some(max),
+            min_ingest_time: 0,
+            max_ingest_time: 0,
+        }
+    }
+
+    #[test]
+    fn a_file_is_read_by_the_chunks_its_event_times_overlap() {
+        let chunks =
+            plan_chunks(TEN_SECONDS, i64::MIN, BASE, BASE + 10 * HOUR, 100).expect("ten hours");
+        for (min, max) in [
+            (BASE, BASE),
+            (BASE + HOUR - 1, BASE + HOUR),
+            (i64::MIN, BASE + 3 * HOUR),
+            (BASE + 9 * HOUR, i64::MAX),
+            (BASE + 20 * HOUR, i64::MAX),
+        ] {
+            let span = chunk_span(&chunks, &file(min, max));
+            let expected: Vec<usize> = (0..chunks.len())
+                .filter(|&index| holds_events_in(&file(min, max), &chunks[index].events))
+                .collect();
+            assert_eq!(span.collect::<Vec<_>>(), expected, "{min}..={max}");
+        }
+    }
+
+    #[test]
+    fn fewer_windows_or_events_shrink_a_view_but_merged_sessions_do_not() {
+        assert!(
+            shrinks((0, 0), (100, 4_000), false),
+            "the empty generation of the finding"
+        );
+        assert!(shrinks((99, 4_000), (100, 4_000), false));
+        assert!(shrinks((100, 3_999), (100, 4_000), false));
+        assert!(!shrinks((100, 4_000), (100, 4_000), false), "the same view");
+        assert!(!shrinks((120, 5_000), (100, 4_000), false));
+        assert!(
+            shrinks((99, 5_000), (100, 4_000), false),
+            "fixed windows never merge"
+        );
+        assert!(
+            !shrinks((99, 5_000), (100, 4_000), true),
+            "sessions merge as events come"
+        );
+        assert!(shrinks((99, 4_000), (100, 4_000), true));
+    }
+
+    #[test]
+    fn times_read_as_rfc_3339_within_years_1_to_9999_and_as_numbers_beyond() {
+        assert_eq!(time_text(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time_text(-62_135_596_800_000), "0001-01-01T00:00:00.000Z");
+        assert_eq!(
+            time_text(i64::MIN.into()),
+            "-9223372036854775808 ms",
+            "no year -292 million"
+        );
+        assert_eq!(
+            time_text(i128::from(i64::MIN) - 5),
+            "-9223372036854775813 ms"
+        );
+        assert_eq!(
+            range_text(None, None),
+            "[the first event, nothing archived)"
+        );
+        assert_eq!(
+            range_text(Some(0), Some(1_000)),
+            "[1970-01-01T00:00:00.000Z, 1970-01-01T00:00:01.000Z)"
+        );
     }
 }

@@ -3,7 +3,10 @@
 //! A view of version `V` of job `J` lives under `views/<J>/<V>/`: each recompute writes its
 //! files into a fresh generation folder (`<generation>/part-<n>.parquet`), then replaces
 //! `_manifest.json` in one put. Readers go through the manifest, so they see the old view
-//! or the new one, never a mix; the previous generation's files are deleted after.
+//! or the new one, never a mix; the previous generation's files are deleted after. A new
+//! generation that would hold fewer windows or events than the one it replaces is not
+//! written unless asked for (`RecomputeRequest::allow_shrink`): its files are deleted and
+//! the previous generation stays.
 
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -39,8 +42,9 @@ pub struct ViewManifest {
     pub version: u32,
     /// Counts the recomputes of this view; names the folder of its files.
     pub generation: u64,
-    /// The view holds the windows starting at or after this (epoch ms); `None`: from the
-    /// first event.
+    /// The view holds the windows starting at or after this (epoch ms): exactly the window
+    /// starts the recompute kept (for sessions, the asked-for start plus the gap); `None`:
+    /// from the first event.
     pub from_ms: Option<i64>,
     /// Asked-for end (epoch ms): events before it were read.
     pub to_ms: Option<i64>,
@@ -58,6 +62,13 @@ pub struct ViewManifest {
     pub files: Vec<ViewFile>,
     /// When the view was written (epoch ms).
     pub created_at_ms: i64,
+}
+
+impl ViewManifest {
+    /// Returns the windows (result rows) the view holds.
+    pub fn windows(&self) -> u64 {
+        self.files.iter().map(|file| file.rows).sum()
+    }
 }
 
 /// The folder of version `version` of job `job`'s view.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use runnel_batch_reprocessor::BatchError;
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
 use runnel_batch_reprocessor::replay::{ReplayOutcome, ReplayProgress};
 use runnel_config::Config;
@@ -54,6 +55,11 @@ pub(crate) struct BackfillArgs {
     /// of going on live until Ctrl-C.
     #[arg(long)]
     stop_when_caught_up: bool,
+    /// Recompute: replace the batch view even if the new one holds fewer windows or events
+    /// than the one it replaces (a narrower --from/--to, a history that lost events). Without
+    /// it such a recompute fails and the previous view stays.
+    #[arg(long)]
+    allow_shrink: bool,
 }
 
 pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
@@ -111,6 +117,11 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
                 anyhow::bail!(
                     "--from and --to are for --mode recompute: a replay runs from the version's \
                      checkpoint, or from the first archived event, to the live log"
+                );
+            }
+            if args.allow_shrink {
+                anyhow::bail!(
+                    "--allow-shrink is for --mode recompute: a replay writes no batch view"
                 );
             }
             replay(config, job_config, args.stop_when_caught_up).await
@@ -212,6 +223,7 @@ async fn recompute(
         from_ms: args.from,
         to_ms: args.to,
         workers: usize::from(args.workers),
+        allow_shrink: args.allow_shrink,
     };
     let started = Instant::now();
     let work = recompute_view(config, job, request, store, Arc::clone(&progress));
@@ -219,7 +231,14 @@ async fn recompute(
     let bar = progress_bar(0);
     let outcome = loop {
         tokio::select! {
-            done = &mut work => break done.context("recompute")?,
+            done = &mut work => break match done {
+                Ok(outcome) => outcome,
+                Err(error @ BatchError::WouldShrink { .. }) => {
+                    bar.finish_and_clear();
+                    anyhow::bail!("recompute: {error}; pass --allow-shrink to replace it anyway");
+                }
+                Err(error) => return Err(anyhow::Error::new(error).context("recompute")),
+            },
             () = tokio::time::sleep(Duration::from_millis(200)) => {
                 bar.set_length(progress.events_total.load(Ordering::Relaxed));
                 bar.set_position(progress.events_done.load(Ordering::Relaxed));
@@ -233,7 +252,7 @@ async fn recompute(
     };
     bar.finish_and_clear();
     let view = &outcome.view;
-    let rows: u64 = view.files.iter().map(|file| file.rows).sum();
+    let rows = view.windows();
     let horizon = view
         .horizon_ms
         .map_or_else(|| "none (nothing archived yet)".to_string(), format_millis);

@@ -607,6 +607,7 @@ async fn run_demo(
                         from_ms: None,
                         to_ms: None,
                         workers: 2,
+                        allow_shrink: false,
                     },
                     store,
                     progress,

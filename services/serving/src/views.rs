@@ -104,6 +104,11 @@ impl ViewTable {
     fn all(&self) -> impl Iterator<Item = &Arc<Window>> {
         self.by_start.values().flat_map(BTreeMap::values)
     }
+
+    /// The earliest window start held, if any.
+    fn first_start(&self) -> Option<i64> {
+        self.by_start.keys().next().copied()
+    }
 }
 
 /// A recompute's batch view, loaded.
@@ -118,10 +123,18 @@ pub(crate) struct BatchView {
 }
 
 impl BatchView {
-    /// Whether `window` is the batch view's to answer: it starts in the view's range and
-    /// is known to end by its horizon.
+    /// Whether `window` is the batch view's to answer: it starts in the view's range, at or
+    /// after the earliest window the view holds, and is known to end by its horizon.
+    ///
+    /// A recompute counts every archived event, so a speed-view window before the view's
+    /// first window was not recomputed (a view written with a wrong range, or with no
+    /// window at all): the view does not hide it.
     fn covers(&self, window: &Window) -> bool {
-        self.from_ms.is_none_or(|from| window.start >= from)
+        let Some(first_start) = self.table.first_start() else {
+            return false;
+        };
+        window.start >= first_start
+            && self.from_ms.is_none_or(|from| window.start >= from)
             && matches!((window.end, self.horizon_ms), (Some(end), Some(horizon)) if end <= horizon)
     }
 }
@@ -524,6 +537,69 @@ mod tests {
             ]
         );
         assert_eq!(view.all().len(), 4);
+    }
+
+    #[test]
+    fn a_batch_view_hides_no_speed_window_before_its_first_window_or_when_empty() {
+        let view = view();
+        {
+            let mut speed = view.speed.write().expect("lock");
+            for start in [0, 10, 20, 30] {
+                speed.upsert(window("a", start, 1, 1));
+            }
+        }
+        let starts = |view: &VersionView| -> Vec<(i64, ViewSource)> {
+            view.key_windows("a", &(0..100))
+                .iter()
+                .map(|(window, source)| (window.start, *source))
+                .collect()
+        };
+        // A generation with no window over a range up to 40 (what a recompute cut short by
+        // an out-of-range event time wrote): every speed window still answers.
+        *view.batch.write().expect("lock") = Some(Arc::new(BatchView {
+            table: ViewTable::default(),
+            from_ms: None,
+            horizon_ms: Some(40),
+            generation: 2,
+        }));
+        assert_eq!(
+            starts(&view),
+            vec![
+                (0, ViewSource::Speed),
+                (10, ViewSource::Speed),
+                (20, ViewSource::Speed),
+                (30, ViewSource::Speed)
+            ]
+        );
+        assert_eq!(view.all().len(), 4);
+        // A view whose first window starts at 20 (it claims the range from the first event)
+        // answers from 20 on; before, the speed view does.
+        let mut table = ViewTable::default();
+        table.upsert(window("b", 20, 7, 1));
+        *view.batch.write().expect("lock") = Some(Arc::new(BatchView {
+            table,
+            from_ms: None,
+            horizon_ms: Some(40),
+            generation: 3,
+        }));
+        assert_eq!(
+            starts(&view),
+            vec![(0, ViewSource::Speed), (10, ViewSource::Speed)]
+        );
+        let (page, _) = view.window_keys(10, None, 10);
+        assert_eq!(
+            page.len(),
+            1,
+            "the window before the view's first still answers"
+        );
+        let (page, _) = view.window_keys(20, None, 10);
+        assert_eq!(
+            page.iter()
+                .map(|(window, source)| (window.key.to_string(), *source))
+                .collect::<Vec<_>>(),
+            vec![("b".to_string(), ViewSource::Batch)],
+            "from its first window on, the view covers the range"
+        );
     }
 
     #[test]

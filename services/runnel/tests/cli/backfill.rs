@@ -1,7 +1,9 @@
 //! `runnel backfill --mode recompute` as a process, over the history of a log the live
 //! stream-processor has run over: the batch view equals live on every window no late event
 //! touched, counts the late events on the others, is the same for 1 and 3 workers, and
-//! opens in DuckDB.
+//! opens in DuckDB. Over a history holding an out-of-range event time, a recompute is
+//! refused by its chunk count, naming the event, and keeps the view; and a recompute that
+//! would shrink the view is refused unless `--allow-shrink`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -437,4 +439,543 @@ async fn replay_of_a_new_version_reproduces_live_and_resumes_after_kills() {
         serde_json::from_slice(&std::fs::read(&active_path).expect("the active-version file"))
             .expect("JSON");
     assert_eq!(active["version"], 2);
+}
+
+/// Runs `runnel` with `args` to its end, killed (and the test failed) after `limit`.
+fn runnel_within(
+    universe: &Universe,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--config")
+        .arg(universe.root.join("runnel.toml"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start runnel");
+    let mut child = super::KillOnDrop(child);
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                pipe.read_to_end(&mut bytes).expect("read a pipe");
+            }
+            bytes
+        })
+    };
+    let stdout = read(child.0.stdout.take().map(|pipe| Box::new(pipe) as _));
+    let stderr = read(child.0.stderr.take().map(|pipe| Box::new(pipe) as _));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "runnel {args:?} still runs after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// An embedded universe under `dir` whose log (the data set of `fill_log`) is archived whole;
+/// no stream-processor ran.
+async fn archived(dir: &std::path::Path) -> Universe {
+    let mut universe = Universe::embedded(dir.join("u"));
+    universe.with_pages = false;
+    fill_log(&universe).await;
+    runnel(&universe, &["archive", "--once"]);
+    universe
+}
+
+/// One event written into the history as another producer's file could hold it.
+struct HistoryRow {
+    event_time: i64,
+    user: &'static str,
+    duration_ms: i64,
+}
+
+/// Appends a file holding `rows` to partition `partition` of the universe's history and
+/// names it in the manifest, past the ingest path and its event-time bounds (as history
+/// written before them, or by another tool, can hold it). Returns its path in the store and
+/// each row's offset.
+fn add_history_file(
+    universe: &Universe,
+    partition: u32,
+    rows: &[HistoryRow],
+) -> (String, Vec<i64>) {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
+
+    let config =
+        runnel_config::Config::load(&[universe.root.join("runnel.toml")], &Default::default())
+            .expect("config");
+    let schema = runnel_events::StreamSchema::new(&config.streams[0]);
+    let objects = universe.root.join("data/objects");
+    let manifest_path = objects.join(format!("history/{}/_manifest.json", universe.stream));
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).expect("the history's manifest"))
+            .expect("JSON");
+    let first = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter(|file| file["partition"] == partition)
+        .map(|file| file["last_offset"].as_u64().expect("last offset") + 1)
+        .max()
+        .expect("the partition has history");
+    let last = first + rows.len() as u64 - 1;
+    let offsets: Vec<i64> = (first..=last).map(|offset| offset as i64).collect();
+    let ingest_time = 1_795_305_600_000_i64;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from(
+            rows.iter().map(|row| row.event_time).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|row| row.user).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(vec!["/p/injected"; rows.len()])),
+        Arc::new(StringArray::from(vec!["de"; rows.len()])),
+        Arc::new(Int64Array::from(
+            rows.iter().map(|row| row.duration_ms).collect::<Vec<_>>(),
+        )),
+        Arc::new(Int32Array::from(vec![partition as i32; rows.len()])),
+        Arc::new(Int64Array::from(offsets.clone())),
+        Arc::new(TimestampMillisecondArray::from(vec![
+            ingest_time;
+            rows.len()
+        ])),
+    ];
+    let batch = RecordBatch::try_new(Arc::clone(schema.with_position()), columns)
+        .expect("the stream's columns");
+    let mut bytes = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+    let path = format!(
+        "history/{}/date=2026-11-22/{partition}-{first:020}-{last:020}.parquet",
+        universe.stream
+    );
+    let file = objects.join(&path);
+    std::fs::create_dir_all(file.parent().expect("a folder")).expect("create folder");
+    std::fs::write(&file, &bytes).expect("write the file");
+    // The partition's last entry, with this file's fields.
+    let mut entry = manifest["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .rfind(|file| file["partition"] == partition)
+        .expect("the partition has history")
+        .clone();
+    let times = rows.iter().map(|row| row.event_time);
+    for (field, value) in [
+        ("path", serde_json::json!(path)),
+        ("first_offset", first.into()),
+        ("last_offset", last.into()),
+        ("rows", rows.len().into()),
+        ("bytes", bytes.len().into()),
+        ("min_event_time", times.clone().min().into()),
+        ("max_event_time", times.max().into()),
+        ("min_ingest_time", ingest_time.into()),
+        ("max_ingest_time", ingest_time.into()),
+    ] {
+        entry[field] = value;
+    }
+    manifest["files"].as_array_mut().expect("files").push(entry);
+    let mut files = manifest["files"].as_array().expect("files").clone();
+    files.sort_by_key(|file| {
+        (
+            file["partition"].as_u64().expect("partition"),
+            file["first_offset"].as_u64().expect("offset"),
+        )
+    });
+    manifest["files"] = serde_json::Value::Array(files);
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).expect("JSON"),
+    )
+    .expect("write the manifest");
+    (path, offsets)
+}
+
+/// The view's window starts and manifest, and its files on disk, as a comparable snapshot.
+fn view_snapshot(universe: &Universe) -> (serde_json::Value, BTreeMap<String, (i64, i64, String)>) {
+    let (manifest, files) = view(universe);
+    for file in &files {
+        assert!(
+            file.try_exists().expect("stat"),
+            "{} is gone",
+            file.display()
+        );
+    }
+    (manifest, view_rows(&files))
+}
+
+/// The view generation folders that hold files, and whether a run state is left.
+fn leftovers(universe: &Universe) -> (Vec<String>, bool) {
+    let dir = universe
+        .root
+        .join(format!("data/objects/views/{}/1", universe.job));
+    let mut generations: Vec<String> = std::fs::read_dir(&dir)
+        .expect("the view's folder")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_dir(entry.path()).is_ok_and(|mut files| files.next().is_some())
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    generations.sort();
+    (
+        generations,
+        dir.join("_run.json").try_exists().expect("stat"),
+    )
+}
+
+/// Chunks of an hour (360 windows of 10 s) that `[the window of first_event, horizon)` needs.
+fn hour_chunks(first_event: i64, horizon: i64) -> u128 {
+    let start = i128::from(first_event) - i128::from(first_event.rem_euclid(WINDOW_MS));
+    (i128::from(horizon) - start + 3_599_999).unsigned_abs() / 3_600_000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_recompute_refuses_a_range_an_outlying_event_time_widens_and_keeps_the_view() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let universe = archived(dir.path()).await;
+    let limit = std::time::Duration::from_secs(120);
+    let recompute = [
+        "backfill",
+        "--job",
+        universe.job.as_str(),
+        "--mode",
+        "recompute",
+    ];
+    runnel(&universe, &recompute);
+    let (good_manifest, good_rows) = view_snapshot(&universe);
+    let horizon = good_manifest["horizon_ms"].as_i64().expect("a horizon");
+    let first_window: i64 = good_rows
+        .keys()
+        .map(|key| {
+            key.rsplit_once('@')
+                .expect("@")
+                .1
+                .parse::<i64>()
+                .expect("ms")
+        })
+        .min()
+        .expect("windows");
+
+    // An event of the year 1 in partition 1, as the finding's: 17.8 million chunks.
+    let year_1 = -62_135_596_800_000;
+    let (year_1_file, year_1_offsets) = add_history_file(
+        &universe,
+        1,
+        &[HistoryRow {
+            event_time: year_1,
+            user: "user-1",
+            duration_ms: 5,
+        }],
+    );
+    let refused = runnel_within(&universe, &recompute, limit);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        !refused.status.success(),
+        "a year-1 event was recomputed: {stderr}"
+    );
+    for expected in [
+        format!("{} chunks", hour_chunks(year_1, horizon)),
+        "more than batch-reprocessor.max-recompute-chunks (100000)".to_string(),
+        year_1_file.clone(),
+        format!(
+            "partition 1 offset {} at 0001-01-01T00:00:00.000Z",
+            year_1_offsets[0]
+        ),
+        "--from".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "the refusal names `{expected}`: {stderr}"
+        );
+    }
+    assert_eq!(
+        view_snapshot(&universe),
+        (good_manifest.clone(), good_rows.clone()),
+        "the view stays"
+    );
+    assert_eq!(
+        leftovers(&universe),
+        (vec![format!("{:020}", 1)], false),
+        "a refused range writes nothing"
+    );
+
+    // An event at i64::MIN in partition 0, in a file with a good event of a new user: the
+    // range would start at the lowest millisecond there is.
+    let (min_file, min_offsets) = add_history_file(
+        &universe,
+        0,
+        &[
+            HistoryRow {
+                event_time: i64::MIN,
+                user: "user-0",
+                duration_ms: 7,
+            },
+            HistoryRow {
+                event_time: first_window + 1_000,
+                user: "user-injected",
+                duration_ms: 11,
+            },
+        ],
+    );
+    let refused = runnel_within(&universe, &recompute, limit);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        !refused.status.success(),
+        "an i64::MIN event was recomputed: {stderr}"
+    );
+    for expected in [
+        format!("{} chunks", hour_chunks(i64::MIN, horizon)),
+        "batch-reprocessor.max-recompute-chunks".to_string(),
+        min_file.clone(),
+        format!(
+            "partition 0 offset {} at -9223372036854775808 ms",
+            min_offsets[0]
+        ),
+        format!(
+            "partition 1 offset {} at 0001-01-01T00:00:00.000Z",
+            year_1_offsets[0]
+        ),
+        "2 event(s) there lie before it".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "the refusal names `{expected}`: {stderr}"
+        );
+    }
+    assert_eq!(
+        view_snapshot(&universe),
+        (good_manifest.clone(), good_rows.clone()),
+        "the view stays"
+    );
+    assert_eq!(leftovers(&universe), (vec![format!("{:020}", 1)], false));
+
+    // A --from inside the outlying stretch is refused too, by its own start.
+    let refused = runnel_within(
+        &universe,
+        &[
+            "backfill",
+            "--job",
+            &universe.job,
+            "--mode",
+            "recompute",
+            "--from",
+            "2000-01-01T00:00:00Z",
+        ],
+        limit,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        !refused.status.success(),
+        "26 years of chunks were recomputed: {stderr}"
+    );
+    assert!(
+        stderr.contains("it starts at the asked-for start (--from), 2000-01-01T00:00:00.000Z"),
+        "{stderr}"
+    );
+    assert_eq!(leftovers(&universe), (vec![format!("{:020}", 1)], false));
+
+    // From the first good window on, the same history gives the good view, plus the good
+    // event of the outlying file.
+    let from = first_window.to_string();
+    let summary = runnel(
+        &universe,
+        &[
+            "backfill",
+            "--job",
+            &universe.job,
+            "--mode",
+            "recompute",
+            "--from",
+            &from,
+        ],
+    );
+    eprintln!("{summary}");
+    let (manifest, rows) = view_snapshot(&universe);
+    assert_eq!(manifest["generation"], 2);
+    assert_eq!(manifest["horizon_ms"], good_manifest["horizon_ms"]);
+    assert_eq!(manifest["from_ms"], first_window);
+    assert_eq!(
+        manifest["events"].as_u64(),
+        good_manifest["events"].as_u64().map(|events| events + 1),
+        "the outlying events are left out, the good one counted"
+    );
+    let mut expected = good_rows.clone();
+    expected.insert(
+        format!(r#"["user-injected"]@{first_window}"#),
+        (1, 11, "/p/injected".to_string()),
+    );
+    assert_eq!(rows, expected, "the good data's windows, every one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_recompute_that_would_shrink_the_view_is_refused_unless_allow_shrink() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let universe = archived(dir.path()).await;
+    let limit = std::time::Duration::from_secs(120);
+    let job = universe.job.as_str();
+    runnel(
+        &universe,
+        &["backfill", "--job", job, "--mode", "recompute"],
+    );
+    let (first_manifest, first_rows) = view_snapshot(&universe);
+    let first_windows = first_rows.len();
+    let first_events = first_manifest["events"].as_u64().expect("events");
+
+    // The same range, fewer windows: the job (same version) now leaves most events out.
+    let config_path = universe.root.join("runnel.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    let filtered = config.replacen(
+        "GROUP BY user_id",
+        "WHERE user_id < 'user-2'\nGROUP BY user_id",
+        1,
+    );
+    assert_ne!(filtered, config);
+    std::fs::write(&config_path, &filtered).expect("write config");
+    let refused = runnel_within(
+        &universe,
+        &["backfill", "--job", job, "--mode", "recompute"],
+        limit,
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        !refused.status.success(),
+        "the view shrank unasked: {stderr}"
+    );
+    for expected in [
+        format!(
+            "fewer than generation 1 it would replace ({first_windows} windows from \
+             {first_events} events"
+        ),
+        "the new generation 2 holds".to_string(),
+        "--allow-shrink".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "the refusal says `{expected}`: {stderr}"
+        );
+    }
+    assert_eq!(
+        view_snapshot(&universe),
+        (first_manifest.clone(), first_rows.clone()),
+        "the previous generation stays whole"
+    );
+    assert_eq!(
+        leftovers(&universe),
+        (vec![format!("{:020}", 1)], false),
+        "the refused generation's files and run state are deleted"
+    );
+
+    let summary = runnel(
+        &universe,
+        &[
+            "backfill",
+            "--job",
+            job,
+            "--mode",
+            "recompute",
+            "--allow-shrink",
+        ],
+    );
+    eprintln!("{summary}");
+    let (manifest, rows) = view_snapshot(&universe);
+    assert_eq!(manifest["generation"], 2);
+    assert!(
+        !rows.is_empty() && rows.len() < first_windows,
+        "{} windows after {first_windows}",
+        rows.len()
+    );
+    assert!(
+        rows.keys()
+            .all(|key| key.starts_with(r#"["user-1"#) || key.starts_with(r#"["user-0"#))
+    );
+    assert_eq!(leftovers(&universe), (vec![format!("{:020}", 2)], false));
+
+    // Back to the whole job: more windows, no flag needed. Then a narrower range, which
+    // would drop the windows before it, is refused too.
+    std::fs::write(&config_path, &config).expect("write config");
+    runnel(
+        &universe,
+        &["backfill", "--job", job, "--mode", "recompute"],
+    );
+    let (manifest, rows) = view_snapshot(&universe);
+    assert_eq!(manifest["generation"], 3);
+    assert_eq!(rows, first_rows, "the same history gives the same view");
+    let later = manifest["horizon_ms"].as_i64().expect("a horizon") - 600_000;
+    let later = (later - later.rem_euclid(WINDOW_MS)).to_string();
+    let narrower = [
+        "backfill",
+        "--job",
+        job,
+        "--mode",
+        "recompute",
+        "--from",
+        &later,
+    ];
+    let refused = runnel_within(&universe, &narrower, limit);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        !refused.status.success(),
+        "a narrower range shrank the view unasked: {stderr}"
+    );
+    assert!(stderr.contains("--allow-shrink"), "{stderr}");
+    assert_eq!(view_snapshot(&universe), (manifest, rows));
+    let mut allowed = narrower.to_vec();
+    allowed.push("--allow-shrink");
+    runnel(&universe, &allowed);
+    let (manifest, rows) = view_snapshot(&universe);
+    assert_eq!(manifest["generation"], 4);
+    assert_eq!(manifest["from_ms"].as_i64(), later.parse().ok());
+    let expected: BTreeMap<String, (i64, i64, String)> = first_rows
+        .into_iter()
+        .filter(|(key, _)| {
+            key.rsplit_once('@')
+                .expect("@")
+                .1
+                .parse::<i64>()
+                .expect("ms")
+                >= later.parse::<i64>().expect("ms")
+        })
+        .collect();
+    assert_eq!(rows, expected, "the windows from --from on");
+
+    // A replay writes no view: the flag is refused there.
+    let output = runnel_within(
+        &universe,
+        &[
+            "backfill",
+            "--job",
+            job,
+            "--mode",
+            "replay",
+            "--allow-shrink",
+        ],
+        limit,
+    );
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--allow-shrink is for --mode recompute")
+    );
 }

@@ -529,6 +529,7 @@ async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_versi
             from_ms: None,
             to_ms: None,
             workers: 2,
+            allow_shrink: false,
         },
         Arc::clone(&store),
         Arc::default(),
