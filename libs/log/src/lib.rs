@@ -20,6 +20,7 @@ mod group;
 mod kafka;
 mod kafka_group;
 mod partitioner;
+pub mod time;
 
 use std::sync::Arc;
 use std::time::Duration;
