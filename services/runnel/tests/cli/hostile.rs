@@ -331,3 +331,34 @@ fn jobs_over_the_limits_are_refused_in_run_and_in_config() {
         "{stderr}"
     );
 }
+
+/// In `runnel all`, a service that keeps failing (here serving, whose port is taken) is
+/// restarted and never stops the others: ingest goes on acknowledging events.
+#[test]
+fn a_failing_service_never_stops_ingest_in_runnel_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let taken_address = taken.local_addr().expect("address").to_string();
+    let (mut process, urls) = crate::start_listening(
+        dir.path(),
+        &["all"],
+        &[("RUNNEL__SERVING__LISTEN", taken_address.as_str())],
+        &["ingest"],
+    );
+    let now = runnel_events::validate::now_millis();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(
+            process.0.try_wait().expect("process state").is_none(),
+            "runnel all stopped when serving failed (round {round})"
+        );
+        let (status, body) = post(
+            &urls["ingest"],
+            "/v1/streams/clicks/events",
+            &event(now + round, "u1", "/a", 11),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""accepted":1"#), "{body}");
+    }
+    drop(taken);
+}
