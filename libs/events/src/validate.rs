@@ -1130,6 +1130,22 @@ mod tests {
         );
     }
 
+    /// Found by the `ingest_validate` fuzz target: floats must parse correctly rounded, or
+    /// the written value parses to another float and the record format stops being a fixed
+    /// point of validation (libs/fuzz/regressions/ingest_validate/).
+    #[test]
+    fn floats_round_trip_through_the_record_format() {
+        for score in ["1.25e300", "5082e60", "0.1", "2.2250738585072014e-308"] {
+            let event = accept(&format!(
+                r#"{{"event_time": 1714564800000, "user_id": "u", "score": {score}}}"#
+            ));
+            let again = validator()
+                .validate_json(&event.value, NOW, &mut ValidateBuffer::new())
+                .expect("the record format is accepted");
+            assert_eq!(again, event, "{score}");
+        }
+    }
+
     #[test]
     fn strings_are_re_escaped_and_unicode_kept() {
         check(
