@@ -23,7 +23,6 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use futures::StreamExt;
 use object_store::ObjectStore;
-use parquet::arrow::async_reader::ParquetRecordBatchStream;
 use runnel_events::StreamSchema;
 use runnel_events::decode::EventDecoder;
 use runnel_log::{Log, LogError, PartitionReader, StartOffset};
@@ -31,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::ArchiveError;
 use crate::manifest::{FileEntry, load_manifest};
-use crate::parquet_file::{HistoryRead, StoreFile, open_history_file};
+use crate::parquet_file::{HistoryBatches, HistoryRead, open_history_file};
 
 /// Where a hybrid source starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +53,7 @@ enum Phase {
         /// Files still to read, in offset order.
         files: VecDeque<FileEntry>,
         /// The file being read.
-        current: Option<Box<(FileEntry, ParquetRecordBatchStream<StoreFile>)>>,
+        current: Option<Box<(FileEntry, HistoryBatches)>>,
     },
     Live(Box<dyn PartitionReader>),
 }

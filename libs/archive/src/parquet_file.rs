@@ -126,13 +126,83 @@ pub fn with_string_views(schema: &arrow::datatypes::Schema) -> arrow::datatypes:
     arrow::datatypes::Schema::new_with_metadata(fields, schema.metadata().clone())
 }
 
+/// A history file's batches, from [`open_history_file`].
+///
+/// parquet 59 panics on some damaged files (e.g. a dictionary-encoded page whose dictionary
+/// is missing) where it should return an error; here such a panic ends the stream with an
+/// error instead, so a damaged file is reported like any other (found by the
+/// `parquet_history` fuzz target).
+pub struct HistoryBatches {
+    /// `None` once the decoder panicked: what it left behind is never polled again.
+    inner: Option<ParquetRecordBatchStream<StoreFile>>,
+}
+
+impl std::fmt::Debug for HistoryBatches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryBatches").finish_non_exhaustive()
+    }
+}
+
+impl futures::Stream for HistoryBatches {
+    type Item = parquet::errors::Result<arrow::array::RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures::StreamExt::poll_next_unpin(inner, cx)
+        }));
+        match polled {
+            Ok(poll) => poll,
+            Err(panic) => {
+                self.inner = None;
+                std::task::Poll::Ready(Some(Err(decoder_panicked(panic.as_ref()))))
+            }
+        }
+    }
+}
+
+/// The error for a panic of the Parquet reader.
+fn decoder_panicked(panic: &(dyn std::any::Any + Send)) -> ParquetError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|message| message.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    ParquetError::General(format!("the Parquet reader panicked: {message}"))
+}
+
 /// Opens a history file as a stream of batches in its own columns (the stream's positioned
 /// schema), as `read` says.
 ///
 /// # Errors
 ///
-/// [`ArchiveError::Parquet`] if the footer cannot be read.
+/// [`ArchiveError::Parquet`] if the footer cannot be read, [`ArchiveError::FileInvalid`] if
+/// it lacks a column `read` asks for.
 pub async fn open_history_file(
+    store: &Arc<dyn ObjectStore>,
+    file: &FileEntry,
+    read: &HistoryRead<'_>,
+) -> Result<HistoryBatches, ArchiveError> {
+    match std::panic::AssertUnwindSafe(open_batches(store, file, read))
+        .catch_unwind()
+        .await
+    {
+        Ok(opened) => Ok(HistoryBatches {
+            inner: Some(opened?),
+        }),
+        Err(panic) => Err(ArchiveError::Parquet {
+            path: file.path.clone(),
+            source: decoder_panicked(panic.as_ref()),
+        }),
+    }
+}
+
+async fn open_batches(
     store: &Arc<dyn ObjectStore>,
     file: &FileEntry,
     read: &HistoryRead<'_>,
@@ -146,7 +216,10 @@ pub async fn open_history_file(
         path: file.path.clone(),
         source,
     };
-    let options = ArrowReaderOptions::new();
+    // The Arrow types come from the Parquet schema, which gives back the stream's types,
+    // rather than from the Arrow schema the writer embeds in the footer: arrow-ipc 59 panics
+    // on some invalid ones (found by the `parquet_history` fuzz target).
+    let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
     let mut metadata = ArrowReaderMetadata::load_async(&mut reader, options.clone())
         .await
         .map_err(parquet_error)?;
@@ -184,8 +257,163 @@ pub async fn open_history_file(
         builder = builder.with_row_groups(keep);
     }
     if let Some(columns) = read.columns {
+        // `ProjectionMask::roots` panics on a column the file does not have (a file of
+        // another schema, or a damaged one).
+        let n_columns = builder.parquet_schema().root_schema().get_fields().len();
+        if let Some(&column) = columns.iter().find(|&&column| column >= n_columns) {
+            return Err(ArchiveError::FileInvalid {
+                path: file.path.clone(),
+                message: format!("column {column} was asked for, but the file has {n_columns}"),
+            });
+        }
         let mask = ProjectionMask::roots(builder.parquet_schema(), columns.iter().copied());
         builder = builder.with_projection(mask);
     }
     builder.build().map_err(parquet_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, RecordBatch};
+    use object_store::PutPayload;
+    use object_store::memory::InMemory;
+    use parquet::arrow::ArrowWriter;
+
+    use super::*;
+
+    /// Puts `batch` in a Parquet file in a fresh in-memory store.
+    async fn store_file(batch: &RecordBatch) -> (Arc<dyn ObjectStore>, FileEntry) {
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None).expect("writer");
+        writer.write(batch).expect("write");
+        writer.close().expect("close");
+        put_file(bytes).await
+    }
+
+    /// Puts `bytes` as a history file in a fresh in-memory store.
+    async fn put_file(bytes: Vec<u8>) -> (Arc<dyn ObjectStore>, FileEntry) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let file = FileEntry {
+            path: "history/s/date=2026-11-21/0-0-1.parquet".to_string(),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 1,
+            rows: 2,
+            bytes: bytes.len() as u64,
+            min_event_time: Some(1),
+            max_event_time: Some(2),
+            min_ingest_time: 0,
+            max_ingest_time: 0,
+        };
+        store
+            .put(&Path::from(file.path.as_str()), PutPayload::from(bytes))
+            .await
+            .expect("put");
+        (store, file)
+    }
+
+    /// The Arrow schema embedded in the footer is not read (arrow-ipc panics on some invalid
+    /// ones); the Parquet schema gives back every type a stream's history holds.
+    #[tokio::test]
+    async fn history_files_read_back_with_their_written_types() {
+        use arrow::array::{ArrayRef, TimestampMillisecondArray};
+        use arrow::array::{BooleanArray, Float64Array, Int32Array, StringArray};
+        let batch = RecordBatch::try_from_iter([
+            (
+                "t",
+                Arc::new(TimestampMillisecondArray::from(vec![Some(1), None])) as ArrayRef,
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
+            ),
+            (
+                "i",
+                Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
+            ),
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![Some(0.5), None])) as ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(BooleanArray::from(vec![Some(true), None])) as ArrayRef,
+            ),
+            ("p", Arc::new(Int32Array::from(vec![3, 3])) as ArrayRef),
+        ])
+        .expect("batch");
+        let (store, file) = store_file(&batch).await;
+        let mut stream = open_history_file(&store, &file, &HistoryRead::whole(16))
+            .await
+            .expect("open");
+        let read = futures::StreamExt::next(&mut stream)
+            .await
+            .expect("a batch")
+            .expect("read");
+        assert_eq!(read, batch);
+    }
+
+    /// Reads every batch of `bytes` as a history file.
+    async fn read_whole(bytes: &[u8]) -> Result<usize, ArchiveError> {
+        let (store, file) = put_file(bytes.to_vec()).await;
+        let mut batches = open_history_file(&store, &file, &HistoryRead::whole(8192)).await?;
+        let mut rows = 0;
+        while let Some(batch) = futures::StreamExt::next(&mut batches).await {
+            rows += batch
+                .map_err(|source| ArchiveError::Parquet {
+                    path: file.path.clone(),
+                    source,
+                })?
+                .num_rows();
+        }
+        Ok(rows)
+    }
+
+    /// Found by the `parquet_history` fuzz target (`libs/fuzz/regressions/parquet_history/`):
+    /// files on which parquet 59 panics are read, or are an error.
+    #[tokio::test]
+    async fn damaged_files_that_panic_parquet_are_read_or_are_errors() {
+        // A bit width of 80 in the Arrow schema embedded in the footer, which arrow-ipc
+        // panics on; that schema is not read (the file is damaged elsewhere too).
+        let bytes = include_bytes!(
+            "../../fuzz/regressions/parquet_history/arrow-ipc-int-bit-width-80.parquet"
+        );
+        let _ = read_whole(bytes).await;
+        // A dictionary-encoded page without its dictionary: the decoder's panic.
+        let bytes = include_bytes!(
+            "../../fuzz/regressions/parquet_history/dictionary-page-missing.parquet"
+        );
+        let error = read_whole(bytes)
+            .await
+            .expect_err("a damaged page")
+            .to_string();
+        assert!(
+            error.contains("the Parquet reader panicked: Decoder for dict should have been set"),
+            "{error}"
+        );
+    }
+
+    /// Found by the `parquet_history` fuzz target: asking a file for a column it does not
+    /// have panicked inside `ProjectionMask::roots`.
+    #[tokio::test]
+    async fn a_file_without_the_asked_columns_is_invalid_not_a_panic() {
+        let batch = RecordBatch::try_from_iter([(
+            "event_time",
+            Arc::new(Int64Array::from(vec![1, 2])) as arrow::array::ArrayRef,
+        )])
+        .expect("batch");
+        let (store, file) = store_file(&batch).await;
+        let read = HistoryRead {
+            columns: Some(&[0, 3]),
+            ..HistoryRead::whole(16)
+        };
+        let error = open_history_file(&store, &file, &read)
+            .await
+            .expect_err("a missing column is an error");
+        assert!(
+            matches!(&error, ArchiveError::FileInvalid { message, .. }
+                if message == "column 3 was asked for, but the file has 1"),
+            "{error}"
+        );
+    }
 }

@@ -215,6 +215,10 @@ impl Frame {
 fn parse_body(body: &[u8], base: usize) -> Result<Frame, String> {
     let mut cursor = Cursor { buf: body, pos: 0 };
     let offset = u64::from_le_bytes(cursor.array()?);
+    // Readers compute the offset after a frame (`Frame::end_offset`); u64::MAX has none.
+    if offset == u64::MAX {
+        return Err(format!("offset {offset} leaves no next offset"));
+    }
     let timestamp = i64::from_le_bytes(cursor.array()?);
     let key_len = i32::from_le_bytes(cursor.array()?);
     let key = match key_len {
@@ -264,6 +268,11 @@ fn parse_skip_body(
     if last < first {
         return Err(format!(
             "skip frame ends at offset {last}, before its first offset {first}"
+        ));
+    }
+    if last == u64::MAX {
+        return Err(format!(
+            "skip frame ends at offset {last}, which leaves no next offset"
         ));
     }
     let padding_len = u32::from_le_bytes(cursor.array()?) as usize;
@@ -435,6 +444,31 @@ mod tests {
                 !matches!(decode_frame(&corrupted), Decoded::Frame(_)),
                 "flip at byte {idx} went unnoticed"
             );
+        }
+    }
+
+    /// Found by the `log_format` fuzz target (`libs/fuzz/regressions/log_format/`): a frame
+    /// covering offset u64::MAX overflowed `Frame::end_offset`.
+    #[test]
+    fn frames_at_the_last_offset_are_invalid() {
+        let mut buf = Vec::new();
+        encode_frame(&mut buf, u64::MAX, &record(None, b"v", &[]));
+        assert!(matches!(decode_frame(&buf), Decoded::Invalid { .. }));
+        // A skip frame's body from offset 0 to u64::MAX, no padding, no headers.
+        let mut body = Vec::new();
+        body.extend_from_slice(&0u64.to_le_bytes());
+        body.extend_from_slice(&u64::MAX.to_le_bytes());
+        body.extend_from_slice(&SKIP_KEY_LEN.to_le_bytes());
+        body.extend_from_slice(&[0; 8]);
+        let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+        buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+        match decode_frame(&buf) {
+            Decoded::Invalid { reason } => assert_eq!(
+                reason,
+                "skip frame ends at offset 18446744073709551615, which leaves no next offset"
+            ),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -1,0 +1,3 @@
+SELECT page, window_start, window_end, COUNT(*) AS views, SUM(duration_ms) AS total_ms
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)
+GROUP BY page, window_start, window_end

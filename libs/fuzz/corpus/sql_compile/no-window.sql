@@ -1,0 +1,1 @@
+SELECT page, COUNT(*) FROM clicks GROUP BY page

@@ -1,0 +1,1 @@
+SELECT page, window_start, window_end, COUNT(*) OVER (PARTITION BY page) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) WHERE page IN (SELECT page FROM clicks) GROUP BY page, window_start, window_end
