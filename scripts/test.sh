@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command, and what CI runs (.ci/run).
-# Installs what the tests need when missing (make for rdkafka's bundled librdkafka, the tansu
-# broker, a Python venv with DuckDB and moto from PyPI), starts tansu and moto's S3 server on
-# 127.0.0.1, and runs the workspace's tests against them with:
-#   KAFKA_BOOTSTRAP                         tansu's address (scripts/lib/tansu.sh)
+# Installs what the tests need when missing (make for rdkafka's bundled librdkafka, Apache Kafka's
+# jars from Maven Central, a Python venv with DuckDB and moto from PyPI), starts a Kafka broker and
+# moto's S3 server on 127.0.0.1, and runs the workspace's tests against them with:
+#   KAFKA_BOOTSTRAP                         the broker's address (scripts/lib/kafka.sh)
 #   RUNNEL_PYTHON                           a Python with duckdb and grpcio, for scripts/lib/*.py
 #   RUNNEL_S3_ENDPOINT, RUNNEL_S3_BUCKET    moto's URL and an empty bucket (scripts/lib/pytools.sh)
 #   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1, RUNNEL_REQUIRE_GRPCIO=1
@@ -13,7 +13,7 @@
 # The last line is `total: N passed, M failed` over every test binary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-source scripts/lib/tansu.sh
+source scripts/lib/kafka.sh
 source scripts/lib/pytools.sh
 
 # One cleanup for everything started below, on any exit. A non-interactive shell's background
@@ -21,7 +21,7 @@ source scripts/lib/pytools.sh
 test_log=""
 cleanup() {
   stop_moto
-  stop_tansu
+  stop_kafka
   rm -f "$test_log"
 }
 trap cleanup EXIT
@@ -47,9 +47,9 @@ if ! command -v make >/dev/null; then
   fi
 fi
 
-ensure_tansu
+ensure_kafka
 ensure_test_venv
-start_tansu
+start_kafka
 start_moto
 export RUNNEL_REQUIRE_KAFKA=1 RUNNEL_REQUIRE_DUCKDB=1 RUNNEL_REQUIRE_S3=1 RUNNEL_REQUIRE_GRPCIO=1
 

@@ -35,6 +35,10 @@ use crate::{
 /// Largest message the producer sends (librdkafka's `message.max.bytes`).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
+/// Room for a record batch's own bytes beyond its records' keys and values (batch header,
+/// record framing, headers), in the topics' `max.message.bytes`.
+const MAX_BATCH_FRAMING_BYTES: usize = 64 << 10;
+
 /// The log over a Kafka-protocol cluster.
 pub struct KafkaLog {
     config: KafkaLogConfig,
@@ -116,17 +120,32 @@ impl KafkaLog {
 
     async fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
         self.check_partition(topic, partition).await?;
-        let topic = topic.to_string();
         let timeout = self.config.request_timeout;
-        self.blocking(move |client| {
-            let (low, high) = client
-                .fetch_watermarks(&topic, partition as i32, timeout)
-                .map_err(kafka_error(format!(
-                    "fetch watermarks of {topic}/{partition}"
-                )))?;
-            Ok((low.max(0) as u64, high.max(0) as u64))
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let query_topic = topic.to_string();
+            let answer = self
+                .blocking(move |client| {
+                    client
+                        .fetch_watermarks(&query_topic, partition as i32, timeout)
+                        .map_err(kafka_error(format!(
+                            "fetch watermarks of {query_topic}/{partition}"
+                        )))
+                })
+                .await;
+            match answer {
+                Ok((low, high)) => return Ok((low.max(0) as u64, high.max(0) as u64)),
+                // A partition without a serving leader yet: Kafka lists a new topic's
+                // partitions in its metadata a moment before their leader serves them, and
+                // moves leaders; librdkafka does not retry this lookup itself.
+                Err(LogError::Kafka { source, .. })
+                    if is_leader_moving(&source) && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     async fn check_partition(&self, topic: &str, partition: u32) -> Result<u32, LogError> {
@@ -140,6 +159,18 @@ impl KafkaLog {
         }
         Ok(partitions)
     }
+}
+
+/// Whether `error` says that a partition's leader is not (yet, or no longer) serving it.
+fn is_leader_moving(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
 
 async fn run_blocking<T: Send + 'static>(
@@ -185,11 +216,15 @@ pub(crate) fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientCon
 impl Log for KafkaLog {
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         check_new_topic(topic, partitions)?;
+        // Kafka refuses batches over its default max.message.bytes (1 MiB), below what the
+        // producer sends (MAX_MESSAGE_BYTES, one record plus its batch's framing).
+        let max_batch_bytes = (MAX_MESSAGE_BYTES + MAX_BATCH_FRAMING_BYTES).to_string();
         let new_topic = NewTopic::new(
             topic,
             partitions as i32,
             TopicReplication::Fixed(self.config.replication_factor),
-        );
+        )
+        .set("max.message.bytes", &max_batch_bytes);
         let options = AdminOptions::new().operation_timeout(Some(self.config.request_timeout));
         let results = self
             .admin
