@@ -384,6 +384,7 @@ metrics-listen = "127.0.0.1:0"
 checkpoint-interval = "500ms"
 [serving]
 listen = "127.0.0.1:0"
+metrics-listen = "127.0.0.1:0"
 auth-token = "{TOKEN}"
 view-poll-interval = "200ms"
 [[streams]]

@@ -101,6 +101,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// The shortest pause between two looks at a partition stopped by corruption.
 const MIN_CORRUPT_RECHECK: Duration = Duration::from_secs(1);
 
+/// How often a partition's task reads the log's end offset, for the status's lag.
+const LOG_END_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How the archiver writes files; see [`ArchiveConfig`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchiveOptions {
@@ -676,7 +679,12 @@ impl PartitionArchiver {
     ) -> Result<ArchiveSummary, ArchiveError> {
         let mut reader = open_reader(&self.shared, self.partition, self.next_offset).await?;
         debug!(from = self.next_offset, end = ?self.end, "archiving");
+        let mut log_end_read: Option<tokio::time::Instant> = None;
         loop {
+            if log_end_read.is_none_or(|read| read.elapsed() >= LOG_END_INTERVAL) {
+                log_end_read = Some(tokio::time::Instant::now());
+                report_log_end(&self.shared, self.partition).await;
+            }
             let max = match self.end {
                 Some(end) if self.next_offset >= end => {
                     if let Some(file) = self.file.take() {
@@ -827,7 +835,7 @@ impl PartitionArchiver {
             .await
             .map_err(|source| ArchiveError::store("write", &path, source))?;
         let next = entry.next_offset();
-        let rows = entry.rows;
+        let (rows, bytes) = (entry.rows, entry.bytes);
         self.file_start = next;
         {
             let mut manifest = shared.manifest.lock().await;
@@ -841,7 +849,9 @@ impl PartitionArchiver {
             .await
             .map_err(|source| ArchiveError::log(topic, source))?;
         debug!(%path, rows, "archived");
-        shared.status.archived(topic, self.partition, rows, next);
+        shared
+            .status
+            .archived(topic, self.partition, rows, bytes, next);
         self.summary.files += 1;
         self.summary.rows += rows;
         Ok(())
@@ -1003,6 +1013,16 @@ impl FileBuilder {
             })?;
         entry.bytes = bytes.len() as u64;
         Ok((bytes, entry))
+    }
+}
+
+/// Reads `partition`'s end offset into the status, for its lag; a failure only leaves the
+/// last one there.
+async fn report_log_end(shared: &StreamArchive, partition: u32) {
+    let stream = shared.schema.name();
+    match shared.log.latest_offset(stream, partition).await {
+        Ok(end) => shared.status.log_end(stream, partition, end),
+        Err(error) => debug!(%error, "could not read the log's end offset"),
     }
 }
 

@@ -2,24 +2,21 @@
 //! Prometheus' text format (version 0.0.4) and `GET /status` as JSON ([`router`]).
 //!
 //! The archiver reports into an [`ArchiverStatus`]: what each partition has archived, and
-//! whether it is stopped at a corrupt range of the log, waiting for a repair. Series are
+//! whether it is stopped at a corrupt range of the log, waiting for a repair; the files and
+//! rows it wrote; how far the log's end is ahead of the history (its lag). Series are
 //! labelled `stream` and `partition`, so their number is bounded by the declared streams.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Json};
+use axum::response::Json;
 use axum::routing::get;
+use runnel_metrics::{Exposition, Labels, MetricType, TableFamily};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// The content type of the text exposition format.
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What a partition's archiver is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,6 +62,11 @@ pub struct PartitionArchiveStatus {
     pub files_total: u64,
     /// Rows written since the process started.
     pub rows_total: u64,
+    /// Bytes of the files written since the process started.
+    pub bytes_total: u64,
+    /// The partition's end offset in the log (the offset of its next record), read from
+    /// the log about once a second while archiving; `None` until first read.
+    pub log_end_offset: Option<u64>,
     /// Times the archiver found the partition's log corrupt since the process started.
     pub corruptions_total: u64,
     /// Set while the state is [`PartitionState::Corrupt`].
@@ -154,6 +156,8 @@ impl ArchiverStatus {
                 archived_until: 0,
                 files_total: 0,
                 rows_total: 0,
+                bytes_total: 0,
+                log_end_offset: None,
                 corruptions_total: 0,
                 corrupt: None,
             });
@@ -170,12 +174,28 @@ impl ArchiverStatus {
         })
     }
 
-    /// A file of `rows` rows was written; everything before `archived_until` is archived.
-    pub(crate) fn archived(&self, stream: &str, partition: u32, rows: u64, archived_until: u64) {
+    /// A file of `rows` rows and `bytes` bytes was written; everything before
+    /// `archived_until` is archived.
+    pub(crate) fn archived(
+        &self,
+        stream: &str,
+        partition: u32,
+        rows: u64,
+        bytes: u64,
+        archived_until: u64,
+    ) {
         self.with_partition(stream, partition, |status| {
             status.files_total += 1;
             status.rows_total += rows;
+            status.bytes_total += bytes;
             status.archived_until = archived_until;
+        });
+    }
+
+    /// The partition's log ends at `end_offset` (the offset of its next record).
+    pub(crate) fn log_end(&self, stream: &str, partition: u32, end_offset: u64) {
+        self.with_partition(stream, partition, |status| {
+            status.log_end_offset = Some(end_offset);
         });
     }
 
@@ -215,7 +235,31 @@ impl ArchiverStatus {
 
     /// The Prometheus text exposition of the status.
     pub fn render_metrics(&self) -> String {
-        render(&self.snapshot())
+        let mut exposition = Exposition::new();
+        self.encode_metrics(&mut exposition);
+        exposition.into_text()
+    }
+
+    /// Writes the status's metric families into `exposition` (beside a service's own).
+    pub fn encode_metrics(&self, exposition: &mut Exposition) {
+        let snapshot = self.snapshot();
+        let partition_rows: Vec<(Labels, &PartitionArchiveStatus)> = snapshot
+            .partitions
+            .iter()
+            .map(|status| {
+                let labels = Labels::new()
+                    .with("stream", &status.stream)
+                    .with("partition", status.partition);
+                (labels, status)
+            })
+            .collect();
+        exposition.table(PARTITION_FAMILIES, &partition_rows, &());
+        let stream_rows: Vec<(Labels, &StreamArchiveStatus)> = snapshot
+            .streams
+            .iter()
+            .map(|stream| (Labels::new().with("stream", &stream.stream), stream))
+            .collect();
+        exposition.table(STREAM_FAMILIES, &stream_rows, &());
     }
 }
 
@@ -230,108 +274,74 @@ fn stream_entry<'a>(inner: &'a mut Inner, stream: &str) -> &'a mut StreamArchive
         })
 }
 
-/// One metric family of partitions.
-struct PartitionFamily {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    value: fn(&PartitionArchiveStatus) -> u64,
-}
-
-const PARTITION_FAMILIES: &[PartitionFamily] = &[
-    PartitionFamily {
+/// The families with a sample per partition.
+const PARTITION_FAMILIES: &[TableFamily<PartitionArchiveStatus>] = &[
+    TableFamily {
         name: "runnel_archiver_partition_corrupt",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "1 while the partition's archiver is stopped at a corrupt range of the log, waiting for `runnel log repair`.",
-        value: |status| u64::from(status.state == PartitionState::Corrupt),
+        value: |status, ()| Some((status.state == PartitionState::Corrupt).into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_archiver_corrupt_offset",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "The first offset the archiver cannot read while the partition is corrupt (absent otherwise).",
-        value: |status| {
-            status
-                .corrupt
-                .as_ref()
-                .map_or(u64::MAX, |corrupt| corrupt.offset)
+        value: |status, ()| Some(status.corrupt.as_ref()?.offset.into()),
+    },
+    TableFamily {
+        name: "runnel_archiver_corruptions_total",
+        metric_type: MetricType::Counter,
+        help: "Times the archiver found the partition's log corrupt.",
+        value: |status, ()| Some(status.corruptions_total.into()),
+    },
+    TableFamily {
+        name: "runnel_archiver_archived_until_offset",
+        metric_type: MetricType::Gauge,
+        help: "The next offset to archive: every offset before it is in the history.",
+        value: |status, ()| Some(status.archived_until.into()),
+    },
+    TableFamily {
+        name: "runnel_archiver_log_end_offset",
+        metric_type: MetricType::Gauge,
+        help: "The partition's end offset in the log, read about once a second.",
+        value: |status, ()| Some(status.log_end_offset?.into()),
+    },
+    TableFamily {
+        name: "runnel_archiver_lag_records",
+        metric_type: MetricType::Gauge,
+        help: "Records in the log not in the history yet (log end offset minus archived-until offset), those of the open file included.",
+        value: |status, ()| {
+            let end = status.log_end_offset?;
+            Some(end.saturating_sub(status.archived_until).into())
         },
     },
-    PartitionFamily {
-        name: "runnel_archiver_corruptions_total",
-        kind: "counter",
-        help: "Times the archiver found the partition's log corrupt.",
-        value: |status| status.corruptions_total,
-    },
-    PartitionFamily {
-        name: "runnel_archiver_archived_until_offset",
-        kind: "gauge",
-        help: "The next offset to archive: every offset before it is in the history.",
-        value: |status| status.archived_until,
-    },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_archiver_files_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Parquet files written.",
-        value: |status| status.files_total,
+        value: |status, ()| Some(status.files_total.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_archiver_rows_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Rows written to Parquet files.",
-        value: |status| status.rows_total,
+        value: |status, ()| Some(status.rows_total.into()),
+    },
+    TableFamily {
+        name: "runnel_archiver_written_bytes_total",
+        metric_type: MetricType::Counter,
+        help: "Bytes of the Parquet files written.",
+        value: |status, ()| Some(status.bytes_total.into()),
     },
 ];
 
-/// Renders `snapshot` in the text exposition format.
-fn render(snapshot: &ArchiverSnapshot) -> String {
-    let mut out = String::new();
-    for family in PARTITION_FAMILIES {
-        let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
-        let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
-        for status in &snapshot.partitions {
-            let value = (family.value)(status);
-            if value == u64::MAX {
-                continue;
-            }
-            let _ = writeln!(
-                out,
-                "{}{{stream=\"{}\",partition=\"{}\"}} {value}",
-                family.name,
-                escape_label(&status.stream),
-                status.partition
-            );
-        }
-    }
-    let name = "runnel_archiver_stream_errors_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Failures (object store, I/O) that made the archiver retry the stream."
-    );
-    let _ = writeln!(out, "# TYPE {name} counter");
-    for stream in &snapshot.streams {
-        let _ = writeln!(
-            out,
-            "{name}{{stream=\"{}\"}} {}",
-            escape_label(&stream.stream),
-            stream.errors_total
-        );
-    }
-    out
-}
-
-/// A label value with `\`, `"` and line feeds escaped.
-fn escape_label(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for character in value.chars() {
-        match character {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            other => escaped.push(other),
-        }
-    }
-    escaped
-}
+/// The families with a sample per stream.
+const STREAM_FAMILIES: &[TableFamily<StreamArchiveStatus>] = &[TableFamily {
+    name: "runnel_archiver_stream_errors_total",
+    metric_type: MetricType::Counter,
+    help: "Failures (object store, I/O) that made the archiver retry the stream.",
+    value: |stream, ()| Some(stream.errors_total.into()),
+}];
 
 /// Returns the routes `GET /metrics` and `GET /status` over `status`, to serve alone
 /// ([`serve`]) or merged into a service's router.
@@ -357,11 +367,10 @@ pub async fn serve(
         .await
 }
 
-async fn metrics(State(status): State<Arc<ArchiverStatus>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, TEXT_FORMAT)],
-        status.render_metrics(),
-    )
+async fn metrics(State(status): State<Arc<ArchiverStatus>>) -> Exposition {
+    let mut exposition = Exposition::new();
+    status.encode_metrics(&mut exposition);
+    exposition
 }
 
 async fn status_json(State(status): State<Arc<ArchiverStatus>>) -> Json<ArchiverSnapshot> {
@@ -391,7 +400,8 @@ mod tests {
             !status.corrupt("clicks", 1, corrupt(7)),
             "the same range again"
         );
-        status.archived("clicks", 0, 5, 15);
+        status.archived("clicks", 0, 5, 4096, 15);
+        status.log_end("clicks", 0, 20);
         let text = status.render_metrics();
         for line in [
             "runnel_archiver_partition_corrupt{stream=\"clicks\",partition=\"0\"} 0",
@@ -400,11 +410,18 @@ mod tests {
             "runnel_archiver_corruptions_total{stream=\"clicks\",partition=\"1\"} 1",
             "runnel_archiver_rows_total{stream=\"clicks\",partition=\"0\"} 5",
             "runnel_archiver_archived_until_offset{stream=\"clicks\",partition=\"0\"} 15",
+            "runnel_archiver_log_end_offset{stream=\"clicks\",partition=\"0\"} 20",
+            "runnel_archiver_lag_records{stream=\"clicks\",partition=\"0\"} 5",
+            "runnel_archiver_written_bytes_total{stream=\"clicks\",partition=\"0\"} 4096",
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
         assert!(
             !text.contains("runnel_archiver_corrupt_offset{stream=\"clicks\",partition=\"0\"}")
+        );
+        assert!(
+            !text.contains("runnel_archiver_lag_records{stream=\"clicks\",partition=\"1\"}"),
+            "no lag before the log's end is known"
         );
         let partition = status.partition("clicks", 1).expect("reported");
         assert_eq!(partition.corrupt.expect("corrupt").rechecks, 1);

@@ -68,7 +68,19 @@ impl ConfigLayer {
             path: path.to_path_buf(),
             source,
         })?;
-        ConfigLayer::from_toml(&path.display().to_string(), &text)
+        let origin = path.display().to_string();
+        let mut layer = ConfigLayer::from_toml(&origin, &text)?;
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let folder = std::path::absolute(folder).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        resolve_paths(&mut layer.table, &folder)
+            .map_err(|message| ConfigError::Parse { origin, message })?;
+        Ok(layer)
     }
 
     /// Builds a layer from the `RUNNEL__*` variables of `env`, or `None` if there are none.
@@ -115,6 +127,63 @@ impl ConfigLayer {
         }
         Ok(Some(ConfigLayer { table, origins }))
     }
+}
+
+/// The keys whose values are file paths. In a config file, a relative path resolves against
+/// the file's folder, so that a config names its SQL files and certificates beside it and
+/// works from any working folder; from an environment variable or a flag it resolves against
+/// the working folder; in the embedded defaults, `jobs[].sql-file` names a file compiled in
+/// (see [`crate::EMBEDDED_JOB_FILES`]).
+const PATH_KEYS: &[&[&str]] = &[
+    &["storage", "data-dir"],
+    &["storage", "log", "embedded", "dir"],
+    &["ingest", "tls-cert"],
+    &["ingest", "tls-key"],
+    &["serving", "tls-cert"],
+    &["serving", "tls-key"],
+];
+
+/// Rewrites the relative paths of a file's layer (see [`PATH_KEYS`], and every job's
+/// `sql-file`) to absolute paths under `folder`.
+fn resolve_paths(table: &mut toml::Table, folder: &Path) -> Result<(), String> {
+    let resolve = |value: &mut toml::Value, key: &str| -> Result<(), String> {
+        let toml::Value::String(text) = value else {
+            // A wrong type is reported, with its key, when the merged config is read.
+            return Ok(());
+        };
+        if Path::new(text.as_str()).is_relative() {
+            let joined = folder.join(text.as_str());
+            let Some(joined) = joined.to_str() else {
+                return Err(format!(
+                    "`{key}` = {text:?} resolves against the file's folder {}, which is not valid UTF-8",
+                    folder.display()
+                ));
+            };
+            *text = joined.to_string();
+        }
+        Ok(())
+    };
+    for keys in PATH_KEYS {
+        let (last, sections) = keys.split_last().expect("path keys are not empty");
+        let mut current = Some(&mut *table);
+        for section in sections {
+            current = match current.and_then(|table| table.get_mut(*section)) {
+                Some(toml::Value::Table(child)) => Some(child),
+                _ => None,
+            };
+        }
+        if let Some(value) = current.and_then(|table| table.get_mut(*last)) {
+            resolve(value, &keys.join("."))?;
+        }
+    }
+    if let Some(toml::Value::Array(jobs)) = table.get_mut("jobs") {
+        for (index, job) in jobs.iter_mut().enumerate() {
+            if let Some(value) = job.as_table_mut().and_then(|job| job.get_mut("sql-file")) {
+                resolve(value, &format!("jobs[{index}].sql-file"))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Merges layers, lowest first: tables merge key by key, anything else is replaced.

@@ -22,6 +22,27 @@ use std::path::PathBuf;
 /// The embedded defaults: the contents of `config/runnel.toml`.
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../../config/runnel.toml");
 
+/// The origin name of the embedded defaults' layer in error messages.
+pub const EMBEDDED_ORIGIN: &str = "embedded defaults";
+
+/// The example jobs' SQL files, compiled in beside the embedded defaults that name them:
+/// `sql-file = "jobs/<job>.sql"` in `config/runnel.toml`, relative to its folder as a path in
+/// any config file is.
+pub const EMBEDDED_JOB_FILES: &[(&str, &str)] = &[
+    (
+        "jobs/page_views.sql",
+        include_str!("../../../config/jobs/page_views.sql"),
+    ),
+    (
+        "jobs/country_traffic.sql",
+        include_str!("../../../config/jobs/country_traffic.sql"),
+    ),
+    (
+        "jobs/user_sessions.sql",
+        include_str!("../../../config/jobs/user_sessions.sql"),
+    ),
+];
+
 /// The one configuration version this build reads.
 pub const CONFIG_VERSION: &str = "1";
 
@@ -60,6 +81,18 @@ pub enum ConfigError {
         /// What the config said.
         found: String,
     },
+    /// A job's `sql-file` could not be read.
+    #[error("job `{job}`: read sql-file {path} ({resolved}): {source}")]
+    JobSql {
+        /// The job's id.
+        job: String,
+        /// The file, as resolved.
+        path: PathBuf,
+        /// How the path was resolved: against a config file's folder, or the working folder.
+        resolved: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The values are well-typed but contradict each other.
     #[error("invalid config at `{path}`: {message}")]
     Semantic {
@@ -78,7 +111,7 @@ impl Config {
     /// Returns a [`ConfigError`] that names the file or variable and the key at fault.
     pub fn load(files: &[PathBuf], env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut layers = vec![ConfigLayer::from_toml(
-            "embedded defaults",
+            EMBEDDED_ORIGIN,
             DEFAULT_CONFIG_TOML,
         )?];
         for path in files {
@@ -122,8 +155,16 @@ impl Config {
                 });
             }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+        // The example jobs read the example stream: a config that declares its own streams
+        // declares its jobs too (`jobs = []` for none), rather than inheriting jobs over a
+        // stream it removed. Checked once the streams themselves are found valid.
+        let streams_origin = merged.origins.origin_of("streams");
+        let inherits_example_jobs = table.contains_key("streams")
+            && streams_origin != EMBEDDED_ORIGIN
+            && merged.origins.origin_of("jobs") == EMBEDDED_ORIGIN
+            && matches!(table.get("jobs"), Some(toml::Value::Array(jobs)) if !jobs.is_empty());
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|error| {
                 let path = error.path().to_string();
                 let origin = merged.origins.origin_of(&path);
                 ConfigError::Invalid {
@@ -133,6 +174,32 @@ impl Config {
                 }
             })?;
         config.validate()?;
+        if inherits_example_jobs {
+            return Err(ConfigError::Semantic {
+                path: "jobs".to_string(),
+                message: format!(
+                    "{streams_origin} declares its own [[streams]] but no [[jobs]], so the \
+                     embedded defaults' example jobs (over the example stream `clicks`) would \
+                     run on them; declare the jobs to run with [[jobs]] (see config/runnel.toml), \
+                     or `jobs = []` to run none"
+                ),
+            });
+        }
+        for (index, job) in config.jobs.iter_mut().enumerate() {
+            let key = format!("jobs[{index}].sql-file");
+            let Some(path) = &job.sql_file else { continue };
+            if merged.origins.origin_of(&key) == EMBEDDED_ORIGIN {
+                let name = path.to_str().unwrap_or_default();
+                let (_, text) = EMBEDDED_JOB_FILES
+                    .iter()
+                    .find(|(file, _)| *file == name)
+                    .ok_or_else(|| ConfigError::Semantic {
+                        path: key.clone(),
+                        message: format!("{name} is not one of the embedded job files"),
+                    })?;
+                job.embedded_sql = Some(text);
+            }
+        }
         Ok(config)
     }
 }
@@ -282,12 +349,89 @@ mod tests {
     #[test]
     fn file_streams_replace_default_streams() {
         let config = load_with(
-            "[[streams]]\nname = \"orders\"\npartitions = 2\nevent-time = \"ts\"\nschema = [{ name = \"ts\", type = \"int64\" }]\n",
+            "jobs = []\n[[streams]]\nname = \"orders\"\npartitions = 2\nevent-time = \"ts\"\nschema = [{ name = \"ts\", type = \"int64\" }]\n",
             &[],
         )
         .expect("valid");
         assert_eq!(config.streams.len(), 1);
         assert_eq!(config.streams[0].name, "orders");
+        assert!(config.jobs.is_empty());
+    }
+
+    #[test]
+    fn the_embedded_defaults_run_the_example_jobs_from_compiled_in_sql() {
+        let config = Config::embedded_defaults();
+        let names: Vec<&str> = config.jobs.iter().map(|job| job.name.as_str()).collect();
+        assert_eq!(names, ["page_views", "country_traffic", "user_sessions"]);
+        for job in &config.jobs {
+            let sql = job.sql_text().expect("embedded SQL");
+            assert!(sql.contains("FROM "), "{sql}");
+            let file = job
+                .sql_file
+                .as_ref()
+                .expect("sql-file")
+                .to_str()
+                .expect("utf-8");
+            let on_disk = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../config")
+                    .join(file),
+            )
+            .expect("the file beside config/runnel.toml");
+            assert_eq!(sql, on_disk, "{file}");
+        }
+    }
+
+    #[test]
+    fn own_streams_without_jobs_is_refused_naming_the_file_and_the_way_out() {
+        let err = load_with(
+            "[[streams]]\nname = \"orders\"\npartitions = 2\nevent-time = \"ts\"\nschema = [{ name = \"ts\", type = \"int64\" }]\n",
+            &[],
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("test.toml"), "{message}");
+        assert!(message.contains("jobs = []"), "{message}");
+    }
+
+    #[test]
+    fn paths_in_a_config_file_resolve_against_its_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("conf");
+        std::fs::create_dir_all(folder.join("jobs")).expect("mkdir");
+        std::fs::write(folder.join("jobs/views.sql"), "SELECT 1").expect("write sql");
+        let file = folder.join("runnel.toml");
+        std::fs::write(
+            &file,
+            "[storage]\ndata-dir = \"state\"\n[ingest]\ntls-cert = \"/etc/cert.pem\"\ntls-key = \"key.pem\"\n\
+             [[jobs]]\nname = \"views\"\nsql-file = \"jobs/views.sql\"\n",
+        )
+        .expect("write config");
+        // Loaded by a relative path from another folder: what counts is the file's folder.
+        let config = Config::load(&[file], &HashMap::new()).expect("valid");
+        let folder = std::path::absolute(&folder).expect("absolute");
+        assert_eq!(config.storage.data_dir, folder.join("state"));
+        assert_eq!(
+            config.ingest.tls_key.as_deref(),
+            Some(folder.join("key.pem").as_path())
+        );
+        assert_eq!(
+            config.ingest.tls_cert.as_deref(),
+            Some(std::path::Path::new("/etc/cert.pem"))
+        );
+        assert_eq!(config.jobs[0].sql_text().expect("read"), "SELECT 1");
+
+        // From the environment, a relative path stays relative to the working folder, and
+        // an unreadable file is named with how its path was resolved.
+        let config = Config::load(
+            &[],
+            &env(&[("RUNNEL__JOBS__0__SQL_FILE", "no/such/file.sql")]),
+        )
+        .expect("valid");
+        let err = config.jobs[0].sql_text().unwrap_err().to_string();
+        assert!(err.contains("no/such/file.sql"), "{err}");
+        assert!(err.contains("working folder"), "{err}");
+        assert!(err.contains("page_views"), "{err}");
     }
 
     #[test]

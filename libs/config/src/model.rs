@@ -70,6 +70,9 @@ pub struct ServingConfig {
     /// How often batch views and the active version of each job are looked up.
     #[serde(with = "humantime_serde")]
     pub view_poll_interval: Duration,
+    /// Address of the HTTP endpoint serving `GET /metrics` (Prometheus text format: queries
+    /// by method and code, their latency, subscribers, view sizes); port 0 picks a free port.
+    pub metrics_listen: String,
     /// Requests must carry `authorization: Bearer <token>`; unset, none is asked for.
     /// Set it through `RUNNEL__SERVING__AUTH_TOKEN` rather than a file kept in version control.
     #[serde(default)]
@@ -122,9 +125,16 @@ pub struct JobConfig {
     /// The job's SQL, inline.
     #[serde(default)]
     pub sql: Option<String>,
-    /// A file holding the job's SQL (relative to the working directory), instead of `sql`.
+    /// A file holding the job's SQL, instead of `sql`. Relative, it resolves against the
+    /// folder of the config file that names it (against the working folder when it comes from
+    /// an environment variable); in the embedded defaults it names a file compiled in. Read it
+    /// with [`JobConfig::sql_text`].
     #[serde(default)]
     pub sql_file: Option<std::path::PathBuf>,
+    /// The text of `sql-file` when the embedded defaults name it: one of
+    /// [`crate::EMBEDDED_JOB_FILES`]. Set by the loader, never by a config.
+    #[serde(skip)]
+    pub embedded_sql: Option<&'static str>,
     /// How far behind its partition's largest event time an event may be and still count
     /// as on time.
     #[serde(default, with = "humantime_serde")]
@@ -147,6 +157,40 @@ fn first_version() -> u32 {
 }
 
 impl JobConfig {
+    /// The job's SQL: `sql`, or the contents of `sql-file`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::JobSql`] naming the job, the file and how its path was resolved, when
+    /// the file cannot be read; [`ConfigError::Semantic`] when neither key is set.
+    pub fn sql_text(&self) -> Result<String, ConfigError> {
+        if let Some(sql) = &self.sql {
+            return Ok(sql.clone());
+        }
+        if let Some(text) = self.embedded_sql {
+            return Ok(text.to_string());
+        }
+        let Some(path) = &self.sql_file else {
+            return Err(ConfigError::Semantic {
+                path: format!("jobs.{}", self.id()),
+                message: "give exactly one of `sql` and `sql-file`".to_string(),
+            });
+        };
+        std::fs::read_to_string(path).map_err(|source| ConfigError::JobSql {
+            job: self.id(),
+            path: path.clone(),
+            resolved: if path.is_absolute() {
+                "paths in a config file resolve against its folder".to_string()
+            } else {
+                match std::env::current_dir() {
+                    Ok(dir) => format!("relative to the working folder {}", dir.display()),
+                    Err(_) => "relative to the working folder".to_string(),
+                }
+            },
+            source,
+        })
+    }
+
     /// The name of this version of the job, which names its topics (`<id>.results`,
     /// `<id>.late`), checkpoints and batch views: the name itself for version 1, so that a job
     /// declared without a version keeps its topics when a second version is added, and

@@ -31,7 +31,17 @@ pub enum EngineError {
         /// What is unsupported, and what to write instead.
         message: String,
     },
-    /// The SQL is in the subset but does not make a valid job (unknown column, bad type...).
+    /// The SQL is in the subset but does not make a valid job: an unknown column or function,
+    /// arguments of the wrong type, at the expression where it goes wrong.
+    #[error("invalid job SQL at {position}: {message}")]
+    Invalid {
+        /// Where the offending expression starts.
+        position: SqlPosition,
+        /// What is wrong, in the planner's words.
+        message: String,
+    },
+    /// The job does not fit the stream it reads (its event time column, a column named like
+    /// a window column), or the planner failed without pointing at the SQL.
     #[error("plan job: {0}")]
     Plan(String),
     /// DataFusion failed while evaluating.

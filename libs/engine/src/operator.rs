@@ -37,6 +37,9 @@ use crate::plan::{GroupSlot, JobPlan, window_time_type};
 use crate::session::{Assignment, SessionState};
 use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec, event_times_ms, floor_to};
 
+/// runnel's one RFC 3339 formatter: late reasons name times as the CLI prints them.
+pub(crate) use runnel_time as time;
+
 /// Late-event column: the source partition.
 pub const LATE_PARTITION_COLUMN: &str = "_partition";
 /// Late-event column: the window the event was too late for.
@@ -322,7 +325,10 @@ impl WindowOperator {
                         window_start: start,
                         watermark,
                         reason: format!(
-                            "too late for window [{start}, {end}): watermark {watermark} had passed its end plus the allowed lateness of {} ms",
+                            "too late for window [{}, {}): watermark {} had passed its end plus the allowed lateness of {} ms",
+                            time::format_millis(start),
+                            time::format_millis(end),
+                            time::format_millis(watermark),
                             self.allowed_lateness_ms
                         ),
                     });

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::empty::EmptyTable;
+use datafusion::error::DataFusionError;
 use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -229,23 +230,27 @@ impl JobPlan {
         fields.push(Field::new(WINDOW_END, window_time_type(), false));
         let windowed_schema = Arc::new(Schema::new(fields));
 
-        let context = SessionContext::new();
+        // Spans on column references, so that DataFusion's errors about them say where.
+        let mut session_config = datafusion::prelude::SessionConfig::new();
+        session_config.options_mut().sql_parser.collect_spans = true;
+        let context = SessionContext::new_with_config(session_config);
         context
             .register_table(
                 parsed.stream.as_str(),
                 Arc::new(EmptyTable::new(Arc::clone(&windowed_schema))),
             )
             .map_err(|error| EngineError::plan(error.to_string()))?;
+        let locator = Locator {
+            statement: parsed.statement.clone(),
+            stream: parsed.stream.clone(),
+            context: &context,
+            select_position: parsed.select_position,
+            function_positions: &parsed.function_positions,
+        };
         let statement = datafusion::sql::parser::Statement::Statement(Box::new(parsed.statement));
-        let state = context.state();
-        let logical_plan = futures::executor::block_on(state.statement_to_plan(statement))
-            .map_err(|error| EngineError::plan(error.to_string()))?;
-        // The analyzer adds the casts type coercion needs (e.g. AVG over an integer); the
-        // optimizer does not run, so the plan keeps the shape `lower` expects.
-        let logical_plan = state
-            .analyzer()
-            .execute_and_check(logical_plan, state.config_options(), |_, _| {})
-            .map_err(|error| EngineError::plan(error.to_string()))?;
+        let logical_plan = locator
+            .plan(statement)
+            .map_err(|error| locator.locate(&error))?;
         lower(
             sql,
             parsed.stream,
@@ -254,7 +259,7 @@ impl JobPlan {
             parsed.window,
             stream_schema,
             &logical_plan,
-            &parsed.function_positions,
+            &locator,
         )
     }
 
@@ -366,10 +371,16 @@ pub(crate) struct ParsedJob {
     interval_positions: Vec<SqlPosition>,
     /// First position of each function name, lowercase, for error messages after planning.
     function_positions: HashMap<String, SqlPosition>,
+    /// Where the SELECT starts: errors about the query as a whole point there.
+    select_position: SqlPosition,
 }
 
 fn position_of(node: &impl Spanned) -> SqlPosition {
-    let start = node.span().start;
+    position_at(node.span())
+}
+
+fn position_at(span: datafusion::sql::sqlparser::tokenizer::Span) -> SqlPosition {
+    let start = span.start;
     SqlPosition {
         line: start.line.max(1),
         column: start.column.max(1),
@@ -498,6 +509,7 @@ pub(crate) fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
         }
     }
     check_group_by(&select.group_by, select)?;
+    let select_position = position_of(&select.select_token.0);
     let (stream, time_column, time_column_position, window, interval_positions) =
         rewrite_window_source(&mut select.from[0].relation)?;
     Ok(ParsedJob {
@@ -508,6 +520,7 @@ pub(crate) fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
         interval_positions,
         window,
         function_positions,
+        select_position,
     })
 }
 
@@ -544,8 +557,32 @@ fn check_group_by(group_by: &GroupByExpr, select: &ast::Select) -> Result<(), En
                 "GROUP BY by position is not supported; name the expression",
             ));
         }
+        if !matches!(expr, ast::Expr::Identifier(_)) && mentions_window(expr) {
+            return Err(unsupported(
+                expr,
+                format!(
+                    "the group key `{expr}` uses a window column; group by {WINDOW_START} and {WINDOW_END} themselves"
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// Whether `expr` names `window_start` or `window_end` anywhere.
+fn mentions_window(expr: &ast::Expr) -> bool {
+    let is_window = |ident: &ast::Ident| {
+        ident.value.eq_ignore_ascii_case(WINDOW_START)
+            || ident.value.eq_ignore_ascii_case(WINDOW_END)
+    };
+    ast::visit_expressions(expr, |expr: &ast::Expr| match expr {
+        ast::Expr::Identifier(ident) if is_window(ident) => ControlFlow::Break(()),
+        ast::Expr::CompoundIdentifier(idents) if idents.last().is_some_and(is_window) => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    })
+    .is_break()
 }
 
 /// Replaces `TUMBLE(stream, col, ...)` by `stream`, returning the stream, time column and window.
@@ -679,6 +716,193 @@ fn interval_ms(expr: &ast::Expr) -> Result<i64, EngineError> {
     Ok(ms)
 }
 
+/// Points planning errors at the SQL they are about: one mechanism for every error the
+/// planner reports after parsing, beside the positions `parse_job_sql` records.
+struct Locator<'a> {
+    /// The job's statement with its window source rewritten to the stream.
+    statement: Statement,
+    stream: String,
+    /// The context the job is planned in, with the stream registered.
+    context: &'a SessionContext,
+    select_position: SqlPosition,
+    function_positions: &'a HashMap<String, SqlPosition>,
+}
+
+impl Locator<'_> {
+    /// Plans `statement` as a job is planned: DataFusion's SQL planner, then its analyzer,
+    /// which adds the casts type coercion needs (e.g. AVG over an integer). The optimizer
+    /// does not run, so the plan keeps the shape `lower` expects.
+    fn plan(
+        &self,
+        statement: datafusion::sql::parser::Statement,
+    ) -> datafusion::error::Result<LogicalPlan> {
+        let state = self.context.state();
+        let logical_plan = futures::executor::block_on(state.statement_to_plan(statement))?;
+        state
+            .analyzer()
+            .execute_and_check(logical_plan, state.config_options(), |_, _| {})
+    }
+
+    /// An error about the query as a whole, at its SELECT.
+    fn at_select(&self, message: impl Into<String>) -> EngineError {
+        EngineError::Invalid {
+            position: self.select_position,
+            message: message.into(),
+        }
+    }
+
+    /// Turns DataFusion's planning error into [`EngineError::Invalid`] at the SQL it is
+    /// about: the span of DataFusion's diagnostic when it gives one (unknown columns and
+    /// functions); else the innermost expression that fails when planned alone (arguments of
+    /// the wrong type, which DataFusion reports without a span, for aggregates even as an
+    /// "internal error"); else the SELECT.
+    fn locate(&self, error: &DataFusionError) -> EngineError {
+        let message = planner_message(error);
+        let from_diagnostic = error.iter().find_map(|error| {
+            let start = error.diagnostic()?.span?.start;
+            (start.line > 0).then_some(SqlPosition {
+                line: start.line,
+                column: start.column.max(1),
+            })
+        });
+        let position = from_diagnostic
+            .or_else(|| self.failing_expression(&message))
+            .unwrap_or(self.select_position);
+        EngineError::Invalid { position, message }
+    }
+
+    /// The position of the innermost expression of the job that fails to plan on its own,
+    /// among the calls of the function `message` names if it names one.
+    fn failing_expression(&self, message: &str) -> Option<SqlPosition> {
+        let named_function = named_function(message);
+        let mut candidates: Vec<(SqlPosition, String)> = Vec::new();
+        let _ = ast::visit_expressions(&self.statement, |expr: &ast::Expr| {
+            let candidate = match (expr, &named_function) {
+                (ast::Expr::Function(function), Some(name)) => {
+                    function.name.to_string().eq_ignore_ascii_case(name)
+                }
+                (_, Some(_)) => false,
+                (
+                    ast::Expr::Identifier(_)
+                    | ast::Expr::CompoundIdentifier(_)
+                    | ast::Expr::Value(_)
+                    | ast::Expr::Wildcard(_)
+                    | ast::Expr::QualifiedWildcard(..),
+                    None,
+                ) => false,
+                _ => true,
+            };
+            if candidate {
+                candidates.push((position_of(expr), expr.to_string()));
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        let stream = ast::Ident::with_quote('"', self.stream.as_str());
+        let failing = candidates
+            .iter()
+            .filter(|(_, text)| {
+                let sql = format!("SELECT {text} FROM {stream}");
+                let Ok(statement) = self
+                    .context
+                    .state()
+                    .sql_to_statement(&sql, &datafusion::common::config::Dialect::Generic)
+                else {
+                    return false;
+                };
+                self.plan(statement).is_err()
+            })
+            .min_by_key(|(_, text)| text.len())
+            .map(|(position, _)| *position);
+        failing
+            .or_else(|| named_function.and_then(|name| self.function_positions.get(&name).copied()))
+    }
+
+    /// Where the job names the output column `name` (an alias or a bare column); the
+    /// SELECT if nowhere.
+    fn output_name_position(&self, name: &str) -> SqlPosition {
+        let Statement::Query(query) = &self.statement else {
+            return self.select_position;
+        };
+        let SetExpr::Select(select) = query.body.as_ref() else {
+            return self.select_position;
+        };
+        select
+            .projection
+            .iter()
+            .find_map(|item| match item {
+                ast::SelectItem::ExprWithAlias { alias, .. } if alias.value == name => {
+                    Some(position_at(alias.span))
+                }
+                ast::SelectItem::UnnamedExpr(expr @ ast::Expr::Identifier(ident))
+                    if ident.value == name =>
+                {
+                    Some(position_of(expr))
+                }
+                _ => None,
+            })
+            .unwrap_or(self.select_position)
+    }
+}
+
+/// The function a planner message is about, lowercase: `Function 'sum' ...`,
+/// `argument types 'sum(Utf8)'`.
+fn named_function(message: &str) -> Option<String> {
+    let after = |marker: &str| {
+        let start = message.find(marker)? + marker.len();
+        let rest = &message[start..];
+        let end = rest.find(['\'', '('])?;
+        Some(rest[..end].to_lowercase())
+    };
+    after("Function '")
+        .or_else(|| after("function '"))
+        .or_else(|| after("argument types '"))
+        .filter(|name| !name.is_empty())
+}
+
+/// DataFusion's error as a message for the job's author: without the error kinds it
+/// prefixes, on one line, and without the bug report it asks for when a function's
+/// arguments match none of its signatures (the user's SQL, not a bug in DataFusion).
+fn planner_message(error: &DataFusionError) -> String {
+    const BUG_REPORT: &str = "https://github.com/apache/datafusion/issues.";
+    let text = error.strip_backtrace();
+    let mut text = match text.find(BUG_REPORT) {
+        Some(index) => text[index + BUG_REPORT.len()..].to_string(),
+        None => text,
+    };
+    loop {
+        let trimmed = text.trim_start();
+        let stripped = [
+            "Error during planning:",
+            "Schema error:",
+            "Internal error:",
+            "Execution error:",
+            "type_coercion\ncaused by\n",
+            "type_coercion",
+            "caused by",
+        ]
+        .iter()
+        .find_map(|prefix| trimmed.strip_prefix(prefix));
+        match stripped {
+            Some(rest) => text = rest.to_string(),
+            None => break,
+        }
+    }
+    // Lines after one ending in `:` are a list (`Candidate functions:`), joined by commas.
+    let mut message = String::new();
+    let mut in_list = false;
+    for line in text.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if message.is_empty() {
+        } else if in_list && !message.ends_with(':') {
+            message.push_str(", ");
+        } else {
+            message.push(' ');
+        }
+        in_list = in_list || line.ends_with(':');
+        message.push_str(line);
+    }
+    message.trim_end_matches('.').to_string()
+}
+
 /// Finds `Projection <- Aggregate <- [Filter] <- [SubqueryAlias] <- TableScan` and lowers it.
 #[allow(clippy::too_many_arguments)]
 fn lower(
@@ -689,16 +913,16 @@ fn lower(
     window: WindowSpec,
     stream_schema: SchemaRef,
     logical_plan: &LogicalPlan,
-    function_positions: &HashMap<String, SqlPosition>,
+    locator: &Locator<'_>,
 ) -> Result<JobPlan, EngineError> {
     let LogicalPlan::Projection(projection) = logical_plan else {
-        return Err(EngineError::plan(format!(
+        return Err(locator.at_select(format!(
             "expected a projection over an aggregation, DataFusion planned {}",
             logical_plan.display()
         )));
     };
     let LogicalPlan::Aggregate(aggregate) = projection.input.as_ref() else {
-        return Err(EngineError::plan(
+        return Err(locator.at_select(
             "a windowed job must aggregate: add COUNT(*) or another aggregate to SELECT",
         ));
     };
@@ -713,7 +937,7 @@ fn lower(
     let planning = PhysicalPlanningContext::default();
     let lower_expr = |expr: &Expr, schema: &DFSchema| {
         create_physical_expr(expr, schema, &props, &planning)
-            .map_err(|error| EngineError::plan(error.to_string()))
+            .map_err(|error| locator.locate(&error))
     };
     let filter = filter_predicate
         .as_ref()
@@ -729,7 +953,7 @@ fn lower(
             Expr::Column(column) if column.name == WINDOW_END => GroupSlot::WindowEnd,
             _ => {
                 if references_window(group_expr) {
-                    return Err(EngineError::plan(format!(
+                    return Err(locator.at_select(format!(
                         "the group key `{group_expr}` uses a window column; group by window_start and window_end themselves"
                     )));
                 }
@@ -744,7 +968,7 @@ fn lower(
     let physical_input_schema: Schema = input_schema.as_arrow().clone();
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for aggr_expr in &aggregate.aggr_expr {
-        check_aggregate(aggr_expr, function_positions)?;
+        check_aggregate(aggr_expr, locator)?;
         let lowered = LoweredAggregateBuilder::new(
             aggr_expr,
             input_schema,
@@ -753,7 +977,7 @@ fn lower(
             &planning,
         )
         .build()
-        .map_err(|error| EngineError::plan(error.to_string()))?;
+        .map_err(|error| locator.locate(&error))?;
         // Every supported aggregate is insensitive to input order; the ORDER BY of
         // `approx_percentile_cont(p) WITHIN GROUP (ORDER BY x)` names its input.
         let args = lowered.aggregate.expressions();
@@ -783,9 +1007,12 @@ fn lower(
         FINAL_COLUMN,
     ] {
         if result_fields.iter().any(|field| field.name() == reserved) {
-            return Err(EngineError::plan(format!(
-                "the output column name `{reserved}` is reserved for the result's bookkeeping"
-            )));
+            return Err(EngineError::Invalid {
+                position: locator.output_name_position(reserved),
+                message: format!(
+                    "the output column name `{reserved}` is reserved for the result's bookkeeping"
+                ),
+            });
         }
     }
     result_fields.push(Field::new(KEY_COLUMN, DataType::Utf8, false));
@@ -817,18 +1044,14 @@ fn references_window(expr: &Expr) -> bool {
         .any(|column| column.name == WINDOW_START || column.name == WINDOW_END)
 }
 
-fn check_aggregate(
-    aggr_expr: &Expr,
-    function_positions: &HashMap<String, SqlPosition>,
-) -> Result<(), EngineError> {
+fn check_aggregate(aggr_expr: &Expr, locator: &Locator<'_>) -> Result<(), EngineError> {
+    let function_positions = locator.function_positions;
     let inner = match aggr_expr {
         Expr::Alias(alias) => alias.expr.as_ref(),
         other => other,
     };
     let Expr::AggregateFunction(function) = inner else {
-        return Err(EngineError::plan(format!(
-            "`{aggr_expr}` is not an aggregate"
-        )));
+        return Err(locator.at_select(format!("`{aggr_expr}` is not an aggregate")));
     };
     let name = function.func.name().to_lowercase();
     if SUPPORTED_AGGREGATES.contains(&name.as_str()) {
@@ -843,7 +1066,7 @@ fn check_aggregate(
             position: *position,
             message,
         }),
-        None => Err(EngineError::Plan(message)),
+        None => Err(locator.at_select(message)),
     }
 }
 
@@ -1030,6 +1253,12 @@ mod tests {
             "event time",
         );
         check_refused(&format!("{GOOD}; {GOOD}"), 1, 148, "one SELECT");
+        check_refused(
+            "SELECT page, window_start, window_end, COUNT(*) FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)\nGROUP BY page, window_start, window_end, window_start + INTERVAL '1' SECOND",
+            2,
+            42,
+            "uses a window column",
+        );
     }
 
     #[test]
@@ -1084,6 +1313,85 @@ mod tests {
         assert!(message.contains("over the limit of 10"), "{message}");
     }
 
+    /// Compiles `sql` and checks that the planner refuses it at `line:column` with a message
+    /// containing `needle`, and none of DataFusion's talk of bugs.
+    #[track_caller]
+    fn check_invalid(sql: &str, line: u64, column: u64, needle: &str) {
+        match JobPlan::compile(sql, clicks(), "event_time", &JobLimits::default()) {
+            Err(EngineError::Invalid { position, message }) => {
+                assert_eq!(
+                    (position.line, position.column),
+                    (line, column),
+                    "{message}"
+                );
+                assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+                for noise in ["bug", "Internal error", "Error during planning", "\n"] {
+                    assert!(!message.contains(noise), "{message:?} has {noise:?}");
+                }
+            }
+            Err(other) => panic!("expected a positioned planner error, got {other}"),
+            Ok(_) => panic!("{sql} compiled"),
+        }
+    }
+
+    #[test]
+    fn planner_errors_say_where_in_the_sql() {
+        let job = |select: &str, rest: &str| {
+            format!(
+                "SELECT page, window_start, window_end,\n  {select}\nFROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)\n{rest}GROUP BY page, window_start, window_end"
+            )
+        };
+        // Unknown column, in SELECT and in WHERE.
+        check_invalid(
+            &job("COUNT(*) AS n, SUM(durattion_ms) AS total", ""),
+            2,
+            22,
+            "No field named durattion_ms",
+        );
+        check_invalid(
+            &job("COUNT(*) AS n", "WHERE countri = 'de'\n"),
+            4,
+            7,
+            "countri",
+        );
+        // Unknown function.
+        check_invalid(
+            &job("COUNT(*) AS n, foo(page) AS f", ""),
+            2,
+            18,
+            "Invalid function 'foo'",
+        );
+        // Arguments of the wrong type: DataFusion's "internal error" for aggregates.
+        check_invalid(
+            &job("SUM(duration_ms) AS total, SUM(page) AS n", ""),
+            2,
+            30,
+            "sum(Utf8)",
+        );
+        check_invalid(&job("AVG(page) AS n", ""), 2, 3, "avg(Utf8)");
+        check_invalid(
+            &job("COUNT(*) AS n", "WHERE upper(duration_ms, 3) = 'x'\n"),
+            4,
+            7,
+            "upper",
+        );
+        check_invalid(
+            &job("COUNT(*) AS n", "WHERE page + 1 > 2\n"),
+            4,
+            7,
+            "Utf8 + Int64",
+        );
+        // A column neither grouped nor aggregated.
+        check_invalid(
+            &job("user_id, COUNT(*) AS n", ""),
+            2,
+            3,
+            "must appear in the GROUP BY clause",
+        );
+        // Reserved output names, at their alias.
+        check_invalid(&job("COUNT(*) AS _key", ""), 2, 15, "reserved");
+    }
+
     #[test]
     fn plan_errors_name_the_problem() {
         let unknown = GOOD.replace("page,", "pagee,");
@@ -1091,6 +1399,7 @@ mod tests {
             .expect_err("unknown column refused")
             .to_string();
         assert!(message.contains("pagee"), "{message}");
+        assert!(message.contains("at line 1, column 8"), "{message}");
         let bad_type = Arc::new(Schema::new(vec![Field::new(
             "event_time",
             DataType::Utf8,

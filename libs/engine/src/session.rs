@@ -24,6 +24,7 @@ use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
 use crate::error::EngineError;
+use crate::operator::time::format_millis;
 use crate::operator::{OperatorOutput, build_results};
 use crate::plan::JobPlan;
 
@@ -188,9 +189,10 @@ impl SessionState {
                 });
             }
             return Ok(Assignment::Late(format!(
-                "overlaps the session [{}, {}) of its key, already emitted at watermark {watermark}; it could only update it from inside",
-                session.start,
-                session.last.saturating_add(gap)
+                "overlaps the session [{}, {}) of its key, already emitted at watermark {}; it could only update it from inside",
+                format_millis(session.start),
+                format_millis(session.last.saturating_add(gap)),
+                format_millis(watermark)
             )));
         }
         let open: Vec<usize> = if n_open > 1 {
@@ -203,7 +205,10 @@ impl SessionState {
         let Some(first) = first_open else {
             if event_end.saturating_add(lateness_ms) <= watermark {
                 return Ok(Assignment::Late(format!(
-                    "too late for session [{timestamp}, {event_end}): watermark {watermark} had passed its end plus the allowed lateness of {lateness_ms} ms"
+                    "too late for session [{}, {}): watermark {} had passed its end plus the allowed lateness of {lateness_ms} ms",
+                    format_millis(timestamp),
+                    format_millis(event_end),
+                    format_millis(watermark)
                 )));
             }
             let position = sessions.partition_point(|session| session.start < timestamp);

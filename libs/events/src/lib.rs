@@ -24,6 +24,8 @@
 
 pub mod decode;
 mod record_format;
+
+pub use record_format::encode_records;
 pub mod validate;
 
 use std::sync::Arc;

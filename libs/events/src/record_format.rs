@@ -17,8 +17,85 @@ use arrow::array::{
 };
 use runnel_config::FieldType;
 
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+use bytes::Bytes;
+
 use crate::StreamSchema;
-use crate::validate::write_json_str;
+use crate::validate::{write_f64, write_i64, write_json_str};
+
+/// Encodes each row of `batch` (decoded from `schema`'s stream: its declared columns first,
+/// as [`crate::decode`] and the Parquet history give them) as a record value in the record
+/// format, so that decoding the values gives the same rows. The repartition path uses it to
+/// copy rows read from the history into the log.
+///
+/// # Errors
+///
+/// A batch whose first columns are not the declared ones, with their types.
+pub fn encode_records(
+    schema: &StreamSchema,
+    batch: &RecordBatch,
+) -> Result<Vec<Bytes>, arrow::error::ArrowError> {
+    let fields = schema.config().schema.iter();
+    let mut columns = Vec::new();
+    for (index, field) in fields.enumerate() {
+        let column = batch.columns().get(index).ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!(
+                "the batch has no column {index} (`{}`)",
+                field.name
+            ))
+        })?;
+        let expected = crate::arrow_type(field.field_type);
+        if column.data_type() != &expected {
+            return Err(arrow::error::ArrowError::SchemaError(format!(
+                "column `{}` is {}, not {expected}",
+                field.name,
+                column.data_type()
+            )));
+        }
+        let mut prefix = Vec::new();
+        prefix.push(if index == 0 { b'{' } else { b',' });
+        write_json_str(&mut prefix, &field.name);
+        prefix.push(b':');
+        columns.push((prefix, field.field_type, column));
+    }
+    let mut values = Vec::with_capacity(batch.num_rows());
+    let mut out = Vec::new();
+    for row in 0..batch.num_rows() {
+        out.clear();
+        for (prefix, field_type, column) in &columns {
+            out.extend_from_slice(prefix);
+            if column.is_null(row) {
+                out.extend_from_slice(b"null");
+                continue;
+            }
+            match field_type {
+                FieldType::String => write_json_str(&mut out, column.as_string::<i32>().value(row)),
+                FieldType::Int64 => {
+                    write_i64(&mut out, column.as_primitive::<Int64Type>().value(row))
+                }
+                FieldType::Float64 => {
+                    write_f64(&mut out, column.as_primitive::<Float64Type>().value(row));
+                }
+                FieldType::Bool => out.extend_from_slice(if column.as_boolean().value(row) {
+                    b"true"
+                } else {
+                    b"false"
+                }),
+                FieldType::Timestamp => write_i64(
+                    &mut out,
+                    column.as_primitive::<TimestampMillisecondType>().value(row),
+                ),
+            }
+        }
+        if columns.is_empty() {
+            out.push(b'{');
+        }
+        out.push(b'}');
+        values.push(Bytes::copy_from_slice(&out));
+    }
+    Ok(values)
+}
 
 /// One declared field: the bytes before its value and its type.
 #[derive(Debug, Clone)]

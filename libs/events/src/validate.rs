@@ -908,12 +908,12 @@ pub(crate) fn write_json_str(out: &mut Vec<u8>, text: &str) {
     }
 }
 
-fn write_i64(out: &mut Vec<u8>, value: i64) {
+pub(crate) fn write_i64(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Writes a finite float in its shortest round-trip form (JSON numbers are finite).
-fn write_f64(out: &mut Vec<u8>, value: f64) {
+pub(crate) fn write_f64(out: &mut Vec<u8>, value: f64) {
     if value.is_finite() {
         out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
     } else {
@@ -1015,7 +1015,7 @@ pub fn now_millis() -> i64 {
         })
 }
 
-pub use runnel_log::time::format_millis;
+pub use runnel_time::format_millis;
 
 fn is_leap_year(year: i64) -> bool {
     (year % 4 == 0 && year % 100 != 0) || year % 400 == 0

@@ -20,7 +20,6 @@ mod group;
 mod kafka;
 mod kafka_group;
 mod partitioner;
-pub mod time;
 
 use std::sync::Arc;
 use std::time::Duration;

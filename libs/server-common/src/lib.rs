@@ -9,6 +9,7 @@
 pub mod security;
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -121,8 +122,12 @@ pub fn init_tracing(service_name: &str, json: bool) {
     init_tracing_with_default(service_name, json, "info");
 }
 
-/// [`init_tracing`] with another filter than `info` when `RUST_LOG` is unset (the demo's
-/// screen wants only warnings).
+/// [`init_tracing`] with another filter than `info` when `RUST_LOG` is unset: the CLI's
+/// client commands log only warnings unless asked for more (`-v`), and so does the demo's
+/// screen.
+///
+/// Text logs are coloured only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (<https://no-color.org>).
 pub fn init_tracing_with_default(service_name: &str, json: bool, default_filter: &str) {
     let (env_filter, filter_error) = match EnvFilter::try_from_default_env() {
         Ok(env_filter) => (env_filter, None),
@@ -132,8 +137,13 @@ pub fn init_tracing_with_default(service_name: &str, json: bool, default_filter:
             (EnvFilter::new(default_filter), is_set.then_some(error))
         }
     };
+    let ansi = use_colours(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(env_filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let installed = if json {
         builder.json().try_init().is_ok()
@@ -151,6 +161,12 @@ pub fn init_tracing_with_default(service_name: &str, json: bool, default_filter:
         version = env!("CARGO_PKG_VERSION"),
         "tracing initialized"
     );
+}
+
+/// Whether text logs are coloured: on a terminal, unless `NO_COLOR` is set to anything
+/// but the empty string.
+fn use_colours(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// Returns a token that is cancelled when the process receives SIGINT (Ctrl-C) or SIGTERM.
@@ -312,6 +328,31 @@ pub fn backend_name(config: &Config) -> &'static str {
     }
 }
 
+/// The canonical name of a gRPC status code, as the metrics' `code` labels spell it: `OK`,
+/// `NOT_FOUND`, `INVALID_ARGUMENT`, ...
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -322,6 +363,25 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         service: ServiceFlags,
+    }
+
+    #[test]
+    fn grpc_codes_have_their_canonical_names() {
+        assert_eq!(
+            grpc_code_name(tonic::Code::InvalidArgument),
+            "INVALID_ARGUMENT"
+        );
+        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
+    }
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colours(true, None));
+        assert!(use_colours(true, Some(OsStr::new(""))));
+        assert!(!use_colours(true, Some(OsStr::new("1"))));
+        assert!(!use_colours(false, None));
+        assert!(!use_colours(false, Some(OsStr::new("1"))));
     }
 
     #[test]

@@ -46,6 +46,9 @@ mod tests {
         assert_eq!(format_millis(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(format_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(format_millis(-1), "1969-12-31T23:59:59.999Z");
-        assert_eq!(format_millis(-62_135_596_800_000), "0001-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_millis(-62_135_596_800_000),
+            "0001-01-01T00:00:00.000Z"
+        );
     }
 }

@@ -402,7 +402,13 @@ pub async fn recompute_view(
         .min()
         .unwrap_or(end);
     let max_chunks = config.batch_reprocessor.max_recompute_chunks;
-    let chunks = match plan_chunks(job.plan.window(), from, first_event, end, max_chunks) {
+    // Nothing archived yet (no horizon), or no event in the range: no chunk to plan.
+    let planned = if horizon.is_none() || files.is_empty() {
+        Ok(Vec::new())
+    } else {
+        plan_chunks(job.plan.window(), from, first_event, end, max_chunks)
+    };
+    let chunks = match planned {
         Ok(chunks) => chunks,
         Err(refused) => {
             let refusal = RangeRefusal {
@@ -585,8 +591,10 @@ pub async fn recompute_view(
     }
     save_view(store.as_ref(), VIEWS_PREFIX, &manifest).await?;
     let run_state = run_state_path(job);
-    if let Err(error) = store.delete(&run_state).await {
-        warn!(path = %run_state, %error, "could not delete the finished run's state");
+    match store.delete(&run_state).await {
+        // A run that finished without saving a state (its chunks all done in one go) has none.
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(error) => warn!(path = %run_state, %error, "could not delete the finished run's state"),
     }
     if let Some(previous) = previous {
         for file in previous.files {

@@ -9,6 +9,11 @@
 //! is made active (`jobs/<job>/active.json`) and, unless told to stop there, it keeps running
 //! live. A stream-processor service that declares the same version shares its partitions
 //! through the job's group and resumes from the same checkpoints.
+//!
+//! A job read through its repartition topic replays the same way: its routers read the
+//! history and then the log as direct tasks do. It has caught up once every router has
+//! routed the stream's end as it was when the replay started, and then every window task
+//! has read its repartition partition to that topic's end as it was at that moment.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,8 +59,7 @@ pub enum ReplayOutcome {
 ///
 /// # Errors
 ///
-/// A job read through a repartition topic (its routers read the log only, so a replay could
-/// not reach the history: not built yet); the stream-processor's errors; store failures.
+/// The stream-processor's errors; log and store failures.
 pub async fn replay(
     config: &Config,
     job_config: &JobConfig,
@@ -67,27 +71,11 @@ pub async fn replay(
 ) -> Result<ReplayOutcome, BatchError> {
     let job = Job::compile(config, job_config)
         .map_err(|error| BatchError::StreamProcessor(Box::new(error)))?;
-    if job.repartition {
-        return Err(BatchError::Unsupported(format!(
-            "job `{}` does not group by its stream's key, so it reads through a repartition \
-             topic whose routers read the log only: replaying it over the history is not built \
-             yet",
-            job.name
-        )));
-    }
     let stream = job.stream.name().to_string();
-    let partitions = log
-        .partition_count(&stream)
-        .await
-        .map_err(|source| BatchError::Log(stream.clone(), Box::new(source)))?;
-    let mut ends = Vec::new();
-    for partition in 0..partitions {
-        ends.push(
-            log.latest_offset(&stream, partition)
-                .await
-                .map_err(|source| BatchError::Log(stream.clone(), Box::new(source)))?,
-        );
-    }
+    let ends = end_offsets(log.as_ref(), &stream).await?;
+    // A repartitioned job's window tasks read the repartition topic: the ends they must
+    // reach are that topic's, read once the routers have routed the stream's `ends`.
+    let mut repartition_ends: Option<Vec<u64>> = None;
     let mut replay_config = config.clone();
     replay_config.jobs = vec![job_config.clone()];
     // The replay's tasks report here; their HTTP endpoint must not take a service's port.
@@ -96,7 +84,7 @@ pub async fn replay(
     let tasks_shutdown = shutdown.child_token();
     let mut service = tokio::spawn(runnel_stream_processor::run_with_status(
         replay_config,
-        log,
+        Arc::clone(&log),
         Arc::clone(&status),
         tasks_shutdown.clone(),
     ));
@@ -133,23 +121,48 @@ pub async fn replay(
                 },
             )));
         }
+        // Progress over the stream's offsets: the window tasks' own for a direct job, the
+        // routers' for a repartitioned one.
+        let read: Vec<(u32, u64)> = if job.repartition {
+            job_status
+                .routed
+                .iter()
+                .map(|routed| (routed.partition, routed.source_offset))
+                .collect()
+        } else {
+            job_status
+                .partitions
+                .iter()
+                .map(|partition| (partition.partition, partition.source_offset))
+                .collect()
+        };
         let mut done = 0;
         let mut total = 0;
-        let mut caught_up = job_status.partitions.len() == ends.len();
-        for partition in &job_status.partitions {
-            let end = ends
-                .get(partition.partition as usize)
-                .copied()
-                .unwrap_or_default();
-            let start = *starts
-                .entry(partition.partition)
-                .or_insert(partition.source_offset.min(end));
+        let mut caught_up = read.len() == ends.len();
+        for &(partition, offset) in &read {
+            let end = ends.get(partition as usize).copied().unwrap_or_default();
+            let start = *starts.entry(partition).or_insert(offset.min(end));
             total += end - start;
-            done += partition.source_offset.clamp(start, end) - start;
-            caught_up &= partition.source_offset >= end;
+            done += offset.clamp(start, end) - start;
+            caught_up &= offset >= end;
         }
         progress.events_total.store(total, Ordering::Relaxed);
         progress.events_done.store(done, Ordering::Relaxed);
+        if caught_up && job.repartition {
+            let topic = job.input_topic();
+            let topic_ends = match &repartition_ends {
+                Some(topic_ends) => topic_ends,
+                None => repartition_ends.insert(end_offsets(log.as_ref(), &topic).await?),
+            };
+            caught_up = job_status.partitions.len() == topic_ends.len()
+                && job_status.partitions.iter().all(|partition| {
+                    partition.source_offset
+                        >= topic_ends
+                            .get(partition.partition as usize)
+                            .copied()
+                            .unwrap_or_default()
+                });
+        }
         if caught_up {
             save_active(
                 store.as_ref(),
@@ -168,4 +181,19 @@ pub async fn replay(
             }
         }
     }
+}
+
+/// The end offset (the next offset to be written) of each partition of `topic`.
+async fn end_offsets(log: &dyn Log, topic: &str) -> Result<Vec<u64>, BatchError> {
+    let log_error = |source| BatchError::Log(topic.to_string(), Box::new(source));
+    let partitions = log.partition_count(topic).await.map_err(log_error)?;
+    let mut ends = Vec::with_capacity(partitions as usize);
+    for partition in 0..partitions {
+        ends.push(
+            log.latest_offset(topic, partition)
+                .await
+                .map_err(log_error)?,
+        );
+    }
+    Ok(ends)
 }

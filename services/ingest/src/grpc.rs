@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use prost::Message;
+use tokio::time::Instant;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{Instrument, info_span, warn};
 
+use crate::metrics::ResponseCode;
 use crate::proto;
 use crate::proto::ingest_request::Events;
 use crate::service::{Api, Batch, IngestFailure, Ingestor};
@@ -29,7 +31,9 @@ impl GrpcIngest {
         &self,
         request: proto::IngestRequest,
     ) -> Result<proto::IngestResponse, IngestFailure> {
-        let _permit = self.ingestor.try_reserve(request.encoded_len())?;
+        let size = request.encoded_len();
+        self.ingestor.metrics().request_bytes(Api::Grpc, size);
+        let _permit = self.ingestor.try_reserve(size)?;
         let proto::IngestRequest {
             stream,
             all_or_nothing,
@@ -47,6 +51,28 @@ impl GrpcIngest {
             .await?;
         Ok(outcome.to_proto())
     }
+
+    /// Ingests one message, counting it as a request of its stream.
+    async fn ingest_counted(
+        &self,
+        request: proto::IngestRequest,
+        metadata: impl FnOnce() -> MetadataMap,
+    ) -> Result<proto::IngestResponse, Status> {
+        let started = Instant::now();
+        let stream = self.ingestor.metrics().stream_label(&request.stream);
+        let result = self
+            .ingest_one(request)
+            .await
+            .map_err(|failure| status(&failure, metadata()));
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.ingestor.metrics().request(
+            Api::Grpc,
+            stream,
+            ResponseCode::grpc(code),
+            started.elapsed(),
+        );
+        result
+    }
 }
 
 #[tonic::async_trait]
@@ -55,10 +81,9 @@ impl proto::ingest_server::Ingest for GrpcIngest {
         &self,
         request: Request<proto::IngestRequest>,
     ) -> Result<Response<proto::IngestResponse>, Status> {
-        match self.ingest_one(request.into_inner()).await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(failure) => Err(status(&failure, MetadataMap::new())),
-        }
+        self.ingest_counted(request.into_inner(), MetadataMap::new)
+            .await
+            .map(Response::new)
     }
 
     async fn ingest_stream(
@@ -68,21 +93,17 @@ impl proto::ingest_server::Ingest for GrpcIngest {
         let mut requests = request.into_inner();
         let mut response = proto::IngestStreamResponse::default();
         while let Some(request) = requests.message().await? {
-            match self.ingest_one(request).await {
-                Ok(batch) => {
-                    response.accepted += batch.accepted;
-                    response.rejected += batch.rejected;
-                    response.batches.push(batch);
-                }
-                Err(failure) => {
+            let batches_done = response.batches.len() as u64;
+            let batch = self
+                .ingest_counted(request, || {
                     let mut metadata = MetadataMap::new();
-                    metadata.insert(
-                        BATCHES_DONE_METADATA,
-                        MetadataValue::from(response.batches.len() as u64),
-                    );
-                    return Err(status(&failure, metadata));
-                }
-            }
+                    metadata.insert(BATCHES_DONE_METADATA, MetadataValue::from(batches_done));
+                    metadata
+                })
+                .await?;
+            response.accepted += batch.accepted;
+            response.rejected += batch.rejected;
+            response.batches.push(batch);
         }
         Ok(Response::new(response))
     }

@@ -43,6 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::metrics::ResponseCode;
 use crate::service::{Api, Batch, BatchOutcome, IngestFailure, Ingestor, PartitionRange};
 
 /// The events endpoint.
@@ -59,7 +60,7 @@ pub(crate) const GRPC_SERVICES: [&str; 2] = [
 
 /// What a request that is no route is told.
 const ROUTES: &str = "the routes are POST /v1/streams/{stream}/events, GET /healthz, \
-     GET /metrics and GET /status (the archiver's), and gRPC (content-type application/grpc) runnel.ingest.v1.Ingest and grpc.health.v1.Health";
+     GET /metrics (Prometheus text), GET /status (the archiver's), and gRPC (content-type application/grpc) runnel.ingest.v1.Ingest and grpc.health.v1.Health";
 
 /// Request paths are cut to this many bytes when quoted in an error.
 const MAX_QUOTED_PATH_BYTES: usize = 256;
@@ -211,14 +212,23 @@ async fn post_events(
     body: Body,
 ) -> Response {
     let span = info_span!("http_ingest", stream = %stream);
-    async move {
+    let started = Instant::now();
+    let response = async {
         match ingest(&ingestor, &stream, params, &request_headers, body).await {
             Ok(outcome) => outcome_response(&stream, &outcome),
             Err(failure) => failure_response(&failure),
         }
     }
     .instrument(span)
-    .await
+    .await;
+    let metrics = ingestor.metrics();
+    metrics.request(
+        Api::Http,
+        metrics.stream_label(&stream),
+        ResponseCode::Http(response.status().as_u16()),
+        started.elapsed(),
+    );
+    response
 }
 
 async fn ingest(
@@ -296,6 +306,7 @@ async fn read_body(
             continue;
         }
         total += chunk.len();
+        ingestor.metrics().request_bytes(Api::Http, chunk.len());
         ingestor.check_request_size(total)?;
         let taken = ingestor.try_reserve(chunk.len())?;
         match permit.as_mut() {

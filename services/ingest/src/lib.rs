@@ -41,12 +41,16 @@
 //! With `ingest.run-archiver` (the default) the service also runs the archiver
 //! (`runnel_archive::run_archiver`) as a background task, copying every stream into the
 //! Parquet history until shutdown.
+//!
+//! `GET /metrics` on the port serves Prometheus text: the service's requests, events
+//! accepted and rejected, bytes, in-flight bytes and latency, then the archiver's families
+//! (the `metrics` module); `GET /status` the archiver's status as JSON.
 #![warn(missing_docs)]
 
-mod archive_status;
 mod connection;
 mod grpc;
 mod http;
+mod metrics;
 mod service;
 
 use std::net::SocketAddr;
@@ -171,7 +175,7 @@ impl BoundIngest {
                 Arc::clone(&self.ingestor),
                 self.shutdown.clone(),
             ))
-            .merge(archive_status::router())
+            .merge(metrics::router(Arc::clone(&self.ingestor)))
             .fallback(http::not_found)
             .layer(axum::middleware::from_fn(http::route_guard));
         // Health stays open to probes; the rest asks for the token when one is set.

@@ -1,7 +1,7 @@
 //! The ingest core shared by the gRPC and HTTP front ends: backpressure, validation,
 //! appends to the stream and to its dead-letter topic, and the outcome of a batch.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use runnel_log::{Header, Log, LogError, ProduceRecord, RecordPosition};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{debug, trace};
 
+use crate::metrics::{ALL_OR_NOTHING_REASON, IngestMetrics};
 use crate::proto;
 
 /// Headers of a dead-letter record: why the event was rejected and where it came from.
@@ -46,14 +47,15 @@ pub const UNKNOWN_STREAM_CODE: &str = "unknown_stream";
 const INLINE_VALIDATION_BYTES: usize = 256 * 1024;
 
 /// The API a batch came in through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Api {
     Grpc,
     Http,
 }
 
 impl Api {
-    fn name(self) -> &'static str {
+    /// The API's name in headers and metric labels: `grpc` or `http`.
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Api::Grpc => "grpc",
             Api::Http => "http",
@@ -217,7 +219,11 @@ pub(crate) struct Ingestor {
     log: Arc<dyn Log>,
     streams: HashMap<String, Arc<StreamEntry>>,
     in_flight: Arc<Semaphore>,
+    /// The in-flight budget's permits (`ingest.max-in-flight-bytes`, as far as the
+    /// semaphore can hold).
+    in_flight_permits: usize,
     config: IngestConfig,
+    metrics: IngestMetrics,
 }
 
 /// The validated batch: what to append where.
@@ -253,12 +259,29 @@ impl Ingestor {
             log,
             streams,
             in_flight: Arc::new(Semaphore::new(permits)),
+            in_flight_permits: permits,
             config: ingest.clone(),
+            metrics: IngestMetrics::new(config),
         })
     }
 
     pub(crate) fn config(&self) -> &IngestConfig {
         &self.config
+    }
+
+    pub(crate) fn metrics(&self) -> &IngestMetrics {
+        &self.metrics
+    }
+
+    /// Request bytes held in the in-flight budget now.
+    pub(crate) fn in_flight_bytes(&self) -> usize {
+        self.in_flight_permits
+            .saturating_sub(self.in_flight.available_permits())
+    }
+
+    /// The in-flight budget.
+    pub(crate) fn max_in_flight_bytes(&self) -> usize {
+        self.in_flight_permits
     }
 
     /// Checks a request's size against `ingest.max-request-bytes`.
@@ -310,6 +333,8 @@ impl Ingestor {
         }
         let Some(entry) = self.streams.get(stream) else {
             self.write_unknown_stream(stream, batch, now, api).await?;
+            self.metrics
+                .rejected(stream, UNKNOWN_STREAM_CODE, n_events as u64);
             return Err(IngestFailure::UnknownStream {
                 stream: stream.to_string(),
                 n_events,
@@ -332,7 +357,8 @@ impl Ingestor {
             dead_letters,
         } = validated;
         let aborted = all_or_nothing && !rejections.is_empty();
-        let n_accepted = if aborted { 0 } else { records.len() };
+        let n_valid = records.len();
+        let n_accepted = if aborted { 0 } else { n_valid };
         let append_stream = async {
             if n_accepted == 0 {
                 return Ok(Vec::new());
@@ -358,6 +384,17 @@ impl Ingestor {
                 })
         };
         let (positions, _) = tokio::try_join!(append_stream, append_dead_letters)?;
+        self.metrics.accepted(stream, n_accepted as u64);
+        let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for rejection in &rejections {
+            *reasons.entry(rejection.reason.code()).or_default() += 1;
+        }
+        if aborted && n_valid > 0 {
+            reasons.insert(ALL_OR_NOTHING_REASON, n_valid as u64);
+        }
+        for (reason, n) in reasons {
+            self.metrics.rejected(stream, reason, n);
+        }
         debug!(
             stream,
             n_events,

@@ -226,7 +226,13 @@ async fn recompute(
         allow_shrink: args.allow_shrink,
     };
     let started = Instant::now();
-    let work = recompute_view(config, job, request, store, Arc::clone(&progress));
+    let work = recompute_view(
+        config,
+        job,
+        request,
+        Arc::clone(&store),
+        Arc::clone(&progress),
+    );
     let mut work = std::pin::pin!(work);
     let bar = progress_bar(0);
     let outcome = loop {
@@ -272,5 +278,44 @@ async fn recompute(
         started.elapsed().as_secs_f64()
     )
     .context("write to stdout")?;
+    match unarchived_records(config, job.stream.name(), store.as_ref()).await {
+        Ok(0) => {}
+        Ok(unarchived) => writeln!(
+            std::io::stdout().lock(),
+            "{unarchived} events of `{stream}` are in the log but not yet in the history, so not \
+             in this view (serving answers their windows from the live results): the archiver \
+             finishes a file once its records span archive.max-file-age ({age}) or reach \
+             archive.target-file-bytes; `runnel archive --once` archives everything now when no \
+             ingest service is running",
+            stream = job.stream.name(),
+            age = humantime::format_duration(config.archive.max_file_age),
+        )
+        .context("write to stdout")?,
+        Err(error) => tracing::debug!(%error, "could not count the records not yet archived"),
+    }
     Ok(())
+}
+
+/// Records of `stream` in the log after its archived history, over every partition.
+async fn unarchived_records(
+    config: &Config,
+    stream: &str,
+    store: &dyn object_store::ObjectStore,
+) -> anyhow::Result<u64> {
+    let manifest = runnel_archive::load_manifest(store, &config.archive.prefix, stream).await?;
+    let log = runnel_server_common::open_storage(config).await?;
+    let partitions = log.partition_count(stream).await?;
+    let mut unarchived = 0;
+    for partition in 0..partitions {
+        let end = log.latest_offset(stream, partition).await?;
+        let archived = match manifest
+            .as_ref()
+            .and_then(|manifest| manifest.next_offset(partition))
+        {
+            Some(next) => next,
+            None => log.earliest_offset(stream, partition).await?,
+        };
+        unarchived += end.saturating_sub(archived);
+    }
+    Ok(unarchived)
 }

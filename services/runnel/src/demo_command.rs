@@ -72,6 +72,7 @@ data-dir = "{data}"
 listen = "127.0.0.1:0"
 [serving]
 listen = "127.0.0.1:0"
+metrics-listen = "127.0.0.1:0"
 view-poll-interval = "500ms"
 [archive]
 max-file-age = "5s"
@@ -127,6 +128,10 @@ max-out-of-orderness = "2s"
     }
     toml
 }
+
+/// The screen's legend, one line under the jobs table: its columns, and the result lines'
+/// `v18 final speed`.
+const LEGEND: &str = "legend: WATERMARK = event time up to which the job has seen every event; LAG = records not yet processed; SPEED / BATCH = windows held in the speed view (live results) / batch view (recomputed history); `v18 final speed` = version 18 of the window's result (each update adds one), final once the watermark passed its end (else early), answered from the speed view (or batch)";
 
 /// A small xorshift generator: the demo needs variety, not statistics.
 struct Random(u64);
@@ -346,6 +351,8 @@ async fn frame(
             ));
         }
     }
+    out.push_str(LEGEND);
+    out.push('\n');
     let now = now_millis();
     // The last page_views window the watermark has passed (2 s out of orderness).
     let page_window = (now - 12_000).div_euclid(10_000) * 10_000;

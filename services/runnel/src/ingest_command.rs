@@ -1,11 +1,14 @@
 //! `runnel ingest`: sends a file of events to the ingest service over gRPC.
 //!
-//! JSONL lines go as they are; CSV and Parquet rows are converted to JSON objects (Arrow
-//! readers, then the Arrow JSON writer, timestamps as epoch milliseconds). Batches are
-//! unary `Ingest` calls, `--concurrency` of them in flight; a RESOURCE_EXHAUSTED answer is
-//! retried after the service's `retry-after-ms` hint. A progress bar runs on stderr when it
-//! is a terminal; the summary (`accepted N, rejected M` and the first rejection reasons)
-//! goes to stdout.
+//! JSONL lines go as they are; CSV and Parquet rows are converted to JSON objects (CSV
+//! cells cast to the column types with Arrow, Parquet through Arrow's reader, then the Arrow
+//! JSON writer, timestamps as epoch milliseconds). A CSV row with a cell that does not read
+//! as its column's type is rejected here, with its line and column, and the rest of the file
+//! goes on, as the service rejects a bad JSONL line. Batches are unary `Ingest` calls,
+//! `--concurrency` of them in flight; a RESOURCE_EXHAUSTED answer is retried after the
+//! service's `retry-after-ms` hint. A progress bar runs on stderr when it is a terminal; the
+//! summary (`accepted N, rejected M` and the first rejection reasons) goes to stdout, and
+//! any rejection makes the command fail unless `--allow-rejects`.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -14,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::compute::{cast, cast_with_options};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -54,6 +57,10 @@ pub(crate) struct IngestArgs {
     /// Per request: if any event of a batch is rejected, append none of that batch.
     #[arg(long)]
     all_or_nothing: bool,
+    /// Exits 0 even when events were rejected (by default any rejection fails the command,
+    /// after the summary).
+    #[arg(long)]
+    allow_rejects: bool,
 }
 
 /// The formats `runnel ingest` reads.
@@ -84,25 +91,31 @@ impl FileFormat {
     /// What a position in the file is called in messages.
     fn position_name(self) -> &'static str {
         match self {
-            FileFormat::Jsonl => "line",
-            FileFormat::Csv | FileFormat::Parquet => "row",
+            FileFormat::Jsonl | FileFormat::Csv => "line",
+            FileFormat::Parquet => "row",
         }
     }
 }
 
 /// A batch of events read from the file.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct FileBatch {
     events: Vec<Bytes>,
-    /// Per event, its line (JSONL) or row (CSV, Parquet) in the file, from 1.
+    /// Per event, its line (JSONL, CSV) or row (Parquet) in the file, from 1.
     positions: Vec<u64>,
+    /// Rows of the file that could not be read as events, with their position and reason:
+    /// rejected here, not sent.
+    unreadable: Vec<(u64, String)>,
 }
 
-/// What the service answered, added up.
+/// What the service answered and what could not be read, added up.
 #[derive(Debug, Default)]
 struct Summary {
     accepted: u64,
+    /// Rejected by the service (gone to the stream's dead-letter topic).
     rejected: u64,
+    /// Rows of the file that could not be read as events (not sent).
+    unreadable: u64,
     aborted_batches: u64,
     /// (file position, reason) of the first rejections, in file order.
     rejections: Vec<(u64, String)>,
@@ -153,7 +166,14 @@ pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()>
         tokio::select! {
             batch = batches_rx.recv(), if reading && in_flight.len() < args.concurrency as usize => {
                 match batch {
-                    Some(batch) => {
+                    Some(mut batch) => {
+                        if !batch.unreadable.is_empty() {
+                            progress.inc(batch.unreadable.len() as u64);
+                            summary.add_unreadable(std::mem::take(&mut batch.unreadable));
+                        }
+                        if batch.events.is_empty() {
+                            continue;
+                        }
                         let request = IngestRequest {
                             stream: args.stream.clone(),
                             all_or_nothing: args.all_or_nothing,
@@ -174,7 +194,8 @@ pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()>
                 summary.add(&batch, &response);
                 progress.set_message(format!(
                     "accepted {}, rejected {}",
-                    summary.accepted, summary.rejected
+                    summary.accepted,
+                    summary.rejected + summary.unreadable
                 ));
             }
         }
@@ -184,7 +205,15 @@ pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()>
         .await
         .context("file reader task failed")?
         .with_context(|| format!("read {}", args.file.display()))?;
-    summary.print(format, started.elapsed())
+    summary.print(format, started.elapsed(), &args.stream)?;
+    let n_rejected = summary.rejected + summary.unreadable;
+    if n_rejected > 0 && !args.allow_rejects {
+        bail!(
+            "{} rejected (see above); pass --allow-rejects to accept rejections",
+            events(n_rejected)
+        );
+    }
+    Ok(())
 }
 
 /// Sends one batch, retrying for as long as the service answers RESOURCE_EXHAUSTED.
@@ -221,6 +250,19 @@ async fn send_with_retries(
 }
 
 impl Summary {
+    fn add_unreadable(&mut self, unreadable: Vec<(u64, String)>) {
+        self.unreadable += unreadable.len() as u64;
+        self.rejections.extend(unreadable);
+        self.keep_first_rejections();
+    }
+
+    fn keep_first_rejections(&mut self) {
+        // Batches may complete out of order: keep the first ones in file order.
+        self.rejections
+            .sort_unstable_by_key(|(position, _)| *position);
+        self.rejections.truncate(SHOWN_REJECTIONS);
+    }
+
     fn add(&mut self, batch: &FileBatch, response: &IngestResponse) {
         self.accepted += response.accepted;
         self.rejected += response.rejected;
@@ -235,17 +277,15 @@ impl Summary {
                 .unwrap_or_default();
             self.rejections.push((position, rejection.reason.clone()));
         }
-        // Batches may complete out of order: keep the first ones in file order.
-        self.rejections
-            .sort_unstable_by_key(|(position, _)| *position);
-        self.rejections.truncate(SHOWN_REJECTIONS);
+        self.keep_first_rejections();
     }
 
-    fn print(&self, format: FileFormat, elapsed: Duration) -> anyhow::Result<()> {
+    fn print(&self, format: FileFormat, elapsed: Duration, stream: &str) -> anyhow::Result<()> {
         let mut out = String::new();
+        let n_rejected = self.rejected + self.unreadable;
         out.push_str(&format!(
-            "accepted {}, rejected {}",
-            self.accepted, self.rejected
+            "accepted {}, rejected {n_rejected}",
+            self.accepted
         ));
         if self.aborted_batches > 0 {
             out.push_str(&format!(
@@ -260,10 +300,31 @@ impl Summary {
                 format.position_name()
             ));
         }
-        if self.rejected > self.rejections.len() as u64 {
+        if n_rejected > self.rejections.len() as u64 {
             out.push_str(&format!(
-                "  ... and {} more (see the stream's dead-letter topic)\n",
-                self.rejected - self.rejections.len() as u64
+                "  ... and {} more\n",
+                n_rejected - self.rejections.len() as u64
+            ));
+        }
+        if n_rejected > 0 {
+            let mut places = Vec::new();
+            if self.rejected > 0 {
+                let topic = runnel_events::dead_letter_topic(stream);
+                places.push(format!(
+                    "{} refused by the ingest service, kept with their reasons in the topic `{topic}` (runnel log tail --topic {topic} --partition 0)",
+                    self.rejected
+                ));
+            }
+            if self.unreadable > 0 {
+                places.push(format!(
+                    "{} unreadable in the file, not sent",
+                    self.unreadable
+                ));
+            }
+            out.push_str(&format!(
+                "rejected {}: {}\n",
+                events(n_rejected),
+                places.join("; ")
             ));
         }
         let mut stdout = std::io::stdout().lock();
@@ -272,6 +333,15 @@ impl Summary {
             Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             Err(error) => Err(anyhow::Error::new(error).context("write to stdout")),
         }
+    }
+}
+
+/// `1 event`, `2 events`.
+fn events(n: u64) -> String {
+    if n == 1 {
+        "1 event".to_string()
+    } else {
+        format!("{n} events")
     }
 }
 
@@ -355,9 +425,14 @@ fn read_batches(
                 }
             }
         }
-        FileFormat::Csv | FileFormat::Parquet => {
+        FileFormat::Csv => {
+            if !read_csv(path, declared, batch_size, &mut batcher)? {
+                return Ok(());
+            }
+        }
+        FileFormat::Parquet => {
             let mut rows = 0_u64;
-            for record_batch in arrow_batches(path, format, declared, batch_size)? {
+            for record_batch in parquet_batches(path, batch_size)? {
                 let record_batch = record_batch?;
                 for event in to_json_lines(&record_batch)? {
                     rows += 1;
@@ -370,6 +445,218 @@ fn read_batches(
     }
     batcher.flush();
     Ok(())
+}
+
+/// Reads a CSV file with a header into events, `batch_size` rows at a time: each cell cast
+/// to its column's type (the stream's declared types, or those Arrow infers from the first
+/// 1000 rows; an empty cell is null). A row with a cell that does not read as its type, or
+/// with another number of fields than the header, is rejected with its line and column; the
+/// rest of the file goes on. Returns false once the batches' receiver is gone.
+fn read_csv(
+    path: &Path,
+    declared: Option<&StreamConfig>,
+    batch_size: usize,
+    batcher: &mut Batcher<'_>,
+) -> anyhow::Result<bool> {
+    let mut records = CsvRecords::new(BufReader::with_capacity(1 << 20, File::open(path)?));
+    let Some((_, header)) = records.next_record()? else {
+        return Ok(true);
+    };
+    let header = header.map_err(|reason| anyhow::anyhow!("line 1 (the header): {reason}"))?;
+    let types = csv_types(path, &header, declared);
+    let mut rows: Vec<(u64, Vec<String>)> = Vec::with_capacity(batch_size);
+    loop {
+        let record = records.next_record()?;
+        let at_end = record.is_none();
+        if let Some((line, fields)) = record {
+            match fields {
+                Ok(fields) if fields.len() == header.len() => rows.push((line, fields)),
+                Ok(fields) => batcher.reject(
+                    line,
+                    format!(
+                        "{} fields where the header has {}",
+                        fields.len(),
+                        header.len()
+                    ),
+                ),
+                Err(reason) => batcher.reject(line, reason),
+            }
+        }
+        let batch_full = rows.len() >= batch_size || (at_end && !rows.is_empty());
+        if batch_full && !send_csv_rows(&header, &types, &std::mem::take(&mut rows), batcher)? {
+            return Ok(false);
+        }
+        if at_end {
+            return Ok(true);
+        }
+    }
+}
+
+/// The type of each CSV column: as the stream declares it (text for columns it does not
+/// declare), or as Arrow infers it from the first 1000 rows when this config does not
+/// declare the stream (all text if inference fails).
+fn csv_types(path: &Path, header: &[String], declared: Option<&StreamConfig>) -> Vec<DataType> {
+    if let Some(stream) = declared {
+        return header
+            .iter()
+            .map(|name| {
+                stream
+                    .schema
+                    .iter()
+                    .find(|field| &field.name == name)
+                    .map_or(DataType::Utf8, |field| {
+                        runnel_events::arrow_type(field.field_type)
+                    })
+            })
+            .collect();
+    }
+    let inferred = File::open(path)
+        .map_err(arrow::error::ArrowError::from)
+        .and_then(|mut file| {
+            arrow::csv::reader::Format::default()
+                .with_header(true)
+                .infer_schema(&mut file, Some(1000))
+        });
+    match inferred {
+        Ok((schema, _)) if schema.fields().len() == header.len() => schema
+            .fields()
+            .iter()
+            .map(|field| field.data_type().clone())
+            .collect(),
+        Ok(_) | Err(_) => {
+            tracing::warn!(
+                file = %path.display(),
+                "could not infer the CSV column types; sending every cell as text"
+            );
+            vec![DataType::Utf8; header.len()]
+        }
+    }
+}
+
+/// Casts a batch of CSV rows to their column types and hands the rows that read to the
+/// batcher as JSON events, rejecting the others. Returns false once the receiver is gone.
+fn send_csv_rows(
+    header: &[String],
+    types: &[DataType],
+    rows: &[(u64, Vec<String>)],
+    batcher: &mut Batcher<'_>,
+) -> anyhow::Result<bool> {
+    let mut bad: Vec<Option<String>> = vec![None; rows.len()];
+    let mut fields = Vec::with_capacity(header.len());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(header.len());
+    for (column_idx, (name, data_type)) in header.iter().zip(types).enumerate() {
+        let text: arrow::array::StringArray = rows
+            .iter()
+            .map(|(_, cells)| Some(cells[column_idx].as_str()).filter(|cell| !cell.is_empty()))
+            .collect();
+        let column = cast_with_options(
+            &text,
+            data_type,
+            &arrow::compute::CastOptions {
+                safe: true,
+                ..Default::default()
+            },
+        )?;
+        for (row_idx, reason) in bad.iter_mut().enumerate() {
+            if reason.is_none() && text.is_valid(row_idx) && column.is_null(row_idx) {
+                *reason = Some(format!(
+                    "column `{name}` (column {}): `{}` is not {}",
+                    column_idx + 1,
+                    text.value(row_idx),
+                    type_name(data_type)
+                ));
+            }
+        }
+        fields.push(Field::new(name, data_type.clone(), true));
+        columns.push(column);
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let keep: arrow::array::BooleanArray =
+        bad.iter().map(|reason| Some(reason.is_none())).collect();
+    let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
+    let mut events = to_json_lines(&kept)?.into_iter();
+    for ((line, _), reason) in rows.iter().zip(bad) {
+        match reason {
+            Some(reason) => batcher.reject(*line, reason),
+            None => {
+                let event = events.next().context("one JSON event per row that reads")?;
+                if !batcher.push(event, *line) {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// A column type as messages name it: the stream schema's names where they apply.
+fn type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Int64 => "an int64".to_string(),
+        DataType::Float64 => "a float64".to_string(),
+        DataType::Boolean => "a bool".to_string(),
+        DataType::Timestamp(..) => "a timestamp".to_string(),
+        other => format!("a {other}"),
+    }
+}
+
+/// A CSV record: the line it starts on, and its fields or why they cannot be read.
+type CsvRecord = (u64, Result<Vec<String>, String>);
+
+/// The records of a CSV file, one at a time, each with the line it starts on (RFC 4180: a
+/// quoted field may hold commas, doubled quotes and line breaks). Blank lines are skipped.
+struct CsvRecords<R> {
+    reader: R,
+    /// Lines read so far.
+    line: u64,
+    buffer: Vec<u8>,
+}
+
+impl<R: BufRead> CsvRecords<R> {
+    fn new(reader: R) -> Self {
+        CsvRecords {
+            reader,
+            line: 0,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next record: its first line, and its fields or why it cannot be read (not
+    /// UTF-8, a quote left open at the end of the file).
+    fn next_record(&mut self) -> std::io::Result<Option<CsvRecord>> {
+        loop {
+            self.buffer.clear();
+            let first_line = self.line + 1;
+            let mut in_quotes = false;
+            loop {
+                let start = self.buffer.len();
+                if self.reader.read_until(b'\n', &mut self.buffer)? == 0 {
+                    break;
+                }
+                self.line += 1;
+                let quotes = self.buffer[start..]
+                    .iter()
+                    .filter(|&&byte| byte == b'"')
+                    .count();
+                in_quotes ^= quotes % 2 == 1;
+                if !in_quotes {
+                    break;
+                }
+            }
+            if self.buffer.is_empty() {
+                return Ok(None);
+            }
+            if self.buffer.trim_ascii().is_empty() {
+                continue;
+            }
+            let record = match std::str::from_utf8(&self.buffer) {
+                Err(error) => Err(format!("not UTF-8 ({error})")),
+                Ok(_) if in_quotes => Err("a quoted field is not closed".to_string()),
+                Ok(text) => Ok(split_csv_record(text.trim_end_matches(['\r', '\n']))),
+            };
+            return Ok(Some((first_line, record)));
+        }
+    }
 }
 
 /// Cuts events into batches by count and bytes.
@@ -389,10 +676,16 @@ impl<'a> Batcher<'a> {
             current: FileBatch {
                 events: Vec::with_capacity(batch_size),
                 positions: Vec::with_capacity(batch_size),
+                unreadable: Vec::new(),
             },
             current_bytes: 0,
             out,
         }
+    }
+
+    /// Records a row of the file that is not sent, with why.
+    fn reject(&mut self, position: u64, reason: String) {
+        self.current.unreadable.push((position, reason));
     }
 
     /// Adds an event; returns false once the receiver is gone (the sender stopped).
@@ -413,7 +706,7 @@ impl<'a> Batcher<'a> {
     }
 
     fn flush(&mut self) -> bool {
-        if self.current.events.is_empty() {
+        if self.current.events.is_empty() && self.current.unreadable.is_empty() {
             return true;
         }
         let batch = std::mem::replace(
@@ -421,6 +714,7 @@ impl<'a> Batcher<'a> {
             FileBatch {
                 events: Vec::with_capacity(self.batch_size),
                 positions: Vec::with_capacity(self.batch_size),
+                unreadable: Vec::new(),
             },
         );
         self.current_bytes = 0;
@@ -431,61 +725,16 @@ impl<'a> Batcher<'a> {
 /// Record batches read from a CSV or Parquet file.
 type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>;
 
-fn arrow_batches(
-    path: &Path,
-    format: FileFormat,
-    declared: Option<&StreamConfig>,
-    batch_size: usize,
-) -> anyhow::Result<BatchIter> {
-    let mut file = File::open(path)?;
-    if format == FileFormat::Parquet {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .context("read Parquet metadata")?
-            .with_batch_size(batch_size)
-            .build()?;
-        return Ok(Box::new(reader));
-    }
-    let schema: SchemaRef = match declared {
-        Some(stream) => csv_schema_of(path, stream)?,
-        None => {
-            let (schema, _) = arrow::csv::reader::Format::default()
-                .with_header(true)
-                .infer_schema(&mut file, Some(1000))
-                .context("infer the CSV schema")?;
-            file = File::open(path)?;
-            Arc::new(schema)
-        }
-    };
-    let reader = arrow::csv::ReaderBuilder::new(schema)
-        .with_header(true)
+fn parquet_batches(path: &Path, batch_size: usize) -> anyhow::Result<BatchIter> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
+        .context("read Parquet metadata")?
         .with_batch_size(batch_size)
-        .build(file)?;
+        .build()?;
     Ok(Box::new(reader))
 }
 
-/// The schema to read a CSV file of a declared stream with: the header's columns, typed as
-/// declared where the stream declares them, text otherwise.
-fn csv_schema_of(path: &Path, stream: &StreamConfig) -> anyhow::Result<SchemaRef> {
-    let mut header = String::new();
-    BufReader::new(File::open(path)?).read_line(&mut header)?;
-    let fields: Vec<Field> = split_csv_header(header.trim_end_matches(['\r', '\n']))
-        .into_iter()
-        .map(|name| {
-            let data_type = stream
-                .schema
-                .iter()
-                .find(|field| field.name == name)
-                .map_or(DataType::Utf8, |field| {
-                    runnel_events::arrow_type(field.field_type)
-                });
-            Field::new(name, data_type, true)
-        })
-        .collect();
-    Ok(Arc::new(Schema::new(fields)))
-}
-
-/// Splits a CSV header line into column names (quotes removed).
-fn split_csv_header(line: &str) -> Vec<String> {
+/// Splits a CSV record into its fields (quotes removed, doubled quotes as one).
+fn split_csv_record(line: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut current = String::new();
     let mut in_quotes = false;
@@ -601,10 +850,104 @@ mod tests {
         );
     }
 
+    /// The records of `csv` as (line, fields or reason).
+    fn records(csv: &str) -> Vec<CsvRecord> {
+        let mut records = CsvRecords::new(csv.as_bytes());
+        let mut out = Vec::new();
+        while let Some(record) = records.next_record().expect("read from memory") {
+            out.push(record);
+        }
+        out
+    }
+
     #[test]
-    fn csv_headers_split_with_quotes() {
+    fn csv_records_know_their_line() {
+        let fields = |fields: &[&str]| Ok(fields.iter().map(|field| field.to_string()).collect());
         assert_eq!(
-            split_csv_header(r#"a,"b,c","d""e",f"#),
+            records("a,b\r\n1,\"two\nlines\"\n\n3,\"x\"\"y\"\n4,\"open\n"),
+            [
+                (1, fields(&["a", "b"])),
+                (2, fields(&["1", "two\nlines"])),
+                (5, fields(&["3", "x\"y"])),
+                (6, Err("a quoted field is not closed".to_string())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_csv_cell_rejects_its_row_only() {
+        let (batches_tx, mut batches_rx) = mpsc::channel(16);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("events.csv");
+        std::fs::write(
+            &path,
+            "event_time,user_id,duration_ms\n\
+             1970-01-01T00:00:01Z,u1,5\n\
+             1970-01-01T00:00:02Z,u2,five\n\
+             yesterday,u3,7\n\
+             1970-01-01T00:00:04Z,u4\n\
+             1970-01-01T00:00:05Z,,9\n",
+        )
+        .expect("write csv");
+        let stream: StreamConfig = Config::load(&[], &Default::default())
+            .expect("default config")
+            .stream("clicks")
+            .expect("clicks is declared")
+            .clone();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                read_batches(
+                    &path,
+                    FileFormat::Csv,
+                    Some(&stream),
+                    2,
+                    1 << 20,
+                    &batches_tx,
+                )
+                .expect("the file reads");
+                drop(batches_tx);
+            });
+        });
+        let mut events = Vec::new();
+        let mut unreadable = Vec::new();
+        while let Ok(batch) = batches_rx.try_recv() {
+            events.extend(batch.positions.into_iter().zip(batch.events));
+            unreadable.extend(batch.unreadable);
+        }
+        unreadable.sort();
+        assert_eq!(
+            events,
+            [
+                (
+                    2,
+                    Bytes::from_static(br#"{"event_time":1000,"user_id":"u1","duration_ms":5}"#)
+                ),
+                (
+                    6,
+                    Bytes::from_static(br#"{"event_time":5000,"duration_ms":9}"#)
+                ),
+            ]
+        );
+        assert_eq!(
+            unreadable,
+            [
+                (
+                    3,
+                    "column `duration_ms` (column 3): `five` is not an int64".to_string()
+                ),
+                (
+                    4,
+                    "column `event_time` (column 1): `yesterday` is not a timestamp".to_string()
+                ),
+                (5, "2 fields where the header has 3".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_records_split_with_quotes() {
+        assert_eq!(
+            split_csv_record(r#"a,"b,c","d""e",f"#),
             ["a", "b,c", "d\"e", "f"]
         );
     }

@@ -488,14 +488,14 @@ fn format_record(out: &mut Vec<u8>, record: &Record) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Writes `timestamp` as RFC 3339 in UTC with milliseconds (the one formatter every runnel
+/// command prints times with), or as the number when negative (Kafka's "no timestamp" is
+/// -1) or past year 9999.
 fn format_timestamp(out: &mut Vec<u8>, timestamp: i64) -> std::io::Result<()> {
-    let time = u64::try_from(timestamp)
-        .ok()
-        .filter(|_| timestamp < MAX_RFC3339_MILLIS)
-        .and_then(|millis| UNIX_EPOCH.checked_add(Duration::from_millis(millis)));
-    match time {
-        Some(time) => write!(out, "{}", humantime::format_rfc3339_millis(time)),
-        None => write!(out, "{timestamp}"),
+    if (0..MAX_RFC3339_MILLIS).contains(&timestamp) {
+        write!(out, "{}", runnel_time::format_millis(timestamp))
+    } else {
+        write!(out, "{timestamp}")
     }
 }
 

@@ -41,7 +41,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Configuration is layered: the embedded defaults (see `runnel config`), then each
 /// `--config FILE` in order, then `RUNNEL__SECTION__KEY` environment variables, e.g.
 /// `RUNNEL__STORAGE__DATA_DIR=/tmp/runnel` or `RUNNEL__STORAGE__LOG__BACKEND=kafka`.
-/// `RUST_LOG` sets the log level (default `info`); logs go to stderr.
+/// Logs go to stderr. The services (`ingest-service`, `stream-processor`,
+/// `batch-reprocessor`, `serving`, `all`, `archive`) log at INFO; the client commands log
+/// only warnings and errors unless `-v` (INFO) or `-vv` (DEBUG); `RUST_LOG` overrides both.
+/// Colours only on a terminal, and never with `NO_COLOR` set.
 #[derive(Debug, Parser)]
 #[command(name = "runnel", version, propagate_version = true)]
 struct Cli {
@@ -55,6 +58,10 @@ struct Cli {
     /// Writes logs to stderr as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
+    /// Logs more: `-v` logs INFO from client commands, `-vv` DEBUG (services: one level
+    /// above their INFO). `RUST_LOG`, when set, decides instead.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,15 +91,24 @@ enum Command {
     /// Listens on `serving.listen` (`runnel.serving.v1.Serving`, with the standard health and
     /// reflection services). Windows ending by a batch view's horizon come from the batch
     /// view (`runnel backfill --mode recompute`), later ones from the results topics; each
-    /// job answers from its active version. Query it with `runnel query`.
+    /// job answers from its active version. Query it with `runnel query`. Prometheus metrics
+    /// on `serving.metrics-listen` (`/metrics`).
     Serving,
     /// Runs all four services in this process over one shared log, until Ctrl-C.
     ///
     /// This is the embedded default: one process, the log in `<data-dir>/log`. The log is
-    /// opened once and shared by the services. If one service fails, the others are stopped
-    /// and the error is reported.
+    /// opened once and shared by the services. It runs the config's `[[jobs]]`: by default
+    /// the example jobs of `config/jobs/` over the example stream `clicks`. A service that
+    /// fails is restarted (at most 5 times) while the others go on.
     All,
-    /// Prints the effective configuration: defaults, files and environment merged.
+    /// Prints the effective configuration: defaults, files and environment merged, with
+    /// secrets shown as "<redacted>".
+    ///
+    /// Redacted: `auth-token` values, and every value of `storage.object-store-options` and
+    /// `storage.log.kafka.properties` whose key has a word (split at `_`, `.`, `-`) that is
+    /// `key`, `token`, `secret`, `password`, `passwd`, `credential(s)`, `sas` or `signature`,
+    /// or contains `secret`, `password` or `token` (`aws_access_key_id`,
+    /// `aws_secret_access_key`, `sasl.password`, `ssl.key.pem`).
     Config,
     /// Runs one windowed SQL job over a file of events and writes its results.
     ///
@@ -143,7 +159,7 @@ enum Command {
     /// Examples: `runnel query windows --job page_views --key u1`,
     /// `runnel query window --job page_views --start 2026-11-22T10:00:00Z --all`,
     /// `runnel query topk --job page_views --start 2026-11-22T10:00:00Z --by views --k 5`,
-    /// `runnel query jobs`, `runnel query subscribe --job page_views --format json`.
+    /// `runnel query jobs`, `runnel query subscribe --job page_views --format jsonl`.
     Query(QueryArgs),
     /// Works on job results through the serving service.
     #[command(subcommand)]
@@ -159,6 +175,40 @@ enum Command {
 }
 
 impl Command {
+    /// Whether this command is a long-running service (or the demo's screen) rather than a
+    /// client command that does its work and exits.
+    fn is_service(&self) -> bool {
+        match self {
+            Command::IngestService
+            | Command::StreamProcessor
+            | Command::BatchReprocessor
+            | Command::Serving
+            | Command::All
+            | Command::Archive(_)
+            | Command::Demo(_) => true,
+            Command::Config
+            | Command::Run(_)
+            | Command::Log(_)
+            | Command::Ingest(_)
+            | Command::Backfill(_)
+            | Command::Query(_)
+            | Command::Results(_) => false,
+        }
+    }
+
+    /// The log filter when `RUST_LOG` is unset: services log state changes at INFO; client
+    /// commands and the demo (whose screen the logs would scroll away) only warnings. Each
+    /// `-v` logs one level more.
+    fn default_log_filter(&self, verbose: u8) -> &'static str {
+        const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+        let base = match self {
+            Command::Demo(_) => 1,
+            command if command.is_service() => 2,
+            _ => 1,
+        };
+        LEVELS[(base + usize::from(verbose)).min(LEVELS.len() - 1)]
+    }
+
     /// Returns the service name this command logs under.
     fn service_name(&self) -> &'static str {
         match self {
@@ -183,13 +233,18 @@ impl Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let log_filter = cli.command.default_log_filter(cli.verbose);
     if let Command::Demo(args) = cli.command {
-        runnel_server_common::init_tracing_with_default("runnel", cli.log_json, "warn");
+        runnel_server_common::init_tracing_with_default("runnel", cli.log_json, log_filter);
         let env = runnel_server_common::process_env()?;
         return demo_command::run(args, &env).await;
     }
     let config = runnel_server_common::load_config(&cli.config)?;
-    runnel_server_common::init_tracing(cli.command.service_name(), cli.log_json);
+    runnel_server_common::init_tracing_with_default(
+        cli.command.service_name(),
+        cli.log_json,
+        log_filter,
+    );
     match cli.command {
         Command::IngestService => {
             let shutdown = shutdown_on_signal()?;
@@ -370,9 +425,11 @@ where
     }
 }
 
-/// Prints `config` in Rust's debug notation (`Config` is deserialize-only).
+/// Prints `config` in Rust's debug notation (`Config` is deserialize-only), its secrets
+/// redacted.
 fn print_config(config: &Config) -> anyhow::Result<()> {
     use std::io::Write;
+    let config = redact_secrets(config);
     let mut stdout = std::io::stdout().lock();
     match writeln!(stdout, "{config:#?}") {
         Ok(()) => Ok(()),
@@ -380,6 +437,60 @@ fn print_config(config: &Config) -> anyhow::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(error) => Err(anyhow::Error::new(error).context("write to stdout")),
     }
+}
+
+/// What `runnel config` prints instead of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// `config` with its secrets replaced by [`REDACTED`]: the services' `auth-token`s, and the
+/// options of the object store and of Kafka whose key names a secret ([`is_secret_key`]).
+fn redact_secrets(config: &Config) -> Config {
+    let mut config = config.clone();
+    for token in [
+        &mut config.ingest.auth_token,
+        &mut config.serving.auth_token,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *token = REDACTED.to_string();
+    }
+    for options in [
+        &mut config.storage.object_store_options,
+        &mut config.storage.log.kafka.properties,
+    ] {
+        for (key, value) in options.iter_mut() {
+            if is_secret_key(key) {
+                *value = REDACTED.to_string();
+            }
+        }
+    }
+    config
+}
+
+/// Whether an option's key names a secret: one of its words (split at anything but letters
+/// and digits) is `key`, `token`, `secret`, `password`, `passwd`, `credential(s)`, `sas` or
+/// `signature`, or the key contains `secret`, `password` or `token` anywhere. When in doubt
+/// this hides: `ssl.key.location` is a path, and redacted too.
+fn is_secret_key(key: &str) -> bool {
+    const WORDS: [&str; 9] = [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "credential",
+        "credentials",
+        "sas",
+        "signature",
+    ];
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token"]
+        .iter()
+        .any(|part| key.contains(part))
+        || key
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| WORDS.contains(&word))
 }
 
 #[cfg(test)]
@@ -417,6 +528,87 @@ mod tests {
     }
 
     #[test]
+    fn client_commands_log_warnings_and_services_info_unless_verbose() {
+        let filter = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).expect("valid flags");
+            cli.command.default_log_filter(cli.verbose)
+        };
+        assert_eq!(filter(&["runnel", "config"]), "warn");
+        assert_eq!(filter(&["runnel", "query", "jobs"]), "warn");
+        assert_eq!(filter(&["runnel", "-v", "query", "jobs"]), "info");
+        assert_eq!(filter(&["runnel", "query", "jobs", "-vv"]), "debug");
+        assert_eq!(filter(&["runnel", "all"]), "info");
+        assert_eq!(filter(&["runnel", "serving", "-v"]), "debug");
+        assert_eq!(filter(&["runnel", "archive"]), "info");
+        assert_eq!(filter(&["runnel", "demo"]), "warn");
+        assert_eq!(filter(&["runnel", "-vvvvv", "all"]), "trace");
+    }
+
+    #[test]
+    fn secret_keys_are_recognised() {
+        for secret in [
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "AWS_SESSION_TOKEN",
+            "azure_storage_account_key",
+            "google_service_account_key",
+            "sasl.password",
+            "ssl.key.password",
+            "sasl.oauthbearer.client.secret",
+            "ssl.key.pem",
+            "azure_storage_sas_key",
+            "bearer_token",
+            "private-key",
+        ] {
+            assert!(is_secret_key(secret), "{secret}");
+        }
+        for plain in [
+            "aws_region",
+            "aws_endpoint",
+            "aws_allow_http",
+            "bucket",
+            "security.protocol",
+            "sasl.mechanism",
+            "sasl.username",
+            "keyspace",
+        ] {
+            assert!(!is_secret_key(plain), "{plain}");
+        }
+    }
+
+    #[test]
+    fn config_printout_redacts_secrets() {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let file = dir.path().join("secrets.toml");
+        std::fs::write(
+            &file,
+            r#"
+[storage.object-store-options]
+aws_access_key_id = "AKIAS3CR3T"
+aws_secret_access_key = "aws-s3cr3t"
+aws_region = "eu-west-1"
+[storage.log.kafka.properties]
+"sasl.password" = "kafka-s3cr3t"
+"security.protocol" = "SASL_SSL"
+"#,
+        )
+        .expect("write config");
+        let env = [
+            ("RUNNEL__INGEST__AUTH_TOKEN", "ingest-s3cr3t"),
+            ("RUNNEL__SERVING__AUTH_TOKEN", "serving-s3cr3t"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+        let config = Config::load(&[file], &env).expect("valid config");
+        let printed = format!("{:#?}", redact_secrets(&config));
+        assert!(!printed.to_lowercase().contains("s3cr3t"), "{printed}");
+        assert_eq!(printed.matches("\"<redacted>\"").count(), 5, "{printed}");
+        assert!(printed.contains("\"eu-west-1\""), "{printed}");
+        assert!(printed.contains("\"SASL_SSL\""), "{printed}");
+    }
+
+    #[test]
     fn a_subcommand_is_required() {
         assert!(Cli::try_parse_from(["runnel"]).is_err());
     }
@@ -436,6 +628,14 @@ mod tests {
             ),
             (
                 "RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+            (
+                "RUNNEL__SERVING__LISTEN".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+            (
+                "RUNNEL__SERVING__METRICS_LISTEN".to_string(),
                 "127.0.0.1:0".to_string(),
             ),
         ]

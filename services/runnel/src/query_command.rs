@@ -1,13 +1,16 @@
 //! `runnel query …` and `runnel results export`: the serving service's client.
 //!
-//! Each call prints a table (key, window, the job's columns, result version, final, which
-//! view answered) or, with `--format json`, one JSON object per window. `results export`
-//! streams every current result of a job version into a Parquet or JSONL file.
+//! Each call prints an aligned table (key, window, the job's columns, result version, final,
+//! which view answered), or with `--format json` one JSON array of objects, or with
+//! `--format jsonl` one JSON object per line: all through [`RowPrinter`]. Times are RFC 3339
+//! with `Z`. `results export` streams every current result of a job version into a Parquet
+//! or JSONL file.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arrow::array::{
@@ -18,22 +21,169 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use runnel_config::Config;
-use runnel_events::validate::format_millis;
 use runnel_serving::proto::serving_client::ServingClient;
 use runnel_serving::proto::{self, value::Kind};
+use runnel_time::format_millis;
 use serde_json::{Map, Value as Json, json};
 
-use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
-
 use crate::backfill_command::parse_time;
+use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
     /// An aligned table.
     Table,
-    /// One JSON object per window (JSON lines).
+    /// One JSON array of objects (for `subscribe`, closed when it stops).
     Json,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// How long `query subscribe` waits for a first update (and again after each one) before it
+/// says on stderr what it is waiting for.
+const SUBSCRIBE_HINT_AFTER: Duration = Duration::from_secs(5);
+
+/// The width of a time as printed (`2026-11-22T10:00:00.000Z`).
+const TIME_WIDTH: usize = 24;
+
+/// Prints rows as a table, a JSON array or JSON lines: the one formatting helper of
+/// `runnel query`.
+///
+/// Callers give each row both ways, [`RowPrinter::cells`] for the table and
+/// [`RowPrinter::object`] for JSON, and the printer uses the one its format needs. A table
+/// is aligned: held until [`RowPrinter::finish`] and printed with each column as wide as its
+/// widest cell; or, made with [`RowPrinter::streaming`], printed row by row, the header
+/// before the first and again whenever a cell is wider than its column so far (columns then
+/// widen with some room to spare), so that every row lines up with the header above it.
+pub(crate) struct RowPrinter<W: Write> {
+    out: W,
+    format: Format,
+    header: Vec<String>,
+    widths: Vec<usize>,
+    streaming: bool,
+    /// Whether a streaming table has printed its header with the current widths.
+    header_printed: bool,
+    /// Table rows held until `finish`, when not streaming.
+    held: Vec<Vec<String>>,
+    /// JSON objects written so far.
+    n_objects: usize,
+}
+
+impl<W: Write> RowPrinter<W> {
+    /// A printer that prints everything at [`RowPrinter::finish`] (JSON lines at once).
+    pub(crate) fn new(out: W, format: Format, header: Vec<String>) -> RowPrinter<W> {
+        let widths = header.iter().map(|name| name.chars().count()).collect();
+        RowPrinter {
+            out,
+            format,
+            header,
+            widths,
+            streaming: false,
+            header_printed: false,
+            held: Vec::new(),
+            n_objects: 0,
+        }
+    }
+
+    /// A printer for rows that come one at a time: each is printed (and flushed) as it
+    /// comes. A table's columns start at least `min_widths` wide.
+    pub(crate) fn streaming(
+        out: W,
+        format: Format,
+        header: Vec<String>,
+        min_widths: &[usize],
+    ) -> RowPrinter<W> {
+        let mut printer = RowPrinter::new(out, format, header);
+        printer.streaming = true;
+        for (width, min) in printer.widths.iter_mut().zip(min_widths) {
+            *width = (*width).max(*min);
+        }
+        printer
+    }
+
+    /// Adds a row as the table prints it; ignored by the JSON formats.
+    pub(crate) fn cells(&mut self, cells: Vec<String>) -> std::io::Result<()> {
+        if self.format != Format::Table {
+            return Ok(());
+        }
+        if !self.streaming {
+            self.held.push(cells);
+            return Ok(());
+        }
+        for (width, cell) in self.widths.iter_mut().zip(&cells) {
+            let cell_width = cell.chars().count();
+            if cell_width > *width {
+                // Room for the next few wider cells, so that the header rarely repeats.
+                *width = cell_width.next_multiple_of(4);
+                self.header_printed = false;
+            }
+        }
+        if !self.header_printed {
+            self.print_header()?;
+            self.header_printed = true;
+        }
+        let line = self.line(&cells);
+        writeln!(self.out, "{line}")?;
+        self.out.flush()
+    }
+
+    /// Adds a row as JSON prints it; ignored by the table.
+    pub(crate) fn object(&mut self, object: &Json) -> std::io::Result<()> {
+        match self.format {
+            Format::Table => return Ok(()),
+            Format::Jsonl => writeln!(self.out, "{object}")?,
+            Format::Json => {
+                let separator = if self.n_objects == 0 { "[" } else { "," };
+                writeln!(self.out, "{separator}")?;
+                write!(self.out, "{object}")?;
+            }
+        }
+        self.n_objects += 1;
+        if self.streaming {
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Prints what is held (a table) or closes what is open (a JSON array).
+    pub(crate) fn finish(mut self) -> std::io::Result<()> {
+        match self.format {
+            Format::Table if !self.streaming => {
+                for row in &self.held {
+                    for (width, cell) in self.widths.iter_mut().zip(row) {
+                        *width = (*width).max(cell.chars().count());
+                    }
+                }
+                self.print_header()?;
+                for row in std::mem::take(&mut self.held) {
+                    let line = self.line(&row);
+                    writeln!(self.out, "{line}")?;
+                }
+            }
+            Format::Table | Format::Jsonl => {}
+            Format::Json if self.n_objects == 0 => writeln!(self.out, "[]")?,
+            Format::Json => writeln!(self.out, "\n]")?,
+        }
+        self.out.flush()
+    }
+
+    fn print_header(&mut self) -> std::io::Result<()> {
+        let line = self.line(&self.header);
+        writeln!(self.out, "{line}")
+    }
+
+    /// Cells padded to the column widths, two spaces apart.
+    fn line(&self, cells: &[String]) -> String {
+        cells
+            .iter()
+            .zip(&self.widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    }
 }
 
 /// Arguments of `runnel query`.
@@ -41,7 +191,7 @@ pub(crate) enum Format {
 pub(crate) struct QueryArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// Output format.
+    /// Output format: an aligned table, a JSON array, or JSON lines.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     format: Format,
     #[command(subcommand)]
@@ -64,7 +214,8 @@ enum QueryCall {
         #[arg(long, value_parser = parse_time)]
         to: Option<i64>,
     },
-    /// Every key of one window, a page at a time (GetWindow).
+    /// Every key of one window, a page at a time (GetWindow); the next page's token is
+    /// printed on stderr.
     Window {
         #[arg(long)]
         job: String,
@@ -77,7 +228,7 @@ enum QueryCall {
         /// The token a previous page printed, for the next page.
         #[arg(long, default_value = "")]
         page_token: String,
-        /// Fetches every page.
+        /// Fetches every page, printed as one table (or one JSON array).
         #[arg(long)]
         all: bool,
     },
@@ -100,6 +251,11 @@ enum QueryCall {
     /// Each job: versions, the active one, watermark, lag and batch horizon (ListJobs).
     Jobs,
     /// Live updates of a job's results until Ctrl-C (Subscribe).
+    ///
+    /// A window's result comes once the watermark (the least event time over every source
+    /// partition, less the job's max-out-of-orderness) passes its end, or earlier with the
+    /// job's early-emit-interval. After 5 s without an update, stderr says what it waits
+    /// for.
     Subscribe {
         #[arg(long)]
         job: String,
@@ -214,26 +370,15 @@ fn window_json(columns: &[String], window: &proto::WindowResult) -> Json {
     Json::Object(object)
 }
 
-/// Prints windows as a table or JSON lines.
+/// Prints windows in `format` through a [`RowPrinter`].
 fn print_windows(
-    out: &mut impl Write,
-    format: Format,
+    printer: &mut RowPrinter<impl Write>,
     columns: &[String],
     windows: &[proto::WindowResult],
-) -> anyhow::Result<()> {
-    match format {
-        Format::Json => {
-            for window in windows {
-                writeln!(out, "{}", window_json(columns, window))?;
-            }
-        }
-        Format::Table => {
-            let rows: Vec<Vec<String>> = windows
-                .iter()
-                .map(|window| table_row(columns, window))
-                .collect();
-            print_table(out, &table_header(columns), &rows)?;
-        }
+) -> std::io::Result<()> {
+    for window in windows {
+        printer.cells(table_row(columns, window))?;
+        printer.object(&window_json(columns, window))?;
     }
     Ok(())
 }
@@ -268,39 +413,22 @@ fn table_row(columns: &[String], window: &proto::WindowResult) -> Vec<String> {
     row
 }
 
-fn print_table(
-    out: &mut impl Write,
-    header: &[String],
-    rows: &[Vec<String>],
-) -> anyhow::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|name| name.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[String]| -> String {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    writeln!(out, "{}", line(header))?;
-    for row in rows {
-        writeln!(out, "{}", line(row))?;
-    }
-    Ok(())
+/// The least widths of the table's columns before any row: times are as wide as printed.
+fn table_min_widths(header: &[String]) -> Vec<usize> {
+    header
+        .iter()
+        .map(|name| match name.as_str() {
+            "window_start" | "window_end" => TIME_WIDTH,
+            _ => 0,
+        })
+        .collect()
 }
 
 /// Runs `runnel query …`.
 pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Result<()> {
     let mut client = connect_serving(config, &args.client).await?;
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let format = args.format;
     match args.call {
         QueryCall::Windows { job, key, from, to } => {
             let answer = client
@@ -313,7 +441,10 @@ pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Resul
                 .await
                 .map_err(|status| refused("QueryWindows", status))?
                 .into_inner();
-            print_windows(&mut out, args.format, &answer.column_names, &answer.windows)?;
+            let columns = &answer.column_names;
+            let mut printer = RowPrinter::new(stdout.lock(), format, table_header(columns));
+            print_windows(&mut printer, columns, &answer.windows)?;
+            printer.finish()?;
         }
         QueryCall::Window {
             job,
@@ -321,35 +452,41 @@ pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Resul
             page_size,
             mut page_token,
             all,
-        } => loop {
-            let page = client
-                .get_window(proto::GetWindowRequest {
-                    job: job.clone(),
-                    window_start_ms: start,
-                    page_size,
-                    page_token: page_token.clone(),
-                })
-                .await
-                .map_err(|status| refused("GetWindow", status))?
-                .into_inner();
-            print_windows(&mut out, args.format, &page.column_names, &page.windows)?;
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            if !all {
-                if args.format == Format::Table {
-                    writeln!(out, "next page: --page-token {}", page.next_page_token)?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({ "next_page_token": page.next_page_token })
-                    )?;
+        } => {
+            // Every page goes to one printer: one header, one alignment, one JSON array.
+            let mut printer: Option<RowPrinter<_>> = None;
+            loop {
+                let page = client
+                    .get_window(proto::GetWindowRequest {
+                        job: job.clone(),
+                        window_start_ms: start,
+                        page_size,
+                        page_token: page_token.clone(),
+                    })
+                    .await
+                    .map_err(|status| refused("GetWindow", status))?
+                    .into_inner();
+                let printer = printer.get_or_insert_with(|| {
+                    RowPrinter::new(stdout.lock(), format, table_header(&page.column_names))
+                });
+                print_windows(printer, &page.column_names, &page.windows)?;
+                if page.next_page_token.is_empty() {
+                    break;
                 }
-                break;
+                if !all {
+                    // On stderr, so that stdout holds nothing but rows in the asked-for format.
+                    eprintln!(
+                        "next page: --page-token {} (or --all for every page)",
+                        page.next_page_token
+                    );
+                    break;
+                }
+                page_token = page.next_page_token;
             }
-            page_token = page.next_page_token;
-        },
+            if let Some(printer) = printer {
+                printer.finish()?;
+            }
+        }
         QueryCall::Topk {
             job,
             start,
@@ -368,7 +505,10 @@ pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Resul
                 .await
                 .map_err(|status| refused("TopK", status))?
                 .into_inner();
-            print_windows(&mut out, args.format, &answer.column_names, &answer.windows)?;
+            let columns = &answer.column_names;
+            let mut printer = RowPrinter::new(stdout.lock(), format, table_header(columns));
+            print_windows(&mut printer, columns, &answer.windows)?;
+            printer.finish()?;
         }
         QueryCall::Jobs => {
             let jobs = client
@@ -377,114 +517,160 @@ pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Resul
                 .map_err(|status| refused("ListJobs", status))?
                 .into_inner()
                 .jobs;
-            print_jobs(&mut out, args.format, &jobs)?;
+            print_jobs(stdout.lock(), format, &jobs)?;
         }
         QueryCall::Subscribe { job, key } => {
-            let columns = column_names(&mut client, &job, None).await?;
-            let mut updates = client
-                .subscribe(proto::SubscribeRequest {
-                    job,
-                    key: key.unwrap_or_default(),
-                })
-                .await
-                .map_err(|status| refused("Subscribe", status))?
-                .into_inner();
-            if args.format == Format::Table {
-                writeln!(out, "{}", table_header(&columns).join("  "))?;
-            }
-            out.flush()?;
-            drop(out);
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    update = updates.next() => {
-                        let Some(update) = update else { break };
-                        let update = update.map_err(|status| refused("Subscribe", status))?;
-                        let mut out = std::io::stdout().lock();
-                        // One line per update as it comes: a table is not aligned.
-                        match args.format {
-                            Format::Json => writeln!(out, "{}", window_json(&columns, &update))?,
-                            Format::Table => {
-                                writeln!(out, "{}", table_row(&columns, &update).join("  "))?;
-                            }
-                        }
-                        out.flush()?;
-                    }
-                }
-            }
+            subscribe(&mut client, format, job, key).await?;
         }
     }
     Ok(())
 }
 
-fn print_jobs(out: &mut impl Write, format: Format, jobs: &[proto::JobInfo]) -> anyhow::Result<()> {
-    let optional_time = |millis: Option<i64>| millis.map_or_else(|| "-".to_string(), format_millis);
-    match format {
-        Format::Json => {
-            for job in jobs {
-                let versions: Vec<Json> = job
-                    .versions
-                    .iter()
-                    .map(|version| {
-                        json!({
-                            "version": version.version,
-                            "watermark": version.watermark_ms.map(format_millis),
-                            "lag_records": version.lag_records,
-                            "batch_horizon": version.batch_horizon_ms.map(format_millis),
-                            "speed_windows": version.speed_windows,
-                            "batch_windows": version.batch_windows,
-                            "ready": version.ready,
-                            "failure": version.failure,
-                            "columns": version.column_names,
-                        })
-                    })
-                    .collect();
-                writeln!(
-                    out,
-                    "{}",
-                    json!({ "job": job.name, "active_version": job.active_version, "versions": versions })
-                )?;
+/// `runnel query subscribe`: prints updates as they come until Ctrl-C or the service ends
+/// the stream, and says on stderr what it waits for when nothing comes.
+async fn subscribe(
+    client: &mut ServingClient<Connection>,
+    format: Format,
+    job: String,
+    key: Option<String>,
+) -> anyhow::Result<()> {
+    let columns = column_names(client, &job, None).await?;
+    let key_filter = key.clone();
+    let mut updates = client
+        .subscribe(proto::SubscribeRequest {
+            job: job.clone(),
+            key: key.unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| refused("Subscribe", status))?
+        .into_inner();
+    let header = table_header(&columns);
+    let min_widths = table_min_widths(&header);
+    let mut printer = RowPrinter::streaming(std::io::stdout(), format, header, &min_widths);
+    let mut hint_at = Some(tokio::time::Instant::now() + SUBSCRIBE_HINT_AFTER);
+    loop {
+        let hint_due = async {
+            match hint_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            () = hint_due => {
+                hint_at = None;
+                let hint = waiting_hint(client, &job, key_filter.as_deref()).await;
+                eprintln!("{hint}");
+            }
+            update = updates.next() => {
+                let Some(update) = update else { break };
+                let update = update.map_err(|status| refused("Subscribe", status))?;
+                printer.cells(table_row(&columns, &update))?;
+                printer.object(&window_json(&columns, &update))?;
+                hint_at = Some(tokio::time::Instant::now() + SUBSCRIBE_HINT_AFTER);
             }
         }
-        Format::Table => {
-            let header = [
-                "job",
-                "version",
-                "active",
-                "watermark",
-                "lag",
-                "batch_horizon",
-                "speed",
-                "batch",
-                "ready",
-                "state",
-            ]
-            .map(String::from);
-            let rows: Vec<Vec<String>> = jobs
-                .iter()
-                .flat_map(|job| {
-                    job.versions.iter().map(|version| {
-                        vec![
-                            job.name.clone(),
-                            version.version.to_string(),
-                            (version.version == job.active_version).to_string(),
-                            optional_time(version.watermark_ms),
-                            version.lag_records.to_string(),
-                            optional_time(version.batch_horizon_ms),
-                            version.speed_windows.to_string(),
-                            version.batch_windows.to_string(),
-                            version.ready.to_string(),
-                            match &version.failure {
-                                Some(failure) => format!("FAILED: {failure}"),
-                                None => "ok".to_string(),
-                            },
-                        ]
-                    })
+    }
+    printer.finish()?;
+    Ok(())
+}
+
+/// One line on what `query subscribe` is waiting for: the rule, and the job's progress as
+/// ListJobs reports it (serving reports the least watermark over the job's partitions, not
+/// each partition's).
+async fn waiting_hint(
+    client: &mut ServingClient<Connection>,
+    job: &str,
+    key: Option<&str>,
+) -> String {
+    let of_key = key.map_or_else(String::new, |key| format!(" for key {key}"));
+    let rule = format!(
+        "waiting for results of `{job}`{of_key}: a window's result comes once the watermark of every source partition (its latest event time less the job's max-out-of-orderness) has passed the window's end, or earlier with the job's early-emit-interval"
+    );
+    let jobs = match client.list_jobs(proto::ListJobsRequest {}).await {
+        Ok(answer) => answer.into_inner().jobs,
+        Err(status) => return format!("{rule} (ListJobs: {})", status.message()),
+    };
+    let Some(version) = jobs.iter().find(|info| info.name == job).and_then(|info| {
+        info.versions
+            .iter()
+            .find(|version| version.version == info.active_version)
+    }) else {
+        return rule;
+    };
+    let progress = match (&version.failure, version.watermark_ms) {
+        (Some(failure), _) => format!("version {} FAILED: {failure}", version.version),
+        (None, None) => format!(
+            "version {} has no watermark yet: no task has checkpointed an event; {} records wait",
+            version.version, version.lag_records
+        ),
+        (None, Some(watermark)) => format!(
+            "version {}'s watermark is {} with {} records not yet processed; a partition that gets no new events holds it back (the job's idle-timeout lets it go)",
+            version.version,
+            format_millis(watermark),
+            version.lag_records
+        ),
+    };
+    format!("{rule}; {progress}")
+}
+
+fn print_jobs(out: impl Write, format: Format, jobs: &[proto::JobInfo]) -> anyhow::Result<()> {
+    let optional_time = |millis: Option<i64>| millis.map_or_else(|| "-".to_string(), format_millis);
+    let header = [
+        "job",
+        "version",
+        "active",
+        "watermark",
+        "lag",
+        "batch_horizon",
+        "speed",
+        "batch",
+        "ready",
+        "state",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut printer = RowPrinter::new(out, format, header);
+    for job in jobs {
+        let versions: Vec<Json> = job
+            .versions
+            .iter()
+            .map(|version| {
+                json!({
+                    "version": version.version,
+                    "watermark": version.watermark_ms.map(format_millis),
+                    "lag_records": version.lag_records,
+                    "batch_horizon": version.batch_horizon_ms.map(format_millis),
+                    "speed_windows": version.speed_windows,
+                    "batch_windows": version.batch_windows,
+                    "ready": version.ready,
+                    "failure": version.failure,
+                    "columns": version.column_names,
                 })
-                .collect();
-            print_table(out, &header, &rows)?;
+            })
+            .collect();
+        printer.object(
+            &json!({ "job": job.name, "active_version": job.active_version, "versions": versions }),
+        )?;
+        for version in &job.versions {
+            printer.cells(vec![
+                job.name.clone(),
+                version.version.to_string(),
+                (version.version == job.active_version).to_string(),
+                optional_time(version.watermark_ms),
+                version.lag_records.to_string(),
+                optional_time(version.batch_horizon_ms),
+                version.speed_windows.to_string(),
+                version.batch_windows.to_string(),
+                version.ready.to_string(),
+                match &version.failure {
+                    Some(failure) => format!("FAILED: {failure}"),
+                    None => "ok".to_string(),
+                },
+            ])?;
         }
     }
+    printer.finish()?;
     Ok(())
 }
 
@@ -699,4 +885,123 @@ fn write_parquet(
         .close()
         .with_context(|| format!("write {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Vec<String> {
+        ["key", "window_start", "views", "version", "final", "source"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    fn row(key: &str, views: i64) -> (Vec<String>, Json) {
+        let cells = vec![
+            key.to_string(),
+            format_millis(1_795_341_600_000),
+            views.to_string(),
+            "1".to_string(),
+            "true".to_string(),
+            "speed".to_string(),
+        ];
+        (cells, json!({ "key": key, "views": views }))
+    }
+
+    /// Prints `rows` as `format`, streaming or not.
+    fn printed(format: Format, streaming: bool, rows: &[(&str, i64)]) -> String {
+        let mut out = Vec::new();
+        let mut printer = if streaming {
+            let min_widths = table_min_widths(&header());
+            RowPrinter::streaming(&mut out, format, header(), &min_widths)
+        } else {
+            RowPrinter::new(&mut out, format, header())
+        };
+        for (key, views) in rows {
+            let (cells, object) = row(key, *views);
+            printer.cells(cells).expect("print");
+            printer.object(&object).expect("print");
+        }
+        printer.finish().expect("finish");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    /// Checks that every row's cells start where the columns of the header above it start.
+    #[track_caller]
+    fn check_aligned(table: &str) {
+        let starts = |line: &str| -> Vec<usize> {
+            let bytes = line.as_bytes();
+            (0..bytes.len())
+                .filter(|&idx| bytes[idx] != b' ' && (idx == 0 || bytes[idx - 1] == b' '))
+                .collect()
+        };
+        let mut header_starts = Vec::new();
+        for line in table.lines() {
+            if line.starts_with("key ") {
+                header_starts = starts(line);
+                continue;
+            }
+            assert!(
+                !header_starts.is_empty(),
+                "a row before any header:\n{table}"
+            );
+            assert_eq!(starts(line), header_starts, "not aligned:\n{table}");
+        }
+    }
+
+    #[test]
+    fn tables_line_up_with_their_header() {
+        let rows = [
+            (r#"["u1"]"#, 2),
+            (r#"["a-much-longer-key"]"#, 1234567),
+            (r#"["u2"]"#, 3),
+        ];
+        let table = printed(Format::Table, false, &rows);
+        check_aligned(&table);
+        assert_eq!(table.lines().count(), 4, "{table}");
+        expect_line(
+            &table,
+            0,
+            "key                    window_start              views    version  final  source",
+        );
+        let streamed = printed(Format::Table, true, &rows);
+        check_aligned(&streamed);
+        assert!(
+            streamed
+                .lines()
+                .filter(|line| line.starts_with("key "))
+                .count()
+                <= 2,
+            "the header repeats only when a column widens:\n{streamed}"
+        );
+        // Short keys never widen past the first row's room.
+        let streamed = printed(Format::Table, true, &[(r#"["u1"]"#, 1), (r#"["u10"]"#, 22)]);
+        check_aligned(&streamed);
+        assert_eq!(streamed.lines().count(), 3, "{streamed}");
+    }
+
+    #[track_caller]
+    fn expect_line(text: &str, index: usize, expect: &str) {
+        assert_eq!(text.lines().nth(index), Some(expect), "{text}");
+    }
+
+    #[test]
+    fn json_is_one_array_and_jsonl_one_object_per_line() {
+        for streaming in [false, true] {
+            let json = printed(Format::Json, streaming, &[("a", 1), ("b", 2)]);
+            let parsed: Json = serde_json::from_str(&json).expect("one JSON document");
+            assert_eq!(
+                parsed,
+                json!([{ "key": "a", "views": 1 }, { "key": "b", "views": 2 }])
+            );
+            assert_eq!(printed(Format::Json, streaming, &[]), "[]\n");
+            let jsonl = printed(Format::Jsonl, streaming, &[("a", 1), ("b", 2)]);
+            assert_eq!(
+                jsonl,
+                "{\"key\":\"a\",\"views\":1}\n{\"key\":\"b\",\"views\":2}\n"
+            );
+            assert_eq!(printed(Format::Jsonl, streaming, &[]), "");
+        }
+    }
 }

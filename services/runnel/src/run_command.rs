@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use arrow::array::{RecordBatch, RecordBatchReader};
+use arrow::array::{AsArray, RecordBatch, RecordBatchReader};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
@@ -197,7 +197,7 @@ impl OutputFile {
         for batch in batches {
             match self {
                 OutputFile::Parquet(writer) => writer.write(batch)?,
-                OutputFile::Jsonl(writer) => writer.write(batch)?,
+                OutputFile::Jsonl(writer) => writer.write(&times_as_rfc3339(batch)?)?,
             }
         }
         Ok(())
@@ -212,6 +212,49 @@ impl OutputFile {
         }
         Ok(())
     }
+}
+
+/// Replaces every timestamp column by its text in RFC 3339 with `Z` (runnel's one format
+/// for times, `runnel_time::format_millis`), which Arrow's JSON writer would print
+/// without a zone.
+fn times_as_rfc3339(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    let schema = batch.schema();
+    if !schema
+        .fields()
+        .iter()
+        .any(|field| matches!(field.data_type(), DataType::Timestamp(..)))
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        let DataType::Timestamp(_, zone) = field.data_type() else {
+            fields.push(field.as_ref().clone());
+            columns.push(Arc::clone(column));
+            continue;
+        };
+        let millis = arrow::compute::cast(
+            column,
+            &DataType::Timestamp(TimeUnit::Millisecond, zone.clone()),
+        )?;
+        let millis = arrow::compute::cast(&millis, &DataType::Int64)?;
+        let text: arrow::array::StringArray = millis
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .iter()
+            .map(|millis| millis.map(runnel_time::format_millis))
+            .collect();
+        fields.push(Field::new(
+            field.name(),
+            DataType::Utf8,
+            field.is_nullable(),
+        ));
+        columns.push(Arc::new(text) as arrow::array::ArrayRef);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// `results.jsonl` -> `results.late.jsonl`.
@@ -307,16 +350,21 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     write(operator.finish()?, n_events)?;
     results_file.finish()?;
     late_file.finish()?;
-    tracing::info!(
-        events = n_events,
-        results = n_results,
-        late_events = n_late,
-        rejected = n_errors,
-        results_file = %args.out.display(),
-        late_file = %late_out.display(),
-        "job run finished"
-    );
-    Ok(())
+    print_summary(&format!(
+        "{n_events} events: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected",
+        args.out.display(),
+        late_out.display()
+    ))
+}
+
+/// Prints what the run wrote, on stdout (logs at INFO are for `-v`).
+fn print_summary(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error).context("write to stdout")),
+    }
 }
 
 /// `--mode recompute`: the batch plan over the whole file; every event counts.
@@ -353,17 +401,57 @@ fn run_recompute(
     let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
     results_file.write(&results)?;
     results_file.finish()?;
-    tracing::info!(
-        results = results.iter().map(RecordBatch::num_rows).sum::<usize>(),
-        results_file = %args.out.display(),
-        "job recompute finished"
-    );
-    Ok(())
+    print_summary(&format!(
+        "{} results to {}",
+        results.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        args.out.display()
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jsonl_times_are_rfc3339_with_a_zone() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new(
+                "seen",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+02:00".into())),
+                true,
+            ),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(arrow::array::TimestampMillisecondArray::from(vec![
+                    1_795_341_600_000,
+                ])),
+                Arc::new(
+                    arrow::array::TimestampMicrosecondArray::from(vec![Some(1_500)])
+                        .with_timezone("+02:00"),
+                ),
+                Arc::new(arrow::array::Int64Array::from(vec![3])),
+            ],
+        )
+        .expect("batch");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("r.jsonl");
+        let mut file =
+            OutputFile::create(&path, FileFormat::Jsonl, batch.schema()).expect("create");
+        file.write(&[batch]).expect("write");
+        file.finish().expect("finish");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"window_start\":\"2026-11-22T10:00:00.000Z\",\"seen\":\"1970-01-01T00:00:00.001Z\",\"n\":3}\n"
+        );
+    }
 
     #[test]
     fn late_events_go_beside_the_results() {

@@ -156,6 +156,7 @@ run-archiver = false
 metrics-listen = "127.0.0.1:0"
 [serving]
 listen = "{serving_listen}"
+metrics-listen = "127.0.0.1:0"
 {query_stream}{e2e_stream}
 [[jobs]]
 name = "{QUERY_JOB}"

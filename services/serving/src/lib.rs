@@ -13,10 +13,14 @@
 //! - The active version of each job is `jobs/<job>/active.json` (written by a replay backfill
 //!   that caught up), else the lowest declared; looked up every `serving.view-poll-interval`
 //!   and switched in one store, so a query sees one version or the other.
+//!
+//! Prometheus metrics (queries by method and code, their latency, subscribers, view sizes)
+//! are served apart, on `serving.metrics-listen` (`GET /metrics`).
 #![warn(missing_docs)]
 
 mod follow;
 mod grpc;
+mod metrics;
 mod views;
 
 use std::collections::BTreeMap;
@@ -93,6 +97,17 @@ pub enum ServingError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The metrics address could not be bound.
+    #[error("listen on {address} (serving.metrics-listen): {source}")]
+    MetricsListen {
+        /// `serving.metrics-listen`.
+        address: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The metrics endpoint failed while serving.
+    #[error("serve metrics: {0}")]
+    MetricsServe(#[source] std::io::Error),
     /// The reflection service could not be built.
     #[error("reflection: {0}")]
     Reflection(String),
@@ -112,17 +127,18 @@ pub struct BoundServing {
     log: Arc<dyn Log>,
     store: Arc<dyn ObjectStore>,
     jobs: Arc<Jobs>,
+    metrics_server: metrics::MetricsServer,
     shutdown: CancellationToken,
 }
 
 /// Compiles every declared job version, ensures its results topic, and binds
-/// `config.serving.listen` (port 0 picks a free port); [`BoundServing::serve`] then serves
-/// until `shutdown` is cancelled.
+/// `config.serving.listen` and `config.serving.metrics-listen` (port 0 picks a free port);
+/// [`BoundServing::serve`] then serves until `shutdown` is cancelled.
 ///
 /// # Errors
 ///
 /// [`ServingError::OpenStore`], [`ServingError::Job`], [`ServingError::Log`],
-/// [`ServingError::Listen`].
+/// [`ServingError::Listen`], [`ServingError::MetricsListen`].
 pub async fn bind(
     config: &Config,
     log: Arc<dyn Log>,
@@ -192,6 +208,7 @@ pub async fn bind(
         .await
         .map_err(listen_error)?;
     let local_addr = listener.local_addr().map_err(listen_error)?;
+    let metrics_server = metrics::MetricsServer::bind(&config.serving.metrics_listen).await?;
     Ok(BoundServing {
         local_addr,
         listener,
@@ -199,6 +216,7 @@ pub async fn bind(
         log,
         store,
         jobs: Arc::new(jobs),
+        metrics_server,
         shutdown,
     })
 }
@@ -209,6 +227,11 @@ impl BoundServing {
         self.local_addr
     }
 
+    /// The address `GET /metrics` is served on.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_server.local_addr()
+    }
+
     /// Rebuilds the speed views and loads the batch views in the background, and serves
     /// until the shutdown token is cancelled. Health says NOT_SERVING until every job
     /// version's speed view is rebuilt and the batch views were looked up once.
@@ -216,7 +239,7 @@ impl BoundServing {
     /// # Errors
     ///
     /// [`ServingError::Log`] if a results topic cannot be read at the start;
-    /// [`ServingError::Reflection`], [`ServingError::Serve`].
+    /// [`ServingError::Reflection`], [`ServingError::Serve`], [`ServingError::MetricsServe`].
     pub async fn serve(self) -> Result<(), ServingError> {
         let BoundServing {
             local_addr,
@@ -225,10 +248,21 @@ impl BoundServing {
             log,
             store,
             jobs,
+            metrics_server,
             shutdown,
         } = self;
         let tasks_shutdown = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
+        let serving_metrics = Arc::new(metrics::ServingMetrics::new());
+        tasks.spawn(
+            metrics_server
+                .serve(
+                    Arc::clone(&serving_metrics),
+                    Arc::clone(&jobs),
+                    tasks_shutdown.clone(),
+                )
+                .in_current_span(),
+        );
         for job in jobs.values() {
             for view in job.versions.values() {
                 let topic = runnel_stream_processor::results_topic(&view.id);
@@ -342,7 +376,11 @@ impl BoundServing {
                 .into_axum_router(),
             config.serving.auth_token.as_deref(),
             &["/grpc.health.v1.Health/"],
-        );
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            serving_metrics,
+            metrics::observe_calls,
+        ));
         let mut server = runnel_server_common::security::server(
             config.serving.tls_cert.as_deref(),
             config.serving.tls_key.as_deref(),

@@ -134,12 +134,7 @@ impl Job {
             job: job.id(),
             message,
         };
-        let sql = match (&job.sql, &job.sql_file) {
-            (Some(sql), _) => sql.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|error| fail(format!("read {}: {error}", path.display())))?,
-            (None, None) => return Err(fail("no `sql` or `sql-file`".to_string())),
-        };
+        let sql = job.sql_text().map_err(|error| fail(error.to_string()))?;
         let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
         let stream_config = config.stream(&stream_name).ok_or_else(|| {
             fail(format!(
@@ -220,6 +215,7 @@ mod tests {
             version: 1,
             sql: Some(sql.to_string()),
             sql_file: None,
+            embedded_sql: None,
             max_out_of_orderness: std::time::Duration::ZERO,
             allowed_lateness: std::time::Duration::ZERO,
             early_emit_interval: None,

@@ -45,7 +45,9 @@ pub use job::{
     Job, job_group, job_limits, late_topic, members_group, members_topic, repartition_topic,
     results_topic,
 };
-pub use status::{CheckpointStatus, JobState, JobStatus, PartitionStatus, StatusRegistry};
+pub use status::{
+    CheckpointStatus, JobState, JobStatus, PartitionStatus, RoutedPartition, StatusRegistry,
+};
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "stream-processor";
@@ -409,7 +411,7 @@ pub async fn run_with_status(
             );
         }
         if jobs.is_empty() {
-            info!("no jobs configured; waiting for shutdown");
+            info!("no jobs configured (`jobs = []`); declare them with [[jobs]] in a config file, see config/runnel.toml; waiting for shutdown");
         }
         let mut first_error = None;
         let mut shutdown_requested = std::pin::pin!(shutdown.cancelled());

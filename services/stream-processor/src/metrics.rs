@@ -6,30 +6,22 @@
 //! is bounded by the configured jobs and their streams' partitions; `events_per_second` is
 //! per job.
 
-use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Json};
+use axum::response::Json;
 use axum::routing::get;
-use tokio::net::TcpListener;
+use runnel_metrics::{Exposition, Labels, MetricType, MetricsListener, TableFamily, Value};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
 
 use crate::StreamProcessorError;
 use crate::status::{JobState, JobStatus, PartitionStatus, StatusRegistry};
 
-/// The content type of the text exposition format.
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// The metrics endpoint, bound and ready to serve.
 pub(crate) struct MetricsServer {
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: MetricsListener,
 }
 
 impl MetricsServer {
@@ -39,16 +31,13 @@ impl MetricsServer {
     ///
     /// [`StreamProcessorError::MetricsListen`].
     pub(crate) async fn bind(address: &str) -> Result<MetricsServer, StreamProcessorError> {
-        let listen_error = |source| StreamProcessorError::MetricsListen {
-            address: address.to_string(),
-            source,
-        };
-        let listener = TcpListener::bind(address).await.map_err(listen_error)?;
-        let local_addr = listener.local_addr().map_err(listen_error)?;
-        Ok(MetricsServer {
-            listener,
-            local_addr,
-        })
+        let listener = MetricsListener::bind(address).await.map_err(|source| {
+            StreamProcessorError::MetricsListen {
+                address: address.to_string(),
+                source,
+            }
+        })?;
+        Ok(MetricsServer { listener })
     }
 
     /// Serves `/metrics` and `/status` from `registry` until `shutdown` is cancelled.
@@ -65,211 +54,157 @@ impl MetricsServer {
             .route("/metrics", get(metrics))
             .route("/status", get(status))
             .with_state(registry);
-        info!(address = %self.local_addr, "metrics listening");
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+        self.listener
+            .serve(router, "metrics listening", shutdown)
             .await
             .map_err(StreamProcessorError::MetricsServe)
     }
 }
 
-async fn metrics(State(registry): State<Arc<StatusRegistry>>) -> impl IntoResponse {
+async fn metrics(State(registry): State<Arc<StatusRegistry>>) -> Exposition {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| {
             i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
         });
-    (
-        [(header::CONTENT_TYPE, TEXT_FORMAT)],
-        render(&registry.snapshot(), now_ms),
-    )
+    encode(&registry.snapshot(), now_ms)
 }
 
 async fn status(State(registry): State<Arc<StatusRegistry>>) -> Json<Vec<JobStatus>> {
     Json(registry.snapshot())
 }
 
-/// A label value with `\`, `"` and line feeds escaped.
-fn escape_label(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for character in value.chars() {
-        match character {
-            '\\' => escaped.push_str("\\\\"),
-            '"' => escaped.push_str("\\\""),
-            '\n' => escaped.push_str("\\n"),
-            other => escaped.push(other),
-        }
-    }
-    escaped
-}
-
-/// One metric family: its name, type, help and how each partition's sample is read.
-struct PartitionFamily {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    /// The sample's value, or `None` to leave the series out (not known yet).
-    value: fn(&PartitionStatus, i64) -> Option<f64>,
-}
-
-const PARTITION_FAMILIES: &[PartitionFamily] = &[
-    PartitionFamily {
+/// The families with a sample per task (job and source partition); the context is the
+/// wall clock, epoch milliseconds.
+const PARTITION_FAMILIES: &[TableFamily<PartitionStatus, i64>] = &[
+    TableFamily {
         name: "runnel_job_watermark_ms",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "The task's watermark in epoch milliseconds: its largest event time minus the job's max-out-of-orderness.",
-        value: |partition, _| partition.watermark_ms.map(|watermark| watermark as f64),
+        value: |partition, _| partition.watermark_ms.map(Value::from),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_watermark_delay_seconds",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "How far the task's watermark is behind the wall clock, in seconds.",
         value: |partition, now_ms| {
             partition
                 .watermark_ms
-                .map(|watermark| now_ms.saturating_sub(watermark) as f64 / 1000.0)
+                .map(|watermark| (now_ms.saturating_sub(watermark) as f64 / 1000.0).into())
         },
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_source_offset",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "The next source offset the task processes; every offset below it is done.",
-        value: |partition, _| Some(partition.source_offset as f64),
+        value: |partition, _| Some(partition.source_offset.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_log_end_offset",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "The source partition's end offset, read from the log about once a second.",
-        value: |partition, _| Some(partition.end_offset as f64),
+        value: |partition, _| Some(partition.end_offset.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_lag_records",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "Source records appended but not processed yet (log end offset minus source offset).",
-        value: |partition, _| Some(partition.lag_records as f64),
+        value: |partition, _| Some(partition.lag_records.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_events_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Source records processed by this process.",
-        value: |partition, _| Some(partition.events_total as f64),
+        value: |partition, _| Some(partition.events_total.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_late_events_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Events too late to count (one per event and window), sent to the job's late topic.",
-        value: |partition, _| Some(partition.late_events_total as f64),
+        value: |partition, _| Some(partition.late_events_total.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_results_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Result records (upserts) emitted to the job's results topic by this process.",
-        value: |partition, _| Some(partition.results_total as f64),
+        value: |partition, _| Some(partition.results_total.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_errors_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Events whose expressions failed or whose event time was unusable, sent to the job's late topic with their reason, by this process.",
-        value: |partition, _| Some(partition.errors_total as f64),
+        value: |partition, _| Some(partition.errors_total.into()),
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_last_checkpoint_epoch",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "The epoch of the task's newest checkpoint, taken or restored.",
         value: |partition, _| {
             partition
                 .last_checkpoint
                 .as_ref()
-                .map(|checkpoint| checkpoint.epoch as f64)
+                .map(|checkpoint| checkpoint.epoch.into())
         },
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_last_checkpoint_timestamp_seconds",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "When the task's newest checkpoint taken by this process was complete, in Unix seconds.",
         value: |partition, _| {
             partition
                 .last_checkpoint
                 .as_ref()?
                 .completed_at_ms
-                .map(|at| at as f64 / 1000.0)
+                .map(|at| (at as f64 / 1000.0).into())
         },
     },
-    PartitionFamily {
+    TableFamily {
         name: "runnel_job_checkpoint_duration_seconds",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "How long the task's newest checkpoint taken by this process took (snapshot, writes, offset commit).",
-        value: |partition, _| partition.last_checkpoint.as_ref()?.duration_seconds,
+        value: |partition, _| Some(partition.last_checkpoint.as_ref()?.duration_seconds?.into()),
     },
 ];
 
-/// One metric family with a sample per job.
-struct JobFamily {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    value: fn(&JobStatus) -> f64,
-}
-
-const JOB_FAMILIES: &[JobFamily] = &[
-    JobFamily {
+/// The families with a sample per job.
+const JOB_FAMILIES: &[TableFamily<JobStatus>] = &[
+    TableFamily {
         name: "runnel_job_events_per_second",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "Source records processed per second over the last ten seconds, over the job's partitions.",
-        value: |job| job.events_per_second,
+        value: |job, ()| Some(job.events_per_second.into()),
     },
-    JobFamily {
+    TableFamily {
         name: "runnel_job_failed",
-        kind: "gauge",
+        metric_type: MetricType::Gauge,
         help: "1 while the job is stopped after a failure (restarting or failed for good), else 0.",
-        value: |job| f64::from(u8::from(job.state != JobState::Running)),
+        value: |job, ()| Some((job.state != JobState::Running).into()),
     },
-    JobFamily {
+    TableFamily {
         name: "runnel_job_restarts_total",
-        kind: "counter",
+        metric_type: MetricType::Counter,
         help: "Times the job was restarted after a failure by this process.",
-        value: |job| f64::from(job.restarts),
+        value: |job, ()| Some(job.restarts.into()),
     },
 ];
 
-/// Renders `jobs` in the text exposition format; `now_ms` (epoch ms) is the wall clock the
+/// Encodes `jobs` in the text exposition format; `now_ms` (epoch ms) is the wall clock the
 /// watermark delay is measured against.
-pub(crate) fn render(jobs: &[JobStatus], now_ms: i64) -> String {
-    let mut text = String::new();
-    // Writing to a `String` cannot fail.
-    let _ = write_families(&mut text, jobs, now_ms);
-    text
-}
-
-fn write_families(text: &mut String, jobs: &[JobStatus], now_ms: i64) -> std::fmt::Result {
-    let job_labels: Vec<String> = jobs.iter().map(|job| escape_label(&job.job)).collect();
-    for family in PARTITION_FAMILIES {
-        writeln!(text, "# HELP {} {}", family.name, family.help)?;
-        writeln!(text, "# TYPE {} {}", family.name, family.kind)?;
-        for (job, label) in jobs.iter().zip(&job_labels) {
-            for partition in &job.partitions {
-                if let Some(value) = (family.value)(partition, now_ms) {
-                    writeln!(
-                        text,
-                        "{}{{job=\"{label}\",partition=\"{}\"}} {value}",
-                        family.name, partition.partition
-                    )?;
-                }
-            }
+pub(crate) fn encode(jobs: &[JobStatus], now_ms: i64) -> Exposition {
+    let mut partition_rows = Vec::new();
+    let mut job_rows = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let labels = Labels::new().with("job", &job.job);
+        for partition in &job.partitions {
+            let partition_labels = labels.clone().with("partition", partition.partition);
+            partition_rows.push((partition_labels, partition));
         }
+        job_rows.push((labels, job));
     }
-    for family in JOB_FAMILIES {
-        writeln!(text, "# HELP {} {}", family.name, family.help)?;
-        writeln!(text, "# TYPE {} {}", family.name, family.kind)?;
-        for (job, label) in jobs.iter().zip(&job_labels) {
-            writeln!(
-                text,
-                "{}{{job=\"{label}\"}} {}",
-                family.name,
-                (family.value)(job)
-            )?;
-        }
-    }
-    Ok(())
+    let mut exposition = Exposition::new();
+    exposition.table(PARTITION_FAMILIES, &partition_rows, &now_ms);
+    exposition.table(JOB_FAMILIES, &job_rows, &());
+    exposition
 }
 
 #[cfg(test)]
@@ -325,8 +260,9 @@ mod tests {
             restarts: 3,
             last_error: Some("partition 0 at offset 120: boom".to_string()),
             partitions: vec![first, partition(1)],
+            routed: Vec::new(),
         }];
-        let text = render(&jobs, 1_795_305_600_500);
+        let text = encode(&jobs, 1_795_305_600_500).into_text();
         let job = r#"job="views \"v2\"\\x""#;
         let expected = format!(
             r#"# HELP runnel_job_watermark_ms The task's watermark in epoch milliseconds: its largest event time minus the job's max-out-of-orderness.
@@ -388,7 +324,7 @@ runnel_job_restarts_total{{{job}}} 3
 
     #[test]
     fn no_jobs_still_declares_every_family() {
-        let text = render(&[], 0);
+        let text = encode(&[], 0).into_text();
         assert_eq!(
             text.lines().count(),
             2 * (PARTITION_FAMILIES.len() + JOB_FAMILIES.len())

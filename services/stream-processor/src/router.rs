@@ -1,6 +1,12 @@
 //! A router task: one source partition of a job that does not group by its stream's key,
 //! copied into the job's repartition topic keyed by each event's group.
 //!
+//! It reads the partition as a direct task does, through the hybrid source: the Parquet
+//! history, then the live log. So a replay of a repartitioned job reaches the history too.
+//! Each copy's value is the row encoded again in the record format
+//! ([`runnel_events::encode_records`]), which decodes to the same row whichever side it
+//! came from, and its timestamp is the row's ingest time.
+//!
 //! The log partitions the copies by that key (murmur2), so every event of a group reaches
 //! the same window task, as in Kafka Streams. Each copy keeps the original value and log
 //! timestamp and carries its stream position in two headers, so the window task can read it
@@ -18,11 +24,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int64Type;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use bytes::Bytes;
-use runnel_events::decode::EventDecoder;
-use runnel_log::{Header, ProduceRecord, Record, StartOffset, partition_for_key};
+use runnel_log::{Header, ProduceRecord, partition_for_key};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -39,8 +44,10 @@ pub(crate) struct Router {
     partition: u32,
     context: TaskContext,
     checkpoints: TaskCheckpoints,
-    decoder: EventDecoder,
+    /// The next source offset to route: every offset below it is routed (or undecodable).
     offset: u64,
+    /// No checkpoint: the router starts at the history's first offset (or the log's).
+    fresh: bool,
     epoch: u64,
     checkpointed_offset: u64,
     last_checkpoint: Instant,
@@ -50,11 +57,12 @@ pub(crate) struct Router {
 
 impl Router {
     /// The router of `partition`, resuming from its newest checkpoint (checkpoints of
-    /// `<job>.router`: an offset, no state) or the partition's earliest offset.
+    /// `<job>.router`: an offset, no state) or from the partition's first archived offset
+    /// (the log's earliest when nothing is archived).
     ///
     /// # Errors
     ///
-    /// Object-store and log failures.
+    /// Object-store failures.
     pub(crate) async fn open(
         job: Arc<Job>,
         partition: u32,
@@ -66,25 +74,17 @@ impl Router {
             partition,
             context.checkpoints_to_keep,
         );
-        let (offset, epoch) = match checkpoints.latest(context.store.as_ref()).await? {
-            Some(restored) => (restored.manifest.source_offset, restored.manifest.epoch),
-            None => {
-                let topic = job.stream.name();
-                let earliest = context
-                    .log
-                    .earliest_offset(topic, partition)
-                    .await
-                    .map_err(|source| StreamProcessorError::log(topic, source))?;
-                (earliest, 0)
-            }
-        };
+        let restored = checkpoints.latest(context.store.as_ref()).await?;
+        let (offset, epoch) = restored.as_ref().map_or((0, 0), |restored| {
+            (restored.manifest.source_offset, restored.manifest.epoch)
+        });
         Ok(Router {
-            decoder: EventDecoder::new(&job.stream),
             job,
             partition,
             context,
             checkpoints,
             offset,
+            fresh: restored.is_none(),
             epoch,
             checkpointed_offset: offset,
             last_checkpoint: Instant::now(),
@@ -101,14 +101,17 @@ impl Router {
         mut self,
         shutdown: CancellationToken,
     ) -> Result<(), StreamProcessorError> {
-        let source = self.job.stream.name().to_string();
         let target = repartition_topic(&self.job.name);
-        let mut reader = self
+        let start = (!self.fresh).then_some(self.offset);
+        let mut source = self
             .context
-            .log
-            .reader(&source, self.partition, StartOffset::At(self.offset))
-            .await
-            .map_err(|error| StreamProcessorError::log(&source, error))?;
+            .open_stream(&self.job, self.partition, start)
+            .await?;
+        if self.fresh {
+            self.offset = source.position();
+            self.checkpointed_offset = self.offset;
+            self.fresh = false;
+        }
         let targets = self
             .context
             .log
@@ -117,14 +120,14 @@ impl Router {
             .map_err(|error| StreamProcessorError::log(&target, error))?;
         self.announced = vec![None; targets as usize];
         loop {
-            let records = tokio::select! {
+            let batch = tokio::select! {
                 () = shutdown.cancelled() => break,
-                read = reader.next_batch(self.context.read_batch_records, crate::task::READ_WAIT) => {
-                    read.map_err(|error| StreamProcessorError::log(&source, error))?
+                read = source.next_batch(crate::task::READ_WAIT) => {
+                    read.map_err(StreamProcessorError::History)?
                 }
             };
-            if let Some(last) = records.last() {
-                let routed = self.route(&records)?;
+            if let Some(batch) = batch {
+                let routed = self.route(&batch)?;
                 if !routed.is_empty() {
                     self.context
                         .log
@@ -132,9 +135,13 @@ impl Router {
                         .await
                         .map_err(|error| StreamProcessorError::log(&target, error))?;
                 }
-                self.offset = last.offset + 1;
                 tokio::task::yield_now().await;
             }
+            // Everything before the source's position is routed, or was undecodable.
+            self.offset = self.offset.max(source.position());
+            self.context
+                .status
+                .routed(&self.job.name, self.partition, self.offset);
             if self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
                 && self.offset != self.checkpointed_offset
             {
@@ -147,26 +154,24 @@ impl Router {
         Ok(())
     }
 
-    /// Copies of `records` keyed by their group (undecodable records are left out: no
-    /// window task could count them either), each in the repartition partition its key
-    /// picks, then a progress marker for each partition that has not seen the largest event
-    /// time among them.
-    fn route(&mut self, records: &[Record]) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
-        let input = self.job.input(&self.decoder, records)?;
+    /// Copies of the rows of `batch` (the stream's positioned rows, from the history or the
+    /// log) keyed by their group, each in the repartition partition its key picks, then a
+    /// progress marker for each partition that has not seen the largest event time among them.
+    fn route(&mut self, batch: &RecordBatch) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+        let input = self.job.project(batch)?;
         let keys = self.job.plan.group_key_texts(&input).map_err(|source| {
             StreamProcessorError::Engine {
                 job: self.job.name.clone(),
                 source,
             }
         })?;
-        let offsets = input
-            .column_by_name(runnel_events::OFFSET_COLUMN)
-            .map(|column| column.as_primitive::<Int64Type>().clone())
-            .ok_or_else(|| {
-                StreamProcessorError::Encode(arrow::error::ArrowError::SchemaError(
-                    "the plan's input has no _offset".to_string(),
-                ))
-            })?;
+        let values = runnel_events::encode_records(&self.job.stream, batch)
+            .map_err(StreamProcessorError::Encode)?;
+        let declared = self.job.stream.declared().fields().len();
+        let offsets = batch.column(declared + 1).as_primitive::<Int64Type>();
+        let ingest_times = batch
+            .column(declared + 2)
+            .as_primitive::<TimestampMillisecondType>();
         // Event times by row (epoch ms; `None` where missing, which the task drops too).
         let event_times: Option<Vec<Option<i64>>> = arrow::compute::cast(
             input.column(self.job.stream.event_time_index()),
@@ -178,13 +183,8 @@ impl Router {
             key: key.to_string(),
             value: Bytes::from(value.to_string()),
         };
-        let first = records.first().map_or(0, |record| record.offset);
         let mut routed = Vec::with_capacity(input.num_rows());
-        for row in 0..input.num_rows() {
-            let offset = offsets.value(row) as u64;
-            let Some(record) = records.get((offset - first) as usize) else {
-                continue;
-            };
+        for (row, value) in values.into_iter().enumerate() {
             // A row whose key fails goes on with an empty key; the window task that gets it
             // finds the same failure and sends the event to the late topic with its reason.
             let key = if keys.is_null(row) {
@@ -202,11 +202,11 @@ impl Router {
             }
             routed.push(ProduceRecord {
                 key: Some(Bytes::copy_from_slice(key)),
-                value: record.value.clone(),
-                timestamp: record.timestamp,
+                value,
+                timestamp: ingest_times.value(row),
                 headers: vec![
                     header(SOURCE_PARTITION_HEADER, &self.partition),
-                    header(SOURCE_OFFSET_HEADER, &offset),
+                    header(SOURCE_OFFSET_HEADER, &offsets.value(row)),
                 ],
                 partition: Some(target),
             });
@@ -214,7 +214,8 @@ impl Router {
         let progress = event_times
             .as_ref()
             .and_then(|times| times.iter().flatten().max().copied());
-        if let (Some(progress), Some(last)) = (progress, records.last()) {
+        let last_ingest_time = arrow::compute::max(ingest_times);
+        if let (Some(progress), Some(last_ingest_time)) = (progress, last_ingest_time) {
             for (target, announced) in self.announced.iter_mut().enumerate() {
                 if announced.is_some_and(|announced| announced >= progress) {
                     continue;
@@ -223,7 +224,7 @@ impl Router {
                 routed.push(ProduceRecord {
                     key: None,
                     value: Bytes::new(),
-                    timestamp: last.timestamp,
+                    timestamp: last_ingest_time,
                     headers: vec![
                         header(SOURCE_PARTITION_HEADER, &self.partition),
                         header(SOURCE_PROGRESS_HEADER, &progress),

@@ -49,8 +49,21 @@ pub struct JobStatus {
     pub restarts: u32,
     /// The last failure: what failed, where (partition and offset) and why.
     pub last_error: Option<String>,
-    /// Each source partition's status, by partition number.
+    /// Each source partition's status, by partition number. For a job read through its
+    /// repartition topic, the partitions are the topic's and their offsets are in it.
     pub partitions: Vec<PartitionStatus>,
+    /// For a job read through its repartition topic: per stream partition its router runs
+    /// on here, the next stream offset it will route (every offset below it is in the topic).
+    pub routed: Vec<RoutedPartition>,
+}
+
+/// How far a router has copied its stream partition into the job's repartition topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RoutedPartition {
+    /// The stream partition.
+    pub partition: u32,
+    /// The next offset the router will route.
+    pub source_offset: u64,
 }
 
 /// Whether a job runs.
@@ -143,6 +156,8 @@ struct RegisteredJob {
     last_error: Option<String>,
     /// Ascending by partition.
     partitions: Vec<(u32, Arc<Mutex<PartitionState>>)>,
+    /// Routers' progress: stream partition to the next offset to route.
+    routed: std::collections::BTreeMap<u32, u64>,
 }
 
 /// One task's cell.
@@ -222,6 +237,15 @@ impl StatusRegistry {
         registered.restarts = restarts;
         registered.last_error = Some(error);
         registered.partitions.clear();
+        registered.routed.clear();
+    }
+
+    /// `job`'s router of stream `partition` has routed every offset below `source_offset`.
+    pub(crate) fn routed(&self, job: &str, partition: u32, source_offset: u64) {
+        let mut jobs = lock(&self.jobs);
+        if let Some(registered) = jobs.iter_mut().find(|registered| registered.name == job) {
+            registered.routed.insert(partition, source_offset);
+        }
     }
 
     /// Removes `job`'s task on `partition` (it moved to another instance). The job stays
@@ -279,6 +303,7 @@ fn registered_job<'a>(
                 restarts: 0,
                 last_error: None,
                 partitions: Vec::new(),
+                routed: std::collections::BTreeMap::new(),
             });
             jobs.len() - 1
         }
@@ -309,6 +334,14 @@ impl JobStatus {
             late_events_total: partitions.iter().map(|p| p.late_events_total).sum(),
             results_total: partitions.iter().map(|p| p.results_total).sum(),
             partitions,
+            routed: job
+                .routed
+                .iter()
+                .map(|(&partition, &source_offset)| RoutedPartition {
+                    partition,
+                    source_offset,
+                })
+                .collect(),
         }
     }
 }

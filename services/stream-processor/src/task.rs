@@ -62,6 +62,34 @@ pub(crate) struct TaskContext {
     pub(crate) status: Arc<StatusRegistry>,
 }
 
+impl TaskContext {
+    /// Opens `partition` of `job`'s stream through the hybrid source (its history, then its
+    /// live log) at `offset`, or at the first archived offset (the log's earliest when
+    /// nothing is archived) when there is none: where a direct task or a router reads.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::History`]: the manifest, or a gap between history and log.
+    pub(crate) async fn open_stream(
+        &self,
+        job: &Job,
+        partition: u32,
+        offset: Option<u64>,
+    ) -> Result<HybridSource, StreamProcessorError> {
+        HybridSource::open(
+            Arc::clone(&self.store),
+            &self.history_prefix,
+            Arc::clone(&self.log),
+            &job.stream,
+            partition,
+            offset.map_or(HybridStart::Earliest, HybridStart::Offset),
+            self.read_batch_records,
+        )
+        .await
+        .map_err(StreamProcessorError::History)
+    }
+}
+
 /// One job on one partition.
 pub(crate) struct Task {
     job: Arc<Job>,
@@ -322,22 +350,14 @@ impl Task {
                 .map_err(|source| StreamProcessorError::log(&self.topic, source))?;
             return Ok(Source::Log(reader));
         }
-        let start = if self.fresh {
-            HybridStart::Earliest
-        } else {
-            HybridStart::Offset(self.offset)
-        };
-        let hybrid = HybridSource::open(
-            Arc::clone(&self.context.store),
-            &self.context.history_prefix,
-            Arc::clone(&self.context.log),
-            &self.job.stream,
-            self.partition,
-            start,
-            self.context.read_batch_records,
-        )
-        .await
-        .map_err(StreamProcessorError::History)?;
+        let hybrid = self
+            .context
+            .open_stream(
+                &self.job,
+                self.partition,
+                (!self.fresh).then_some(self.offset),
+            )
+            .await?;
         if self.fresh {
             self.offset = hybrid.position();
             self.checkpointed_offset = self.offset;

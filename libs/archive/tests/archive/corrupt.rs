@@ -20,13 +20,6 @@ async fn wait_for(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
 /// Whether the manifest's files of `partition` run from `first` to `end` without a gap.
 async fn archived_to(fixture: &Fixture, partition: u32, end: u64) -> bool {
     let Some(manifest) = runnel_archive::load_manifest(fixture.store.as_ref(), "history", STREAM)
@@ -44,14 +37,7 @@ async fn a_corrupt_partition_waits_for_a_repair_while_the_others_are_archived() 
     fixture.config.archive.max_file_age = Duration::from_millis(300);
     let start = now_ms();
     let events = fixture.append(0, 400, 50, |n| start + n as i64).await;
-    let ends: Vec<u64> = (0..2)
-        .map(|partition| {
-            events
-                .iter()
-                .filter(|event| event.partition == partition)
-                .count() as u64
-        })
-        .collect();
+    let ends = partition_ends(&events, 2);
     assert!(ends.iter().all(|end| *end > 50), "{ends:?}");
     // The archiver reads through a second log on the folder, as `runnel archive` would
     // beside the ingest service; the fixture's log stays the writer.

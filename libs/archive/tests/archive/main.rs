@@ -12,4 +12,5 @@ mod archiver;
 mod corrupt;
 mod external;
 mod hybrid;
+mod metrics;
 mod support;

@@ -230,6 +230,26 @@ impl Fixture {
     }
 }
 
+/// Now, epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Each of `partitions` partitions' end offset after `events` (appended from offset 0).
+pub(crate) fn partition_ends(events: &[Event], partitions: u32) -> Vec<u64> {
+    (0..partitions)
+        .map(|partition| {
+            events
+                .iter()
+                .filter(|event| event.partition == partition)
+                .count() as u64
+        })
+        .collect()
+}
+
 /// The record format, as the ingest service writes it.
 pub(crate) fn canonical_json(event: &Event) -> String {
     let duration = match event.duration_ms {

@@ -770,7 +770,7 @@ fn audit_record(
         .join(",");
     format!(
         r#"{{"time":{},"time_ms":{},"action":"{action}","topic":{},"partition":{},"first_offset":{first},"last_offset":{},"bytes_dropped":{},"next_offset":{},"backup":{},"user":{},"pid":{},"groups_past":[{groups}],{details}}}"#,
-        json_string(&crate::time::format_millis(repair.time_ms)),
+        json_string(&runnel_time::format_millis(repair.time_ms)),
         repair.time_ms,
         json_string(repair.topic),
         repair.partition,

@@ -6,6 +6,7 @@ mod backpressure;
 mod bad_input;
 mod grpc;
 mod http;
+mod metrics;
 mod routes;
 mod sandbox;
 mod slow_clients;

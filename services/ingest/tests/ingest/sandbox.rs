@@ -12,8 +12,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-/// Streams of the tests: `clicks` keyed by user over 4 partitions, `metrics` unkeyed over 3.
+/// Streams of the tests: `clicks` keyed by user over 4 partitions, `metrics` unkeyed over 3;
+/// no jobs.
 const STREAMS: &str = r#"
+jobs = []
+
 [[streams]]
 name = "clicks"
 partitions = 4

@@ -82,7 +82,7 @@ fn windows(dir: &Path, serving: &str, page: &str) -> Vec<(String, i64, i64, Stri
             "--url",
             serving,
             "--format",
-            "json",
+            "jsonl",
         ],
     );
     answer

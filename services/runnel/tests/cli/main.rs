@@ -5,6 +5,7 @@ mod demo;
 mod history;
 mod hostile;
 mod log_repair;
+mod output;
 mod query;
 mod stream;
 
@@ -211,8 +212,8 @@ fn run_gives_the_same_results_from_jsonl_csv_and_parquet() {
     }
     let (_, results, late) = &outputs[0];
     assert_eq!(results.lines().count(), 3, "{results}");
-    assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":400"#), "{results}");
-    assert!(results.contains(r#""page":"/b","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":1,"total_ms":200"#), "{results}");
+    assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:01:00.000Z","views":2,"total_ms":400"#), "{results}");
+    assert!(results.contains(r#""page":"/b","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:01:00.000Z","views":1,"total_ms":200"#), "{results}");
     assert_eq!(
         late.lines().count(),
         1,
@@ -321,8 +322,8 @@ fn recompute_counts_the_event_live_found_too_late() {
         );
         let results = std::fs::read_to_string(dir.path().join(&out)).expect("results written");
         assert_eq!(results.lines().count(), 3, "{results}");
-        assert!(results.contains(r#""page":"/b","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":201"#), "{input}: {results}");
-        assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00","window_end":"1970-01-01T00:01:00","views":2,"total_ms":400"#), "{input}: {results}");
+        assert!(results.contains(r#""page":"/b","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:01:00.000Z","views":2,"total_ms":201"#), "{input}: {results}");
+        assert!(results.contains(r#""page":"/a","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:01:00.000Z","views":2,"total_ms":400"#), "{input}: {results}");
     }
 }
 
@@ -343,6 +344,7 @@ fn start_listening(
         .env("RUNNEL__STORAGE__DATA_DIR", dir.join("data"))
         .env("RUNNEL__INGEST__LISTEN", "127.0.0.1:0")
         .env("RUNNEL__SERVING__LISTEN", "127.0.0.1:0")
+        .env("RUNNEL__SERVING__METRICS_LISTEN", "127.0.0.1:0")
         .env("RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
@@ -437,6 +439,9 @@ fn ingest_sends_jsonl_csv_and_parquet_files_to_the_service() {
                 &service.url,
                 "--batch-size",
                 "4",
+                // with-bad.jsonl has rejections; `runnel_ingest_fails_on_rejects` (output.rs)
+                // checks the exit status without this.
+                "--allow-rejects",
             ],
         );
         let stdout = String::from_utf8_lossy(&run.stdout);

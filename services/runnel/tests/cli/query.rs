@@ -10,7 +10,8 @@ use arrow::datatypes::Int64Type;
 
 use super::{KillOnDrop, rfc3339, runnel, start_listening};
 
-const CONFIG: &str = r#"
+/// A job over `clicks` grouped by its key, quick to checkpoint and to serve.
+pub(super) const CONFIG: &str = r#"
 [serving]
 view-poll-interval = "100ms"
 [stream-processor]
@@ -117,7 +118,7 @@ fn query_and_export_read_results_from_the_serving_service() {
                 "--url",
                 &all.serving,
                 "--format",
-                "json",
+                "jsonl",
             ],
         )
     };

@@ -3,6 +3,8 @@
 //! then from a new job version once it is made active; paging, top-k, subscriptions, export,
 //! health and the errors of bad requests; a restart that rebuilds the same answers.
 
+mod metrics;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +37,7 @@ checkpoint-interval = "200ms"
 metrics-listen = "127.0.0.1:0"
 [serving]
 listen = "127.0.0.1:0"
+metrics-listen = "127.0.0.1:0"
 default-page-size = 10
 max-page-size = 1000
 view-poll-interval = "100ms"

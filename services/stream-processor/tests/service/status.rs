@@ -278,6 +278,14 @@ async fn status(address: &str) -> Vec<JobStatus> {
                     }),
                 })
                 .collect(),
+            routed: serde_json::from_value::<Vec<serde_json::Value>>(job["routed"].clone())
+                .expect("routed")
+                .into_iter()
+                .map(|routed| runnel_stream_processor::RoutedPartition {
+                    partition: routed["partition"].as_u64().expect("partition") as u32,
+                    source_offset: routed["source_offset"].as_u64().expect("offset"),
+                })
+                .collect(),
         })
         .collect()
 }
