@@ -376,6 +376,8 @@ async fn archive_stream(
             end: ends[partition as usize],
             file: None,
             summary: ArchiveSummary::default(),
+            flushed: 0,
+            flush_target: None,
         };
         let shutdown = match &until {
             Until::CaughtUp => None,
@@ -579,6 +581,10 @@ struct PartitionArchiver {
     end: Option<u64>,
     file: Option<FileBuilder>,
     summary: ArchiveSummary,
+    /// The newest flush request answered.
+    flushed: u64,
+    /// A flush request being answered: its generation and the log's end when it was seen.
+    flush_target: Option<(u64, u64)>,
 }
 
 impl PartitionArchiver {
@@ -685,6 +691,7 @@ impl PartitionArchiver {
                 log_end_read = Some(tokio::time::Instant::now());
                 report_log_end(&self.shared, self.partition).await;
             }
+            self.answer_flush().await?;
             let max = match self.end {
                 Some(end) if self.next_offset >= end => {
                     if let Some(file) = self.file.take() {
@@ -720,6 +727,40 @@ impl PartitionArchiver {
             self.absorb(&records).await?;
             self.next_offset = self.next_offset.max(reader.position());
         }
+    }
+
+    /// Answers a flush request ([`ArchiverStatus::request_flush`]): once the partition has
+    /// read to the log's end as it was when the request was seen, the open file is finished
+    /// (rolled early) and the request answered.
+    async fn answer_flush(&mut self) -> Result<(), ArchiveError> {
+        if self.flush_target.is_none()
+            && let Some(generation) = self.shared.status.flush_wanted(self.flushed)
+        {
+            let topic = self.shared.schema.name();
+            let end = self
+                .shared
+                .log
+                .latest_offset(topic, self.partition)
+                .await
+                .map_err(|source| ArchiveError::log(topic, source))?;
+            self.flush_target = Some((generation, end));
+        }
+        let Some((generation, end)) = self.flush_target else {
+            return Ok(());
+        };
+        if self.next_offset < end {
+            return Ok(());
+        }
+        if let Some(file) = self.file.take() {
+            self.finish(file).await?;
+        }
+        self.flush_target = None;
+        self.flushed = generation;
+        self.shared
+            .status
+            .flushed(self.shared.schema.name(), self.partition, generation);
+        debug!(generation, end, "flushed");
+        Ok(())
     }
 
     /// Adds `records` to the open file, rolling files where the rules say.

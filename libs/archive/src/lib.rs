@@ -27,7 +27,7 @@ pub use archiver::{
 };
 pub use hybrid::{HybridSource, HybridStart};
 pub use manifest::{FileEntry, Manifest, load_manifest};
-pub use status::ArchiverStatus;
+pub use status::{ArchiverStatus, FlushOutcome};
 pub use store::open_object_store;
 
 use object_store::path::Path;

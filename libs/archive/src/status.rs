@@ -7,6 +7,7 @@
 //! labelled `stream` and `partition`, so their number is bounded by the declared streams.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
@@ -71,6 +72,9 @@ pub struct PartitionArchiveStatus {
     pub corruptions_total: u64,
     /// Set while the state is [`PartitionState::Corrupt`].
     pub corrupt: Option<CorruptRange>,
+    /// The newest flush request ([`ArchiverStatus::request_flush`]) the partition has
+    /// answered: it finished its file at or after the log's end as it was when asked.
+    pub flushed_generation: u64,
 }
 
 /// One stream: the errors that made the archiver retry it whole.
@@ -93,10 +97,34 @@ pub struct ArchiverSnapshot {
     pub partitions: Vec<PartitionArchiveStatus>,
 }
 
-/// The archiver's status, shared by its tasks and the endpoint that serves it.
+/// The archiver's status, shared by its tasks and the endpoint that serves it; also how a
+/// caller asks the running archiver to flush ([`ArchiverStatus::request_flush`]).
 #[derive(Debug, Default)]
 pub struct ArchiverStatus {
     inner: Mutex<Inner>,
+    /// The newest flush request's generation (0: none yet).
+    flush_requested: AtomicU64,
+    /// Woken when a partition answers a flush request or stops at corruption.
+    flush_answered: tokio::sync::Notify,
+}
+
+/// What a flush request got: each partition the archiver runs, and whether it flushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// The request's generation.
+    pub generation: u64,
+    /// Every partition the archiver has reported, with `flushed_generation` at or above
+    /// `generation` for those that flushed.
+    pub partitions: Vec<PartitionArchiveStatus>,
+}
+
+impl FlushOutcome {
+    /// Whether every partition flushed.
+    pub fn complete(&self) -> bool {
+        self.partitions
+            .iter()
+            .all(|partition| partition.flushed_generation >= self.generation)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +163,59 @@ impl ArchiverStatus {
             .cloned()
     }
 
+    /// Asks every partition's archiver to finish its open file once it has read to the log's
+    /// end as it is now, so that the history holds every record appended before this call;
+    /// returns the request's generation for [`ArchiverStatus::wait_flushed`].
+    pub fn request_flush(&self) -> u64 {
+        self.flush_requested.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The newest flush request, if it is newer than `answered`.
+    pub(crate) fn flush_wanted(&self, answered: u64) -> Option<u64> {
+        let requested = self.flush_requested.load(Ordering::SeqCst);
+        (requested > answered).then_some(requested)
+    }
+
+    /// The partition finished its file at the end the request `generation` asked for.
+    pub(crate) fn flushed(&self, stream: &str, partition: u32, generation: u64) {
+        self.with_partition(stream, partition, |status| {
+            status.flushed_generation = status.flushed_generation.max(generation);
+        });
+        self.flush_answered.notify_waiters();
+    }
+
+    /// Waits until every partition the archiver runs has answered flush request
+    /// `generation`, or is stopped at corruption (it cannot answer until repaired), or
+    /// `timeout` passed; returns where each partition stands.
+    pub async fn wait_flushed(
+        &self,
+        generation: u64,
+        timeout: std::time::Duration,
+    ) -> FlushOutcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let answered = self.flush_answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            let partitions: Vec<PartitionArchiveStatus> =
+                self.lock().partitions.values().cloned().collect();
+            let waiting = partitions.iter().any(|partition| {
+                partition.flushed_generation < generation
+                    && partition.state == PartitionState::Archiving
+            });
+            if !waiting || tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return FlushOutcome {
+                    generation,
+                    partitions: if waiting {
+                        self.lock().partitions.values().cloned().collect()
+                    } else {
+                        partitions
+                    },
+                };
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("status lock is never poisoned")
     }
@@ -160,6 +241,7 @@ impl ArchiverStatus {
                 log_end_offset: None,
                 corruptions_total: 0,
                 corrupt: None,
+                flushed_generation: 0,
             });
         update(entry)
     }
@@ -202,7 +284,7 @@ impl ArchiverStatus {
     /// The partition is stopped at `corrupt`; returns whether that is news (it was not
     /// already stopped at that offset), so that the caller says so once.
     pub(crate) fn corrupt(&self, stream: &str, partition: u32, corrupt: CorruptRange) -> bool {
-        self.with_partition(stream, partition, |status| {
+        let news = self.with_partition(stream, partition, |status| {
             status.state = PartitionState::Corrupt;
             match &mut status.corrupt {
                 Some(known) if known.offset == corrupt.offset => {
@@ -216,7 +298,10 @@ impl ArchiverStatus {
                     true
                 }
             }
-        })
+        });
+        // A flush waiting for this partition stops waiting.
+        self.flush_answered.notify_waiters();
+        news
     }
 
     /// A stream's archiving failed and will be retried.

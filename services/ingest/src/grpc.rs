@@ -86,6 +86,55 @@ impl proto::ingest_server::Ingest for GrpcIngest {
             .map(Response::new)
     }
 
+    async fn flush_archive(
+        &self,
+        request: Request<proto::FlushArchiveRequest>,
+    ) -> Result<Response<proto::FlushArchiveResponse>, Status> {
+        if !self.ingestor.config().run_archiver {
+            return Err(Status::failed_precondition(
+                "this ingest service does not run the archiver (ingest.run-archiver = false): \
+                 flush the one that does, or run `runnel archive --once` where none runs",
+            ));
+        }
+        let timeout_ms = match request.into_inner().timeout_ms {
+            0 => 60_000,
+            ms => ms,
+        };
+        let status = runnel_archive::ArchiverStatus::process();
+        let generation = status.request_flush();
+        let outcome = status
+            .wait_flushed(
+                generation,
+                std::time::Duration::from_millis(u64::from(timeout_ms)),
+            )
+            .await;
+        let partitions = outcome
+            .partitions
+            .into_iter()
+            .map(|partition| {
+                let flushed = partition.flushed_generation >= generation;
+                let reason = match (&partition.corrupt, flushed) {
+                    (_, true) => String::new(),
+                    (Some(corrupt), false) => format!(
+                        "stopped at a corrupt range at offset {}: {}",
+                        corrupt.offset, corrupt.repair
+                    ),
+                    (None, false) => {
+                        format!("not caught up with the log's end within {timeout_ms} ms")
+                    }
+                };
+                proto::ArchivedPartition {
+                    stream: partition.stream,
+                    partition: partition.partition,
+                    archived_until: partition.archived_until,
+                    flushed,
+                    reason,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::FlushArchiveResponse { partitions }))
+    }
+
     async fn ingest_stream(
         &self,
         request: Request<Streaming<proto::IngestRequest>>,

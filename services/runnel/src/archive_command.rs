@@ -6,20 +6,35 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use runnel_config::Config;
+use runnel_ingest::proto::FlushArchiveRequest;
+use runnel_ingest::proto::ingest_client::IngestClient;
 use tracing::info;
+
+use crate::client::{ClientArgs, ServiceEndpoint, connect};
 
 /// Arguments of `runnel archive`.
 #[derive(Debug, Args)]
 pub(crate) struct ArchiveArgs {
     /// Archives up to the log's end as it is now, finishes the files there and exits,
     /// printing what it wrote. Without it, archives until Ctrl-C and serves the archiver's
-    /// status on `archive.metrics-listen` (`GET /metrics`, `GET /status`).
-    #[arg(long)]
+    /// status on `archive.metrics-listen` (`GET /metrics`, `GET /status`). Only where no
+    /// other archiver runs (the ingest service runs one): use --flush then.
+    #[arg(long, conflicts_with = "flush")]
     once: bool,
+    /// Asks the running ingest service's archiver (over gRPC, `FlushArchive`) to finish its
+    /// open files once it has read the log's end as it is now, waits, and prints where each
+    /// partition stands: after it, the history holds every event acknowledged before.
+    #[arg(long)]
+    flush: bool,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// Runs the archiver over every declared stream of `config`.
 pub(crate) async fn run(args: ArchiveArgs, config: &Config) -> anyhow::Result<()> {
+    if args.flush {
+        return flush(config, &args.client).await;
+    }
     // Installed before opening the log, so Ctrl-C during a slow open still stops cleanly.
     let shutdown = runnel_server_common::shutdown_on_signal().context("install signal handlers")?;
     let log = runnel_server_common::open_storage(config)
@@ -65,6 +80,50 @@ pub(crate) async fn run(args: ArchiveArgs, config: &Config) -> anyhow::Result<()
             .context("run the status endpoint")?
             .context("serve the status endpoint")?;
         archived?;
+    }
+    Ok(())
+}
+
+/// `runnel archive --flush`: the ingest service's archiver finishes its files now.
+async fn flush(config: &Config, client: &ClientArgs) -> anyhow::Result<()> {
+    let connection = connect(
+        &ServiceEndpoint {
+            name: "ingest",
+            listen: &config.ingest.listen,
+            auth_token: config.ingest.auth_token.as_deref(),
+            tls_cert: config.ingest.tls_cert.as_deref(),
+        },
+        client,
+    )
+    .await?;
+    let response = IngestClient::new(connection)
+        .flush_archive(FlushArchiveRequest { timeout_ms: 0 })
+        .await
+        .context("flush the ingest service's archiver")?
+        .into_inner();
+    let mut stdout = std::io::stdout().lock();
+    let mut pending = 0;
+    for partition in &response.partitions {
+        if partition.flushed {
+            continue;
+        }
+        pending += 1;
+        writeln!(
+            stdout,
+            "{} partition {}: archived until offset {}, not flushed: {}",
+            partition.stream, partition.partition, partition.archived_until, partition.reason
+        )
+        .context("write to stdout")?;
+    }
+    writeln!(
+        stdout,
+        "flushed {} of {} partitions: the history holds every event they had when asked",
+        response.partitions.len() - pending,
+        response.partitions.len()
+    )
+    .context("write to stdout")?;
+    if pending > 0 {
+        anyhow::bail!("{pending} partitions did not flush (see above)");
     }
     Ok(())
 }

@@ -285,8 +285,9 @@ async fn recompute(
             "{unarchived} events of `{stream}` are in the log but not yet in the history, so not \
              in this view (serving answers their windows from the live results): the archiver \
              finishes a file once its records span archive.max-file-age ({age}) or reach \
-             archive.target-file-bytes; `runnel archive --once` archives everything now when no \
-             ingest service is running",
+             archive.target-file-bytes; to have them, run `runnel archive --flush` (the running \
+             ingest service's archiver finishes its files now), or `runnel archive --once` when \
+             no ingest service is running, then recompute again",
             stream = job.stream.name(),
             age = humantime::format_duration(config.archive.max_file_age),
         )

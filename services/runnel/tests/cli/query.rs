@@ -295,3 +295,64 @@ fn query_and_export_read_results_from_the_serving_service() {
         "{stderr}"
     );
 }
+
+#[test]
+fn archive_flush_puts_every_acknowledged_event_in_the_history_for_a_recompute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jsonl: String = (0..40)
+        .map(|n| {
+            format!(
+                "{{\"event_time\": \"{}\", \"user_id\": \"u{n}\", \"page\": \"/a\", \"country\": \"de\", \"duration_ms\": {n}}}\n",
+                rfc3339(1_000 * n)
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("events.jsonl"), jsonl).expect("write events");
+    std::fs::write(dir.path().join("runnel.toml"), CONFIG).expect("write config");
+    let all = RunnelAll::start(dir.path());
+    let ingest = [
+        "--config",
+        "runnel.toml",
+        "ingest",
+        "--stream",
+        "clicks",
+        "--file",
+        "events.jsonl",
+        "--url",
+        &all.ingest,
+    ];
+    assert!(succeeds(dir.path(), &ingest).starts_with("accepted 40, rejected 0"));
+    let recompute = [
+        "--config",
+        "runnel.toml",
+        "backfill",
+        "--job",
+        "views",
+        "--mode",
+        "recompute",
+    ];
+    // archive.max-file-age (5 min) has not passed: the history holds none of them yet.
+    let before = succeeds(dir.path(), &recompute);
+    assert!(
+        before.contains("40 events of `clicks` are in the log but not yet in the history"),
+        "{before}"
+    );
+    assert!(before.contains("runnel archive --flush"), "{before}");
+
+    let flushed = succeeds(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "archive",
+            "--flush",
+            "--url",
+            &all.ingest,
+        ],
+    );
+    assert!(flushed.contains("flushed 4 of 4 partitions"), "{flushed}");
+    let after = succeeds(dir.path(), &recompute);
+    assert!(!after.contains("not yet in the history"), "{after}");
+    // One file per partition, each finished early by the flush.
+    assert!(after.contains("in 4 history files"), "{after}");
+}
