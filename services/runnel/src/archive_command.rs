@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use runnel_config::Config;
-use runnel_ingest::proto::FlushArchiveRequest;
 use runnel_ingest::proto::ingest_client::IngestClient;
+use runnel_ingest::proto::{FlushArchiveRequest, FlushArchiveResponse};
 use tracing::info;
 
 use crate::client::{ClientArgs, ServiceEndpoint, connect};
@@ -86,21 +86,7 @@ pub(crate) async fn run(args: ArchiveArgs, config: &Config) -> anyhow::Result<()
 
 /// `runnel archive --flush`: the ingest service's archiver finishes its files now.
 async fn flush(config: &Config, client: &ClientArgs) -> anyhow::Result<()> {
-    let connection = connect(
-        &ServiceEndpoint {
-            name: "ingest",
-            listen: &config.ingest.listen,
-            auth_token: config.ingest.auth_token.as_deref(),
-            tls_cert: config.ingest.tls_cert.as_deref(),
-        },
-        client,
-    )
-    .await?;
-    let response = IngestClient::new(connection)
-        .flush_archive(FlushArchiveRequest { timeout_ms: 0 })
-        .await
-        .context("flush the ingest service's archiver")?
-        .into_inner();
+    let response = flush_ingest_archiver(config, client).await?;
     let mut stdout = std::io::stdout().lock();
     let mut pending = 0;
     for partition in &response.partitions {
@@ -126,4 +112,26 @@ async fn flush(config: &Config, client: &ClientArgs) -> anyhow::Result<()> {
         anyhow::bail!("{pending} partitions did not flush (see above)");
     }
     Ok(())
+}
+
+/// Asks the ingest service's archiver to finish its files at the log's end as it is now.
+pub(crate) async fn flush_ingest_archiver(
+    config: &Config,
+    client: &ClientArgs,
+) -> anyhow::Result<FlushArchiveResponse> {
+    let connection = connect(
+        &ServiceEndpoint {
+            name: "ingest",
+            listen: &config.ingest.listen,
+            auth_token: config.ingest.auth_token.as_deref(),
+            tls_cert: config.ingest.tls_cert.as_deref(),
+        },
+        client,
+    )
+    .await?;
+    Ok(IngestClient::new(connection)
+        .flush_archive(FlushArchiveRequest { timeout_ms: 0 })
+        .await
+        .context("flush the ingest service's archiver")?
+        .into_inner())
 }

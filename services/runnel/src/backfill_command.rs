@@ -13,7 +13,9 @@ use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_
 use runnel_batch_reprocessor::replay::{ReplayOutcome, ReplayProgress};
 use runnel_config::Config;
 use runnel_events::validate::{format_millis, parse_rfc3339_millis};
+use tracing::warn;
 
+use crate::client::ClientArgs;
 use crate::ingest_command::progress_bar;
 
 /// How a backfill runs the job.
@@ -60,6 +62,10 @@ pub(crate) struct BackfillArgs {
     /// it such a recompute fails and the previous view stays.
     #[arg(long)]
     allow_shrink: bool,
+    /// Recompute: do not first ask the ingest service answering on `ingest.listen` to
+    /// archive what the log holds now (`runnel archive --flush`).
+    #[arg(long)]
+    no_flush: bool,
 }
 
 pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
@@ -218,6 +224,9 @@ async fn recompute(
         &config.storage.object_store_options,
     )
     .context("open the object store")?;
+    if !args.no_flush {
+        flush_first(config).await?;
+    }
     let progress = Arc::new(Progress::default());
     let request = RecomputeRequest {
         from_ms: args.from,
@@ -293,6 +302,43 @@ async fn recompute(
         )
         .context("write to stdout")?,
         Err(error) => tracing::debug!(%error, "could not count the records not yet archived"),
+    }
+    Ok(())
+}
+
+/// When an ingest service answers on `ingest.listen`, has its archiver finish its files at
+/// the log's end as it is now, so the recompute reads every event acknowledged before. With
+/// none answering, the history stays as it is (the recompute says what it left out).
+async fn flush_first(config: &Config) -> anyhow::Result<()> {
+    let address = crate::client::connect_address(&config.ingest.listen);
+    let listening = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(&address),
+    )
+    .await
+    .is_ok_and(|connected| connected.is_ok());
+    if !listening {
+        return Ok(());
+    }
+    match crate::archive_command::flush_ingest_archiver(config, &ClientArgs::default()).await {
+        Ok(response) => {
+            let flushed = response
+                .partitions
+                .iter()
+                .filter(|partition| partition.flushed)
+                .count();
+            writeln!(
+                std::io::stdout().lock(),
+                "the ingest service's archiver at {address} archived what the log held first: \
+                 {flushed} of {} partitions flushed",
+                response.partitions.len()
+            )
+            .context("write to stdout")?;
+        }
+        Err(error) => warn!(
+            "could not have the ingest service at {address} archive what the log holds first \
+             ({error:#}); recomputing over the history as it is"
+        ),
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 /// The flags of a service's client.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub(crate) struct ClientArgs {
     /// The service's URL; defaults to the config's listen address (https:// when the config
     /// gives the service a TLS certificate).

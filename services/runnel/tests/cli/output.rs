@@ -13,7 +13,7 @@ use super::{JOB, KillOnDrop, rfc3339, write_inputs};
 
 /// `runnel <args>` in `dir` (data folder `dir/data`) with `env` and no `RUST_LOG` or
 /// `NO_COLOR` from the test's environment.
-fn runnel_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(super) fn runnel_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(args)
         .current_dir(dir)

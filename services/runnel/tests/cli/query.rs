@@ -332,7 +332,9 @@ fn archive_flush_puts_every_acknowledged_event_in_the_history_for_a_recompute() 
         "recompute",
     ];
     // archive.max-file-age (5 min) has not passed: the history holds none of them yet.
-    let before = succeeds(dir.path(), &recompute);
+    let mut no_flush = recompute.to_vec();
+    no_flush.push("--no-flush");
+    let before = succeeds(dir.path(), &no_flush);
     assert!(
         before.contains("40 events of `clicks` are in the log but not yet in the history"),
         "{before}"
@@ -355,4 +357,37 @@ fn archive_flush_puts_every_acknowledged_event_in_the_history_for_a_recompute() 
     assert!(!after.contains("not yet in the history"), "{after}");
     // One file per partition, each finished early by the flush.
     assert!(after.contains("in 4 history files"), "{after}");
+
+    // A recompute asks the ingest service to flush by itself first.
+    let later: String = (40..50)
+        .map(|n| {
+            format!(
+                "{{\"event_time\": \"{}\", \"user_id\": \"u{n}\", \"page\": \"/a\", \"country\": \"de\", \"duration_ms\": {n}}}\n",
+                rfc3339(1_000 * n)
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("events.jsonl"), later).expect("write events");
+    assert!(succeeds(dir.path(), &ingest).starts_with("accepted 10, rejected 0"));
+    // The recompute finds the ingest service where its config says it listens.
+    let listen = all.ingest.trim_start_matches("http://");
+    let run = crate::output::runnel_with(
+        dir.path(),
+        &recompute,
+        &[("RUNNEL__INGEST__LISTEN", listen)],
+    );
+    let flushed_first = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{flushed_first}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        flushed_first.contains("archived what the log held first: 4 of 4 partitions flushed"),
+        "{flushed_first}"
+    );
+    assert!(
+        !flushed_first.contains("not yet in the history"),
+        "{flushed_first}"
+    );
 }
