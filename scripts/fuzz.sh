@@ -6,7 +6,8 @@
 #   from the stable build's target/.
 # - Replays each target's checked-in crashes (libs/fuzz/regressions/<target>/), then fuzzes it
 #   for FUZZ_SECONDS (default 60; 0 runs the corpus once) on a copy of libs/fuzz/corpus/<target>/
-#   in a temporary folder, so the tree stays clean.
+#   in a temporary folder, so the tree stays clean. FUZZ_SEED fixes libFuzzer's seed (.ci/run
+#   sets one, so a crash found there replays with the same seed and time).
 # - On a crash, prints the input (path and bytes), the panic, and how to keep it as a
 #   regression test; the input stays under ${RUNNEL_CACHE}/fuzz-artifacts/.
 # Arguments name the targets to run (default: all), e.g. `bash scripts/fuzz.sh sql_compile`.
@@ -104,6 +105,9 @@ for target in "${targets[@]}"; do
   mkdir -p "$artifacts/$target" "$work/$target"
   log="$work/$target.log"
   libfuzzer_args=(-artifact_prefix="$artifacts/$target/" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1)
+  if [[ -n "${FUZZ_SEED:-}" ]]; then
+    libfuzzer_args+=(-seed="$FUZZ_SEED")
+  fi
 
   regressions=()
   if [[ -d "$fuzz_dir/regressions/$target" ]]; then
