@@ -17,6 +17,7 @@
 pub mod archiver;
 pub mod hybrid;
 pub mod manifest;
+mod page_header;
 pub mod parquet_file;
 pub mod status;
 mod store;
