@@ -778,7 +778,7 @@ fn to_json_lines(batch: &RecordBatch) -> anyhow::Result<Vec<Bytes>> {
 
 /// Replaces every timestamp column by its epoch milliseconds (Int64), which the service
 /// reads whatever the time zone or unit.
-fn timestamps_as_millis(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+pub(crate) fn timestamps_as_millis(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
     let schema = batch.schema();
     if !schema
         .fields()

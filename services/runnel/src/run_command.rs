@@ -218,28 +218,17 @@ impl OutputFile {
 /// for times, `runnel_time::format_millis`), which Arrow's JSON writer would print
 /// without a zone.
 fn times_as_rfc3339(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
+    let millis = crate::ingest_command::timestamps_as_millis(batch)?;
     let schema = batch.schema();
-    if !schema
-        .fields()
-        .iter()
-        .any(|field| matches!(field.data_type(), DataType::Timestamp(..)))
-    {
-        return Ok(batch.clone());
-    }
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns = Vec::with_capacity(batch.num_columns());
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        let DataType::Timestamp(_, zone) = field.data_type() else {
+    for (field, column) in schema.fields().iter().zip(millis.columns()) {
+        if !matches!(field.data_type(), DataType::Timestamp(..)) {
             fields.push(field.as_ref().clone());
             columns.push(Arc::clone(column));
             continue;
-        };
-        let millis = arrow::compute::cast(
-            column,
-            &DataType::Timestamp(TimeUnit::Millisecond, zone.clone()),
-        )?;
-        let millis = arrow::compute::cast(&millis, &DataType::Int64)?;
-        let text: arrow::array::StringArray = millis
+        }
+        let text: arrow::array::StringArray = column
             .as_primitive::<arrow::datatypes::Int64Type>()
             .iter()
             .map(|millis| millis.map(runnel_time::format_millis))
