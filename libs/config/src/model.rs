@@ -378,6 +378,12 @@ pub struct KafkaLogConfig {
     /// `max.poll.interval.ms`, the group's rebalance timeout). At least `session-timeout`.
     #[serde(with = "humantime_serde")]
     pub rebalance_timeout: Duration,
+    /// Static group membership (Kafka's `group.instance.id`): a name unique to this
+    /// instance and kept across its restarts. An instance that restarts within
+    /// `session-timeout` gets its partitions back with no rebalance; one that stops, even
+    /// cleanly, keeps them until `session-timeout` passes. Unset: dynamic membership.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
     /// Extra librdkafka properties passed to every client, e.g. `security.protocol`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,

@@ -190,6 +190,7 @@ async fn main() {
                     request_timeout: Duration::from_secs(60),
                     session_timeout: Duration::from_secs(10),
                     rebalance_timeout: Duration::from_secs(60),
+                    group_instance_id: None,
                     properties: Default::default(),
                 })
                 .expect("kafka clients"),

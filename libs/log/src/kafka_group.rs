@@ -104,7 +104,11 @@ impl KafkaMembership {
             changes: sender,
         };
         let session_ms = config.session_timeout.as_millis().max(1);
-        let consumer: BaseConsumer<MembershipContext> = consumer_config(config, group)
+        let mut client_config = consumer_config(config, group);
+        if let Some(instance) = &config.group_instance_id {
+            client_config.set("group.instance.id", instance);
+        }
+        let consumer: BaseConsumer<MembershipContext> = client_config
             .set("auto.offset.reset", "latest")
             .set("partition.assignment.strategy", "roundrobin")
             .set("session.timeout.ms", session_ms.to_string())

@@ -72,6 +72,7 @@ impl Fixture {
             request_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(6),
             rebalance_timeout: Duration::from_secs(20),
+            group_instance_id: None,
             properties: Default::default(),
         };
         let log = Arc::new(KafkaLog::new(&config).expect("create kafka clients"));

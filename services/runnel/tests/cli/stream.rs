@@ -230,13 +230,15 @@ fn start(universe: &Universe) -> Child {
 }
 
 /// Starts a stream-processor process of `universe` logging at `rust_log` to
-/// `<root>/<name>.log`.
+/// `<root>/<name>.log`. On Kafka, `name` is its static group membership
+/// (`group-instance-id`): a restart under the same name gets its partitions back at once.
 fn spawn_instance(universe: &Universe, name: &str, rust_log: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--config")
         .arg(universe.root.join("runnel.toml"))
         .arg("stream-processor")
         .env("RUST_LOG", rust_log)
+        .env("RUNNEL__STORAGE__LOG__KAFKA__GROUP_INSTANCE_ID", name)
         .stdout(Stdio::null())
         .stderr(
             std::fs::OpenOptions::new()
@@ -433,13 +435,9 @@ async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
         let delay = Duration::from_millis(random.below(window));
         std::thread::sleep(delay);
         let finished = caught_up(crashed, ends);
+        // The next process starts at once: on Kafka it is the same static member of the
+        // job's group, so it gets the partitions back without waiting out the session.
         drop(child);
-        if crashed.kafka.is_some() {
-            // The test broker (tansu 0.6) expires a dead member of the job's group only
-            // when no other member is waiting to join (a broker would expire it after the
-            // session timeout regardless): the next process joins once it has expired.
-            std::thread::sleep(Duration::from_secs(7));
-        }
         if finished {
             window = (window / 2).max(50);
         } else {
@@ -637,6 +635,45 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Static membership (`storage.log.kafka.group-instance-id`): an instance killed with
+/// SIGKILL and restarted under the same id gets its partitions back at once, without the
+/// rebalance a dynamic member would wait for (the session timeout, 6 s here, until the dead
+/// member is dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_static_member_gets_its_partitions_back_without_waiting_out_the_session_on_kafka()
+ {
+    let Some(bootstrap) = super::kafka_bootstrap() else {
+        return;
+    };
+    let _kafka = super::kafka_exclusive().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let universe = Universe::kafka(dir.path().join("u"), &bootstrap, "static");
+    append_events(&universe, 0..1_000).await;
+    let mut member = Instance::start(&universe, "member");
+    wait_for(
+        &universe,
+        &mut [&mut member],
+        "the member owns partitions",
+        |all| all[0].assignments(&universe) > 0,
+    );
+    member.kill();
+    let restarted = Instant::now();
+    // The same name: the same `group-instance-id`, and the same log file.
+    let mut member = Instance::start(&universe, "member");
+    wait_for(
+        &universe,
+        &mut [&mut member],
+        "the restarted member owns partitions",
+        |all| all[0].assignments(&universe) > 1,
+    );
+    let took = restarted.elapsed();
+    member.kill();
+    assert!(
+        took < Duration::from_secs(5),
+        "the restarted static member waited {took:?} for its partitions (the session timeout is 6 s)"
+    );
 }
 
 /// Scale-out: two stream-processor processes share the job over the Kafka group while
