@@ -381,7 +381,8 @@ pub struct KafkaLogConfig {
     /// Static group membership (Kafka's `group.instance.id`): a name unique to this
     /// instance and kept across its restarts. An instance that restarts within
     /// `session-timeout` gets its partitions back with no rebalance; one that stops, even
-    /// cleanly, keeps them until `session-timeout` passes. Unset: dynamic membership.
+    /// cleanly, keeps them until `session-timeout` passes. Unset: dynamic membership. A
+    /// replay (`runnel backfill --mode replay`) joins as a dynamic member whatever this says.
     #[serde(default)]
     pub group_instance_id: Option<String>,
     /// Extra librdkafka properties passed to every client, e.g. `security.protocol`.

@@ -80,6 +80,9 @@ pub async fn replay(
     replay_config.jobs = vec![job_config.clone()];
     // The replay's tasks report here; their HTTP endpoint must not take a service's port.
     replay_config.stream_processor.metrics_listen = "127.0.0.1:0".to_string();
+    // Nor a service's static group membership: a second member under the same id would
+    // fence the service's out of the job's group.
+    replay_config.storage.log.kafka.group_instance_id = None;
     let status = Arc::new(StatusRegistry::new());
     let tasks_shutdown = shutdown.child_token();
     let mut service = tokio::spawn(runnel_stream_processor::run_with_status(
