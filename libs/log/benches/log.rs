@@ -1,7 +1,7 @@
 //! Log throughput benchmark: 100-byte records, batches of 1000, 4 partitions.
 //!
 //! Prints `BENCH <name> <value> <unit>` lines. `scripts/bench-log.sh` runs it in release with
-//! a tansu broker at `KAFKA_BOOTSTRAP`. Beside each backend's figures it prints a baseline
+//! a Kafka broker at `KAFKA_BOOTSTRAP` (scripts/lib/kafka.sh). Beside each backend's figures it prints a baseline
 //! measured in the same run on the same disk: raw `write` + `fdatasync` of the same bytes
 //! in the same batch sizes, so the log's append can be read as a ratio of what the disk does.
 #![allow(clippy::print_stdout)]

@@ -36,8 +36,10 @@ fn duckdb_python() -> Option<String> {
     external("RUNNEL_PYTHON", "RUNNEL_REQUIRE_DUCKDB", "the DuckDB half")
 }
 
-/// Held by the tests that run stream-processor processes on the Kafka broker, one at a time:
-/// the test broker (tansu on SQLite) times out under two of them at once on two cores.
+/// Held by the tests that run stream-processor processes on the Kafka broker, one at a time,
+/// so that their timings (kills, session timeouts) do not stretch under each other's load on
+/// two cores. (Kept from the earlier test broker, tansu, which timed out under two at once;
+/// not yet tried without it on Apache Kafka.)
 async fn kafka_exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static KAFKA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     KAFKA.lock().await

@@ -38,8 +38,7 @@ pub(super) struct Universe {
     /// `Some(bootstrap)` for Kafka; `None` for the embedded log in `root/data/log`.
     kafka: Option<String>,
     /// Whether the universe also runs `<job>-pages`, grouped by page (not the stream's key),
-    /// through its repartition topic. Only on the embedded log: the SQLite-backed test
-    /// broker times out under the extra router and window tasks on this 2-core machine.
+    /// through its repartition topic.
     pub(super) with_pages: bool,
 }
 
@@ -69,7 +68,7 @@ impl Universe {
             stream: format!("clicks-{tag}-{run}"),
             job: format!("views-{tag}-{run}"),
             kafka: Some(bootstrap.to_string()),
-            with_pages: false,
+            with_pages: true,
         }
     }
 
