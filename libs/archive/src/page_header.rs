@@ -34,20 +34,15 @@ pub(crate) struct PageHeader {
 /// The page type of a dictionary page.
 const DICTIONARY_PAGE: i32 = 2;
 
-/// Checks the dictionary page of every column chunk of `row_groups` (all of them when
-/// `None`); returns what is wrong with the first bad one.
+/// Checks the dictionary page of every column chunk; returns what is wrong with the first
+/// bad one.
 pub(crate) async fn check_dictionary_pages<R: AsyncFileReader>(
     reader: &mut R,
     metadata: &ParquetMetaData,
-    row_groups: Option<&[usize]>,
     file_len: u64,
 ) -> Result<(), String> {
-    let all: Vec<usize> = (0..metadata.num_row_groups()).collect();
     let mut chunks = Vec::new();
-    for &group in row_groups.unwrap_or(&all) {
-        let Some(row_group) = metadata.row_groups().get(group) else {
-            continue;
-        };
+    for (group, row_group) in metadata.row_groups().iter().enumerate() {
         for (column, chunk) in row_group.columns().iter().enumerate() {
             // Where the decoder starts reading the chunk's pages.
             let (start, _) = chunk.byte_range();

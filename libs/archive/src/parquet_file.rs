@@ -223,7 +223,7 @@ async fn open_batches(
     let mut metadata = ArrowReaderMetadata::load_async(&mut reader, options.clone())
         .await
         .map_err(parquet_error)?;
-    crate::page_header::check_dictionary_pages(&mut reader, metadata.metadata(), None, file.bytes)
+    crate::page_header::check_dictionary_pages(&mut reader, metadata.metadata(), file.bytes)
         .await
         .map_err(|message| ArchiveError::FileInvalid {
             path: file.path.clone(),
@@ -448,14 +448,9 @@ mod tests {
         assert_eq!(header.page_type, 2, "a dictionary page");
         assert_eq!(header.dictionary_values, Some(3), "three distinct values");
         assert_eq!(header.uncompressed_page_size, 24);
-        crate::page_header::check_dictionary_pages(
-            &mut reader,
-            metadata.metadata(),
-            None,
-            file.bytes,
-        )
-        .await
-        .expect("a sound file passes");
+        crate::page_header::check_dictionary_pages(&mut reader, metadata.metadata(), file.bytes)
+            .await
+            .expect("a sound file passes");
     }
 
     /// Found by the `parquet_history` fuzz target: asking a file for a column it does not
