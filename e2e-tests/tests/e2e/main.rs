@@ -1,10 +1,12 @@
 //! The four services as separate OS processes (`runnel ingest-service`, `stream-processor`,
 //! `batch-reprocessor`, `serving`) on loopback, once over the embedded log (one folder the
 //! processes share: each partition written by one of them, followed by the others) and
-//! once over Kafka (the tansu broker that `scripts/test.sh` starts): events in over HTTP
-//! and gRPC, results out through serving; every service SIGKILLed and restarted in turn
-//! with no acknowledged event lost and no final result changed; a new job version replayed
-//! by `runnel backfill` and switched to atomically; bearer tokens required on both ports.
+//! once over Kafka (the Apache Kafka broker that `scripts/test.sh` starts): events in over
+//! HTTP and gRPC, results out through serving; every service SIGKILLed and restarted in turn
+//! with no acknowledged event lost and no final result changed; a new job version, declared
+//! only in the backfill's config, replayed by `runnel backfill` and switched to atomically,
+//! the running serving and stream-processor following it through the job catalog with no
+//! restart; bearer tokens required on both ports.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -382,6 +384,7 @@ poll-interval = "500ms"
 [stream-processor]
 metrics-listen = "127.0.0.1:0"
 checkpoint-interval = "500ms"
+job-poll-interval = "200ms"
 [serving]
 listen = "127.0.0.1:0"
 metrics-listen = "127.0.0.1:0"
@@ -414,7 +417,8 @@ max-out-of-orderness = "1s"
         "{base}\n[[jobs]]\nname = \"{job}\"\nversion = 2\nsql = \"\"\"\n{}\n\"\"\"\nmax-out-of-orderness = \"1s\"\n",
         sql("2 * SUM(duration_ms)")
     );
-    // The stream-processor runs version 1; serving and the backfill know version 2 too.
+    // Only the backfill's config declares version 2: the services learn it from the job
+    // catalog, where the backfill registers it.
     std::fs::write(dir.path().join("v1.toml"), &base).expect("write config");
     std::fs::write(dir.path().join("v2.toml"), &with_v2).expect("write config");
     let mut platform = Platform {
@@ -426,7 +430,7 @@ max-out-of-orderness = "1s"
     let mut ingest = platform.start("v1.toml", &["ingest-service"], Some("ingest listening"));
     let mut processor = platform.start("v1.toml", &["stream-processor"], None);
     let mut batch = platform.start("v1.toml", &["batch-reprocessor"], None);
-    let mut serving = platform.start("v2.toml", &["serving"], Some("serving listening"));
+    let mut serving = platform.start("v1.toml", &["serving"], Some("serving listening"));
     let ingest_url = ingest.address.clone().expect("ingest address");
     let serving_url = serving.address.clone().expect("serving address");
 
@@ -481,7 +485,7 @@ max-out-of-orderness = "1s"
     processor = platform.start("v1.toml", &["stream-processor"], None);
     send_window(&ingest_url, &stream, 4).await;
     drop(serving);
-    serving = platform.start("v2.toml", &["serving"], Some("serving listening"));
+    serving = platform.start("v1.toml", &["serving"], Some("serving listening"));
     let serving_url = serving.address.clone().expect("serving address");
     send_window(&ingest_url, &stream, 5).await;
     drop(batch);
@@ -499,8 +503,9 @@ max-out-of-orderness = "1s"
         );
     }
 
-    // Version 2 replayed by a backfill process over the history and the log; once caught
-    // up it is the active version, and serving answers from it.
+    // Version 2, declared only in the backfill's config, replayed by a backfill process over
+    // the history and the log; once caught up it is the active version, and serving (which
+    // was never restarted with a config naming it) answers from it.
     let backfill = Command::new(&platform.binary)
         .arg("--config")
         .arg(dir.path().join("v2.toml"))
@@ -525,6 +530,19 @@ max-out-of-orderness = "1s"
         String::from_utf8_lossy(&backfill.stderr)
     );
     wait_for_results(&serving_url, &job, 7, 2, "after the switch to version 2").await;
+    // The running stream-processor follows the switch: it runs version 2 live from the
+    // replay's checkpoints, so windows sent after the backfill stopped are counted by it.
+    for window in 8..10 {
+        send_window(&ingest_url, &stream, window).await;
+    }
+    wait_for_results(
+        &serving_url,
+        &job,
+        9,
+        2,
+        "version 2 run live by the stream-processor after the switch",
+    )
+    .await;
 
     drop(batch);
     drop(processor);

@@ -110,6 +110,14 @@ pub struct StreamProcessorConfig {
     /// count afresh.
     #[serde(with = "humantime_serde")]
     pub job_restart_backoff: Duration,
+    /// Whether the service also runs each job's active version when only the job catalog
+    /// (`jobs/<job>/versions/`, registered by a backfill) has it, switching to the next one
+    /// a replay makes active. Declared `[[jobs]]` run either way.
+    pub run_registered_versions: bool,
+    /// How often the job catalog is read for registered versions and active-version
+    /// switches.
+    #[serde(with = "humantime_serde")]
+    pub job_poll_interval: Duration,
 }
 
 /// A windowed SQL job.

@@ -7,13 +7,16 @@
 //! - `view`: batch views, `views/<job>/<version>/`: Parquet files and a manifest with the
 //!   view's horizon, replaced atomically.
 //! - `replay`: a job version run by the stream-processor's own tasks over the hybrid source
-//!   until it has caught up with the live log, then made active (`active`).
+//!   until it has caught up with the live log, then made active (`runnel_jobs`).
+//!
+//! Each backfill first registers its job version in the job catalog (`runnel_jobs`), which
+//! the running services read: a version defined only in the backfill's config is then
+//! served, and run live once active, by services whose config does not declare it.
 //!
 //! The service itself has no standing work: [`run`] opens the log and waits for shutdown;
 //! backfills run from the CLI (`runnel backfill`).
 #![warn(missing_docs)]
 
-pub mod active;
 pub mod recompute;
 pub mod replay;
 pub mod view;
@@ -85,6 +88,10 @@ pub enum BatchError {
     /// The backfill asked for is not built.
     #[error("{0}")]
     Unsupported(String),
+    /// The job version could not be registered in the job catalog (`runnel_jobs`): it is
+    /// registered with another definition, or its SQL cannot be read.
+    #[error(transparent)]
+    Catalog(Box<runnel_jobs::JobsError>),
     /// A recompute's range was refused before anything was read or written: it needs more
     /// chunks than `batch-reprocessor.max-recompute-chunks`, or its windows cannot be
     /// represented. The message names the range, the chunk count and the event times (with
@@ -139,21 +146,9 @@ pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     store: &dyn object_store::ObjectStore,
     path: &Path,
 ) -> Result<Option<T>, BatchError> {
-    use object_store::ObjectStoreExt;
-    let bytes = match store.get(path).await {
-        Ok(found) => found
-            .bytes()
-            .await
-            .map_err(|source| BatchError::store("read", path, source))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(BatchError::store("read", path, source)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|error| BatchError::ViewInvalid {
-            path: path.to_string(),
-            message: error.to_string(),
-        })
+    runnel_jobs::get_json(store, path)
+        .await
+        .map_err(BatchError::from)
 }
 
 /// Writes `value` as JSON at `path`, replacing what was there in one put.
@@ -162,16 +157,42 @@ pub(crate) async fn put_json<T: serde::Serialize>(
     path: &Path,
     value: &T,
 ) -> Result<(), BatchError> {
-    use object_store::ObjectStoreExt;
-    let json = serde_json::to_vec_pretty(value).map_err(|error| BatchError::ViewInvalid {
-        path: path.to_string(),
-        message: format!("serialize: {error}"),
-    })?;
-    store
-        .put(path, object_store::PutPayload::from(json))
+    runnel_jobs::put_json(store, path, value)
         .await
-        .map_err(|source| BatchError::store("write", path, source))?;
+        .map_err(BatchError::from)
+}
+
+/// Registers `job` in the job catalog (or checks that it is registered with the same
+/// definition), so that running services whose config does not declare it know it.
+pub(crate) async fn register_version(
+    store: &dyn object_store::ObjectStore,
+    job: &runnel_config::JobConfig,
+) -> Result<(), BatchError> {
+    let version = runnel_jobs::RegisteredVersion::of(job, runnel_events::validate::now_millis())?;
+    if runnel_jobs::register(store, &version).await? == runnel_jobs::Registration::Registered {
+        tracing::info!(job = %job.id(), "registered the job version in the job catalog");
+    }
     Ok(())
+}
+
+impl From<runnel_jobs::JobsError> for BatchError {
+    fn from(error: runnel_jobs::JobsError) -> Self {
+        match error {
+            runnel_jobs::JobsError::Store {
+                operation,
+                path,
+                source,
+            } => BatchError::Store {
+                operation,
+                path,
+                source,
+            },
+            runnel_jobs::JobsError::Invalid { path, message } => {
+                BatchError::ViewInvalid { path, message }
+            }
+            other => BatchError::Catalog(Box::new(other)),
+        }
+    }
 }
 
 impl BatchError {

@@ -365,6 +365,7 @@ pub async fn recompute_view(
     store: Arc<dyn ObjectStore>,
     progress: Arc<Progress>,
 ) -> Result<RecomputeOutcome, BatchError> {
+    crate::register_version(store.as_ref(), &job.config).await?;
     let stream = job.stream.name();
     let history = runnel_archive::load_manifest(store.as_ref(), &config.archive.prefix, stream)
         .await

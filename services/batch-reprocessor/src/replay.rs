@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::BatchError;
-use crate::active::{ActiveVersion, save_active};
 use runnel_events::validate::now_millis;
+use runnel_jobs::{ActiveVersion, save_active};
 
 /// How often the replay's progress is read from its tasks.
 const POLL: Duration = Duration::from_millis(100);
@@ -71,6 +71,7 @@ pub async fn replay(
 ) -> Result<ReplayOutcome, BatchError> {
     let job = Job::compile(config, job_config)
         .map_err(|error| BatchError::StreamProcessor(Box::new(error)))?;
+    crate::register_version(store.as_ref(), job_config).await?;
     let stream = job.stream.name().to_string();
     let ends = end_offsets(log.as_ref(), &stream).await?;
     // A repartitioned job's window tasks read the repartition topic: the ends they must
@@ -83,6 +84,8 @@ pub async fn replay(
     // Nor a service's static group membership: a second member under the same id would
     // fence the service's out of the job's group.
     replay_config.storage.log.kafka.group_instance_id = None;
+    // It runs its one version, not the ones the job catalog makes active meanwhile.
+    replay_config.stream_processor.run_registered_versions = false;
     let status = Arc::new(StatusRegistry::new());
     let tasks_shutdown = shutdown.child_token();
     let mut service = tokio::spawn(runnel_stream_processor::run_with_status(

@@ -32,12 +32,20 @@ pub(crate) enum Mode {
 /// Arguments of `runnel backfill`.
 #[derive(Debug, Args)]
 pub(crate) struct BackfillArgs {
-    /// The job, by its `[[jobs]]` name.
+    /// The job, by its `[[jobs]]` name (or its name in the job catalog, where earlier
+    /// backfills registered their versions).
     #[arg(long)]
     job: String,
-    /// The job's version; default: the highest declared.
+    /// The job's version, declared in the config or registered by an earlier backfill;
+    /// default: the highest one.
     #[arg(long)]
     version: Option<u32>,
+    /// Defines --version (required with it) from this SQL file instead of a `[[jobs]]`
+    /// entry, with the other options (lateness, out-of-orderness, ...) of the job's highest
+    /// known version (none, for a new job). The backfill registers it in the job catalog, so
+    /// the running services serve it, and run it once a replay makes it active.
+    #[arg(long, value_name = "FILE", requires = "version")]
+    sql: Option<std::path::PathBuf>,
     /// Leaves out windows starting before this: RFC 3339 (`2026-11-01T00:00:00Z`) or epoch
     /// milliseconds. Default: from the first archived event.
     #[arg(long, value_parser = parse_time)]
@@ -76,37 +84,107 @@ pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|reason| format!("`{text}` is neither epoch milliseconds nor RFC 3339: {reason}"))
 }
 
+/// The job version `args` names: declared in the config or registered in `catalog`, or
+/// defined by `--sql`.
+fn job_version(
+    args: &BackfillArgs,
+    catalog: &runnel_jobs::Catalog,
+) -> anyhow::Result<runnel_config::JobConfig> {
+    let known: Vec<&runnel_jobs::CatalogVersion> = catalog.versions_of(&args.job).collect();
+    let listed = |versions: &[&runnel_jobs::CatalogVersion]| -> String {
+        let names: Vec<String> = versions
+            .iter()
+            .map(|version| {
+                let origin = if version.declared {
+                    "declared"
+                } else {
+                    "registered"
+                };
+                format!("{} ({origin})", version.job.id())
+            })
+            .collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    };
+    if let Some(path) = &args.sql {
+        let Some(version) = args.version else {
+            anyhow::bail!("--sql defines a version: give it with --version");
+        };
+        let sql = std::fs::read_to_string(path)
+            .with_context(|| format!("--sql: read {}", path.display()))?;
+        let same = known.iter().find(|known| known.job.version == version);
+        let mut job = match same.or(known.last()) {
+            Some(base) => base.job.clone(),
+            None => runnel_config::JobConfig {
+                name: args.job.clone(),
+                version,
+                sql: None,
+                sql_file: None,
+                embedded_sql: None,
+                max_out_of_orderness: Duration::ZERO,
+                allowed_lateness: Duration::ZERO,
+                early_emit_interval: None,
+                idle_timeout: None,
+            },
+        };
+        job.version = version;
+        job.sql = Some(sql);
+        job.sql_file = None;
+        job.embedded_sql = None;
+        if let Some(same) = same
+            && same.declared
+        {
+            let declared = runnel_jobs::RegisteredVersion::of(&same.job, 0)?;
+            let given = runnel_jobs::RegisteredVersion::of(&job, 0)?;
+            if let Some(difference) = declared.difference(&given) {
+                anyhow::bail!(
+                    "--sql: job `{}` version {version} is declared in the config with {difference}; \
+                     give another --version",
+                    args.job
+                );
+            }
+        }
+        return Ok(job);
+    }
+    let Some(latest) = known.last() else {
+        let every: Vec<&runnel_jobs::CatalogVersion> = catalog.versions.values().collect();
+        anyhow::bail!(
+            "--job: no job `{}` is declared or registered (known: {}); declare it in `[[jobs]]` \
+             of a config file, or define a version with --version and --sql",
+            args.job,
+            listed(&every)
+        );
+    };
+    let version = args.version.unwrap_or(latest.job.version);
+    match known.iter().find(|known| known.job.version == version) {
+        Some(found) => Ok(found.job.clone()),
+        None => anyhow::bail!(
+            "--version: job `{}` has no version {version} (known: {}); declare it in `[[jobs]]`, \
+             or define it with --sql",
+            args.job,
+            listed(&known)
+        ),
+    }
+}
+
 /// Runs the backfill `args` describes.
 pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<()> {
-    let versions: Vec<&runnel_config::JobConfig> = config
-        .jobs
-        .iter()
-        .filter(|job| job.name == args.job)
-        .collect();
-    let Some(latest) = versions.iter().map(|job| job.version).max() else {
-        let declared: Vec<String> = config.jobs.iter().map(|job| job.id()).collect();
-        anyhow::bail!(
-            "--job: no job `{}` is declared (declared: {})",
-            args.job,
-            if declared.is_empty() {
-                "none".to_string()
-            } else {
-                declared.join(", ")
-            }
-        );
-    };
-    let version = args.version.unwrap_or(latest);
-    let Some(job_config) = versions.iter().find(|job| job.version == version) else {
-        anyhow::bail!(
-            "--version: job `{}` has no version {version} (declared: {})",
-            args.job,
-            versions
-                .iter()
-                .map(|job| job.version.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    };
+    let store = runnel_archive::open_object_store(
+        &config.object_store_url(),
+        &config.storage.object_store_options,
+    )
+    .context("open the object store")?;
+    let catalog = runnel_jobs::Catalog::load(store.as_ref(), config)
+        .await
+        .context("read the job catalog")?;
+    for conflict in &catalog.conflicts {
+        warn!("{conflict}");
+    }
+    let job_config = job_version(&args, &catalog)?;
+    let job_config = &job_config;
     if let (Some(from), Some(to)) = (args.from, args.to)
         && from >= to
     {
@@ -116,7 +194,7 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
         Mode::Recompute => {
             let job = runnel_stream_processor::Job::compile(config, job_config)
                 .with_context(|| format!("compile job `{}`", job_config.id()))?;
-            recompute(config, &job, &args).await
+            recompute(config, &job, &args, store).await
         }
         Mode::Replay => {
             if args.from.is_some() || args.to.is_some() {
@@ -130,7 +208,7 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
                     "--allow-shrink is for --mode recompute: a replay writes no batch view"
                 );
             }
-            replay(config, job_config, args.stop_when_caught_up).await
+            replay(config, job_config, store, args.stop_when_caught_up).await
         }
     }
 }
@@ -138,6 +216,7 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
 async fn replay(
     config: &Config,
     job_config: &runnel_config::JobConfig,
+    store: Arc<dyn object_store::ObjectStore>,
     stop_when_caught_up: bool,
 ) -> anyhow::Result<()> {
     // Installed before opening the log, so Ctrl-C during a slow open still stops cleanly.
@@ -145,11 +224,6 @@ async fn replay(
     let log = runnel_server_common::open_storage(config)
         .await
         .context("open storage")?;
-    let store = runnel_archive::open_object_store(
-        &config.object_store_url(),
-        &config.storage.object_store_options,
-    )
-    .context("open the object store")?;
     let progress = Arc::new(ReplayProgress::default());
     let started = Instant::now();
     let work = runnel_batch_reprocessor::replay::replay(
@@ -218,12 +292,8 @@ async fn recompute(
     config: &Config,
     job: &runnel_stream_processor::Job,
     args: &BackfillArgs,
+    store: Arc<dyn object_store::ObjectStore>,
 ) -> anyhow::Result<()> {
-    let store = runnel_archive::open_object_store(
-        &config.object_store_url(),
-        &config.storage.object_store_options,
-    )
-    .context("open the object store")?;
     if !args.no_flush {
         flush_first(config).await?;
     }

@@ -1,7 +1,9 @@
 //! Keeping the views current: the speed view follows each job version's results topic from
-//! its first record; the batch views and each job's active version are looked up on the
-//! object store every `view-poll-interval`.
+//! its first record; the job catalog (versions registered by backfills, each job's active
+//! version) and the batch views are looked up on the object store every
+//! `view-poll-interval`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,12 +17,17 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use runnel_batch_reprocessor::recompute::VIEWS_PREFIX;
 use runnel_batch_reprocessor::view::load_view;
 use runnel_config::Config;
+use runnel_jobs::Catalog;
 use runnel_log::{Log, LogError, Record, StartOffset};
+use runnel_stream_processor::Job;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::ServingError;
-use crate::views::{BatchView, JobView, ResultLayout, Update, VersionView, ViewTable, Window};
+use crate::views::{
+    BatchView, JobView, Jobs, ResultLayout, Update, VersionView, ViewTable, Window,
+};
 
 /// Results records read at once.
 const READ_RECORDS: usize = 4096;
@@ -184,28 +191,190 @@ async fn read_batch_view(
     Ok(table)
 }
 
-/// Looks up each job's active version and each version's batch view once: a new active
-/// version is switched to at once (queries answer from it from then on), a new batch view
-/// generation is read whole and then replaces the old one.
-pub(crate) async fn poll_views(
-    store: &dyn ObjectStore,
-    config: &Config,
-    jobs: &crate::views::Jobs,
-) -> Result<(), ServingError> {
-    for job in jobs.values() {
-        let active = runnel_batch_reprocessor::active::active_version(store, config, &job.name)
-            .await
-            .map_err(|error| ServingError::BatchView {
-                path: runnel_batch_reprocessor::active::active_path(&job.name).to_string(),
-                message: error.to_string(),
-            })?;
-        if let Some(active) = active {
-            let previous = job.active.swap(active, Ordering::AcqRel);
-            if previous != active {
-                info!(job = %job.name, from = previous, to = active, "active version switched");
+/// The versions serving reads: where each job version's results are followed from.
+pub(crate) struct Followers {
+    log: Arc<dyn Log>,
+    tasks: JoinSet<Result<(), ServingError>>,
+    shutdown: CancellationToken,
+}
+
+impl Followers {
+    pub(crate) fn new(log: Arc<dyn Log>, shutdown: CancellationToken) -> Followers {
+        Followers {
+            log,
+            tasks: JoinSet::new(),
+            shutdown,
+        }
+    }
+
+    /// Starts following every partition of `view`'s results topic into its speed view.
+    pub(crate) async fn follow(
+        &mut self,
+        job: &Arc<JobView>,
+        view: &Arc<VersionView>,
+    ) -> Result<(), ServingError> {
+        let topic = runnel_stream_processor::results_topic(&view.id);
+        let log_error = |source| ServingError::Log {
+            topic: topic.clone(),
+            source: Box::new(source),
+        };
+        let partitions = self.log.partition_count(&topic).await.map_err(log_error)?;
+        let pending = Arc::new(AtomicUsize::new(partitions as usize));
+        if partitions == 0 {
+            view.ready.store(true, Ordering::Release);
+        }
+        for partition in 0..partitions {
+            let end = self
+                .log
+                .latest_offset(&topic, partition)
+                .await
+                .map_err(log_error)?;
+            self.tasks.spawn(
+                follow_results(
+                    Arc::clone(&self.log),
+                    Arc::clone(job),
+                    Arc::clone(view),
+                    partition,
+                    end,
+                    Arc::clone(&pending),
+                    self.shutdown.clone(),
+                )
+                .in_current_span(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The first error of a follower; pending while none fails.
+    pub(crate) async fn failed(&mut self) -> ServingError {
+        loop {
+            match self.tasks.join_next().await {
+                None => std::future::pending::<()>().await,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(error))) => return error,
+                Some(Err(join)) => {
+                    return ServingError::Results(format!("a view task failed: {join}"));
+                }
             }
         }
-        for view in job.versions.values() {
+    }
+}
+
+/// Adds `job`'s views to `jobs` and ensures its results topic; returns the job's and the
+/// version's views when the version is new.
+pub(crate) async fn add_version(
+    jobs: &Jobs,
+    job: &Job,
+    log: &dyn Log,
+) -> Result<Option<(Arc<JobView>, Arc<VersionView>)>, ServingError> {
+    let stream = job.stream.name().to_string();
+    let log_error = |topic: &str| {
+        let topic = topic.to_string();
+        move |source| ServingError::Log {
+            topic,
+            source: Box::new(source),
+        }
+    };
+    let partitions = log
+        .partition_count(&stream)
+        .await
+        .map_err(log_error(&stream))?;
+    let results = runnel_stream_processor::results_topic(&job.name);
+    log.ensure_topic(&results, partitions)
+        .await
+        .map_err(log_error(&results))?;
+    let source_topic = if job.repartition {
+        runnel_stream_processor::repartition_topic(&job.name)
+    } else {
+        stream
+    };
+    let layout = ResultLayout::new(job.plan.result_schema(), job.plan.window());
+    let view = Arc::new(VersionView::new(
+        job.name.clone(),
+        job.version,
+        source_topic,
+        layout,
+    ));
+    let job_view = jobs.get_or_add(&job.job_name, || {
+        JobView::new(job.job_name.clone(), job.version, crate::SUBSCRIBER_BUFFER)
+    });
+    Ok(job_view
+        .add_version(Arc::clone(&view))
+        .then_some((job_view, view)))
+}
+
+/// Starts serving each version in `catalog` that serving does not have yet (registered by
+/// a backfill since it started). A version that does not compile here (its stream is not in
+/// this config, say) is reported once in `reported` and left out.
+pub(crate) async fn add_catalog_versions(
+    catalog: &Catalog,
+    config: &Config,
+    jobs: &Jobs,
+    followers: &mut Followers,
+    reported: &mut BTreeSet<String>,
+) -> Result<(), ServingError> {
+    for conflict in &catalog.conflicts {
+        let message = conflict.to_string();
+        if reported.insert(message.clone()) {
+            error!(error = %message, "a declared job version differs from its registration; serving the declared one's results");
+        }
+    }
+    for version in catalog.versions.values() {
+        if jobs
+            .get(&version.job.name)
+            .is_some_and(|job| job.version(version.job.version).is_some())
+        {
+            continue;
+        }
+        let id = version.job.id();
+        let job = match Job::compile(config, &version.job) {
+            Ok(job) => job,
+            Err(error) => {
+                if reported.insert(format!("{id}: {error}")) {
+                    error!(job = %id, %error, "a job version registered in the job catalog does not compile here (is its stream declared in this config?); not serving it");
+                }
+                continue;
+            }
+        };
+        let log = Arc::clone(&followers.log);
+        if let Some((job_view, view)) = add_version(jobs, &job, log.as_ref()).await? {
+            info!(job = %id, "serving a job version registered in the job catalog");
+            followers.follow(&job_view, &view).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Looks up each job's active version and each version's batch view once: a new active
+/// version is switched to once its speed view is rebuilt (queries answer from it from then
+/// on), a new batch view generation is read whole and then replaces the old one.
+pub(crate) async fn poll_views(
+    store: &dyn ObjectStore,
+    catalog: &Catalog,
+    jobs: &Jobs,
+) -> Result<(), ServingError> {
+    for job in jobs.all() {
+        let active = catalog
+            .active_version(store, &job.name)
+            .await
+            .map_err(|error| ServingError::BatchView {
+                path: runnel_jobs::active_path(&job.name).to_string(),
+                message: error.to_string(),
+            })?;
+        if let Some(active) = active
+            && let Some(view) = job.version(active)
+        {
+            let previous = job.active.load(Ordering::Acquire);
+            if previous != active {
+                if view.ready.load(Ordering::Acquire) {
+                    job.active.store(active, Ordering::Release);
+                    info!(job = %job.name, from = previous, to = active, "active version switched");
+                } else {
+                    debug!(job = %job.name, to = active, "the new active version's speed view is still being rebuilt; switching once it is");
+                }
+            }
+        }
+        for view in job.versions() {
             let manifest = load_view(store, VIEWS_PREFIX, &job.name, view.version)
                 .await
                 .map_err(|error| ServingError::BatchView {

@@ -96,12 +96,13 @@ fn decode_token(token: &str) -> Result<String, Status> {
 }
 
 impl GrpcServing {
-    fn job(&self, name: &str) -> Result<&Arc<JobView>, Status> {
+    fn job(&self, name: &str) -> Result<Arc<JobView>, Status> {
         if name.is_empty() {
             return Err(Status::invalid_argument("job: a job name is required"));
         }
         self.jobs.get(name).ok_or_else(|| {
-            let declared: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+            let declared: Vec<String> =
+                self.jobs.all().iter().map(|job| job.name.clone()).collect();
             Status::not_found(format!(
                 "job: `{name}` is not declared (declared: {})",
                 if declared.is_empty() {
@@ -114,22 +115,18 @@ impl GrpcServing {
     }
 
     /// The version `requested` (0: the active one) of `job`, once its speed view is rebuilt.
-    fn version<'a>(
-        &self,
-        job: &'a JobView,
-        requested: u32,
-    ) -> Result<&'a Arc<VersionView>, Status> {
+    fn version(&self, job: &JobView, requested: u32) -> Result<Arc<VersionView>, Status> {
         let view = if requested == 0 {
             job.active()
                 .ok_or_else(|| Status::not_found(format!("job `{}` has no version", job.name)))?
         } else {
-            job.versions.get(&requested).ok_or_else(|| {
+            job.version(requested).ok_or_else(|| {
                 Status::not_found(format!(
-                    "version: job `{}` has no version {requested} (declared: {})",
+                    "version: job `{}` has no version {requested} (declared or registered: {})",
                     job.name,
-                    job.versions
-                        .keys()
-                        .map(ToString::to_string)
+                    job.versions()
+                        .iter()
+                        .map(|view| view.version.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))
@@ -246,7 +243,7 @@ impl proto::serving_server::Serving for GrpcServing {
                 request.to_ms, request.from_ms
             )));
         }
-        let view = self.version(job, 0)?;
+        let view = self.version(&job, 0)?;
         let windows = view
             .key_windows(&key, &(request.from_ms..to))
             .iter()
@@ -270,7 +267,7 @@ impl proto::serving_server::Serving for GrpcServing {
         } else {
             Some(decode_token(&request.page_token)?)
         };
-        let view = self.version(job, 0)?;
+        let view = self.version(&job, 0)?;
         let (answers, more) = view.window_keys(request.window_start_ms, after.as_deref(), size);
         let next_page_token = match (more, answers.last()) {
             (true, Some((last, _))) => encode_token(&last.key),
@@ -296,7 +293,7 @@ impl proto::serving_server::Serving for GrpcServing {
             return Err(Status::invalid_argument("k: must be at least 1"));
         }
         let k = self.page_size("k", request.k)?;
-        let view = self.version(job, 0)?;
+        let view = self.version(&job, 0)?;
         let column = view
             .layout
             .columns
@@ -362,10 +359,10 @@ impl proto::serving_server::Serving for GrpcServing {
         _request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
         let mut jobs = Vec::new();
-        for job in self.jobs.values() {
+        for job in self.jobs.all() {
             let mut versions = Vec::new();
-            for view in job.versions.values() {
-                versions.push(self.version_info(view).await?);
+            for view in job.versions() {
+                versions.push(self.version_info(&view).await?);
             }
             jobs.push(proto::JobInfo {
                 name: job.name.clone(),
@@ -383,7 +380,7 @@ impl proto::serving_server::Serving for GrpcServing {
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        let job = Arc::clone(self.job(&request.job)?);
+        let job = self.job(&request.job)?;
         let key = if request.key.trim().is_empty() {
             None
         } else {
@@ -433,7 +430,7 @@ impl proto::serving_server::Serving for GrpcServing {
     ) -> Result<Response<Self::ExportResultsStream>, Status> {
         let request = request.into_inner();
         let job = self.job(&request.job)?;
-        let view = self.version(job, request.version)?;
+        let view = self.version(&job, request.version)?;
         let (name, version) = (job.name.clone(), view.version);
         let answers = view.all();
         let stream =

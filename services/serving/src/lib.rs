@@ -10,9 +10,13 @@
 //!   whole when its manifest names a new generation.
 //! - The Lambda merge: a window the batch view covers (in its range, ending by its horizon)
 //!   is answered from it, any other from the speed view.
+//! - The job versions are the declared ones and those registered in the job catalog
+//!   (`runnel_jobs`, by backfills), read every `serving.view-poll-interval`: a version a
+//!   backfill in another process registers is served from then on, with no restart.
 //! - The active version of each job is `jobs/<job>/active.json` (written by a replay backfill
-//!   that caught up), else the lowest declared; looked up every `serving.view-poll-interval`
-//!   and switched in one store, so a query sees one version or the other.
+//!   that caught up), else the lowest version; looked up every `serving.view-poll-interval`
+//!   and switched in one store once its speed view is rebuilt, so a query sees one version
+//!   or the other.
 //!
 //! Prometheus metrics (queries by method and code, their latency, subscribers, view sizes)
 //! are served apart, on `serving.metrics-listen` (`GET /metrics`).
@@ -23,23 +27,22 @@ mod grpc;
 mod metrics;
 mod views;
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use object_store::ObjectStore;
 use runnel_config::Config;
 use runnel_log::{Log, LogError};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::views::{JobView, Jobs, ResultLayout, VersionView};
+use crate::views::Jobs;
 
 /// The generated gRPC client, server and messages of `runnel.serving.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -56,7 +59,7 @@ pub const SERVICE_NAME: &str = "serving";
 
 /// Speed-view updates buffered per job for subscribers; a subscriber further behind is
 /// dropped with RESOURCE_EXHAUSTED.
-const SUBSCRIBER_BUFFER: usize = 65_536;
+pub(crate) const SUBSCRIBER_BUFFER: usize = 65_536;
 
 /// Everything the serving service can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -149,56 +152,12 @@ pub async fn bind(
         &config.storage.object_store_options,
     )
     .map_err(ServingError::OpenStore)?;
-    let mut versions: BTreeMap<String, BTreeMap<u32, Arc<VersionView>>> = BTreeMap::new();
+    let jobs = Jobs::default();
     for job_config in &config.jobs {
         let job =
             runnel_stream_processor::Job::compile(config, job_config).map_err(ServingError::Job)?;
-        let stream = job.stream.name().to_string();
-        let log_error = |topic: &str| {
-            let topic = topic.to_string();
-            move |source| ServingError::Log {
-                topic,
-                source: Box::new(source),
-            }
-        };
-        let partitions = log
-            .partition_count(&stream)
-            .await
-            .map_err(log_error(&stream))?;
-        let results = runnel_stream_processor::results_topic(&job.name);
-        log.ensure_topic(&results, partitions)
-            .await
-            .map_err(log_error(&results))?;
-        let source_topic = if job.repartition {
-            runnel_stream_processor::repartition_topic(&job.name)
-        } else {
-            stream
-        };
-        let layout = ResultLayout::new(job.plan.result_schema(), job.plan.window());
-        versions.entry(job.job_name.clone()).or_default().insert(
-            job.version,
-            Arc::new(VersionView::new(
-                job.name.clone(),
-                job.version,
-                source_topic,
-                layout,
-            )),
-        );
+        follow::add_version(&jobs, &job, log.as_ref()).await?;
     }
-    let jobs: Jobs = versions
-        .into_iter()
-        .map(|(name, versions)| {
-            let lowest = versions.keys().next().copied().unwrap_or(1);
-            let (updates, _) = broadcast::channel(SUBSCRIBER_BUFFER);
-            let job = JobView {
-                name: name.clone(),
-                versions,
-                active: AtomicU32::new(lowest),
-                updates,
-            };
-            (name, Arc::new(job))
-        })
-        .collect();
     let address = &config.serving.listen;
     let listen_error = |source| ServingError::Listen {
         address: address.clone(),
@@ -263,38 +222,6 @@ impl BoundServing {
                 )
                 .in_current_span(),
         );
-        for job in jobs.values() {
-            for view in job.versions.values() {
-                let topic = runnel_stream_processor::results_topic(&view.id);
-                let log_error = |source| ServingError::Log {
-                    topic: topic.clone(),
-                    source: Box::new(source),
-                };
-                let partitions = log.partition_count(&topic).await.map_err(log_error)?;
-                let pending = Arc::new(AtomicUsize::new(partitions as usize));
-                if partitions == 0 {
-                    view.ready.store(true, Ordering::Release);
-                }
-                for partition in 0..partitions {
-                    let end = log
-                        .latest_offset(&topic, partition)
-                        .await
-                        .map_err(log_error)?;
-                    tasks.spawn(
-                        follow::follow_results(
-                            Arc::clone(&log),
-                            Arc::clone(job),
-                            Arc::clone(view),
-                            partition,
-                            end,
-                            Arc::clone(&pending),
-                            tasks_shutdown.clone(),
-                        )
-                        .in_current_span(),
-                    );
-                }
-            }
-        }
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter
             .set_not_serving::<proto::serving_server::ServingServer<grpc::GrpcServing>>()
@@ -309,8 +236,15 @@ impl BoundServing {
                 Arc::clone(&jobs),
                 tasks_shutdown.clone(),
             );
+            let mut followers = follow::Followers::new(Arc::clone(&log), shutdown.clone());
             tasks.spawn(
                 async move {
+                    for job in jobs.all() {
+                        for view in job.versions() {
+                            followers.follow(&job, &view).await?;
+                        }
+                    }
+                    let mut reported = BTreeSet::new();
                     let mut serving = false;
                     let mut polled = false;
                     let mut ticker = tokio::time::interval(config.serving.view_poll_interval);
@@ -319,17 +253,24 @@ impl BoundServing {
                     loop {
                         tokio::select! {
                             () = shutdown.cancelled() => return Ok(()),
+                            error = followers.failed() => return Err(error),
                             _ = ticker.tick() => {
-                                match follow::poll_views(store.as_ref(), &config, &jobs).await {
-                                    Ok(()) => polled = true,
-                                    Err(error) => warn!(%error, "could not look up the batch views; trying again"),
+                                match runnel_jobs::Catalog::load(store.as_ref(), &config).await {
+                                    Ok(catalog) => {
+                                        follow::add_catalog_versions(&catalog, &config, &jobs, &mut followers, &mut reported).await?;
+                                        match follow::poll_views(store.as_ref(), &catalog, &jobs).await {
+                                            Ok(()) => polled = true,
+                                            Err(error) => warn!(%error, "could not look up the batch views; trying again"),
+                                        }
+                                    }
+                                    Err(error) => warn!(%error, "could not read the job catalog; trying again"),
                                 }
                             }
                             _ = readiness.tick(), if !serving => {}
                         }
-                        let rebuilt = jobs.values().all(|job| {
-                            job.versions
-                                .values()
+                        let rebuilt = jobs.all().iter().all(|job| {
+                            job.versions()
+                                .iter()
                                 .all(|view| view.ready.load(Ordering::Acquire))
                         });
                         if !serving && polled && rebuilt {

@@ -112,20 +112,27 @@ fn encode(metrics: &ServingMetrics, jobs: &Jobs) -> Exposition {
     for (method, durations) in METHODS.iter().zip(&metrics.durations) {
         family.histogram(&Labels::new().with("method", method), &durations.snapshot());
     }
+    let jobs = jobs.all();
     let job_rows: Vec<(Labels, &JobView)> = jobs
-        .values()
+        .iter()
         .map(|job| (Labels::new().with("job", &job.name), job.as_ref()))
         .collect();
     exposition.table(JOB_FAMILIES, &job_rows, &());
-    let version_rows: Vec<(Labels, &VersionView)> = jobs
-        .values()
+    let versions: Vec<(String, Arc<VersionView>)> = jobs
+        .iter()
         .flat_map(|job| {
-            job.versions.values().map(|view| {
-                let labels = Labels::new()
-                    .with("job", &job.name)
-                    .with("version", view.version);
-                (labels, view.as_ref())
-            })
+            job.versions()
+                .into_iter()
+                .map(|view| (job.name.clone(), view))
+        })
+        .collect();
+    let version_rows: Vec<(Labels, &VersionView)> = versions
+        .iter()
+        .map(|(name, view)| {
+            let labels = Labels::new()
+                .with("job", name)
+                .with("version", view.version);
+            (labels, view.as_ref())
         })
         .collect();
     exposition.table(VERSION_FAMILIES, &version_rows, &());

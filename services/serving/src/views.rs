@@ -433,24 +433,102 @@ pub(crate) struct Update {
     pub window: Arc<Window>,
 }
 
-/// One job: its declared versions and which one is active.
+/// One job: its versions (declared, or registered in the job catalog) and which one is
+/// active. Versions are added while serving, never removed.
 #[derive(Debug)]
 pub(crate) struct JobView {
     pub name: String,
-    pub versions: BTreeMap<u32, Arc<VersionView>>,
+    versions: RwLock<BTreeMap<u32, Arc<VersionView>>>,
     pub active: AtomicU32,
     pub updates: broadcast::Sender<Update>,
 }
 
 impl JobView {
+    /// A job with no version yet; `active` names its first one.
+    pub(crate) fn new(name: String, active: u32, buffer: usize) -> JobView {
+        let (updates, _) = broadcast::channel(buffer);
+        JobView {
+            name,
+            versions: RwLock::new(BTreeMap::new()),
+            active: AtomicU32::new(active),
+            updates,
+        }
+    }
+
+    /// Its versions, lowest first.
+    pub(crate) fn versions(&self) -> Vec<Arc<VersionView>> {
+        self.versions
+            .read()
+            .map(|versions| versions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Version `version`'s views.
+    pub(crate) fn version(&self, version: u32) -> Option<Arc<VersionView>> {
+        self.versions
+            .read()
+            .ok()
+            .and_then(|versions| versions.get(&version).cloned())
+    }
+
+    /// Adds `view` unless the job has its version; returns whether it was added.
+    pub(crate) fn add_version(&self, view: Arc<VersionView>) -> bool {
+        let Ok(mut versions) = self.versions.write() else {
+            return false;
+        };
+        match versions.entry(view.version) {
+            std::collections::btree_map::Entry::Occupied(_) => false,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(view);
+                true
+            }
+        }
+    }
+
     /// The active version's views.
-    pub(crate) fn active(&self) -> Option<&Arc<VersionView>> {
-        self.versions.get(&self.active.load(Ordering::Acquire))
+    pub(crate) fn active(&self) -> Option<Arc<VersionView>> {
+        self.version(self.active.load(Ordering::Acquire))
     }
 }
 
-/// Every job's views, by job name.
-pub(crate) type Jobs = BTreeMap<String, Arc<JobView>>;
+/// Every job's views, by job name. Jobs are added while serving, never removed.
+#[derive(Debug, Default)]
+pub(crate) struct Jobs {
+    by_name: RwLock<BTreeMap<String, Arc<JobView>>>,
+}
+
+impl Jobs {
+    /// Job `name`'s views.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<JobView>> {
+        self.by_name
+            .read()
+            .ok()
+            .and_then(|jobs| jobs.get(name).cloned())
+    }
+
+    /// Every job, by name.
+    pub(crate) fn all(&self) -> Vec<Arc<JobView>> {
+        self.by_name
+            .read()
+            .map(|jobs| jobs.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Job `name`'s views, made with `make` when it has none yet.
+    pub(crate) fn get_or_add(&self, name: &str, make: impl FnOnce() -> JobView) -> Arc<JobView> {
+        if let Some(job) = self.get(name) {
+            return job;
+        }
+        match self.by_name.write() {
+            Ok(mut jobs) => Arc::clone(
+                jobs.entry(name.to_string())
+                    .or_insert_with(|| Arc::new(make())),
+            ),
+            // A poisoned lock: a job nobody can look up.
+            Err(_) => Arc::new(make()),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -70,6 +70,8 @@ pub struct Job {
     /// Whether the job reads through `<job>.repartition` (it does not group by the stream's
     /// key): router tasks key each event by its group there, and the window tasks read it.
     pub repartition: bool,
+    /// The `[[jobs]]` entry it was compiled from.
+    pub config: JobConfig,
 }
 
 impl Job {
@@ -192,6 +194,7 @@ impl Job {
             stream,
             input_columns,
             input_schema,
+            config: job.clone(),
         })
     }
 }

@@ -20,6 +20,11 @@
 //! Several instances share a job's partitions (`assignment`): each joins the job's group
 //! over `<job>.members` and runs the tasks of the partitions it is assigned; a partition
 //! that moves is checkpointed by its old owner before the new one restores it.
+//!
+//! Besides its config's `[[jobs]]`, the service runs each job's active version when only the
+//! job catalog (`runnel_jobs`, registered by a backfill) has it, reading the catalog every
+//! `stream-processor.job-poll-interval`: a replay in another process that makes a new version
+//! active is followed with no restart, and the previous registered version is stopped.
 #![warn(missing_docs)]
 
 mod assignment;
@@ -296,6 +301,144 @@ async fn supervise_job(
     }
 }
 
+/// Ensures `job`'s topics and starts its supervisor in `jobs`, stopped by `shutdown`.
+async fn start_job(
+    job: Arc<Job>,
+    config: &Config,
+    context: &task::TaskContext,
+    jobs: &mut tokio::task::JoinSet<()>,
+    shutdown: CancellationToken,
+) -> Result<(), StreamProcessorError> {
+    let log = &context.log;
+    let stream = job.stream.name().to_string();
+    let partitions = log
+        .partition_count(&stream)
+        .await
+        .map_err(|source| StreamProcessorError::log(&stream, source))?;
+    let mut topics = vec![
+        results_topic(&job.name),
+        late_topic(&job.name),
+        members_topic(&job.name),
+    ];
+    if job.repartition {
+        topics.push(job::repartition_topic(&job.name));
+    }
+    for topic in topics {
+        log.ensure_topic(&topic, partitions)
+            .await
+            .map_err(|source| StreamProcessorError::log(&topic, source))?;
+    }
+    info!(
+        job = %job.name,
+        stream,
+        partitions,
+        repartition = job.repartition,
+        "starting job"
+    );
+    let span = info_span!("job", job = %job.name);
+    jobs.spawn(
+        supervise_job(
+            job,
+            partitions,
+            context.clone(),
+            RestartPolicy::of(config),
+            shutdown,
+        )
+        .instrument(span),
+    );
+    Ok(())
+}
+
+/// The job versions this service runs because the job catalog makes them active, though
+/// its config does not declare them (`stream-processor.run-registered-versions`).
+#[derive(Default)]
+struct RegisteredJobs {
+    /// Running ones, by version id, with the token that stops each.
+    running: std::collections::BTreeMap<String, CancellationToken>,
+    /// What was last reported about a version that cannot run or a conflict, so that each
+    /// is logged once.
+    reported: std::collections::BTreeSet<String>,
+}
+
+impl RegisteredJobs {
+    /// Reads the job catalog: starts each job's active version when only the catalog has
+    /// it, and stops the ones that are no longer active (they checkpoint as they stop).
+    async fn follow(
+        &mut self,
+        config: &Config,
+        context: &task::TaskContext,
+        jobs: &mut tokio::task::JoinSet<()>,
+        shutdown: &CancellationToken,
+    ) {
+        let store = context.store.as_ref();
+        let catalog = match runnel_jobs::Catalog::load(store, config).await {
+            Ok(catalog) => catalog,
+            Err(error) => {
+                warn!(%error, "could not read the job catalog; trying again");
+                return;
+            }
+        };
+        for conflict in &catalog.conflicts {
+            let message = conflict.to_string();
+            if self.reported.insert(message.clone()) {
+                error!(error = %message, "a declared job version differs from its registration; running the declared one");
+            }
+        }
+        let mut wanted = std::collections::BTreeMap::new();
+        for name in catalog.job_names() {
+            let active = match catalog.active_version(store, &name).await {
+                Ok(Some(active)) => active,
+                Ok(None) => continue,
+                Err(error) => {
+                    warn!(job = %name, %error, "could not read the job's active version; trying again");
+                    return;
+                }
+            };
+            if let Some(version) = catalog.versions.get(&(name.clone(), active))
+                && !version.declared
+            {
+                wanted.insert(version.job.id(), version.job.clone());
+            }
+        }
+        let stale: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in stale {
+            if let Some(stop) = self.running.remove(&id) {
+                info!(job = %id, "stopping a registered job version that is no longer active");
+                stop.cancel();
+            }
+        }
+        for (id, job_config) in wanted {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let job = match Job::compile(config, &job_config) {
+                Ok(job) => Arc::new(job),
+                Err(error) => {
+                    if self.reported.insert(format!("{id}: {error}")) {
+                        error!(job = %id, %error, "the job catalog's active version does not compile here (is its stream declared in this config?); not running it");
+                    }
+                    continue;
+                }
+            };
+            let stop = shutdown.child_token();
+            match start_job(job, config, context, jobs, stop.clone()).await {
+                Ok(()) => {
+                    info!(job = %id, "running a job version registered in the job catalog, now active");
+                    self.running.insert(id, stop);
+                }
+                Err(error) => {
+                    warn!(job = %id, %error, "could not start the registered job version; trying again")
+                }
+            }
+        }
+    }
+}
+
 /// Runs the stream-processor service until `shutdown` is cancelled, on the log that
 /// `config` selects.
 ///
@@ -309,8 +452,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     run_with_log(config, log, shutdown).await
 }
 
-/// Runs every configured job on a log that is already open, until `shutdown` is cancelled.
-/// A job whose task fails is restarted from its checkpoints, within
+/// Runs every configured job, and the job catalog's active versions (see the crate docs), on
+/// a log that is already open, until `shutdown` is cancelled. A job whose task fails is restarted from its checkpoints, within
 /// `stream-processor.max-job-restarts`, then reported failed; the other jobs go on.
 ///
 /// # Errors
@@ -373,46 +516,22 @@ pub async fn run_with_status(
         let mut jobs = tokio::task::JoinSet::new();
         for job_config in &config.jobs {
             let job = Arc::new(Job::compile(&config, job_config)?);
-            let stream = job.stream.name().to_string();
-            let partitions = log
-                .partition_count(&stream)
-                .await
-                .map_err(|source| StreamProcessorError::log(&stream, source))?;
-            let mut topics = vec![
-                results_topic(&job.name),
-                late_topic(&job.name),
-                members_topic(&job.name),
-            ];
-            if job.repartition {
-                topics.push(job::repartition_topic(&job.name));
-            }
-            for topic in topics {
-                log.ensure_topic(&topic, partitions)
-                    .await
-                    .map_err(|source| StreamProcessorError::log(&topic, source))?;
-            }
-            info!(
-                job = %job.name,
-                stream,
-                partitions,
-                repartition = job.repartition,
-                "starting job"
-            );
-            let span = info_span!("job", job = %job.name);
-            jobs.spawn(
-                supervise_job(
-                    job,
-                    partitions,
-                    context.clone(),
-                    RestartPolicy::of(&config),
-                    jobs_shutdown.clone(),
-                )
-                .instrument(span),
-            );
+            start_job(
+                job,
+                &config,
+                &context,
+                &mut jobs,
+                jobs_shutdown.clone(),
+            )
+            .await?;
         }
-        if jobs.is_empty() {
+        let follow_catalog = config.stream_processor.run_registered_versions;
+        if jobs.is_empty() && !follow_catalog {
             info!("no jobs configured (`jobs = []`); declare them with [[jobs]] in a config file, see config/runnel.toml; waiting for shutdown");
         }
+        let mut registered = RegisteredJobs::default();
+        let mut catalog_poll = tokio::time::interval(config.stream_processor.job_poll_interval);
+        catalog_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first_error = None;
         let mut shutdown_requested = std::pin::pin!(shutdown.cancelled());
         loop {
@@ -420,29 +539,26 @@ pub async fn run_with_status(
                 () = &mut shutdown_requested, if !jobs_shutdown.is_cancelled() => {
                     jobs_shutdown.cancel();
                 }
-                joined = jobs.join_next() => {
-                    let Some(joined) = joined else {
-                        if jobs_shutdown.is_cancelled() || first_error.is_some() {
-                            break;
-                        }
-                        // No jobs: wait for shutdown.
-                        shutdown.cancelled().await;
-                        break;
-                    };
+                _ = catalog_poll.tick(), if follow_catalog && !jobs_shutdown.is_cancelled() => {
+                    registered
+                        .follow(&config, &context, &mut jobs, &jobs_shutdown)
+                        .await;
+                }
+                Some(joined) = jobs.join_next() => {
                     // A job's failures are its supervisor's: only a panic comes here.
-                    let failure = match joined {
-                        Ok(()) => None,
-                        Err(join_error) => Some(StreamProcessorError::Task {
+                    if let Err(join_error) = joined {
+                        jobs_shutdown.cancel();
+                        first_error.get_or_insert(StreamProcessorError::Task {
                             job: "?".to_string(),
                             partition: 0,
                             message: join_error.to_string(),
-                        }),
-                    };
-                    if let Some(error) = failure {
-                        jobs_shutdown.cancel();
-                        first_error.get_or_insert(error);
+                        });
                     }
                 }
+                else => {}
+            }
+            if jobs.is_empty() && (jobs_shutdown.is_cancelled() || first_error.is_some()) {
+                break;
             }
         }
         metrics_shutdown.cancel();

@@ -564,9 +564,9 @@ async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_versi
     assert_eq!(before_restart.len(), (USERS * 13) as usize);
 
     // Version 2 becomes active: every answer comes from it at once.
-    runnel_batch_reprocessor::active::save_active(
+    runnel_jobs::save_active(
         store.as_ref(),
-        &runnel_batch_reprocessor::active::ActiveVersion {
+        &runnel_jobs::ActiveVersion {
             job: JOB.to_string(),
             version: 2,
             activated_at_ms: 0,
