@@ -180,9 +180,8 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
     let catalog = runnel_jobs::Catalog::load(store.as_ref(), config)
         .await
         .context("read the job catalog")?;
-    for conflict in &catalog.conflicts {
-        warn!("{conflict}");
-    }
+    // A conflict of the chosen version with its registration fails the backfill when it
+    // registers the version; the others are not this backfill's business.
     let job_config = job_version(&args, &catalog)?;
     let job_config = &job_config;
     if let (Some(from), Some(to)) = (args.from, args.to)
@@ -257,6 +256,13 @@ async fn replay(
                             started.elapsed().as_secs_f64()
                         )
                         .context("write to stdout")?;
+                        let (config, job, version) =
+                            (config.clone(), job_config.name.clone(), job_config.version);
+                        tokio::spawn(async move {
+                            if let Err(error) = await_serving_switch(&config, &job, version).await {
+                                warn!("{error:#}");
+                            }
+                        });
                     }
                 }
             }
@@ -285,6 +291,9 @@ async fn replay(
         ),
     };
     writeln!(std::io::stdout().lock(), "{line}").context("write to stdout")?;
+    if outcome == ReplayOutcome::CaughtUp {
+        await_serving_switch(config, &job_config.name, job_config.version).await?;
+    }
     Ok(())
 }
 
@@ -381,13 +390,7 @@ async fn recompute(
 /// none answering, the history stays as it is (the recompute says what it left out).
 async fn flush_first(config: &Config) -> anyhow::Result<()> {
     let address = crate::client::connect_address(&config.ingest.listen);
-    let listening = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(&address),
-    )
-    .await
-    .is_ok_and(|connected| connected.is_ok());
-    if !listening {
+    if !answers(&address).await {
         return Ok(());
     }
     match crate::archive_command::flush_ingest_archiver(config, &ClientArgs::default()).await {
@@ -411,6 +414,81 @@ async fn flush_first(config: &Config) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Whether something accepts connections on `address` (within 2 s).
+async fn answers(address: &str) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .is_ok_and(|connected| connected.is_ok())
+}
+
+/// How long a replay that caught up waits for the serving service to answer from its
+/// version (a few of serving's `view-poll-interval`s, and the rebuild of the version's
+/// speed view).
+const SERVING_SWITCH_WAIT: Duration = Duration::from_secs(30);
+
+/// When a serving service answers on `serving.listen`, waits until it answers from
+/// `version` of `job` (it reads the active version every `serving.view-poll-interval`), and
+/// says so; one that has not switched after [`SERVING_SWITCH_WAIT`] is named in a warning.
+async fn await_serving_switch(config: &Config, job: &str, version: u32) -> anyhow::Result<()> {
+    let address = crate::client::connect_address(&config.serving.listen);
+    if !answers(&address).await {
+        return Ok(());
+    }
+    let mut client = match crate::query_command::connect_serving(config, &ClientArgs::default())
+        .await
+    {
+        Ok(client) => client,
+        Err(error) => {
+            warn!(
+                "could not ask the serving service at {address} which version it answers from: {error:#}"
+            );
+            return Ok(());
+        }
+    };
+    let deadline = Instant::now() + SERVING_SWITCH_WAIT;
+    loop {
+        match client
+            .list_jobs(runnel_serving::proto::ListJobsRequest {})
+            .await
+        {
+            Ok(answer) => {
+                if answer
+                    .get_ref()
+                    .jobs
+                    .iter()
+                    .any(|served| served.name == job && served.active_version == version)
+                {
+                    writeln!(
+                        std::io::stdout().lock(),
+                        "the serving service at {address} answers job {job} from version {version}"
+                    )
+                    .context("write to stdout")?;
+                    return Ok(());
+                }
+            }
+            Err(status) => {
+                warn!(
+                    "could not ask the serving service at {address} which version it answers from: {}",
+                    status.message()
+                );
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            warn!(
+                "the serving service at {address} still answers job {job} from another version \
+                 after {}s; its log says why (does its config declare the job's stream?)",
+                SERVING_SWITCH_WAIT.as_secs()
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Records of `stream` in the log after its archived history, over every partition.

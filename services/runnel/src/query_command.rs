@@ -213,6 +213,10 @@ enum QueryCall {
         /// Windows starting before this (epoch ms or RFC 3339); default: no bound.
         #[arg(long, value_parser = parse_time)]
         to: Option<i64>,
+        /// While the key has no window in the range (its events not processed yet, or the
+        /// service still rebuilding its views), ask again, for up to this long (`10s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Every key of one window, a page at a time (GetWindow); the next page's token is
     /// printed on stderr.
@@ -291,7 +295,7 @@ pub(crate) enum ResultsCommand {
     Export(ExportArgs),
 }
 
-async fn connect_serving(
+pub(crate) async fn connect_serving(
     config: &Config,
     args: &ClientArgs,
 ) -> anyhow::Result<ServingClient<Connection>> {
@@ -430,17 +434,33 @@ pub(crate) async fn run_query(args: QueryArgs, config: &Config) -> anyhow::Resul
     let stdout = std::io::stdout();
     let format = args.format;
     match args.call {
-        QueryCall::Windows { job, key, from, to } => {
-            let answer = client
-                .query_windows(proto::QueryWindowsRequest {
-                    job,
-                    key,
-                    from_ms: from.unwrap_or(i64::MIN),
-                    to_ms: to.unwrap_or(0),
-                })
-                .await
-                .map_err(|status| refused("QueryWindows", status))?
-                .into_inner();
+        QueryCall::Windows {
+            job,
+            key,
+            from,
+            to,
+            wait,
+        } => {
+            let request = proto::QueryWindowsRequest {
+                job,
+                key,
+                from_ms: from.unwrap_or(i64::MIN),
+                to_ms: to.unwrap_or(0),
+            };
+            let deadline = wait.map(|wait| std::time::Instant::now() + wait);
+            let answer = loop {
+                let answered = client.query_windows(request.clone()).await;
+                let waiting = deadline.is_some_and(|deadline| std::time::Instant::now() < deadline);
+                match answered {
+                    Ok(answer) if !answer.get_ref().windows.is_empty() || !waiting => {
+                        break answer.into_inner();
+                    }
+                    Err(status) if status.code() != tonic::Code::Unavailable || !waiting => {
+                        return Err(refused("QueryWindows", status));
+                    }
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                }
+            };
             let columns = &answer.column_names;
             let mut printer = RowPrinter::new(stdout.lock(), format, table_header(columns));
             print_windows(&mut printer, columns, &answer.windows)?;
