@@ -15,7 +15,6 @@
 //! routed the stream's end as it was when the replay started, and then every window task
 //! has read its repartition partition to that topic's end as it was at that moment.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -37,7 +36,8 @@ const POLL: Duration = Duration::from_millis(100);
 /// Counters of a replay's progress, for a progress bar.
 #[derive(Debug, Default)]
 pub struct ReplayProgress {
-    /// Events from where each partition started to the log's end when the replay started.
+    /// Events this replay processed, and those left up to the log's end as it was when the
+    /// replay started.
     pub events_total: AtomicU64,
     /// Of those, events processed.
     pub events_done: AtomicU64,
@@ -95,7 +95,6 @@ pub async fn replay(
         tasks_shutdown.clone(),
     ));
     info!(job = %job.name, ?ends, "replaying until the log's end as it is now");
-    let mut starts: BTreeMap<u32, u64> = BTreeMap::new();
     let mut outcome = ReplayOutcome::Stopped;
     loop {
         tokio::select! {
@@ -128,31 +127,37 @@ pub async fn replay(
             )));
         }
         // Progress over the stream's offsets: the window tasks' own for a direct job, the
-        // routers' for a repartitioned one.
-        let read: Vec<(u32, u64)> = if job.repartition {
+        // routers' for a repartitioned one. Done: records this replay processed; total: those
+        // and the ones left up to `ends`.
+        let read: Vec<(u32, u64, u64)> = if job.repartition {
             job_status
                 .routed
                 .iter()
-                .map(|routed| (routed.partition, routed.source_offset))
+                .map(|routed| (routed.partition, routed.source_offset, routed.routed_total))
                 .collect()
         } else {
             job_status
                 .partitions
                 .iter()
-                .map(|partition| (partition.partition, partition.source_offset))
+                .map(|partition| {
+                    (
+                        partition.partition,
+                        partition.source_offset,
+                        partition.events_total,
+                    )
+                })
                 .collect()
         };
         let mut done = 0;
-        let mut total = 0;
+        let mut left = 0;
         let mut caught_up = read.len() == ends.len();
-        for &(partition, offset) in &read {
+        for &(partition, offset, processed) in &read {
             let end = ends.get(partition as usize).copied().unwrap_or_default();
-            let start = *starts.entry(partition).or_insert(offset.min(end));
-            total += end - start;
-            done += offset.clamp(start, end) - start;
+            done += processed;
+            left += end.saturating_sub(offset);
             caught_up &= offset >= end;
         }
-        progress.events_total.store(total, Ordering::Relaxed);
+        progress.events_total.store(done + left, Ordering::Relaxed);
         progress.events_done.store(done, Ordering::Relaxed);
         if caught_up && job.repartition {
             let topic = job.input_topic();

@@ -252,7 +252,9 @@ enum QueryCall {
         #[arg(long)]
         ascending: bool,
     },
-    /// Each job: versions, the active one, watermark, lag and batch horizon (ListJobs).
+    /// Each job: versions, the active one, watermark and lag (as of each partition's last
+    /// checkpoint, taken every stream-processor.checkpoint-interval) and batch horizon
+    /// (ListJobs).
     Jobs,
     /// Live updates of a job's results until Ctrl-C (Subscribe).
     ///

@@ -119,6 +119,9 @@ impl Router {
             .await
             .map_err(|error| StreamProcessorError::log(&target, error))?;
         self.announced = vec![None; targets as usize];
+        self.context
+            .status
+            .routed(&self.job.name, self.partition, self.offset, true);
         loop {
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -141,7 +144,7 @@ impl Router {
             self.offset = self.offset.max(source.position());
             self.context
                 .status
-                .routed(&self.job.name, self.partition, self.offset);
+                .routed(&self.job.name, self.partition, self.offset, false);
             if self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
                 && self.offset != self.checkpointed_offset
             {

@@ -64,6 +64,9 @@ pub struct RoutedPartition {
     pub partition: u32,
     /// The next offset the router will route.
     pub source_offset: u64,
+    /// Stream records this process's router has routed since it started (undecodable ones
+    /// included).
+    pub routed_total: u64,
 }
 
 /// Whether a job runs.
@@ -156,8 +159,9 @@ struct RegisteredJob {
     last_error: Option<String>,
     /// Ascending by partition.
     partitions: Vec<(u32, Arc<Mutex<PartitionState>>)>,
-    /// Routers' progress: stream partition to the next offset to route.
-    routed: std::collections::BTreeMap<u32, u64>,
+    /// Routers' progress: stream partition to the next offset to route and the records
+    /// routed since the router started.
+    routed: std::collections::BTreeMap<u32, (u64, u64)>,
 }
 
 /// One task's cell.
@@ -240,11 +244,20 @@ impl StatusRegistry {
         registered.routed.clear();
     }
 
-    /// `job`'s router of stream `partition` has routed every offset below `source_offset`.
-    pub(crate) fn routed(&self, job: &str, partition: u32, source_offset: u64) {
+    /// `job`'s router of stream `partition` has routed every offset below `source_offset`;
+    /// its first report after it starts (or restarts) is where it starts from.
+    pub(crate) fn routed(&self, job: &str, partition: u32, source_offset: u64, first: bool) {
         let mut jobs = lock(&self.jobs);
         if let Some(registered) = jobs.iter_mut().find(|registered| registered.name == job) {
-            registered.routed.insert(partition, source_offset);
+            let entry = registered
+                .routed
+                .entry(partition)
+                .or_insert((source_offset, 0));
+            if first {
+                entry.0 = source_offset;
+            }
+            entry.1 += source_offset.saturating_sub(entry.0);
+            entry.0 = entry.0.max(source_offset);
         }
     }
 
@@ -337,10 +350,13 @@ impl JobStatus {
             routed: job
                 .routed
                 .iter()
-                .map(|(&partition, &source_offset)| RoutedPartition {
-                    partition,
-                    source_offset,
-                })
+                .map(
+                    |(&partition, &(source_offset, routed_total))| RoutedPartition {
+                        partition,
+                        source_offset,
+                        routed_total,
+                    },
+                )
                 .collect(),
         }
     }

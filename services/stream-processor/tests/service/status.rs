@@ -284,6 +284,7 @@ async fn status(address: &str) -> Vec<JobStatus> {
                 .map(|routed| runnel_stream_processor::RoutedPartition {
                     partition: routed["partition"].as_u64().expect("partition") as u32,
                     source_offset: routed["source_offset"].as_u64().expect("offset"),
+                    routed_total: routed["routed_total"].as_u64().expect("routed"),
                 })
                 .collect(),
         })
