@@ -97,11 +97,15 @@ fn parse_marker(marker: &str, line: usize) -> (Action, Vec<String>) {
     (action, expect)
 }
 
+/// A block being read: its opening line, its fence, its marker (line and text) and the
+/// indent of its fence.
+type OpenBlock = (usize, String, Option<(usize, String)>, usize);
+
 /// README.md's fenced blocks with their markers; panics on a block without one.
 fn readme_blocks(readme: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut marker: Option<(usize, String)> = None;
-    let mut open: Option<(usize, String, Option<(usize, String)>, usize)> = None;
+    let mut open: Option<OpenBlock> = None;
     let mut text = String::new();
     for (index, line) in readme.lines().enumerate() {
         let number = index + 1;

@@ -131,7 +131,7 @@ max-out-of-orderness = "2s"
 
 /// The screen's legend, one line under the jobs table: its columns, and the result lines'
 /// `v18 final speed`.
-const LEGEND: &str = "legend: WATERMARK = event time up to which the job has seen every event; LAG = records not yet processed; SPEED / BATCH = windows held in the speed view (live results) / batch view (recomputed history); `v18 final speed` = version 18 of the window's result (each update adds one), final once the watermark passed its end (else early), answered from the speed view (or batch)";
+const LEGEND: &str = "legend: times are HH:MM:SS in UTC; WATERMARK = event time up to which the job has seen every event; LAG = records not yet processed; SPEED / BATCH = windows held in the speed view (live results) / batch view (recomputed history); `v18 final speed` = version 18 of the window's result (each update adds one), final once the watermark passed its end (else early), answered from the speed view (or batch)";
 
 /// A small xorshift generator: the demo needs variety, not statistics.
 struct Random(u64);
