@@ -2,11 +2,17 @@
 //!
 //! A `BaseConsumer` subscribed to the group's topic runs on a thread of its own, polling so
 //! that librdkafka serves the rebalance callbacks; it reads nothing (the topic is meant to
-//! stay empty: it only carries the partition count). The assignment is eager round robin:
-//! a rebalance revokes every member's partitions and hands them out again. Cooperative-sticky
-//! would move only what must move, but the test broker (tansu 0.6) livelocks the survivors'
-//! rejoins after a member dies under it, so it waits for a broker that handles it. A
-//! revocation blocks the callback, and so the rebalance, until the member has let go.
+//! stay empty: it only carries the partition count). The assignment is cooperative-sticky
+//! (KIP-429): a rebalance moves only the partitions that must move, and the other members
+//! keep running theirs through it; the callbacks hand over only what was added or taken, as
+//! [`OwnershipChange`] says. A revocation blocks the callback, and so the rebalance, until
+//! the member has let go.
+//!
+//! Not the KIP-848 consumer protocol (`group.protocol=consumer`, which Kafka 4 and the
+//! bundled librdkafka speak): there the session timeout is the broker's
+//! (`group.consumer.session.timeout.ms`, 45 s by default) and the client may not set it, so
+//! `storage.log.kafka.session-timeout` would stop meaning anything, and failover would wait
+//! on a broker setting the user may not own (MSK).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,7 +116,7 @@ impl KafkaMembership {
         }
         let consumer: BaseConsumer<MembershipContext> = client_config
             .set("auto.offset.reset", "latest")
-            .set("partition.assignment.strategy", "roundrobin")
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", (session_ms / 5).max(1).to_string())
             .set(

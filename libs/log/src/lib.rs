@@ -202,7 +202,7 @@ pub trait Log: Send + Sync + 'static {
     /// group's members share them, one owner per partition (see [`GroupMembership`]).
     ///
     /// Embedded: one process opens the log at a time, so the member owns every partition.
-    /// Kafka: a member of a broker-coordinated group (eager round-robin assignment); use a
+    /// Kafka: a member of a broker-coordinated group (cooperative-sticky assignment); use a
     /// group of its own, since a group with members refuses the plain commits of
     /// [`Log::commit_offsets`].
     ///

@@ -593,9 +593,7 @@ impl Instance {
 
     /// How many times the group has assigned this instance partitions.
     fn assignments(&self, universe: &Universe) -> usize {
-        self.log(universe)
-            .matches("partitions assigned here")
-            .count()
+        assignments_of(universe, &self.name)
     }
 
     fn check_alive(&mut self, universe: &Universe) {
@@ -611,6 +609,15 @@ impl Instance {
     fn kill(self) {
         drop(self.child);
     }
+}
+
+/// How many times the group has assigned the instance named `name` partitions, over all
+/// its runs (they share a log file).
+fn assignments_of(universe: &Universe, name: &str) -> usize {
+    std::fs::read_to_string(universe.root.join(format!("{name}.log")))
+        .unwrap_or_default()
+        .matches("partitions assigned here")
+        .count()
 }
 
 /// Waits up to two minutes for `done`, failing if an instance exits meanwhile.
@@ -673,6 +680,103 @@ async fn a_restarted_static_member_gets_its_partitions_back_without_waiting_out_
         took < Duration::from_secs(5),
         "the restarted static member waited {took:?} for its partitions (the session timeout is 6 s)"
     );
+}
+
+/// The group's rebalance times on Kafka, with real processes and SIGKILL, printed as
+/// `BENCH` lines (`scripts/bench-rebalance.sh` runs it; ignored in the suite, which checks
+/// the behaviour in the tests around it). Two static members share the job (session timeout
+/// 6 s); one is killed, and:
+/// - `rebalance_kill_to_takeover`: until the survivor is assigned its partitions (a static
+///   member is dropped only when its session expires);
+/// - `rebalance_restart_to_settled`: the killed one restarted after that, until it is
+///   assigned partitions again (cooperative-sticky: the survivor gives up only those);
+/// - `rebalance_static_restart`: killed and restarted at once under the same id, until it
+///   has its partitions back (no rebalance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: scripts/bench-rebalance.sh runs it"]
+#[expect(
+    clippy::print_stdout,
+    reason = "the BENCH lines are the benchmark's output"
+)]
+async fn rebalance_times_on_kafka() {
+    let Some(bootstrap) = super::kafka_bootstrap() else {
+        return;
+    };
+    let _kafka = super::kafka_exclusive().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut universe = Universe::kafka(dir.path().join("u"), &bootstrap, "rebalance");
+    // One job, one group: every assignment counted is that group's.
+    universe.with_pages = false;
+    append_events(&universe, 0..1_000).await;
+    let mut first = Instance::start(&universe, "first");
+    let mut second = Instance::start(&universe, "second");
+    wait_for(
+        &universe,
+        &mut [&mut first, &mut second],
+        "both instances own partitions",
+        |all| {
+            all.iter()
+                .all(|instance| instance.assignments(&universe) > 0)
+        },
+    );
+    let before = first.assignments(&universe);
+    second.kill();
+    let killed = Instant::now();
+    wait_for(
+        &universe,
+        &mut [&mut first],
+        "the survivor takes the partitions over",
+        |all| all[0].assignments(&universe) > before,
+    );
+    println!(
+        "BENCH rebalance_kill_to_takeover {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
+    let second_before = assignments_of(&universe, "second");
+    let survivor_log = first.log(&universe).len();
+    let restarted = Instant::now();
+    let mut second = Instance::start(&universe, "second");
+    wait_for(
+        &universe,
+        &mut [&mut first, &mut second],
+        "the restarted instance owns partitions",
+        |all| all[1].assignments(&universe) > second_before,
+    );
+    println!(
+        "BENCH rebalance_restart_to_settled {:.2} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    // What the rebalance cost the survivor: every partition it stopped (and restored from
+    // its checkpoint, if it got it back) to let the restarted one in.
+    let stopped: usize = first.log(&universe)[survivor_log..]
+        .lines()
+        .filter(|line| line.contains("partitions moving away"))
+        .filter_map(|line| {
+            let list = line.split("partitions=[").nth(1)?.split(']').next()?;
+            Some(
+                list.split(',')
+                    .filter(|item| !item.trim().is_empty())
+                    .count(),
+            )
+        })
+        .sum();
+    println!("BENCH rebalance_restart_survivor_partitions_stopped {stopped} partitions");
+    let second_before = second.assignments(&universe);
+    second.kill();
+    let restarted = Instant::now();
+    let mut second = Instance::start(&universe, "second");
+    wait_for(
+        &universe,
+        &mut [&mut second],
+        "the restarted static member owns its partitions again",
+        |all| all[0].assignments(&universe) > second_before,
+    );
+    println!(
+        "BENCH rebalance_static_restart {:.2} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    second.kill();
+    first.kill();
 }
 
 /// Scale-out: two stream-processor processes share the job over the Kafka group while
