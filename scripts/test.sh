@@ -4,6 +4,7 @@
 # jars from Maven Central, a Python venv with DuckDB and moto from PyPI), starts a Kafka broker and
 # moto's S3 server on 127.0.0.1, and runs the workspace's tests against them with:
 #   KAFKA_BOOTSTRAP                         the broker's address (scripts/lib/kafka.sh)
+#   RUNNEL_KAFKA_LIBS                       Apache Kafka's jars, for its console tools
 #   RUNNEL_PYTHON                           a Python with duckdb and grpcio, for scripts/lib/*.py
 #   RUNNEL_S3_ENDPOINT, RUNNEL_S3_BUCKET    moto's URL and an empty bucket (scripts/lib/pytools.sh)
 #   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1, RUNNEL_REQUIRE_GRPCIO=1
@@ -51,6 +52,8 @@ ensure_kafka
 ensure_test_venv
 start_kafka
 start_moto
+# Kafka's own command-line tools (the console producer) for the interop tests.
+export RUNNEL_KAFKA_LIBS="$KAFKA_LIBS"
 export RUNNEL_REQUIRE_KAFKA=1 RUNNEL_REQUIRE_DUCKDB=1 RUNNEL_REQUIRE_S3=1 RUNNEL_REQUIRE_GRPCIO=1
 
 if (($# > 0)); then

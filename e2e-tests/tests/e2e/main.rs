@@ -549,3 +549,147 @@ max-out-of-orderness = "1s"
     drop(serving);
     drop(ingest);
 }
+
+/// The Kafka libraries' folder (`RUNNEL_KAFKA_LIBS`, which `scripts/test.sh` exports);
+/// `None` (the test is skipped) when unset, unless `RUNNEL_REQUIRE_KAFKA=1`.
+fn kafka_libs() -> Option<PathBuf> {
+    match std::env::var_os("RUNNEL_KAFKA_LIBS") {
+        Some(libs) => Some(PathBuf::from(libs)),
+        None => {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
+                "RUNNEL_REQUIRE_KAFKA=1 but RUNNEL_KAFKA_LIBS (Apache Kafka's libs folder, for \
+                 its console tools) is unset; run scripts/test.sh"
+            );
+            eprintln!("skipped: RUNNEL_KAFKA_LIBS is unset (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// Interop, as a Kafka user would do it with a tool runnel did not write: Kafka's own console
+/// producer writes JSON events, keyed by the stream's key and with RFC 3339 event times,
+/// straight into the stream's topic (no ingest service); the job's results appear in serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_kafkas_console_producer_reach_serving() {
+    let Some(bootstrap) = kafka_bootstrap() else {
+        return;
+    };
+    let Some(libs) = kafka_libs() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let suffix = format!(
+        "{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis()
+    );
+    let stream = format!("interop_clicks_{suffix}");
+    let job = format!("interop_views_{suffix}");
+    let config = format!(
+        r#"version = "1"
+[storage]
+data-dir = "{data}"
+object-store-url = "file://{objects}"
+[storage.log]
+backend = "kafka"
+[storage.log.kafka]
+bootstrap-servers = "{bootstrap}"
+[stream-processor]
+metrics-listen = "127.0.0.1:0"
+[serving]
+listen = "127.0.0.1:0"
+metrics-listen = "127.0.0.1:0"
+auth-token = "{TOKEN}"
+view-poll-interval = "200ms"
+[[streams]]
+name = "{stream}"
+partitions = 2
+key = "user_id"
+event-time = "event_time"
+schema = [
+  {{ name = "event_time", type = "timestamp" }},
+  {{ name = "user_id", type = "string" }},
+  {{ name = "page", type = "string" }},
+  {{ name = "country", type = "string" }},
+  {{ name = "duration_ms", type = "int64" }},
+]
+[[jobs]]
+name = "{job}"
+sql = """
+SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(duration_ms) AS total
+FROM TUMBLE({stream}, event_time, INTERVAL '10' SECOND)
+GROUP BY user_id, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+"#,
+        data = dir.path().join("data").display(),
+        objects = dir.path().join("objects").display(),
+    );
+    std::fs::write(dir.path().join("interop.toml"), &config).expect("write config");
+    let mut platform = Platform {
+        dir: dir.path().to_path_buf(),
+        binary: runnel_binary(),
+        starts: 0,
+    };
+    // The services create the stream's topic (the broker creates none by itself).
+    let serving = platform.start("interop.toml", &["serving"], Some("serving listening"));
+    let processor = platform.start("interop.toml", &["stream-processor"], None);
+    let serving_url = serving.address.clone().expect("serving address");
+
+    // `<key>|<JSON value>` lines, as `kafka-console-producer --property parse.key=true` reads
+    // them; event times in RFC 3339, not the epoch milliseconds runnel's ingest writes.
+    let mut lines = String::new();
+    for window in 0..3 {
+        for i in 0..EVENTS_PER_USER_AND_WINDOW {
+            for user in 0..USERS {
+                let value: serde_json::Value =
+                    serde_json::from_str(&event(window, user, i)).expect("event JSON");
+                let millis = value["event_time"].as_i64().expect("epoch ms");
+                let mut value = value;
+                value["event_time"] = serde_json::Value::String(runnel_time::format_millis(millis));
+                lines.push_str(&format!("u{user:02}|{value}\n"));
+            }
+        }
+    }
+    let mut producer = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()))
+        .args([
+            "org.apache.kafka.tools.ConsoleProducer",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &stream,
+            "--property",
+            "parse.key=true",
+            "--property",
+            "key.separator=|",
+            "--producer-property",
+            "acks=all",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start Kafka's console producer (java)");
+    producer
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(lines.as_bytes())
+        .expect("write the events");
+    let produced = producer.wait_with_output().expect("the console producer");
+    assert!(
+        produced.status.success(),
+        "the console producer failed: {}",
+        String::from_utf8_lossy(&produced.stderr)
+    );
+    // Windows 0 and 1 are final once window 2's events pass their ends.
+    wait_for_results(&serving_url, &job, 2, 1, "events from the console producer").await;
+    drop(processor);
+    drop(serving);
+}
