@@ -10,6 +10,8 @@
 #   RUNNEL_REQUIRE_KAFKA=1, RUNNEL_REQUIRE_DUCKDB=1, RUNNEL_REQUIRE_S3=1, RUNNEL_REQUIRE_GRPCIO=1
 #                                           a test that finds its broker, DuckDB, S3 server or grpcio
 #                                           missing fails instead of skipping
+# and then, for a whole-workspace run, the replication test on a three-broker cluster in place of
+# the single broker (KAFKA_CLUSTER_BOOTSTRAP, KAFKA_CLUSTER_PIDS, RUNNEL_REQUIRE_KAFKA_CLUSTER=1).
 # Arguments replace `--workspace`, e.g. `bash scripts/test.sh -p runnel-log`.
 # The last line is `total: N passed, M failed` over every test binary.
 set -euo pipefail
@@ -66,6 +68,15 @@ echo "==> cargo test --locked ${test_args[*]} (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP,
 status=0
 test_log="$(mktemp "${TMPDIR:-/tmp}/runnel-test.XXXXXX")"
 cargo test --locked "${test_args[@]}" 2>&1 | tee "$test_log" || status=$?
+if (($# == 0)); then
+  # Replication: a three-broker cluster (replication factor 3, min.insync.replicas 2) in place
+  # of the single broker, for the test that SIGKILLs brokers (libs/log/tests/log/cluster.rs).
+  stop_kafka
+  start_kafka_cluster 3
+  echo "==> cargo test --locked -p runnel-log --test log cluster:: (KAFKA_CLUSTER_BOOTSTRAP=$KAFKA_BOOTSTRAP)"
+  KAFKA_CLUSTER_BOOTSTRAP="$KAFKA_BOOTSTRAP" KAFKA_CLUSTER_PIDS="${KAFKA_PIDS[*]}" RUNNEL_REQUIRE_KAFKA_CLUSTER=1 \
+    cargo test --locked -p runnel-log --test log cluster:: 2>&1 | tee -a "$test_log" || status=$?
+fi
 # One closing line over every test binary, since cargo's last line speaks for one binary only.
 totals="$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$test_log")"
 cleanup

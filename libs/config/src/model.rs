@@ -374,6 +374,11 @@ pub struct KafkaLogConfig {
     pub client_id: String,
     /// Replication factor of topics runnel creates.
     pub replication_factor: i32,
+    /// `min.insync.replicas` of topics runnel creates: with producers' `acks=all`, a write is
+    /// acknowledged only once this many replicas have it, and refused
+    /// (`NOT_ENOUGH_REPLICAS`) while fewer are in sync. Unset: the broker's default.
+    #[serde(default)]
+    pub min_insync_replicas: Option<u32>,
     /// Timeout of metadata, admin and commit requests.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,

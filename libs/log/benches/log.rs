@@ -187,6 +187,7 @@ async fn main() {
                     bootstrap_servers: bootstrap,
                     client_id: "runnel-bench".to_string(),
                     replication_factor: 1,
+                    min_insync_replicas: None,
                     request_timeout: Duration::from_secs(60),
                     session_timeout: Duration::from_secs(10),
                     rebalance_timeout: Duration::from_secs(60),

@@ -24,7 +24,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel_config::KafkaLogConfig;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::kafka_group::KafkaMembership;
 use crate::{
@@ -219,12 +219,16 @@ impl Log for KafkaLog {
         // Kafka refuses batches over its default max.message.bytes (1 MiB), below what the
         // producer sends (MAX_MESSAGE_BYTES, one record plus its batch's framing).
         let max_batch_bytes = (MAX_MESSAGE_BYTES + MAX_BATCH_FRAMING_BYTES).to_string();
-        let new_topic = NewTopic::new(
+        let min_insync = self.config.min_insync_replicas.map(|n| n.to_string());
+        let mut new_topic = NewTopic::new(
             topic,
             partitions as i32,
             TopicReplication::Fixed(self.config.replication_factor),
         )
         .set("max.message.bytes", &max_batch_bytes);
+        if let Some(min_insync) = &min_insync {
+            new_topic = new_topic.set("min.insync.replicas", min_insync);
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.config.request_timeout));
         let results = self
             .admin
@@ -595,6 +599,24 @@ impl KafkaReader {
     }
 }
 
+/// Whether a consumer error is one librdkafka recovers from by itself (a broker down, a
+/// partition's leader moving), which a reader waits out rather than fails on.
+fn is_transient(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+        )
+    )
+}
+
 fn assigned_consumer(
     config: &KafkaLogConfig,
     topic: &str,
@@ -625,10 +647,18 @@ impl PartitionReader for KafkaReader {
         if max_records == 0 {
             return Ok(records);
         }
-        let first = match tokio::time::timeout(max_wait, self.consumer.recv()).await {
-            Err(_elapsed) => return Ok(records),
-            Ok(Err(error)) => return Err(self.consume_error(error)),
-            Ok(Ok(message)) => self.to_record(&message),
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let first = loop {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Err(_elapsed) => return Ok(records),
+                Ok(Err(error)) if is_transient(&error) => {
+                    // librdkafka goes on by itself (another broker, the new leader).
+                    warn!(topic = %self.topic, partition = self.partition, %error,
+                        "a broker could not be reached; the consumer retries");
+                }
+                Ok(Err(error)) => return Err(self.consume_error(error)),
+                Ok(Ok(message)) => break self.to_record(&message),
+            }
         };
         self.next_offset = first.offset + 1;
         records.push(first);
@@ -639,6 +669,7 @@ impl PartitionReader for KafkaReader {
                     self.next_offset = record.offset + 1;
                     records.push(record);
                 }
+                Some(Err(error)) if is_transient(&error) => break,
                 Some(Err(error)) => return Err(self.consume_error(error)),
                 None => break,
             }

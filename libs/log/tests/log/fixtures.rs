@@ -69,6 +69,7 @@ impl Fixture {
             bootstrap_servers: bootstrap,
             client_id: "runnel-test".to_string(),
             replication_factor: 1,
+            min_insync_replicas: None,
             request_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(6),
             rebalance_timeout: Duration::from_secs(20),

@@ -5,6 +5,7 @@
 //! tests print a notice and pass, unless `RUNNEL_REQUIRE_KAFKA=1` (set by `scripts/test.sh`
 //! and so in CI), where a missing broker fails them.
 
+mod cluster;
 mod conformance;
 mod embedded_crash;
 mod embedded_repair;
