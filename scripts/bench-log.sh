@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Log throughput benchmark: prints `BENCH <name> <value> <unit>` lines.
 # 100-byte records, batches of 1000, 4 partitions; embedded (durable append, read) and
-# Kafka (an Apache Kafka broker: produce and consume), beside a raw write+fdatasync disk baseline.
+# Kafka (an Apache Kafka broker: produce and consume through runnel's `Log`), beside two
+# baselines measured in the same run:
+# - a raw write+fdatasync of the same bytes, for the embedded log;
+# - Kafka's own kafka-producer-perf-test and kafka-consumer-perf-test (ProducerPerformance,
+#   ConsumerPerformance from the broker's jars) on the same broker, with the same record size,
+#   record count and partitions, acks=all, idempotence, linger.ms=5 and 1 MB batches (what
+#   runnel's producer sets, and librdkafka's default batch size); the consumer's figure is
+#   fetch.nMsg.sec, which leaves out its group join, since runnel's readers join no group.
+#   Printed as kafka_perf_produce, kafka_perf_consume and the ratios kafka_produce_vs_perf,
+#   kafka_consume_vs_perf (runnel over Kafka's own client; goal >= 0.8).
 # Sizes: BENCH_LOG_RECORDS (default 2,000,000), BENCH_KAFKA_RECORDS (default 200,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +22,35 @@ cargo bench -p runnel-log --bench log --no-run >&2
 ensure_kafka
 start_kafka
 echo "==> running the benchmark against the embedded log and Kafka at $KAFKA_BOOTSTRAP" >&2
-cargo bench -p runnel-log --bench log 2>/dev/null | grep '^BENCH'
+runnel_lines="$(cargo bench -p runnel-log --bench log 2>/dev/null | grep '^BENCH')"
+echo "$runnel_lines"
+
+records="${BENCH_KAFKA_RECORDS:-200000}"
+records=$((records / 1000 * 1000))
+topic="perf-$$"
+kafka_tool() {
+  java -Xmx512m -cp "$KAFKA_LIBS/*" -Dlog4j2.level=WARN "$@"
+}
+echo "==> Kafka's own perf tools on topic $topic ($records records of 100 bytes)" >&2
+kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP" --create \
+  --topic "$topic" --partitions 4 --replication-factor 1 >&2
+produced="$(kafka_tool org.apache.kafka.tools.ProducerPerformance --topic "$topic" \
+  --num-records "$records" --record-size 100 --throughput -1 \
+  --command-property bootstrap.servers="$KAFKA_BOOTSTRAP" acks=all enable.idempotence=true \
+  linger.ms=5 batch.size=1000000 compression.type=none 2>/dev/null | tail -n 1)"
+echo "$produced" >&2
+perf_produce="$(sed -E 's/.* records sent, ([0-9.]+) records\/sec.*/\1/' <<<"$produced")"
+consumed="$(kafka_tool org.apache.kafka.tools.ConsumerPerformance --bootstrap-server "$KAFKA_BOOTSTRAP" \
+  --topic "$topic" --messages "$records" --timeout 60000 2>/dev/null | tail -n 1)"
+echo "$consumed" >&2
+# start.time, end.time, MB, MB.sec, nMsg, nMsg.sec, rebalance.time.ms, fetch.time.ms, fetch.MB.sec, fetch.nMsg.sec
+perf_consume="$(awk -F', *' '{ print $10 }' <<<"$consumed")"
+printf 'BENCH kafka_perf_produce %.0f records/s\n' "$perf_produce"
+printf 'BENCH kafka_perf_consume %.0f records/s\n' "$perf_consume"
+runnel_value() {
+  awk -v name="$1" '$2 == name { print $3 }' <<<"$runnel_lines"
+}
+awk -v ours="$(runnel_value kafka_produce)" -v theirs="$perf_produce" \
+  'BEGIN { printf "BENCH kafka_produce_vs_perf %.2f ratio\n", ours / theirs }'
+awk -v ours="$(runnel_value kafka_consume)" -v theirs="$perf_consume" \
+  'BEGIN { printf "BENCH kafka_consume_vs_perf %.2f ratio\n", ours / theirs }'
