@@ -128,6 +128,20 @@ pub enum LogError {
     /// The Kafka cluster answered something runnel cannot use.
     #[error("kafka: {0}")]
     KafkaProtocol(String),
+    /// A newer transactional writer with the same transactional id took over (a zombie's
+    /// writes are refused): this writer can do nothing more.
+    #[error(
+        "transactional id `{transactional_id}` was fenced: a newer writer with the same id took over ({message})"
+    )]
+    Fenced {
+        /// The transactional id.
+        transactional_id: String,
+        /// What the broker said.
+        message: String,
+    },
+    /// The backend does not do what was asked (e.g. transactions on the embedded log).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl LogError {

@@ -63,15 +63,7 @@ impl KafkaLog {
     ///
     /// [`LogError::Kafka`] if librdkafka refuses the configuration.
     pub fn new(config: &KafkaLogConfig) -> Result<KafkaLog, LogError> {
-        let producer: FutureProducer = base_client_config(config)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
-            .set(
-                "message.timeout.ms",
-                config.request_timeout.as_millis().to_string(),
-            )
+        let producer: FutureProducer = producer_config(config)
             .create()
             .map_err(kafka_error("create producer"))?;
         let admin = base_client_config(config)
@@ -184,6 +176,104 @@ async fn run_blocking<T: Send + 'static>(
         })?
 }
 
+/// The partition count of `topic`, from `client`'s metadata.
+pub(crate) async fn partition_count_of(
+    client: Arc<BaseConsumer>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32, LogError> {
+    check_name("topic", topic)?;
+    let topic = topic.to_string();
+    run_blocking(client, move |client| {
+        let metadata = client
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(kafka_error(format!("fetch metadata of {topic}")))?;
+        let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(LogError::UnknownTopic(topic));
+        };
+        if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
+            return Err(LogError::UnknownTopic(topic));
+        }
+        Ok(topic_metadata.partitions().len() as u32)
+    })
+    .await
+}
+
+/// Each record's partition (its own, or its key's), checked against `partitions`; records
+/// over the size limit are refused.
+pub(crate) fn place(
+    topic: &str,
+    records: &[ProduceRecord],
+    partitions: u32,
+    partitioner: &Partitioner,
+) -> Result<Vec<u32>, LogError> {
+    let mut placed = Vec::with_capacity(records.len());
+    for record in records {
+        let partition = match record.partition {
+            Some(partition) if partition >= partitions => {
+                return Err(LogError::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                    partitions,
+                });
+            }
+            Some(partition) => partition,
+            None => partitioner.partition(record.key.as_deref(), partitions),
+        };
+        let size = record.value.len() + record.key.as_ref().map_or(0, Bytes::len);
+        if size > MAX_MESSAGE_BYTES {
+            return Err(LogError::RecordTooLarge {
+                size,
+                limit: MAX_MESSAGE_BYTES,
+            });
+        }
+        placed.push(partition);
+    }
+    Ok(placed)
+}
+
+/// `record` as librdkafka's record for `partition` of `topic`.
+pub(crate) fn future_record<'a>(
+    topic: &'a str,
+    record: &'a ProduceRecord,
+    partition: u32,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut future_record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+        .partition(partition as i32)
+        .payload(&record.value[..])
+        .timestamp(record.timestamp);
+    if let Some(key) = &record.key {
+        future_record = future_record.key(&key[..]);
+    }
+    if !record.headers.is_empty() {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for header in &record.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: &header.key,
+                value: Some(&header.value[..]),
+            });
+        }
+        future_record = future_record.headers(headers);
+    }
+    future_record
+}
+
+/// The producer settings every runnel producer has: idempotent, acknowledged by all
+/// in-sync replicas, records up to the size limit, `request-timeout` to deliver.
+pub(crate) fn producer_config(config: &KafkaLogConfig) -> ClientConfig {
+    let mut client_config = base_client_config(config);
+    client_config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+        .set(
+            "message.timeout.ms",
+            config.request_timeout.as_millis().to_string(),
+        );
+    client_config
+}
+
 fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
     let mut client_config = ClientConfig::new();
     client_config
@@ -208,7 +298,9 @@ pub(crate) fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientCon
         .set("auto.offset.reset", "error")
         .set("allow.auto.create.topics", "false")
         .set("fetch.wait.max.ms", "50")
-        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string());
+        .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string())
+        // librdkafka's default too: readers never see records of open or aborted transactions.
+        .set("isolation.level", "read_committed");
     client_config
 }
 
@@ -275,21 +367,11 @@ impl Log for KafkaLog {
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32, LogError> {
-        check_name("topic", topic)?;
-        let topic = topic.to_string();
-        let timeout = self.config.request_timeout;
-        self.blocking(move |client| {
-            let metadata = client
-                .fetch_metadata(Some(&topic), timeout)
-                .map_err(kafka_error(format!("fetch metadata of {topic}")))?;
-            let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else {
-                return Err(LogError::UnknownTopic(topic));
-            };
-            if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
-                return Err(LogError::UnknownTopic(topic));
-            }
-            Ok(topic_metadata.partitions().len() as u32)
-        })
+        partition_count_of(
+            Arc::clone(&self.metadata_client),
+            topic,
+            self.config.request_timeout,
+        )
         .await
     }
 
@@ -299,52 +381,14 @@ impl Log for KafkaLog {
         records: Vec<ProduceRecord>,
     ) -> Result<Vec<RecordPosition>, LogError> {
         let partitions = self.partition_count(topic).await?;
-        let mut placed = Vec::with_capacity(records.len());
-        for record in &records {
-            let partition = match record.partition {
-                Some(partition) if partition >= partitions => {
-                    return Err(LogError::UnknownPartition {
-                        topic: topic.to_string(),
-                        partition,
-                        partitions,
-                    });
-                }
-                Some(partition) => partition,
-                None => self
-                    .partitioner
-                    .partition(record.key.as_deref(), partitions),
-            };
-            let size = record.value.len() + record.key.as_ref().map_or(0, Bytes::len);
-            if size > MAX_MESSAGE_BYTES {
-                return Err(LogError::RecordTooLarge {
-                    size,
-                    limit: MAX_MESSAGE_BYTES,
-                });
-            }
-            placed.push(partition);
-        }
+        let placed = place(topic, &records, partitions, &self.partitioner)?;
         // Sends are enqueued in input order (join_all polls in order), so records of one
         // partition keep their order; idempotence keeps it across retries.
         let sends = records.iter().zip(&placed).map(|(record, partition)| {
-            let mut future_record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-                .partition(*partition as i32)
-                .payload(&record.value[..])
-                .timestamp(record.timestamp);
-            if let Some(key) = &record.key {
-                future_record = future_record.key(&key[..]);
-            }
-            if !record.headers.is_empty() {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                for header in &record.headers {
-                    headers = headers.insert(rdkafka::message::Header {
-                        key: &header.key,
-                        value: Some(&header.value[..]),
-                    });
-                }
-                future_record = future_record.headers(headers);
-            }
-            self.producer
-                .send(future_record, self.config.request_timeout)
+            self.producer.send(
+                future_record(topic, record, *partition),
+                self.config.request_timeout,
+            )
         });
         let deliveries = futures::future::join_all(sends).await;
         let mut positions = Vec::with_capacity(deliveries.len());
@@ -495,6 +539,18 @@ impl Log for KafkaLog {
         topic: &str,
         partition: u32,
     ) -> Result<Option<u64>, LogError> {
+        Ok(self
+            .committed_offset_and_metadata(group, topic, partition)
+            .await?
+            .map(|(offset, _)| offset))
+    }
+
+    async fn committed_offset_and_metadata(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, String)>, LogError> {
         check_name("consumer group", group)?;
         self.check_partition(topic, partition).await?;
         let mut list = TopicPartitionList::new();
@@ -514,11 +570,27 @@ impl Log for KafkaLog {
                 })?;
             element.error().map_err(kafka_error(action))?;
             match element.offset() {
-                Offset::Offset(offset) if offset >= 0 => Ok(Some(offset as u64)),
+                Offset::Offset(offset) if offset >= 0 => {
+                    Ok(Some((offset as u64, element.metadata().to_string())))
+                }
                 _ => Ok(None),
             }
         })
         .await
+    }
+
+    async fn transactional_writer(
+        &self,
+        transactional_id: &str,
+    ) -> Result<Box<dyn crate::TransactionalWriter>, LogError> {
+        Ok(Box::new(
+            crate::KafkaTransactionalWriter::open(
+                &self.config,
+                transactional_id,
+                Arc::clone(&self.metadata_client),
+            )
+            .await?,
+        ))
     }
 
     async fn join_group(
@@ -579,6 +651,22 @@ impl KafkaReader {
             key: message.key().map(Bytes::copy_from_slice),
             value: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
             headers,
+        }
+    }
+
+    /// Moves the position past what the consumer skipped after the last record it returned:
+    /// transaction markers, and records of aborted transactions. Each takes an offset, so
+    /// without this a reader would never reach a transactional partition's end.
+    fn skip_control_records(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        if let Some(element) = positions.find_partition(&self.topic, self.partition as i32)
+            && let Offset::Offset(offset) = element.offset()
+            && let Ok(offset) = u64::try_from(offset)
+            && offset > self.next_offset
+        {
+            self.next_offset = offset;
         }
     }
 
@@ -650,7 +738,10 @@ impl PartitionReader for KafkaReader {
         let deadline = tokio::time::Instant::now() + max_wait;
         let first = loop {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_elapsed) => return Ok(records),
+                Err(_elapsed) => {
+                    self.skip_control_records();
+                    return Ok(records);
+                }
                 Ok(Err(error)) if is_transient(&error) => {
                     // librdkafka goes on by itself (another broker, the new leader).
                     warn!(topic = %self.topic, partition = self.partition, %error,

@@ -19,6 +19,7 @@ pub mod fuzzing;
 mod group;
 mod kafka;
 mod kafka_group;
+mod kafka_transaction;
 mod partitioner;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use embedded::{
 pub use error::LogError;
 pub use group::{GroupMembership, OwnershipChange, Revocation};
 pub use kafka::KafkaLog;
+pub use kafka_transaction::KafkaTransactionalWriter;
 pub use partitioner::{Partitioner, murmur2, partition_for_key};
 
 /// A record header: a name and an opaque value.
@@ -98,6 +100,58 @@ pub enum StartOffset {
     Latest,
     /// This offset (the next record read has it).
     At(u64),
+}
+
+/// An offset to commit for a consumer group with a transaction, and the metadata kept with
+/// it (runnel keeps the checkpoint epoch there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    /// The consumer group.
+    pub group: String,
+    /// The topic read.
+    pub topic: String,
+    /// The partition read.
+    pub partition: u32,
+    /// The next offset to read.
+    pub offset: u64,
+    /// Kept with the offset; [`Log::committed_offset_and_metadata`] reads it back.
+    pub metadata: String,
+}
+
+/// Appends that become visible atomically, with consumer-group offsets, or not at all (Kafka
+/// transactions); see [`Log::transactional_writer`]. Readers only ever see committed
+/// records (Kafka's `read_committed`).
+#[async_trait]
+pub trait TransactionalWriter: Send {
+    /// Starts a transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Fenced`]; backend errors.
+    async fn begin(&mut self) -> Result<(), LogError>;
+
+    /// Appends `records` to `topic` in the open transaction; returns once the broker has
+    /// them (not yet visible).
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Fenced`]; those of [`Log::append`]. After an error, abort.
+    async fn append(&mut self, topic: &str, records: Vec<ProduceRecord>) -> Result<(), LogError>;
+
+    /// Commits the open transaction with `offsets`: its records and the offsets become
+    /// visible together.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Fenced`] (nothing of the transaction is visible, ever); backend errors.
+    async fn commit(&mut self, offsets: &[OffsetCommit]) -> Result<(), LogError>;
+
+    /// Aborts the open transaction: none of its records will be visible.
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Fenced`]; backend errors.
+    async fn abort(&mut self) -> Result<(), LogError>;
 }
 
 /// The log: one trait over every backend.
@@ -185,6 +239,43 @@ pub trait Log: Send + Sync + 'static {
         topic: &str,
         offsets: &[(u32, u64)],
     ) -> Result<(), LogError>;
+
+    /// Returns the offset `group` committed for a partition and the metadata committed with
+    /// it, if it committed one. The embedded log keeps no metadata (it answers `""`).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`Log::committed_offset`].
+    async fn committed_offset_and_metadata(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(u64, String)>, LogError> {
+        Ok(self
+            .committed_offset(group, topic, partition)
+            .await?
+            .map(|offset| (offset, String::new())))
+    }
+
+    /// A transactional writer with id `transactional_id`: what it appends between
+    /// [`TransactionalWriter::begin`] and [`TransactionalWriter::commit`] becomes visible to
+    /// readers at once and atomically with the group offsets given to the commit, or never.
+    /// Opening it fences every earlier writer with the same id (their open transaction is
+    /// aborted and their next call fails with [`LogError::Fenced`]).
+    ///
+    /// # Errors
+    ///
+    /// [`LogError::Unsupported`] on the embedded log, where a partition has one writer
+    /// process (its lock) and so no zombie to fence; backend errors.
+    async fn transactional_writer(
+        &self,
+        transactional_id: &str,
+    ) -> Result<Box<dyn TransactionalWriter>, LogError> {
+        Err(LogError::Unsupported(format!(
+            "transactional writer `{transactional_id}`: this log backend has no transactions"
+        )))
+    }
 
     /// Returns the offset `group` committed for a partition, if it committed one.
     ///

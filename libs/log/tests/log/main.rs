@@ -12,3 +12,4 @@ mod embedded_repair;
 mod embedded_shared;
 mod fixtures;
 mod group;
+mod transactions;

@@ -1,0 +1,199 @@
+//! Kafka transactions for [`Log::transactional_writer`](crate::Log::transactional_writer):
+//! a transactional producer per transactional id (`init_transactions` fences every earlier
+//! producer with the id and aborts its open transaction), records sent within a
+//! transaction, and consumer-group offsets committed with it
+//! (`send_offsets_to_transaction`), as Kafka Streams' and Flink's exactly-once sinks do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::topic_partition_list::Offset;
+use runnel_config::KafkaLogConfig;
+
+use crate::kafka::{
+    consumer_config, future_record, kafka_error, partition_count_of, place, producer_config,
+};
+use crate::{LogError, OffsetCommit, Partitioner, ProduceRecord, TransactionalWriter};
+
+/// A transactional producer; see the module docs.
+pub struct KafkaTransactionalWriter {
+    transactional_id: String,
+    config: KafkaLogConfig,
+    producer: Arc<FutureProducer>,
+    metadata_client: Arc<BaseConsumer>,
+    partitioner: Partitioner,
+    /// A client per consumer group whose offsets go with a commit, for its group metadata.
+    groups: HashMap<String, Arc<BaseConsumer>>,
+}
+
+impl KafkaTransactionalWriter {
+    /// Creates the producer and registers `transactional_id` with the cluster, fencing
+    /// every earlier producer with it.
+    pub(crate) async fn open(
+        config: &KafkaLogConfig,
+        transactional_id: &str,
+        metadata_client: Arc<BaseConsumer>,
+    ) -> Result<KafkaTransactionalWriter, LogError> {
+        let producer: FutureProducer = producer_config(config)
+            .set("transactional.id", transactional_id)
+            .set(
+                "transaction.timeout.ms",
+                // The broker aborts a transaction left open longer (a producer that died
+                // mid-transaction); at least a minute, as commits come every checkpoint.
+                config
+                    .request_timeout
+                    .max(Duration::from_secs(60))
+                    .as_millis()
+                    .to_string(),
+            )
+            .create()
+            .map_err(kafka_error(format!(
+                "create the transactional producer `{transactional_id}`"
+            )))?;
+        let writer = KafkaTransactionalWriter {
+            transactional_id: transactional_id.to_string(),
+            config: config.clone(),
+            producer: Arc::new(producer),
+            metadata_client,
+            partitioner: Partitioner::default(),
+            groups: HashMap::new(),
+        };
+        let timeout = writer.config.request_timeout;
+        writer
+            .call("init transactions", move |producer| {
+                producer.init_transactions(timeout)
+            })
+            .await?;
+        Ok(writer)
+    }
+
+    /// Runs a blocking transactional call; a fenced producer's error is [`LogError::Fenced`].
+    async fn call(
+        &self,
+        action: &'static str,
+        call: impl FnOnce(&FutureProducer) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), LogError> {
+        let producer = Arc::clone(&self.producer);
+        let result = tokio::task::spawn_blocking(move || call(&producer))
+            .await
+            .map_err(|join| LogError::KafkaProtocol(format!("{action} panicked: {join}")))?;
+        result.map_err(|error| self.error(action, error))
+    }
+
+    fn error(&self, action: &str, error: KafkaError) -> LogError {
+        if is_fenced(&error) {
+            return LogError::Fenced {
+                transactional_id: self.transactional_id.clone(),
+                message: error.to_string(),
+            };
+        }
+        LogError::Kafka {
+            action: format!("{action} (transactional id `{}`)", self.transactional_id),
+            source: error,
+        }
+    }
+
+    fn group_client(&mut self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+        if let Some(client) = self.groups.get(group) {
+            return Ok(Arc::clone(client));
+        }
+        let client: BaseConsumer = consumer_config(&self.config, group)
+            .create()
+            .map_err(kafka_error(format!("create the client of group {group}")))?;
+        let client = Arc::new(client);
+        self.groups.insert(group.to_string(), Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+/// Whether `error` says a newer producer with the same transactional id took over.
+fn is_fenced(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fenced
+        )
+    )
+}
+
+#[async_trait]
+impl TransactionalWriter for KafkaTransactionalWriter {
+    async fn begin(&mut self) -> Result<(), LogError> {
+        self.call("begin a transaction", |producer| {
+            producer.begin_transaction()
+        })
+        .await
+    }
+
+    async fn append(&mut self, topic: &str, records: Vec<ProduceRecord>) -> Result<(), LogError> {
+        let partitions = partition_count_of(
+            Arc::clone(&self.metadata_client),
+            topic,
+            self.config.request_timeout,
+        )
+        .await?;
+        let placed = place(topic, &records, partitions, &self.partitioner)?;
+        let sends = records.iter().zip(&placed).map(|(record, partition)| {
+            self.producer.send(
+                future_record(topic, record, *partition),
+                self.config.request_timeout,
+            )
+        });
+        for delivery in futures::future::join_all(sends).await {
+            if let Err((error, _)) = delivery {
+                return Err(self.error("produce in a transaction", error));
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, offsets: &[OffsetCommit]) -> Result<(), LogError> {
+        let timeout = self.config.request_timeout;
+        let mut by_group: HashMap<&str, TopicPartitionList> = HashMap::new();
+        for commit in offsets {
+            let list = by_group.entry(commit.group.as_str()).or_default();
+            list.add_partition_offset(
+                &commit.topic,
+                commit.partition as i32,
+                Offset::Offset(commit.offset as i64),
+            )
+            .and_then(|()| {
+                list.find_partition(&commit.topic, commit.partition as i32)
+                    .ok_or(KafkaError::Subscription("no such partition".to_string()))?
+                    .set_metadata(commit.metadata.clone());
+                Ok(())
+            })
+            .map_err(kafka_error("build the transaction's offsets"))?;
+        }
+        for (group, list) in by_group {
+            let client = self.group_client(group)?;
+            let metadata = client.group_metadata().ok_or_else(|| {
+                LogError::KafkaProtocol(format!("no group metadata for group {group}"))
+            })?;
+            self.call("send offsets to the transaction", move |producer| {
+                producer.send_offsets_to_transaction(&list, &metadata, timeout)
+            })
+            .await?;
+        }
+        self.call("commit the transaction", move |producer| {
+            producer.commit_transaction(timeout)
+        })
+        .await
+    }
+
+    async fn abort(&mut self) -> Result<(), LogError> {
+        let timeout = self.config.request_timeout;
+        self.call("abort the transaction", move |producer| {
+            producer.abort_transaction(timeout)
+        })
+        .await
+    }
+}
