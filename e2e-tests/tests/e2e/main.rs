@@ -10,13 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use runnel_e2e_tests::runnel_binary;
 use runnel_ingest::proto::ingest_client::IngestClient;
 use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
 use runnel_serving::proto::serving_client::ServingClient;
@@ -30,22 +31,6 @@ const EVENTS_PER_USER_AND_WINDOW: u64 = 3;
 const WINDOW_MS: i64 = 10_000;
 /// 2026-01-01T00:00:00Z.
 const BASE_MS: i64 = 1_767_225_600_000;
-
-/// The `runnel` binary `cargo test --workspace` built beside this test.
-fn runnel_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("runnel"))
-        .expect("target folder");
-    assert!(
-        binary.try_exists().unwrap_or(false),
-        "{} is missing: build it first (`cargo build -p runnel`, or run `cargo test --workspace`)",
-        binary.display()
-    );
-    binary
-}
 
 /// The broker's address from `KAFKA_BOOTSTRAP`; `None` (the test is skipped) when unset,
 /// unless `RUNNEL_REQUIRE_KAFKA=1`.

@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use runnel_e2e_tests::runnel_binary;
+
 /// The ports of the embedded defaults: ingest, stream-processor metrics, serving, archive
 /// metrics, serving metrics.
 const DEFAULT_PORTS: [u16; 5] = [7301, 7302, 7303, 7304, 7305];
@@ -264,22 +266,6 @@ fn check_expectations(block: &Block, output: &str) {
             block.line
         );
     }
-}
-
-/// The `runnel` binary `cargo test --workspace` built beside this test.
-fn runnel_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    let binary = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("runnel"))
-        .expect("target folder");
-    assert!(
-        binary.try_exists().unwrap_or(false),
-        "{} is missing: build it first (`cargo build -p runnel`, or run `cargo test --workspace`)",
-        binary.display()
-    );
-    binary
 }
 
 #[test]
