@@ -766,9 +766,36 @@ impl Locator<'_> {
             })
         });
         let position = from_diagnostic
+            .or_else(|| self.unknown_field(&message))
             .or_else(|| self.failing_expression(&message))
             .unwrap_or(self.select_position);
         EngineError::Invalid { position, message }
+    }
+
+    /// The position of the first use of the column `message` says does not exist
+    /// (`No field named x`), which DataFusion reports without a span outside the SELECT list
+    /// (in GROUP BY, say).
+    fn unknown_field(&self, message: &str) -> Option<SqlPosition> {
+        let named = message.split("No field named ").nth(1)?;
+        let named = named.split_whitespace().next()?.trim_end_matches('.');
+        let column = named.rsplit('.').next()?.trim_matches('"');
+        let mut found = None;
+        let _ = ast::visit_expressions(&self.statement, |expr: &ast::Expr| {
+            let ident = match expr {
+                ast::Expr::Identifier(ident) => Some(ident),
+                ast::Expr::CompoundIdentifier(idents) => idents.last(),
+                _ => None,
+            };
+            if let Some(ident) = ident
+                && ident.value.eq_ignore_ascii_case(column)
+                && ident.span.start.line > 0
+            {
+                found = Some(position_at(ident.span));
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        found
     }
 
     /// The position of the innermost expression of the job that fails to plan on its own,
@@ -1390,6 +1417,13 @@ mod tests {
         );
         // Reserved output names, at their alias.
         check_invalid(&job("COUNT(*) AS _key", ""), 2, 15, "reserved");
+        // An unknown column in GROUP BY, which DataFusion reports without a span.
+        check_invalid(
+            "SELECT page, window_start, window_end, COUNT(*) AS n\nFROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)\nGROUP BY pag, window_start, window_end",
+            3,
+            10,
+            "No field named pag",
+        );
     }
 
     #[test]
