@@ -11,10 +11,12 @@
 #   fetch.nMsg.sec, which leaves out its group join, since runnel's readers join no group.
 #   Printed as kafka_perf_produce, kafka_perf_consume and the ratios kafka_produce_vs_perf,
 #   kafka_consume_vs_perf (runnel over Kafka's own client; goal >= 0.8).
-# Sizes: BENCH_LOG_RECORDS (default 2,000,000), BENCH_KAFKA_RECORDS (default 200,000).
+# Sizes: BENCH_LOG_RECORDS (default 2,000,000), BENCH_KAFKA_RECORDS (default 1,000,000: with
+# fewer, Kafka's tools time a second or less, at millisecond resolution).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/kafka.sh
+export BENCH_KAFKA_RECORDS="${BENCH_KAFKA_RECORDS:-1000000}"
 
 echo "==> building the benchmark (release)" >&2
 cargo bench -p runnel-log --bench log --no-run >&2
@@ -25,7 +27,7 @@ echo "==> running the benchmark against the embedded log and Kafka at $KAFKA_BOO
 runnel_lines="$(cargo bench -p runnel-log --bench log 2>/dev/null | grep '^BENCH')"
 echo "$runnel_lines"
 
-records="${BENCH_KAFKA_RECORDS:-200000}"
+records="${BENCH_KAFKA_RECORDS}"
 records=$((records / 1000 * 1000))
 topic="perf-$$"
 kafka_tool() {
