@@ -118,6 +118,12 @@ pub struct StreamProcessorConfig {
     /// switches.
     #[serde(with = "humantime_serde")]
     pub job_poll_interval: Duration,
+    /// Exactly-once results (Kafka only): each task writes its results and late events in a
+    /// Kafka transaction that commits, with its source offset and checkpoint, at each
+    /// checkpoint, so that `read_committed` readers (serving among them) see every result
+    /// version once, after a crash too; results become visible at checkpoints, so keep
+    /// `checkpoint-interval` short. A task's transactional id fences a zombie of it.
+    pub exactly_once: bool,
 }
 
 /// A windowed SQL job.

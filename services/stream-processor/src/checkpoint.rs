@@ -16,6 +16,8 @@ use crate::StreamProcessorError;
 
 const MANIFEST_FILE: &str = "_checkpoint.json";
 const STATE_FILE: &str = "state.arrow";
+/// Exactly-once: the manifest of a checkpoint written before its transaction commits.
+const PREPARED_FILE: &str = "_prepared.json";
 
 /// What a complete checkpoint records besides the state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,34 +92,42 @@ impl TaskCheckpoints {
         Path::from(format!("{}/{}/{}", self.prefix, self.job, self.partition))
     }
 
-    fn epoch_dir(&self, epoch: u64) -> String {
-        format!(
-            "{}/{}/{}/{epoch:020}",
-            self.prefix, self.job, self.partition
-        )
+    /// The folder of checkpoint `epoch`; with exactly-once, each writer's checkpoints carry
+    /// its `token`, so that a fenced zombie never writes where its successor does.
+    fn epoch_dir_of(&self, epoch: u64, token: Option<&str>) -> String {
+        match token {
+            None => format!(
+                "{}/{}/{}/{epoch:020}",
+                self.prefix, self.job, self.partition
+            ),
+            Some(token) => format!(
+                "{}/{}/{}/{epoch:020}-{token}",
+                self.prefix, self.job, self.partition
+            ),
+        }
     }
 
-    /// Epoch numbers that have a manifest, ascending.
-    async fn complete_epochs(
+    /// Checkpoints that have a manifest, as (epoch, writer token), ascending by epoch.
+    async fn complete_checkpoints(
         &self,
         store: &dyn ObjectStore,
-    ) -> Result<Vec<u64>, StreamProcessorError> {
+    ) -> Result<Vec<(u64, Option<String>)>, StreamProcessorError> {
         let dir = self.dir();
         let listed: Vec<object_store::ObjectMeta> = store
             .list(Some(&dir))
             .try_collect()
             .await
             .map_err(|source| StreamProcessorError::store("list", &dir, source))?;
-        let mut epochs: Vec<u64> = listed
+        let mut epochs: Vec<(u64, Option<String>)> = listed
             .iter()
             .filter(|meta| meta.location.filename() == Some(MANIFEST_FILE))
             .filter_map(|meta| {
                 let parts: Vec<_> = meta.location.parts().collect();
-                parts
-                    .get(parts.len().checked_sub(2)?)?
-                    .as_ref()
-                    .parse()
-                    .ok()
+                let name = parts.get(parts.len().checked_sub(2)?)?.as_ref().to_string();
+                match name.split_once('-') {
+                    None => Some((name.parse().ok()?, None)),
+                    Some((epoch, token)) => Some((epoch.parse().ok()?, Some(token.to_string()))),
+                }
             })
             .collect();
         epochs.sort_unstable();
@@ -133,10 +143,23 @@ impl TaskCheckpoints {
         &self,
         store: &dyn ObjectStore,
     ) -> Result<Option<CheckpointManifest>, StreamProcessorError> {
-        let Some(&epoch) = self.complete_epochs(store).await?.last() else {
+        let Some((epoch, token)) = self.complete_checkpoints(store).await?.pop() else {
             return Ok(None);
         };
-        let manifest_path = Path::from(format!("{}/{MANIFEST_FILE}", self.epoch_dir(epoch)));
+        self.manifest_at(store, epoch, token.as_deref(), MANIFEST_FILE)
+            .await
+            .map(Some)
+    }
+
+    /// The manifest `file` of checkpoint `epoch` written by `token`, checked against it.
+    async fn manifest_at(
+        &self,
+        store: &dyn ObjectStore,
+        epoch: u64,
+        token: Option<&str>,
+        file: &str,
+    ) -> Result<CheckpointManifest, StreamProcessorError> {
+        let manifest_path = Path::from(format!("{}/{file}", self.epoch_dir_of(epoch, token)));
         let bytes = read(store, &manifest_path).await?;
         let manifest: CheckpointManifest =
             serde_json::from_slice(&bytes).map_err(|error| StreamProcessorError::Checkpoint {
@@ -155,7 +178,7 @@ impl TaskCheckpoints {
                 ),
             });
         }
-        Ok(Some(manifest))
+        Ok(manifest)
     }
 
     /// The newest complete checkpoint, if any.
@@ -167,10 +190,42 @@ impl TaskCheckpoints {
         &self,
         store: &dyn ObjectStore,
     ) -> Result<Option<Restored>, StreamProcessorError> {
-        let Some(manifest) = self.latest_manifest(store).await? else {
+        let Some((epoch, token)) = self.complete_checkpoints(store).await?.pop() else {
             return Ok(None);
         };
-        let dir = self.epoch_dir(manifest.epoch);
+        let manifest = self
+            .manifest_at(store, epoch, token.as_deref(), MANIFEST_FILE)
+            .await?;
+        self.with_state(store, manifest, token.as_deref())
+            .await
+            .map(Some)
+    }
+
+    /// Checkpoint `epoch` of writer `token` as prepared before its transaction committed
+    /// (exactly-once: the epoch and token come from the offsets committed with it).
+    ///
+    /// # Errors
+    ///
+    /// The checkpoint is missing or inconsistent; object-store failures.
+    pub(crate) async fn prepared(
+        &self,
+        store: &dyn ObjectStore,
+        epoch: u64,
+        token: &str,
+    ) -> Result<Restored, StreamProcessorError> {
+        let manifest = self
+            .manifest_at(store, epoch, Some(token), PREPARED_FILE)
+            .await?;
+        self.with_state(store, manifest, Some(token)).await
+    }
+
+    async fn with_state(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: CheckpointManifest,
+        token: Option<&str>,
+    ) -> Result<Restored, StreamProcessorError> {
+        let dir = self.epoch_dir_of(manifest.epoch, token);
         let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
         let state = read(store, &state_path).await?;
         if state.len() as u64 != manifest.state_bytes {
@@ -183,7 +238,7 @@ impl TaskCheckpoints {
                 ),
             });
         }
-        Ok(Some(Restored { manifest, state }))
+        Ok(Restored { manifest, state })
     }
 
     /// Writes checkpoint `manifest.epoch`: the state, then the manifest; then deletes epochs
@@ -198,13 +253,55 @@ impl TaskCheckpoints {
         manifest: &CheckpointManifest,
         state: Vec<u8>,
     ) -> Result<(), StreamProcessorError> {
-        let dir = self.epoch_dir(manifest.epoch);
+        self.write_state(store, manifest, state, None).await?;
+        self.complete(store, manifest, None).await
+    }
+
+    /// Exactly-once, before the transaction commits: the state and `_prepared.json` of
+    /// checkpoint `manifest.epoch` of writer `token`, which recovery reads when the offsets
+    /// committed with the transaction name them.
+    ///
+    /// # Errors
+    ///
+    /// Object-store failures.
+    pub(crate) async fn prepare(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &CheckpointManifest,
+        state: Vec<u8>,
+        token: &str,
+    ) -> Result<(), StreamProcessorError> {
+        self.write_state(store, manifest, state, Some(token))
+            .await?;
+        self.write_manifest(store, manifest, Some(token), PREPARED_FILE)
+            .await
+    }
+
+    async fn write_state(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &CheckpointManifest,
+        state: Vec<u8>,
+        token: Option<&str>,
+    ) -> Result<(), StreamProcessorError> {
+        let dir = self.epoch_dir_of(manifest.epoch, token);
         let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
         store
             .put(&state_path, PutPayload::from(state))
             .await
             .map_err(|source| StreamProcessorError::store("write", &state_path, source))?;
-        let manifest_path = Path::from(format!("{dir}/{MANIFEST_FILE}"));
+        Ok(())
+    }
+
+    async fn write_manifest(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &CheckpointManifest,
+        token: Option<&str>,
+        file: &str,
+    ) -> Result<(), StreamProcessorError> {
+        let dir = self.epoch_dir_of(manifest.epoch, token);
+        let manifest_path = Path::from(format!("{dir}/{file}"));
         let json = serde_json::to_vec_pretty(manifest).map_err(|error| {
             StreamProcessorError::Checkpoint {
                 path: manifest_path.to_string(),
@@ -215,12 +312,44 @@ impl TaskCheckpoints {
             .put(&manifest_path, PutPayload::from(json))
             .await
             .map_err(|source| StreamProcessorError::store("write", &manifest_path, source))?;
-        let epochs = self.complete_epochs(store).await?;
-        let stale = epochs.len().saturating_sub(self.keep as usize);
-        for &epoch in &epochs[..stale] {
-            let dir = self.epoch_dir(epoch);
+        Ok(())
+    }
+
+    /// Marks checkpoint `manifest.epoch` (of writer `token`) complete with its manifest, then
+    /// deletes older ones beyond the ones to keep: with a token, only this writer's, and
+    /// other writers' older than the oldest it keeps (a zombie's newer ones are left).
+    ///
+    /// # Errors
+    ///
+    /// Object-store failures.
+    pub(crate) async fn complete(
+        &self,
+        store: &dyn ObjectStore,
+        manifest: &CheckpointManifest,
+        token: Option<&str>,
+    ) -> Result<(), StreamProcessorError> {
+        self.write_manifest(store, manifest, token, MANIFEST_FILE)
+            .await?;
+        let checkpoints = self.complete_checkpoints(store).await?;
+        let own: Vec<u64> = checkpoints
+            .iter()
+            .filter(|(_, writer)| writer.as_deref() == token)
+            .map(|(epoch, _)| *epoch)
+            .collect();
+        let stale_own = own.len().saturating_sub(self.keep as usize);
+        let oldest_kept = own.get(stale_own).copied().unwrap_or(manifest.epoch);
+        for (epoch, writer) in &checkpoints {
+            let stale = if writer.as_deref() == token {
+                own[..stale_own].contains(epoch)
+            } else {
+                token.is_some() && *epoch < oldest_kept
+            };
+            if !stale {
+                continue;
+            }
+            let dir = self.epoch_dir_of(*epoch, writer.as_deref());
             // The manifest first: a half-deleted epoch is then incomplete, never half-used.
-            for file in [MANIFEST_FILE, STATE_FILE] {
+            for file in [MANIFEST_FILE, PREPARED_FILE, STATE_FILE] {
                 let path = Path::from(format!("{dir}/{file}"));
                 match store.delete(&path).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -371,8 +500,69 @@ mod tests {
         assert_eq!(restored.manifest, manifest(3, 3));
         assert_eq!(&restored.state[..], &[3, 3, 3]);
         assert_eq!(
-            checkpoints.complete_epochs(&store).await.unwrap(),
-            vec![2, 3]
+            checkpoints.complete_checkpoints(&store).await.unwrap(),
+            vec![(2, None), (3, None)]
+        );
+    }
+
+    #[tokio::test]
+    async fn exactly_once_checkpoints_are_per_writer_and_a_zombie_never_touches_its_successor() {
+        let store = object_store::memory::InMemory::new();
+        let checkpoints = TaskCheckpoints::new("checkpoints", "j", 3, 2);
+        // The first owner: epochs 1 and 2 prepared and completed.
+        for epoch in 1..=2 {
+            checkpoints
+                .prepare(&store, &manifest(epoch, 3), vec![1; 3], "first")
+                .await
+                .unwrap();
+            checkpoints
+                .complete(&store, &manifest(epoch, 3), Some("first"))
+                .await
+                .unwrap();
+        }
+        // It is paused with epoch 3 prepared; its successor restores epoch 2 and goes on.
+        checkpoints
+            .prepare(&store, &manifest(3, 3), vec![9; 3], "first")
+            .await
+            .unwrap();
+        let restored = checkpoints.prepared(&store, 2, "first").await.unwrap();
+        assert_eq!(restored.manifest, manifest(2, 3));
+        for epoch in 3..=5 {
+            checkpoints
+                .prepare(&store, &manifest(epoch, 3), vec![2; 3], "second")
+                .await
+                .unwrap();
+            checkpoints
+                .complete(&store, &manifest(epoch, 3), Some("second"))
+                .await
+                .unwrap();
+        }
+        // The zombie wakes and completes its epoch 3 (its commit would be fenced): its
+        // files are its own, and its pruning leaves the successor's alone.
+        checkpoints
+            .complete(&store, &manifest(3, 3), Some("first"))
+            .await
+            .unwrap();
+        let successor = checkpoints.prepared(&store, 5, "second").await.unwrap();
+        assert_eq!(&successor.state[..], &[2, 2, 2]);
+        let complete = checkpoints.complete_checkpoints(&store).await.unwrap();
+        assert!(
+            complete.contains(&(4, Some("second".to_string()))),
+            "{complete:?}"
+        );
+        assert!(
+            complete.contains(&(5, Some("second".to_string()))),
+            "{complete:?}"
+        );
+        assert!(
+            !complete.contains(&(3, Some("second".to_string()))),
+            "the successor keeps two of its own: {complete:?}"
+        );
+        assert!(
+            !complete
+                .iter()
+                .any(|(epoch, writer)| writer.as_deref() == Some("first") && *epoch < 3),
+            "the successor pruned its predecessor's older checkpoints: {complete:?}"
         );
     }
 

@@ -497,6 +497,18 @@ pub async fn run_with_status(
                 .serve(Arc::clone(&status), metrics_shutdown.clone())
                 .in_current_span(),
         );
+        if config.stream_processor.exactly_once
+            && config.storage.log.backend != runnel_config::LogBackend::Kafka
+        {
+            return Err(StreamProcessorError::Job {
+                job: "(every job)".to_string(),
+                message: "stream-processor.exactly-once needs the Kafka log backend (its \
+                          transactions); on the embedded log a restart re-emits the same \
+                          upserts, and no zombie can write, as one process holds a \
+                          partition's lock"
+                    .to_string(),
+            });
+        }
         let store = runnel_archive::open_object_store(
             &config.object_store_url(),
             &config.storage.object_store_options,
@@ -511,6 +523,7 @@ pub async fn run_with_status(
             read_batch_records: config.stream_processor.read_batch_records,
             history_prefix: config.archive.prefix.clone(),
             status: Arc::clone(&status),
+            exactly_once: config.stream_processor.exactly_once,
         };
         let jobs_shutdown = shutdown.child_token();
         let mut jobs = tokio::task::JoinSet::new();

@@ -25,7 +25,7 @@ use object_store::ObjectStore;
 use runnel_archive::{HybridSource, HybridStart};
 use runnel_engine::{OperatorOutput, WindowOperator};
 use runnel_events::decode::EventDecoder;
-use runnel_log::{Log, PartitionReader, Record, StartOffset};
+use runnel_log::{Log, OffsetCommit, PartitionReader, Record, StartOffset, TransactionalWriter};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -60,6 +60,8 @@ pub(crate) struct TaskContext {
     pub(crate) history_prefix: String,
     /// Where tasks report their status.
     pub(crate) status: Arc<StatusRegistry>,
+    /// `stream-processor.exactly-once`: outputs in Kafka transactions.
+    pub(crate) exactly_once: bool,
 }
 
 impl TaskContext {
@@ -112,6 +114,56 @@ pub(crate) struct Task {
     seen_source_offsets: Vec<Option<u64>>,
     /// No checkpoint: a direct task starts at the history's first offset (or the log's).
     fresh: bool,
+    /// Exactly-once: the task's transactional writer.
+    transaction: Option<Transaction>,
+}
+
+/// A task's Kafka transactions (`stream-processor.exactly-once`): its outputs since the last
+/// checkpoint are in the open one, which commits with the checkpoint's source offset.
+struct Transaction {
+    writer: Box<dyn TransactionalWriter>,
+    /// Whether a transaction is open.
+    open: bool,
+    /// Names this writer's checkpoints (`<epoch>-<token>/`), so that a fenced zombie never
+    /// writes where its successor does.
+    token: String,
+}
+
+impl Transaction {
+    async fn ensure_open(&mut self) -> Result<(), runnel_log::LogError> {
+        if !self.open {
+            self.writer.begin().await?;
+            self.open = true;
+        }
+        Ok(())
+    }
+}
+
+/// The offsets' metadata of an exactly-once checkpoint: `epoch=<n> token=<t>`.
+fn checkpoint_metadata(epoch: u64, token: &str) -> String {
+    format!("epoch={epoch} token={token}")
+}
+
+/// The epoch and token of [`checkpoint_metadata`].
+fn parse_checkpoint_metadata(metadata: &str) -> Option<(u64, String)> {
+    let mut epoch = None;
+    let mut token = None;
+    for part in metadata.split_whitespace() {
+        match part.split_once('=') {
+            Some(("epoch", value)) => epoch = value.parse().ok(),
+            Some(("token", value)) => token = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    Some((epoch?, token?))
+}
+
+/// A token no other writer of the task has: the time and this process.
+fn writer_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    format!("{nanos:x}{:x}", std::process::id())
 }
 
 /// Where a task reads.
@@ -185,7 +237,59 @@ impl Task {
         );
         let status = context.status.register(&job.name, &topic, partition);
         let mut seen_source_offsets = vec![None; source_partitions as usize];
-        let (operator, offset, epoch) = match checkpoints.latest(context.store.as_ref()).await? {
+        let log_error = |source| StreamProcessorError::log(&topic, source);
+        // Exactly-once: opening the writer fences a zombie of this task (its open transaction
+        // is aborted) before the committed offsets are read; they, not the newest manifest,
+        // say which checkpoint to restore.
+        let (transaction, restored) = if context.exactly_once {
+            let id = format!("runnel.{}.{topic}.{partition}", job.name);
+            let writer = context
+                .log
+                .transactional_writer(&id)
+                .await
+                .map_err(log_error)?;
+            let committed = context
+                .log
+                .committed_offset_and_metadata(&job_group(&job.name), &topic, partition)
+                .await
+                .map_err(log_error)?;
+            let restored = match committed {
+                None => None,
+                Some((offset, metadata)) => {
+                    let (epoch, token) = parse_checkpoint_metadata(&metadata).ok_or_else(|| {
+                        StreamProcessorError::Checkpoint {
+                            path: format!("{}/{}/{partition}", context.checkpoint_prefix, job.name),
+                            message: format!(
+                                "the offset {offset} committed for group {} carries `{metadata}`, not an exactly-once checkpoint's epoch and token",
+                                job_group(&job.name)
+                            ),
+                        }
+                    })?;
+                    let restored = checkpoints
+                        .prepared(context.store.as_ref(), epoch, &token)
+                        .await?;
+                    if restored.manifest.source_offset != offset {
+                        return Err(StreamProcessorError::Checkpoint {
+                            path: format!("{}/{}/{partition}", context.checkpoint_prefix, job.name),
+                            message: format!(
+                                "checkpoint {epoch} of writer {token} resumes at {}, the offset committed with it is {offset}",
+                                restored.manifest.source_offset
+                            ),
+                        });
+                    }
+                    Some(restored)
+                }
+            };
+            let transaction = Transaction {
+                writer,
+                open: false,
+                token: writer_token(),
+            };
+            (Some(transaction), restored)
+        } else {
+            (None, checkpoints.latest(context.store.as_ref()).await?)
+        };
+        let (operator, offset, epoch) = match restored {
             Some(restored) => {
                 if job.repartition {
                     seen_source_offsets = restored.manifest.seen_source_offsets.clone();
@@ -247,6 +351,7 @@ impl Task {
             topic,
             seen_source_offsets,
             fresh: epoch == 0,
+            transaction,
         })
     }
 
@@ -558,11 +663,7 @@ impl Task {
         let results = result_records(&output.results, self.partition, arrival)?;
         if !results.is_empty() {
             let topic = results_topic(&self.job.name);
-            self.context
-                .log
-                .append(&topic, results)
-                .await
-                .map_err(|source| StreamProcessorError::log(&topic, source))?;
+            self.append(&topic, results).await?;
         }
         let source_partition = (!self.job.repartition).then_some(self.partition);
         let late = late_records(
@@ -573,13 +674,35 @@ impl Task {
         )?;
         if !late.is_empty() {
             let topic = late_topic(&self.job.name);
-            self.context
-                .log
-                .append(&topic, late)
-                .await
-                .map_err(|source| StreamProcessorError::log(&topic, source))?;
+            self.append(&topic, late).await?;
         }
         Ok(())
+    }
+
+    /// Appends output records: in the open transaction with exactly-once, else durably.
+    async fn append(
+        &mut self,
+        topic: &str,
+        records: Vec<runnel_log::ProduceRecord>,
+    ) -> Result<(), StreamProcessorError> {
+        let log_error = |source| StreamProcessorError::log(topic, source);
+        match &mut self.transaction {
+            Some(transaction) => {
+                transaction.ensure_open().await.map_err(log_error)?;
+                transaction
+                    .writer
+                    .append(topic, records)
+                    .await
+                    .map_err(log_error)
+            }
+            None => self
+                .context
+                .log
+                .append(topic, records)
+                .await
+                .map(|_| ())
+                .map_err(log_error),
+        }
     }
 
     async fn checkpoint(&mut self) -> Result<(), StreamProcessorError> {
@@ -602,19 +725,47 @@ impl Task {
             state_bytes: state.len() as u64,
             seen_source_offsets: self.seen_source_offsets.clone(),
         };
-        self.checkpoints
-            .save(self.context.store.as_ref(), &manifest, state)
-            .await?;
         let topic = self.topic.as_str();
-        self.context
-            .log
-            .commit_offsets(
-                &job_group(&self.job.name),
-                topic,
-                &[(self.partition, self.offset)],
-            )
-            .await
-            .map_err(|source| StreamProcessorError::log(topic, source))?;
+        let log_error = |source| StreamProcessorError::log(topic, source);
+        let store = self.context.store.as_ref();
+        match &mut self.transaction {
+            Some(transaction) => {
+                // The state first, then the transaction with the offset that names it; the
+                // manifest that marks it complete (for status and pruning) after.
+                self.checkpoints
+                    .prepare(store, &manifest, state, &transaction.token)
+                    .await?;
+                transaction.ensure_open().await.map_err(log_error)?;
+                let commit = OffsetCommit {
+                    group: job_group(&self.job.name),
+                    topic: topic.to_string(),
+                    partition: self.partition,
+                    offset: self.offset,
+                    metadata: checkpoint_metadata(self.epoch, &transaction.token),
+                };
+                transaction
+                    .writer
+                    .commit(&[commit])
+                    .await
+                    .map_err(log_error)?;
+                transaction.open = false;
+                self.checkpoints
+                    .complete(store, &manifest, Some(&transaction.token))
+                    .await?;
+            }
+            None => {
+                self.checkpoints.save(store, &manifest, state).await?;
+                self.context
+                    .log
+                    .commit_offsets(
+                        &job_group(&self.job.name),
+                        topic,
+                        &[(self.partition, self.offset)],
+                    )
+                    .await
+                    .map_err(log_error)?;
+            }
+        }
         debug!(epoch = self.epoch, offset = self.offset, "checkpoint");
         self.checkpointed_offset = self.offset;
         self.last_checkpoint = Instant::now();
