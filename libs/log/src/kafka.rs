@@ -176,8 +176,32 @@ async fn run_blocking<T: Send + 'static>(
         })?
 }
 
-/// The partition count of `topic`, from `client`'s metadata.
+/// How long one metadata request may wait for its broker before it is sent again (to
+/// whichever broker librdkafka picks then): a request to a broker that just died must not
+/// hold the caller for the whole request timeout.
+const METADATA_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// The partition count of `topic`, from `client`'s metadata. A request that times out or
+/// whose broker is unreachable is sent again until `timeout` has passed.
 pub(crate) async fn partition_count_of(
+    client: Arc<BaseConsumer>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32, LogError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = remaining.min(METADATA_ATTEMPT);
+        match partition_count_once(Arc::clone(&client), topic, attempt).await {
+            Err(LogError::Kafka { source, .. }) if is_transient(&source) && remaining > attempt => {
+                warn!(topic, error = %source, "a metadata request failed; sending it again");
+            }
+            answer => return answer,
+        }
+    }
+}
+
+async fn partition_count_once(
     client: Arc<BaseConsumer>,
     topic: &str,
     timeout: Duration,

@@ -158,12 +158,13 @@ fn parse_checkpoint_metadata(metadata: &str) -> Option<(u64, String)> {
     Some((epoch?, token?))
 }
 
-/// A token no other writer of the task has: the time and this process.
+/// A token no other writer of the task has: this process's id, a dot, and the time (so that
+/// an operator can tell whose checkpoints a folder holds).
 fn writer_token() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
-    format!("{nanos:x}{:x}", std::process::id())
+    format!("{}.{nanos:x}", std::process::id())
 }
 
 /// Where a task reads.

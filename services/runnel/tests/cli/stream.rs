@@ -468,6 +468,108 @@ async fn killed_at_random_moments_on_kafka_with_exactly_once_each_result_version
     );
 }
 
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(signal: &str, pid: u32) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Zombies fenced (exactly-once on Kafka): an instance paused with SIGSTOP until its
+/// partitions have moved to another instance and that one has made progress, then resumed
+/// with SIGCONT, writes nothing anyone reads: the results equal an uninterrupted run's, each
+/// version read once; the offsets recovery reads name only the successor's checkpoints; and
+/// the zombie logs that it was fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_resumed_after_its_partitions_moved_is_fenced_on_kafka() {
+    let Some(bootstrap) = super::kafka_bootstrap() else {
+        return;
+    };
+    let _kafka = super::kafka_exclusive().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut calm = Universe::kafka(dir.path().join("calm"), &bootstrap, "zombie-calm");
+    let mut paused = Universe::kafka(dir.path().join("paused"), &bootstrap, "zombie");
+    for universe in [&mut calm, &mut paused] {
+        universe.exactly_once = true;
+        universe.with_pages = false;
+    }
+    let ends = fill_log(&calm).await;
+    run_until_caught_up(&calm, &ends);
+    let half = EVENTS / 2;
+    append_events(&paused, 0..half).await;
+    let mut zombie = Instance::start(&paused, "zombie");
+    wait_for(
+        &paused,
+        &mut [&mut zombie],
+        "the first instance owns partitions and has checkpointed",
+        |all| all[0].assignments(&paused) > 0 && !manifests(&paused, &paused.job).is_empty(),
+    );
+    let zombie_pid = zombie.child.0.id();
+    signal("-STOP", zombie_pid);
+    // Its session (6 s) expires while it is paused, and the group gives the successor every
+    // partition; then the rest of the events come and the successor processes them all.
+    let mut successor = Instance::start(&paused, "successor");
+    let successor_pid = successor.child.0.id();
+    wait_for(
+        &paused,
+        &mut [&mut successor],
+        "the successor owns partitions",
+        |all| all[0].assignments(&paused) > 0,
+    );
+    assert_eq!(append_events(&paused, half..EVENTS).await, ends);
+    wait_for(
+        &paused,
+        &mut [&mut successor],
+        "the successor caught up",
+        |_| caught_up(&paused, &ends),
+    );
+    signal("-CONT", zombie_pid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !zombie.log(&paused).contains("was fenced") {
+        assert!(
+            Instant::now() < deadline,
+            "the resumed zombie never said it was fenced:\n{}",
+            zombie.log(&paused)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Whatever else it does now, it does while the successor runs on.
+    std::thread::sleep(Duration::from_secs(2));
+    zombie.kill();
+    successor.kill();
+
+    compare_outputs(&calm, &paused, "after a zombie").await;
+    let raw = read_topic(&paused, &format!("{}.results", paused.job)).await;
+    for (key, values) in &raw {
+        let read: Vec<u64> = values
+            .iter()
+            .map(|value| {
+                serde_json::from_slice::<serde_json::Value>(value).expect("JSON result")["_version"]
+                    .as_u64()
+                    .expect("_version")
+            })
+            .collect();
+        let once: Vec<u64> = (1..=read.len() as u64).collect();
+        assert_eq!(read, once, "versions of {key} as read");
+    }
+    let (log, _) = paused.log().await;
+    let group = runnel_stream_processor::job_group(&paused.job);
+    for partition in 0..PARTITIONS {
+        let (offset, metadata) = log
+            .committed_offset_and_metadata(&group, &paused.stream, partition)
+            .await
+            .expect("committed offset")
+            .expect("the successor committed");
+        assert_eq!(offset, ends[partition as usize]);
+        assert!(
+            metadata.contains(&format!("token={successor_pid}.")),
+            "partition {partition}: recovery would read `{metadata}`, not the successor's checkpoint (zombie pid {zombie_pid})"
+        );
+    }
+}
+
 /// Runs `calm` to the end uninterrupted and `crashed` through eight random SIGKILLs and then
 /// to the end, and compares their outputs.
 async fn crash_and_compare(calm: &Universe, crashed: &Universe, ends: &[u64]) {
