@@ -87,7 +87,20 @@ impl KafkaTransactionalWriter {
     }
 
     fn error(&self, action: &str, error: KafkaError) -> LogError {
-        if is_fenced(&error) {
+        // Once fenced, the producer's queued records fail as purged: the fatal error says why.
+        let fenced_fatally = self
+            .producer
+            .client()
+            .fatal_error()
+            .is_some_and(|(code, _)| {
+                matches!(
+                    code,
+                    RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                        | RDKafkaErrorCode::Fenced
+                )
+            });
+        if is_fenced(&error) || fenced_fatally {
             return LogError::Fenced {
                 transactional_id: self.transactional_id.clone(),
                 message: error.to_string(),
