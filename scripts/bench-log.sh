@@ -10,7 +10,10 @@
 #   runnel's producer sets, and librdkafka's default batch size); the consumer's figure is
 #   fetch.nMsg.sec, which leaves out its group join, since runnel's readers join no group.
 #   Printed as kafka_perf_produce, kafka_perf_consume and the ratios kafka_produce_vs_perf,
-#   kafka_consume_vs_perf (runnel over Kafka's own client; goal >= 0.8).
+#   kafka_consume_vs_perf (runnel over Kafka's own client; goal >= 0.8);
+# - one appender plain against in transactions committed every 10,000 records
+#   (kafka_produce_sequential, kafka_produce_transactional, kafka_transactional_vs_plain:
+#   the cost of stream-processor.exactly-once).
 # Sizes: BENCH_LOG_RECORDS (default 2,000,000), BENCH_KAFKA_RECORDS (default 1,000,000: with
 # fewer, Kafka's tools time a second or less, at millisecond resolution).
 set -euo pipefail

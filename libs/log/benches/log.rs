@@ -4,6 +4,8 @@
 //! a Kafka broker at `KAFKA_BOOTSTRAP` (scripts/lib/kafka.sh). Beside each backend's figures it prints a baseline
 //! measured in the same run on the same disk: raw `write` + `fdatasync` of the same bytes
 //! in the same batch sizes, so the log's append can be read as a ratio of what the disk does.
+//! On Kafka it also prints one appender's throughput plain and in transactions committed every
+//! 10,000 records (`kafka_transactional_vs_plain`: exactly-once's cost).
 #![allow(clippy::print_stdout)]
 
 use std::fs::File;
@@ -98,6 +100,43 @@ async fn consume(log: Arc<dyn Log>, topic: &str, per_partition: usize) -> Durati
     }
     for task in tasks {
         task.await.expect("reader task");
+    }
+    started.elapsed()
+}
+
+/// Batches appended one after another, as a stream-processor task appends its outputs.
+async fn produce_sequential(log: &dyn Log, topic: &str, n_batches: usize) -> Duration {
+    let started = Instant::now();
+    for batch_idx in 0..n_batches {
+        log.append(topic, batch(batch_idx))
+            .await
+            .expect("append in benchmark");
+    }
+    started.elapsed()
+}
+
+/// The same batches through a Kafka transaction committed every `per_commit` batches (a
+/// task's checkpoint), as with `stream-processor.exactly-once`.
+async fn produce_transactional(
+    log: &dyn Log,
+    topic: &str,
+    n_batches: usize,
+    per_commit: usize,
+) -> Duration {
+    let mut writer = log
+        .transactional_writer(&format!("bench-{}", std::process::id()))
+        .await
+        .expect("transactional writer");
+    let started = Instant::now();
+    for chunk in (0..n_batches).collect::<Vec<_>>().chunks(per_commit) {
+        writer.begin().await.expect("begin");
+        for &batch_idx in chunk {
+            writer
+                .append(topic, batch(batch_idx))
+                .await
+                .expect("append in a transaction");
+        }
+        writer.commit(&[]).await.expect("commit");
     }
     started.elapsed()
 }
@@ -210,7 +249,35 @@ async fn main() {
             report(
                 "kafka_consume",
                 kafka_records,
-                consume(log, &topic, kafka_records / PARTITIONS as usize).await,
+                consume(
+                    Arc::clone(&log),
+                    &topic,
+                    kafka_records / PARTITIONS as usize,
+                )
+                .await,
+            );
+            // Exactly-once's cost: one appender, plain against transactional (a commit every
+            // 10 batches, 10,000 records), on a topic of their own each.
+            let plain_topic = format!("{topic}-sequential");
+            let tx_topic = format!("{topic}-transactional");
+            for topic in [&plain_topic, &tx_topic] {
+                log.ensure_topic(topic, PARTITIONS)
+                    .await
+                    .expect("create kafka topic");
+            }
+            let plain = report(
+                "kafka_produce_sequential",
+                kafka_records,
+                produce_sequential(log.as_ref(), &plain_topic, kafka_batches).await,
+            );
+            let transactional = report(
+                "kafka_produce_transactional",
+                kafka_records,
+                produce_transactional(log.as_ref(), &tx_topic, kafka_batches, 10).await,
+            );
+            println!(
+                "BENCH kafka_transactional_vs_plain {:.2} ratio",
+                transactional / plain
             );
         }
         _ => println!("BENCH kafka_produce skipped (KAFKA_BOOTSTRAP not set)"),
