@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -552,11 +552,13 @@ fn kafka_libs() -> Option<PathBuf> {
     }
 }
 
-/// Interop, as a Kafka user would do it with a tool runnel did not write: Kafka's own console
+/// Interop, as a Kafka user would do it with tools runnel did not write: Kafka's own console
 /// producer writes JSON events, keyed by the stream's key and with RFC 3339 event times,
-/// straight into the stream's topic (no ingest service); the job's results appear in serving.
+/// straight into the stream's topic (no ingest service), and the job's results appear in
+/// serving; with exactly-once on and the stream-processor SIGKILLed twice, Kafka's console
+/// consumer (`--isolation-level read_committed`) reads each result version once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_from_kafkas_console_producer_reach_serving() {
+async fn kafkas_console_tools_write_events_and_read_each_result_once() {
     let Some(bootstrap) = kafka_bootstrap() else {
         return;
     };
@@ -585,6 +587,9 @@ backend = "kafka"
 bootstrap-servers = "{bootstrap}"
 [stream-processor]
 metrics-listen = "127.0.0.1:0"
+checkpoint-interval = "20s"
+read-batch-records = 10
+exactly-once = true
 [serving]
 listen = "127.0.0.1:0"
 metrics-listen = "127.0.0.1:0"
@@ -625,16 +630,81 @@ max-out-of-orderness = "1s"
     let processor = platform.start("interop.toml", &["stream-processor"], None);
     let serving_url = serving.address.clone().expect("serving address");
 
-    // `<key>|<JSON value>` lines, as `kafka-console-producer --property parse.key=true` reads
-    // them; event times in RFC 3339, not the epoch milliseconds runnel's ingest writes.
+    console_produce(&libs, &bootstrap, &stream, 0..3);
+    // Windows 0 and 1 are final once window 2's events pass their ends.
+    wait_for_results(&serving_url, &job, 2, 1, "events from the console producer").await;
+    // Exactly-once is on: the stream-processor is SIGKILLed while it works through many small
+    // batches of the next windows (a checkpoint every 20 s), so it has written results since
+    // its last checkpoint; a read_committed consumer never reads those, nor the ones its
+    // successor writes again.
+    console_produce(&libs, &bootstrap, &stream, 3..30);
+    std::thread::sleep(Duration::from_millis(700));
+    drop(processor);
+    let processor = platform.start("interop.toml", &["stream-processor"], None);
+    wait_for_results(&serving_url, &job, 29, 1, "after the kill").await;
+
+    // Kafka's own console consumer, read_committed, reads each result version once.
+    let consumed = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{}/*", libs.display()))
+        .args([
+            "org.apache.kafka.tools.consumer.ConsoleConsumer",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &format!("{job}.results"),
+            "--from-beginning",
+            "--isolation-level",
+            "read_committed",
+            "--timeout-ms",
+            "5000",
+            "--property",
+            "print.key=true",
+            "--property",
+            "key.separator=|",
+        ])
+        .output()
+        .expect("run Kafka's console consumer (java)");
+    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&consumed.stdout).lines() {
+        let Some((key, value)) = line.split_once('|') else {
+            continue;
+        };
+        let row: serde_json::Value = serde_json::from_str(value).expect("a JSON result");
+        versions
+            .entry(key.to_string())
+            .or_default()
+            .push(row["_version"].as_u64().expect("_version"));
+    }
+    let windows = versions.len();
+    assert!(
+        windows >= 29 * USERS as usize,
+        "the console consumer read {windows} windows: {}",
+        String::from_utf8_lossy(&consumed.stderr)
+    );
+    for (key, read) in &versions {
+        let once: Vec<u64> = (1..=read.len() as u64).collect();
+        assert_eq!(
+            read, &once,
+            "versions of {key} as Kafka's console consumer read them"
+        );
+    }
+    drop(processor);
+    drop(serving);
+}
+
+/// Writes windows `windows` of the test's events into `topic` with Kafka's own console
+/// producer: `<key>|<JSON value>` lines, as `kafka-console-producer --property parse.key=true`
+/// reads them, with event times in RFC 3339 (not the epoch milliseconds runnel's ingest
+/// writes).
+fn console_produce(libs: &Path, bootstrap: &str, topic: &str, windows: std::ops::Range<u64>) {
     let mut lines = String::new();
-    for window in 0..3 {
+    for window in windows {
         for i in 0..EVENTS_PER_USER_AND_WINDOW {
             for user in 0..USERS {
-                let value: serde_json::Value =
+                let mut value: serde_json::Value =
                     serde_json::from_str(&event(window, user, i)).expect("event JSON");
                 let millis = value["event_time"].as_i64().expect("epoch ms");
-                let mut value = value;
                 value["event_time"] = serde_json::Value::String(runnel_time::format_millis(millis));
                 lines.push_str(&format!("u{user:02}|{value}\n"));
             }
@@ -646,9 +716,9 @@ max-out-of-orderness = "1s"
         .args([
             "org.apache.kafka.tools.ConsoleProducer",
             "--bootstrap-server",
-            &bootstrap,
+            bootstrap,
             "--topic",
-            &stream,
+            topic,
             "--property",
             "parse.key=true",
             "--property",
@@ -673,8 +743,4 @@ max-out-of-orderness = "1s"
         "the console producer failed: {}",
         String::from_utf8_lossy(&produced.stderr)
     );
-    // Windows 0 and 1 are final once window 2's events pass their ends.
-    wait_for_results(&serving_url, &job, 2, 1, "events from the console producer").await;
-    drop(processor);
-    drop(serving);
 }

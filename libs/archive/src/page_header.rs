@@ -238,13 +238,9 @@ impl Cursor<'_> {
                     15 => usize::try_from(self.varint()?).ok()?,
                     size => usize::from(size),
                 };
-                let element = header & 0x0f;
+                self.check_elements(size)?;
                 for _ in 0..size {
-                    if element == TYPE_TRUE || element == TYPE_FALSE {
-                        self.byte()?;
-                    } else {
-                        self.skip(element, depth + 1)?;
-                    }
+                    self.skip_element(header & 0x0f, depth + 1)?;
                 }
                 Some(())
             }
@@ -254,9 +250,10 @@ impl Cursor<'_> {
                     return Some(());
                 }
                 let types = self.byte()?;
+                self.check_elements(size)?;
                 for _ in 0..size {
-                    self.skip(types >> 4, depth + 1)?;
-                    self.skip(types & 0x0f, depth + 1)?;
+                    self.skip_element(types >> 4, depth + 1)?;
+                    self.skip_element(types & 0x0f, depth + 1)?;
                 }
                 Some(())
             }
@@ -267,6 +264,20 @@ impl Cursor<'_> {
         }
     }
 
+    /// Skips an element of a list, set or map: there a boolean takes a byte of its own.
+    fn skip_element(&mut self, kind: u8, depth: usize) -> Option<()> {
+        if kind == TYPE_TRUE || kind == TYPE_FALSE {
+            return self.byte().map(drop);
+        }
+        self.skip(kind, depth)
+    }
+
+    /// Refuses a collection that claims more elements than bytes are left: every element
+    /// takes at least one, and a claimed size of billions must not be walked.
+    fn check_elements(&self, size: usize) -> Option<()> {
+        (size <= self.bytes.len().saturating_sub(self.at)).then_some(())
+    }
+
     fn advance(&mut self, len: usize) -> Option<()> {
         let end = self.at.checked_add(len)?;
         if end > self.bytes.len() {
@@ -274,5 +285,27 @@ impl Cursor<'_> {
         }
         self.at = end;
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page header whose first field is a map claiming 2^62 boolean pairs (what the fuzzer
+    /// found: the skip walked them for minutes, as booleans took no bytes) is refused at once.
+    #[test]
+    fn a_collection_claiming_more_elements_than_bytes_is_refused_at_once() {
+        let mut bytes = vec![0x1b]; // field 1, a map
+        bytes.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]); // 2^62
+        bytes.push(0x11); // boolean keys and values
+        bytes.push(0x00);
+        let started = std::time::Instant::now();
+        assert!(parse_page_header(&Bytes::from(bytes)).is_none());
+        let mut list = vec![0x19, 0xf1]; // field 1, a list of booleans with a varint size
+        list.extend([0xff, 0xff, 0xff, 0xff, 0x0f]); // 2^32 - 1
+        list.push(0x00);
+        assert!(parse_page_header(&Bytes::from(list)).is_none());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 }
