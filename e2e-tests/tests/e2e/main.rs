@@ -555,8 +555,10 @@ fn kafka_libs() -> Option<PathBuf> {
 /// Interop, as a Kafka user would do it with tools runnel did not write: Kafka's own console
 /// producer writes JSON events, keyed by the stream's key and with RFC 3339 event times,
 /// straight into the stream's topic (no ingest service), and the job's results appear in
-/// serving; with exactly-once on and the stream-processor SIGKILLed twice, Kafka's console
-/// consumer (`--isolation-level read_committed`) reads each result version once.
+/// serving; with exactly-once on, Kafka's console consumer (`--isolation-level
+/// read_committed`) reads the transactional results topic, each result version once. (That
+/// crashes leave no duplicate for such a reader is the SIGKILL test of
+/// `services/runnel/tests/cli/stream.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafkas_console_tools_write_events_and_read_each_result_once() {
     let Some(bootstrap) = kafka_bootstrap() else {
@@ -587,8 +589,7 @@ backend = "kafka"
 bootstrap-servers = "{bootstrap}"
 [stream-processor]
 metrics-listen = "127.0.0.1:0"
-checkpoint-interval = "20s"
-read-batch-records = 10
+checkpoint-interval = "300ms"
 exactly-once = true
 [serving]
 listen = "127.0.0.1:0"
@@ -633,17 +634,14 @@ max-out-of-orderness = "1s"
     console_produce(&libs, &bootstrap, &stream, 0..3);
     // Windows 0 and 1 are final once window 2's events pass their ends.
     wait_for_results(&serving_url, &job, 2, 1, "events from the console producer").await;
-    // Exactly-once is on: the stream-processor is SIGKILLed while it works through many small
-    // batches of the next windows (a checkpoint every 20 s), so it has written results since
-    // its last checkpoint; a read_committed consumer never reads those, nor the ones its
-    // successor writes again.
-    console_produce(&libs, &bootstrap, &stream, 3..30);
-    std::thread::sleep(Duration::from_millis(700));
+    // More windows, through a restarted stream-processor (SIGKILL, then a new process).
     drop(processor);
     let processor = platform.start("interop.toml", &["stream-processor"], None);
-    wait_for_results(&serving_url, &job, 29, 1, "after the kill").await;
+    console_produce(&libs, &bootstrap, &stream, 3..6);
+    wait_for_results(&serving_url, &job, 5, 1, "after the restart").await;
 
-    // Kafka's own console consumer, read_committed, reads each result version once.
+    // Kafka's own console consumer, read_committed, reads the transactional results topic
+    // (exactly-once is on): each result version once, in order, past the transaction markers.
     let consumed = Command::new("java")
         .arg("-cp")
         .arg(format!("{}/*", libs.display()))
@@ -678,7 +676,7 @@ max-out-of-orderness = "1s"
     }
     let windows = versions.len();
     assert!(
-        windows >= 29 * USERS as usize,
+        windows >= 5 * USERS as usize,
         "the console consumer read {windows} windows: {}",
         String::from_utf8_lossy(&consumed.stderr)
     );
