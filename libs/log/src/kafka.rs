@@ -24,7 +24,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel_config::KafkaLogConfig;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::kafka_group::KafkaMembership;
 use crate::{
@@ -46,8 +46,8 @@ pub struct KafkaLog {
     admin: AdminClient<DefaultClientContext>,
     /// For metadata, watermarks and time lookups; never assigned or subscribed.
     metadata_client: Arc<BaseConsumer>,
-    /// One commit client per consumer group.
-    group_clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// One commit client per consumer group, shared with the transactional writers.
+    group_clients: GroupClients,
     partitioner: Partitioner,
 }
 
@@ -77,7 +77,7 @@ impl KafkaLog {
             producer,
             admin,
             metadata_client: Arc::new(metadata_client),
-            group_clients: Mutex::new(HashMap::new()),
+            group_clients: GroupClients::default(),
             partitioner: Partitioner::default(),
         })
     }
@@ -92,52 +92,25 @@ impl KafkaLog {
     }
 
     fn group_client(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
-        let mut clients = self
-            .group_clients
-            .lock()
-            .expect("group_clients lock is never poisoned");
-        if let Some(client) = clients.get(group) {
-            return Ok(Arc::clone(client));
-        }
-        let client: BaseConsumer =
-            consumer_config(&self.config, group)
-                .create()
-                .map_err(kafka_error(format!(
-                    "create commit client for group {group}"
-                )))?;
-        let client = Arc::new(client);
-        clients.insert(group.to_string(), Arc::clone(&client));
-        Ok(client)
+        self.group_clients.get(&self.config, group)
     }
 
     async fn watermarks(&self, topic: &str, partition: u32) -> Result<(u64, u64), LogError> {
         self.check_partition(topic, partition).await?;
-        let timeout = self.config.request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let query_topic = topic.to_string();
-            let answer = self
-                .blocking(move |client| {
-                    client
-                        .fetch_watermarks(&query_topic, partition as i32, timeout)
-                        .map_err(kafka_error(format!(
-                            "fetch watermarks of {query_topic}/{partition}"
-                        )))
-                })
-                .await;
-            match answer {
-                Ok((low, high)) => return Ok((low.max(0) as u64, high.max(0) as u64)),
-                // A partition without a serving leader yet: Kafka lists a new topic's
-                // partitions in its metadata a moment before their leader serves them, and
-                // moves leaders; librdkafka does not retry this lookup itself.
-                Err(LogError::Kafka { source, .. })
-                    if is_leader_moving(&source) && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        let topic = topic.to_string();
+        let (low, high) = metadata_request(
+            &self.metadata_client,
+            self.config.request_timeout,
+            move |client, timeout| {
+                client
+                    .fetch_watermarks(&topic, partition as i32, timeout)
+                    .map_err(kafka_error(format!(
+                        "fetch watermarks of {topic}/{partition}"
+                    )))
+            },
+        )
+        .await?;
+        Ok((low.max(0) as u64, high.max(0) as u64))
     }
 
     async fn check_partition(&self, topic: &str, partition: u32) -> Result<u32, LogError> {
@@ -150,6 +123,31 @@ impl KafkaLog {
             });
         }
         Ok(partitions)
+    }
+}
+
+/// A client per consumer group, made on first use: it commits and reads the group's offsets
+/// and gives its metadata to transactions, without joining the group.
+#[derive(Clone, Default)]
+pub(crate) struct GroupClients(Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>);
+
+impl GroupClients {
+    /// `group`'s client.
+    pub(crate) fn get(
+        &self,
+        config: &KafkaLogConfig,
+        group: &str,
+    ) -> Result<Arc<BaseConsumer>, LogError> {
+        let mut clients = self.0.lock().expect("group_clients lock is never poisoned");
+        if let Some(client) = clients.get(group) {
+            return Ok(Arc::clone(client));
+        }
+        let client: BaseConsumer = consumer_config(config, group)
+            .create()
+            .map_err(kafka_error(format!("create the client of group {group}")))?;
+        let client = Arc::new(client);
+        clients.insert(group.to_string(), Arc::clone(&client));
+        Ok(client)
     }
 }
 
@@ -181,42 +179,52 @@ async fn run_blocking<T: Send + 'static>(
 /// hold the caller for the whole request timeout.
 const METADATA_ATTEMPT: Duration = Duration::from_secs(5);
 
-/// The partition count of `topic`, from `client`'s metadata. A request that times out or
-/// whose broker is unreachable is sent again until `timeout` has passed.
-pub(crate) async fn partition_count_of(
-    client: Arc<BaseConsumer>,
-    topic: &str,
+/// Runs the metadata-client request `call` (given the time one attempt may take) until it
+/// answers or `timeout` has passed. Each attempt waits at most [`METADATA_ATTEMPT`]; one
+/// whose broker cannot be reached or times out ([`is_transient`]), or that finds a
+/// partition's leader moving ([`is_leader_moving`]: Kafka lists a new topic's partitions a
+/// moment before their leader serves them, and moves leaders), is sent again after a
+/// moment, as librdkafka does not retry these lookups itself.
+async fn metadata_request<T: Send + 'static>(
+    client: &Arc<BaseConsumer>,
     timeout: Duration,
-) -> Result<u32, LogError> {
+    call: impl Fn(&BaseConsumer, Duration) -> Result<T, LogError> + Clone + Send + 'static,
+) -> Result<T, LogError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let attempt = remaining.min(METADATA_ATTEMPT);
-        match partition_count_once(Arc::clone(&client), topic, attempt).await {
-            Err(LogError::Kafka { source, .. }) if is_transient(&source) && remaining > attempt => {
-                warn!(topic, error = %source, "a metadata request failed; sending it again");
+        let call = call.clone();
+        match run_blocking(Arc::clone(client), move |client| call(client, attempt)).await {
+            Err(LogError::Kafka { action, source })
+                if (is_transient(&source) || is_leader_moving(&source))
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                debug!(%action, error = %source, "a metadata request failed; sending it again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             answer => return answer,
         }
     }
 }
 
-async fn partition_count_once(
+/// The partition count of `topic`, from `client`'s metadata ([`metadata_request`]).
+pub(crate) async fn partition_count_of(
     client: Arc<BaseConsumer>,
     topic: &str,
     timeout: Duration,
 ) -> Result<u32, LogError> {
     check_name("topic", topic)?;
     let topic = topic.to_string();
-    run_blocking(client, move |client| {
+    metadata_request(&client, timeout, move |client, timeout| {
         let metadata = client
             .fetch_metadata(Some(&topic), timeout)
             .map_err(kafka_error(format!("fetch metadata of {topic}")))?;
         let Some(topic_metadata) = metadata.topics().iter().find(|t| t.name() == topic) else {
-            return Err(LogError::UnknownTopic(topic));
+            return Err(LogError::UnknownTopic(topic.clone()));
         };
         if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
-            return Err(LogError::UnknownTopic(topic));
+            return Err(LogError::UnknownTopic(topic.clone()));
         }
         Ok(topic_metadata.partitions().len() as u32)
     })
@@ -612,6 +620,7 @@ impl Log for KafkaLog {
                 &self.config,
                 transactional_id,
                 Arc::clone(&self.metadata_client),
+                self.group_clients.clone(),
             )
             .await?,
         ))
@@ -711,9 +720,19 @@ impl KafkaReader {
     }
 }
 
+/// Whether `code` says a newer producer with the same transactional id took over.
+pub(crate) fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+    )
+}
+
 /// Whether a consumer error is one librdkafka recovers from by itself (a broker down, a
 /// partition's leader moving), which a reader waits out rather than fails on.
-fn is_transient(error: &KafkaError) -> bool {
+pub(crate) fn is_transient(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(

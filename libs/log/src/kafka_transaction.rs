@@ -11,13 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::Offset;
 use runnel_config::KafkaLogConfig;
 
 use crate::kafka::{
-    consumer_config, future_record, kafka_error, partition_count_of, place, producer_config,
+    GroupClients, future_record, is_fenced_code, kafka_error, partition_count_of, place,
+    producer_config,
 };
 use crate::{LogError, OffsetCommit, Partitioner, ProduceRecord, TransactionalWriter};
 
@@ -28,8 +29,8 @@ pub struct KafkaTransactionalWriter {
     producer: Arc<FutureProducer>,
     metadata_client: Arc<BaseConsumer>,
     partitioner: Partitioner,
-    /// A client per consumer group whose offsets go with a commit, for its group metadata.
-    groups: HashMap<String, Arc<BaseConsumer>>,
+    /// The log's group clients: the metadata of the groups whose offsets go with a commit.
+    groups: GroupClients,
 }
 
 impl KafkaTransactionalWriter {
@@ -39,6 +40,7 @@ impl KafkaTransactionalWriter {
         config: &KafkaLogConfig,
         transactional_id: &str,
         metadata_client: Arc<BaseConsumer>,
+        groups: GroupClients,
     ) -> Result<KafkaTransactionalWriter, LogError> {
         let producer: FutureProducer = producer_config(config)
             .set("transactional.id", transactional_id)
@@ -62,7 +64,7 @@ impl KafkaTransactionalWriter {
             producer: Arc::new(producer),
             metadata_client,
             partitioner: Partitioner::default(),
-            groups: HashMap::new(),
+            groups,
         };
         let timeout = writer.config.request_timeout;
         writer
@@ -88,19 +90,13 @@ impl KafkaTransactionalWriter {
 
     fn error(&self, action: &str, error: KafkaError) -> LogError {
         // Once fenced, the producer's queued records fail as purged: the fatal error says why.
-        let fenced_fatally = self
-            .producer
-            .client()
-            .fatal_error()
-            .is_some_and(|(code, _)| {
-                matches!(
-                    code,
-                    RDKafkaErrorCode::ProducerFenced
-                        | RDKafkaErrorCode::InvalidProducerEpoch
-                        | RDKafkaErrorCode::Fenced
-                )
-            });
-        if is_fenced(&error) || fenced_fatally {
+        let fenced = error.rdkafka_error_code().is_some_and(is_fenced_code)
+            || self
+                .producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| is_fenced_code(code));
+        if fenced {
             return LogError::Fenced {
                 transactional_id: self.transactional_id.clone(),
                 message: error.to_string(),
@@ -111,30 +107,6 @@ impl KafkaTransactionalWriter {
             source: error,
         }
     }
-
-    fn group_client(&mut self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
-        if let Some(client) = self.groups.get(group) {
-            return Ok(Arc::clone(client));
-        }
-        let client: BaseConsumer = consumer_config(&self.config, group)
-            .create()
-            .map_err(kafka_error(format!("create the client of group {group}")))?;
-        let client = Arc::new(client);
-        self.groups.insert(group.to_string(), Arc::clone(&client));
-        Ok(client)
-    }
-}
-
-/// Whether `error` says a newer producer with the same transactional id took over.
-fn is_fenced(error: &KafkaError) -> bool {
-    matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::ProducerFenced
-                | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::Fenced
-        )
-    )
 }
 
 #[async_trait]
@@ -187,7 +159,7 @@ impl TransactionalWriter for KafkaTransactionalWriter {
             .map_err(kafka_error("build the transaction's offsets"))?;
         }
         for (group, list) in by_group {
-            let client = self.group_client(group)?;
+            let client = self.groups.get(&self.config, group)?;
             let metadata = client.group_metadata().ok_or_else(|| {
                 LogError::KafkaProtocol(format!("no group metadata for group {group}"))
             })?;
