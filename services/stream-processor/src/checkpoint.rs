@@ -68,6 +68,26 @@ pub(crate) struct Restored {
     pub(crate) state: bytes::Bytes,
 }
 
+/// The metadata committed with an exactly-once checkpoint's source offset, naming it:
+/// `epoch=<n> token=<t>`.
+pub(crate) fn commit_metadata(epoch: u64, token: &str) -> String {
+    format!("epoch={epoch} token={token}")
+}
+
+/// The epoch and token of [`commit_metadata`].
+fn parse_commit_metadata(metadata: &str) -> Option<(u64, String)> {
+    let mut epoch = None;
+    let mut token = None;
+    for part in metadata.split_whitespace() {
+        match part.split_once('=') {
+            Some(("epoch", value)) => epoch = value.parse().ok(),
+            Some(("token", value)) => token = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    Some((epoch?, token?))
+}
+
 /// The checkpoints of one task.
 #[derive(Debug, Clone)]
 pub(crate) struct TaskCheckpoints {
@@ -201,13 +221,46 @@ impl TaskCheckpoints {
             .map(Some)
     }
 
+    /// Exactly-once: the checkpoint that `offset`, committed for `group` with `metadata`
+    /// ([`commit_metadata`]), names, checked to resume at that offset.
+    ///
+    /// # Errors
+    ///
+    /// Metadata that names no checkpoint; the checkpoint is missing, inconsistent or resumes
+    /// elsewhere; object-store failures.
+    pub(crate) async fn committed(
+        &self,
+        store: &dyn ObjectStore,
+        group: &str,
+        offset: u64,
+        metadata: &str,
+    ) -> Result<Restored, StreamProcessorError> {
+        let inconsistent = |message: String| StreamProcessorError::Checkpoint {
+            path: self.dir().to_string(),
+            message,
+        };
+        let (epoch, token) = parse_commit_metadata(metadata).ok_or_else(|| {
+            inconsistent(format!(
+                "the offset {offset} committed for group {group} carries `{metadata}`, not an exactly-once checkpoint's epoch and token"
+            ))
+        })?;
+        let restored = self.prepared(store, epoch, &token).await?;
+        if restored.manifest.source_offset != offset {
+            return Err(inconsistent(format!(
+                "checkpoint {epoch} of writer {token} resumes at {}, the offset committed with it is {offset}",
+                restored.manifest.source_offset
+            )));
+        }
+        Ok(restored)
+    }
+
     /// Checkpoint `epoch` of writer `token` as prepared before its transaction committed
     /// (exactly-once: the epoch and token come from the offsets committed with it).
     ///
     /// # Errors
     ///
     /// The checkpoint is missing or inconsistent; object-store failures.
-    pub(crate) async fn prepared(
+    async fn prepared(
         &self,
         store: &dyn ObjectStore,
         epoch: u64,

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::StreamProcessorError;
-use crate::checkpoint::{CheckpointManifest, TaskCheckpoints};
+use crate::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
 use crate::job::{Job, job_group, late_topic, results_topic};
 use crate::output::{late_records, result_records};
 use crate::status::{PartitionReporter, StatusRegistry};
@@ -139,25 +139,6 @@ impl Transaction {
     }
 }
 
-/// The offsets' metadata of an exactly-once checkpoint: `epoch=<n> token=<t>`.
-fn checkpoint_metadata(epoch: u64, token: &str) -> String {
-    format!("epoch={epoch} token={token}")
-}
-
-/// The epoch and token of [`checkpoint_metadata`].
-fn parse_checkpoint_metadata(metadata: &str) -> Option<(u64, String)> {
-    let mut epoch = None;
-    let mut token = None;
-    for part in metadata.split_whitespace() {
-        match part.split_once('=') {
-            Some(("epoch", value)) => epoch = value.parse().ok(),
-            Some(("token", value)) => token = Some(value.to_string()),
-            _ => {}
-        }
-    }
-    Some((epoch?, token?))
-}
-
 /// A token no other writer of the task has: this process's id, a dot, and the time (so that
 /// an operator can tell whose checkpoints a folder holds).
 fn writer_token() -> String {
@@ -256,30 +237,16 @@ impl Task {
                 .map_err(log_error)?;
             let restored = match committed {
                 None => None,
-                Some((offset, metadata)) => {
-                    let (epoch, token) = parse_checkpoint_metadata(&metadata).ok_or_else(|| {
-                        StreamProcessorError::Checkpoint {
-                            path: format!("{}/{}/{partition}", context.checkpoint_prefix, job.name),
-                            message: format!(
-                                "the offset {offset} committed for group {} carries `{metadata}`, not an exactly-once checkpoint's epoch and token",
-                                job_group(&job.name)
-                            ),
-                        }
-                    })?;
-                    let restored = checkpoints
-                        .prepared(context.store.as_ref(), epoch, &token)
-                        .await?;
-                    if restored.manifest.source_offset != offset {
-                        return Err(StreamProcessorError::Checkpoint {
-                            path: format!("{}/{}/{partition}", context.checkpoint_prefix, job.name),
-                            message: format!(
-                                "checkpoint {epoch} of writer {token} resumes at {}, the offset committed with it is {offset}",
-                                restored.manifest.source_offset
-                            ),
-                        });
-                    }
-                    Some(restored)
-                }
+                Some((offset, metadata)) => Some(
+                    checkpoints
+                        .committed(
+                            context.store.as_ref(),
+                            &job_group(&job.name),
+                            offset,
+                            &metadata,
+                        )
+                        .await?,
+                ),
             };
             let transaction = Transaction {
                 writer,
@@ -742,7 +709,7 @@ impl Task {
                     topic: topic.to_string(),
                     partition: self.partition,
                     offset: self.offset,
-                    metadata: checkpoint_metadata(self.epoch, &transaction.token),
+                    metadata: commit_metadata(self.epoch, &transaction.token),
                 };
                 transaction
                     .writer
