@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's test command, and what CI runs (.ci/run).
-# Installs what the tests need when missing (make for rdkafka's bundled librdkafka, Apache Kafka's
+# Installs what the tests need when missing (make, curl and procps from Debian, Apache Kafka's
 # jars from Maven Central, a Python venv with DuckDB and moto from PyPI), starts a Kafka broker and
 # moto's S3 server on 127.0.0.1, and runs the workspace's tests against them with:
 #   KAFKA_BOOTSTRAP                         the broker's address (scripts/lib/kafka.sh)
@@ -38,14 +38,22 @@ for tool in cargo gcc python3; do
     exit 1
   fi
 done
-if ! command -v make >/dev/null; then
-  # rdkafka builds its bundled librdkafka with make.
+# Tools from Debian's packages, installed when missing (as root with apt-get): make, with which
+# rdkafka builds its bundled librdkafka; curl, which the README's first session (run by the
+# newcomer test) calls; kill (procps), with which tests signal the processes they start.
+missing=()
+for tool_package in make:make curl:curl kill:procps; do
+  if ! type -P "${tool_package%%:*}" >/dev/null; then
+    missing+=("${tool_package#*:}")
+  fi
+done
+if ((${#missing[@]} > 0)); then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-    echo "==> installing make (needed to build librdkafka)"
+    echo "==> installing ${missing[*]}"
     apt-get update
-    apt-get install -y make
+    apt-get install -y "${missing[@]}"
   else
-    echo "error: make is required to build librdkafka; install it (e.g. apt-get install make)" >&2
+    echo "error: the tests need ${missing[*]}; install them (e.g. apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi
