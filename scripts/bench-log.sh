@@ -26,16 +26,27 @@ cargo bench -p runnel-log --bench log --no-run >&2
 
 ensure_kafka
 start_kafka
+records="${BENCH_KAFKA_RECORDS}"
+records=$((records / 1000 * 1000))
+kafka_tool() {
+  java -Xmx512m -cp "$KAFKA_LIBS/*" -Dlog4j2.level=WARN "$@"
+}
+# A fresh broker runs its first million records several times slower while the JVM compiles
+# its hot paths; whoever ran first would pay for that. Warm it up with Kafka's own tools.
+echo "==> warming the broker up ($records records in and out, untimed)" >&2
+kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP" --create \
+  --topic "warmup-$$" --partitions 4 --replication-factor 1 >/dev/null
+kafka_tool org.apache.kafka.tools.ProducerPerformance --topic "warmup-$$" \
+  --num-records "$records" --record-size 100 --throughput -1 \
+  --command-property bootstrap.servers="$KAFKA_BOOTSTRAP" acks=all >/dev/null 2>&1
+kafka_tool org.apache.kafka.tools.ConsumerPerformance --bootstrap-server "$KAFKA_BOOTSTRAP" \
+  --topic "warmup-$$" --messages "$records" --timeout 60000 >/dev/null 2>&1
+
 echo "==> running the benchmark against the embedded log and Kafka at $KAFKA_BOOTSTRAP" >&2
 runnel_lines="$(cargo bench -p runnel-log --bench log 2>/dev/null | grep '^BENCH')"
 echo "$runnel_lines"
 
-records="${BENCH_KAFKA_RECORDS}"
-records=$((records / 1000 * 1000))
 topic="perf-$$"
-kafka_tool() {
-  java -Xmx512m -cp "$KAFKA_LIBS/*" -Dlog4j2.level=WARN "$@"
-}
 echo "==> Kafka's own perf tools on topic $topic ($records records of 100 bytes)" >&2
 kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BOOTSTRAP" --create \
   --topic "$topic" --partitions 4 --replication-factor 1 >&2

@@ -14,19 +14,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel_config::KafkaLogConfig;
 use tracing::{debug, info, warn};
 
 use crate::kafka_group::KafkaMembership;
+use crate::kafka_produce::{BatchContext, KafkaProducer, send_batch};
 use crate::{
     GroupMembership, Header, Log, LogError, PartitionReader, Partitioner, ProduceRecord, Record,
     RecordPosition, StartOffset, check_name, check_new_topic,
@@ -42,7 +42,7 @@ const MAX_BATCH_FRAMING_BYTES: usize = 64 << 10;
 /// The log over a Kafka-protocol cluster.
 pub struct KafkaLog {
     config: KafkaLogConfig,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     admin: AdminClient<DefaultClientContext>,
     /// For metadata, watermarks and time lookups; never assigned or subscribed.
     metadata_client: Arc<BaseConsumer>,
@@ -63,8 +63,8 @@ impl KafkaLog {
     ///
     /// [`LogError::Kafka`] if librdkafka refuses the configuration.
     pub fn new(config: &KafkaLogConfig) -> Result<KafkaLog, LogError> {
-        let producer: FutureProducer = producer_config(config)
-            .create()
+        let producer: KafkaProducer = producer_config(config)
+            .create_with_context(BatchContext)
             .map_err(kafka_error("create producer"))?;
         let admin = base_client_config(config)
             .create()
@@ -264,32 +264,6 @@ pub(crate) fn place(
     Ok(placed)
 }
 
-/// `record` as librdkafka's record for `partition` of `topic`.
-pub(crate) fn future_record<'a>(
-    topic: &'a str,
-    record: &'a ProduceRecord,
-    partition: u32,
-) -> FutureRecord<'a, [u8], [u8]> {
-    let mut future_record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-        .partition(partition as i32)
-        .payload(&record.value[..])
-        .timestamp(record.timestamp);
-    if let Some(key) = &record.key {
-        future_record = future_record.key(&key[..]);
-    }
-    if !record.headers.is_empty() {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for header in &record.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: &header.key,
-                value: Some(&header.value[..]),
-            });
-        }
-        future_record = future_record.headers(headers);
-    }
-    future_record
-}
-
 /// The producer settings every runnel producer has: idempotent, acknowledged by all
 /// in-sync replicas, records up to the size limit, `request-timeout` to deliver.
 pub(crate) fn producer_config(config: &KafkaLogConfig) -> ClientConfig {
@@ -330,6 +304,10 @@ pub(crate) fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientCon
         .set("auto.offset.reset", "error")
         .set("allow.auto.create.topics", "false")
         .set("fetch.wait.max.ms", "50")
+        // librdkafka stops prefetching a partition while its local queue holds
+        // `queued.min.messages` (100,000) and then waits this long before it looks again,
+        // 1 s by default: a reader that drains the queue faster than that would sit idle.
+        .set("fetch.queue.backoff.ms", "10")
         .set("fetch.message.max.bytes", MAX_MESSAGE_BYTES.to_string())
         // librdkafka's default too: readers never see records of open or aborted transactions.
         .set("isolation.level", "read_committed");
@@ -414,31 +392,15 @@ impl Log for KafkaLog {
     ) -> Result<Vec<RecordPosition>, LogError> {
         let partitions = self.partition_count(topic).await?;
         let placed = place(topic, &records, partitions, &self.partitioner)?;
-        // Sends are enqueued in input order (join_all polls in order), so records of one
-        // partition keep their order; idempotence keeps it across retries.
-        let sends = records.iter().zip(&placed).map(|(record, partition)| {
-            self.producer.send(
-                future_record(topic, record, *partition),
-                self.config.request_timeout,
-            )
-        });
-        let deliveries = futures::future::join_all(sends).await;
-        let mut positions = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            match delivery {
-                Ok(delivery) => positions.push(RecordPosition {
-                    partition: delivery.partition as u32,
-                    offset: delivery.offset as u64,
-                }),
-                Err((error, _)) => {
-                    return Err(LogError::Kafka {
-                        action: format!("produce to {topic}"),
-                        source: error,
-                    });
-                }
-            }
-        }
-        Ok(positions)
+        send_batch(
+            &self.producer,
+            topic,
+            &records,
+            &placed,
+            self.config.request_timeout,
+        )
+        .await
+        .map_err(kafka_error(format!("produce to {topic}")))
     }
 
     async fn reader(
@@ -779,33 +741,37 @@ impl PartitionReader for KafkaReader {
             return Ok(records);
         }
         let deadline = tokio::time::Instant::now() + max_wait;
+        // One message stream for the whole batch: each `recv` would register and drop one.
+        let mut stream = self.consumer.stream();
         let first = loop {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Err(_elapsed) => {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                // (rdkafka's message streams never end.)
+                Err(_) | Ok(None) => {
+                    drop(stream);
                     self.skip_control_records();
                     return Ok(records);
                 }
-                Ok(Err(error)) if is_transient(&error) => {
+                Ok(Some(Err(error))) if is_transient(&error) => {
                     // librdkafka goes on by itself (another broker, the new leader).
                     warn!(topic = %self.topic, partition = self.partition, %error,
                         "a broker could not be reached; the consumer retries");
                 }
-                Ok(Err(error)) => return Err(self.consume_error(error)),
-                Ok(Ok(message)) => break self.to_record(&message),
+                Ok(Some(Err(error))) => return Err(self.consume_error(error)),
+                Ok(Some(Ok(message))) => break self.to_record(&message),
             }
         };
         self.next_offset = first.offset + 1;
         records.push(first);
         while records.len() < max_records {
-            match self.consumer.recv().now_or_never() {
-                Some(Ok(message)) => {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(message))) => {
                     let record = self.to_record(&message);
                     self.next_offset = record.offset + 1;
                     records.push(record);
                 }
-                Some(Err(error)) if is_transient(&error) => break,
-                Some(Err(error)) => return Err(self.consume_error(error)),
-                None => break,
+                Some(Some(Err(error))) if is_transient(&error) => break,
+                Some(Some(Err(error))) => return Err(self.consume_error(error)),
+                Some(None) | None => break,
             }
         }
         Ok(records)

@@ -12,21 +12,21 @@ use async_trait::async_trait;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::Offset;
 use runnel_config::KafkaLogConfig;
 
 use crate::kafka::{
-    GroupClients, future_record, is_fenced_code, kafka_error, partition_count_of, place,
-    producer_config,
+    GroupClients, is_fenced_code, kafka_error, partition_count_of, place, producer_config,
 };
+use crate::kafka_produce::{BatchContext, KafkaProducer, send_batch};
 use crate::{LogError, OffsetCommit, Partitioner, ProduceRecord, TransactionalWriter};
 
 /// A transactional producer; see the module docs.
 pub struct KafkaTransactionalWriter {
     transactional_id: String,
     config: KafkaLogConfig,
-    producer: Arc<FutureProducer>,
+    producer: Arc<KafkaProducer>,
     metadata_client: Arc<BaseConsumer>,
     partitioner: Partitioner,
     /// The log's group clients: the metadata of the groups whose offsets go with a commit.
@@ -42,7 +42,7 @@ impl KafkaTransactionalWriter {
         metadata_client: Arc<BaseConsumer>,
         groups: GroupClients,
     ) -> Result<KafkaTransactionalWriter, LogError> {
-        let producer: FutureProducer = producer_config(config)
+        let producer: KafkaProducer = producer_config(config)
             .set("transactional.id", transactional_id)
             .set(
                 "transaction.timeout.ms",
@@ -54,7 +54,7 @@ impl KafkaTransactionalWriter {
                     .as_millis()
                     .to_string(),
             )
-            .create()
+            .create_with_context(BatchContext)
             .map_err(kafka_error(format!(
                 "create the transactional producer `{transactional_id}`"
             )))?;
@@ -79,7 +79,7 @@ impl KafkaTransactionalWriter {
     async fn call(
         &self,
         action: &'static str,
-        call: impl FnOnce(&FutureProducer) -> Result<(), KafkaError> + Send + 'static,
+        call: impl FnOnce(&KafkaProducer) -> Result<(), KafkaError> + Send + 'static,
     ) -> Result<(), LogError> {
         let producer = Arc::clone(&self.producer);
         let result = tokio::task::spawn_blocking(move || call(&producer))
@@ -126,17 +126,15 @@ impl TransactionalWriter for KafkaTransactionalWriter {
         )
         .await?;
         let placed = place(topic, &records, partitions, &self.partitioner)?;
-        let sends = records.iter().zip(&placed).map(|(record, partition)| {
-            self.producer.send(
-                future_record(topic, record, *partition),
-                self.config.request_timeout,
-            )
-        });
-        for delivery in futures::future::join_all(sends).await {
-            if let Err((error, _)) = delivery {
-                return Err(self.error("produce in a transaction", error));
-            }
-        }
+        send_batch(
+            &self.producer,
+            topic,
+            &records,
+            &placed,
+            self.config.request_timeout,
+        )
+        .await
+        .map_err(|error| self.error("produce in a transaction", error))?;
         Ok(())
     }
 

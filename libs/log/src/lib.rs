@@ -19,6 +19,7 @@ pub mod fuzzing;
 mod group;
 mod kafka;
 mod kafka_group;
+mod kafka_produce;
 mod kafka_transaction;
 mod partitioner;
 
