@@ -56,6 +56,12 @@
 #   service's own delay (read, decode, operator, results appended and fsynced, read back),
 #   without the wait for the emission point; the goal's 100 ms.
 #
+# stream_tumble_kafka, stream_tumble_kafka_exactly_once: stream_tumble with the events on an
+#   Apache Kafka broker (scripts/lib/kafka.sh, one node) instead of the embedded log, at least
+#   once and with stream-processor.exactly-once (results in Kafka transactions, committed with
+#   the source offsets at each checkpoint); the ratios stream_tumble_kafka_vs_embedded and
+#   stream_tumble_exactly_once_vs_at_least_once. BENCH_STREAM_KAFKA=0 leaves them out.
+#
 # Goal (issue 5): stream_tumble >= 2,000,000 events/s; latency_p99_ms < 1100. A figure that
 # fails prints `BENCH <name> unavailable (<reason>)`.
 set -euo pipefail
@@ -69,8 +75,10 @@ STAGES="${BENCH_STREAM_STAGES-tumble}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 JOBS=(tumble hop session)
 
+# shellcheck source=scripts/lib/kafka.sh
+source scripts/lib/kafka.sh
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-stream.XXXXXX")"
-trap 'rm -rf "$work_dir"' EXIT
+trap 'stop_kafka; rm -rf "$work_dir"' EXIT
 declare -A values=()
 # shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh
@@ -122,6 +130,28 @@ fi
 for job in "${JOBS[@]}"; do
   ratio "stream_${job}_vs_decode" "stream_$job" decode_baseline
 done
+
+if [[ "${BENCH_STREAM_KAFKA:-1}" == 1 ]]; then
+  echo "==> stream_tumble_kafka: the same events on an Apache Kafka broker" >&2
+  kafka_names="stream_tumble_kafka stream_tumble_kafka_exactly_once"
+  if ensure_kafka >&2 && start_kafka >&2; then
+    kafka=("$bench_bin" --dir "$work_dir/kafka")
+    if "${kafka[@]}" fill --events "$EVENTS" --kafka "$KAFKA_BOOTSTRAP" >&2; then
+      run_figures stream_tumble_kafka "${kafka[@]}" service --bin "$service_bin" --job tumble \
+        --checkpoint-interval "$CHECKPOINT_INTERVAL" --kafka "$KAFKA_BOOTSTRAP"
+      run_figures stream_tumble_kafka_exactly_once "${kafka[@]}" service --bin "$service_bin" \
+        --job tumble --checkpoint-interval "$CHECKPOINT_INTERVAL" --kafka "$KAFKA_BOOTSTRAP" \
+        --exactly-once
+    else
+      for name in $kafka_names; do unavailable "$name" "could not fill Kafka"; done
+    fi
+    stop_kafka
+  else
+    for name in $kafka_names; do unavailable "$name" "could not start Kafka"; done
+  fi
+  ratio stream_tumble_kafka_vs_embedded stream_tumble_kafka stream_tumble
+  ratio stream_tumble_exactly_once_vs_at_least_once stream_tumble_kafka_exactly_once stream_tumble_kafka
+fi
 
 echo "==> latency: $RATE events/s for ${LATENCY_SECONDS}s measured, tumbling job with early results every 1s, service in process" >&2
 RUST_LOG="${RUST_LOG:-warn}" run_figures \

@@ -9,7 +9,7 @@
 //! - `fill --events N`: N events of `clicks` (4 partitions, keyed by `user_id`), ~108 bytes
 //!   of JSON each, shaped as `scripts/bench-windows.sh`'s data: 5,000 per event-time second,
 //!   10,000 keys, 5% shifted back by 1 ms to 5 s; written with `EmbeddedLog` in batches of
-//!   20,000, then the log is closed.
+//!   20,000, then the log is closed. With `--kafka <bootstrap>`, to that cluster instead.
 //! - `decode`: `decode_baseline`, the same log read and decoded with `EventDecoder`, one
 //!   task per partition on a two-worker runtime (the service's layout), opening the log
 //!   included; no operator, nothing written.
@@ -18,7 +18,9 @@
 //!   checkpoint manifests every 10 ms and prints `stream_<job>`: events / (time from spawning
 //!   the process until every partition's manifest has `source_offset` at its end offset).
 //!   On stderr: when the job started (the service's JSON log), when every partition was
-//!   processed (its `GET /status`), the service's CPU time and peak memory.
+//!   processed (its `GET /status`), the service's CPU time and peak memory. With
+//!   `--kafka <bootstrap>` the service reads and writes that cluster (filled by `fill --kafka`),
+//!   and `--exactly-once` sets `stream-processor.exactly-once`.
 //! - `stages --job J`: the task's per-batch steps (read, decode, project, operator, result
 //!   encoding as `output.rs` does it, snapshot) on one thread, timed separately: where a
 //!   service run spends its CPU.
@@ -37,6 +39,7 @@ use arrow::datatypes::TimestampMillisecondType;
 use arrow::json::writer::{LineDelimited, WriterBuilder};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
 use runnel_config::Config;
 use runnel_engine::WindowOperator;
 use runnel_events::decode::EventDecoder;
@@ -72,10 +75,12 @@ struct Flags {
 
 #[derive(Debug, Subcommand)]
 enum Action {
-    /// Writes N events to `clicks` in a new embedded log.
+    /// Writes N events to `clicks` in a new embedded log (or on Kafka, with `--kafka`).
     Fill {
         #[arg(long, default_value_t = 5_000_000)]
         events: u64,
+        #[command(flatten)]
+        log: LogTarget,
     },
     /// Prints `decode_baseline` and `decode_record_format`: reading and decoding the whole log,
     /// no operator.
@@ -92,6 +97,8 @@ enum Action {
         checkpoint_interval: String,
         #[arg(long, value_parser = parse_duration, default_value = "600s")]
         timeout: Duration,
+        #[command(flatten)]
+        log: LogTarget,
     },
     /// Times the task's steps one by one on one thread.
     Stages {
@@ -117,6 +124,17 @@ enum Action {
         #[arg(long, default_value = "1s")]
         checkpoint_interval: String,
     },
+}
+
+/// Where the events are: the embedded log in `<dir>/data`, or a Kafka cluster.
+#[derive(Debug, Default, clap::Args)]
+struct LogTarget {
+    /// Kafka's bootstrap servers: the stream and the job's topics live there instead.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// `stream-processor.exactly-once` (Kafka transactions; with `--kafka` only).
+    #[arg(long)]
+    exactly_once: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -182,11 +200,21 @@ fn write_config(
     jobs: &[JobEntry],
     checkpoint_interval: Option<&str>,
     metrics_port: u16,
+    log: &LogTarget,
 ) -> anyhow::Result<PathBuf> {
     let mut toml = format!(
-        "version = \"1\"\n[storage]\ndata-dir = \"{}\"\n[stream-processor]\n",
+        "version = \"1\"\n[storage]\ndata-dir = \"{}\"\n",
         dir.join("data").display()
     );
+    if let Some(bootstrap) = &log.kafka {
+        toml.push_str(&format!(
+            "[storage.log]\nbackend = \"kafka\"\n[storage.log.kafka]\nbootstrap-servers = \"{bootstrap}\"\n"
+        ));
+    }
+    toml.push_str("[stream-processor]\n");
+    if log.exactly_once {
+        toml.push_str("exactly-once = true\n");
+    }
     if let Some(interval) = checkpoint_interval {
         toml.push_str(&format!("checkpoint-interval = \"{interval}\"\n"));
     }
@@ -259,6 +287,37 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<EmbeddedLog>> {
     Ok(Arc::new(log))
 }
 
+/// The log `config` names, the embedded one or Kafka; `close` lets the embedded one go,
+/// for the service process to open.
+struct AnyLog {
+    log: Arc<dyn Log>,
+    embedded: Option<Arc<EmbeddedLog>>,
+}
+
+impl AnyLog {
+    async fn open(config: &Config) -> anyhow::Result<AnyLog> {
+        match config.storage.log.backend {
+            runnel_config::LogBackend::Embedded => {
+                let embedded = open_log(config).await?;
+                Ok(AnyLog {
+                    log: embedded.clone(),
+                    embedded: Some(embedded),
+                })
+            }
+            runnel_config::LogBackend::Kafka => Ok(AnyLog {
+                log: runnel_log::open_log(config).await.context("open Kafka")?,
+                embedded: None,
+            }),
+        }
+    }
+
+    async fn close(self) {
+        if let Some(embedded) = self.embedded {
+            embedded.close().await;
+        }
+    }
+}
+
 async fn end_offsets(log: &dyn Log, topic: &str) -> anyhow::Result<Vec<u64>> {
     let partitions = log.partition_count(topic).await?;
     let mut ends = Vec::new();
@@ -308,18 +367,18 @@ fn event(rng: &mut SplitMix64, base_ms: i64, n: u64, timestamp: i64) -> (u64, i6
     (key, event_time, record)
 }
 
-async fn fill(dir: &Path, events: u64) -> anyhow::Result<()> {
-    let config = load_config(&write_config(dir, "fill.toml", &[], None, 0)?)?;
+async fn fill(dir: &Path, events: u64, target: &LogTarget) -> anyhow::Result<()> {
+    let config = load_config(&write_config(dir, "fill.toml", &[], None, 0, target)?)?;
     let partitions = config
         .stream(STREAM)
         .context("the default config declares `clicks`")?
         .partitions;
-    let log = open_log(&config).await?;
-    log.ensure_topic(STREAM, partitions).await?;
+    let log = AnyLog::open(&config).await?;
+    log.log.ensure_topic(STREAM, partitions).await?;
     let started = Instant::now();
     let mut rng = SplitMix64(SEED);
-    let (mut written, mut bytes) = (0_u64, 0_usize);
-    while written < events {
+    let mut bytes = 0_usize;
+    let batches = (0..events).step_by(FILL_BATCH).map(|written| {
         let count = (FILL_BATCH as u64).min(events - written);
         let records: Vec<ProduceRecord> = (written..written + count)
             .map(|n| {
@@ -332,10 +391,19 @@ async fn fill(dir: &Path, events: u64) -> anyhow::Result<()> {
             .iter()
             .map(|record| record.value.len())
             .sum::<usize>();
-        log.append(STREAM, records).await.context("append events")?;
-        written += count;
+        let log = Arc::clone(&log.log);
+        async move { log.append(STREAM, records).await.context("append events") }
+    });
+    // Kafka is fast with appends in flight at once; `buffered` starts them in order, and
+    // each hands all its records to the producer when first polled, so the partitions keep
+    // the events' order. The embedded log is filled one append at a time, as always.
+    let in_flight = if target.kafka.is_some() { 4 } else { 1 };
+    let mut appended = futures::stream::iter(batches).buffered(in_flight);
+    while let Some(positions) = appended.next().await {
+        positions?;
     }
-    let ends = end_offsets(log.as_ref(), STREAM).await?;
+    drop(appended);
+    let ends = end_offsets(log.log.as_ref(), STREAM).await?;
     log.close().await;
     eprintln!(
         "    filled {events} events ({:.1} bytes of JSON each) in {:.1}s; partition ends {ends:?}",
@@ -513,8 +581,15 @@ async fn service(
     kind: JobKind,
     checkpoint_interval: &str,
     timeout: Duration,
+    target: &LogTarget,
 ) -> anyhow::Result<()> {
-    let job = kind.name();
+    // The job's name is its figure's: on Kafka, each run's topics and groups are its own.
+    let job = match (&target.kafka, target.exactly_once) {
+        (None, _) => kind.name().to_string(),
+        (Some(_), false) => format!("{}_kafka", kind.name()),
+        (Some(_), true) => format!("{}_kafka_exactly_once", kind.name()),
+    };
+    let job = job.as_str();
     let metrics_port = free_port();
     let config_path = write_config(
         dir,
@@ -526,12 +601,13 @@ async fn service(
         }],
         None,
         metrics_port,
+        target,
     )?;
     let config = load_config(&config_path)?;
     let data = config.storage.data_dir.clone();
     let ends = {
-        let log = open_log(&config).await?;
-        let ends = end_offsets(log.as_ref(), STREAM).await?;
+        let log = AnyLog::open(&config).await?;
+        let ends = end_offsets(log.log.as_ref(), STREAM).await?;
         log.close().await;
         ends
     };
@@ -605,12 +681,12 @@ async fn service(
     let usage = process_usage(child.id());
     stop(&mut child);
     let elapsed = outcome?;
-    let log = open_log(&config).await?;
-    let results: u64 = end_offsets(log.as_ref(), &format!("{job}.results"))
+    let log = AnyLog::open(&config).await?;
+    let results: u64 = end_offsets(log.log.as_ref(), &format!("{job}.results"))
         .await?
         .iter()
         .sum();
-    let late: u64 = end_offsets(log.as_ref(), &format!("{job}.late"))
+    let late: u64 = end_offsets(log.log.as_ref(), &format!("{job}.late"))
         .await?
         .iter()
         .sum();
@@ -740,6 +816,7 @@ async fn stages(dir: &Path, kind: JobKind) -> anyhow::Result<()> {
         }],
         None,
         0,
+        &LogTarget::default(),
     )?;
     let config = load_config(&config_path)?;
     let job = runnel_stream_processor::Job::compile(&config, &config.jobs[0])?;
@@ -969,6 +1046,7 @@ async fn latency(
         }],
         Some(checkpoint_interval),
         0,
+        &LogTarget::default(),
     )?;
     let config = load_config(&config_path)?;
     // The service's log lines, filtered by `RUST_LOG` (the script sets `warn`).
@@ -1184,14 +1262,15 @@ async fn main() -> anyhow::Result<()> {
     let dir = flags.dir.as_path();
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     match flags.command {
-        Action::Fill { events } => fill(dir, events).await,
+        Action::Fill { events, log } => fill(dir, events, &log).await,
         Action::Decode => decode(dir).await,
         Action::Service {
             bin,
             job,
             checkpoint_interval,
             timeout,
-        } => service(dir, &bin, job, &checkpoint_interval, timeout).await,
+            log,
+        } => service(dir, &bin, job, &checkpoint_interval, timeout, &log).await,
         Action::Stages { job } => stages(dir, job).await,
         Action::Latency {
             rate,
