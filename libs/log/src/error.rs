@@ -128,10 +128,11 @@ pub enum LogError {
     /// The Kafka cluster answered something runnel cannot use.
     #[error("kafka: {0}")]
     KafkaProtocol(String),
-    /// A newer transactional writer with the same transactional id took over (a zombie's
-    /// writes are refused): this writer can do nothing more.
+    /// A newer transactional writer with the same transactional id took over, or the group
+    /// member whose offsets went with the transaction was replaced (a zombie's writes are
+    /// refused): this writer can do nothing more.
     #[error(
-        "transactional id `{transactional_id}` was fenced: a newer writer with the same id took over ({message})"
+        "transactional id `{transactional_id}` was fenced: a newer writer with the same id, or a newer member of the group its offsets are for, took over ({message})"
     )]
     Fenced {
         /// The transactional id.

@@ -60,6 +60,13 @@ pub trait GroupMembership: Send {
     /// A fatal error of the group client; the membership is then unusable.
     async fn next_change(&mut self) -> Result<OwnershipChange, LogError>;
 
+    /// Whether this member still owns `partition` as far as it knows now, ahead of the
+    /// changes not yet taken from [`GroupMembership::next_change`]: false once a revocation
+    /// of it has been announced, or once the member has lost its whole assignment (it was
+    /// away longer than the session timeout, and the group may have given the partitions to
+    /// another member). Ask before starting work on a partition assigned a while ago.
+    fn owns(&self, partition: u32) -> bool;
+
     /// Leaves the group, so that the others take over this member's partitions at once
     /// rather than after the session timeout. Stop using the partitions first.
     ///

@@ -9,7 +9,7 @@
 //! group: [`Log::join_group`] (`kafka_group`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +18,9 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -126,10 +128,21 @@ impl KafkaLog {
     }
 }
 
+/// Where a joined group's member metadata comes from: the member's own client, or why the
+/// member has none to give.
+pub(crate) type MemberMetadata =
+    Arc<dyn Fn() -> Result<ConsumerGroupMetadata, String> + Send + Sync>;
+
 /// A client per consumer group, made on first use: it commits and reads the group's offsets
-/// and gives its metadata to transactions, without joining the group.
+/// without joining the group. And the members of the groups this process has joined
+/// ([`Log::join_group`]), whose metadata goes with a transaction's offsets for their group.
 #[derive(Clone, Default)]
-pub(crate) struct GroupClients(Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>);
+pub(crate) struct GroupClients {
+    clients: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
+    /// Per group, the member that joined it here, under a number that `unregister` names.
+    members: Arc<Mutex<HashMap<String, (u64, MemberMetadata)>>>,
+    next_member: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl GroupClients {
     /// `group`'s client.
@@ -138,7 +151,7 @@ impl GroupClients {
         config: &KafkaLogConfig,
         group: &str,
     ) -> Result<Arc<BaseConsumer>, LogError> {
-        let mut clients = self.0.lock().expect("group_clients lock is never poisoned");
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(group) {
             return Ok(Arc::clone(client));
         }
@@ -148,6 +161,57 @@ impl GroupClients {
         let client = Arc::new(client);
         clients.insert(group.to_string(), Arc::clone(&client));
         Ok(client)
+    }
+
+    /// Records the member of `group` this process runs (one per group: the latest wins).
+    pub(crate) fn register_member(&self, group: &str, metadata: MemberMetadata) -> u64 {
+        let number = self
+            .next_member
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(group.to_string(), (number, metadata));
+        number
+    }
+
+    /// Forgets the member `number` of `group`, unless another has replaced it.
+    pub(crate) fn unregister_member(&self, group: &str, number: u64) {
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        if members
+            .get(group)
+            .is_some_and(|(current, _)| *current == number)
+        {
+            members.remove(group);
+        }
+    }
+
+    /// The metadata that goes with offsets of `group` in a transaction. For a group this
+    /// process is a member of, the member's: its id and generation, so that the group
+    /// coordinator refuses the offsets, and with them the transaction, once the member has
+    /// been replaced (KIP-447); `Ok(Err(why))` when the member knows it is no longer one.
+    /// For any other group, the plain client's (no generation).
+    pub(crate) fn transaction_metadata(
+        &self,
+        config: &KafkaLogConfig,
+        group: &str,
+    ) -> Result<Result<ConsumerGroupMetadata, String>, LogError> {
+        let member = self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(group)
+            .map(|(_, metadata)| Arc::clone(metadata));
+        match member {
+            Some(metadata) => Ok(metadata()),
+            None => self
+                .get(config, group)?
+                .group_metadata()
+                .map(Ok)
+                .ok_or_else(|| {
+                    LogError::KafkaProtocol(format!("no group metadata for group {group}"))
+                }),
+        }
     }
 }
 
@@ -595,7 +659,12 @@ impl Log for KafkaLog {
     ) -> Result<Box<dyn GroupMembership>, LogError> {
         check_name("consumer group", group)?;
         self.partition_count(topic).await?;
-        Ok(Box::new(KafkaMembership::join(&self.config, group, topic)?))
+        Ok(Box::new(KafkaMembership::join(
+            &self.config,
+            group,
+            topic,
+            self.group_clients.clone(),
+        )?))
     }
 }
 
@@ -682,13 +751,18 @@ impl KafkaReader {
     }
 }
 
-/// Whether `code` says a newer producer with the same transactional id took over.
+/// Whether `code` says that someone else took over: a newer producer with the same
+/// transactional id, or, for a transaction's offsets, a newer generation of the group than
+/// the member's that sent them (KIP-447; the member was replaced).
 pub(crate) fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::InvalidProducerEpoch
             | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::FencedInstanceId
     )
 }
 

@@ -14,8 +14,9 @@
 //! `storage.log.kafka.session-timeout` would stop meaning anything, and failover would wait
 //! on a broker setting the user may not own (MSK).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use runnel_config::KafkaLogConfig;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::kafka::{consumer_config, kafka_error};
+use crate::kafka::{GroupClients, consumer_config, kafka_error};
 use crate::{GroupMembership, LogError, OwnershipChange, Revocation};
 
 /// How often the group thread polls (and so how soon it notices `leave`).
@@ -39,6 +40,9 @@ struct MembershipContext {
     group: String,
     topic: String,
     changes: Changes,
+    /// What the member owns, as the callbacks announce it: a revocation takes its
+    /// partitions out before the member hears of it.
+    owned: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl MembershipContext {
@@ -64,6 +68,12 @@ impl ConsumerContext for MembershipContext {
         if partitions.is_empty() {
             return;
         }
+        {
+            let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+            for partition in &partitions {
+                owned.remove(partition);
+            }
+        }
         info!(group = %self.group, ?partitions, "partitions revoked; waiting for the member to let go");
         let (done, let_go) = oneshot::channel();
         let change = OwnershipChange::Revoked(Revocation::new(partitions, done));
@@ -79,6 +89,10 @@ impl ConsumerContext for MembershipContext {
             Rebalance::Assign(list) => {
                 let partitions = self.partitions(list);
                 if !partitions.is_empty() {
+                    self.owned
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .extend(&partitions);
                     info!(group = %self.group, ?partitions, "partitions assigned");
                     let _ = self.changes.send(Ok(OwnershipChange::Assigned(partitions)));
                 }
@@ -94,20 +108,31 @@ pub(crate) struct KafkaMembership {
     changes: Option<mpsc::UnboundedReceiver<Result<OwnershipChange, LogError>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    consumer: Arc<BaseConsumer<MembershipContext>>,
+    owned: Arc<Mutex<BTreeSet<u32>>>,
+    /// Where this member's metadata is registered for transactions, until it leaves.
+    groups: GroupClients,
+    group: String,
+    registered: u64,
 }
 
 impl KafkaMembership {
     /// Creates the group client, subscribes it to `topic` and starts its thread.
+    /// Registers the member in `groups`: a transaction's offsets for `group` carry its
+    /// metadata (see [`GroupClients::transaction_metadata`]).
     pub(crate) fn join(
         config: &KafkaLogConfig,
         group: &str,
         topic: &str,
+        groups: GroupClients,
     ) -> Result<KafkaMembership, LogError> {
         let (sender, changes) = mpsc::unbounded_channel();
+        let owned = Arc::new(Mutex::new(BTreeSet::new()));
         let context = MembershipContext {
             group: group.to_string(),
             topic: topic.to_string(),
             changes: sender,
+            owned: Arc::clone(&owned),
         };
         let session_ms = config.session_timeout.as_millis().max(1);
         let mut client_config = consumer_config(config, group);
@@ -132,6 +157,22 @@ impl KafkaMembership {
         consumer
             .subscribe(&[topic])
             .map_err(kafka_error(format!("join group {group} on topic {topic}")))?;
+        let consumer = Arc::new(consumer);
+        let member = Arc::clone(&consumer);
+        let registered = groups.register_member(
+            group,
+            Arc::new(move || {
+                // Once the session has expired, librdkafka forgets the member's id and
+                // generation, and offsets sent without them would be taken unchecked.
+                if member.assignment_lost() {
+                    return Err("the member lost its assignment (its session expired)".to_string());
+                }
+                member
+                    .group_metadata()
+                    .ok_or_else(|| "the member has no group metadata".to_string())
+            }),
+        );
+        let thread_consumer = Arc::clone(&consumer);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let thread_group = group.to_string();
@@ -139,7 +180,7 @@ impl KafkaMembership {
             .name(format!("group {group}"))
             .spawn(move || {
                 while !thread_stop.load(Ordering::Acquire) {
-                    match consumer.poll(POLL_INTERVAL) {
+                    match thread_consumer.poll(POLL_INTERVAL) {
                         None => {}
                         Some(Ok(_)) => {
                             debug!(group = %thread_group, "ignored a record on the group's topic")
@@ -147,9 +188,9 @@ impl KafkaMembership {
                         Some(Err(error)) => warn!(group = %thread_group, %error, "group client"),
                     }
                 }
-                // Dropping the consumer closes it: it leaves the group (after a last
-                // revocation, which nobody waits for any more).
-                drop(consumer);
+                // Dropping the consumer closes it (the registry's copy is gone by now): it
+                // leaves the group (after a last revocation, which nobody waits for any more).
+                drop(thread_consumer);
                 info!(group = %thread_group, "left the group");
             })
             .map_err(|source| {
@@ -159,6 +200,11 @@ impl KafkaMembership {
             changes: Some(changes),
             stop,
             thread: Some(thread),
+            consumer,
+            owned,
+            groups,
+            group: group.to_string(),
+            registered,
         })
     }
 }
@@ -170,9 +216,19 @@ impl GroupMembership for KafkaMembership {
         changes.recv().await.unwrap_or(Err(LogError::Closed))
     }
 
+    fn owns(&self, partition: u32) -> bool {
+        !self.consumer.assignment_lost()
+            && self
+                .owned
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&partition)
+    }
+
     async fn leave(mut self: Box<Self>) -> Result<(), LogError> {
         // Nobody waits for revocations any more: the thread's closing one must not block.
         drop(self.changes.take());
+        self.groups.unregister_member(&self.group, self.registered);
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             tokio::task::spawn_blocking(move || thread.join())
@@ -187,6 +243,7 @@ impl GroupMembership for KafkaMembership {
 impl Drop for KafkaMembership {
     fn drop(&mut self) {
         drop(self.changes.take());
+        self.groups.unregister_member(&self.group, self.registered);
         self.stop.store(true, Ordering::Release);
     }
 }

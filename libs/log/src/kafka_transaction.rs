@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::Offset;
@@ -157,10 +157,13 @@ impl TransactionalWriter for KafkaTransactionalWriter {
             .map_err(kafka_error("build the transaction's offsets"))?;
         }
         for (group, list) in by_group {
-            let client = self.groups.get(&self.config, group)?;
-            let metadata = client.group_metadata().ok_or_else(|| {
-                LogError::KafkaProtocol(format!("no group metadata for group {group}"))
-            })?;
+            let metadata = self
+                .groups
+                .transaction_metadata(&self.config, group)?
+                .map_err(|why| LogError::Fenced {
+                    transactional_id: self.transactional_id.clone(),
+                    message: format!("offsets for group {group}: {why}"),
+                })?;
             self.call("send offsets to the transaction", move |producer| {
                 producer.send_offsets_to_transaction(&list, &metadata, timeout)
             })

@@ -140,7 +140,10 @@ pub trait TransactionalWriter: Send {
     async fn append(&mut self, topic: &str, records: Vec<ProduceRecord>) -> Result<(), LogError>;
 
     /// Commits the open transaction with `offsets`: its records and the offsets become
-    /// visible together.
+    /// visible together. Offsets for a group this process has joined
+    /// ([`Log::join_group`]) carry the member's identity and generation: once the group has
+    /// replaced the member, the commit is refused (KIP-447), so a member that lost its
+    /// partitions while it was away commits nothing.
     ///
     /// # Errors
     ///

@@ -188,6 +188,13 @@ async fn follow(
                     OwnershipChange::Assigned(partitions) => {
                         info!(job = %running.job.name, ?partitions, "partitions assigned here");
                         for partition in partitions {
+                            // Opening a task takes a while (on Kafka with exactly-once, it
+                            // fences every other writer of the partition): a member that was
+                            // paused meanwhile and has lost the partition leaves it alone.
+                            if !membership.owns(partition) {
+                                warn!(job = %running.job.name, partition, "no longer owned here; not starting its task");
+                                continue;
+                            }
                             running.start(partition).await?;
                         }
                     }

@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::StreamProcessorError;
 use crate::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
-use crate::job::{Job, job_group, late_topic, results_topic};
+use crate::job::{Job, job_group, late_topic, members_group, results_topic};
 use crate::output::{late_records, result_records};
 use crate::status::{PartitionReporter, StatusRegistry};
 
@@ -704,16 +704,23 @@ impl Task {
                     .prepare(store, &manifest, state, &transaction.token)
                     .await?;
                 transaction.ensure_open().await.map_err(log_error)?;
-                let commit = OffsetCommit {
-                    group: job_group(&self.job.name),
-                    topic: topic.to_string(),
-                    partition: self.partition,
-                    offset: self.offset,
-                    metadata: commit_metadata(self.epoch, &transaction.token),
-                };
+                // The job group's offset is the one recovery reads. The same offset for the
+                // members group carries this instance's membership: once the group has given
+                // the partition to another instance, the broker refuses the whole commit
+                // (KIP-447), so a member that was away too long commits nothing.
+                let commits =
+                    [job_group(&self.job.name), members_group(&self.job.name)].map(|group| {
+                        OffsetCommit {
+                            group,
+                            topic: topic.to_string(),
+                            partition: self.partition,
+                            offset: self.offset,
+                            metadata: commit_metadata(self.epoch, &transaction.token),
+                        }
+                    });
                 transaction
                     .writer
-                    .commit(&[commit])
+                    .commit(&commits)
                     .await
                     .map_err(log_error)?;
                 transaction.open = false;

@@ -86,6 +86,10 @@ impl GroupMembership for FileLockMembership {
         }
     }
 
+    fn owns(&self, partition: u32) -> bool {
+        self.lock.is_some() && partition < self.partitions
+    }
+
     async fn leave(self: Box<Self>) -> Result<(), LogError> {
         Ok(())
     }

@@ -92,6 +92,22 @@ impl Fixture {
         })
     }
 
+    /// A second Kafka log (its own clients, as another process has) with `change` made to
+    /// the fixture's config; `None` on the embedded fixture.
+    pub(crate) fn another_kafka_log(
+        &self,
+        change: impl FnOnce(&mut KafkaLogConfig),
+    ) -> Option<Arc<dyn Log>> {
+        let Fixture::Kafka { config, .. } = self else {
+            return None;
+        };
+        let mut config = config.clone();
+        change(&mut config);
+        Some(Arc::new(
+            KafkaLog::new(&config).expect("create kafka clients"),
+        ))
+    }
+
     pub(crate) fn log(&self) -> Arc<dyn Log> {
         match self {
             Fixture::Embedded { log, .. } => Arc::clone(log) as Arc<dyn Log>,

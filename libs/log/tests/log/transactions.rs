@@ -133,6 +133,93 @@ async fn kafka_transactions_commit_with_offsets_abort_and_fence() {
     );
 }
 
+/// KIP-447 for this process's group members: a transaction's offsets for a group joined
+/// here go with the member's identity. While the member is the group's, a commit goes
+/// through; once a newer member has taken its place (here, a restarted process with the same
+/// static `group.instance.id`, while the old one is still running: a zombie), the old
+/// member's commit is refused as fenced, and neither its records nor its offsets are seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_group_member_commits_nothing_on_kafka() {
+    let Some(fixture) = Fixture::kafka() else {
+        return;
+    };
+    let instance = fixture.topic("kip447-instance");
+    let same_instance = |config: &mut runnel_config::KafkaLogConfig| {
+        config.group_instance_id = Some(instance.clone());
+    };
+    let (Some(old), Some(new)) = (
+        fixture.another_kafka_log(same_instance),
+        fixture.another_kafka_log(same_instance),
+    ) else {
+        return;
+    };
+    let (members, group) = (fixture.topic("kip447-members"), fixture.topic("kip447"));
+    let (source, topic) = (fixture.topic("kip447-in"), fixture.topic("kip447-out"));
+    for name in [&members, &source, &topic] {
+        old.ensure_topic(name, 2).await.expect("topic");
+    }
+    let mut first = old.join_group(&group, &members).await.expect("join");
+    wait_for_both(first.as_mut(), "the first member").await;
+    let commit = |offset: u64, metadata: &str| OffsetCommit {
+        group: group.clone(),
+        topic: source.clone(),
+        partition: 0,
+        offset,
+        metadata: metadata.to_string(),
+    };
+    let mut writer = old
+        .transactional_writer(&fixture.topic("kip447-old"))
+        .await
+        .expect("writer");
+    writer.begin().await.expect("begin");
+    writer
+        .append(&topic, vec![to_partition(0, "owner", 1)])
+        .await
+        .expect("append");
+    writer
+        .commit(&[commit(10, "owner")])
+        .await
+        .expect("the member commits");
+
+    // The same static member starts again elsewhere and takes the old one's place.
+    let mut second = new.join_group(&group, &members).await.expect("join again");
+    wait_for_both(second.as_mut(), "the new member").await;
+    writer.begin().await.expect("begin");
+    writer
+        .append(&topic, vec![to_partition(0, "zombie", 2)])
+        .await
+        .expect("append");
+    let refused = writer.commit(&[commit(20, "zombie")]).await;
+    assert!(
+        matches!(refused, Err(LogError::Fenced { .. })),
+        "the replaced member commits nothing: {refused:?}"
+    );
+    drop(writer);
+    assert_eq!(read_all(new.as_ref(), &topic, 1).await, vec!["owner"]);
+    assert_eq!(
+        new.committed_offset_and_metadata(&group, &source, 0)
+            .await
+            .expect("committed"),
+        Some((10, "owner".to_string()))
+    );
+    drop(first);
+    second.leave().await.expect("leave");
+}
+
+/// Waits until `member` owns both partitions of its group's topic.
+async fn wait_for_both(member: &mut dyn runnel_log::GroupMembership, who: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(member.owns(0) && member.owns(1)) {
+        let change = tokio::time::timeout_at(deadline, member.next_change()).await;
+        match change {
+            Ok(Ok(runnel_log::OwnershipChange::Assigned(_))) => {}
+            Ok(Ok(runnel_log::OwnershipChange::Revoked(revocation))) => revocation.done(),
+            Ok(Err(error)) => panic!("{who}: {error}"),
+            Err(_) => panic!("{who} never owned both partitions"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_embedded_log_has_no_transactions() {
     let fixture = Fixture::embedded().await;
