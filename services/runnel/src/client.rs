@@ -29,6 +29,13 @@ pub(crate) struct ClientArgs {
     ca_cert: Option<PathBuf>,
 }
 
+impl ClientArgs {
+    /// `--url`, if given.
+    pub(crate) fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+}
+
 /// What the config says of a service, for its clients.
 pub(crate) struct ServiceEndpoint<'a> {
     pub name: &'a str,

@@ -8,6 +8,7 @@ mod archive_command;
 mod backfill_command;
 mod client;
 mod demo_command;
+mod health_command;
 mod ingest_command;
 mod log_commands;
 mod query_command;
@@ -25,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::archive_command::ArchiveArgs;
 use crate::backfill_command::BackfillArgs;
 use crate::demo_command::DemoArgs;
+use crate::health_command::HealthArgs;
 use crate::ingest_command::IngestArgs;
 use crate::log_commands::LogCommand;
 use crate::query_command::{QueryArgs, ResultsCommand};
@@ -172,6 +174,14 @@ enum Command {
     /// embedded defaults (`--config` files are not read; `RUNNEL__*` variables are).
     /// Ctrl-C stops it. Example: `cargo run --release -p runnel -- demo`.
     Demo(DemoArgs),
+    /// Asks a service of this config, on this machine, whether it is ready: exit status 0
+    /// when it is, otherwise an error that says why. For container health checks.
+    ///
+    /// ingest and serving: their gRPC health service answers SERVING (serving only once it
+    /// has loaded its views and caught up). stream-processor: `GET /status` on
+    /// `stream-processor.metrics-listen` answers, and no job has been given up. Example:
+    /// `runnel health serving`.
+    Health(HealthArgs),
 }
 
 impl Command {
@@ -192,7 +202,8 @@ impl Command {
             | Command::Ingest(_)
             | Command::Backfill(_)
             | Command::Query(_)
-            | Command::Results(_) => false,
+            | Command::Results(_)
+            | Command::Health(_) => false,
         }
     }
 
@@ -225,6 +236,7 @@ impl Command {
             | Command::Backfill(_)
             | Command::Query(_)
             | Command::Results(_)
+            | Command::Health(_)
             | Command::Demo(_) => "runnel",
         }
     }
@@ -286,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Backfill(args) => backfill_command::run(args, &config).await?,
         Command::Query(args) => query_command::run_query(args, &config).await?,
         Command::Results(command) => query_command::run_results(command, &config).await?,
+        Command::Health(args) => health_command::run(args, &config).await?,
         Command::Demo(_) => unreachable!("the demo runs above, on its own config"),
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 mod backfill;
 mod demo;
+mod health;
 mod history;
 mod hostile;
 mod log_repair;

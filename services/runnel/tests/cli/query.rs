@@ -35,11 +35,18 @@ pub(super) struct RunnelAll {
 
 impl RunnelAll {
     pub(super) fn start(dir: &Path) -> RunnelAll {
+        RunnelAll::start_with(dir, &[])
+    }
+
+    /// Starts it with more environment variables.
+    pub(super) fn start_with(dir: &Path, env: &[(&str, &str)]) -> RunnelAll {
+        // The test's events are from 1970.
+        let mut env = env.to_vec();
+        env.push(("RUNNEL__STREAMS__0__MAX_EVENT_TIME_BEHIND", "100000d"));
         let (process, urls) = start_listening(
             dir,
             &["--config", "runnel.toml", "all"],
-            // The test's events are from 1970.
-            &[("RUNNEL__STREAMS__0__MAX_EVENT_TIME_BEHIND", "100000d")],
+            &env,
             &["ingest", "serving"],
         );
         RunnelAll {

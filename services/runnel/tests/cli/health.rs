@@ -1,0 +1,91 @@
+//! `runnel health <service>`: the container health check asks each service whether it is
+//! ready, and says why not when it is not.
+
+use std::time::{Duration, Instant};
+
+use super::query::RunnelAll;
+use super::runnel;
+
+/// A loopback port free at the moment of asking.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// Runs `runnel health` with `args` until it succeeds or `within` passes; its last output.
+fn health_within(dir: &std::path::Path, args: &[&str], within: Duration) -> std::process::Output {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut all = vec!["--config", "runnel.toml", "health"];
+        all.extend_from_slice(args);
+        let output = runnel(dir, &all);
+        if output.status.success() || Instant::now() >= deadline {
+            return output;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn health_says_when_each_service_is_ready_and_why_not() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("runnel.toml"), super::query::CONFIG).expect("write config");
+    let status_port = free_port().to_string();
+    let status_url = format!("http://127.0.0.1:{status_port}");
+
+    // Nothing runs yet: each check fails and names what it could not reach.
+    for (service, url, says) in [
+        (
+            "serving",
+            "http://127.0.0.1:1",
+            "connect to the serving service",
+        ),
+        (
+            "ingest",
+            "http://127.0.0.1:1",
+            "connect to the ingest service",
+        ),
+        (
+            "stream-processor",
+            status_url.as_str(),
+            "stream-processor's /status",
+        ),
+    ] {
+        let output = runnel(
+            dir.path(),
+            &["--config", "runnel.toml", "health", service, "--url", url],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{service} healthy with nothing running"
+        );
+        assert!(stderr.contains(says), "{service}: {stderr}");
+    }
+
+    let all = RunnelAll::start_with(
+        dir.path(),
+        &[(
+            "RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN",
+            &format!("127.0.0.1:{status_port}"),
+        )],
+    );
+    for (service, url) in [
+        ("ingest", all.ingest.as_str()),
+        ("serving", all.serving.as_str()),
+        ("stream-processor", status_url.as_str()),
+    ] {
+        let output = health_within(
+            dir.path(),
+            &[service, "--url", url],
+            Duration::from_secs(60),
+        );
+        assert!(
+            output.status.success(),
+            "{service} not healthy within 60 s: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
