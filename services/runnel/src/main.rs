@@ -51,11 +51,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "runnel", version, propagate_version = true)]
 struct Cli {
     /// A config file layered over the embedded defaults; repeat it to layer several, the
-    /// last one winning. Goes before the subcommand: `runnel --config a.toml all`.
+    /// last one winning. Goes before the subcommand: `runnel --config a.toml all`. Without
+    /// it, the file `RUNNEL_CONFIG` names, if set (as in the container images).
     // Not `global`: clap does not merge a repeated global argument given on both sides of
     // the subcommand, it drops the parent's values (clap-rs/clap#3938), which would
     // silently ignore a config file. Here a misplaced `--config` is an error instead.
-    #[arg(long = "config", value_name = "FILE")]
+    #[arg(long = "config", value_name = "FILE", env = "RUNNEL_CONFIG")]
     config: Vec<PathBuf>,
     /// Writes logs to stderr as JSON lines instead of text.
     #[arg(long, global = true)]
