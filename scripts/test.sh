@@ -11,13 +11,16 @@
 #                                           a test that finds its broker, DuckDB, S3 server or grpcio
 #                                           missing fails instead of skipping
 # and then, for a whole-workspace run, the replication test on a three-broker cluster in place of
-# the single broker (KAFKA_CLUSTER_BOOTSTRAP, KAFKA_CLUSTER_PIDS, RUNNEL_REQUIRE_KAFKA_CLUSTER=1).
+# the single broker (KAFKA_CLUSTER_BOOTSTRAP, KAFKA_CLUSTER_PIDS, RUNNEL_REQUIRE_KAFKA_CLUSTER=1),
+# and the compose cluster's fault tests (RUNNEL_COMPOSE=1) on container images it builds
+# (Docker's engine and debootstrap from Debian's packages, MinIO from the Go module proxy).
 # Arguments replace `--workspace`, e.g. `bash scripts/test.sh -p runnel-log`.
 # The last line is `total: N passed, M failed` over every test binary.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/lib/kafka.sh
 source scripts/lib/pytools.sh
+source scripts/lib/docker.sh
 
 # One cleanup for everything started below, on any exit. A non-interactive shell's background
 # jobs ignore SIGINT, so Ctrl-C must reach the servers through these traps; `exit` runs EXIT's.
@@ -84,6 +87,18 @@ if (($# == 0)); then
   echo "==> cargo test --locked -p runnel-log --test log cluster:: (KAFKA_CLUSTER_BOOTSTRAP=$KAFKA_BOOTSTRAP)"
   KAFKA_CLUSTER_BOOTSTRAP="$KAFKA_BOOTSTRAP" KAFKA_CLUSTER_PIDS="${KAFKA_PIDS[*]}" RUNNEL_REQUIRE_KAFKA_CLUSTER=1 \
     cargo test --locked -p runnel-log --test log cluster:: 2>&1 | tee -a "$test_log" || status=$?
+  stop_kafka
+  # The compose cluster (infra/compose) driven through faults, on images built from this debug
+  # build (infra/docker/build-images.sh; Docker's engine installed and started when missing).
+  echo "==> building the container images (debug binary) for the compose tests"
+  if ensure_docker && bash infra/docker/build-images.sh --profile debug; then
+    echo "==> cargo test --locked -p runnel-e2e-tests --test e2e compose:: (RUNNEL_COMPOSE=1)"
+    RUNNEL_COMPOSE=1 cargo test --locked -p runnel-e2e-tests --test e2e compose:: 2>&1 |
+      tee -a "$test_log" || status=$?
+  else
+    echo "error: could not build the images or start Docker; the compose tests did not run" >&2
+    status=1
+  fi
 fi
 # One closing line over every test binary, since cargo's last line speaks for one binary only.
 totals="$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$test_log")"

@@ -25,6 +25,8 @@ use runnel_serving::proto::{self, value::Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
+mod compose;
+
 const TOKEN: &str = "e2e-s3cret";
 const USERS: u64 = 20;
 const EVENTS_PER_USER_AND_WINDOW: u64 = 3;
