@@ -236,7 +236,11 @@ impl Cluster {
 
 fn event(minute: u64, user: u64, i: u64) -> String {
     let time = BASE_MS + minute as i64 * MINUTE_MS + i as i64 * 15_000 + user as i64 * 100;
-    let country = if (user + i) % 7 == 0 { "test" } else { "de" };
+    let country = if (user + i).is_multiple_of(7) {
+        "test"
+    } else {
+        "de"
+    };
     format!(
         r#"{{"event_time":{time},"user_id":"u{user:02}","page":"/p{}","country":"{country}","duration_ms":{}}}"#,
         (user + i + minute) % PAGES,
