@@ -93,7 +93,7 @@ if (($# == 0)); then
   echo "==> building the container images (debug binary) for the compose tests"
   if ensure_docker && bash infra/docker/build-images.sh --profile debug; then
     echo "==> cargo test --locked -p runnel-e2e-tests --test e2e compose:: (RUNNEL_COMPOSE=1)"
-    RUNNEL_COMPOSE=1 cargo test --locked -p runnel-e2e-tests --test e2e compose:: 2>&1 |
+    RUNNEL_COMPOSE=1 cargo test --locked -p runnel-e2e-tests --test e2e compose:: -- --nocapture 2>&1 |
       tee -a "$test_log" || status=$?
   else
     echo "error: could not build the images or start Docker; the compose tests did not run" >&2
