@@ -1,10 +1,12 @@
 //! The compose cluster (infra/compose) driven through faults, only through its published
 //! ports and `docker` commands: events in over HTTP and gRPC while a stream-processor is
 //! SIGKILLed, the broker leading most of the stream's partitions is stopped and started, a
-//! stream-processor is cut off the network for longer than its session timeout, and ingest
-//! and serving are restarted. Afterwards serving's final results of the `page_views` job
-//! equal `runnel run --mode recompute` over every acknowledged event: nothing acknowledged
-//! was lost, nothing counted twice. Each fault prints how long serving took to answer again.
+//! stream-processor is cut off the network for longer than its session timeout, ingest and
+//! serving are restarted, and every service is restarted in turn. Afterwards serving's final
+//! results of the `page_views` job equal `runnel run --mode recompute` over every
+//! acknowledged event: nothing acknowledged was lost, nothing counted twice; and again after
+//! a recompute backfill run as a one-off container, from the batch view. Each fault prints
+//! how long serving took to answer again.
 //!
 //! Needs the images (`infra/docker/build-images.sh`) and a Docker engine; runs when
 //! `RUNNEL_COMPOSE=1` (scripts/test.sh sets it when it has built the images), skipped
@@ -36,7 +38,7 @@ const MINUTE_MS: i64 = 60_000;
 /// 2026-01-01T00:00:00Z.
 const BASE_MS: i64 = 1_767_225_600_000;
 /// Minutes of events, one batch each.
-const MINUTES: u64 = 8;
+const MINUTES: u64 = 12;
 /// How long a fault's recovery, or the final results, may take.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -105,7 +107,8 @@ impl Cluster {
             format!(
                 "RUNNEL__INGEST__AUTH_TOKEN={INGEST_TOKEN}\nRUNNEL__SERVING__AUTH_TOKEN={SERVING_TOKEN}\n\
                  MINIO_ROOT_USER=runnel\nMINIO_ROOT_PASSWORD=compose-minio-s3cret\n\
-                 AWS_ACCESS_KEY_ID=runnel\nAWS_SECRET_ACCESS_KEY=compose-minio-s3cret\n"
+                 AWS_ACCESS_KEY_ID=runnel\nAWS_SECRET_ACCESS_KEY=compose-minio-s3cret\n\
+                 RUNNEL__ARCHIVE__MAX_FILE_AGE=5s\n"
             ),
         )
         .expect("write env file");
@@ -190,6 +193,24 @@ impl Cluster {
             ready.as_secs_f64()
         );
         ready
+    }
+
+    /// Waits until `container`'s health check passes.
+    fn wait_healthy(&self, container: &str, what: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let health = docker(&["inspect", "--format", "{{.State.Health.Status}}", container]);
+            if health.trim() == "healthy" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not healthy within {READY_TIMEOUT:?} ({})\n{}",
+                health.trim(),
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     fn logs(&self) -> String {
@@ -293,8 +314,8 @@ fn minute(minute: u64) -> Vec<String> {
 /// (key, window start as RFC 3339) -> the result's values, as JSON text.
 type Results = BTreeMap<(String, String), String>;
 
-/// serving's final results of `page_views`.
-async fn served(serving: &str) -> Result<Results, tonic::Status> {
+/// serving's final results of `page_views`, and how many came from the batch view.
+async fn served(serving: &str) -> Result<(Results, usize), tonic::Status> {
     let channel = Channel::from_shared(serving.to_string())
         .expect("address")
         .connect()
@@ -310,11 +331,14 @@ async fn served(serving: &str) -> Result<Results, tonic::Status> {
         ))
         .await?
         .into_inner();
-    let mut results = Results::new();
+    let (mut results, mut batch_rows) = (Results::new(), 0);
     while let Some(row) = rows.next().await {
         let row = row?;
         if !row.r#final {
             continue;
+        }
+        if row.source == proto::ViewSource::Batch as i32 {
+            batch_rows += 1;
         }
         // views, total_ms, max_ms, users: the values after page, window_start, window_end.
         let numbers: Vec<String> = row
@@ -331,7 +355,7 @@ async fn served(serving: &str) -> Result<Results, tonic::Status> {
             numbers.join(","),
         );
     }
-    Ok(results)
+    Ok((results, batch_rows))
 }
 
 /// `runnel run --mode recompute` of page_views over `events`.
@@ -419,6 +443,27 @@ async fn the_compose_cluster_loses_nothing_through_kills_a_broker_loss_a_network
         cluster.wait_ready(&format!("restart of {service}"), since);
         send_minute(&cluster, &mut sent, &mut next_minute).await;
     }
+    // A rolling restart of every service, one at a time, each healthy before the next,
+    // events flowing between them.
+    let since = Instant::now();
+    for service in [
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "minio",
+        "ingest",
+        "stream-processor-1",
+        "stream-processor-2",
+        "serving",
+    ] {
+        let container = cluster.container(service);
+        docker(&["restart", "--time", "10", &container]);
+        cluster.wait_healthy(&container, &format!("rolling restart: {service}"));
+        if next_minute < MINUTES {
+            send_minute(&cluster, &mut sent, &mut next_minute).await;
+        }
+    }
+    cluster.wait_ready("rolling restart of every service", since);
     while next_minute < MINUTES {
         send_minute(&cluster, &mut sent, &mut next_minute).await;
     }
@@ -431,22 +476,61 @@ async fn the_compose_cluster_loses_nothing_through_kills_a_broker_loss_a_network
     let closing_start = runnel_time::format_millis(BASE_MS + (MINUTES as i64 + 10) * MINUTE_MS);
     let want: Results = recomputed(cluster.dir.path(), &sent);
     assert!(!want.is_empty());
+    wait_for_served(&cluster, &want, &closing_start, false, sent.len()).await;
+
+    // A recompute backfill as a one-off container: serving then answers the same windows
+    // from the batch view.
+    let output = cluster
+        .compose()
+        .args([
+            "run",
+            "--rm",
+            "batch-reprocessor",
+            "backfill",
+            "--job",
+            "page_views",
+            "--mode",
+            "recompute",
+        ])
+        .output()
+        .expect("run the backfill container");
+    assert!(
+        output.status.success(),
+        "the recompute backfill failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_for_served(&cluster, &want, &closing_start, true, sent.len()).await;
+}
+
+/// Waits until serving's final page_views before `closing_start` equal `want` (and, with
+/// `from_batch`, some of them come from the batch view).
+async fn wait_for_served(
+    cluster: &Cluster,
+    want: &Results,
+    closing_start: &str,
+    from_batch: bool,
+    events: usize,
+) {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let got = served(&cluster.serving).await.map(|results| {
-            results
+        let got = served(&cluster.serving).await.map(|(results, batch_rows)| {
+            let results: Results = results
                 .into_iter()
-                .filter(|((_, start), _)| *start < closing_start)
-                .collect::<Results>()
+                .filter(|((_, start), _)| start.as_str() < closing_start)
+                .collect();
+            (results, batch_rows)
         });
-        if got.as_ref().ok() == Some(&want) {
-            break;
+        if let Ok((results, batch_rows)) = &got
+            && results == want
+            && (!from_batch || *batch_rows > 0)
+        {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "serving's final page_views never equalled the recompute of the {} acknowledged events:\n\
-             want {want:?}\ngot {got:?}\n{}",
-            sent.len(),
+            "serving's final page_views (batch view: {from_batch}) never equalled the recompute \
+             of the {events} acknowledged events:\nwant {want:?}\ngot {got:?}\n{}",
             cluster.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
