@@ -18,16 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use runnel_e2e_tests::runnel_binary;
-use runnel_ingest::proto::ingest_client::IngestClient;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
 use runnel_serving::proto::serving_client::ServingClient;
 use runnel_serving::proto::{self, value::Kind};
 use tonic::transport::Channel;
 
-use super::{authorized, post_http};
+use super::{authorized, send_half_and_half};
 
 const INGEST_TOKEN: &str = "compose-ingest-s3cret";
 const SERVING_TOKEN: &str = "compose-serving-s3cret";
@@ -269,32 +266,9 @@ fn event(minute: u64, user: u64, i: u64) -> String {
     )
 }
 
-/// Sends `lines`: half over HTTP, half over gRPC, each half acknowledged whole.
+/// Sends `lines` to the cluster's ingest: half over HTTP, half over gRPC.
 async fn send(cluster: &Cluster, lines: &[String]) {
-    let (http, grpc) = lines.split_at(lines.len() / 2);
-    assert_eq!(
-        post_http(&cluster.ingest, "clicks", http, Some(INGEST_TOKEN)).await,
-        200,
-        "HTTP ingest"
-    );
-    let mut client = IngestClient::connect(cluster.ingest.clone())
-        .await
-        .expect("connect to ingest");
-    let response = client
-        .ingest(authorized(
-            IngestRequest {
-                stream: "clicks".to_string(),
-                all_or_nothing: true,
-                events: Some(Events::Json(JsonEvents {
-                    events: grpc.iter().cloned().map(Bytes::from).collect(),
-                })),
-            },
-            Some(INGEST_TOKEN),
-        ))
-        .await
-        .expect("ingest over gRPC")
-        .into_inner();
-    assert_eq!(response.accepted, grpc.len() as u64, "gRPC ingest");
+    send_half_and_half(&cluster.ingest, "clicks", lines, INGEST_TOKEN).await;
 }
 
 /// Sends minute `next`'s events, keeps them in `sent`, and moves `next` on.

@@ -177,8 +177,17 @@ async fn send_window(ingest: &str, stream: &str, window: u64) {
             lines.push(event(window, user, i));
         }
     }
+    send_half_and_half(ingest, stream, &lines, TOKEN).await;
+}
+
+/// Sends `lines`: the first half over HTTP, the rest over gRPC, each half acknowledged whole.
+async fn send_half_and_half(ingest: &str, stream: &str, lines: &[String], token: &str) {
     let (http, grpc) = lines.split_at(lines.len() / 2);
-    assert_eq!(post_http(ingest, stream, http, Some(TOKEN)).await, 200);
+    assert_eq!(
+        post_http(ingest, stream, http, Some(token)).await,
+        200,
+        "HTTP ingest"
+    );
     let mut client = IngestClient::connect(ingest.to_string())
         .await
         .expect("connect to ingest");
@@ -191,12 +200,12 @@ async fn send_window(ingest: &str, stream: &str, window: u64) {
                     events: grpc.iter().cloned().map(Bytes::from).collect(),
                 })),
             },
-            Some(TOKEN),
+            Some(token),
         ))
         .await
         .expect("ingest over gRPC")
         .into_inner();
-    assert_eq!(response.accepted, grpc.len() as u64);
+    assert_eq!(response.accepted, grpc.len() as u64, "gRPC ingest");
 }
 
 /// (key, window start) -> (result version, n, total, job version) of every exported result.
