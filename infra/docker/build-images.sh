@@ -55,7 +55,9 @@ if ! docker image inspect "$base_image" >/dev/null 2>&1; then
   if [[ ! -s "$rootfs_tar" ]]; then
     if ! command -v debootstrap >/dev/null; then
       echo "==> installing debootstrap" >&2
-      apt-get install -y debootstrap >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap >&2 || {
+        apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y debootstrap >&2
+      }
     fi
     root="$(mktemp -d "${TMPDIR:-/tmp}/runnel-base.XXXXXX")"
     echo "==> debootstrap $DEBIAN_SUITE ($BASE_PACKAGES) into $root; a few minutes, once" >&2
