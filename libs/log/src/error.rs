@@ -146,6 +146,19 @@ pub enum LogError {
 }
 
 impl LogError {
+    /// Whether the log could not be reached (no broker answered in time, a name did not
+    /// resolve), which waiting may mend, rather than refused what was asked.
+    pub fn is_unavailable(&self) -> bool {
+        let LogError::Kafka { source, .. } = self else {
+            return false;
+        };
+        match source {
+            // An admin operation's own code (rdkafka gives none for it otherwise).
+            rdkafka::error::KafkaError::AdminOp(code) => crate::kafka::is_transient_code(*code),
+            source => crate::kafka::is_transient(source),
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

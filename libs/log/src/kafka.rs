@@ -769,18 +769,22 @@ pub(crate) fn is_fenced_code(code: RDKafkaErrorCode) -> bool {
 /// Whether a consumer error is one librdkafka recovers from by itself (a broker down, a
 /// partition's leader moving), which a reader waits out rather than fails on.
 pub(crate) fn is_transient(error: &KafkaError) -> bool {
+    error.rdkafka_error_code().is_some_and(is_transient_code)
+}
+
+/// Whether `code` says a broker could not be reached or a leader is moving (see
+/// [`is_transient`]).
+pub(crate) fn is_transient_code(code: RDKafkaErrorCode) -> bool {
     matches!(
-        error.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::BrokerTransportFailure
-                | RDKafkaErrorCode::AllBrokersDown
-                | RDKafkaErrorCode::Resolve
-                | RDKafkaErrorCode::OperationTimedOut
-                | RDKafkaErrorCode::LeaderNotAvailable
-                | RDKafkaErrorCode::NotLeaderForPartition
-                | RDKafkaErrorCode::RequestTimedOut
-                | RDKafkaErrorCode::NetworkException
-        )
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::Resolve
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NetworkException
     )
 }
 

@@ -319,6 +319,43 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Log>, LogError> {
     Ok(log)
 }
 
+/// How long a service waits before it tries again to reach a log it could not reach.
+const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`open_storage`] for a service: while the log cannot be reached (a Kafka cluster that does
+/// not answer, a name that does not resolve), logs why at ERROR and tries again every 5 s
+/// rather than exit, so a deployment whose broker is down or misnamed shows one clear cause
+/// in the log and an unready health check instead of a crash loop. `None` once `shutdown` is
+/// cancelled first.
+///
+/// # Errors
+///
+/// Those of [`open_storage`] that waiting cannot mend.
+pub async fn open_storage_waiting(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<dyn Log>>, LogError> {
+    loop {
+        match open_storage(config).await {
+            Ok(log) => return Ok(Some(log)),
+            Err(error) if error.is_unavailable() => {
+                tracing::error!(
+                    backend = backend_name(config),
+                    bootstrap_servers = config.storage.log.kafka.bootstrap_servers,
+                    %error,
+                    retry_in_s = STORAGE_RETRY.as_secs(),
+                    "cannot reach the log; not ready, trying again"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(STORAGE_RETRY) => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// Returns the name of the log backend `config` selects, as written in config: "embedded"
 /// or "kafka".
 pub fn backend_name(config: &Config) -> &'static str {

@@ -211,9 +211,12 @@ impl BatchError {
 ///
 /// [`BatchReprocessorError::OpenStorage`] if the log cannot be opened or a topic cannot be created.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), BatchReprocessorError> {
-    let log = runnel_server_common::open_storage(&config)
+    let Some(log) = runnel_server_common::open_storage_waiting(&config, &shutdown)
         .await
-        .map_err(BatchReprocessorError::OpenStorage)?;
+        .map_err(BatchReprocessorError::OpenStorage)?
+    else {
+        return Ok(());
+    };
     run_with_log(config, log, shutdown).await
 }
 

@@ -245,9 +245,12 @@ async fn set_health(
 /// [`IngestError::OpenStorage`] if the log cannot be opened or a topic cannot be created;
 /// the errors of [`run_with_log`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), IngestError> {
-    let log = runnel_server_common::open_storage(&config)
+    let Some(log) = runnel_server_common::open_storage_waiting(&config, &shutdown)
         .await
-        .map_err(IngestError::OpenStorage)?;
+        .map_err(IngestError::OpenStorage)?
+    else {
+        return Ok(());
+    };
     run_with_log(config, log, shutdown).await
 }
 

@@ -364,9 +364,12 @@ impl BoundServing {
 /// [`ServingError::OpenStorage`] if the log cannot be opened or a topic cannot be created;
 /// the errors of [`run_with_log`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServingError> {
-    let log = runnel_server_common::open_storage(&config)
+    let Some(log) = runnel_server_common::open_storage_waiting(&config, &shutdown)
         .await
-        .map_err(ServingError::OpenStorage)?;
+        .map_err(ServingError::OpenStorage)?
+    else {
+        return Ok(());
+    };
     run_with_log(config, log, shutdown).await
 }
 

@@ -446,9 +446,12 @@ impl RegisteredJobs {
 ///
 /// [`StreamProcessorError::OpenStorage`], and the errors of [`run_with_log`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StreamProcessorError> {
-    let log = runnel_server_common::open_storage(&config)
+    let Some(log) = runnel_server_common::open_storage_waiting(&config, &shutdown)
         .await
-        .map_err(StreamProcessorError::OpenStorage)?;
+        .map_err(StreamProcessorError::OpenStorage)?
+    else {
+        return Ok(());
+    };
     run_with_log(config, log, shutdown).await
 }
 

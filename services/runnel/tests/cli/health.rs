@@ -89,3 +89,64 @@ fn health_says_when_each_service_is_ready_and_why_not() {
         );
     }
 }
+
+/// A service whose Kafka cannot be reached at start stays up, says why in its log and is not
+/// ready, rather than exit (a crash loop under a container's restart policy).
+#[test]
+fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("runnel.toml"), super::query::CONFIG).expect("write config");
+    // A port nothing listens on.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let status_port = free_port();
+    let log_path = dir.path().join("stream-processor.log");
+    let mut child = super::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .args(["--config", "runnel.toml", "stream-processor"])
+            .current_dir(dir.path())
+            .env("RUNNEL__STORAGE__DATA_DIR", dir.path().join("data"))
+            .env("RUNNEL__STORAGE__LOG__BACKEND", "kafka")
+            .env("RUNNEL__STORAGE__LOG__KAFKA__BOOTSTRAP_SERVERS", &nowhere)
+            .env("RUNNEL__STORAGE__LOG__KAFKA__REQUEST_TIMEOUT", "1s")
+            .env(
+                "RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN",
+                format!("127.0.0.1:{status_port}"),
+            )
+            .stderr(std::fs::File::create(&log_path).expect("log file"))
+            .spawn()
+            .expect("start the stream-processor"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log
+            .matches("cannot reach the log; not ready, trying again")
+            .count()
+            >= 2
+        {
+            assert!(log.contains(&nowhere), "the log names the servers: {log}");
+            break;
+        }
+        assert!(
+            child.0.try_wait().expect("wait").is_none(),
+            "the service exited instead of waiting for Kafka: {log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no retry logged within 60 s: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let health = runnel(
+        dir.path(),
+        &[
+            "--config",
+            "runnel.toml",
+            "health",
+            "stream-processor",
+            "--url",
+            &format!("http://127.0.0.1:{status_port}"),
+        ],
+    );
+    assert!(!health.status.success(), "ready without its log");
+}
