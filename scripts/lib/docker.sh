@@ -4,7 +4,6 @@
 #                        (as root), and starts dockerd in the background when no daemon answers
 #                        (its log in ${RUNNEL_CACHE}/docker/dockerd.log); waits until it does.
 #   docker_build IMAGE CONTEXT [ARGS...]  builds IMAGE from CONTEXT/Dockerfile, quietly.
-#   compose ARGS...      docker-compose (Debian's 1.29) or `docker compose` (v2), whichever is here.
 
 ensure_docker() {
   if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null; then
@@ -40,12 +39,4 @@ docker_build() {
   shift 2
   docker build -q -t "$image" "$@" "$context" >/dev/null
   echo "==> built $image" >&2
-}
-
-compose() {
-  if command -v docker-compose >/dev/null; then
-    docker-compose "$@"
-  else
-    docker compose "$@"
-  fi
 }

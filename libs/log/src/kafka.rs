@@ -139,9 +139,8 @@ pub(crate) type MemberMetadata =
 #[derive(Clone, Default)]
 pub(crate) struct GroupClients {
     clients: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
-    /// Per group, the member that joined it here, under a number that `unregister` names.
-    members: Arc<Mutex<HashMap<String, (u64, MemberMetadata)>>>,
-    next_member: Arc<std::sync::atomic::AtomicU64>,
+    /// Per group, the member that joined it here.
+    members: Arc<Mutex<HashMap<String, MemberMetadata>>>,
 }
 
 impl GroupClients {
@@ -164,23 +163,19 @@ impl GroupClients {
     }
 
     /// Records the member of `group` this process runs (one per group: the latest wins).
-    pub(crate) fn register_member(&self, group: &str, metadata: MemberMetadata) -> u64 {
-        let number = self
-            .next_member
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    pub(crate) fn register_member(&self, group: &str, metadata: MemberMetadata) {
         self.members
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(group.to_string(), (number, metadata));
-        number
+            .insert(group.to_string(), metadata);
     }
 
-    /// Forgets the member `number` of `group`, unless another has replaced it.
-    pub(crate) fn unregister_member(&self, group: &str, number: u64) {
+    /// Forgets `metadata` as `group`'s member, unless another has replaced it.
+    pub(crate) fn unregister_member(&self, group: &str, metadata: &MemberMetadata) {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         if members
             .get(group)
-            .is_some_and(|(current, _)| *current == number)
+            .is_some_and(|current| Arc::ptr_eq(current, metadata))
         {
             members.remove(group);
         }
@@ -201,7 +196,7 @@ impl GroupClients {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(group)
-            .map(|(_, metadata)| Arc::clone(metadata));
+            .map(Arc::clone);
         match member {
             Some(metadata) => Ok(metadata()),
             None => self

@@ -28,7 +28,7 @@ use runnel_config::KafkaLogConfig;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::kafka::{GroupClients, consumer_config, kafka_error};
+use crate::kafka::{GroupClients, MemberMetadata, consumer_config, kafka_error};
 use crate::{GroupMembership, LogError, OwnershipChange, Revocation};
 
 /// How often the group thread polls (and so how soon it notices `leave`).
@@ -113,7 +113,7 @@ pub(crate) struct KafkaMembership {
     /// Where this member's metadata is registered for transactions, until it leaves.
     groups: GroupClients,
     group: String,
-    registered: u64,
+    registered: MemberMetadata,
 }
 
 impl KafkaMembership {
@@ -159,19 +159,17 @@ impl KafkaMembership {
             .map_err(kafka_error(format!("join group {group} on topic {topic}")))?;
         let consumer = Arc::new(consumer);
         let member = Arc::clone(&consumer);
-        let registered = groups.register_member(
-            group,
-            Arc::new(move || {
-                // Once the session has expired, librdkafka forgets the member's id and
-                // generation, and offsets sent without them would be taken unchecked.
-                if member.assignment_lost() {
-                    return Err("the member lost its assignment (its session expired)".to_string());
-                }
-                member
-                    .group_metadata()
-                    .ok_or_else(|| "the member has no group metadata".to_string())
-            }),
-        );
+        let registered: MemberMetadata = Arc::new(move || {
+            // Once the session has expired, librdkafka forgets the member's id and
+            // generation, and offsets sent without them would be taken unchecked.
+            if member.assignment_lost() {
+                return Err("the member lost its assignment (its session expired)".to_string());
+            }
+            member
+                .group_metadata()
+                .ok_or_else(|| "the member has no group metadata".to_string())
+        });
+        groups.register_member(group, Arc::clone(&registered));
         let thread_consumer = Arc::clone(&consumer);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
@@ -228,7 +226,7 @@ impl GroupMembership for KafkaMembership {
     async fn leave(mut self: Box<Self>) -> Result<(), LogError> {
         // Nobody waits for revocations any more: the thread's closing one must not block.
         drop(self.changes.take());
-        self.groups.unregister_member(&self.group, self.registered);
+        self.groups.unregister_member(&self.group, &self.registered);
         self.stop.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             tokio::task::spawn_blocking(move || thread.join())
@@ -243,7 +241,7 @@ impl GroupMembership for KafkaMembership {
 impl Drop for KafkaMembership {
     fn drop(&mut self) {
         drop(self.changes.take());
-        self.groups.unregister_member(&self.group, self.registered);
+        self.groups.unregister_member(&self.group, &self.registered);
         self.stop.store(true, Ordering::Release);
     }
 }
