@@ -140,6 +140,15 @@ pub enum LogError {
         /// What the broker said.
         message: String,
     },
+    /// A Kafka client call did not return within its own timeout and a grace period (a
+    /// librdkafka bug: see `kafka_transaction.rs`); the client is not used again.
+    #[error("kafka: {action} did not return within {waited:?}; the client is abandoned")]
+    Hung {
+        /// What was being done.
+        action: String,
+        /// How long it was waited for.
+        waited: std::time::Duration,
+    },
     /// The backend does not do what was asked (e.g. transactions on the embedded log).
     #[error("{0}")]
     Unsupported(String),

@@ -3,6 +3,14 @@
 //! producer with the id and aborts its open transaction), records sent within a
 //! transaction, and consumer-group offsets committed with it
 //! (`send_offsets_to_transaction`), as Kafka Streams' and Flink's exactly-once sinks do.
+//!
+//! Each blocking call is bounded by a watchdog beyond the timeout librdkafka is given:
+//! librdkafka 2.12's `send_offsets_to_transaction` can wait forever while the group
+//! coordinator it cached is down (the coordinator request's own timeout is never checked:
+//! confluentinc/librdkafka#5456, #5511). A call that outlives the watchdog leaves the writer
+//! unusable ([`LogError::Hung`]); its owner opens a new one with the same transactional id,
+//! which fences this one and aborts its transaction. The hung call's thread and producer are
+//! left to librdkafka (nothing can cancel the call) and freed if it ever returns.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +23,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::Offset;
 use runnel_config::KafkaLogConfig;
+use tracing::warn;
 
 use crate::kafka::{
     GroupClients, is_fenced_code, kafka_error, partition_count_of, place, producer_config,
 };
 use crate::kafka_produce::{BatchContext, KafkaProducer, send_batch};
 use crate::{LogError, OffsetCommit, Partitioner, ProduceRecord, TransactionalWriter};
+
+/// How long past its own timeout (the request timeout) a blocking transactional call may
+/// run before the writer gives up on it, at most (see the module docs): as long again as the
+/// request timeout, up to this.
+const WATCHDOG_GRACE: Duration = Duration::from_secs(15);
 
 /// A transactional producer; see the module docs.
 pub struct KafkaTransactionalWriter {
@@ -31,6 +45,8 @@ pub struct KafkaTransactionalWriter {
     partitioner: Partitioner,
     /// The log's group clients: the metadata of the groups whose offsets go with a commit.
     groups: GroupClients,
+    /// The call that outlived the watchdog, if one did: the writer does nothing more.
+    hung: Option<&'static str>,
 }
 
 impl KafkaTransactionalWriter {
@@ -58,13 +74,14 @@ impl KafkaTransactionalWriter {
             .map_err(kafka_error(format!(
                 "create the transactional producer `{transactional_id}`"
             )))?;
-        let writer = KafkaTransactionalWriter {
+        let mut writer = KafkaTransactionalWriter {
             transactional_id: transactional_id.to_string(),
             config: config.clone(),
             producer: Arc::new(producer),
             metadata_client,
             partitioner: Partitioner::default(),
             groups,
+            hung: None,
         };
         let timeout = writer.config.request_timeout;
         writer
@@ -75,17 +92,36 @@ impl KafkaTransactionalWriter {
         Ok(writer)
     }
 
-    /// Runs a blocking transactional call; a fenced producer's error is [`LogError::Fenced`].
+    /// Runs a blocking transactional call, bounded by the watchdog (see the module docs); a
+    /// fenced producer's error is [`LogError::Fenced`].
     async fn call(
-        &self,
+        &mut self,
         action: &'static str,
         call: impl FnOnce(&KafkaProducer) -> Result<(), KafkaError> + Send + 'static,
     ) -> Result<(), LogError> {
+        let timeout = self.config.request_timeout;
+        let waited = timeout + timeout.min(WATCHDOG_GRACE);
+        if let Some(hung) = self.hung {
+            return Err(self.hung_error(hung, waited));
+        }
         let producer = Arc::clone(&self.producer);
-        let result = tokio::task::spawn_blocking(move || call(&producer))
-            .await
-            .map_err(|join| LogError::KafkaProtocol(format!("{action} panicked: {join}")))?;
+        let call = tokio::task::spawn_blocking(move || call(&producer));
+        let Ok(result) = tokio::time::timeout(waited, call).await else {
+            self.hung = Some(action);
+            warn!(transactional_id = %self.transactional_id, action, ?waited,
+                "a transactional call outlived its timeout; abandoning the writer");
+            return Err(self.hung_error(action, waited));
+        };
+        let result =
+            result.map_err(|join| LogError::KafkaProtocol(format!("{action} panicked: {join}")))?;
         result.map_err(|error| self.error(action, error))
+    }
+
+    fn hung_error(&self, action: &str, waited: Duration) -> LogError {
+        LogError::Hung {
+            action: format!("{action} (transactional id `{}`)", self.transactional_id),
+            waited,
+        }
     }
 
     fn error(&self, action: &str, error: KafkaError) -> LogError {
@@ -181,5 +217,73 @@ impl TransactionalWriter for KafkaTransactionalWriter {
             producer.abort_transaction(timeout)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// A call that outlives the watchdog (as librdkafka's `send_offsets_to_transaction` can)
+    /// is given up in bounded time, and the writer refuses every later call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_that_outlives_the_watchdog_leaves_the_writer_unusable() {
+        let Some(bootstrap) = std::env::var("KAFKA_BOOTSTRAP")
+            .ok()
+            .filter(|bootstrap| !bootstrap.is_empty())
+        else {
+            assert!(
+                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
+                "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
+            );
+            eprintln!("notice: KAFKA_BOOTSTRAP is not set; skipping a Kafka test");
+            return;
+        };
+        let config = KafkaLogConfig {
+            bootstrap_servers: bootstrap,
+            client_id: "runnel-watchdog-test".to_string(),
+            replication_factor: 1,
+            min_insync_replicas: None,
+            request_timeout: Duration::from_secs(3),
+            session_timeout: Duration::from_secs(6),
+            rebalance_timeout: Duration::from_secs(20),
+            group_instance_id: None,
+            properties: Default::default(),
+        };
+        let metadata_client: BaseConsumer = crate::kafka::consumer_config(&config, "runnel-test")
+            .create()
+            .expect("metadata client");
+        let id = format!("watchdog-{}", std::process::id());
+        let mut writer = KafkaTransactionalWriter::open(
+            &config,
+            &id,
+            Arc::new(metadata_client),
+            GroupClients::default(),
+        )
+        .await
+        .expect("open a transactional writer");
+        let started = Instant::now();
+        let hung = writer
+            .call("a call that hangs", |_| {
+                std::thread::sleep(Duration::from_secs(8));
+                Ok(())
+            })
+            .await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(&hung, Err(LogError::Hung { action, .. }) if action.contains("a call that hangs")),
+            "{hung:?}"
+        );
+        assert!(
+            waited >= Duration::from_secs(6) && waited < Duration::from_secs(8),
+            "given up after {waited:?}, not twice the request timeout (6 s)"
+        );
+        let after = writer.begin().await;
+        assert!(
+            matches!(&after, Err(LogError::Hung { action, .. }) if action.contains("a call that hangs")),
+            "{after:?}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Replication on a three-broker Apache Kafka cluster, with brokers killed with SIGKILL.
+//! Replication on a three-broker Apache Kafka cluster, with brokers killed with SIGKILL; and
+//! an open transaction whose group coordinator is the broker killed.
 //! `scripts/test.sh` starts the cluster after the rest of the suite and runs this module alone
 //! with `KAFKA_CLUSTER_BOOTSTRAP` (every broker's address), `KAFKA_CLUSTER_PIDS` (the
 //! brokers' process ids, in node order) and `RUNNEL_REQUIRE_KAFKA_CLUSTER=1`; without them the
@@ -7,8 +8,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use runnel_config::KafkaLogConfig;
-use runnel_log::{KafkaLog, Log, ProduceRecord, StartOffset};
+use runnel_log::{KafkaLog, Log, OffsetCommit, ProduceRecord, StartOffset};
 
 /// The cluster's bootstrap list and its brokers' process ids, or `None` (after a notice)
 /// when no cluster is configured and none is required.
@@ -65,6 +68,64 @@ fn batch(from: u32, count: u32) -> Vec<ProduceRecord> {
         .collect()
 }
 
+/// The node that coordinates `group`: the leader of its `__consumer_offsets` partition, which
+/// Kafka picks from the group id's Java `hashCode`.
+fn group_coordinator(bootstrap: &str, group: &str) -> i32 {
+    let client: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let metadata = client
+        .fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(10))
+        .expect("metadata of __consumer_offsets");
+    let partitions = metadata.topics()[0].partitions();
+    assert!(!partitions.is_empty(), "no __consumer_offsets partitions");
+    let hash = group.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let partition = (hash & 0x7fff_ffff) as usize % partitions.len();
+    partitions
+        .iter()
+        .find(|candidate| candidate.id() as usize == partition)
+        .map(|found| found.leader())
+        .expect("the group's partition")
+}
+
+fn offsets(group: &str, topic: &str, offset: u64) -> [OffsetCommit; 1] {
+    [OffsetCommit {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        partition: 0,
+        offset,
+        metadata: format!("offset {offset}"),
+    }]
+}
+
+/// The values of `topic`'s partition `partition` that a `read_committed` reader sees.
+async fn read_partition(log: &KafkaLog, topic: &str, partition: u32) -> Vec<String> {
+    let end = log
+        .latest_offset(topic, partition)
+        .await
+        .expect("end offset");
+    let mut reader = log
+        .reader(topic, partition, StartOffset::Earliest)
+        .await
+        .expect("reader");
+    let mut read = Vec::new();
+    while reader.position() < end {
+        for record in reader
+            .next_batch(1000, Duration::from_secs(5))
+            .await
+            .expect("read")
+        {
+            read.push(String::from_utf8(record.value.to_vec()).expect("utf-8"));
+        }
+    }
+    read
+}
+
+/// One scenario, as the brokers can be killed only once: broker 1 dies while records are
+/// appended and while a transaction whose group coordinator it is stays open; then broker 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies() {
     let Some((bootstrap, pids)) = cluster() else {
@@ -73,15 +134,61 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
     // Long enough for a partition whose leader died to get a new one (the controller drops a
     // silent broker after broker.session.timeout.ms, 9 s by default).
     let log = KafkaLog::new(&config(&bootstrap, Duration::from_secs(60))).expect("kafka clients");
-    let topic = format!(
-        "replicated-{}-{}",
+    let run = format!(
+        "{}-{}",
         std::process::id(),
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock")
             .as_millis()
     );
+    let topic = format!("replicated-{run}");
     log.ensure_topic(&topic, 2).await.expect("create the topic");
+
+    // A transaction that commits offsets for a group coordinated by broker 1 (so the writer's
+    // client has it cached as that group's coordinator), then a second one left open.
+    let (source, outputs) = (format!("source-{run}"), format!("outputs-{run}"));
+    log.ensure_topic(&source, 1)
+        .await
+        .expect("create the source");
+    log.ensure_topic(&outputs, 1)
+        .await
+        .expect("create the outputs");
+    let transactions =
+        KafkaLog::new(&config(&bootstrap, Duration::from_secs(30))).expect("kafka clients");
+    let id = format!("cluster-tx-{run}");
+    let mut writer = transactions
+        .transactional_writer(&id)
+        .await
+        .expect("writer");
+    writer.begin().await.expect("begin");
+    writer
+        .append(&outputs, batch(0, 1))
+        .await
+        .expect("append in a transaction");
+    // The first commit creates __consumer_offsets; then a group that broker 1 coordinates.
+    writer
+        .commit(&offsets(&format!("cluster-group-{run}"), &source, 1))
+        .await
+        .expect("commit with three brokers");
+    let group = (0..)
+        .map(|n| format!("cluster-group-{run}-{n}"))
+        .find(|group| group_coordinator(&bootstrap, group) == 1)
+        .expect("a group broker 1 coordinates");
+    writer.begin().await.expect("begin");
+    writer
+        .append(&outputs, batch(1, 1))
+        .await
+        .expect("append in a transaction");
+    writer
+        .commit(&offsets(&group, &source, 2))
+        .await
+        .expect("commit with three brokers");
+    writer.begin().await.expect("begin");
+    writer
+        .append(&outputs, batch(2, 1))
+        .await
+        .expect("append in a transaction");
     let mut acknowledged = Vec::new();
     for round in 0..5 {
         log.append(&topic, batch(round * 100, 100))
@@ -90,6 +197,20 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
         acknowledged.extend((round * 100..(round + 1) * 100).map(|n| format!("value-{n}")));
     }
     sigkill(pids[0]);
+    // The open transaction, committed at once, while its client still takes the dead broker
+    // for the group's coordinator: the commit ends in bounded time (librdkafka 2.12 alone may
+    // wait forever: confluentinc/librdkafka#5456, #5511), whether it succeeds or not.
+    let started = std::time::Instant::now();
+    let first = tokio::time::timeout(
+        Duration::from_secs(90),
+        writer.commit(&offsets(&group, &source, 4)),
+    )
+    .await
+    .expect("the commit returned (with a dead group coordinator) within 90 s");
+    eprintln!(
+        "the commit with a dead group coordinator returned after {:.1} s: {first:?}",
+        started.elapsed().as_secs_f64()
+    );
     for round in 5..10 {
         log.append(&topic, batch(round * 100, 100))
             .await
@@ -98,23 +219,7 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
     }
     let mut read = Vec::new();
     for partition in 0..2 {
-        let end = log
-            .latest_offset(&topic, partition)
-            .await
-            .expect("end offset");
-        let mut reader = log
-            .reader(&topic, partition, StartOffset::Earliest)
-            .await
-            .expect("reader");
-        while reader.position() < end {
-            for record in reader
-                .next_batch(1000, Duration::from_secs(5))
-                .await
-                .expect("read")
-            {
-                read.push(String::from_utf8(record.value.to_vec()).expect("utf-8"));
-            }
-        }
+        read.extend(read_partition(&log, &topic, partition).await);
     }
     read.sort();
     acknowledged.sort();
@@ -124,6 +229,38 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
         "every acknowledged record once, no duplicate from a retried write"
     );
     assert_eq!(read, acknowledged);
+
+    // A successor with the same transactional id fences the first writer and commits.
+    let mut successor = transactions
+        .transactional_writer(&id)
+        .await
+        .expect("a successor writer");
+    successor.begin().await.expect("begin");
+    successor
+        .append(&outputs, batch(4, 1))
+        .await
+        .expect("append in a transaction");
+    successor
+        .commit(&offsets(&group, &source, 5))
+        .await
+        .expect("the successor commits with two of three brokers");
+    let mut want = vec!["value-0", "value-1"];
+    if first.is_ok() {
+        want.push("value-2");
+    }
+    want.push("value-4");
+    assert_eq!(
+        read_partition(&log, &outputs, 0).await,
+        want,
+        "committed transactions only, the first writer's last one if its commit succeeded"
+    );
+    assert_eq!(
+        log.committed_offset_and_metadata(&group, &source, 0)
+            .await
+            .expect("committed offset"),
+        Some((5, "offset 5".to_string())),
+        "the successor's offsets"
+    );
 
     // One broker of three left: fewer in-sync replicas than min.insync.replicas, so a write
     // is refused, not acknowledged (and the controller quorum is gone too).
