@@ -322,10 +322,16 @@ pub async fn open_storage(config: &Config) -> Result<Arc<dyn Log>, LogError> {
 /// How long a service waits before it tries again to reach a log it could not reach.
 const STORAGE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long the object store's check may take before it counts as not answering (its client
+/// retries a connection that fails for minutes by itself).
+const OBJECT_STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// [`open_storage`] for a service: while the log cannot be reached (a Kafka cluster that does
-/// not answer, a name that does not resolve), logs why at ERROR and tries again every 5 s
-/// rather than exit, so a deployment whose broker is down or misnamed shows one clear cause
-/// in the log and an unready health check instead of a crash loop. `None` once `shutdown` is
+/// not answer, a name that does not resolve), or the object store does not answer a listing
+/// of its root (a bucket that does not exist, keys it refuses, an endpoint that does not
+/// answer), logs why at ERROR and tries again every 5 s rather than exit, so a deployment
+/// whose broker is down or misnamed, or whose bucket is wrong, shows one clear cause in the
+/// log and an unready health check instead of a crash loop. `None` once `shutdown` is
 /// cancelled first.
 ///
 /// # Errors
@@ -335,9 +341,9 @@ pub async fn open_storage_waiting(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<dyn Log>>, LogError> {
-    loop {
+    let log = loop {
         match open_storage(config).await {
-            Ok(log) => return Ok(Some(log)),
+            Ok(log) => break log,
             Err(error) if error.is_unavailable() => {
                 tracing::error!(
                     backend = backend_name(config),
@@ -346,13 +352,46 @@ pub async fn open_storage_waiting(
                     retry_in_s = STORAGE_RETRY.as_secs(),
                     "cannot reach the log; not ready, trying again"
                 );
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(None),
-                    () = tokio::time::sleep(STORAGE_RETRY) => {}
-                }
             }
             Err(error) => return Err(error),
         }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(STORAGE_RETRY) => {}
+        }
+    };
+    let url = config.object_store_url();
+    while let Some(problem) = object_store_problem(config).await {
+        tracing::error!(
+            object_store = url,
+            problem,
+            retry_in_s = STORAGE_RETRY.as_secs(),
+            "cannot use the object store; not ready, trying again"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(STORAGE_RETRY) => {}
+        }
+    }
+    Ok(Some(log))
+}
+
+/// What keeps `config`'s object store from answering a listing of its root, if anything. A
+/// URL that cannot be opened at all is left to the service, which opens the store itself and
+/// refuses it.
+async fn object_store_problem(config: &Config) -> Option<String> {
+    let store = runnel_archive::open_object_store(
+        &config.object_store_url(),
+        &config.storage.object_store_options,
+    )
+    .ok()?;
+    match tokio::time::timeout(OBJECT_STORE_CHECK, store.list_with_delimiter(None)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!(
+            "no answer within {} s",
+            OBJECT_STORE_CHECK.as_secs()
+        )),
     }
 }
 

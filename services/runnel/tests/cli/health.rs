@@ -92,12 +92,12 @@ fn health_says_when_each_service_is_ready_and_why_not() {
 
 /// A service whose Kafka cannot be reached at start stays up, says why in its log and is not
 /// ready, rather than exit (a crash loop under a container's restart policy).
-#[test]
-fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
+/// Starts a stream-processor with `config` (TOML) in a fresh folder, with the `env` given,
+/// and checks that it keeps running, logs `says` (at least twice, naming `names`) and answers
+/// its health check as not ready.
+fn waits_and_is_not_ready(config: &str, env: &[(&str, &str)], says: &str, names: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("runnel.toml"), super::query::CONFIG).expect("write config");
-    // A port nothing listens on.
-    let nowhere = format!("127.0.0.1:{}", free_port());
+    std::fs::write(dir.path().join("runnel.toml"), config).expect("write config");
     let status_port = free_port();
     let log_path = dir.path().join("stream-processor.log");
     let mut child = super::KillOnDrop(
@@ -105,13 +105,11 @@ fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
             .args(["--config", "runnel.toml", "stream-processor"])
             .current_dir(dir.path())
             .env("RUNNEL__STORAGE__DATA_DIR", dir.path().join("data"))
-            .env("RUNNEL__STORAGE__LOG__BACKEND", "kafka")
-            .env("RUNNEL__STORAGE__LOG__KAFKA__BOOTSTRAP_SERVERS", &nowhere)
-            .env("RUNNEL__STORAGE__LOG__KAFKA__REQUEST_TIMEOUT", "1s")
             .env(
                 "RUNNEL__STREAM_PROCESSOR__METRICS_LISTEN",
                 format!("127.0.0.1:{status_port}"),
             )
+            .envs(env.iter().copied())
             .stderr(std::fs::File::create(&log_path).expect("log file"))
             .spawn()
             .expect("start the stream-processor"),
@@ -119,17 +117,13 @@ fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if log
-            .matches("cannot reach the log; not ready, trying again")
-            .count()
-            >= 2
-        {
-            assert!(log.contains(&nowhere), "the log names the servers: {log}");
+        if log.matches(says).count() >= 2 {
+            assert!(log.contains(names), "the log names {names}: {log}");
             break;
         }
         assert!(
             child.0.try_wait().expect("wait").is_none(),
-            "the service exited instead of waiting for Kafka: {log}"
+            "the service exited instead of waiting: {log}"
         );
         assert!(
             Instant::now() < deadline,
@@ -148,5 +142,46 @@ fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
             &format!("http://127.0.0.1:{status_port}"),
         ],
     );
-    assert!(!health.status.success(), "ready without its log");
+    assert!(!health.status.success(), "ready without its storage");
+}
+
+#[test]
+fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
+    // A port nothing listens on.
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    waits_and_is_not_ready(
+        super::query::CONFIG,
+        &[
+            ("RUNNEL__STORAGE__LOG__BACKEND", "kafka"),
+            ("RUNNEL__STORAGE__LOG__KAFKA__BOOTSTRAP_SERVERS", &nowhere),
+            ("RUNNEL__STORAGE__LOG__KAFKA__REQUEST_TIMEOUT", "1s"),
+        ],
+        "cannot reach the log; not ready, trying again",
+        &nowhere,
+    );
+}
+
+#[test]
+fn a_service_whose_bucket_does_not_exist_waits_and_is_not_ready() {
+    let Ok(endpoint) = std::env::var("RUNNEL_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("RUNNEL_REQUIRE_S3").as_deref() != Ok("1"),
+            "RUNNEL_REQUIRE_S3=1 but RUNNEL_S3_ENDPOINT is not set: scripts/test.sh starts an S3 server"
+        );
+        eprintln!("notice: RUNNEL_S3_ENDPOINT is not set; skipping an S3 test");
+        return;
+    };
+    let bucket = format!("runnel-no-such-bucket-{}", std::process::id());
+    let config = format!(
+        "{}\n[storage.object-store-options]\naws_endpoint = \"{endpoint}\"\naws_allow_http = \"true\"\n\
+         aws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\n",
+        super::query::CONFIG
+    );
+    let url = format!("s3://{bucket}");
+    waits_and_is_not_ready(
+        &config,
+        &[("RUNNEL__STORAGE__OBJECT_STORE_URL", &url)],
+        "cannot use the object store; not ready, trying again",
+        &bucket,
+    );
 }
