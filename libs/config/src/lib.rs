@@ -298,6 +298,58 @@ mod tests {
     }
 
     #[test]
+    fn a_token_that_cannot_be_a_bearer_token_is_refused_without_being_shown() {
+        for (token, says) in [
+            ("two words", "a space at character 4 of 9"),
+            ("tab\tinside ", "a tab at character 4 of 10"),
+            ("quote\"d", "`\"` at character 6 of 7"),
+            ("=abc", "`=` at character 1 of 4"),
+            ("===", "has no characters before its `=` padding"),
+            ("", "is empty"),
+        ] {
+            let err = load_with("", &[("RUNNEL__SERVING__AUTH_TOKEN", token)]).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("serving.auth-token"), "{msg}");
+            assert!(msg.contains(says), "{token:?}: {msg}");
+            assert!(
+                token.len() < 4 || !msg.contains(token),
+                "the token is shown: {msg}"
+            );
+        }
+        // Surrounding whitespace (a line end from an env file) is trimmed, as the services do.
+        for token in ["abc-DEF_012.~+/", "dG9rZW4=", "x==", " s3cret-token\r"] {
+            load_with("", &[("RUNNEL__INGEST__AUTH_TOKEN", token)])
+                .unwrap_or_else(|error| panic!("{token}: {error}"));
+        }
+    }
+
+    #[test]
+    fn a_service_open_beyond_loopback_needs_a_token_or_a_stated_exception() {
+        let err = load_with("[ingest]\nlisten = \"0.0.0.0:7301\"\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("ingest.auth-token"), "{msg}");
+        assert!(msg.contains("0.0.0.0:7301"), "{msg}");
+        assert!(msg.contains("RUNNEL__INGEST__AUTH_TOKEN"), "{msg}");
+        let err = load_with("[serving]\nlisten = \"runnel.example:7303\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("serving.auth-token"), "{err}");
+        for (file, env) in [
+            ("[ingest]\nlisten = \"127.0.0.1:7301\"\n", vec![]),
+            ("[ingest]\nlisten = \"[::1]:7301\"\n", vec![]),
+            ("[ingest]\nlisten = \"localhost:7301\"\n", vec![]),
+            (
+                "[ingest]\nlisten = \"0.0.0.0:7301\"\n",
+                vec![("RUNNEL__INGEST__AUTH_TOKEN", "s3cret")],
+            ),
+            (
+                "[serving]\nlisten = \"0.0.0.0:7303\"\nallow-unauthenticated = true\n",
+                vec![],
+            ),
+        ] {
+            load_with(file, &env).unwrap_or_else(|error| panic!("{file}: {error}"));
+        }
+    }
+
+    #[test]
     fn unknown_version_is_refused() {
         let err = load_with("version = \"2\"", &[]).unwrap_err();
         assert!(matches!(err, ConfigError::Version { .. }), "{err}");

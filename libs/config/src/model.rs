@@ -75,8 +75,13 @@ pub struct ServingConfig {
     pub metrics_listen: String,
     /// Requests must carry `authorization: Bearer <token>`; unset, none is asked for.
     /// Set it through `RUNNEL__SERVING__AUTH_TOKEN` rather than a file kept in version control.
+    /// A bearer token's characters only (RFC 6750: letters, digits, `-._~+/`, then `=`s).
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// Whether the service may listen on an address other than loopback with no
+    /// `auth-token`; without it, such a config is refused.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
     /// TLS: the server's certificate chain (PEM); with `tls-key`, the port speaks TLS only.
     #[serde(default)]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -238,8 +243,13 @@ pub struct IngestConfig {
     pub run_archiver: bool,
     /// Requests must carry `authorization: Bearer <token>`; unset, none is asked for.
     /// Set it through `RUNNEL__INGEST__AUTH_TOKEN` rather than a file kept in version control.
+    /// A bearer token's characters only (RFC 6750: letters, digits, `-._~+/`, then `=`s).
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// Whether the service may listen on an address other than loopback with no
+    /// `auth-token`; without it, such a config is refused.
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
     /// TLS: the server's certificate chain (PEM); with `tls-key`, the port speaks TLS only.
     #[serde(default)]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -718,28 +728,46 @@ impl Config {
                 "must be at least 1".to_string(),
             ));
         }
-        for (section, token, cert, key) in [
+        for (section, listen, token, allow_unauthenticated, cert, key) in [
             (
                 "ingest",
+                &self.ingest.listen,
                 &self.ingest.auth_token,
+                self.ingest.allow_unauthenticated,
                 &self.ingest.tls_cert,
                 &self.ingest.tls_key,
             ),
             (
                 "serving",
+                &self.serving.listen,
                 &self.serving.auth_token,
+                self.serving.allow_unauthenticated,
                 &self.serving.tls_cert,
                 &self.serving.tls_key,
             ),
         ] {
-            if token
-                .as_deref()
-                .is_some_and(|token| token.trim().is_empty())
-            {
-                return Err(semantic(
-                    format!("{section}.auth-token"),
-                    "is empty; leave it unset for no authentication".to_string(),
-                ));
+            let variable = format!("RUNNEL__{}__AUTH_TOKEN", section.to_uppercase());
+            match token {
+                Some(token) => {
+                    if let Some(problem) = bearer_token_problem(token) {
+                        return Err(semantic(
+                            format!("{section}.auth-token"),
+                            format!("{problem} (set by {variable} or the config file)"),
+                        ));
+                    }
+                }
+                None if !allow_unauthenticated && !is_loopback(listen) => {
+                    return Err(semantic(
+                        format!("{section}.auth-token"),
+                        format!(
+                            "is not set, and {section}.listen ({listen}) is not a loopback \
+                             address: anyone who reaches it could use the service. Set a \
+                             token ({variable}), listen on 127.0.0.1, or set \
+                             {section}.allow-unauthenticated = true"
+                        ),
+                    ));
+                }
+                None => {}
             }
             if cert.is_some() != key.is_some() {
                 return Err(semantic(
@@ -850,4 +878,51 @@ fn is_valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// What makes `token` unusable as a bearer token (RFC 6750's `b64token`: letters, digits,
+/// `-._~+/`, then `=`s; the header carries nothing else), if anything, once surrounding
+/// whitespace is trimmed (as the services trim it: a line end left by an env file does no
+/// harm). Says where, never what the token is.
+fn bearer_token_problem(token: &str) -> Option<String> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Some("is empty; leave it unset for no authentication".to_string());
+    }
+    let body_end = token.trim_end_matches('=').len();
+    if body_end == 0 {
+        return Some("has no characters before its `=` padding".to_string());
+    }
+    token.char_indices().find_map(|(index, character)| {
+        let allowed = if index < body_end {
+            character.is_ascii_alphanumeric() || "-._~+/".contains(character)
+        } else {
+            character == '='
+        };
+        (!allowed).then(|| {
+            let what = match character {
+                ' ' => "a space".to_string(),
+                '\t' => "a tab".to_string(),
+                '\r' | '\n' => "a line break".to_string(),
+                character if character.is_ascii_graphic() => format!("`{character}`"),
+                character => format!("U+{:04X}", u32::from(character)),
+            };
+            format!(
+                "has {what} at character {} of {}: a bearer token is letters, digits and \
+                 `-._~+/`, then `=`s",
+                token[..index].chars().count() + 1,
+                token.chars().count()
+            )
+        })
+    })
+}
+
+/// Whether `listen` (`host:port`) is a loopback address: `127.x.x.x`, `[::1]` or `localhost`.
+fn is_loopback(listen: &str) -> bool {
+    if let Ok(address) = listen.parse::<std::net::SocketAddr>() {
+        return address.ip().is_loopback();
+    }
+    listen
+        .rsplit_once(':')
+        .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
 }

@@ -4,10 +4,14 @@
 //! The token check is one axum middleware over the whole router, so gRPC and HTTP routes
 //! of a port are guarded alike: a gRPC call without the right token ends UNAUTHENTICATED,
 //! an HTTP request gets 401 with `WWW-Authenticate: Bearer`. Neither answer says more than
-//! that the token is missing or wrong, and the request goes no further.
+//! that the token is missing or wrong, and the request goes no further. The service logs
+//! refusals at WARN, at most one line per 10 s with how many more there were, so that a
+//! client deployed with the wrong token shows in the service's log without flooding it.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -22,6 +26,40 @@ struct Guard {
     token: Arc<str>,
     /// Path prefixes anyone may call (e.g. the gRPC health service, for probes).
     open: &'static [&'static str],
+    refusals: Arc<Refusals>,
+}
+
+/// How often refused requests are logged at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Refused requests not logged yet, and when the last line was.
+#[derive(Debug, Default)]
+struct Refusals {
+    unlogged: AtomicU64,
+    last_logged: Mutex<Option<Instant>>,
+}
+
+impl Refusals {
+    /// Counts a refusal of `path` for `reason`; logs it (with the refusals not logged since
+    /// the last line) unless a line was logged within [`REFUSAL_LOG_INTERVAL`].
+    fn refused(&self, path: &str, reason: &str) {
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|last| last.elapsed() < REFUSAL_LOG_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let refused = self.unlogged.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            path,
+            reason,
+            refused_since_last_line = refused,
+            "refused a request: wrong or missing bearer token (does the client have this service's auth-token?)"
+        );
+    }
 }
 
 /// Whether `a` equals `b`, in time that depends only on their lengths.
@@ -47,6 +85,7 @@ async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Resp
     } else {
         "a bearer token is required (header `authorization: Bearer <token>`)"
     };
+    guard.refusals.refused(path, reason);
     let grpc = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -79,6 +118,7 @@ pub fn require_bearer(
             Guard {
                 token: Arc::from(token.trim()),
                 open,
+                refusals: Arc::default(),
             },
             check,
         )),
