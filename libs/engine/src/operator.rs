@@ -3,9 +3,12 @@
 //! Semantics (the contract `DESIGN.md` states, checked by the golden tests):
 //! - The watermark of a partition is the largest event time it has shown, less
 //!   `max_out_of_orderness`; the operator's watermark is the minimum over partitions that are
-//!   not idle, and never goes back. A partition is idle once the arrival clock (the log's
-//!   append time, passed in by the caller, so that replays see the same clock) has moved
-//!   `idle_timeout` past its last batch.
+//!   not idle, and never goes back. A partition is idle once its input has said that it
+//!   holds nothing more for now ([`WindowOperator::input_at_end`]) and the arrival clock (the
+//!   log's append time, passed in by the caller, so that replays see the same clock) has
+//!   moved `idle_timeout` past its last batch. An input that has not said so, such as one
+//!   still catching up on its history while the others run ahead, is never idle: its events
+//!   to come are not made late by the others' clock.
 //! - A window `[start, end)` fires when the watermark reaches `end`: every group is emitted
 //!   with the next version and `_final = true`.
 //! - An event for a window that has fired, while the watermark is below `end +
@@ -104,6 +107,8 @@ impl OperatorOutput {
 pub(crate) struct PartitionClock {
     pub(crate) max_event_time: Option<i64>,
     pub(crate) last_arrival: Option<i64>,
+    /// The input said it holds nothing more for now, and has sent nothing since.
+    pub(crate) at_end: bool,
 }
 
 pub(crate) struct Window {
@@ -160,7 +165,8 @@ pub struct WindowOperator {
     pub(crate) partitions: Vec<PartitionClock>,
     /// The arrival clock: the latest arrival time seen.
     pub(crate) clock: Option<i64>,
-    /// The arrival time of the first call, from which never-seen partitions idle.
+    /// The arrival time of the first call, from which never-seen partitions (at their end)
+    /// idle.
     pub(crate) started_at: Option<i64>,
     pub(crate) watermark: i64,
     pub(crate) windows: BTreeMap<i64, Window>,
@@ -295,6 +301,7 @@ impl WindowOperator {
         self.check_schema(batch)?;
         self.observe_arrival(arrival_ms);
         self.partitions[partition as usize].last_arrival = Some(arrival_ms);
+        self.partitions[partition as usize].at_end = false;
 
         let mut output = OperatorOutput::default();
         let prepared = self.prepare(partition, batch, &mut output.errors)?;
@@ -400,7 +407,33 @@ impl WindowOperator {
                 .map_or(event_time_ms, |max| max.max(event_time_ms)),
         );
         clock.last_arrival = Some(arrival_ms);
+        clock.at_end = false;
         self.observe_arrival(arrival_ms);
+        let mut output = OperatorOutput::default();
+        if let Some(watermark) = self.all_partitions_watermark() {
+            self.advance_to(watermark, &mut output)?;
+        }
+        Ok(output)
+    }
+
+    /// Tells the operator that input `partition` holds nothing more for now (it has reached
+    /// the end of what its source has): from here it may turn idle, `idle_timeout` of arrival
+    /// time after its last batch, until it sends again. Fires what that releases.
+    ///
+    /// # Errors
+    ///
+    /// An unknown partition, use after [`finish`](Self::finish), failures inside DataFusion.
+    pub fn input_at_end(&mut self, partition: u32) -> Result<OperatorOutput, EngineError> {
+        if self.finished {
+            return Err(EngineError::Misuse("input_at_end after finish".to_string()));
+        }
+        let partitions = self.partitions.len();
+        let Some(clock) = self.partitions.get_mut(partition as usize) else {
+            return Err(EngineError::Misuse(format!(
+                "partition {partition} is outside the operator's {partitions} partitions"
+            )));
+        };
+        clock.at_end = true;
         let mut output = OperatorOutput::default();
         if let Some(watermark) = self.all_partitions_watermark() {
             self.advance_to(watermark, &mut output)?;
@@ -526,7 +559,9 @@ impl WindowOperator {
     }
 
     fn is_idle(&self, partition: &PartitionClock) -> bool {
-        let (Some(timeout), Some(clock)) = (self.options.idle_timeout, self.clock) else {
+        let (Some(timeout), Some(clock), true) =
+            (self.options.idle_timeout, self.clock, partition.at_end)
+        else {
             return false;
         };
         let since = partition.last_arrival.or(self.started_at).unwrap_or(clock);

@@ -125,9 +125,10 @@ impl WindowOperator {
             .iter()
             .map(|clock| {
                 format!(
-                    "{},{}",
+                    "{},{},{}",
                     encode_option(clock.max_event_time),
-                    encode_option(clock.last_arrival)
+                    encode_option(clock.last_arrival),
+                    u8::from(clock.at_end)
                 )
             })
             .collect();
@@ -214,12 +215,20 @@ impl WindowOperator {
             return Err(corrupt("partition count differs"));
         }
         for (clock, text) in operator.partitions.iter_mut().zip(partitions) {
-            let (max_event_time, last_arrival) = text
-                .split_once(',')
-                .ok_or_else(|| corrupt("bad partition clock"))?;
+            let mut fields = text.split(',');
+            let (Some(max_event_time), Some(last_arrival)) = (fields.next(), fields.next()) else {
+                return Err(corrupt("bad partition clock"));
+            };
+            // Snapshots from before inputs said they were at their end idled on time alone.
+            let at_end = match fields.next() {
+                None | Some("1") => true,
+                Some("0") => false,
+                Some(_) => return Err(corrupt("bad partition clock")),
+            };
             *clock = PartitionClock {
                 max_event_time: decode_option(max_event_time)?,
                 last_arrival: decode_option(last_arrival)?,
+                at_end,
             };
         }
         if let WindowSpec::Session { gap_ms } = plan.window {

@@ -7,7 +7,6 @@
 //! per job.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -62,12 +61,7 @@ impl MetricsServer {
 }
 
 async fn metrics(State(registry): State<Arc<StatusRegistry>>) -> Exposition {
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        });
-    encode(&registry.snapshot(), now_ms)
+    encode(&registry.snapshot(), runnel_events::validate::now_millis())
 }
 
 async fn status(State(registry): State<Arc<StatusRegistry>>) -> Json<Vec<JobStatus>> {

@@ -20,6 +20,13 @@
 //! source partition and that event time in headers, after the copies it follows in the same
 //! append (Kafka Streams' repartition topics carry no such thing; Flink broadcasts watermarks
 //! across a shuffle the same way).
+//!
+//! When a read finds nothing new (the router has reached the live log's end), it tells every
+//! repartition partition so once, with an *end marker* (headers: the source partition and
+//! `runnel-source-at-end`), until it routes again. Only a source partition at its end may
+//! turn idle in the window tasks (the job's `idle-timeout`): one still reading its history
+//! in a replay, behind the others, holds the watermark back instead of having its events
+//! made late.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +42,8 @@ use crate::StreamProcessorError;
 use crate::checkpoint::{CheckpointManifest, TaskCheckpoints};
 use crate::job::{Job, repartition_topic};
 use crate::task::{
-    SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER, TaskContext,
+    SOURCE_AT_END_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER,
+    TaskContext,
 };
 
 /// Routes one source partition of a job into its repartition topic.
@@ -53,6 +61,10 @@ pub(crate) struct Router {
     last_checkpoint: Instant,
     /// Per repartition partition, the largest event time it was sent (in a copy or a marker).
     announced: Vec<Option<i64>>,
+    /// End markers were sent after the last routed batch.
+    told_at_end: bool,
+    /// The largest ingest time routed since the router started.
+    last_ingest_time: Option<i64>,
 }
 
 impl Router {
@@ -89,6 +101,8 @@ impl Router {
             checkpointed_offset: offset,
             last_checkpoint: Instant::now(),
             announced: Vec::new(),
+            told_at_end: false,
+            last_ingest_time: None,
         })
     }
 
@@ -129,15 +143,23 @@ impl Router {
                     read.map_err(StreamProcessorError::History)?
                 }
             };
-            if let Some(batch) = batch {
-                let routed = self.route(&batch)?;
-                if !routed.is_empty() {
-                    self.context
-                        .log
-                        .append(&target, routed)
-                        .await
-                        .map_err(|error| StreamProcessorError::log(&target, error))?;
+            let routed = match batch {
+                Some(batch) => {
+                    self.told_at_end = false;
+                    self.route(&batch)?
                 }
+                None if !self.told_at_end => {
+                    self.told_at_end = true;
+                    self.end_markers()
+                }
+                None => Vec::new(),
+            };
+            if !routed.is_empty() {
+                self.context
+                    .log
+                    .append(&target, routed)
+                    .await
+                    .map_err(|error| StreamProcessorError::log(&target, error))?;
                 tokio::task::yield_now().await;
             }
             // Everything before the source's position is routed, or was undecodable.
@@ -218,6 +240,7 @@ impl Router {
             .as_ref()
             .and_then(|times| times.iter().flatten().max().copied());
         let last_ingest_time = arrow::compute::max(ingest_times);
+        self.last_ingest_time = self.last_ingest_time.max(last_ingest_time);
         if let (Some(progress), Some(last_ingest_time)) = (progress, last_ingest_time) {
             for (target, announced) in self.announced.iter_mut().enumerate() {
                 if announced.is_some_and(|announced| announced >= progress) {
@@ -237,6 +260,32 @@ impl Router {
             }
         }
         Ok(routed)
+    }
+
+    /// An end marker for every repartition partition: this source partition holds nothing
+    /// more for now. Stamped with the largest ingest time routed (0 when nothing was since
+    /// the router started: the window task then keeps its own clock), so that it moves no
+    /// arrival clock beyond the log's.
+    fn end_markers(&self) -> Vec<ProduceRecord> {
+        let stamp = self.last_ingest_time.unwrap_or(0);
+        (0..self.announced.len() as u32)
+            .map(|target| ProduceRecord {
+                key: None,
+                value: Bytes::new(),
+                timestamp: stamp,
+                headers: vec![
+                    Header {
+                        key: SOURCE_PARTITION_HEADER.to_string(),
+                        value: Bytes::from(self.partition.to_string()),
+                    },
+                    Header {
+                        key: SOURCE_AT_END_HEADER.to_string(),
+                        value: Bytes::from_static(b"1"),
+                    },
+                ],
+                partition: Some(target),
+            })
+            .collect()
     }
 
     async fn checkpoint(&mut self) -> Result<(), StreamProcessorError> {

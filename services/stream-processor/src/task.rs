@@ -116,6 +116,9 @@ pub(crate) struct Task {
     fresh: bool,
     /// Exactly-once: the task's transactional writer.
     transaction: Option<Transaction>,
+    /// Reading a repartition topic: the latest arrival time seen, for a batch of end markers
+    /// stamped by a router that has routed nothing since it started (timestamp 0).
+    last_arrival: Option<i64>,
 }
 
 /// A task's Kafka transactions (`stream-processor.exactly-once`): its outputs since the last
@@ -164,6 +167,16 @@ pub(crate) const SOURCE_OFFSET_HEADER: &str = "runnel-source-offset";
 /// Header of a router's progress marker: the largest event time its source partition has
 /// reached (epoch ms); the marker has no key and no value.
 pub(crate) const SOURCE_PROGRESS_HEADER: &str = "runnel-source-progress";
+
+/// Header of a router's end marker: its source partition holds nothing more for now (the
+/// router has routed everything and found nothing new); no key, no value.
+pub(crate) const SOURCE_AT_END_HEADER: &str = "runnel-source-at-end";
+
+/// An end marker's source partition, from its headers.
+fn source_at_end(record: &Record) -> Option<u32> {
+    header_text(record, SOURCE_AT_END_HEADER)?;
+    header_text(record, SOURCE_PARTITION_HEADER)?.parse().ok()
+}
 
 /// A progress marker's source partition and event time, from its headers.
 fn source_progress(record: &Record) -> Option<(u32, i64)> {
@@ -316,6 +329,7 @@ impl Task {
             last_checkpoint: Instant::now(),
             status,
             end_offset_read: None,
+            last_arrival: None,
             topic,
             seen_source_offsets,
             fresh: epoch == 0,
@@ -466,13 +480,17 @@ impl Task {
     }
 
     /// Records of the repartition topic through the operator. Their arrival time is the
-    /// largest log timestamp among them.
+    /// largest log timestamp among them (a batch of nothing but end markers stamped 0 takes
+    /// the previous batch's, or the clock's when there was none).
     async fn process(&mut self, records: &[Record]) -> Result<(), StreamProcessorError> {
         let arrival = records
             .iter()
             .map(|record| record.timestamp)
             .max()
-            .unwrap_or_default();
+            .filter(|arrival| *arrival > 0)
+            .or(self.last_arrival)
+            .unwrap_or_else(runnel_events::validate::now_millis);
+        self.last_arrival = Some(arrival);
         let (output, events) = self.process_repartitioned(records, arrival)?;
         let next_offset = records.last().map(|last| last.offset + 1);
         self.finish_batch(output, arrival, next_offset, events)
@@ -520,8 +538,9 @@ impl Task {
     /// Records of the repartition topic: back in their stream coordinates (partition and
     /// offset from the headers), copies a restarted router wrote again dropped, and each run
     /// of one source partition given to the operator as that input; a progress marker
-    /// advances its source partition's input (in order: after the run before it). Returns
-    /// the output and the number of events (markers are not events).
+    /// advances its source partition's input, an end marker says it is at its end (so it may
+    /// turn idle), each in order: after the run before it. Returns the output and the number
+    /// of events (markers are not events).
     fn process_repartitioned(
         &mut self,
         records: &[Record],
@@ -532,6 +551,22 @@ impl Task {
         let mut run_partition = None;
         let mut events = 0;
         for record in records {
+            if let Some(partition) = source_at_end(record) {
+                self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
+                if partition as usize >= self.seen_source_offsets.len() {
+                    warn!(
+                        partition,
+                        "end marker of an unknown source partition skipped"
+                    );
+                    continue;
+                }
+                output.append(
+                    self.operator
+                        .input_at_end(partition)
+                        .map_err(|source| self.engine_error(source))?,
+                );
+                continue;
+            }
             if let Some((partition, event_time)) = source_progress(record) {
                 self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
                 if partition as usize >= self.seen_source_offsets.len() {

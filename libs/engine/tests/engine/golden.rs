@@ -26,6 +26,8 @@ enum Step {
         events: Vec<Value>,
     },
     Tick(i64),
+    /// `{"at_end": P}`: input P says it holds nothing more for now.
+    AtEnd(u32),
     Advance {
         partition: u32,
         event_time: i64,
@@ -90,6 +92,10 @@ fn load(name: &str) -> Case {
             .unwrap_or_else(|error| panic!("{name}/input.jsonl line {}: {error}", line_idx + 1));
         if let Some(arrival) = value["tick"].as_i64() {
             steps.push(Step::Tick(arrival));
+            continue;
+        }
+        if let Some(partition) = value["at_end"].as_u64() {
+            steps.push(Step::AtEnd(partition as u32));
             continue;
         }
         if let Some(partition) = value["advance"].as_u64() {
@@ -159,6 +165,9 @@ fn run(case: &Case, split: bool) -> (String, String) {
     for step in &case.steps {
         match step {
             Step::Tick(arrival) => output.append(operator.tick(*arrival).expect("tick")),
+            Step::AtEnd(partition) => {
+                output.append(operator.input_at_end(*partition).expect("input at end"))
+            }
             Step::Advance {
                 partition,
                 event_time,
@@ -243,6 +252,7 @@ golden!(
     tumble_late_and_very_late,
     hop_basic,
     idle_partitions,
+    idle_partitions_catching_up,
     partition_progress,
     early_emission,
     expressions_and_aggregates,

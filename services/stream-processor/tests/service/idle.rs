@@ -1,8 +1,9 @@
 //! `idle-timeout` end to end: two jobs grouped by page (so both read through their
 //! repartition topics, one operator input per source partition) over a stream whose second
 //! partition falls silent after its first events. The job with an idle timeout fires its windows as
-//! the first partition's events advance the arrival clock; the job without one holds every
-//! window open at the silent partition's watermark.
+//! the first partition's events advance the arrival clock, once the silent partition's router
+//! has said it is at its end; the job without one holds every window open at the silent
+//! partition's watermark.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -203,32 +204,39 @@ async fn a_silent_partition_holds_the_watermark_until_its_idle_timeout() {
         .collect();
     log.append("clicks", busy).await.expect("append");
     wait_until_read(&status, pages.len() as u64 + BUSY_EVENTS as u64).await;
-    // And has written what that made it write (a task reports a batch once its outputs are
-    // appended).
-    let idle = latest_results(log.as_ref(), "pages-idle").await;
-    let stuck = latest_results(log.as_ref(), "pages-stuck").await;
-    running.stop().await;
 
-    // With the timeout: partition 0's watermark rules, 59 s past the base; the windows
-    // ending by then fired, each with every event of its window (partition 1's included).
+    // With the timeout: once partition 1's router has said it is at its end (its first read
+    // that finds nothing new), partition 0's watermark rules, 59 s past the base; the windows
+    // ending by then fire, each with every event of its window (partition 1's included).
     let watermark = BASE_MS + (BUSY_EVENTS - 1) * 1000 - MAX_OUT_OF_ORDERNESS_MS;
-    let fired: BTreeMap<i64, u64> = idle.iter().filter(|(_, (_, fired))| *fired).fold(
-        BTreeMap::new(),
-        |mut windows, ((_, start), (views, _))| {
-            *windows.entry(*start).or_default() += views;
-            windows
-        },
-    );
     let expected: BTreeMap<i64, u64> = (0..)
         .map(|window| BASE_MS + window * WINDOW_MS)
         .take_while(|start| start + WINDOW_MS <= watermark)
         .map(|start| (start, if start == BASE_MS { 13 } else { 10 }))
         .collect();
     assert_eq!(expected.len(), 5);
-    assert_eq!(
-        fired, expected,
-        "fired windows and their event counts: {idle:?}"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let idle = latest_results(log.as_ref(), "pages-idle").await;
+        let fired: BTreeMap<i64, u64> = idle.iter().filter(|(_, (_, fired))| *fired).fold(
+            BTreeMap::new(),
+            |mut windows, ((_, start), (views, _))| {
+                *windows.entry(*start).or_default() += views;
+                windows
+            },
+        );
+        if fired == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fired windows and their event counts: {fired:?}, not {expected:?}: {idle:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stuck = latest_results(log.as_ref(), "pages-stuck").await;
+    running.stop().await;
+
     // Without it: partition 1's watermark (its one event, less the out-of-orderness) holds
     // every window open.
     assert!(
