@@ -112,7 +112,8 @@ pub struct StreamProcessorConfig {
     pub max_job_restarts: u32,
     /// The wait before a job's first restart; it doubles with each restart in a row (up
     /// to 64 times this). A job that ran this long times 64 without failing starts its
-    /// count afresh.
+    /// count afresh. With a Kafka `group-instance-id` the wait is at least the session
+    /// timeout, so that the restarted job joins its groups afresh.
     #[serde(with = "humantime_serde")]
     pub job_restart_backoff: Duration,
     /// Whether the service also runs each job's active version when only the job catalog

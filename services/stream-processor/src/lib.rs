@@ -181,6 +181,12 @@ impl StreamProcessorError {
 struct RestartPolicy {
     max_restarts: u32,
     backoff: Duration,
+    /// The shortest wait: with static membership on Kafka, the session timeout. A static
+    /// member that rejoins sooner gets its old assignment back without a rebalance; if a
+    /// cooperative rebalance was under way (its failed job never finished a revocation),
+    /// the partitions that were moving would stay with nobody. Once the session has expired
+    /// the coordinator has dropped the member, and the rejoin is a fresh join.
+    min_delay: Duration,
 }
 
 impl RestartPolicy {
@@ -188,9 +194,17 @@ impl RestartPolicy {
     const MAX_BACKOFF_FACTOR: u32 = 64;
 
     fn of(config: &Config) -> RestartPolicy {
+        let kafka = &config.storage.log.kafka;
+        let static_member = config.storage.log.backend == runnel_config::LogBackend::Kafka
+            && kafka.group_instance_id.is_some();
         RestartPolicy {
             max_restarts: config.stream_processor.max_job_restarts,
             backoff: config.stream_processor.job_restart_backoff,
+            min_delay: if static_member {
+                kafka.session_timeout
+            } else {
+                Duration::ZERO
+            },
         }
     }
 
@@ -200,7 +214,7 @@ impl RestartPolicy {
             .checked_shl(restarts_in_row)
             .unwrap_or(u32::MAX)
             .min(Self::MAX_BACKOFF_FACTOR);
-        self.backoff.saturating_mul(factor)
+        self.backoff.saturating_mul(factor).max(self.min_delay)
     }
 
     /// A job that ran this long before failing counts its restarts afresh.
@@ -594,4 +608,31 @@ pub async fn run_with_status(
     }
     .instrument(info_span!("service", service = SERVICE_NAME))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_static_member_waits_out_its_session_before_it_rejoins() {
+        let mut config = Config::embedded_defaults();
+        let backoff = config.stream_processor.job_restart_backoff;
+        assert_eq!(RestartPolicy::of(&config).delay(0), backoff);
+        config.storage.log.backend = runnel_config::LogBackend::Kafka;
+        assert_eq!(
+            RestartPolicy::of(&config).delay(0),
+            backoff,
+            "a dynamic member"
+        );
+        config.storage.log.kafka.group_instance_id = Some("stream-processor-1".to_string());
+        config.storage.log.kafka.session_timeout = Duration::from_secs(10);
+        let policy = RestartPolicy::of(&config);
+        assert_eq!(policy.delay(0), Duration::from_secs(10));
+        assert_eq!(
+            policy.delay(6),
+            backoff.saturating_mul(64).max(Duration::from_secs(10)),
+            "the backoff still doubles past it"
+        );
+    }
 }
