@@ -392,15 +392,7 @@ impl WindowOperator {
         event_time_ms: i64,
         arrival_ms: i64,
     ) -> Result<OperatorOutput, EngineError> {
-        if self.finished {
-            return Err(EngineError::Misuse("advance after finish".to_string()));
-        }
-        let partitions = self.partitions.len();
-        let Some(clock) = self.partitions.get_mut(partition as usize) else {
-            return Err(EngineError::Misuse(format!(
-                "partition {partition} is outside the operator's {partitions} partitions"
-            )));
-        };
+        let clock = self.input_clock(partition, "advance")?;
         clock.max_event_time = Some(
             clock
                 .max_event_time
@@ -424,21 +416,30 @@ impl WindowOperator {
     ///
     /// An unknown partition, use after [`finish`](Self::finish), failures inside DataFusion.
     pub fn input_at_end(&mut self, partition: u32) -> Result<OperatorOutput, EngineError> {
-        if self.finished {
-            return Err(EngineError::Misuse("input_at_end after finish".to_string()));
-        }
-        let partitions = self.partitions.len();
-        let Some(clock) = self.partitions.get_mut(partition as usize) else {
-            return Err(EngineError::Misuse(format!(
-                "partition {partition} is outside the operator's {partitions} partitions"
-            )));
-        };
-        clock.at_end = true;
+        self.input_clock(partition, "input_at_end")?.at_end = true;
         let mut output = OperatorOutput::default();
         if let Some(watermark) = self.all_partitions_watermark() {
             self.advance_to(watermark, &mut output)?;
         }
         Ok(output)
+    }
+
+    /// The clock of input `partition`, for `call`: an error after
+    /// [`finish`](Self::finish) or for a partition the operator does not have.
+    fn input_clock(
+        &mut self,
+        partition: u32,
+        call: &str,
+    ) -> Result<&mut PartitionClock, EngineError> {
+        if self.finished {
+            return Err(EngineError::Misuse(format!("{call} after finish")));
+        }
+        let partitions = self.partitions.len();
+        self.partitions.get_mut(partition as usize).ok_or_else(|| {
+            EngineError::Misuse(format!(
+                "partition {partition} is outside the operator's {partitions} partitions"
+            ))
+        })
     }
 
     /// Ends a bounded input: the watermark goes to the end of time, every window fires and
