@@ -253,6 +253,11 @@ impl WindowOperator {
         self.watermark
     }
 
+    /// Returns the arrival clock: the latest arrival time seen (`None` before any).
+    pub fn arrival_clock(&self) -> Option<i64> {
+        self.clock
+    }
+
     /// Returns how many (event, window) pairs were too late to count so far.
     pub fn late_count(&self) -> u64 {
         self.late_count

@@ -355,9 +355,8 @@ pub async fn open_storage_waiting(
             }
             Err(error) => return Err(error),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(STORAGE_RETRY) => {}
+        if !wait_to_retry(shutdown).await {
+            return Ok(None);
         }
     };
     let url = config.object_store_url();
@@ -368,12 +367,19 @@ pub async fn open_storage_waiting(
             retry_in_s = STORAGE_RETRY.as_secs(),
             "cannot use the object store; not ready, trying again"
         );
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(None),
-            () = tokio::time::sleep(STORAGE_RETRY) => {}
+        if !wait_to_retry(shutdown).await {
+            return Ok(None);
         }
     }
     Ok(Some(log))
+}
+
+/// Waits [`STORAGE_RETRY`]; `false` if `shutdown` is cancelled first.
+async fn wait_to_retry(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(STORAGE_RETRY) => true,
+    }
 }
 
 /// What keeps `config`'s object store from answering a listing of its root, if anything. A

@@ -9,7 +9,6 @@
 //! client deployed with the wrong token shows in the service's log without flooding it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,25 +33,20 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Refused requests not logged yet, and when the last line was.
 #[derive(Debug, Default)]
-struct Refusals {
-    unlogged: AtomicU64,
-    last_logged: Mutex<Option<Instant>>,
-}
+struct Refusals(Mutex<(u64, Option<Instant>)>);
 
 impl Refusals {
     /// Counts a refusal of `path` for `reason`; logs it (with the refusals not logged since
     /// the last line) unless a line was logged within [`REFUSAL_LOG_INTERVAL`].
     fn refused(&self, path: &str, reason: &str) {
-        self.unlogged.fetch_add(1, Ordering::Relaxed);
-        let mut last = self
-            .last_logged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|last| last.elapsed() < REFUSAL_LOG_INTERVAL) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (unlogged, last_logged) = &mut *state;
+        *unlogged += 1;
+        if last_logged.is_some_and(|last| last.elapsed() < REFUSAL_LOG_INTERVAL) {
             return;
         }
-        *last = Some(Instant::now());
-        let refused = self.unlogged.swap(0, Ordering::Relaxed);
+        *last_logged = Some(Instant::now());
+        let refused = std::mem::take(unlogged);
         tracing::warn!(
             path,
             reason,

@@ -204,10 +204,6 @@ impl Router {
         )
         .ok()
         .map(|times| times.as_primitive::<Int64Type>().iter().collect());
-        let header = |key: &str, value: &dyn ToString| Header {
-            key: key.to_string(),
-            value: Bytes::from(value.to_string()),
-        };
         let mut routed = Vec::with_capacity(input.num_rows());
         for (row, value) in values.into_iter().enumerate() {
             // A row whose key fails goes on with an empty key; the window task that gets it
@@ -247,16 +243,12 @@ impl Router {
                     continue;
                 }
                 *announced = Some(progress);
-                routed.push(ProduceRecord {
-                    key: None,
-                    value: Bytes::new(),
-                    timestamp: last_ingest_time,
-                    headers: vec![
-                        header(SOURCE_PARTITION_HEADER, &self.partition),
-                        header(SOURCE_PROGRESS_HEADER, &progress),
-                    ],
-                    partition: Some(target as u32),
-                });
+                routed.push(marker(
+                    self.partition,
+                    target as u32,
+                    header(SOURCE_PROGRESS_HEADER, &progress),
+                    last_ingest_time,
+                ));
             }
         }
         Ok(routed)
@@ -269,21 +261,13 @@ impl Router {
     fn end_markers(&self) -> Vec<ProduceRecord> {
         let stamp = self.last_ingest_time.unwrap_or(0);
         (0..self.announced.len() as u32)
-            .map(|target| ProduceRecord {
-                key: None,
-                value: Bytes::new(),
-                timestamp: stamp,
-                headers: vec![
-                    Header {
-                        key: SOURCE_PARTITION_HEADER.to_string(),
-                        value: Bytes::from(self.partition.to_string()),
-                    },
-                    Header {
-                        key: SOURCE_AT_END_HEADER.to_string(),
-                        value: Bytes::from_static(b"1"),
-                    },
-                ],
-                partition: Some(target),
+            .map(|target| {
+                marker(
+                    self.partition,
+                    target,
+                    header(SOURCE_AT_END_HEADER, &1),
+                    stamp,
+                )
             })
             .collect()
     }
@@ -311,5 +295,25 @@ impl Router {
         self.checkpointed_offset = self.offset;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+/// A header of a routed record.
+fn header(key: &str, value: &dyn ToString) -> Header {
+    Header {
+        key: key.to_string(),
+        value: Bytes::from(value.to_string()),
+    }
+}
+
+/// A marker of source partition `partition` for repartition partition `target`: no key, no
+/// value, the source partition and `what` in headers.
+fn marker(partition: u32, target: u32, what: Header, timestamp: i64) -> ProduceRecord {
+    ProduceRecord {
+        key: None,
+        value: Bytes::new(),
+        timestamp,
+        headers: vec![header(SOURCE_PARTITION_HEADER, &partition), what],
+        partition: Some(target),
     }
 }

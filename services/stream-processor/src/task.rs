@@ -116,9 +116,6 @@ pub(crate) struct Task {
     fresh: bool,
     /// Exactly-once: the task's transactional writer.
     transaction: Option<Transaction>,
-    /// Reading a repartition topic: the latest arrival time seen, for a batch of end markers
-    /// stamped by a router that has routed nothing since it started (timestamp 0).
-    last_arrival: Option<i64>,
 }
 
 /// A task's Kafka transactions (`stream-processor.exactly-once`): its outputs since the last
@@ -172,18 +169,25 @@ pub(crate) const SOURCE_PROGRESS_HEADER: &str = "runnel-source-progress";
 /// router has routed everything and found nothing new); no key, no value.
 pub(crate) const SOURCE_AT_END_HEADER: &str = "runnel-source-at-end";
 
-/// An end marker's source partition, from its headers.
-fn source_at_end(record: &Record) -> Option<u32> {
-    header_text(record, SOURCE_AT_END_HEADER)?;
-    header_text(record, SOURCE_PARTITION_HEADER)?.parse().ok()
+/// What a router's marker says about its source partition.
+enum Marker {
+    /// A progress marker: the largest event time the partition has reached.
+    Progress(i64),
+    /// An end marker: the partition holds nothing more for now.
+    AtEnd,
 }
 
-/// A progress marker's source partition and event time, from its headers.
-fn source_progress(record: &Record) -> Option<(u32, i64)> {
-    let progress = header_text(record, SOURCE_PROGRESS_HEADER)?;
+/// A marker's source partition and what it says, from its headers; `None` for a copy.
+fn source_marker(record: &Record) -> Option<(u32, Marker)> {
+    let marker = if let Some(progress) = header_text(record, SOURCE_PROGRESS_HEADER) {
+        Marker::Progress(progress.parse().ok()?)
+    } else {
+        header_text(record, SOURCE_AT_END_HEADER)?;
+        Marker::AtEnd
+    };
     Some((
         header_text(record, SOURCE_PARTITION_HEADER)?.parse().ok()?,
-        progress.parse().ok()?,
+        marker,
     ))
 }
 
@@ -329,7 +333,6 @@ impl Task {
             last_checkpoint: Instant::now(),
             status,
             end_offset_read: None,
-            last_arrival: None,
             topic,
             seen_source_offsets,
             fresh: epoch == 0,
@@ -481,16 +484,15 @@ impl Task {
 
     /// Records of the repartition topic through the operator. Their arrival time is the
     /// largest log timestamp among them (a batch of nothing but end markers stamped 0 takes
-    /// the previous batch's, or the clock's when there was none).
+    /// the operator's arrival clock, or the wall clock's before it has one).
     async fn process(&mut self, records: &[Record]) -> Result<(), StreamProcessorError> {
         let arrival = records
             .iter()
             .map(|record| record.timestamp)
             .max()
             .filter(|arrival| *arrival > 0)
-            .or(self.last_arrival)
+            .or(self.operator.arrival_clock())
             .unwrap_or_else(runnel_events::validate::now_millis);
-        self.last_arrival = Some(arrival);
         let (output, events) = self.process_repartitioned(records, arrival)?;
         let next_offset = records.last().map(|last| last.offset + 1);
         self.finish_batch(output, arrival, next_offset, events)
@@ -551,37 +553,21 @@ impl Task {
         let mut run_partition = None;
         let mut events = 0;
         for record in records {
-            if let Some(partition) = source_at_end(record) {
+            if let Some((partition, marker)) = source_marker(record) {
                 self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
                 if partition as usize >= self.seen_source_offsets.len() {
-                    warn!(
-                        partition,
-                        "end marker of an unknown source partition skipped"
-                    );
+                    warn!(partition, "marker of an unknown source partition skipped");
                     continue;
                 }
-                output.append(
-                    self.operator
-                        .input_at_end(partition)
-                        .map_err(|source| self.engine_error(source))?,
-                );
-                continue;
-            }
-            if let Some((partition, event_time)) = source_progress(record) {
-                self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
-                if partition as usize >= self.seen_source_offsets.len() {
-                    warn!(
-                        partition,
-                        "progress marker of an unknown source partition skipped"
-                    );
-                    continue;
-                }
-                // A marker repeated by a restarted router is harmless: progress only grows.
-                output.append(
-                    self.operator
-                        .advance_partition(partition, event_time, arrival)
-                        .map_err(|source| self.engine_error(source))?,
-                );
+                // A marker repeated by a restarted router is harmless: progress only grows,
+                // and an end marker only lets an input idle that sent nothing since.
+                let marked = match marker {
+                    Marker::Progress(event_time) => self
+                        .operator
+                        .advance_partition(partition, event_time, arrival),
+                    Marker::AtEnd => self.operator.input_at_end(partition),
+                };
+                output.append(marked.map_err(|source| self.engine_error(source))?);
                 continue;
             }
             events += 1;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use runnel_config::KafkaLogConfig;
-use runnel_log::{KafkaLog, Log, OffsetCommit, ProduceRecord, StartOffset};
+use runnel_log::{KafkaLog, Log, OffsetCommit, ProduceRecord, StartOffset, TransactionalWriter};
 
 /// The cluster's bootstrap list and its brokers' process ids, or `None` (after a notice)
 /// when no cluster is configured and none is required.
@@ -101,6 +101,15 @@ fn offsets(group: &str, topic: &str, offset: u64) -> [OffsetCommit; 1] {
     }]
 }
 
+/// Begins a transaction on `writer` and appends `value-<n>` to `topic` in it.
+async fn begin_with(writer: &mut dyn TransactionalWriter, topic: &str, n: u32) {
+    writer.begin().await.expect("begin");
+    writer
+        .append(topic, batch(n, 1))
+        .await
+        .expect("append in a transaction");
+}
+
 /// The values of `topic`'s partition `partition` that a `read_committed` reader sees.
 async fn read_partition(log: &KafkaLog, topic: &str, partition: u32) -> Vec<String> {
     let end = log
@@ -161,11 +170,7 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
         .transactional_writer(&id)
         .await
         .expect("writer");
-    writer.begin().await.expect("begin");
-    writer
-        .append(&outputs, batch(0, 1))
-        .await
-        .expect("append in a transaction");
+    begin_with(writer.as_mut(), &outputs, 0).await;
     // The first commit creates __consumer_offsets; then a group that broker 1 coordinates.
     writer
         .commit(&offsets(&format!("cluster-group-{run}"), &source, 1))
@@ -175,20 +180,12 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
         .map(|n| format!("cluster-group-{run}-{n}"))
         .find(|group| group_coordinator(&bootstrap, group) == 1)
         .expect("a group broker 1 coordinates");
-    writer.begin().await.expect("begin");
-    writer
-        .append(&outputs, batch(1, 1))
-        .await
-        .expect("append in a transaction");
+    begin_with(writer.as_mut(), &outputs, 1).await;
     writer
         .commit(&offsets(&group, &source, 2))
         .await
         .expect("commit with three brokers");
-    writer.begin().await.expect("begin");
-    writer
-        .append(&outputs, batch(2, 1))
-        .await
-        .expect("append in a transaction");
+    begin_with(writer.as_mut(), &outputs, 2).await;
     let mut acknowledged = Vec::new();
     for round in 0..5 {
         log.append(&topic, batch(round * 100, 100))
@@ -235,11 +232,7 @@ async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies()
         .transactional_writer(&id)
         .await
         .expect("a successor writer");
-    successor.begin().await.expect("begin");
-    successor
-        .append(&outputs, batch(4, 1))
-        .await
-        .expect("append in a transaction");
+    begin_with(successor.as_mut(), &outputs, 4).await;
     successor
         .commit(&offsets(&group, &source, 5))
         .await

@@ -90,8 +90,6 @@ fn health_says_when_each_service_is_ready_and_why_not() {
     }
 }
 
-/// A service whose Kafka cannot be reached at start stays up, says why in its log and is not
-/// ready, rather than exit (a crash loop under a container's restart policy).
 /// Starts a stream-processor with `config` (TOML) in a fresh folder, with the `env` given,
 /// and checks that it keeps running, logs `says` (at least twice, naming `names`) and answers
 /// its health check as not ready.
@@ -145,6 +143,8 @@ fn waits_and_is_not_ready(config: &str, env: &[(&str, &str)], says: &str, names:
     assert!(!health.status.success(), "ready without its storage");
 }
 
+/// A service whose Kafka cannot be reached at start stays up, says why in its log and is not
+/// ready, rather than exit (a crash loop under a container's restart policy).
 #[test]
 fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
     // A port nothing listens on.
@@ -161,6 +161,7 @@ fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
     );
 }
 
+/// Likewise a service whose bucket does not exist.
 #[test]
 fn a_service_whose_bucket_does_not_exist_waits_and_is_not_ready() {
     let Ok(endpoint) = std::env::var("RUNNEL_S3_ENDPOINT") else {
