@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The README's test command, and what CI runs (.ci/run).
-# Installs what the tests need when missing (make, curl and procps from Debian, Apache Kafka's
-# jars from Maven Central, a Python venv with DuckDB and moto from PyPI), starts a Kafka broker and
-# moto's S3 server on 127.0.0.1, and runs the workspace's tests against them with:
+# Installs what the tests need when missing (make, curl, procps, pkg-config and libssl-dev from
+# Debian, Apache Kafka's jars from Maven Central, a Python venv with DuckDB and moto from PyPI),
+# starts a Kafka broker (with a TLS listener too) and moto's S3 server on 127.0.0.1, and runs the
+# workspace's tests against them with:
 #   KAFKA_BOOTSTRAP                         the broker's address (scripts/lib/kafka.sh)
+#   KAFKA_TLS_BOOTSTRAP, KAFKA_TLS_CA       the same broker's TLS listener and the CA file that
+#                                           verifies it (e2e-tests/fixtures/tls/ca.pem)
 #   RUNNEL_KAFKA_LIBS                       Apache Kafka's jars, for its console tools
 #   RUNNEL_PYTHON                           a Python with duckdb and grpcio, for scripts/lib/*.py
 #   RUNNEL_S3_ENDPOINT, RUNNEL_S3_BUCKET    moto's URL and an empty bucket (scripts/lib/pytools.sh)
@@ -44,13 +47,18 @@ for tool in cargo gcc python3; do
 done
 # Tools from Debian's packages, installed when missing (as root with apt-get): make, with which
 # rdkafka builds its bundled librdkafka; curl, which the README's first session (run by the
-# newcomer test) calls; kill (procps), with which tests signal the processes they start.
+# newcomer test) calls; kill (procps), with which tests signal the processes they start;
+# pkg-config and OpenSSL's headers (libssl-dev), with which rdkafka's `ssl` feature links the
+# system OpenSSL.
 missing=()
 for tool_package in make:make curl:curl kill:procps; do
   if ! type -P "${tool_package%%:*}" >/dev/null; then
     missing+=("${tool_package#*:}")
   fi
 done
+if ! pkg-config --exists openssl 2>/dev/null; then
+  missing+=(pkg-config libssl-dev)
+fi
 if ((${#missing[@]} > 0)); then
   if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     echo "==> installing ${missing[*]}"

@@ -8,10 +8,15 @@
 #   start_kafka           formats a fresh temporary folder and starts one combined broker and KRaft
 #                         controller on free ports of 127.0.0.1 (replication factor 1), waits until
 #                         it answers a Metadata request listing itself, and exports
-#                         KAFKA_BOOTSTRAP=127.0.0.1:PORT
+#                         KAFKA_BOOTSTRAP=127.0.0.1:PORT; it also listens with TLS on another port
+#                         (the `localhost`/`127.0.0.1` certificate of e2e-tests/fixtures/tls, no
+#                         client certificates), waits until a TLS handshake there verifies, and
+#                         exports KAFKA_TLS_BOOTSTRAP=127.0.0.1:PORT and KAFKA_TLS_CA (the CA's
+#                         PEM file, which clients trust with librdkafka's ssl.ca.location)
 #   start_kafka_cluster N the same with N combined brokers and controllers in one quorum (default 3;
 #                         replication factor 3 or N if fewer, min.insync.replicas 2), waiting until
 #                         every node lists all N brokers; exports KAFKA_BOOTSTRAP with every address
+#                         (plaintext only: it unsets KAFKA_TLS_BOOTSTRAP and KAFKA_TLS_CA)
 #   stop_kafka            stops what start_kafka* started (SIGTERM, SIGKILL after
 #                         KAFKA_STOP_TIMEOUT_SECS) and removes its folder; safe when nothing runs
 # A caller without an EXIT trap gets EXIT, INT and TERM traps that run stop_kafka; a caller with
@@ -32,6 +37,9 @@ KAFKA_LIBS="$KAFKA_HOME/libs"
 # Written once every jar is in place; without it the folder is fetched again from scratch.
 KAFKA_COMPLETE="$KAFKA_HOME/complete"
 KAFKA_START_TIMEOUT_SECS=120
+# The test CA, and the broker's TLS certificate and PKCS#8 key, unencrypted, as Kafka's PEM key
+# store takes it (e2e-tests/fixtures/tls; never use them elsewhere).
+KAFKA_TLS_FIXTURES="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/e2e-tests/fixtures/tls"
 KAFKA_STOP_TIMEOUT_SECS=15
 KAFKA_PIDS=()
 KAFKA_DIR=""
@@ -231,19 +239,27 @@ kafka_java_opts() {
 }
 
 # Writes node $1's folder $2: server.properties and log4j2.properties.
-# $3: the quorum voters, $4: its client port, $5: its controller port, $6: the node count.
+# $3: the quorum voters, $4: its client port, $5: its controller port, $6: the node count,
+# $7 (optional): the port of a TLS listener (SSL), whose PEM key store goes in the folder too.
 kafka_write_node_config() {
-  local node="$1" dir="$2" voters="$3" port="$4" controller_port="$5" nodes="$6"
+  local node="$1" dir="$2" voters="$3" port="$4" controller_port="$5" nodes="$6" tls_port="${7:-}"
   local replication=$((nodes < 3 ? nodes : 3))
   local min_isr=$((replication < 2 ? 1 : 2))
+  local listeners="PLAINTEXT://127.0.0.1:$port" protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
   mkdir -p "$dir/data"
+  if [[ -n "$tls_port" ]]; then
+    listeners+=",SSL://127.0.0.1:$tls_port"
+    protocols+=",SSL:SSL"
+    # Kafka's PEM key store file: the private key, then the certificate chain.
+    (umask 077 && cat "$KAFKA_TLS_FIXTURES/server.key" "$KAFKA_TLS_FIXTURES/server.pem" >"$dir/tls-keystore.pem")
+  fi
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=$node
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$listeners
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$dir/data
@@ -266,6 +282,15 @@ log.retention.ms=-1
 num.network.threads=2
 num.io.threads=4
 EOF
+  if [[ -n "$tls_port" ]]; then
+    cat >>"$dir/server.properties" <<EOF
+# TLS for clients only: brokers and controllers speak plaintext among themselves. The key is
+# unencrypted, so there is no ssl.key.password.
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$dir/tls-keystore.pem
+listener.name.ssl.ssl.client.auth=none
+EOF
+  fi
   cat >"$dir/log4j2.properties" <<EOF
 status = warn
 appender.file.type = File
@@ -301,11 +326,40 @@ kafka_kill_nodes() {
   KAFKA_PIDS=()
 }
 
-# Formats and starts $1 nodes in $KAFKA_DIR; 0 once all are ready, 1 if one exited, 2 on timeout.
+# Waits until $2 (host:port) completes a TLS handshake that verifies against the CA file $3 and
+# the address's host, for at most $1 seconds. Exits 0 when it does, 2 on timeout (with the last
+# error on stderr).
+kafka_wait_tls_ready() {
+  python3 - "$@" <<'PY'
+import socket, ssl, sys, time
+
+timeout, (host, port), ca = float(sys.argv[1]), sys.argv[2].rsplit(":", 1), sys.argv[3]
+context = ssl.create_default_context(cafile=ca)
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        with socket.create_connection((host, int(port)), timeout=2) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                sys.exit(0)
+    except (OSError, ssl.SSLError) as error:
+        last_error = error
+    if time.monotonic() > deadline:
+        print(f"no verified TLS handshake with {host}:{port}: {last_error}", file=sys.stderr)
+        sys.exit(2)
+    time.sleep(0.2)
+PY
+}
+
+# Formats and starts $1 nodes in $KAFKA_DIR, with a TLS listener on the one node when $2 is
+# `tls`; 0 once all are ready, 1 if one exited, 2 on timeout.
 kafka_start_nodes() {
-  local nodes="$1"
-  local ports=() node voters="" addresses="" java_opts=() format_pids=() pid status
-  mapfile -t ports < <(kafka_free_ports $((2 * nodes)))
+  local nodes="$1" tls="${2:-}"
+  local ports=() node voters="" addresses="" java_opts=() format_pids=() pid status tls_port=""
+  # A client and a controller port per node, and one for a TLS listener.
+  mapfile -t ports < <(kafka_free_ports $((2 * nodes + 1)))
+  if [[ "$tls" == tls ]]; then
+    tls_port="${ports[2 * nodes]}"
+  fi
   mapfile -t java_opts < <(kafka_java_opts)
   for ((node = 1; node <= nodes; node++)); do
     voters+="${voters:+,}$node@127.0.0.1:${ports[2 * node - 1]}"
@@ -317,7 +371,7 @@ kafka_start_nodes() {
   # Static voters (controller.quorum.voters): a plain format of each folder, no --standalone.
   for ((node = 1; node <= nodes; node++)); do
     local dir="$KAFKA_DIR/node-$node"
-    kafka_write_node_config "$node" "$dir" "$voters" "${ports[2 * node - 2]}" "${ports[2 * node - 1]}" "$nodes"
+    kafka_write_node_config "$node" "$dir" "$voters" "${ports[2 * node - 2]}" "${ports[2 * node - 1]}" "$nodes" "$tls_port"
     java "${java_opts[@]}" -Dlog4j2.configurationFile="$dir/log4j2.properties" -cp "$KAFKA_LIBS/*" \
       kafka.tools.StorageTool format --ignore-formatted -t "$cluster_id" -c "$dir/server.properties" \
       >"$dir/format.out" 2>&1 &
@@ -343,14 +397,24 @@ kafka_start_nodes() {
   pid_list="$(IFS=,; echo "${KAFKA_PIDS[*]}")"
   status=0
   kafka_wait_ready "$KAFKA_START_TIMEOUT_SECS" "$nodes" "$addresses" "$pid_list" || status=$?
+  if ((status == 0)) && [[ -n "$tls_port" ]]; then
+    # The broker opens its listeners together, so this takes a moment at most.
+    kafka_wait_tls_ready 30 "127.0.0.1:$tls_port" "$KAFKA_TLS_FIXTURES/ca.pem" || status=$?
+  fi
   if ((status == 0)); then
     export KAFKA_BOOTSTRAP="$addresses"
+    if [[ -n "$tls_port" ]]; then
+      export KAFKA_TLS_BOOTSTRAP="127.0.0.1:$tls_port" KAFKA_TLS_CA="$KAFKA_TLS_FIXTURES/ca.pem"
+    else
+      unset KAFKA_TLS_BOOTSTRAP KAFKA_TLS_CA
+    fi
   fi
   return "$status"
 }
 
+# Starts $1 nodes; $2 as kafka_start_nodes.
 kafka_start() {
-  local nodes="$1"
+  local nodes="$1" tls="${2:-}"
   if ((${#KAFKA_PIDS[@]} > 0)); then
     echo "error: Kafka is already running (KAFKA_BOOTSTRAP=${KAFKA_BOOTSTRAP:-}); stop_kafka first" >&2
     return 1
@@ -371,9 +435,9 @@ kafka_start() {
   # A free port can be taken between picking it and Kafka binding it; then try others.
   for attempt in 1 2 3; do
     status=0
-    kafka_start_nodes "$nodes" || status=$?
+    kafka_start_nodes "$nodes" "$tls" || status=$?
     if ((status == 0)); then
-      echo "==> Kafka is up after $((SECONDS - started)) s: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP (pids ${KAFKA_PIDS[*]}; logs in $KAFKA_DIR/node-*)" >&2
+      echo "==> Kafka is up after $((SECONDS - started)) s: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP${KAFKA_TLS_BOOTSTRAP:+, KAFKA_TLS_BOOTSTRAP=$KAFKA_TLS_BOOTSTRAP} (pids ${KAFKA_PIDS[*]}; logs in $KAFKA_DIR/node-*)" >&2
       return 0
     fi
     if ((status == 2)); then
@@ -392,7 +456,7 @@ kafka_start() {
 }
 
 start_kafka() {
-  kafka_start 1
+  kafka_start 1 tls
 }
 
 start_kafka_cluster() {

@@ -339,3 +339,43 @@ fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
         None => message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    /// The environment layer spells a property key with dashes: `runnel-log` passes it to
+    /// librdkafka with dots.
+    #[test]
+    fn an_env_variable_reaches_kafka_properties_with_a_dashed_key() {
+        let env = HashMap::from([
+            (
+                "RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__SECURITY_PROTOCOL".to_string(),
+                "SSL".to_string(),
+            ),
+            // A number or a boolean is taken as its text.
+            (
+                "RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__LINGER_MS".to_string(),
+                "5".to_string(),
+            ),
+            (
+                "RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__ENABLE_SSL_CERTIFICATE_VERIFICATION"
+                    .to_string(),
+                "true".to_string(),
+            ),
+        ]);
+        let config = Config::load(&[], &env).expect("valid override");
+        assert_eq!(
+            config.storage.log.kafka.properties,
+            BTreeMap::from([
+                ("security-protocol".to_string(), "SSL".to_string()),
+                ("linger-ms".to_string(), "5".to_string()),
+                (
+                    "enable-ssl-certificate-verification".to_string(),
+                    "true".to_string()
+                ),
+            ])
+        );
+    }
+}

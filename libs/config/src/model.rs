@@ -415,9 +415,45 @@ pub struct KafkaLogConfig {
     /// replay (`runnel backfill --mode replay`) joins as a dynamic member whatever this says.
     #[serde(default)]
     pub group_instance_id: Option<String>,
-    /// Extra librdkafka properties passed to every client, e.g. `security.protocol`.
-    #[serde(default)]
+    /// Extra librdkafka properties passed to every client, e.g. `security.protocol = "SSL"`
+    /// and `ssl.ca.location` for brokers that speak TLS (Amazon MSK). Each `-` in a key is
+    /// passed as `.` (librdkafka's names have dots, never dashes), so the environment can set
+    /// them: `RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__SECURITY_PROTOCOL=SSL` arrives as
+    /// `security-protocol` and sets `security.protocol`. Where both spellings of one property
+    /// are set, the dashed one wins (the environment's over a file's). Settings runnel's
+    /// clients rely on (idempotence, `acks`, isolation level, offset handling) are set after these.
+    /// Values are librdkafka's text; a number or a boolean (as the environment layer reads
+    /// `..._PROPERTIES__LINGER_MS=5`) is taken as its text.
+    #[serde(default, deserialize_with = "scalars_as_text")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// A map of TOML scalars, each as its text (`5` as "5", `true` as "true").
+fn scalars_as_text<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string, a number or a boolean")]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Boolean(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Scalar::Text(text) => text,
+                Scalar::Integer(number) => number.to_string(),
+                Scalar::Float(number) => number.to_string(),
+                Scalar::Boolean(flag) => flag.to_string(),
+            };
+            (key, text)
+        })
+        .collect())
 }
 
 /// A declared stream: a topic of the log with a schema.

@@ -339,6 +339,8 @@ pub(crate) fn producer_config(config: &KafkaLogConfig) -> ClientConfig {
     client_config
 }
 
+/// The settings every runnel client has: the brokers, the client id, the socket timeout and
+/// `properties` (see [`property_name`]).
 fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
     let mut client_config = ClientConfig::new();
     client_config
@@ -348,10 +350,25 @@ fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
             "socket.timeout.ms",
             config.request_timeout.as_millis().to_string(),
         );
-    for (key, value) in &config.properties {
-        client_config.set(key, value);
+    // Keys spelt with a dash, as the environment layer spells them, go last: where a file sets
+    // `security.protocol` and a `RUNNEL__` variable `security-protocol`, the variable wins, as
+    // the environment wins over files everywhere else.
+    let (dashed, dotted): (Vec<_>, Vec<_>) = config
+        .properties
+        .iter()
+        .partition(|(key, _)| key.contains('-'));
+    for (key, value) in dotted.into_iter().chain(dashed) {
+        client_config.set(property_name(key), value);
     }
     client_config
+}
+
+/// Returns the librdkafka name of a `storage.log.kafka.properties` key: each `-` becomes `.`.
+/// librdkafka's names have dots and never dashes, and a key set through the environment
+/// arrives with dashes (`RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__SECURITY_PROTOCOL` is
+/// `security-protocol`), which librdkafka would refuse.
+fn property_name(key: &str) -> String {
+    key.replace('-', ".")
 }
 
 pub(crate) fn consumer_config(config: &KafkaLogConfig, group: &str) -> ClientConfig {
@@ -859,5 +876,74 @@ impl PartitionReader for KafkaReader {
         self.consumer = assigned_consumer(&self.config, &self.topic, self.partition, offset)?;
         self.next_offset = offset;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config_with(properties: &[(&str, &str)]) -> KafkaLogConfig {
+        KafkaLogConfig {
+            bootstrap_servers: "127.0.0.1:9092".to_string(),
+            client_id: "runnel-test".to_string(),
+            replication_factor: 1,
+            min_insync_replicas: None,
+            request_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(6),
+            rebalance_timeout: Duration::from_secs(20),
+            group_instance_id: None,
+            properties: properties
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn dashes_in_property_keys_become_dots() {
+        let client_config = base_client_config(&config_with(&[
+            ("security-protocol", "SSL"),
+            ("ssl.ca.location", "/etc/ssl/ca.pem"),
+            ("ssl-endpoint-identification-algorithm", "https"),
+        ]));
+        assert_eq!(client_config.get("security.protocol"), Some("SSL"));
+        assert_eq!(
+            client_config.get("ssl.ca.location"),
+            Some("/etc/ssl/ca.pem")
+        );
+        assert_eq!(
+            client_config.get("ssl.endpoint.identification.algorithm"),
+            Some("https")
+        );
+        assert_eq!(client_config.get("security-protocol"), None);
+        assert_eq!(
+            client_config.get("ssl-endpoint-identification-algorithm"),
+            None
+        );
+    }
+
+    /// The environment can only spell a key with dashes, so the dashed spelling of a property
+    /// overrides the dotted one a file gives.
+    #[test]
+    fn the_dashed_spelling_of_a_property_wins_over_the_dotted_one() {
+        let client_config = base_client_config(&config_with(&[
+            ("security.protocol", "PLAINTEXT"),
+            ("security-protocol", "SSL"),
+        ]));
+        assert_eq!(client_config.get("security.protocol"), Some("SSL"));
+    }
+
+    /// runnel's own producer settings are set after the properties.
+    #[test]
+    fn properties_reach_producers_and_consumers() {
+        let config = config_with(&[("security-protocol", "SSL"), ("acks", "1")]);
+        let producer = producer_config(&config);
+        assert_eq!(producer.get("security.protocol"), Some("SSL"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        let consumer = consumer_config(&config, "a-group");
+        assert_eq!(consumer.get("security.protocol"), Some("SSL"));
     }
 }

@@ -54,18 +54,28 @@ impl Fixture {
     /// The Kafka fixture, or `None` (after a notice) when no broker is configured and none
     /// is required.
     pub(crate) fn kafka() -> Option<Fixture> {
-        let bootstrap = match std::env::var("KAFKA_BOOTSTRAP") {
+        Fixture::kafka_at("KAFKA_BOOTSTRAP", |_| {})
+    }
+
+    /// The Kafka fixture on the broker whose address is in the environment variable
+    /// `variable`, with `change` made to its config; `None` (after a notice) when the
+    /// variable is not set and no broker is required.
+    pub(crate) fn kafka_at(
+        variable: &str,
+        change: impl FnOnce(&mut KafkaLogConfig),
+    ) -> Option<Fixture> {
+        let bootstrap = match std::env::var(variable) {
             Ok(bootstrap) if !bootstrap.is_empty() => bootstrap,
             _ => {
                 assert!(
                     std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                    "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set: start a broker (scripts/test.sh does)"
+                    "RUNNEL_REQUIRE_KAFKA=1 but {variable} is not set: start a broker (scripts/test.sh does)"
                 );
-                eprintln!("notice: KAFKA_BOOTSTRAP is not set; skipping a Kafka conformance test");
+                eprintln!("notice: {variable} is not set; skipping a Kafka test");
                 return None;
             }
         };
-        let config = KafkaLogConfig {
+        let mut config = KafkaLogConfig {
             bootstrap_servers: bootstrap,
             client_id: "runnel-test".to_string(),
             replication_factor: 1,
@@ -76,6 +86,7 @@ impl Fixture {
             group_instance_id: None,
             properties: Default::default(),
         };
+        change(&mut config);
         let log = Arc::new(KafkaLog::new(&config).expect("create kafka clients"));
         let run_id = format!(
             "{}-{}",
