@@ -17,7 +17,8 @@
 # the single broker (KAFKA_CLUSTER_BOOTSTRAP, KAFKA_CLUSTER_PIDS, RUNNEL_REQUIRE_KAFKA_CLUSTER=1),
 # and the compose cluster's fault tests on container images it builds (Docker's engine and
 # debootstrap from Debian's packages, MinIO from the Go module proxy; RUNNEL_COMPOSE=0 skips them,
-# and so does a machine where Docker does not answer and this is not root).
+# and so does a machine where Docker does not answer and this is not root), and the Terraform
+# module's checks (scripts/check-terraform.sh; RUNNEL_TERRAFORM=0 skips them).
 # Arguments replace `--workspace`, e.g. `bash scripts/test.sh -p runnel-log`.
 # The last line is `total: N passed, M failed` over every test binary.
 set -euo pipefail
@@ -123,8 +124,18 @@ if (($# == 0)) && [[ "$compose" == 1 ]]; then
     status=1
   fi
 fi
-# One closing line over every test binary, since cargo's last line speaks for one binary only.
-totals="$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$test_log")"
+# The Terraform module's checks (scripts/check-terraform.sh: fmt, validate, tofu test, checkov,
+# parity with compose); RUNNEL_TERRAFORM=0 leaves them out.
+if (($# == 0)) && [[ "${RUNNEL_TERRAFORM:-1}" != 0 ]]; then
+  echo "==> bash scripts/check-terraform.sh"
+  # The settings test runs the runnel binary the tests above built.
+  RUNNEL_REQUIRE_BIN=1 bash scripts/check-terraform.sh 2>&1 | tee -a "$test_log" || status=$?
+fi
+# One closing line over every test binary (and the Terraform checks), since cargo's last line
+# speaks for one binary only.
+totals="$(awk '/^test result:/ { passed += $4; failed += $6 }
+  /^terraform checks:/ { passed += $3; failed += $5 }
+  END { printf "%d passed, %d failed", passed, failed }' "$test_log")"
 cleanup
 if ((status == 0)); then
   echo "==> tests passed"

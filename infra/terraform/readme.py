@@ -5,7 +5,7 @@
     python readme.py --check   exits 1 if the README is not what it would write
 
 Names and descriptions come from python-hcl2; types and defaults are the source's own text.
-tests/test_readme.py runs the check.
+test/test_readme.py runs the check.
 """
 
 import re

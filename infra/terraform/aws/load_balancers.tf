@@ -9,7 +9,7 @@ resource "aws_lb" "this" {
   name                             = "${var.name}-${each.key}"
   load_balancer_type               = "network"
   internal                         = var.internal_load_balancers
-  subnets                          = coalesce(var.load_balancer_subnet_ids, var.private_subnet_ids)
+  subnets                          = var.load_balancer_subnet_ids != null ? var.load_balancer_subnet_ids : var.private_subnet_ids
   security_groups                  = [aws_security_group.load_balancer[each.key].id]
   enable_cross_zone_load_balancing = true
   enable_deletion_protection       = var.load_balancer_deletion_protection

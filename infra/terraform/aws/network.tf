@@ -28,7 +28,7 @@ resource "aws_vpc_security_group_egress_rule" "service_https" {
 }
 
 resource "aws_vpc_security_group_egress_rule" "service_kafka_msk" {
-  for_each = local.create_msk ? local.services : {}
+  for_each = local.create_msk ? toset(keys(local.services)) : toset([])
 
   security_group_id            = aws_security_group.service[each.key].id
   description                  = "Kafka (MSK, TLS)"
@@ -136,7 +136,7 @@ resource "aws_security_group" "msk" {
 }
 
 resource "aws_vpc_security_group_ingress_rule" "msk_from_services" {
-  for_each = local.create_msk ? local.services : {}
+  for_each = local.create_msk ? toset(keys(local.services)) : toset([])
 
   security_group_id            = aws_security_group.msk[0].id
   description                  = "Kafka over TLS from ${each.key}"

@@ -1,7 +1,7 @@
 # runnel's settings on ECS, as RUNNEL__ environment variables (the config layer that
 # RUNNEL__SECTION__KEY sets; see config/runnel.toml). They are the compose cluster's settings
 # (infra/compose/runnel.toml and docker-compose.yml) but for addresses and secrets:
-# infra/terraform/tests/test_parity.py fails when the two drift apart.
+# infra/terraform/test/test_parity.py fails when the two drift apart.
 
 locals {
   create_msk = var.kafka_bootstrap_servers == null
@@ -45,6 +45,8 @@ locals {
       # environment (AWS_REGION, and AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, which ECS sets).
       AWS_REGION = data.aws_region.current.region
       RUST_LOG   = var.log_level
+      # The root file system is read-only: temporary files go to /data.
+      TMPDIR = "/data"
     },
     var.extra_environment,
   )

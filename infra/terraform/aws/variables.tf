@@ -46,7 +46,7 @@ variable "load_balancer_subnet_ids" {
   default     = null
 
   validation {
-    condition     = var.load_balancer_subnet_ids == null || alltrue([for id in coalesce(var.load_balancer_subnet_ids, []) : can(regex("^subnet-[0-9a-f]+$", id))])
+    condition     = alltrue([for id in(var.load_balancer_subnet_ids == null ? [] : var.load_balancer_subnet_ids) : can(regex("^subnet-[0-9a-f]+$", id))])
     error_message = "load_balancer_subnet_ids must be subnet ids (subnet-...)."
   }
 }

@@ -6,6 +6,8 @@ Reads the compose file with PyYAML, its runnel.toml with tomllib and the module'
 python-hcl2; run by scripts/check-terraform.sh (pytest).
 """
 
+import os
+import subprocess
 import tomllib
 import unittest
 from pathlib import Path
@@ -14,6 +16,8 @@ import hcl2
 import yaml
 
 INFRA = Path(__file__).resolve().parents[2]
+# The runnel binary that judges the settings: RUNNEL_BIN, else the workspace's debug build.
+RUNNEL_BIN = Path(os.environ.get("RUNNEL_BIN", INFRA.parent / "target" / "debug" / "runnel"))
 COMPOSE = INFRA / "compose"
 MODULE = INFRA / "terraform" / "aws"
 
@@ -118,7 +122,7 @@ def module_settings():
     """Per module service: RUNNEL__ settings as compose would compare them (addresses as
     `ADDRESS`, secrets as None), command and health check. Left out: the librdkafka properties
     (local.kafka_property_settings: how to reach the brokers, TLS to MSK; compose has none),
-    AWS_REGION and RUST_LOG (not runnel settings) and var.extra_environment (the user's)."""
+    AWS_REGION, RUST_LOG and TMPDIR (not runnel settings) and var.extra_environment (the user's)."""
     locals_ = module_locals()
     services = {}
     for name, service in locals_["services"].items():
@@ -195,6 +199,48 @@ class ParityTest(unittest.TestCase):
                 any(n.startswith(prefix) for n in compose_names),
                 f"{prefix} is listed but compose has no such setting",
             )
+
+
+class RunnelAcceptsTheSettingsTest(unittest.TestCase):
+    """runnel itself loads each service's settings as the module gives them (with stand-ins for
+    the addresses and tokens AWS gives), the librdkafka properties included: `runnel config`
+    validates the config and prints it."""
+
+    def test_runnel_config_accepts_each_services_environment(self):
+        if not RUNNEL_BIN.exists():
+            if os.environ.get("RUNNEL_REQUIRE_BIN") == "1":
+                self.fail(f"{RUNNEL_BIN} is missing (cargo build -p runnel)")
+            self.skipTest(f"{RUNNEL_BIN} is missing (cargo build -p runnel)")
+        locals_ = module_locals()
+        properties = {}
+        for block in hcl2.load(open(MODULE / "variables.tf"))["variable"]:
+            if "kafka_properties" in block:
+                properties = block["kafka_properties"]["default"][0]
+        stand_ins = {
+            "RUNNEL__STORAGE__OBJECT_STORE_URL": "s3://runnel-bucket/runnel",
+            "RUNNEL__STORAGE__LOG__KAFKA__BOOTSTRAP_SERVERS": "b-1.runnel.kafka.eu-west-1.amazonaws.com:9094",
+        }
+        self.assertEqual(set(stand_ins), set(locals_["address_settings"]))
+        for name in locals_["services"]:
+            with self.subTest(service=name):
+                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TMPDIR": "/tmp"}
+                env.update(locals_["settings"])
+                env.update(stand_ins)
+                env.update(
+                    {
+                        "RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__" + key.upper().replace(".", "_"): value
+                        for key, value in properties.items()
+                    }
+                )
+                env.update(locals_["service_settings"][name])
+                env.update({secret: "a-token-from-secrets-manager" for secret in locals_["service_secrets"][name]})
+                run = subprocess.run(
+                    [str(RUNNEL_BIN), "config"], env=env, capture_output=True, text=True, timeout=60
+                )
+                self.assertEqual(run.returncode, 0, f"runnel refuses {name}'s settings:\n{run.stderr}")
+                for key in properties:
+                    self.assertIn(f'"{key.replace(".", "-")}"', run.stdout)
+                self.assertIn("exactly_once: true", run.stdout)
 
 
 if __name__ == "__main__":
