@@ -378,4 +378,17 @@ mod tests {
             ])
         );
     }
+
+    /// MSK IAM authentication is off by default and turned on by one variable.
+    #[test]
+    fn an_env_variable_turns_on_aws_msk_iam() {
+        let config = Config::load(&[], &HashMap::new()).expect("the defaults");
+        assert!(!config.storage.log.kafka.aws_msk_iam);
+        let env = HashMap::from([(
+            "RUNNEL__STORAGE__LOG__KAFKA__AWS_MSK_IAM".to_string(),
+            "true".to_string(),
+        )]);
+        let config = Config::load(&[], &env).expect("valid override");
+        assert!(config.storage.log.kafka.aws_msk_iam);
+    }
 }

@@ -426,6 +426,19 @@ pub struct KafkaLogConfig {
     /// `..._PROPERTIES__LINGER_MS=5`) is taken as its text.
     #[serde(default, deserialize_with = "scalars_as_text")]
     pub properties: BTreeMap<String, String>,
+    /// Authenticates to Amazon MSK with IAM access control (the brokers' SASL/IAM port,
+    /// 9098): every client signs AWS's MSK IAM token (a SigV4-presigned
+    /// `kafka-cluster:Connect` request, valid 15 minutes) and librdkafka renews it before it
+    /// expires. The region is `AWS_REGION` (or `AWS_DEFAULT_REGION`), and the credentials come
+    /// from the standard AWS chain, as the S3 object store's do: the `AWS_ACCESS_KEY_ID` /
+    /// `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`) environment keys, web identity
+    /// (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, e.g. EKS), the ECS task role
+    /// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`), then the EC2 instance profile. Opening the
+    /// log fails when no region is set. It sets `security.protocol = "SASL_SSL"` and
+    /// `sasl.mechanism = "OAUTHBEARER"` itself, after `properties`. Off by default;
+    /// `RUNNEL__STORAGE__LOG__KAFKA__AWS_MSK_IAM=true` turns it on.
+    #[serde(default)]
+    pub aws_msk_iam: bool,
 }
 
 /// A map of TOML scalars, each as its text (`5` as "5", `true` as "true").

@@ -232,6 +232,7 @@ async fn main() {
                     rebalance_timeout: Duration::from_secs(60),
                     group_instance_id: None,
                     properties: Default::default(),
+                    aws_msk_iam: false,
                 })
                 .expect("kafka clients"),
             );

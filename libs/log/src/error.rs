@@ -149,6 +149,10 @@ pub enum LogError {
         /// How long it was waited for.
         waited: std::time::Duration,
     },
+    /// `storage.log.kafka.aws-msk-iam` is on, but the clients cannot be given MSK IAM
+    /// tokens: no AWS region is set, or the AWS credential chain cannot be built.
+    #[error("storage.log.kafka.aws-msk-iam: {0}")]
+    AwsMskIam(String),
     /// The backend does not do what was asked (e.g. transactions on the embedded log).
     #[error("{0}")]
     Unsupported(String),

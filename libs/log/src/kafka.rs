@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerGroupMetadata, StreamConsumer,
@@ -29,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::kafka_group::KafkaMembership;
 use crate::kafka_produce::{BatchContext, KafkaProducer, send_batch};
+use crate::msk_iam::{TokenContext, set_admin_token};
 use crate::{
     GroupMembership, Header, Log, LogError, PartitionReader, Partitioner, ProduceRecord, Record,
     RecordPosition, StartOffset, check_name, check_new_topic,
@@ -41,13 +41,20 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// record framing, headers), in the topics' `max.message.bytes`.
 const MAX_BATCH_FRAMING_BYTES: usize = 64 << 10;
 
+/// Every runnel consumer that is not a group member: readers, the metadata client, the
+/// group clients.
+pub(crate) type KafkaConsumer = BaseConsumer<TokenContext>;
+
 /// The log over a Kafka-protocol cluster.
 pub struct KafkaLog {
     config: KafkaLogConfig,
+    /// Every client's context: MSK IAM tokens when `aws-msk-iam` is on.
+    tokens: TokenContext,
     producer: KafkaProducer,
-    admin: AdminClient<DefaultClientContext>,
+    /// Shared with the blocking thread that sets its MSK IAM token ([`set_admin_token`]).
+    admin: Arc<AdminClient<TokenContext>>,
     /// For metadata, watermarks and time lookups; never assigned or subscribed.
-    metadata_client: Arc<BaseConsumer>,
+    metadata_client: Arc<KafkaConsumer>,
     /// One commit client per consumer group, shared with the transactional writers.
     group_clients: GroupClients,
     partitioner: Partitioner,
@@ -59,27 +66,38 @@ pub(crate) fn kafka_error(action: impl Into<String>) -> impl FnOnce(KafkaError) 
 }
 
 impl KafkaLog {
-    /// Creates the producer, admin and metadata clients. Connects lazily.
+    /// Creates the producer, admin and metadata clients. Connects lazily. With
+    /// `aws-msk-iam`, starts fetching AWS credentials for the clients' MSK IAM tokens.
     ///
     /// # Errors
     ///
-    /// [`LogError::Kafka`] if librdkafka refuses the configuration.
+    /// [`LogError::Kafka`] if librdkafka refuses the configuration;
+    /// [`LogError::AwsMskIam`] if `aws-msk-iam` is on and no AWS region is set.
     pub fn new(config: &KafkaLogConfig) -> Result<KafkaLog, LogError> {
+        KafkaLog::with_tokens(config, TokenContext::for_config(config)?)
+    }
+
+    /// [`KafkaLog::new`] with the clients' context given.
+    pub(crate) fn with_tokens(
+        config: &KafkaLogConfig,
+        tokens: TokenContext,
+    ) -> Result<KafkaLog, LogError> {
         let producer: KafkaProducer = producer_config(config)
-            .create_with_context(BatchContext)
+            .create_with_context(BatchContext::new(tokens.clone()))
             .map_err(kafka_error("create producer"))?;
         let admin = base_client_config(config)
-            .create()
+            .create_with_context(tokens.clone())
             .map_err(kafka_error("create admin client"))?;
-        let metadata_client: BaseConsumer = consumer_config(config, "runnel-metadata")
-            .create()
+        let metadata_client: KafkaConsumer = consumer_config(config, "runnel-metadata")
+            .create_with_context(tokens.clone())
             .map_err(kafka_error("create metadata client"))?;
         Ok(KafkaLog {
             config: config.clone(),
+            group_clients: GroupClients::new(tokens.clone()),
+            tokens,
             producer,
-            admin,
+            admin: Arc::new(admin),
             metadata_client: Arc::new(metadata_client),
-            group_clients: GroupClients::default(),
             partitioner: Partitioner::default(),
         })
     }
@@ -87,13 +105,13 @@ impl KafkaLog {
     /// Runs a blocking librdkafka call on the blocking pool.
     async fn blocking<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&BaseConsumer) -> Result<T, LogError> + Send + 'static,
+        call: impl FnOnce(&KafkaConsumer) -> Result<T, LogError> + Send + 'static,
     ) -> Result<T, LogError> {
         let client = Arc::clone(&self.metadata_client);
         run_blocking(client, call).await
     }
 
-    fn group_client(&self, group: &str) -> Result<Arc<BaseConsumer>, LogError> {
+    fn group_client(&self, group: &str) -> Result<Arc<KafkaConsumer>, LogError> {
         self.group_clients.get(&self.config, group)
     }
 
@@ -138,24 +156,34 @@ pub(crate) type MemberMetadata =
 /// ([`Log::join_group`]), whose metadata goes with a transaction's offsets for their group.
 #[derive(Clone, Default)]
 pub(crate) struct GroupClients {
-    clients: Arc<Mutex<HashMap<String, Arc<BaseConsumer>>>>,
+    /// The context of the clients.
+    tokens: TokenContext,
+    clients: Arc<Mutex<HashMap<String, Arc<KafkaConsumer>>>>,
     /// Per group, the member that joined it here.
     members: Arc<Mutex<HashMap<String, MemberMetadata>>>,
 }
 
 impl GroupClients {
+    /// No clients yet; those made will have `tokens` as their context.
+    pub(crate) fn new(tokens: TokenContext) -> GroupClients {
+        GroupClients {
+            tokens,
+            ..GroupClients::default()
+        }
+    }
+
     /// `group`'s client.
     pub(crate) fn get(
         &self,
         config: &KafkaLogConfig,
         group: &str,
-    ) -> Result<Arc<BaseConsumer>, LogError> {
+    ) -> Result<Arc<KafkaConsumer>, LogError> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(client) = clients.get(group) {
             return Ok(Arc::clone(client));
         }
-        let client: BaseConsumer = consumer_config(config, group)
-            .create()
+        let client: KafkaConsumer = consumer_config(config, group)
+            .create_with_context(self.tokens.clone())
             .map_err(kafka_error(format!("create the client of group {group}")))?;
         let client = Arc::new(client);
         clients.insert(group.to_string(), Arc::clone(&client));
@@ -222,15 +250,38 @@ fn is_leader_moving(error: &KafkaError) -> bool {
     )
 }
 
-async fn run_blocking<T: Send + 'static>(
-    client: Arc<BaseConsumer>,
-    call: impl FnOnce(&BaseConsumer) -> Result<T, LogError> + Send + 'static,
+/// Runs a blocking call of the metadata client or a group client on the blocking pool, first
+/// serving the client's token requests (see [`serve_token_requests`]).
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    client: Arc<KafkaConsumer>,
+    call: impl FnOnce(&KafkaConsumer) -> Result<T, LogError> + Send + 'static,
 ) -> Result<T, LogError> {
-    tokio::task::spawn_blocking(move || call(&client))
-        .await
-        .map_err(|join_error| {
-            LogError::KafkaProtocol(format!("client call panicked: {join_error}"))
-        })?
+    tokio::task::spawn_blocking(move || {
+        serve_token_requests(&client);
+        call(&client)
+    })
+    .await
+    .map_err(|join_error| LogError::KafkaProtocol(format!("client call panicked: {join_error}")))?
+}
+
+/// With MSK IAM, serves `client`'s pending events, among them librdkafka's requests for an
+/// OAUTHBEARER token (one as the client is made, then one before each token expires): nothing
+/// else polls the metadata and group clients, which are never assigned or subscribed (so no
+/// record or rebalance comes this way). Waits for the first AWS credentials if need be: call
+/// it on a thread that may block. Without MSK IAM, does nothing.
+fn serve_token_requests(client: &KafkaConsumer) {
+    let Some(tokens) = client.context().tokens() else {
+        return;
+    };
+    tokens.wait_for_first_credentials();
+    // A token request is served ahead of other events; bounded, in case errors keep coming.
+    for _ in 0..16 {
+        match client.poll(Duration::ZERO) {
+            None => return,
+            Some(Err(error)) => debug!(%error, "served a client event"),
+            Some(Ok(_)) => {}
+        }
+    }
 }
 
 /// How long one metadata request may wait for its broker before it is sent again (to
@@ -245,9 +296,9 @@ const METADATA_ATTEMPT: Duration = Duration::from_secs(5);
 /// moment before their leader serves them, and moves leaders), is sent again after a
 /// moment, as librdkafka does not retry these lookups itself.
 async fn metadata_request<T: Send + 'static>(
-    client: &Arc<BaseConsumer>,
+    client: &Arc<KafkaConsumer>,
     timeout: Duration,
-    call: impl Fn(&BaseConsumer, Duration) -> Result<T, LogError> + Clone + Send + 'static,
+    call: impl Fn(&KafkaConsumer, Duration) -> Result<T, LogError> + Clone + Send + 'static,
 ) -> Result<T, LogError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -269,7 +320,7 @@ async fn metadata_request<T: Send + 'static>(
 
 /// The partition count of `topic`, from `client`'s metadata ([`metadata_request`]).
 pub(crate) async fn partition_count_of(
-    client: Arc<BaseConsumer>,
+    client: Arc<KafkaConsumer>,
     topic: &str,
     timeout: Duration,
 ) -> Result<u32, LogError> {
@@ -339,8 +390,8 @@ pub(crate) fn producer_config(config: &KafkaLogConfig) -> ClientConfig {
     client_config
 }
 
-/// The settings every runnel client has: the brokers, the client id, the socket timeout and
-/// `properties` (see [`property_name`]).
+/// The settings every runnel client has: the brokers, the client id, the socket timeout,
+/// `properties` (see [`property_name`]) and, with `aws-msk-iam`, SASL/OAUTHBEARER over TLS.
 fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
     let mut client_config = ClientConfig::new();
     client_config
@@ -359,6 +410,12 @@ fn base_client_config(config: &KafkaLogConfig) -> ClientConfig {
         .partition(|(key, _)| key.contains('-'));
     for (key, value) in dotted.into_iter().chain(dashed) {
         client_config.set(property_name(key), value);
+    }
+    if config.aws_msk_iam {
+        // The tokens come from the clients' context (`msk_iam::TokenContext`).
+        client_config
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.mechanism", "OAUTHBEARER");
     }
     client_config
 }
@@ -408,6 +465,14 @@ impl Log for KafkaLog {
             new_topic = new_topic.set("min.insync.replicas", min_insync);
         }
         let options = AdminOptions::new().operation_timeout(Some(self.config.request_timeout));
+        if self.tokens.tokens().is_some() {
+            let admin = Arc::clone(&self.admin);
+            tokio::task::spawn_blocking(move || set_admin_token(&admin))
+                .await
+                .map_err(|join_error| {
+                    LogError::AwsMskIam(format!("setting the admin token panicked: {join_error}"))
+                })??;
+        }
         let results = self
             .admin
             .create_topics([&new_topic], &options)
@@ -500,7 +565,13 @@ impl Log for KafkaLog {
             }
             StartOffset::At(offset) => offset,
         };
-        let reader = KafkaReader::new(self.config.clone(), Arc::from(topic), partition, offset)?;
+        let reader = KafkaReader::new(
+            self.config.clone(),
+            self.tokens.clone(),
+            Arc::from(topic),
+            partition,
+            offset,
+        )?;
         Ok(Box::new(reader))
     }
 
@@ -555,8 +626,13 @@ impl Log for KafkaLog {
         };
         // Check the broker's answer against the record itself: some Kafka-protocol brokers
         // (tansu 0.6) answer offset 0 instead of "none" when no record is that recent.
-        let mut reader =
-            KafkaReader::new(self.config.clone(), Arc::from(topic), partition, offset)?;
+        let mut reader = KafkaReader::new(
+            self.config.clone(),
+            self.tokens.clone(),
+            Arc::from(topic),
+            partition,
+            offset,
+        )?;
         let records = reader.next_batch(1, self.config.request_timeout).await?;
         match records.first() {
             Some(record) if record.offset == offset && record.timestamp >= timestamp => {
@@ -659,6 +735,7 @@ impl Log for KafkaLog {
                 transactional_id,
                 Arc::clone(&self.metadata_client),
                 self.group_clients.clone(),
+                self.tokens.clone(),
             )
             .await?,
         ))
@@ -676,6 +753,7 @@ impl Log for KafkaLog {
             group,
             topic,
             self.group_clients.clone(),
+            self.tokens.clone(),
         )?))
     }
 }
@@ -683,7 +761,8 @@ impl Log for KafkaLog {
 /// Reads one partition through an assign-mode consumer.
 struct KafkaReader {
     config: KafkaLogConfig,
-    consumer: StreamConsumer,
+    tokens: TokenContext,
+    consumer: StreamConsumer<TokenContext>,
     topic: Arc<str>,
     partition: u32,
     next_offset: u64,
@@ -692,13 +771,15 @@ struct KafkaReader {
 impl KafkaReader {
     fn new(
         config: KafkaLogConfig,
+        tokens: TokenContext,
         topic: Arc<str>,
         partition: u32,
         offset: u64,
     ) -> Result<KafkaReader, LogError> {
-        let consumer = assigned_consumer(&config, &topic, partition, offset)?;
+        let consumer = assigned_consumer(&config, &tokens, &topic, partition, offset)?;
         Ok(KafkaReader {
             config,
+            tokens,
             consumer,
             topic,
             partition,
@@ -802,12 +883,13 @@ pub(crate) fn is_transient_code(code: RDKafkaErrorCode) -> bool {
 
 fn assigned_consumer(
     config: &KafkaLogConfig,
+    tokens: &TokenContext,
     topic: &str,
     partition: u32,
     offset: u64,
-) -> Result<StreamConsumer, LogError> {
-    let consumer: StreamConsumer = consumer_config(config, "runnel-reader")
-        .create()
+) -> Result<StreamConsumer<TokenContext>, LogError> {
+    let consumer: StreamConsumer<TokenContext> = consumer_config(config, "runnel-reader")
+        .create_with_context(tokens.clone())
         .map_err(kafka_error("create consumer"))?;
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -873,7 +955,13 @@ impl PartitionReader for KafkaReader {
 
     async fn seek(&mut self, offset: u64) -> Result<(), LogError> {
         // A fresh consumer guarantees nothing prefetched from the old position is served.
-        self.consumer = assigned_consumer(&self.config, &self.topic, self.partition, offset)?;
+        self.consumer = assigned_consumer(
+            &self.config,
+            &self.tokens,
+            &self.topic,
+            self.partition,
+            offset,
+        )?;
         self.next_offset = offset;
         Ok(())
     }
@@ -899,6 +987,7 @@ mod tests {
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            aws_msk_iam: false,
         }
     }
 
@@ -945,5 +1034,104 @@ mod tests {
         assert_eq!(producer.get("acks"), Some("all"));
         let consumer = consumer_config(&config, "a-group");
         assert_eq!(consumer.get("security.protocol"), Some("SSL"));
+    }
+
+    /// `aws-msk-iam` sets SASL/OAUTHBEARER over TLS after the properties; off, it sets nothing.
+    #[test]
+    fn aws_msk_iam_sets_sasl_oauthbearer_after_the_properties() {
+        let mut config = config_with(&[("security-protocol", "SSL"), ("sasl.mechanism", "PLAIN")]);
+        let client_config = base_client_config(&config);
+        assert_eq!(client_config.get("security.protocol"), Some("SSL"));
+        assert_eq!(client_config.get("sasl.mechanism"), Some("PLAIN"));
+        config.aws_msk_iam = true;
+        for client_config in [
+            base_client_config(&config),
+            producer_config(&config),
+            consumer_config(&config, "a-group"),
+        ] {
+            assert_eq!(client_config.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(client_config.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        }
+    }
+
+    /// A configuration for MSK IAM over a port nothing listens on, and a token source over
+    /// fixed credentials: no AWS, no network beyond 127.0.0.1 (and no broker: a token is
+    /// asked for before any connection).
+    fn msk_iam_config() -> (KafkaLogConfig, Arc<crate::msk_iam::MskIamTokens>) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut config = config_with(&[]);
+        config.bootstrap_servers = format!("127.0.0.1:{port}");
+        config.request_timeout = Duration::from_secs(2);
+        config.aws_msk_iam = true;
+        let tokens = crate::msk_iam::static_tokens();
+        tokens.wait_for_first_credentials();
+        (config, tokens)
+    }
+
+    /// Waits up to 10 s for `tokens` to have signed more than `before` tokens.
+    fn wait_for_a_token(tokens: &crate::msk_iam::MskIamTokens, before: u64, client: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokens.issued() <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the {client} never asked for a token"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Producers (plain and transactional: the same context) ask their context for a token
+    /// as soon as they are made (on their polling thread).
+    #[test]
+    fn a_producer_with_aws_msk_iam_asks_its_context_for_a_token() {
+        let (config, tokens) = msk_iam_config();
+        let producer: KafkaProducer = producer_config(&config)
+            .create_with_context(BatchContext::new(TokenContext::msk_iam(Arc::clone(
+                &tokens,
+            ))))
+            .expect("a producer");
+        wait_for_a_token(&tokens, 0, "producer");
+        drop(producer);
+    }
+
+    /// Nothing polls the metadata and group clients but `run_blocking`, which serves their
+    /// token request before the call; readers ask when their stream is polled; the admin
+    /// client gets its token set before each request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_other_client_with_aws_msk_iam_gets_a_token() {
+        let (config, tokens) = msk_iam_config();
+        let context = TokenContext::msk_iam(Arc::clone(&tokens));
+
+        let group_clients = GroupClients::new(context.clone());
+        let client = group_clients
+            .get(&config, "a-group")
+            .expect("a group client");
+        run_blocking(client, |_| Ok(())).await.expect("a call");
+        assert_eq!(tokens.issued(), 1, "the group client's token");
+
+        let mut reader =
+            KafkaReader::new(config.clone(), context.clone(), Arc::from("a-topic"), 0, 0)
+                .expect("a reader");
+        let records = reader
+            .next_batch(1, Duration::from_millis(200))
+            .await
+            .expect("nothing to read yet");
+        assert!(records.is_empty());
+        assert_eq!(tokens.issued(), 2, "the reader's token");
+
+        let admin: AdminClient<TokenContext> = base_client_config(&config)
+            .create_with_context(context.clone())
+            .expect("an admin client");
+        set_admin_token(&admin).expect("the admin client's token");
+        assert_eq!(tokens.issued(), 3, "the admin client's token");
+
+        // The log's own clients: its producer (on its thread) and its metadata client (here).
+        let log = KafkaLog::with_tokens(&config, context).expect("the log's clients");
+        let answer = log.partition_count("a-topic").await;
+        assert!(answer.is_err(), "no broker listens: {answer:?}");
+        wait_for_a_token(&tokens, 4, "log's producer or metadata client");
     }
 }

@@ -15,6 +15,7 @@
 //! on a broker setting the user may not own (MSK).
 
 use std::collections::BTreeSet;
+use std::error::Error;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -22,13 +23,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::TopicPartitionList;
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use runnel_config::KafkaLogConfig;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::kafka::{GroupClients, MemberMetadata, consumer_config, kafka_error};
+use crate::msk_iam::TokenContext;
 use crate::{GroupMembership, LogError, OwnershipChange, Revocation};
 
 /// How often the group thread polls (and so how soon it notices `leave`).
@@ -43,6 +45,8 @@ struct MembershipContext {
     /// What the member owns, as the callbacks announce it: a revocation takes its
     /// partitions out before the member hears of it.
     owned: Arc<Mutex<BTreeSet<u32>>>,
+    /// MSK IAM tokens, when the log uses them.
+    tokens: TokenContext,
 }
 
 impl MembershipContext {
@@ -57,7 +61,16 @@ impl MembershipContext {
     }
 }
 
-impl ClientContext for MembershipContext {}
+impl ClientContext for MembershipContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn Error>> {
+        self.tokens.oauth_token()
+    }
+}
 
 impl ConsumerContext for MembershipContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -125,6 +138,7 @@ impl KafkaMembership {
         group: &str,
         topic: &str,
         groups: GroupClients,
+        tokens: TokenContext,
     ) -> Result<KafkaMembership, LogError> {
         let (sender, changes) = mpsc::unbounded_channel();
         let owned = Arc::new(Mutex::new(BTreeSet::new()));
@@ -133,6 +147,7 @@ impl KafkaMembership {
             topic: topic.to_string(),
             changes: sender,
             owned: Arc::clone(&owned),
+            tokens,
         };
         let session_ms = config.session_timeout.as_millis().max(1);
         let mut client_config = consumer_config(config, group);

@@ -4,15 +4,17 @@
 //! channel and a future of its own, which cost more CPU than librdkafka's own work at a
 //! few hundred thousand records a second (see `scripts/bench-log.sh`).
 
+use std::error::Error;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, OAuthToken};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use tokio::sync::oneshot;
 
+use crate::msk_iam::TokenContext;
 use crate::{ProduceRecord, RecordPosition};
 
 /// Every runnel producer: librdkafka's polling thread serves the delivery reports.
@@ -24,10 +26,29 @@ type Opaque = Box<(Arc<PendingBatch>, usize)>;
 /// How long a send waits between tries while librdkafka's queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
-/// The producers' context: routes each delivery report to its batch.
-pub(crate) struct BatchContext;
+/// The producers' context: routes each delivery report to its batch, and supplies MSK IAM
+/// tokens when the log uses them.
+pub(crate) struct BatchContext {
+    tokens: TokenContext,
+}
 
-impl ClientContext for BatchContext {}
+impl BatchContext {
+    /// A producer context whose token requests `tokens` serves.
+    pub(crate) fn new(tokens: TokenContext) -> BatchContext {
+        BatchContext { tokens }
+    }
+}
+
+impl ClientContext for BatchContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        _oauthbearer_config: Option<&str>,
+    ) -> Result<OAuthToken, Box<dyn Error>> {
+        self.tokens.oauth_token()
+    }
+}
 
 impl ProducerContext for BatchContext {
     type DeliveryOpaque = Opaque;

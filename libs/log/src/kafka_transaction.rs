@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::Offset;
@@ -26,9 +25,11 @@ use runnel_config::KafkaLogConfig;
 use tracing::warn;
 
 use crate::kafka::{
-    GroupClients, is_fenced_code, kafka_error, partition_count_of, place, producer_config,
+    GroupClients, KafkaConsumer, is_fenced_code, kafka_error, partition_count_of, place,
+    producer_config,
 };
 use crate::kafka_produce::{BatchContext, KafkaProducer, send_batch};
+use crate::msk_iam::TokenContext;
 use crate::{LogError, OffsetCommit, Partitioner, ProduceRecord, TransactionalWriter};
 
 /// How long past its own timeout (the request timeout) a blocking transactional call may
@@ -41,7 +42,7 @@ pub struct KafkaTransactionalWriter {
     transactional_id: String,
     config: KafkaLogConfig,
     producer: Arc<KafkaProducer>,
-    metadata_client: Arc<BaseConsumer>,
+    metadata_client: Arc<KafkaConsumer>,
     partitioner: Partitioner,
     /// The log's group clients: the metadata of the groups whose offsets go with a commit.
     groups: GroupClients,
@@ -55,8 +56,9 @@ impl KafkaTransactionalWriter {
     pub(crate) async fn open(
         config: &KafkaLogConfig,
         transactional_id: &str,
-        metadata_client: Arc<BaseConsumer>,
+        metadata_client: Arc<KafkaConsumer>,
         groups: GroupClients,
+        tokens: TokenContext,
     ) -> Result<KafkaTransactionalWriter, LogError> {
         let producer: KafkaProducer = producer_config(config)
             .set("transactional.id", transactional_id)
@@ -70,7 +72,7 @@ impl KafkaTransactionalWriter {
                     .as_millis()
                     .to_string(),
             )
-            .create_with_context(BatchContext)
+            .create_with_context(BatchContext::new(tokens))
             .map_err(kafka_error(format!(
                 "create the transactional producer `{transactional_id}`"
             )))?;
@@ -251,9 +253,10 @@ mod tests {
             rebalance_timeout: Duration::from_secs(20),
             group_instance_id: None,
             properties: Default::default(),
+            aws_msk_iam: false,
         };
-        let metadata_client: BaseConsumer = crate::kafka::consumer_config(&config, "runnel-test")
-            .create()
+        let metadata_client: KafkaConsumer = crate::kafka::consumer_config(&config, "runnel-test")
+            .create_with_context(TokenContext::default())
             .expect("metadata client");
         let id = format!("watchdog-{}", std::process::id());
         let mut writer = KafkaTransactionalWriter::open(
@@ -261,6 +264,7 @@ mod tests {
             &id,
             Arc::new(metadata_client),
             GroupClients::default(),
+            TokenContext::default(),
         )
         .await
         .expect("open a transactional writer");

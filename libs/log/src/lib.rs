@@ -21,6 +21,7 @@ mod kafka;
 mod kafka_group;
 mod kafka_produce;
 mod kafka_transaction;
+mod msk_iam;
 mod partitioner;
 
 use std::sync::Arc;

@@ -45,6 +45,7 @@ fn config(bootstrap: &str, request_timeout: Duration) -> KafkaLogConfig {
         rebalance_timeout: Duration::from_secs(20),
         group_instance_id: None,
         properties: Default::default(),
+        aws_msk_iam: false,
     }
 }
 

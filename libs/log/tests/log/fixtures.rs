@@ -85,6 +85,7 @@ impl Fixture {
             rebalance_timeout: Duration::from_secs(20),
             group_instance_id: None,
             properties: Default::default(),
+            aws_msk_iam: false,
         };
         change(&mut config);
         let log = Arc::new(KafkaLog::new(&config).expect("create kafka clients"));
