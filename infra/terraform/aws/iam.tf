@@ -7,6 +7,16 @@ locals {
   ecr_repository = local.ecr_image.account == null ? null : "arn:${data.aws_partition.current.partition}:ecr:${local.ecr_image.region}:${local.ecr_image.account}:repository/${local.ecr_image.repository}"
 
   bucket_keys = "${aws_s3_bucket.this.arn}/${var.bucket_prefix}/*"
+
+  # MSK's IAM resources: the cluster, and its topics, groups and transactional ids (any name:
+  # runnel makes a topic and groups per stream and job version).
+  msk_arn_prefix = local.msk_iam ? "arn:${data.aws_partition.current.partition}:kafka:${data.aws_region.current.region}:${data.aws_caller_identity.current.account_id}" : null
+  msk_resources = local.msk_iam ? {
+    cluster          = aws_msk_cluster.this[0].arn
+    topics           = "${local.msk_arn_prefix}:topic/${aws_msk_cluster.this[0].cluster_name}/${aws_msk_cluster.this[0].cluster_uuid}/*"
+    groups           = "${local.msk_arn_prefix}:group/${aws_msk_cluster.this[0].cluster_name}/${aws_msk_cluster.this[0].cluster_uuid}/*"
+    transactional_id = "${local.msk_arn_prefix}:transactional-id/${aws_msk_cluster.this[0].cluster_name}/${aws_msk_cluster.this[0].cluster_uuid}/*"
+  } : null
 }
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -137,6 +147,50 @@ data "aws_iam_policy_document" "task" {
       values   = ["s3.${data.aws_region.current.region}.amazonaws.com"]
     }
   }
+}
+
+# MSK with IAM: what runnel's Kafka clients do. Every service connects, describes the cluster
+# and creates the topics it uses (ingest the streams', the others their jobs' results and
+# repartition topics); readers look up their groups' coordinators and committed offsets.
+# Writers produce idempotently; the stream-processor and a replay commit offsets and use
+# transactions (exactly-once).
+data "aws_iam_policy_document" "task_kafka" {
+  for_each = { for name, service in local.services : name => service if local.msk_iam }
+
+  statement {
+    sid       = "UseTheCluster"
+    actions   = concat(["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"], each.value.kafka.write ? ["kafka-cluster:WriteDataIdempotently"] : [])
+    resources = [local.msk_resources.cluster]
+  }
+
+  statement {
+    sid       = each.value.kafka.write ? "ReadAndWriteTopics" : "ReadTopics"
+    actions   = concat(["kafka-cluster:CreateTopic", "kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"], each.value.kafka.write ? ["kafka-cluster:WriteData"] : [])
+    resources = [local.msk_resources.topics]
+  }
+
+  statement {
+    sid       = each.value.kafka.write ? "UseGroups" : "DescribeGroups"
+    actions   = concat(["kafka-cluster:DescribeGroup"], each.value.kafka.write ? ["kafka-cluster:AlterGroup"] : [])
+    resources = [local.msk_resources.groups]
+  }
+
+  dynamic "statement" {
+    for_each = each.value.kafka.transactions ? [local.msk_resources.transactional_id] : []
+    content {
+      sid       = "UseTransactions"
+      actions   = ["kafka-cluster:DescribeTransactionalId", "kafka-cluster:AlterTransactionalId"]
+      resources = [statement.value]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "task_kafka" {
+  for_each = local.msk_iam ? toset(keys(local.services)) : toset([])
+
+  name   = "runnel-kafka"
+  role   = aws_iam_role.task[each.key].id
+  policy = data.aws_iam_policy_document.task_kafka[each.key].json
 }
 
 resource "aws_iam_role_policy" "task" {

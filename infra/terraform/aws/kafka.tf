@@ -1,7 +1,7 @@
-# Amazon MSK, unless `kafka_bootstrap_servers` brings a cluster of your own. Clients speak TLS
-# (port 9094) and are let in by the brokers' security group, which admits runnel's tasks only.
-# MSK's IAM client authentication is not offered: runnel's Kafka client (librdkafka) has no
-# AWS IAM signer yet.
+# Amazon MSK, unless `kafka_bootstrap_servers` brings a cluster of your own. Clients speak TLS,
+# are let in by the brokers' security group, which admits runnel's tasks only, and
+# authenticate with IAM (port 9098; `msk_iam_authentication`), each task role allowed only the
+# `kafka-cluster:` actions its service needs (iam.tf).
 
 resource "aws_msk_configuration" "this" {
   count = local.create_msk ? 1 : 0
@@ -74,7 +74,11 @@ resource "aws_msk_cluster" "this" {
   }
 
   client_authentication {
-    unauthenticated = true
+    unauthenticated = !var.msk_iam_authentication
+
+    sasl {
+      iam = var.msk_iam_authentication
+    }
   }
 
   logging_info {

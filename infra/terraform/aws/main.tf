@@ -14,6 +14,7 @@ locals {
       port         = 7301 # gRPC and HTTP, and /metrics
       metrics_port = 7301
       writes       = true # its archiver writes the history
+      kafka        = { write = true, transactions = false }
       health       = ["runnel", "health", "ingest"]
       size         = var.task_sizes.ingest
     }
@@ -21,7 +22,8 @@ locals {
       command      = ["stream-processor"]
       port         = null
       metrics_port = 7302
-      writes       = true # checkpoints, job failures
+      writes       = true                                  # checkpoints, job failures
+      kafka        = { write = true, transactions = true } # results, exactly-once
       health       = ["runnel", "health", "stream-processor"]
       size         = var.task_sizes.stream_processor
     }
@@ -29,7 +31,8 @@ locals {
       command      = ["serving"]
       port         = 7303
       metrics_port = 7305
-      writes       = false # reads checkpoints, batch views and the job catalog
+      writes       = false                                   # reads checkpoints, batch views and the job catalog
+      kafka        = { write = false, transactions = false } # reads the results topics
       health       = ["runnel", "health", "serving"]
       size         = var.task_sizes.serving
     }
@@ -37,7 +40,8 @@ locals {
       command      = ["batch-reprocessor"]
       port         = null
       metrics_port = null
-      writes       = true # batch views, the job catalog, a replay's checkpoints
+      writes       = true                                  # batch views, the job catalog, a replay's checkpoints
+      kafka        = { write = true, transactions = true } # a replay runs the live tasks
       health       = null
       size         = var.task_sizes.batch_reprocessor
     }
@@ -190,7 +194,7 @@ resource "aws_ecs_service" "this" {
   }
 
   # The target group must be attached to a listener before a service can use it.
-  depends_on = [aws_lb_listener.this, aws_iam_role_policy.execution, aws_iam_role_policy.task]
+  depends_on = [aws_lb_listener.this, aws_iam_role_policy.execution, aws_iam_role_policy.task, aws_iam_role_policy.task_kafka]
 
   tags = local.tags
 }

@@ -31,10 +31,10 @@ resource "aws_vpc_security_group_egress_rule" "service_kafka_msk" {
   for_each = local.create_msk ? toset(keys(local.services)) : toset([])
 
   security_group_id            = aws_security_group.service[each.key].id
-  description                  = "Kafka (MSK, TLS)"
+  description                  = "Kafka (MSK)"
   ip_protocol                  = "tcp"
-  from_port                    = var.kafka_port
-  to_port                      = var.kafka_port
+  from_port                    = local.kafka_port
+  to_port                      = local.kafka_port
   referenced_security_group_id = aws_security_group.msk[0].id
 }
 
@@ -49,8 +49,8 @@ resource "aws_vpc_security_group_egress_rule" "service_kafka_own" {
   security_group_id = aws_security_group.service[each.value.service].id
   description       = "Kafka (your cluster)"
   ip_protocol       = "tcp"
-  from_port         = var.kafka_port
-  to_port           = var.kafka_port
+  from_port         = local.kafka_port
+  to_port           = local.kafka_port
   cidr_ipv4         = each.value.cidr
 }
 
@@ -139,9 +139,9 @@ resource "aws_vpc_security_group_ingress_rule" "msk_from_services" {
   for_each = local.create_msk ? toset(keys(local.services)) : toset([])
 
   security_group_id            = aws_security_group.msk[0].id
-  description                  = "Kafka over TLS from ${each.key}"
+  description                  = "Kafka from ${each.key}"
   ip_protocol                  = "tcp"
-  from_port                    = var.kafka_port
-  to_port                      = var.kafka_port
+  from_port                    = local.kafka_port
+  to_port                      = local.kafka_port
   referenced_security_group_id = aws_security_group.service[each.key].id
 }

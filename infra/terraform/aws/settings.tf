@@ -6,7 +6,14 @@
 locals {
   create_msk = var.kafka_bootstrap_servers == null
 
-  bootstrap_servers = local.create_msk ? aws_msk_cluster.this[0].bootstrap_brokers_tls : var.kafka_bootstrap_servers
+  # MSK's clients authenticate with IAM unless told not to; a cluster of your own is reached
+  # as kafka_properties say.
+  msk_iam = local.create_msk && var.msk_iam_authentication
+
+  bootstrap_servers = (!local.create_msk ? var.kafka_bootstrap_servers :
+  local.msk_iam ? aws_msk_cluster.this[0].bootstrap_brokers_sasl_iam : aws_msk_cluster.this[0].bootstrap_brokers_tls)
+
+  kafka_port = !local.create_msk ? var.kafka_port : local.msk_iam ? 9098 : 9094
 
   object_store_url = "s3://${aws_s3_bucket.this.id}/${var.bucket_prefix}"
 
@@ -30,16 +37,19 @@ locals {
   }
 
   # How to reach the brokers: librdkafka properties, a key's dots written as `_` (runnel
-  # reads a `-`, which `_` becomes, as `.`).
-  kafka_property_settings = {
-    for key, value in var.kafka_properties :
-    "RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__${upper(replace(key, ".", "_"))}" => value
-  }
+  # reads a `-`, which `_` becomes, as `.`), and MSK's IAM authentication.
+  kafka_transport_settings = merge(
+    {
+      for key, value in var.kafka_properties :
+      "RUNNEL__STORAGE__LOG__KAFKA__PROPERTIES__${upper(replace(key, ".", "_"))}" => value
+    },
+    local.msk_iam ? { RUNNEL__STORAGE__LOG__KAFKA__AWS_MSK_IAM = "true" } : {},
+  )
 
   common_settings = merge(
     local.settings,
     local.address_settings,
-    local.kafka_property_settings,
+    local.kafka_transport_settings,
     {
       # object_store's S3 client takes its region and the task role's credentials from the
       # environment (AWS_REGION, and AWS_CONTAINER_CREDENTIALS_RELATIVE_URI, which ECS sets).

@@ -130,7 +130,7 @@ variable "kafka_client_cidr_blocks" {
 }
 
 variable "kafka_port" {
-  description = "The brokers' client port. MSK's TLS port is 9094."
+  description = "Bring your own Kafka: the brokers' client port. Ignored with MSK (9098 with IAM, 9094 without)."
   type        = number
   default     = 9094
 
@@ -141,7 +141,7 @@ variable "kafka_port" {
 }
 
 variable "kafka_properties" {
-  description = "librdkafka properties for every Kafka client (runnel's `storage.log.kafka.properties`), e.g. `{ \"security.protocol\" = \"SSL\" }`. The default speaks TLS to MSK with the system's CA certificates."
+  description = "librdkafka properties for every Kafka client (runnel's `storage.log.kafka.properties`), e.g. `{ \"security.protocol\" = \"SSL\" }`. The default speaks TLS with the system's CA certificates; with MSK's IAM authentication runnel sets `security.protocol` and `sasl.mechanism` itself."
   type        = map(string)
   default = {
     "security.protocol" = "SSL"
@@ -152,6 +152,12 @@ variable "kafka_properties" {
     condition     = alltrue([for k, _ in var.kafka_properties : can(regex("^[a-z][a-z0-9.]*$", k))])
     error_message = "kafka_properties keys must be librdkafka property names (lower-case letters, digits and dots)."
   }
+}
+
+variable "msk_iam_authentication" {
+  description = "MSK: clients authenticate with IAM (SASL/OAUTHBEARER over TLS, port 9098; runnel's `aws-msk-iam`), and each task role gets only the `kafka-cluster:` actions its service needs. False: unauthenticated TLS on 9094, confined by the security groups alone."
+  type        = bool
+  default     = true
 }
 
 variable "msk_kafka_version" {

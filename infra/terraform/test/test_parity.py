@@ -232,6 +232,8 @@ class RunnelAcceptsTheSettingsTest(unittest.TestCase):
                         for key, value in properties.items()
                     }
                 )
+                # MSK's IAM authentication, as the module sets it (local.kafka_transport_settings).
+                env["RUNNEL__STORAGE__LOG__KAFKA__AWS_MSK_IAM"] = "true"
                 env.update(locals_["service_settings"][name])
                 env.update({secret: "a-token-from-secrets-manager" for secret in locals_["service_secrets"][name]})
                 run = subprocess.run(
@@ -241,6 +243,7 @@ class RunnelAcceptsTheSettingsTest(unittest.TestCase):
                 for key in properties:
                     self.assertIn(f'"{key.replace(".", "-")}"', run.stdout)
                 self.assertIn("exactly_once: true", run.stdout)
+                self.assertIn("aws_msk_iam: true", run.stdout)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ mock_provider "aws" {
   }
   mock_resource "aws_msk_cluster" {
     defaults = {
-      arn                   = "arn:aws:kafka:eu-west-1:123456789012:cluster/runnel/0"
-      bootstrap_brokers_tls = "b-1.runnel.kafka.eu-west-1.amazonaws.com:9094,b-2.runnel.kafka.eu-west-1.amazonaws.com:9094"
+      arn                        = "arn:aws:kafka:eu-west-1:123456789012:cluster/runnel/0f0e0d0c-0000-0000-0000-000000000000-1"
+      cluster_uuid               = "0f0e0d0c-0000-0000-0000-000000000000-1"
+      bootstrap_brokers_tls      = "b-1.runnel.kafka.eu-west-1.amazonaws.com:9094,b-2.runnel.kafka.eu-west-1.amazonaws.com:9094"
+      bootstrap_brokers_sasl_iam = "b-1.runnel.kafka.eu-west-1.amazonaws.com:9098,b-2.runnel.kafka.eu-west-1.amazonaws.com:9098"
     }
   }
   mock_resource "aws_msk_configuration" {
@@ -71,8 +73,39 @@ run "msk_tokens_and_settings" {
   command = apply
 
   assert {
-    condition     = length(aws_msk_cluster.this) == 1 && local.bootstrap_servers == aws_msk_cluster.this[0].bootstrap_brokers_tls
-    error_message = "with no kafka_bootstrap_servers the module makes MSK and points runnel at its TLS brokers"
+    condition     = length(aws_msk_cluster.this) == 1 && local.bootstrap_servers == aws_msk_cluster.this[0].bootstrap_brokers_sasl_iam
+    error_message = "with no kafka_bootstrap_servers the module makes MSK and points runnel at its IAM brokers"
+  }
+
+  assert {
+    condition     = local.common_settings["RUNNEL__STORAGE__LOG__KAFKA__AWS_MSK_IAM"] == "true" && aws_msk_cluster.this[0].client_authentication[0].sasl[0].iam && !aws_msk_cluster.this[0].client_authentication[0].unauthenticated
+    error_message = "MSK takes IAM clients only, and runnel signs in with IAM"
+  }
+
+  assert {
+    condition     = alltrue([for rule in aws_vpc_security_group_ingress_rule.msk_from_services : rule.from_port == 9098 && rule.to_port == 9098])
+    error_message = "the tasks reach MSK's IAM port, 9098"
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy.task_kafka) == 4
+    error_message = "each service's task role gets its kafka-cluster actions"
+  }
+
+  assert {
+    condition = (
+      !contains(flatten([for st in data.aws_iam_policy_document.task_kafka["serving"].statement : tolist(st.actions)]), "kafka-cluster:WriteData")
+      && !contains(flatten([for st in data.aws_iam_policy_document.task_kafka["serving"].statement : tolist(st.actions)]), "kafka-cluster:AlterGroup")
+      && contains(flatten([for st in data.aws_iam_policy_document.task_kafka["serving"].statement : tolist(st.actions)]), "kafka-cluster:ReadData")
+      && contains(flatten([for st in data.aws_iam_policy_document.task_kafka["stream-processor"].statement : tolist(st.actions)]), "kafka-cluster:AlterTransactionalId")
+      && !contains(flatten([for st in data.aws_iam_policy_document.task_kafka["ingest"].statement : tolist(st.actions)]), "kafka-cluster:AlterTransactionalId")
+    )
+    error_message = "serving only reads; only the stream-processor and the batch-reprocessor use transactions"
+  }
+
+  assert {
+    condition     = local.msk_resources.topics == "arn:aws:kafka:eu-west-1:123456789012:topic/runnel/0f0e0d0c-0000-0000-0000-000000000000-1/*"
+    error_message = "the task roles reach the cluster's own topics"
   }
 
   assert {
@@ -180,6 +213,24 @@ run "own_kafka_and_tls" {
   assert {
     condition     = local.ecr_repository == null
     error_message = "an image from elsewhere gives no ECR permission"
+  }
+}
+
+run "msk_without_iam" {
+  command = apply
+
+  variables {
+    msk_iam_authentication = false
+  }
+
+  assert {
+    condition     = local.bootstrap_servers == aws_msk_cluster.this[0].bootstrap_brokers_tls && !contains(keys(local.common_settings), "RUNNEL__STORAGE__LOG__KAFKA__AWS_MSK_IAM")
+    error_message = "without IAM, runnel speaks plain TLS to MSK's TLS brokers"
+  }
+
+  assert {
+    condition     = length(aws_iam_role_policy.task_kafka) == 0 && alltrue([for rule in aws_vpc_security_group_ingress_rule.msk_from_services : rule.from_port == 9094])
+    error_message = "without IAM: no kafka-cluster policies, and port 9094"
   }
 }
 
