@@ -21,7 +21,8 @@
 //! append (Kafka Streams' repartition topics carry no such thing; Flink broadcasts watermarks
 //! across a shuffle the same way).
 //!
-//! When a read finds nothing new (the router has reached the live log's end), it tells every
+//! When a read finds nothing new and the router has read up to the live log's end (asked of
+//! the log: an empty read alone may be a broker restarting), it tells every
 //! repartition partition so once, with an *end marker* (headers: the source partition and
 //! `runnel-source-at-end`), until it routes again. Only a source partition at its end may
 //! turn idle in the window tasks (the job's `idle-timeout`): one still reading its history
@@ -29,7 +30,7 @@
 //! made late.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, TimestampMillisecondType};
@@ -45,6 +46,9 @@ use crate::task::{
     SOURCE_AT_END_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER,
     TaskContext,
 };
+
+/// How long a router asks the log for a partition's end before it takes it as not known.
+const CAUGHT_UP_CHECK: Duration = Duration::from_secs(2);
 
 /// Routes one source partition of a job into its repartition topic.
 pub(crate) struct Router {
@@ -148,7 +152,9 @@ impl Router {
                     self.told_at_end = false;
                     self.route(&batch)?
                 }
-                None if !self.told_at_end => {
+                None if !self.told_at_end
+                    && self.caught_up(source.is_live(), source.position()).await =>
+                {
                     self.told_at_end = true;
                     self.end_markers()
                 }
@@ -252,6 +258,36 @@ impl Router {
             }
         }
         Ok(routed)
+    }
+
+    /// Whether the source, which just read nothing, has read everything its live log partition
+    /// holds now (`live`: it reads the live log; `position`: its next offset). An empty read alone does not say so: while a broker restarts or a leader
+    /// moves, reads come back empty with records still to come, and a source partition told
+    /// at its end may turn idle in the window tasks and let the watermark pass its unread
+    /// events (the likely cause of a final result five events short after a compose test's
+    /// rolling restart). When the
+    /// log's end cannot be had within [`CAUGHT_UP_CHECK`], the answer is no: the watermark
+    /// waits.
+    async fn caught_up(&self, live: bool, position: u64) -> bool {
+        if !live {
+            return false;
+        }
+        let end = tokio::time::timeout(
+            CAUGHT_UP_CHECK,
+            self.context
+                .log
+                .latest_offset(self.job.stream.name(), self.partition),
+        )
+        .await;
+        match end {
+            Ok(Ok(end)) => position >= end,
+            Ok(Err(error)) => {
+                debug!(job = %self.job.name, partition = self.partition, %error,
+                    "the log's end is unknown; not telling the window tasks this source is at its end");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// An end marker for every repartition partition: this source partition holds nothing
