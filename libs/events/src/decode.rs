@@ -20,8 +20,8 @@ use arrow::json::reader::{Decoder, ReaderBuilder};
 use runnel_log::Record;
 
 use crate::record_format::RecordFormatDecoder;
-use crate::validate::format_millis;
 use crate::{EventTimeBounds, EventTimeOutOfBounds, StreamSchema};
+use runnel_time::format_millis;
 
 /// A record that could not be decoded into the stream's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -168,7 +168,7 @@ pub(crate) async fn register_version(
     store: &dyn object_store::ObjectStore,
     job: &runnel_config::JobConfig,
 ) -> Result<(), BatchError> {
-    let version = runnel_jobs::RegisteredVersion::of(job, runnel_events::validate::now_millis())?;
+    let version = runnel_jobs::RegisteredVersion::of(job, runnel_time::now_millis())?;
     if runnel_jobs::register(store, &version).await? == runnel_jobs::Registration::Registered {
         tracing::info!(job = %job.id(), "registered the job version in the job catalog");
     }

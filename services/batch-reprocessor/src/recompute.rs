@@ -46,8 +46,8 @@ use runnel_archive::FileEntry;
 use runnel_archive::parquet_file::{HistoryRead, open_history_file, with_string_views};
 use runnel_config::Config;
 use runnel_engine::WindowSpec;
-use runnel_events::validate::{format_millis, now_millis};
 use runnel_stream_processor::Job;
+use runnel_time::{format_millis, now_millis};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 

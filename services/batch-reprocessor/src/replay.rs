@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::BatchError;
-use runnel_events::validate::now_millis;
 use runnel_jobs::{ActiveVersion, save_active};
+use runnel_time::now_millis;
 
 /// How often the replay's progress is read from its tasks.
 const POLL: Duration = Duration::from_millis(100);

@@ -9,10 +9,11 @@ use bytes::Bytes;
 use prost::Message;
 use runnel_config::{Config, IngestConfig};
 use runnel_events::validate::{
-    RejectReason, TypedValue, ValidateBuffer, ValidationLimits, Validator, now_millis,
+    RejectReason, TypedValue, ValidateBuffer, ValidationLimits, Validator,
 };
 use runnel_events::{UNKNOWN_STREAM_DEAD_LETTER_TOPIC, dead_letter_topic};
 use runnel_log::{Header, Log, LogError, ProduceRecord, RecordPosition};
+use runnel_time::now_millis;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{debug, trace};
 

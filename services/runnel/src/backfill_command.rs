@@ -12,7 +12,7 @@ use runnel_batch_reprocessor::BatchError;
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
 use runnel_batch_reprocessor::replay::{ReplayOutcome, ReplayProgress};
 use runnel_config::Config;
-use runnel_events::validate::{format_millis, parse_rfc3339_millis};
+use runnel_time::{format_millis, parse_time_flag};
 use tracing::warn;
 
 use crate::client::ClientArgs;
@@ -46,13 +46,13 @@ pub(crate) struct BackfillArgs {
     /// the running services serve it, and run it once a replay makes it active.
     #[arg(long, value_name = "FILE", requires = "version")]
     sql: Option<std::path::PathBuf>,
-    /// Leaves out windows starting before this: RFC 3339 (`2026-11-01T00:00:00Z`) or epoch
-    /// milliseconds. Default: from the first archived event.
-    #[arg(long, value_parser = parse_time)]
+    /// Leaves out windows starting before this: RFC 3339 (`2026-11-01T00:00:00Z`), epoch
+    /// milliseconds, or relative to now (`-24h`). Default: from the first archived event.
+    #[arg(long, value_parser = parse_time_flag)]
     from: Option<i64>,
     /// Reads no event at or after this (same forms as --from). Default: up to the history's
     /// horizon.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = parse_time_flag)]
     to: Option<i64>,
     /// replay or recompute.
     #[arg(long, value_enum)]
@@ -74,14 +74,6 @@ pub(crate) struct BackfillArgs {
     /// archive what the log holds now (`runnel archive --flush`).
     #[arg(long)]
     no_flush: bool,
-}
-
-pub(crate) fn parse_time(text: &str) -> Result<i64, String> {
-    if let Ok(millis) = text.parse::<i64>() {
-        return Ok(millis);
-    }
-    parse_rfc3339_millis(text)
-        .map_err(|reason| format!("`{text}` is neither epoch milliseconds nor RFC 3339: {reason}"))
 }
 
 /// The job version `args` names: declared in the config or registered in `catalog`, or

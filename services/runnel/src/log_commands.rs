@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -111,9 +111,10 @@ pub(crate) struct ProduceArgs {
     /// Appends to this partition instead of the key's.
     #[arg(long)]
     partition: Option<u32>,
-    /// Record timestamp: epoch milliseconds or RFC 3339 (`2025-01-31T12:00:00.5Z`).
+    /// Record timestamp: epoch milliseconds, RFC 3339 (`2025-01-31T12:00:00.5Z`) or relative
+    /// to now (`-1h`).
     /// Defaults to now.
-    #[arg(long, value_parser = parse_timestamp)]
+    #[arg(long, value_parser = runnel_time::parse_time_flag)]
     timestamp: Option<i64>,
 }
 
@@ -399,7 +400,7 @@ async fn open_log(config: &Config) -> anyhow::Result<Arc<dyn Log>> {
 async fn produce(log: &dyn Log, args: ProduceArgs) -> anyhow::Result<()> {
     let timestamp = match args.timestamp {
         Some(timestamp) => timestamp,
-        None => now_millis()?,
+        None => runnel_time::now_millis(),
     };
     let record = ProduceRecord {
         key: args.key.map(Bytes::from),
@@ -601,25 +602,6 @@ fn parse_offset_range(text: &str) -> Result<(u64, u64), String> {
     Ok((first, last))
 }
 
-fn parse_timestamp(text: &str) -> Result<i64, String> {
-    if let Ok(millis) = text.parse::<i64>() {
-        return Ok(millis);
-    }
-    let time = humantime::parse_rfc3339_weak(text).map_err(|error| {
-        format!("`{text}` is neither epoch milliseconds nor an RFC 3339 time: {error}")
-    })?;
-    millis_since_epoch(time).ok_or_else(|| format!("`{text}` is before 1970 or too far ahead"))
-}
-
-fn now_millis() -> anyhow::Result<i64> {
-    millis_since_epoch(SystemTime::now()).context("read the clock: it is before 1970")
-}
-
-fn millis_since_epoch(time: SystemTime) -> Option<i64> {
-    let since_epoch = time.duration_since(UNIX_EPOCH).ok()?;
-    i64::try_from(since_epoch.as_millis()).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -682,15 +664,5 @@ mod tests {
         assert!(parse_offset_range("12-10").is_err());
         assert!(parse_offset_range("a-b").is_err());
         assert!(parse_offset_range("-3").is_err());
-    }
-
-    #[test]
-    fn timestamps_parse_as_millis_or_rfc3339() {
-        assert_eq!(parse_timestamp("1700000000123"), Ok(1_700_000_000_123));
-        assert_eq!(
-            parse_timestamp("2023-11-14T22:13:20.123Z"),
-            Ok(1_700_000_000_123)
-        );
-        assert!(parse_timestamp("yesterday").is_err());
     }
 }

@@ -26,8 +26,8 @@ use runnel_serving::proto::{self, value::Kind};
 use runnel_time::format_millis;
 use serde_json::{Map, Value as Json, json};
 
-use crate::backfill_command::parse_time;
 use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
+use runnel_time::parse_time_flag;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -207,11 +207,11 @@ enum QueryCall {
         /// The group key: one value (`u1`, `42`) or a JSON array (`[42,"de"]`).
         #[arg(long)]
         key: String,
-        /// Windows starting at or after this (epoch ms or RFC 3339); default: all.
-        #[arg(long, value_parser = parse_time)]
+        /// Windows starting at or after this (epoch ms, RFC 3339, or relative to now like `-1h`); default: all.
+        #[arg(long, value_parser = parse_time_flag)]
         from: Option<i64>,
-        /// Windows starting before this (epoch ms or RFC 3339); default: no bound.
-        #[arg(long, value_parser = parse_time)]
+        /// Windows starting before this (epoch ms, RFC 3339, or relative to now like `-1h`); default: no bound.
+        #[arg(long, value_parser = parse_time_flag)]
         to: Option<i64>,
         /// While the key has no window in the range (its events not processed yet, or the
         /// service still rebuilding its views), ask again, for up to this long (`10s`).
@@ -223,8 +223,8 @@ enum QueryCall {
     Window {
         #[arg(long)]
         job: String,
-        /// The window's start (epoch ms or RFC 3339).
-        #[arg(long, value_parser = parse_time)]
+        /// The window's start (epoch ms, RFC 3339, or relative to now like `-1h`).
+        #[arg(long, value_parser = parse_time_flag)]
         start: i64,
         /// Keys per page (0: the service's default).
         #[arg(long, default_value_t = 0)]
@@ -240,8 +240,8 @@ enum QueryCall {
     Topk {
         #[arg(long)]
         job: String,
-        /// The window's start (epoch ms or RFC 3339).
-        #[arg(long, value_parser = parse_time)]
+        /// The window's start (epoch ms, RFC 3339, or relative to now like `-1h`).
+        #[arg(long, value_parser = parse_time_flag)]
         start: i64,
         #[arg(long, default_value_t = 10)]
         k: u32,

@@ -137,19 +137,9 @@ struct LogTarget {
     exactly_once: bool,
 }
 
+/// The driver's durations (`600s`, `500ms`): humantime's, as runnel's config reads them.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("bad duration `{text}`"))?;
-    match unit {
-        "s" | "" => Ok(Duration::from_secs(number)),
-        "ms" => Ok(Duration::from_millis(number)),
-        _ => Err(format!("bad duration `{text}`: use s or ms")),
-    }
+    humantime::parse_duration(text).map_err(|error| format!("bad duration `{text}`: {error}"))
 }
 
 /// The three jobs of `scripts/bench-windows.sh`, on `clicks`: `key` is `user_id`, `value`
@@ -521,33 +511,9 @@ fn stop(child: &mut Child) {
 }
 
 /// Milliseconds since the epoch of a UTC timestamp as `tracing` writes it
-/// (`2026-11-22T06:24:22.398682Z`).
+/// (`2026-11-22T06:24:22.398682Z`), read by runnel's one RFC 3339 parser.
 fn parse_utc_ms(text: &str) -> Option<i64> {
-    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
-    let date: Vec<i64> = date
-        .split('-')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
-    let clock: Vec<i64> = clock
-        .split(':')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let (&[year, month, day], &[hours, minutes, seconds]) = (date.as_slice(), clock.as_slice())
-    else {
-        return None;
-    };
-    let millis: i64 = format!("{fraction:0<3}").get(..3)?.parse().ok()?;
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some((days * 86_400 + hours * 3_600 + minutes * 60 + seconds) * 1_000 + millis)
+    runnel_time::parse_rfc3339_millis(text).ok()
 }
 
 /// The first time (epoch ms) each message appears in a JSON-lines service log.
@@ -616,7 +582,7 @@ async fn service(
     let log_file = std::fs::File::create(&log_path)
         .with_context(|| format!("create {}", log_path.display()))?;
     let started = Instant::now();
-    let spawned_ms = runnel_events::validate::now_millis();
+    let spawned_ms = runnel_time::now_millis();
     let mut child = Command::new(bin)
         .arg("--config")
         .arg(&config_path)
@@ -952,7 +918,7 @@ async fn generate(log: Arc<EmbeddedLog>, rate: u64, run: Duration) -> anyhow::Re
         if due <= sent {
             continue;
         }
-        let now = runnel_events::validate::now_millis();
+        let now = runnel_time::now_millis();
         let first = appended.events.len();
         let mut records = Vec::with_capacity((due - sent) as usize);
         for n in sent..due {

@@ -277,7 +277,7 @@ async fn supervise_job(
             let failure = JobFailure {
                 error: message.clone(),
                 restarts,
-                failed_at_ms: runnel_events::validate::now_millis(),
+                failed_at_ms: runnel_time::now_millis(),
             };
             if let Err(error) = checkpoint::record_job_failure(
                 context.store.as_ref(),

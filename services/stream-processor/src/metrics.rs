@@ -61,7 +61,7 @@ impl MetricsServer {
 }
 
 async fn metrics(State(registry): State<Arc<StatusRegistry>>) -> Exposition {
-    encode(&registry.snapshot(), runnel_events::validate::now_millis())
+    encode(&registry.snapshot(), runnel_time::now_millis())
 }
 
 async fn status(State(registry): State<Arc<StatusRegistry>>) -> Json<Vec<JobStatus>> {

@@ -490,7 +490,7 @@ impl PartitionReporter {
         state.last_checkpoint = Some(CheckpointStatus {
             epoch,
             source_offset,
-            completed_at_ms: Some(runnel_events::validate::now_millis()),
+            completed_at_ms: Some(runnel_time::now_millis()),
             duration_seconds: Some(duration.as_secs_f64()),
         });
     }

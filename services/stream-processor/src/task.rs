@@ -492,7 +492,7 @@ impl Task {
             .max()
             .filter(|arrival| *arrival > 0)
             .or(self.operator.arrival_clock())
-            .unwrap_or_else(runnel_events::validate::now_millis);
+            .unwrap_or_else(runnel_time::now_millis);
         let (output, events) = self.process_repartitioned(records, arrival)?;
         let next_offset = records.last().map(|last| last.offset + 1);
         self.finish_batch(output, arrival, next_offset, events)

@@ -17,7 +17,6 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::warn;
 
@@ -130,7 +129,7 @@ pub fn repair_embedded_partition(
         published: read_published(&part_dir.join(PUBLISHED_FILE))?
             .ok()
             .flatten(),
-        time_ms: now_millis(),
+        time_ms: runnel_time::now_millis(),
         index_interval_bytes,
     };
     if repair.bases.is_empty() {
@@ -800,14 +799,6 @@ fn json_string(text: &str) -> String {
     }
     out.push('"');
     out
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-        })
 }
 
 #[cfg(test)]

@@ -161,7 +161,7 @@ impl Sandbox {
     }
 }
 
-pub(crate) use runnel_events::validate::now_millis;
+pub(crate) use runnel_time::now_millis;
 
 /// A record's header by name.
 pub(crate) fn header<'a>(record: &'a Record, name: &str) -> Option<&'a str> {

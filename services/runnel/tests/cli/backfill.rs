@@ -88,7 +88,7 @@ fn view_rows(files: &[PathBuf]) -> BTreeMap<String, (i64, i64, String)> {
 
 /// Epoch milliseconds of arrow_json's text for a zone-less millisecond timestamp.
 fn millis(text: &str) -> i64 {
-    runnel_events::validate::parse_rfc3339_millis(&format!("{text}Z")).expect("a timestamp")
+    runnel_time::parse_rfc3339_millis(&format!("{text}Z")).expect("a timestamp")
 }
 
 /// An embedded universe under `dir` whose log the live stream-processor has run over to the

@@ -134,7 +134,7 @@ struct Case {
 fn hostile_events_and_requests_stop_nothing_and_change_no_earlier_result() {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("runnel.toml"), CONFIG).expect("write config");
-    let now = runnel_events::validate::now_millis();
+    let now = runnel_time::now_millis();
     let minute = |n: i64| (now / 60_000 - 30 + n) * 60_000;
     let events = "/v1/streams/clicks/events";
 
@@ -345,7 +345,7 @@ fn a_failing_service_never_stops_ingest_in_runnel_all() {
         &[("RUNNEL__SERVING__LISTEN", taken_address.as_str())],
         &["ingest"],
     );
-    let now = runnel_events::validate::now_millis();
+    let now = runnel_time::now_millis();
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(700));
         assert!(
