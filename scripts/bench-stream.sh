@@ -34,8 +34,8 @@
 #   does; not appended), all (the whole loop). Where the time goes when the service is slow.
 #   For the jobs in BENCH_STREAM_STAGES (default "tumble"; empty: none).
 # latency_p50_ms, latency_p99_ms: the tumbling job with early-emit-interval 1s, measured IN
-#   PROCESS (the embedded log admits one process): the driver opens the log, runs the service
-#   with runnel_stream_processor::run_with_log on it, and appends BENCH_STREAM_RATE (default
+#   PROCESS (so that the driver times each append's acknowledgement itself): the driver opens
+#   the log, runs the service with runnel_stream_processor::run_with_log on it, and appends BENCH_STREAM_RATE (default
 #   100,000) events/s from one generator task (one append at a time, every 5 ms, each
 #   waiting for its fsync; event time = the wall clock, 5% shifted back by up to 5 s), while a
 #   reader per partition tails <job>.results. Latency of an event = the time from its

@@ -1,8 +1,9 @@
 //! The `runnel` CLI: runs any service, all of them in one process, and works on the log.
 //!
 //! Flags are parsed here, config is loaded once and passed down; each service runs through
-//! its library's `run`. `runnel ingest` is the ingest service's client; `runnel backfill`
-//! runs the batch-reprocessor's backfills; `runnel query` (issue 7) will join them.
+//! its library's `run`. `runnel ingest` is the ingest service's client, `runnel backfill`
+//! runs the batch-reprocessor's backfills, and `runnel query` and `runnel results` are
+//! serving's clients.
 
 mod archive_command;
 mod backfill_command;
