@@ -26,6 +26,8 @@ pub mod decode;
 mod record_format;
 
 pub use record_format::encode_records;
+mod json_write;
+pub mod reject;
 pub mod validate;
 
 use std::sync::Arc;

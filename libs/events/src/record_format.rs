@@ -22,7 +22,7 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use bytes::Bytes;
 
 use crate::StreamSchema;
-use crate::validate::{write_f64, write_i64, write_json_str};
+use crate::json_write::{write_f64, write_i64, write_json_str};
 
 /// Encodes each row of `batch` (decoded from `schema`'s stream: its declared columns first,
 /// as [`crate::decode`] and the Parquet history give them) as a record value in the record

@@ -8,9 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use runnel_config::{Config, IngestConfig};
-use runnel_events::validate::{
-    RejectReason, TypedValue, ValidateBuffer, ValidationLimits, Validator,
-};
+use runnel_events::reject::RejectReason;
+use runnel_events::validate::{TypedValue, ValidateBuffer, ValidationLimits, Validator};
 use runnel_events::{UNKNOWN_STREAM_DEAD_LETTER_TOPIC, dead_letter_topic};
 use runnel_log::{Header, Log, LogError, ProduceRecord, RecordPosition};
 use runnel_time::now_millis;
