@@ -93,12 +93,11 @@ time_runnel() {
 }
 
 echo "==> building runnel and the stream_bench data generator (release)" >&2
-if ! cargo build --release -p runnel --bin runnel -p runnel-stream-processor --example stream_bench >&2; then
+if ! stream_bench="$(build_bench_driver stream_bench -p runnel --bin runnel)" || [[ -z "$stream_bench" ]]; then
   for name in $(all_names); do unavailable "$name" "release build failed"; done
   exit 1
 fi
 runnel_bin="$TARGET_DIR/release/runnel"
-stream_bench="$TARGET_DIR/release/examples/stream_bench"
 
 echo "==> filling an embedded log with $EVENTS events and archiving it" >&2
 config="$work_dir/fill.toml"

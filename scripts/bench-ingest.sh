@@ -2,7 +2,7 @@
 # Ingest benchmark (issue 4): prints `BENCH <name> <value> <unit>` lines on stdout, progress on
 # stderr. The ingest service runs as its own process (release build) on the embedded log in a
 # temporary folder, archiver off; a separate load-generator process
-# (services/ingest/examples/ingest_load.rs) sends ~100-byte events of the default `clicks`
+# (e2e-tests/benches/ingest_load.rs) sends ~100-byte events of the default `clicks`
 # stream (4 partitions, keyed by user) over loopback and counts the events the service
 # acknowledged, that is, fsynced in the log.
 # grpc_ingest: unary Ingest calls of BENCH_INGEST_BATCH events (default 1000),
@@ -21,7 +21,10 @@ HTTP_CONNECTIONS="${BENCH_INGEST_HTTP_CONNECTIONS:-8}"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 
 echo "==> building the ingest service and the load generator (release)" >&2
-cargo build --release -p runnel-ingest --bin runnel-ingest --example ingest_load >&2
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+ingest_load="$(build_bench_driver ingest_load -p runnel-ingest --bin runnel-ingest)"
+[[ -n "$ingest_load" ]] || { echo "the load generator did not build" >&2; exit 1; }
 
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-ingest.XXXXXX")"
 service_pid=""
@@ -59,7 +62,7 @@ fi
 echo "==> ingest service listening on $address" >&2
 
 load() {
-  "$TARGET_DIR/release/examples/ingest_load" --url "http://$address" --batch-size "$BATCH" \
+  "$ingest_load" --url "http://$address" --batch-size "$BATCH" \
     --duration "${SECONDS_MEASURED}s" "$@"
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serving benchmark: prints `BENCH <name> <value> <unit>` lines on stdout, progress on stderr.
-# The driver is services/serving/examples/serving_bench.rs (release build): ingest, the
+# The driver is e2e-tests/benches/serving_bench.rs (release build): ingest, the
 # stream-processor and serving run in its one process on a fresh embedded log in a temporary
 # folder, and it talks to them over loopback gRPC as a client would.
 #
@@ -60,13 +60,12 @@ declare -A values=()
 source scripts/lib/bench.sh
 
 echo "==> building the serving_bench driver and runnel (release)" >&2
-if ! cargo build --release -p runnel-serving --example serving_bench -p runnel --bin runnel >&2; then
+if ! bench_bin="$(build_bench_driver serving_bench -p runnel --bin runnel)" || [[ -z "$bench_bin" ]]; then
   for name in $QUERY_NAMES $E2E_NAMES $E2E_PROCESS_NAMES query_p50_vs_baseline query_p99_vs_baseline; do
     unavailable "$name" "release build failed"
   done
   exit 1
 fi
-bench_bin="$TARGET_DIR/release/examples/serving_bench"
 export RUST_LOG="${RUST_LOG:-warn}"
 # A failure's last stderr line is its reason (run_figures), not the end of a backtrace.
 export RUST_LIB_BACKTRACE=0

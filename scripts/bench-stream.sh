@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stream-processor benchmark (issue 5): prints `BENCH <name> <value> <unit>` lines on stdout,
-# progress on stderr. The driver is services/stream-processor/examples/stream_bench.rs.
+# progress on stderr. The driver is e2e-tests/benches/stream_bench.rs.
 #
 # Data: BENCH_STREAM_EVENTS (default 5,000,000) events of the default `clicks` stream
 # (4 partitions, keyed by user_id), ~108 bytes of JSON each, written straight into an embedded
@@ -30,7 +30,7 @@
 # stream_<job>_vs_decode: ratios of the two (1 would be the service at the decode floor).
 # stage_<job>_<step>: events/s of each step of a task alone, on one thread, one partition
 #   after the other: read (log to records), decode (records to Arrow), operator
-#   (WindowOperator::process), encode (result rows to keyed JSON, as the service's output.rs
+#   (WindowOperator::process), encode (result rows to keyed JSON, as the service's runnel_jobs::records
 #   does; not appended), all (the whole loop). Where the time goes when the service is slow.
 #   For the jobs in BENCH_STREAM_STAGES (default "tumble"; empty: none).
 # latency_p50_ms, latency_p99_ms: the tumbling job with early-emit-interval 1s, measured IN
@@ -94,13 +94,12 @@ all_names() {
 }
 
 echo "==> building runnel-stream-processor and the stream_bench driver (release)" >&2
-if ! cargo build --release -p runnel-stream-processor --bin runnel-stream-processor \
-  --example stream_bench >&2; then
+if ! bench_bin="$(build_bench_driver stream_bench -p runnel-stream-processor \
+  --bin runnel-stream-processor)" || [[ -z "$bench_bin" ]]; then
   for name in $(all_names); do unavailable "$name" "release build failed"; done
   exit 1
 fi
 service_bin="$TARGET_DIR/release/runnel-stream-processor"
-bench_bin="$TARGET_DIR/release/examples/stream_bench"
 throughput=("$bench_bin" --dir "$work_dir/throughput")
 
 echo "==> filling an embedded log in $work_dir/throughput with $EVENTS events" >&2

@@ -7,6 +7,9 @@
 #                        any it did not print is reported unavailable with CMD's last stderr line
 #   is_number TEXT       whether TEXT is a plain non-negative number
 #   ratio NAME OURS THEIRS  prints `BENCH <name> <ours/theirs> ratio` from remembered values
+#   build_bench_driver NAME [CARGO ARGS...]  builds (release) e2e-tests/benches/NAME.rs, a
+#                        benchmark driver, with whatever else CARGO ARGS name (`-p runnel --bin
+#                        runnel`), and prints the driver's path; cargo's output goes to stderr
 
 emit() {
   local line="$1" name value
@@ -52,4 +55,20 @@ ratio() {
   else
     emit "BENCH $name $(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2f", a / b }') ratio"
   fi
+}
+
+build_bench_driver() {
+  local name="$1"
+  shift
+  cargo build --release -p runnel-e2e-tests --bench "$name" "$@" \
+    --message-format=json-render-diagnostics |
+    python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == name \
+            and "bench" in message["target"]["kind"] and message.get("executable"):
+        print(message["executable"])
+' "$name"
 }

@@ -4,8 +4,9 @@
 //!
 //! - `recompute`: the DataFusion batch plan over the history's files, split among workers,
 //!   into a batch view.
-//! - `view`: batch views, `views/<job>/<version>/`: Parquet files and a manifest with the
-//!   view's horizon, replaced atomically.
+//!   Its batch views (`views/<job>/<version>/`: Parquet files and a manifest with the view's
+//!   horizon, replaced atomically) are defined in `runnel_jobs::view`, where serving reads
+//!   them.
 //! - `replay`: a job version run by the stream-processor's own tasks over the hybrid source
 //!   until it has caught up with the live log, then made active (`runnel_jobs`).
 //!
@@ -19,7 +20,6 @@
 
 pub mod recompute;
 pub mod replay;
-pub mod view;
 
 use std::sync::Arc;
 

@@ -46,16 +46,17 @@ use runnel_archive::FileEntry;
 use runnel_archive::parquet_file::{HistoryRead, open_history_file, with_string_views};
 use runnel_config::Config;
 use runnel_engine::WindowSpec;
-use runnel_stream_processor::Job;
+use runnel_jobs::Job;
 use runnel_time::{format_millis, now_millis};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::view::{VIEW_FORMAT, ViewFile, ViewManifest, generation_dir, load_view, save_view};
-use crate::{BatchError, get_json, put_json};
+use runnel_jobs::view::{
+    VIEW_FORMAT, VIEWS_PREFIX, ViewFile, ViewManifest, generation_dir, load_view, save_view,
+    view_dir,
+};
 
-/// The folder under the object store's root where batch views live.
-pub const VIEWS_PREFIX: &str = "views";
+use crate::{BatchError, get_json, put_json};
 
 /// Rows per batch read from a history file.
 const READ_BATCH_ROWS: usize = 32_768;
@@ -154,7 +155,7 @@ struct RunState {
 }
 
 fn run_state_path(job: &Job) -> Path {
-    crate::view::view_dir(VIEWS_PREFIX, &job.job_name, job.version).join("_run.json")
+    view_dir(VIEWS_PREFIX, &job.job_name, job.version).join("_run.json")
 }
 
 async fn load_run_state(

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use object_store::ObjectStore;
 use runnel_config::{Config, JobConfig};
+use runnel_jobs::Job;
 use runnel_log::Log;
-use runnel_stream_processor::{Job, StatusRegistry};
+use runnel_stream_processor::StatusRegistry;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -69,8 +70,7 @@ pub async fn replay(
     stop_when_caught_up: bool,
     shutdown: CancellationToken,
 ) -> Result<ReplayOutcome, BatchError> {
-    let job = Job::compile(config, job_config)
-        .map_err(|error| BatchError::StreamProcessor(Box::new(error)))?;
+    let job = Job::compile(config, job_config)?;
     crate::register_version(store.as_ref(), job_config).await?;
     let stream = job.stream.name().to_string();
     let ends = end_offsets(log.as_ref(), &stream).await?;

@@ -183,7 +183,7 @@ pub(crate) async fn run(args: BackfillArgs, config: &Config) -> anyhow::Result<(
     }
     match args.mode {
         Mode::Recompute => {
-            let job = runnel_stream_processor::Job::compile(config, job_config)
+            let job = runnel_jobs::Job::compile(config, job_config)
                 .with_context(|| format!("compile job `{}`", job_config.id()))?;
             recompute(config, &job, &args, store).await
         }
@@ -291,7 +291,7 @@ async fn replay(
 
 async fn recompute(
     config: &Config,
-    job: &runnel_stream_processor::Job,
+    job: &runnel_jobs::Job,
     args: &BackfillArgs,
     store: Arc<dyn object_store::ObjectStore>,
 ) -> anyhow::Result<()> {

@@ -606,7 +606,7 @@ async fn run_demo(
                     .iter()
                     .find(|job| job.name == "page_views")
                     .context("page_views is declared")?;
-                let job = runnel_stream_processor::Job::compile(&config, job_config)?;
+                let job = runnel_jobs::Job::compile(&config, job_config)?;
                 let outcome = recompute_view(
                     &config,
                     &job,

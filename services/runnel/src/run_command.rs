@@ -285,13 +285,8 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     )?;
     let event_time = declared.map_or(time_column.as_str(), |stream| stream.event_time.as_str());
     let plan = Arc::new(
-        JobPlan::compile(
-            &sql,
-            schema,
-            event_time,
-            &runnel_stream_processor::job_limits(config),
-        )
-        .with_context(|| format!("compile {}", args.sql.display()))?,
+        JobPlan::compile(&sql, schema, event_time, &runnel_jobs::job_limits(config))
+            .with_context(|| format!("compile {}", args.sql.display()))?,
     );
     if args.mode == RunMode::Recompute {
         return run_recompute(&args, &plan, input_format, batches, output_format);

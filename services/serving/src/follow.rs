@@ -9,17 +9,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::json::ReaderBuilder;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use runnel_batch_reprocessor::recompute::VIEWS_PREFIX;
-use runnel_batch_reprocessor::view::load_view;
 use runnel_config::Config;
 use runnel_jobs::Catalog;
+use runnel_jobs::Job;
+use runnel_jobs::view::{VIEWS_PREFIX, ViewFile, load_view};
 use runnel_log::{Log, LogError, Record, StartOffset};
-use runnel_stream_processor::Job;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
@@ -38,18 +36,8 @@ const READ_WAIT: Duration = Duration::from_millis(100);
 /// by record, and records that still fail are logged and left out.
 fn decode_results(layout: &ResultLayout, records: &[Record]) -> Vec<Window> {
     let decode = |records: &[Record]| -> Result<Vec<Window>, ServingError> {
-        let mut decoder = ReaderBuilder::new(Arc::clone(&layout.schema))
-            .with_batch_size(records.len().max(1))
-            .build_decoder()
-            .map_err(|error| ServingError::Results(error.to_string()))?;
         let mut windows = Vec::with_capacity(records.len());
-        for record in records {
-            decoder
-                .decode(&record.value)
-                .map_err(|error| ServingError::Results(error.to_string()))?;
-        }
-        while let Some(batch) = decoder
-            .flush()
+        for batch in runnel_jobs::records::decode_results(&layout.schema, records)
             .map_err(|error| ServingError::Results(error.to_string()))?
         {
             windows.extend(layout.windows(&batch)?);
@@ -91,7 +79,7 @@ pub(crate) async fn follow_results(
     pending: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 ) -> Result<(), ServingError> {
-    let topic = runnel_stream_processor::results_topic(&view.id);
+    let topic = runnel_jobs::results_topic(&view.id);
     let log_error = |source: LogError| ServingError::Log {
         topic: topic.clone(),
         source: Box::new(source),
@@ -153,7 +141,7 @@ pub(crate) async fn follow_results(
 async fn read_batch_view(
     store: &dyn ObjectStore,
     layout: &ResultLayout,
-    files: &[runnel_batch_reprocessor::view::ViewFile],
+    files: &[ViewFile],
 ) -> Result<ViewTable, ServingError> {
     let mut table = ViewTable::default();
     for file in files {
@@ -213,7 +201,7 @@ impl Followers {
         job: &Arc<JobView>,
         view: &Arc<VersionView>,
     ) -> Result<(), ServingError> {
-        let topic = runnel_stream_processor::results_topic(&view.id);
+        let topic = runnel_jobs::results_topic(&view.id);
         let log_error = |source| ServingError::Log {
             topic: topic.clone(),
             source: Box::new(source),
@@ -279,12 +267,12 @@ pub(crate) async fn add_version(
         .partition_count(&stream)
         .await
         .map_err(log_error(&stream))?;
-    let results = runnel_stream_processor::results_topic(&job.name);
+    let results = runnel_jobs::results_topic(&job.name);
     log.ensure_topic(&results, partitions)
         .await
         .map_err(log_error(&results))?;
     let source_topic = if job.repartition {
-        runnel_stream_processor::repartition_topic(&job.name)
+        runnel_jobs::repartition_topic(&job.name)
     } else {
         stream
     };

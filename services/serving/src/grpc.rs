@@ -164,7 +164,7 @@ impl GrpcServing {
         let mut all_checkpointed = true;
         let mut lag = 0u64;
         for partition in 0..partitions {
-            let checkpoint = runnel_stream_processor::latest_checkpoint(
+            let checkpoint = runnel_jobs::checkpoint::latest_checkpoint(
                 self.store.as_ref(),
                 &self.config.stream_processor.checkpoint_prefix,
                 &view.id,
@@ -195,7 +195,7 @@ impl GrpcServing {
                 }
             }
         }
-        let failure = runnel_stream_processor::job_failure(
+        let failure = runnel_jobs::checkpoint::job_failure(
             self.store.as_ref(),
             &self.config.stream_processor.checkpoint_prefix,
             &view.id,

@@ -72,7 +72,7 @@ pub enum ServingError {
     OpenStore(#[source] runnel_archive::ArchiveError),
     /// A job does not compile.
     #[error("job: {0}")]
-    Job(#[source] runnel_stream_processor::StreamProcessorError),
+    Job(#[source] runnel_jobs::JobsError),
     /// A results topic could not be read.
     #[error("results topic `{topic}`: {source}")]
     Log {
@@ -154,8 +154,7 @@ pub async fn bind(
     .map_err(ServingError::OpenStore)?;
     let jobs = Jobs::default();
     for job_config in &config.jobs {
-        let job =
-            runnel_stream_processor::Job::compile(config, job_config).map_err(ServingError::Job)?;
+        let job = runnel_jobs::Job::compile(config, job_config).map_err(ServingError::Job)?;
         follow::add_version(&jobs, &job, log.as_ref()).await?;
     }
     let address = &config.serving.listen;

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::StreamProcessorError;
-use crate::job::{Job, members_group, members_topic};
 use crate::router::Router;
 use crate::task::{Task, TaskContext};
+use runnel_jobs::{Job, members_group, members_topic};
 
 /// What a finished task or router returns: its partition and how it ended.
 type Finished = (u32, Result<(), StreamProcessorError>);

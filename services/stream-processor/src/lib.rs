@@ -28,10 +28,7 @@
 #![warn(missing_docs)]
 
 mod assignment;
-mod checkpoint;
-mod job;
 mod metrics;
-mod output;
 mod router;
 mod status;
 mod task;
@@ -39,17 +36,13 @@ mod task;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use object_store::path::Path;
 use runnel_config::Config;
+use runnel_jobs::checkpoint::JobFailure;
+use runnel_jobs::{Job, late_topic, members_topic, results_topic};
 use runnel_log::{Log, LogError};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-pub use checkpoint::{CheckpointManifest, JobFailure, job_failure, latest_checkpoint};
-pub use job::{
-    Job, job_group, job_limits, late_topic, members_group, members_topic, repartition_topic,
-    results_topic,
-};
 pub use status::{
     CheckpointStatus, JobState, JobStatus, PartitionStatus, RoutedPartition, StatusRegistry,
 };
@@ -103,14 +96,10 @@ pub enum StreamProcessorError {
         #[source]
         source: Box<object_store::Error>,
     },
-    /// A checkpoint is unreadable or inconsistent.
-    #[error("checkpoint {path}: {message}")]
-    Checkpoint {
-        /// The object.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// What the stages share failed: a checkpoint (unreadable or inconsistent), a job's
+    /// definition, a result record, the job catalog.
+    #[error(transparent)]
+    Jobs(#[from] runnel_jobs::JobsError),
     /// The stream's history (or the log behind it) could not be read.
     #[error("read the stream's history and log: {0}")]
     History(#[source] runnel_archive::ArchiveError),
@@ -162,14 +151,6 @@ impl StreamProcessorError {
     pub(crate) fn log(topic: &str, source: LogError) -> Self {
         Self::Log {
             topic: topic.to_string(),
-            source: Box::new(source),
-        }
-    }
-
-    pub(crate) fn store(operation: &'static str, path: &Path, source: object_store::Error) -> Self {
-        Self::Store {
-            operation,
-            path: path.to_string(),
             source: Box::new(source),
         }
     }
@@ -239,7 +220,7 @@ async fn supervise_job(
     let (mut restarts_in_row, mut restarts) = (0_u32, 0_u32);
     loop {
         context.status.job_running(&job.name, &stream);
-        if let Err(error) = checkpoint::clear_job_failure(
+        if let Err(error) = runnel_jobs::checkpoint::clear_job_failure(
             context.store.as_ref(),
             &context.checkpoint_prefix,
             &job.name,
@@ -279,7 +260,7 @@ async fn supervise_job(
                 restarts,
                 failed_at_ms: runnel_time::now_millis(),
             };
-            if let Err(error) = checkpoint::record_job_failure(
+            if let Err(error) = runnel_jobs::checkpoint::record_job_failure(
                 context.store.as_ref(),
                 &context.checkpoint_prefix,
                 &job.name,
@@ -335,7 +316,7 @@ async fn start_job(
         members_topic(&job.name),
     ];
     if job.repartition {
-        topics.push(job::repartition_topic(&job.name));
+        topics.push(runnel_jobs::repartition_topic(&job.name));
     }
     for topic in topics {
         log.ensure_topic(&topic, partitions)

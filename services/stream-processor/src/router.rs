@@ -40,12 +40,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::StreamProcessorError;
-use crate::checkpoint::{CheckpointManifest, TaskCheckpoints};
-use crate::job::{Job, repartition_topic};
 use crate::task::{
     SOURCE_AT_END_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER,
     TaskContext,
 };
+use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints};
+use runnel_jobs::{Job, repartition_topic};
 
 /// How long a router asks the log for a partition's end before it takes it as not known.
 const CAUGHT_UP_CHECK: Duration = Duration::from_secs(2);

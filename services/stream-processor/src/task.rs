@@ -30,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::StreamProcessorError;
-use crate::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
-use crate::job::{Job, job_group, late_topic, members_group, results_topic};
-use crate::output::{late_records, result_records};
 use crate::status::{PartitionReporter, StatusRegistry};
+use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
+use runnel_jobs::records::{late_records, result_records};
+use runnel_jobs::{Job, job_group, late_topic, members_group, results_topic};
 
 /// How long a read waits for records before the task checks its checkpoint timer.
 pub(crate) const READ_WAIT: Duration = Duration::from_millis(200);
@@ -532,9 +532,19 @@ impl Task {
         }
     }
 
-    /// Decodes records into the plan's input.
+    /// Decodes records into the plan's input (declared fields, `_offset`, `_ingest_time`);
+    /// undecodable records are logged and left out.
     fn decode(&self, records: &[Record]) -> Result<RecordBatch, StreamProcessorError> {
-        self.job.input(&self.decoder, records)
+        let decoded = self.decoder.decode(records)?;
+        for bad in &decoded.undecodable {
+            warn!(
+                partition = bad.partition,
+                offset = bad.offset,
+                reason = %bad.reason,
+                "undecodable record skipped"
+            );
+        }
+        Ok(self.job.project(&decoded.batch)?)
     }
 
     /// Records of the repartition topic: back in their stream coordinates (partition and

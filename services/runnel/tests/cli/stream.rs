@@ -555,7 +555,7 @@ async fn a_paused_instance_resumed_after_its_partitions_moved_is_fenced_on_kafka
         assert_eq!(read, once, "versions of {key} as read");
     }
     let (log, _) = paused.log().await;
-    let group = runnel_stream_processor::job_group(&paused.job);
+    let group = runnel_jobs::job_group(&paused.job);
     for partition in 0..PARTITIONS {
         let (offset, metadata) = log
             .committed_offset_and_metadata(&group, &paused.stream, partition)

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_config::Config;
+use runnel_jobs::results_topic;
 use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
-use runnel_stream_processor::{StatusRegistry, results_topic};
+use runnel_stream_processor::StatusRegistry;
 use tokio_util::sync::CancellationToken;
 
 const BASE_MS: i64 = 1_795_305_600_000;

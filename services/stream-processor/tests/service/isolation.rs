@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use runnel_config::Config;
+use runnel_jobs::{late_topic, results_topic};
 use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
-use runnel_stream_processor::{JobState, StatusRegistry, late_topic, results_topic};
+use runnel_stream_processor::{JobState, StatusRegistry};
 use tokio_util::sync::CancellationToken;
 
 use crate::status::get;
@@ -175,7 +176,7 @@ async fn a_poison_event_and_a_failing_job_stop_nothing_else() {
         &config.storage.object_store_options,
     )
     .expect("open store");
-    let failure = runnel_stream_processor::job_failure(store.as_ref(), "checkpoints", "broken")
+    let failure = runnel_jobs::checkpoint::job_failure(store.as_ref(), "checkpoints", "broken")
         .await
         .expect("read the failure")
         .expect("the failure is recorded for other processes");

@@ -1,4 +1,5 @@
-//! Batch views: a recompute's results as Parquet, with a manifest.
+//! Batch views: a recompute's results as Parquet, with a manifest; written by the
+//! batch-reprocessor, read by serving.
 //!
 //! A view of version `V` of job `J` lives under `views/<J>/<V>/`: each recompute writes its
 //! files into a fresh generation folder (`<generation>/part-<n>.parquet`), then replaces
@@ -12,7 +13,10 @@ use object_store::ObjectStore;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-use crate::{BatchError, get_json, put_json};
+use crate::{JobsError, get_json, put_json};
+
+/// The folder under the object store's root of the batch views.
+pub const VIEWS_PREFIX: &str = "views";
 
 /// The view manifest's format version.
 pub const VIEW_FORMAT: u32 = 1;
@@ -82,7 +86,7 @@ pub fn view_manifest_path(prefix: &str, job: &str, version: u32) -> Path {
 }
 
 /// The folder of one generation's files.
-pub(crate) fn generation_dir(prefix: &str, job: &str, version: u32, generation: u64) -> Path {
+pub fn generation_dir(prefix: &str, job: &str, version: u32, generation: u64) -> Path {
     view_dir(prefix, job, version).join(format!("{generation:020}"))
 }
 
@@ -96,13 +100,13 @@ pub async fn load_view(
     prefix: &str,
     job: &str,
     version: u32,
-) -> Result<Option<ViewManifest>, BatchError> {
+) -> Result<Option<ViewManifest>, JobsError> {
     let path = view_manifest_path(prefix, job, version);
     let Some(manifest) = get_json::<ViewManifest>(store, &path).await? else {
         return Ok(None);
     };
     if manifest.format != VIEW_FORMAT {
-        return Err(BatchError::ViewInvalid {
+        return Err(JobsError::Invalid {
             path: path.to_string(),
             message: format!(
                 "format {} (this build reads {VIEW_FORMAT})",
@@ -114,11 +118,11 @@ pub async fn load_view(
 }
 
 /// Replaces a view's manifest (one put: readers see the old or the new one).
-pub(crate) async fn save_view(
+pub async fn save_view(
     store: &dyn ObjectStore,
     prefix: &str,
     manifest: &ViewManifest,
-) -> Result<(), BatchError> {
+) -> Result<(), JobsError> {
     let path = view_manifest_path(prefix, &manifest.job, manifest.version);
     put_json(store, &path, manifest).await
 }

@@ -1,4 +1,6 @@
-//! A job's outputs as log records.
+//! A job's outputs as log records: the one definition of the result and late-event records,
+//! encoded by the stream-processor ([`result_records`], [`late_records`]) and decoded by
+//! serving ([`decode_results`]).
 //!
 //! Results go to `<job>.results` as upserts: the value is the result row as a JSON object
 //! (the user's columns, `_key`, `_window_start`, `_version`, `_final`), the key is
@@ -11,24 +13,26 @@
 //! writes the same records.
 
 use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
 use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use arrow::json::ReaderBuilder;
 use arrow::json::writer::{LineDelimited, WriterBuilder};
 use bytes::Bytes;
-use runnel_log::ProduceRecord;
+use runnel_log::{ProduceRecord, Record};
 
-use crate::StreamProcessorError;
+use crate::JobsError;
 
 /// Rows of `batches` as JSON objects, one per row.
-fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, StreamProcessorError> {
+fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, JobsError> {
     let mut buffer = Vec::new();
     {
         let mut writer = WriterBuilder::new()
             .with_explicit_nulls(true)
             .build::<_, LineDelimited>(&mut buffer);
         for batch in batches {
-            writer.write(batch).map_err(StreamProcessorError::Encode)?;
+            writer.write(batch).map_err(JobsError::Encode)?;
         }
-        writer.finish().map_err(StreamProcessorError::Encode)?;
+        writer.finish().map_err(JobsError::Encode)?;
     }
     let buffer = Bytes::from(buffer);
     let mut rows = Vec::new();
@@ -42,12 +46,12 @@ fn json_rows(batches: &[RecordBatch]) -> Result<Vec<Bytes>, StreamProcessorError
     Ok(rows)
 }
 
-fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, StreamProcessorError> {
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, JobsError> {
     batch
         .column_by_name(name)
         .map(|column| column.as_ref())
         .ok_or_else(|| {
-            StreamProcessorError::Encode(arrow::error::ArrowError::SchemaError(format!(
+            JobsError::Encode(arrow::error::ArrowError::SchemaError(format!(
                 "output has no column `{name}`"
             )))
         })
@@ -57,12 +61,12 @@ fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, Strea
 ///
 /// # Errors
 ///
-/// [`StreamProcessorError::Encode`] if a batch lacks `_key` or `_window_start`.
-pub(crate) fn result_records(
+/// [`JobsError::Encode`] if a batch lacks `_key` or `_window_start`.
+pub fn result_records(
     batches: &[RecordBatch],
     partition: u32,
     timestamp: i64,
-) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+) -> Result<Vec<ProduceRecord>, JobsError> {
     let mut keys = Vec::new();
     for batch in batches {
         let key = column(batch, runnel_engine::KEY_COLUMN)?.as_string::<i32>();
@@ -87,13 +91,13 @@ pub(crate) fn result_records(
 ///
 /// # Errors
 ///
-/// [`StreamProcessorError::Encode`] if a batch lacks `_offset` or `_partition`.
-pub(crate) fn late_records(
+/// [`JobsError::Encode`] if a batch lacks `_offset` or `_partition`.
+pub fn late_records(
     batches: &[RecordBatch],
     partition: u32,
     source_partition: Option<u32>,
     timestamp: i64,
-) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+) -> Result<Vec<ProduceRecord>, JobsError> {
     let mut keys = Vec::new();
     let mut relabelled = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -106,7 +110,7 @@ pub(crate) fn late_records(
             column(&batch, runnel_engine::LATE_PARTITION_COLUMN)?,
             &arrow::datatypes::DataType::UInt32,
         )
-        .map_err(StreamProcessorError::Encode)?;
+        .map_err(JobsError::Encode)?;
         let partitions = partitions.as_primitive::<arrow::datatypes::UInt32Type>();
         for row in 0..batch.num_rows() {
             keys.push(Bytes::from(format!(
@@ -122,10 +126,7 @@ pub(crate) fn late_records(
 
 /// The task's operator has one input (its partition), which it numbers 0; the late events'
 /// `_partition` names the source partition instead.
-fn with_source_partition(
-    batch: &RecordBatch,
-    partition: u32,
-) -> Result<RecordBatch, StreamProcessorError> {
+fn with_source_partition(batch: &RecordBatch, partition: u32) -> Result<RecordBatch, JobsError> {
     let Ok(index) = batch
         .schema()
         .index_of(runnel_engine::LATE_PARTITION_COLUMN)
@@ -134,11 +135,10 @@ fn with_source_partition(
     };
     let data_type = batch.schema().field(index).data_type().clone();
     let constant = arrow::array::UInt32Array::from(vec![partition; batch.num_rows()]);
-    let constant =
-        arrow::compute::cast(&constant, &data_type).map_err(StreamProcessorError::Encode)?;
+    let constant = arrow::compute::cast(&constant, &data_type).map_err(JobsError::Encode)?;
     let mut columns = batch.columns().to_vec();
     columns[index] = constant;
-    RecordBatch::try_new(batch.schema(), columns).map_err(StreamProcessorError::Encode)
+    RecordBatch::try_new(batch.schema(), columns).map_err(JobsError::Encode)
 }
 
 fn records(
@@ -146,15 +146,11 @@ fn records(
     values: Vec<Bytes>,
     partition: u32,
     timestamp: i64,
-) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+) -> Result<Vec<ProduceRecord>, JobsError> {
     if keys.len() != values.len() {
-        return Err(StreamProcessorError::Encode(
-            arrow::error::ArrowError::ComputeError(format!(
-                "{} keys for {} JSON rows",
-                keys.len(),
-                values.len()
-            )),
-        ));
+        return Err(JobsError::Encode(arrow::error::ArrowError::ComputeError(
+            format!("{} keys for {} JSON rows", keys.len(), values.len()),
+        )));
     }
     Ok(keys
         .into_iter()
@@ -167,4 +163,30 @@ fn records(
             partition: Some(partition),
         })
         .collect())
+}
+
+/// Result records' values (JSON objects) decoded into batches of `schema`, the job's result
+/// schema (`JobPlan::result_schema`: the SELECT columns, then `_key`, `_window_start`,
+/// `_version` and `_final`).
+///
+/// # Errors
+///
+/// [`JobsError::Encode`] if a record is not a JSON object of that schema; the caller may
+/// decode record by record to find which.
+pub fn decode_results(
+    schema: &SchemaRef,
+    records: &[Record],
+) -> Result<Vec<RecordBatch>, JobsError> {
+    let mut decoder = ReaderBuilder::new(std::sync::Arc::clone(schema))
+        .with_batch_size(records.len().max(1))
+        .build_decoder()
+        .map_err(JobsError::Encode)?;
+    for record in records {
+        decoder.decode(&record.value).map_err(JobsError::Encode)?;
+    }
+    let mut batches = Vec::new();
+    while let Some(batch) = decoder.flush().map_err(JobsError::Encode)? {
+        batches.push(batch);
+    }
+    Ok(batches)
 }

@@ -22,7 +22,7 @@
 //!   `--kafka <bootstrap>` the service reads and writes that cluster (filled by `fill --kafka`),
 //!   and `--exactly-once` sets `stream-processor.exactly-once`.
 //! - `stages --job J`: the task's per-batch steps (read, decode, project, operator, result
-//!   encoding as `output.rs` does it, snapshot) on one thread, timed separately: where a
+//!   encoding (`runnel_jobs::records`), snapshot) on one thread, timed separately: where a
 //!   service run spends its CPU.
 //! - `latency`: see `latency` below and the header of `scripts/bench-stream.sh`.
 #![allow(clippy::print_stdout)]
@@ -34,9 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::TimestampMillisecondType;
-use arrow::json::writer::{LineDelimited, WriterBuilder};
+
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
@@ -717,47 +715,6 @@ async fn service(
     Ok(())
 }
 
-/// The keys and JSON values of result rows, as `output.rs` builds them.
-fn encode_results(batches: &[RecordBatch]) -> anyhow::Result<usize> {
-    let mut buffer = Vec::new();
-    let mut keys = Vec::new();
-    {
-        let mut writer = WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, LineDelimited>(&mut buffer);
-        for batch in batches {
-            writer.write(batch)?;
-            let key = batch
-                .column_by_name(runnel_engine::KEY_COLUMN)
-                .context("_key")?
-                .as_string::<i32>();
-            let start = batch
-                .column_by_name(runnel_engine::WINDOW_START_COLUMN)
-                .context("_window_start")?
-                .as_primitive::<TimestampMillisecondType>();
-            for row in 0..batch.num_rows() {
-                keys.push(Bytes::from(format!(
-                    "{}@{}",
-                    key.value(row),
-                    start.value(row)
-                )));
-            }
-        }
-        writer.finish()?;
-    }
-    let buffer = Bytes::from(buffer);
-    let mut values = Vec::with_capacity(keys.len());
-    let mut start = 0;
-    for (index, byte) in buffer.iter().enumerate() {
-        if *byte == b'\n' {
-            values.push(buffer.slice(start..index));
-            start = index + 1;
-        }
-    }
-    ensure!(values.len() == keys.len(), "one JSON row per key");
-    Ok(values.len())
-}
-
 #[derive(Default)]
 struct StageTimes {
     read: Duration,
@@ -785,7 +742,7 @@ async fn stages(dir: &Path, kind: JobKind) -> anyhow::Result<()> {
         &LogTarget::default(),
     )?;
     let config = load_config(&config_path)?;
-    let job = runnel_stream_processor::Job::compile(&config, &config.jobs[0])?;
+    let job = runnel_jobs::Job::compile(&config, &config.jobs[0])?;
     let log = open_log(&config).await?;
     let ends = end_offsets(log.as_ref(), STREAM).await?;
     let decoder = EventDecoder::new(&job.stream);
@@ -811,15 +768,14 @@ async fn stages(dir: &Path, kind: JobKind) -> anyhow::Result<()> {
                 .map(|record| record.timestamp)
                 .max()
                 .unwrap_or(0);
-            let input = decoded.batch.project(&job.input_columns)?;
-            let input =
-                RecordBatch::try_new(Arc::clone(&job.input_schema), input.columns().to_vec())?;
+            let input = job.project(&decoded.batch)?;
             times.project += at.elapsed();
             let at = Instant::now();
             let output = operator.process(0, &input, arrival)?;
             times.operator += at.elapsed();
             let at = Instant::now();
-            times.results += encode_results(&output.results)?;
+            times.results +=
+                runnel_jobs::records::result_records(&output.results, 0, arrival)?.len();
             times.encode += at.elapsed();
         }
         let at = Instant::now();
@@ -1020,7 +976,7 @@ async fn latency(
     let partitions = config.stream(STREAM).context("`clicks`")?.partitions;
     let log = open_log(&config).await?;
     log.ensure_topic(STREAM, partitions).await?;
-    let results_topic = runnel_stream_processor::results_topic(job);
+    let results_topic = runnel_jobs::results_topic(job);
     log.ensure_topic(&results_topic, partitions).await?;
 
     let stop_readers = CancellationToken::new();

@@ -2,12 +2,13 @@
 //! running ingest service over gRPC or HTTP for a fixed time and prints
 //! `BENCH <name> <events/s> events/s`, counting only acknowledged (durable) events.
 //!
-//! `cargo run --release -p runnel-ingest --example ingest_load -- --url http://127.0.0.1:7301 --api grpc`
+//! Built by `scripts/bench-ingest.sh` (`build_bench_driver ingest_load`), then run as
+//! `ingest_load --url http://127.0.0.1:7301 --api grpc`.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -72,10 +73,7 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
 
 /// Builds batches of ~100-byte events; user ids spread over every partition.
 fn batches(batch_size: usize, n_batches: usize) -> Vec<Vec<Bytes>> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_millis() as i64)
-        .unwrap_or(0);
+    let now = runnel_time::now_millis();
     let countries = ["de", "fr", "us", "jp", "br"];
     (0..n_batches)
         .map(|batch_idx| {

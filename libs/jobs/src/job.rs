@@ -1,4 +1,5 @@
-//! A configured job, compiled: its plan, operator options, source stream and topics.
+//! A job version, compiled: its identity (id, name, version), the topics and consumer groups
+//! named after it, its plan, operator options and source stream.
 
 use std::sync::Arc;
 
@@ -6,11 +7,9 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use runnel_config::{Config, JobConfig};
 use runnel_engine::{JobLimits, JobPlan, OperatorOptions};
-use runnel_events::decode::EventDecoder;
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
-use runnel_log::Record;
 
-use crate::StreamProcessorError;
+use crate::JobsError;
 
 /// The topic a job's results go to.
 pub fn results_topic(job: &str) -> String {
@@ -75,45 +74,6 @@ pub struct Job {
 }
 
 impl Job {
-    /// Decodes records of the job's stream into the plan's input (declared fields,
-    /// `_offset`, `_ingest_time`); undecodable records are logged and left out.
-    ///
-    /// # Errors
-    ///
-    /// Arrow failures building the batch.
-    pub(crate) fn input(
-        &self,
-        decoder: &EventDecoder,
-        records: &[Record],
-    ) -> Result<RecordBatch, StreamProcessorError> {
-        let decoded = decoder.decode(records)?;
-        for bad in &decoded.undecodable {
-            tracing::warn!(
-                partition = bad.partition,
-                offset = bad.offset,
-                reason = %bad.reason,
-                "undecodable record skipped"
-            );
-        }
-        self.project(&decoded.batch)
-    }
-
-    /// A batch of the stream's positioned columns as the plan's input.
-    ///
-    /// # Errors
-    ///
-    /// Arrow failures: a batch that lacks the columns.
-    pub(crate) fn project(
-        &self,
-        positioned: &RecordBatch,
-    ) -> Result<RecordBatch, StreamProcessorError> {
-        let input = positioned
-            .project(&self.input_columns)
-            .map_err(StreamProcessorError::Encode)?;
-        RecordBatch::try_new(Arc::clone(&self.input_schema), input.columns().to_vec())
-            .map_err(StreamProcessorError::Encode)
-    }
-
     /// The topic the window tasks read: the stream's, or the job's repartition topic.
     pub fn input_topic(&self) -> String {
         if self.repartition {
@@ -122,17 +82,29 @@ impl Job {
             self.stream.name().to_string()
         }
     }
-}
 
-impl Job {
+    /// A batch of the stream's positioned columns (as decoded from the log or read from the
+    /// history) as the plan's input.
+    ///
+    /// # Errors
+    ///
+    /// [`JobsError::Encode`]: a batch that lacks the columns.
+    pub fn project(&self, positioned: &RecordBatch) -> Result<RecordBatch, JobsError> {
+        let input = positioned
+            .project(&self.input_columns)
+            .map_err(JobsError::Encode)?;
+        RecordBatch::try_new(Arc::clone(&self.input_schema), input.columns().to_vec())
+            .map_err(JobsError::Encode)
+    }
+
     /// Reads the job's SQL and compiles it against its stream.
     ///
     /// # Errors
     ///
-    /// [`StreamProcessorError::Job`] naming the job: an unreadable SQL file, an undeclared
+    /// [`JobsError::Job`] naming the job: an unreadable SQL file, an undeclared
     /// stream, or SQL the engine refuses (with its position).
-    pub fn compile(config: &Config, job: &JobConfig) -> Result<Job, StreamProcessorError> {
-        let fail = |message: String| StreamProcessorError::Job {
+    pub fn compile(config: &Config, job: &JobConfig) -> Result<Job, JobsError> {
+        let fail = |message: String| JobsError::Job {
             job: job.id(),
             message,
         };

@@ -524,7 +524,7 @@ async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_versi
     runnel_archive::archive_until_caught_up(&config, Arc::clone(&log), Arc::clone(&store))
         .await
         .expect("archive");
-    let job = runnel_stream_processor::Job::compile(&config, &config.jobs[0]).expect("compile");
+    let job = runnel_jobs::Job::compile(&config, &config.jobs[0]).expect("compile");
     let outcome = runnel_batch_reprocessor::recompute::recompute_view(
         &config,
         &job,
@@ -647,7 +647,7 @@ const TOKEN: &str = "s3cret-token";
 
 fn tls_fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../e2e-tests/fixtures/tls")
+        .join("fixtures/tls")
         .join(name)
 }
 
@@ -779,8 +779,8 @@ fn grpcio_python() -> Option<String> {
 }
 
 fn reflection_call(python: &str, address: &str, method: &str, request: &str) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/lib/serving_reflection_client.py");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lib/serving_reflection_client.py");
     let output = std::process::Command::new(python)
         .arg(&script)
         .args([address, method, request])

@@ -1,4 +1,5 @@
-//! Task checkpoints on the object store.
+//! Task checkpoints on the object store: written by the stream-processor's tasks, read back by
+//! them on recovery, and read by serving (`ListJobs`) and the CLI for where each task stands.
 //!
 //! A task's checkpoint `n` is two objects under `<prefix>/<job>/<partition>/<n, 20 digits>/`:
 //! `state.arrow` (the operator's snapshot) and then `_checkpoint.json` (this module's
@@ -12,7 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::StreamProcessorError;
+use crate::JobsError;
 
 const MANIFEST_FILE: &str = "_checkpoint.json";
 const STATE_FILE: &str = "state.arrow";
@@ -53,7 +54,7 @@ pub async fn latest_checkpoint(
     prefix: &str,
     job: &str,
     partition: u32,
-) -> Result<Option<CheckpointManifest>, StreamProcessorError> {
+) -> Result<Option<CheckpointManifest>, JobsError> {
     TaskCheckpoints::new(prefix, job, partition, 1)
         .latest_manifest(store)
         .await
@@ -61,16 +62,16 @@ pub async fn latest_checkpoint(
 
 /// A restored checkpoint: its manifest and the operator's snapshot.
 #[derive(Debug)]
-pub(crate) struct Restored {
+pub struct Restored {
     /// The manifest.
-    pub(crate) manifest: CheckpointManifest,
+    pub manifest: CheckpointManifest,
     /// The operator's snapshot bytes.
-    pub(crate) state: bytes::Bytes,
+    pub state: bytes::Bytes,
 }
 
 /// The metadata committed with an exactly-once checkpoint's source offset, naming it:
 /// `epoch=<n> token=<t>`.
-pub(crate) fn commit_metadata(epoch: u64, token: &str) -> String {
+pub fn commit_metadata(epoch: u64, token: &str) -> String {
     format!("epoch={epoch} token={token}")
 }
 
@@ -90,7 +91,7 @@ fn parse_commit_metadata(metadata: &str) -> Option<(u64, String)> {
 
 /// The checkpoints of one task.
 #[derive(Debug, Clone)]
-pub(crate) struct TaskCheckpoints {
+pub struct TaskCheckpoints {
     prefix: String,
     job: String,
     partition: u32,
@@ -99,7 +100,7 @@ pub(crate) struct TaskCheckpoints {
 
 impl TaskCheckpoints {
     /// The checkpoints of `job`'s task for `partition`, under `prefix`, keeping `keep`.
-    pub(crate) fn new(prefix: &str, job: &str, partition: u32, keep: u32) -> Self {
+    pub fn new(prefix: &str, job: &str, partition: u32, keep: u32) -> Self {
         Self {
             prefix: prefix.to_string(),
             job: job.to_string(),
@@ -131,13 +132,13 @@ impl TaskCheckpoints {
     async fn complete_checkpoints(
         &self,
         store: &dyn ObjectStore,
-    ) -> Result<Vec<(u64, Option<String>)>, StreamProcessorError> {
+    ) -> Result<Vec<(u64, Option<String>)>, JobsError> {
         let dir = self.dir();
         let listed: Vec<object_store::ObjectMeta> = store
             .list(Some(&dir))
             .try_collect()
             .await
-            .map_err(|source| StreamProcessorError::store("list", &dir, source))?;
+            .map_err(|source| JobsError::store("list", &dir, source))?;
         let mut epochs: Vec<(u64, Option<String>)> = listed
             .iter()
             .filter(|meta| meta.location.filename() == Some(MANIFEST_FILE))
@@ -159,10 +160,10 @@ impl TaskCheckpoints {
     /// # Errors
     ///
     /// Object-store failures; a manifest that does not parse or names another task.
-    pub(crate) async fn latest_manifest(
+    pub async fn latest_manifest(
         &self,
         store: &dyn ObjectStore,
-    ) -> Result<Option<CheckpointManifest>, StreamProcessorError> {
+    ) -> Result<Option<CheckpointManifest>, JobsError> {
         let Some((epoch, token)) = self.complete_checkpoints(store).await?.pop() else {
             return Ok(None);
         };
@@ -178,11 +179,11 @@ impl TaskCheckpoints {
         epoch: u64,
         token: Option<&str>,
         file: &str,
-    ) -> Result<CheckpointManifest, StreamProcessorError> {
+    ) -> Result<CheckpointManifest, JobsError> {
         let manifest_path = Path::from(format!("{}/{file}", self.epoch_dir_of(epoch, token)));
         let bytes = read(store, &manifest_path).await?;
         let manifest: CheckpointManifest =
-            serde_json::from_slice(&bytes).map_err(|error| StreamProcessorError::Checkpoint {
+            serde_json::from_slice(&bytes).map_err(|error| JobsError::Checkpoint {
                 path: manifest_path.to_string(),
                 message: error.to_string(),
             })?;
@@ -190,7 +191,7 @@ impl TaskCheckpoints {
             || manifest.partition != self.partition
             || manifest.epoch != epoch
         {
-            return Err(StreamProcessorError::Checkpoint {
+            return Err(JobsError::Checkpoint {
                 path: manifest_path.to_string(),
                 message: format!(
                     "names job `{}` partition {} epoch {}",
@@ -206,10 +207,7 @@ impl TaskCheckpoints {
     /// # Errors
     ///
     /// Those of [`Self::latest_manifest`]; a state of another size than its manifest says.
-    pub(crate) async fn latest(
-        &self,
-        store: &dyn ObjectStore,
-    ) -> Result<Option<Restored>, StreamProcessorError> {
+    pub async fn latest(&self, store: &dyn ObjectStore) -> Result<Option<Restored>, JobsError> {
         let Some((epoch, token)) = self.complete_checkpoints(store).await?.pop() else {
             return Ok(None);
         };
@@ -228,14 +226,14 @@ impl TaskCheckpoints {
     ///
     /// Metadata that names no checkpoint; the checkpoint is missing, inconsistent or resumes
     /// elsewhere; object-store failures.
-    pub(crate) async fn committed(
+    pub async fn committed(
         &self,
         store: &dyn ObjectStore,
         group: &str,
         offset: u64,
         metadata: &str,
-    ) -> Result<Restored, StreamProcessorError> {
-        let inconsistent = |message: String| StreamProcessorError::Checkpoint {
+    ) -> Result<Restored, JobsError> {
+        let inconsistent = |message: String| JobsError::Checkpoint {
             path: self.dir().to_string(),
             message,
         };
@@ -265,7 +263,7 @@ impl TaskCheckpoints {
         store: &dyn ObjectStore,
         epoch: u64,
         token: &str,
-    ) -> Result<Restored, StreamProcessorError> {
+    ) -> Result<Restored, JobsError> {
         let manifest = self
             .manifest_at(store, epoch, Some(token), PREPARED_FILE)
             .await?;
@@ -277,12 +275,12 @@ impl TaskCheckpoints {
         store: &dyn ObjectStore,
         manifest: CheckpointManifest,
         token: Option<&str>,
-    ) -> Result<Restored, StreamProcessorError> {
+    ) -> Result<Restored, JobsError> {
         let dir = self.epoch_dir_of(manifest.epoch, token);
         let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
         let state = read(store, &state_path).await?;
         if state.len() as u64 != manifest.state_bytes {
-            return Err(StreamProcessorError::Checkpoint {
+            return Err(JobsError::Checkpoint {
                 path: state_path.to_string(),
                 message: format!(
                     "holds {} bytes, its manifest says {}",
@@ -300,12 +298,12 @@ impl TaskCheckpoints {
     /// # Errors
     ///
     /// Object-store failures.
-    pub(crate) async fn save(
+    pub async fn save(
         &self,
         store: &dyn ObjectStore,
         manifest: &CheckpointManifest,
         state: Vec<u8>,
-    ) -> Result<(), StreamProcessorError> {
+    ) -> Result<(), JobsError> {
         self.write_state(store, manifest, state, None).await?;
         self.complete(store, manifest, None).await
     }
@@ -317,13 +315,13 @@ impl TaskCheckpoints {
     /// # Errors
     ///
     /// Object-store failures.
-    pub(crate) async fn prepare(
+    pub async fn prepare(
         &self,
         store: &dyn ObjectStore,
         manifest: &CheckpointManifest,
         state: Vec<u8>,
         token: &str,
-    ) -> Result<(), StreamProcessorError> {
+    ) -> Result<(), JobsError> {
         self.write_state(store, manifest, state, Some(token))
             .await?;
         self.write_manifest(store, manifest, Some(token), PREPARED_FILE)
@@ -336,13 +334,13 @@ impl TaskCheckpoints {
         manifest: &CheckpointManifest,
         state: Vec<u8>,
         token: Option<&str>,
-    ) -> Result<(), StreamProcessorError> {
+    ) -> Result<(), JobsError> {
         let dir = self.epoch_dir_of(manifest.epoch, token);
         let state_path = Path::from(format!("{dir}/{STATE_FILE}"));
         store
             .put(&state_path, PutPayload::from(state))
             .await
-            .map_err(|source| StreamProcessorError::store("write", &state_path, source))?;
+            .map_err(|source| JobsError::store("write", &state_path, source))?;
         Ok(())
     }
 
@@ -352,19 +350,17 @@ impl TaskCheckpoints {
         manifest: &CheckpointManifest,
         token: Option<&str>,
         file: &str,
-    ) -> Result<(), StreamProcessorError> {
+    ) -> Result<(), JobsError> {
         let dir = self.epoch_dir_of(manifest.epoch, token);
         let manifest_path = Path::from(format!("{dir}/{file}"));
-        let json = serde_json::to_vec_pretty(manifest).map_err(|error| {
-            StreamProcessorError::Checkpoint {
-                path: manifest_path.to_string(),
-                message: error.to_string(),
-            }
+        let json = serde_json::to_vec_pretty(manifest).map_err(|error| JobsError::Checkpoint {
+            path: manifest_path.to_string(),
+            message: error.to_string(),
         })?;
         store
             .put(&manifest_path, PutPayload::from(json))
             .await
-            .map_err(|source| StreamProcessorError::store("write", &manifest_path, source))?;
+            .map_err(|source| JobsError::store("write", &manifest_path, source))?;
         Ok(())
     }
 
@@ -375,12 +371,12 @@ impl TaskCheckpoints {
     /// # Errors
     ///
     /// Object-store failures.
-    pub(crate) async fn complete(
+    pub async fn complete(
         &self,
         store: &dyn ObjectStore,
         manifest: &CheckpointManifest,
         token: Option<&str>,
-    ) -> Result<(), StreamProcessorError> {
+    ) -> Result<(), JobsError> {
         self.write_manifest(store, manifest, token, MANIFEST_FILE)
             .await?;
         let checkpoints = self.complete_checkpoints(store).await?;
@@ -407,7 +403,7 @@ impl TaskCheckpoints {
                 match store.delete(&path).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(source) => {
-                        return Err(StreamProcessorError::store("delete", &path, source));
+                        return Err(JobsError::store("delete", &path, source));
                     }
                 }
             }
@@ -441,21 +437,21 @@ pub struct JobFailure {
 /// # Errors
 ///
 /// Object-store failures.
-pub(crate) async fn record_job_failure(
+pub async fn record_job_failure(
     store: &dyn ObjectStore,
     prefix: &str,
     job: &str,
     failure: &JobFailure,
-) -> Result<(), StreamProcessorError> {
+) -> Result<(), JobsError> {
     let path = failure_path(prefix, job);
-    let json = serde_json::to_vec(failure).map_err(|error| StreamProcessorError::Checkpoint {
+    let json = serde_json::to_vec(failure).map_err(|error| JobsError::Checkpoint {
         path: path.to_string(),
         message: error.to_string(),
     })?;
     store
         .put(&path, PutPayload::from(json))
         .await
-        .map_err(|source| StreamProcessorError::store("write", &path, source))?;
+        .map_err(|source| JobsError::store("write", &path, source))?;
     Ok(())
 }
 
@@ -464,15 +460,15 @@ pub(crate) async fn record_job_failure(
 /// # Errors
 ///
 /// Object-store failures.
-pub(crate) async fn clear_job_failure(
+pub async fn clear_job_failure(
     store: &dyn ObjectStore,
     prefix: &str,
     job: &str,
-) -> Result<(), StreamProcessorError> {
+) -> Result<(), JobsError> {
     let path = failure_path(prefix, job);
     match store.delete(&path).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(source) => Err(StreamProcessorError::store("delete", &path, source)),
+        Err(source) => Err(JobsError::store("delete", &path, source)),
     }
 }
 
@@ -485,32 +481,32 @@ pub async fn job_failure(
     store: &dyn ObjectStore,
     prefix: &str,
     job: &str,
-) -> Result<Option<JobFailure>, StreamProcessorError> {
+) -> Result<Option<JobFailure>, JobsError> {
     let path = failure_path(prefix, job);
     let bytes = match store.get(&path).await {
         Ok(object) => object
             .bytes()
             .await
-            .map_err(|source| StreamProcessorError::store("read", &path, source))?,
+            .map_err(|source| JobsError::store("read", &path, source))?,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(StreamProcessorError::store("read", &path, source)),
+        Err(source) => return Err(JobsError::store("read", &path, source)),
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|error| StreamProcessorError::Checkpoint {
+        .map_err(|error| JobsError::Checkpoint {
             path: path.to_string(),
             message: error.to_string(),
         })
 }
 
-async fn read(store: &dyn ObjectStore, path: &Path) -> Result<bytes::Bytes, StreamProcessorError> {
+async fn read(store: &dyn ObjectStore, path: &Path) -> Result<bytes::Bytes, JobsError> {
     store
         .get(path)
         .await
-        .map_err(|source| StreamProcessorError::store("read", path, source))?
+        .map_err(|source| JobsError::store("read", path, source))?
         .bytes()
         .await
-        .map_err(|source| StreamProcessorError::store("read", path, source))
+        .map_err(|source| JobsError::store("read", path, source))
 }
 
 #[cfg(test)]
