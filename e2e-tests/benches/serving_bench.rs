@@ -49,8 +49,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use runnel_config::Config;
 use runnel_log::{Log, ProduceRecord};
-use runnel_serving::proto::serving_client::ServingClient;
-use runnel_serving::proto::{self, value::Kind};
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::serving::v1::serving_client::ServingClient;
+use runnel_proto::serving::v1::{self as proto};
 use runnel_time::now_millis;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -851,7 +852,8 @@ async fn e2e_run(
         .iter()
         .position(|name| name == "n")
         .context("job `e2e_tumble` has no column `n`")?;
-    let mut ingest = runnel_ingest::proto::ingest_client::IngestClient::new(connect(ingest).await?);
+    let mut ingest =
+        runnel_proto::ingest::v1::ingest_client::IngestClient::new(connect(ingest).await?);
 
     let warmup_events = (1_000 / interval_ms).max(1) as usize;
     let events = warmup_events + (seconds * 1_000 / interval_ms) as usize;
@@ -901,11 +903,11 @@ async fn e2e_run(
         ticker.tick().await;
         let sent = Instant::now();
         let answer = ingest
-            .ingest(runnel_ingest::proto::IngestRequest {
+            .ingest(runnel_proto::ingest::v1::IngestRequest {
                 stream: E2E_STREAM.to_string(),
                 all_or_nothing: true,
-                events: Some(runnel_ingest::proto::ingest_request::Events::Json(
-                    runnel_ingest::proto::JsonEvents {
+                events: Some(runnel_proto::ingest::v1::ingest_request::Events::Json(
+                    runnel_proto::ingest::v1::JsonEvents {
                         events: vec![event(event_time(index), E2E_USER, index as u64)],
                     },
                 )),

@@ -26,10 +26,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use runnel_e2e_tests::runnel_binary;
-use runnel_ingest::proto::ingest_client::IngestClient;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
-use runnel_serving::proto::serving_client::ServingClient;
-use runnel_serving::proto::{self, value::Kind};
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::serving::v1::serving_client::ServingClient;
+use runnel_proto::serving::v1::{self as proto};
 use tonic::transport::Channel;
 
 use super::{authorized, post_http, send_half_and_half};

@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use runnel_e2e_tests::runnel_binary;
-use runnel_ingest::proto::ingest_client::IngestClient;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
-use runnel_serving::proto::serving_client::ServingClient;
-use runnel_serving::proto::{self, value::Kind};
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::serving::v1::serving_client::ServingClient;
+use runnel_proto::serving::v1::{self as proto};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
@@ -228,7 +229,9 @@ async fn export(serving: &str, job: &str) -> Result<Results, tonic::Status> {
         ))
         .await?
         .into_inner();
-    let int = |value: Option<&proto::Value>| match value.and_then(|value| value.kind.as_ref()) {
+    let int = |value: Option<&runnel_proto::common::v1::Value>| match value
+        .and_then(|value| value.kind.as_ref())
+    {
         Some(Kind::Int64Value(number)) => *number,
         _ => -1,
     };

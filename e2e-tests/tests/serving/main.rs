@@ -14,8 +14,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use runnel_config::Config;
 use runnel_log::{Log, ProduceRecord};
-use runnel_serving::proto::serving_client::ServingClient;
-use runnel_serving::proto::{self, ViewSource, value::Kind};
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::serving::v1::serving_client::ServingClient;
+use runnel_proto::serving::v1::{self as proto, ViewSource};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -112,7 +113,7 @@ fn expected_total(u: u64, window: u64, version: u32) -> i64 {
     total * i64::from(version)
 }
 
-fn int(value: &proto::Value) -> Option<i64> {
+fn int(value: &runnel_proto::common::v1::Value) -> Option<i64> {
     match value.kind {
         Some(Kind::Int64Value(value)) => Some(value),
         _ => None,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runnel_metrics::{MetricType, ParsedMetrics, parse_text};
-use runnel_serving::proto::{self, serving_client::ServingClient};
+use runnel_proto::serving::v1::{self as proto, serving_client::ServingClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

@@ -410,31 +410,6 @@ pub fn backend_name(config: &Config) -> &'static str {
     }
 }
 
-/// The canonical name of a gRPC status code, as the metrics' `code` labels spell it: `OK`,
-/// `NOT_FOUND`, `INVALID_ARGUMENT`, ...
-pub fn grpc_code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -445,15 +420,6 @@ mod tests {
     struct Flags {
         #[command(flatten)]
         service: ServiceFlags,
-    }
-
-    #[test]
-    fn grpc_codes_have_their_canonical_names() {
-        assert_eq!(
-            grpc_code_name(tonic::Code::InvalidArgument),
-            "INVALID_ARGUMENT"
-        );
-        assert_eq!(grpc_code_name(tonic::Code::Ok), "OK");
     }
 
     #[test]

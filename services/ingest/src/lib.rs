@@ -68,11 +68,7 @@ use crate::connection::ConnectionLimits;
 pub use grpc::{BATCHES_DONE_METADATA, RETRY_AFTER_MS_METADATA};
 pub use service::{PartitionRange, UNKNOWN_STREAM_CODE, headers};
 
-/// The gRPC API's generated types, server and client (`runnel.ingest.v1`).
-#[allow(missing_docs, unreachable_pub, clippy::all)]
-pub mod proto {
-    tonic::include_proto!("runnel.ingest.v1");
-}
+use runnel_proto::ingest::v1 as proto;
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "ingest";

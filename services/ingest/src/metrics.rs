@@ -25,7 +25,7 @@ use runnel_config::Config;
 use runnel_metrics::{
     CounterMap, Exposition, Histogram, LATENCY_BUCKETS_SECONDS, Labels, MetricType,
 };
-use runnel_server_common::grpc_code_name;
+use runnel_proto::grpc_code_name;
 
 use crate::service::{Api, Ingestor};
 

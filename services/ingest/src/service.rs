@@ -546,8 +546,8 @@ fn validate_batch(
 }
 
 /// Converts a protobuf value into the validator's typed value.
-fn typed_value(value: &proto::Value) -> TypedValue<'_> {
-    use proto::value::Kind;
+fn typed_value(value: &runnel_proto::common::v1::Value) -> TypedValue<'_> {
+    use runnel_proto::common::v1::value::Kind;
     match &value.kind {
         None => TypedValue::Null,
         Some(Kind::StringValue(text)) => TypedValue::String(text),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use runnel_config::Config;
-use runnel_ingest::proto::ingest_client::IngestClient;
-use runnel_ingest::proto::{FlushArchiveRequest, FlushArchiveResponse};
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
+use runnel_proto::ingest::v1::{FlushArchiveRequest, FlushArchiveResponse};
 use tracing::info;
 
 use crate::client::{ClientArgs, ServiceEndpoint, connect};

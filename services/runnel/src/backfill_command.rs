@@ -445,7 +445,7 @@ async fn await_serving_switch(config: &Config, job: &str, version: u32) -> anyho
     let deadline = Instant::now() + SERVING_SWITCH_WAIT;
     loop {
         match client
-            .list_jobs(runnel_serving::proto::ListJobsRequest {})
+            .list_jobs(runnel_proto::serving::v1::ListJobsRequest {})
             .await
         {
             Ok(answer) => {

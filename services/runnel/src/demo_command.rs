@@ -23,14 +23,15 @@ use clap::Args;
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
 use runnel_batch_reprocessor::replay::{ReplayProgress, replay};
 use runnel_config::Config;
-use runnel_ingest::proto::ingest_client::IngestClient;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
-use runnel_serving::proto::serving_client::ServingClient;
-use runnel_serving::proto::{self, value::Kind};
+use runnel_proto::client::{ClientEndpoint, Connection, connect};
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::serving::v1::serving_client::ServingClient;
+use runnel_proto::serving::v1::{self as proto};
 use runnel_time::{format_millis, now_millis};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::query_command::source_name;
 
@@ -180,7 +181,7 @@ struct Generated {
 /// Users click in bursts (a click every 0.3-3 s, ending with 15% chance after each), then
 /// idle 15-60 s; pages are Zipf-like, 2% of events are sent late.
 async fn generate(
-    mut client: IngestClient<Channel>,
+    mut client: IngestClient<Connection>,
     rate: u32,
     counters: Arc<Generated>,
     shutdown: CancellationToken,
@@ -262,7 +263,7 @@ async fn generate(
     }
 }
 
-fn text(value: Option<&proto::Value>) -> String {
+fn text(value: Option<&runnel_proto::common::v1::Value>) -> String {
     match value.and_then(|value| value.kind.as_ref()) {
         None => "-".to_string(),
         Some(Kind::StringValue(text)) => text.clone(),
@@ -292,7 +293,7 @@ fn column(window: &proto::WindowResult, columns: &[String], name: &str) -> Strin
 
 /// The `k` most viewed pages of the `page_views` window starting at `start`.
 async fn top_pages(
-    client: &mut ServingClient<Channel>,
+    client: &mut ServingClient<Connection>,
     start: i64,
     k: u32,
 ) -> Result<proto::TopKResponse, tonic::Status> {
@@ -310,7 +311,7 @@ async fn top_pages(
 
 /// One screen of what serving answers.
 async fn frame(
-    client: &mut ServingClient<Channel>,
+    client: &mut ServingClient<Connection>,
     started: Instant,
     counters: &Generated,
     milestones: &[String],
@@ -531,10 +532,12 @@ async fn run_demo(
         Ok("serving")
     });
     let ingest_client = IngestClient::new(
-        Channel::from_shared(ingest_url)?
-            .connect()
-            .await
-            .context("connect to ingest")?,
+        connect(&ClientEndpoint {
+            url: ingest_url,
+            ..ClientEndpoint::default()
+        })
+        .await
+        .context("connect to ingest")?,
     );
     let counters = Arc::new(Generated::default());
     {
@@ -546,10 +549,12 @@ async fn run_demo(
         });
     }
     let mut client = ServingClient::new(
-        Channel::from_shared(serving_url.clone())?
-            .connect()
-            .await
-            .context("connect to serving")?,
+        connect(&ClientEndpoint {
+            url: serving_url.clone(),
+            ..ClientEndpoint::default()
+        })
+        .await
+        .context("connect to serving")?,
     );
     let plain = args.plain || !std::io::stdout().is_terminal();
     let started = Instant::now();

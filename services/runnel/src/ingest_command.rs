@@ -25,8 +25,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use runnel_config::{Config, StreamConfig};
-use runnel_ingest::proto::ingest_client::IngestClient;
-use runnel_ingest::proto::{IngestRequest, IngestResponse, JsonEvents, ingest_request::Events};
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
+use runnel_proto::ingest::v1::{IngestRequest, IngestResponse, JsonEvents, ingest_request::Events};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 

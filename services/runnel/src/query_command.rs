@@ -21,8 +21,9 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use clap::{Args, Subcommand, ValueEnum};
 use futures::StreamExt;
 use runnel_config::Config;
-use runnel_serving::proto::serving_client::ServingClient;
-use runnel_serving::proto::{self, value::Kind};
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::serving::v1::serving_client::ServingClient;
+use runnel_proto::serving::v1::{self as proto};
 use runnel_time::format_millis;
 use serde_json::{Map, Value as Json, json};
 
@@ -319,7 +320,7 @@ fn refused(call: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{call}: {:?}: {}", status.code(), status.message())
 }
 
-fn value_json(value: &proto::Value) -> Json {
+fn value_json(value: &runnel_proto::common::v1::Value) -> Json {
     match &value.kind {
         None => Json::Null,
         Some(Kind::StringValue(text)) => json!(text),
@@ -330,7 +331,7 @@ fn value_json(value: &proto::Value) -> Json {
     }
 }
 
-fn value_text(value: &proto::Value) -> String {
+fn value_text(value: &runnel_proto::common::v1::Value) -> String {
     match &value.kind {
         None => "null".to_string(),
         Some(Kind::StringValue(text)) => text.clone(),
@@ -849,7 +850,7 @@ fn write_parquet(
                 let mut builder = StringBuilder::new();
                 for value in values {
                     builder.append_option(value.map(|value| {
-                        value_text(&proto::Value {
+                        value_text(&runnel_proto::common::v1::Value {
                             kind: Some(value.clone()),
                         })
                     }));

@@ -12,8 +12,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tonic::{Request, Response, Status};
 
-use crate::proto::{self, ViewSource, value::Kind};
+use crate::proto::{self, ViewSource};
 use crate::views::{Answer, JobView, Jobs, VersionView, Window};
+use runnel_proto::common::v1::value::Kind;
 
 /// The service's state.
 pub(crate) struct GrpcServing {

@@ -44,15 +44,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::views::Jobs;
 
-/// The generated gRPC client, server and messages of `runnel.serving.v1`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("runnel.serving.v1");
-
-    /// The encoded descriptor set of `serving.proto`, for the reflection service.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/serving_descriptor.bin"));
-}
+use runnel_proto::serving::v1 as proto;
 
 /// The service's name in logs.
 pub const SERVICE_NAME: &str = "serving";

@@ -24,7 +24,7 @@ use runnel_metrics::{
     CounterMap, Exposition, Histogram, LATENCY_BUCKETS_SECONDS, Labels, MetricType,
     MetricsListener, TableFamily,
 };
-use runnel_server_common::grpc_code_name;
+use runnel_proto::grpc_code_name;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -17,7 +17,8 @@ use runnel_engine::WindowSpec;
 use tokio::sync::broadcast;
 
 use crate::ServingError;
-use crate::proto::{self, ViewSource, value::Kind};
+use crate::proto::ViewSource;
+use runnel_proto::common::v1::value::Kind;
 
 /// One key in one window: a result row.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +30,7 @@ pub(crate) struct Window {
     /// Window end, when known (fixed windows; sessions selecting `window_end`).
     pub end: Option<i64>,
     /// The job's SELECT columns.
-    pub values: Vec<proto::Value>,
+    pub values: Vec<runnel_proto::common::v1::Value>,
     /// Result version.
     pub version: u32,
     pub is_final: bool,
@@ -230,9 +231,9 @@ impl ResultLayout {
 }
 
 /// Row `row` of `column` as a result value.
-fn value(column: &dyn Array, row: usize) -> Result<proto::Value, ServingError> {
+fn value(column: &dyn Array, row: usize) -> Result<runnel_proto::common::v1::Value, ServingError> {
     if column.is_null(row) {
-        return Ok(proto::Value { kind: None });
+        return Ok(runnel_proto::common::v1::Value { kind: None });
     }
     let kind = match column.data_type() {
         DataType::Int8 => Kind::Int64Value(column.as_primitive::<Int8Type>().value(row).into()),
@@ -271,7 +272,7 @@ fn value(column: &dyn Array, row: usize) -> Result<proto::Value, ServingError> {
             Kind::StringValue(formatter.value(row).to_string())
         }
     };
-    Ok(proto::Value { kind: Some(kind) })
+    Ok(runnel_proto::common::v1::Value { kind: Some(kind) })
 }
 
 /// One version of a job: its speed and batch views.
@@ -539,7 +540,7 @@ mod tests {
             key: Arc::from(key),
             start,
             end: Some(start + 10),
-            values: vec![proto::Value {
+            values: vec![runnel_proto::common::v1::Value {
                 kind: Some(Kind::Int64Value(count)),
             }],
             version,

@@ -3,7 +3,7 @@
 //! nothing reaches the log; with it, events are ingested as usual.
 
 use bytes::Bytes;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

@@ -5,9 +5,9 @@
 use bytes::Bytes;
 use prost::Message;
 use runnel_ingest::headers;
-use runnel_ingest::proto::{
-    IngestRequest, JsonEvents, Row, TypedRows, Value, ingest_request::Events, value::Kind,
-};
+use runnel_proto::common::v1::Value;
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, Row, TypedRows, ingest_request::Events};
 
 use crate::sandbox::{
     MAX_EVENT_BYTES, MAX_REQUEST_BYTES, Sandbox, header, http_post, now_millis, post_lines,

@@ -1,10 +1,10 @@
 //! gRPC ingest: unary and client-streaming calls, JSON documents and typed rows.
 
 use bytes::Bytes;
-use runnel_ingest::proto::{
-    IngestRequest, JsonEvents, Row, TypedRows, Value, ingest_request::Events, value::Kind,
-};
 use runnel_log::partition_for_key;
+use runnel_proto::common::v1::Value;
+use runnel_proto::common::v1::value::Kind;
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, Row, TypedRows, ingest_request::Events};
 
 use crate::sandbox::{Sandbox, now_millis};
 

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use prost::Message;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
 use runnel_metrics::{MetricType, ParsedMetrics, parse_text};
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

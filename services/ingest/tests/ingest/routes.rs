@@ -3,7 +3,7 @@
 //! `GET /healthz` and the gRPC health service answer, without the token.
 
 use bytes::Bytes;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -151,7 +151,7 @@ async fn grpc_calls_to_unknown_methods_are_unimplemented() {
         );
     }
     // The real method still works on the same channel.
-    let mut client = runnel_ingest::proto::ingest_client::IngestClient::new(channel);
+    let mut client = runnel_proto::ingest::v1::ingest_client::IngestClient::new(channel);
     let response = client
         .ingest(IngestRequest {
             stream: "clicks".to_string(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_config::Config;
-use runnel_ingest::proto::ingest_client::IngestClient;
 use runnel_log::{Log, Record, StartOffset};
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use runnel_ingest::proto::{IngestRequest, JsonEvents, ingest_request::Events};
+use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -137,7 +137,7 @@ async fn ingest_over_http(addr: SocketAddr, stop: Arc<AtomicUsize>) -> Acknowled
 
 /// As [`ingest_over_http`], over gRPC on one channel.
 async fn ingest_over_grpc(sandbox_addr: SocketAddr, stop: Arc<AtomicUsize>) -> Acknowledged {
-    let mut client = runnel_ingest::proto::ingest_client::IngestClient::connect(format!(
+    let mut client = runnel_proto::ingest::v1::ingest_client::IngestClient::connect(format!(
         "http://{sandbox_addr}"
     ))
     .await
