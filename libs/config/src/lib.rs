@@ -12,8 +12,8 @@ mod model;
 pub use layers::{ConfigLayer, ENV_PREFIX};
 pub use model::{
     ArchiveConfig, BatchReprocessorConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType,
-    IngestConfig, JobConfig, KafkaLogConfig, LogBackend, LogConfig, ServingConfig, StorageConfig,
-    StreamConfig, StreamProcessorConfig,
+    IngestConfig, JobConfig, KafkaLogConfig, LogBackend, LogConfig, PortSecurity, ServingConfig,
+    StorageConfig, StreamConfig, StreamProcessorConfig,
 };
 
 use std::collections::HashMap;
@@ -278,6 +278,30 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("colour"), "{msg}");
         assert!(msg.contains("RUNNEL__STORAGE__COLOUR"), "{msg}");
+    }
+
+    #[test]
+    fn each_port_is_read_through_its_security_and_its_keys_refuse_a_misspelling() {
+        let config = load_with(
+            "[serving]\nlisten = \"0.0.0.0:7303\"\nauth-token = \"t0k\"\n\
+             tls-cert = \"/c.pem\"\ntls-key = \"/k.pem\"\n",
+            &[],
+        )
+        .expect("valid");
+        let serving = config.serving.security();
+        assert_eq!(serving.section, "serving");
+        assert_eq!(serving.listen, "0.0.0.0:7303");
+        assert_eq!(serving.auth_token, Some("t0k"));
+        assert!(serving.tls());
+        assert_eq!(serving.token_variable(), "RUNNEL__SERVING__AUTH_TOKEN");
+        let ingest = config.ingest.security();
+        assert_eq!(
+            (ingest.section, ingest.auth_token, ingest.tls()),
+            ("ingest", None, false)
+        );
+        // The keys are the section's own (no flattened struct), so a misspelling is refused.
+        let err = load_with("[ingest]\ntls-certificate = \"/c.pem\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("tls-certificate"), "{err}");
     }
 
     #[test]

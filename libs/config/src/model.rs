@@ -1,7 +1,7 @@
 //! The typed configuration structs, one section per concern, and their validation.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -88,6 +88,106 @@ pub struct ServingConfig {
     /// TLS: the server's private key (PEM).
     #[serde(default)]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// A port's security, as the `ingest` and `serving` sections set it: `listen`,
+/// `auth-token`, `allow-unauthenticated`, `tls-cert` and `tls-key`. The keys stay flat in
+/// their section (a `#[serde(flatten)]` struct would silently turn `deny_unknown_fields`
+/// off), and everything reads them through [`IngestConfig::security`] and
+/// [`ServingConfig::security`]: the validation, the services' servers, the clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortSecurity<'a> {
+    /// The section, `ingest` or `serving`: the service's name.
+    pub section: &'static str,
+    /// `<section>.listen`.
+    pub listen: &'a str,
+    /// `<section>.auth-token`: requests must carry `authorization: Bearer <token>`.
+    pub auth_token: Option<&'a str>,
+    /// `<section>.allow-unauthenticated`.
+    pub allow_unauthenticated: bool,
+    /// `<section>.tls-cert`: the server's certificate chain (PEM).
+    pub tls_cert: Option<&'a Path>,
+    /// `<section>.tls-key`: the server's private key (PEM).
+    pub tls_key: Option<&'a Path>,
+}
+
+impl PortSecurity<'_> {
+    /// Whether the port speaks TLS (validation makes `tls-cert` and `tls-key` go together).
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
+    /// The environment variable that sets the token, e.g. `RUNNEL__INGEST__AUTH_TOKEN`.
+    pub fn token_variable(&self) -> String {
+        format!("RUNNEL__{}__AUTH_TOKEN", self.section.to_uppercase())
+    }
+
+    /// The section's security is consistent: a token of a bearer token's characters, a
+    /// token (or `allow-unauthenticated`) on a port other than loopback, and `tls-cert`
+    /// with `tls-key`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let semantic = |path: String, message: String| ConfigError::Semantic { path, message };
+        let section = self.section;
+        let variable = self.token_variable();
+        match self.auth_token {
+            Some(token) => {
+                if let Some(problem) = bearer_token_problem(token) {
+                    return Err(semantic(
+                        format!("{section}.auth-token"),
+                        format!("{problem} (set by {variable} or the config file)"),
+                    ));
+                }
+            }
+            None if !self.allow_unauthenticated && !is_loopback(self.listen) => {
+                let listen = self.listen;
+                return Err(semantic(
+                    format!("{section}.auth-token"),
+                    format!(
+                        "is not set, and {section}.listen ({listen}) is not a loopback \
+                         address: anyone who reaches it could use the service. Set a \
+                         token ({variable}), listen on 127.0.0.1, or set \
+                         {section}.allow-unauthenticated = true"
+                    ),
+                ));
+            }
+            None => {}
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(semantic(
+                format!("{section}.tls-key"),
+                "tls-cert and tls-key go together: set both or neither".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ServingConfig {
+    /// The port's security settings (see [`PortSecurity`]).
+    pub fn security(&self) -> PortSecurity<'_> {
+        PortSecurity {
+            section: "serving",
+            listen: &self.listen,
+            auth_token: self.auth_token.as_deref(),
+            allow_unauthenticated: self.allow_unauthenticated,
+            tls_cert: self.tls_cert.as_deref(),
+            tls_key: self.tls_key.as_deref(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// The port's security settings (see [`PortSecurity`]).
+    pub fn security(&self) -> PortSecurity<'_> {
+        PortSecurity {
+            section: "ingest",
+            listen: &self.listen,
+            auth_token: self.auth_token.as_deref(),
+            allow_unauthenticated: self.allow_unauthenticated,
+            tls_cert: self.tls_cert.as_deref(),
+            tls_key: self.tls_key.as_deref(),
+        }
+    }
 }
 
 /// The stream-processor service.
@@ -778,53 +878,8 @@ impl Config {
                 "must be at least 1".to_string(),
             ));
         }
-        for (section, listen, token, allow_unauthenticated, cert, key) in [
-            (
-                "ingest",
-                &self.ingest.listen,
-                &self.ingest.auth_token,
-                self.ingest.allow_unauthenticated,
-                &self.ingest.tls_cert,
-                &self.ingest.tls_key,
-            ),
-            (
-                "serving",
-                &self.serving.listen,
-                &self.serving.auth_token,
-                self.serving.allow_unauthenticated,
-                &self.serving.tls_cert,
-                &self.serving.tls_key,
-            ),
-        ] {
-            let variable = format!("RUNNEL__{}__AUTH_TOKEN", section.to_uppercase());
-            match token {
-                Some(token) => {
-                    if let Some(problem) = bearer_token_problem(token) {
-                        return Err(semantic(
-                            format!("{section}.auth-token"),
-                            format!("{problem} (set by {variable} or the config file)"),
-                        ));
-                    }
-                }
-                None if !allow_unauthenticated && !is_loopback(listen) => {
-                    return Err(semantic(
-                        format!("{section}.auth-token"),
-                        format!(
-                            "is not set, and {section}.listen ({listen}) is not a loopback \
-                             address: anyone who reaches it could use the service. Set a \
-                             token ({variable}), listen on 127.0.0.1, or set \
-                             {section}.allow-unauthenticated = true"
-                        ),
-                    ));
-                }
-                None => {}
-            }
-            if cert.is_some() != key.is_some() {
-                return Err(semantic(
-                    format!("{section}.tls-key"),
-                    "tls-cert and tls-key go together: set both or neither".to_string(),
-                ));
-            }
+        for port in [self.ingest.security(), self.serving.security()] {
+            port.validate()?;
         }
         if self.serving.default_page_size == 0
             || self.serving.default_page_size > self.serving.max_page_size

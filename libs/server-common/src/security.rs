@@ -17,6 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use runnel_config::PortSecurity;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 /// What a port asks of its callers.
@@ -101,13 +102,14 @@ async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Resp
 }
 
 /// `router` with every request but those under the `open` path prefixes required to carry
-/// `authorization: Bearer <token>`; `router` itself without a token.
+/// `authorization: Bearer <token>` when the port has a token (`<section>.auth-token`);
+/// `router` itself without one.
 pub fn require_bearer(
     router: axum::Router,
-    token: Option<&str>,
+    port: &PortSecurity<'_>,
     open: &'static [&'static str],
 ) -> axum::Router {
-    match token {
+    match port.auth_token {
         Some(token) => router.layer(axum::middleware::from_fn_with_state(
             Guard {
                 token: Arc::from(token.trim()),
@@ -136,14 +138,14 @@ pub enum TlsError {
     Invalid(#[source] tonic::transport::Error),
 }
 
-/// A gRPC server builder that speaks TLS with `cert` and `key` (PEM files), or plain
-/// HTTP/2 without them.
+/// A gRPC server builder for the port: TLS with its `tls-cert` and `tls-key` (PEM files), or
+/// plain HTTP/2 without them.
 ///
 /// # Errors
 ///
 /// [`TlsError`] if a file cannot be read or does not hold a certificate and key.
-pub fn server(cert: Option<&Path>, key: Option<&Path>) -> Result<Server, TlsError> {
-    let (Some(cert), Some(key)) = (cert, key) else {
+pub fn server(port: &PortSecurity<'_>) -> Result<Server, TlsError> {
+    let (Some(cert), Some(key)) = (port.tls_cert, port.tls_key) else {
         return Ok(Server::builder());
     };
     let read = |path: &Path| {

@@ -175,21 +175,18 @@ impl BoundIngest {
             .fallback(http::not_found)
             .layer(axum::middleware::from_fn(http::route_guard));
         // Health stays open to probes; the rest asks for the token when one is set.
+        let port = config.security();
         let router = runnel_server_common::security::require_bearer(
             routes,
-            config.auth_token.as_deref(),
+            &port,
             &["/grpc.health.v1.Health/", "/healthz"],
         )
         .layer(axum::middleware::from_fn(connection::track_requests));
-        let server = runnel_server_common::security::server(
-            config.tls_cert.as_deref(),
-            config.tls_key.as_deref(),
-        )
-        .map_err(IngestError::Tls)?;
+        let server = runnel_server_common::security::server(&port).map_err(IngestError::Tls)?;
         info!(
             address = %self.local_addr,
-            tls = config.tls_cert.is_some(),
-            auth = config.auth_token.is_some(),
+            tls = port.tls(),
+            auth = port.auth_token.is_some(),
             max_connections = config.max_connections,
             max_connections_per_client = config.max_connections_per_client,
             "ingest listening (gRPC and HTTP)"
@@ -200,7 +197,7 @@ impl BoundIngest {
                 max_connections: config.max_connections,
                 max_connections_per_client: config.max_connections_per_client,
                 header_read_timeout: config.header_read_timeout,
-                answer_refusals: config.tls_cert.is_none(),
+                answer_refusals: !port.tls(),
             },
         );
         let shutdown = self.shutdown.clone();

@@ -10,7 +10,7 @@ use runnel_proto::ingest::v1::ingest_client::IngestClient;
 use runnel_proto::ingest::v1::{FlushArchiveRequest, FlushArchiveResponse};
 use tracing::info;
 
-use crate::client::{ClientArgs, ServiceEndpoint, connect};
+use crate::client::{ClientArgs, connect};
 
 /// Arguments of `runnel archive`.
 #[derive(Debug, Args)]
@@ -119,16 +119,7 @@ pub(crate) async fn flush_ingest_archiver(
     config: &Config,
     client: &ClientArgs,
 ) -> anyhow::Result<FlushArchiveResponse> {
-    let connection = connect(
-        &ServiceEndpoint {
-            name: "ingest",
-            listen: &config.ingest.listen,
-            auth_token: config.ingest.auth_token.as_deref(),
-            tls_cert: config.ingest.tls_cert.as_deref(),
-        },
-        client,
-    )
-    .await?;
+    let connection = connect(&config.ingest.security(), client).await?;
     Ok(IngestClient::new(connection)
         .flush_archive(FlushArchiveRequest { timeout_ms: 0 })
         .await

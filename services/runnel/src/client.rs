@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use runnel_config::PortSecurity;
 
 /// The flags of a service's client.
 #[derive(Debug, Clone, Default, Args)]
@@ -31,26 +32,14 @@ impl ClientArgs {
     }
 }
 
-/// What the config says of a service, for its clients.
-pub(crate) struct ServiceEndpoint<'a> {
-    pub name: &'a str,
-    pub listen: &'a str,
-    pub auth_token: Option<&'a str>,
-    pub tls_cert: Option<&'a std::path::Path>,
-}
-
 pub(crate) use runnel_proto::client::{Connection, connect_address};
 
 /// Connects to `service` as `args` and the config say.
 pub(crate) async fn connect(
-    service: &ServiceEndpoint<'_>,
+    service: &PortSecurity<'_>,
     args: &ClientArgs,
 ) -> anyhow::Result<Connection> {
-    let scheme = if service.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if service.tls() { "https" } else { "http" };
     let url = args
         .url
         .clone()
@@ -62,5 +51,5 @@ pub(crate) async fn connect(
     };
     runnel_proto::client::connect(&endpoint)
         .await
-        .with_context(|| format!("connect to the {} service at {url}", service.name))
+        .with_context(|| format!("connect to the {} service at {url}", service.section))
 }

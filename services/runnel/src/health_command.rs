@@ -20,7 +20,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::client::{ClientArgs, ServiceEndpoint, connect, connect_address};
+use crate::client::{ClientArgs, connect, connect_address};
 
 /// How long the whole check may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(4);
@@ -51,18 +51,8 @@ pub(crate) async fn run(args: HealthArgs, config: &Config) -> anyhow::Result<()>
 
 async fn check(args: &HealthArgs, config: &Config) -> anyhow::Result<()> {
     let endpoint = match args.service {
-        Service::Ingest => ServiceEndpoint {
-            name: "ingest",
-            listen: &config.ingest.listen,
-            auth_token: config.ingest.auth_token.as_deref(),
-            tls_cert: config.ingest.tls_cert.as_deref(),
-        },
-        Service::Serving => ServiceEndpoint {
-            name: "serving",
-            listen: &config.serving.listen,
-            auth_token: config.serving.auth_token.as_deref(),
-            tls_cert: config.serving.tls_cert.as_deref(),
-        },
+        Service::Ingest => config.ingest.security(),
+        Service::Serving => config.serving.security(),
         Service::StreamProcessor => {
             let address = match args.client.url() {
                 Some(url) => url
@@ -80,12 +70,12 @@ async fn check(args: &HealthArgs, config: &Config) -> anyhow::Result<()> {
             service: String::new(),
         })
         .await
-        .with_context(|| format!("ask the {} service's health", endpoint.name))?;
+        .with_context(|| format!("ask the {} service's health", endpoint.section))?;
     let status = response.into_inner().status();
     ensure!(
         status == ServingStatus::Serving,
         "the {} service says {} (not serving yet, or stopping)",
-        endpoint.name,
+        endpoint.section,
         status.as_str_name()
     );
     Ok(())

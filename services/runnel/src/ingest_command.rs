@@ -30,7 +30,7 @@ use runnel_proto::ingest::v1::{IngestRequest, IngestResponse, JsonEvents, ingest
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
+use crate::client::{ClientArgs, Connection, connect};
 
 /// How many rejection reasons the summary shows.
 const SHOWN_REJECTIONS: usize = 5;
@@ -124,16 +124,7 @@ struct Summary {
 /// Runs `runnel ingest`.
 pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
     let format = FileFormat::of(&args.file)?;
-    let connection = connect(
-        &ServiceEndpoint {
-            name: "ingest",
-            listen: &config.ingest.listen,
-            auth_token: config.ingest.auth_token.as_deref(),
-            tls_cert: config.ingest.tls_cert.as_deref(),
-        },
-        &args.client,
-    )
-    .await?;
+    let connection = connect(&config.ingest.security(), &args.client).await?;
     let client = IngestClient::new(connection).max_decoding_message_size(usize::MAX);
 
     let declared = config.stream(&args.stream).cloned();

@@ -27,7 +27,7 @@ use runnel_proto::serving::v1::{self as proto};
 use runnel_time::format_millis;
 use serde_json::{Map, Value as Json, json};
 
-use crate::client::{ClientArgs, Connection, ServiceEndpoint, connect};
+use crate::client::{ClientArgs, Connection, connect};
 use runnel_time::parse_time_flag;
 
 /// How results are printed.
@@ -302,16 +302,7 @@ pub(crate) async fn connect_serving(
     config: &Config,
     args: &ClientArgs,
 ) -> anyhow::Result<ServingClient<Connection>> {
-    let connection = connect(
-        &ServiceEndpoint {
-            name: "serving",
-            listen: &config.serving.listen,
-            auth_token: config.serving.auth_token.as_deref(),
-            tls_cert: config.serving.tls_cert.as_deref(),
-        },
-        args,
-    )
-    .await?;
+    let connection = connect(&config.serving.security(), args).await?;
     Ok(ServingClient::new(connection).max_decoding_message_size(usize::MAX))
 }
 

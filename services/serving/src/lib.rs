@@ -300,28 +300,26 @@ impl BoundServing {
         })
         .max_encoding_message_size(usize::MAX);
         // Health stays open to probes; the API and reflection ask for the token.
+        let port = config.serving.security();
         let router = runnel_server_common::security::require_bearer(
             Routes::new(health)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(service)
                 .into_axum_router(),
-            config.serving.auth_token.as_deref(),
+            &port,
             &["/grpc.health.v1.Health/"],
         )
         .layer(axum::middleware::from_fn_with_state(
             serving_metrics,
             metrics::observe_calls,
         ));
-        let mut server = runnel_server_common::security::server(
-            config.serving.tls_cert.as_deref(),
-            config.serving.tls_key.as_deref(),
-        )
-        .map_err(ServingError::Tls)?;
+        let mut server =
+            runnel_server_common::security::server(&port).map_err(ServingError::Tls)?;
         info!(
             address = %local_addr,
-            tls = config.serving.tls_cert.is_some(),
-            auth = config.serving.auth_token.is_some(),
+            tls = port.tls(),
+            auth = port.auth_token.is_some(),
             "serving listening (gRPC)"
         );
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
