@@ -47,13 +47,13 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_config::Config;
 use runnel_log::{Log, ProduceRecord};
 use runnel_proto::common::v1::value::Kind;
 use runnel_proto::serving::v1::serving_client::ServingClient;
 use runnel_proto::serving::v1::{self as proto};
 use runnel_time::now_millis;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
@@ -188,48 +188,29 @@ early-emit-interval = "1s"
         .with_context(|| format!("load {}", path.display()))
 }
 
-/// The three services, running in this process on one log.
+/// The three services, running in this process on one log under runnel's supervisor.
 struct Services {
     serving: SocketAddr,
     ingest: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    supervisor: Supervisor,
 }
 
 impl Services {
     async fn start(config: &Config, log: &Arc<dyn Log>) -> anyhow::Result<Services> {
-        let shutdown = CancellationToken::new();
-        let mut tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)> = Vec::new();
-        let processor = runnel_stream_processor::run_with_log(
-            config.clone(),
-            Arc::clone(log),
-            shutdown.child_token(),
+        let supervisor = Supervisor::start(
+            log,
+            vec![
+                (Service::StreamProcessor, config.clone()),
+                (Service::Serving, config.clone()),
+                (Service::Ingest, config.clone()),
+            ],
+            RestartPolicy::NEVER,
+            CancellationToken::new(),
         );
-        tasks.push((
-            "stream-processor",
-            tokio::spawn(async move { processor.await.context("stream-processor") }),
-        ));
-        let serving = runnel_serving::bind(config, Arc::clone(log), shutdown.child_token())
-            .await
-            .context("bind serving")?;
-        let serving_addr = serving.local_addr();
-        tasks.push((
-            "serving",
-            tokio::spawn(async move { serving.serve().await.context("serving") }),
-        ));
-        let ingest = runnel_ingest::bind(config, Arc::clone(log), shutdown.child_token())
-            .await
-            .context("bind ingest")?;
-        let ingest_addr = ingest.local_addr();
-        tasks.push((
-            "ingest",
-            tokio::spawn(async move { ingest.serve().await.context("ingest") }),
-        ));
         Ok(Services {
-            serving: serving_addr,
-            ingest: ingest_addr,
-            shutdown,
-            tasks,
+            serving: supervisor.address(Service::Serving).await?,
+            ingest: supervisor.address(Service::Ingest).await?,
+            supervisor,
         })
     }
 
@@ -240,14 +221,10 @@ impl Services {
 
     /// Stops the services; a failure is reported, not returned (the figures are out).
     async fn stop(self) {
-        self.shutdown.cancel();
-        for (name, task) in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(30), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(error))) => eprintln!("    {name} failed: {error:#}"),
-                Ok(Err(join)) => eprintln!("    {name} panicked: {join}"),
-                Err(_) => eprintln!("    {name} did not stop within 30 s"),
-            }
+        match tokio::time::timeout(Duration::from_secs(30), self.supervisor.stop()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("    a service failed: {error:#}"),
+            Err(_) => eprintln!("    the services did not stop within 30 s"),
         }
     }
 }

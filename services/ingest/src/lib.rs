@@ -247,6 +247,56 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Inge
     run_with_log(config, log, shutdown).await
 }
 
+impl BoundIngest {
+    /// Serves until the shutdown token given to [`bind`] is cancelled, with the archiver
+    /// beside it when `ingest.run-archiver` is set: what [`run_with_log`] does once bound.
+    /// A caller that needs the address before serving (`runnel all`'s supervisor, whose
+    /// config may say port 0) binds, reads [`BoundIngest::local_addr`], then runs this.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`BoundIngest::serve`]; [`IngestError::Archive`] if the archiver fails.
+    pub async fn run(self, config: &Config, log: Arc<dyn Log>) -> Result<(), IngestError> {
+        let shutdown = self.shutdown.clone();
+        async move {
+            // The archiver's own token: it stops when the service stops, whatever stopped it.
+            let archiver_shutdown = shutdown.child_token();
+            let archiver = if config.ingest.run_archiver {
+                let url = config.object_store_url();
+                let store =
+                    runnel_archive::open_object_store(&url, &config.storage.object_store_options)
+                        .map_err(IngestError::Archive)?;
+                let (config, log, shutdown) =
+                    (config.clone(), Arc::clone(&log), archiver_shutdown.clone());
+                Some(tokio::spawn(
+                    async move { runnel_archive::run_archiver(&config, log, store, shutdown).await }
+                        .in_current_span(),
+                ))
+            } else {
+                None
+            };
+            let served = self.serve().await;
+            if let Some(archiver) = archiver {
+                archiver_shutdown.cancel();
+                match archiver.await {
+                    Ok(result) => result.map_err(IngestError::Archive)?,
+                    Err(join_error) => {
+                        return Err(IngestError::Archive(runnel_archive::ArchiveError::Task {
+                            stream: "*".to_string(),
+                            message: join_error.to_string(),
+                        }));
+                    }
+                }
+            }
+            served?;
+            info!("ingest stopped");
+            Ok(())
+        }
+        .instrument(info_span!("service", service = SERVICE_NAME))
+        .await
+    }
+}
+
 /// Runs the ingest service on a log that is already open, until `shutdown` is cancelled.
 ///
 /// This is how `runnel all` runs every service in one process over one shared log; the
@@ -254,47 +304,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Inge
 ///
 /// # Errors
 ///
-/// The errors of [`bind`] and [`BoundIngest::serve`].
+/// The errors of [`bind`] and [`BoundIngest::run`].
 pub async fn run_with_log(
     config: Config,
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    async move {
-        let bound = bind(&config, Arc::clone(&log), shutdown.clone()).await?;
-        // The archiver's own token: it stops when the service stops, whatever stopped it.
-        let archiver_shutdown = shutdown.child_token();
-        let archiver = if config.ingest.run_archiver {
-            let url = config.object_store_url();
-            let store =
-                runnel_archive::open_object_store(&url, &config.storage.object_store_options)
-                    .map_err(IngestError::Archive)?;
-            let (config, log, shutdown) =
-                (config.clone(), Arc::clone(&log), archiver_shutdown.clone());
-            Some(tokio::spawn(
-                async move { runnel_archive::run_archiver(&config, log, store, shutdown).await }
-                    .in_current_span(),
-            ))
-        } else {
-            None
-        };
-        let served = bound.serve().await;
-        if let Some(archiver) = archiver {
-            archiver_shutdown.cancel();
-            match archiver.await {
-                Ok(result) => result.map_err(IngestError::Archive)?,
-                Err(join_error) => {
-                    return Err(IngestError::Archive(runnel_archive::ArchiveError::Task {
-                        stream: "*".to_string(),
-                        message: join_error.to_string(),
-                    }));
-                }
-            }
-        }
-        served?;
-        info!("ingest stopped");
-        Ok(())
-    }
-    .instrument(info_span!("service", service = SERVICE_NAME))
-    .await
+    let bound = bind(&config, Arc::clone(&log), shutdown)
+        .instrument(info_span!("service", service = SERVICE_NAME))
+        .await?;
+    bound.run(&config, log).await
 }

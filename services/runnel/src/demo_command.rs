@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
+use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
 use runnel_batch_reprocessor::replay::{ReplayProgress, replay};
 use runnel_config::Config;
@@ -495,42 +496,22 @@ async fn run_demo(
     )
     .context("open the object store")?;
     let services_shutdown = shutdown.child_token();
+    // Ingest (with its archiver), the stream-processor running the jobs as first declared,
+    // and serving, which also knows version 2 of user_sessions that the replay brings in.
+    let mut services = Supervisor::start(
+        &log,
+        vec![
+            (Service::Ingest, config.clone()),
+            (Service::StreamProcessor, config.clone()),
+            (Service::Serving, serving_config.clone()),
+        ],
+        RestartPolicy::NEVER,
+        services_shutdown.clone(),
+    );
+    let ingest_url = format!("http://{}", services.address(Service::Ingest).await?);
+    let serving_url = format!("http://{}", services.address(Service::Serving).await?);
+    // The demo's own tasks beside the services: the event generator and the replay.
     let mut tasks: JoinSet<anyhow::Result<&'static str>> = JoinSet::new();
-    let ingest = runnel_ingest::bind(config, Arc::clone(&log), services_shutdown.clone())
-        .await
-        .context("start ingest")?;
-    let ingest_url = format!("http://{}", ingest.local_addr());
-    {
-        let (config, log, shutdown) = (config.clone(), Arc::clone(&log), services_shutdown.clone());
-        let store = Arc::clone(&store);
-        tasks.spawn(async move {
-            runnel_archive::run_archiver(&config, log, store, shutdown)
-                .await
-                .context("archiver")?;
-            Ok("archiver")
-        });
-    }
-    tasks.spawn(async move {
-        ingest.serve().await.context("ingest")?;
-        Ok("ingest")
-    });
-    {
-        let (config, log, shutdown) = (config.clone(), Arc::clone(&log), services_shutdown.clone());
-        tasks.spawn(async move {
-            runnel_stream_processor::run_with_log(config, log, shutdown)
-                .await
-                .context("stream-processor")?;
-            Ok("stream-processor")
-        });
-    }
-    let serving = runnel_serving::bind(serving_config, Arc::clone(&log), services_shutdown.clone())
-        .await
-        .context("start serving")?;
-    let serving_url = format!("http://{}", serving.local_addr());
-    tasks.spawn(async move {
-        serving.serve().await.context("serving")?;
-        Ok("serving")
-    });
     let ingest_client = IngestClient::new(
         connect(&ClientEndpoint {
             url: ingest_url,
@@ -575,7 +556,15 @@ async fn run_demo(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            finished = tasks.join_next() => {
+            stopped = services.next_stopped() => {
+                match stopped {
+                    Some((_, Ok(()))) if shutdown.is_cancelled() => {}
+                    Some((service, Ok(()))) => anyhow::bail!("{} stopped unexpectedly", service.name()),
+                    Some((_, Err(error))) => return Err(error),
+                    None => break,
+                }
+            }
+            finished = tasks.join_next(), if !tasks.is_empty() => {
                 match finished {
                     Some(Ok(Ok(name))) if shutdown.is_cancelled() => { let _ = name; }
                     Some(Ok(Ok(name))) => anyhow::bail!("{name} stopped unexpectedly"),
@@ -704,6 +693,9 @@ async fn run_demo(
         if let Ok(Err(error)) = finished {
             tracing::warn!(error = %format!("{error:#}"), "a demo task failed while stopping");
         }
+    }
+    if let Err(error) = services.wait().await {
+        tracing::warn!(error = %format!("{error:#}"), "a service failed while stopping");
     }
     writeln!(std::io::stdout().lock(), "demo stopped")?;
     Ok(())

@@ -19,10 +19,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_config::Config;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
 
 use crate::archive_command::ArchiveArgs;
 use crate::backfill_command::BackfillArgs;
@@ -310,134 +309,21 @@ fn shutdown_on_signal() -> anyhow::Result<CancellationToken> {
     runnel_server_common::shutdown_on_signal().context("install signal handlers")
 }
 
-/// How `runnel all` restarts a service that failed: at most this many times in a row...
-const SERVICE_MAX_RESTARTS: u32 = 5;
-/// ...waiting this long before the first restart, doubled for each one after.
-const SERVICE_RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
-/// A service that ran this long before failing counts its restarts afresh.
-const SERVICE_HEALTHY_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
-
 /// Runs the four services as tasks of this process over one log until `shutdown` is
-/// cancelled.
-///
-/// A service that fails does not stop the others: it is restarted (logged at WARN) after
-/// 1, 2, 4, ... seconds, at most [`SERVICE_MAX_RESTARTS`] times in a row; then it stays
-/// stopped (logged at ERROR) while the others go on, so a failing stream-processor or
-/// serving never stops ingest. Returns once every service has stopped: the first error, if
-/// any service gave up or failed while stopping.
+/// cancelled, restarting one that fails ([`RestartPolicy::RESTART`]: a failing
+/// stream-processor or serving never stops ingest). Returns once every service has stopped:
+/// the first error, if any service gave up or failed while stopping.
 async fn run_all(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let log = runnel_server_common::open_storage(&config)
         .await
         .context("open storage")?;
-    let mut services = JoinSet::new();
-    {
-        let (config, log) = (config.clone(), log.clone());
-        services.spawn(supervise_service(
-            "ingest",
-            shutdown.clone(),
-            move |shutdown| runnel_ingest::run_with_log(config.clone(), log.clone(), shutdown),
-        ));
-    }
-    {
-        let (config, log) = (config.clone(), log.clone());
-        services.spawn(supervise_service(
-            "stream-processor",
-            shutdown.clone(),
-            move |shutdown| {
-                runnel_stream_processor::run_with_log(config.clone(), log.clone(), shutdown)
-            },
-        ));
-    }
-    {
-        let (config, log) = (config.clone(), log.clone());
-        services.spawn(supervise_service(
-            "batch-reprocessor",
-            shutdown.clone(),
-            move |shutdown| {
-                runnel_batch_reprocessor::run_with_log(config.clone(), log.clone(), shutdown)
-            },
-        ));
-    }
-    services.spawn(supervise_service(
-        "serving",
-        shutdown.clone(),
-        move |shutdown| runnel_serving::run_with_log(config.clone(), log.clone(), shutdown),
-    ));
-    info!(n_services = services.len(), "all services started");
-
-    let mut first_error: Option<anyhow::Error> = None;
-    while let Some(joined) = services.join_next().await {
-        let res = match joined {
-            Ok(res) => res,
-            Err(join_error) => Err(anyhow::Error::new(join_error).context("service task failed")),
-        };
-        if let Err(error) = res {
-            first_error.get_or_insert(error);
-        }
-    }
-    match first_error {
-        Some(error) => Err(error),
-        None => {
-            info!("all services stopped");
-            Ok(())
-        }
-    }
-}
-
-/// Runs one service of `runnel all` until `shutdown`, restarting it when it fails, as
-/// [`run_all`] says.
-async fn supervise_service<F, Fut, E>(
-    service: &'static str,
-    shutdown: CancellationToken,
-    start: F,
-) -> anyhow::Result<()>
-where
-    F: Fn(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), E>>,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let mut restarts_in_row = 0_u32;
-    loop {
-        let started = std::time::Instant::now();
-        let error = match start(shutdown.child_token()).await {
-            Ok(()) => return Ok(()),
-            Err(error) => anyhow::Error::new(error).context(format!("run {service} service")),
-        };
-        if shutdown.is_cancelled() {
-            error!(
-                service,
-                error = format!("{error:#}"),
-                "service failed while stopping"
-            );
-            return Err(error);
-        }
-        if started.elapsed() >= SERVICE_HEALTHY_AFTER {
-            restarts_in_row = 0;
-        }
-        if restarts_in_row >= SERVICE_MAX_RESTARTS {
-            error!(
-                service,
-                error = format!("{error:#}"),
-                restarts = restarts_in_row,
-                "service failed again after its restarts; it stays stopped, the other services go on"
-            );
-            return Err(error);
-        }
-        let delay = SERVICE_RESTART_BACKOFF.saturating_mul(1 << restarts_in_row);
-        restarts_in_row += 1;
-        warn!(
-            service,
-            error = format!("{error:#}"),
-            retry_in = ?delay,
-            restart = restarts_in_row,
-            max_restarts = SERVICE_MAX_RESTARTS,
-            "service failed; restarting it"
-        );
-        tokio::select! {
-            () = shutdown.cancelled() => return Err(error),
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
+    let services = Service::ALL
+        .into_iter()
+        .map(|service| (service, config.clone()))
+        .collect();
+    Supervisor::start(&log, services, RestartPolicy::RESTART, shutdown)
+        .wait()
+        .await
 }
 
 /// Prints `config` in Rust's debug notation (`Config` is deserialize-only), its secrets
