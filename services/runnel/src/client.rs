@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use runnel_config::PortSecurity;
+use runnel_config::{Config, PortSecurity};
+use runnel_proto::ingest::v1::ingest_client::IngestClient;
+use runnel_proto::ingest::v1::{FlushArchiveRequest, FlushArchiveResponse};
+use runnel_proto::serving::v1::serving_client::ServingClient;
 
 /// The flags of a service's client.
 #[derive(Debug, Clone, Default, Args)]
@@ -52,4 +55,26 @@ pub(crate) async fn connect(
     runnel_proto::client::connect(&endpoint)
         .await
         .with_context(|| format!("connect to the {} service at {url}", service.section))
+}
+
+/// A client of serving, as `args` and the config say.
+pub(crate) async fn connect_serving(
+    config: &Config,
+    args: &ClientArgs,
+) -> anyhow::Result<ServingClient<Connection>> {
+    let connection = connect(&config.serving.security(), args).await?;
+    Ok(ServingClient::new(connection).max_decoding_message_size(usize::MAX))
+}
+
+/// Asks the ingest service's archiver to finish its files at the log's end as it is now.
+pub(crate) async fn flush_ingest_archiver(
+    config: &Config,
+    args: &ClientArgs,
+) -> anyhow::Result<FlushArchiveResponse> {
+    let connection = connect(&config.ingest.security(), args).await?;
+    Ok(IngestClient::new(connection)
+        .flush_archive(FlushArchiveRequest { timeout_ms: 0 })
+        .await
+        .context("flush the ingest service's archiver")?
+        .into_inner())
 }

@@ -5,15 +5,10 @@
 //! runs the batch-reprocessor's backfills, and `runnel query` and `runnel results` are
 //! serving's clients.
 
-mod archive_command;
-mod backfill_command;
 mod client;
-mod demo_command;
-mod health_command;
-mod ingest_command;
-mod log_commands;
-mod query_command;
-mod run_command;
+mod commands;
+mod input;
+mod terminal;
 
 use std::path::PathBuf;
 
@@ -23,14 +18,15 @@ use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_config::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive_command::ArchiveArgs;
-use crate::backfill_command::BackfillArgs;
-use crate::demo_command::DemoArgs;
-use crate::health_command::HealthArgs;
-use crate::ingest_command::IngestArgs;
-use crate::log_commands::LogCommand;
-use crate::query_command::{QueryArgs, ResultsCommand};
-use crate::run_command::RunArgs;
+use crate::commands::archive::ArchiveArgs;
+use crate::commands::backfill::BackfillArgs;
+use crate::commands::demo::DemoArgs;
+use crate::commands::health::HealthArgs;
+use crate::commands::ingest::IngestArgs;
+use crate::commands::log::LogCommand;
+use crate::commands::query::{QueryArgs, ResultsCommand};
+use crate::commands::run::RunArgs;
+use crate::commands::{archive, backfill, demo, health, ingest, log, query, run};
 
 /// mimalloc rather than the system allocator: Arrow and DataFusion allocate a buffer per
 /// column per batch, and glibc's malloc returned them to the kernel only to fault them in
@@ -250,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
     if let Command::Demo(args) = cli.command {
         runnel_server_common::init_tracing_with_default("runnel", cli.log_json, log_filter);
         let env = runnel_server_common::process_env()?;
-        return demo_command::run(args, &env).await;
+        return demo::run(args, &env).await;
     }
     let config = runnel_server_common::load_config(&cli.config)?;
     runnel_server_common::init_tracing_with_default(
@@ -289,17 +285,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Config => print_config(&config)?,
         Command::Run(args) => {
-            tokio::task::spawn_blocking(move || run_command::run(args, &config))
+            tokio::task::spawn_blocking(move || run::run(args, &config))
                 .await
                 .context("run the job")??;
         }
-        Command::Log(log_command) => log_commands::run(log_command, &config).await?,
-        Command::Archive(args) => archive_command::run(args, &config).await?,
-        Command::Ingest(args) => ingest_command::run(args, &config).await?,
-        Command::Backfill(args) => backfill_command::run(args, &config).await?,
-        Command::Query(args) => query_command::run_query(args, &config).await?,
-        Command::Results(command) => query_command::run_results(command, &config).await?,
-        Command::Health(args) => health_command::run(args, &config).await?,
+        Command::Log(log_command) => log::run(log_command, &config).await?,
+        Command::Archive(args) => archive::run(args, &config).await?,
+        Command::Ingest(args) => ingest::run(args, &config).await?,
+        Command::Backfill(args) => backfill::run(args, &config).await?,
+        Command::Query(args) => query::run_query(args, &config).await?,
+        Command::Results(command) => query::run_results(command, &config).await?,
+        Command::Health(args) => health::run(args, &config).await?,
         Command::Demo(_) => unreachable!("the demo runs above, on its own config"),
     }
     Ok(())

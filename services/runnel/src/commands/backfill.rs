@@ -16,7 +16,7 @@ use runnel_time::{format_millis, parse_time_flag};
 use tracing::warn;
 
 use crate::client::ClientArgs;
-use crate::ingest_command::progress_bar;
+use crate::terminal::progress_bar;
 
 /// How a backfill runs the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -385,7 +385,7 @@ async fn flush_first(config: &Config) -> anyhow::Result<()> {
     if !answers(&address).await {
         return Ok(());
     }
-    match crate::archive_command::flush_ingest_archiver(config, &ClientArgs::default()).await {
+    match crate::client::flush_ingest_archiver(config, &ClientArgs::default()).await {
         Ok(response) => {
             let flushed = response
                 .partitions
@@ -431,9 +431,7 @@ async fn await_serving_switch(config: &Config, job: &str, version: u32) -> anyho
     if !answers(&address).await {
         return Ok(());
     }
-    let mut client = match crate::query_command::connect_serving(config, &ClientArgs::default())
-        .await
-    {
+    let mut client = match crate::client::connect_serving(config, &ClientArgs::default()).await {
         Ok(client) => client,
         Err(error) => {
             warn!(

@@ -1,78 +1,35 @@
-//! `runnel ingest`: sends a file of events to the ingest service over gRPC.
-//!
-//! JSONL lines go as they are; CSV and Parquet rows are converted to JSON objects (CSV
-//! cells cast to the column types with Arrow, Parquet through Arrow's reader, then the Arrow
-//! JSON writer, timestamps as epoch milliseconds). A CSV row with a cell that does not read
-//! as its column's type is rejected here, with its line and column, and the rest of the file
-//! goes on, as the service rejects a bad JSONL line. Batches are unary `Ingest` calls,
-//! `--concurrency` of them in flight; a RESOURCE_EXHAUSTED answer is retried after the
-//! service's `retry-after-ms` hint. A progress bar runs on stderr when it is a terminal; the
-//! summary (`accepted N, rejected M` and the first rejection reasons) goes to stdout, and
-//! any rejection makes the command fail unless `--allow-rejects`.
+//! The one file reader of the CLI: JSONL, CSV and Parquet files, told by their name
+//! ([`FileFormat::of`]). `runnel run` reads a file as typed Arrow batches ([`open_input`]:
+//! the stream's declared schema, or the one Arrow infers); `runnel ingest` reads it as JSON
+//! events with their line or row ([`read_batches`]: JSONL lines as they are, CSV cells cast
+//! to the column types, Parquet rows through the Arrow JSON writer, timestamps as epoch
+//! milliseconds), a row that does not read rejected with its position while the rest goes
+//! on.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Seek};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
 use arrow::compute::{cast, cast_with_options};
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use runnel_config::{Config, StreamConfig};
-use runnel_proto::ingest::v1::ingest_client::IngestClient;
-use runnel_proto::ingest::v1::{IngestRequest, IngestResponse, JsonEvents, ingest_request::Events};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use runnel_config::StreamConfig;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 
-use crate::client::{ClientArgs, Connection, connect};
-
-/// How many rejection reasons the summary shows.
-const SHOWN_REJECTIONS: usize = 5;
-
-/// Arguments of `runnel ingest`.
-#[derive(Debug, Args)]
-pub(crate) struct IngestArgs {
-    /// The stream to ingest into, as declared in the service's config.
-    #[arg(long)]
-    stream: String,
-    /// Events: `.jsonl` (one JSON object per line, sent as is), `.csv` (with a header) or
-    /// `.parquet`. CSV columns take the stream's declared types when this config declares
-    /// the stream, and are inferred otherwise.
-    #[arg(long, value_name = "FILE")]
-    file: PathBuf,
-    #[command(flatten)]
-    client: ClientArgs,
-    /// Events per request.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    batch_size: u32,
-    /// Requests in flight at once. Above 1, batches may land out of file order.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    concurrency: u32,
-    /// Per request: if any event of a batch is rejected, append none of that batch.
-    #[arg(long)]
-    all_or_nothing: bool,
-    /// Exits 0 even when events were rejected (by default any rejection fails the command,
-    /// after the summary).
-    #[arg(long)]
-    allow_rejects: bool,
-}
-
-/// The formats `runnel ingest` reads.
+/// The file formats `runnel run` and `runnel ingest` read, told by the file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileFormat {
+pub(crate) enum FileFormat {
     Jsonl,
     Csv,
     Parquet,
 }
 
 impl FileFormat {
-    fn of(path: &Path) -> anyhow::Result<FileFormat> {
+    pub(crate) fn of(path: &Path) -> anyhow::Result<FileFormat> {
         let extension = path
             .extension()
             .and_then(|extension| extension.to_str())
@@ -88,8 +45,18 @@ impl FileFormat {
         })
     }
 
+    /// [`FileFormat::of`], refused unless it is one of `allowed` (`runnel run` writes no
+    /// CSV).
+    pub(crate) fn of_one_of(path: &Path, allowed: &[FileFormat]) -> anyhow::Result<FileFormat> {
+        let format = FileFormat::of(path)?;
+        if !allowed.contains(&format) {
+            bail!("{}: {format:?} is not supported here", path.display());
+        }
+        Ok(format)
+    }
+
     /// What a position in the file is called in messages.
-    fn position_name(self) -> &'static str {
+    pub(crate) fn position_name(self) -> &'static str {
         match self {
             FileFormat::Jsonl | FileFormat::Csv => "line",
             FileFormat::Parquet => "row",
@@ -99,263 +66,102 @@ impl FileFormat {
 
 /// A batch of events read from the file.
 #[derive(Debug, Default)]
-struct FileBatch {
-    events: Vec<Bytes>,
+pub(crate) struct FileBatch {
+    pub(crate) events: Vec<Bytes>,
     /// Per event, its line (JSONL, CSV) or row (Parquet) in the file, from 1.
-    positions: Vec<u64>,
+    pub(crate) positions: Vec<u64>,
     /// Rows of the file that could not be read as events, with their position and reason:
     /// rejected here, not sent.
-    unreadable: Vec<(u64, String)>,
+    pub(crate) unreadable: Vec<(u64, String)>,
 }
 
-/// What the service answered and what could not be read, added up.
-#[derive(Debug, Default)]
-struct Summary {
-    accepted: u64,
-    /// Rejected by the service (gone to the stream's dead-letter topic).
-    rejected: u64,
-    /// Rows of the file that could not be read as events (not sent).
-    unreadable: u64,
-    aborted_batches: u64,
-    /// (file position, reason) of the first rejections, in file order.
-    rejections: Vec<(u64, String)>,
+pub(crate) fn declared_schema(stream: &StreamConfig) -> SchemaRef {
+    Arc::clone(runnel_events::StreamSchema::new(stream).declared())
 }
 
-/// Runs `runnel ingest`.
-pub(crate) async fn run(args: IngestArgs, config: &Config) -> anyhow::Result<()> {
-    let format = FileFormat::of(&args.file)?;
-    let connection = connect(&config.ingest.security(), &args.client).await?;
-    let client = IngestClient::new(connection).max_decoding_message_size(usize::MAX);
-
-    let declared = config.stream(&args.stream).cloned();
-    let total = count_events(&args.file, format)
-        .with_context(|| format!("read {}", args.file.display()))?;
-    let progress = progress_bar(total);
-    // Requests stay well under the request limit the service most likely has.
-    let max_batch_bytes = config.ingest.max_request_bytes / 2;
-    let (batches_tx, mut batches_rx) = mpsc::channel::<FileBatch>(args.concurrency as usize + 1);
-    let reader = {
-        let path = args.file.clone();
-        let batch_size = args.batch_size as usize;
-        tokio::task::spawn_blocking(move || {
-            read_batches(
-                &path,
-                format,
-                declared.as_ref(),
-                batch_size,
-                max_batch_bytes,
-                &batches_tx,
-            )
-        })
-    };
-
-    let started = Instant::now();
-    let mut summary = Summary::default();
-    let mut in_flight: JoinSet<anyhow::Result<(FileBatch, IngestResponse)>> = JoinSet::new();
-    let mut reading = true;
-    while reading || !in_flight.is_empty() {
-        tokio::select! {
-            batch = batches_rx.recv(), if reading && in_flight.len() < args.concurrency as usize => {
-                match batch {
-                    Some(mut batch) => {
-                        if !batch.unreadable.is_empty() {
-                            progress.inc(batch.unreadable.len() as u64);
-                            summary.add_unreadable(std::mem::take(&mut batch.unreadable));
-                        }
-                        if batch.events.is_empty() {
-                            continue;
-                        }
-                        let request = IngestRequest {
-                            stream: args.stream.clone(),
-                            all_or_nothing: args.all_or_nothing,
-                            events: Some(Events::Json(JsonEvents { events: batch.events.clone() })),
-                        };
-                        let client = client.clone();
-                        in_flight.spawn(async move {
-                            let response = send_with_retries(client, request).await?;
-                            Ok((batch, response))
-                        });
-                    }
-                    None => reading = false,
+/// Reads `path` as record batches of `batch_size` rows.
+pub(crate) fn open_input(
+    path: &Path,
+    format: FileFormat,
+    declared: Option<SchemaRef>,
+    time_column: &str,
+    batch_size: usize,
+) -> anyhow::Result<(SchemaRef, BatchIter)> {
+    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    match format {
+        FileFormat::Parquet => {
+            let reader = parquet_reader(file, batch_size)
+                .with_context(|| format!("read {}", path.display()))?;
+            let schema = reader.schema();
+            Ok((schema, Box::new(reader)))
+        }
+        FileFormat::Jsonl | FileFormat::Csv => {
+            let schema = match declared {
+                Some(schema) => schema,
+                None => {
+                    let inferred = if format == FileFormat::Jsonl {
+                        arrow::json::reader::infer_json_schema_from_seekable(
+                            BufReader::new(&mut file),
+                            Some(1000),
+                        )
+                        .with_context(|| format!("infer the schema of {}", path.display()))?
+                        .0
+                    } else {
+                        arrow::csv::reader::Format::default()
+                            .with_header(true)
+                            .infer_schema(&mut file, Some(1000))
+                            .with_context(|| format!("infer the schema of {}", path.display()))?
+                            .0
+                    };
+                    file.rewind()
+                        .with_context(|| format!("rewind {}", path.display()))?;
+                    Arc::new(time_column_as_timestamp(&inferred, time_column))
                 }
-            }
-            Some(joined) = in_flight.join_next() => {
-                let (batch, response) = joined.context("request task failed")??;
-                progress.inc(batch.events.len() as u64);
-                summary.add(&batch, &response);
-                progress.set_message(format!(
-                    "accepted {}, rejected {}",
-                    summary.accepted,
-                    summary.rejected + summary.unreadable
-                ));
-            }
-        }
-    }
-    progress.finish_and_clear();
-    reader
-        .await
-        .context("file reader task failed")?
-        .with_context(|| format!("read {}", args.file.display()))?;
-    summary.print(format, started.elapsed(), &args.stream)?;
-    let n_rejected = summary.rejected + summary.unreadable;
-    if n_rejected > 0 && !args.allow_rejects {
-        bail!(
-            "{} rejected (see above); pass --allow-rejects to accept rejections",
-            events(n_rejected)
-        );
-    }
-    Ok(())
-}
-
-/// Sends one batch, retrying for as long as the service answers RESOURCE_EXHAUSTED.
-async fn send_with_retries(
-    mut client: IngestClient<Connection>,
-    request: IngestRequest,
-) -> anyhow::Result<IngestResponse> {
-    loop {
-        match client.ingest(request.clone()).await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                let retry_after = status
-                    .metadata()
-                    .get(runnel_ingest::RETRY_AFTER_MS_METADATA)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<u64>().ok())
-                    .map_or(Duration::from_secs(1), Duration::from_millis);
-                tracing::debug!(
-                    retry_after_ms = retry_after.as_millis() as u64,
-                    "ingest service busy, retrying"
-                );
-                tokio::time::sleep(retry_after).await;
-            }
-            Err(status) => {
-                bail!(
-                    "ingest into `{}` failed: {} ({:?})",
-                    request.stream,
-                    status.message(),
-                    status.code()
+            };
+            let reader: Box<dyn Iterator<Item = _>> = if format == FileFormat::Jsonl {
+                Box::new(
+                    arrow::json::ReaderBuilder::new(Arc::clone(&schema))
+                        .with_batch_size(batch_size)
+                        .build(BufReader::new(file))
+                        .with_context(|| format!("read {}", path.display()))?,
                 )
-            }
+            } else {
+                Box::new(
+                    arrow::csv::ReaderBuilder::new(Arc::clone(&schema))
+                        .with_header(true)
+                        .with_batch_size(batch_size)
+                        .build(file)
+                        .with_context(|| format!("read {}", path.display()))?,
+                )
+            };
+            Ok((schema, reader))
         }
     }
 }
 
-impl Summary {
-    fn add_unreadable(&mut self, unreadable: Vec<(u64, String)>) {
-        self.unreadable += unreadable.len() as u64;
-        self.rejections.extend(unreadable);
-        self.keep_first_rejections();
-    }
-
-    fn keep_first_rejections(&mut self) {
-        // Batches may complete out of order: keep the first ones in file order.
-        self.rejections
-            .sort_unstable_by_key(|(position, _)| *position);
-        self.rejections.truncate(SHOWN_REJECTIONS);
-    }
-
-    fn add(&mut self, batch: &FileBatch, response: &IngestResponse) {
-        self.accepted += response.accepted;
-        self.rejected += response.rejected;
-        if response.aborted {
-            self.aborted_batches += 1;
-        }
-        for rejection in &response.rejections {
-            let position = batch
-                .positions
-                .get(rejection.index as usize)
-                .copied()
-                .unwrap_or_default();
-            self.rejections.push((position, rejection.reason.clone()));
-        }
-        self.keep_first_rejections();
-    }
-
-    fn print(&self, format: FileFormat, elapsed: Duration, stream: &str) -> anyhow::Result<()> {
-        let mut out = String::new();
-        let n_rejected = self.rejected + self.unreadable;
-        out.push_str(&format!(
-            "accepted {}, rejected {n_rejected}",
-            self.accepted
-        ));
-        if self.aborted_batches > 0 {
-            out.push_str(&format!(
-                " ({} batches not appended: all-or-nothing)",
-                self.aborted_batches
-            ));
-        }
-        out.push_str(&format!(" in {:.1} s\n", elapsed.as_secs_f64()));
-        for (position, reason) in &self.rejections {
-            out.push_str(&format!(
-                "  {} {position}: {reason}\n",
-                format.position_name()
-            ));
-        }
-        if n_rejected > self.rejections.len() as u64 {
-            out.push_str(&format!(
-                "  ... and {} more\n",
-                n_rejected - self.rejections.len() as u64
-            ));
-        }
-        if n_rejected > 0 {
-            let mut places = Vec::new();
-            if self.rejected > 0 {
-                let topic = runnel_events::dead_letter_topic(stream);
-                places.push(format!(
-                    "{} refused by the ingest service, kept with their reasons in the topic `{topic}` (runnel log tail --topic {topic} --partition 0)",
-                    self.rejected
-                ));
+/// Inference reads RFC 3339 times as text; the event time column is read as a timestamp.
+fn time_column_as_timestamp(schema: &Schema, time_column: &str) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            if field.name() == time_column && field.data_type() == &DataType::Utf8 {
+                Field::new(
+                    field.name(),
+                    DataType::Timestamp(TimeUnit::Millisecond, None),
+                    true,
+                )
+            } else {
+                field.as_ref().clone()
             }
-            if self.unreadable > 0 {
-                places.push(format!(
-                    "{} unreadable in the file, not sent",
-                    self.unreadable
-                ));
-            }
-            out.push_str(&format!(
-                "rejected {}: {}\n",
-                events(n_rejected),
-                places.join("; ")
-            ));
-        }
-        let mut stdout = std::io::stdout().lock();
-        match stdout.write_all(out.as_bytes()) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            Err(error) => Err(anyhow::Error::new(error).context("write to stdout")),
-        }
-    }
-}
-
-/// `1 event`, `2 events`.
-fn events(n: u64) -> String {
-    if n == 1 {
-        "1 event".to_string()
-    } else {
-        format!("{n} events")
-    }
-}
-
-/// A progress bar of `total` events on stderr, hidden when stderr is not a terminal; `{msg}`
-/// follows the counts.
-pub(crate) fn progress_bar(total: u64) -> ProgressBar {
-    let target = if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    };
-    let progress = ProgressBar::with_draw_target(Some(total), target);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, eta {eta}) {msg}")
-    {
-        progress.set_style(style);
-    }
-    progress
+        })
+        .collect();
+    Schema::new(fields)
 }
 
 /// Counts the events of a file: non-blank lines of JSONL, lines of CSV after the header,
 /// rows of Parquet (from its metadata).
-fn count_events(path: &Path, format: FileFormat) -> anyhow::Result<u64> {
+pub(crate) fn count_events(path: &Path, format: FileFormat) -> anyhow::Result<u64> {
     let file = File::open(path)?;
     if format == FileFormat::Parquet {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
@@ -388,7 +194,7 @@ fn count_events(path: &Path, format: FileFormat) -> anyhow::Result<u64> {
 }
 
 /// Reads the file into batches of JSON events and sends them to `batches`.
-fn read_batches(
+pub(crate) fn read_batches(
     path: &Path,
     format: FileFormat,
     declared: Option<&StreamConfig>,
@@ -713,15 +519,20 @@ impl<'a> Batcher<'a> {
     }
 }
 
-/// Record batches read from a CSV or Parquet file.
-type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>;
+/// Record batches read from a file.
+pub(crate) type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>;
 
 fn parquet_batches(path: &Path, batch_size: usize) -> anyhow::Result<BatchIter> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)
+    Ok(Box::new(parquet_reader(File::open(path)?, batch_size)?))
+}
+
+/// A Parquet file's reader, `batch_size` rows at a time.
+fn parquet_reader(file: File, batch_size: usize) -> anyhow::Result<ParquetRecordBatchReader> {
+    ParquetRecordBatchReaderBuilder::try_new(file)
         .context("read Parquet metadata")?
         .with_batch_size(batch_size)
-        .build()?;
-    Ok(Box::new(reader))
+        .build()
+        .context("read the Parquet file")
 }
 
 /// Splits a CSV record into its fields (quotes removed, doubled quotes as one).
@@ -805,6 +616,8 @@ pub(crate) fn timestamps_as_millis(batch: &RecordBatch) -> anyhow::Result<Record
 #[cfg(test)]
 mod tests {
     use arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+
+    use runnel_config::Config;
 
     use super::*;
 

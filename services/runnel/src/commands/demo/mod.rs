@@ -10,31 +10,30 @@
 //! history (its older windows then come from the batch view). Ctrl-C (or `--for`) stops
 //! everything.
 
-use std::collections::BinaryHeap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Args;
 use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_batch_reprocessor::recompute::{Progress, RecomputeRequest, recompute_view};
 use runnel_batch_reprocessor::replay::{ReplayProgress, replay};
 use runnel_config::Config;
-use runnel_proto::client::{ClientEndpoint, Connection, connect};
-use runnel_proto::common::v1::value::Kind;
+use runnel_proto::client::{ClientEndpoint, connect};
 use runnel_proto::ingest::v1::ingest_client::IngestClient;
-use runnel_proto::ingest::v1::{IngestRequest, JsonEvents, ingest_request::Events};
 use runnel_proto::serving::v1::serving_client::ServingClient;
-use runnel_proto::serving::v1::{self as proto};
-use runnel_time::{format_millis, now_millis};
+use runnel_time::now_millis;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::query_command::source_name;
+mod generator;
+mod screen;
+
+use generator::{Generated, generate};
+use screen::{clock, frame};
 
 /// Arguments of `runnel demo`.
 #[derive(Debug, Args)]
@@ -129,320 +128,6 @@ max-out-of-orderness = "2s"
         ));
     }
     toml
-}
-
-/// The screen's legend, one line under the jobs table: its columns, and the result lines'
-/// `v18 final speed`.
-const LEGEND: &str = "legend: times are HH:MM:SS in UTC; WATERMARK = event time up to which the job has seen every event; LAG = records not yet processed; SPEED / BATCH = windows held in the speed view (live results) / batch view (recomputed history); `v18 final speed` = version 18 of the window's result (each update adds one), final once the watermark passed its end (else early), answered from the speed view (or batch)";
-
-/// A small xorshift generator: the demo needs variety, not statistics.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-const PAGES: [&str; 12] = [
-    "/home",
-    "/search",
-    "/product/1",
-    "/product/2",
-    "/product/3",
-    "/cart",
-    "/checkout",
-    "/help",
-    "/blog",
-    "/about",
-    "/careers",
-    "/pricing",
-];
-const COUNTRIES: [&str; 8] = ["de", "fr", "us", "br", "jp", "in", "gb", "es"];
-
-/// Counters the screen shows.
-#[derive(Debug, Default)]
-struct Generated {
-    events: AtomicU64,
-    late: AtomicU64,
-    rejected: AtomicU64,
-}
-
-/// Users click in bursts (a click every 0.3-3 s, ending with 15% chance after each), then
-/// idle 15-60 s; pages are Zipf-like, 2% of events are sent late.
-async fn generate(
-    mut client: IngestClient<Connection>,
-    rate: u32,
-    counters: Arc<Generated>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut random = Random(0x9e37_79b9_7f4a_7c15);
-    // About 7 clicks per 48 s cycle per user.
-    let users = u64::from(rate) * 7;
-    let started = now_millis();
-    let mut next: BinaryHeap<std::cmp::Reverse<(i64, u64)>> = (0..users)
-        .map(|user| std::cmp::Reverse((started + random.below(30_000) as i64, user)))
-        .collect();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let now = now_millis();
-        let mut events = Vec::new();
-        while let Some(std::cmp::Reverse((at, user))) = next.peek().copied() {
-            if at > now {
-                break;
-            }
-            next.pop();
-            let page_rank = (random.below(1000) * random.below(1000) / 1000 * PAGES.len() as u64
-                / 1000) as usize;
-            let page = PAGES[page_rank.min(PAGES.len() - 1)];
-            let country = COUNTRIES[(user % COUNTRIES.len() as u64) as usize];
-            let mut event_time = at;
-            if random.chance(2) {
-                event_time -= 5_000 + random.below(55_000) as i64;
-                counters.late.fetch_add(1, Ordering::Relaxed);
-            }
-            events.push(Bytes::from(format!(
-                r#"{{"event_time":{event_time},"user_id":"u{user}","page":"{page}","country":"{country}","duration_ms":{}}}"#,
-                200 + random.below(5_000)
-            )));
-            let gap = if random.chance(15) {
-                15_000 + random.below(45_000)
-            } else {
-                300 + random.below(2_700)
-            };
-            next.push(std::cmp::Reverse((at + gap as i64, user)));
-        }
-        if events.is_empty() {
-            continue;
-        }
-        let sent = events.len() as u64;
-        let answer = client
-            .ingest(IngestRequest {
-                stream: "clicks".to_string(),
-                all_or_nothing: false,
-                events: Some(Events::Json(JsonEvents { events })),
-            })
-            .await;
-        match answer {
-            Ok(response) => {
-                let response = response.into_inner();
-                counters
-                    .events
-                    .fetch_add(response.accepted, Ordering::Relaxed);
-                counters
-                    .rejected
-                    .fetch_add(response.rejected, Ordering::Relaxed);
-            }
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                counters.rejected.fetch_add(sent, Ordering::Relaxed);
-            }
-            Err(status) => {
-                if shutdown.is_cancelled() {
-                    return Ok(());
-                }
-                return Err(anyhow::anyhow!(
-                    "ingest refused the demo's events: {status}"
-                ));
-            }
-        }
-    }
-}
-
-fn text(value: Option<&runnel_proto::common::v1::Value>) -> String {
-    match value.and_then(|value| value.kind.as_ref()) {
-        None => "-".to_string(),
-        Some(Kind::StringValue(text)) => text.clone(),
-        Some(Kind::Int64Value(number)) => number.to_string(),
-        Some(Kind::Float64Value(number)) => format!("{number:.1}"),
-        Some(Kind::BoolValue(flag)) => flag.to_string(),
-        Some(Kind::TimestampMs(millis)) => clock(*millis),
-    }
-}
-
-/// `HH:MM:SS` of an epoch-ms time.
-fn clock(millis: i64) -> String {
-    format_millis(millis)
-        .get(11..19)
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn column(window: &proto::WindowResult, columns: &[String], name: &str) -> String {
-    text(
-        columns
-            .iter()
-            .position(|column| column == name)
-            .and_then(|index| window.values.get(index)),
-    )
-}
-
-/// The `k` most viewed pages of the `page_views` window starting at `start`.
-async fn top_pages(
-    client: &mut ServingClient<Connection>,
-    start: i64,
-    k: u32,
-) -> Result<proto::TopKResponse, tonic::Status> {
-    Ok(client
-        .top_k(proto::TopKRequest {
-            job: "page_views".to_string(),
-            window_start_ms: start,
-            k,
-            order_by: "views".to_string(),
-            ascending: false,
-        })
-        .await?
-        .into_inner())
-}
-
-/// One screen of what serving answers.
-async fn frame(
-    client: &mut ServingClient<Connection>,
-    started: Instant,
-    counters: &Generated,
-    milestones: &[String],
-) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let elapsed = started.elapsed().as_secs();
-    let events = counters.events.load(Ordering::Relaxed);
-    out.push_str(&format!(
-        "runnel demo: ingest, stream-processor, batch-reprocessor and serving in one process (Ctrl-C stops)\n\
-         {elapsed:>4} s  events ingested {events}, of them sent late {}, rejected {}\n\n",
-        counters.late.load(Ordering::Relaxed),
-        counters.rejected.load(Ordering::Relaxed),
-    ));
-    let jobs = client
-        .list_jobs(proto::ListJobsRequest {})
-        .await?
-        .into_inner()
-        .jobs;
-    out.push_str(
-        "JOB              VERSION  ACTIVE  WATERMARK  LAG   BATCH HORIZON  SPEED  BATCH\n",
-    );
-    for job in &jobs {
-        for version in &job.versions {
-            out.push_str(&format!(
-                "{:<16} {:<8} {:<7} {:<10} {:<5} {:<14} {:<6} {}\n",
-                job.name,
-                version.version,
-                if version.version == job.active_version {
-                    "yes"
-                } else {
-                    ""
-                },
-                version.watermark_ms.map_or("-".to_string(), clock),
-                version.lag_records,
-                version.batch_horizon_ms.map_or("-".to_string(), clock),
-                version.speed_windows,
-                version.batch_windows,
-            ));
-        }
-    }
-    out.push_str(LEGEND);
-    out.push('\n');
-    let now = now_millis();
-    // The last page_views window the watermark has passed (2 s out of orderness).
-    let page_window = (now - 12_000).div_euclid(10_000) * 10_000;
-    let top = top_pages(client, page_window, 5).await?;
-    out.push_str(&format!(
-        "\npage_views: top pages of {}-{} (TopK by views)\n",
-        clock(page_window),
-        clock(page_window + 10_000)
-    ));
-    for window in &top.windows {
-        out.push_str(&format!(
-            "  {:<12} {:>6} views  avg {:>7} ms  v{} {} {}\n",
-            column(window, &top.column_names, "page"),
-            column(window, &top.column_names, "views"),
-            column(window, &top.column_names, "avg_ms"),
-            window.version,
-            if window.r#final { "final" } else { "early" },
-            source_name(window),
-        ));
-    }
-    let old_window = (now - 60_000).div_euclid(10_000) * 10_000;
-    let old = top_pages(client, old_window, 1).await?;
-    if let Some(window) = old.windows.first() {
-        out.push_str(&format!(
-            "  a minute before ({}): {} with {} views, from the {} view\n",
-            clock(old_window),
-            column(window, &old.column_names, "page"),
-            column(window, &old.column_names, "views"),
-            source_name(window),
-        ));
-    }
-    let hop_window = (now - 32_000).div_euclid(10_000) * 10_000;
-    let countries = client
-        .get_window(proto::GetWindowRequest {
-            job: "country_traffic".to_string(),
-            window_start_ms: hop_window,
-            page_size: 8,
-            page_token: String::new(),
-        })
-        .await?
-        .into_inner();
-    out.push_str(&format!(
-        "\ncountry_traffic: clicks in {}-{} (GetWindow of a 30 s window sliding by 10 s)\n ",
-        clock(hop_window),
-        clock(hop_window + 30_000)
-    ));
-    for window in &countries.windows {
-        out.push_str(&format!(
-            " {} {}",
-            column(window, &countries.column_names, "country"),
-            column(window, &countries.column_names, "clicks")
-        ));
-    }
-    out.push('\n');
-    for user in ["u1", "u2", "u3", "u4", "u5"] {
-        let sessions = client
-            .query_windows(proto::QueryWindowsRequest {
-                job: "user_sessions".to_string(),
-                key: user.to_string(),
-                from_ms: now - 600_000,
-                to_ms: 0,
-            })
-            .await?
-            .into_inner();
-        if sessions.windows.is_empty() {
-            continue;
-        }
-        out.push_str(&format!(
-            "\nuser_sessions: {user}'s last sessions (QueryWindows), from job version {}\n",
-            sessions.windows[0].job_version
-        ));
-        for window in sessions.windows.iter().rev().take(3) {
-            out.push_str(&format!(
-                "  {}-{}  {:>3} clicks  {:>6} ms\n",
-                clock(window.window_start_ms),
-                window.window_end_ms.map_or("?".to_string(), clock),
-                column(window, &sessions.column_names, "clicks"),
-                column(window, &sessions.column_names, "total_ms"),
-            ));
-        }
-        break;
-    }
-    out.push('\n');
-    for milestone in milestones {
-        out.push_str(milestone);
-        out.push('\n');
-    }
-    Ok(out)
 }
 
 /// Runs `runnel demo`.

@@ -27,7 +27,8 @@ use runnel_proto::serving::v1::{self as proto};
 use runnel_time::format_millis;
 use serde_json::{Map, Value as Json, json};
 
-use crate::client::{ClientArgs, Connection, connect};
+use crate::client::{ClientArgs, Connection, connect_serving};
+use crate::terminal::source_name;
 use runnel_time::parse_time_flag;
 
 /// How results are printed.
@@ -298,14 +299,6 @@ pub(crate) enum ResultsCommand {
     Export(ExportArgs),
 }
 
-pub(crate) async fn connect_serving(
-    config: &Config,
-    args: &ClientArgs,
-) -> anyhow::Result<ServingClient<Connection>> {
-    let connection = connect(&config.serving.security(), args).await?;
-    Ok(ServingClient::new(connection).max_decoding_message_size(usize::MAX))
-}
-
 /// A gRPC status as an error that says what the service said.
 fn refused(call: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{call}: {:?}: {}", status.code(), status.message())
@@ -330,14 +323,6 @@ fn value_text(value: &runnel_proto::common::v1::Value) -> String {
         Some(Kind::Float64Value(number)) => number.to_string(),
         Some(Kind::BoolValue(flag)) => flag.to_string(),
         Some(Kind::TimestampMs(millis)) => format_millis(*millis),
-    }
-}
-
-pub(crate) fn source_name(window: &proto::WindowResult) -> &'static str {
-    match window.source() {
-        proto::ViewSource::Batch => "batch",
-        proto::ViewSource::Speed => "speed",
-        proto::ViewSource::Unspecified => "?",
     }
 }
 

@@ -2,19 +2,20 @@
 //! order, and writes the results (and late events) to files.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Seek};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use arrow::array::{AsArray, RecordBatch, RecordBatchReader};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use runnel_config::{Config, StreamConfig};
+use runnel_config::Config;
 use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
+
+use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
 
 /// Arguments of `runnel run`.
 #[derive(Debug, Args)]
@@ -56,123 +57,6 @@ enum RunMode {
     Live,
     /// The batch plan over the whole file.
     Recompute,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileFormat {
-    Parquet,
-    Jsonl,
-    Csv,
-}
-
-fn file_format(path: &Path, allowed: &[FileFormat]) -> anyhow::Result<FileFormat> {
-    let extension = path
-        .extension()
-        .and_then(|extension| extension.to_str())
-        .map(str::to_ascii_lowercase);
-    let format = match extension.as_deref() {
-        Some("parquet") => FileFormat::Parquet,
-        Some("jsonl" | "ndjson" | "json") => FileFormat::Jsonl,
-        Some("csv") => FileFormat::Csv,
-        _ => bail!(
-            "{}: cannot tell the format from the file name; use .parquet, .jsonl or .csv",
-            path.display()
-        ),
-    };
-    if !allowed.contains(&format) {
-        bail!("{}: {format:?} is not supported here", path.display());
-    }
-    Ok(format)
-}
-
-fn declared_schema(stream: &StreamConfig) -> SchemaRef {
-    Arc::clone(runnel_events::StreamSchema::new(stream).declared())
-}
-
-/// Record batches read from an input file.
-type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>;
-
-/// Reads `path` as record batches of `batch_size` rows.
-fn open_input(
-    path: &Path,
-    format: FileFormat,
-    declared: Option<SchemaRef>,
-    time_column: &str,
-    batch_size: usize,
-) -> anyhow::Result<(SchemaRef, BatchIter)> {
-    let mut file = File::open(path).with_context(|| format!("open {}", path.display()))?;
-    match format {
-        FileFormat::Parquet => {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .with_context(|| format!("read Parquet metadata of {}", path.display()))?
-                .with_batch_size(batch_size)
-                .build()
-                .with_context(|| format!("read {}", path.display()))?;
-            let schema = reader.schema();
-            Ok((schema, Box::new(reader)))
-        }
-        FileFormat::Jsonl | FileFormat::Csv => {
-            let schema = match declared {
-                Some(schema) => schema,
-                None => {
-                    let inferred = if format == FileFormat::Jsonl {
-                        arrow::json::reader::infer_json_schema_from_seekable(
-                            BufReader::new(&mut file),
-                            Some(1000),
-                        )
-                        .with_context(|| format!("infer the schema of {}", path.display()))?
-                        .0
-                    } else {
-                        arrow::csv::reader::Format::default()
-                            .with_header(true)
-                            .infer_schema(&mut file, Some(1000))
-                            .with_context(|| format!("infer the schema of {}", path.display()))?
-                            .0
-                    };
-                    file.rewind()
-                        .with_context(|| format!("rewind {}", path.display()))?;
-                    Arc::new(time_column_as_timestamp(&inferred, time_column))
-                }
-            };
-            let reader: Box<dyn Iterator<Item = _>> = if format == FileFormat::Jsonl {
-                Box::new(
-                    arrow::json::ReaderBuilder::new(Arc::clone(&schema))
-                        .with_batch_size(batch_size)
-                        .build(BufReader::new(file))
-                        .with_context(|| format!("read {}", path.display()))?,
-                )
-            } else {
-                Box::new(
-                    arrow::csv::ReaderBuilder::new(Arc::clone(&schema))
-                        .with_header(true)
-                        .with_batch_size(batch_size)
-                        .build(file)
-                        .with_context(|| format!("read {}", path.display()))?,
-                )
-            };
-            Ok((schema, reader))
-        }
-    }
-}
-
-/// Inference reads RFC 3339 times as text; the event time column is read as a timestamp.
-fn time_column_as_timestamp(schema: &Schema, time_column: &str) -> Schema {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|field| {
-            if field.name() == time_column && field.data_type() == &DataType::Utf8 {
-                Field::new(
-                    field.name(),
-                    DataType::Timestamp(TimeUnit::Millisecond, None),
-                    true,
-                )
-            } else {
-                field.as_ref().clone()
-            }
-        })
-        .collect();
-    Schema::new(fields)
 }
 
 /// A results or late-events file being written.
@@ -218,7 +102,7 @@ impl OutputFile {
 /// for times, `runnel_time::format_millis`), which Arrow's JSON writer would print
 /// without a zone.
 fn times_as_rfc3339(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
-    let millis = crate::ingest_command::timestamps_as_millis(batch)?;
+    let millis = crate::input::timestamps_as_millis(batch)?;
     let schema = batch.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
     let mut columns = Vec::with_capacity(batch.num_columns());
@@ -268,11 +152,9 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let input_format = file_format(
-        &args.input,
-        &[FileFormat::Parquet, FileFormat::Jsonl, FileFormat::Csv],
-    )?;
-    let output_format = file_format(&args.out, &[FileFormat::Parquet, FileFormat::Jsonl])?;
+    let input_format = FileFormat::of(&args.input)?;
+    let output_format =
+        FileFormat::of_one_of(&args.out, &[FileFormat::Parquet, FileFormat::Jsonl])?;
     let declared = config
         .stream(&stream)
         .filter(|_| input_format != FileFormat::Parquet);
@@ -394,6 +276,8 @@ fn run_recompute(
 
 #[cfg(test)]
 mod tests {
+    use arrow::datatypes::TimeUnit;
+
     use super::*;
 
     #[test]

@@ -6,11 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use runnel_config::Config;
-use runnel_proto::ingest::v1::ingest_client::IngestClient;
-use runnel_proto::ingest::v1::{FlushArchiveRequest, FlushArchiveResponse};
 use tracing::info;
 
-use crate::client::{ClientArgs, connect};
+use crate::client::{ClientArgs, flush_ingest_archiver};
 
 /// Arguments of `runnel archive`.
 #[derive(Debug, Args)]
@@ -112,17 +110,4 @@ async fn flush(config: &Config, client: &ClientArgs) -> anyhow::Result<()> {
         anyhow::bail!("{pending} partitions did not flush (see above)");
     }
     Ok(())
-}
-
-/// Asks the ingest service's archiver to finish its files at the log's end as it is now.
-pub(crate) async fn flush_ingest_archiver(
-    config: &Config,
-    client: &ClientArgs,
-) -> anyhow::Result<FlushArchiveResponse> {
-    let connection = connect(&config.ingest.security(), client).await?;
-    Ok(IngestClient::new(connection)
-        .flush_archive(FlushArchiveRequest { timeout_ms: 0 })
-        .await
-        .context("flush the ingest service's archiver")?
-        .into_inner())
 }
