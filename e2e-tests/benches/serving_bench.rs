@@ -49,6 +49,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_config::Config;
+use runnel_testkit::random::{percentile};
 use runnel_log::{Log, ProduceRecord};
 use runnel_proto::common::v1::value::Kind;
 use runnel_proto::serving::v1::serving_client::ServingClient;
@@ -132,19 +133,9 @@ fn write_config(dir: &Path, listen: Option<(SocketAddr, SocketAddr)>) -> anyhow:
         |(ingest, serving)| (ingest.to_string(), serving.to_string()),
     );
     let stream = |name: &str| {
-        format!(
-            r#"[[streams]]
-name = "{name}"
-partitions = {PARTITIONS}
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "duration_ms", type = "int64" }},
-]
-"#
-        )
+        Stream::clicks(PARTITIONS, Some("user_id"), &["event_time", "user_id", "duration_ms"])
+            .named(name)
+            .toml()
     };
     let toml = format!(
         r#"version = "1"
@@ -426,11 +417,6 @@ struct LoadFigures {
     p50_ms: f64,
     p99_ms: f64,
     qps: f64,
-}
-
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
-    let rank = ((fraction * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 /// Offers `qps` calls a second for `warmup + seconds` seconds on an open-loop schedule and

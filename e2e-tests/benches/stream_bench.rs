@@ -39,6 +39,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use runnel_config::Config;
+use runnel_testkit::random::{SplitMix64, percentile};
 use runnel_engine::WindowOperator;
 use runnel_events::decode::EventDecoder;
 use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
@@ -313,19 +314,6 @@ async fn end_offsets(log: &dyn Log, topic: &str) -> anyhow::Result<Vec<u64>> {
         ends.push(log.latest_offset(topic, partition).await?);
     }
     Ok(ends)
-}
-
-/// splitmix64, as the window benchmark's generator.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }
 
 /// One event: its key index, event time and the record.
@@ -932,11 +920,6 @@ async fn tail_results(
             });
         }
     }
-}
-
-fn percentile(sorted: &[f64], fraction: f64) -> f64 {
-    let rank = ((fraction * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 /// Latency of the tumbling job with early results: the service in this process on the

@@ -38,17 +38,7 @@ const BASE_MS: i64 = 1_767_225_600_000;
 /// The broker's address from `KAFKA_BOOTSTRAP`; `None` (the test is skipped) when unset,
 /// unless `RUNNEL_REQUIRE_KAFKA=1`.
 fn kafka_bootstrap() -> Option<String> {
-    match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(bootstrap) if !bootstrap.is_empty() => Some(bootstrap),
-        _ => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
-            );
-            eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
+    runnel_testkit::gate::kafka_bootstrap("a Kafka test")
 }
 
 /// A service process, SIGKILLed when dropped; its log goes to `<dir>/<name>.<n>.log`.
@@ -88,30 +78,13 @@ impl Platform {
             .spawn()
             .expect("start runnel");
         let stderr = child.stderr.take().expect("stderr");
-        let (address_tx, address_rx) = mpsc::channel();
-        let wanted = listening.map(str::to_string);
-        std::thread::spawn(move || {
-            let mut log = std::fs::File::create(log_path).ok();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(log) = &mut log {
-                    let _ = writeln!(log, "{line}");
-                }
-                let Some(wanted) = &wanted else { continue };
-                let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                if event["fields"]["message"]
-                    .as_str()
-                    .is_some_and(|message| message.starts_with(wanted.as_str()))
-                    && let Some(address) = event["fields"]["address"].as_str()
-                {
-                    let _ = address_tx.send(address.to_string());
-                }
-            }
-        });
+        let log = std::fs::File::create(log_path)
+            .ok()
+            .map(|file| Box::new(file) as Box<dyn std::io::Write + Send>);
+        let address_rx =
+            runnel_testkit::process::logged_addresses(stderr, listening.as_slice(), log);
         let address = listening.map(|wanted| {
-            let address = address_rx
+            let (_, address) = address_rx
                 .recv_timeout(Duration::from_secs(90))
                 .unwrap_or_else(|_| panic!("`runnel {}` never logged `{wanted}`", args[0]));
             format!("http://{address}")
@@ -368,6 +341,7 @@ async fn four_services_survive_kills_and_switch_versions(log_config: &str, resta
              GROUP BY user_id, window_start, window_end"
         )
     };
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page", "country", "duration_ms"]).named(&stream).toml();
     let base = format!(
         r#"version = "1"
 [storage]
@@ -389,19 +363,7 @@ listen = "127.0.0.1:0"
 metrics-listen = "127.0.0.1:0"
 auth-token = "{TOKEN}"
 view-poll-interval = "200ms"
-[[streams]]
-name = "{stream}"
-partitions = 2
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "page", type = "string" }},
-  {{ name = "country", type = "string" }},
-  {{ name = "duration_ms", type = "int64" }},
-]
-[[jobs]]
+{clicks_stream}[[jobs]]
 name = "{job}"
 sql = """
 {v1}
@@ -552,18 +514,7 @@ max-out-of-orderness = "1s"
 /// The Kafka libraries' folder (`RUNNEL_KAFKA_LIBS`, which `scripts/test.sh` exports);
 /// `None` (the test is skipped) when unset, unless `RUNNEL_REQUIRE_KAFKA=1`.
 fn kafka_libs() -> Option<PathBuf> {
-    match std::env::var_os("RUNNEL_KAFKA_LIBS") {
-        Some(libs) => Some(PathBuf::from(libs)),
-        None => {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                "RUNNEL_REQUIRE_KAFKA=1 but RUNNEL_KAFKA_LIBS (Apache Kafka's libs folder, for \
-                 its console tools) is unset; run scripts/test.sh"
-            );
-            eprintln!("skipped: RUNNEL_KAFKA_LIBS is unset (scripts/test.sh sets it)");
-            None
-        }
-    }
+    runnel_testkit::gate::kafka_libs("an interop test with Kafka's console tools")
 }
 
 /// Interop, as a Kafka user would do it with tools runnel did not write: Kafka's own console
@@ -592,6 +543,7 @@ async fn kafkas_console_tools_write_events_and_read_each_result_once() {
     );
     let stream = format!("interop_clicks_{suffix}");
     let job = format!("interop_views_{suffix}");
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page", "country", "duration_ms"]).named(&stream).toml();
     let config = format!(
         r#"version = "1"
 [storage]
@@ -610,19 +562,7 @@ listen = "127.0.0.1:0"
 metrics-listen = "127.0.0.1:0"
 auth-token = "{TOKEN}"
 view-poll-interval = "200ms"
-[[streams]]
-name = "{stream}"
-partitions = 2
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "page", type = "string" }},
-  {{ name = "country", type = "string" }},
-  {{ name = "duration_ms", type = "int64" }},
-]
-[[jobs]]
+{clicks_stream}[[jobs]]
 name = "{job}"
 sql = """
 SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(duration_ms) AS total

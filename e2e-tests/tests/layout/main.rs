@@ -4,7 +4,8 @@
 //! - a library (`libs/`) depends on no service (`services/`);
 //! - a service depends on libraries only, with the exceptions named in [`SERVICE_EXCEPTIONS`];
 //! - the engine (`runnel-engine`) depends on no runnel crate but the calendar
-//!   (`runnel-time`), which depends on none.
+//!   (`runnel-time`), which depends on none (its benchmark uses the test kit);
+//! - the test kit (`runnel-testkit`) is a dev-dependency only: nothing ships with it.
 //!
 //! Every kind of dependency counts (normal, build and dev), as `cargo tree` shows them.
 
@@ -149,6 +150,25 @@ fn a_service_depends_on_libraries_only_and_a_library_on_no_service() {
 }
 
 #[test]
+fn the_test_kit_is_a_dev_dependency_only() {
+    let packages = workspace();
+    let users: Vec<String> = packages
+        .iter()
+        .flat_map(|(name, package)| {
+            package
+                .runnel_dependencies
+                .iter()
+                .filter(|(dependency, _)| dependency == "runnel-testkit")
+                .map(move |(_, kind)| format!("{name} ({kind})"))
+        })
+        .collect();
+    assert!(
+        users.len() >= 3 && users.iter().all(|user| user.ends_with("(dev)")),
+        "runnel-testkit must be used, and only as a dev-dependency: {users:?}"
+    );
+}
+
+#[test]
 fn serving_depends_on_no_other_service_and_the_engine_on_the_calendar_only() {
     let packages = workspace();
     let serving: Vec<&str> = packages["runnel-serving"]
@@ -161,6 +181,7 @@ fn serving_depends_on_no_other_service_and_the_engine_on_the_calendar_only() {
     let engine: Vec<&str> = packages["runnel-engine"]
         .runnel_dependencies
         .iter()
+        .filter(|(_, kind)| kind != "dev")
         .map(|(name, _)| name.as_str())
         .collect();
     assert_eq!(

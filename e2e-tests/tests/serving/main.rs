@@ -29,6 +29,7 @@ const EVENTS_PER_WINDOW: u64 = 3;
 /// The test config; `serving` is more of the `[serving]` section.
 fn write_config(root: &Path, serving: &str) -> Config {
     let path = root.join("runnel.toml");
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "duration_ms"]).toml();
     let toml = format!(
         r#"version = "1"
 [storage]
@@ -43,17 +44,7 @@ default-page-size = 10
 max-page-size = 1000
 view-poll-interval = "100ms"
 {serving}
-[[streams]]
-name = "clicks"
-partitions = 2
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "duration_ms", type = "int64" }},
-]
-[[jobs]]
+{clicks_stream}[[jobs]]
 name = "{JOB}"
 sql = """
 SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(duration_ms) AS total
@@ -646,19 +637,14 @@ async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_versi
 
 const TOKEN: &str = "s3cret-token";
 
-fn tls_fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tls")
-        .join(name)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_the_api_asks_for_the_bearer_token_and_health_does_not() {
     let root = tempfile::tempdir().expect("temp dir");
     let serving = format!(
         "auth-token = \"{TOKEN}\"\ntls-cert = \"{}\"\ntls-key = \"{}\"",
-        tls_fixture("server.pem").display(),
-        tls_fixture("server.key").display()
+        runnel_testkit::tls::fixture("server.pem").display(),
+        runnel_testkit::tls::fixture("server.key").display()
     );
     let config = write_config(root.path(), &serving);
     let log = runnel_server_common::open_storage(&config)
@@ -670,7 +656,7 @@ async fn over_tls_the_api_asks_for_the_bearer_token_and_health_does_not() {
         .expect("bind serving");
     let port = bound.local_addr().port();
     let task = tokio::spawn(bound.serve());
-    let ca = std::fs::read(tls_fixture("ca.pem")).expect("read the test CA");
+    let ca = std::fs::read(runnel_testkit::tls::fixture("ca.pem")).expect("read the test CA");
     let channel = Channel::from_shared(format!("https://localhost:{port}"))
         .expect("address")
         .tls_config(
@@ -764,19 +750,9 @@ async fn over_tls_the_api_asks_for_the_bearer_token_and_health_does_not() {
 }
 
 /// `RUNNEL_PYTHON` (a Python with grpcio and grpcio-reflection: scripts/test.sh's venv), or
-/// `None` to skip; with `RUNNEL_REQUIRE_GRPCIO` set, a missing one fails the test.
+/// `None` to skip; with `RUNNEL_REQUIRE_GRPCIO=1`, a missing one fails the test.
 fn grpcio_python() -> Option<String> {
-    match std::env::var("RUNNEL_PYTHON") {
-        Ok(python) if !python.is_empty() => Some(python),
-        _ => {
-            assert!(
-                std::env::var_os("RUNNEL_REQUIRE_GRPCIO").is_none(),
-                "RUNNEL_REQUIRE_GRPCIO is set but RUNNEL_PYTHON is not: run through scripts/test.sh"
-            );
-            eprintln!("skipped: RUNNEL_PYTHON is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
+    runnel_testkit::gate::grpcio_python("the reflection client")
 }
 
 fn reflection_call(python: &str, address: &str, method: &str, request: &str) -> serde_json::Value {

@@ -35,6 +35,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use runnel_engine::{JobPlan, OperatorOptions, WindowOperator};
+use runnel_testkit::random::SplitMix64;
 
 /// Bump when the generator changes, so that cached files are rewritten.
 const GENERATOR_VERSION: u32 = 1;
@@ -136,19 +137,6 @@ impl Settings {
             runs: env_usize("BENCH_RUNS", 3)?.max(1),
             batch_rows: env_usize("BENCH_BATCH_ROWS", 8192)?.max(1),
         })
-    }
-}
-
-/// splitmix64: small, fast and deterministic on every platform.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

@@ -232,15 +232,7 @@ mod tests {
     /// is given up in bounded time, and the writer refuses every later call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_that_outlives_the_watchdog_leaves_the_writer_unusable() {
-        let Some(bootstrap) = std::env::var("KAFKA_BOOTSTRAP")
-            .ok()
-            .filter(|bootstrap| !bootstrap.is_empty())
-        else {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
-            );
-            eprintln!("notice: KAFKA_BOOTSTRAP is not set; skipping a Kafka test");
+        let Some(bootstrap) = runnel_testkit::gate::kafka_bootstrap("a Kafka test") else {
             return;
         };
         let config = KafkaLogConfig {

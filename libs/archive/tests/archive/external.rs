@@ -5,25 +5,11 @@ use std::process::Command;
 
 use crate::support::*;
 
-/// Whether an external dependency is missing: fails if `require` is set, else says so.
-fn missing(what: &str, require: &str) -> bool {
-    if std::env::var(require).as_deref() == Ok("1") {
-        panic!("{what} is required ({require}=1) but not configured");
-    }
-    eprintln!("skipped: {what} not configured (scripts/test.sh provides it)");
-    true
-}
 
 #[tokio::test]
 async fn duckdb_reads_exactly_the_events_that_were_archived() {
-    let Ok(python) = std::env::var("RUNNEL_PYTHON") else {
-        if missing(
-            "RUNNEL_PYTHON (a Python with duckdb)",
-            "RUNNEL_REQUIRE_DUCKDB",
-        ) {
-            return;
-        }
-        unreachable!()
+    let Some(python) = runnel_testkit::gate::duckdb_python("the DuckDB reader") else {
+        return;
     };
     let fixture = Fixture::new(3).await;
     let mut events = fixture.append(0, 2000, 500, steady).await;
@@ -71,17 +57,8 @@ async fn duckdb_reads_exactly_the_events_that_were_archived() {
 
 #[tokio::test]
 async fn history_on_s3_is_archived_recovered_and_read_back() {
-    let (Ok(endpoint), Ok(bucket)) = (
-        std::env::var("RUNNEL_S3_ENDPOINT"),
-        std::env::var("RUNNEL_S3_BUCKET"),
-    ) else {
-        if missing(
-            "RUNNEL_S3_ENDPOINT and RUNNEL_S3_BUCKET",
-            "RUNNEL_REQUIRE_S3",
-        ) {
-            return;
-        }
-        unreachable!()
+    let Some((endpoint, bucket)) = runnel_testkit::gate::s3_bucket("the S3 test") else {
+        return;
     };
     let mut fixture = Fixture::new(2).await;
     let unique = format!(

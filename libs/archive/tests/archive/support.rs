@@ -89,14 +89,7 @@ impl Fixture {
     /// The same on the Kafka broker at `KAFKA_BOOTSTRAP`, with a stream named for this run;
     /// `None` if no broker is configured (and none required by `RUNNEL_REQUIRE_KAFKA=1`).
     pub(crate) async fn kafka(partitions: u32) -> Option<Fixture> {
-        let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP") else {
-            assert!(
-                std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                "RUNNEL_REQUIRE_KAFKA=1 but KAFKA_BOOTSTRAP is not set"
-            );
-            eprintln!("skipped: KAFKA_BOOTSTRAP is not set (scripts/test.sh starts a broker)");
-            return None;
-        };
+        let bootstrap = runnel_testkit::gate::kafka_bootstrap("a Kafka test")?;
         let stream = format!(
             "clicks-{}-{}",
             std::process::id(),

@@ -64,17 +64,8 @@ impl Fixture {
         variable: &str,
         change: impl FnOnce(&mut KafkaLogConfig),
     ) -> Option<Fixture> {
-        let bootstrap = match std::env::var(variable) {
-            Ok(bootstrap) if !bootstrap.is_empty() => bootstrap,
-            _ => {
-                assert!(
-                    std::env::var("RUNNEL_REQUIRE_KAFKA").as_deref() != Ok("1"),
-                    "RUNNEL_REQUIRE_KAFKA=1 but {variable} is not set: start a broker (scripts/test.sh does)"
-                );
-                eprintln!("notice: {variable} is not set; skipping a Kafka test");
-                return None;
-            }
-        };
+        let bootstrap =
+            runnel_testkit::gate::external(variable, "RUNNEL_REQUIRE_KAFKA", "a Kafka test")?;
         let mut config = KafkaLogConfig {
             bootstrap_servers: bootstrap,
             client_id: "runnel-test".to_string(),

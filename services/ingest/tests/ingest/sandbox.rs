@@ -14,33 +14,32 @@ use tokio_util::sync::CancellationToken;
 
 /// Streams of the tests: `clicks` keyed by user over 4 partitions, `metrics` unkeyed over 3;
 /// no jobs.
-const STREAMS: &str = r#"
+fn streams() -> String {
+    let clicks = runnel_testkit::streams::Stream::clicks(
+        4,
+        Some("user_id"),
+        &["event_time", "user_id", "page", "duration_ms"],
+    )
+    .nullable(&["page", "duration_ms"])
+    .option(r#"max-event-time-behind = "1d""#);
+    format!(
+        r#"
 jobs = []
 
-[[streams]]
-name = "clicks"
-partitions = 4
-key = "user_id"
-event-time = "event_time"
-max-event-time-behind = "1d"
-schema = [
-  { name = "event_time", type = "timestamp" },
-  { name = "user_id", type = "string" },
-  { name = "page", type = "string", nullable = true },
-  { name = "duration_ms", type = "int64", nullable = true },
-]
-
+{clicks}
 [[streams]]
 name = "metrics"
 partitions = 3
 event-time = "at"
 max-event-time-behind = "1d"
 schema = [
-  { name = "at", type = "int64" },
-  { name = "value", type = "float64" },
-  { name = "host", type = "string", nullable = true },
+  {{ name = "at", type = "int64" }},
+  {{ name = "value", type = "float64" }},
+  {{ name = "host", type = "string", nullable = true }},
 ]
-"#;
+"#
+    )
+}
 
 /// The limits the tests run with.
 pub(crate) const MAX_EVENT_BYTES: usize = 512;
@@ -64,7 +63,7 @@ impl Sandbox {
     pub(crate) async fn start_with(overrides: &[(&str, &str)]) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("runnel.toml");
-        std::fs::write(&config_path, STREAMS).expect("write config");
+        std::fs::write(&config_path, streams()).expect("write config");
         let mut env: HashMap<String, String> = [
             (
                 "RUNNEL__STORAGE__DATA_DIR",

@@ -164,12 +164,7 @@ fn a_service_that_cannot_reach_kafka_waits_and_is_not_ready() {
 /// Likewise a service whose bucket does not exist.
 #[test]
 fn a_service_whose_bucket_does_not_exist_waits_and_is_not_ready() {
-    let Ok(endpoint) = std::env::var("RUNNEL_S3_ENDPOINT") else {
-        assert!(
-            std::env::var("RUNNEL_REQUIRE_S3").as_deref() != Ok("1"),
-            "RUNNEL_REQUIRE_S3=1 but RUNNEL_S3_ENDPOINT is not set: scripts/test.sh starts an S3 server"
-        );
-        eprintln!("notice: RUNNEL_S3_ENDPOINT is not set; skipping an S3 test");
+    let Some(endpoint) = runnel_testkit::gate::s3_endpoint("an S3 test") else {
         return;
     };
     let bucket = format!("runnel-no-such-bucket-{}", std::process::id());

@@ -10,31 +10,14 @@ mod output;
 mod query;
 mod stream;
 
-/// The environment variable `var` that names an external service a test needs (set by
-/// `scripts/test.sh`), or `None` after a notice if it is unset; unset while `require` is
-/// `1` (as in CI), it fails the test.
-fn external(var: &str, require: &str, skipped: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            assert!(
-                std::env::var(require).as_deref() != Ok("1"),
-                "{require}=1 but {var} is not set"
-            );
-            eprintln!("skipped {skipped}: {var} is not set (scripts/test.sh sets it)");
-            None
-        }
-    }
-}
-
 /// The Kafka broker's bootstrap address, if the tests have one.
 fn kafka_bootstrap() -> Option<String> {
-    external("KAFKA_BOOTSTRAP", "RUNNEL_REQUIRE_KAFKA", "the Kafka test")
+    runnel_testkit::gate::kafka_bootstrap("the Kafka test")
 }
 
 /// The Python with DuckDB, if the tests have one.
 fn duckdb_python() -> Option<String> {
-    external("RUNNEL_PYTHON", "RUNNEL_REQUIRE_DUCKDB", "the DuckDB half")
+    runnel_testkit::gate::duckdb_python("the DuckDB half")
 }
 
 /// Held by the tests that run stream-processor processes on the Kafka broker, one at a time,
@@ -46,22 +29,13 @@ async fn kafka_exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     KAFKA.lock().await
 }
 
-/// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing
-/// test leaves no process behind.
-struct KillOnDrop(std::process::Child);
+use runnel_testkit::process::KillOnDrop;
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The random kill times of the crash tests: a small xorshift generator seeded from
+/// The random kill times of the crash tests: the test kit's generator seeded from
 /// `RUNNEL_CRASH_SEED`, or from the clock (the tests print the seed, so a run replays).
 struct CrashRandom {
     seed: u64,
-    state: u64,
+    state: runnel_testkit::random::SplitMix64,
 }
 
 impl CrashRandom {
@@ -76,7 +50,10 @@ impl CrashRandom {
                     .as_nanos() as u64
                     | 1
             });
-        CrashRandom { seed, state: seed }
+        CrashRandom {
+            seed,
+            state: runnel_testkit::random::SplitMix64(seed),
+        }
     }
 
     fn seed(&self) -> u64 {
@@ -84,10 +61,7 @@ impl CrashRandom {
     }
 
     fn below(&mut self, bound: u64) -> u64 {
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        self.state % bound
+        self.state.below(bound)
     }
 }
 
@@ -339,7 +313,6 @@ fn start_listening(
     env: &[(&str, &str)],
     services: &[&'static str],
 ) -> (KillOnDrop, std::collections::BTreeMap<&'static str, String>) {
-    use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .args(args)
         .arg("--log-json")
@@ -355,34 +328,21 @@ fn start_listening(
         .spawn()
         .expect("start runnel");
     let stderr = child.stderr.take().expect("stderr");
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let wanted = services.to_vec();
-    std::thread::spawn(move || {
-        // Reads every line, so that the process never blocks on a full pipe.
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let message = event["fields"]["message"].as_str().unwrap_or_default();
-            if let Some(address) = event["fields"]["address"].as_str() {
-                for service in &wanted {
-                    if message.starts_with(&format!("{service} listening")) {
-                        let _ = address_tx.send((*service, format!("http://{address}")));
-                    }
-                }
-            }
-        }
-    });
+    let messages: Vec<String> = services
+        .iter()
+        .map(|service| format!("{service} listening"))
+        .collect();
+    let messages: Vec<&str> = messages.iter().map(String::as_str).collect();
+    let address_rx = runnel_testkit::process::logged_addresses(stderr, &messages, None);
     let process = KillOnDrop(child);
     let mut urls = std::collections::BTreeMap::new();
     while urls.len() < services.len() {
-        let (service, url) = address_rx
+        let (index, address) = address_rx
             .recv_timeout(std::time::Duration::from_secs(60))
             .unwrap_or_else(|_| {
                 panic!("runnel {args:?}: {services:?} log their addresses within 60 s")
             });
-        urls.insert(service, url);
+        urls.insert(services[index], format!("http://{address}"));
     }
     (process, urls)
 }

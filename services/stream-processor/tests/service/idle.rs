@@ -40,6 +40,7 @@ allowed-lateness = "0s"
 "#
         )
     };
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page"]).toml();
     let toml = format!(
         r#"version = "1"
 [storage]
@@ -47,17 +48,7 @@ data-dir = "{data}"
 [stream-processor]
 checkpoint-interval = "200ms"
 metrics-listen = "127.0.0.1:0"
-[[streams]]
-name = "clicks"
-partitions = 2
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "page", type = "string" }},
-]
-{idle_job}
+{clicks_stream}{idle_job}
 {stuck_job}"#,
         data = root.join("data").display(),
         idle_job = job("pages-idle", "idle-timeout = \"5s\""),

@@ -24,6 +24,7 @@ const ALLOWED_LATENESS_MS: i64 = 5_000;
 
 fn write_config(root: &Path, metrics_listen: &str) -> Config {
     let path = root.join("runnel.toml");
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(PARTITIONS, Some("user_id"), &["event_time", "user_id", "page", "duration_ms"]).toml();
     let toml = format!(
         r#"version = "1"
 [storage]
@@ -32,18 +33,7 @@ data-dir = "{data}"
 checkpoint-interval = "200ms"
 read-batch-records = 300
 metrics-listen = "{metrics_listen}"
-[[streams]]
-name = "clicks"
-partitions = {PARTITIONS}
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "page", type = "string" }},
-  {{ name = "duration_ms", type = "int64" }},
-]
-[[jobs]]
+{clicks_stream}[[jobs]]
 name = "{JOB}"
 sql = """
 SELECT user_id, window_start, window_end, COUNT(*) AS views, SUM(duration_ms) AS total_ms

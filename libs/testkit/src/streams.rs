@@ -1,0 +1,119 @@
+//! The test streams' config: the `clicks` stream (users clicking pages) in the shape each
+//! test needs, as the TOML of one `[[streams]]` table.
+
+use std::fmt;
+
+/// A `[[streams]]` table.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    name: String,
+    partitions: u32,
+    key: Option<String>,
+    event_time: String,
+    /// (name, type, nullable)
+    fields: Vec<(String, String, bool)>,
+    /// Further `key = value` lines of the table, as written.
+    options: Vec<String>,
+}
+
+impl Stream {
+    /// The `clicks` stream over `partitions` partitions, keyed by `key`, with `fields` among
+    /// `event_time` (timestamp, the event time), `user_id`, `page`, `country` (strings) and
+    /// `duration_ms` (int64), in the order given.
+    ///
+    /// # Panics
+    ///
+    /// On a field `clicks` does not have.
+    pub fn clicks(partitions: u32, key: Option<&str>, fields: &[&str]) -> Stream {
+        let fields = fields
+            .iter()
+            .map(|field| {
+                let data_type = match *field {
+                    "event_time" => "timestamp",
+                    "user_id" | "page" | "country" => "string",
+                    "duration_ms" => "int64",
+                    other => panic!("`clicks` has no field `{other}`"),
+                };
+                ((*field).to_string(), data_type.to_string(), false)
+            })
+            .collect();
+        Stream {
+            name: "clicks".to_string(),
+            partitions,
+            key: key.map(str::to_string),
+            event_time: "event_time".to_string(),
+            fields,
+            options: Vec::new(),
+        }
+    }
+
+    /// The same stream under another name.
+    pub fn named(mut self, name: &str) -> Stream {
+        self.name = name.to_string();
+        self
+    }
+
+    /// `fields` may be null.
+    pub fn nullable(mut self, fields: &[&str]) -> Stream {
+        for field in &mut self.fields {
+            if fields.contains(&field.0.as_str()) {
+                field.2 = true;
+            }
+        }
+        self
+    }
+
+    /// A further line of the table, e.g. `max-event-time-behind = "1d"`.
+    pub fn option(mut self, line: &str) -> Stream {
+        self.options.push(line.to_string());
+        self
+    }
+
+    /// The table's TOML, ending with a newline.
+    pub fn toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(out, "[[streams]]")?;
+        writeln!(out, "name = \"{}\"", self.name)?;
+        writeln!(out, "partitions = {}", self.partitions)?;
+        if let Some(key) = &self.key {
+            writeln!(out, "key = \"{key}\"")?;
+        }
+        writeln!(out, "event-time = \"{}\"", self.event_time)?;
+        for option in &self.options {
+            writeln!(out, "{option}")?;
+        }
+        writeln!(out, "schema = [")?;
+        for (name, data_type, nullable) in &self.fields {
+            let nullable = if *nullable { ", nullable = true" } else { "" };
+            writeln!(out, "  {{ name = \"{name}\", type = \"{data_type}\"{nullable} }},")?;
+        }
+        writeln!(out, "]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clicks_is_written_as_the_tests_wrote_it() {
+        let toml = Stream::clicks(4, Some("user_id"), &["event_time", "user_id", "page"])
+            .nullable(&["page"])
+            .option("max-event-time-behind = \"1d\"")
+            .toml();
+        assert_eq!(
+            toml,
+            "[[streams]]\nname = \"clicks\"\npartitions = 4\nkey = \"user_id\"\n\
+             event-time = \"event_time\"\nmax-event-time-behind = \"1d\"\nschema = [\n  \
+             { name = \"event_time\", type = \"timestamp\" },\n  \
+             { name = \"user_id\", type = \"string\" },\n  \
+             { name = \"page\", type = \"string\", nullable = true },\n]\n"
+        );
+        assert!(Stream::clicks(1, None, &["event_time"]).named("taps").toml().contains("name = \"taps\""));
+    }
+}
