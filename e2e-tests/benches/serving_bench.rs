@@ -49,11 +49,12 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_config::Config;
-use runnel_testkit::random::{percentile};
 use runnel_log::{Log, ProduceRecord};
 use runnel_proto::common::v1::value::Kind;
 use runnel_proto::serving::v1::serving_client::ServingClient;
 use runnel_proto::serving::v1::{self as proto};
+use runnel_testkit::random::percentile;
+use runnel_testkit::streams::Stream;
 use runnel_time::now_millis;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -133,9 +134,13 @@ fn write_config(dir: &Path, listen: Option<(SocketAddr, SocketAddr)>) -> anyhow:
         |(ingest, serving)| (ingest.to_string(), serving.to_string()),
     );
     let stream = |name: &str| {
-        Stream::clicks(PARTITIONS, Some("user_id"), &["event_time", "user_id", "duration_ms"])
-            .named(name)
-            .toml()
+        Stream::clicks(
+            PARTITIONS,
+            Some("user_id"),
+            &["event_time", "user_id", "duration_ms"],
+        )
+        .named(name)
+        .toml()
     };
     let toml = format!(
         r#"version = "1"

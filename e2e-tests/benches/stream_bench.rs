@@ -39,10 +39,10 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures::StreamExt;
 use runnel_config::Config;
-use runnel_testkit::random::{SplitMix64, percentile};
 use runnel_engine::WindowOperator;
 use runnel_events::decode::EventDecoder;
 use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
+use runnel_testkit::random::{SplitMix64, percentile};
 use tokio_util::sync::CancellationToken;
 
 const STREAM: &str = "clicks";

@@ -9,10 +9,9 @@
 //! restart; bearer tokens required on both ports.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -341,7 +340,13 @@ async fn four_services_survive_kills_and_switch_versions(log_config: &str, resta
              GROUP BY user_id, window_start, window_end"
         )
     };
-    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page", "country", "duration_ms"]).named(&stream).toml();
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "page", "country", "duration_ms"],
+    )
+    .named(&stream)
+    .toml();
     let base = format!(
         r#"version = "1"
 [storage]
@@ -543,7 +548,13 @@ async fn kafkas_console_tools_write_events_and_read_each_result_once() {
     );
     let stream = format!("interop_clicks_{suffix}");
     let job = format!("interop_views_{suffix}");
-    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page", "country", "duration_ms"]).named(&stream).toml();
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "page", "country", "duration_ms"],
+    )
+    .named(&stream)
+    .toml();
     let config = format!(
         r#"version = "1"
 [storage]

@@ -29,7 +29,12 @@ const EVENTS_PER_WINDOW: u64 = 3;
 /// The test config; `serving` is more of the `[serving]` section.
 fn write_config(root: &Path, serving: &str) -> Config {
     let path = root.join("runnel.toml");
-    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "duration_ms"]).toml();
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "duration_ms"],
+    )
+    .toml();
     let toml = format!(
         r#"version = "1"
 [storage]
@@ -636,7 +641,6 @@ async fn serving_answers_from_the_speed_view_the_batch_view_and_the_active_versi
 }
 
 const TOKEN: &str = "s3cret-token";
-
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_the_api_asks_for_the_bearer_token_and_health_does_not() {

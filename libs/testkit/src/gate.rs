@@ -91,10 +91,19 @@ mod tests {
 
     #[test]
     fn a_server_is_used_when_set_skipped_when_not_and_required_fails_the_test() {
-        assert_eq!(gate(&[("SERVER", "127.0.0.1:9092")]).ok(), Some(Some("127.0.0.1:9092".to_string())));
+        assert_eq!(
+            gate(&[("SERVER", "127.0.0.1:9092")]).ok(),
+            Some(Some("127.0.0.1:9092".to_string()))
+        );
         assert_eq!(gate(&[]).ok(), Some(None));
         assert_eq!(gate(&[("SERVER", ""), ("REQUIRE", "0")]).ok(), Some(None));
-        assert!(gate(&[("REQUIRE", "1")]).is_err(), "required and unset fails");
-        assert!(gate(&[("SERVER", ""), ("REQUIRE", "1")]).is_err(), "empty counts as unset");
+        assert!(
+            gate(&[("REQUIRE", "1")]).is_err(),
+            "required and unset fails"
+        );
+        assert!(
+            gate(&[("SERVER", ""), ("REQUIRE", "1")]).is_err(),
+            "empty counts as unset"
+        );
     }
 }

@@ -63,6 +63,8 @@ pub fn wait_logged_address(
 ) -> String {
     logged_addresses(stderr, &[message], None)
         .recv_timeout(timeout)
-        .unwrap_or_else(|error| panic!("no `{message}` with an address within {timeout:?}: {error}"))
+        .unwrap_or_else(|error| {
+            panic!("no `{message}` with an address within {timeout:?}: {error}")
+        })
         .1
 }

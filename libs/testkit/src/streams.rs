@@ -90,7 +90,10 @@ impl fmt::Display for Stream {
         writeln!(out, "schema = [")?;
         for (name, data_type, nullable) in &self.fields {
             let nullable = if *nullable { ", nullable = true" } else { "" };
-            writeln!(out, "  {{ name = \"{name}\", type = \"{data_type}\"{nullable} }},")?;
+            writeln!(
+                out,
+                "  {{ name = \"{name}\", type = \"{data_type}\"{nullable} }},"
+            )?;
         }
         writeln!(out, "]")
     }
@@ -114,6 +117,11 @@ mod tests {
              { name = \"user_id\", type = \"string\" },\n  \
              { name = \"page\", type = \"string\", nullable = true },\n]\n"
         );
-        assert!(Stream::clicks(1, None, &["event_time"]).named("taps").toml().contains("name = \"taps\""));
+        assert!(
+            Stream::clicks(1, None, &["event_time"])
+                .named("taps")
+                .toml()
+                .contains("name = \"taps\"")
+        );
     }
 }

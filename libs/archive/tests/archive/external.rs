@@ -5,7 +5,6 @@ use std::process::Command;
 
 use crate::support::*;
 
-
 #[tokio::test]
 async fn duckdb_reads_exactly_the_events_that_were_archived() {
     let Some(python) = runnel_testkit::gate::duckdb_python("the DuckDB reader") else {

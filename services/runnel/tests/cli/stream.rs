@@ -109,7 +109,13 @@ pub(super) fn write_config(universe: &Universe) -> PathBuf {
         ),
         None => String::new(),
     };
-    let clicks_stream = runnel_testkit::streams::Stream::clicks(PARTITIONS, Some("user_id"), &["event_time", "user_id", "page", "country", "duration_ms"]).named(&universe.stream).toml();
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(
+        PARTITIONS,
+        Some("user_id"),
+        &["event_time", "user_id", "page", "country", "duration_ms"],
+    )
+    .named(&universe.stream)
+    .toml();
     let toml = format!(
         r#"version = "1"
 [storage]

@@ -40,7 +40,12 @@ allowed-lateness = "0s"
 "#
         )
     };
-    let clicks_stream = runnel_testkit::streams::Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page"]).toml();
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "page"],
+    )
+    .toml();
     let toml = format!(
         r#"version = "1"
 [storage]

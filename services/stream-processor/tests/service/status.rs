@@ -24,7 +24,12 @@ const ALLOWED_LATENESS_MS: i64 = 5_000;
 
 fn write_config(root: &Path, metrics_listen: &str) -> Config {
     let path = root.join("runnel.toml");
-    let clicks_stream = runnel_testkit::streams::Stream::clicks(PARTITIONS, Some("user_id"), &["event_time", "user_id", "page", "duration_ms"]).toml();
+    let clicks_stream = runnel_testkit::streams::Stream::clicks(
+        PARTITIONS,
+        Some("user_id"),
+        &["event_time", "user_id", "page", "duration_ms"],
+    )
+    .toml();
     let toml = format!(
         r#"version = "1"
 [storage]
