@@ -50,6 +50,7 @@ use futures::future::BoxFuture;
 use runnel::supervisor::{RestartPolicy, Service, Supervisor};
 use runnel_config::Config;
 use runnel_log::{Log, ProduceRecord};
+use runnel_proto::client::{ClientEndpoint, Connection};
 use runnel_proto::common::v1::value::Kind;
 use runnel_proto::serving::v1::serving_client::ServingClient;
 use runnel_proto::serving::v1::{self as proto};
@@ -57,7 +58,6 @@ use runnel_testkit::random::percentile;
 use runnel_testkit::streams::Stream;
 use runnel_time::now_millis;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 
 /// The job of the query figures and its stream.
@@ -211,7 +211,7 @@ impl Services {
     }
 
     /// A new HTTP/2 connection to serving.
-    async fn serving_channel(&self) -> anyhow::Result<Channel> {
+    async fn serving_channel(&self) -> anyhow::Result<Connection> {
         connect(self.serving).await
     }
 
@@ -225,14 +225,14 @@ impl Services {
     }
 }
 
-/// A new HTTP/2 connection to the service at `address`.
-async fn connect(address: SocketAddr) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .context("service address")?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connect to {address}"))
+/// A new HTTP/2 connection to the service at `address`, as every client makes it.
+async fn connect(address: SocketAddr) -> anyhow::Result<Connection> {
+    runnel_proto::client::connect(&ClientEndpoint {
+        url: format!("http://{address}"),
+        ..ClientEndpoint::default()
+    })
+    .await
+    .with_context(|| format!("connect to {address}"))
 }
 
 /// Ingest, the stream-processor and serving as `runnel` processes on one embedded log,
@@ -299,7 +299,7 @@ async fn wait_listening(address: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// Waits until health says SERVING (every speed view rebuilt).
-async fn wait_serving(channel: &Channel) -> anyhow::Result<()> {
+async fn wait_serving(channel: &Connection) -> anyhow::Result<()> {
     let mut health = HealthClient::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -325,7 +325,7 @@ async fn wait_serving(channel: &Channel) -> anyhow::Result<()> {
 
 /// `job`'s version 1 as ListJobs reports it.
 async fn job_info(
-    client: &mut ServingClient<Channel>,
+    client: &mut ServingClient<Connection>,
     job: &str,
 ) -> anyhow::Result<proto::JobVersionInfo> {
     let jobs = client

@@ -1,6 +1,6 @@
 //! The SQL front end (`runnel_engine::JobPlan::source_of` and `JobPlan::compile`) on arbitrary
 //! text, against the input the stream-processor compiles a job of the fuzz stream against:
-//! its declared fields, `_offset` and `_ingest_time` (`services/stream-processor/src/job.rs`).
+//! its declared fields, `_offset` and `_ingest_time` (`libs/jobs/src/job.rs`).
 //!
 //! Besides "no panic" (nor a stack overflow): a job that compiles names its source and the
 //! stream's event time, keeps within the default `JobLimits` (positive intervals, at most
