@@ -37,11 +37,12 @@ FROM (
 GROUP BY key, window_start
 """
 
-# Per key, a new session starts where the gap to the previous event is 10 s or more.
+# Per key, a new session starts where the next event is more than the gap (10 s) later:
+# events exactly the gap apart are in one session (runnel's rule, and Flink's and Spark's).
 SESSION = """
 WITH marked AS (
     SELECT key, event_time, value,
-           CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY key ORDER BY event_time) < 10000
+           CASE WHEN event_time - LAG(event_time) OVER (PARTITION BY key ORDER BY event_time) <= 10000
                 THEN 0 ELSE 1 END AS is_start
     FROM {source}
 ), numbered AS (

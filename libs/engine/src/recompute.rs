@@ -319,7 +319,7 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str, ordered: bool) -> Result<St
                 format!("PARTITION BY {}", key_exprs.join(", "))
             };
             let starts = format!(
-                "SELECT *, CASE WHEN __runnel_ts - LAG(__runnel_ts) OVER ({partition} ORDER BY __runnel_ts) < {gap_ms} THEN 0 ELSE 1 END AS __runnel_new FROM ({events}) AS {stream}"
+                "SELECT *, CASE WHEN __runnel_ts - LAG(__runnel_ts) OVER ({partition} ORDER BY __runnel_ts) <= {gap_ms} THEN 0 ELSE 1 END AS __runnel_new FROM ({events}) AS {stream}"
             );
             // A session is grouped by its keys and number; its start and end are aggregates
             // of the group (below), not window columns computed for every event.

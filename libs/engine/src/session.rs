@@ -1,10 +1,14 @@
 //! Session windows in the live operator.
 //!
 //! Per key, an event at `ts` opens the window `[ts, ts + gap)`; windows of one key that
-//! overlap merge, so a session is `[first, last + gap)`. Each session has its own DataFusion
-//! row accumulators, so that firing, merging and expiring one session costs the same
-//! whatever else is open. Rules where sessions differ from fixed windows:
-//! - A session fires when the watermark reaches its end; open sessions merge freely.
+//! overlap or touch merge, so a session is `[first, last + gap)` and two consecutive events
+//! of a key are in one session when the second is at most `gap` after the first (as in
+//! Flink, whose `TimeWindow.intersects` is inclusive, Spark's `session_window`, and SQL's
+//! "a new session starts when the next event is more than the gap later"). Each session has
+//! its own DataFusion row accumulators, so that firing, merging and expiring one session
+//! costs the same whatever else is open. Rules where sessions differ from fixed windows:
+//! - A session fires when the watermark passes its end (reaches [`close`]: an event at
+//!   exactly its end would still join it); open sessions merge freely.
 //! - A fired session does not merge any more: a later event inside it (between its first
 //!   and last event) updates it within the allowed lateness and it is emitted again with
 //!   the next version; an event that would move its start or end, or join it with another
@@ -60,10 +64,17 @@ pub(crate) struct SessionState {
     sessions: Vec<Vec<Session>>,
     /// Scratch for the one-row argument slices of an update.
     scratch: Vec<ArrayRef>,
-    /// Unfired sessions by (end, key, start): the firing order.
+    /// Unfired sessions by ([`close`], key, start): the firing order.
     unfired: BTreeSet<(i64, u32, i64)>,
-    /// Fired sessions by (end + lateness, key, start): the expiry order.
+    /// Fired sessions by ([`close`] + lateness, key, start): the expiry order.
     fired: BTreeSet<(i64, u32, i64)>,
+}
+
+/// The watermark at which a session whose last event is at `last` can no longer grow: an
+/// event at `last + gap` (its end) still joins it, so it fires, and later expires, one
+/// millisecond after its end.
+fn close(last: i64, gap: i64) -> i64 {
+    last.saturating_add(gap).saturating_add(1)
 }
 
 fn new_accumulators(plan: &JobPlan) -> Result<Vec<Box<dyn Accumulator>>, EngineError> {
@@ -159,8 +170,10 @@ impl SessionState {
         let gap = self.gap_ms;
         let event_end = timestamp.saturating_add(gap);
         let sessions = &mut self.sessions[key as usize];
+        // Touching counts: the event's window `[ts, ts + gap)` and the session's
+        // `[start, last + gap)` merge when either starts where the other ends.
         let overlaps = |session: &Session| {
-            session.start < event_end && timestamp < session.last.saturating_add(gap)
+            session.start <= event_end && timestamp <= session.last.saturating_add(gap)
         };
         // One pass, no allocation in the common cases: the first overlapping fired session
         // and how many there are; the first overlapping open session and how many.
@@ -180,8 +193,7 @@ impl SessionState {
         if let Some(fired_idx) = first_fired {
             let session = &sessions[fired_idx];
             let inside = n_fired == 1 && session.start <= timestamp && timestamp <= session.last;
-            let unexpired =
-                session.last.saturating_add(gap).saturating_add(lateness_ms) > watermark;
+            let unexpired = close(session.last, gap).saturating_add(lateness_ms) > watermark;
             if inside && unexpired {
                 return Ok(Assignment::LateUpdate {
                     key,
@@ -203,7 +215,7 @@ impl SessionState {
             Vec::new()
         };
         let Some(first) = first_open else {
-            if event_end.saturating_add(lateness_ms) <= watermark {
+            if close(timestamp, gap).saturating_add(lateness_ms) <= watermark {
                 return Ok(Assignment::Late(format!(
                     "too late for session [{}, {}): watermark {} had passed its end plus the allowed lateness of {lateness_ms} ms",
                     format_millis(timestamp),
@@ -222,26 +234,26 @@ impl SessionState {
                     fired: false,
                 },
             );
-            if event_end <= watermark {
+            if close(timestamp, gap) <= watermark {
                 // A window that is complete as it opens: it fires at once, as a late firing.
                 return Ok(Assignment::LateUpdate {
                     key,
                     start: timestamp,
                 });
             }
-            self.unfired.insert((event_end, key, timestamp));
+            self.unfired.insert((close(timestamp, gap), key, timestamp));
             return Ok(Assignment::Open);
         };
         // Merge every overlapping open session into the first, then extend it by the event.
-        // Invariant: `unfired` holds one entry per open session, keyed by its current end, so
-        // the first session's entry goes before its end changes.
+        // Invariant: `unfired` holds one entry per open session, keyed by its current close,
+        // so the first session's entry goes before its end changes.
         let target = &sessions[first];
         self.unfired
-            .remove(&(target.last.saturating_add(gap), key, target.start));
+            .remove(&(close(target.last, gap), key, target.start));
         for &idx in open.iter().skip(1).rev() {
             let merged = sessions.remove(idx);
             self.unfired
-                .remove(&(merged.last.saturating_add(gap), key, merged.start));
+                .remove(&(close(merged.last, gap), key, merged.start));
             let target = &mut sessions[first];
             for (accumulator, mut source) in target.accumulators.iter_mut().zip(merged.accumulators)
             {
@@ -258,7 +270,7 @@ impl SessionState {
         session.start = session.start.min(timestamp);
         session.last = session.last.max(timestamp);
         self.unfired
-            .insert((session.last.saturating_add(gap), key, session.start));
+            .insert((close(session.last, gap), key, session.start));
         debug_assert_eq!(
             self.unfired.len() + self.fired.len(),
             self.sessions.iter().map(Vec::len).sum::<usize>(),
@@ -353,7 +365,7 @@ impl SessionState {
         Ok(())
     }
 
-    /// Fires the sessions whose end the watermark reached and drops the expired ones.
+    /// Fires the sessions the watermark has closed and drops the expired ones.
     pub(crate) fn advance(
         &mut self,
         plan: &JobPlan,
@@ -362,15 +374,15 @@ impl SessionState {
         output: &mut OperatorOutput,
     ) -> Result<(), EngineError> {
         let mut due = Vec::new();
-        while let Some(&(end, key, start)) = self.unfired.first() {
-            if end > watermark {
+        while let Some(&(close, key, start)) = self.unfired.first() {
+            if close > watermark {
                 break;
             }
             self.unfired.pop_first();
             due.push((key, start));
             if lateness_ms > 0 {
                 self.fired
-                    .insert((end.saturating_add(lateness_ms), key, start));
+                    .insert((close.saturating_add(lateness_ms), key, start));
             }
         }
         self.emit(plan, &due, output)?;
@@ -403,7 +415,7 @@ impl SessionState {
             && !session.fired
         {
             session.fired = true;
-            let expiry = session.last.saturating_add(gap).saturating_add(lateness_ms);
+            let expiry = close(session.last, gap).saturating_add(lateness_ms);
             self.fired.insert((expiry, key, start));
         }
     }
@@ -531,13 +543,13 @@ impl SessionState {
                     version: versions.value(row),
                     fired: fired.value(row),
                 };
-                let end = session.last.saturating_add(gap_ms);
+                let close = close(session.last, gap_ms);
                 if session.fired {
                     state
                         .fired
-                        .insert((end.saturating_add(lateness_ms), key, session.start));
+                        .insert((close.saturating_add(lateness_ms), key, session.start));
                 } else {
-                    state.unfired.insert((end, key, session.start));
+                    state.unfired.insert((close, key, session.start));
                 }
                 state.sessions[key as usize].push(session);
             }

@@ -10,8 +10,9 @@
 //!
 //! The view keeps the windows that lie wholly in the range: starting at or after `from`
 //! (sessions: at or after `from + gap`, since an event before `from` could have opened them
-//! earlier) and ending at or before the horizon, so every window it holds counted every
-//! archived event that belongs to it.
+//! earlier) and ending at or before the horizon (sessions: before it, since an event at
+//! exactly a session's end would join it), so every window it holds counted every archived
+//! event that belongs to it.
 //!
 //! Two guards keep one bad event from costing the platform its memory or its results. The
 //! range runs from the history's actual earliest event time (or `from`) to the horizon, and
@@ -391,6 +392,13 @@ pub async fn recompute_view(
     };
     let from = request.from_ms.unwrap_or(i64::MIN);
     let end = horizon.unwrap_or(i64::MIN);
+    // The latest end a kept window may have. Events at or after the horizon are not read, and
+    // an event at exactly a session's end would still join it: a session is complete only
+    // when it ends before the horizon.
+    let ends_by = match job.plan.window() {
+        WindowSpec::Session { .. } => end.saturating_sub(1),
+        WindowSpec::Tumble { .. } | WindowSpec::Hop { .. } => end,
+    };
     // The files that hold events of the range; the range starts at their earliest event
     // time (when `from` is earlier), not at the extremes of the time type.
     let files: Vec<FileEntry> = history
@@ -529,8 +537,16 @@ pub async fn recompute_view(
                     job.name.clone(),
                 );
                 tokio::spawn(async move {
-                    write_view_file(stream, &schema, &starts, end, store.as_ref(), path, &name)
-                        .await
+                    write_view_file(
+                        stream,
+                        &schema,
+                        &starts,
+                        ends_by,
+                        store.as_ref(),
+                        path,
+                        &name,
+                    )
+                    .await
                 })
             })
             .collect();
@@ -846,12 +862,12 @@ impl RangeRefusal<'_> {
     }
 }
 
-/// The rows of `batch` whose window starts in `starts` and ends at or before `horizon`.
+/// The rows of `batch` whose window starts in `starts` and ends at or before `ends_by`.
 fn keep_windows(
     batch: &RecordBatch,
     ends: &Int64Array,
     starts_in: &Range<i64>,
-    horizon: i64,
+    ends_by: i64,
 ) -> Result<RecordBatch, BatchError> {
     let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
     let starts = batch
@@ -863,7 +879,7 @@ fn keep_windows(
         .iter()
         .zip(ends.iter())
         .map(|(start, end)| match (start, end) {
-            (Some(start), Some(end)) => Some(starts_in.contains(&start) && end <= horizon),
+            (Some(start), Some(end)) => Some(starts_in.contains(&start) && end <= ends_by),
             _ => Some(false),
         })
         .collect();
@@ -876,7 +892,7 @@ async fn write_view_file(
     mut results: runnel_engine::WindowResults,
     schema: &SchemaRef,
     starts: &Range<i64>,
-    horizon: i64,
+    ends_by: i64,
     store: &dyn ObjectStore,
     path: Path,
     job: &str,
@@ -896,7 +912,7 @@ async fn write_view_file(
             job: job.to_string(),
             source,
         })?;
-        let kept = keep_windows(&batch, &ends, starts, horizon)?;
+        let kept = keep_windows(&batch, &ends, starts, ends_by)?;
         if kept.num_rows() > 0 {
             rows += kept.num_rows() as u64;
             writer.write(&kept).map_err(parquet_error)?;

@@ -259,6 +259,7 @@ golden!(
     poison_events,
     session_merge,
     session_late,
+    session_gap_boundaries,
 );
 
 /// Recompute leaves out the events live reports as errors (failing expressions, unusable

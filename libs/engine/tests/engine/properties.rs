@@ -1,6 +1,7 @@
 //! Property tests over random streams: batching does not change results, snapshots restore
 //! exactly, output is deterministic, and with no late events the live results equal a plain
-//! DataFusion `GROUP BY date_bin(...)` over the same events.
+//! DataFusion `GROUP BY date_bin(...)` over the same events, and the live sessions the plain
+//! rule "a new session starts when the next event of the key is more than the gap later".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +61,21 @@ fn events() -> impl Strategy<Value = Vec<Event>> {
                     key: format!("k{key}"),
                     value,
                 }
+            })
+            .collect()
+    })
+}
+
+/// [`events`] on a clock of whole seconds, so that consecutive events of a key are often
+/// exactly the session gap (3 s) apart, or one second more or less. Flooring adds up to
+/// 999 ms of disorder.
+fn whole_second_events() -> impl Strategy<Value = Vec<Event>> {
+    events().prop_map(|events| {
+        events
+            .into_iter()
+            .map(|event| Event {
+                ts: event.ts / 1000 * 1000,
+                ..event
             })
             .collect()
     })
@@ -234,6 +250,48 @@ fn recomputed(plan: &JobPlan, events: &[Event]) -> OperatorOutput {
     }
 }
 
+/// `SESSION_JOB`'s sessions by the plain rule, independent of the engine: per key, in event
+/// time order, a new session starts when the next event is more than the gap (3 s) later.
+/// The values are COUNT, SUM, MIN and MAX as `finals` renders them (AVG left out).
+fn reference_sessions(events: &[Event]) -> Finals {
+    const GAP_MS: i64 = 3_000;
+    let mut by_key: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+    for event in events {
+        by_key.entry(event.key.as_str()).or_default().push(event);
+    }
+    let mut sessions = Finals::new();
+    for (key, mut events) in by_key {
+        events.sort_by_key(|event| event.ts);
+        let mut current: Vec<&Event> = Vec::new();
+        let mut flush = |current: &mut Vec<&Event>| {
+            if let Some(first) = current.first() {
+                let values: Vec<i64> = current.iter().map(|event| event.value).collect();
+                sessions.insert(
+                    (key.to_string(), first.ts),
+                    vec![
+                        values.len().to_string(),
+                        values.iter().sum::<i64>().to_string(),
+                        values.iter().min().expect("one value").to_string(),
+                        values.iter().max().expect("one value").to_string(),
+                    ],
+                );
+            }
+            current.clear();
+        };
+        for event in events {
+            if current
+                .last()
+                .is_some_and(|last| event.ts - last.ts > GAP_MS)
+            {
+                flush(&mut current);
+            }
+            current.push(event);
+        }
+        flush(&mut current);
+    }
+    sessions
+}
+
 /// The same aggregation as `TUMBLE_JOB`, by DataFusion over all events at once.
 fn datafusion_date_bin(events: &[Event]) -> Finals {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -292,6 +350,24 @@ proptest! {
         let whole = rendered(&run(&plan, options, &batches(&events, &[]), &[]));
         let cut = rendered(&run(&plan, options, &batches(&events, &cuts), &[]));
         same_output(&whole, &cut)?;
+    }
+
+    #[test]
+    fn without_late_events_live_sessions_follow_the_plain_rule_and_equal_recompute(
+        events in whole_second_events(),
+    ) {
+        let plan = plan(SESSION_JOB);
+        // The watermark trails by the largest disorder (flooring adds up to 999 ms).
+        let options = options(MAX_DISORDER_MS as u64 + 1_000, 0, None);
+        let live = run(&plan, options, &batches(&events, &[5, 60]), &[]);
+        prop_assert!(live.late_events.is_empty());
+        let live_finals = finals(&live);
+        let without_mean: Finals = live_finals
+            .iter()
+            .map(|(key, values)| (key.clone(), values[..4].to_vec()))
+            .collect();
+        prop_assert_eq!(without_mean, reference_sessions(&events));
+        prop_assert_eq!(live_finals, finals(&recomputed(&plan, &events)));
     }
 
     #[test]
