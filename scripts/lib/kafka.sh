@@ -169,8 +169,17 @@ PY
 }
 
 # A random cluster id: 16 bytes in URL-safe base64 without padding, as kafka-storage random-uuid.
+# Like Kafka's Uuid.randomUuid, never one that starts with `-`: kafka-storage's argument parser
+# would read `-t -xyz...` as a missing value (one start in 64 failed so).
 kafka_cluster_id() {
-  python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))'
+  python3 -c '
+import base64, uuid
+while True:
+    text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not text.startswith("-"):
+        print(text)
+        break
+'
 }
 
 # Waits until every address in $3 (comma-separated host:port) answers a Metadata request (v4, no
