@@ -13,7 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
-use crate::JobsError;
+use crate::{JobsError, get_json, put_json};
 
 const MANIFEST_FILE: &str = "_checkpoint.json";
 const STATE_FILE: &str = "state.arrow";
@@ -352,16 +352,7 @@ impl TaskCheckpoints {
         file: &str,
     ) -> Result<(), JobsError> {
         let dir = self.epoch_dir_of(manifest.epoch, token);
-        let manifest_path = Path::from(format!("{dir}/{file}"));
-        let json = serde_json::to_vec_pretty(manifest).map_err(|error| JobsError::Checkpoint {
-            path: manifest_path.to_string(),
-            message: error.to_string(),
-        })?;
-        store
-            .put(&manifest_path, PutPayload::from(json))
-            .await
-            .map_err(|source| JobsError::store("write", &manifest_path, source))?;
-        Ok(())
+        put_json(store, &Path::from(format!("{dir}/{file}")), manifest).await
     }
 
     /// Marks checkpoint `manifest.epoch` (of writer `token`) complete with its manifest, then
@@ -443,16 +434,7 @@ pub async fn record_job_failure(
     job: &str,
     failure: &JobFailure,
 ) -> Result<(), JobsError> {
-    let path = failure_path(prefix, job);
-    let json = serde_json::to_vec(failure).map_err(|error| JobsError::Checkpoint {
-        path: path.to_string(),
-        message: error.to_string(),
-    })?;
-    store
-        .put(&path, PutPayload::from(json))
-        .await
-        .map_err(|source| JobsError::store("write", &path, source))?;
-    Ok(())
+    put_json(store, &failure_path(prefix, job), failure).await
 }
 
 /// Removes the record of `job`'s failure, if there is one (the job starts again).
@@ -482,20 +464,12 @@ pub async fn job_failure(
     prefix: &str,
     job: &str,
 ) -> Result<Option<JobFailure>, JobsError> {
-    let path = failure_path(prefix, job);
-    let bytes = match store.get(&path).await {
-        Ok(object) => object
-            .bytes()
-            .await
-            .map_err(|source| JobsError::store("read", &path, source))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(JobsError::store("read", &path, source)),
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|error| JobsError::Checkpoint {
-            path: path.to_string(),
-            message: error.to_string(),
+    // A record that does not parse is a checkpoint's error, as the manifests' are.
+    get_json(store, &failure_path(prefix, job))
+        .await
+        .map_err(|error| match error {
+            JobsError::Invalid { path, message } => JobsError::Checkpoint { path, message },
+            other => other,
         })
 }
 

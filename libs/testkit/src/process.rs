@@ -3,7 +3,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Child;
 use std::sync::mpsc;
-use std::time::Duration;
 
 /// A child process that is killed (SIGKILL) and reaped when dropped, so that a failing test
 /// leaves no process behind.
@@ -49,22 +48,4 @@ pub fn logged_addresses(
         }
     });
     receiver
-}
-
-/// The address logged by `message`, waiting at most `timeout`.
-///
-/// # Panics
-///
-/// When the process does not log it in time or its log ends first.
-pub fn wait_logged_address(
-    stderr: impl Read + Send + 'static,
-    message: &str,
-    timeout: Duration,
-) -> String {
-    logged_addresses(stderr, &[message], None)
-        .recv_timeout(timeout)
-        .unwrap_or_else(|error| {
-            panic!("no `{message}` with an address within {timeout:?}: {error}")
-        })
-        .1
 }

@@ -1,8 +1,6 @@
 //! The test streams' config: the `clicks` stream (users clicking pages) in the shape each
 //! test needs, as the TOML of one `[[streams]]` table.
 
-use std::fmt;
-
 /// A `[[streams]]` table.
 #[derive(Debug, Clone)]
 pub struct Stream {
@@ -71,31 +69,26 @@ impl Stream {
 
     /// The table's TOML, ending with a newline.
     pub fn toml(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl fmt::Display for Stream {
-    fn fmt(&self, out: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(out, "[[streams]]")?;
-        writeln!(out, "name = \"{}\"", self.name)?;
-        writeln!(out, "partitions = {}", self.partitions)?;
+        let mut out = format!(
+            "[[streams]]\nname = \"{}\"\npartitions = {}\n",
+            self.name, self.partitions
+        );
         if let Some(key) = &self.key {
-            writeln!(out, "key = \"{key}\"")?;
+            out.push_str(&format!("key = \"{key}\"\n"));
         }
-        writeln!(out, "event-time = \"{}\"", self.event_time)?;
+        out.push_str(&format!("event-time = \"{}\"\n", self.event_time));
         for option in &self.options {
-            writeln!(out, "{option}")?;
+            out.push_str(&format!("{option}\n"));
         }
-        writeln!(out, "schema = [")?;
+        out.push_str("schema = [\n");
         for (name, data_type, nullable) in &self.fields {
             let nullable = if *nullable { ", nullable = true" } else { "" };
-            writeln!(
-                out,
-                "  {{ name = \"{name}\", type = \"{data_type}\"{nullable} }},"
-            )?;
+            out.push_str(&format!(
+                "  {{ name = \"{name}\", type = \"{data_type}\"{nullable} }},\n"
+            ));
         }
-        writeln!(out, "]")
+        out.push_str("]\n");
+        out
     }
 }
 

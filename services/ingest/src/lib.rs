@@ -107,6 +107,9 @@ pub struct BoundIngest {
     listener: TcpListener,
     ingestor: Arc<service::Ingestor>,
     shutdown: CancellationToken,
+    /// What [`BoundIngest::run`] starts the archiver with.
+    config: Config,
+    log: Arc<dyn Log>,
 }
 
 /// Binds `config.ingest.listen` (port 0 picks a free port) and ensures the dead-letter
@@ -122,7 +125,7 @@ pub async fn bind(
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<BoundIngest, IngestError> {
-    let ingestor = service::Ingestor::new(config, log)
+    let ingestor = service::Ingestor::new(config, Arc::clone(&log))
         .await
         .map_err(IngestError::DeadLetterTopics)?;
     let address = &config.ingest.listen;
@@ -139,6 +142,8 @@ pub async fn bind(
         listener,
         ingestor: Arc::new(ingestor),
         shutdown,
+        config: config.clone(),
+        log,
     })
 }
 
@@ -256,8 +261,12 @@ impl BoundIngest {
     /// # Errors
     ///
     /// The errors of [`BoundIngest::serve`]; [`IngestError::Archive`] if the archiver fails.
-    pub async fn run(self, config: &Config, log: Arc<dyn Log>) -> Result<(), IngestError> {
-        let shutdown = self.shutdown.clone();
+    pub async fn run(self) -> Result<(), IngestError> {
+        let (shutdown, config, log) = (
+            self.shutdown.clone(),
+            self.config.clone(),
+            Arc::clone(&self.log),
+        );
         async move {
             // The archiver's own token: it stops when the service stops, whatever stopped it.
             let archiver_shutdown = shutdown.child_token();
@@ -310,8 +319,8 @@ pub async fn run_with_log(
     log: Arc<dyn Log>,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let bound = bind(&config, Arc::clone(&log), shutdown)
+    let bound = bind(&config, log, shutdown)
         .instrument(info_span!("service", service = SERVICE_NAME))
         .await?;
-    bound.run(&config, log).await
+    bound.run().await
 }

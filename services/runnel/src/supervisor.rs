@@ -41,10 +41,10 @@ impl Service {
     /// The service's name in logs.
     pub fn name(self) -> &'static str {
         match self {
-            Service::Ingest => "ingest",
-            Service::StreamProcessor => "stream-processor",
-            Service::BatchReprocessor => "batch-reprocessor",
-            Service::Serving => "serving",
+            Service::Ingest => runnel_ingest::SERVICE_NAME,
+            Service::StreamProcessor => runnel_stream_processor::SERVICE_NAME,
+            Service::BatchReprocessor => runnel_batch_reprocessor::SERVICE_NAME,
+            Service::Serving => runnel_serving::SERVICE_NAME,
         }
     }
 }
@@ -248,7 +248,7 @@ async fn run_once(
                 .await?;
             config.ingest.listen = ingest.local_addr().to_string();
             bound.send_replace(Some(ingest.local_addr()));
-            ingest.run(config, log).await?;
+            ingest.run().await?;
         }
         Service::Serving => {
             let span = info_span!("service", service = service.name());

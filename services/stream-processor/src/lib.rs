@@ -85,17 +85,6 @@ pub enum StreamProcessorError {
         #[source]
         source: Box<LogError>,
     },
-    /// An object-store operation failed.
-    #[error("{operation} {path}: {source}")]
-    Store {
-        /// What was being done.
-        operation: &'static str,
-        /// The object.
-        path: String,
-        /// The store's error.
-        #[source]
-        source: Box<object_store::Error>,
-    },
     /// What the stages share failed: a checkpoint (unreadable or inconsistent), a job's
     /// definition, a result record, the job catalog.
     #[error(transparent)]

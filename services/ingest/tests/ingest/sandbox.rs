@@ -21,7 +21,8 @@ fn streams() -> String {
         &["event_time", "user_id", "page", "duration_ms"],
     )
     .nullable(&["page", "duration_ms"])
-    .option(r#"max-event-time-behind = "1d""#);
+    .option(r#"max-event-time-behind = "1d""#)
+    .toml();
     format!(
         r#"
 jobs = []
