@@ -8,6 +8,8 @@
 //! - [`WindowOperator`] runs a plan: watermarks per partition, firing, allowed lateness,
 //!   late events, early results, snapshots. DataFusion evaluates the expressions and
 //!   aggregates; the window logic is ours.
+//! - [`ShardedOperator`] runs one [`WindowOperator`] per shard of the keys, in parallel, with
+//!   one watermark and an output that does not depend on the number of shards.
 //! - [`recompute`] runs the same plan as a DataFusion batch query, every event counted.
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ mod operator;
 mod plan;
 mod recompute;
 mod session;
+mod sharded;
 mod snapshot;
 mod window;
 
@@ -31,4 +34,5 @@ pub use plan::{
     WINDOW_START_COLUMN,
 };
 pub use recompute::{WindowResults, recompute, recompute_config, recompute_windows};
+pub use sharded::{MAX_SHARDS, ShardedOperator};
 pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};

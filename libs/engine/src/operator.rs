@@ -126,11 +126,111 @@ enum Selection {
 }
 
 /// An event too late to count, for the late-events output.
-struct LateEvent {
+pub(crate) struct LateEvent {
     row: u32,
     window_start: i64,
     watermark: i64,
     reason: String,
+}
+
+/// Where the rows of a batch stand and how far its event times had come before each: the
+/// watermark before every position, whichever rows of the batch an operator holds.
+pub(crate) struct Trace<'a> {
+    /// Each row's position in the whole batch; `None` when the rows are the whole batch.
+    pub(crate) positions: Option<&'a [u32]>,
+    /// `prefix[p]`: the largest event time of the whole batch's rows before position `p`
+    /// (`i64::MIN` for none); one entry more than the whole batch has rows.
+    pub(crate) prefix: &'a [i64],
+}
+
+impl Trace<'_> {
+    fn position(&self, row: usize) -> usize {
+        self.positions
+            .map_or(row, |positions| positions[row] as usize)
+    }
+
+    /// The number of rows of the whole batch.
+    fn len(&self) -> usize {
+        self.prefix.len() - 1
+    }
+}
+
+/// `prefix[p]`: the largest of `times[..p]`, `i64::MIN` for none (see [`Trace::prefix`]).
+pub(crate) fn prefix_max(times: &[i64]) -> Vec<i64> {
+    let mut prefix = Vec::with_capacity(times.len() + 1);
+    let mut max = i64::MIN;
+    prefix.push(max);
+    for &time in times {
+        max = max.max(time);
+        prefix.push(max);
+    }
+    prefix
+}
+
+/// When something was emitted, relative to the rows of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    /// Released by the watermark before the row at the position (or at the batch's end).
+    Fire,
+    /// Caused by the row at the position itself (a late update).
+    Row,
+}
+
+/// Results from `first_result` on (to the next mark) were emitted at `position`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    pub(crate) first_result: usize,
+    pub(crate) position: usize,
+    pub(crate) phase: Phase,
+}
+
+/// What one shard made of its rows of a batch.
+pub(crate) struct ShardOutput {
+    pub(crate) results: Vec<RecordBatch>,
+    pub(crate) marks: Vec<Mark>,
+    /// Late events, by position in the whole batch's prepared rows.
+    pub(crate) late: Vec<LateEvent>,
+}
+
+/// The state of one batch's pass over its rows.
+struct BatchRun {
+    /// The partition's largest event time before the batch.
+    base: Option<i64>,
+    /// The other partitions' watermark.
+    others: Option<i64>,
+    /// Positions below this have been checked for firings.
+    checked: usize,
+    /// The lowest watermark at which something happens.
+    next_trigger: i64,
+    marks: Vec<Mark>,
+}
+
+impl BatchRun {
+    /// The partition's largest event time before `position` of the batch.
+    fn max_event_time(&self, trace: &Trace<'_>, position: usize) -> Option<i64> {
+        let in_batch = trace.prefix[position];
+        match self.base {
+            Some(base) => Some(base.max(in_batch)),
+            None => (in_batch != i64::MIN).then_some(in_batch),
+        }
+    }
+
+    /// Records that what `output` gained from `first_result` on was emitted at `position`.
+    fn mark(
+        &mut self,
+        first_result: usize,
+        position: usize,
+        phase: Phase,
+        output: &OperatorOutput,
+    ) {
+        if output.results.len() > first_result {
+            self.marks.push(Mark {
+                first_result,
+                position,
+                phase,
+            });
+        }
+    }
 }
 
 /// One row of a call's late-events output.
@@ -154,6 +254,67 @@ pub(crate) struct Prepared {
     keys: Vec<ArrayRef>,
     args: Vec<Vec<ArrayRef>>,
     filters: Vec<Option<BooleanArray>>,
+}
+
+impl Prepared {
+    /// The rows at `rows` (ascending): one shard's share of a batch. Its `batch` is empty:
+    /// late events are built from the whole batch's rows.
+    pub(crate) fn take(&self, rows: &[u32]) -> Result<Prepared, EngineError> {
+        Ok(Prepared {
+            input_rows: rows
+                .iter()
+                .map(|&row| self.input_rows[row as usize])
+                .collect(),
+            times: rows.iter().map(|&row| self.times[row as usize]).collect(),
+            ..self.columns_at(rows)?
+        })
+    }
+
+    /// The key, argument and FILTER columns at `rows`; no input rows, times or batch.
+    fn columns_at(&self, rows: &[u32]) -> Result<Prepared, EngineError> {
+        Ok(Prepared {
+            batch: self.batch.slice(0, 0),
+            input_rows: Vec::new(),
+            times: Vec::new(),
+            keys: select_all(&self.keys, rows)?,
+            args: self
+                .args
+                .iter()
+                .map(|columns| select_all(columns, rows))
+                .collect::<Result<_, _>>()?,
+            filters: self
+                .filters
+                .iter()
+                .map(|filter| {
+                    filter
+                        .as_ref()
+                        .map(|filter| {
+                            Ok::<_, EngineError>(
+                                select(&(Arc::new(filter.clone()) as ArrayRef), rows)?
+                                    .as_boolean()
+                                    .clone(),
+                            )
+                        })
+                        .transpose()
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The number of rows.
+    pub(crate) fn len(&self) -> usize {
+        self.times.len()
+    }
+
+    /// The event times, one per row.
+    pub(crate) fn times(&self) -> &[i64] {
+        &self.times
+    }
+
+    /// The group key columns.
+    pub(crate) fn keys(&self) -> &[ArrayRef] {
+        &self.keys
+    }
 }
 
 /// The window operator: tumbling and hopping windows here, session windows in `session.rs`.
@@ -294,46 +455,173 @@ impl WindowOperator {
         batch: &RecordBatch,
         arrival_ms: i64,
     ) -> Result<OperatorOutput, EngineError> {
-        if self.finished {
-            return Err(EngineError::Misuse("process after finish".to_string()));
-        }
-        let Some(clock) = self.partitions.get(partition as usize).copied() else {
-            return Err(EngineError::Misuse(format!(
-                "partition {partition} is outside the operator's {} partitions",
-                self.partitions.len()
-            )));
-        };
+        let clock = *self.input_clock(partition, "process")?;
         self.check_schema(batch)?;
+        self.start_batch(partition, arrival_ms);
+        let mut output = OperatorOutput::default();
+        let prepared = self.prepare(partition, batch, &mut output.errors)?;
+        let prefix = prefix_max(&prepared.times);
+        let trace = Trace {
+            positions: None,
+            prefix: &prefix,
+        };
+        let (late, _) = self.process_rows(partition, clock, &prepared, &trace, &mut output)?;
+        if !late.is_empty() || !output.errors.is_empty() {
+            self.late_count += late.len() as u64;
+            let batch = late_batch(
+                &self.late_schema,
+                partition,
+                batch,
+                &prepared,
+                &late,
+                &output.errors,
+            )?;
+            output.late_events.push(batch);
+        }
+        Ok(output)
+    }
+
+    /// Processes one shard's rows of a batch (see `sharded.rs`): `prepared` holds the rows
+    /// whose keys this operator owns, and `trace` where each stands in the whole batch and
+    /// the event times of the whole batch, so that the watermark moves exactly as it does
+    /// for one operator that sees every row. Late events come back with their positions in
+    /// the whole batch's prepared rows, for the caller to merge.
+    pub(crate) fn process_shard(
+        &mut self,
+        partition: u32,
+        arrival_ms: i64,
+        prepared: &Prepared,
+        trace: &Trace<'_>,
+    ) -> Result<ShardOutput, EngineError> {
+        let clock = *self.input_clock(partition, "process")?;
+        self.start_batch(partition, arrival_ms);
+        let mut output = OperatorOutput::default();
+        let (late, marks) = self.process_rows(partition, clock, prepared, trace, &mut output)?;
+        Ok(ShardOutput {
+            results: output.results,
+            marks,
+            late,
+        })
+    }
+
+    /// Checks that `batch` may be processed: before [`finish`](Self::finish), from a known
+    /// partition, with the stream's schema.
+    pub(crate) fn check_input(
+        &mut self,
+        partition: u32,
+        batch: &RecordBatch,
+    ) -> Result<(), EngineError> {
+        self.input_clock(partition, "process")?;
+        self.check_schema(batch)
+    }
+
+    /// Notes a batch's arrival on `partition`.
+    fn start_batch(&mut self, partition: u32, arrival_ms: i64) {
         self.observe_arrival(arrival_ms);
         self.partitions[partition as usize].last_arrival = Some(arrival_ms);
         self.partitions[partition as usize].at_end = false;
+    }
 
-        let mut output = OperatorOutput::default();
-        let prepared = self.prepare(partition, batch, &mut output.errors)?;
-        let others = self.others_watermark(partition);
-        if self.sessions.is_some() {
-            return self.process_sessions(partition, clock, batch, &prepared, others, output);
+    /// The rows of a batch, in order: each is judged against the watermark as it stood
+    /// before it (from `trace`), and whatever the watermark releases fires at the first
+    /// position where it does. Ends with the partition's largest event time recorded and the
+    /// watermark raised to where the whole batch left it. Returns the late events and where
+    /// in `output.results` each emission starts.
+    fn process_rows(
+        &mut self,
+        partition: u32,
+        clock: PartitionClock,
+        prepared: &Prepared,
+        trace: &Trace<'_>,
+        output: &mut OperatorOutput,
+    ) -> Result<(Vec<LateEvent>, Vec<Mark>), EngineError> {
+        let mut run = BatchRun {
+            base: clock.max_event_time,
+            others: self.others_watermark(partition),
+            checked: 0,
+            next_trigger: self.next_trigger(),
+            marks: Vec::new(),
+        };
+        let mut segment: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let late = if self.sessions.is_some() {
+            self.session_rows(prepared, trace, &mut run, output)?
+        } else {
+            self.window_rows(prepared, trace, &mut run, &mut segment, output)?
+        };
+        let end = trace.len();
+        self.step(&mut run, trace, end, prepared, &mut segment, output)?;
+        self.flush(prepared, &mut segment)?;
+        let max_event_time = run.max_event_time(trace, end);
+        self.partitions[partition as usize].max_event_time = max_event_time;
+        let first_result = output.results.len();
+        self.advance_to(self.watermark_with(max_event_time, run.others), output)?;
+        run.mark(first_result, end, Phase::Fire, output);
+        Ok((late, run.marks))
+    }
+
+    /// The watermark before position `position` of the batch.
+    fn trace_watermark(&self, run: &BatchRun, trace: &Trace<'_>, position: usize) -> i64 {
+        self.watermark_with(run.max_event_time(trace, position), run.others)
+    }
+
+    /// Fires what the watermark releases at the positions from `run.checked` up to `upto`,
+    /// each firing at the first position where the watermark reaches the next trigger, as
+    /// it would for an operator that sees every row there.
+    fn step(
+        &mut self,
+        run: &mut BatchRun,
+        trace: &Trace<'_>,
+        upto: usize,
+        prepared: &Prepared,
+        segment: &mut BTreeMap<i64, Vec<u32>>,
+        output: &mut OperatorOutput,
+    ) -> Result<(), EngineError> {
+        while run.checked <= upto && self.trace_watermark(run, trace, upto) >= run.next_trigger {
+            // The watermark never goes back, so the first position reaching the trigger is
+            // found by bisection.
+            let (mut low, mut high) = (run.checked, upto);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                if self.trace_watermark(run, trace, middle) >= run.next_trigger {
+                    high = middle;
+                } else {
+                    low = middle + 1;
+                }
+            }
+            self.flush(prepared, segment)?;
+            let first_result = output.results.len();
+            self.advance_to(self.trace_watermark(run, trace, low), output)?;
+            run.mark(first_result, low, Phase::Fire, output);
+            run.next_trigger = self.next_trigger();
+            run.checked = low + 1;
         }
+        Ok(())
+    }
+
+    /// The per-row loop for tumbling and hopping windows: rows go into per-window segments,
+    /// added to the windows' state before anything reads it.
+    fn window_rows(
+        &mut self,
+        prepared: &Prepared,
+        trace: &Trace<'_>,
+        run: &mut BatchRun,
+        segment: &mut BTreeMap<i64, Vec<u32>>,
+        output: &mut OperatorOutput,
+    ) -> Result<Vec<LateEvent>, EngineError> {
         let spec = self.plan.window;
         let size_ms = spec.size_ms();
         let per_event = spec.windows_per_event();
-        let mut max_event_time = clock.max_event_time;
-        let mut segment: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut late: Vec<LateEvent> = Vec::new();
-        let mut next_trigger = self.next_trigger();
         for (row, &timestamp) in prepared.times.iter().enumerate() {
-            let watermark = self.watermark_with(max_event_time, others);
-            if watermark >= next_trigger {
-                self.flush(&prepared, &mut segment)?;
-                self.advance_to(watermark, &mut output)?;
-                next_trigger = self.next_trigger();
-            }
+            let position = trace.position(row);
+            self.step(run, trace, position, prepared, segment, output)?;
+            let watermark = self.trace_watermark(run, trace, position);
             for nth in 0..per_event {
                 let start = spec.window_start(timestamp, nth);
                 let end = start.saturating_add(size_ms);
                 if end.saturating_add(self.allowed_lateness_ms) <= watermark {
                     late.push(LateEvent {
-                        row: row as u32,
+                        row: position as u32,
                         window_start: start,
                         watermark,
                         reason: format!(
@@ -345,24 +633,66 @@ impl WindowOperator {
                         ),
                     });
                 } else if end <= watermark {
-                    self.flush(&prepared, &mut segment)?;
-                    self.apply_late_update(&prepared, row, start, &mut output)?;
+                    self.flush(prepared, segment)?;
+                    let first_result = output.results.len();
+                    self.apply_late_update(prepared, row, start, output)?;
+                    run.mark(first_result, position, Phase::Row, output);
                 } else {
                     segment.entry(start).or_default().push(row as u32);
-                    next_trigger = next_trigger.min(end);
+                    run.next_trigger = run.next_trigger.min(end);
                 }
             }
-            max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
+            run.checked = position + 1;
         }
-        self.flush(&prepared, &mut segment)?;
-        self.end_batch(
-            partition,
-            max_event_time,
-            others,
-            (batch, &prepared),
-            &late,
-            output,
-        )
+        Ok(late)
+    }
+
+    /// The per-row loop for session windows (see `session.rs`).
+    fn session_rows(
+        &mut self,
+        prepared: &Prepared,
+        trace: &Trace<'_>,
+        run: &mut BatchRun,
+        output: &mut OperatorOutput,
+    ) -> Result<Vec<LateEvent>, EngineError> {
+        let plan = Arc::clone(&self.plan);
+        let lateness = self.allowed_lateness_ms;
+        let n_rows = prepared.times.len();
+        let key_ids = self
+            .sessions
+            .as_mut()
+            .expect("called for session windows")
+            .intern(&prepared.keys, n_rows)?;
+        let mut late: Vec<LateEvent> = Vec::new();
+        let mut no_segment = BTreeMap::new();
+        for (row, &timestamp) in prepared.times.iter().enumerate() {
+            let position = trace.position(row);
+            self.step(run, trace, position, prepared, &mut no_segment, output)?;
+            let watermark = self.trace_watermark(run, trace, position);
+            let key = key_ids[row];
+            let sessions = self.sessions.as_mut().expect("called for session windows");
+            match sessions.assign(&plan, key, timestamp, watermark, lateness)? {
+                Assignment::Open => {
+                    sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?
+                }
+                Assignment::LateUpdate { key, start } => {
+                    sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?;
+                    let first_result = output.results.len();
+                    sessions.emit(&plan, &[(key, start)], output)?;
+                    sessions.mark_fired(key, start, lateness);
+                    run.mark(first_result, position, Phase::Row, output);
+                }
+                Assignment::Late(reason) => late.push(LateEvent {
+                    row: position as u32,
+                    window_start: timestamp,
+                    watermark,
+                    reason,
+                }),
+            }
+            run.next_trigger = sessions.next_trigger();
+            run.checked = position + 1;
+        }
+        Ok(late)
     }
 
     /// Moves the arrival clock to `arrival_ms` without data, so that idle partitions stop
@@ -462,84 +792,6 @@ impl WindowOperator {
         Ok(output)
     }
 
-    /// Closes a batch: records the partition's largest event time, raises the watermark to
-    /// where the batch left it, and adds the batch's late events and failed events.
-    fn end_batch(
-        &mut self,
-        partition: u32,
-        max_event_time: Option<i64>,
-        others: Option<i64>,
-        (input, prepared): (&RecordBatch, &Prepared),
-        late: &[LateEvent],
-        mut output: OperatorOutput,
-    ) -> Result<OperatorOutput, EngineError> {
-        self.partitions[partition as usize].max_event_time = max_event_time;
-        let watermark = self.watermark_with(max_event_time, others);
-        self.advance_to(watermark, &mut output)?;
-        if !late.is_empty() || !output.errors.is_empty() {
-            let batch = self.late_batch(partition, input, prepared, late, &output.errors)?;
-            output.late_events.push(batch);
-        }
-        Ok(output)
-    }
-
-    /// The per-row loop for session windows (see `session.rs`).
-    fn process_sessions(
-        &mut self,
-        partition: u32,
-        clock: PartitionClock,
-        input: &RecordBatch,
-        prepared: &Prepared,
-        others: Option<i64>,
-        mut output: OperatorOutput,
-    ) -> Result<OperatorOutput, EngineError> {
-        let plan = Arc::clone(&self.plan);
-        let lateness = self.allowed_lateness_ms;
-        let n_rows = prepared.times.len();
-        let key_ids = self
-            .sessions
-            .as_mut()
-            .expect("called for session windows")
-            .intern(&prepared.keys, n_rows)?;
-        let mut max_event_time = clock.max_event_time;
-        let mut late: Vec<LateEvent> = Vec::new();
-        let mut next_trigger = self.next_trigger();
-        for (row, &timestamp) in prepared.times.iter().enumerate() {
-            let watermark = self.watermark_with(max_event_time, others);
-            if watermark >= next_trigger {
-                self.advance_to(watermark, &mut output)?;
-            }
-            let key = key_ids[row];
-            let sessions = self.sessions.as_mut().expect("called for session windows");
-            match sessions.assign(&plan, key, timestamp, watermark, lateness)? {
-                Assignment::Open => {
-                    sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?
-                }
-                Assignment::LateUpdate { key, start } => {
-                    sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?;
-                    sessions.emit(&plan, &[(key, start)], &mut output)?;
-                    sessions.mark_fired(key, start, lateness);
-                }
-                Assignment::Late(reason) => late.push(LateEvent {
-                    row: row as u32,
-                    window_start: timestamp,
-                    watermark,
-                    reason,
-                }),
-            }
-            next_trigger = sessions.next_trigger();
-            max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
-        }
-        self.end_batch(
-            partition,
-            max_event_time,
-            others,
-            (input, prepared),
-            &late,
-            output,
-        )
-    }
-
     fn check_schema(&self, batch: &RecordBatch) -> Result<(), EngineError> {
         let expected = self.plan.stream_schema.fields();
         let actual = batch.schema();
@@ -621,23 +873,18 @@ impl WindowOperator {
             return sessions.next_trigger();
         }
         let mut next = i64::MAX;
-        let mut any_unfired = false;
         for window in self.windows.values() {
             if window.fired {
                 next = next.min(window.end.saturating_add(self.allowed_lateness_ms));
             } else {
-                any_unfired = true;
                 next = next.min(window.end);
             }
         }
         if self.early_interval_ms().is_some() {
-            match self.next_early {
-                // The first real watermark sets the first early boundary; it must be seen at
-                // the row where it happens, whatever the batching.
-                None => next = next.min(i64::MIN + 1),
-                Some(early) if any_unfired => next = next.min(early),
-                Some(_) => {}
-            }
+            // Every boundary is seen where the watermark crosses it, open windows or not, so
+            // that the next one is counted from there: the first real watermark sets the
+            // first, whatever the batching.
+            next = next.min(self.next_early.unwrap_or(i64::MIN + 1));
         }
         next
     }
@@ -685,28 +932,12 @@ impl WindowOperator {
         start: i64,
         rows: &[u32],
     ) -> Result<Vec<usize>, EngineError> {
-        let keys = select_all(&prepared.keys, rows)?;
-        let args = prepared
-            .args
-            .iter()
-            .map(|columns| select_all(columns, rows))
-            .collect::<Result<Vec<_>, _>>()?;
-        let filters = prepared
-            .filters
-            .iter()
-            .map(|filter| {
-                filter
-                    .as_ref()
-                    .map(|filter| {
-                        Ok::<_, EngineError>(
-                            select(&(Arc::new(filter.clone()) as ArrayRef), rows)?
-                                .as_boolean()
-                                .clone(),
-                        )
-                    })
-                    .transpose()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let Prepared {
+            keys,
+            args,
+            filters,
+            ..
+        } = prepared.columns_at(rows)?;
         let window = self.window_mut(start)?;
         Ok(window
             .table
@@ -853,65 +1084,61 @@ impl WindowOperator {
         )?;
         Ok(Some(batch))
     }
+}
 
-    /// The late events of a batch (rows of `prepared`) and its failed events (rows of
-    /// `input`), merged in input order: the late-events output of one call.
-    fn late_batch(
-        &mut self,
-        partition: u32,
-        input: &RecordBatch,
-        prepared: &Prepared,
-        late: &[LateEvent],
-        errors: &[EventError],
-    ) -> Result<RecordBatch, EngineError> {
-        self.late_count += late.len() as u64;
-        let mut rows: Vec<LateRow<'_>> = late
-            .iter()
-            .map(|event| LateRow {
-                input_row: prepared.input_rows[event.row as usize],
-                source: (1, event.row as usize),
-                window_start: Some(event.window_start),
-                watermark: Some(event.watermark),
-                reason: &event.reason,
-            })
-            .collect();
-        rows.extend(errors.iter().map(|error| LateRow {
-            input_row: error.row as u32,
-            source: (0, error.row),
-            window_start: None,
-            watermark: None,
-            reason: &error.reason,
-        }));
-        rows.sort_by_key(|row| row.input_row);
-        let indices: Vec<(usize, usize)> = rows.iter().map(|row| row.source).collect();
-        let mut columns = (0..input.num_columns())
-            .map(|column| {
-                interleave(
-                    &[
-                        input.column(column).as_ref(),
-                        prepared.batch.column(column).as_ref(),
-                    ],
-                    &indices,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        columns.push(Arc::new(UInt32Array::from(vec![partition; rows.len()])));
-        columns.push(Arc::new(TimestampMillisecondArray::from(
-            rows.iter().map(|row| row.window_start).collect::<Vec<_>>(),
-        )));
-        columns.push(Arc::new(TimestampMillisecondArray::from(
-            rows.iter().map(|row| row.watermark).collect::<Vec<_>>(),
-        )));
-        let mut reasons = StringBuilder::new();
-        for row in &rows {
-            reasons.append_value(row.reason);
-        }
-        columns.push(Arc::new(reasons.finish()));
-        Ok(RecordBatch::try_new(
-            Arc::clone(&self.late_schema),
-            columns,
-        )?)
+/// The late events of a batch (rows of `prepared`) and its failed events (rows of
+/// `input`), merged in input order: the late-events output of one call.
+pub(crate) fn late_batch(
+    schema: &SchemaRef,
+    partition: u32,
+    input: &RecordBatch,
+    prepared: &Prepared,
+    late: &[LateEvent],
+    errors: &[EventError],
+) -> Result<RecordBatch, EngineError> {
+    let mut rows: Vec<LateRow<'_>> = late
+        .iter()
+        .map(|event| LateRow {
+            input_row: prepared.input_rows[event.row as usize],
+            source: (1, event.row as usize),
+            window_start: Some(event.window_start),
+            watermark: Some(event.watermark),
+            reason: &event.reason,
+        })
+        .collect();
+    rows.extend(errors.iter().map(|error| LateRow {
+        input_row: error.row as u32,
+        source: (0, error.row),
+        window_start: None,
+        watermark: None,
+        reason: &error.reason,
+    }));
+    rows.sort_by_key(|row| row.input_row);
+    let indices: Vec<(usize, usize)> = rows.iter().map(|row| row.source).collect();
+    let mut columns = (0..input.num_columns())
+        .map(|column| {
+            interleave(
+                &[
+                    input.column(column).as_ref(),
+                    prepared.batch.column(column).as_ref(),
+                ],
+                &indices,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    columns.push(Arc::new(UInt32Array::from(vec![partition; rows.len()])));
+    columns.push(Arc::new(TimestampMillisecondArray::from(
+        rows.iter().map(|row| row.window_start).collect::<Vec<_>>(),
+    )));
+    columns.push(Arc::new(TimestampMillisecondArray::from(
+        rows.iter().map(|row| row.watermark).collect::<Vec<_>>(),
+    )));
+    let mut reasons = StringBuilder::new();
+    for row in &rows {
+        reasons.append_value(row.reason);
     }
+    columns.push(Arc::new(reasons.finish()));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
 
 /// Builds result rows: the Aggregate node's columns (group slots, then aggregates), the

@@ -118,7 +118,7 @@ pub(crate) fn open_input(
                     Arc::new(time_column_as_timestamp(&inferred, time_column))
                 }
             };
-            let reader: Box<dyn Iterator<Item = _>> = if format == FileFormat::Jsonl {
+            let reader: BatchIter = if format == FileFormat::Jsonl {
                 Box::new(
                     arrow::json::ReaderBuilder::new(Arc::clone(&schema))
                         .with_batch_size(batch_size)
@@ -520,7 +520,8 @@ impl<'a> Batcher<'a> {
 }
 
 /// Record batches read from a file.
-pub(crate) type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>;
+pub(crate) type BatchIter =
+    Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
 
 fn parquet_batches(path: &Path, batch_size: usize) -> anyhow::Result<BatchIter> {
     Ok(Box::new(parquet_reader(File::open(path)?, batch_size)?))

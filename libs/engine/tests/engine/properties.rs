@@ -13,7 +13,7 @@ use arrow::datatypes::{
 };
 use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
-use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
+use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, ShardedOperator, WindowOperator};
 
 use crate::support::render;
 
@@ -137,6 +137,22 @@ fn run(
             let bytes = operator.snapshot().expect("snapshot");
             operator = WindowOperator::restore(Arc::clone(plan), options, &bytes).expect("restore");
         }
+        output.append(operator.process(0, batch, idx as i64).expect("process"));
+    }
+    output.append(operator.finish().expect("finish"));
+    output
+}
+
+/// Runs the batches through `shards` operator shards.
+fn run_sharded(
+    plan: &Arc<JobPlan>,
+    options: OperatorOptions,
+    batches: &[RecordBatch],
+    shards: usize,
+) -> OperatorOutput {
+    let mut operator = ShardedOperator::new(Arc::clone(plan), options, shards).expect("operator");
+    let mut output = OperatorOutput::default();
+    for (idx, batch) in batches.iter().enumerate() {
         output.append(operator.process(0, batch, idx as i64).expect("process"));
     }
     output.append(operator.finish().expect("finish"));
@@ -350,6 +366,43 @@ proptest! {
         let whole = rendered(&run(&plan, options, &batches(&events, &[]), &[]));
         let cut = rendered(&run(&plan, options, &batches(&events, &cuts), &[]));
         same_output(&whole, &cut)?;
+    }
+
+    #[test]
+    fn sharding_does_not_change_the_output(
+        events in events(),
+        cuts in prop::collection::vec(any::<usize>(), 0..20),
+        options in any_options(),
+        window in 0u8..3,
+    ) {
+        let (plan, options) = match window {
+            0 => (plan(TUMBLE_JOB), options),
+            1 => (plan(HOP_JOB), options),
+            _ => (plan(SESSION_JOB), OperatorOptions { early_emit_interval: None, ..options }),
+        };
+        let cut = batches(&events, &cuts);
+        let one = run_sharded(&plan, options, &batches(&events, &[]), 1);
+        // Byte for byte, for any number of shards and any batching.
+        for shards in [2, 4] {
+            same_output(&rendered(&one), &rendered(&run_sharded(&plan, options, &cut, shards)))?;
+        }
+        // The same rows as one operator: the late events in the same order, the results
+        // ordered differently only within one firing.
+        let plain = run(&plan, options, &cut, &[]);
+        let mut late = String::new();
+        render(&plain.late_events, "late", &mut late);
+        let mut sharded_late = String::new();
+        render(&one.late_events, "late", &mut sharded_late);
+        same_output(&late, &sharded_late)?;
+        let sorted_lines = |output: &OperatorOutput| {
+            let mut text = String::new();
+            render(&output.results, "result", &mut text);
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            lines.sort();
+            lines.join("\n")
+        };
+        same_output(&sorted_lines(&plain), &sorted_lines(&one))?;
+        prop_assert_eq!(finals(&plain), finals(&one));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use runnel_config::Config;
-use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
+use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, ShardedOperator};
 
 use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
 
@@ -48,6 +48,10 @@ pub(crate) struct RunArgs {
     /// Events per batch fed to the operator (results do not depend on it).
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
+    /// `live`: operator shards, each a thread owning a share of the keys, with one watermark
+    /// (results do not depend on it). Default: one per core.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
 }
 
 /// How `runnel run` evaluates the job.
@@ -180,7 +184,11 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         idle_timeout: None,
         early_emit_interval: args.early_emit,
     };
-    let mut operator = WindowOperator::new(Arc::clone(&plan), options)?;
+    let shards = match args.shards {
+        Some(shards) => shards,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let mut operator = ShardedOperator::new(Arc::clone(&plan), options, shards)?;
     let late_out = late_path(&args.out);
     let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
     let mut late_file = OutputFile::create(&late_out, output_format, operator.late_schema())?;
@@ -206,12 +214,24 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         }
         Ok(())
     };
-    for batch in batches {
+    // The file is read and decoded on its own thread, a few batches ahead of the operator.
+    let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+    let reader = std::thread::spawn(move || {
+        for batch in batches {
+            if sender.send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    for batch in receiver {
         let batch = batch
             .with_context(|| format!("read {} after {n_events} events", args.input.display()))?;
         let output = operator.process(0, &batch, 0)?;
         write(output, n_events)?;
         n_events += batch.num_rows();
+    }
+    if reader.join().is_err() {
+        bail!("reading {} failed", args.input.display());
     }
     write(operator.finish()?, n_events)?;
     results_file.finish()?;

@@ -501,3 +501,89 @@ fn query_and_ingest_output_serves_people_and_scripts() {
         "{stdout}"
     );
 }
+
+#[test]
+fn run_live_writes_the_same_bytes_for_any_number_of_shards() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 3,000 clicks of 40 users, a tenth up to 6 s out of order, so that some are late with a 1 s
+    // watermark lag and 2 s of allowed lateness (late updates and late events both).
+    let mut random = runnel_testkit::random::SplitMix64(20);
+    let mut clock = 0i64;
+    let mut jsonl = String::new();
+    for _ in 0..3_000 {
+        clock += random.below(40) as i64;
+        let time = (clock - random.below(6_000) as i64 * (random.below(10) == 0) as i64).max(0);
+        jsonl.push_str(&format!(
+            "{{\"event_time\": \"{}\", \"user_id\": \"u{}\", \"page\": \"/p{}\", \"country\": \"de\", \"duration_ms\": {}}}\n",
+            rfc3339(time),
+            random.below(40),
+            random.below(5),
+            random.below(1_000)
+        ));
+    }
+    std::fs::write(dir.path().join("events.jsonl"), jsonl).expect("write events");
+    for (name, window) in [
+        (
+            "hop",
+            "HOP(clicks, event_time, INTERVAL '2' SECOND, INTERVAL '6' SECOND)",
+        ),
+        (
+            "session",
+            "SESSION(clicks, event_time, INTERVAL '1' SECOND)",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join("job.sql"),
+            format!(
+                "SELECT user_id, window_start, window_end, COUNT(*) AS n, SUM(duration_ms) AS total \
+                 FROM {window} GROUP BY user_id, window_start, window_end"
+            ),
+        )
+        .expect("write job");
+        let outputs: Vec<(String, String)> = ["1", "2", "4"]
+            .iter()
+            .map(|shards| {
+                let out = format!("{name}-{shards}.jsonl");
+                let run = runnel_with(
+                    dir.path(),
+                    &[
+                        "run",
+                        "--sql",
+                        "job.sql",
+                        "--input",
+                        "events.jsonl",
+                        "--out",
+                        &out,
+                        "--max-out-of-orderness",
+                        "1s",
+                        "--allowed-lateness",
+                        "2s",
+                        "--batch-size",
+                        "64",
+                        "--shards",
+                        shards,
+                    ],
+                    &[],
+                );
+                assert!(run.status.success(), "{}", text(&run.stderr));
+                let read = |path: String| {
+                    std::fs::read_to_string(dir.path().join(&path)).expect("read output")
+                };
+                (read(out), read(format!("{name}-{shards}.late.jsonl")))
+            })
+            .collect();
+        let (results, late) = &outputs[0];
+        assert!(results.lines().count() > 100, "{name}: {results}");
+        assert!(
+            results.contains("\"_final\":true") && results.contains("\"_version\":2"),
+            "{name}: late updates too: {results}"
+        );
+        assert!(late.lines().count() > 10, "{name}: late events too: {late}");
+        for (shards, output) in ["2", "4"].iter().zip(&outputs[1..]) {
+            assert!(
+                output == &outputs[0],
+                "{name}: {shards} shards wrote other bytes than one"
+            );
+        }
+    }
+}

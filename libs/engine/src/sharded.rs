@@ -1,0 +1,299 @@
+//! Keys sharded over several window operators, one thread each, with one watermark.
+//!
+//! Each batch is prepared once (event times, WHERE, the key and argument expressions), its
+//! rows go to the shard that owns their key (a hash of the key columns), and every shard
+//! runs its rows against the watermark of the whole batch ([`Trace`]): before each of its
+//! rows the watermark stands where the rows of every shard before it have put it, and a
+//! firing happens at the position in the batch where the watermark crosses its trigger, as
+//! in one operator that sees every row. Each shard therefore emits, for its keys, exactly
+//! what one operator would; only the order across keys is the shards' own.
+//!
+//! The merge puts the shards' emissions back in one order that does not depend on the
+//! number of shards: by position in the batch (a firing before the row at that position,
+//! then what the row itself caused, a late update), and within one firing by
+//! `(_window_start, _key, _version)`. So the output is byte-identical for any number of
+//! shards, one included. Within a firing the order differs from [`WindowOperator`]'s own
+//! (which emits groups in the order they were first seen), not its content.
+
+use std::sync::Arc;
+
+use arrow::array::{RecordBatch, UInt32Array};
+use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::hash_utils::{RandomState, create_hashes};
+
+use crate::error::EngineError;
+use crate::operator::{
+    LateEvent, Mark, OperatorOptions, OperatorOutput, Phase, ShardOutput, Trace, WindowOperator,
+    late_batch, prefix_max, prepare_events,
+};
+use crate::plan::{JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_START_COLUMN};
+
+/// The most shards an operator may have.
+pub const MAX_SHARDS: usize = 256;
+
+/// A [`WindowOperator`] per shard of the key space, run in parallel on bounded input.
+///
+/// It has the window operator's semantics (watermarks, firing, lateness, late events,
+/// early results) but no snapshots: it serves whole runs such as `runnel run`.
+pub struct ShardedOperator {
+    plan: Arc<JobPlan>,
+    shards: Vec<WindowOperator>,
+    hasher: RandomState,
+    late_schema: SchemaRef,
+    late_count: u64,
+}
+
+impl ShardedOperator {
+    /// Creates `shards` operators for `plan` (at least 1, at most [`MAX_SHARDS`]).
+    ///
+    /// # Errors
+    ///
+    /// What [`WindowOperator::new`] refuses, and a shard count out of range.
+    pub fn new(
+        plan: Arc<JobPlan>,
+        options: OperatorOptions,
+        shards: usize,
+    ) -> Result<ShardedOperator, EngineError> {
+        if !(1..=MAX_SHARDS).contains(&shards) {
+            return Err(EngineError::plan(format!(
+                "the operator's shard count must be between 1 and {MAX_SHARDS}, not {shards}"
+            )));
+        }
+        let operators = (0..shards)
+            .map(|_| WindowOperator::new(Arc::clone(&plan), options))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ShardedOperator {
+            late_schema: operators[0].late_schema(),
+            plan,
+            shards: operators,
+            hasher: RandomState::with_seed(0),
+            late_count: 0,
+        })
+    }
+
+    /// Returns the number of shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Returns the schema of late-event batches (see [`WindowOperator::late_schema`]).
+    pub fn late_schema(&self) -> SchemaRef {
+        Arc::clone(&self.late_schema)
+    }
+
+    /// Returns the watermark, the same in every shard (epoch ms; `i64::MIN` before any).
+    pub fn watermark(&self) -> i64 {
+        self.shards[0].watermark()
+    }
+
+    /// Returns how many (event, window) pairs were too late to count so far.
+    pub fn late_count(&self) -> u64 {
+        self.late_count
+    }
+
+    /// Returns the number of open windows (sessions count one per key) and of groups,
+    /// summed over the shards.
+    pub fn open_state(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(windows, groups), shard| {
+            let (w, g) = shard.open_state();
+            (windows + w, groups + g)
+        })
+    }
+
+    /// Processes a batch, as [`WindowOperator::process`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`WindowOperator::process`].
+    pub fn process(
+        &mut self,
+        partition: u32,
+        batch: &RecordBatch,
+        arrival_ms: i64,
+    ) -> Result<OperatorOutput, EngineError> {
+        self.shards[0].check_input(partition, batch)?;
+        let mut output = OperatorOutput::default();
+        let prepared = prepare_events(&self.plan, partition, batch, &mut output.errors)?;
+        let prefix = prefix_max(prepared.times());
+        let owned = self.owned_rows(prepared.keys(), prepared.len())?;
+        let parts = if self.shards.len() == 1 {
+            vec![None]
+        } else {
+            owned
+                .iter()
+                .map(|rows| prepared.take(rows).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let run = |shard: &mut WindowOperator, part: &Option<_>, rows: &Vec<u32>| {
+            let trace = Trace {
+                positions: part.as_ref().map(|_| rows.as_slice()),
+                prefix: &prefix,
+            };
+            shard.process_shard(
+                partition,
+                arrival_ms,
+                part.as_ref().unwrap_or(&prepared),
+                &trace,
+            )
+        };
+        let outputs: Vec<Result<ShardOutput, EngineError>> = match self.shards.as_mut_slice() {
+            [only] => vec![run(only, &parts[0], &owned[0])],
+            [first, rest @ ..] => std::thread::scope(|scope| {
+                let handles: Vec<_> = rest
+                    .iter_mut()
+                    .zip(&parts[1..])
+                    .zip(&owned[1..])
+                    .map(|((shard, part), rows)| scope.spawn(move || run(shard, part, rows)))
+                    .collect();
+                let mut outputs = vec![run(first, &parts[0], &owned[0])];
+                outputs.extend(handles.into_iter().map(|handle| {
+                    handle.join().unwrap_or_else(|_| {
+                        Err(EngineError::Misuse(
+                            "an operator shard panicked".to_string(),
+                        ))
+                    })
+                }));
+                outputs
+            }),
+            [] => unreachable!("an operator has at least one shard"),
+        };
+        let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut late: Vec<LateEvent> = Vec::new();
+        let mut emissions: Vec<Emission> = Vec::new();
+        for shard_output in outputs {
+            late.extend(shard_output.late);
+            emissions.extend(Emission::split(shard_output.results, &shard_output.marks));
+        }
+        output.results = merge(emissions)?;
+        if !late.is_empty() || !output.errors.is_empty() {
+            self.late_count += late.len() as u64;
+            output.late_events.push(late_batch(
+                &self.late_schema,
+                partition,
+                batch,
+                &prepared,
+                &late,
+                &output.errors,
+            )?);
+        }
+        Ok(output)
+    }
+
+    /// Ends a bounded input, as [`WindowOperator::finish`] does.
+    ///
+    /// # Errors
+    ///
+    /// Failures inside DataFusion.
+    pub fn finish(&mut self) -> Result<OperatorOutput, EngineError> {
+        let mut emissions = Vec::new();
+        for shard in &mut self.shards {
+            emissions.push(Emission {
+                position: 0,
+                phase: Phase::Fire,
+                results: shard.finish()?.results,
+            });
+        }
+        Ok(OperatorOutput {
+            results: merge(emissions)?,
+            ..OperatorOutput::default()
+        })
+    }
+
+    /// The rows (ascending) of each shard, by a hash of their key columns.
+    fn owned_rows(
+        &self,
+        keys: &[arrow::array::ArrayRef],
+        n_rows: usize,
+    ) -> Result<Vec<Vec<u32>>, EngineError> {
+        let n_shards = self.shards.len();
+        let mut owned = vec![Vec::new(); n_shards];
+        if n_shards == 1 || keys.is_empty() {
+            owned[0] = (0..n_rows as u32).collect();
+            return Ok(owned);
+        }
+        let mut hashes = vec![0u64; n_rows];
+        create_hashes(keys, &self.hasher, &mut hashes)?;
+        for (row, hash) in hashes.iter().enumerate() {
+            owned[(*hash % n_shards as u64) as usize].push(row as u32);
+        }
+        Ok(owned)
+    }
+}
+
+/// Results one shard emitted at one position of a batch.
+struct Emission {
+    position: usize,
+    phase: Phase,
+    results: Vec<RecordBatch>,
+}
+
+impl Emission {
+    /// Cuts a shard's results at its marks.
+    fn split(mut results: Vec<RecordBatch>, marks: &[Mark]) -> Vec<Emission> {
+        let mut emissions = Vec::with_capacity(marks.len());
+        for mark in marks.iter().rev() {
+            emissions.push(Emission {
+                position: mark.position,
+                phase: mark.phase,
+                results: results.split_off(mark.first_result),
+            });
+        }
+        debug_assert!(results.is_empty(), "every result follows a mark");
+        emissions.reverse();
+        emissions
+    }
+}
+
+/// Puts the shards' emissions in the order that does not depend on the sharding: by
+/// position and phase; a firing's rows by `(_window_start, _key, _version)`; a row's own
+/// emissions (from one shard) as they came.
+fn merge(mut emissions: Vec<Emission>) -> Result<Vec<RecordBatch>, EngineError> {
+    emissions.sort_by_key(|emission| (emission.position, emission.phase));
+    let mut merged = Vec::new();
+    let mut emissions = emissions.into_iter().peekable();
+    while let Some(emission) = emissions.next() {
+        if emission.phase == Phase::Row {
+            merged.extend(emission.results);
+            continue;
+        }
+        let mut firing = emission.results;
+        while let Some(next) = emissions
+            .next_if(|next| (next.position, next.phase) == (emission.position, emission.phase))
+        {
+            firing.extend(next.results);
+        }
+        if let Some(batch) = sorted_firing(&firing)? {
+            merged.push(batch);
+        }
+    }
+    Ok(merged)
+}
+
+/// One firing's rows in one batch, sorted by `(_window_start, _key, _version)`.
+fn sorted_firing(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, EngineError> {
+    let Some(first) = batches.first() else {
+        return Ok(None);
+    };
+    let batch = concat_batches(&first.schema(), batches)?;
+    if batch.num_rows() == 0 {
+        return Ok(None);
+    }
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Misuse(format!("a result batch has no `{name}` column")))
+    };
+    let columns = [WINDOW_START_COLUMN, KEY_COLUMN, VERSION_COLUMN]
+        .into_iter()
+        .map(|name| {
+            Ok(SortColumn {
+                values: column(name)?,
+                options: None,
+            })
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
+    let indices: UInt32Array = lexsort_to_indices(&columns, None)?;
+    Ok(Some(take_record_batch(&batch, &indices)?))
+}
