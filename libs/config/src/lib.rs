@@ -242,6 +242,27 @@ mod tests {
     }
 
     #[test]
+    fn a_recompute_gets_2_gib_unless_told_and_never_less_than_1_mib() {
+        assert_eq!(
+            Config::embedded_defaults()
+                .batch_reprocessor
+                .recompute_memory_limit,
+            2 << 30
+        );
+        let small = Config::load(
+            &[],
+            &env(&[("RUNNEL__BATCH_REPROCESSOR__RECOMPUTE_MEMORY_LIMIT", "1000")]),
+        )
+        .expect_err("a limit below 1 MiB");
+        assert!(
+            small
+                .to_string()
+                .contains("batch-reprocessor.recompute-memory-limit"),
+            "{small}"
+        );
+    }
+
+    #[test]
     fn env_overrides_nested_keys_and_parses_values() {
         let config = Config::load(
             &[],

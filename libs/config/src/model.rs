@@ -55,6 +55,10 @@ pub struct BatchReprocessorConfig {
     /// a range wider than that, usually widened by an outlying event time, is refused
     /// before anything is read or written. At most 10,000,000.
     pub max_recompute_chunks: u64,
+    /// The memory a recompute (`runnel backfill --mode recompute`, `runnel run --mode
+    /// recompute`) may hold, in bytes; past it, sorts and aggregations spill to files in the
+    /// operating system's temporary directory. At least 1 MiB.
+    pub recompute_memory_limit: u64,
 }
 
 /// The serving service.
@@ -898,6 +902,15 @@ impl Config {
                 format!(
                     "must be from 1 to 10000000, got {}",
                     self.batch_reprocessor.max_recompute_chunks
+                ),
+            ));
+        }
+        if self.batch_reprocessor.recompute_memory_limit < 1 << 20 {
+            return Err(semantic(
+                "batch-reprocessor.recompute-memory-limit".to_string(),
+                format!(
+                    "must be at least 1048576 (1 MiB), got {}",
+                    self.batch_reprocessor.recompute_memory_limit
                 ),
             ));
         }

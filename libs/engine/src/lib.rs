@@ -33,6 +33,9 @@ pub use plan::{
     FINAL_COLUMN, JobLimits, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
     WINDOW_START_COLUMN,
 };
-pub use recompute::{WindowResults, recompute, recompute_config, recompute_windows};
+pub use recompute::{
+    WindowResults, recompute, recompute_config, recompute_context, recompute_runtime,
+    recompute_windows,
+};
 pub use sharded::{MAX_SHARDS, ShardedOperator};
 pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};

@@ -9,6 +9,7 @@
 //! key ordered by event time). The key expressions and window start are carried as hidden
 //! columns, so results get the same `_key` as live ones.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
@@ -16,6 +17,9 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{ScalarValue, exec_err};
+use datafusion::execution::disk_manager::DiskManagerBuilder;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
@@ -46,6 +50,52 @@ pub fn recompute_config() -> SessionConfig {
     SessionConfig::new()
         .with_target_partitions(2 * cores)
         .with_batch_size(32_768)
+}
+
+/// Returns the DataFusion runtime a recompute runs in: a memory pool of `memory_limit`
+/// bytes, shared fairly among the plan's operators that can spill (sorts, aggregations),
+/// which spill to files in the operating system's temporary directory when their share is
+/// used up. A recompute whose unspillable state does not fit fails with DataFusion's
+/// "resources exhausted", naming the largest consumers.
+///
+/// Share one runtime among the contexts of one recompute, so that the limit holds for all.
+///
+/// # Errors
+///
+/// DataFusion failing to set up its temporary directory.
+pub fn recompute_runtime(memory_limit: usize) -> Result<Arc<RuntimeEnv>, EngineError> {
+    let pool = TrackConsumersPool::new(
+        FairSpillPool::new(memory_limit),
+        NonZeroUsize::new(5).expect("5 is not zero"),
+    );
+    // A sort merges at most this many spilled runs at once (more in several passes), so that
+    // merging, which holds a batch of each run and cannot spill, stays within the pool.
+    const SPILL_MERGE_FAN_IN: usize = 8;
+    Ok(RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(pool))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_max_spill_merge_fan_in(SPILL_MERGE_FAN_IN),
+        )
+        .build_arc()?)
+}
+
+/// Returns a context for a recompute in `runtime` (from [`recompute_runtime`]) with
+/// `config`, where each sort keeps back, for merging its spilled runs, DataFusion's 10 MiB or
+/// a sixteenth of a partition's share of the pool if that is less (a plan sorts more than
+/// once per partition, and those reservations cannot spill), so that a small pool spills
+/// instead of failing.
+pub fn recompute_context(config: SessionConfig, runtime: Arc<RuntimeEnv>) -> SessionContext {
+    const DEFAULT_SORT_RESERVATION: usize = 10 << 20;
+    let reservation = match runtime.memory_pool.memory_limit() {
+        MemoryLimit::Finite(limit) => {
+            DEFAULT_SORT_RESERVATION.min(limit / (16 * config.target_partitions().max(1)))
+        }
+        MemoryLimit::Infinite | MemoryLimit::Unknown => DEFAULT_SORT_RESERVATION,
+    };
+    SessionContext::new_with_config_rt(
+        config.with_sort_spill_reservation_bytes(reservation),
+        runtime,
+    )
 }
 
 /// Runs `plan` over `table` in `context` and returns its results, in the plan's result

@@ -36,7 +36,6 @@ use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -477,6 +476,10 @@ pub async fn recompute_view(
     by_first.sort_by_key(|&file| spans[file].start);
     let mut by_first = by_first.into_iter().peekable();
     let mut active: Vec<usize> = Vec::new();
+    // One memory pool for the whole recompute: its chunks run one after the other.
+    let limit = config.batch_reprocessor.recompute_memory_limit;
+    let runtime = runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map_err(|source| BatchError::DataFusion(source.to_string()))?;
     for (index, chunk) in chunks.iter().enumerate() {
         while let Some(file) = by_first.next_if(|&file| spans[file].start <= index) {
             active.push(file);
@@ -506,8 +509,9 @@ pub async fn recompute_view(
                 progress: Arc::clone(&progress),
             }),
         };
-        let context = SessionContext::new_with_config(
+        let context = runnel_engine::recompute_context(
             runnel_engine::recompute_config().with_target_partitions(request.workers.max(1)),
+            Arc::clone(&runtime),
         );
         context
             .register_table("history", Arc::new(table))

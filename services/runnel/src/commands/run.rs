@@ -33,7 +33,8 @@ pub(crate) struct RunArgs {
     out: PathBuf,
     /// `live`: events stream through the window operator in file order, with watermarks,
     /// versions and late events. `recompute`: a DataFusion batch plan over the whole file,
-    /// every event counted, no lateness cut-off (no late-events file).
+    /// every event counted, no lateness cut-off (no late-events file), in at most
+    /// `batch-reprocessor.recompute-memory-limit` bytes (then spilling to $TMPDIR).
     #[arg(long, value_enum, default_value = "live")]
     mode: RunMode,
     /// How far behind the largest event time seen the watermark stays, e.g. `5s`.
@@ -175,7 +176,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             .with_context(|| format!("compile {}", args.sql.display()))?,
     );
     if args.mode == RunMode::Recompute {
-        return run_recompute(&args, &plan, input_format, batches, output_format);
+        return run_recompute(&args, config, &plan, input_format, batches, output_format);
     }
     let options = OperatorOptions {
         partitions: 1,
@@ -256,13 +257,17 @@ fn print_summary(line: &str) -> anyhow::Result<()> {
 /// `--mode recompute`: the batch plan over the whole file; every event counts.
 fn run_recompute(
     args: &RunArgs,
+    config: &Config,
     plan: &JobPlan,
     input_format: FileFormat,
     batches: BatchIter,
     output_format: FileFormat,
 ) -> anyhow::Result<()> {
-    let context =
-        datafusion::prelude::SessionContext::new_with_config(runnel_engine::recompute_config());
+    let limit = config.batch_reprocessor.recompute_memory_limit;
+    let context = runnel_engine::recompute_context(
+        runnel_engine::recompute_config(),
+        runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))?,
+    );
     const TABLE: &str = "runnel_input";
     let runtime = tokio::runtime::Handle::current();
     if input_format == FileFormat::Parquet {
