@@ -466,18 +466,14 @@ impl WindowOperator {
             prefix: &prefix,
         };
         let (late, _) = self.process_rows(partition, clock, &prepared, &trace, &mut output)?;
-        if !late.is_empty() || !output.errors.is_empty() {
-            self.late_count += late.len() as u64;
-            let batch = late_batch(
-                &self.late_schema,
-                partition,
-                batch,
-                &prepared,
-                &late,
-                &output.errors,
-            )?;
-            output.late_events.push(batch);
-        }
+        let late_events = (&self.late_schema, &mut self.late_count);
+        add_late_events(
+            late_events,
+            partition,
+            (batch, &prepared),
+            &late,
+            &mut output,
+        )?;
         Ok(output)
     }
 
@@ -1086,9 +1082,28 @@ impl WindowOperator {
     }
 }
 
+/// Adds a batch's late events (rows of `prepared`) and failed events (`output.errors`, rows
+/// of `input`), if any, to `output.late_events` as one batch of `schema`, and counts the late
+/// ones.
+pub(crate) fn add_late_events(
+    (schema, late_count): (&SchemaRef, &mut u64),
+    partition: u32,
+    (input, prepared): (&RecordBatch, &Prepared),
+    late: &[LateEvent],
+    output: &mut OperatorOutput,
+) -> Result<(), EngineError> {
+    if late.is_empty() && output.errors.is_empty() {
+        return Ok(());
+    }
+    *late_count += late.len() as u64;
+    let batch = late_batch(schema, partition, input, prepared, late, &output.errors)?;
+    output.late_events.push(batch);
+    Ok(())
+}
+
 /// The late events of a batch (rows of `prepared`) and its failed events (rows of
 /// `input`), merged in input order: the late-events output of one call.
-pub(crate) fn late_batch(
+fn late_batch(
     schema: &SchemaRef,
     partition: u32,
     input: &RecordBatch,

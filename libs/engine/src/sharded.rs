@@ -25,7 +25,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use crate::error::EngineError;
 use crate::operator::{
     LateEvent, Mark, OperatorOptions, OperatorOutput, Phase, ShardOutput, Trace, WindowOperator,
-    late_batch, prefix_max, prepare_events,
+    add_late_events, prefix_max, prepare_events,
 };
 use crate::plan::{JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_START_COLUMN};
 
@@ -166,17 +166,14 @@ impl ShardedOperator {
             emissions.extend(Emission::split(shard_output.results, &shard_output.marks));
         }
         output.results = merge(emissions)?;
-        if !late.is_empty() || !output.errors.is_empty() {
-            self.late_count += late.len() as u64;
-            output.late_events.push(late_batch(
-                &self.late_schema,
-                partition,
-                batch,
-                &prepared,
-                &late,
-                &output.errors,
-            )?);
-        }
+        let late_events = (&self.late_schema, &mut self.late_count);
+        add_late_events(
+            late_events,
+            partition,
+            (batch, &prepared),
+            &late,
+            &mut output,
+        )?;
         Ok(output)
     }
 

@@ -24,7 +24,7 @@ const SMALL_POOL: usize = 8 << 20;
 /// Batches small enough that a sort's share of [`SMALL_POOL`] holds a few.
 fn config() -> datafusion::prelude::SessionConfig {
     recompute_config()
-        .with_batch_size(4_096)
+        .with_batch_size(1_024)
         .with_target_partitions(2)
 }
 

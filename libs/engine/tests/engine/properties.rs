@@ -1,5 +1,5 @@
-//! Property tests over random streams: batching does not change results, snapshots restore
-//! exactly, output is deterministic, and with no late events the live results equal a plain
+//! Property tests over random streams: batching does not change results, nor does sharding
+//! the keys over operators, snapshots restore exactly, output is deterministic, and with no late events the live results equal a plain
 //! DataFusion `GROUP BY date_bin(...)` over the same events, and the live sessions the plain
 //! rule "a new session starts when the next event of the key is more than the gap later".
 
@@ -141,6 +141,22 @@ fn run(
     }
     output.append(operator.finish().expect("finish"));
     output
+}
+
+/// The tumbling (0), hopping (1) or session (other) job, with `options` (no early results
+/// for sessions, which refuse them).
+fn window_job(window: u8, options: OperatorOptions) -> (Arc<JobPlan>, OperatorOptions) {
+    match window {
+        0 => (plan(TUMBLE_JOB), options),
+        1 => (plan(HOP_JOB), options),
+        _ => (
+            plan(SESSION_JOB),
+            OperatorOptions {
+                early_emit_interval: None,
+                ..options
+            },
+        ),
+    }
 }
 
 /// Runs the batches through `shards` operator shards.
@@ -375,11 +391,7 @@ proptest! {
         options in any_options(),
         window in 0u8..3,
     ) {
-        let (plan, options) = match window {
-            0 => (plan(TUMBLE_JOB), options),
-            1 => (plan(HOP_JOB), options),
-            _ => (plan(SESSION_JOB), OperatorOptions { early_emit_interval: None, ..options }),
-        };
+        let (plan, options) = window_job(window, options);
         let cut = batches(&events, &cuts);
         let one = run_sharded(&plan, options, &batches(&events, &[]), 1);
         // Byte for byte, for any number of shards and any batching.
@@ -439,11 +451,7 @@ proptest! {
         options in any_options(),
         window in 0u8..3,
     ) {
-        let (plan, options) = match window {
-            0 => (plan(TUMBLE_JOB), options),
-            1 => (plan(HOP_JOB), options),
-            _ => (plan(SESSION_JOB), OperatorOptions { early_emit_interval: None, ..options }),
-        };
+        let (plan, options) = window_job(window, options);
         let batches = batches(&events, &cuts);
         let unbroken = rendered(&run(&plan, options, &batches, &[]));
         let restored = rendered(&run(&plan, options, &batches, &restore_at));
