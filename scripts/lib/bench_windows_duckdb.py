@@ -96,7 +96,13 @@ def copy(job, path, out, threads, n_events, runs):
     import duckdb
 
     name = f"duckdb_write_{job}"
-    sql = f"COPY ({JOBS[job].format(source=source_of(path))}) TO {quoted(out)} (FORMAT parquet)"
+    # Window bounds as timestamps, as runnel writes them (its extra `_key`, `_window_start`,
+    # `_version` and `_final` columns are not written here).
+    query = (
+        "SELECT key, epoch_ms(window_start) AS window_start, epoch_ms(window_end) AS window_end, "
+        f"n, total, lo, hi, mean FROM ({JOBS[job].format(source=source_of(path))})"
+    )
+    sql = f"COPY ({query}) TO {quoted(out)} (FORMAT parquet)"
     best = None
     for run_idx in range(runs):
         started = time.perf_counter()
