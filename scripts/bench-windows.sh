@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
-# Window benchmark (issue 3): prints `BENCH <name> <value> <unit>` lines on stdout, progress on
-# stderr. Three jobs, per key COUNT/SUM/MIN/MAX/AVG(value): TUMBLE 1 min, HOP 10 s / 1 min and
-# SESSION 10 s, watermark lag 5 s, over a deterministic Parquet file of BENCH_EVENTS events
-# (default 10,000,000; 5,000 per event-time second, 10,000 keys, 5% shifted back by up to 5 s).
-# Figures, best of BENCH_RUNS (default 3): live_* (the window operator fed the file's batches from
-# memory), recompute_* (runnel_engine::recompute over the registered file, reading included),
-# duckdb_* (DuckDB from PyPI, the same GROUP BYs on the same file), state_bytes_per_window, and
-# the ratios ours / DuckDB. A figure that fails prints `BENCH <name> unavailable (<reason>)`.
+# Window benchmark (issues 3 and 20): prints `BENCH <name> <value> <unit>` lines on stdout,
+# progress on stderr. Three jobs, per key COUNT/SUM/MIN/MAX/AVG(value): TUMBLE 1 min, HOP 10 s /
+# 1 min and SESSION 10 s, watermark lag 5 s, over a deterministic Parquet file of BENCH_EVENTS
+# events (default 10,000,000; 5,000 per event-time second, 10,000 keys, 5% shifted back by up to
+# 5 s, so no event is late; `event_time` is an Int64 of epoch milliseconds).
+# Figures, best of BENCH_RUNS (default 3), for <w> in tumble, hop and session:
+#   live_<w>, recompute_<w>  in process: the window operator fed the file's batches from memory,
+#                  and runnel_engine::recompute over the registered file, reading included
+#   duckdb_<w>     DuckDB from PyPI, the same GROUP BYs on the same file, folded into a checksum
+#   state_bytes_per_window, and the ratios live_<w>_vs_duckdb, recompute_<w>_vs_duckdb
+#   run_live_<w>, run_recompute_<w>  the whole `runnel run --mode live|recompute` process (the
+#                  release CLI) over the file, writing its results to Parquet, by wall clock;
+#                  live with --max-out-of-orderness 5s and no allowed lateness
+#   duckdb_write_<w>  DuckDB (`bench_windows_duckdb.py --copy`, one process per job): a new
+#                  connection, `SET threads`, `COPY (<job query>) TO '<file>.parquet'`, by wall
+#                  clock; Python's start and `import duckdb` are not in the time
+#   <each of those>_rss  peak RSS in MiB: the largest of runnel run's runs (from wait4), the
+#                  DuckDB process's over its runs (Python's own few MiB included)
+#   run_live_<w>_vs_duckdb, run_recompute_<w>_vs_duckdb  ours / duckdb_write_<w>
+# All ratios are of events/s, ours over DuckDB's: above 1 means faster than DuckDB. DuckDB gets
+# `nproc` threads; so does runnel run's live mode through --shards when its --help has the flag
+# (without it, live runs one operator on one thread; recompute uses every core as it is).
+# Not timed: the row count and sum(n) of runnel's recompute results, and of its live results
+# (all rows, and the `_final` ones), are compared with DuckDB's; a difference is a warning on
+# stderr. Result files go to a scratch folder and are deleted.
+# A figure that fails prints `BENCH <name> unavailable (<reason>)`.
 # The data file and the Python venv stay in ${RUNNEL_CACHE:-$HOME/.cache/runnel}.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,6 +39,8 @@ DUCKDB_VERSION="${BENCH_DUCKDB_VERSION:-1.5.6}"
 LIVE_FIGURES=(live_tumble live_hop live_session)
 RECOMPUTE_FIGURES=(recompute_tumble recompute_hop recompute_session)
 DUCKDB_FIGURES=(duckdb_tumble duckdb_hop duckdb_session)
+JOBS=(tumble hop session)
+THREADS="$(nproc)"
 
 work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-windows.XXXXXX")"
 trap 'rm -rf "$work_dir"' EXIT
@@ -42,6 +62,15 @@ for line in open(sys.argv[1]):
         print(message["executable"])
 ' "$work_dir/build.json")"
   [[ -n "$bench_bin" ]] || build_error="no executable in cargo's output"
+fi
+
+echo "==> building runnel (release)" >&2
+runnel_bin=""
+runnel_error="runnel build failed"
+if ! runnel_bin="$(build_release_bin runnel runnel)"; then
+  runnel_bin=""
+elif [[ -z "$runnel_bin" ]]; then
+  runnel_error="no runnel executable in cargo's output"
 fi
 
 data_ready=0
@@ -84,9 +113,93 @@ else
     "$VENV/bin/python" scripts/lib/bench_windows_duckdb.py "$BENCH_DATA" "$BENCH_EVENTS" "$BENCH_RUNS"
 fi
 
+# The SQL of the bench's jobs (libs/engine/benches/windows.rs, Job::sql): `runnel run` takes
+# the stream from the FROM and the schema from the Parquet file.
+job_sql() {
+  local window
+  case "$1" in
+    tumble) window="TUMBLE(events, event_time, INTERVAL '1' MINUTE)" ;;
+    hop) window="HOP(events, event_time, INTERVAL '10' SECOND, INTERVAL '1' MINUTE)" ;;
+    session) window="SESSION(events, event_time, INTERVAL '10' SECOND)" ;;
+  esac
+  printf '%s\n' \
+    "SELECT key, window_start, window_end, COUNT(*) AS n, SUM(value) AS total, MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean" \
+    "FROM $window" \
+    "GROUP BY key, window_start, window_end"
+}
+
+# Prints `<rows> <sum of n>` of a results file ([final]: of its `_final` rows), or nothing.
+count_results() {
+  [[ -z "$duckdb_error" && -f "$1" ]] || return 0
+  "$VENV/bin/python" scripts/lib/bench_windows_duckdb.py --count "$@" || true
+}
+
+# Warns on stderr when runnel's counts ($2) differ from DuckDB's ($3).
+check_counts() {
+  local what="$1" ours="$2" theirs="$3"
+  if [[ -z "$ours" || -z "$theirs" ]]; then
+    echo "==> check $what: skipped (no counts)" >&2
+  elif [[ "$ours" != "$theirs" ]]; then
+    echo "WARNING: $what: runnel has $ours (rows, sum(n)), DuckDB $theirs" >&2
+  else
+    echo "==> check $what: $ours (rows, sum(n)) as DuckDB" >&2
+  fi
+}
+
+live_flags=(--max-out-of-orderness 5s --allowed-lateness 0s)
+if [[ -n "$runnel_bin" ]] && "$runnel_bin" run --help 2>/dev/null | grep -q -- '--shards'; then
+  live_flags+=(--shards "$THREADS")
+fi
+echo "==> whole processes: $THREADS threads; runnel run live ${live_flags[*]}" >&2
+for job in "${JOBS[@]}"; do
+  job_sql "$job" >"$work_dir/$job.sql"
+  for mode in live recompute; do
+    name="run_${mode}_$job"
+    if [[ -z "$runnel_bin" ]]; then
+      unavailable "$name" "$runnel_error"
+      unavailable "${name}_rss" "$runnel_error"
+    elif ((data_ready == 0)); then
+      unavailable "$name" "no data file"
+      unavailable "${name}_rss" "no data file"
+    else
+      flags=()
+      if [[ "$mode" == live ]]; then
+        flags=("${live_flags[@]}")
+      fi
+      echo "==> $name" >&2
+      run_figures "$name ${name}_rss" \
+        python3 scripts/lib/bench_process.py "$name" "$BENCH_EVENTS" "$BENCH_RUNS" -- \
+        "$runnel_bin" run --sql "$work_dir/$job.sql" --input "$BENCH_DATA" \
+        --out "$work_dir/$name.parquet" --mode "$mode" "${flags[@]}"
+    fi
+  done
+  name="duckdb_write_$job"
+  if [[ -n "$duckdb_error" ]]; then
+    unavailable "$name" "$duckdb_error"
+    unavailable "${name}_rss" "$duckdb_error"
+  else
+    echo "==> $name" >&2
+    run_figures "$name ${name}_rss" \
+      "$VENV/bin/python" scripts/lib/bench_windows_duckdb.py --copy "$job" "$BENCH_DATA" \
+      "$work_dir/$name.parquet" "$THREADS" "$BENCH_EVENTS" "$BENCH_RUNS"
+  fi
+  duckdb_counts="$(count_results "$work_dir/duckdb_write_$job.parquet")"
+  check_counts "$job recompute" "$(count_results "$work_dir/run_recompute_$job.parquet")" \
+    "$duckdb_counts"
+  check_counts "$job live" "$(count_results "$work_dir/run_live_$job.parquet")" "$duckdb_counts"
+  check_counts "$job live _final" "$(count_results "$work_dir/run_live_$job.parquet" final)" \
+    "$duckdb_counts"
+  rm -f "$work_dir"/*"_$job.parquet" "$work_dir"/*"_$job.late.parquet"
+done
+
 # Ratios of events/s, ours over DuckDB's: above 1 means faster than DuckDB.
 for mode in live recompute; do
-  for job in tumble hop session; do
+  for job in "${JOBS[@]}"; do
     ratio "${mode}_${job}_vs_duckdb" "${mode}_$job" "duckdb_$job"
+  done
+done
+for mode in live recompute; do
+  for job in "${JOBS[@]}"; do
+    ratio "run_${mode}_${job}_vs_duckdb" "run_${mode}_$job" "duckdb_write_$job"
   done
 done

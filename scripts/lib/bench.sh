@@ -10,6 +10,8 @@
 #   build_bench_driver NAME [CARGO ARGS...]  builds (release) e2e-tests/benches/NAME.rs, a
 #                        benchmark driver, with whatever else CARGO ARGS name (`-p runnel --bin
 #                        runnel`), and prints the driver's path; cargo's output goes to stderr
+#   build_release_bin PACKAGE BIN  builds (release) binary BIN of PACKAGE and prints its path;
+#                        cargo's output goes to stderr
 
 emit() {
   local line="$1" name value
@@ -71,4 +73,17 @@ for line in sys.stdin:
             and "bench" in message["target"]["kind"] and message.get("executable"):
         print(message["executable"])
 ' "$name"
+}
+
+build_release_bin() {
+  cargo build --release -p "$1" --bin "$2" --message-format=json-render-diagnostics |
+    python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == name \
+            and "bin" in message["target"]["kind"] and message.get("executable"):
+        print(message["executable"])
+' "$2"
 }
