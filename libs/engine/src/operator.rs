@@ -274,6 +274,9 @@ impl WindowOperator {
 
     /// Returns an estimate of the bytes held by open windows.
     pub fn state_bytes(&self) -> usize {
+        if let Some(sessions) = &self.sessions {
+            return sessions.size();
+        }
         self.windows
             .values()
             .map(|window| window.table.size())
@@ -530,14 +533,20 @@ impl WindowOperator {
             next_trigger = sessions.next_trigger();
             max_event_time = Some(max_event_time.map_or(timestamp, |max| max.max(timestamp)));
         }
-        self.end_batch(
+        let mut output = self.end_batch(
             partition,
             max_event_time,
             others,
             (input, prepared),
             &late,
             output,
-        )
+        )?;
+        // The batch's emissions wait in the session state until here.
+        self.sessions
+            .as_mut()
+            .expect("called for session windows")
+            .flush(&plan, &mut output)?;
+        Ok(output)
     }
 
     fn check_schema(&self, batch: &RecordBatch) -> Result<(), EngineError> {

@@ -4,9 +4,8 @@
 //! overlap or touch merge, so a session is `[first, last + gap)` and two consecutive events
 //! of a key are in one session when the second is at most `gap` after the first (as in
 //! Flink, whose `TimeWindow.intersects` is inclusive, Spark's `session_window`, and SQL's
-//! "a new session starts when the next event is more than the gap later"). Each session has
-//! its own DataFusion row accumulators, so that firing, merging and expiring one session
-//! costs the same whatever else is open. Rules where sessions differ from fixed windows:
+//! "a new session starts when the next event is more than the gap later"). Rules where
+//! sessions differ from fixed windows:
 //! - A session fires when the watermark passes its end (reaches [`close`]: an event at
 //!   exactly its end would still join it); open sessions merge freely.
 //! - A fired session does not merge any more: a later event inside it (between its first
@@ -15,28 +14,50 @@
 //!   session, goes to the late-events output. The upsert key `(key, window_start)` of an
 //!   emitted session therefore never moves.
 //! - Early results are refused: a session's start moves as it merges.
+//!
+//! Aggregate state: every session owns a *slot*, a group of one DataFusion
+//! `GroupsAccumulator` per aggregate shared by all sessions. Rows are not added one by one:
+//! each row's slot is buffered, and the buffer goes in with one `update_batch` per aggregate
+//! before anything reads the state. A `GroupsAccumulator` can only hand out all its groups
+//! (`EmitTo::All`), so reading some sessions (an emission) or combining two (a merge) is a
+//! *remap*: the state of every slot is taken out, the emitted slots are evaluated in a
+//! scratch accumulator, and the live slots go back in, renumbered densely, merged sessions
+//! into one slot and the slots of dropped sessions left out. Emissions are therefore
+//! deferred while a batch runs: they are recorded with their keys, bounds and versions, and
+//! evaluated all at once by one remap at the end of the batch ([`SessionState::flush`]), or
+//! earlier when a session waiting for its emission is about to change (a late update). A
+//! merge remaps at once, so that the merged state takes the rows after it in the order the
+//! row-at-a-time rule adds them (floating-point sums depend on it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, BooleanBufferBuilder, Int64Array,
+    RecordBatch, UInt32Array,
 };
+use arrow::buffer::BooleanBuffer;
+use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
-use datafusion::common::ScalarValue;
-use datafusion::logical_expr::Accumulator;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use crate::error::EngineError;
+use crate::groups::new_groups_accumulator;
 use crate::operator::time::format_millis;
 use crate::operator::{OperatorOutput, build_results};
 use crate::plan::JobPlan;
+
+/// The key of a slot whose session is gone: the next remap drops it.
+const DEAD_SLOT: u32 = u32::MAX;
 
 /// One session of one key.
 struct Session {
     start: i64,
     last: i64,
-    accumulators: Vec<Box<dyn Accumulator>>,
+    /// The accumulator group holding the session's state.
+    slot: u32,
     version: u32,
     fired: bool,
 }
@@ -51,6 +72,63 @@ pub(crate) enum Assignment {
     Late(String),
 }
 
+/// Rows waiting to be added to the accumulators: rows of one input batch, in increasing
+/// order, with the slot of each.
+#[derive(Default)]
+struct PendingRows {
+    /// The batch's argument columns, by aggregate.
+    args: Vec<Vec<ArrayRef>>,
+    /// The batch's FILTER columns, by aggregate.
+    filters: Vec<Option<BooleanArray>>,
+    rows: Vec<u32>,
+    slots: Vec<usize>,
+}
+
+impl PendingRows {
+    /// Whether rows of `args` and `filters` from `row` on can join the buffered ones.
+    fn continues(
+        &self,
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+        row: usize,
+    ) -> bool {
+        let Some(last) = self.rows.last() else {
+            return true;
+        };
+        let same_args = self.args.len() == args.len()
+            && self.args.iter().zip(args).all(|(mine, theirs)| {
+                mine.len() == theirs.len()
+                    && mine.iter().zip(theirs).all(|(a, b)| Arc::ptr_eq(a, b))
+            });
+        let same_filters = self.filters.len() == filters.len()
+            && self
+                .filters
+                .iter()
+                .zip(filters)
+                .all(|(mine, theirs)| match (mine, theirs) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => {
+                        a.len() == b.len()
+                            && a.values().offset() == b.values().offset()
+                            && a.values().inner().as_ptr() == b.values().inner().as_ptr()
+                    }
+                    _ => false,
+                });
+        same_args && same_filters && row > *last as usize
+    }
+}
+
+/// Sessions of one emission (one result batch), waiting for their aggregate values.
+struct Emission {
+    keys: Vec<u32>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    versions: Vec<u32>,
+    slots: Vec<u32>,
+    /// By aggregate, once evaluated.
+    values: Option<Vec<ArrayRef>>,
+}
+
 /// All open and fired (within lateness) sessions.
 pub(crate) struct SessionState {
     gap_ms: i64,
@@ -62,12 +140,40 @@ pub(crate) struct SessionState {
     key_rows: Vec<Box<[u8]>>,
     /// Sessions of each key, by key id, sorted by start.
     sessions: Vec<Vec<Session>>,
-    /// Scratch for the one-row argument slices of an update.
-    scratch: Vec<ArrayRef>,
-    /// Unfired sessions by ([`close`], key, start): the firing order.
+    /// Unfired sessions by ([`close`], key, start): the firing order, kept lazily.
+    /// Invariant: every unfired session has an entry `(close, key, start)` whose `close` is at
+    /// most its own and whose `start` lies within it; an entry is exact when it equals the
+    /// session's current close and start. A session that grows keeps its entry (an event
+    /// costs no index update); an entry popped stale goes back exact (see
+    /// [`SessionState::advance`]), and one whose session is gone or fired is dropped.
     unfired: BTreeSet<(i64, u32, i64)>,
+    /// How many sessions are unfired (`unfired` may hold more entries).
+    n_unfired: usize,
     /// Fired sessions by ([`close`] + lateness, key, start): the expiry order.
     fired: BTreeSet<(i64, u32, i64)>,
+    aggregates: Vec<Arc<AggregateFunctionExpr>>,
+    /// The state types of each aggregate.
+    state_types: Vec<Vec<DataType>>,
+    /// One per aggregate; group `s` is slot `s`.
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// The key of each slot's session, [`DEAD_SLOT`] once the session is gone.
+    /// Invariant: every session's slot holds its key here, and no two sessions share a slot.
+    slot_keys: Vec<u32>,
+    /// How many entries of `slot_keys` are [`DEAD_SLOT`].
+    n_dead: usize,
+    /// Per slot: an emission in `emissions` waits for its value.
+    emitting: Vec<bool>,
+    /// How many groups the accumulators have (slots after it are new since the last update).
+    n_accumulated: usize,
+    pending: PendingRows,
+    /// Emissions in emission order, not yet handed out.
+    emissions: Vec<Emission>,
+    /// Set while a batch runs: emissions wait for [`SessionState::flush`].
+    deferring: bool,
+    /// The key, event time and slot of the last event [`SessionState::assign`] put in an
+    /// open session, so that [`SessionState::update`] need not look for it again; cleared
+    /// when slots are renumbered.
+    assigned: Option<(u32, i64, u32)>,
 }
 
 /// The watermark at which a session whose last event is at `last` can no longer grow: an
@@ -77,11 +183,31 @@ fn close(last: i64, gap: i64) -> i64 {
     last.saturating_add(gap).saturating_add(1)
 }
 
-fn new_accumulators(plan: &JobPlan) -> Result<Vec<Box<dyn Accumulator>>, EngineError> {
-    plan.aggregates
+/// Rows `indices` of every column.
+fn take_columns(columns: &[ArrayRef], indices: &UInt32Array) -> Result<Vec<ArrayRef>, EngineError> {
+    columns
         .iter()
-        .map(|aggregate| Ok(aggregate.expr.create_accumulator()?))
+        .map(|column| Ok(take(column.as_ref(), indices, None)?))
         .collect()
+}
+
+/// The rows an aggregate takes: those of `mask` (all without one) where its FILTER is true.
+fn row_filter(filter: Option<BooleanArray>, mask: Option<&BooleanBuffer>) -> Option<BooleanArray> {
+    match (filter, mask) {
+        (None, None) => None,
+        (None, Some(mask)) => Some(BooleanArray::new(mask.clone(), None)),
+        (Some(filter), mask) => {
+            // A null FILTER value leaves the row out, as a false one does.
+            let mut values = filter.values().clone();
+            if let Some(nulls) = filter.nulls() {
+                values = &values & nulls.inner();
+            }
+            if let Some(mask) = mask {
+                values = &values & mask;
+            }
+            Some(BooleanArray::new(values, None))
+        }
+    }
 }
 
 impl SessionState {
@@ -97,29 +223,88 @@ impl SessionState {
                 .collect();
             Some(RowConverter::new(fields)?)
         };
+        let aggregates: Vec<Arc<AggregateFunctionExpr>> = plan
+            .aggregates
+            .iter()
+            .map(|aggregate| Arc::clone(&aggregate.expr))
+            .collect();
+        let state_types = aggregates
+            .iter()
+            .map(|expr| {
+                Ok(expr
+                    .state_fields()?
+                    .iter()
+                    .map(|field| field.data_type().clone())
+                    .collect())
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        let accumulators = aggregates
+            .iter()
+            .map(new_groups_accumulator)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(SessionState {
             gap_ms,
             converter,
             key_ids: HashMap::new(),
             key_rows: Vec::new(),
             sessions: Vec::new(),
-            scratch: Vec::new(),
             unfired: BTreeSet::new(),
+            n_unfired: 0,
             fired: BTreeSet::new(),
+            aggregates,
+            state_types,
+            accumulators,
+            slot_keys: Vec::new(),
+            n_dead: 0,
+            emitting: Vec::new(),
+            n_accumulated: 0,
+            pending: PendingRows::default(),
+            emissions: Vec::new(),
+            deferring: false,
+            assigned: None,
         })
     }
 
     /// Returns the number of open sessions (fired ones within lateness included).
     pub(crate) fn len(&self) -> usize {
-        self.unfired.len() + self.fired.len()
+        self.n_unfired + self.fired.len()
     }
 
-    /// Returns the key id of every row, interning new keys in first-seen order.
+    /// Returns an estimate of the bytes the state holds.
+    pub(crate) fn size(&self) -> usize {
+        use std::mem::size_of;
+        let keys: usize = self
+            .key_rows
+            .iter()
+            .map(|row| 2 * (row.len() + size_of::<Box<[u8]>>()) + size_of::<u32>())
+            .sum();
+        let sessions: usize = self
+            .sessions
+            .iter()
+            .map(|sessions| size_of::<Vec<Session>>() + sessions.capacity() * size_of::<Session>())
+            .sum();
+        // A B-tree entry of three words, with its node's share of spare room.
+        let index = (self.unfired.len() + self.fired.len()) * 2 * size_of::<(i64, u32, i64)>();
+        let accumulators: usize = self
+            .accumulators
+            .iter()
+            .map(|accumulator| accumulator.size())
+            .sum();
+        keys + sessions
+            + index
+            + accumulators
+            + self.slot_keys.capacity() * size_of::<u32>()
+            + self.emitting.capacity()
+    }
+
+    /// Returns the key id of every row, interning new keys in first-seen order. A batch
+    /// starts here: emissions wait for [`SessionState::flush`] from now on.
     pub(crate) fn intern(
         &mut self,
         keys: &[ArrayRef],
         n_rows: usize,
     ) -> Result<Vec<u32>, EngineError> {
+        self.deferring = true;
         let Some(converter) = &self.converter else {
             if self.sessions.is_empty() {
                 self.sessions.push(Vec::new());
@@ -147,7 +332,34 @@ impl SessionState {
         id
     }
 
-    /// The lowest watermark at which a session fires or expires.
+    /// Gives a new session of `key` a slot.
+    fn new_slot(&mut self, key: u32) -> Result<u32, EngineError> {
+        let slot = u32::try_from(self.slot_keys.len())
+            .ok()
+            .filter(|slot| *slot != DEAD_SLOT)
+            .ok_or_else(|| EngineError::Misuse("too many open sessions".to_string()))?;
+        self.slot_keys.push(key);
+        self.emitting.push(false);
+        Ok(slot)
+    }
+
+    /// Marks the slot of a session that is gone.
+    fn free_slot(&mut self, slot: u32) {
+        self.slot_keys[slot as usize] = DEAD_SLOT;
+        self.n_dead += 1;
+    }
+
+    /// Removes the session of `key` that starts at `start`, if there is one.
+    fn remove_session(&mut self, key: u32, start: i64) {
+        let sessions = &mut self.sessions[key as usize];
+        if let Some(idx) = sessions.iter().position(|session| session.start == start) {
+            let session = sessions.remove(idx);
+            self.free_slot(session.slot);
+        }
+    }
+
+    /// The lowest watermark at which a session fires or expires, or a lower one (a stale
+    /// index entry; the [`SessionState::advance`] it brings about then fires nothing).
     pub(crate) fn next_trigger(&self) -> i64 {
         let fire = self.unfired.first().map_or(i64::MAX, |(end, _, _)| *end);
         let expire = self
@@ -161,7 +373,7 @@ impl SessionState {
     /// sessions for it; the caller then adds the row with [`SessionState::update`].
     pub(crate) fn assign(
         &mut self,
-        plan: &JobPlan,
+        _plan: &JobPlan,
         key: u32,
         timestamp: i64,
         watermark: i64,
@@ -223,13 +435,15 @@ impl SessionState {
                     format_millis(watermark)
                 )));
             }
+            let slot = self.new_slot(key)?;
+            let sessions = &mut self.sessions[key as usize];
             let position = sessions.partition_point(|session| session.start < timestamp);
             sessions.insert(
                 position,
                 Session {
                     start: timestamp,
                     last: timestamp,
-                    accumulators: new_accumulators(plan)?,
+                    slot,
                     version: 0,
                     fired: false,
                 },
@@ -242,44 +456,44 @@ impl SessionState {
                 });
             }
             self.unfired.insert((close(timestamp, gap), key, timestamp));
+            self.n_unfired += 1;
+            self.assigned = Some((key, timestamp, slot));
             return Ok(Assignment::Open);
         };
         // Merge every overlapping open session into the first, then extend it by the event.
-        // Invariant: `unfired` holds one entry per open session, keyed by its current close,
-        // so the first session's entry goes before its end changes.
-        let target = &sessions[first];
-        self.unfired
-            .remove(&(close(target.last, gap), key, target.start));
-        for &idx in open.iter().skip(1).rev() {
-            let merged = sessions.remove(idx);
-            self.unfired
-                .remove(&(close(merged.last, gap), key, merged.start));
-            let target = &mut sessions[first];
-            for (accumulator, mut source) in target.accumulators.iter_mut().zip(merged.accumulators)
-            {
-                let state = source.state()?;
-                let arrays = state
-                    .iter()
-                    .map(|value| value.to_array_of_size(1))
-                    .collect::<Result<Vec<_>, _>>()?;
-                accumulator.merge_batch(&arrays)?;
+        // The index entries of all of them stay: they lie within the merged session and
+        // their close is at most its close.
+        if open.len() > 1 {
+            // As the row accumulators did: the target takes the others from the last back.
+            let target_slot = sessions[first].slot;
+            let mut sources = Vec::with_capacity(open.len() - 1);
+            let mut last = sessions[first].last;
+            for &idx in open.iter().skip(1).rev() {
+                let merged = sessions.remove(idx);
+                sources.push(merged.slot);
+                last = last.max(merged.last);
             }
-            target.last = target.last.max(merged.last);
+            sessions[first].last = last;
+            self.n_unfired -= sources.len();
+            for source in &sources {
+                self.free_slot(*source);
+            }
+            self.remap(Some((target_slot, &sources)))?;
         }
-        let session = &mut sessions[first];
+        let session = &mut self.sessions[key as usize][first];
         session.start = session.start.min(timestamp);
         session.last = session.last.max(timestamp);
-        self.unfired
-            .insert((close(session.last, gap), key, session.start));
+        self.assigned = Some((key, timestamp, session.slot));
         debug_assert_eq!(
-            self.unfired.len() + self.fired.len(),
+            self.n_unfired + self.fired.len(),
             self.sessions.iter().map(Vec::len).sum::<usize>(),
             "one index entry per session"
         );
         Ok(Assignment::Open)
     }
 
-    /// Adds one row to the open session of `key` holding `timestamp`.
+    /// Adds one row to the open session of `key` holding `timestamp`. The row is buffered:
+    /// `args` and `filters` are the columns of the whole batch, and `row` the row's index.
     pub(crate) fn update(
         &mut self,
         key: u32,
@@ -288,32 +502,273 @@ impl SessionState {
         filters: &[Option<arrow::array::BooleanArray>],
         row: usize,
     ) -> Result<(), EngineError> {
-        let sessions = &mut self.sessions[key as usize];
-        let Some(session) = sessions
-            .iter_mut()
-            .find(|session| session.start <= timestamp && timestamp <= session.last)
-        else {
-            return Err(EngineError::Misuse(format!(
-                "no session of key {key} holds {timestamp}"
-            )));
-        };
-        for ((accumulator, columns), filter) in
-            session.accumulators.iter_mut().zip(args).zip(filters)
-        {
-            if let Some(filter) = filter
-                && !(filter.is_valid(row) && filter.value(row))
+        let mut slot = match self.assigned.take() {
+            Some((assigned_key, assigned_time, slot))
+                if assigned_key == key && assigned_time == timestamp =>
             {
-                continue;
+                slot
             }
-            self.scratch.clear();
-            self.scratch
-                .extend(columns.iter().map(|column| column.slice(row, 1)));
-            accumulator.update_batch(&self.scratch)?;
+            _ => self.slot_of(key, timestamp)?,
+        };
+        if self.emitting[slot as usize] {
+            // An emission waits for this session's value before this row.
+            self.remap(None)?;
+            slot = self.slot_of(key, timestamp)?;
+        }
+        if !self.pending.continues(args, filters, row) {
+            self.flush_rows()?;
+        }
+        if self.pending.rows.is_empty() {
+            self.pending.args = args.to_vec();
+            self.pending.filters = filters.to_vec();
+        }
+        let row = u32::try_from(row)
+            .map_err(|_| EngineError::Misuse(format!("row {row} of a batch is past u32")))?;
+        self.pending.rows.push(row);
+        self.pending.slots.push(slot as usize);
+        Ok(())
+    }
+
+    /// The slot of the session of `key` holding `timestamp`.
+    fn slot_of(&self, key: u32, timestamp: i64) -> Result<u32, EngineError> {
+        self.sessions[key as usize]
+            .iter()
+            .find(|session| session.start <= timestamp && timestamp <= session.last)
+            .map(|session| session.slot)
+            .ok_or_else(|| {
+                EngineError::Misuse(format!("no session of key {key} holds {timestamp}"))
+            })
+    }
+
+    /// Adds the buffered rows to the accumulators, one `update_batch` per aggregate.
+    fn flush_rows(&mut self) -> Result<(), EngineError> {
+        let n_slots = self.slot_keys.len();
+        let pending = &mut self.pending;
+        let (Some(&first), Some(&last)) = (pending.rows.first(), pending.rows.last()) else {
+            return Ok(());
+        };
+        let (first, n_rows) = (first as usize, (last - first) as usize + 1);
+        // Rows of the range that are not buffered (late, or another shard's) are filtered
+        // out; they take any valid group index.
+        let (group_indices, mask) = if pending.rows.len() == n_rows {
+            (std::mem::take(&mut pending.slots), None)
+        } else {
+            let mut group_indices = vec![0; n_rows];
+            let mut mask = BooleanBufferBuilder::new(n_rows);
+            mask.append_n(n_rows, false);
+            for (row, slot) in pending.rows.iter().zip(&pending.slots) {
+                let idx = *row as usize - first;
+                group_indices[idx] = *slot;
+                mask.set_bit(idx, true);
+            }
+            (group_indices, Some(mask.finish()))
+        };
+        for ((accumulator, columns), filter) in self
+            .accumulators
+            .iter_mut()
+            .zip(&pending.args)
+            .zip(&pending.filters)
+        {
+            let values: Vec<ArrayRef> = columns
+                .iter()
+                .map(|column| column.slice(first, n_rows))
+                .collect();
+            let filter = row_filter(
+                filter.as_ref().map(|filter| filter.slice(first, n_rows)),
+                mask.as_ref(),
+            );
+            accumulator.update_batch(&values, &group_indices, filter.as_ref(), n_slots)?;
+        }
+        self.n_accumulated = n_slots;
+        pending.rows.clear();
+        pending.slots.clear();
+        if mask.is_none() {
+            // Keeps the allocation for the next rows.
+            pending.slots = group_indices;
+            pending.slots.clear();
+        }
+        pending.args.clear();
+        pending.filters.clear();
+        Ok(())
+    }
+
+    /// Gives the accumulators a group for every slot, also those no row reached yet.
+    fn add_new_slots(&mut self) -> Result<(), EngineError> {
+        let n_slots = self.slot_keys.len();
+        if self.n_accumulated >= n_slots {
+            return Ok(());
+        }
+        for (accumulator, types) in self.accumulators.iter_mut().zip(&self.state_types) {
+            let empty: Vec<ArrayRef> = types.iter().map(arrow::array::new_empty_array).collect();
+            accumulator.merge_batch(&empty, &[], n_slots)?;
+        }
+        self.n_accumulated = n_slots;
+        Ok(())
+    }
+
+    /// Adds the buffered rows and, when something must read the state (emissions waiting,
+    /// a merge, or more dead slots than live ones), remaps the slots: evaluates the waiting
+    /// emissions, merges `merge`'s sources (already freed) into its target, after it and in
+    /// their order, and numbers the live slots densely.
+    fn remap(&mut self, merge: Option<(u32, &[u32])>) -> Result<(), EngineError> {
+        self.flush_rows()?;
+        let evaluate = self
+            .emissions
+            .iter()
+            .any(|emission| emission.values.is_none());
+        let compact = self.n_dead > 0 && 2 * self.n_dead >= self.slot_keys.len();
+        if !evaluate && merge.is_none() && !compact {
+            return Ok(());
+        }
+        self.add_new_slots()?;
+        let n_slots = self.slot_keys.len();
+        let emitted = UInt32Array::from_iter_values(
+            self.emissions
+                .iter()
+                .filter(|emission| emission.values.is_none())
+                .flat_map(|emission| emission.slots.iter().copied()),
+        );
+        let n_emitted = emitted.len();
+        let emitted_groups: Vec<usize> = (0..n_emitted).collect();
+        // Without a merge, and with few dead slots, every slot goes back where it was.
+        let renumber = merge.is_some() || compact;
+        let (order, targets, slot_keys) = if renumber {
+            let mut order: Vec<u32> = Vec::with_capacity(n_slots);
+            let mut targets: Vec<usize> = Vec::with_capacity(n_slots);
+            let mut slot_keys: Vec<u32> = Vec::with_capacity(n_slots - self.n_dead);
+            for (old, key) in self.slot_keys.iter().enumerate() {
+                if *key == DEAD_SLOT {
+                    continue;
+                }
+                let new = slot_keys.len();
+                slot_keys.push(*key);
+                order.push(old as u32);
+                targets.push(new);
+                if let Some((target, sources)) = merge
+                    && target as usize == old
+                {
+                    for source in sources {
+                        order.push(*source);
+                        targets.push(new);
+                    }
+                }
+            }
+            (UInt32Array::from(order), targets, slot_keys)
+        } else {
+            (
+                UInt32Array::from(Vec::<u32>::new()),
+                (0..n_slots).collect(),
+                Vec::new(),
+            )
+        };
+        let n_groups = if renumber { slot_keys.len() } else { n_slots };
+        let mut values = Vec::with_capacity(self.accumulators.len());
+        for (accumulator, expr) in self.accumulators.iter_mut().zip(&self.aggregates) {
+            let state = accumulator.state(EmitTo::All)?;
+            if n_emitted > 0 {
+                let mut scratch = new_groups_accumulator(expr)?;
+                scratch.merge_batch(
+                    &take_columns(&state, &emitted)?,
+                    &emitted_groups,
+                    n_emitted,
+                )?;
+                values.push(scratch.evaluate(EmitTo::All)?);
+            }
+            let kept = if renumber {
+                take_columns(&state, &order)?
+            } else {
+                state
+            };
+            accumulator.merge_batch(&kept, &targets, n_groups)?;
+        }
+        if renumber {
+            // Live slots go in increasing order and only down, so a session renumbered
+            // already never holds a slot still to be looked for.
+            for (old, new) in order.values().iter().zip(&targets) {
+                let key = self.slot_keys[*old as usize];
+                if key == DEAD_SLOT {
+                    // A merged session's slot, gone into its target's.
+                    continue;
+                }
+                let session = self.sessions[key as usize]
+                    .iter_mut()
+                    .find(|session| session.slot == *old)
+                    .ok_or_else(|| {
+                        EngineError::Misuse(format!("no session of key {key} holds slot {old}"))
+                    })?;
+                session.slot = *new as u32;
+            }
+            self.slot_keys = slot_keys;
+            self.n_dead = 0;
+            self.assigned = None;
+        }
+        let mut offset = 0;
+        for emission in self
+            .emissions
+            .iter_mut()
+            .filter(|emission| emission.values.is_none())
+        {
+            let n_rows = emission.slots.len();
+            emission.values = Some(
+                values
+                    .iter()
+                    .map(|column| column.slice(offset, n_rows))
+                    .collect(),
+            );
+            offset += n_rows;
+        }
+        self.emitting.clear();
+        self.emitting.resize(n_groups, false);
+        self.n_accumulated = n_groups;
+        Ok(())
+    }
+
+    /// Ends a batch: adds its buffered rows and hands out the emissions it made, in order.
+    pub(crate) fn flush(
+        &mut self,
+        plan: &JobPlan,
+        output: &mut OperatorOutput,
+    ) -> Result<(), EngineError> {
+        self.deferring = false;
+        self.remap(None)?;
+        self.hand_out(plan, output)
+    }
+
+    /// Turns the evaluated emissions into result batches.
+    fn hand_out(&mut self, plan: &JobPlan, output: &mut OperatorOutput) -> Result<(), EngineError> {
+        for emission in self.emissions.drain(..) {
+            let Some(aggregates) = emission.values else {
+                return Err(EngineError::Misuse(
+                    "an emission was handed out before its evaluation".to_string(),
+                ));
+            };
+            let keys = match &self.converter {
+                Some(converter) => {
+                    let parser = converter.parser();
+                    let rows: Vec<_> = emission
+                        .keys
+                        .iter()
+                        .map(|key| parser.parse(&self.key_rows[*key as usize]))
+                        .collect();
+                    converter.convert_rows(rows)?
+                }
+                None => Vec::new(),
+            };
+            output.results.push(build_results(
+                plan,
+                &keys,
+                &emission.starts,
+                &emission.ends,
+                aggregates,
+                emission.versions,
+                true,
+            )?);
         }
         Ok(())
     }
 
-    /// Emits the sessions `(key, start)` with their next version.
+    /// Emits the sessions `(key, start)` with their next version: at once between batches,
+    /// at [`SessionState::flush`] during one.
     pub(crate) fn emit(
         &mut self,
         plan: &JobPlan,
@@ -324,11 +779,14 @@ impl SessionState {
             return Ok(());
         }
         let gap = self.gap_ms;
-        let mut starts = Vec::with_capacity(which.len());
-        let mut ends = Vec::with_capacity(which.len());
-        let mut versions = Vec::with_capacity(which.len());
-        let mut values: Vec<Vec<ScalarValue>> =
-            vec![Vec::with_capacity(which.len()); plan.aggregates.len()];
+        let mut emission = Emission {
+            keys: Vec::with_capacity(which.len()),
+            starts: Vec::with_capacity(which.len()),
+            ends: Vec::with_capacity(which.len()),
+            versions: Vec::with_capacity(which.len()),
+            slots: Vec::with_capacity(which.len()),
+            values: None,
+        };
         for (key, start) in which {
             let session = self.sessions[*key as usize]
                 .iter_mut()
@@ -337,31 +795,18 @@ impl SessionState {
                     EngineError::Misuse(format!("no session of key {key} starts at {start}"))
                 })?;
             session.version += 1;
-            starts.push(session.start);
-            ends.push(session.last.saturating_add(gap));
-            versions.push(session.version);
-            for (accumulator, column) in session.accumulators.iter_mut().zip(values.iter_mut()) {
-                column.push(accumulator.evaluate()?);
-            }
+            emission.keys.push(*key);
+            emission.starts.push(session.start);
+            emission.ends.push(session.last.saturating_add(gap));
+            emission.versions.push(session.version);
+            emission.slots.push(session.slot);
+            self.emitting[session.slot as usize] = true;
         }
-        let aggregates = values
-            .into_iter()
-            .map(ScalarValue::iter_to_array)
-            .collect::<Result<Vec<_>, _>>()?;
-        let keys = match &self.converter {
-            Some(converter) => {
-                let parser = converter.parser();
-                let rows: Vec<_> = which
-                    .iter()
-                    .map(|(key, _)| parser.parse(&self.key_rows[*key as usize]))
-                    .collect();
-                converter.convert_rows(rows)?
-            }
-            None => Vec::new(),
-        };
-        output.results.push(build_results(
-            plan, &keys, &starts, &ends, aggregates, versions, true,
-        )?);
+        self.emissions.push(emission);
+        if !self.deferring {
+            self.remap(None)?;
+            self.hand_out(plan, output)?;
+        }
         Ok(())
     }
 
@@ -373,12 +818,30 @@ impl SessionState {
         lateness_ms: i64,
         output: &mut OperatorOutput,
     ) -> Result<(), EngineError> {
+        let gap = self.gap_ms;
         let mut due = Vec::new();
-        while let Some(&(close, key, start)) = self.unfired.first() {
-            if close > watermark {
+        while let Some(&(entry_close, key, entry_start)) = self.unfired.first() {
+            if entry_close > watermark {
                 break;
             }
             self.unfired.pop_first();
+            let Some(session) = self.sessions[key as usize].iter_mut().find(|session| {
+                !session.fired && session.start <= entry_start && entry_start <= session.last
+            }) else {
+                // Its session fired, or is gone.
+                continue;
+            };
+            let (close, start) = (close(session.last, gap), session.start);
+            if (close, start) != (entry_close, entry_start) {
+                // Stale: the session grew since. Its exact entry comes up in order (it may be
+                // there already, from another stale entry).
+                self.unfired.insert((close, key, start));
+                continue;
+            }
+            // Fired from here, so that stale entries of it that come later are dropped; with
+            // no lateness it goes after its emission.
+            session.fired = true;
+            self.n_unfired -= 1;
             due.push((key, start));
             if lateness_ms > 0 {
                 self.fired
@@ -386,14 +849,9 @@ impl SessionState {
             }
         }
         self.emit(plan, &due, output)?;
-        for (key, start) in &due {
-            let sessions = &mut self.sessions[*key as usize];
-            if lateness_ms > 0 {
-                if let Some(session) = sessions.iter_mut().find(|session| session.start == *start) {
-                    session.fired = true;
-                }
-            } else {
-                sessions.retain(|session| session.start != *start);
+        if lateness_ms <= 0 {
+            for (key, start) in &due {
+                self.remove_session(*key, *start);
             }
         }
         while let Some(&(expiry, key, start)) = self.fired.first() {
@@ -401,7 +859,7 @@ impl SessionState {
                 break;
             }
             self.fired.pop_first();
-            self.sessions[key as usize].retain(|session| session.start != start);
+            self.remove_session(key, start);
         }
         Ok(())
     }
@@ -443,44 +901,37 @@ impl SessionState {
     /// Copies every key and session out, leaving the state as it was.
     pub(crate) fn snapshot(&mut self, plan: &JobPlan) -> Result<RecordBatch, EngineError> {
         let schema = SessionState::snapshot_schema(plan)?;
-        let n_state = schema.fields().len() - FIXED_SNAPSHOT_COLUMNS;
+        self.flush_rows()?;
+        self.add_new_slots()?;
         let mut key_rows: Vec<&[u8]> = Vec::new();
         let mut starts = Vec::new();
         let mut lasts = Vec::new();
         let mut versions = Vec::new();
         let mut fired = Vec::new();
-        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::new(); n_state];
-        let state_types: Vec<DataType> = schema.fields()[FIXED_SNAPSHOT_COLUMNS..]
-            .iter()
-            .map(|field| field.data_type().clone())
-            .collect();
-        for (key, sessions) in self.sessions.iter_mut().enumerate() {
+        // The slot of each row; none for a key without sessions, whose states are null.
+        let mut slots: Vec<Option<u32>> = Vec::new();
+        for (key, sessions) in self.sessions.iter().enumerate() {
             if sessions.is_empty() {
                 key_rows.push(&self.key_rows[key]);
                 starts.push(None);
                 lasts.push(None);
                 versions.push(None);
                 fired.push(None);
-                for (column, data_type) in states.iter_mut().zip(&state_types) {
-                    column.push(ScalarValue::try_from(data_type)?);
-                }
+                slots.push(None);
                 continue;
             }
-            for session in sessions.iter_mut() {
+            for session in sessions {
                 key_rows.push(&self.key_rows[key]);
                 starts.push(Some(session.start));
                 lasts.push(Some(session.last));
                 versions.push(Some(session.version));
                 fired.push(Some(session.fired));
-                let mut column = 0;
-                for accumulator in &mut session.accumulators {
-                    for value in accumulator.state()? {
-                        states[column].push(value);
-                        column += 1;
-                    }
-                }
+                slots.push(Some(session.slot));
             }
         }
+        let slots = UInt32Array::from(slots);
+        let n_slots = self.slot_keys.len();
+        let all_slots: Vec<usize> = (0..n_slots).collect();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(BinaryArray::from(key_rows)),
             Arc::new(Int64Array::from(starts)),
@@ -488,12 +939,11 @@ impl SessionState {
             Arc::new(UInt32Array::from(versions)),
             Arc::new(BooleanArray::from(fired)),
         ];
-        for (values, data_type) in states.into_iter().zip(&state_types) {
-            columns.push(if values.is_empty() {
-                arrow::array::new_empty_array(data_type)
-            } else {
-                ScalarValue::iter_to_array(values)?
-            });
+        for accumulator in &mut self.accumulators {
+            // Taking the state out empties the accumulator; it goes back as it was.
+            let state = accumulator.state(EmitTo::All)?;
+            accumulator.merge_batch(&state, &all_slots, n_slots)?;
+            columns.extend(take_columns(&state, &slots)?);
         }
         Ok(RecordBatch::try_new(schema, columns)?)
     }
@@ -514,6 +964,8 @@ impl SessionState {
             let versions = batch.column(3).as_primitive::<UInt32Type>();
             let fired = batch.column(4).as_boolean();
             let states = &batch.columns()[FIXED_SNAPSHOT_COLUMNS..];
+            // The batch's rows that hold a session, in slot order.
+            let mut session_rows: Vec<u32> = Vec::new();
             for row in 0..batch.num_rows() {
                 let key = state.key_id(key_rows.value(row));
                 if starts.is_null(row) {
@@ -524,22 +976,10 @@ impl SessionState {
                         "a session row lacks its bounds, version or fired flag",
                     ));
                 }
-                let mut accumulators = new_accumulators(plan)?;
-                let mut column = 0;
-                for (accumulator, aggregate) in accumulators.iter_mut().zip(&plan.aggregates) {
-                    let n_fields = aggregate.expr.state_fields()?.len();
-                    let Some(columns) = states.get(column..column + n_fields) else {
-                        return Err(corrupt("fewer state columns than aggregates need"));
-                    };
-                    let values: Vec<ArrayRef> =
-                        columns.iter().map(|array| array.slice(row, 1)).collect();
-                    accumulator.merge_batch(&values)?;
-                    column += n_fields;
-                }
                 let session = Session {
                     start: starts.value(row),
                     last: lasts.value(row),
-                    accumulators,
+                    slot: state.new_slot(key)?,
                     version: versions.value(row),
                     fired: fired.value(row),
                 };
@@ -550,9 +990,38 @@ impl SessionState {
                         .insert((close.saturating_add(lateness_ms), key, session.start));
                 } else {
                     state.unfired.insert((close, key, session.start));
+                    state.n_unfired += 1;
                 }
                 state.sessions[key as usize].push(session);
+                session_rows.push(row as u32);
             }
+            let first_slot = state.n_accumulated;
+            let n_slots = state.slot_keys.len();
+            let groups: Vec<usize> = (first_slot..n_slots).collect();
+            let session_rows = UInt32Array::from(session_rows);
+            let mut column = 0;
+            for (accumulator, types) in state.accumulators.iter_mut().zip(&state.state_types) {
+                let n_fields = types.len();
+                let Some(columns) = states.get(column..column + n_fields) else {
+                    return Err(corrupt("fewer state columns than aggregates need"));
+                };
+                if columns
+                    .iter()
+                    .zip(types)
+                    .any(|(column, data_type)| column.data_type() != data_type)
+                {
+                    return Err(corrupt(
+                        "a state column has another type than its aggregate's",
+                    ));
+                }
+                accumulator.merge_batch(
+                    &take_columns(columns, &session_rows)?,
+                    &groups,
+                    n_slots,
+                )?;
+                column += n_fields;
+            }
+            state.n_accumulated = n_slots;
         }
         for sessions in &mut state.sessions {
             sessions.sort_by_key(|session| session.start);
