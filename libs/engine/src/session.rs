@@ -37,9 +37,10 @@ use arrow::array::{
     RecordBatch, UInt32Array,
 };
 use arrow::buffer::BooleanBuffer;
-use arrow::compute::take;
+use arrow::compute::{interleave, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, UInt32Type};
 use arrow::row::{RowConverter, SortField};
+use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
@@ -154,6 +155,8 @@ pub(crate) struct SessionState {
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     /// The state types of each aggregate.
     state_types: Vec<Vec<DataType>>,
+    /// The state of a group without values, one row per state column, by aggregate.
+    empty_states: Vec<Vec<ArrayRef>>,
     /// One per aggregate; group `s` is slot `s`.
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// The key of each slot's session, [`DEAD_SLOT`] once the session is gone.
@@ -242,6 +245,25 @@ impl SessionState {
             .iter()
             .map(new_groups_accumulator)
             .collect::<Result<Vec<_>, _>>()?;
+        // One group, whose only row the FILTER leaves out. A group must not be added without
+        // rows: with no nulls and no FILTER in its input, a DataFusion accumulator counts
+        // every group up to `total_num_groups` as having seen a value.
+        let mut empty_states = Vec::with_capacity(plan.aggregates.len());
+        for aggregate in &plan.aggregates {
+            let args = aggregate
+                .args
+                .iter()
+                .map(|arg| {
+                    Ok(arrow::array::new_null_array(
+                        &arg.data_type(&plan.stream_schema)?,
+                        1,
+                    ))
+                })
+                .collect::<Result<Vec<_>, EngineError>>()?;
+            let mut accumulator = new_groups_accumulator(&aggregate.expr)?;
+            accumulator.update_batch(&args, &[0], Some(&BooleanArray::from(vec![false])), 1)?;
+            empty_states.push(accumulator.state(EmitTo::All)?);
+        }
         Ok(SessionState {
             gap_ms,
             converter,
@@ -253,6 +275,7 @@ impl SessionState {
             fired: BTreeSet::new(),
             aggregates,
             state_types,
+            empty_states,
             accumulators,
             slot_keys: Vec::new(),
             n_dead: 0,
@@ -542,11 +565,18 @@ impl SessionState {
 
     /// Adds the buffered rows to the accumulators, one `update_batch` per aggregate.
     fn flush_rows(&mut self) -> Result<(), EngineError> {
-        let n_slots = self.slot_keys.len();
         let pending = &mut self.pending;
         let (Some(&first), Some(&last)) = (pending.rows.first(), pending.rows.last()) else {
             return Ok(());
         };
+        // Only groups with rows here, or added before, count: a slot created since without
+        // a row yet would count as having seen a value (see `empty_states`).
+        let n_slots = pending
+            .slots
+            .iter()
+            .max()
+            .map_or(0, |slot| slot + 1)
+            .max(self.n_accumulated);
         let (first, n_rows) = (first as usize, (last - first) as usize + 1);
         // Rows of the range that are not buffered (late, or another shard's) are filtered
         // out; they take any valid group index.
@@ -592,15 +622,18 @@ impl SessionState {
         Ok(())
     }
 
-    /// Gives the accumulators a group for every slot, also those no row reached yet.
+    /// Gives the accumulators a group for every slot, also those no row reached yet (the
+    /// state of a group without values).
     fn add_new_slots(&mut self) -> Result<(), EngineError> {
         let n_slots = self.slot_keys.len();
         if self.n_accumulated >= n_slots {
             return Ok(());
         }
-        for (accumulator, types) in self.accumulators.iter_mut().zip(&self.state_types) {
-            let empty: Vec<ArrayRef> = types.iter().map(arrow::array::new_empty_array).collect();
-            accumulator.merge_batch(&empty, &[], n_slots)?;
+        let n_new = n_slots - self.n_accumulated;
+        let zeros = UInt32Array::from(vec![0; n_new]);
+        let groups: Vec<usize> = (self.n_accumulated..n_slots).collect();
+        for (accumulator, empty) in self.accumulators.iter_mut().zip(&self.empty_states) {
+            accumulator.merge_batch(&take_columns(empty, &zeros)?, &groups, n_slots)?;
         }
         self.n_accumulated = n_slots;
         Ok(())
@@ -997,10 +1030,13 @@ impl SessionState {
             }
             let first_slot = state.n_accumulated;
             let n_slots = state.slot_keys.len();
-            let groups: Vec<usize> = (first_slot..n_slots).collect();
-            let session_rows = UInt32Array::from(session_rows);
             let mut column = 0;
-            for (accumulator, types) in state.accumulators.iter_mut().zip(&state.state_types) {
+            for ((accumulator, types), (expr, empty_state)) in state
+                .accumulators
+                .iter_mut()
+                .zip(&state.state_types)
+                .zip(state.aggregates.iter().zip(&state.empty_states))
+            {
                 let n_fields = types.len();
                 let Some(columns) = states.get(column..column + n_fields) else {
                     return Err(corrupt("fewer state columns than aggregates need"));
@@ -1014,11 +1050,33 @@ impl SessionState {
                         "a state column has another type than its aggregate's",
                     ));
                 }
-                accumulator.merge_batch(
-                    &take_columns(columns, &session_rows)?,
-                    &groups,
-                    n_slots,
-                )?;
+                // Snapshots written before slots hold the state of a row accumulator, which
+                // for a session without values can differ from the vectorised one's (AVG's
+                // is a count of 0 and a null sum; merged, it would mark the group as seen
+                // and evaluate to NaN instead of null): such rows take the vectorised
+                // accumulator's state of a group without values.
+                let row_empty = expr.create_accumulator()?.state()?;
+                let mut picks: Vec<(usize, usize)> = Vec::with_capacity(session_rows.len());
+                for row in &session_rows {
+                    let row = *row as usize;
+                    let mut is_empty = true;
+                    for (column, value) in columns.iter().zip(&row_empty) {
+                        if ScalarValue::try_from_array(column, row)? != *value {
+                            is_empty = false;
+                            break;
+                        }
+                    }
+                    picks.push(if is_empty { (1, 0) } else { (0, row) });
+                }
+                let merged = columns
+                    .iter()
+                    .zip(empty_state)
+                    .map(|(column, empty)| {
+                        Ok(interleave(&[column.as_ref(), empty.as_ref()], &picks)?)
+                    })
+                    .collect::<Result<Vec<_>, EngineError>>()?;
+                let groups: Vec<usize> = (first_slot..n_slots).collect();
+                accumulator.merge_batch(&merged, &groups, n_slots)?;
                 column += n_fields;
             }
             state.n_accumulated = n_slots;
@@ -1027,5 +1085,212 @@ impl SessionState {
             sessions.sort_by_key(|session| session.start);
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, StringArray};
+    use datafusion::logical_expr::Accumulator;
+
+    use super::*;
+    use crate::plan::JobLimits;
+
+    const JOB: &str = "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS total, \
+        MIN(v) AS lo, MAX(v) AS hi, AVG(v) AS mean \
+        FROM SESSION(s, ts, INTERVAL '10' SECOND) GROUP BY k, window_start, window_end";
+
+    fn plan() -> JobPlan {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, false),
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        JobPlan::compile(JOB, schema, "ts", &JobLimits::default()).expect("compiles")
+    }
+
+    /// One session as the row accumulators kept it before slots: its rows' values.
+    struct OldSession {
+        key: &'static str,
+        start: i64,
+        last: i64,
+        version: u32,
+        fired: bool,
+        values: Vec<Option<f64>>,
+    }
+
+    /// The argument columns of every aggregate over rows of `key` with `values`.
+    fn args(plan: &JobPlan, key: &str, values: &[Option<f64>]) -> Vec<Vec<ArrayRef>> {
+        let batch = RecordBatch::try_new(
+            Arc::clone(&plan.stream_schema),
+            vec![
+                Arc::new(Int64Array::from(vec![0; values.len()])),
+                Arc::new(StringArray::from(vec![key; values.len()])),
+                Arc::new(Float64Array::from(values.to_vec())),
+            ],
+        )
+        .expect("batch");
+        plan.aggregates
+            .iter()
+            .map(|aggregate| {
+                aggregate
+                    .args
+                    .iter()
+                    .map(|arg| {
+                        arg.evaluate(&batch)
+                            .and_then(|value| value.into_array(batch.num_rows()))
+                            .expect("evaluates")
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A snapshot written the way the per-session row accumulators wrote it (one row per
+    /// session, a null row for a key without one), restores, and emits the values those
+    /// accumulators evaluated to.
+    #[test]
+    fn a_snapshot_of_per_session_row_accumulators_restores() {
+        let plan = plan();
+        let old = [
+            OldSession {
+                key: "a",
+                start: 1_000,
+                last: 4_000,
+                version: 0,
+                fired: false,
+                values: vec![
+                    Some(0.1),
+                    Some(0.2),
+                    None,
+                    Some(1e17),
+                    Some(-1e17),
+                    Some(0.3),
+                ],
+            },
+            OldSession {
+                key: "a",
+                start: 30_000,
+                last: 30_000,
+                version: 2,
+                fired: true,
+                values: vec![Some(7.5)],
+            },
+            OldSession {
+                key: "c",
+                start: 5_000,
+                last: 9_000,
+                version: 0,
+                fired: false,
+                values: vec![None],
+            },
+        ];
+        let converter = RowConverter::new(vec![SortField::new(DataType::Utf8)]).expect("converter");
+        let key_row = |key: &str| -> Box<[u8]> {
+            let column: ArrayRef = Arc::new(StringArray::from(vec![key]));
+            let rows = converter.convert_columns(&[column]).expect("converts");
+            Box::from(rows.row(0).as_ref())
+        };
+        let schema = SessionState::snapshot_schema(&plan).expect("schema");
+        let state_types: Vec<DataType> = schema.fields()[FIXED_SNAPSHOT_COLUMNS..]
+            .iter()
+            .map(|field| field.data_type().clone())
+            .collect();
+        let mut key_rows: Vec<Box<[u8]>> = Vec::new();
+        let (mut starts, mut lasts, mut versions, mut fired) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut states: Vec<Vec<ScalarValue>> = vec![Vec::new(); state_types.len()];
+        let mut expected: Vec<Vec<ScalarValue>> = vec![Vec::new(); plan.aggregates.len()];
+        // Key order "a", "b" (no session), "c", as the old snapshot wrote keys by id.
+        for key in ["a", "b", "c"] {
+            let sessions: Vec<&OldSession> = old.iter().filter(|old| old.key == key).collect();
+            if sessions.is_empty() {
+                key_rows.push(key_row(key));
+                starts.push(None);
+                lasts.push(None);
+                versions.push(None);
+                fired.push(None);
+                for (column, data_type) in states.iter_mut().zip(&state_types) {
+                    column.push(ScalarValue::try_from(data_type).expect("null"));
+                }
+            }
+            for session in sessions {
+                key_rows.push(key_row(key));
+                starts.push(Some(session.start));
+                lasts.push(Some(session.last));
+                versions.push(Some(session.version));
+                fired.push(Some(session.fired));
+                let args = args(&plan, key, &session.values);
+                let mut column = 0;
+                for ((aggregate, args), expected) in
+                    plan.aggregates.iter().zip(&args).zip(&mut expected)
+                {
+                    let mut accumulator: Box<dyn Accumulator> =
+                        aggregate.expr.create_accumulator().expect("accumulator");
+                    for row in 0..session.values.len() {
+                        let slices: Vec<ArrayRef> =
+                            args.iter().map(|arg| arg.slice(row, 1)).collect();
+                        accumulator.update_batch(&slices).expect("updates");
+                    }
+                    for value in accumulator.state().expect("state") {
+                        states[column].push(value);
+                        column += 1;
+                    }
+                    expected.push(accumulator.evaluate().expect("evaluates"));
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(BinaryArray::from(
+                key_rows.iter().map(|row| row.as_ref()).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(starts)),
+            Arc::new(Int64Array::from(lasts)),
+            Arc::new(UInt32Array::from(versions)),
+            Arc::new(BooleanArray::from(fired)),
+        ];
+        for values in states {
+            columns.push(ScalarValue::iter_to_array(values).expect("state column"));
+        }
+        let snapshot = RecordBatch::try_new(schema, columns).expect("snapshot batch");
+
+        let mut state =
+            SessionState::restore(&plan, 10_000, 60_000, &[snapshot.clone()]).expect("restores");
+        assert_eq!(state.len(), 3);
+        // A snapshot of the restored state is the one it came from, but for AVG's state in
+        // a session without values: null for the vectorised accumulator, a count of 0 for
+        // the row one (both evaluate to null).
+        let again = state.snapshot(&plan).expect("snapshot");
+        let avg_count = snapshot.num_columns() - 2;
+        assert_eq!(
+            again.columns()[..avg_count],
+            snapshot.columns()[..avg_count]
+        );
+        let avg_counts = again
+            .column(avg_count)
+            .as_primitive::<arrow::datatypes::UInt64Type>();
+        assert_eq!(
+            avg_counts.iter().collect::<Vec<_>>(),
+            vec![Some(5), Some(1), None, None]
+        );
+        let which: Vec<(u32, i64)> = vec![(0, 1_000), (0, 30_000), (2, 5_000)];
+        let mut output = OperatorOutput::default();
+        state.emit(&plan, &which, &mut output).expect("emits");
+        let keys: ArrayRef = Arc::new(StringArray::from(vec!["a", "a", "c"]));
+        let aggregates = expected
+            .into_iter()
+            .map(|values| ScalarValue::iter_to_array(values).expect("values"))
+            .collect();
+        let want = build_results(
+            &plan,
+            &[keys],
+            &[1_000, 30_000, 5_000],
+            &[14_000, 40_000, 19_000],
+            aggregates,
+            vec![1, 3, 1],
+            true,
+        )
+        .expect("results");
+        assert_eq!(output.results, vec![want]);
     }
 }
