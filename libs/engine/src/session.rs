@@ -1121,15 +1121,31 @@ mod tests {
 
     /// The argument columns of every aggregate over rows of `key` with `values`.
     fn args(plan: &JobPlan, key: &str, values: &[Option<f64>]) -> Vec<Vec<ArrayRef>> {
-        let batch = RecordBatch::try_new(
+        let batch = events(plan, &vec![(0, key); values.len()], values);
+        batch_args(plan, &batch)
+    }
+
+    fn events(
+        plan: &JobPlan,
+        times_and_keys: &[(i64, &str)],
+        values: &[Option<f64>],
+    ) -> RecordBatch {
+        RecordBatch::try_new(
             Arc::clone(&plan.stream_schema),
             vec![
-                Arc::new(Int64Array::from(vec![0; values.len()])),
-                Arc::new(StringArray::from(vec![key; values.len()])),
+                Arc::new(Int64Array::from_iter_values(
+                    times_and_keys.iter().map(|(time, _)| *time),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    times_and_keys.iter().map(|(_, key)| *key),
+                )),
                 Arc::new(Float64Array::from(values.to_vec())),
             ],
         )
-        .expect("batch");
+        .expect("batch")
+    }
+
+    fn batch_args(plan: &JobPlan, batch: &RecordBatch) -> Vec<Vec<ArrayRef>> {
         plan.aggregates
             .iter()
             .map(|aggregate| {
@@ -1292,5 +1308,64 @@ mod tests {
         )
         .expect("results");
         assert_eq!(output.results, vec![want]);
+    }
+
+    /// Rows whose aggregate inputs are all null leave SUM, MIN, MAX and AVG null, as the row
+    /// accumulators did, also through the remaps of emissions and merges.
+    #[test]
+    fn sessions_of_null_values_stay_null() {
+        let plan = plan();
+        let mut state = SessionState::new(&plan, 10_000).expect("state");
+        // Key "a": two sessions of nulls that an event between them (also null) merges;
+        // key "b": one value.
+        let times_and_keys = [(1_000, "a"), (20_000, "a"), (2_000, "b"), (10_500, "a")];
+        let values = [None, None, Some(2.5), None];
+        let batch = events(&plan, &times_and_keys, &values);
+        let keys: Vec<ArrayRef> = plan
+            .keys
+            .iter()
+            .map(|key| {
+                key.evaluate(&batch)
+                    .and_then(|value| value.into_array(batch.num_rows()))
+                    .expect("key")
+            })
+            .collect();
+        let args = batch_args(&plan, &batch);
+        let filters = vec![None; plan.aggregates.len()];
+        let ids = state.intern(&keys, batch.num_rows()).expect("interns");
+        let mut output = OperatorOutput::default();
+        for (row, (time, _)) in times_and_keys.iter().enumerate() {
+            let assignment = state
+                .assign(&plan, ids[row], *time, i64::MIN, 0)
+                .expect("assigns");
+            assert!(matches!(assignment, Assignment::Open));
+            state
+                .update(ids[row], *time, &args, &filters, row)
+                .expect("updates");
+        }
+        state
+            .advance(&plan, i64::MAX, 0, &mut output)
+            .expect("advances");
+        state.flush(&plan, &mut output).expect("flushes");
+        let keys: ArrayRef = Arc::new(StringArray::from(vec!["b", "a"]));
+        let aggregates: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(vec![1, 3])),
+            Arc::new(Float64Array::from(vec![Some(2.5), None])),
+            Arc::new(Float64Array::from(vec![Some(2.5), None])),
+            Arc::new(Float64Array::from(vec![Some(2.5), None])),
+            Arc::new(Float64Array::from(vec![Some(2.5), None])),
+        ];
+        let want = build_results(
+            &plan,
+            &[keys],
+            &[2_000, 1_000],
+            &[12_000, 30_000],
+            aggregates,
+            vec![1, 1],
+            true,
+        )
+        .expect("results");
+        assert_eq!(output.results, vec![want]);
+        assert_eq!(state.len(), 0);
     }
 }
