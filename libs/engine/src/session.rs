@@ -460,6 +460,8 @@ impl SessionState {
             }
             let slot = self.new_slot(key)?;
             let sessions = &mut self.sessions[key as usize];
+            // A key seldom has more than one or two sessions at a time: no room for four.
+            sessions.reserve_exact(1);
             let position = sessions.partition_point(|session| session.start < timestamp);
             sessions.insert(
                 position,
