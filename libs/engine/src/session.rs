@@ -665,8 +665,13 @@ impl SessionState {
         );
         let n_emitted = emitted.len();
         let emitted_groups: Vec<usize> = (0..n_emitted).collect();
-        // Without a merge, and with few dead slots, every slot goes back where it was.
-        let renumber = merge.is_some() || compact;
+        // With few dead slots every slot goes back where it was, unless a merge has several
+        // sources. One source goes into its target in place: the target group then takes the
+        // two states in slot order, which gives what the row accumulators' target-then-source
+        // gave, as one addition (or minimum, maximum) of two values does not depend on their
+        // order. Several must go target first, then in their order.
+        let merge_in_place = matches!(merge, Some((_, [_])));
+        let renumber = compact || (merge.is_some() && !merge_in_place);
         let (order, targets, slot_keys) = if renumber {
             let mut order: Vec<u32> = Vec::with_capacity(n_slots);
             let mut targets: Vec<usize> = Vec::with_capacity(n_slots);
@@ -690,11 +695,11 @@ impl SessionState {
             }
             (UInt32Array::from(order), targets, slot_keys)
         } else {
-            (
-                UInt32Array::from(Vec::<u32>::new()),
-                (0..n_slots).collect(),
-                Vec::new(),
-            )
+            let mut targets: Vec<usize> = (0..n_slots).collect();
+            if let Some((target, [source])) = merge {
+                targets[*source as usize] = target as usize;
+            }
+            (UInt32Array::from(Vec::<u32>::new()), targets, Vec::new())
         };
         let n_groups = if renumber { slot_keys.len() } else { n_slots };
         let mut values = Vec::with_capacity(self.accumulators.len());
