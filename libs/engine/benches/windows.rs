@@ -53,7 +53,7 @@ const MAX_OUT_OF_ORDERNESS: Duration = Duration::from_secs(5);
 /// Parquet key-value metadata that records the generator's parameters.
 const PARAMS_KEY: &str = "runnel.bench.windows.params";
 
-const FIGURES: [&str; 7] = [
+const FIGURES: [&str; 8] = [
     "live_tumble",
     "live_hop",
     "live_session",
