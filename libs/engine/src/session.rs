@@ -1160,7 +1160,7 @@ mod tests {
                     .args
                     .iter()
                     .map(|arg| {
-                        arg.evaluate(&batch)
+                        arg.evaluate(batch)
                             .and_then(|value| value.into_array(batch.num_rows()))
                             .expect("evaluates")
                     })
@@ -1278,7 +1278,8 @@ mod tests {
         let snapshot = RecordBatch::try_new(schema, columns).expect("snapshot batch");
 
         let mut state =
-            SessionState::restore(&plan, 10_000, 60_000, &[snapshot.clone()]).expect("restores");
+            SessionState::restore(&plan, 10_000, 60_000, std::slice::from_ref(&snapshot))
+                .expect("restores");
         assert_eq!(state.len(), 3);
         // A snapshot of the restored state is the one it came from, but for AVG's state in
         // a session without values: null for the vectorised accumulator, a count of 0 for
