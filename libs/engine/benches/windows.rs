@@ -5,10 +5,10 @@
 //! `scripts/bench-windows.sh` runs it in release, one process per figure, beside DuckDB.
 //!
 //! Usage: `windows [generate | FIGURE...]`, where FIGURE is `live_tumble`, `live_hop`,
-//! `live_session`, `recompute_tumble`, `recompute_hop`, `recompute_session` or
-//! `state_bytes_per_window`. `generate` writes the data file (or keeps it if it exists with
-//! the same parameters); with no argument (plain `cargo bench`) it generates and runs every
-//! figure. A figure that fails or panics prints `BENCH <name> unavailable (<reason>)` and the
+//! `live_session`, `recompute_tumble`, `recompute_hop`, `recompute_session`,
+//! `state_bytes_per_window` or `state_bytes_per_session`. `generate` writes the data file
+//! (or keeps it if it exists with the same parameters); with no argument (plain `cargo bench`)
+//! it generates and runs every figure. A figure that fails or panics prints `BENCH <name> unavailable (<reason>)` and the
 //! others still run.
 //!
 //! Environment: `BENCH_EVENTS` (default 10,000,000), `BENCH_DATA` (the Parquet file; default
@@ -53,7 +53,7 @@ const MAX_OUT_OF_ORDERNESS: Duration = Duration::from_secs(5);
 /// Parquet key-value metadata that records the generator's parameters.
 const PARAMS_KEY: &str = "runnel.bench.windows.params";
 
-const FIGURES: [&str; 7] = [
+const FIGURES: [&str; 8] = [
     "live_tumble",
     "live_hop",
     "live_session",
@@ -61,6 +61,7 @@ const FIGURES: [&str; 7] = [
     "recompute_hop",
     "recompute_session",
     "state_bytes_per_window",
+    "state_bytes_per_session",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -425,11 +426,12 @@ fn recompute(settings: &Settings, job: Job, figure: &str) -> anyhow::Result<Stri
     Ok(events_per_second(settings.events, elapsed))
 }
 
-/// Bytes per open (key, window) group, after the tumbling job saw every event and before
-/// `finish` drops the state.
-fn state_bytes_per_window(settings: &Settings) -> anyhow::Result<String> {
+/// Bytes per open (key, window) group, after `job` saw every event and before `finish` drops
+/// the state: `state_bytes_per_window` for the tumbling job, `state_bytes_per_session` for
+/// the session job.
+fn state_bytes_per_window(settings: &Settings, job: Job) -> anyhow::Result<String> {
     let (schema, batches) = read_events(settings)?;
-    let plan = compile(Job::Tumble, schema)?;
+    let plan = compile(job, schema)?;
     let (operator, _) = feed(&plan, &batches, false)?;
     let (windows, groups) = operator.open_state();
     let bytes = operator.state_bytes();
@@ -440,7 +442,10 @@ fn state_bytes_per_window(settings: &Settings) -> anyhow::Result<String> {
 
 fn run_figure(settings: &Settings, figure: &str) -> anyhow::Result<String> {
     if figure == "state_bytes_per_window" {
-        return state_bytes_per_window(settings);
+        return state_bytes_per_window(settings, Job::Tumble);
+    }
+    if figure == "state_bytes_per_session" {
+        return state_bytes_per_window(settings, Job::Session);
     }
     let (mode, job) = figure
         .split_once('_')

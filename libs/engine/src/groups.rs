@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
@@ -40,7 +41,14 @@ pub(crate) struct Evaluated {
 
 /// Creates the vectorised accumulator of `aggregate`, or wraps its row accumulator.
 fn new_accumulator(aggregate: &AggregatePlan) -> Result<Box<dyn GroupsAccumulator>, EngineError> {
-    let expr = Arc::clone(&aggregate.expr);
+    new_groups_accumulator(&aggregate.expr)
+}
+
+/// Creates the vectorised accumulator of `expr`, or wraps its row accumulator.
+pub(crate) fn new_groups_accumulator(
+    expr: &Arc<AggregateFunctionExpr>,
+) -> Result<Box<dyn GroupsAccumulator>, EngineError> {
+    let expr = Arc::clone(expr);
     if expr.groups_accumulator_supported() {
         Ok(expr.create_groups_accumulator()?)
     } else {

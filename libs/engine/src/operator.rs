@@ -215,15 +215,10 @@ impl BatchRun {
         }
     }
 
-    /// Records that what `output` gained from `first_result` on was emitted at `position`.
-    fn mark(
-        &mut self,
-        first_result: usize,
-        position: usize,
-        phase: Phase,
-        output: &OperatorOutput,
-    ) {
-        if output.results.len() > first_result {
+    /// Records that the results from `first_result` on, up to `emitted` (see
+    /// [`WindowOperator::emitted`]), were emitted at `position`.
+    fn mark(&mut self, first_result: usize, position: usize, phase: Phase, emitted: usize) {
+        if emitted > first_result {
             self.marks.push(Mark {
                 first_result,
                 position,
@@ -435,6 +430,9 @@ impl WindowOperator {
 
     /// Returns an estimate of the bytes held by open windows.
     pub fn state_bytes(&self) -> usize {
+        if let Some(sessions) = &self.sessions {
+            return sessions.size();
+        }
         self.windows
             .values()
             .map(|window| window.table.size())
@@ -549,10 +547,24 @@ impl WindowOperator {
         self.flush(prepared, &mut segment)?;
         let max_event_time = run.max_event_time(trace, end);
         self.partitions[partition as usize].max_event_time = max_event_time;
-        let first_result = output.results.len();
+        let first_result = self.emitted(output);
         self.advance_to(self.watermark_with(max_event_time, run.others), output)?;
-        run.mark(first_result, end, Phase::Fire, output);
+        run.mark(first_result, end, Phase::Fire, self.emitted(output));
+        if let Some(sessions) = &mut self.sessions {
+            // The batch's session emissions wait in the session state until here, in order.
+            sessions.flush(&self.plan, output)?;
+        }
         Ok((late, run.marks))
+    }
+
+    /// How many result batches the current call has emitted: those in `output`, and those
+    /// the session state holds back until the end of the batch.
+    fn emitted(&self, output: &OperatorOutput) -> usize {
+        output.results.len()
+            + self
+                .sessions
+                .as_ref()
+                .map_or(0, SessionState::pending_emissions)
     }
 
     /// The watermark before position `position` of the batch.
@@ -585,9 +597,9 @@ impl WindowOperator {
                 }
             }
             self.flush(prepared, segment)?;
-            let first_result = output.results.len();
+            let first_result = self.emitted(output);
             self.advance_to(self.trace_watermark(run, trace, low), output)?;
-            run.mark(first_result, low, Phase::Fire, output);
+            run.mark(first_result, low, Phase::Fire, self.emitted(output));
             run.next_trigger = self.next_trigger();
             run.checked = low + 1;
         }
@@ -630,9 +642,9 @@ impl WindowOperator {
                     });
                 } else if end <= watermark {
                     self.flush(prepared, segment)?;
-                    let first_result = output.results.len();
+                    let first_result = self.emitted(output);
                     self.apply_late_update(prepared, row, start, output)?;
-                    run.mark(first_result, position, Phase::Row, output);
+                    run.mark(first_result, position, Phase::Row, self.emitted(output));
                 } else {
                     segment.entry(start).or_default().push(row as u32);
                     run.next_trigger = run.next_trigger.min(end);
@@ -673,10 +685,11 @@ impl WindowOperator {
                 }
                 Assignment::LateUpdate { key, start } => {
                     sessions.update(key, timestamp, &prepared.args, &prepared.filters, row)?;
-                    let first_result = output.results.len();
+                    let first_result = output.results.len() + sessions.pending_emissions();
                     sessions.emit(&plan, &[(key, start)], output)?;
                     sessions.mark_fired(key, start, lateness);
-                    run.mark(first_result, position, Phase::Row, output);
+                    let emitted = output.results.len() + sessions.pending_emissions();
+                    run.mark(first_result, position, Phase::Row, emitted);
                 }
                 Assignment::Late(reason) => late.push(LateEvent {
                     row: position as u32,
