@@ -58,14 +58,7 @@ if [[ "${BENCH_WINDOWS_OPERATOR:-1}" == 0 ]]; then
 elif echo "==> building the benchmark (release)" >&2 &&
   cargo bench -p runnel-engine --bench windows --no-run --message-format=json-render-diagnostics \
     >"$work_dir/build.json"; then
-  bench_bin="$(python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "windows" \
-            and message.get("executable"):
-        print(message["executable"])
-' "$work_dir/build.json")"
+  bench_bin="$(cargo_executable windows bench <"$work_dir/build.json")"
   [[ -n "$bench_bin" ]] || build_error="no executable in cargo's output"
 fi
 

@@ -12,6 +12,8 @@
 #                        runnel`), and prints the driver's path; cargo's output goes to stderr
 #   build_release_bin PACKAGE BIN  builds (release) binary BIN of PACKAGE and prints its path;
 #                        cargo's output goes to stderr
+#   cargo_executable NAME KIND  prints the executable of target NAME (KIND bin or bench) from
+#                        cargo's JSON messages on stdin
 
 emit() {
   local line="$1" name value
@@ -59,31 +61,28 @@ ratio() {
   fi
 }
 
+# Reads cargo's `--message-format=json-render-diagnostics` output on stdin and prints the
+# executable of the target NAME ($1) of kind KIND ($2: bin, bench).
+cargo_executable() {
+  python3 -c '
+import json, sys
+name, kind = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == name \
+            and kind in message["target"]["kind"] and message.get("executable"):
+        print(message["executable"])
+' "$1" "$2"
+}
+
 build_bench_driver() {
   local name="$1"
   shift
   cargo build --release -p runnel-e2e-tests --bench "$name" "$@" \
-    --message-format=json-render-diagnostics |
-    python3 -c '
-import json, sys
-name = sys.argv[1]
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == name \
-            and "bench" in message["target"]["kind"] and message.get("executable"):
-        print(message["executable"])
-' "$name"
+    --message-format=json-render-diagnostics | cargo_executable "$name" bench
 }
 
 build_release_bin() {
   cargo build --release -p "$1" --bin "$2" --message-format=json-render-diagnostics |
-    python3 -c '
-import json, sys
-name = sys.argv[1]
-for line in sys.stdin:
-    message = json.loads(line)
-    if message.get("reason") == "compiler-artifact" and message["target"]["name"] == name \
-            and "bin" in message["target"]["kind"] and message.get("executable"):
-        print(message["executable"])
-' "$2"
+    cargo_executable "$2" bin
 }
