@@ -72,11 +72,6 @@ impl ShardedOperator {
         })
     }
 
-    /// Returns the number of shards.
-    pub fn shards(&self) -> usize {
-        self.shards.len()
-    }
-
     /// Returns the schema of late-event batches (see [`WindowOperator::late_schema`]).
     pub fn late_schema(&self) -> SchemaRef {
         Arc::clone(&self.late_schema)
@@ -90,15 +85,6 @@ impl ShardedOperator {
     /// Returns how many (event, window) pairs were too late to count so far.
     pub fn late_count(&self) -> u64 {
         self.late_count
-    }
-
-    /// Returns the number of open windows (sessions count one per key) and of groups,
-    /// summed over the shards.
-    pub fn open_state(&self) -> (usize, usize) {
-        self.shards.iter().fold((0, 0), |(windows, groups), shard| {
-            let (w, g) = shard.open_state();
-            (windows + w, groups + g)
-        })
     }
 
     /// Processes a batch, as [`WindowOperator::process`] does.
@@ -116,47 +102,50 @@ impl ShardedOperator {
         let mut output = OperatorOutput::default();
         let prepared = prepare_events(&self.plan, partition, batch, &mut output.errors)?;
         let prefix = prefix_max(prepared.times());
-        let owned = self.owned_rows(prepared.keys(), prepared.len())?;
-        let parts = if self.shards.len() == 1 {
-            vec![None]
-        } else {
-            owned
-                .iter()
-                .map(|rows| prepared.take(rows).map(Some))
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let run = |shard: &mut WindowOperator, part: &Option<_>, rows: &Vec<u32>| {
-            let trace = Trace {
-                positions: part.as_ref().map(|_| rows.as_slice()),
-                prefix: &prefix,
-            };
-            shard.process_shard(
-                partition,
-                arrival_ms,
-                part.as_ref().unwrap_or(&prepared),
-                &trace,
-            )
-        };
         let outputs: Vec<Result<ShardOutput, EngineError>> = match self.shards.as_mut_slice() {
-            [only] => vec![run(only, &parts[0], &owned[0])],
-            [first, rest @ ..] => std::thread::scope(|scope| {
-                let handles: Vec<_> = rest
-                    .iter_mut()
-                    .zip(&parts[1..])
-                    .zip(&owned[1..])
-                    .map(|((shard, part), rows)| scope.spawn(move || run(shard, part, rows)))
-                    .collect();
-                let mut outputs = vec![run(first, &parts[0], &owned[0])];
-                outputs.extend(handles.into_iter().map(|handle| {
-                    handle.join().unwrap_or_else(|_| {
-                        Err(EngineError::Misuse(
-                            "an operator shard panicked".to_string(),
-                        ))
-                    })
-                }));
-                outputs
-            }),
-            [] => unreachable!("an operator has at least one shard"),
+            [only] => {
+                let trace = Trace {
+                    positions: None,
+                    prefix: &prefix,
+                };
+                vec![only.process_shard(partition, arrival_ms, &prepared, &trace)]
+            }
+            shards => {
+                let owned =
+                    owned_rows(&self.hasher, shards.len(), prepared.keys(), prepared.len())?;
+                let parts = owned
+                    .iter()
+                    .map(|rows| prepared.take(rows))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let run = |shard: &mut WindowOperator, part, rows: &Vec<u32>| {
+                    let trace = Trace {
+                        positions: Some(rows.as_slice()),
+                        prefix: &prefix,
+                    };
+                    shard.process_shard(partition, arrival_ms, part, &trace)
+                };
+                let (first, rest) = shards
+                    .split_first_mut()
+                    .expect("an operator has at least one shard");
+                // The first shard runs on this thread, the others on their own.
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = rest
+                        .iter_mut()
+                        .zip(&parts[1..])
+                        .zip(&owned[1..])
+                        .map(|((shard, part), rows)| scope.spawn(move || run(shard, part, rows)))
+                        .collect();
+                    let mut outputs = vec![run(first, &parts[0], &owned[0])];
+                    outputs.extend(handles.into_iter().map(|handle| {
+                        handle.join().unwrap_or_else(|_| {
+                            Err(EngineError::Misuse(
+                                "an operator shard panicked".to_string(),
+                            ))
+                        })
+                    }));
+                    outputs
+                })
+            }
         };
         let outputs = outputs.into_iter().collect::<Result<Vec<_>, _>>()?;
         let mut late: Vec<LateEvent> = Vec::new();
@@ -196,26 +185,27 @@ impl ShardedOperator {
             ..OperatorOutput::default()
         })
     }
+}
 
-    /// The rows (ascending) of each shard, by a hash of their key columns.
-    fn owned_rows(
-        &self,
-        keys: &[arrow::array::ArrayRef],
-        n_rows: usize,
-    ) -> Result<Vec<Vec<u32>>, EngineError> {
-        let n_shards = self.shards.len();
-        let mut owned = vec![Vec::new(); n_shards];
-        if n_shards == 1 || keys.is_empty() {
-            owned[0] = (0..n_rows as u32).collect();
-            return Ok(owned);
-        }
-        let mut hashes = vec![0u64; n_rows];
-        create_hashes(keys, &self.hasher, &mut hashes)?;
-        for (row, hash) in hashes.iter().enumerate() {
-            owned[(*hash % n_shards as u64) as usize].push(row as u32);
-        }
-        Ok(owned)
+/// The rows (ascending) of each of `n_shards` shards, by a hash of their key columns (all to
+/// the first shard when the job has no keys).
+fn owned_rows(
+    hasher: &RandomState,
+    n_shards: usize,
+    keys: &[arrow::array::ArrayRef],
+    n_rows: usize,
+) -> Result<Vec<Vec<u32>>, EngineError> {
+    let mut owned = vec![Vec::new(); n_shards];
+    if keys.is_empty() {
+        owned[0] = (0..n_rows as u32).collect();
+        return Ok(owned);
     }
+    let mut hashes = vec![0u64; n_rows];
+    create_hashes(keys, hasher, &mut hashes)?;
+    for (row, hash) in hashes.iter().enumerate() {
+        owned[(*hash % n_shards as u64) as usize].push(row as u32);
+    }
+    Ok(owned)
 }
 
 /// Results one shard emitted at one position of a batch.
