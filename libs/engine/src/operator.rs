@@ -38,7 +38,7 @@ use crate::error::{EngineError, EventError};
 use crate::groups::GroupTable;
 use crate::plan::{GroupSlot, JobPlan, window_time_type};
 use crate::session::{Assignment, SessionState};
-use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec, event_times_ms, floor_to};
+use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec, WindowStarts, event_times_ms, floor_to};
 
 /// runnel's one RFC 3339 formatter: late reasons name times as the CLI prints them.
 pub(crate) use runnel_time as time;
@@ -225,6 +225,48 @@ impl BatchRun {
                 phase,
             });
         }
+    }
+}
+
+/// Rows of the current batch waiting to be added to their windows' state, by window start.
+/// Consecutive rows mostly go to the windows the row before went to, so each of an event's
+/// windows (`nth`) remembers where its last row went.
+#[derive(Default)]
+pub(crate) struct Segment {
+    windows: Vec<(i64, Vec<u32>)>,
+    /// By `nth`: the index in `windows` of the window the last row's `nth` window was.
+    hints: Vec<usize>,
+}
+
+impl Segment {
+    /// Adds `row` to the window starting at `start`, its `nth` window.
+    fn push(&mut self, nth: usize, start: i64, row: u32) {
+        if self.hints.len() <= nth {
+            self.hints.resize(nth + 1, 0);
+        }
+        let hint = self.hints[nth];
+        if let Some((hinted, rows)) = self.windows.get_mut(hint)
+            && *hinted == start
+        {
+            rows.push(row);
+            return;
+        }
+        let index = match self.windows.iter().position(|(held, _)| *held == start) {
+            Some(index) => index,
+            None => {
+                self.windows.push((start, Vec::new()));
+                self.windows.len() - 1
+            }
+        };
+        self.windows[index].1.push(row);
+        self.hints[nth] = index;
+    }
+
+    /// Takes the windows' rows, by window start.
+    fn take(&mut self) -> Vec<(i64, Vec<u32>)> {
+        let mut windows = std::mem::take(&mut self.windows);
+        windows.sort_unstable_by_key(|(start, _)| *start);
+        windows
     }
 }
 
@@ -536,7 +578,7 @@ impl WindowOperator {
             next_trigger: self.next_trigger(),
             marks: Vec::new(),
         };
-        let mut segment: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut segment = Segment::default();
         let late = if self.sessions.is_some() {
             self.session_rows(prepared, trace, &mut run, output)?
         } else {
@@ -581,7 +623,7 @@ impl WindowOperator {
         trace: &Trace<'_>,
         upto: usize,
         prepared: &Prepared,
-        segment: &mut BTreeMap<i64, Vec<u32>>,
+        segment: &mut Segment,
         output: &mut OperatorOutput,
     ) -> Result<(), EngineError> {
         while run.checked <= upto && self.trace_watermark(run, trace, upto) >= run.next_trigger {
@@ -613,19 +655,27 @@ impl WindowOperator {
         prepared: &Prepared,
         trace: &Trace<'_>,
         run: &mut BatchRun,
-        segment: &mut BTreeMap<i64, Vec<u32>>,
+        segment: &mut Segment,
         output: &mut OperatorOutput,
     ) -> Result<Vec<LateEvent>, EngineError> {
         let spec = self.plan.window;
         let size_ms = spec.size_ms();
         let per_event = spec.windows_per_event();
+        let mut starts = WindowStarts::new(spec);
         let mut late: Vec<LateEvent> = Vec::new();
+        // Rows before this position cannot fire anything: the watermark before them is
+        // below the next trigger.
+        let mut quiet_until = self.crossing(run, trace, run.checked);
         for (row, &timestamp) in prepared.times.iter().enumerate() {
             let position = trace.position(row);
-            self.step(run, trace, position, prepared, segment, output)?;
+            if position >= quiet_until {
+                self.step(run, trace, position, prepared, segment, output)?;
+                quiet_until = self.crossing(run, trace, position + 1);
+            }
             let watermark = self.trace_watermark(run, trace, position);
+            let latest = starts.latest(timestamp);
             for nth in 0..per_event {
-                let start = spec.window_start(timestamp, nth);
+                let start = starts.nth(latest, nth);
                 let end = start.saturating_add(size_ms);
                 if end.saturating_add(self.allowed_lateness_ms) <= watermark {
                     late.push(LateEvent {
@@ -646,13 +696,35 @@ impl WindowOperator {
                     self.apply_late_update(prepared, row, start, output)?;
                     run.mark(first_result, position, Phase::Row, self.emitted(output));
                 } else {
-                    segment.entry(start).or_default().push(row as u32);
-                    run.next_trigger = run.next_trigger.min(end);
+                    segment.push(nth, start, row as u32);
+                    if end < run.next_trigger {
+                        run.next_trigger = end;
+                        quiet_until = self.crossing(run, trace, position + 1);
+                    }
                 }
             }
             run.checked = position + 1;
         }
         Ok(late)
+    }
+
+    /// The first position from `from` on (to the whole batch's end) where the watermark
+    /// reaches `run.next_trigger`; past the end if it does not in this batch.
+    fn crossing(&self, run: &BatchRun, trace: &Trace<'_>, from: usize) -> usize {
+        let end = trace.len();
+        if from > end || self.trace_watermark(run, trace, end) < run.next_trigger {
+            return usize::MAX;
+        }
+        let (mut low, mut high) = (from, end);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if self.trace_watermark(run, trace, middle) >= run.next_trigger {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        low
     }
 
     /// The per-row loop for session windows (see `session.rs`).
@@ -672,10 +744,14 @@ impl WindowOperator {
             .expect("called for session windows")
             .intern(&prepared.keys, n_rows)?;
         let mut late: Vec<LateEvent> = Vec::new();
-        let mut no_segment = BTreeMap::new();
+        let mut no_segment = Segment::default();
+        let mut quiet_until = self.crossing(run, trace, run.checked);
         for (row, &timestamp) in prepared.times.iter().enumerate() {
             let position = trace.position(row);
-            self.step(run, trace, position, prepared, &mut no_segment, output)?;
+            if position >= quiet_until {
+                self.step(run, trace, position, prepared, &mut no_segment, output)?;
+                quiet_until = self.crossing(run, trace, position + 1);
+            }
             let watermark = self.trace_watermark(run, trace, position);
             let key = key_ids[row];
             let sessions = self.sessions.as_mut().expect("called for session windows");
@@ -698,7 +774,11 @@ impl WindowOperator {
                     reason,
                 }),
             }
-            run.next_trigger = sessions.next_trigger();
+            let next_trigger = sessions.next_trigger();
+            if next_trigger != run.next_trigger {
+                run.next_trigger = next_trigger;
+                quiet_until = self.crossing(run, trace, position + 1);
+            }
             run.checked = position + 1;
         }
         Ok(late)
@@ -924,12 +1004,8 @@ impl WindowOperator {
     }
 
     /// Adds the pending rows of each window to its state.
-    fn flush(
-        &mut self,
-        prepared: &Prepared,
-        segment: &mut BTreeMap<i64, Vec<u32>>,
-    ) -> Result<(), EngineError> {
-        for (start, rows) in std::mem::take(segment) {
+    fn flush(&mut self, prepared: &Prepared, segment: &mut Segment) -> Result<(), EngineError> {
+        for (start, rows) in segment.take() {
             self.update_window(prepared, start, &rows)?;
         }
         Ok(())

@@ -61,18 +61,74 @@ impl WindowSpec {
 
     /// Returns the start of the `nth` window (0 = the latest) holding `timestamp`, for
     /// tumbling and hopping windows. Saturates at the ends of `i64` (the operator only
-    /// passes times in [`EVENT_TIME_RANGE_MS`], where nothing saturates).
+    /// passes times in [`EVENT_TIME_RANGE_MS`], where nothing saturates). The definition
+    /// that [`WindowStarts`] computes with fewer divisions.
+    #[cfg(test)]
     pub(crate) fn window_start(&self, timestamp: i64, nth: usize) -> i64 {
         match self {
-            WindowSpec::Tumble { size_ms } => floor_to(timestamp, *size_ms),
-            WindowSpec::Hop { slide_ms, .. } => {
-                let back = i64::try_from(nth)
-                    .unwrap_or(i64::MAX)
-                    .saturating_mul(*slide_ms);
-                floor_to(timestamp, *slide_ms).saturating_sub(back)
-            }
             WindowSpec::Session { .. } => timestamp,
+            _ => self.nth_start(floor_to(timestamp, self.slide_ms()), nth),
         }
+    }
+
+    /// The distance between window starts (sessions: the gap).
+    fn slide_ms(&self) -> i64 {
+        match self {
+            WindowSpec::Tumble { size_ms } => *size_ms,
+            WindowSpec::Hop { slide_ms, .. } => *slide_ms,
+            WindowSpec::Session { gap_ms } => *gap_ms,
+        }
+    }
+
+    /// The start of the `nth` window back from the one starting at `latest`.
+    fn nth_start(&self, latest: i64, nth: usize) -> i64 {
+        let back = i64::try_from(nth)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(self.slide_ms());
+        latest.saturating_sub(back)
+    }
+}
+
+/// [`WindowSpec::window_start`] over a run of event times, for tumbling and hopping windows:
+/// consecutive events mostly fall in the same slide, so the last one is remembered rather
+/// than divided out again.
+pub(crate) struct WindowStarts {
+    spec: WindowSpec,
+    slide_ms: i64,
+    /// The start of the slide `[floor, floor + slide_ms)` of the last time asked for.
+    floor: Option<i64>,
+}
+
+impl WindowStarts {
+    pub(crate) fn new(spec: WindowSpec) -> WindowStarts {
+        WindowStarts {
+            spec,
+            slide_ms: spec.slide_ms(),
+            floor: None,
+        }
+    }
+
+    /// The start of the latest window holding `timestamp`.
+    pub(crate) fn latest(&mut self, timestamp: i64) -> i64 {
+        match self.floor {
+            Some(floor)
+                if timestamp
+                    .checked_sub(floor)
+                    .is_some_and(|into| (0..self.slide_ms).contains(&into)) =>
+            {
+                floor
+            }
+            _ => {
+                let floor = floor_to(timestamp, self.slide_ms);
+                self.floor = Some(floor);
+                floor
+            }
+        }
+    }
+
+    /// The start of the `nth` window holding a time whose latest window starts at `latest`.
+    pub(crate) fn nth(&self, latest: i64, nth: usize) -> i64 {
+        self.spec.nth_start(latest, nth)
     }
 }
 
@@ -164,6 +220,43 @@ mod tests {
         assert_eq!(starts, vec![60_000, 50_000, 40_000, 30_000, 20_000, 10_000]);
         for start in starts {
             assert!(start <= 65_000 && 65_000 < start + 60_000);
+        }
+    }
+
+    #[test]
+    fn remembered_starts_equal_computed_ones_in_any_order() {
+        let hop = WindowSpec::Hop {
+            slide_ms: 10_000,
+            size_ms: 30_000,
+        };
+        for spec in [WindowSpec::Tumble { size_ms: 60_000 }, hop] {
+            let mut starts = WindowStarts::new(spec);
+            let times = [
+                5,
+                9_999,
+                10_000,
+                -1,
+                -10_000,
+                -10_001,
+                59_999,
+                60_000,
+                3,
+                3,
+                i64::MIN,
+                0,
+                i64::MAX,
+                119_999,
+            ];
+            for time in times {
+                let latest = starts.latest(time);
+                for nth in 0..spec.windows_per_event() {
+                    assert_eq!(
+                        starts.nth(latest, nth),
+                        spec.window_start(time, nth),
+                        "{time}"
+                    );
+                }
+            }
         }
     }
 }
