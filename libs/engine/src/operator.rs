@@ -307,17 +307,36 @@ impl Prepared {
         })
     }
 
-    /// The key, argument and FILTER columns at `rows`; no input rows, times or batch.
+    /// The key, argument and FILTER columns at `rows`; no input rows, times or batch. A
+    /// column that serves several of them (aggregates of the same argument, a key that is
+    /// also an argument) is selected once.
     fn columns_at(&self, rows: &[u32]) -> Result<Prepared, EngineError> {
+        let mut selected: Vec<(ArrayRef, ArrayRef)> = Vec::new();
+        let mut select_once = |columns: &[ArrayRef]| {
+            columns
+                .iter()
+                .map(|column| {
+                    if let Some((_, done)) = selected
+                        .iter()
+                        .find(|(source, _)| Arc::ptr_eq(source, column))
+                    {
+                        return Ok(Arc::clone(done));
+                    }
+                    let done = select(column, rows)?;
+                    selected.push((Arc::clone(column), Arc::clone(&done)));
+                    Ok(done)
+                })
+                .collect::<Result<Vec<_>, EngineError>>()
+        };
         Ok(Prepared {
             batch: self.batch.slice(0, 0),
             input_rows: Vec::new(),
             times: Vec::new(),
-            keys: select_all(&self.keys, rows)?,
+            keys: select_once(&self.keys)?,
             args: self
                 .args
                 .iter()
-                .map(|columns| select_all(columns, rows))
+                .map(|columns| select_once(columns))
                 .collect::<Result<_, _>>()?,
             filters: self
                 .filters
