@@ -37,5 +37,5 @@ pub use recompute::{
     WindowResults, recompute, recompute_config, recompute_context, recompute_runtime,
     recompute_windows,
 };
-pub use sharded::{MAX_SHARDS, ShardedOperator};
+pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};
 pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};

@@ -515,7 +515,7 @@ impl WindowOperator {
         arrival_ms: i64,
     ) -> Result<OperatorOutput, EngineError> {
         let clock = *self.input_clock(partition, "process")?;
-        self.check_schema(batch)?;
+        check_schema(&self.plan, batch)?;
         self.start_batch(partition, arrival_ms);
         let mut output = OperatorOutput::default();
         let prepared = self.prepare(partition, batch, &mut output.errors)?;
@@ -559,15 +559,10 @@ impl WindowOperator {
         })
     }
 
-    /// Checks that `batch` may be processed: before [`finish`](Self::finish), from a known
-    /// partition, with the stream's schema.
-    pub(crate) fn check_input(
-        &mut self,
-        partition: u32,
-        batch: &RecordBatch,
-    ) -> Result<(), EngineError> {
-        self.input_clock(partition, "process")?;
-        self.check_schema(batch)
+    /// Checks that a batch of `partition` may be processed: before
+    /// [`finish`](Self::finish), from a known partition.
+    pub(crate) fn check_partition(&mut self, partition: u32) -> Result<(), EngineError> {
+        self.input_clock(partition, "process").map(|_| ())
     }
 
     /// Notes a batch's arrival on `partition`.
@@ -898,25 +893,6 @@ impl WindowOperator {
             self.finished = true;
         }
         Ok(output)
-    }
-
-    fn check_schema(&self, batch: &RecordBatch) -> Result<(), EngineError> {
-        let expected = self.plan.stream_schema.fields();
-        let actual = batch.schema();
-        let matches = actual.fields().len() == expected.len()
-            && actual
-                .fields()
-                .iter()
-                .zip(expected.iter())
-                .all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
-        if matches {
-            return Ok(());
-        }
-        Err(EngineError::Schema(format!(
-            "expected columns [{}], got [{}]",
-            describe_fields(&self.plan.stream_schema),
-            describe_fields(&actual)
-        )))
     }
 
     fn observe_arrival(&mut self, arrival_ms: i64) {
@@ -1299,6 +1275,26 @@ pub(crate) fn build_results(
         Arc::clone(&plan.result_schema),
         result_columns,
     )?)
+}
+
+/// Checks that `batch` has the columns of `plan`'s stream, by name and type, in order.
+pub(crate) fn check_schema(plan: &JobPlan, batch: &RecordBatch) -> Result<(), EngineError> {
+    let expected = plan.stream_schema.fields();
+    let actual = batch.schema();
+    let matches = actual.fields().len() == expected.len()
+        && actual
+            .fields()
+            .iter()
+            .zip(expected.iter())
+            .all(|(a, e)| a.name() == e.name() && a.data_type() == e.data_type());
+    if matches {
+        return Ok(());
+    }
+    Err(EngineError::Schema(format!(
+        "expected columns [{}], got [{}]",
+        describe_fields(&plan.stream_schema),
+        describe_fields(&actual)
+    )))
 }
 
 fn describe_fields(schema: &Schema) -> String {

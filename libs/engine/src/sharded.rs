@@ -23,9 +23,10 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
 use crate::error::EngineError;
+use crate::error::EventError;
 use crate::operator::{
-    LateEvent, Mark, OperatorOptions, OperatorOutput, Phase, ShardOutput, Trace, WindowOperator,
-    add_late_events, prefix_max, prepare_events,
+    LateEvent, Mark, OperatorOptions, OperatorOutput, Phase, Prepared, ShardOutput, Trace,
+    WindowOperator, add_late_events, check_schema, prefix_max, prepare_events,
 };
 use crate::plan::{JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_START_COLUMN};
 
@@ -98,10 +99,39 @@ impl ShardedOperator {
         batch: &RecordBatch,
         arrival_ms: i64,
     ) -> Result<OperatorOutput, EngineError> {
-        self.shards[0].check_input(partition, batch)?;
-        let mut output = OperatorOutput::default();
-        let prepared = prepare_events(&self.plan, partition, batch, &mut output.errors)?;
-        let prefix = prefix_max(prepared.times());
+        let prepared = PreparedBatch::new(&self.plan, partition, batch.clone())?;
+        self.process_prepared(prepared, arrival_ms)
+    }
+
+    /// Processes a batch prepared with [`PreparedBatch::new`] (possibly on another thread,
+    /// ahead of the operator), as [`WindowOperator::process`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`WindowOperator::process`], and a batch prepared for another plan.
+    pub fn process_prepared(
+        &mut self,
+        batch: PreparedBatch,
+        arrival_ms: i64,
+    ) -> Result<OperatorOutput, EngineError> {
+        if !Arc::ptr_eq(&batch.plan, &self.plan) {
+            return Err(EngineError::Misuse(
+                "a batch prepared for another plan".to_string(),
+            ));
+        }
+        let PreparedBatch {
+            partition,
+            batch,
+            prepared,
+            prefix,
+            errors,
+            ..
+        } = batch;
+        self.shards[0].check_partition(partition)?;
+        let mut output = OperatorOutput {
+            errors,
+            ..OperatorOutput::default()
+        };
         let outputs: Vec<Result<ShardOutput, EngineError>> = match self.shards.as_mut_slice() {
             [only] => {
                 let trace = Trace {
@@ -159,7 +189,7 @@ impl ShardedOperator {
         add_late_events(
             late_events,
             partition,
-            (batch, &prepared),
+            (&batch, &prepared),
             &late,
             &mut output,
         )?;
@@ -184,6 +214,52 @@ impl ShardedOperator {
             results: merge(emissions)?,
             ..OperatorOutput::default()
         })
+    }
+}
+
+/// A batch ready for [`ShardedOperator::process_prepared`]: its rows checked and their event
+/// times, keys and aggregate arguments evaluated, with the running largest event time.
+/// Preparing needs only the plan, so a reader can prepare the next batches on its own thread
+/// while the operator works.
+pub struct PreparedBatch {
+    plan: Arc<JobPlan>,
+    partition: u32,
+    batch: RecordBatch,
+    prepared: Prepared,
+    prefix: Vec<i64>,
+    /// The events left out, with their reasons.
+    errors: Vec<EventError>,
+}
+
+impl PreparedBatch {
+    /// Prepares `batch` of `partition` for `plan`.
+    ///
+    /// # Errors
+    ///
+    /// A batch whose schema is not the stream's; a failure inside DataFusion. Bad events
+    /// are not errors: they come back in the operator's output.
+    pub fn new(
+        plan: &Arc<JobPlan>,
+        partition: u32,
+        batch: RecordBatch,
+    ) -> Result<PreparedBatch, EngineError> {
+        check_schema(plan, &batch)?;
+        let mut errors = Vec::new();
+        let prepared = prepare_events(plan, partition, &batch, &mut errors)?;
+        let prefix = prefix_max(prepared.times());
+        Ok(PreparedBatch {
+            plan: Arc::clone(plan),
+            partition,
+            batch,
+            prepared,
+            prefix,
+            errors,
+        })
+    }
+
+    /// The number of rows of the batch, bad events included.
+    pub fn num_rows(&self) -> usize {
+        self.batch.num_rows()
     }
 }
 

@@ -13,7 +13,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use runnel_config::Config;
-use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, ShardedOperator};
+use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, PreparedBatch, ShardedOperator};
 
 use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
 
@@ -193,8 +193,32 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let late_out = late_path(&args.out);
     let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
     let mut late_file = OutputFile::create(&late_out, output_format, operator.late_schema())?;
+    // Three threads in a pipeline, a few batches apart: the file is read, decoded and
+    // prepared for the operator (event times, keys, arguments) on one, the operator runs on
+    // this one, and its results are encoded and written on a third.
+    let (prepared_sender, prepared) = std::sync::mpsc::sync_channel(4);
+    let reader_plan = Arc::clone(&plan);
+    let reader = std::thread::spawn(move || {
+        for batch in batches {
+            let prepared = batch
+                .map_err(anyhow::Error::from)
+                .and_then(|batch| Ok(PreparedBatch::new(&reader_plan, 0, batch)?));
+            if prepared_sender.send(prepared).is_err() {
+                break;
+            }
+        }
+    });
+    let (output_sender, outputs) = std::sync::mpsc::sync_channel::<OperatorOutput>(4);
+    let writer = std::thread::spawn(move || -> anyhow::Result<()> {
+        for output in outputs {
+            results_file.write(&output.results)?;
+            late_file.write(&output.late_events)?;
+        }
+        results_file.finish()?;
+        late_file.finish()
+    });
     let (mut n_events, mut n_results, mut n_late, mut n_errors) = (0usize, 0usize, 0usize, 0usize);
-    let mut write = |output: OperatorOutput, batch_start: usize| -> anyhow::Result<()> {
+    let mut write = |output: OperatorOutput, batch_start: usize| -> bool {
         n_results += output
             .results
             .iter()
@@ -205,38 +229,40 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             .iter()
             .map(RecordBatch::num_rows)
             .sum::<usize>();
-        results_file.write(&output.results)?;
-        late_file.write(&output.late_events)?;
         for error in &output.errors {
             n_errors += 1;
             if n_errors <= 20 {
                 tracing::warn!(row = batch_start + error.row, reason = %error.reason, "event rejected");
             }
         }
+        // A writer that stopped has its error waiting at its join below.
+        output_sender.send(output).is_ok()
+    };
+    let run = || -> anyhow::Result<()> {
+        for batch in prepared {
+            let batch = batch.with_context(|| {
+                format!("read {} after {n_events} events", args.input.display())
+            })?;
+            let rows = batch.num_rows();
+            if !write(operator.process_prepared(batch, 0)?, n_events) {
+                return Ok(());
+            }
+            n_events += rows;
+        }
+        write(operator.finish()?, n_events);
         Ok(())
     };
-    // The file is read and decoded on its own thread, a few batches ahead of the operator.
-    let (sender, receiver) = std::sync::mpsc::sync_channel(4);
-    let reader = std::thread::spawn(move || {
-        for batch in batches {
-            if sender.send(batch).is_err() {
-                break;
-            }
-        }
-    });
-    for batch in receiver {
-        let batch = batch
-            .with_context(|| format!("read {} after {n_events} events", args.input.display()))?;
-        let output = operator.process(0, &batch, 0)?;
-        write(output, n_events)?;
-        n_events += batch.num_rows();
-    }
+    let ran = run();
+    // The writer ends when its channel closes.
+    drop(output_sender);
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the results writer panicked")));
     if reader.join().is_err() {
         bail!("reading {} failed", args.input.display());
     }
-    write(operator.finish()?, n_events)?;
-    results_file.finish()?;
-    late_file.finish()?;
+    ran?;
+    written.with_context(|| format!("write {}", args.out.display()))?;
     print_summary(&format!(
         "{n_events} events: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected",
         args.out.display(),
