@@ -348,17 +348,38 @@ fn open_topic(
         Err(error) => return Err(LogError::io("read topic metadata", &meta_path)(error)),
     };
     let topic_name: Arc<str> = Arc::from(name);
-    let partitions = (0..partitions)
-        .map(|id| {
-            Partition::open(
-                Arc::clone(&topic_name),
-                id,
-                dir.join(name).join(id.to_string()),
-                config,
-                Arc::clone(holds),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let open = |id: u32| {
+        Partition::open(
+            Arc::clone(&topic_name),
+            id,
+            dir.join(name).join(id.to_string()),
+            config,
+            Arc::clone(holds),
+        )
+    };
+    // Opening scans each active segment, so the partitions open on up to one thread per
+    // core, each taking a contiguous run of them.
+    let ids: Vec<u32> = (0..partitions).collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_thread = ids.len().div_ceil(threads).max(1);
+    let opened: Vec<Result<Partition, LogError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ids
+            .chunks(per_thread)
+            .map(|chunk| {
+                let open = &open;
+                scope.spawn(move || chunk.iter().map(|&id| open(id)).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let partitions = opened.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Topic { partitions }))
 }
 
