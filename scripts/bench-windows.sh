@@ -19,8 +19,8 @@
 #                  DuckDB process's over its runs (Python's own few MiB included)
 #   run_live_<w>_vs_duckdb, run_recompute_<w>_vs_duckdb  ours / duckdb_write_<w>
 # All ratios are of events/s, ours over DuckDB's: above 1 means faster than DuckDB. DuckDB gets
-# `nproc` threads; so does runnel run's live mode through --shards when its --help has the flag
-# (without it, live runs one operator on one thread; recompute uses every core as it is).
+# `nproc` threads; runnel run's live mode runs with its default shard count (see `runnel run
+# --help`), or BENCH_WINDOWS_SHARDS shards when set; recompute uses every core as it is.
 # Not timed: the row count and sum(n) of runnel's recompute results, and of its live results
 # (all rows, and the `_final` ones), are compared with DuckDB's; a difference is a warning on
 # stderr. Result files go to a scratch folder and are deleted.
@@ -145,8 +145,8 @@ check_counts() {
 }
 
 live_flags=(--max-out-of-orderness 5s --allowed-lateness 0s)
-if [[ -n "$runnel_bin" ]] && "$runnel_bin" run --help 2>/dev/null | grep -q -- '--shards'; then
-  live_flags+=(--shards "$THREADS")
+if [[ -n "${BENCH_WINDOWS_SHARDS:-}" ]]; then
+  live_flags+=(--shards "$BENCH_WINDOWS_SHARDS")
 fi
 echo "==> whole processes: $THREADS threads; runnel run live ${live_flags[*]}" >&2
 for job in "${JOBS[@]}"; do

@@ -640,18 +640,7 @@ impl WindowOperator {
         segment: &mut Segment,
         output: &mut OperatorOutput,
     ) -> Result<(), EngineError> {
-        while run.checked <= upto && self.trace_watermark(run, trace, upto) >= run.next_trigger {
-            // The watermark never goes back, so the first position reaching the trigger is
-            // found by bisection.
-            let (mut low, mut high) = (run.checked, upto);
-            while low < high {
-                let middle = low + (high - low) / 2;
-                if self.trace_watermark(run, trace, middle) >= run.next_trigger {
-                    high = middle;
-                } else {
-                    low = middle + 1;
-                }
-            }
+        while let Some(low) = self.crossing(run, trace, run.checked, upto) {
             self.flush(prepared, segment)?;
             let first_result = self.emitted(output);
             self.advance_to(self.trace_watermark(run, trace, low), output)?;
@@ -679,12 +668,12 @@ impl WindowOperator {
         let mut late: Vec<LateEvent> = Vec::new();
         // Rows before this position cannot fire anything: the watermark before them is
         // below the next trigger.
-        let mut quiet_until = self.crossing(run, trace, run.checked);
+        let mut quiet_until = self.next_crossing(run, trace, run.checked);
         for (row, &timestamp) in prepared.times.iter().enumerate() {
             let position = trace.position(row);
             if position >= quiet_until {
                 self.step(run, trace, position, prepared, segment, output)?;
-                quiet_until = self.crossing(run, trace, position + 1);
+                quiet_until = self.next_crossing(run, trace, position + 1);
             }
             let watermark = self.trace_watermark(run, trace, position);
             let latest = starts.latest(timestamp);
@@ -713,7 +702,7 @@ impl WindowOperator {
                     segment.push(nth, start, row as u32);
                     if end < run.next_trigger {
                         run.next_trigger = end;
-                        quiet_until = self.crossing(run, trace, position + 1);
+                        quiet_until = self.next_crossing(run, trace, position + 1);
                     }
                 }
             }
@@ -722,14 +711,13 @@ impl WindowOperator {
         Ok(late)
     }
 
-    /// The first position from `from` on (to the whole batch's end) where the watermark
-    /// reaches `run.next_trigger`; past the end if it does not in this batch.
-    fn crossing(&self, run: &BatchRun, trace: &Trace<'_>, from: usize) -> usize {
-        let end = trace.len();
-        if from > end || self.trace_watermark(run, trace, end) < run.next_trigger {
-            return usize::MAX;
+    /// The first position in `from..=to` where the watermark reaches `run.next_trigger`.
+    /// The watermark never goes back, so it is found by bisection.
+    fn crossing(&self, run: &BatchRun, trace: &Trace<'_>, from: usize, to: usize) -> Option<usize> {
+        if from > to || self.trace_watermark(run, trace, to) < run.next_trigger {
+            return None;
         }
-        let (mut low, mut high) = (from, end);
+        let (mut low, mut high) = (from, to);
         while low < high {
             let middle = low + (high - low) / 2;
             if self.trace_watermark(run, trace, middle) >= run.next_trigger {
@@ -738,7 +726,14 @@ impl WindowOperator {
                 low = middle + 1;
             }
         }
-        low
+        Some(low)
+    }
+
+    /// The first position from `from` on, to the whole batch's end, where the watermark
+    /// reaches `run.next_trigger`; `usize::MAX` if it does not in this batch.
+    fn next_crossing(&self, run: &BatchRun, trace: &Trace<'_>, from: usize) -> usize {
+        self.crossing(run, trace, from, trace.len())
+            .unwrap_or(usize::MAX)
     }
 
     /// The per-row loop for session windows (see `session.rs`).
@@ -759,12 +754,12 @@ impl WindowOperator {
             .intern(&prepared.keys, n_rows)?;
         let mut late: Vec<LateEvent> = Vec::new();
         let mut no_segment = Segment::default();
-        let mut quiet_until = self.crossing(run, trace, run.checked);
+        let mut quiet_until = self.next_crossing(run, trace, run.checked);
         for (row, &timestamp) in prepared.times.iter().enumerate() {
             let position = trace.position(row);
             if position >= quiet_until {
                 self.step(run, trace, position, prepared, &mut no_segment, output)?;
-                quiet_until = self.crossing(run, trace, position + 1);
+                quiet_until = self.next_crossing(run, trace, position + 1);
             }
             let watermark = self.trace_watermark(run, trace, position);
             let key = key_ids[row];
@@ -791,7 +786,7 @@ impl WindowOperator {
             let next_trigger = sessions.next_trigger();
             if next_trigger != run.next_trigger {
                 run.next_trigger = next_trigger;
-                quiet_until = self.crossing(run, trace, position + 1);
+                quiet_until = self.next_crossing(run, trace, position + 1);
             }
             run.checked = position + 1;
         }

@@ -50,7 +50,8 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 8192)]
     batch_size: usize,
     /// `live`: operator shards, each a thread owning a share of the keys, with one watermark
-    /// (results do not depend on it). Default: one per core.
+    /// (results do not depend on it). Default: one per core but one, which the threads that
+    /// read and prepare the input and write the results take.
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
 }
@@ -187,7 +188,8 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     };
     let shards = match args.shards {
         Some(shards) => shards,
-        None => std::thread::available_parallelism().map_or(1, usize::from),
+        // The reader and writer threads take about a core between them.
+        None => std::thread::available_parallelism().map_or(1, |cores| cores.get().max(2) - 1),
     };
     let mut operator = ShardedOperator::new(Arc::clone(&plan), options, shards)?;
     let late_out = late_path(&args.out);
