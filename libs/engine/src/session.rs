@@ -1657,3 +1657,90 @@ mod tests {
         assert_eq!(state.len(), 0);
     }
 }
+
+/// The state size per open session on the benchmark's session job.
+#[cfg(test)]
+mod size_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arrow::array::{Float64Array, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use runnel_testkit::random::SplitMix64;
+
+    use crate::operator::{OperatorOptions, WindowOperator};
+    use crate::plan::{JobLimits, JobPlan};
+
+    /// The session job of `benches/windows.rs`.
+    const JOB: &str = "SELECT key, window_start, window_end, COUNT(*) AS n, SUM(value) AS total, \
+        MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean \
+        FROM SESSION(events, event_time, INTERVAL '10' SECOND) \
+        GROUP BY key, window_start, window_end";
+    const KEYS: usize = 10_000;
+    /// Rounds of one event per key each, 2 s apart on average.
+    const ROUNDS: usize = 8;
+    const BATCH_ROWS: usize = 4_096;
+    const START_MS: i64 = 1_700_000_040_000;
+
+    /// 10,000 Int64 keys each holding one long open session, as in the benchmark (events 2 s
+    /// apart per key, a gap of 10 s): the state holds at most 150 bytes per session.
+    #[test]
+    fn an_open_session_takes_at_most_150_bytes() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_time", DataType::Int64, false),
+            Field::new("key", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let plan = JobPlan::compile(
+            JOB,
+            Arc::clone(&schema),
+            "event_time",
+            &JobLimits::default(),
+        )
+        .expect("compiles");
+        let options = OperatorOptions {
+            max_out_of_orderness: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let mut operator = WindowOperator::new(Arc::new(plan), options).expect("operator");
+        // Every round visits every key once, in a shuffled order, over 2 s: consecutive events
+        // of a key are at most 4 s apart, so each key keeps one session.
+        let mut rng = SplitMix64(0x5e55_1075);
+        let (mut times, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let mut order: Vec<i64> = (0..KEYS as i64).collect();
+            for idx in (1..order.len()).rev() {
+                order.swap(idx, (rng.next_u64() % (idx as u64 + 1)) as usize);
+            }
+            for (idx, key) in order.into_iter().enumerate() {
+                let event = (round * KEYS + idx) as i64;
+                times.push(START_MS + event * 2_000 / KEYS as i64);
+                keys.push(key);
+                values.push((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 1000.0);
+            }
+        }
+        for start in (0..times.len()).step_by(BATCH_ROWS) {
+            let end = (start + BATCH_ROWS).min(times.len());
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(times[start..end].to_vec())),
+                    Arc::new(Int64Array::from(keys[start..end].to_vec())),
+                    Arc::new(Float64Array::from(values[start..end].to_vec())),
+                ],
+            )
+            .expect("batch");
+            let output = operator.process(0, &batch, 0).expect("processes");
+            assert!(output.results.is_empty() && output.late_events.is_empty());
+        }
+        let (sessions, _) = operator.open_state();
+        assert_eq!(sessions, KEYS);
+        let bytes = operator.state_bytes();
+        let per_session = bytes as f64 / sessions as f64;
+        eprintln!("session state: {bytes} bytes, {per_session:.1} bytes per open session");
+        assert!(
+            per_session <= 150.0,
+            "{per_session:.1} bytes per open session"
+        );
+    }
+}
