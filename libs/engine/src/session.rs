@@ -25,11 +25,20 @@
 //! into one slot and the slots of dropped sessions left out. Emissions are therefore
 //! deferred while a batch runs: they are recorded with their keys, bounds and versions, and
 //! evaluated all at once by one remap at the end of the batch ([`SessionState::flush`]), or
-//! earlier when a session waiting for its emission is about to change (a late update). A
+//! earlier when a session waiting for its emission is about to change (a late update) or a
+//! remap comes first (a merge, or slots outgrowing the groups; the values are the same). A
 //! merge remaps at once, so that the merged state takes the rows after it in the order the
-//! row-at-a-time rule adds them (floating-point sums depend on it).
+//! row-at-a-time rule adds them (floating-point sums depend on it). A slot has its group from
+//! the start: the accumulators hold spare groups (in the state of a group without values),
+//! and when none is left a remap renumbers the slots and leaves an eighth more, so that their
+//! vectors grow by an eighth rather than doubling.
+//!
+//! Memory: a key is stored once (its row-format bytes in one buffer, its id in a hash table
+//! of ids), a key's only session inline (see [`KeySessions`]), and the firing index holds
+//! `(close, key)` entries of 12 bytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -43,6 +52,7 @@ use arrow::row::{RowConverter, SortField};
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use crate::error::EngineError;
 use crate::groups::new_groups_accumulator;
@@ -53,14 +63,261 @@ use crate::plan::JobPlan;
 /// The key of a slot whose session is gone: the next remap drops it.
 const DEAD_SLOT: u32 = u32::MAX;
 
+/// The bit of [`Session::bits`] set once the session fired.
+const FIRED: u32 = 1 << 31;
+
+/// [`Session::bits`] of a key's head (see [`KeySessions`]) when the key has no session.
+const NO_SESSION: u32 = u32::MAX;
+
+/// [`Session::bits`] of a key's head when the key's sessions are in [`KeySessions::spilled`],
+/// at the index its `version` holds.
+const SPILLED: u32 = u32::MAX - 1;
+
+/// Slots stay below this, so that a session's bits never read as a head's marker.
+const SLOT_LIMIT: u32 = SPILLED & !FIRED;
+
+/// Spare accumulator groups a renumbering leaves beyond an eighth of the live slots.
+const MIN_SPARE_GROUPS: usize = 16;
+
+/// Vectors with an element per key grow by an eighth of their length, and by at least this.
+const MIN_GROWTH: usize = 64;
+
 /// One session of one key.
+#[derive(Clone, Copy)]
 struct Session {
     start: i64,
     last: i64,
-    /// The accumulator group holding the session's state.
-    slot: u32,
+    /// The session's slot (the accumulator group holding its state), with [`FIRED`] set once
+    /// it fired.
+    bits: u32,
     version: u32,
-    fired: bool,
+}
+
+impl Session {
+    /// The head of a key without sessions.
+    const NONE: Session = Session {
+        start: 0,
+        last: 0,
+        bits: NO_SESSION,
+        version: 0,
+    };
+
+    /// The accumulator group holding the session's state.
+    fn slot(&self) -> u32 {
+        self.bits & !FIRED
+    }
+
+    fn set_slot(&mut self, slot: u32) {
+        self.bits = (self.bits & FIRED) | slot;
+    }
+
+    fn fired(&self) -> bool {
+        self.bits & FIRED != 0
+    }
+
+    fn fire(&mut self) {
+        self.bits |= FIRED;
+    }
+}
+
+/// An entry of the firing or expiry index: a watermark and a key, ordered by watermark, then
+/// key. Packed to 12 bytes, where a tuple of the two takes 16: the index holds one or two
+/// entries per session.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(C, packed(4))]
+struct Entry {
+    at: i64,
+    key: u32,
+}
+
+/// Reserves room for `additional` more elements in `vec`, growing it by an eighth rather than
+/// doubling it when it is full: a vector with an element per key then holds little spare room.
+fn reserve_lean<T>(vec: &mut Vec<T>, additional: usize) {
+    if vec.capacity() - vec.len() < additional {
+        vec.reserve_exact(additional.max(vec.len() / 8).max(MIN_GROWTH));
+    }
+}
+
+/// Every key seen, each stored once: ids in first-seen order, found by a hash of their
+/// row-format bytes.
+#[derive(Default)]
+struct Keys {
+    /// Row-format bytes of every key, one after another, by key id.
+    bytes: Vec<u8>,
+    /// Where each key's bytes end in `bytes`, by key id.
+    ends: Vec<u32>,
+    /// Every key id, hashed by its key's bytes.
+    table: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+/// The bytes of key `id` among `bytes`, whose keys end at `ends`.
+fn key_row<'a>(bytes: &'a [u8], ends: &[u32], id: u32) -> &'a [u8] {
+    let id = id as usize;
+    let start = if id == 0 { 0 } else { ends[id - 1] as usize };
+    &bytes[start..ends[id] as usize]
+}
+
+impl Keys {
+    /// Returns how many keys there are.
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Returns the row-format bytes of key `id`.
+    fn row(&self, id: u32) -> &[u8] {
+        key_row(&self.bytes, &self.ends, id)
+    }
+
+    /// Returns the id of the key with row-format `bytes`, and whether it is new (it then has
+    /// the next id).
+    fn intern(&mut self, bytes: &[u8]) -> Result<(u32, bool), EngineError> {
+        let hash = self.hasher.hash_one(bytes);
+        if let Some(id) = self
+            .table
+            .find(hash, |id| key_row(&self.bytes, &self.ends, *id) == bytes)
+        {
+            return Ok((*id, false));
+        }
+        let id = u32::try_from(self.ends.len())
+            .ok()
+            .filter(|id| *id != DEAD_SLOT)
+            .ok_or_else(|| EngineError::Misuse("too many session keys".to_string()))?;
+        let end = u32::try_from(self.bytes.len() + bytes.len()).map_err(|_| {
+            EngineError::Misuse("the session keys take more than 4 GiB".to_string())
+        })?;
+        reserve_lean(&mut self.bytes, bytes.len());
+        self.bytes.extend_from_slice(bytes);
+        reserve_lean(&mut self.ends, 1);
+        self.ends.push(end);
+        let (hasher, all_bytes, ends) = (&self.hasher, &self.bytes, &self.ends);
+        self.table.insert_unique(hash, id, |id| {
+            hasher.hash_one(key_row(all_bytes, ends, *id))
+        });
+        Ok((id, true))
+    }
+
+    /// Returns the bytes the keys hold.
+    fn size(&self) -> usize {
+        self.bytes.capacity()
+            + self.ends.capacity() * std::mem::size_of::<u32>()
+            + self.table.allocation_size()
+    }
+}
+
+/// The sessions of every key, each key's sorted by start. A key with one session (the common
+/// case) holds it inline, its *head*; a key with more holds them in a vector of its own.
+#[derive(Default)]
+struct KeySessions {
+    /// By key id: its only session; or, when `bits` is [`NO_SESSION`] or [`SPILLED`], a
+    /// marker of none or of those in `spilled`.
+    heads: Vec<Session>,
+    /// The sessions of keys with more than one, at the index their head holds.
+    /// Invariant: an entry in use holds at least two sessions; one not in use is in `free`,
+    /// without capacity.
+    spilled: Vec<Vec<Session>>,
+    /// Indices of `spilled` not in use.
+    free: Vec<u32>,
+}
+
+impl KeySessions {
+    /// Adds a key without sessions.
+    fn push_key(&mut self) {
+        reserve_lean(&mut self.heads, 1);
+        self.heads.push(Session::NONE);
+    }
+
+    /// Returns the sessions of `key`.
+    fn of(&self, key: u32) -> &[Session] {
+        let head = &self.heads[key as usize];
+        match head.bits {
+            NO_SESSION => &[],
+            SPILLED => &self.spilled[head.version as usize],
+            _ => std::slice::from_ref(head),
+        }
+    }
+
+    /// Returns the sessions of `key`, to change (but not reorder) them.
+    fn of_mut(&mut self, key: u32) -> &mut [Session] {
+        let head = &mut self.heads[key as usize];
+        match head.bits {
+            NO_SESSION => &mut [],
+            SPILLED => &mut self.spilled[head.version as usize],
+            _ => std::slice::from_mut(head),
+        }
+    }
+
+    /// Inserts a session of `key` at `position` among its sessions.
+    fn insert(&mut self, key: u32, position: usize, session: Session) {
+        let head = &mut self.heads[key as usize];
+        match head.bits {
+            NO_SESSION => *head = session,
+            SPILLED => {
+                let sessions = &mut self.spilled[head.version as usize];
+                // A key seldom has more than one or two sessions at a time: no room for four.
+                sessions.reserve_exact(1);
+                sessions.insert(position, session);
+            }
+            _ => {
+                let mut sessions = Vec::with_capacity(2);
+                sessions.push(*head);
+                sessions.insert(position, session);
+                let idx = match self.free.pop() {
+                    Some(idx) => {
+                        self.spilled[idx as usize] = sessions;
+                        idx
+                    }
+                    None => {
+                        self.spilled.push(sessions);
+                        (self.spilled.len() - 1) as u32
+                    }
+                };
+                *head = Session {
+                    bits: SPILLED,
+                    version: idx,
+                    ..Session::NONE
+                };
+            }
+        }
+    }
+
+    /// Removes and returns the session of `key` at `idx` among its sessions.
+    fn remove(&mut self, key: u32, idx: usize) -> Session {
+        let head = &mut self.heads[key as usize];
+        if head.bits != SPILLED {
+            debug_assert!(head.bits != NO_SESSION && idx == 0, "no session {idx}");
+            return std::mem::replace(head, Session::NONE);
+        }
+        let list = head.version as usize;
+        let sessions = &mut self.spilled[list];
+        let session = sessions.remove(idx);
+        if let [only] = sessions.as_slice() {
+            *head = *only;
+            self.spilled[list] = Vec::new();
+            self.free.push(list as u32);
+        }
+        session
+    }
+
+    /// Returns how many sessions there are.
+    fn count(&self) -> usize {
+        (0..self.heads.len() as u32)
+            .map(|key| self.of(key).len())
+            .sum()
+    }
+
+    /// Returns the bytes the sessions hold.
+    fn size(&self) -> usize {
+        use std::mem::size_of;
+        self.heads.capacity() * size_of::<Session>()
+            + self.spilled.capacity() * size_of::<Vec<Session>>()
+            + self
+                .spilled
+                .iter()
+                .map(|sessions| sessions.capacity() * size_of::<Session>())
+                .sum::<usize>()
+            + self.free.capacity() * size_of::<u32>()
+    }
 }
 
 /// Where an event goes.
@@ -82,7 +339,7 @@ struct PendingRows {
     /// The batch's FILTER columns, by aggregate.
     filters: Vec<Option<BooleanArray>>,
     rows: Vec<u32>,
-    slots: Vec<usize>,
+    slots: Vec<u32>,
 }
 
 impl PendingRows {
@@ -136,38 +393,42 @@ pub(crate) struct SessionState {
     converter: Option<RowConverter>,
     /// Every key ever seen. FIXME: it only grows; high-cardinality keys (e.g. session ids)
     /// need a deterministic compaction of keys without sessions.
-    key_ids: HashMap<Box<[u8]>, u32>,
-    /// Row-format bytes of each key, by key id.
-    key_rows: Vec<Box<[u8]>>,
+    keys: Keys,
     /// Sessions of each key, by key id, sorted by start.
-    sessions: Vec<Vec<Session>>,
-    /// Unfired sessions by ([`close`], key, start): the firing order, kept lazily.
-    /// Invariant: every unfired session has an entry `(close, key, start)` whose `close` is at
-    /// most its own and whose `start` lies within it; an entry is exact when it equals the
-    /// session's current close and start. A session that grows keeps its entry (an event
-    /// costs no index update); an entry popped stale goes back exact (see
-    /// [`SessionState::advance`]), and one whose session is gone or fired is dropped.
-    unfired: BTreeSet<(i64, u32, i64)>,
+    sessions: KeySessions,
+    /// Unfired sessions by ([`close`], key): the firing order, kept lazily.
+    /// Invariant: every unfired session has an entry `(close, key)` of its key whose `close`
+    /// is at most its own; an entry is exact for the session whose current close it equals.
+    /// A session that grows keeps its entry (an event costs no index update). When an entry
+    /// is popped, no unfired session of its key closes earlier (their entries would have come
+    /// first): the one it is exact for fires, and the others get an exact entry (see
+    /// [`SessionState::advance`]).
+    unfired: BTreeSet<Entry>,
     /// How many sessions are unfired (`unfired` may hold more entries).
     n_unfired: usize,
-    /// Fired sessions by ([`close`] + lateness, key, start): the expiry order.
-    fired: BTreeSet<(i64, u32, i64)>,
+    /// Fired sessions by ([`close`] + lateness, key): the expiry order. A fired session no
+    /// longer moves its end, and two of one key never end together: one entry each.
+    fired: BTreeSet<Entry>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     /// The state types of each aggregate.
     state_types: Vec<Vec<DataType>>,
     /// The state of a group without values, one row per state column, by aggregate.
     empty_states: Vec<Vec<ArrayRef>>,
-    /// One per aggregate; group `s` is slot `s`.
+    /// One per aggregate, each with `n_groups` groups; group `s` is slot `s`.
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// How many groups the accumulators have: one per slot, then spare ones, in the state of
+    /// a group without values, for the slots to come. A slot has its group from the start,
+    /// so no update adds groups; when no spare is left a renumbering makes more (see
+    /// [`SessionState::new_slot`]).
+    /// Invariant: `slot_keys.len() <= n_groups`, and the groups after the slots are spare.
+    n_groups: usize,
     /// The key of each slot's session, [`DEAD_SLOT`] once the session is gone.
     /// Invariant: every session's slot holds its key here, and no two sessions share a slot.
     slot_keys: Vec<u32>,
     /// How many entries of `slot_keys` are [`DEAD_SLOT`].
     n_dead: usize,
-    /// Per slot: an emission in `emissions` waits for its value.
+    /// Per group: an emission in `emissions` waits for the value of its slot.
     emitting: Vec<bool>,
-    /// How many groups the accumulators have (slots after it are new since the last update).
-    n_accumulated: usize,
     pending: PendingRows,
     /// Emissions in emission order, not yet handed out.
     emissions: Vec<Emission>,
@@ -267,9 +528,8 @@ impl SessionState {
         Ok(SessionState {
             gap_ms,
             converter,
-            key_ids: HashMap::new(),
-            key_rows: Vec::new(),
-            sessions: Vec::new(),
+            keys: Keys::default(),
+            sessions: KeySessions::default(),
             unfired: BTreeSet::new(),
             n_unfired: 0,
             fired: BTreeSet::new(),
@@ -277,10 +537,10 @@ impl SessionState {
             state_types,
             empty_states,
             accumulators,
+            n_groups: 0,
             slot_keys: Vec::new(),
             n_dead: 0,
             emitting: Vec::new(),
-            n_accumulated: 0,
             pending: PendingRows::default(),
             emissions: Vec::new(),
             deferring: false,
@@ -296,28 +556,25 @@ impl SessionState {
     /// Returns an estimate of the bytes the state holds.
     pub(crate) fn size(&self) -> usize {
         use std::mem::size_of;
-        let keys: usize = self
-            .key_rows
-            .iter()
-            .map(|row| 2 * (row.len() + size_of::<Box<[u8]>>()) + size_of::<u32>())
-            .sum();
-        let sessions: usize = self
-            .sessions
-            .iter()
-            .map(|sessions| size_of::<Vec<Session>>() + sessions.capacity() * size_of::<Session>())
-            .sum();
-        // A B-tree entry of three words, with its node's share of spare room.
-        let index = (self.unfired.len() + self.fired.len()) * 2 * size_of::<(i64, u32, i64)>();
+        // A B-tree leaf holds up to 11 entries, a parent pointer and two counts; entries come
+        // mostly in increasing order, which leaves leaves about half full.
+        let entry_bytes = 2 * (11 * size_of::<Entry>() + 12) / 11;
+        let index = (self.unfired.len() + self.fired.len()) * entry_bytes;
+        // The buffers of rows waiting for the accumulators keep their room between batches.
+        let pending = self.pending.rows.capacity() * size_of::<u32>()
+            + self.pending.slots.capacity() * size_of::<u32>();
         let accumulators: usize = self
             .accumulators
             .iter()
             .map(|accumulator| accumulator.size())
             .sum();
-        keys + sessions
+        self.keys.size()
+            + self.sessions.size()
             + index
             + accumulators
             + self.slot_keys.capacity() * size_of::<u32>()
             + self.emitting.capacity()
+            + pending
     }
 
     /// Returns the key id of every row, interning new keys in first-seen order. A batch
@@ -329,40 +586,40 @@ impl SessionState {
     ) -> Result<Vec<u32>, EngineError> {
         self.deferring = true;
         let Some(converter) = &self.converter else {
-            if self.sessions.is_empty() {
-                self.sessions.push(Vec::new());
-                self.key_rows.push(Box::new([]));
+            // One key, of no bytes.
+            if self.keys.len() == 0 {
+                self.key_id(&[])?;
             }
             return Ok(vec![0; n_rows]);
         };
         let rows = converter.convert_columns(keys)?;
         let mut ids = Vec::with_capacity(n_rows);
         for row in rows.iter() {
-            ids.push(self.key_id(row.as_ref()));
+            ids.push(self.key_id(row.as_ref())?);
         }
         Ok(ids)
     }
 
     /// Returns the id of the key with row-format `bytes`, giving a new key the next id.
-    fn key_id(&mut self, bytes: &[u8]) -> u32 {
-        if let Some(id) = self.key_ids.get(bytes) {
-            return *id;
+    fn key_id(&mut self, bytes: &[u8]) -> Result<u32, EngineError> {
+        let (id, new) = self.keys.intern(bytes)?;
+        if new {
+            self.sessions.push_key();
         }
-        let id = self.key_rows.len() as u32;
-        self.key_ids.insert(Box::from(bytes), id);
-        self.key_rows.push(Box::from(bytes));
-        self.sessions.push(Vec::new());
-        id
+        Ok(id)
     }
 
-    /// Gives a new session of `key` a slot.
+    /// Gives a new session of `key` a slot, with a group of its own in the accumulators: a
+    /// spare one, or one of those a renumbering leaves when none is spare.
     fn new_slot(&mut self, key: u32) -> Result<u32, EngineError> {
+        if self.slot_keys.len() >= self.n_groups {
+            self.remap(None, true)?;
+        }
         let slot = u32::try_from(self.slot_keys.len())
             .ok()
-            .filter(|slot| *slot != DEAD_SLOT)
+            .filter(|slot| *slot < SLOT_LIMIT)
             .ok_or_else(|| EngineError::Misuse("too many open sessions".to_string()))?;
         self.slot_keys.push(key);
-        self.emitting.push(false);
         Ok(slot)
     }
 
@@ -372,23 +629,19 @@ impl SessionState {
         self.n_dead += 1;
     }
 
-    /// Removes the session of `key` that starts at `start`, if there is one.
-    fn remove_session(&mut self, key: u32, start: i64) {
-        let sessions = &mut self.sessions[key as usize];
-        if let Some(idx) = sessions.iter().position(|session| session.start == start) {
-            let session = sessions.remove(idx);
-            self.free_slot(session.slot);
+    /// Removes the first session of `key` that `which` picks, if there is one.
+    fn remove_session(&mut self, key: u32, which: impl Fn(&Session) -> bool) {
+        if let Some(idx) = self.sessions.of(key).iter().position(which) {
+            let session = self.sessions.remove(key, idx);
+            self.free_slot(session.slot());
         }
     }
 
     /// The lowest watermark at which a session fires or expires, or a lower one (a stale
     /// index entry; the [`SessionState::advance`] it brings about then fires nothing).
     pub(crate) fn next_trigger(&self) -> i64 {
-        let fire = self.unfired.first().map_or(i64::MAX, |(end, _, _)| *end);
-        let expire = self
-            .fired
-            .first()
-            .map_or(i64::MAX, |(expiry, _, _)| *expiry);
+        let fire = self.unfired.first().map_or(i64::MAX, |entry| entry.at);
+        let expire = self.fired.first().map_or(i64::MAX, |entry| entry.at);
         fire.min(expire)
     }
 
@@ -404,7 +657,7 @@ impl SessionState {
     ) -> Result<Assignment, EngineError> {
         let gap = self.gap_ms;
         let event_end = timestamp.saturating_add(gap);
-        let sessions = &mut self.sessions[key as usize];
+        let sessions = self.sessions.of(key);
         // Touching counts: the event's window `[ts, ts + gap)` and the session's
         // `[start, last + gap)` merge when either starts where the other ends.
         let overlaps = |session: &Session| {
@@ -416,7 +669,7 @@ impl SessionState {
             (None, 0usize, None, 0usize);
         for (idx, session) in sessions.iter().enumerate() {
             if overlaps(session) {
-                if session.fired {
+                if session.fired() {
                     first_fired.get_or_insert(idx);
                     n_fired += 1;
                 } else {
@@ -459,18 +712,18 @@ impl SessionState {
                 )));
             }
             let slot = self.new_slot(key)?;
-            let sessions = &mut self.sessions[key as usize];
-            // A key seldom has more than one or two sessions at a time: no room for four.
-            sessions.reserve_exact(1);
-            let position = sessions.partition_point(|session| session.start < timestamp);
-            sessions.insert(
+            let position = self
+                .sessions
+                .of(key)
+                .partition_point(|session| session.start < timestamp);
+            self.sessions.insert(
+                key,
                 position,
                 Session {
                     start: timestamp,
                     last: timestamp,
-                    slot,
+                    bits: slot,
                     version: 0,
-                    fired: false,
                 },
             );
             if close(timestamp, gap) <= watermark {
@@ -480,38 +733,40 @@ impl SessionState {
                     start: timestamp,
                 });
             }
-            self.unfired.insert((close(timestamp, gap), key, timestamp));
+            self.unfired.insert(Entry {
+                at: close(timestamp, gap),
+                key,
+            });
             self.n_unfired += 1;
             self.assigned = Some((key, timestamp, slot));
             return Ok(Assignment::Open);
         };
         // Merge every overlapping open session into the first, then extend it by the event.
-        // The index entries of all of them stay: they lie within the merged session and
-        // their close is at most its close.
+        // The index entries of all of them stay: their close is at most the merged one's.
         if open.len() > 1 {
             // As the row accumulators did: the target takes the others from the last back.
-            let target_slot = sessions[first].slot;
+            let target_slot = sessions[first].slot();
             let mut sources = Vec::with_capacity(open.len() - 1);
             let mut last = sessions[first].last;
             for &idx in open.iter().skip(1).rev() {
-                let merged = sessions.remove(idx);
-                sources.push(merged.slot);
+                let merged = self.sessions.remove(key, idx);
+                sources.push(merged.slot());
                 last = last.max(merged.last);
             }
-            sessions[first].last = last;
+            self.sessions.of_mut(key)[first].last = last;
             self.n_unfired -= sources.len();
             for source in &sources {
                 self.free_slot(*source);
             }
-            self.remap(Some((target_slot, &sources)))?;
+            self.remap(Some((target_slot, &sources)), false)?;
         }
-        let session = &mut self.sessions[key as usize][first];
+        let session = &mut self.sessions.of_mut(key)[first];
         session.start = session.start.min(timestamp);
         session.last = session.last.max(timestamp);
-        self.assigned = Some((key, timestamp, session.slot));
+        self.assigned = Some((key, timestamp, session.slot()));
         debug_assert_eq!(
             self.n_unfired + self.fired.len(),
-            self.sessions.iter().map(Vec::len).sum::<usize>(),
+            self.sessions.count(),
             "one index entry per session"
         );
         Ok(Assignment::Open)
@@ -537,7 +792,7 @@ impl SessionState {
         };
         if self.emitting[slot as usize] {
             // An emission waits for this session's value before this row.
-            self.remap(None)?;
+            self.remap(None, false)?;
             slot = self.slot_of(key, timestamp)?;
         }
         if !self.pending.continues(args, filters, row) {
@@ -550,16 +805,17 @@ impl SessionState {
         let row = u32::try_from(row)
             .map_err(|_| EngineError::Misuse(format!("row {row} of a batch is past u32")))?;
         self.pending.rows.push(row);
-        self.pending.slots.push(slot as usize);
+        self.pending.slots.push(slot);
         Ok(())
     }
 
     /// The slot of the session of `key` holding `timestamp`.
     fn slot_of(&self, key: u32, timestamp: i64) -> Result<u32, EngineError> {
-        self.sessions[key as usize]
+        self.sessions
+            .of(key)
             .iter()
             .find(|session| session.start <= timestamp && timestamp <= session.last)
-            .map(|session| session.slot)
+            .map(Session::slot)
             .ok_or_else(|| {
                 EngineError::Misuse(format!("no session of key {key} holds {timestamp}"))
             })
@@ -571,26 +827,19 @@ impl SessionState {
         let (Some(&first), Some(&last)) = (pending.rows.first(), pending.rows.last()) else {
             return Ok(());
         };
-        // Only groups with rows here, or added before, count: a slot created since without
-        // a row yet would count as having seen a value (see `empty_states`).
-        let n_slots = pending
-            .slots
-            .iter()
-            .max()
-            .map_or(0, |slot| slot + 1)
-            .max(self.n_accumulated);
         let (first, n_rows) = (first as usize, (last - first) as usize + 1);
         // Rows of the range that are not buffered (late, or another shard's) are filtered
         // out; they take any valid group index.
         let (group_indices, mask) = if pending.rows.len() == n_rows {
-            (std::mem::take(&mut pending.slots), None)
+            let group_indices = pending.slots.iter().map(|slot| *slot as usize).collect();
+            (group_indices, None)
         } else {
             let mut group_indices = vec![0; n_rows];
             let mut mask = BooleanBufferBuilder::new(n_rows);
             mask.append_n(n_rows, false);
             for (row, slot) in pending.rows.iter().zip(&pending.slots) {
                 let idx = *row as usize - first;
-                group_indices[idx] = *slot;
+                group_indices[idx] = *slot as usize;
                 mask.set_bit(idx, true);
             }
             (group_indices, Some(mask.finish()))
@@ -609,54 +858,33 @@ impl SessionState {
                 filter.as_ref().map(|filter| filter.slice(first, n_rows)),
                 mask.as_ref(),
             );
-            accumulator.update_batch(&values, &group_indices, filter.as_ref(), n_slots)?;
+            // Every slot has its group: the update adds none, so none counts as having seen
+            // a value without one (see `empty_states`).
+            accumulator.update_batch(&values, &group_indices, filter.as_ref(), self.n_groups)?;
         }
-        self.n_accumulated = n_slots;
         pending.rows.clear();
         pending.slots.clear();
-        if mask.is_none() {
-            // Keeps the allocation for the next rows.
-            pending.slots = group_indices;
-            pending.slots.clear();
-        }
         pending.args.clear();
         pending.filters.clear();
         Ok(())
     }
 
-    /// Gives the accumulators a group for every slot, also those no row reached yet (the
-    /// state of a group without values).
-    fn add_new_slots(&mut self) -> Result<(), EngineError> {
-        let n_slots = self.slot_keys.len();
-        if self.n_accumulated >= n_slots {
-            return Ok(());
-        }
-        let n_new = n_slots - self.n_accumulated;
-        let zeros = UInt32Array::from(vec![0; n_new]);
-        let groups: Vec<usize> = (self.n_accumulated..n_slots).collect();
-        for (accumulator, empty) in self.accumulators.iter_mut().zip(&self.empty_states) {
-            accumulator.merge_batch(&take_columns(empty, &zeros)?, &groups, n_slots)?;
-        }
-        self.n_accumulated = n_slots;
-        Ok(())
-    }
-
     /// Adds the buffered rows and, when something must read the state (emissions waiting,
-    /// a merge, or more dead slots than live ones), remaps the slots: evaluates the waiting
-    /// emissions, merges `merge`'s sources (already freed) into its target, after it and in
-    /// their order, and numbers the live slots densely.
-    fn remap(&mut self, merge: Option<(u32, &[u32])>) -> Result<(), EngineError> {
+    /// a merge, more dead slots than live ones, or `grow`: no spare group for a new slot),
+    /// remaps the slots: evaluates the waiting emissions, merges `merge`'s sources (already
+    /// freed) into its target, after it and in their order, and, to merge several sources,
+    /// drop dead slots or grow, numbers the live slots densely and leaves spare groups after
+    /// them.
+    fn remap(&mut self, merge: Option<(u32, &[u32])>, grow: bool) -> Result<(), EngineError> {
         self.flush_rows()?;
         let evaluate = self
             .emissions
             .iter()
             .any(|emission| emission.values.is_none());
         let compact = self.n_dead > 0 && 2 * self.n_dead >= self.slot_keys.len();
-        if !evaluate && merge.is_none() && !compact {
+        if !evaluate && merge.is_none() && !compact && !grow {
             return Ok(());
         }
-        self.add_new_slots()?;
-        let n_slots = self.slot_keys.len();
         let emitted = UInt32Array::from_iter_values(
             self.emissions
                 .iter()
@@ -665,45 +893,59 @@ impl SessionState {
         );
         let n_emitted = emitted.len();
         let emitted_groups: Vec<usize> = (0..n_emitted).collect();
-        // With few dead slots every slot goes back where it was, unless a merge has several
-        // sources. One source goes into its target in place: the target group then takes the
-        // two states in slot order, which gives what the row accumulators' target-then-source
-        // gave, as one addition (or minimum, maximum) of two values does not depend on their
-        // order. Several must go target first, then in their order.
+        // With few dead slots every group goes back where it was, unless a merge has several
+        // sources or the groups grow. One source goes into its target in place: the target
+        // group then takes the two states in slot order, which gives what the row
+        // accumulators' target-then-source gave, as one addition (or minimum, maximum) of two
+        // values does not depend on their order. Several must go target first, then in their
+        // order.
         let merge_in_place = matches!(merge, Some((_, [_])));
-        let renumber = compact || (merge.is_some() && !merge_in_place);
-        let (order, targets, slot_keys) = if renumber {
-            let mut order: Vec<u32> = Vec::with_capacity(n_slots);
-            let mut targets: Vec<usize> = Vec::with_capacity(n_slots);
-            let mut slot_keys: Vec<u32> = Vec::with_capacity(n_slots - self.n_dead);
+        let renumber = compact || grow || (merge.is_some() && !merge_in_place);
+        // Where each new group's state comes from: (0, group) of the old state, or (1, 0)
+        // the state of a group without values.
+        let mut picks: Vec<(usize, usize)> = Vec::new();
+        let (targets, n_groups, slot_keys) = if renumber {
+            let n_live = self.slot_keys.len() - self.n_dead;
+            let n_groups = n_live + n_live / 8 + MIN_SPARE_GROUPS;
+            picks.reserve_exact(n_groups + merge.map_or(0, |(_, sources)| sources.len()));
+            let mut targets: Vec<usize> = Vec::with_capacity(picks.capacity());
+            let mut slot_keys: Vec<u32> = Vec::with_capacity(n_groups);
             for (old, key) in self.slot_keys.iter().enumerate() {
                 if *key == DEAD_SLOT {
                     continue;
                 }
                 let new = slot_keys.len();
                 slot_keys.push(*key);
-                order.push(old as u32);
+                picks.push((0, old));
                 targets.push(new);
                 if let Some((target, sources)) = merge
                     && target as usize == old
                 {
                     for source in sources {
-                        order.push(*source);
+                        picks.push((0, *source as usize));
                         targets.push(new);
                     }
                 }
             }
-            (UInt32Array::from(order), targets, slot_keys)
+            for spare in n_live..n_groups {
+                picks.push((1, 0));
+                targets.push(spare);
+            }
+            (targets, n_groups, slot_keys)
         } else {
-            let mut targets: Vec<usize> = (0..n_slots).collect();
+            let mut targets: Vec<usize> = (0..self.n_groups).collect();
             if let Some((target, [source])) = merge {
                 targets[*source as usize] = target as usize;
             }
-            (UInt32Array::from(Vec::<u32>::new()), targets, Vec::new())
+            (targets, self.n_groups, Vec::new())
         };
-        let n_groups = if renumber { slot_keys.len() } else { n_slots };
         let mut values = Vec::with_capacity(self.accumulators.len());
-        for (accumulator, expr) in self.accumulators.iter_mut().zip(&self.aggregates) {
+        for ((accumulator, expr), empty) in self
+            .accumulators
+            .iter_mut()
+            .zip(&self.aggregates)
+            .zip(&self.empty_states)
+        {
             let state = accumulator.state(EmitTo::All)?;
             if n_emitted > 0 {
                 let mut scratch = new_groups_accumulator(expr)?;
@@ -714,8 +956,16 @@ impl SessionState {
                 )?;
                 values.push(scratch.evaluate(EmitTo::All)?);
             }
+            // All groups go in at once: their vectors then take no more room than they need,
+            // and the spare ones come in with no values (see `empty_states`).
             let kept = if renumber {
-                take_columns(&state, &order)?
+                state
+                    .iter()
+                    .zip(empty)
+                    .map(|(column, empty)| {
+                        Ok(interleave(&[column.as_ref(), empty.as_ref()], &picks)?)
+                    })
+                    .collect::<Result<Vec<_>, EngineError>>()?
             } else {
                 state
             };
@@ -724,19 +974,25 @@ impl SessionState {
         if renumber {
             // Live slots go in increasing order and only down, so a session renumbered
             // already never holds a slot still to be looked for.
-            for (old, new) in order.values().iter().zip(&targets) {
-                let key = self.slot_keys[*old as usize];
+            for ((source, old), new) in picks.iter().zip(&targets) {
+                if *source != 0 {
+                    // A spare group.
+                    continue;
+                }
+                let key = self.slot_keys[*old];
                 if key == DEAD_SLOT {
                     // A merged session's slot, gone into its target's.
                     continue;
                 }
-                let session = self.sessions[key as usize]
+                let session = self
+                    .sessions
+                    .of_mut(key)
                     .iter_mut()
-                    .find(|session| session.slot == *old)
+                    .find(|session| session.slot() as usize == *old)
                     .ok_or_else(|| {
                         EngineError::Misuse(format!("no session of key {key} holds slot {old}"))
                     })?;
-                session.slot = *new as u32;
+                session.set_slot(*new as u32);
             }
             self.slot_keys = slot_keys;
             self.n_dead = 0;
@@ -757,9 +1013,12 @@ impl SessionState {
             );
             offset += n_rows;
         }
-        self.emitting.clear();
-        self.emitting.resize(n_groups, false);
-        self.n_accumulated = n_groups;
+        if self.emitting.len() == n_groups {
+            self.emitting.fill(false);
+        } else {
+            self.emitting = vec![false; n_groups];
+        }
+        self.n_groups = n_groups;
         Ok(())
     }
 
@@ -776,7 +1035,7 @@ impl SessionState {
         output: &mut OperatorOutput,
     ) -> Result<(), EngineError> {
         self.deferring = false;
-        self.remap(None)?;
+        self.remap(None, false)?;
         self.hand_out(plan, output)
     }
 
@@ -794,7 +1053,7 @@ impl SessionState {
                     let rows: Vec<_> = emission
                         .keys
                         .iter()
-                        .map(|key| parser.parse(&self.key_rows[*key as usize]))
+                        .map(|key| parser.parse(self.keys.row(*key)))
                         .collect();
                     converter.convert_rows(rows)?
                 }
@@ -834,7 +1093,9 @@ impl SessionState {
             values: None,
         };
         for (key, start) in which {
-            let session = self.sessions[*key as usize]
+            let session = self
+                .sessions
+                .of_mut(*key)
                 .iter_mut()
                 .find(|session| session.start == *start)
                 .ok_or_else(|| {
@@ -845,12 +1106,12 @@ impl SessionState {
             emission.starts.push(session.start);
             emission.ends.push(session.last.saturating_add(gap));
             emission.versions.push(session.version);
-            emission.slots.push(session.slot);
-            self.emitting[session.slot as usize] = true;
+            emission.slots.push(session.slot());
+            self.emitting[session.slot() as usize] = true;
         }
         self.emissions.push(emission);
         if !self.deferring {
-            self.remap(None)?;
+            self.remap(None, false)?;
             self.hand_out(plan, output)?;
         }
         Ok(())
@@ -866,46 +1127,54 @@ impl SessionState {
     ) -> Result<(), EngineError> {
         let gap = self.gap_ms;
         let mut due = Vec::new();
-        while let Some(&(entry_close, key, entry_start)) = self.unfired.first() {
+        while let Some(&Entry {
+            at: entry_close,
+            key,
+        }) = self.unfired.first()
+        {
             if entry_close > watermark {
                 break;
             }
             self.unfired.pop_first();
-            let Some(session) = self.sessions[key as usize].iter_mut().find(|session| {
-                !session.fired && session.start <= entry_start && entry_start <= session.last
-            }) else {
-                // Its session fired, or is gone.
-                continue;
-            };
-            let (close, start) = (close(session.last, gap), session.start);
-            if (close, start) != (entry_close, entry_start) {
-                // Stale: the session grew since. Its exact entry comes up in order (it may be
-                // there already, from another stale entry).
-                self.unfired.insert((close, key, start));
-                continue;
-            }
-            // Fired from here, so that stale entries of it that come later are dropped; with
-            // no lateness it goes after its emission.
-            session.fired = true;
-            self.n_unfired -= 1;
-            due.push((key, start));
-            if lateness_ms > 0 {
-                self.fired
-                    .insert((close.saturating_add(lateness_ms), key, start));
+            // No unfired session of the key closes before the entry: the one closing there
+            // fires; the others get an exact entry (which may be there already), in case the
+            // entry was theirs and they grew since.
+            for session in self.sessions.of_mut(key) {
+                if session.fired() {
+                    continue;
+                }
+                let close = close(session.last, gap);
+                if close != entry_close {
+                    self.unfired.insert(Entry { at: close, key });
+                    continue;
+                }
+                // Fired from here, so that stale entries of it that come later find it fired;
+                // with no lateness it goes after its emission.
+                session.fire();
+                self.n_unfired -= 1;
+                due.push((key, session.start));
+                if lateness_ms > 0 {
+                    self.fired.insert(Entry {
+                        at: close.saturating_add(lateness_ms),
+                        key,
+                    });
+                }
             }
         }
         self.emit(plan, &due, output)?;
         if lateness_ms <= 0 {
             for (key, start) in &due {
-                self.remove_session(*key, *start);
+                self.remove_session(*key, |session| session.start == *start);
             }
         }
-        while let Some(&(expiry, key, start)) = self.fired.first() {
+        while let Some(&Entry { at: expiry, key }) = self.fired.first() {
             if expiry > watermark {
                 break;
             }
             self.fired.pop_first();
-            self.remove_session(key, start);
+            self.remove_session(key, |session| {
+                session.fired() && close(session.last, gap).saturating_add(lateness_ms) == expiry
+            });
         }
         Ok(())
     }
@@ -913,14 +1182,16 @@ impl SessionState {
     /// Marks a session fired (a late firing) and keeps it for the allowed lateness.
     pub(crate) fn mark_fired(&mut self, key: u32, start: i64, lateness_ms: i64) {
         let gap = self.gap_ms;
-        if let Some(session) = self.sessions[key as usize]
+        if let Some(session) = self
+            .sessions
+            .of_mut(key)
             .iter_mut()
             .find(|session| session.start == start)
-            && !session.fired
+            && !session.fired()
         {
-            session.fired = true;
+            session.fire();
             let expiry = close(session.last, gap).saturating_add(lateness_ms);
-            self.fired.insert((expiry, key, start));
+            self.fired.insert(Entry { at: expiry, key });
         }
     }
 }
@@ -948,7 +1219,6 @@ impl SessionState {
     pub(crate) fn snapshot(&mut self, plan: &JobPlan) -> Result<RecordBatch, EngineError> {
         let schema = SessionState::snapshot_schema(plan)?;
         self.flush_rows()?;
-        self.add_new_slots()?;
         let mut key_rows: Vec<&[u8]> = Vec::new();
         let mut starts = Vec::new();
         let mut lasts = Vec::new();
@@ -956,9 +1226,10 @@ impl SessionState {
         let mut fired = Vec::new();
         // The slot of each row; none for a key without sessions, whose states are null.
         let mut slots: Vec<Option<u32>> = Vec::new();
-        for (key, sessions) in self.sessions.iter().enumerate() {
+        for key in 0..self.keys.len() as u32 {
+            let sessions = self.sessions.of(key);
             if sessions.is_empty() {
-                key_rows.push(&self.key_rows[key]);
+                key_rows.push(self.keys.row(key));
                 starts.push(None);
                 lasts.push(None);
                 versions.push(None);
@@ -967,17 +1238,16 @@ impl SessionState {
                 continue;
             }
             for session in sessions {
-                key_rows.push(&self.key_rows[key]);
+                key_rows.push(self.keys.row(key));
                 starts.push(Some(session.start));
                 lasts.push(Some(session.last));
                 versions.push(Some(session.version));
-                fired.push(Some(session.fired));
-                slots.push(Some(session.slot));
+                fired.push(Some(session.fired()));
+                slots.push(Some(session.slot()));
             }
         }
         let slots = UInt32Array::from(slots);
-        let n_slots = self.slot_keys.len();
-        let all_slots: Vec<usize> = (0..n_slots).collect();
+        let all_groups: Vec<usize> = (0..self.n_groups).collect();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(BinaryArray::from(key_rows)),
             Arc::new(Int64Array::from(starts)),
@@ -988,7 +1258,7 @@ impl SessionState {
         for accumulator in &mut self.accumulators {
             // Taking the state out empties the accumulator; it goes back as it was.
             let state = accumulator.state(EmitTo::All)?;
-            accumulator.merge_batch(&state, &all_slots, n_slots)?;
+            accumulator.merge_batch(&state, &all_groups, self.n_groups)?;
             columns.extend(take_columns(&state, &slots)?);
         }
         Ok(RecordBatch::try_new(schema, columns)?)
@@ -1010,10 +1280,12 @@ impl SessionState {
             let versions = batch.column(3).as_primitive::<UInt32Type>();
             let fired = batch.column(4).as_boolean();
             let states = &batch.columns()[FIXED_SNAPSHOT_COLUMNS..];
-            // The batch's rows that hold a session, in slot order.
+            // The batch's rows that hold a session, in slot order from `first_slot` (no slot
+            // dies here, so a renumbering leaves them where they are).
             let mut session_rows: Vec<u32> = Vec::new();
+            let first_slot = state.slot_keys.len();
             for row in 0..batch.num_rows() {
-                let key = state.key_id(key_rows.value(row));
+                let key = state.key_id(key_rows.value(row))?;
                 if starts.is_null(row) {
                     continue;
                 }
@@ -1022,26 +1294,32 @@ impl SessionState {
                         "a session row lacks its bounds, version or fired flag",
                     ));
                 }
-                let session = Session {
+                let mut session = Session {
                     start: starts.value(row),
                     last: lasts.value(row),
-                    slot: state.new_slot(key)?,
+                    bits: state.new_slot(key)?,
                     version: versions.value(row),
-                    fired: fired.value(row),
                 };
                 let close = close(session.last, gap_ms);
-                if session.fired {
-                    state
-                        .fired
-                        .insert((close.saturating_add(lateness_ms), key, session.start));
+                if fired.value(row) {
+                    session.fire();
+                    state.fired.insert(Entry {
+                        at: close.saturating_add(lateness_ms),
+                        key,
+                    });
                 } else {
-                    state.unfired.insert((close, key, session.start));
+                    state.unfired.insert(Entry { at: close, key });
                     state.n_unfired += 1;
                 }
-                state.sessions[key as usize].push(session);
+                // After those of the key with the same start or an earlier one, as a stable
+                // sort by start would put it.
+                let position = state
+                    .sessions
+                    .of(key)
+                    .partition_point(|other| other.start <= session.start);
+                state.sessions.insert(key, position, session);
                 session_rows.push(row as u32);
             }
-            let first_slot = state.n_accumulated;
             let n_slots = state.slot_keys.len();
             let mut column = 0;
             for ((accumulator, types), (expr, empty_state)) in state
@@ -1089,13 +1367,9 @@ impl SessionState {
                     })
                     .collect::<Result<Vec<_>, EngineError>>()?;
                 let groups: Vec<usize> = (first_slot..n_slots).collect();
-                accumulator.merge_batch(&merged, &groups, n_slots)?;
+                accumulator.merge_batch(&merged, &groups, state.n_groups)?;
                 column += n_fields;
             }
-            state.n_accumulated = n_slots;
-        }
-        for sessions in &mut state.sessions {
-            sessions.sort_by_key(|session| session.start);
         }
         Ok(state)
     }
@@ -1381,5 +1655,92 @@ mod tests {
         .expect("results");
         assert_eq!(output.results, vec![want]);
         assert_eq!(state.len(), 0);
+    }
+}
+
+/// The state size per open session on the benchmark's session job.
+#[cfg(test)]
+mod size_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arrow::array::{Float64Array, Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use runnel_testkit::random::SplitMix64;
+
+    use crate::operator::{OperatorOptions, WindowOperator};
+    use crate::plan::{JobLimits, JobPlan};
+
+    /// The session job of `benches/windows.rs`.
+    const JOB: &str = "SELECT key, window_start, window_end, COUNT(*) AS n, SUM(value) AS total, \
+        MIN(value) AS lo, MAX(value) AS hi, AVG(value) AS mean \
+        FROM SESSION(events, event_time, INTERVAL '10' SECOND) \
+        GROUP BY key, window_start, window_end";
+    const KEYS: usize = 10_000;
+    /// Rounds of one event per key each, 2 s apart on average.
+    const ROUNDS: usize = 8;
+    const BATCH_ROWS: usize = 4_096;
+    const START_MS: i64 = 1_700_000_040_000;
+
+    /// 10,000 Int64 keys each holding one long open session, as in the benchmark (events 2 s
+    /// apart per key, a gap of 10 s): the state holds at most 150 bytes per session.
+    #[test]
+    fn an_open_session_takes_at_most_150_bytes() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_time", DataType::Int64, false),
+            Field::new("key", DataType::Int64, false),
+            Field::new("value", DataType::Float64, false),
+        ]));
+        let plan = JobPlan::compile(
+            JOB,
+            Arc::clone(&schema),
+            "event_time",
+            &JobLimits::default(),
+        )
+        .expect("compiles");
+        let options = OperatorOptions {
+            max_out_of_orderness: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let mut operator = WindowOperator::new(Arc::new(plan), options).expect("operator");
+        // Every round visits every key once, in a shuffled order, over 2 s: consecutive events
+        // of a key are at most 4 s apart, so each key keeps one session.
+        let mut rng = SplitMix64(0x5e55_1075);
+        let (mut times, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let mut order: Vec<i64> = (0..KEYS as i64).collect();
+            for idx in (1..order.len()).rev() {
+                order.swap(idx, (rng.next_u64() % (idx as u64 + 1)) as usize);
+            }
+            for (idx, key) in order.into_iter().enumerate() {
+                let event = (round * KEYS + idx) as i64;
+                times.push(START_MS + event * 2_000 / KEYS as i64);
+                keys.push(key);
+                values.push((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 1000.0);
+            }
+        }
+        for start in (0..times.len()).step_by(BATCH_ROWS) {
+            let end = (start + BATCH_ROWS).min(times.len());
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(times[start..end].to_vec())),
+                    Arc::new(Int64Array::from(keys[start..end].to_vec())),
+                    Arc::new(Float64Array::from(values[start..end].to_vec())),
+                ],
+            )
+            .expect("batch");
+            let output = operator.process(0, &batch, 0).expect("processes");
+            assert!(output.results.is_empty() && output.late_events.is_empty());
+        }
+        let (sessions, _) = operator.open_state();
+        assert_eq!(sessions, KEYS);
+        let bytes = operator.state_bytes();
+        let per_session = bytes as f64 / sessions as f64;
+        eprintln!("session state: {bytes} bytes, {per_session:.1} bytes per open session");
+        assert!(
+            per_session <= 150.0,
+            "{per_session:.1} bytes per open session"
+        );
     }
 }
