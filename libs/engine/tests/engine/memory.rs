@@ -18,8 +18,9 @@ use crate::support::render;
 const SESSION_JOB: &str = "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, AVG(v) AS mean
 FROM SESSION(s, ts, INTERVAL '3' SECOND) GROUP BY k, window_start, window_end";
 
-/// Smaller than what the recompute sorts: 400,000 events of about 40 bytes each.
-const SMALL_POOL: usize = 8 << 20;
+/// Smaller than what the recompute sorts: 400,000 events of about 40 bytes each. (At 8 MiB
+/// a merge of spilled runs, which cannot spill, once found the pool taken by the others.)
+const SMALL_POOL: usize = 12 << 20;
 
 /// Batches small enough that a sort's share of [`SMALL_POOL`] holds a few.
 fn config() -> datafusion::prelude::SessionConfig {
