@@ -38,6 +38,7 @@ use crate::error::{EngineError, EventError};
 use crate::groups::GroupTable;
 use crate::plan::{GroupSlot, JobPlan, window_time_type};
 use crate::session::{Assignment, SessionState};
+use crate::sharded::PreparedBatch;
 use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec, WindowStarts, event_times_ms, floor_to};
 
 /// runnel's one RFC 3339 formatter: late reasons name times as the CLI prints them.
@@ -515,11 +516,17 @@ impl WindowOperator {
         arrival_ms: i64,
     ) -> Result<OperatorOutput, EngineError> {
         let clock = *self.input_clock(partition, "process")?;
-        check_schema(&self.plan, batch)?;
+        let PreparedBatch {
+            prepared,
+            prefix,
+            errors,
+            ..
+        } = PreparedBatch::new(&self.plan, partition, batch.clone())?;
         self.start_batch(partition, arrival_ms);
-        let mut output = OperatorOutput::default();
-        let prepared = self.prepare(partition, batch, &mut output.errors)?;
-        let prefix = prefix_max(&prepared.times);
+        let mut output = OperatorOutput {
+            errors,
+            ..OperatorOutput::default()
+        };
         let trace = Trace {
             positions: None,
             prefix: &prefix,
@@ -966,15 +973,6 @@ impl WindowOperator {
             next = next.min(self.next_early.unwrap_or(i64::MIN + 1));
         }
         next
-    }
-
-    fn prepare(
-        &self,
-        partition: u32,
-        input: &RecordBatch,
-        errors: &mut Vec<EventError>,
-    ) -> Result<Prepared, EngineError> {
-        prepare_events(&self.plan, partition, input, errors)
     }
 
     fn window_mut(&mut self, start: i64) -> Result<&mut Window, EngineError> {

@@ -22,8 +22,7 @@ use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record
 use arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
-use crate::error::EngineError;
-use crate::error::EventError;
+use crate::error::{EngineError, EventError};
 use crate::operator::{
     LateEvent, Mark, OperatorOptions, OperatorOutput, Phase, Prepared, ShardOutput, Trace,
     WindowOperator, add_late_events, check_schema, prefix_max, prepare_events,
@@ -225,10 +224,10 @@ pub struct PreparedBatch {
     plan: Arc<JobPlan>,
     partition: u32,
     batch: RecordBatch,
-    prepared: Prepared,
-    prefix: Vec<i64>,
+    pub(crate) prepared: Prepared,
+    pub(crate) prefix: Vec<i64>,
     /// The events left out, with their reasons.
-    errors: Vec<EventError>,
+    pub(crate) errors: Vec<EventError>,
 }
 
 impl PreparedBatch {
