@@ -4,11 +4,14 @@
 //! - The watermark of a partition is the largest event time it has shown, less
 //!   `max_out_of_orderness`; the operator's watermark is the minimum over partitions that are
 //!   not idle, and never goes back. A partition is idle once its input has said that it
-//!   holds nothing more for now ([`WindowOperator::input_at_end`]) and the arrival clock (the
-//!   log's append time, passed in by the caller, so that replays see the same clock) has
-//!   moved `idle_timeout` past its last batch. An input that has not said so, such as one
-//!   still catching up on its history while the others run ahead, is never idle: its events
-//!   to come are not made late by the others' clock.
+//!   holds nothing that arrived up to some time ([`WindowOperator::input_at_end`]), that
+//!   time is at or past the arrival clock (the log's append time, passed in by the caller,
+//!   so that replays see the same clock), and the arrival clock has moved `idle_timeout` past
+//!   its last batch. An input that has not said so, such as one still catching up on its
+//!   history while the others run ahead, is never idle: its events to come are not made late
+//!   by the others' clock. Nor is one whose word has gone stale (the others' events arrived
+//!   after the time it vouched for): it may have events of its own from then that its
+//!   source has not delivered yet.
 //! - A window `[start, end)` fires when the watermark reaches `end`: every group is emitted
 //!   with the next version and `_final = true`.
 //! - An event for a window that has fired, while the watermark is below `end +
@@ -108,8 +111,9 @@ impl OperatorOutput {
 pub(crate) struct PartitionClock {
     pub(crate) max_event_time: Option<i64>,
     pub(crate) last_arrival: Option<i64>,
-    /// The input said it holds nothing more for now, and has sent nothing since.
-    pub(crate) at_end: bool,
+    /// The input said it holds nothing that arrived up to this arrival time, and has sent
+    /// nothing since.
+    pub(crate) at_end: Option<i64>,
 }
 
 pub(crate) struct Window {
@@ -576,7 +580,7 @@ impl WindowOperator {
     fn start_batch(&mut self, partition: u32, arrival_ms: i64) {
         self.observe_arrival(arrival_ms);
         self.partitions[partition as usize].last_arrival = Some(arrival_ms);
-        self.partitions[partition as usize].at_end = false;
+        self.partitions[partition as usize].at_end = None;
     }
 
     /// The rows of a batch, in order: each is judged against the watermark as it stood
@@ -839,7 +843,7 @@ impl WindowOperator {
                 .map_or(event_time_ms, |max| max.max(event_time_ms)),
         );
         clock.last_arrival = Some(arrival_ms);
-        clock.at_end = false;
+        clock.at_end = None;
         self.observe_arrival(arrival_ms);
         let mut output = OperatorOutput::default();
         if let Some(watermark) = self.all_partitions_watermark() {
@@ -848,15 +852,22 @@ impl WindowOperator {
         Ok(output)
     }
 
-    /// Tells the operator that input `partition` holds nothing more for now (it has reached
-    /// the end of what its source has): from here it may turn idle, `idle_timeout` of arrival
-    /// time after its last batch, until it sends again. Fires what that releases.
+    /// Tells the operator that input `partition` holds nothing more that arrived up to
+    /// `as_of_ms` (its source has reached its end, and was asked no earlier than that;
+    /// `i64::MAX` for a source that will never have more): from here it may turn idle,
+    /// `idle_timeout` of arrival time after its last batch, while the arrival clock has not
+    /// passed `as_of_ms` and until it sends again. A later word replaces an earlier one. Fires
+    /// what that releases.
     ///
     /// # Errors
     ///
     /// An unknown partition, use after [`finish`](Self::finish), failures inside DataFusion.
-    pub fn input_at_end(&mut self, partition: u32) -> Result<OperatorOutput, EngineError> {
-        self.input_clock(partition, "input_at_end")?.at_end = true;
+    pub fn input_at_end(
+        &mut self,
+        partition: u32,
+        as_of_ms: i64,
+    ) -> Result<OperatorOutput, EngineError> {
+        self.input_clock(partition, "input_at_end")?.at_end = Some(as_of_ms);
         let mut output = OperatorOutput::default();
         if let Some(watermark) = self.all_partitions_watermark() {
             self.advance_to(watermark, &mut output)?;
@@ -903,11 +914,15 @@ impl WindowOperator {
     }
 
     fn is_idle(&self, partition: &PartitionClock) -> bool {
-        let (Some(timeout), Some(clock), true) =
+        let (Some(timeout), Some(clock), Some(as_of)) =
             (self.options.idle_timeout, self.clock, partition.at_end)
         else {
             return false;
         };
+        if as_of < clock {
+            // Events have arrived elsewhere since the input last vouched for itself.
+            return false;
+        }
         let since = partition.last_arrival.or(self.started_at).unwrap_or(clock);
         clock.saturating_sub(since) >= duration_ms(timeout)
     }

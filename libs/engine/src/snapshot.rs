@@ -128,7 +128,9 @@ impl WindowOperator {
                     "{},{},{}",
                     encode_option(clock.max_event_time),
                     encode_option(clock.last_arrival),
-                    u8::from(clock.at_end)
+                    clock
+                        .at_end
+                        .map_or_else(|| "0".to_string(), |as_of| format!("@{as_of}"))
                 )
             })
             .collect();
@@ -219,11 +221,17 @@ impl WindowOperator {
             let (Some(max_event_time), Some(last_arrival)) = (fields.next(), fields.next()) else {
                 return Err(corrupt("bad partition clock"));
             };
-            // Snapshots from before inputs said they were at their end idled on time alone.
+            // `@<as of>`: at its end, as of that arrival time. Older snapshots said only that
+            // an input was at its end ("1"), or nothing (inputs idled on time alone): their
+            // word is taken as stale, so the input is not idle until it says so again.
             let at_end = match fields.next() {
-                None | Some("1") => true,
-                Some("0") => false,
-                Some(_) => return Err(corrupt("bad partition clock")),
+                Some("0") => None,
+                None | Some("1") => Some(i64::MIN),
+                Some(text) => Some(
+                    text.strip_prefix('@')
+                        .and_then(|as_of| as_of.parse().ok())
+                        .ok_or_else(|| corrupt("bad partition clock"))?,
+                ),
             };
             *clock = PartitionClock {
                 max_event_time: decode_option(max_event_time)?,

@@ -22,12 +22,17 @@
 //! across a shuffle the same way).
 //!
 //! When a read finds nothing new and the router has read up to the live log's end (asked of
-//! the log: an empty read alone may be a broker restarting), it tells every
-//! repartition partition so once, with an *end marker* (headers: the source partition and
-//! `runnel-source-at-end`), until it routes again. Only a source partition at its end may
-//! turn idle in the window tasks (the job's `idle-timeout`): one still reading its history
-//! in a replay, behind the others, holds the watermark back instead of having its events
-//! made late.
+//! the log: an empty read alone may be a broker restarting), it tells every repartition
+//! partition so with an *end marker* (headers: the source partition and
+//! `runnel-source-at-end`, whose value is the router's clock just before it asked), and again
+//! every [`END_REFRESH`] while it stays there. Only a source partition at its end may turn
+//! idle in the window tasks (the job's `idle-timeout`): one still reading its history in a
+//! replay, behind the others, holds the watermark back instead of having its events made
+//! late. And an end marker vouches only for what arrived up to its time: once the others'
+//! events arrived later than that, the partition is not idle until its router says so again.
+//! So a router that stops routing (its broker restarting, its process moving) while its
+//! partition takes events holds the watermark back, instead of letting the others' events
+//! make its own late.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +55,12 @@ use runnel_jobs::{Job, repartition_topic};
 /// How long a router asks the log for a partition's end before it takes it as not known.
 const CAUGHT_UP_CHECK: Duration = Duration::from_secs(2);
 
+/// How often a router at its partition's end says so again. Between two of them, the others'
+/// events that arrive after the last one hold the watermark at this partition's, so this is
+/// how long an idle partition can delay a firing; each costs a marker per repartition
+/// partition and a request for the log's end.
+pub(crate) const END_REFRESH: Duration = Duration::from_secs(1);
+
 /// Routes one source partition of a job into its repartition topic.
 pub(crate) struct Router {
     job: Arc<Job>,
@@ -65,8 +76,8 @@ pub(crate) struct Router {
     last_checkpoint: Instant,
     /// Per repartition partition, the largest event time it was sent (in a copy or a marker).
     announced: Vec<Option<i64>>,
-    /// End markers were sent after the last routed batch.
-    told_at_end: bool,
+    /// When end markers were last sent, if none was routed since.
+    told_at_end: Option<Instant>,
     /// The largest ingest time routed since the router started.
     last_ingest_time: Option<i64>,
 }
@@ -105,7 +116,7 @@ impl Router {
             checkpointed_offset: offset,
             last_checkpoint: Instant::now(),
             announced: Vec::new(),
-            told_at_end: false,
+            told_at_end: None,
             last_ingest_time: None,
         })
     }
@@ -149,14 +160,22 @@ impl Router {
             };
             let routed = match batch {
                 Some(batch) => {
-                    self.told_at_end = false;
+                    self.told_at_end = None;
                     self.route(&batch)?
                 }
-                None if !self.told_at_end
-                    && self.caught_up(source.is_live(), source.position()).await =>
+                None if self
+                    .told_at_end
+                    .is_none_or(|told| told.elapsed() >= END_REFRESH) =>
                 {
-                    self.told_at_end = true;
-                    self.end_markers()
+                    // Taken before the log is asked: whatever arrived up to then is below
+                    // the end it answers.
+                    let as_of = runnel_time::now_millis();
+                    if self.caught_up(source.is_live(), source.position()).await {
+                        self.told_at_end = Some(Instant::now());
+                        self.end_markers(as_of)
+                    } else {
+                        Vec::new()
+                    }
                 }
                 None => Vec::new(),
             };
@@ -260,14 +279,13 @@ impl Router {
         Ok(routed)
     }
 
-    /// Whether the source, which just read nothing, has read everything its live log partition
-    /// holds now (`live`: it reads the live log; `position`: its next offset). An empty read alone does not say so: while a broker restarts or a leader
-    /// moves, reads come back empty with records still to come, and a source partition told
-    /// at its end may turn idle in the window tasks and let the watermark pass its unread
-    /// events (the likely cause of a final result five events short after a compose test's
-    /// rolling restart). When the
-    /// log's end cannot be had within [`CAUGHT_UP_CHECK`], the answer is no: the watermark
-    /// waits.
+    /// Whether the source, which just read nothing, has read everything its live log
+    /// partition holds now (`live`: it reads the live log; `position`: its next offset). An
+    /// empty read alone does not say so: while a broker restarts or a leader moves, reads
+    /// come back empty with records still to come, and a source partition told at its end
+    /// may turn idle in the window tasks and let the watermark pass its unread events. When
+    /// the log's end cannot be had within [`CAUGHT_UP_CHECK`], the answer is no: the
+    /// watermark waits.
     async fn caught_up(&self, live: bool, position: u64) -> bool {
         if !live {
             return false;
@@ -291,17 +309,17 @@ impl Router {
     }
 
     /// An end marker for every repartition partition: this source partition holds nothing
-    /// more for now. Stamped with the largest ingest time routed (0 when nothing was since
-    /// the router started: the window task then keeps its own clock), so that it moves no
-    /// arrival clock beyond the log's.
-    fn end_markers(&self) -> Vec<ProduceRecord> {
+    /// that arrived up to `as_of` (epoch ms). Stamped with the largest ingest time routed (0
+    /// when nothing was since the router started: the window task then keeps its own clock),
+    /// so that it moves no arrival clock beyond the log's.
+    fn end_markers(&self, as_of: i64) -> Vec<ProduceRecord> {
         let stamp = self.last_ingest_time.unwrap_or(0);
         (0..self.announced.len() as u32)
             .map(|target| {
                 marker(
                     self.partition,
                     target,
-                    header(SOURCE_AT_END_HEADER, &1),
+                    header(SOURCE_AT_END_HEADER, &as_of),
                     stamp,
                 )
             })

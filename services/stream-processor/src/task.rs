@@ -165,16 +165,18 @@ pub(crate) const SOURCE_OFFSET_HEADER: &str = "runnel-source-offset";
 /// reached (epoch ms); the marker has no key and no value.
 pub(crate) const SOURCE_PROGRESS_HEADER: &str = "runnel-source-progress";
 
-/// Header of a router's end marker: its source partition holds nothing more for now (the
-/// router has routed everything and found nothing new); no key, no value.
+/// Header of a router's end marker: its source partition held nothing more when the router
+/// asked (it had routed everything the log had); the value is the router's clock (epoch ms)
+/// before it asked, so the partition holds nothing that arrived up to then. No key, no
+/// value.
 pub(crate) const SOURCE_AT_END_HEADER: &str = "runnel-source-at-end";
 
 /// What a router's marker says about its source partition.
 enum Marker {
     /// A progress marker: the largest event time the partition has reached.
     Progress(i64),
-    /// An end marker: the partition holds nothing more for now.
-    AtEnd,
+    /// An end marker: the partition holds nothing that arrived up to this time (epoch ms).
+    AtEnd(i64),
 }
 
 /// A marker's source partition and what it says, from its headers; `None` for a copy.
@@ -182,8 +184,8 @@ fn source_marker(record: &Record) -> Option<(u32, Marker)> {
     let marker = if let Some(progress) = header_text(record, SOURCE_PROGRESS_HEADER) {
         Marker::Progress(progress.parse().ok()?)
     } else {
-        header_text(record, SOURCE_AT_END_HEADER)?;
-        Marker::AtEnd
+        // Routers before end markers carried a time wrote "1": a word that is stale at once.
+        Marker::AtEnd(header_text(record, SOURCE_AT_END_HEADER)?.parse().ok()?)
     };
     Some((
         header_text(record, SOURCE_PARTITION_HEADER)?.parse().ok()?,
@@ -570,12 +572,13 @@ impl Task {
                     continue;
                 }
                 // A marker repeated by a restarted router is harmless: progress only grows,
-                // and an end marker only lets an input idle that sent nothing since.
+                // and an end marker only lets an input idle that sent nothing since, while
+                // nothing has arrived after the time it vouches for.
                 let marked = match marker {
                     Marker::Progress(event_time) => self
                         .operator
                         .advance_partition(partition, event_time, arrival),
-                    Marker::AtEnd => self.operator.input_at_end(partition),
+                    Marker::AtEnd(as_of) => self.operator.input_at_end(partition, as_of),
                 };
                 output.append(marked.map_err(|source| self.engine_error(source))?);
                 continue;

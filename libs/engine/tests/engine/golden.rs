@@ -26,8 +26,12 @@ enum Step {
         events: Vec<Value>,
     },
     Tick(i64),
-    /// `{"at_end": P}`: input P says it holds nothing more for now.
-    AtEnd(u32),
+    /// `{"at_end": P, "as_of": T}`: input P says it holds nothing that arrived up to T
+    /// (without `as_of`: nothing more at all).
+    AtEnd {
+        partition: u32,
+        as_of: i64,
+    },
     Advance {
         partition: u32,
         event_time: i64,
@@ -95,7 +99,10 @@ fn load(name: &str) -> Case {
             continue;
         }
         if let Some(partition) = value["at_end"].as_u64() {
-            steps.push(Step::AtEnd(partition as u32));
+            steps.push(Step::AtEnd {
+                partition: partition as u32,
+                as_of: value["as_of"].as_i64().unwrap_or(i64::MAX),
+            });
             continue;
         }
         if let Some(partition) = value["advance"].as_u64() {
@@ -165,9 +172,11 @@ fn run(case: &Case, split: bool) -> (String, String) {
     for step in &case.steps {
         match step {
             Step::Tick(arrival) => output.append(operator.tick(*arrival).expect("tick")),
-            Step::AtEnd(partition) => {
-                output.append(operator.input_at_end(*partition).expect("input at end"))
-            }
+            Step::AtEnd { partition, as_of } => output.append(
+                operator
+                    .input_at_end(*partition, *as_of)
+                    .expect("input at end"),
+            ),
             Step::Advance {
                 partition,
                 event_time,
@@ -253,6 +262,7 @@ golden!(
     hop_basic,
     idle_partitions,
     idle_partitions_catching_up,
+    idle_partitions_stale_end,
     partition_progress,
     early_emission,
     expressions_and_aggregates,

@@ -541,3 +541,41 @@ fn snapshots_are_refused_by_another_job() {
         Err(runnel_engine::EngineError::Snapshot(_))
     ));
 }
+
+/// An input's word that it is at its end, and the arrival time it vouches up to, survive a
+/// snapshot: restored, the input turns idle while the arrival clock is within its word, and
+/// not once the clock has passed it.
+#[test]
+fn an_inputs_end_and_its_time_survive_a_snapshot() {
+    let options = OperatorOptions {
+        partitions: 2,
+        idle_timeout: Some(Duration::from_secs(10)),
+        ..options(0, 0, None)
+    };
+    let event = |ts: i64| {
+        batch_of(&[Event {
+            ts,
+            key: "a".into(),
+            value: 1,
+        }])
+    };
+    // Input 1 vouches up to `as_of`; input 0's event arriving at 11,000 (input 1 silent for
+    // 11 s) fires [0, 10,000) only if input 1 is idle then.
+    let fires = |as_of: i64| {
+        let mut operator = WindowOperator::new(plan(TUMBLE_JOB), options).expect("operator");
+        operator.process(0, &event(1_000), 0).expect("process");
+        operator.input_at_end(1, as_of).expect("input at end");
+        let bytes = operator.snapshot().expect("snapshot");
+        let mut restored =
+            WindowOperator::restore(plan(TUMBLE_JOB), options, &bytes).expect("restore");
+        let output = restored
+            .process(0, &event(14_000), 11_000)
+            .expect("process");
+        !output.results.is_empty()
+    };
+    assert!(fires(20_000), "vouched up to 20,000: idle at 11,000");
+    assert!(
+        !fires(5_000),
+        "vouched up to 5,000 only: not idle at 11,000"
+    );
+}
