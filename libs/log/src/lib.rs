@@ -310,6 +310,14 @@ pub trait Log: Send + Sync + 'static {
         group: &str,
         topic: &str,
     ) -> Result<Box<dyn GroupMembership>, LogError>;
+
+    /// Stops cleanly, once what is queued is written: a service calls it as it stops.
+    /// Appends after it fail with [`LogError::Closed`].
+    ///
+    /// Embedded: each partition's writer finishes and writes its active segment's index, so
+    /// the next open need not read the segment (after a crash it does). Kafka: nothing; every
+    /// append was awaited.
+    async fn close(&self) {}
 }
 
 /// A cursor over one partition.

@@ -249,7 +249,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Inge
     else {
         return Ok(());
     };
-    run_with_log(config, log, shutdown).await
+    let result = run_with_log(config, Arc::clone(&log), shutdown).await;
+    log.close().await;
+    result
 }
 
 impl BoundIngest {

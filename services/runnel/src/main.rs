@@ -317,9 +317,11 @@ async fn run_all(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .into_iter()
         .map(|service| (service, config.clone()))
         .collect();
-    Supervisor::start(&log, services, RestartPolicy::RESTART, shutdown)
+    let result = Supervisor::start(&log, services, RestartPolicy::RESTART, shutdown)
         .wait()
-        .await
+        .await;
+    log.close().await;
+    result
 }
 
 /// Prints `config` in Rust's debug notation (`Config` is deserialize-only), its secrets

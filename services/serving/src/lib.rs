@@ -359,7 +359,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Serv
     else {
         return Ok(());
     };
-    run_with_log(config, log, shutdown).await
+    let result = run_with_log(config, Arc::clone(&log), shutdown).await;
+    log.close().await;
+    result
 }
 
 /// Runs the serving service on a log that is already open, until `shutdown` is cancelled.

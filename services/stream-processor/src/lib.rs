@@ -436,7 +436,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stre
     else {
         return Ok(());
     };
-    run_with_log(config, log, shutdown).await
+    let result = run_with_log(config, Arc::clone(&log), shutdown).await;
+    log.close().await;
+    result
 }
 
 /// Runs every configured job, and the job catalog's active versions (see the crate docs), on

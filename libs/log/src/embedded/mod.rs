@@ -5,7 +5,8 @@
 //! ```text
 //! <topic>/topic.meta                        "partitions = N"
 //! <topic>/<partition>/<base_offset>.log     record frames (see `format`)
-//! <topic>/<partition>/<base_offset>.index   index of a sealed segment
+//! <topic>/<partition>/<base_offset>.index   index of a sealed segment (or of the active one,
+//!                                            after a clean stop, until the next open)
 //! <topic>/<partition>/published             the durable end, for other processes
 //! <topic>/<partition>/writer.lock           flock of the process writing the partition
 //! <topic>/<partition>/repairs.jsonl         audit trail of `runnel log repair` (see `repair`)
@@ -403,6 +404,10 @@ fn parse_offsets(path: &Path, text: &str) -> Result<BTreeMap<u32, u64>, LogError
 
 #[async_trait]
 impl Log for EmbeddedLog {
+    async fn close(&self) {
+        EmbeddedLog::close(self).await;
+    }
+
     async fn ensure_topic(&self, topic: &str, partitions: u32) -> Result<(), LogError> {
         check_new_topic(topic, partitions)?;
         let existing = match self.topic(topic).await {

@@ -49,6 +49,13 @@ pub(crate) async fn reopen(dir: &Path, segment_bytes: u64) -> Result<EmbeddedLog
     EmbeddedLog::open(dir, &config).await
 }
 
+/// Removes the index of the active segment (partition 0 of `topic`, base 0) that a clean
+/// stop wrote: the segment is then as a writer killed after its last acknowledged append
+/// leaves it, and the next open scans it whole.
+pub(crate) fn as_if_killed(dir: &Path, topic: &str) {
+    std::fs::remove_file(index_path(dir, topic, 0)).expect("a clean stop wrote the active index");
+}
+
 pub(crate) fn flip_byte(path: &Path, position: u64) {
     let file = OpenOptions::new()
         .read(true)
@@ -122,6 +129,7 @@ async fn flipped_byte_in_the_active_segment_fails_open_naming_file_and_position(
     let dir = tempfile::tempdir().expect("temp dir");
     let log = write_records(dir.path(), 1 << 20, 20).await;
     log.close().await;
+    as_if_killed(dir.path(), "t");
     let path = segment_path(dir.path(), "t", 0);
     // A byte inside the value of record 10, with ten good records after it.
     flip_byte(&path, 10 * FRAME + 38);
@@ -145,6 +153,72 @@ async fn flipped_byte_in_the_active_segment_fails_open_naming_file_and_position(
         .to_string();
     assert!(message.contains("00000000000000000000.log"), "{message}");
     assert!(message.contains("byte 410"), "{message}");
+}
+
+/// A clean stop leaves the active segment's index, so the next open reads the index, not
+/// the segment (as for sealed segments): damage inside it is found by the read that reaches
+/// it. The first append removes the index, and records go on at the right offset.
+#[tokio::test]
+async fn after_a_clean_stop_the_active_segment_opens_through_its_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = write_records(dir.path(), 1 << 20, 300).await;
+    log.close().await;
+    let index = index_path(dir.path(), "t", 0);
+    assert!(
+        index.try_exists().expect("stat the index"),
+        "a clean stop writes the active segment's index"
+    );
+    let path = segment_path(dir.path(), "t", 0);
+    flip_byte(&path, 150 * FRAME + 38);
+    let log = reopen(dir.path(), 1 << 20)
+        .await
+        .expect("opened through the index, without reading the segment");
+    assert_eq!(log.latest_offset("t", 0).await.expect("latest"), 300);
+    // A time seek finds its place through the loaded index.
+    assert_eq!(
+        log.offset_for_timestamp("t", 0, 2_000)
+            .await
+            .expect("time seek"),
+        Some(200)
+    );
+    let mut reader = log
+        .reader("t", 0, StartOffset::Earliest)
+        .await
+        .expect("reader");
+    let mut read = 0;
+    let error = loop {
+        match reader.next_batch(7, Duration::from_secs(1)).await {
+            Ok(batch) => {
+                assert!(!batch.is_empty(), "read stalled before the corrupt record");
+                read += batch.len();
+            }
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(read, 150, "every record before the damage is served");
+    assert!(
+        matches!(&error, LogError::Corrupt { path: error_path, position, .. }
+            if *error_path == path && *position == 150 * FRAME),
+        "expected corruption at byte {}, got {error}",
+        150 * FRAME
+    );
+    // Repaired by hand (the byte back), then written: the writer takes over through the
+    // index, removes it, and appends at the next offset.
+    flip_byte(&path, 150 * FRAME + 38);
+    let repaired = read_n(&log, "t", 0, StartOffset::At(150), 1).await;
+    assert_eq!(value_str(&repaired[0]), value(150));
+    let positions = log
+        .append("t", vec![to_partition(0, &value(300), 1)])
+        .await
+        .expect("append");
+    assert_eq!(positions[0].offset, 300);
+    assert!(
+        !index.try_exists().expect("stat the index"),
+        "the writer removed the active index before appending"
+    );
+    let last = read_n(&log, "t", 0, StartOffset::At(299), 2).await;
+    let values: Vec<&str> = last.iter().map(value_str).collect();
+    assert_eq!(values, [value(299), value(300)]);
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use runnel_log::{
 };
 
 use crate::embedded_crash::{
-    FRAME, flip_byte, index_path, reopen, segment_path, value, write_records,
+    FRAME, as_if_killed, flip_byte, index_path, reopen, segment_path, value, write_records,
 };
 use crate::fixtures::{read_n, read_n_from, to_partition, value_str};
 
@@ -157,6 +157,7 @@ async fn the_active_segments_corruption_error_names_the_repair_command() {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = write_records(dir.path(), 1 << 20, 20).await;
     log.close().await;
+    as_if_killed(dir.path(), "t");
     flip_byte(&segment_path(dir.path(), "t", 0), 10 * FRAME + 38);
     let message = reopen(dir.path(), 1 << 20)
         .await
@@ -344,6 +345,7 @@ async fn repair_refuses_while_a_writer_holds_the_partition_and_ranges_that_do_no
         other => panic!("expected the writer's lock to refuse the repair, got {other:?}"),
     }
     log.close().await;
+    as_if_killed(dir.path(), "t");
     flip_byte(&segment_path(dir.path(), "t", 0), 10 * FRAME + 38);
     for (action, expected) in [
         (

@@ -117,6 +117,26 @@ pub(super) fn open_followed_active_segment(
             reason: format!("the writer published {limit} durable bytes, the file has {file_len}"),
         });
     }
+    // A writer that stopped cleanly left the segment's index; it holds while the file ends
+    // where the writer published and the index ends there too (the next writer removes it
+    // before it appends).
+    if let Some(published) = published
+        && limit == file_len
+        && let Some((index, next_offset, max_timestamp)) = load_index(&index_path, base, file_len)
+        && next_offset == published.next_offset
+    {
+        return Ok(new_segment(
+            base,
+            (log_path, index_path),
+            file,
+            SegmentContents {
+                size: file_len,
+                next_offset,
+                max_timestamp,
+                index,
+            },
+        ));
+    }
     let mut scan = scan_segment(&file, &log_path, base, limit, FOLLOWER_INDEX_INTERVAL_BYTES)?;
     if let Some(published) = published {
         if let Some(error) = scan.stopped_by.take() {

@@ -52,7 +52,8 @@ pub(crate) fn open_segment_with_len(path: &Path) -> Result<(File, u64), LogError
 }
 
 /// Opens every segment of a partition: sealed ones through their index (rebuilt if missing
-/// or inconsistent), the active one by a full scan that truncates a torn tail.
+/// or inconsistent), the active one through the index a clean stop left, or by a full scan
+/// that truncates a torn tail.
 pub(super) fn recover_segments(
     dir: &Path,
     config: &EmbeddedLogConfig,
@@ -119,6 +120,34 @@ pub(super) fn new_segment(
     }
 }
 
+/// A segment's index file (entries, then a sentinel: the offset, position and largest
+/// timestamp at the segment's end), if it is there and consistent with a segment of
+/// `file_len` bytes starting at offset `base`: entries in order, the sentinel at the file's
+/// end. Returns the entries, the offset after the segment and its largest timestamp.
+pub(super) fn load_index(
+    index_path: &Path,
+    base: u64,
+    file_len: u64,
+) -> Option<(Vec<IndexEntry>, u64, i64)> {
+    let mut entries = IndexEntry::decode_all(&std::fs::read(index_path).ok()?)?;
+    let sentinel = entries.pop()?;
+    let consistent = u64::from(sentinel.position) == file_len
+        && entries.windows(2).all(|pair| {
+            pair[0].relative_offset < pair[1].relative_offset
+                && pair[0].position < pair[1].position
+                && pair[0].max_timestamp_before <= pair[1].max_timestamp_before
+        })
+        && entries.last().is_none_or(|last| {
+            last.position < sentinel.position
+                && last.relative_offset <= sentinel.relative_offset
+                && last.max_timestamp_before <= sentinel.max_timestamp_before
+        });
+    consistent.then(|| {
+        let next_offset = base + u64::from(sentinel.relative_offset);
+        (entries, next_offset, sentinel.max_timestamp_before)
+    })
+}
+
 /// Opens a sealed segment through its index. A missing or inconsistent index is rebuilt
 /// from the segment, and written back when `writer_config` says this process writes the
 /// partition (a follower keeps it in memory).
@@ -130,23 +159,9 @@ pub(super) fn open_sealed_segment(
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
     let (file, file_len) = open_segment_with_len(&log_path)?;
-    let loaded = std::fs::read(&index_path)
-        .ok()
-        .and_then(|bytes| IndexEntry::decode_all(&bytes))
-        .and_then(|mut entries| {
-            let sentinel = entries.pop()?;
-            let consistent = u64::from(sentinel.position) == file_len
-                && base + u64::from(sentinel.relative_offset) == next_base
-                && entries.windows(2).all(|pair| {
-                    pair[0].relative_offset < pair[1].relative_offset
-                        && pair[0].position < pair[1].position
-                        && pair[0].max_timestamp_before <= pair[1].max_timestamp_before
-                })
-                && entries
-                    .last()
-                    .is_none_or(|last| last.position < sentinel.position);
-            consistent.then_some((entries, sentinel.max_timestamp_before))
-        });
+    let loaded = load_index(&index_path, base, file_len)
+        .filter(|(_, next_offset, _)| *next_offset == next_base)
+        .map(|(entries, _, max_timestamp)| (entries, max_timestamp));
     if let Some((entries, max_timestamp)) = loaded {
         return Ok(new_segment(
             base,
@@ -209,6 +224,16 @@ pub(super) fn open_sealed_segment(
     Ok(segment)
 }
 
+/// Removes the active segment's index file, if there is one.
+fn remove_stale_index(index_path: &Path) -> Result<(), LogError> {
+    match std::fs::remove_file(index_path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            Err(LogError::io("remove stale index", index_path)(error))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn open_active_segment(
     dir: &Path,
     base: u64,
@@ -216,6 +241,23 @@ pub(super) fn open_active_segment(
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
     let (file, file_len) = open_segment_with_len(&log_path)?;
+    // A writer that stopped cleanly left the segment's index, ending where the file ends:
+    // nothing was appended since, so there is no torn tail to find and no need to read the
+    // whole segment. The file goes before anything is appended, so it never outlives that.
+    if let Some((index, next_offset, max_timestamp)) = load_index(&index_path, base, file_len) {
+        remove_stale_index(&index_path)?;
+        return Ok(new_segment(
+            base,
+            (log_path, index_path),
+            file,
+            SegmentContents {
+                size: file_len,
+                next_offset,
+                max_timestamp,
+                index,
+            },
+        ));
+    }
     let mut scan = scan_segment(
         &file,
         &log_path,
@@ -256,11 +298,7 @@ pub(super) fn open_active_segment(
             .map_err(LogError::io("fsync", &log_path))?;
     }
     // The active segment's index lives in memory; a stale file from before a crash goes.
-    if let Err(error) = std::fs::remove_file(&index_path)
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        return Err(LogError::io("remove stale index", &index_path)(error));
-    }
+    remove_stale_index(&index_path)?;
     Ok(new_segment(
         base,
         (log_path, index_path),

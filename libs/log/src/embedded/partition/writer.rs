@@ -71,8 +71,15 @@ impl Writer {
                 self.apply_retention_logged();
             }
         }
-        // On a clean stop the active segment's index is rebuilt on next open; nothing to flush,
-        // since every acknowledged byte is already fsynced.
+        // Every acknowledged byte is already fsynced. The active segment's index is written
+        // as a sealed one's, so that the next open need not read the whole segment to rebuild
+        // it (a writer that crashed leaves none, and the next open scans).
+        if self.poisoned.is_none()
+            && let Err(error) = self.active.write_sealed_index()
+        {
+            tracing::warn!(topic = %self.shared.topic, partition = self.shared.id, %error,
+                "could not write the active segment's index at a clean stop; the next open rebuilds it");
+        }
     }
 
     pub(super) fn append_batch(&mut self, batch: &mut Vec<PendingAppend>) {
