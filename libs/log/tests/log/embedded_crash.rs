@@ -56,6 +56,25 @@ pub(crate) fn as_if_killed(dir: &Path, topic: &str) {
     std::fs::remove_file(index_path(dir, topic, 0)).expect("a clean stop wrote the active index");
 }
 
+/// Reads partition 0 of topic `t` from the start, 7 records at a time, until a read fails:
+/// how many records came before, and the error.
+async fn read_until_error(log: &EmbeddedLog) -> (usize, LogError) {
+    let mut reader = log
+        .reader("t", 0, StartOffset::Earliest)
+        .await
+        .expect("reader");
+    let mut read = 0;
+    loop {
+        match reader.next_batch(7, Duration::from_secs(1)).await {
+            Ok(batch) => {
+                assert!(!batch.is_empty(), "read stalled before the corrupt record");
+                read += batch.len();
+            }
+            Err(error) => return (read, error),
+        }
+    }
+}
+
 pub(crate) fn flip_byte(path: &Path, position: u64) {
     let file = OpenOptions::new()
         .read(true)
@@ -181,20 +200,7 @@ async fn after_a_clean_stop_the_active_segment_opens_through_its_index() {
             .expect("time seek"),
         Some(200)
     );
-    let mut reader = log
-        .reader("t", 0, StartOffset::Earliest)
-        .await
-        .expect("reader");
-    let mut read = 0;
-    let error = loop {
-        match reader.next_batch(7, Duration::from_secs(1)).await {
-            Ok(batch) => {
-                assert!(!batch.is_empty(), "read stalled before the corrupt record");
-                read += batch.len();
-            }
-            Err(error) => break error,
-        }
-    };
+    let (read, error) = read_until_error(&log).await;
     assert_eq!(read, 150, "every record before the damage is served");
     assert!(
         matches!(&error, LogError::Corrupt { path: error_path, position, .. }
@@ -232,20 +238,7 @@ async fn flipped_byte_in_a_sealed_segment_fails_the_read_naming_file_and_positio
     let log = reopen(dir.path(), 4096)
         .await
         .expect("sealed segments open through their index");
-    let mut reader = log
-        .reader("t", 0, StartOffset::Earliest)
-        .await
-        .expect("reader");
-    let mut read = 0;
-    let error = loop {
-        match reader.next_batch(7, Duration::from_secs(1)).await {
-            Ok(batch) => {
-                assert!(!batch.is_empty(), "read stalled before the corrupt record");
-                read += batch.len();
-            }
-            Err(error) => break error,
-        }
-    };
+    let (read, error) = read_until_error(&log).await;
     assert_eq!(read, 50, "every record before the damage is served");
     match error {
         LogError::Corrupt {

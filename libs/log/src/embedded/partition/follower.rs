@@ -122,20 +122,10 @@ pub(super) fn open_followed_active_segment(
     // before it appends).
     if let Some(published) = published
         && limit == file_len
-        && let Some((index, next_offset, max_timestamp)) = load_index(&index_path, base, file_len)
-        && next_offset == published.next_offset
+        && let Some(contents) = load_index(&index_path, base, file_len)
+        && contents.next_offset == published.next_offset
     {
-        return Ok(new_segment(
-            base,
-            (log_path, index_path),
-            file,
-            SegmentContents {
-                size: file_len,
-                next_offset,
-                max_timestamp,
-                index,
-            },
-        ));
+        return Ok(new_segment(base, (log_path, index_path), file, contents));
     }
     let mut scan = scan_segment(&file, &log_path, base, limit, FOLLOWER_INDEX_INTERVAL_BYTES)?;
     if let Some(published) = published {

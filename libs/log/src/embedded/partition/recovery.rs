@@ -120,15 +120,11 @@ pub(super) fn new_segment(
     }
 }
 
-/// A segment's index file (entries, then a sentinel: the offset, position and largest
-/// timestamp at the segment's end), if it is there and consistent with a segment of
-/// `file_len` bytes starting at offset `base`: entries in order, the sentinel at the file's
-/// end. Returns the entries, the offset after the segment and its largest timestamp.
-pub(super) fn load_index(
-    index_path: &Path,
-    base: u64,
-    file_len: u64,
-) -> Option<(Vec<IndexEntry>, u64, i64)> {
+/// What a segment's index file (entries, then a sentinel: the offset, position and largest
+/// timestamp at the segment's end) says of a segment of `file_len` bytes starting at offset
+/// `base`, if the file is there and consistent with it: entries in order, the sentinel at the
+/// file's end.
+pub(super) fn load_index(index_path: &Path, base: u64, file_len: u64) -> Option<SegmentContents> {
     let mut entries = IndexEntry::decode_all(&std::fs::read(index_path).ok()?)?;
     let sentinel = entries.pop()?;
     let consistent = u64::from(sentinel.position) == file_len
@@ -142,9 +138,11 @@ pub(super) fn load_index(
                 && last.relative_offset <= sentinel.relative_offset
                 && last.max_timestamp_before <= sentinel.max_timestamp_before
         });
-    consistent.then(|| {
-        let next_offset = base + u64::from(sentinel.relative_offset);
-        (entries, next_offset, sentinel.max_timestamp_before)
+    consistent.then(|| SegmentContents {
+        size: file_len,
+        next_offset: base + u64::from(sentinel.relative_offset),
+        max_timestamp: sentinel.max_timestamp_before,
+        index: entries,
     })
 }
 
@@ -159,21 +157,10 @@ pub(super) fn open_sealed_segment(
 ) -> Result<Segment, LogError> {
     let (log_path, index_path) = segment_paths(dir, base);
     let (file, file_len) = open_segment_with_len(&log_path)?;
-    let loaded = load_index(&index_path, base, file_len)
-        .filter(|(_, next_offset, _)| *next_offset == next_base)
-        .map(|(entries, _, max_timestamp)| (entries, max_timestamp));
-    if let Some((entries, max_timestamp)) = loaded {
-        return Ok(new_segment(
-            base,
-            (log_path, index_path),
-            file,
-            SegmentContents {
-                size: file_len,
-                next_offset: next_base,
-                max_timestamp,
-                index: entries,
-            },
-        ));
+    if let Some(contents) =
+        load_index(&index_path, base, file_len).filter(|contents| contents.next_offset == next_base)
+    {
+        return Ok(new_segment(base, (log_path, index_path), file, contents));
     }
     warn!(path = %log_path.display(), "segment index missing or inconsistent, rebuilding it");
     let scan = scan_segment(
@@ -244,19 +231,9 @@ pub(super) fn open_active_segment(
     // A writer that stopped cleanly left the segment's index, ending where the file ends:
     // nothing was appended since, so there is no torn tail to find and no need to read the
     // whole segment. The file goes before anything is appended, so it never outlives that.
-    if let Some((index, next_offset, max_timestamp)) = load_index(&index_path, base, file_len) {
+    if let Some(contents) = load_index(&index_path, base, file_len) {
         remove_stale_index(&index_path)?;
-        return Ok(new_segment(
-            base,
-            (log_path, index_path),
-            file,
-            SegmentContents {
-                size: file_len,
-                next_offset,
-                max_timestamp,
-                index,
-            },
-        ));
+        return Ok(new_segment(base, (log_path, index_path), file, contents));
     }
     let mut scan = scan_segment(
         &file,
