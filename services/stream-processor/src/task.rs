@@ -38,6 +38,10 @@ use runnel_jobs::{Job, job_group, late_topic, members_group, results_topic};
 /// How long a read waits for records before the task checks its checkpoint timer.
 pub(crate) const READ_WAIT: Duration = Duration::from_millis(200);
 
+/// Records that make a backlog: a task that reaches the end of its input with this many
+/// processed since it last was there checkpoints then, without waiting for its interval.
+const BACKLOG_RECORDS: u64 = 10_000;
+
 /// How often a task reads its partition's end offset for its status.
 const END_OFFSET_REFRESH: Duration = Duration::from_secs(1);
 
@@ -368,7 +372,11 @@ impl Task {
     ) -> Result<(), StreamProcessorError> {
         let topic = self.topic.clone();
         let mut source = self.open_source().await?;
+        // Where the task last found the end of its input.
+        let mut last_end = self.offset;
         loop {
+            // The read found nothing new: the task is at the end of its input.
+            let at_end;
             match &mut source {
                 Source::Log(reader) => {
                     let records = tokio::select! {
@@ -377,6 +385,7 @@ impl Task {
                             read.map_err(|source| StreamProcessorError::log(&topic, source))?
                         }
                     };
+                    at_end = records.is_empty();
                     if !records.is_empty() {
                         self.process(&records).await?;
                         // A catching-up task always finds records ready: give the other
@@ -392,6 +401,7 @@ impl Task {
                             read.map_err(StreamProcessorError::History)?
                         }
                     };
+                    at_end = batch.is_none();
                     if let Some(batch) = batch {
                         self.process_positioned(&batch).await?;
                         tokio::task::yield_now().await;
@@ -418,7 +428,15 @@ impl Task {
             {
                 self.read_end_offset(&topic).await;
             }
-            if self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
+            // A task that has just worked off a backlog checkpoints as soon as it reaches the
+            // end of its input, not up to an interval later: its results become visible at
+            // once (exactly-once publishes them with the checkpoint), and a restart does not
+            // redo the backlog. A trickle of live events never adds up to one.
+            let backlog_done = at_end && self.offset.saturating_sub(last_end) >= BACKLOG_RECORDS;
+            if at_end {
+                last_end = self.offset;
+            }
+            if (backlog_done || self.last_checkpoint.elapsed() >= self.context.checkpoint_interval)
                 && self.offset != self.checkpointed_offset
             {
                 self.checkpoint().await?;
