@@ -195,16 +195,24 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let late_out = late_path(&args.out);
     let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
     let mut late_file = OutputFile::create(&late_out, output_format, operator.late_schema())?;
-    // Three threads in a pipeline, a few batches apart: the file is read, decoded and
-    // prepared for the operator (event times, keys, arguments) on one, the operator runs on
-    // this one, and its results are encoded and written on a third.
-    let (prepared_sender, prepared) = std::sync::mpsc::sync_channel(4);
-    let reader_plan = Arc::clone(&plan);
+    // Four threads in a pipeline, a few batches apart: the file is read and decoded on one,
+    // each batch prepared for the operator (event times, keys, arguments) on a second, the
+    // operator runs on this one, and its results are encoded and written on a fourth.
+    let (decoded_sender, decoded) = std::sync::mpsc::sync_channel(4);
     let reader = std::thread::spawn(move || {
         for batch in batches {
+            if decoded_sender.send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    let (prepared_sender, prepared) = std::sync::mpsc::sync_channel(4);
+    let preparer_plan = Arc::clone(&plan);
+    let preparer = std::thread::spawn(move || {
+        for batch in decoded {
             let prepared = batch
                 .map_err(anyhow::Error::from)
-                .and_then(|batch| Ok(PreparedBatch::new(&reader_plan, 0, batch)?));
+                .and_then(|batch| Ok(PreparedBatch::new(&preparer_plan, 0, batch)?));
             if prepared_sender.send(prepared).is_err() {
                 break;
             }
@@ -260,7 +268,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let written = writer
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the results writer panicked")));
-    if reader.join().is_err() {
+    if reader.join().is_err() || preparer.join().is_err() {
         bail!("reading {} failed", args.input.display());
     }
     ran?;
