@@ -11,6 +11,8 @@
 //! - [`ShardedOperator`] runs one [`WindowOperator`] per shard of the keys, in parallel, with
 //!   one watermark and an output that does not depend on the number of shards.
 //! - [`recompute`] runs the same plan as a DataFusion batch query, every event counted.
+//! - [`VersionedTable`] holds a table from a changelog, each key's values by event time, for
+//!   a join "as of" a time (the join itself is not built yet).
 #![warn(missing_docs)]
 
 mod error;
@@ -22,6 +24,7 @@ mod recompute;
 mod session;
 mod sharded;
 mod snapshot;
+mod table;
 mod window;
 
 pub use error::{EngineError, EventError, SqlPosition};
@@ -38,4 +41,5 @@ pub use recompute::{
     recompute_windows,
 };
 pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};
+pub use table::{Lookup, VersionedTable};
 pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};

@@ -1,0 +1,641 @@
+//! A table from a changelog: each key's values by event time, for joins that ask what a key's
+//! value was "as of" a time (Flink SQL's `FOR SYSTEM_TIME AS OF`).
+//!
+//! This is the state of issue 21's stream–table join; the join operator, its SQL and its
+//! batch plan are not built yet.
+//!
+//! Semantics:
+//! - A changelog row carries a key, an event time and a value, or a tombstone (a delete). Per
+//!   key the table keeps versions in event-time order. A version is valid from its event
+//!   time up to the next version's; a tombstone's version says the key has no value from
+//!   then.
+//! - Rows may come in any event-time order: each version lands where its time puts it. Two
+//!   rows of a key at one event time: the later row replaces the earlier, so the changelog's
+//!   order decides, and a replay of it decides the same.
+//! - A key with a null in it never matches, as SQL's `=` never holds for NULL: such rows are
+//!   not kept, and [`VersionedTable::apply`] returns them for the caller to report.
+//! - [`VersionedTable::compact`] drops what no lookup at or after a watermark can see: the
+//!   versions before the last one at or before the watermark, and a key whose only version
+//!   left is a tombstone at or before it. Lookups at or after the watermark answer as
+//!   before; earlier ones are the caller's to refuse (they are late).
+//!
+//! Keys and values are held in Arrow's row format (one [`RowConverter`] each), so any column
+//! types DataFusion groups by can key a table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+
+use crate::error::EngineError;
+
+/// Snapshot column: the event time a version is valid from.
+const VALID_FROM_COLUMN: &str = "_valid_from";
+/// Snapshot column: the version is a tombstone.
+const TOMBSTONE_COLUMN: &str = "_tombstone";
+
+/// One version of a key's value: valid from `valid_from`; `None` is a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    valid_from: i64,
+    value: Option<Box<[u8]>>,
+}
+
+/// The versions of each key's value by event time (see the module docs).
+#[derive(Debug)]
+pub struct VersionedTable {
+    key_fields: Fields,
+    value_fields: Fields,
+    keys: RowConverter,
+    values: RowConverter,
+    versions: HashMap<Box<[u8]>, Vec<Version>>,
+    /// Bytes of the keys and values held.
+    held_bytes: usize,
+    /// Versions held, over every key.
+    n_versions: usize,
+}
+
+/// What [`VersionedTable::lookup`] found for each probe row.
+#[derive(Debug)]
+pub struct Lookup {
+    /// The value columns, one row per probe: the version valid at the probe's time, null
+    /// where there is none.
+    pub values: Vec<ArrayRef>,
+    /// Per probe: a value was valid at its time.
+    pub matched: BooleanArray,
+}
+
+impl VersionedTable {
+    /// An empty table keyed by `key_fields`, holding `value_fields`.
+    ///
+    /// # Errors
+    ///
+    /// A column type Arrow's row format cannot hold.
+    pub fn new(key_fields: Fields, value_fields: Fields) -> Result<VersionedTable, EngineError> {
+        let sort_fields = |fields: &Fields| -> Vec<SortField> {
+            fields
+                .iter()
+                .map(|field| SortField::new(field.data_type().clone()))
+                .collect()
+        };
+        Ok(VersionedTable {
+            keys: RowConverter::new(sort_fields(&key_fields))?,
+            values: RowConverter::new(sort_fields(&value_fields))?,
+            key_fields,
+            value_fields,
+            versions: HashMap::new(),
+            held_bytes: 0,
+            n_versions: 0,
+        })
+    }
+
+    /// Applies changelog rows, in order: row `i` sets key `keys[..][i]` from `times[i]` to the
+    /// value `values[..][i]`, or deletes it there where `tombstones` says so. Returns the rows
+    /// left out because their key has a null.
+    ///
+    /// # Errors
+    ///
+    /// Columns that do not match the table's fields or each other's length.
+    pub fn apply(
+        &mut self,
+        keys: &[ArrayRef],
+        times: &[i64],
+        values: &[ArrayRef],
+        tombstones: Option<&BooleanArray>,
+    ) -> Result<Vec<usize>, EngineError> {
+        let n_rows = times.len();
+        self.check_columns(keys, &self.key_fields, n_rows, "key")?;
+        self.check_columns(values, &self.value_fields, n_rows, "value")?;
+        if tombstones.is_some_and(|tombstones| tombstones.len() != n_rows) {
+            return Err(EngineError::Schema(format!(
+                "{} tombstone flags for {n_rows} changelog rows",
+                tombstones.map_or(0, Array::len)
+            )));
+        }
+        let key_rows = self.keys.convert_columns(keys)?;
+        let value_rows = self.values.convert_columns(values)?;
+        let mut skipped = Vec::new();
+        for (row, &valid_from) in times.iter().enumerate() {
+            if keys.iter().any(|column| column.is_null(row)) {
+                skipped.push(row);
+                continue;
+            }
+            let deleted = tombstones
+                .is_some_and(|tombstones| tombstones.is_valid(row) && tombstones.value(row));
+            let version = Version {
+                valid_from,
+                value: (!deleted).then(|| value_rows.row(row).as_ref().into()),
+            };
+            self.insert(key_rows.row(row).as_ref(), version);
+        }
+        Ok(skipped)
+    }
+
+    /// Puts `version` among `key`'s versions where its time puts it, replacing one at the
+    /// same time.
+    fn insert(&mut self, key: &[u8], version: Version) {
+        let added = version.value.as_ref().map_or(0, |value| value.len());
+        if !self.versions.contains_key(key) {
+            self.held_bytes += key.len();
+            self.versions.insert(key.into(), Vec::new());
+        }
+        let versions = self.versions.get_mut(key).expect("inserted above");
+        let at = versions.partition_point(|held| held.valid_from < version.valid_from);
+        match versions.get_mut(at) {
+            Some(held) if held.valid_from == version.valid_from => {
+                self.held_bytes -= held.value.as_ref().map_or(0, |value| value.len());
+                *held = version;
+            }
+            _ => {
+                versions.insert(at, version);
+                self.n_versions += 1;
+            }
+        }
+        self.held_bytes += added;
+    }
+
+    /// For each probe row (`keys[..][i]` at `times[i]`), the value valid at that time.
+    ///
+    /// # Errors
+    ///
+    /// Key columns that do not match the table's, or `times` of another length.
+    pub fn lookup(&self, keys: &[ArrayRef], times: &[i64]) -> Result<Lookup, EngineError> {
+        let n_rows = times.len();
+        self.check_columns(keys, &self.key_fields, n_rows, "key")?;
+        let key_rows = self.keys.convert_columns(keys)?;
+        let mut found: Vec<&[u8]> = Vec::new();
+        let mut indices: Vec<Option<u32>> = Vec::with_capacity(n_rows);
+        for (row, &time) in times.iter().enumerate() {
+            let value = if keys.iter().any(|column| column.is_null(row)) {
+                None
+            } else {
+                self.versions
+                    .get(key_rows.row(row).as_ref())
+                    .and_then(|versions| valid_at(versions, time))
+            };
+            indices.push(value.map(|value| {
+                found.push(value);
+                (found.len() - 1) as u32
+            }));
+        }
+        let parser = self.values.parser();
+        let columns = self
+            .values
+            .convert_rows(found.iter().map(|bytes| parser.parse(bytes)))?;
+        let indices = UInt32Array::from(indices);
+        let values = columns
+            .iter()
+            .map(|column| arrow::compute::take(column.as_ref(), &indices, None))
+            .collect::<Result<Vec<_>, _>>()?;
+        let matched = BooleanArray::from_iter(indices.iter().map(|index| Some(index.is_some())));
+        Ok(Lookup { values, matched })
+    }
+
+    /// Drops what no lookup at or after `watermark` can see (see the module docs).
+    pub fn compact(&mut self, watermark: i64) {
+        let (mut freed_bytes, mut freed_versions) = (0, 0);
+        self.versions.retain(|key, versions| {
+            let at_or_before = versions.partition_point(|held| held.valid_from <= watermark);
+            if at_or_before > 1 {
+                for dropped in versions.drain(..at_or_before - 1) {
+                    freed_bytes += dropped.value.map_or(0, |value| value.len());
+                    freed_versions += 1;
+                }
+            }
+            let deleted = versions.len() == 1
+                && versions[0].value.is_none()
+                && versions[0].valid_from <= watermark;
+            if deleted {
+                freed_bytes += key.len();
+                freed_versions += 1;
+            }
+            !deleted
+        });
+        self.held_bytes -= freed_bytes;
+        self.n_versions -= freed_versions;
+    }
+
+    /// Keys held (a key whose last version is a tombstone counts until it is compacted away).
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// No key is held.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// Versions held, over every key.
+    pub fn n_versions(&self) -> usize {
+        self.n_versions
+    }
+
+    /// Bytes of state: keys, values, versions and the map's slots.
+    pub fn size(&self) -> usize {
+        let per_key = std::mem::size_of::<(Box<[u8]>, Vec<Version>)>() + 1;
+        self.held_bytes
+            + self.n_versions * std::mem::size_of::<Version>()
+            + self.versions.capacity() * per_key
+    }
+
+    /// The schema of [`snapshot`](Self::snapshot)'s batch: the key columns, `_valid_from`,
+    /// `_tombstone`, the value columns (nullable: null in a tombstone's row).
+    pub fn snapshot_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .key_fields
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .collect();
+        fields.push(Field::new(VALID_FROM_COLUMN, DataType::Int64, false));
+        fields.push(Field::new(TOMBSTONE_COLUMN, DataType::Boolean, false));
+        fields.extend(
+            self.value_fields
+                .iter()
+                .map(|field| field.as_ref().clone().with_nullable(true)),
+        );
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Every version as one batch, keys in their row format's order and each key's versions
+    /// by time, so equal tables give equal snapshots.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures.
+    pub fn snapshot(&self) -> Result<RecordBatch, EngineError> {
+        let mut keys: Vec<&Box<[u8]>> = self.versions.keys().collect();
+        keys.sort_unstable();
+        let (mut key_bytes, mut times, mut tombstones, mut values) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for key in keys {
+            for version in &self.versions[key] {
+                key_bytes.push(key.as_ref());
+                times.push(version.valid_from);
+                tombstones.push(version.value.is_none());
+                values.push(version.value.as_deref());
+            }
+        }
+        let key_parser = self.keys.parser();
+        let mut columns = self
+            .keys
+            .convert_rows(key_bytes.iter().map(|bytes| key_parser.parse(bytes)))?;
+        columns.push(Arc::new(Int64Array::from(times)));
+        columns.push(Arc::new(BooleanArray::from(tombstones)));
+        // Tombstones have no value row: convert the others, then spread them with nulls.
+        let mut present = Vec::new();
+        let indices: UInt32Array = values
+            .iter()
+            .map(|value| {
+                value.map(|bytes| {
+                    present.push(bytes);
+                    (present.len() - 1) as u32
+                })
+            })
+            .collect();
+        let value_parser = self.values.parser();
+        for column in self
+            .values
+            .convert_rows(present.iter().map(|bytes| value_parser.parse(bytes)))?
+        {
+            columns.push(arrow::compute::take(column.as_ref(), &indices, None)?);
+        }
+        Ok(RecordBatch::try_new(self.snapshot_schema(), columns)?)
+    }
+
+    /// A table keyed by `key_fields`, holding `value_fields`, with the versions of
+    /// `snapshot` (a batch of [`snapshot`](Self::snapshot)'s schema).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Snapshot`] for a batch of another schema, or whose versions of a key
+    /// are not in strictly increasing time order.
+    pub fn restore(
+        key_fields: Fields,
+        value_fields: Fields,
+        snapshot: &RecordBatch,
+    ) -> Result<VersionedTable, EngineError> {
+        let mut table = VersionedTable::new(key_fields, value_fields)?;
+        if snapshot.schema() != table.snapshot_schema() {
+            return Err(EngineError::Snapshot(
+                "the table's snapshot has another schema than the table".to_string(),
+            ));
+        }
+        let n_keys = table.key_fields.len();
+        let key_columns = &snapshot.columns()[..n_keys];
+        let times = snapshot.column(n_keys).as_primitive::<Int64Type>();
+        let tombstones = snapshot.column(n_keys + 1).as_boolean();
+        let value_columns = &snapshot.columns()[n_keys + 2..];
+        if times.null_count() > 0 || tombstones.null_count() > 0 {
+            return Err(EngineError::Snapshot(
+                "a table version without a time or a tombstone flag".to_string(),
+            ));
+        }
+        let key_rows = table.keys.convert_columns(key_columns)?;
+        let value_rows = table.values.convert_columns(value_columns)?;
+        for row in 0..snapshot.num_rows() {
+            let key = key_rows.row(row);
+            let valid_from = times.value(row);
+            if table
+                .versions
+                .get(key.as_ref())
+                .and_then(|versions| versions.last())
+                .is_some_and(|last| last.valid_from >= valid_from)
+            {
+                return Err(EngineError::Snapshot(format!(
+                    "a table key's versions are out of time order at row {row}"
+                )));
+            }
+            let value = (!tombstones.value(row)).then(|| value_rows.row(row).as_ref().into());
+            table.insert(key.as_ref(), Version { valid_from, value });
+        }
+        Ok(table)
+    }
+
+    fn check_columns(
+        &self,
+        columns: &[ArrayRef],
+        fields: &Fields,
+        n_rows: usize,
+        what: &str,
+    ) -> Result<(), EngineError> {
+        if columns.len() != fields.len() {
+            return Err(EngineError::Schema(format!(
+                "{} {what} columns where the table has {}",
+                columns.len(),
+                fields.len()
+            )));
+        }
+        for (column, field) in columns.iter().zip(fields.iter()) {
+            if column.data_type() != field.data_type() || column.len() != n_rows {
+                return Err(EngineError::Schema(format!(
+                    "{what} column `{}`: {} rows of {}, where {n_rows} rows of {} were expected",
+                    field.name(),
+                    column.len(),
+                    column.data_type(),
+                    field.data_type()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value of the last version at or before `time`, if that version is not a tombstone.
+fn valid_at(versions: &[Version], time: i64) -> Option<&[u8]> {
+    let at_or_before = versions.partition_point(|version| version.valid_from <= time);
+    versions.get(at_or_before.checked_sub(1)?)?.value.as_deref()
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::StringArray;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn table() -> VersionedTable {
+        VersionedTable::new(
+            Fields::from(vec![Field::new("user_id", DataType::Utf8, true)]),
+            Fields::from(vec![
+                Field::new("country", DataType::Utf8, true),
+                Field::new("age", DataType::Int64, true),
+            ]),
+        )
+        .expect("table")
+    }
+
+    /// Changelog rows: (key, time, Some((country, age)) or None for a tombstone).
+    type Change<'a> = (Option<&'a str>, i64, Option<(&'a str, i64)>);
+
+    fn apply(table: &mut VersionedTable, changes: &[Change<'_>]) -> Vec<usize> {
+        let keys: ArrayRef = Arc::new(StringArray::from_iter(changes.iter().map(|c| c.0)));
+        let times: Vec<i64> = changes.iter().map(|c| c.1).collect();
+        let countries: ArrayRef = Arc::new(StringArray::from_iter(
+            changes.iter().map(|c| c.2.map(|v| v.0)),
+        ));
+        let ages: ArrayRef = Arc::new(Int64Array::from_iter(
+            changes.iter().map(|c| c.2.map(|v| v.1)),
+        ));
+        let tombstones = BooleanArray::from_iter(changes.iter().map(|c| Some(c.2.is_none())));
+        table
+            .apply(&[keys], &times, &[countries, ages], Some(&tombstones))
+            .expect("apply")
+    }
+
+    /// What each probe finds, as (country, age).
+    fn lookup(
+        table: &VersionedTable,
+        probes: &[(Option<&str>, i64)],
+    ) -> Vec<Option<(String, i64)>> {
+        let keys: ArrayRef = Arc::new(StringArray::from_iter(probes.iter().map(|p| p.0)));
+        let times: Vec<i64> = probes.iter().map(|p| p.1).collect();
+        let found = table.lookup(&[keys], &times).expect("lookup");
+        let countries = found.values[0].as_string::<i32>();
+        let ages = found.values[1].as_primitive::<Int64Type>();
+        (0..probes.len())
+            .map(|row| {
+                assert_eq!(found.matched.value(row), countries.is_valid(row));
+                found
+                    .matched
+                    .value(row)
+                    .then(|| (countries.value(row).to_string(), ages.value(row)))
+            })
+            .collect()
+    }
+
+    fn de(age: i64) -> Option<(String, i64)> {
+        Some(("de".to_string(), age))
+    }
+
+    #[test]
+    fn a_lookup_sees_the_version_valid_at_its_time() {
+        let mut table = table();
+        apply(
+            &mut table,
+            &[
+                (Some("u1"), 10, Some(("de", 1))),
+                (Some("u1"), 20, Some(("de", 2))),
+            ],
+        );
+        let probes: Vec<(Option<&str>, i64)> = [5, 9, 10, 19, 20, 1_000]
+            .iter()
+            .map(|t| (Some("u1"), *t))
+            .collect();
+        assert_eq!(
+            lookup(&table, &probes),
+            [None, None, de(1), de(1), de(2), de(2)],
+            "before the first version, at and after an update"
+        );
+        assert_eq!(
+            lookup(&table, &[(Some("u2"), 20), (None, 20)]),
+            [None, None]
+        );
+    }
+
+    #[test]
+    fn a_tombstone_ends_a_value_until_the_next_version() {
+        let mut table = table();
+        apply(
+            &mut table,
+            &[
+                (Some("u1"), 10, Some(("de", 1))),
+                (Some("u1"), 20, None),
+                (Some("u1"), 30, Some(("de", 3))),
+            ],
+        );
+        let probes: Vec<(Option<&str>, i64)> =
+            [15, 20, 25, 30].iter().map(|t| (Some("u1"), *t)).collect();
+        assert_eq!(lookup(&table, &probes), [de(1), None, None, de(3)]);
+    }
+
+    #[test]
+    fn rows_out_of_time_order_land_in_place_and_a_later_row_at_one_time_wins() {
+        let mut in_order = table();
+        apply(
+            &mut in_order,
+            &[
+                (Some("u1"), 10, Some(("de", 1))),
+                (Some("u1"), 20, Some(("de", 3))),
+            ],
+        );
+        let mut shuffled = table();
+        apply(
+            &mut shuffled,
+            &[
+                (Some("u1"), 20, Some(("de", 2))),
+                (Some("u1"), 10, Some(("de", 1))),
+                (Some("u1"), 20, Some(("de", 3))),
+            ],
+        );
+        assert_eq!(shuffled.n_versions(), 2);
+        assert_eq!(
+            shuffled.snapshot().expect("snapshot"),
+            in_order.snapshot().expect("snapshot")
+        );
+        assert_eq!(shuffled.size(), in_order.size());
+    }
+
+    #[test]
+    fn a_key_with_a_null_is_left_out_and_returned() {
+        let mut table = table();
+        let skipped = apply(
+            &mut table,
+            &[
+                (None, 10, Some(("de", 1))),
+                (Some("u1"), 10, Some(("de", 2))),
+            ],
+        );
+        assert_eq!(skipped, [0]);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_what_lookups_from_the_watermark_on_can_see() {
+        let mut table = table();
+        apply(
+            &mut table,
+            &[
+                (Some("u1"), 10, Some(("de", 1))),
+                (Some("u1"), 20, Some(("de", 2))),
+                (Some("u1"), 40, Some(("de", 4))),
+                (Some("u2"), 10, Some(("de", 1))),
+                (Some("u2"), 20, None),
+            ],
+        );
+        let before = table.size();
+        table.compact(25);
+        assert_eq!(
+            table.n_versions(),
+            2,
+            "u1 keeps 20 and 40; u2, deleted at 20, goes"
+        );
+        assert_eq!(table.len(), 1);
+        assert!(table.size() < before);
+        let probes: Vec<(Option<&str>, i64)> = [25, 39, 40]
+            .iter()
+            .flat_map(|t| [(Some("u1"), *t), (Some("u2"), *t)])
+            .collect();
+        assert_eq!(
+            lookup(&table, &probes),
+            [de(2), None, de(2), None, de(4), None]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_table_and_refuses_another_schema() {
+        let mut table = table();
+        apply(
+            &mut table,
+            &[
+                (Some("u2"), 30, None),
+                (Some("u1"), 10, Some(("de", 1))),
+                (Some("u1"), 20, Some(("fr", 2))),
+                (Some("u2"), 10, Some(("de", 5))),
+            ],
+        );
+        let snapshot = table.snapshot().expect("snapshot");
+        let restored = VersionedTable::restore(
+            table.key_fields.clone(),
+            table.value_fields.clone(),
+            &snapshot,
+        )
+        .expect("restore");
+        let probes: Vec<(Option<&str>, i64)> = [5, 10, 20, 30]
+            .iter()
+            .flat_map(|t| [(Some("u1"), *t), (Some("u2"), *t)])
+            .collect();
+        assert_eq!(lookup(&restored, &probes), lookup(&table, &probes));
+        assert_eq!(restored.snapshot().expect("snapshot"), snapshot);
+        assert_eq!(restored.size(), table.size());
+        let other = VersionedTable::restore(
+            Fields::from(vec![Field::new("user_id", DataType::Utf8View, true)]),
+            table.value_fields.clone(),
+            &snapshot,
+        );
+        assert!(matches!(other, Err(EngineError::Snapshot(_))));
+    }
+
+    proptest! {
+        /// Against a reference that keeps every changelog row: the value of a key at `t` is
+        /// the last row (in changelog order) among those with the largest time at or before
+        /// `t`, unless that row is a tombstone. After compaction at a watermark, lookups at
+        /// or after it still agree.
+        #[test]
+        fn lookups_agree_with_the_whole_changelog(
+            changes in prop::collection::vec((0u8..4, 0i64..50, prop::option::of(0i64..100)), 0..60),
+            probes in prop::collection::vec((0u8..5, 0i64..60), 1..40),
+            watermark in 0i64..60,
+        ) {
+            let names = ["u0", "u1", "u2", "u3", "u4"];
+            let rows: Vec<Change<'_>> = changes
+                .iter()
+                .map(|(key, time, age)| (Some(names[*key as usize]), *time, age.map(|age| ("de", age))))
+                .collect();
+            let reference = |key: &str, t: i64| -> Option<(String, i64)> {
+                let latest = rows
+                    .iter()
+                    .filter(|row| row.0 == Some(key) && row.1 <= t)
+                    .map(|row| row.1)
+                    .max()?;
+                rows.iter()
+                    .rfind(|row| row.0 == Some(key) && row.1 == latest)?
+                    .2
+                    .map(|(country, age)| (country.to_string(), age))
+            };
+            let mut table = table();
+            apply(&mut table, &rows);
+            let probes: Vec<(Option<&str>, i64)> = probes
+                .iter()
+                .map(|(key, t)| (Some(names[*key as usize]), *t))
+                .collect();
+            let want: Vec<_> = probes.iter().map(|(key, t)| reference(key.expect("key"), *t)).collect();
+            prop_assert_eq!(lookup(&table, &probes), want.clone());
+            table.compact(watermark);
+            let later: Vec<usize> = (0..probes.len()).filter(|i| probes[*i].1 >= watermark).collect();
+            let found = lookup(&table, &later.iter().map(|i| probes[*i]).collect::<Vec<_>>());
+            prop_assert_eq!(found, later.iter().map(|i| want[*i].clone()).collect::<Vec<_>>());
+        }
+    }
+}
