@@ -109,6 +109,11 @@ pub(crate) struct Task {
     epoch: u64,
     checkpointed_offset: u64,
     last_checkpoint: Instant,
+    /// Events, results, late events or skipped records since the last checkpoint: what a
+    /// checkpoint is for. Batches of routers' markers alone that changed no output are
+    /// not: a restart reads them again and comes to the same state, so an idle job does
+    /// not checkpoint every interval for the end markers its routers send every second.
+    dirty: bool,
     status: PartitionReporter,
     /// When the partition's end offset was last read for the status.
     end_offset_read: Option<Instant>,
@@ -337,6 +342,7 @@ impl Task {
             epoch,
             checkpointed_offset: offset,
             last_checkpoint: Instant::now(),
+            dirty: false,
             status,
             end_offset_read: None,
             topic,
@@ -411,6 +417,7 @@ impl Task {
                     // progress too, or a partition ending in them would never catch up.
                     if hybrid.position() > self.offset {
                         self.offset = hybrid.position();
+                        self.dirty = true;
                         self.status.batch_done(
                             self.offset,
                             0,
@@ -437,6 +444,7 @@ impl Task {
                 last_end = self.offset;
             }
             if (backlog_done || self.last_checkpoint.elapsed() >= self.context.checkpoint_interval)
+                && self.dirty
                 && self.offset != self.checkpointed_offset
             {
                 self.checkpoint().await?;
@@ -530,6 +538,7 @@ impl Task {
     ) -> Result<(), StreamProcessorError> {
         let result_rows: usize = output.results.iter().map(RecordBatch::num_rows).sum();
         let errors = output.errors.len();
+        self.dirty |= events > 0 || result_rows > 0 || errors > 0 || !output.late_events.is_empty();
         self.emit(output, arrival).await?;
         if let Some(next_offset) = next_offset {
             self.offset = next_offset;
@@ -796,6 +805,7 @@ impl Task {
         debug!(epoch = self.epoch, offset = self.offset, "checkpoint");
         self.checkpointed_offset = self.offset;
         self.last_checkpoint = Instant::now();
+        self.dirty = false;
         self.status
             .checkpoint_done(self.epoch, self.offset, started.elapsed());
         Ok(())

@@ -48,7 +48,8 @@ fn config(data_dir: &Path, env: &[(&str, &str)]) -> Config {
     Config::load(&[], &vars).expect("config")
 }
 
-/// Appends `count` records `v0000`... to partition 0 of `clicks` (the default stream).
+/// Appends `count` records `v0000`... to partition 0 of `clicks` (the default stream), and
+/// leaves the partition as a killed writer would.
 async fn fill_partition_0(data_dir: &Path, count: usize) -> PathBuf {
     let config = config(data_dir, &[]);
     let log = EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
@@ -66,11 +67,12 @@ async fn fill_partition_0(data_dir: &Path, count: usize) -> PathBuf {
         .collect();
     log.append("clicks", records).await.expect("append");
     log.close().await;
-    config
-        .embedded_log_dir()
-        .join("clicks")
-        .join("0")
-        .join("00000000000000000000.log")
+    let partition = config.embedded_log_dir().join("clicks").join("0");
+    // As a writer killed after its last acknowledged append leaves it: without the index a
+    // clean stop writes, the next open reads the segment, and finds damage there.
+    std::fs::remove_file(partition.join("00000000000000000000.index"))
+        .expect("a clean stop wrote the active segment's index");
+    partition.join("00000000000000000000.log")
 }
 
 fn flip_byte(path: &Path, position: u64) {
