@@ -25,6 +25,7 @@ mod session;
 mod sharded;
 mod snapshot;
 mod table;
+mod temporal_join;
 mod window;
 
 pub use error::{EngineError, EventError, SqlPosition};
@@ -42,4 +43,8 @@ pub use recompute::{
 };
 pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};
 pub use table::{Lookup, VersionedTable};
+pub use temporal_join::{
+    JOIN_LATE_REASON_COLUMN, JOIN_LATE_WATERMARK_COLUMN, JoinKind, JoinOutput, TemporalJoin,
+    TemporalJoinSpec,
+};
 pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};
