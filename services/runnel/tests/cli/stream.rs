@@ -290,6 +290,38 @@ fn caught_up(universe: &Universe, ends: &[u64]) -> bool {
     direct_done && (pages_done || !universe.with_pages)
 }
 
+/// With the pages job, waits until its page tasks' checkpoints stop moving: `caught_up` knows
+/// that every event reached some page task, not that every page task has read all it was
+/// sent.
+fn wait_for_page_tasks_to_settle(universe: &Universe) {
+    if !universe.with_pages {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pages = format!("{}-pages", universe.job);
+    let settled = || {
+        let mut texts: Vec<String> = manifests(universe, &pages)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        texts.sort();
+        texts
+    };
+    let mut last = settled();
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = settled();
+        if now == last {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page tasks did not settle in 60 s"
+        );
+        last = now;
+    }
+}
+
 /// Runs the stream-processor until it has caught up (and, with the pages job, its page tasks
 /// have settled); returns how long it took to catch up.
 pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) -> Duration {
@@ -311,33 +343,7 @@ pub(super) fn run_until_caught_up(universe: &Universe, ends: &[u64]) -> Duration
         std::thread::sleep(Duration::from_millis(50));
     }
     let caught_up_after = started.elapsed();
-    if universe.with_pages {
-        // `caught_up` knows that every event reached some page task, not that every page
-        // task has read all it was sent: wait until their checkpoints stop moving.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let pages = format!("{}-pages", universe.job);
-        let settled = || {
-            let mut texts: Vec<String> = manifests(universe, &pages)
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            texts.sort();
-            texts
-        };
-        let mut last = settled();
-        loop {
-            std::thread::sleep(Duration::from_secs(2));
-            let now = settled();
-            if now == last {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page tasks did not settle in 60 s"
-            );
-            last = now;
-        }
-    }
+    wait_for_page_tasks_to_settle(universe);
     drop(child);
     caught_up_after
 }
@@ -974,6 +980,9 @@ async fn two_instances_one_killed_midway_give_the_results_of_one_on_kafka() {
     wait_for(&pair, &mut [&mut first, &mut second], "caught up", |_| {
         caught_up(&pair, &ends)
     });
+    // Every event reached some page task; the others may still be reading theirs (one CI
+    // run killed the pair with a page task 18 minutes of event time behind).
+    wait_for_page_tasks_to_settle(&pair);
     first.kill();
     second.kill();
     if std::env::var_os("RUNNEL_TEST_SHOW_LOGS").is_some() {
