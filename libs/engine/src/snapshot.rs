@@ -82,11 +82,11 @@ fn snapshot_schema(
     Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
 }
 
-fn encode_option(value: Option<i64>) -> String {
+pub(crate) fn encode_option(value: Option<i64>) -> String {
     value.map_or_else(|| "-".to_string(), |value| value.to_string())
 }
 
-fn decode_option(text: &str) -> Result<Option<i64>, EngineError> {
+pub(crate) fn decode_option(text: &str) -> Result<Option<i64>, EngineError> {
     if text == "-" {
         return Ok(None);
     }

@@ -353,6 +353,15 @@ impl VersionedTable {
         Ok(table)
     }
 
+    /// A table of this one's fields with the versions of `snapshot` (see
+    /// [`restore`](Self::restore)).
+    pub(crate) fn restore_like(
+        &self,
+        snapshot: &RecordBatch,
+    ) -> Result<VersionedTable, EngineError> {
+        VersionedTable::restore(self.key_fields.clone(), self.value_fields.clone(), snapshot)
+    }
+
     fn check_columns(
         &self,
         columns: &[ArrayRef],

@@ -24,17 +24,28 @@
 //!   columns: `LEFT` emits it with nulls, inner emits nothing for it.
 //! - Output does not depend on how either input is cut into batches, only on the order of
 //!   rows and, between the two inputs, on the order of the calls.
+//! - [`TemporalJoin::snapshot`] holds the whole state (the table's versions, the waiting
+//!   rows with their arrival numbers, the clocks); a join restored from it goes on exactly
+//!   as the original.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
 
 use crate::error::{EngineError, EventError};
+use crate::snapshot::{decode_option, encode_option};
 use crate::table::VersionedTable;
+
+/// Format of [`TemporalJoin::snapshot`].
+const SNAPSHOT_FORMAT: &str = "runnel.temporal-join.1";
+/// Snapshot column of a waiting row: its arrival number.
+const SEQ_COLUMN: &str = "_seq";
 
 /// Late output column: the watermark the row was behind (epoch ms).
 pub const JOIN_LATE_WATERMARK_COLUMN: &str = "_watermark";
@@ -403,6 +414,185 @@ impl TemporalJoin {
         Ok(output)
     }
 
+    /// The whole state as bytes: the table's versions (one Arrow IPC stream, after its
+    /// length), then the waiting rows in (time, arrival) order with `_seq`, the clocks in
+    /// that stream's schema metadata. The join is unchanged and goes on.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures.
+    pub fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        let table = self.table.snapshot()?;
+        let mut bytes = vec![0u8; 8];
+        let mut writer = StreamWriter::try_new(&mut bytes, &table.schema())?;
+        writer.write(&table)?;
+        writer.finish()?;
+        drop(writer);
+        let table_len = (bytes.len() - 8) as u64;
+        bytes[..8].copy_from_slice(&table_len.to_le_bytes());
+
+        let mut waiting: Vec<Waiting> = self.waiting.iter().map(|Reverse(next)| *next).collect();
+        waiting.sort_unstable();
+        let rows = self.gather(&waiting)?;
+        let mut metadata = HashMap::new();
+        metadata.insert("runnel.format".to_string(), SNAPSHOT_FORMAT.to_string());
+        let table_max: Vec<String> = self
+            .table_max
+            .iter()
+            .map(|max| encode_option(*max))
+            .collect();
+        metadata.insert("runnel.table_max".to_string(), table_max.join(";"));
+        for (key, value) in [
+            ("runnel.table_watermark", self.table_watermark),
+            ("runnel.next_seq", self.next_seq as i64),
+            ("runnel.horizon", self.horizon),
+            ("runnel.compacted_to", self.compacted_to),
+        ] {
+            metadata.insert(key.to_string(), value.to_string());
+        }
+        metadata.insert(
+            "runnel.stream_max".to_string(),
+            encode_option(self.stream_max),
+        );
+        let mut fields: Vec<Field> = rows
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .collect();
+        fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+        let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
+            waiting.iter().map(|next| next.seq),
+        )));
+        let mut writer = StreamWriter::try_new(&mut bytes, &schema)?;
+        writer.write(&RecordBatch::try_new(Arc::clone(&schema), columns)?)?;
+        writer.finish()?;
+        drop(writer);
+        Ok(bytes)
+    }
+
+    /// A join of `spec` with the state of `bytes` (from [`snapshot`](Self::snapshot)).
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`new`](Self::new); [`EngineError::Snapshot`] for bytes that are not a
+    /// snapshot, or one of a join with other inputs or another number of table partitions.
+    pub fn restore(spec: TemporalJoinSpec, bytes: &[u8]) -> Result<TemporalJoin, EngineError> {
+        let corrupt = |what: String| EngineError::Snapshot(what);
+        let mut join = TemporalJoin::new(spec)?;
+        let (table_len, rest) = bytes
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("a join snapshot shorter than its header".to_string()))?;
+        let table_len = usize::try_from(u64::from_le_bytes(*table_len))
+            .ok()
+            .filter(|len| *len <= rest.len())
+            .ok_or_else(|| corrupt("a join snapshot's table part runs past its end".to_string()))?;
+        let (table_bytes, waiting_bytes) = rest.split_at(table_len);
+        let read = |bytes: &[u8]| -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
+            let reader = StreamReader::try_new(bytes, None)
+                .map_err(|error| corrupt(format!("not an Arrow IPC stream: {error}")))?;
+            let schema = reader.schema();
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| corrupt(format!("read a join snapshot: {error}")))?;
+            Ok((schema, batches))
+        };
+        let (table_schema, table_batches) = read(table_bytes)?;
+        let table = arrow::compute::concat_batches(&table_schema, &table_batches)?;
+        join.table = join.table.restore_like(&table)?;
+
+        let (schema, batches) = read(waiting_bytes)?;
+        let metadata = schema.metadata();
+        let get = |key: &str| {
+            metadata
+                .get(key)
+                .map(String::as_str)
+                .ok_or_else(|| corrupt(format!("a join snapshot without `{key}`")))
+        };
+        let number = |key: &str| -> Result<i64, EngineError> {
+            get(key)?
+                .parse()
+                .map_err(|_| corrupt(format!("a join snapshot's `{key}` is not a number")))
+        };
+        if get("runnel.format")? != SNAPSHOT_FORMAT {
+            return Err(corrupt("not a temporal join snapshot".to_string()));
+        }
+        let table_max = get("runnel.table_max")?
+            .split(';')
+            .map(decode_option)
+            .collect::<Result<Vec<_>, _>>()?;
+        if table_max.len() != join.table_max.len() {
+            return Err(corrupt(format!(
+                "a join snapshot of {} table partitions, where the join has {}",
+                table_max.len(),
+                join.table_max.len()
+            )));
+        }
+        join.table_max = table_max;
+        join.table_watermark = number("runnel.table_watermark")?;
+        join.next_seq = u64::try_from(number("runnel.next_seq")?)
+            .map_err(|_| corrupt("a join snapshot's arrival number is negative".to_string()))?;
+        join.horizon = number("runnel.horizon")?;
+        join.compacted_to = number("runnel.compacted_to")?;
+        join.stream_max = decode_option(get("runnel.stream_max")?)?;
+        let rows = arrow::compute::concat_batches(&schema, &batches)?;
+        let n_stream = join.spec.stream_schema.fields().len();
+        if rows.num_columns() != n_stream + 1
+            || rows.schema().fields()[..n_stream] != join.spec.stream_schema.fields()[..]
+        {
+            return Err(corrupt(
+                "a join snapshot's waiting rows are not of the join's stream".to_string(),
+            ));
+        }
+        let seqs = rows
+            .column(n_stream)
+            .as_primitive_opt::<arrow::datatypes::UInt64Type>()
+            .filter(|seqs| seqs.null_count() == 0)
+            .ok_or_else(|| {
+                corrupt("a join snapshot's arrival numbers are not numbers".to_string())
+            })?
+            .clone();
+        let rows = rows.project(&(0..n_stream).collect::<Vec<_>>())?;
+        let times = event_times(&rows, join.spec.stream_time)?;
+        for (row, time) in times.iter().enumerate() {
+            let time = time.ok_or_else(|| {
+                corrupt("a join snapshot's waiting row has no event time".to_string())
+            })?;
+            join.waiting.push(Reverse(Waiting {
+                time,
+                seq: seqs.value(row),
+                batch: 0,
+                row: row as u32,
+            }));
+        }
+        if rows.num_rows() > 0 {
+            join.batches.insert(0, (rows.clone(), rows.num_rows()));
+        }
+        join.next_batch = 1;
+        Ok(join)
+    }
+
+    /// The stream rows of `waiting`, in its order, as one batch.
+    fn gather(&self, waiting: &[Waiting]) -> Result<RecordBatch, EngineError> {
+        let mut ids: Vec<u64> = waiting.iter().map(|next| next.batch).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let sources: Vec<&RecordBatch> = ids.iter().map(|id| &self.batches[id].0).collect();
+        if sources.is_empty() {
+            return Ok(RecordBatch::new_empty(Arc::clone(&self.spec.stream_schema)));
+        }
+        let indices: Vec<(usize, usize)> = waiting
+            .iter()
+            .map(|next| {
+                let source = ids.binary_search(&next.batch).expect("listed above");
+                (source, next.row as usize)
+            })
+            .collect();
+        Ok(arrow::compute::interleave_record_batch(&sources, &indices)?)
+    }
+
     /// Ends bounded inputs: the table's watermark goes to the end of time, and every waiting
     /// stream row is joined with the versions it has.
     ///
@@ -430,21 +620,7 @@ impl TemporalJoin {
         if released.is_empty() {
             return Ok(());
         }
-        let ids: Vec<u64> = {
-            let mut ids: Vec<u64> = released.iter().map(|waiting| waiting.batch).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            ids
-        };
-        let sources: Vec<&RecordBatch> = ids.iter().map(|id| &self.batches[id].0).collect();
-        let indices: Vec<(usize, usize)> = released
-            .iter()
-            .map(|waiting| {
-                let source = ids.binary_search(&waiting.batch).expect("listed above");
-                (source, waiting.row as usize)
-            })
-            .collect();
-        let rows = arrow::compute::interleave_record_batch(&sources, &indices)?;
+        let rows = self.gather(&released)?;
         for waiting in &released {
             let entry = self.batches.get_mut(&waiting.batch).expect("listed above");
             entry.1 -= 1;
@@ -561,7 +737,7 @@ fn late_rows(
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Array, BooleanArray, Int64Array, StringArray};
+    use arrow::array::{BooleanArray, Int64Array};
     use proptest::prelude::*;
 
     use super::*;
@@ -746,6 +922,22 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_of_another_join_is_refused() {
+        let join = TemporalJoin::new(spec(JoinKind::Inner, 0)).expect("join");
+        let bytes = join.snapshot().expect("snapshot");
+        let mut other = spec(JoinKind::Inner, 0);
+        other.table_partitions = 2;
+        assert!(matches!(
+            TemporalJoin::restore(other, &bytes),
+            Err(EngineError::Snapshot(_))
+        ));
+        assert!(matches!(
+            TemporalJoin::restore(spec(JoinKind::Inner, 0), b"not a snapshot"),
+            Err(EngineError::Snapshot(_))
+        ));
+    }
+
+    #[test]
     fn a_stream_row_behind_the_horizon_is_late() {
         let mut join = TemporalJoin::new(spec(JoinKind::Left, 0)).expect("join");
         join.process_table(
@@ -770,17 +962,24 @@ mod tests {
         Table(Vec<(i64, u8, Option<u8>)>),
     }
 
-    fn run(kind: JoinKind, steps: &[Step], one_row_at_a_time: bool) -> (Vec<String>, usize, usize) {
+    /// What a run gave: joined rows rendered, late stream rows, late changelog rows.
+    type Outcome = (Vec<String>, usize, usize);
+
+    fn take(outcome: &mut Outcome, output: JoinOutput) {
+        outcome.0.extend(rendered(&output.rows));
+        outcome.1 += late_count(&output.late_stream);
+        outcome.2 += late_count(&output.late_table);
+    }
+
+    /// Feeds `steps` to `join`, each as one batch or one row at a time.
+    fn feed(
+        join: &mut TemporalJoin,
+        steps: &[Step],
+        one_row_at_a_time: bool,
+        outcome: &mut Outcome,
+    ) {
         let names = ["u0", "u1", "u2"];
         let countries = ["de", "fr", "jp"];
-        let mut join = TemporalJoin::new(spec(kind, 3)).expect("join");
-        let mut rows = Vec::new();
-        let (mut late_stream, mut late_table) = (0, 0);
-        let mut take = |output: JoinOutput| {
-            rows.extend(rendered(&output.rows));
-            late_stream += late_count(&output.late_stream);
-            late_table += late_count(&output.late_table);
-        };
         for step in steps {
             let chunks: Vec<Step> = match step {
                 Step::Stream(events) if one_row_at_a_time => events
@@ -802,8 +1001,8 @@ mod tests {
                                 (*t, names[*user as usize], ["/a", "/b"][*page as usize])
                             })
                             .collect();
-                        let batch = clicks(&join, &rows);
-                        take(join.process_stream(&batch).expect("stream"));
+                        let batch = clicks(join, &rows);
+                        take(outcome, join.process_stream(&batch).expect("stream"));
                     }
                     Step::Table(changes) => {
                         let rows: Vec<(i64, &str, Option<&str>)> = changes
@@ -816,14 +1015,20 @@ mod tests {
                                 )
                             })
                             .collect();
-                        let batch = users(&join, &rows);
-                        take(join.process_table(0, &batch).expect("table"));
+                        let batch = users(join, &rows);
+                        take(outcome, join.process_table(0, &batch).expect("table"));
                     }
                 }
             }
         }
-        take(join.finish().expect("finish"));
-        (rows, late_stream, late_table)
+    }
+
+    fn run(kind: JoinKind, steps: &[Step], one_row_at_a_time: bool) -> Outcome {
+        let mut join = TemporalJoin::new(spec(kind, 3)).expect("join");
+        let mut outcome = Outcome::default();
+        feed(&mut join, steps, one_row_at_a_time, &mut outcome);
+        take(&mut outcome, join.finish().expect("finish"));
+        outcome
     }
 
     fn steps() -> impl Strategy<Value = Vec<Step>> {
@@ -864,6 +1069,27 @@ mod tests {
     }
 
     proptest! {
+        /// A join restored from a snapshot taken after any step goes on exactly as the
+        /// original, and snapshots again to the same bytes.
+        #[test]
+        fn a_restored_join_continues_like_the_original(
+            steps in steps(),
+            cut in any::<prop::sample::Index>(),
+            left in any::<bool>(),
+        ) {
+            let kind = if left { JoinKind::Left } else { JoinKind::Inner };
+            let cut = cut.index(steps.len() + 1);
+            let mut join = TemporalJoin::new(spec(kind, 3)).expect("join");
+            let mut outcome = Outcome::default();
+            feed(&mut join, &steps[..cut], false, &mut outcome);
+            let bytes = join.snapshot().expect("snapshot");
+            let mut restored = TemporalJoin::restore(spec(kind, 3), &bytes).expect("restore");
+            prop_assert_eq!(restored.snapshot().expect("snapshot"), bytes);
+            feed(&mut restored, &steps[cut..], false, &mut outcome);
+            take(&mut outcome, restored.finish().expect("finish"));
+            prop_assert_eq!(outcome, run(kind, &steps, false));
+        }
+
         /// Output and late rows do not depend on how the inputs are cut into batches.
         #[test]
         fn batches_do_not_change_the_output(steps in steps(), left in any::<bool>()) {
