@@ -271,7 +271,8 @@ impl TemporalJoin {
         check_schema(batch, &self.spec.stream_schema, "stream")?;
         let mut output = JoinOutput::default();
         let times = event_times(batch, self.spec.stream_time)?;
-        let (mut now, mut wait, mut late) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut now, mut now_times, mut wait, mut late) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (row, time) in times.iter().enumerate() {
             let Some(time) = *time else {
                 output.errors.push(EventError {
@@ -287,6 +288,7 @@ impl TemporalJoin {
                 late.push((row, self.horizon));
             } else if time <= self.table_watermark {
                 now.push(row as u32);
+                now_times.push(time);
             } else {
                 wait.push((time, row as u32));
             }
@@ -296,7 +298,7 @@ impl TemporalJoin {
         if !now.is_empty() {
             let rows =
                 arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(now))?;
-            self.join(&rows, &mut output)?;
+            self.join(&rows, &now_times, &mut output)?;
         }
         if !wait.is_empty() {
             let id = self.next_batch;
@@ -628,23 +630,25 @@ impl TemporalJoin {
                 self.batches.remove(&waiting.batch);
             }
         }
-        self.join(&rows, output)
+        let times: Vec<i64> = released.iter().map(|waiting| waiting.time).collect();
+        self.join(&rows, &times, output)
     }
 
-    /// Joins `rows` (stream rows whose time the table's watermark has reached) with the
-    /// versions valid at their times.
-    fn join(&self, rows: &RecordBatch, output: &mut JoinOutput) -> Result<(), EngineError> {
+    /// Joins `rows` (stream rows whose time the table's watermark has reached; `times`, their
+    /// event times, taken once when they came) with the versions valid at their times.
+    fn join(
+        &self,
+        rows: &RecordBatch,
+        times: &[i64],
+        output: &mut JoinOutput,
+    ) -> Result<(), EngineError> {
         let keys: Vec<ArrayRef> = self
             .spec
             .stream_keys
             .iter()
             .map(|&index| Arc::clone(rows.column(index)))
             .collect();
-        let times: Vec<i64> = event_times(rows, self.spec.stream_time)?
-            .into_iter()
-            .map(|time| time.unwrap_or(i64::MIN))
-            .collect();
-        let found = self.table.lookup(&keys, &times)?;
+        let found = self.table.lookup(&keys, times)?;
         let mut columns: Vec<ArrayRef> = rows.columns().to_vec();
         columns.extend(found.values);
         let joined = RecordBatch::try_new(self.output_schema(), columns)?;
