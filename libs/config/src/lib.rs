@@ -13,7 +13,7 @@ pub use layers::{ConfigLayer, ENV_PREFIX};
 pub use model::{
     ArchiveConfig, BatchReprocessorConfig, Config, EmbeddedLogConfig, FieldConfig, FieldType,
     IngestConfig, JobConfig, KafkaLogConfig, LogBackend, LogConfig, PortSecurity, ServingConfig,
-    StorageConfig, StreamConfig, StreamProcessorConfig,
+    StorageConfig, StreamConfig, StreamProcessorConfig, TableConfig,
 };
 
 use std::collections::HashMap;
@@ -441,6 +441,50 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("duplicate stream"), "{err}");
+    }
+
+    #[test]
+    fn tables_are_validated() {
+        let updates = "jobs = []\n[[streams]]\nname = \"u\"\npartitions = 1\nevent-time = \"t\"\nschema = [{ name = \"t\", type = \"timestamp\" }, { name = \"id\", type = \"string\" }, { name = \"gone\", type = \"bool\" }]\n";
+        let config = load_with(
+            &format!("{updates}[[tables]]\nname = \"users\"\nstream = \"u\"\nkey = \"id\"\ntombstone = \"gone\"\n"),
+            &[],
+        )
+        .expect("a valid table");
+        let (table, stream, key) = config.table("USERS").expect("found, as SQL names it");
+        assert_eq!(
+            (table.name.as_str(), stream.name.as_str(), key),
+            ("users", "u", "id")
+        );
+        let cases = [
+            (
+                "[[tables]]\nname = \"users\"\nstream = \"nope\"\nkey = \"id\"\n",
+                "tables[0].stream",
+            ),
+            (
+                "[[tables]]\nname = \"users\"\nstream = \"u\"\n",
+                "tables[0].key",
+            ),
+            (
+                "[[tables]]\nname = \"users\"\nstream = \"u\"\nkey = \"who\"\n",
+                "tables[0].key",
+            ),
+            (
+                "[[tables]]\nname = \"users\"\nstream = \"u\"\nkey = \"id\"\ntombstone = \"t\"\n",
+                "tables[0].tombstone",
+            ),
+            (
+                "[[tables]]\nname = \"a b\"\nstream = \"u\"\nkey = \"id\"\n",
+                "tables[0].name",
+            ),
+        ];
+        for (tables, path) in cases {
+            let toml_text = format!("{updates}{tables}");
+            match load_with(&toml_text, &[]).unwrap_err() {
+                ConfigError::Semantic { path: got, .. } => assert_eq!(got, path, "{toml_text}"),
+                other => panic!("expected a semantic error at {path}, got {other}"),
+            }
+        }
     }
 
     #[test]

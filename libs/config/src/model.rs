@@ -21,6 +21,10 @@ pub struct Config {
     /// The declared event streams. Each stream is a topic of the log.
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// Tables: a keyed stream read as a changelog, the latest value per key, which jobs join
+    /// (`JOIN <table> FOR SYSTEM_TIME AS OF ...`).
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
     /// The stream-processor service: checkpoints and metrics.
     pub stream_processor: StreamProcessorConfig,
     /// The windowed SQL jobs the stream-processor runs.
@@ -600,6 +604,24 @@ pub struct StreamConfig {
     pub max_event_time_behind: Duration,
 }
 
+/// A table: a declared stream read as the changelog of a table. Each event sets its key's
+/// value from its event time on; every version is kept by event time, so a job's join asks
+/// "as of" each of its rows' times.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TableConfig {
+    /// The table's name in job SQL: letters, digits, `.`, `_`, `-`.
+    pub name: String,
+    /// The declared stream that is its changelog.
+    pub stream: String,
+    /// The key field; default: the stream's key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A `bool` field that marks an event as a delete of its key (a tombstone), if any.
+    #[serde(default)]
+    pub tombstone: Option<String>,
+}
+
 fn default_max_event_time_ahead() -> Duration {
     Duration::from_secs(3_600)
 }
@@ -673,6 +695,18 @@ impl Config {
     /// Returns the declared stream called `name`.
     pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
         self.streams.iter().find(|stream| stream.name == name)
+    }
+
+    /// Returns the declared table called `name` (as SQL names it: case aside), with its
+    /// changelog stream and key field.
+    pub fn table(&self, name: &str) -> Option<(&TableConfig, &StreamConfig, &str)> {
+        let table = self
+            .tables
+            .iter()
+            .find(|table| table.name.eq_ignore_ascii_case(name))?;
+        let stream = self.stream(&table.stream)?;
+        let key = table.key.as_deref().or(stream.key.as_deref())?;
+        Some((table, stream, key))
     }
 
     /// Returns the object store's URL: `storage.object-store-url`, or a folder `objects` in
@@ -984,6 +1018,73 @@ impl Config {
                     at("key"),
                     format!("`{key}` is not a field of the schema"),
                 ));
+            }
+        }
+        let mut table_names = HashSet::new();
+        for (table_idx, table) in self.tables.iter().enumerate() {
+            let at = |key: &str| format!("tables[{table_idx}].{key}");
+            if !is_valid_name(&table.name) {
+                return Err(semantic(
+                    at("name"),
+                    format!(
+                        "`{}` must be 1-200 letters, digits, `.`, `_` or `-`",
+                        table.name
+                    ),
+                ));
+            }
+            if !table_names.insert(table.name.to_lowercase()) {
+                return Err(semantic(
+                    at("name"),
+                    format!("duplicate table `{}`", table.name),
+                ));
+            }
+            let Some(stream) = self.stream(&table.stream) else {
+                return Err(semantic(
+                    at("stream"),
+                    format!("`{}` is not a declared stream", table.stream),
+                ));
+            };
+            let field = |name: &str| stream.schema.iter().find(|field| field.name == name);
+            match table.key.as_deref().or(stream.key.as_deref()) {
+                None => {
+                    return Err(semantic(
+                        at("key"),
+                        format!(
+                            "the stream `{}` has no key; name the table's key field",
+                            stream.name
+                        ),
+                    ));
+                }
+                Some(key) if field(key).is_none() => {
+                    return Err(semantic(
+                        at("key"),
+                        format!("`{key}` is not a field of the stream `{}`", stream.name),
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(tombstone) = &table.tombstone {
+                match field(tombstone) {
+                    Some(field) if field.field_type == FieldType::Bool => {}
+                    Some(field) => {
+                        return Err(semantic(
+                            at("tombstone"),
+                            format!(
+                                "field `{tombstone}` has type {:?}; a tombstone is a bool",
+                                field.field_type
+                            ),
+                        ));
+                    }
+                    None => {
+                        return Err(semantic(
+                            at("tombstone"),
+                            format!(
+                                "`{tombstone}` is not a field of the stream `{}`",
+                                stream.name
+                            ),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

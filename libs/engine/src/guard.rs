@@ -48,7 +48,7 @@ pub(crate) async fn guard_table(
 ) -> Result<String, EngineError> {
     let inner = context.table_provider(table).await?;
     let guard = JobPlan::compile(
-        plan.sql(),
+        &plan.single_source_sql,
         inner.schema(),
         &plan.event_time,
         // `plan` passed the configured limits already.

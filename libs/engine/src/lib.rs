@@ -18,6 +18,7 @@
 mod error;
 mod groups;
 mod guard;
+mod join_plan;
 mod operator;
 mod plan;
 mod recompute;
@@ -29,6 +30,7 @@ mod temporal_join;
 mod window;
 
 pub use error::{EngineError, EventError, SqlPosition};
+pub use join_plan::{JoinPlan, TableSource};
 pub use operator::{
     LATE_PARTITION_COLUMN, LATE_REASON_COLUMN, LATE_WATERMARK_COLUMN, LATE_WINDOW_START_COLUMN,
     OperatorOptions, OperatorOutput, WindowOperator,
@@ -39,7 +41,7 @@ pub use plan::{
 };
 pub use recompute::{
     WindowResults, recompute, recompute_config, recompute_context, recompute_runtime,
-    recompute_windows,
+    recompute_windows, register_joined,
 };
 pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};
 pub use table::{Lookup, VersionedTable};

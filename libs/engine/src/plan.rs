@@ -24,10 +24,9 @@ use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion::sql::sqlparser::ast::{
     self, FunctionArg, FunctionArgExpr, GroupByExpr, SetExpr, Spanned, Statement, TableFactor,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::error::{EngineError, SqlPosition};
+use crate::join_plan::{JoinPlan, TableSource, parse_statements, split_join};
 use crate::window::{MAX_WINDOW_INTERVAL_MS, WindowSpec};
 
 /// Name of the window start column a job groups by.
@@ -93,6 +92,11 @@ pub struct JobPlan {
     pub(crate) projection: Vec<Arc<dyn PhysicalExpr>>,
     /// The user's columns, then `_key`, `_window_start`, `_version`, `_final`.
     pub(crate) result_schema: SchemaRef,
+    /// The join that makes the rows this plan windows, if the job joins a table; then
+    /// `stream_schema` is the joined rows' schema.
+    pub(crate) join: Option<JoinPlan>,
+    /// The job as a one-source job over its (joined) rows: `sql` itself without a join.
+    pub(crate) single_source_sql: String,
 }
 
 /// What a job may ask of the engine: bounds on the work one event can cause, checked when
@@ -190,6 +194,56 @@ impl JobPlan {
         event_time: &str,
         limits: &JobLimits,
     ) -> Result<JobPlan, EngineError> {
+        JobPlan::compile_with_tables(sql, stream_schema, event_time, &[], limits)
+    }
+
+    /// [`JobPlan::compile`] for a job that may join its stream with one of `tables`
+    /// (`JOIN t FOR SYSTEM_TIME AS OF s.event_time ON s.k = t.key`): the plan windows the
+    /// joined rows, and [`JobPlan::join`] says how to make them.
+    ///
+    /// # Errors
+    ///
+    /// As [`JobPlan::compile`]; a join that is not the one supported form, or of a table not
+    /// among `tables`, at its position.
+    pub fn compile_with_tables(
+        sql: &str,
+        stream_schema: SchemaRef,
+        event_time: &str,
+        tables: &[TableSource],
+        limits: &JobLimits,
+    ) -> Result<JobPlan, EngineError> {
+        let Some(clause) = split_join(sql)? else {
+            return JobPlan::compile_one_source(sql, stream_schema, event_time, limits);
+        };
+        let table = tables
+            .iter()
+            .find(|table| table.name.eq_ignore_ascii_case(&clause.table))
+            .ok_or_else(|| EngineError::Invalid {
+                position: clause.table_position(),
+                message: format!(
+                    "`{}` is not a declared table; declare it with [[tables]] name = \"{}\", stream = \"<its changelog stream>\"",
+                    clause.table, clause.table
+                ),
+            })?;
+        let (join, single_source_sql) = clause.resolve(sql, &stream_schema, event_time, table)?;
+        let mut plan = JobPlan::compile_one_source(
+            &single_source_sql,
+            join.joined_schema(),
+            event_time,
+            limits,
+        )?;
+        plan.sql = sql.to_string();
+        plan.single_source_sql = single_source_sql;
+        plan.join = Some(join);
+        Ok(plan)
+    }
+
+    fn compile_one_source(
+        sql: &str,
+        stream_schema: SchemaRef,
+        event_time: &str,
+        limits: &JobLimits,
+    ) -> Result<JobPlan, EngineError> {
         let parsed = parse_job_sql(sql)?;
         limits.check(&parsed)?;
         let event_time_index = stream_schema.index_of(event_time).map_err(|_| {
@@ -270,8 +324,41 @@ impl JobPlan {
     ///
     /// As [`JobPlan::compile`] for the parts it checks.
     pub fn source_of(sql: &str) -> Result<(String, String), EngineError> {
-        let parsed = parse_job_sql(sql)?;
+        let parsed = match split_join(sql)? {
+            Some(clause) => parse_job_sql(&clause.without_join(sql))?,
+            None => parse_job_sql(sql)?,
+        };
         Ok((parsed.stream, parsed.time_column))
+    }
+
+    /// Returns the table a job's SQL joins, if any, without planning it.
+    ///
+    /// # Errors
+    ///
+    /// As [`JobPlan::compile`] for the parts it checks.
+    pub fn table_of(sql: &str) -> Result<Option<String>, EngineError> {
+        Ok(split_join(sql)?.map(|clause| clause.table))
+    }
+
+    /// The join that makes the rows the job windows, for a job that joins a table.
+    pub fn join(&self) -> Option<&JoinPlan> {
+        self.join.as_ref()
+    }
+
+    /// Rows out of the job's [`crate::TemporalJoin`] as the rows the window operator takes:
+    /// the same columns under the joined names of [`JobPlan::stream_schema`].
+    ///
+    /// # Errors
+    ///
+    /// A batch whose columns are not the joined rows'.
+    pub fn joined_rows(
+        &self,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<arrow::array::RecordBatch, EngineError> {
+        Ok(arrow::array::RecordBatch::try_new(
+            Arc::clone(&self.stream_schema),
+            batch.columns().to_vec(),
+        )?)
     }
 
     /// Returns the job's SQL.
@@ -289,7 +376,8 @@ impl JobPlan {
         self.window
     }
 
-    /// Returns the stream's schema (what input batches must have).
+    /// Returns the schema of the rows the window operator takes: the stream's, or for a
+    /// join job the joined rows' ([`JoinPlan::stream_schema`] is then the stream's).
     pub fn stream_schema(&self) -> SchemaRef {
         Arc::clone(&self.stream_schema)
     }
@@ -395,8 +483,7 @@ fn unsupported(node: &impl Spanned, message: impl Into<String>) -> EngineError {
 }
 
 pub(crate) fn parse_job_sql(sql: &str) -> Result<ParsedJob, EngineError> {
-    let mut statements = Parser::parse_sql(&GenericDialect {}, sql)
-        .map_err(|error| EngineError::Parse(error.to_string()))?;
+    let mut statements = parse_statements(sql)?;
     if statements.len() != 1 {
         let message = format!("a job is one SELECT statement, found {}", statements.len());
         return match statements.get(1) {
@@ -1062,6 +1149,8 @@ fn lower(
         aggregate_schema,
         projection: projection_exprs,
         result_schema: Arc::new(Schema::new(result_fields)),
+        join: None,
+        single_source_sql: sql.to_string(),
     })
 }
 

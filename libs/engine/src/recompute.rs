@@ -305,7 +305,7 @@ impl ScalarUDFImpl for WindowFloor {
 
 /// The batch query: the job's SELECT and GROUP BY over a window-assigning subquery.
 pub(crate) fn batch_sql(plan: &JobPlan, table: &str, ordered: bool) -> Result<String, EngineError> {
-    let parsed = parse_job_sql(&plan.sql)?;
+    let parsed = parse_job_sql(&plan.single_source_sql)?;
     let Statement::Query(query) = parsed.statement else {
         return Err(EngineError::plan("a job is a SELECT statement"));
     };
@@ -327,13 +327,10 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str, ordered: bool) -> Result<St
     let stream = quote_ident(&parsed.stream);
     let table = quote_ident(table);
     let time = quote_ident(&plan.event_time);
-    let time_ms = match plan.stream_schema.field(plan.event_time_index).data_type() {
-        DataType::Int64 => time,
-        DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _) => {
-            format!("arrow_cast({time}, 'Int64')")
-        }
-        _ => format!("arrow_cast(arrow_cast({time}, 'Timestamp(Millisecond, None)'), 'Int64')"),
-    };
+    let time_ms = time_ms_sql(
+        &time,
+        plan.stream_schema.field(plan.event_time_index).data_type(),
+    );
     // Events the live operator reports as errors (no event time, or one outside
     // `EVENT_TIME_RANGE_MS`) are not counted here either.
     let (first, last) = (EVENT_TIME_RANGE_MS.start(), EVENT_TIME_RANGE_MS.end());
@@ -436,6 +433,98 @@ pub(crate) fn batch_sql(plan: &JobPlan, table: &str, ordered: bool) -> Result<St
         select_items.join(", "),
         group_by.join(", "),
     ))
+}
+
+/// An event time column of `data_type` (int64 epoch ms or a timestamp) as epoch ms in SQL.
+fn time_ms_sql(column: &str, data_type: &DataType) -> String {
+    match data_type {
+        DataType::Int64 => column.to_string(),
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _) => {
+            format!("arrow_cast({column}, 'Int64')")
+        }
+        _ => format!("arrow_cast(arrow_cast({column}, 'Timestamp(Millisecond, None)'), 'Int64')"),
+    }
+}
+
+/// Registers in `context`, under `name`, the rows a join job windows, for [`recompute`]
+/// over `name`: each row of `stream_table` (the stream's history) with the version of
+/// `changelog_table` (the table's) valid at its event time. That is an AS OF join: the
+/// latest changelog row of the row's key at or before its time, of rows at one time the
+/// last by `order_column` (their order in the log); no version where that row is a delete
+/// or where the key has none yet, which drops the row from an inner join and leaves the
+/// table's columns null in a `LEFT` one. The live join gives the same rows when nothing is
+/// late.
+///
+/// # Errors
+///
+/// A plan without a join; unknown tables or columns; DataFusion planning errors.
+pub async fn register_joined(
+    plan: &JobPlan,
+    context: &SessionContext,
+    stream_table: &str,
+    changelog_table: &str,
+    order_column: &str,
+    name: &str,
+) -> Result<(), EngineError> {
+    let join = plan
+        .join
+        .as_ref()
+        .ok_or_else(|| EngineError::plan("the job joins no table"))?;
+    let stream_schema = &join.stream_schema;
+    let table_schema = &join.table.schema;
+    let stream_time = time_ms_sql(
+        &format!("s.{}", quote_ident(&plan.event_time)),
+        stream_schema.field(plan.event_time_index).data_type(),
+    );
+    let table_time = time_ms_sql(
+        &quote_ident(table_schema.field(join.table_time).name()),
+        table_schema.field(join.table_time).data_type(),
+    );
+    let table_key = quote_ident(table_schema.field(join.table_key).name());
+    let mut columns: Vec<String> = stream_schema
+        .fields()
+        .iter()
+        .map(|field| format!("s.{}", quote_ident(field.name())))
+        .collect();
+    columns.extend(
+        table_schema
+            .fields()
+            .iter()
+            .zip(&join.joined_names)
+            .map(|(field, joined)| {
+                format!("v.{} AS {}", quote_ident(field.name()), quote_ident(joined))
+            }),
+    );
+    let kind = match join.kind {
+        crate::temporal_join::JoinKind::Inner => "JOIN",
+        crate::temporal_join::JoinKind::Left => "LEFT JOIN",
+    };
+    let not_deleted = match join.tombstone {
+        Some(tombstone) => format!(
+            " AND v.{} IS NOT TRUE",
+            quote_ident(table_schema.field(tombstone).name())
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {columns} FROM {stream} AS s {kind} (\
+           SELECT *, {table_time} AS __runnel_from, \
+             LEAD({table_time}) OVER (PARTITION BY {table_key} ORDER BY {table_time}, {order}) AS __runnel_until \
+           FROM {changelog}) AS v \
+         ON s.{stream_key} = v.{table_key} AND v.__runnel_from <= {stream_time} \
+           AND (v.__runnel_until IS NULL OR {stream_time} < v.__runnel_until){not_deleted}",
+        columns = columns.join(", "),
+        stream = quote_ident(stream_table),
+        changelog = quote_ident(changelog_table),
+        order = quote_ident(order_column),
+        stream_key = quote_ident(stream_schema.field(join.stream_key).name()),
+    );
+    let frame = context
+        .sql(&sql)
+        .await
+        .map_err(|error| EngineError::plan(format!("plan the recompute's AS OF join: {error}")))?;
+    context.register_table(name, frame.into_view())?;
+    Ok(())
 }
 
 fn quote_ident(name: &str) -> String {

@@ -110,6 +110,11 @@ impl Job {
         };
         let sql = job.sql_text().map_err(|error| fail(error.to_string()))?;
         let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
+        if let Some(table) = JobPlan::table_of(&sql).map_err(|error| fail(error.to_string()))? {
+            return Err(fail(format!(
+                "joins the table `{table}`: join jobs run in `runnel run` only so far; the stream-processor, backfills and serving do not run them yet"
+            )));
+        }
         let stream_config = config.stream(&stream_name).ok_or_else(|| {
             fail(format!(
                 "reads stream `{stream_name}`, which is not declared"
@@ -243,6 +248,21 @@ mod tests {
         assert_eq!(
             job.options.idle_timeout,
             Some(std::time::Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn a_join_job_is_refused_by_name_until_the_services_run_joins() {
+        let (config, job) = config_with_job(
+            "SELECT u.country, window_start, COUNT(*) AS n \
+             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
+             JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id \
+             GROUP BY u.country, window_start, window_end",
+        );
+        let error = Job::compile(&config, &job).unwrap_err().to_string();
+        assert!(
+            error.contains("joins the table `users`") && error.contains("runnel run"),
+            "{error}"
         );
     }
 

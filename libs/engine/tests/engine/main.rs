@@ -2,6 +2,7 @@
 //! property tests over random streams, and recompute in a bounded memory pool.
 
 mod golden;
+mod joins;
 mod memory;
 mod properties;
 mod support;

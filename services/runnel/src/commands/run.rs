@@ -13,7 +13,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use runnel_config::Config;
-use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, PreparedBatch, ShardedOperator};
+use runnel_engine::{
+    JobPlan, OperatorOptions, OperatorOutput, PreparedBatch, ShardedOperator, TableSource,
+    TemporalJoin,
+};
 
 use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
 
@@ -25,9 +28,11 @@ pub(crate) struct RunArgs {
     sql: PathBuf,
     /// Events: `.parquet`, `.jsonl` (one JSON object per line) or `.csv` (with a header).
     /// The schema is the stream's, when the config declares the stream the SQL reads;
-    /// otherwise the Parquet schema, or inferred from the first 1000 rows.
-    #[arg(long, value_name = "FILE")]
-    input: PathBuf,
+    /// otherwise the Parquet schema, or inferred from the first 1000 rows. A job that joins
+    /// a table takes two, by name: `--input clicks=clicks.jsonl --input users=users.jsonl`
+    /// (the table's changelog, declared with `[[tables]]`, is read whole before the stream).
+    #[arg(long, value_name = "[NAME=]FILE", required = true)]
+    input: Vec<String>,
     /// Results: `.parquet` or `.jsonl`. Late events go beside it, in `<name>.late.<ext>`.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -149,36 +154,191 @@ fn late_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.late.{extension}"))
 }
 
+/// The files `--input` names: the stream's, and a joined table's changelog.
+struct Inputs {
+    stream: PathBuf,
+    table: Option<(String, PathBuf)>,
+}
+
+impl Inputs {
+    /// Sorts `--input [NAME=]FILE` out for a job reading `stream` and joining `table`.
+    fn of(args: &[String], stream: &str, table: Option<&str>) -> anyhow::Result<Inputs> {
+        let mut named: Vec<(Option<String>, PathBuf)> = Vec::new();
+        for arg in args {
+            // A path may hold `=`; a name may not hold `/`.
+            match arg.split_once('=') {
+                Some((name, path)) if !name.is_empty() && !name.contains('/') => {
+                    named.push((Some(name.to_string()), PathBuf::from(path)));
+                }
+                _ => named.push((None, PathBuf::from(arg))),
+            }
+        }
+        let is = |name: &Option<String>, of: &str| {
+            name.as_deref()
+                .is_none_or(|name| name.eq_ignore_ascii_case(of))
+        };
+        let mut stream_file = None;
+        let mut table_file = None;
+        for (name, path) in named {
+            if let Some(table) = table
+                && name
+                    .as_deref()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(table))
+            {
+                if table_file.replace((table.to_string(), path)).is_some() {
+                    bail!("--input names the table `{table}` twice");
+                }
+            } else if is(&name, stream) {
+                if stream_file.replace(path).is_some() {
+                    bail!("--input gives the stream `{stream}` twice");
+                }
+            } else {
+                let name = name.unwrap_or_default();
+                let reads = match table {
+                    Some(table) => format!("the stream `{stream}` and the table `{table}`"),
+                    None => format!("the stream `{stream}`"),
+                };
+                bail!("--input names `{name}`, but the job reads {reads}");
+            }
+        }
+        let stream_file = stream_file
+            .ok_or_else(|| anyhow::anyhow!("give the stream's events: --input {stream}=FILE"))?;
+        if let Some(table) = table
+            && table_file.is_none()
+        {
+            bail!(
+                "the job joins the table `{table}`: give its changelog with --input {table}=FILE"
+            );
+        }
+        Ok(Inputs {
+            stream: stream_file,
+            table: table_file,
+        })
+    }
+}
+
+/// A joined table's changelog, read whole.
+struct Changelog {
+    source: TableSource,
+    path: PathBuf,
+    batches: Vec<RecordBatch>,
+}
+
+/// Reads the changelog of `table` from `path`, with the schema its stream declares (or the
+/// Parquet file's own).
+fn read_changelog(
+    config: &Config,
+    table: &str,
+    path: &Path,
+    batch_size: usize,
+) -> anyhow::Result<Changelog> {
+    let (table_config, stream, key) = config.table(table).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the job joins `{table}`, which the config does not declare: add [[tables]] name = \"{table}\", stream = \"<its changelog stream>\""
+        )
+    })?;
+    let format = FileFormat::of(path)?;
+    let declared = (format != FileFormat::Parquet).then(|| declared_schema(stream));
+    let (schema, batches) = open_input(path, format, declared, &stream.event_time, batch_size)?;
+    let batches = batches
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("read {}", path.display()))?;
+    Ok(Changelog {
+        source: TableSource {
+            name: table_config.name.clone(),
+            schema,
+            key: key.to_string(),
+            event_time: stream.event_time.clone(),
+            tombstone: table_config.tombstone.clone(),
+        },
+        path: path.to_path_buf(),
+        batches,
+    })
+}
+
 /// Runs `runnel run`.
 pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(&args.sql)
         .with_context(|| format!("read {}", args.sql.display()))?;
     let (stream, time_column) =
         JobPlan::source_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
+    let table = JobPlan::table_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let input_format = FileFormat::of(&args.input)?;
+    let inputs = Inputs::of(&args.input, &stream, table.as_deref())?;
+    let input_format = FileFormat::of(&inputs.stream)?;
     let output_format =
         FileFormat::of_one_of(&args.out, &[FileFormat::Parquet, FileFormat::Jsonl])?;
     let declared = config
         .stream(&stream)
         .filter(|_| input_format != FileFormat::Parquet);
     let (schema, batches) = open_input(
-        &args.input,
+        &inputs.stream,
         input_format,
         declared.map(declared_schema),
         &time_column,
         args.batch_size,
     )?;
     let event_time = declared.map_or(time_column.as_str(), |stream| stream.event_time.as_str());
+    let changelog = inputs
+        .table
+        .as_ref()
+        .map(|(table, path)| read_changelog(config, table, path, args.batch_size))
+        .transpose()?;
+    let tables: Vec<TableSource> = changelog.iter().map(|log| log.source.clone()).collect();
     let plan = Arc::new(
-        JobPlan::compile(&sql, schema, event_time, &runnel_jobs::job_limits(config))
-            .with_context(|| format!("compile {}", args.sql.display()))?,
+        JobPlan::compile_with_tables(
+            &sql,
+            schema,
+            event_time,
+            &tables,
+            &runnel_jobs::job_limits(config),
+        )
+        .with_context(|| format!("compile {}", args.sql.display()))?,
     );
     if args.mode == RunMode::Recompute {
-        return run_recompute(&args, config, &plan, input_format, batches, output_format);
+        return run_recompute(
+            &args,
+            config,
+            &plan,
+            (&inputs.stream, input_format, batches),
+            changelog,
+            output_format,
+        );
     }
+    // A join job: the table's changelog goes into the join whole, before the stream, so
+    // every version is there when the stream's rows ask (none is late, whatever the file's
+    // order; of rows at one time, the later in the file wins), and stream rows are never
+    // late to the join: what is late is the window operator's to say, as for any job.
+    let join = match (&changelog, plan.join()) {
+        (Some(changelog), Some(join_plan)) => {
+            let stream_time = join_plan
+                .stream_schema()
+                .index_of(plan.event_time())
+                .context("the event time among the stream's columns")?;
+            let mut join = TemporalJoin::new(join_plan.temporal_join_spec(
+                stream_time,
+                1,
+                Duration::MAX,
+                Duration::MAX,
+            ))?;
+            let mut skipped = 0;
+            for batch in &changelog.batches {
+                skipped += join.process_table(0, batch)?.errors.len();
+            }
+            if skipped > 0 {
+                tracing::warn!(
+                    rows = skipped,
+                    file = %changelog.path.display(),
+                    "changelog rows without an event time left out"
+                );
+            }
+            join.finish()?;
+            Some(join)
+        }
+        _ => None,
+    };
     let options = OperatorOptions {
         partitions: 1,
         max_out_of_orderness: args.max_out_of_orderness,
@@ -208,13 +368,41 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     });
     let (prepared_sender, prepared) = std::sync::mpsc::sync_channel(4);
     let preparer_plan = Arc::clone(&plan);
+    let join_rejected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let preparer_rejected = Arc::clone(&join_rejected);
     let preparer = std::thread::spawn(move || {
+        let mut join = join;
+        let mut prepare = |batch: RecordBatch| -> anyhow::Result<Vec<PreparedBatch>> {
+            let Some(join) = join.as_mut() else {
+                return Ok(vec![PreparedBatch::new(&preparer_plan, 0, batch)?]);
+            };
+            let joined = join.process_stream(&batch)?;
+            for error in &joined.errors {
+                if preparer_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 20 {
+                    tracing::warn!(reason = %error.reason, "event rejected by the join");
+                }
+            }
+            joined
+                .rows
+                .iter()
+                .map(|rows| {
+                    Ok(PreparedBatch::new(
+                        &preparer_plan,
+                        0,
+                        preparer_plan.joined_rows(rows)?,
+                    )?)
+                })
+                .collect()
+        };
         for batch in decoded {
-            let prepared = batch
-                .map_err(anyhow::Error::from)
-                .and_then(|batch| Ok(PreparedBatch::new(&preparer_plan, 0, batch)?));
-            if prepared_sender.send(prepared).is_err() {
-                break;
+            let prepared = match batch.map_err(anyhow::Error::from).and_then(&mut prepare) {
+                Ok(prepared) => prepared.into_iter().map(Ok).collect(),
+                Err(error) => vec![Err(error)],
+            };
+            for prepared in prepared {
+                if prepared_sender.send(prepared).is_err() {
+                    return;
+                }
             }
         }
     });
@@ -251,7 +439,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let run = || -> anyhow::Result<()> {
         for batch in prepared {
             let batch = batch.with_context(|| {
-                format!("read {} after {n_events} events", args.input.display())
+                format!("read {} after {n_events} events", inputs.stream.display())
             })?;
             let rows = batch.num_rows();
             if !write(operator.process_prepared(batch, 0)?, n_events) {
@@ -269,12 +457,18 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the results writer panicked")));
     if reader.join().is_err() || preparer.join().is_err() {
-        bail!("reading {} failed", args.input.display());
+        bail!("reading {} failed", inputs.stream.display());
     }
     ran?;
     written.with_context(|| format!("write {}", args.out.display()))?;
+    let rows = if plan.join().is_some() {
+        "joined rows"
+    } else {
+        "events"
+    };
+    let n_errors = n_errors + join_rejected.load(std::sync::atomic::Ordering::Relaxed);
     print_summary(&format!(
-        "{n_events} events: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected",
+        "{n_events} {rows}: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected",
         args.out.display(),
         late_out.display()
     ))
@@ -290,13 +484,15 @@ fn print_summary(line: &str) -> anyhow::Result<()> {
     }
 }
 
-/// `--mode recompute`: the batch plan over the whole file; every event counts.
+/// `--mode recompute`: the batch plan over the whole file; every event counts. A join
+/// job's rows come from the AS OF join of the stream's file with the whole changelog, of
+/// changelog rows at one time the later in the file winning, as live.
 fn run_recompute(
     args: &RunArgs,
     config: &Config,
     plan: &JobPlan,
-    input_format: FileFormat,
-    batches: BatchIter,
+    (input, input_format, batches): (&Path, FileFormat, BatchIter),
+    changelog: Option<Changelog>,
     output_format: FileFormat,
 ) -> anyhow::Result<()> {
     let limit = config.batch_reprocessor.recompute_memory_limit;
@@ -304,26 +500,64 @@ fn run_recompute(
         runnel_engine::recompute_config(),
         runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))?,
     );
-    const TABLE: &str = "runnel_input";
+    const STREAM: &str = "runnel_input";
     let runtime = tokio::runtime::Handle::current();
     if input_format == FileFormat::Parquet {
-        let path = args.input.to_string_lossy().into_owned();
+        let path = input.to_string_lossy().into_owned();
         runtime
             .block_on(context.register_parquet(
-                TABLE,
+                STREAM,
                 &path,
                 datafusion::prelude::ParquetReadOptions::default(),
             ))
-            .with_context(|| format!("register {}", args.input.display()))?;
+            .with_context(|| format!("register {}", input.display()))?;
     } else {
         let batches = batches
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("read {}", args.input.display()))?;
-        let table = datafusion::datasource::MemTable::try_new(plan.stream_schema(), vec![batches])?;
-        context.register_table(TABLE, Arc::new(table))?;
+            .with_context(|| format!("read {}", input.display()))?;
+        let schema = plan
+            .join()
+            .map_or_else(|| plan.stream_schema(), |join| join.stream_schema());
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        context.register_table(STREAM, Arc::new(table))?;
+    }
+    let mut table = STREAM;
+    if let Some(changelog) = changelog {
+        const CHANGELOG: &str = "runnel_changelog";
+        const ORDER: &str = "__runnel_order";
+        const JOINED: &str = "runnel_joined";
+        // Each changelog row with its place in the file, which orders rows of one time.
+        let mut fields: Vec<Field> = changelog
+            .source
+            .schema
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .collect();
+        fields.push(Field::new(ORDER, DataType::UInt64, false));
+        let schema = Arc::new(Schema::new(fields));
+        let mut first = 0u64;
+        let mut numbered = Vec::with_capacity(changelog.batches.len());
+        for batch in changelog.batches {
+            let rows = batch.num_rows() as u64;
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
+                first..first + rows,
+            )));
+            first += rows;
+            numbered.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
+        }
+        let log = datafusion::datasource::MemTable::try_new(schema, vec![numbered])?;
+        context.register_table(CHANGELOG, Arc::new(log))?;
+        runtime
+            .block_on(runnel_engine::register_joined(
+                plan, &context, STREAM, CHANGELOG, ORDER, JOINED,
+            ))
+            .with_context(|| format!("join {}", changelog.path.display()))?;
+        table = JOINED;
     }
     let results = runtime
-        .block_on(runnel_engine::recompute(plan, &context, TABLE))
+        .block_on(runnel_engine::recompute(plan, &context, table))
         .context("recompute the job")?;
     let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
     results_file.write(&results)?;

@@ -1,0 +1,781 @@
+//! Joins in job SQL: a windowed job may join its stream with a table, as of each stream
+//! row's event time (Flink SQL's event-time temporal join):
+//!
+//! ```sql
+//! SELECT u.country, window_start, window_end, COUNT(*) AS clicks
+//! FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+//! JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+//! GROUP BY u.country, window_start, window_end
+//! ```
+//!
+//! The join keeps each stream row's event time, so windowing before or after it is the
+//! same; the job is planned as a windowed job over the *joined rows*: the stream's columns,
+//! then the table's (each renamed `<table alias>_<column>` where the stream has a column of
+//! that name). [`split_join`] finds the join and rewrites the SQL text into that one-source
+//! job: the join clause and the relation aliases become blanks and each qualified column
+//! its joined name, padded, so that the positions of errors still point into the job as
+//! written. A [`JoinPlan`] says how to make the joined rows: live with a
+//! [`crate::TemporalJoin`], in recompute with an AS OF join over the table's versions
+//! ([`crate::register_joined`]).
+
+use std::any::TypeId;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::sql::sqlparser::ast::{
+    self, JoinConstraint, JoinOperator, SetExpr, Spanned, Statement, TableFactor, TableVersion,
+};
+use datafusion::sql::sqlparser::dialect::{Dialect, GenericDialect};
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Location;
+
+use crate::error::{EngineError, SqlPosition};
+use crate::plan::{WINDOW_END, WINDOW_START};
+use crate::temporal_join::{JoinKind, TemporalJoinSpec};
+
+/// The SQL dialect of jobs: DataFusion's generic dialect, which also reads `FOR SYSTEM_TIME
+/// AS OF` after a table name.
+#[derive(Debug, Default)]
+pub(crate) struct JobDialect;
+
+macro_rules! like_generic {
+    ($($name:ident),* $(,)?) => {
+        $(fn $name(&self) -> bool {
+            GenericDialect {}.$name()
+        })*
+    };
+}
+
+impl Dialect for JobDialect {
+    fn dialect(&self) -> TypeId {
+        // The parser's dialect checks treat it as the generic dialect.
+        TypeId::of::<GenericDialect>()
+    }
+
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        GenericDialect {}.is_delimited_identifier_start(ch)
+    }
+
+    fn is_identifier_start(&self, ch: char) -> bool {
+        GenericDialect {}.is_identifier_start(ch)
+    }
+
+    fn is_identifier_part(&self, ch: char) -> bool {
+        GenericDialect {}.is_identifier_part(ch)
+    }
+
+    fn supports_table_versioning(&self) -> bool {
+        true
+    }
+
+    like_generic!(
+        supports_unicode_string_literal,
+        supports_partition_by_after_order_by,
+        supports_array_join_syntax,
+        supports_group_by_expr,
+        supports_group_by_with_modifier,
+        supports_left_associative_joins_without_parens,
+        supports_connect_by,
+        supports_match_recognize,
+        supports_pipe_operator,
+        supports_start_transaction_modifier,
+        supports_window_function_null_treatment_arg,
+        supports_dictionary_syntax,
+        supports_window_clause_named_window_reference,
+        supports_parenthesized_set_variables,
+        supports_select_wildcard_except,
+        support_map_literal_syntax,
+        allow_extract_custom,
+        allow_extract_single_quotes,
+        supports_extract_comma_syntax,
+        supports_create_view_comment_syntax,
+        supports_parens_around_table_factor,
+        supports_values_as_table_factor,
+        supports_create_index_with_clause,
+        supports_explain_with_utility_options,
+        supports_limit_comma,
+        supports_update_order_by,
+        supports_from_first_select,
+        supports_projection_trailing_commas,
+        supports_asc_desc_in_column_definition,
+        supports_try_convert,
+        supports_bitwise_shift_operators,
+        supports_comment_on,
+        supports_load_extension,
+        supports_named_fn_args_with_assignment_operator,
+        supports_struct_literal,
+        supports_empty_projections,
+        supports_nested_comments,
+        supports_multiline_comment_hints,
+        supports_user_host_grantee,
+        supports_string_escape_constant,
+        supports_array_typedef_with_brackets,
+        supports_match_against,
+        supports_set_names,
+        supports_comma_separated_set_assignments,
+        supports_filter_during_aggregation,
+        supports_select_wildcard_exclude,
+        supports_data_type_signed_suffix,
+        supports_interval_options,
+        supports_quote_delimited_string,
+        supports_select_wildcard_replace,
+        supports_select_wildcard_ilike,
+        supports_select_wildcard_rename,
+        supports_optimize_table,
+        supports_install,
+        supports_detach,
+        supports_prewhere,
+        supports_with_fill,
+        supports_limit_by,
+        supports_interpolate,
+        supports_settings,
+        supports_select_format,
+        supports_comment_optimizer_hint,
+        supports_constraint_keyword_without_name,
+        supports_key_column_option,
+        supports_comma_separated_trim,
+        supports_cte_without_as,
+        supports_select_item_multi_column_alias,
+        supports_xml_expressions,
+    );
+}
+
+/// Parses job SQL in [`JobDialect`].
+pub(crate) fn parse_statements(sql: &str) -> Result<Vec<Statement>, EngineError> {
+    Parser::parse_sql(&JobDialect, sql).map_err(|error| EngineError::Parse(error.to_string()))
+}
+
+/// A table a job may join: a changelog stream read as the latest value per key, every
+/// version kept by event time (config: `[[tables]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSource {
+    /// The table's name in job SQL.
+    pub name: String,
+    /// The changelog's columns.
+    pub schema: SchemaRef,
+    /// The key column: a row sets its key's value from its event time on.
+    pub key: String,
+    /// The changelog's event time column (int64 epoch ms or a timestamp).
+    pub event_time: String,
+    /// A boolean column that marks a row as a delete of its key, if any.
+    pub tombstone: Option<String>,
+}
+
+/// How a job makes its joined rows from its stream and a table.
+#[derive(Debug, Clone)]
+pub struct JoinPlan {
+    pub(crate) table: TableSource,
+    pub(crate) kind: JoinKind,
+    /// The stream as read.
+    pub(crate) stream_schema: SchemaRef,
+    pub(crate) stream_key: usize,
+    pub(crate) table_key: usize,
+    pub(crate) table_time: usize,
+    pub(crate) tombstone: Option<usize>,
+    /// Each table column's name among the joined rows' columns.
+    pub(crate) joined_names: Vec<String>,
+}
+
+impl JoinPlan {
+    /// The table joined.
+    pub fn table(&self) -> &TableSource {
+        &self.table
+    }
+
+    /// Inner or `LEFT`.
+    pub fn kind(&self) -> JoinKind {
+        self.kind
+    }
+
+    /// The stream's schema, as read (the job's [`crate::JobPlan::stream_schema`] is the joined
+    /// rows').
+    pub fn stream_schema(&self) -> SchemaRef {
+        Arc::clone(&self.stream_schema)
+    }
+
+    /// The live join's specification: the stream's event time is column `stream_time`; the
+    /// table has `table_partitions` input partitions whose rows may come
+    /// `table_out_of_orderness` behind their largest event time; stream rows more than
+    /// `stream_out_of_orderness` behind the stream's largest event time may be refused
+    /// (make it at least what the job downstream still accepts).
+    pub fn temporal_join_spec(
+        &self,
+        stream_time: usize,
+        table_partitions: u32,
+        table_out_of_orderness: Duration,
+        stream_out_of_orderness: Duration,
+    ) -> TemporalJoinSpec {
+        TemporalJoinSpec {
+            stream_schema: Arc::clone(&self.stream_schema),
+            stream_time,
+            stream_keys: vec![self.stream_key],
+            table_schema: Arc::clone(&self.table.schema),
+            table_time: self.table_time,
+            table_keys: vec![self.table_key],
+            table_values: (0..self.table.schema.fields().len()).collect(),
+            tombstone: self.tombstone,
+            kind: self.kind,
+            table_partitions,
+            table_out_of_orderness,
+            stream_out_of_orderness,
+        }
+    }
+
+    /// The joined rows' schema: the stream's columns, then the table's, by their joined
+    /// names, nullable (a `LEFT` join leaves them null where nothing matched).
+    pub(crate) fn joined_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .stream_schema
+            .fields()
+            .iter()
+            .map(|field| field.as_ref().clone())
+            .collect();
+        for (field, name) in self.table.schema.fields().iter().zip(&self.joined_names) {
+            fields.push(field.as_ref().clone().with_name(name).with_nullable(true));
+        }
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// The join a job's SQL asks for, as parsed, before the table is known.
+#[derive(Debug)]
+pub(crate) struct JoinClause {
+    /// The table's name.
+    pub(crate) table: String,
+    table_position: SqlPosition,
+    kind: JoinKind,
+    stream_alias: String,
+    table_alias: String,
+    /// The stream column the ON condition names, and where.
+    stream_key: (String, SqlPosition),
+    /// The table column the ON condition names, and where.
+    table_key: (String, SqlPosition),
+    /// The AS OF column (a stream column), and where.
+    as_of: (String, SqlPosition),
+    /// Byte range of the text from after `TUMBLE(...)` to the end of the ON condition.
+    clause: std::ops::Range<usize>,
+    /// Qualified column references outside the clause: byte range, qualifier, column.
+    references: Vec<(std::ops::Range<usize>, String, String, SqlPosition)>,
+    /// Unqualified column names used outside the clause, with where.
+    bare_names: Vec<(String, SqlPosition)>,
+}
+
+fn position_at(location: Location) -> SqlPosition {
+    SqlPosition {
+        line: location.line.max(1),
+        column: location.column.max(1),
+    }
+}
+
+fn position_of(node: &impl Spanned) -> SqlPosition {
+    position_at(node.span().start)
+}
+
+fn unsupported(position: SqlPosition, message: impl Into<String>) -> EngineError {
+    EngineError::Unsupported {
+        position,
+        message: message.into(),
+    }
+}
+
+/// The byte offset of `location` (line and column from 1, columns in characters) in `text`.
+fn byte_offset(text: &str, location: Location) -> Option<usize> {
+    let mut line_start = 0;
+    for _ in 1..location.line {
+        line_start += text[line_start..].find('\n')? + 1;
+    }
+    let line = &text[line_start..];
+    let column = usize::try_from(location.column.max(1) - 1).ok()?;
+    match line.char_indices().nth(column) {
+        Some((offset, _)) => Some(line_start + offset),
+        None if line.chars().count() == column => Some(line_start + line.len()),
+        None => None,
+    }
+}
+
+/// The byte offset just past the parenthesis that closes the one opening at or after
+/// `from`, skipping quoted text.
+fn past_closing_paren(text: &str, from: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    for (offset, ch) in text[from..].char_indices() {
+        match (quote, ch) {
+            (Some(open), ch) if ch == open => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(ch),
+            (None, '(') => depth += 1,
+            (None, ')') => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(from + offset + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A column reference `<qualifier>.<column>`, as names.
+fn qualified(expr: &ast::Expr) -> Option<(String, String)> {
+    match expr {
+        ast::Expr::CompoundIdentifier(idents) if idents.len() == 2 => {
+            Some((idents[0].value.clone(), idents[1].value.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Finds the join in a job's SQL: `None` for a job without one. Refuses, at its position,
+/// any join but one `[INNER|LEFT] JOIN <table> FOR SYSTEM_TIME AS OF <stream>.<event time>
+/// [AS <alias>] ON <stream>.<column> = <table>.<column>`.
+pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
+    let statements = parse_statements(sql)?;
+    let [Statement::Query(query)] = statements.as_slice() else {
+        return Ok(None);
+    };
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Ok(None);
+    };
+    let [from] = select.from.as_slice() else {
+        return Ok(None);
+    };
+    let Some(join) = from.joins.first() else {
+        return Ok(None);
+    };
+    if let Some(second) = from.joins.get(1) {
+        return Err(unsupported(
+            position_of(second),
+            "a job joins its stream with one table",
+        ));
+    }
+    let how = "a join is `[LEFT] JOIN <table> FOR SYSTEM_TIME AS OF <stream>.<event time> AS <alias> ON <stream>.<column> = <alias>.<key>`";
+    let TableFactor::Table {
+        name: window_name,
+        alias: stream_alias,
+        args: Some(window_args),
+        ..
+    } = &from.relation
+    else {
+        return Err(unsupported(
+            position_of(&from.relation),
+            "FROM must be TUMBLE(...), HOP(...) or SESSION(...) before a join",
+        ));
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(ast::Expr::Identifier(stream)))) =
+        window_args.args.first()
+    else {
+        return Err(unsupported(
+            position_of(&from.relation),
+            "the window's first argument must name the stream",
+        ));
+    };
+    let stream_alias = stream_alias
+        .as_ref()
+        .map_or_else(|| stream.value.clone(), |alias| alias.name.value.clone());
+    let TableFactor::Table {
+        name: table_name,
+        alias: table_alias,
+        args: None,
+        version,
+        ..
+    } = &join.relation
+    else {
+        return Err(unsupported(position_of(&join.relation), how));
+    };
+    let table = table_name.to_string();
+    let table_position = position_of(table_name);
+    let table_alias = table_alias
+        .as_ref()
+        .map_or_else(|| table.clone(), |alias| alias.name.value.clone());
+    let as_of = match version {
+        Some(TableVersion::ForSystemTimeAsOf(expr)) => match qualified(expr) {
+            Some((qualifier, column)) if qualifier.eq_ignore_ascii_case(&stream_alias) => {
+                (column, position_of(expr))
+            }
+            _ => {
+                return Err(unsupported(
+                    position_of(expr),
+                    format!(
+                        "FOR SYSTEM_TIME AS OF takes the stream's event time, as `{stream_alias}.<event time>`"
+                    ),
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(unsupported(
+                table_position,
+                format!("only FOR SYSTEM_TIME AS OF <stream>.<event time> versions a table; {how}"),
+            ));
+        }
+        None => {
+            return Err(unsupported(
+                table_position,
+                format!(
+                    "a join must read `{table}` FOR SYSTEM_TIME AS OF the stream's event time: a stream joins a table's version valid at each row's time (joins of two streams are not supported yet); {how}"
+                ),
+            ));
+        }
+    };
+    let (kind, constraint) = match &join.join_operator {
+        JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
+            (JoinKind::Inner, constraint)
+        }
+        JoinOperator::Left(constraint) | JoinOperator::LeftOuter(constraint) => {
+            (JoinKind::Left, constraint)
+        }
+        _ => {
+            return Err(unsupported(
+                position_of(&join.relation),
+                format!("only [INNER] JOIN and LEFT JOIN are supported; {how}"),
+            ));
+        }
+    };
+    let JoinConstraint::On(on) = constraint else {
+        return Err(unsupported(
+            table_position,
+            format!("a join needs an ON condition; {how}"),
+        ));
+    };
+    let mut condition = on;
+    while let ast::Expr::Nested(inner) = condition {
+        condition = inner;
+    }
+    let refuse_on = || {
+        unsupported(
+            position_of(on),
+            format!(
+                "the join condition must be one equality of a stream column and the table's key, `{stream_alias}.<column> = {table_alias}.<key>`"
+            ),
+        )
+    };
+    let ast::Expr::BinaryOp {
+        left,
+        op: ast::BinaryOperator::Eq,
+        right,
+    } = condition
+    else {
+        return Err(refuse_on());
+    };
+    let side = |expr: &ast::Expr| {
+        qualified(expr).map(|(qualifier, column)| (qualifier, column, position_of(expr)))
+    };
+    let (Some(left), Some(right)) = (side(left), side(right)) else {
+        return Err(refuse_on());
+    };
+    let is = |qualifier: &str, alias: &str| qualifier.eq_ignore_ascii_case(alias);
+    let (stream_key, table_key) = if is(&left.0, &stream_alias) && is(&right.0, &table_alias) {
+        ((left.1, left.2), (right.1, right.2))
+    } else if is(&left.0, &table_alias) && is(&right.0, &stream_alias) {
+        ((right.1, right.2), (left.1, left.2))
+    } else {
+        return Err(refuse_on());
+    };
+
+    // The text to blank: from the window's closing parenthesis to the end of ON (and of
+    // any parentheses around it).
+    let window_start = byte_offset(sql, window_name.span().start)
+        .ok_or_else(|| EngineError::plan("the window's position is outside the SQL"))?;
+    let clause_start = past_closing_paren(sql, window_start).ok_or_else(|| {
+        unsupported(
+            position_of(window_name),
+            "the window's parentheses do not close",
+        )
+    })?;
+    let mut clause_end = byte_offset(sql, on.span().end)
+        .ok_or_else(|| EngineError::plan("the join condition's position is outside the SQL"))?;
+    let open_parens = |text: &str| {
+        text.chars().filter(|&ch| ch == '(').count() as isize
+            - text.chars().filter(|&ch| ch == ')').count() as isize
+    };
+    while open_parens(&sql[clause_start..clause_end]) > 0 {
+        match sql[clause_end..].find(')') {
+            Some(offset) => clause_end += offset + 1,
+            None => break,
+        }
+    }
+
+    let mut references = Vec::new();
+    let mut bare_names = Vec::new();
+    let mut failure = None;
+    let _ = ast::visit_expressions(&statements[0], |expr: &ast::Expr| {
+        let span = expr.span();
+        let (Some(start), Some(end)) = (byte_offset(sql, span.start), byte_offset(sql, span.end))
+        else {
+            return ControlFlow::Continue(());
+        };
+        // The join clause goes, and the window's arguments name the stream and its time.
+        if (start >= clause_start && end <= clause_end)
+            || (start >= window_start && end <= clause_start)
+        {
+            return ControlFlow::Continue(());
+        }
+        match expr {
+            ast::Expr::CompoundIdentifier(idents) if idents.len() == 2 => {
+                references.push((
+                    start..end,
+                    idents[0].value.clone(),
+                    idents[1].value.clone(),
+                    position_of(expr),
+                ));
+            }
+            ast::Expr::CompoundIdentifier(_) => {
+                failure = Some(unsupported(
+                    position_of(expr),
+                    format!("name a column as `<stream or table>.<column>`, found `{expr}`"),
+                ));
+                return ControlFlow::Break(());
+            }
+            ast::Expr::Identifier(ident) => {
+                bare_names.push((ident.value.clone(), position_of(expr)));
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    });
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    Ok(Some(JoinClause {
+        table,
+        table_position,
+        kind,
+        stream_alias,
+        table_alias,
+        stream_key,
+        table_key,
+        as_of,
+        clause: clause_start..clause_end,
+        references,
+        bare_names,
+    }))
+}
+
+/// A name as SQL text: bare when it reads back as itself, else quoted.
+fn sql_name(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|ch| ch.is_ascii_lowercase() || ch == '_')
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Finds the column `name` (as SQL compares names: case-insensitively unless quoted;
+/// here, exactly first, then case-insensitively).
+fn column_index(schema: &Schema, name: &str) -> Option<usize> {
+    schema.index_of(name).ok().or_else(|| {
+        schema
+            .fields()
+            .iter()
+            .position(|field| field.name().eq_ignore_ascii_case(name))
+    })
+}
+
+impl JoinClause {
+    /// The join against `table`, and the job's SQL rewritten as a one-source job over the
+    /// joined rows (see the module docs). `stream_schema` is the stream as read,
+    /// `event_time` its event time column.
+    pub(crate) fn resolve(
+        &self,
+        sql: &str,
+        stream_schema: &SchemaRef,
+        event_time: &str,
+        table: &TableSource,
+    ) -> Result<(JoinPlan, String), EngineError> {
+        let in_stream = |name: &str, position: SqlPosition| {
+            column_index(stream_schema, name).ok_or_else(|| EngineError::Invalid {
+                position,
+                message: format!("the stream has no column `{name}`"),
+            })
+        };
+        let in_table = |name: &str, position: SqlPosition| {
+            column_index(&table.schema, name).ok_or_else(|| EngineError::Invalid {
+                position,
+                message: format!("the table `{}` has no column `{name}`", table.name),
+            })
+        };
+        let (as_of, as_of_position) = &self.as_of;
+        if in_stream(as_of, *as_of_position)?
+            != column_index(stream_schema, event_time).unwrap_or(usize::MAX)
+        {
+            return Err(unsupported(
+                *as_of_position,
+                format!(
+                    "FOR SYSTEM_TIME AS OF must name the stream's event time `{event_time}`, not `{as_of}`"
+                ),
+            ));
+        }
+        let stream_key = in_stream(&self.stream_key.0, self.stream_key.1)?;
+        let table_key = in_table(&self.table_key.0, self.table_key.1)?;
+        let declared_key = column_index(&table.schema, &table.key).ok_or_else(|| {
+            EngineError::plan(format!(
+                "the table `{}` is keyed by `{}`, which its changelog lacks",
+                table.name, table.key
+            ))
+        })?;
+        if table_key != declared_key {
+            return Err(EngineError::Invalid {
+                position: self.table_key.1,
+                message: format!(
+                    "a join must match the table's key: `{}` is keyed by `{}`",
+                    table.name, table.key
+                ),
+            });
+        }
+        let (stream_type, table_type) = (
+            stream_schema.field(stream_key).data_type(),
+            table.schema.field(table_key).data_type(),
+        );
+        if stream_type != table_type {
+            return Err(EngineError::Invalid {
+                position: self.stream_key.1,
+                message: format!(
+                    "the join compares `{}` ({stream_type}) with `{}.{}` ({table_type})",
+                    self.stream_key.0, self.table_alias, self.table_key.0
+                ),
+            });
+        }
+        let table_time = column_index(&table.schema, &table.event_time).ok_or_else(|| {
+            EngineError::plan(format!(
+                "the table `{}`'s event time `{}` is not in its changelog",
+                table.name, table.event_time
+            ))
+        })?;
+        let tombstone = table
+            .tombstone
+            .as_ref()
+            .map(|name| {
+                column_index(&table.schema, name).ok_or_else(|| {
+                    EngineError::plan(format!(
+                        "the table `{}`'s tombstone column `{name}` is not in its changelog",
+                        table.name
+                    ))
+                })
+            })
+            .transpose()?;
+
+        // Joined names: a table column keeps its name unless the stream (or the window)
+        // has that name; then it is `<table alias>_<column>`.
+        let taken = |name: &str| {
+            column_index(stream_schema, name).is_some()
+                || name.eq_ignore_ascii_case(WINDOW_START)
+                || name.eq_ignore_ascii_case(WINDOW_END)
+        };
+        let mut joined_names = Vec::with_capacity(table.schema.fields().len());
+        let mut clashing = Vec::new();
+        for field in table.schema.fields() {
+            if taken(field.name()) {
+                let renamed = format!("{}_{}", self.table_alias, field.name());
+                if taken(&renamed) {
+                    return Err(EngineError::Invalid {
+                        position: self.table_position,
+                        message: format!(
+                            "the table's column `{}` would be `{renamed}` among the joined columns, but the stream has a column of that name",
+                            field.name()
+                        ),
+                    });
+                }
+                clashing.push(field.name().to_lowercase());
+                joined_names.push(renamed);
+            } else {
+                joined_names.push(field.name().clone());
+            }
+        }
+        if let Some((name, position)) = self
+            .bare_names
+            .iter()
+            .find(|(name, _)| clashing.contains(&name.to_lowercase()))
+        {
+            return Err(EngineError::Invalid {
+                position: *position,
+                message: format!(
+                    "`{name}` is a column of both the stream and the table; write `{}.{name}` or `{}.{name}`",
+                    self.stream_alias, self.table_alias
+                ),
+            });
+        }
+
+        // The one-source text: edits from the end, so earlier offsets hold.
+        let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+        for (range, qualifier, column, position) in &self.references {
+            let name = if qualifier.eq_ignore_ascii_case(&self.stream_alias) {
+                if column.eq_ignore_ascii_case(WINDOW_START)
+                    || column.eq_ignore_ascii_case(WINDOW_END)
+                {
+                    column.to_lowercase()
+                } else {
+                    stream_schema
+                        .field(in_stream(column, *position)?)
+                        .name()
+                        .clone()
+                }
+            } else if qualifier.eq_ignore_ascii_case(&self.table_alias) {
+                joined_names[in_table(column, *position)?].clone()
+            } else {
+                return Err(EngineError::Invalid {
+                    position: *position,
+                    message: format!(
+                        "`{qualifier}` is neither the stream (`{}`) nor the table (`{}`)",
+                        self.stream_alias, self.table_alias
+                    ),
+                });
+            };
+            edits.push((range.clone(), sql_name(&name)));
+        }
+        edits.push((self.clause.clone(), String::new()));
+        edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+        let mut text = sql.to_string();
+        for (range, replacement) in edits {
+            let original = &sql[range.clone()];
+            // Blanks or padding to the original's width, its line breaks kept, so that
+            // later positions hold.
+            let replaced: String = if replacement.is_empty() {
+                original
+                    .chars()
+                    .map(|ch| if ch == '\n' { '\n' } else { ' ' })
+                    .collect()
+            } else {
+                let width = original.chars().count();
+                format!("{replacement:width$}")
+            };
+            text.replace_range(range, &replaced);
+        }
+        let plan = JoinPlan {
+            table: table.clone(),
+            kind: self.kind,
+            stream_schema: Arc::clone(stream_schema),
+            stream_key,
+            table_key,
+            table_time,
+            tombstone,
+            joined_names,
+        };
+        Ok((plan, text))
+    }
+
+    /// The job's SQL with the join left out (blanks in its place): its window, stream and
+    /// time column as written.
+    pub(crate) fn without_join(&self, sql: &str) -> String {
+        let mut text = sql.to_string();
+        let blanks: String = sql[self.clause.clone()]
+            .chars()
+            .map(|ch| if ch == '\n' { '\n' } else { ' ' })
+            .collect();
+        text.replace_range(self.clause.clone(), &blanks);
+        text
+    }
+
+    /// Where the table is named, for errors about it.
+    pub(crate) fn table_position(&self) -> SqlPosition {
+        self.table_position
+    }
+}
