@@ -3,7 +3,7 @@
 Usage: python3 bench_process.py NAME N_EVENTS RUNS -- COMMAND [ARG...]
 
 Runs COMMAND RUNS times, one after another, and prints on stdout
-`BENCH <NAME> <N_EVENTS / best seconds> events/s` and `BENCH <NAME>_rss <MiB> MiB`, the
+`BENCH <NAME> <N_EVENTS / best seconds> events/s` (or the unit in BENCH_PROCESS_UNIT) and `BENCH <NAME>_rss <MiB> MiB`, the
 largest peak resident set size of any run (each run's own, from wait4's rusage). The time
 of a run is from just before the process starts to just after it is reaped: start-up,
 reading, computing and writing are all in it.
@@ -58,7 +58,8 @@ def main():
             )
             best = elapsed if best is None else min(best, elapsed)
             peak_kib = max(peak_kib, usage.ru_maxrss)
-    print(f"BENCH {name} {n_events / best:.0f} events/s", flush=True)
+    unit = os.environ.get("BENCH_PROCESS_UNIT", "events/s")
+    print(f"BENCH {name} {n_events / best:.0f} {unit}", flush=True)
     print(f"BENCH {name}_rss {peak_kib / 1024:.0f} MiB", flush=True)
 
 

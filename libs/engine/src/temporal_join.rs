@@ -246,6 +246,11 @@ impl TemporalJoin {
         self.table_watermark
     }
 
+    /// The table's versions held (a delete is one).
+    pub fn table_versions(&self) -> usize {
+        self.table.n_versions()
+    }
+
     /// Stream rows waiting for the table's watermark.
     pub fn waiting(&self) -> usize {
         self.waiting.len()

@@ -7,6 +7,12 @@
 //! (`WindowOperator::advance_partition`); consecutive events with the same partition and arrival form one
 //! batch. Each case also runs with every event in its own batch, and must give the same
 //! results and late events: the operator's output may not depend on batching.
+//!
+//! A join case's `options.json` has a `table` (`name`, `schema`, `key`, `event_time`,
+//! optional `tombstone`, `partitions`, `out_of_orderness_ms`, `stream_out_of_orderness_ms`),
+//! and its `input.jsonl` the table's changelog rows as `{"t": partition, "at": arrival_ms,
+//! "e": {row}}`: stream rows go through a `TemporalJoin` on partition 0 and its rows on into
+//! the window operator; the join's late rows are `late_stream` and `late_table` lines.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +20,9 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use runnel_engine::{JobPlan, OperatorOptions, OperatorOutput, WindowOperator};
+use runnel_engine::{
+    JobPlan, JoinOutput, OperatorOptions, OperatorOutput, TableSource, TemporalJoin, WindowOperator,
+};
 use serde_json::Value;
 
 use crate::support::render;
@@ -37,6 +45,20 @@ enum Step {
         event_time: i64,
         arrival: i64,
     },
+    /// Changelog rows of the joined table's partition.
+    Table {
+        partition: u32,
+        arrival: i64,
+        events: Vec<Value>,
+    },
+}
+
+/// The joined table of a join case, and its join's settings.
+struct JoinedTable {
+    source: TableSource,
+    partitions: u32,
+    out_of_orderness: Duration,
+    stream_out_of_orderness: Duration,
 }
 
 struct Case {
@@ -45,6 +67,7 @@ struct Case {
     event_time: String,
     options: OperatorOptions,
     steps: Vec<Step>,
+    table: Option<JoinedTable>,
 }
 
 fn case_dir(name: &str) -> PathBuf {
@@ -75,18 +98,37 @@ fn load(name: &str) -> Case {
             .unwrap_or_else(|error| panic!("read {name}/{file}: {error}"))
     };
     let options: Value = serde_json::from_str(&read("options.json")).expect("options.json is JSON");
-    let fields: Vec<Field> = options["schema"]
-        .as_array()
-        .expect("options.schema is a list")
-        .iter()
-        .map(|field| {
-            Field::new(
-                field["name"].as_str().expect("field name"),
-                field_type(field["type"].as_str().expect("field type")),
-                true,
-            )
-        })
-        .collect();
+    let fields = |schema: &Value| -> Vec<Field> {
+        schema
+            .as_array()
+            .expect("a schema is a list")
+            .iter()
+            .map(|field| {
+                Field::new(
+                    field["name"].as_str().expect("field name"),
+                    field_type(field["type"].as_str().expect("field type")),
+                    true,
+                )
+            })
+            .collect()
+    };
+    let table = options.get("table").map(|table| {
+        let text = |key: &str| table[key].as_str().map(str::to_string);
+        JoinedTable {
+            source: TableSource {
+                name: text("name").expect("table.name"),
+                schema: Arc::new(Schema::new(fields(&table["schema"]))),
+                key: text("key").expect("table.key"),
+                event_time: text("event_time").expect("table.event_time"),
+                tombstone: text("tombstone"),
+            },
+            partitions: table["partitions"].as_u64().unwrap_or(1) as u32,
+            out_of_orderness: duration(table, "out_of_orderness_ms").unwrap_or_default(),
+            stream_out_of_orderness: duration(table, "stream_out_of_orderness_ms")
+                .unwrap_or(Duration::MAX),
+        }
+    });
+    let fields = fields(&options["schema"]);
     let mut steps: Vec<Step> = Vec::new();
     for (line_idx, line) in read("input.jsonl").lines().enumerate() {
         if line.trim().is_empty() || line.starts_with("//") {
@@ -113,9 +155,27 @@ fn load(name: &str) -> Case {
             });
             continue;
         }
-        let partition = value["p"].as_u64().unwrap_or(0) as u32;
         let arrival = value["at"].as_i64().unwrap_or(0);
         let event = value["e"].clone();
+        if let Some(partition) = value["t"].as_u64() {
+            let partition = partition as u32;
+            match steps.last_mut() {
+                Some(Step::Table {
+                    partition: last_partition,
+                    arrival: last_arrival,
+                    events,
+                }) if *last_partition == partition && *last_arrival == arrival => {
+                    events.push(event)
+                }
+                _ => steps.push(Step::Table {
+                    partition,
+                    arrival,
+                    events: vec![event],
+                }),
+            }
+            continue;
+        }
+        let partition = value["p"].as_u64().unwrap_or(0) as u32;
         match steps.last_mut() {
             Some(Step::Batch {
                 partition: last_partition,
@@ -144,6 +204,7 @@ fn load(name: &str) -> Case {
             early_emit_interval: duration(&options, "early_emit_ms"),
         },
         steps,
+        table,
     }
 }
 
@@ -158,17 +219,69 @@ fn to_batch(schema: &SchemaRef, events: &[Value]) -> RecordBatch {
 /// Runs the case; with `split`, every event is its own batch. Returns (results and late
 /// events, errors), rendered.
 fn run(case: &Case, split: bool) -> (String, String) {
+    let tables: Vec<TableSource> = case
+        .table
+        .iter()
+        .map(|table| table.source.clone())
+        .collect();
     let plan = Arc::new(
-        JobPlan::compile(
+        JobPlan::compile_with_tables(
             &case.sql,
             Arc::clone(&case.schema),
             &case.event_time,
+            &tables,
             &runnel_engine::JobLimits::default(),
         )
         .expect("job compiles"),
     );
-    let mut operator = WindowOperator::new(plan, case.options).expect("operator");
+    let mut join = match (&case.table, plan.join()) {
+        (Some(table), Some(join_plan)) => Some(
+            TemporalJoin::new(join_plan.temporal_join_spec(
+                case.schema.index_of(&case.event_time).expect("event time"),
+                table.partitions,
+                table.out_of_orderness,
+                table.stream_out_of_orderness,
+            ))
+            .expect("join"),
+        ),
+        _ => None,
+    };
+    let last_arrival = case
+        .steps
+        .iter()
+        .map(|step| match step {
+            Step::Batch { arrival, .. } | Step::Table { arrival, .. } | Step::Tick(arrival) => {
+                *arrival
+            }
+            Step::Advance { arrival, .. } => *arrival,
+            Step::AtEnd { .. } => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    let mut operator = WindowOperator::new(Arc::clone(&plan), case.options).expect("operator");
     let mut output = OperatorOutput::default();
+    let (mut late_stream, mut late_table) = (Vec::new(), Vec::new());
+    let mut joined = |joined: JoinOutput,
+                      operator: &mut WindowOperator,
+                      output: &mut OperatorOutput,
+                      arrival: i64| {
+        late_stream.extend(joined.late_stream);
+        late_table.extend(joined.late_table);
+        for error in joined.errors {
+            output.errors.push(error);
+        }
+        for rows in &joined.rows {
+            let rows = plan.joined_rows(rows).expect("joined rows");
+            output.append(operator.process(0, &rows, arrival).expect("process"));
+        }
+    };
+    let chunks = |events: &[Value]| -> Vec<Vec<Value>> {
+        if split {
+            events.chunks(1).map(<[Value]>::to_vec).collect()
+        } else {
+            vec![events.to_vec()]
+        }
+    };
     for step in &case.steps {
         match step {
             Step::Tick(arrival) => output.append(operator.tick(*arrival).expect("tick")),
@@ -186,31 +299,53 @@ fn run(case: &Case, split: bool) -> (String, String) {
                     .advance_partition(*partition, *event_time, *arrival)
                     .expect("advance"),
             ),
+            Step::Table {
+                partition,
+                arrival,
+                events,
+            } => {
+                let (join, table) = (
+                    join.as_mut().expect("a join case has a table"),
+                    case.table.as_ref().expect("a join case has a table"),
+                );
+                for chunk in chunks(events) {
+                    let batch = to_batch(&table.source.schema, &chunk);
+                    let out = join.process_table(*partition, &batch).expect("table rows");
+                    joined(out, &mut operator, &mut output, *arrival);
+                }
+            }
             Step::Batch {
                 partition,
                 arrival,
                 events,
             } => {
-                let chunks: Vec<&[Value]> = if split {
-                    events.chunks(1).collect()
-                } else {
-                    vec![events.as_slice()]
-                };
-                for chunk in chunks {
-                    let batch = to_batch(&case.schema, chunk);
-                    output.append(
-                        operator
-                            .process(*partition, &batch, *arrival)
-                            .expect("process"),
-                    );
+                for chunk in chunks(events) {
+                    let batch = to_batch(&case.schema, &chunk);
+                    match join.as_mut() {
+                        Some(join) => {
+                            let out = join.process_stream(&batch).expect("stream rows");
+                            joined(out, &mut operator, &mut output, *arrival);
+                        }
+                        None => output.append(
+                            operator
+                                .process(*partition, &batch, *arrival)
+                                .expect("process"),
+                        ),
+                    }
                 }
             }
         }
+    }
+    if let Some(join) = join.as_mut() {
+        let out = join.finish().expect("join finish");
+        joined(out, &mut operator, &mut output, last_arrival);
     }
     output.append(operator.finish().expect("finish"));
     let mut text = String::new();
     render(&output.results, "result", &mut text);
     render(&output.late_events, "late", &mut text);
+    render(&late_stream, "late_stream", &mut text);
+    render(&late_table, "late_table", &mut text);
     let mut errors = String::new();
     for error in &output.errors {
         errors.push_str(&format!(
@@ -270,6 +405,8 @@ golden!(
     session_merge,
     session_late,
     session_gap_boundaries,
+    join_table_versions,
+    join_left_late_rows,
 );
 
 /// Recompute leaves out the events live reports as errors (failing expressions, unusable

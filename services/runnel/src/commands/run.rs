@@ -311,6 +311,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     // every version is there when the stream's rows ask (none is late, whatever the file's
     // order; of rows at one time, the later in the file wins), and stream rows are never
     // late to the join: what is late is the window operator's to say, as for any job.
+    let mut table_state = None;
     let join = match (&changelog, plan.join()) {
         (Some(changelog), Some(join_plan)) => {
             let stream_time = join_plan
@@ -335,6 +336,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
                 );
             }
             join.finish()?;
+            table_state = Some((join.table_versions(), join.state_bytes()));
             Some(join)
         }
         _ => None,
@@ -467,8 +469,14 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         "events"
     };
     let n_errors = n_errors + join_rejected.load(std::sync::atomic::Ordering::Relaxed);
+    let table = match table_state {
+        Some((versions, bytes)) => {
+            format!("; the table held {versions} versions in {bytes} bytes")
+        }
+        None => String::new(),
+    };
     print_summary(&format!(
-        "{n_events} {rows}: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected",
+        "{n_events} {rows}: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected{table}",
         args.out.display(),
         late_out.display()
     ))

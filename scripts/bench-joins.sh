@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Join benchmark (issue 21): prints `BENCH <name> <value> <unit>` lines on stdout, progress on
+# stderr. A Nexmark-style workload made by scripts/lib/bench_joins_duckdb.py with no
+# randomness (integer arithmetic on row numbers): clicks of users, and the changelog of the
+# `users` table (a version per user, then updates and deletes over the clicks' time).
+#
+#   enrich   BENCH_JOIN_CLICKS clicks (default 10,000,000) joined with the users table of
+#            BENCH_JOIN_USERS keys (default 1,000,000; 1.2M changelog rows) as of each click's
+#            time, counted per country and minute:
+#              SELECT u.country, window_start, window_end, COUNT(*), SUM(c.duration_ms)
+#              FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+#              JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+#              GROUP BY u.country, window_start, window_end
+#   q3, q8   Nexmark's auctions-with-persons join and windowed join of new persons with new
+#            auctions: not built yet (they need the stream-stream join); reported unavailable.
+#
+# Figures, best of BENCH_RUNS (default 3), in clicks per second of wall clock:
+#   join_<q>_live       `runnel run --mode live` (the release CLI), the whole process: reading
+#                       both Parquet files, the join, the windows, writing Parquet
+#   join_<q>_recompute  `runnel run --mode recompute`: the AS OF join and GROUP BY as one
+#                       DataFusion plan
+#   join_<q>_duckdb     DuckDB from PyPI, the same query (its ASOF JOIN) over the same files,
+#                       COPY to Parquet, with `nproc` threads
+#   <each>_rss          peak RSS in MiB
+#   join_<q>_live_vs_duckdb, join_<q>_recompute_vs_duckdb   ours / DuckDB's (above 1: faster)
+#   join_state_bytes_per_row   the live join's table state over its versions, as `runnel run`
+#                       reports it
+# Not timed: the result rows and their sum of clicks are compared with DuckDB's (live: the
+# `_final` rows); a difference is a warning on stderr.
+# The data and the Python venv stay in ${RUNNEL_CACHE:-$HOME/.cache/runnel}.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+RUNNEL_CACHE="${RUNNEL_CACHE:-$HOME/.cache/runnel}"
+CLICKS="${BENCH_JOIN_CLICKS:-10000000}"
+USERS="${BENCH_JOIN_USERS:-1000000}"
+RUNS="${BENCH_RUNS:-3}"
+DATA="$RUNNEL_CACHE/bench-joins/v1-$CLICKS-$USERS"
+VENV="$RUNNEL_CACHE/bench-venv"
+DUCKDB_VERSION="${BENCH_DUCKDB_VERSION:-1.5.6}"
+THREADS="$(nproc)"
+
+work_dir="$(mktemp -d "${TMPDIR:-/tmp}/runnel-bench-joins.XXXXXX")"
+trap 'rm -rf "$work_dir"' EXIT
+declare -A values=()
+# shellcheck source=scripts/lib/bench.sh
+source scripts/lib/bench.sh
+
+for query in q3 q8; do
+  for figure in live recompute duckdb live_vs_duckdb recompute_vs_duckdb; do
+    unavailable "join_${query}_$figure" "not built: Nexmark $query needs the stream-stream join"
+  done
+done
+
+duckdb_error=""
+if ! "$VENV/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" 2>/dev/null; then
+  echo "==> installing duckdb $DUCKDB_VERSION into $VENV" >&2
+  if ! { python3 -m venv "$VENV" && "$VENV/bin/pip" install --quiet "duckdb==$DUCKDB_VERSION"; } >&2; then
+    duckdb_error="could not install duckdb $DUCKDB_VERSION into $VENV"
+  fi
+fi
+data_error="$duckdb_error"
+if [[ -z "$data_error" ]]; then
+  echo "==> data: $DATA" >&2
+  "$VENV/bin/python" scripts/lib/bench_joins_duckdb.py generate "$DATA" "$CLICKS" "$USERS" >&2 ||
+    data_error="could not generate the data in $DATA"
+fi
+
+echo "==> building runnel (release)" >&2
+runnel_error="$data_error"
+runnel_bin=""
+if [[ -z "$runnel_error" ]] && ! runnel_bin="$(build_release_bin runnel runnel)"; then
+  runnel_error="runnel build failed"
+elif [[ -z "$runnel_error" && -z "$runnel_bin" ]]; then
+  runnel_error="no runnel executable in cargo's output"
+fi
+
+# The streams and table as `runnel run` reads them: the schemas come from the Parquet files,
+# the table's key and event time from here.
+cat >"$work_dir/runnel.toml" <<'EOF'
+version = "1"
+jobs = []
+
+[[streams]]
+name = "clicks"
+partitions = 1
+key = "user_id"
+event-time = "event_time"
+schema = [
+  { name = "event_time", type = "int64" },
+  { name = "user_id", type = "int64" },
+  { name = "duration_ms", type = "int64" },
+]
+
+[[streams]]
+name = "user_updates"
+partitions = 1
+key = "user_id"
+event-time = "updated_at"
+schema = [
+  { name = "updated_at", type = "int64" },
+  { name = "user_id", type = "int64" },
+  { name = "country", type = "string" },
+  { name = "plan", type = "string" },
+  { name = "deleted", type = "bool" },
+]
+
+[[tables]]
+name = "users"
+stream = "user_updates"
+tombstone = "deleted"
+EOF
+cat >"$work_dir/enrich.sql" <<'EOF'
+SELECT u.country, window_start, window_end, COUNT(*) AS clicks, SUM(c.duration_ms) AS total_ms
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+GROUP BY u.country, window_start, window_end
+EOF
+
+# Prints `<rows> <sum of clicks>` of a results file ([final]: of its `_final` rows), or nothing.
+count_results() {
+  [[ -z "$duckdb_error" && -f "$1" ]] || return 0
+  "$VENV/bin/python" scripts/lib/bench_joins_duckdb.py --count "$@" || true
+}
+
+check_counts() {
+  local what="$1" ours="$2" theirs="$3"
+  if [[ -z "$ours" || -z "$theirs" ]]; then
+    echo "==> check $what: skipped (no counts)" >&2
+  elif [[ "$ours" != "$theirs" ]]; then
+    echo "WARNING: $what: runnel has $ours (rows, sum(clicks)), DuckDB $theirs" >&2
+  else
+    echo "==> check $what: $ours (rows, sum(clicks)) as DuckDB" >&2
+  fi
+}
+
+run_join() {
+  local mode="$1" name="join_enrich_$1"
+  shift
+  if [[ -n "$runnel_error" ]]; then
+    unavailable "$name" "$runnel_error"
+    unavailable "${name}_rss" "$runnel_error"
+    return
+  fi
+  echo "==> $name" >&2
+  run_figures "$name ${name}_rss" \
+    env BENCH_PROCESS_UNIT=rows/s python3 scripts/lib/bench_process.py "$name" "$CLICKS" "$RUNS" -- \
+    "$runnel_bin" --config "$work_dir/runnel.toml" run --sql "$work_dir/enrich.sql" \
+    --input "clicks=$DATA/clicks.parquet" --input "users=$DATA/users.parquet" \
+    --out "$work_dir/$name.parquet" --mode "$mode" "$@"
+}
+
+run_join live --max-out-of-orderness 5s
+run_join recompute
+
+if [[ -n "$data_error" ]]; then
+  unavailable join_enrich_duckdb "$data_error"
+  unavailable join_enrich_duckdb_rss "$data_error"
+else
+  echo "==> join_enrich_duckdb" >&2
+  run_figures "join_enrich_duckdb join_enrich_duckdb_rss" \
+    "$VENV/bin/python" scripts/lib/bench_joins_duckdb.py --copy enrich "$DATA" \
+    "$work_dir/join_enrich_duckdb.parquet" "$THREADS" "$CLICKS" "$RUNS"
+fi
+
+# The live join's table state, from the summary `runnel run` prints.
+if [[ -z "$runnel_error" ]]; then
+  summary="$("$runnel_bin" --config "$work_dir/runnel.toml" run --sql "$work_dir/enrich.sql" \
+    --input "clicks=$DATA/clicks.parquet" --input "users=$DATA/users.parquet" \
+    --out "$work_dir/state.parquet" --max-out-of-orderness 5s 2>/dev/null || true)"
+  if [[ "$summary" =~ held\ ([0-9]+)\ versions\ in\ ([0-9]+)\ bytes ]]; then
+    emit "BENCH join_state_bytes_per_row $(awk -v b="${BASH_REMATCH[2]}" -v v="${BASH_REMATCH[1]}" 'BEGIN { printf "%.1f", b / v }') B"
+  else
+    unavailable join_state_bytes_per_row "no table state in runnel run's summary: $summary"
+  fi
+else
+  unavailable join_state_bytes_per_row "$runnel_error"
+fi
+
+duckdb_counts="$(count_results "$work_dir/join_enrich_duckdb.parquet")"
+check_counts "enrich recompute" "$(count_results "$work_dir/join_enrich_recompute.parquet")" \
+  "$duckdb_counts"
+check_counts "enrich live _final" "$(count_results "$work_dir/join_enrich_live.parquet" final)" \
+  "$duckdb_counts"
+
+ratio join_enrich_live_vs_duckdb join_enrich_live join_enrich_duckdb
+ratio join_enrich_recompute_vs_duckdb join_enrich_recompute join_enrich_duckdb
