@@ -82,7 +82,9 @@ pub(crate) async fn guard_table(
 
 /// Every per-event expression of `plan`: WHERE, the keys, the aggregates' arguments and
 /// FILTERs.
-fn guard_expressions(plan: &JobPlan) -> Vec<Arc<dyn PhysicalExpr>> {
+/// Every expression the window operator evaluates on a row: WHERE, keys, aggregate
+/// arguments and FILTERs.
+pub(crate) fn guard_expressions(plan: &JobPlan) -> Vec<Arc<dyn PhysicalExpr>> {
     let mut expressions: Vec<Arc<dyn PhysicalExpr>> = plan.filter.iter().cloned().collect();
     expressions.extend(plan.keys.iter().cloned());
     for aggregate in &plan.aggregates {

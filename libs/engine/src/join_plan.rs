@@ -176,6 +176,9 @@ pub struct JoinPlan {
     pub(crate) tombstone: Option<usize>,
     /// Each table column's name among the joined rows' columns.
     pub(crate) joined_names: Vec<String>,
+    /// The table columns the job uses: the only ones the live join keeps (the others are
+    /// null in its rows). Every column until the job is planned.
+    pub(crate) table_values: Vec<usize>,
 }
 
 impl JoinPlan {
@@ -193,6 +196,37 @@ impl JoinPlan {
     /// rows').
     pub fn stream_schema(&self) -> SchemaRef {
         Arc::clone(&self.stream_schema)
+    }
+
+    /// Rows out of the live join (the stream's columns, then the table's columns the job
+    /// uses) as the joined rows of `joined` (the job's stream schema): the table's columns
+    /// the job does not use are null.
+    pub(crate) fn widen(
+        &self,
+        joined: &SchemaRef,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<arrow::array::RecordBatch, EngineError> {
+        let n_stream = self.stream_schema.fields().len();
+        let n_rows = batch.num_rows();
+        let mut columns: Vec<arrow::array::ArrayRef> = batch.columns()[..n_stream].to_vec();
+        let mut kept = batch.columns()[n_stream..].iter();
+        for (index, field) in self.table.schema.fields().iter().enumerate() {
+            if self.table_values.contains(&index) {
+                let column = kept.next().ok_or_else(|| {
+                    EngineError::Schema(format!(
+                        "the join's rows have {} columns, fewer than the job uses",
+                        batch.num_columns()
+                    ))
+                })?;
+                columns.push(Arc::clone(column));
+            } else {
+                columns.push(arrow::array::new_null_array(field.data_type(), n_rows));
+            }
+        }
+        Ok(arrow::array::RecordBatch::try_new(
+            Arc::clone(joined),
+            columns,
+        )?)
     }
 
     /// The live join's specification: the stream's event time is column `stream_time`; the
@@ -214,7 +248,7 @@ impl JoinPlan {
             table_schema: Arc::clone(&self.table.schema),
             table_time: self.table_time,
             table_keys: vec![self.table_key],
-            table_values: (0..self.table.schema.fields().len()).collect(),
+            table_values: self.table_values.clone(),
             tombstone: self.tombstone,
             kind: self.kind,
             table_partitions,
@@ -757,6 +791,7 @@ impl JoinClause {
             table_key,
             table_time,
             tombstone,
+            table_values: (0..table.schema.fields().len()).collect(),
             joined_names,
         };
         Ok((plan, text))

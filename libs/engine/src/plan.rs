@@ -225,13 +225,31 @@ impl JobPlan {
                     clause.table, clause.table
                 ),
             })?;
-        let (join, single_source_sql) = clause.resolve(sql, &stream_schema, event_time, table)?;
+        let (mut join, single_source_sql) =
+            clause.resolve(sql, &stream_schema, event_time, table)?;
         let mut plan = JobPlan::compile_one_source(
             &single_source_sql,
             join.joined_schema(),
             event_time,
             limits,
         )?;
+        // The live join keeps only the table columns the job evaluates (the key when none),
+        // so that its state holds no value the job never reads.
+        let n_stream = join.stream_schema.fields().len();
+        let n_table = join.table.schema.fields().len();
+        let mut used: Vec<usize> = crate::guard::guard_expressions(&plan)
+            .iter()
+            .flat_map(datafusion::physical_expr::utils::collect_columns)
+            .map(|column| column.index())
+            .filter(|index| (n_stream..n_stream + n_table).contains(index))
+            .map(|index| index - n_stream)
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        if used.is_empty() {
+            used.push(join.table_key);
+        }
+        join.table_values = used;
         plan.sql = sql.to_string();
         plan.single_source_sql = single_source_sql;
         plan.join = Some(join);
@@ -346,7 +364,8 @@ impl JobPlan {
     }
 
     /// Rows out of the job's [`crate::TemporalJoin`] as the rows the window operator takes:
-    /// the same columns under the joined names of [`JobPlan::stream_schema`].
+    /// under the joined names of [`JobPlan::stream_schema`], with the table's columns the job
+    /// does not use (which the join does not keep) null.
     ///
     /// # Errors
     ///
@@ -355,10 +374,13 @@ impl JobPlan {
         &self,
         batch: &arrow::array::RecordBatch,
     ) -> Result<arrow::array::RecordBatch, EngineError> {
-        Ok(arrow::array::RecordBatch::try_new(
-            Arc::clone(&self.stream_schema),
-            batch.columns().to_vec(),
-        )?)
+        match &self.join {
+            Some(join) => join.widen(&self.stream_schema, batch),
+            None => Ok(arrow::array::RecordBatch::try_new(
+                Arc::clone(&self.stream_schema),
+                batch.columns().to_vec(),
+            )?),
+        }
     }
 
     /// Returns the job's SQL.
