@@ -495,9 +495,11 @@ pub async fn register_joined(
                 format!("v.{} AS {}", quote_ident(field.name()), quote_ident(joined))
             }),
     );
+    // The changelog's versions on the left: DataFusion builds its hash table on the left
+    // side, and the table is the smaller input (a stream's history is the big one).
     let kind = match join.kind {
         crate::temporal_join::JoinKind::Inner => "JOIN",
-        crate::temporal_join::JoinKind::Left => "LEFT JOIN",
+        crate::temporal_join::JoinKind::Left => "RIGHT JOIN",
     };
     let not_deleted = match join.tombstone {
         Some(tombstone) => format!(
@@ -507,10 +509,10 @@ pub async fn register_joined(
         None => String::new(),
     };
     let sql = format!(
-        "SELECT {columns} FROM {stream} AS s {kind} (\
+        "SELECT {columns} FROM (\
            SELECT *, {table_time} AS __runnel_from, \
              LEAD({table_time}) OVER (PARTITION BY {table_key} ORDER BY {table_time}, {order}) AS __runnel_until \
-           FROM {changelog}) AS v \
+           FROM {changelog}) AS v {kind} {stream} AS s \
          ON s.{stream_key} = v.{table_key} AND v.__runnel_from <= {stream_time} \
            AND (v.__runnel_until IS NULL OR {stream_time} < v.__runnel_until){not_deleted}",
         columns = columns.join(", "),

@@ -1,8 +1,7 @@
 //! A table from a changelog: each key's values by event time, for joins that ask what a key's
 //! value was "as of" a time (Flink SQL's `FOR SYSTEM_TIME AS OF`).
 //!
-//! This is the state of issue 21's stream–table join; the join operator, its SQL and its
-//! batch plan are not built yet.
+//! The state of [`crate::TemporalJoin`].
 //!
 //! Semantics:
 //! - A changelog row carries a key, an event time and a value, or a tombstone (a delete). Per
@@ -22,8 +21,11 @@
 //! Keys and values are held in Arrow's row format (one [`RowConverter`] each), so any column
 //! types DataFusion groups by can key a table.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use hashbrown::HashMap;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
@@ -43,6 +45,72 @@ struct Version {
     value: Option<Box<[u8]>>,
 }
 
+/// Longest key, in row-format bytes, held inside its map slot.
+const INLINE_KEY_BYTES: usize = 22;
+
+/// A key's row-format bytes: inside the map's slot when short (an int64 key is 9 bytes, a
+/// short string's one block 34), so that a probe compares them without following a pointer
+/// to another cache line; on the heap otherwise.
+#[derive(Debug, Clone)]
+enum KeyBytes {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(key: &[u8]) -> KeyBytes {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyBytes::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            KeyBytes::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            KeyBytes::Heap(bytes) => bytes,
+        }
+    }
+
+    /// Bytes held outside the map's slot.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            KeyBytes::Inline { .. } => 0,
+            KeyBytes::Heap(bytes) => bytes.len(),
+        }
+    }
+}
+
+impl Borrow<[u8]> for KeyBytes {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+// As `[u8]` hashes and compares, so that a map of `KeyBytes` is probed with `&[u8]`.
+impl Hash for KeyBytes {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+impl PartialEq for KeyBytes {
+    fn eq(&self, other: &KeyBytes) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for KeyBytes {}
+
 /// The versions of each key's value by event time (see the module docs).
 #[derive(Debug)]
 pub struct VersionedTable {
@@ -50,7 +118,7 @@ pub struct VersionedTable {
     value_fields: Fields,
     keys: RowConverter,
     values: RowConverter,
-    versions: HashMap<Box<[u8]>, Vec<Version>>,
+    versions: HashMap<KeyBytes, Vec<Version>>,
     /// Bytes of the keys and values held.
     held_bytes: usize,
     /// Versions held, over every key.
@@ -138,8 +206,9 @@ impl VersionedTable {
     fn insert(&mut self, key: &[u8], version: Version) {
         let added = version.value.as_ref().map_or(0, |value| value.len());
         if !self.versions.contains_key(key) {
-            self.held_bytes += key.len();
-            self.versions.insert(key.into(), Vec::new());
+            let key = KeyBytes::new(key);
+            self.held_bytes += key.heap_bytes();
+            self.versions.insert(key, Vec::new());
         }
         let versions = self.versions.get_mut(key).expect("inserted above");
         let at = versions.partition_point(|held| held.valid_from < version.valid_from);
@@ -208,7 +277,7 @@ impl VersionedTable {
                 && versions[0].value.is_none()
                 && versions[0].valid_from <= watermark;
             if deleted {
-                freed_bytes += key.len();
+                freed_bytes += key.heap_bytes();
                 freed_versions += 1;
             }
             !deleted
@@ -234,7 +303,7 @@ impl VersionedTable {
 
     /// Bytes of state: keys, values, versions and the map's slots.
     pub fn size(&self) -> usize {
-        let per_key = std::mem::size_of::<(Box<[u8]>, Vec<Version>)>() + 1;
+        let per_key = std::mem::size_of::<(KeyBytes, Vec<Version>)>() + 1;
         self.held_bytes
             + self.n_versions * std::mem::size_of::<Version>()
             + self.versions.capacity() * per_key
@@ -265,13 +334,13 @@ impl VersionedTable {
     ///
     /// Arrow failures.
     pub fn snapshot(&self) -> Result<RecordBatch, EngineError> {
-        let mut keys: Vec<&Box<[u8]>> = self.versions.keys().collect();
-        keys.sort_unstable();
+        let mut keys: Vec<(&KeyBytes, &Vec<Version>)> = self.versions.iter().collect();
+        keys.sort_unstable_by(|(a, _), (b, _)| a.as_slice().cmp(b.as_slice()));
         let (mut key_bytes, mut times, mut tombstones, mut values) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for key in keys {
-            for version in &self.versions[key] {
-                key_bytes.push(key.as_ref());
+        for (key, versions) in keys {
+            for version in versions {
+                key_bytes.push(key.as_slice());
                 times.push(version.valid_from);
                 tombstones.push(version.value.is_none());
                 values.push(version.value.as_deref());
