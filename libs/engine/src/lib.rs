@@ -13,11 +13,14 @@
 //! - [`recompute`] runs the same plan as a DataFusion batch query, every event counted.
 //! - [`VersionedTable`] holds a table from a changelog, each key's values by event time, for
 //!   a join "as of" a time (the join itself is not built yet).
+//! - [`IntervalJoin`] joins two streams on equal keys and event times within an interval of
+//!   each other (the operator alone: no SQL or job yet).
 #![warn(missing_docs)]
 
 mod error;
 mod groups;
 mod guard;
+mod interval_join;
 mod join_plan;
 mod operator;
 mod plan;
@@ -30,6 +33,7 @@ mod temporal_join;
 mod window;
 
 pub use error::{EngineError, EventError, SqlPosition};
+pub use interval_join::{IntervalJoin, IntervalJoinOutput, IntervalJoinSpec};
 pub use join_plan::{JoinPlan, TableSource};
 pub use operator::{
     LATE_PARTITION_COLUMN, LATE_REASON_COLUMN, LATE_WATERMARK_COLUMN, LATE_WINDOW_START_COLUMN,

@@ -37,6 +37,11 @@ fn fingerprint(plan: &JobPlan, options: &OperatorOptions) -> String {
         options.early_emit_interval,
         options.partitions
     );
+    fnv1a(&text)
+}
+
+/// FNV-1a of `text`, in hex: a fingerprint that stays the same across processes and builds.
+pub(crate) fn fnv1a(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {
         hash ^= u64::from(byte);

@@ -701,11 +701,17 @@ impl TemporalJoin {
     }
 }
 
-fn duration_ms(duration: Duration) -> i64 {
+/// `duration` in whole milliseconds, at most `i64::MAX`.
+pub(crate) fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn check_schema(batch: &RecordBatch, schema: &SchemaRef, what: &str) -> Result<(), EngineError> {
+/// Refuses a `what` batch whose columns are not `schema`'s.
+pub(crate) fn check_schema(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+    what: &str,
+) -> Result<(), EngineError> {
     if batch.schema().fields() != schema.fields() {
         return Err(EngineError::Schema(format!(
             "a {what} batch of columns {:?}, where the join reads {:?}",
@@ -722,13 +728,16 @@ fn check_schema(batch: &RecordBatch, schema: &SchemaRef, what: &str) -> Result<(
 }
 
 /// The event times of `batch`'s column `index` in epoch ms.
-fn event_times(batch: &RecordBatch, index: usize) -> Result<Vec<Option<i64>>, EngineError> {
+pub(crate) fn event_times(
+    batch: &RecordBatch,
+    index: usize,
+) -> Result<Vec<Option<i64>>, EngineError> {
     let times = arrow::compute::cast(batch.column(index), &DataType::Int64)?;
     Ok(times.as_primitive::<Int64Type>().iter().collect())
 }
 
 /// The rows `late` (row, watermark) of `batch`, with `_watermark` and `_reason`.
-fn late_rows(
+pub(crate) fn late_rows(
     batch: &RecordBatch,
     late: &[(usize, i64)],
     reason: &str,
