@@ -32,6 +32,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Location;
 
 use crate::error::{EngineError, SqlPosition};
+use crate::interval_join::IntervalJoinSpec;
 use crate::plan::{WINDOW_END, WINDOW_START};
 use crate::temporal_join::{JoinKind, TemporalJoinSpec};
 
@@ -163,28 +164,80 @@ pub struct TableSource {
     pub tombstone: Option<String>,
 }
 
-/// How a job makes its joined rows from its stream and a table.
+/// A stream a job may join with its own within an interval of event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSource {
+    /// The stream's name in job SQL.
+    pub name: String,
+    /// Its columns.
+    pub schema: SchemaRef,
+    /// Its event time column (int64 epoch ms or a timestamp in ms).
+    pub event_time: String,
+}
+
+/// What a job may join: the declared tables and streams (besides the one it reads).
+#[derive(Debug, Clone, Default)]
+pub struct JoinSources {
+    /// Tables, joined as of each row's time.
+    pub tables: Vec<TableSource>,
+    /// Streams, joined within an interval.
+    pub streams: Vec<StreamSource>,
+}
+
+/// The two kinds of join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinForm {
+    /// A table's version valid at each stream row's time (`FOR SYSTEM_TIME AS OF`); the
+    /// changelog column that marks deletes, if any.
+    AsOf {
+        /// The changelog's tombstone column.
+        tombstone: Option<usize>,
+    },
+    /// The other stream's rows whose time is within `[lower_ms, upper_ms]` of the stream
+    /// row's (`r.t BETWEEN s.t + lower AND s.t + upper`).
+    Interval {
+        /// The interval's lower bound, relative to the stream row's time.
+        lower_ms: i64,
+        /// The interval's upper bound.
+        upper_ms: i64,
+    },
+}
+
+/// How a job makes its joined rows from its stream and the other input (a table, or a
+/// second stream).
 #[derive(Debug, Clone)]
 pub struct JoinPlan {
-    pub(crate) table: TableSource,
     pub(crate) kind: JoinKind,
+    pub(crate) form: JoinForm,
     /// The stream as read.
     pub(crate) stream_schema: SchemaRef,
     pub(crate) stream_key: usize,
-    pub(crate) table_key: usize,
-    pub(crate) table_time: usize,
-    pub(crate) tombstone: Option<usize>,
-    /// Each table column's name among the joined rows' columns.
+    /// The other input: its name, columns, event time and key columns.
+    pub(crate) right_name: String,
+    pub(crate) right_schema: SchemaRef,
+    pub(crate) right_time: usize,
+    pub(crate) right_key: usize,
+    /// Each of the other input's columns' name among the joined rows' columns.
     pub(crate) joined_names: Vec<String>,
-    /// The table columns the job uses: the only ones the live join keeps (the others are
-    /// null in its rows). Every column until the job is planned.
-    pub(crate) table_values: Vec<usize>,
+    /// The other input's columns the job uses: the only ones the live join keeps (the
+    /// others are null in its rows). Every column until the job is planned.
+    pub(crate) right_values: Vec<usize>,
 }
 
 impl JoinPlan {
-    /// The table joined.
-    pub fn table(&self) -> &TableSource {
-        &self.table
+    /// The table or stream joined.
+    pub fn right_name(&self) -> &str {
+        &self.right_name
+    }
+
+    /// The table's changelog or the other stream's columns.
+    pub fn right_schema(&self) -> SchemaRef {
+        Arc::clone(&self.right_schema)
+    }
+
+    /// A table's version as of each row's time, or another stream's rows in an interval.
+    pub fn form(&self) -> JoinForm {
+        self.form
     }
 
     /// Inner or `LEFT`.
@@ -198,9 +251,24 @@ impl JoinPlan {
         Arc::clone(&self.stream_schema)
     }
 
-    /// Rows out of the live join (the stream's columns, then the table's columns the job
-    /// uses) as the joined rows of `joined` (the job's stream schema): the table's columns
-    /// the job does not use are null.
+    /// For an interval join whose watermark is `watermark` and lateness `lateness`: every
+    /// joined row still to come has its stream row's time at or after the returned time (a
+    /// later stream row is at or after the watermark less the lateness; one matched by a
+    /// later row of the other stream, or emitted with nulls when it expires, at or after that
+    /// less the interval's upper bound). Rows held in a [`crate::TimeOrder`] up to it come
+    /// out in time order. `i64::MAX` for an AS OF join, whose rows need no holding.
+    pub fn release_before(&self, watermark: i64, lateness: Duration) -> i64 {
+        match self.form {
+            JoinForm::AsOf { .. } => i64::MAX,
+            JoinForm::Interval { upper_ms, .. } => watermark
+                .saturating_sub(i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX))
+                .saturating_sub(upper_ms.max(0)),
+        }
+    }
+
+    /// Rows out of the live join (the stream's columns, then the other input's columns the
+    /// job uses) as the joined rows of `joined` (the job's stream schema): the columns the
+    /// job does not use are null.
     pub(crate) fn widen(
         &self,
         joined: &SchemaRef,
@@ -210,8 +278,8 @@ impl JoinPlan {
         let n_rows = batch.num_rows();
         let mut columns: Vec<arrow::array::ArrayRef> = batch.columns()[..n_stream].to_vec();
         let mut kept = batch.columns()[n_stream..].iter();
-        for (index, field) in self.table.schema.fields().iter().enumerate() {
-            if self.table_values.contains(&index) {
+        for (index, field) in self.right_schema.fields().iter().enumerate() {
+            if self.right_values.contains(&index) {
                 let column = kept.next().ok_or_else(|| {
                     EngineError::Schema(format!(
                         "the join's rows have {} columns, fewer than the job uses",
@@ -229,36 +297,90 @@ impl JoinPlan {
         )?)
     }
 
-    /// The live join's specification: the stream's event time is column `stream_time`; the
-    /// table has `table_partitions` input partitions whose rows may come
+    /// For an AS OF join, the live join's specification: the stream's event time is column
+    /// `stream_time`; the table has `table_partitions` input partitions whose rows may come
     /// `table_out_of_orderness` behind their largest event time; stream rows more than
     /// `stream_out_of_orderness` behind the stream's largest event time may be refused
-    /// (make it at least what the job downstream still accepts).
+    /// (make it at least what the job downstream still accepts). `None` for an interval join.
     pub fn temporal_join_spec(
         &self,
         stream_time: usize,
         table_partitions: u32,
         table_out_of_orderness: Duration,
         stream_out_of_orderness: Duration,
-    ) -> TemporalJoinSpec {
-        TemporalJoinSpec {
+    ) -> Option<TemporalJoinSpec> {
+        let JoinForm::AsOf { tombstone } = self.form else {
+            return None;
+        };
+        Some(TemporalJoinSpec {
             stream_schema: Arc::clone(&self.stream_schema),
             stream_time,
             stream_keys: vec![self.stream_key],
-            table_schema: Arc::clone(&self.table.schema),
-            table_time: self.table_time,
-            table_keys: vec![self.table_key],
-            table_values: self.table_values.clone(),
-            tombstone: self.tombstone,
+            table_schema: Arc::clone(&self.right_schema),
+            table_time: self.right_time,
+            table_keys: vec![self.right_key],
+            table_values: self.right_values.clone(),
+            tombstone,
             kind: self.kind,
             table_partitions,
             table_out_of_orderness,
             stream_out_of_orderness,
-        }
+        })
     }
 
-    /// The joined rows' schema: the stream's columns, then the table's, by their joined
-    /// names, nullable (a `LEFT` join leaves them null where nothing matched).
+    /// For an interval join, the live join's specification: the stream's event time is
+    /// column `stream_time`; each input has its partitions, the same out-of-orderness and
+    /// lateness. `None` for an AS OF join.
+    pub fn interval_join_spec(
+        &self,
+        stream_time: usize,
+        (stream_partitions, right_partitions): (u32, u32),
+        max_out_of_orderness: Duration,
+        allowed_lateness: Duration,
+    ) -> Option<IntervalJoinSpec> {
+        let JoinForm::Interval { lower_ms, upper_ms } = self.form else {
+            return None;
+        };
+        let right_schema = Arc::new(self.right_schema.project(&self.right_values).ok()?);
+        let right_time = self
+            .right_values
+            .iter()
+            .position(|&index| index == self.right_time)?;
+        let right_key = self
+            .right_values
+            .iter()
+            .position(|&index| index == self.right_key)?;
+        Some(IntervalJoinSpec {
+            left_schema: Arc::clone(&self.stream_schema),
+            left_time: stream_time,
+            left_keys: vec![self.stream_key],
+            right_schema,
+            right_time,
+            right_keys: vec![right_key],
+            lower_ms,
+            upper_ms,
+            kind: self.kind,
+            left_partitions: stream_partitions,
+            right_partitions,
+            max_out_of_orderness,
+            allowed_lateness,
+        })
+    }
+
+    /// The other stream's rows as an interval join takes them: the columns it keeps.
+    ///
+    /// # Errors
+    ///
+    /// A batch that is not of the other stream.
+    pub fn right_rows(
+        &self,
+        batch: &arrow::array::RecordBatch,
+    ) -> Result<arrow::array::RecordBatch, EngineError> {
+        Ok(batch.project(&self.right_values)?)
+    }
+
+    /// The joined rows' schema: the stream's columns, then the other input's, by their
+    /// joined names, nullable (a `LEFT` join leaves them null where nothing matched).
     pub(crate) fn joined_schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = self
             .stream_schema
@@ -266,17 +388,32 @@ impl JoinPlan {
             .iter()
             .map(|field| field.as_ref().clone())
             .collect();
-        for (field, name) in self.table.schema.fields().iter().zip(&self.joined_names) {
+        for (field, name) in self.right_schema.fields().iter().zip(&self.joined_names) {
             fields.push(field.as_ref().clone().with_name(name).with_nullable(true));
         }
         Arc::new(Schema::new(fields))
     }
 }
 
-/// The join a job's SQL asks for, as parsed, before the table is known.
+/// What the join's condition says beyond the keys.
+#[derive(Debug)]
+enum ClauseForm {
+    /// `FOR SYSTEM_TIME AS OF <stream>.<column>`: the column, and where.
+    AsOf((String, SqlPosition)),
+    /// `<right>.<time> BETWEEN <stream>.<time> + lower AND <stream>.<time> + upper`: the two
+    /// time columns, and the bounds.
+    Interval {
+        stream_time: (String, SqlPosition),
+        right_time: (String, SqlPosition),
+        lower_ms: i64,
+        upper_ms: i64,
+    },
+}
+
+/// The join a job's SQL asks for, as parsed, before the table or stream joined is known.
 #[derive(Debug)]
 pub(crate) struct JoinClause {
-    /// The table's name.
+    /// The joined table's or stream's name.
     pub(crate) table: String,
     table_position: SqlPosition,
     kind: JoinKind,
@@ -284,10 +421,9 @@ pub(crate) struct JoinClause {
     table_alias: String,
     /// The stream column the ON condition names, and where.
     stream_key: (String, SqlPosition),
-    /// The table column the ON condition names, and where.
+    /// The other input's column the ON condition names, and where.
     table_key: (String, SqlPosition),
-    /// The AS OF column (a stream column), and where.
-    as_of: (String, SqlPosition),
+    form: ClauseForm,
     /// Byte range of the text from after `TUMBLE(...)` to the end of the ON condition.
     clause: std::ops::Range<usize>,
     /// Qualified column references outside the clause: byte range, qualifier, column.
@@ -352,6 +488,14 @@ fn past_closing_paren(text: &str, from: usize) -> Option<usize> {
     None
 }
 
+/// `expr` without the parentheses around it.
+fn unnest(mut expr: &ast::Expr) -> &ast::Expr {
+    while let ast::Expr::Nested(inner) = expr {
+        expr = inner;
+    }
+    expr
+}
+
 /// A column reference `<qualifier>.<column>`, as names.
 fn qualified(expr: &ast::Expr) -> Option<(String, String)> {
     match expr {
@@ -385,7 +529,7 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
             "a job joins its stream with one table",
         ));
     }
-    let how = "a join is `[LEFT] JOIN <table> FOR SYSTEM_TIME AS OF <stream>.<event time> AS <alias> ON <stream>.<column> = <alias>.<key>`";
+    let how = "a join is `[LEFT] JOIN <table> FOR SYSTEM_TIME AS OF <stream>.<event time> AS <alias> ON <stream>.<column> = <alias>.<key>`, or `[LEFT] JOIN <stream> AS <alias> ON <stream>.<column> = <alias>.<column> AND <alias>.<event time> BETWEEN <stream>.<event time> + INTERVAL ... AND <stream>.<event time> + INTERVAL ...`";
     let TableFactor::Table {
         name: window_name,
         alias: stream_alias,
@@ -424,35 +568,6 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
     let table_alias = table_alias
         .as_ref()
         .map_or_else(|| table.clone(), |alias| alias.name.value.clone());
-    let as_of = match version {
-        Some(TableVersion::ForSystemTimeAsOf(expr)) => match qualified(expr) {
-            Some((qualifier, column)) if qualifier.eq_ignore_ascii_case(&stream_alias) => {
-                (column, position_of(expr))
-            }
-            _ => {
-                return Err(unsupported(
-                    position_of(expr),
-                    format!(
-                        "FOR SYSTEM_TIME AS OF takes the stream's event time, as `{stream_alias}.<event time>`"
-                    ),
-                ));
-            }
-        },
-        Some(_) => {
-            return Err(unsupported(
-                table_position,
-                format!("only FOR SYSTEM_TIME AS OF <stream>.<event time> versions a table; {how}"),
-            ));
-        }
-        None => {
-            return Err(unsupported(
-                table_position,
-                format!(
-                    "a join must read `{table}` FOR SYSTEM_TIME AS OF the stream's event time: a stream joins a table's version valid at each row's time (joins of two streams are not supported yet); {how}"
-                ),
-            ));
-        }
-    };
     let (kind, constraint) = match &join.join_operator {
         JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
             (JoinKind::Inner, constraint)
@@ -473,39 +588,154 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
             format!("a join needs an ON condition; {how}"),
         ));
     };
-    let mut condition = on;
-    while let ast::Expr::Nested(inner) = condition {
-        condition = inner;
-    }
-    let refuse_on = || {
-        unsupported(
-            position_of(on),
-            format!(
-                "the join condition must be one equality of a stream column and the table's key, `{stream_alias}.<column> = {table_alias}.<key>`"
-            ),
-        )
-    };
-    let ast::Expr::BinaryOp {
-        left,
-        op: ast::BinaryOperator::Eq,
-        right,
-    } = condition
-    else {
-        return Err(refuse_on());
-    };
-    let side = |expr: &ast::Expr| {
-        qualified(expr).map(|(qualifier, column)| (qualifier, column, position_of(expr)))
-    };
-    let (Some(left), Some(right)) = (side(left), side(right)) else {
-        return Err(refuse_on());
-    };
+    let condition = unnest(on);
     let is = |qualifier: &str, alias: &str| qualifier.eq_ignore_ascii_case(alias);
-    let (stream_key, table_key) = if is(&left.0, &stream_alias) && is(&right.0, &table_alias) {
-        ((left.1, left.2), (right.1, right.2))
-    } else if is(&left.0, &table_alias) && is(&right.0, &stream_alias) {
-        ((right.1, right.2), (left.1, left.2))
-    } else {
-        return Err(refuse_on());
+    let side = |expr: &ast::Expr| {
+        qualified(unnest(expr)).map(|(qualifier, column)| (qualifier, column, position_of(expr)))
+    };
+    type Column = (String, SqlPosition);
+    // The keys' equality, `<stream>.<column> = <alias>.<column>` either way round.
+    let keys = |expr: &ast::Expr| -> Option<(Column, Column)> {
+        let ast::Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::Eq,
+            right,
+        } = unnest(expr)
+        else {
+            return None;
+        };
+        let (left, right) = (side(left)?, side(right)?);
+        if is(&left.0, &stream_alias) && is(&right.0, &table_alias) {
+            Some(((left.1, left.2), (right.1, right.2)))
+        } else if is(&left.0, &table_alias) && is(&right.0, &stream_alias) {
+            Some(((right.1, right.2), (left.1, left.2)))
+        } else {
+            None
+        }
+    };
+    let (stream_key, table_key, form) = match version {
+        Some(TableVersion::ForSystemTimeAsOf(expr)) => {
+            let as_of = match qualified(expr) {
+                Some((qualifier, column)) if is(&qualifier, &stream_alias) => {
+                    (column, position_of(expr))
+                }
+                _ => {
+                    return Err(unsupported(
+                        position_of(expr),
+                        format!(
+                            "FOR SYSTEM_TIME AS OF takes the stream's event time, as `{stream_alias}.<event time>`"
+                        ),
+                    ));
+                }
+            };
+            let Some((stream_key, table_key)) = keys(condition) else {
+                return Err(unsupported(
+                    position_of(on),
+                    format!(
+                        "the condition of a join with a table must be one equality of a stream column and the table's key, `{stream_alias}.<column> = {table_alias}.<key>`"
+                    ),
+                ));
+            };
+            (stream_key, table_key, ClauseForm::AsOf(as_of))
+        }
+        Some(_) => {
+            return Err(unsupported(
+                table_position,
+                format!("only FOR SYSTEM_TIME AS OF <stream>.<event time> versions a table; {how}"),
+            ));
+        }
+        None => {
+            let refuse = || {
+                unsupported(
+                    position_of(on),
+                    format!(
+                        "`{table}` has no FOR SYSTEM_TIME AS OF, so it is a stream joined within an interval: the condition must be `{stream_alias}.<column> = {table_alias}.<column> AND {table_alias}.<event time> BETWEEN {stream_alias}.<event time> [+|- INTERVAL ...] AND {stream_alias}.<event time> [+|- INTERVAL ...]`; a table is joined `FOR SYSTEM_TIME AS OF {stream_alias}.<event time>`"
+                    ),
+                )
+            };
+            let ast::Expr::BinaryOp {
+                left,
+                op: ast::BinaryOperator::And,
+                right,
+            } = condition
+            else {
+                return Err(refuse());
+            };
+            let (equality, between) = if keys(left).is_some() {
+                (left, right)
+            } else {
+                (right, left)
+            };
+            let Some((stream_key, table_key)) = keys(equality) else {
+                return Err(refuse());
+            };
+            let ast::Expr::Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            } = unnest(between)
+            else {
+                return Err(refuse());
+            };
+            let right_time = match side(expr) {
+                Some((qualifier, column, position)) if is(&qualifier, &table_alias) => {
+                    (column, position)
+                }
+                _ => return Err(refuse()),
+            };
+            // A bound: `<stream>.<time>`, plus or minus a constant interval.
+            let bound = |expr: &ast::Expr| -> Result<(Column, i64), EngineError> {
+                let (column, offset_ms) = match unnest(expr) {
+                    ast::Expr::BinaryOp {
+                        left,
+                        op: op @ (ast::BinaryOperator::Plus | ast::BinaryOperator::Minus),
+                        right,
+                    } => {
+                        let offset = crate::plan::interval_offset_ms(right)?;
+                        let sign = if *op == ast::BinaryOperator::Minus {
+                            -1
+                        } else {
+                            1
+                        };
+                        (side(left), sign * offset)
+                    }
+                    other => (side(other), 0),
+                };
+                match column {
+                    Some((qualifier, column, position)) if is(&qualifier, &stream_alias) => {
+                        Ok(((column, position), offset_ms))
+                    }
+                    _ => Err(refuse()),
+                }
+            };
+            let (stream_time, lower_ms) = bound(low)?;
+            let (high_time, upper_ms) = bound(high)?;
+            if !stream_time.0.eq_ignore_ascii_case(&high_time.0) {
+                return Err(unsupported(
+                    high_time.1,
+                    "both bounds must be of one stream time",
+                ));
+            }
+            if lower_ms > upper_ms {
+                return Err(unsupported(
+                    position_of(between.as_ref()),
+                    format!(
+                        "the interval's lower bound ({lower_ms} ms) is after its upper bound ({upper_ms} ms)"
+                    ),
+                ));
+            }
+            (
+                stream_key,
+                table_key,
+                ClauseForm::Interval {
+                    stream_time,
+                    right_time,
+                    lower_ms,
+                    upper_ms,
+                },
+            )
+        }
     };
 
     // The text to blank: from the window's closing parenthesis to the end of ON (and of
@@ -580,7 +810,7 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
         table_alias,
         stream_key,
         table_key,
-        as_of,
+        form,
         clause: clause_start..clause_end,
         references,
         bare_names,
@@ -623,8 +853,52 @@ impl JoinClause {
         sql: &str,
         stream_schema: &SchemaRef,
         event_time: &str,
-        table: &TableSource,
+        sources: &JoinSources,
     ) -> Result<(JoinPlan, String), EngineError> {
+        let named = |name: &str| name.eq_ignore_ascii_case(&self.table);
+        let table = sources.tables.iter().find(|table| named(&table.name));
+        let stream = sources.streams.iter().find(|stream| named(&stream.name));
+        let (right_name, right_schema, right_time_name, what) = match (&self.form, table, stream) {
+            (ClauseForm::AsOf(_), Some(table), _) => {
+                (&table.name, &table.schema, &table.event_time, "table")
+            }
+            (ClauseForm::Interval { .. }, _, Some(stream)) => {
+                (&stream.name, &stream.schema, &stream.event_time, "stream")
+            }
+            (ClauseForm::AsOf(_), None, Some(_)) => {
+                return Err(EngineError::Invalid {
+                    position: self.table_position,
+                    message: format!(
+                        "`{}` is a stream, not a table: join it within an interval, or declare a table over it with [[tables]]",
+                        self.table
+                    ),
+                });
+            }
+            (ClauseForm::Interval { .. }, Some(_), None) => {
+                return Err(EngineError::Invalid {
+                    position: self.table_position,
+                    message: format!(
+                        "`{}` is a table: join it FOR SYSTEM_TIME AS OF the stream's event time",
+                        self.table
+                    ),
+                });
+            }
+            (ClauseForm::AsOf(_), None, None) => {
+                return Err(EngineError::Invalid {
+                    position: self.table_position,
+                    message: format!(
+                        "`{}` is not a declared table; declare it with [[tables]] name = \"{}\", stream = \"<its changelog stream>\"",
+                        self.table, self.table
+                    ),
+                });
+            }
+            (ClauseForm::Interval { .. }, None, None) => {
+                return Err(EngineError::Invalid {
+                    position: self.table_position,
+                    message: format!("`{}` is not a declared stream", self.table),
+                });
+            }
+        };
         let in_stream = |name: &str, position: SqlPosition| {
             column_index(stream_schema, name).ok_or_else(|| EngineError::Invalid {
                 position,
@@ -632,42 +906,52 @@ impl JoinClause {
             })
         };
         let in_table = |name: &str, position: SqlPosition| {
-            column_index(&table.schema, name).ok_or_else(|| EngineError::Invalid {
+            column_index(right_schema, name).ok_or_else(|| EngineError::Invalid {
                 position,
-                message: format!("the table `{}` has no column `{name}`", table.name),
+                message: format!("the {what} `{right_name}` has no column `{name}`"),
             })
         };
-        let (as_of, as_of_position) = &self.as_of;
-        if in_stream(as_of, *as_of_position)?
+        let stream_time_column = match &self.form {
+            ClauseForm::AsOf(column) => column,
+            ClauseForm::Interval { stream_time, .. } => stream_time,
+        };
+        if in_stream(&stream_time_column.0, stream_time_column.1)?
             != column_index(stream_schema, event_time).unwrap_or(usize::MAX)
         {
+            let what = match &self.form {
+                ClauseForm::AsOf(_) => "FOR SYSTEM_TIME AS OF",
+                ClauseForm::Interval { .. } => "the interval",
+            };
             return Err(unsupported(
-                *as_of_position,
+                stream_time_column.1,
                 format!(
-                    "FOR SYSTEM_TIME AS OF must name the stream's event time `{event_time}`, not `{as_of}`"
+                    "{what} must name the stream's event time `{event_time}`, not `{}`",
+                    stream_time_column.0
                 ),
             ));
         }
         let stream_key = in_stream(&self.stream_key.0, self.stream_key.1)?;
         let table_key = in_table(&self.table_key.0, self.table_key.1)?;
-        let declared_key = column_index(&table.schema, &table.key).ok_or_else(|| {
-            EngineError::plan(format!(
-                "the table `{}` is keyed by `{}`, which its changelog lacks",
-                table.name, table.key
-            ))
-        })?;
-        if table_key != declared_key {
-            return Err(EngineError::Invalid {
-                position: self.table_key.1,
-                message: format!(
-                    "a join must match the table's key: `{}` is keyed by `{}`",
+        if let Some(table) = table.filter(|_| matches!(self.form, ClauseForm::AsOf(_))) {
+            let declared_key = column_index(&table.schema, &table.key).ok_or_else(|| {
+                EngineError::plan(format!(
+                    "the table `{}` is keyed by `{}`, which its changelog lacks",
                     table.name, table.key
-                ),
-            });
+                ))
+            })?;
+            if table_key != declared_key {
+                return Err(EngineError::Invalid {
+                    position: self.table_key.1,
+                    message: format!(
+                        "a join must match the table's key: `{}` is keyed by `{}`",
+                        table.name, table.key
+                    ),
+                });
+            }
         }
         let (stream_type, table_type) = (
             stream_schema.field(stream_key).data_type(),
-            table.schema.field(table_key).data_type(),
+            right_schema.field(table_key).data_type(),
         );
         if stream_type != table_type {
             return Err(EngineError::Invalid {
@@ -678,24 +962,46 @@ impl JoinClause {
                 ),
             });
         }
-        let table_time = column_index(&table.schema, &table.event_time).ok_or_else(|| {
+        let table_time = column_index(right_schema, right_time_name).ok_or_else(|| {
             EngineError::plan(format!(
-                "the table `{}`'s event time `{}` is not in its changelog",
-                table.name, table.event_time
+                "the {what} `{right_name}`'s event time `{right_time_name}` is not among its columns"
             ))
         })?;
-        let tombstone = table
-            .tombstone
-            .as_ref()
-            .map(|name| {
-                column_index(&table.schema, name).ok_or_else(|| {
-                    EngineError::plan(format!(
-                        "the table `{}`'s tombstone column `{name}` is not in its changelog",
-                        table.name
-                    ))
-                })
-            })
-            .transpose()?;
+        let form = match &self.form {
+            ClauseForm::AsOf(_) => JoinForm::AsOf {
+                tombstone: table
+                    .and_then(|table| table.tombstone.as_ref())
+                    .map(|name| {
+                        column_index(right_schema, name).ok_or_else(|| {
+                            EngineError::plan(format!(
+                                "the table `{right_name}`'s tombstone column `{name}` is not in its changelog"
+                            ))
+                        })
+                    })
+                    .transpose()?,
+            },
+            ClauseForm::Interval {
+                right_time,
+                lower_ms,
+                upper_ms,
+                ..
+            } => {
+                if in_table(&right_time.0, right_time.1)? != table_time {
+                    return Err(unsupported(
+                        right_time.1,
+                        format!(
+                            "the interval must bound the stream `{right_name}`'s event time `{right_time_name}`, not `{}`",
+                            right_time.0
+                        ),
+                    ));
+                }
+                JoinForm::Interval {
+                    lower_ms: *lower_ms,
+                    upper_ms: *upper_ms,
+                }
+            }
+        };
+        let table_schema = right_schema;
 
         // Joined names: a table column keeps its name unless the stream (or the window)
         // has that name; then it is `<table alias>_<column>`.
@@ -704,9 +1010,9 @@ impl JoinClause {
                 || name.eq_ignore_ascii_case(WINDOW_START)
                 || name.eq_ignore_ascii_case(WINDOW_END)
         };
-        let mut joined_names = Vec::with_capacity(table.schema.fields().len());
+        let mut joined_names = Vec::with_capacity(table_schema.fields().len());
         let mut clashing = Vec::new();
-        for field in table.schema.fields() {
+        for field in table_schema.fields() {
             if taken(field.name()) {
                 let renamed = format!("{}_{}", self.table_alias, field.name());
                 if taken(&renamed) {
@@ -784,14 +1090,15 @@ impl JoinClause {
             text.replace_range(range, &replaced);
         }
         let plan = JoinPlan {
-            table: table.clone(),
             kind: self.kind,
+            form,
             stream_schema: Arc::clone(stream_schema),
             stream_key,
-            table_key,
-            table_time,
-            tombstone,
-            table_values: (0..table.schema.fields().len()).collect(),
+            right_name: right_name.clone(),
+            right_schema: Arc::clone(table_schema),
+            right_time: table_time,
+            right_key: table_key,
+            right_values: (0..table_schema.fields().len()).collect(),
             joined_names,
         };
         Ok((plan, text))
@@ -807,10 +1114,5 @@ impl JoinClause {
             .collect();
         text.replace_range(self.clause.clone(), &blanks);
         text
-    }
-
-    /// Where the table is named, for errors about it.
-    pub(crate) fn table_position(&self) -> SqlPosition {
-        self.table_position
     }
 }

@@ -25,6 +25,7 @@ mod join_plan;
 mod operator;
 mod plan;
 mod recompute;
+mod reorder;
 mod session;
 mod sharded;
 mod snapshot;
@@ -34,7 +35,7 @@ mod window;
 
 pub use error::{EngineError, EventError, SqlPosition};
 pub use interval_join::{IntervalJoin, IntervalJoinOutput, IntervalJoinSpec};
-pub use join_plan::{JoinPlan, TableSource};
+pub use join_plan::{JoinForm, JoinPlan, JoinSources, StreamSource, TableSource};
 pub use operator::{
     LATE_PARTITION_COLUMN, LATE_REASON_COLUMN, LATE_WATERMARK_COLUMN, LATE_WINDOW_START_COLUMN,
     OperatorOptions, OperatorOutput, WindowOperator,
@@ -47,6 +48,7 @@ pub use recompute::{
     WindowResults, recompute, recompute_config, recompute_context, recompute_runtime,
     recompute_windows, register_joined,
 };
+pub use reorder::TimeOrder;
 pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};
 pub use table::{Lookup, VersionedTable};
 pub use temporal_join::{

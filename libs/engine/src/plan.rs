@@ -26,7 +26,7 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use crate::error::{EngineError, SqlPosition};
-use crate::join_plan::{JoinPlan, TableSource, parse_statements, split_join};
+use crate::join_plan::{JoinForm, JoinPlan, JoinSources, parse_statements, split_join};
 use crate::window::{MAX_WINDOW_INTERVAL_MS, WindowSpec};
 
 /// Name of the window start column a job groups by.
@@ -194,62 +194,64 @@ impl JobPlan {
         event_time: &str,
         limits: &JobLimits,
     ) -> Result<JobPlan, EngineError> {
-        JobPlan::compile_with_tables(sql, stream_schema, event_time, &[], limits)
+        JobPlan::compile_joined(
+            sql,
+            stream_schema,
+            event_time,
+            &JoinSources::default(),
+            limits,
+        )
     }
 
-    /// [`JobPlan::compile`] for a job that may join its stream with one of `tables`
-    /// (`JOIN t FOR SYSTEM_TIME AS OF s.event_time ON s.k = t.key`): the plan windows the
-    /// joined rows, and [`JobPlan::join`] says how to make them.
+    /// [`JobPlan::compile`] for a job that may join its stream with one of `sources`: a
+    /// table as of each row's time (`JOIN t FOR SYSTEM_TIME AS OF s.event_time ON s.k =
+    /// t.key`), or a stream within an interval (`JOIN r ON s.k = r.k AND r.event_time
+    /// BETWEEN s.event_time + lower AND s.event_time + upper`). The plan windows the joined
+    /// rows, and [`JobPlan::join`] says how to make them.
     ///
     /// # Errors
     ///
-    /// As [`JobPlan::compile`]; a join that is not the one supported form, or of a table not
-    /// among `tables`, at its position.
-    pub fn compile_with_tables(
+    /// As [`JobPlan::compile`]; a join that is not one of the supported forms, or of a
+    /// table or stream not among `sources`, at its position.
+    pub fn compile_joined(
         sql: &str,
         stream_schema: SchemaRef,
         event_time: &str,
-        tables: &[TableSource],
+        sources: &JoinSources,
         limits: &JobLimits,
     ) -> Result<JobPlan, EngineError> {
         let Some(clause) = split_join(sql)? else {
             return JobPlan::compile_one_source(sql, stream_schema, event_time, limits);
         };
-        let table = tables
-            .iter()
-            .find(|table| table.name.eq_ignore_ascii_case(&clause.table))
-            .ok_or_else(|| EngineError::Invalid {
-                position: clause.table_position(),
-                message: format!(
-                    "`{}` is not a declared table; declare it with [[tables]] name = \"{}\", stream = \"<its changelog stream>\"",
-                    clause.table, clause.table
-                ),
-            })?;
         let (mut join, single_source_sql) =
-            clause.resolve(sql, &stream_schema, event_time, table)?;
+            clause.resolve(sql, &stream_schema, event_time, sources)?;
         let mut plan = JobPlan::compile_one_source(
             &single_source_sql,
             join.joined_schema(),
             event_time,
             limits,
         )?;
-        // The live join keeps only the table columns the job evaluates (the key when none),
-        // so that its state holds no value the job never reads.
+        // The live join keeps only the other input's columns the job evaluates (and what
+        // the join itself reads: an interval join the other stream's key and time; the key
+        // when nothing else), so that its state holds no value the job never reads.
         let n_stream = join.stream_schema.fields().len();
-        let n_table = join.table.schema.fields().len();
+        let n_right = join.right_schema.fields().len();
         let mut used: Vec<usize> = crate::guard::guard_expressions(&plan)
             .iter()
             .flat_map(datafusion::physical_expr::utils::collect_columns)
             .map(|column| column.index())
-            .filter(|index| (n_stream..n_stream + n_table).contains(index))
+            .filter(|index| (n_stream..n_stream + n_right).contains(index))
             .map(|index| index - n_stream)
             .collect();
+        if matches!(join.form, JoinForm::Interval { .. }) || used.is_empty() {
+            used.push(join.right_key);
+        }
+        if matches!(join.form, JoinForm::Interval { .. }) {
+            used.push(join.right_time);
+        }
         used.sort_unstable();
         used.dedup();
-        if used.is_empty() {
-            used.push(join.table_key);
-        }
-        join.table_values = used;
+        join.right_values = used;
         plan.sql = sql.to_string();
         plan.single_source_sql = single_source_sql;
         plan.join = Some(join);
@@ -349,12 +351,12 @@ impl JobPlan {
         Ok((parsed.stream, parsed.time_column))
     }
 
-    /// Returns the table a job's SQL joins, if any, without planning it.
+    /// Returns the table or stream a job's SQL joins, if any, without planning it.
     ///
     /// # Errors
     ///
     /// As [`JobPlan::compile`] for the parts it checks.
-    pub fn table_of(sql: &str) -> Result<Option<String>, EngineError> {
+    pub fn joined_of(sql: &str) -> Result<Option<String>, EngineError> {
         Ok(split_join(sql)?.map(|clause| clause.table))
     }
 
@@ -823,6 +825,31 @@ fn interval_ms(expr: &ast::Expr) -> Result<i64, EngineError> {
         return Err(refuse("a window interval must be positive"));
     }
     Ok(ms)
+}
+
+/// Evaluates an `INTERVAL ...` literal to whole milliseconds, of any sign (a join's bound).
+pub(crate) fn interval_offset_ms(expr: &ast::Expr) -> Result<i64, EngineError> {
+    // `interval_ms` refuses what is not positive; a bound may be, so negate those first.
+    let negated = ast::Expr::UnaryOp {
+        op: ast::UnaryOperator::Minus,
+        expr: Box::new(ast::Expr::Nested(Box::new(expr.clone()))),
+    };
+    interval_ms(expr)
+        .or_else(|error| interval_ms(&negated).map(|ms| -ms).map_err(|_| error))
+        .or_else(|error| match zero_interval(expr) {
+            true => Ok(0),
+            false => Err(error),
+        })
+}
+
+/// Whether `expr` is a constant interval of zero length.
+fn zero_interval(expr: &ast::Expr) -> bool {
+    let context = SessionContext::new();
+    matches!(
+        context.state().create_logical_expr(&expr.to_string(), &DFSchema::empty()),
+        Ok(Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(interval)), _))
+            if interval.months == 0 && interval.days == 0 && interval.nanoseconds == 0
+    )
 }
 
 /// Points planning errors at the SQL they are about: one mechanism for every error the

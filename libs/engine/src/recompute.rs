@@ -32,6 +32,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use crate::error::EngineError;
+use crate::join_plan::JoinForm;
 use crate::operator::render_keys;
 use crate::plan::{JobPlan, WINDOW_END, WINDOW_START, parse_job_sql};
 use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec};
@@ -447,13 +448,18 @@ fn time_ms_sql(column: &str, data_type: &DataType) -> String {
 }
 
 /// Registers in `context`, under `name`, the rows a join job windows, for [`recompute`]
-/// over `name`: each row of `stream_table` (the stream's history) with the version of
-/// `changelog_table` (the table's) valid at its event time. That is an AS OF join: the
-/// latest changelog row of the row's key at or before its time, of rows at one time the
-/// last by `order_column` (their order in the log); no version where that row is a delete
-/// or where the key has none yet, which drops the row from an inner join and leaves the
-/// table's columns null in a `LEFT` one. The live join gives the same rows when nothing is
-/// late.
+/// over `name`: each row of `stream_table` (the stream's history) joined with `right_table`
+/// (the other input's history) as the job's join says:
+/// - AS OF a table: the version of the changelog valid at the row's event time, that is the
+///   latest changelog row of its key at or before that time, of rows at one time the last by
+///   `order_column` (their order in the log); no version where that row is a delete or the
+///   key has none yet, which drops the row from an inner join and leaves the table's
+///   columns null in a `LEFT` one;
+/// - within an interval of another stream: every row of the other stream with the key and
+///   its event time within the interval of the row's (a `LEFT` join keeps a row with none,
+///   with nulls); `order_column` is not read.
+///
+/// The live joins give the same rows when nothing is late.
 ///
 /// # Errors
 ///
@@ -462,7 +468,7 @@ pub async fn register_joined(
     plan: &JobPlan,
     context: &SessionContext,
     stream_table: &str,
-    changelog_table: &str,
+    right_table: &str,
     order_column: &str,
     name: &str,
 ) -> Result<(), EngineError> {
@@ -471,23 +477,29 @@ pub async fn register_joined(
         .as_ref()
         .ok_or_else(|| EngineError::plan("the job joins no table"))?;
     let stream_schema = &join.stream_schema;
-    let table_schema = &join.table.schema;
+    let right_schema = &join.right_schema;
     let stream_time = time_ms_sql(
         &format!("s.{}", quote_ident(&plan.event_time)),
         stream_schema.field(plan.event_time_index).data_type(),
     );
-    let table_time = time_ms_sql(
-        &quote_ident(table_schema.field(join.table_time).name()),
-        table_schema.field(join.table_time).data_type(),
-    );
-    let table_key = quote_ident(table_schema.field(join.table_key).name());
+    let right_time = |qualifier: &str| {
+        time_ms_sql(
+            &format!(
+                "{qualifier}{}",
+                quote_ident(right_schema.field(join.right_time).name())
+            ),
+            right_schema.field(join.right_time).data_type(),
+        )
+    };
+    let right_key = quote_ident(right_schema.field(join.right_key).name());
+    let stream_key = quote_ident(stream_schema.field(join.stream_key).name());
     let mut columns: Vec<String> = stream_schema
         .fields()
         .iter()
         .map(|field| format!("s.{}", quote_ident(field.name())))
         .collect();
     columns.extend(
-        table_schema
+        right_schema
             .fields()
             .iter()
             .zip(&join.joined_names)
@@ -495,36 +507,46 @@ pub async fn register_joined(
                 format!("v.{} AS {}", quote_ident(field.name()), quote_ident(joined))
             }),
     );
-    // The changelog's versions on the left: DataFusion builds its hash table on the left
-    // side, and the table is the smaller input (a stream's history is the big one).
+    let columns = columns.join(", ");
+    // The other input on the left: DataFusion builds its hash table on the left side, and
+    // a table is the smaller input (a stream's history is the big one).
     let kind = match join.kind {
         crate::temporal_join::JoinKind::Inner => "JOIN",
         crate::temporal_join::JoinKind::Left => "RIGHT JOIN",
     };
-    let not_deleted = match join.tombstone {
-        Some(tombstone) => format!(
-            " AND v.{} IS NOT TRUE",
-            quote_ident(table_schema.field(tombstone).name())
+    let right = quote_ident(right_table);
+    let stream = quote_ident(stream_table);
+    let sql = match join.form {
+        JoinForm::AsOf { tombstone } => {
+            let not_deleted = match tombstone {
+                Some(tombstone) => format!(
+                    " AND v.{} IS NOT TRUE",
+                    quote_ident(right_schema.field(tombstone).name())
+                ),
+                None => String::new(),
+            };
+            let table_time = right_time("");
+            format!(
+                "SELECT {columns} FROM (\
+                   SELECT *, {table_time} AS __runnel_from, \
+                     LEAD({table_time}) OVER (PARTITION BY {right_key} ORDER BY {table_time}, {order}) AS __runnel_until \
+                   FROM {right}) AS v {kind} {stream} AS s \
+                 ON s.{stream_key} = v.{right_key} AND v.__runnel_from <= {stream_time} \
+                   AND (v.__runnel_until IS NULL OR {stream_time} < v.__runnel_until){not_deleted}",
+                order = quote_ident(order_column),
+            )
+        }
+        JoinForm::Interval { lower_ms, upper_ms } => format!(
+            "SELECT {columns} FROM {right} AS v {kind} {stream} AS s \
+             ON s.{stream_key} = v.{right_key} \
+               AND {other_time} BETWEEN {stream_time} + ({lower_ms}) AND {stream_time} + ({upper_ms})",
+            other_time = right_time("v."),
         ),
-        None => String::new(),
     };
-    let sql = format!(
-        "SELECT {columns} FROM (\
-           SELECT *, {table_time} AS __runnel_from, \
-             LEAD({table_time}) OVER (PARTITION BY {table_key} ORDER BY {table_time}, {order}) AS __runnel_until \
-           FROM {changelog}) AS v {kind} {stream} AS s \
-         ON s.{stream_key} = v.{table_key} AND v.__runnel_from <= {stream_time} \
-           AND (v.__runnel_until IS NULL OR {stream_time} < v.__runnel_until){not_deleted}",
-        columns = columns.join(", "),
-        stream = quote_ident(stream_table),
-        changelog = quote_ident(changelog_table),
-        order = quote_ident(order_column),
-        stream_key = quote_ident(stream_schema.field(join.stream_key).name()),
-    );
     let frame = context
         .sql(&sql)
         .await
-        .map_err(|error| EngineError::plan(format!("plan the recompute's AS OF join: {error}")))?;
+        .map_err(|error| EngineError::plan(format!("plan the recompute's join: {error}")))?;
     context.register_table(name, frame.into_view())?;
     Ok(())
 }

@@ -110,9 +110,9 @@ impl Job {
         };
         let sql = job.sql_text().map_err(|error| fail(error.to_string()))?;
         let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
-        if let Some(table) = JobPlan::table_of(&sql).map_err(|error| fail(error.to_string()))? {
+        if let Some(joined) = JobPlan::joined_of(&sql).map_err(|error| fail(error.to_string()))? {
             return Err(fail(format!(
-                "joins the table `{table}`: join jobs run in `runnel run` only so far; the stream-processor, backfills and serving do not run them yet"
+                "joins `{joined}`: join jobs run in `runnel run` only so far; the stream-processor, backfills and serving do not run them yet"
             )));
         }
         let stream_config = config.stream(&stream_name).ok_or_else(|| {
@@ -261,7 +261,7 @@ mod tests {
         );
         let error = Job::compile(&config, &job).unwrap_err().to_string();
         assert!(
-            error.contains("joins the table `users`") && error.contains("runnel run"),
+            error.contains("joins `users`") && error.contains("runnel run"),
             "{error}"
         );
     }

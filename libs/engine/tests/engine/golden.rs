@@ -21,7 +21,8 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use runnel_engine::{
-    JobPlan, JoinOutput, OperatorOptions, OperatorOutput, TableSource, TemporalJoin, WindowOperator,
+    JobPlan, JoinOutput, JoinSources, OperatorOptions, OperatorOutput, TableSource, TemporalJoin,
+    WindowOperator,
 };
 use serde_json::Value;
 
@@ -219,29 +220,36 @@ fn to_batch(schema: &SchemaRef, events: &[Value]) -> RecordBatch {
 /// Runs the case; with `split`, every event is its own batch. Returns (results and late
 /// events, errors), rendered.
 fn run(case: &Case, split: bool) -> (String, String) {
-    let tables: Vec<TableSource> = case
-        .table
-        .iter()
-        .map(|table| table.source.clone())
-        .collect();
+    let sources = JoinSources {
+        tables: case
+            .table
+            .iter()
+            .map(|table| table.source.clone())
+            .collect(),
+        streams: Vec::new(),
+    };
     let plan = Arc::new(
-        JobPlan::compile_with_tables(
+        JobPlan::compile_joined(
             &case.sql,
             Arc::clone(&case.schema),
             &case.event_time,
-            &tables,
+            &sources,
             &runnel_engine::JobLimits::default(),
         )
         .expect("job compiles"),
     );
     let mut join = match (&case.table, plan.join()) {
         (Some(table), Some(join_plan)) => Some(
-            TemporalJoin::new(join_plan.temporal_join_spec(
-                case.schema.index_of(&case.event_time).expect("event time"),
-                table.partitions,
-                table.out_of_orderness,
-                table.stream_out_of_orderness,
-            ))
+            TemporalJoin::new(
+                join_plan
+                    .temporal_join_spec(
+                        case.schema.index_of(&case.event_time).expect("event time"),
+                        table.partitions,
+                        table.out_of_orderness,
+                        table.stream_out_of_orderness,
+                    )
+                    .expect("an AS OF join"),
+            )
             .expect("join"),
         ),
         _ => None,

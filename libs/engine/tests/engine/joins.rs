@@ -16,8 +16,8 @@ use arrow::datatypes::{
 use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
 use runnel_engine::{
-    EngineError, JobLimits, JobPlan, OperatorOptions, OperatorOutput, TableSource, TemporalJoin,
-    WindowOperator,
+    EngineError, IntervalJoin, JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions,
+    OperatorOutput, StreamSource, TableSource, TemporalJoin, TimeOrder, WindowOperator,
 };
 
 const WINDOW_MS: i64 = 10_000;
@@ -56,13 +56,11 @@ fn users() -> TableSource {
 }
 
 fn compile(sql: &str) -> Result<JobPlan, EngineError> {
-    JobPlan::compile_with_tables(
-        sql,
-        stream_schema(),
-        "ts",
-        &[users()],
-        &JobLimits::default(),
-    )
+    let sources = JoinSources {
+        tables: vec![users()],
+        streams: Vec::new(),
+    };
+    JobPlan::compile_joined(sql, stream_schema(), "ts", &sources, &JobLimits::default())
 }
 
 fn refused(sql: &str) -> String {
@@ -73,7 +71,7 @@ fn refused(sql: &str) -> String {
 fn a_join_job_windows_the_joined_rows() {
     let plan = compile(COUNTRY_JOB).expect("compiles");
     let join = plan.join().expect("the plan joins");
-    assert_eq!(join.table().name, "users");
+    assert_eq!(join.right_name(), "users");
     let joined = plan.stream_schema();
     let names: Vec<&str> = joined
         .fields()
@@ -100,7 +98,7 @@ fn a_join_job_windows_the_joined_rows() {
         ("clicks".to_string(), "ts".to_string())
     );
     assert_eq!(
-        JobPlan::table_of(COUNTRY_JOB).expect("table"),
+        JobPlan::joined_of(COUNTRY_JOB).expect("table"),
         Some("users".to_string())
     );
 }
@@ -110,8 +108,11 @@ fn joins_outside_the_supported_form_are_refused_where_they_are() {
     let without_as_of = refused(
         "SELECT u.country, window_start, window_end, COUNT(*) AS n\nFROM TUMBLE(clicks, ts, INTERVAL '10' SECOND) AS c\nJOIN users AS u ON c.uid = u.uid\nGROUP BY u.country, window_start, window_end",
     );
+    // Without AS OF it reads as a join of two streams, which needs an interval: the
+    // condition is at fault, and the message says how to join a table instead.
     assert!(
-        without_as_of.contains("line 3, column 6")
+        without_as_of.contains("line 3, column 20")
+            && without_as_of.contains("BETWEEN")
             && without_as_of.contains("FOR SYSTEM_TIME AS OF"),
         "{without_as_of}"
     );
@@ -272,7 +273,9 @@ fn live(
         early_emit_interval: None,
     };
     let join_plan = plan.join().expect("a join job");
-    let spec = join_plan.temporal_join_spec(0, 1, Duration::ZERO, Duration::MAX);
+    let spec = join_plan
+        .temporal_join_spec(0, 1, Duration::ZERO, Duration::MAX)
+        .expect("an AS OF join");
     let mut join = TemporalJoin::new(spec.clone()).expect("join");
     let mut windows = WindowOperator::new(Arc::clone(plan), options).expect("operator");
     let mut output = OperatorOutput::default();
@@ -526,5 +529,372 @@ proptest! {
         crate::support::render(&unbroken.results, "result", &mut a);
         crate::support::render(&restored.results, "result", &mut b);
         prop_assert_eq!(a, b);
+    }
+}
+
+// Interval joins of two streams.
+
+const PAYMENTS_JOB: &str = "SELECT o.region, window_start, window_end, COUNT(*) AS n, COUNT(p.paid) AS matched, SUM(p.paid) AS total
+FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) AS o
+JOIN payments AS p ON o.oid = p.oid AND p.ts BETWEEN o.ts - INTERVAL '1' SECOND AND o.ts + INTERVAL '5' SECOND
+GROUP BY o.region, window_start, window_end";
+
+const INTERVAL_LOWER_MS: i64 = -1_000;
+const INTERVAL_UPPER_MS: i64 = 5_000;
+
+fn orders_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Int64, true),
+        Field::new("oid", DataType::Utf8, true),
+        Field::new("region", DataType::Utf8, true),
+    ]))
+}
+
+fn payments_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Int64, true),
+        Field::new("oid", DataType::Utf8, true),
+        Field::new("paid", DataType::Int64, true),
+    ]))
+}
+
+/// An order or a payment: event time (ms), order id, and a region (orders) or amount
+/// (payments).
+type Row = (i64, String, i64);
+
+fn orders_batch(rows: &[Row]) -> RecordBatch {
+    RecordBatch::try_new(
+        orders_schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| format!("r{}", r.2)),
+            )),
+        ],
+    )
+    .expect("orders batch")
+}
+
+fn payments_batch(rows: &[Row]) -> RecordBatch {
+    RecordBatch::try_new(
+        payments_schema(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .expect("payments batch")
+}
+
+/// Rows with at most `DISORDER_MS` of disorder over 6 order ids.
+fn stream_rows(values: u8) -> impl Strategy<Value = Vec<Row>> {
+    prop::collection::vec(
+        (0i64..1_500, 0i64..=DISORDER_MS, 0u8..6, 0u8..values),
+        0..80,
+    )
+    .prop_map(|steps| {
+        let mut base = 20_000;
+        steps
+            .into_iter()
+            .map(|(step, behind, oid, value)| {
+                base += step;
+                (base - behind, format!("o{oid}"), i64::from(value))
+            })
+            .collect()
+    })
+}
+
+fn interval_job(left: bool) -> Arc<JobPlan> {
+    let sql = if left {
+        PAYMENTS_JOB.replace("\nJOIN", "\nLEFT JOIN")
+    } else {
+        PAYMENTS_JOB.to_string()
+    };
+    let sources = JoinSources {
+        tables: Vec::new(),
+        streams: vec![StreamSource {
+            name: "payments".to_string(),
+            schema: payments_schema(),
+            event_time: "ts".to_string(),
+        }],
+    };
+    Arc::new(
+        JobPlan::compile_joined(&sql, orders_schema(), "ts", &sources, &JobLimits::default())
+            .expect("compiles"),
+    )
+}
+
+/// Final results by (region, window start): `(n, matched, total)`.
+type IntervalFinals = BTreeMap<(String, i64), IntervalValues>;
+/// A result's `(n, matched, total)`.
+type IntervalValues = (i64, i64, Option<i64>);
+
+fn interval_finals(results: &[RecordBatch]) -> IntervalFinals {
+    let mut latest: BTreeMap<(String, i64), (u32, IntervalValues)> = BTreeMap::new();
+    for batch in results {
+        let column = |name: &str| Arc::clone(batch.column_by_name(name).expect(name));
+        let (region, starts, n, matched, total, versions) = (
+            column("region"),
+            column("window_start"),
+            column("n"),
+            column("matched"),
+            column("total"),
+            column("_version"),
+        );
+        let total = total.as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            let key = (
+                region.as_string::<i32>().value(row).to_string(),
+                starts.as_primitive::<TimestampMillisecondType>().value(row),
+            );
+            let version = versions.as_primitive::<UInt32Type>().value(row);
+            let entry = latest.entry(key).or_insert((0, (0, 0, None)));
+            assert!(version > entry.0, "versions only grow");
+            *entry = (
+                version,
+                (
+                    n.as_primitive::<Int64Type>().value(row),
+                    matched.as_primitive::<Int64Type>().value(row),
+                    total.is_valid(row).then(|| total.value(row)),
+                ),
+            );
+        }
+    }
+    latest
+        .into_iter()
+        .map(|(key, (_, values))| (key, values))
+        .collect()
+}
+
+/// The plain rule: each order with every payment of its id whose time is within
+/// [order - 1 s, order + 5 s]; a LEFT join keeps an order with none, once, with no payment.
+fn interval_reference(orders: &[Row], payments: &[Row], left: bool) -> IntervalFinals {
+    let mut finals = IntervalFinals::new();
+    for (time, oid, region) in orders {
+        let paid: Vec<i64> = payments
+            .iter()
+            .filter(|p| {
+                &p.1 == oid && p.0 >= time + INTERVAL_LOWER_MS && p.0 <= time + INTERVAL_UPPER_MS
+            })
+            .map(|p| p.2)
+            .collect();
+        let key = (format!("r{region}"), time.div_euclid(WINDOW_MS) * WINDOW_MS);
+        if paid.is_empty() {
+            if left {
+                finals.entry(key).or_insert((0, 0, None)).0 += 1;
+            }
+            continue;
+        }
+        let entry = finals.entry(key).or_insert((0, 0, None));
+        entry.0 += paid.len() as i64;
+        entry.1 += paid.len() as i64;
+        entry.2 = Some(entry.2.unwrap_or(0) + paid.iter().sum::<i64>());
+    }
+    finals
+}
+
+/// The job live: orders (`order` true) and payments through the interval join, its rows
+/// put back in time order, then through the window operator.
+fn interval_live(
+    plan: &Arc<JobPlan>,
+    orders: &[Vec<Row>],
+    payments: &[Vec<Row>],
+    order: &[bool],
+) -> OperatorOutput {
+    let join_plan = plan.join().expect("a join job");
+    let disorder = Duration::from_millis(DISORDER_MS as u64);
+    let options = OperatorOptions {
+        partitions: 1,
+        max_out_of_orderness: disorder,
+        allowed_lateness: Duration::ZERO,
+        idle_timeout: None,
+        early_emit_interval: None,
+    };
+    let spec = join_plan
+        .interval_join_spec(0, (1, 1), disorder, Duration::ZERO)
+        .expect("an interval join");
+    let mut join = IntervalJoin::new(spec).expect("join");
+    let mut in_order = TimeOrder::new(plan.stream_schema(), 0);
+    let mut windows = WindowOperator::new(Arc::clone(plan), options).expect("operator");
+    let mut output = OperatorOutput::default();
+    let mut take = |joined: runnel_engine::IntervalJoinOutput,
+                    watermark: i64,
+                    windows: &mut WindowOperator,
+                    output: &mut OperatorOutput,
+                    step: i64| {
+        assert!(joined.late_left.is_empty() && joined.late_right.is_empty());
+        for rows in joined.rows {
+            in_order
+                .push(plan.joined_rows(&rows).expect("joined rows"))
+                .expect("hold");
+        }
+        let up_to = join_plan.release_before(watermark, Duration::ZERO);
+        if let Some(rows) = in_order.release(up_to).expect("release") {
+            output.append(windows.process(0, &rows, step).expect("process"));
+        }
+    };
+    let (mut next_order, mut next_payment, mut step) = (0, 0, 0i64);
+    let mut order = order.iter().copied();
+    while next_order < orders.len() || next_payment < payments.len() {
+        let orders_next = order.next().unwrap_or(next_payment >= payments.len());
+        let joined =
+            if (orders_next && next_order < orders.len()) || next_payment >= payments.len() {
+                next_order += 1;
+                join.process_left(0, &orders_batch(&orders[next_order - 1]))
+            } else {
+                next_payment += 1;
+                let rows = join_plan
+                    .right_rows(&payments_batch(&payments[next_payment - 1]))
+                    .expect("payments");
+                join.process_right(0, &rows)
+            }
+            .expect("join");
+        take(joined, join.watermark(), &mut windows, &mut output, step);
+        step += 1;
+    }
+    let joined = join.finish().expect("finish");
+    take(joined, i64::MAX, &mut windows, &mut output, step);
+    output.append(windows.finish().expect("finish"));
+    output
+}
+
+fn interval_recomputed(plan: &JobPlan, orders: &[Row], payments: &[Row]) -> IntervalFinals {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let results = runtime.block_on(async {
+        let context = SessionContext::new();
+        context
+            .register_batch("orders_history", orders_batch(orders))
+            .expect("register orders");
+        context
+            .register_batch("payments_history", payments_batch(payments))
+            .expect("register payments");
+        runnel_engine::register_joined(
+            plan,
+            &context,
+            "orders_history",
+            "payments_history",
+            "ts",
+            "joined",
+        )
+        .await
+        .expect("register the join");
+        runnel_engine::recompute(plan, &context, "joined")
+            .await
+            .expect("recompute")
+    });
+    interval_finals(&results)
+}
+
+#[test]
+fn an_interval_join_job_compiles_and_refuses_what_is_not_an_interval() {
+    let plan = interval_job(false);
+    let join = plan.join().expect("joins");
+    assert_eq!(
+        join.form(),
+        JoinForm::Interval {
+            lower_ms: INTERVAL_LOWER_MS,
+            upper_ms: INTERVAL_UPPER_MS
+        }
+    );
+    assert_eq!(join.release_before(20_000, Duration::from_secs(1)), 14_000);
+    let sources = JoinSources {
+        tables: vec![users()],
+        streams: vec![StreamSource {
+            name: "payments".to_string(),
+            schema: payments_schema(),
+            event_time: "ts".to_string(),
+        }],
+    };
+    let refused = |sql: &str| {
+        JobPlan::compile_joined(sql, orders_schema(), "ts", &sources, &JobLimits::default())
+            .expect_err("refused")
+            .to_string()
+    };
+    let backwards = refused(
+        "SELECT window_start, window_end, COUNT(*) AS n FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) AS o JOIN payments AS p ON o.oid = p.oid AND p.ts BETWEEN o.ts + INTERVAL '5' SECOND AND o.ts GROUP BY window_start, window_end",
+    );
+    assert!(backwards.contains("lower bound"), "{backwards}");
+    let not_the_time = refused(
+        "SELECT window_start, window_end, COUNT(*) AS n FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) AS o JOIN payments AS p ON o.oid = p.oid AND p.paid BETWEEN o.ts AND o.ts + INTERVAL '5' SECOND GROUP BY window_start, window_end",
+    );
+    assert!(not_the_time.contains("event time `ts`"), "{not_the_time}");
+    let a_table = refused(
+        "SELECT window_start, window_end, COUNT(*) AS n FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) AS o JOIN users AS u ON o.oid = u.uid AND u.ts BETWEEN o.ts AND o.ts + INTERVAL '5' SECOND GROUP BY window_start, window_end",
+    );
+    assert!(a_table.contains("is a table"), "{a_table}");
+    let a_stream_as_of = refused(
+        "SELECT window_start, window_end, COUNT(*) AS n FROM TUMBLE(orders, ts, INTERVAL '10' SECOND) AS o JOIN payments FOR SYSTEM_TIME AS OF o.ts AS p ON o.oid = p.oid GROUP BY window_start, window_end",
+    );
+    assert!(
+        a_stream_as_of.contains("is a stream, not a table"),
+        "{a_stream_as_of}"
+    );
+}
+
+#[test]
+fn an_interval_joins_edges_are_inclusive() {
+    // Order o1 at 20 s; payments 1 s before and 5 s after (the edges) match, 1 ms outside
+    // each does not.
+    let orders: Vec<Row> = vec![(20_000, "o1".into(), 1)];
+    let payments: Vec<Row> = vec![
+        (18_999, "o1".into(), 1),
+        (19_000, "o1".into(), 2),
+        (25_000, "o1".into(), 4),
+        (25_001, "o1".into(), 8),
+    ];
+    for left in [false, true] {
+        let plan = interval_job(left);
+        let output = interval_live(
+            &plan,
+            std::slice::from_ref(&orders),
+            std::slice::from_ref(&payments),
+            &[false, true],
+        );
+        let mut expected = IntervalFinals::new();
+        expected.insert(("r1".into(), 20_000), (2, 2, Some(6)));
+        assert_eq!(interval_finals(&output.results), expected, "left: {left}");
+        assert_eq!(interval_recomputed(&plan, &orders, &payments), expected);
+    }
+    // An order with no payment in its interval: only LEFT keeps it, once it expires.
+    let late_payment: Vec<Row> = vec![(25_001, "o1".into(), 8)];
+    let plan = interval_job(true);
+    let output = interval_live(
+        &plan,
+        std::slice::from_ref(&orders),
+        std::slice::from_ref(&late_payment),
+        &[true, false],
+    );
+    let mut expected = IntervalFinals::new();
+    expected.insert(("r1".into(), 20_000), (1, 0, None));
+    assert_eq!(interval_finals(&output.results), expected);
+    assert_eq!(interval_recomputed(&plan, &orders, &late_payment), expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn an_interval_join_job_with_nothing_late_equals_recompute_and_the_plain_rule(
+        orders in stream_rows(3),
+        payments in stream_rows(50),
+        order_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        payment_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        order in prop::collection::vec(any::<bool>(), 0..20),
+        left in any::<bool>(),
+    ) {
+        let plan = interval_job(left);
+        let output = interval_live(&plan, &cut(&orders, &order_cuts), &cut(&payments, &payment_cuts), &order);
+        prop_assert!(output.late_events.is_empty(), "late: {:?}", output.late_events);
+        let live = interval_finals(&output.results);
+        prop_assert_eq!(&live, &interval_reference(&orders, &payments, left));
+        prop_assert_eq!(&live, &interval_recomputed(&plan, &orders, &payments));
     }
 }

@@ -14,8 +14,8 @@ use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use runnel_config::Config;
 use runnel_engine::{
-    JobPlan, OperatorOptions, OperatorOutput, PreparedBatch, ShardedOperator, TableSource,
-    TemporalJoin,
+    IntervalJoin, JobPlan, JoinForm, JoinSources, OperatorOptions, OperatorOutput, PreparedBatch,
+    ShardedOperator, StreamSource, TableSource, TemporalJoin, TimeOrder,
 };
 
 use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
@@ -30,7 +30,8 @@ pub(crate) struct RunArgs {
     /// The schema is the stream's, when the config declares the stream the SQL reads;
     /// otherwise the Parquet schema, or inferred from the first 1000 rows. A job that joins
     /// a table takes two, by name: `--input clicks=clicks.jsonl --input users=users.jsonl`
-    /// (the table's changelog, declared with `[[tables]]`, is read whole before the stream).
+    /// (a table's changelog, declared with `[[tables]]`, or the other stream of an interval
+    /// join, is read whole before the stream).
     #[arg(long, value_name = "[NAME=]FILE", required = true)]
     input: Vec<String>,
     /// Results: `.parquet` or `.jsonl`. Late events go beside it, in `<name>.late.<ext>`.
@@ -154,7 +155,7 @@ fn late_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.late.{extension}"))
 }
 
-/// The files `--input` names: the stream's, and a joined table's changelog.
+/// The files `--input` names: the stream's, and the joined table's changelog or stream's.
 struct Inputs {
     stream: PathBuf,
     table: Option<(String, PathBuf)>,
@@ -206,9 +207,7 @@ impl Inputs {
         if let Some(table) = table
             && table_file.is_none()
         {
-            bail!(
-                "the job joins the table `{table}`: give its changelog with --input {table}=FILE"
-            );
+            bail!("the job joins `{table}`: give its rows with --input {table}=FILE");
         }
         Ok(Inputs {
             stream: stream_file,
@@ -217,43 +216,138 @@ impl Inputs {
     }
 }
 
-/// A joined table's changelog, read whole.
-struct Changelog {
-    source: TableSource,
+/// The other input of a join job, read whole: a table's changelog, or a second stream.
+struct Joined {
+    sources: JoinSources,
     path: PathBuf,
     batches: Vec<RecordBatch>,
 }
 
-/// Reads the changelog of `table` from `path`, with the schema its stream declares (or the
-/// Parquet file's own).
-fn read_changelog(
+/// Reads the input `name` that a job joins from `path`: a table's changelog when the config
+/// declares a table `name`, else a stream's events; with the schema its stream declares (or
+/// the Parquet file's own, or one inferred).
+fn read_joined(
     config: &Config,
-    table: &str,
+    name: &str,
     path: &Path,
     batch_size: usize,
-) -> anyhow::Result<Changelog> {
-    let (table_config, stream, key) = config.table(table).ok_or_else(|| {
-        anyhow::anyhow!(
-            "the job joins `{table}`, which the config does not declare: add [[tables]] name = \"{table}\", stream = \"<its changelog stream>\""
-        )
-    })?;
+) -> anyhow::Result<Joined> {
     let format = FileFormat::of(path)?;
+    let table = config.table(name);
+    let Some(stream) = table
+        .map(|(_, stream, _)| stream)
+        .or_else(|| config.stream(name))
+    else {
+        bail!(
+            "the job joins `{name}`, which the config declares neither as a table ([[tables]]) nor as a stream ([[streams]])"
+        );
+    };
     let declared = (format != FileFormat::Parquet).then(|| declared_schema(stream));
     let (schema, batches) = open_input(path, format, declared, &stream.event_time, batch_size)?;
     let batches = batches
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("read {}", path.display()))?;
-    Ok(Changelog {
-        source: TableSource {
+    let mut sources = JoinSources::default();
+    match table {
+        Some((table_config, _, key)) => sources.tables.push(TableSource {
             name: table_config.name.clone(),
             schema,
             key: key.to_string(),
             event_time: stream.event_time.clone(),
             tombstone: table_config.tombstone.clone(),
-        },
+        }),
+        None => sources.streams.push(StreamSource {
+            name: stream.name.clone(),
+            schema,
+            event_time: stream.event_time.clone(),
+        }),
+    }
+    Ok(Joined {
+        sources,
         path: path.to_path_buf(),
         batches,
     })
+}
+
+/// The live join of a join job, with the plan whose rows it makes.
+enum LiveJoin {
+    AsOf(Box<TemporalJoin>, Arc<JobPlan>),
+    /// An interval join, its rows put back in time order before the windows see them.
+    Interval {
+        join: Box<IntervalJoin>,
+        in_order: TimeOrder,
+        plan: Arc<JobPlan>,
+        lateness: Duration,
+    },
+}
+
+impl LiveJoin {
+    /// Stream rows in: the joined rows out, as the window operator takes them, and how many
+    /// rows were rejected (no event time) or late to the join.
+    fn stream(&mut self, batch: &RecordBatch) -> anyhow::Result<(Vec<RecordBatch>, usize, usize)> {
+        match self {
+            LiveJoin::AsOf(join, _) => {
+                let out = join.process_stream(batch)?;
+                let late = out.late_stream.iter().map(RecordBatch::num_rows).sum();
+                Ok((self.joined(out.rows)?, out.errors.len(), late))
+            }
+            LiveJoin::Interval { join, .. } => {
+                let out = join.process_left(0, batch)?;
+                let watermark = join.watermark();
+                let late = out.late_left.iter().map(RecordBatch::num_rows).sum();
+                Ok((self.in_order(out.rows, watermark)?, out.errors.len(), late))
+            }
+        }
+    }
+
+    /// The inputs' end: the rows still held.
+    fn finish(&mut self) -> anyhow::Result<Vec<RecordBatch>> {
+        match self {
+            LiveJoin::AsOf(join, _) => {
+                let rows = join.finish()?.rows;
+                self.joined(rows)
+            }
+            LiveJoin::Interval { join, .. } => {
+                let rows = join.finish()?.rows;
+                self.in_order(rows, i64::MAX)
+            }
+        }
+    }
+
+    /// The join's rows as the window operator takes them.
+    fn joined(&self, rows: Vec<RecordBatch>) -> anyhow::Result<Vec<RecordBatch>> {
+        let (LiveJoin::AsOf(_, plan) | LiveJoin::Interval { plan, .. }) = self;
+        rows.iter()
+            .map(|rows| Ok(plan.joined_rows(rows)?))
+            .collect()
+    }
+
+    /// An interval join's rows, held until no earlier one can come: those that can go, in
+    /// time order.
+    fn in_order(
+        &mut self,
+        rows: Vec<RecordBatch>,
+        watermark: i64,
+    ) -> anyhow::Result<Vec<RecordBatch>> {
+        let rows = self.joined(rows)?;
+        let LiveJoin::Interval {
+            in_order,
+            plan,
+            lateness,
+            ..
+        } = self
+        else {
+            return Ok(rows);
+        };
+        for rows in rows {
+            in_order.push(rows)?;
+        }
+        let up_to = plan
+            .join()
+            .context("a join job")?
+            .release_before(watermark, *lateness);
+        Ok(in_order.release(up_to)?.into_iter().collect())
+    }
 }
 
 /// Runs `runnel run`.
@@ -262,7 +356,8 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("read {}", args.sql.display()))?;
     let (stream, time_column) =
         JobPlan::source_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
-    let table = JobPlan::table_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
+    let table =
+        JobPlan::joined_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -281,18 +376,19 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         args.batch_size,
     )?;
     let event_time = declared.map_or(time_column.as_str(), |stream| stream.event_time.as_str());
-    let changelog = inputs
+    let joined = inputs
         .table
         .as_ref()
-        .map(|(table, path)| read_changelog(config, table, path, args.batch_size))
+        .map(|(table, path)| read_joined(config, table, path, args.batch_size))
         .transpose()?;
-    let tables: Vec<TableSource> = changelog.iter().map(|log| log.source.clone()).collect();
     let plan = Arc::new(
-        JobPlan::compile_with_tables(
+        JobPlan::compile_joined(
             &sql,
             schema,
             event_time,
-            &tables,
+            &joined
+                .as_ref()
+                .map_or_else(JoinSources::default, |joined| joined.sources.clone()),
             &runnel_jobs::job_limits(config),
         )
         .with_context(|| format!("compile {}", args.sql.display()))?,
@@ -303,40 +399,68 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             config,
             &plan,
             (&inputs.stream, input_format, batches),
-            changelog,
+            joined,
             output_format,
         );
     }
-    // A join job: the table's changelog goes into the join whole, before the stream, so
-    // every version is there when the stream's rows ask (none is late, whatever the file's
-    // order; of rows at one time, the later in the file wins), and stream rows are never
-    // late to the join: what is late is the window operator's to say, as for any job.
+    // A join job: the other input goes into the join whole, before the stream, so that all
+    // of it is there when the stream's rows come. A table's changelog: every version, none
+    // late whatever the file's order (of rows at one time, the later in the file wins), and
+    // stream rows are never late to it. A second stream: its rows are all stored (the
+    // join's watermark waits for the stream), and a stream row is late to the join only when
+    // it is later than the out-of-orderness and lateness allow, as for the windows.
     let mut table_state = None;
-    let join = match (&changelog, plan.join()) {
-        (Some(changelog), Some(join_plan)) => {
+    let join = match (&joined, plan.join()) {
+        (Some(joined), Some(join_plan)) => {
             let stream_time = join_plan
                 .stream_schema()
                 .index_of(plan.event_time())
                 .context("the event time among the stream's columns")?;
-            let mut join = TemporalJoin::new(join_plan.temporal_join_spec(
-                stream_time,
-                1,
-                Duration::MAX,
-                Duration::MAX,
-            ))?;
             let mut skipped = 0;
-            for batch in &changelog.batches {
-                skipped += join.process_table(0, batch)?.errors.len();
-            }
+            let join = match join_plan.form() {
+                JoinForm::AsOf { .. } => {
+                    let spec = join_plan
+                        .temporal_join_spec(stream_time, 1, Duration::MAX, Duration::MAX)
+                        .context("an AS OF join")?;
+                    let mut join = TemporalJoin::new(spec)?;
+                    for batch in &joined.batches {
+                        skipped += join.process_table(0, batch)?.errors.len();
+                    }
+                    join.finish()?;
+                    table_state = Some((join.table_versions(), join.state_bytes()));
+                    LiveJoin::AsOf(Box::new(join), Arc::clone(&plan))
+                }
+                JoinForm::Interval { .. } => {
+                    let spec = join_plan
+                        .interval_join_spec(
+                            stream_time,
+                            (1, 1),
+                            args.max_out_of_orderness,
+                            args.allowed_lateness,
+                        )
+                        .context("an interval join")?;
+                    let mut join = IntervalJoin::new(spec)?;
+                    for batch in &joined.batches {
+                        skipped += join
+                            .process_right(0, &join_plan.right_rows(batch)?)?
+                            .errors
+                            .len();
+                    }
+                    LiveJoin::Interval {
+                        join: Box::new(join),
+                        in_order: TimeOrder::new(plan.stream_schema(), stream_time),
+                        plan: Arc::clone(&plan),
+                        lateness: args.allowed_lateness,
+                    }
+                }
+            };
             if skipped > 0 {
                 tracing::warn!(
                     rows = skipped,
-                    file = %changelog.path.display(),
-                    "changelog rows without an event time left out"
+                    file = %joined.path.display(),
+                    "rows without an event time left out"
                 );
             }
-            join.finish()?;
-            table_state = Some((join.table_versions(), join.state_bytes()));
             Some(join)
         }
         _ => None,
@@ -372,40 +496,48 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let preparer_plan = Arc::clone(&plan);
     let join_rejected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let preparer_rejected = Arc::clone(&join_rejected);
+    let join_late = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let preparer_late = Arc::clone(&join_late);
     let preparer = std::thread::spawn(move || {
         let mut join = join;
+        let prepare_joined = |rows: Vec<RecordBatch>| -> anyhow::Result<Vec<PreparedBatch>> {
+            rows.into_iter()
+                .map(|rows| Ok(PreparedBatch::new(&preparer_plan, 0, rows)?))
+                .collect()
+        };
         let mut prepare = |batch: RecordBatch| -> anyhow::Result<Vec<PreparedBatch>> {
             let Some(join) = join.as_mut() else {
                 return Ok(vec![PreparedBatch::new(&preparer_plan, 0, batch)?]);
             };
-            let joined = join.process_stream(&batch)?;
-            for error in &joined.errors {
-                if preparer_rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 20 {
-                    tracing::warn!(reason = %error.reason, "event rejected by the join");
-                }
+            let (rows, rejected, late) = join.stream(&batch)?;
+            if rejected > 0
+                && preparer_rejected.fetch_add(rejected, std::sync::atomic::Ordering::Relaxed) < 20
+            {
+                tracing::warn!(
+                    rows = rejected,
+                    "events without an event time rejected by the join"
+                );
             }
-            joined
-                .rows
-                .iter()
-                .map(|rows| {
-                    Ok(PreparedBatch::new(
-                        &preparer_plan,
-                        0,
-                        preparer_plan.joined_rows(rows)?,
-                    )?)
-                })
-                .collect()
+            preparer_late.fetch_add(late, std::sync::atomic::Ordering::Relaxed);
+            prepare_joined(rows)
         };
-        for batch in decoded {
-            let prepared = match batch.map_err(anyhow::Error::from).and_then(&mut prepare) {
+        let send = |prepared: anyhow::Result<Vec<PreparedBatch>>| -> bool {
+            let prepared: Vec<anyhow::Result<PreparedBatch>> = match prepared {
                 Ok(prepared) => prepared.into_iter().map(Ok).collect(),
                 Err(error) => vec![Err(error)],
             };
-            for prepared in prepared {
-                if prepared_sender.send(prepared).is_err() {
-                    return;
-                }
+            prepared
+                .into_iter()
+                .all(|prepared| prepared_sender.send(prepared).is_ok())
+        };
+        for batch in decoded {
+            if !send(batch.map_err(anyhow::Error::from).and_then(&mut prepare)) {
+                return;
             }
+        }
+        // The stream's end: what the join still holds (an interval join's unmatched rows).
+        if let Some(join) = join.as_mut() {
+            send(join.finish().and_then(prepare_joined));
         }
     });
     let (output_sender, outputs) = std::sync::mpsc::sync_channel::<OperatorOutput>(4);
@@ -469,6 +601,10 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         "events"
     };
     let n_errors = n_errors + join_rejected.load(std::sync::atomic::Ordering::Relaxed);
+    let join_late = match join_late.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => String::new(),
+        late => format!(", {late} too late for the join (not counted)"),
+    };
     let table = match table_state {
         Some((versions, bytes)) => {
             format!("; the table held {versions} versions in {bytes} bytes")
@@ -476,7 +612,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         None => String::new(),
     };
     print_summary(&format!(
-        "{n_events} {rows}: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected{table}",
+        "{n_events} {rows}: {n_results} results to {}, {n_late} late to {}, {n_errors} rejected{join_late}{table}",
         args.out.display(),
         late_out.display()
     ))
@@ -493,14 +629,15 @@ fn print_summary(line: &str) -> anyhow::Result<()> {
 }
 
 /// `--mode recompute`: the batch plan over the whole file; every event counts. A join
-/// job's rows come from the AS OF join of the stream's file with the whole changelog, of
-/// changelog rows at one time the later in the file winning, as live.
+/// job's rows come from the join of the stream's file with the whole other file: AS OF a
+/// changelog (of rows at one time the later in the file winning, as live), or within an
+/// interval of a second stream.
 fn run_recompute(
     args: &RunArgs,
     config: &Config,
     plan: &JobPlan,
     (input, input_format, batches): (&Path, FileFormat, BatchIter),
-    changelog: Option<Changelog>,
+    joined: Option<Joined>,
     output_format: FileFormat,
 ) -> anyhow::Result<()> {
     let limit = config.batch_reprocessor.recompute_memory_limit;
@@ -530,14 +667,13 @@ fn run_recompute(
         context.register_table(STREAM, Arc::new(table))?;
     }
     let mut table = STREAM;
-    if let Some(changelog) = changelog {
-        const CHANGELOG: &str = "runnel_changelog";
+    if let (Some(joined), Some(join_plan)) = (joined, plan.join()) {
+        const RIGHT: &str = "runnel_joined_input";
         const ORDER: &str = "__runnel_order";
         const JOINED: &str = "runnel_joined";
-        // Each changelog row with its place in the file, which orders rows of one time.
-        let mut fields: Vec<Field> = changelog
-            .source
-            .schema
+        // Each row with its place in the file, which orders changelog rows of one time.
+        let mut fields: Vec<Field> = join_plan
+            .right_schema()
             .fields()
             .iter()
             .map(|field| field.as_ref().clone())
@@ -545,8 +681,8 @@ fn run_recompute(
         fields.push(Field::new(ORDER, DataType::UInt64, false));
         let schema = Arc::new(Schema::new(fields));
         let mut first = 0u64;
-        let mut numbered = Vec::with_capacity(changelog.batches.len());
-        for batch in changelog.batches {
+        let mut numbered = Vec::with_capacity(joined.batches.len());
+        for batch in joined.batches {
             let rows = batch.num_rows() as u64;
             let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
@@ -555,13 +691,13 @@ fn run_recompute(
             first += rows;
             numbered.push(RecordBatch::try_new(Arc::clone(&schema), columns)?);
         }
-        let log = datafusion::datasource::MemTable::try_new(schema, vec![numbered])?;
-        context.register_table(CHANGELOG, Arc::new(log))?;
+        let right = datafusion::datasource::MemTable::try_new(schema, vec![numbered])?;
+        context.register_table(RIGHT, Arc::new(right))?;
         runtime
             .block_on(runnel_engine::register_joined(
-                plan, &context, STREAM, CHANGELOG, ORDER, JOINED,
+                plan, &context, STREAM, RIGHT, ORDER, JOINED,
             ))
-            .with_context(|| format!("join {}", changelog.path.display()))?;
+            .with_context(|| format!("join {}", joined.path.display()))?;
         table = JOINED;
     }
     let results = runtime

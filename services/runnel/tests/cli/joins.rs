@@ -1,5 +1,5 @@
-//! `runnel run` with a job that joins its stream with a table: two inputs, live and
-//! recompute alike.
+//! `runnel run` with a job that joins its stream with a table, or with a second stream
+//! within an interval: two inputs, live and recompute alike.
 
 use std::path::Path;
 
@@ -144,7 +144,101 @@ fn run_of_a_join_job_asks_for_the_tables_changelog() {
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        stderr.contains("joins the table `users`") && stderr.contains("--input users=FILE"),
+        stderr.contains("joins `users`") && stderr.contains("--input users=FILE"),
         "{stderr}"
     );
+}
+
+const ORDERS_CONFIG: &str = r#"version = "1"
+jobs = []
+
+[[streams]]
+name = "orders"
+partitions = 1
+key = "order_id"
+event-time = "event_time"
+schema = [
+  { name = "event_time", type = "timestamp" },
+  { name = "order_id", type = "string" },
+  { name = "region", type = "string" },
+]
+
+[[streams]]
+name = "payments"
+partitions = 1
+key = "order_id"
+event-time = "event_time"
+schema = [
+  { name = "event_time", type = "timestamp" },
+  { name = "order_id", type = "string" },
+  { name = "amount", type = "int64" },
+]
+"#;
+
+const ORDERS_JOB: &str = "SELECT o.region, window_start, window_end, COUNT(*) AS orders, COUNT(p.amount) AS paid, SUM(p.amount) AS revenue
+FROM TUMBLE(orders, event_time, INTERVAL '1' MINUTE) AS o
+LEFT JOIN payments AS p ON o.order_id = p.order_id
+  AND p.event_time BETWEEN o.event_time AND o.event_time + INTERVAL '1' HOUR
+GROUP BY o.region, window_start, window_end
+";
+
+/// a1 is paid 30 min later, a2 exactly an hour later (the interval's edge), b1 an hour and
+/// a second later (too late: unmatched), b2 never; c1's payment is before the order.
+const ORDERS: &str = r#"{"event_time":"1970-01-01T00:00:10Z","order_id":"a1","region":"eu"}
+{"event_time":"1970-01-01T00:00:20Z","order_id":"a2","region":"eu"}
+{"event_time":"1970-01-01T00:00:30Z","order_id":"b1","region":"us"}
+{"event_time":"1970-01-01T00:00:40Z","order_id":"b2","region":"us"}
+{"event_time":"1970-01-01T00:00:50Z","order_id":"c1","region":"us"}
+"#;
+
+const PAYMENTS: &str = r#"{"event_time":"1970-01-01T00:00:49Z","order_id":"c1","amount":1}
+{"event_time":"1970-01-01T00:30:10Z","order_id":"a1","amount":10}
+{"event_time":"1970-01-01T01:00:20Z","order_id":"a2","amount":20}
+{"event_time":"1970-01-01T01:00:31Z","order_id":"b1","amount":40}
+"#;
+
+#[test]
+fn run_joins_orders_with_their_payments_within_an_hour_live_and_in_recompute() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("runnel.toml"), ORDERS_CONFIG).expect("write config");
+    std::fs::write(dir.path().join("job.sql"), ORDERS_JOB).expect("write job");
+    std::fs::write(dir.path().join("orders.jsonl"), ORDERS).expect("write orders");
+    std::fs::write(dir.path().join("payments.jsonl"), PAYMENTS).expect("write payments");
+    for mode in ["live", "recompute"] {
+        let out = format!("{mode}.jsonl");
+        let run = runnel(
+            dir.path(),
+            &[
+                "--config",
+                "runnel.toml",
+                "run",
+                "--sql",
+                "job.sql",
+                "--input",
+                "orders.jsonl",
+                "--input",
+                "payments=payments.jsonl",
+                "--mode",
+                mode,
+                "--out",
+                &out,
+            ],
+        );
+        assert!(
+            run.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    let live = sorted_lines(&dir.path().join("live.jsonl"));
+    let recompute = sorted_lines(&dir.path().join("recompute.jsonl"));
+    assert_eq!(live, recompute, "live and recompute disagree");
+    let text = live.join("\n");
+    for expected in [
+        r#""region":"eu","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:01:00.000Z","orders":2,"paid":2,"revenue":30"#,
+        r#""region":"us","window_start":"1970-01-01T00:00:00.000Z","window_end":"1970-01-01T00:01:00.000Z","orders":3,"paid":0"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+    assert_eq!(live.len(), 2, "{text}");
 }
