@@ -4,8 +4,9 @@
 //!
 //! It is `FROM l [LEFT] JOIN r ON l.k = r.k AND r.t BETWEEN l.t + lower AND l.t + upper`
 //! (Flink SQL's interval join): both bounds inclusive, `lower <= upper`, either may be
-//! negative. The operator alone: its SQL, its place in a job and its batch plan (recompute)
-//! are not built yet.
+//! negative. A job's SQL asks for it (`join_plan.rs`); `runnel run` drives it, the
+//! stream-processor does not yet; recompute joins in DataFusion instead
+//! ([`crate::register_joined`]).
 //!
 //! Semantics:
 //! - Each input partition of either side has its own watermark: the largest event time it

@@ -11,10 +11,11 @@
 //! - [`ShardedOperator`] runs one [`WindowOperator`] per shard of the keys, in parallel, with
 //!   one watermark and an output that does not depend on the number of shards.
 //! - [`recompute`] runs the same plan as a DataFusion batch query, every event counted.
-//! - [`VersionedTable`] holds a table from a changelog, each key's values by event time, for
-//!   a join "as of" a time (the join itself is not built yet).
-//! - [`IntervalJoin`] joins two streams on equal keys and event times within an interval of
-//!   each other (the operator alone: no SQL or job yet).
+//! - A job may join its stream ([`JobPlan::compile_joined`]): with a table as of each row's
+//!   event time ([`TemporalJoin`] over a [`VersionedTable`]), or with a second stream within
+//!   an interval of event time ([`IntervalJoin`], its rows put back in order by
+//!   [`TimeOrder`]); the windows then run over the joined rows, and recompute joins in
+//!   DataFusion ([`register_joined`]).
 #![warn(missing_docs)]
 
 mod error;

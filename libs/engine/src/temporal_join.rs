@@ -2,8 +2,8 @@
 //! version valid at the row's event time (Flink SQL's `JOIN t FOR SYSTEM_TIME AS OF
 //! s.event_time ON s.k = t.k`), inner or `LEFT`.
 //!
-//! The operator alone: its SQL, its place in a job, the stream-processor and the batch plan
-//! are not built yet (issue 21).
+//! A job's SQL asks for it (`join_plan.rs`); `runnel run` drives it, the stream-processor
+//! does not yet; recompute joins in DataFusion instead ([`crate::register_joined`]).
 //!
 //! Semantics:
 //! - The table side's watermark is the smallest, over its input partitions, of the largest
