@@ -11,10 +11,15 @@
 #              FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
 #              JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
 #              GROUP BY u.country, window_start, window_end
-#   q3, q8   Nexmark's auctions-with-persons join and windowed join of new persons with new
-#            auctions: not built yet (they need the stream-stream join); reported unavailable.
+#   q3       Nexmark q3 (auctions with their sellers), as of each auction's time: BENCH_JOIN_CLICKS
+#            auctions joined with the persons table (BENCH_JOIN_USERS persons registering over
+#            the auctions' time), category 10 and state OR, ID or CA, counted per state and
+#            minute (AS OF, where Nexmark's q3 is a regular join of two streams)
+#   q8       Nexmark q8-style, an interval join: auctions whose seller registered in the 10 s
+#            before, counted per state and 10 s window (Nexmark's q8 joins two windowed
+#            aggregates on their window)
 #
-# Figures, best of BENCH_RUNS (default 3), in clicks per second of wall clock:
+# Figures, best of BENCH_RUNS (default 3), in input rows (both inputs) per second of wall clock:
 #   join_<q>_live       `runnel run --mode live` (the release CLI), the whole process: reading
 #                       both Parquet files, the join, the windows, writing Parquet
 #   join_<q>_recompute  `runnel run --mode recompute`: the AS OF join and GROUP BY as one
@@ -46,12 +51,6 @@ declare -A values=()
 # shellcheck source=scripts/lib/bench.sh
 source scripts/lib/bench.sh
 
-for query in q3 q8; do
-  for figure in live recompute duckdb live_vs_duckdb recompute_vs_duckdb; do
-    unavailable "join_${query}_$figure" "not built: Nexmark $query needs the stream-stream join"
-  done
-done
-
 duckdb_error=""
 if ! "$VENV/bin/python" -c "import duckdb, sys; sys.exit(duckdb.__version__ != '$DUCKDB_VERSION')" 2>/dev/null; then
   echo "==> installing duckdb $DUCKDB_VERSION into $VENV" >&2
@@ -75,8 +74,8 @@ elif [[ -z "$runnel_error" && -z "$runnel_bin" ]]; then
   runnel_error="no runnel executable in cargo's output"
 fi
 
-# The streams and table as `runnel run` reads them: the schemas come from the Parquet files,
-# the table's key and event time from here.
+# The streams and tables as `runnel run` reads them: the schemas come from the Parquet files,
+# keys and event times from here.
 cat >"$work_dir/runnel.toml" <<'EOF'
 version = "1"
 jobs = []
@@ -105,10 +104,38 @@ schema = [
   { name = "deleted", type = "bool" },
 ]
 
+[[streams]]
+name = "persons"
+partitions = 1
+key = "id"
+event-time = "event_time"
+schema = [
+  { name = "event_time", type = "int64" },
+  { name = "id", type = "int64" },
+  { name = "name", type = "string" },
+  { name = "state", type = "string" },
+]
+
+[[streams]]
+name = "auctions"
+partitions = 1
+key = "seller"
+event-time = "event_time"
+schema = [
+  { name = "event_time", type = "int64" },
+  { name = "id", type = "int64" },
+  { name = "seller", type = "int64" },
+  { name = "category", type = "int64" },
+]
+
 [[tables]]
 name = "users"
 stream = "user_updates"
 tombstone = "deleted"
+
+[[tables]]
+name = "sellers"
+stream = "persons"
 EOF
 cat >"$work_dir/enrich.sql" <<'EOF'
 SELECT u.country, window_start, window_end, COUNT(*) AS clicks, SUM(c.duration_ms) AS total_ms
@@ -116,8 +143,33 @@ FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
 JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
 GROUP BY u.country, window_start, window_end
 EOF
+cat >"$work_dir/q3.sql" <<'EOF'
+SELECT p.state, window_start, window_end, COUNT(*) AS auctions
+FROM TUMBLE(auctions, event_time, INTERVAL '1' MINUTE) AS a
+JOIN sellers FOR SYSTEM_TIME AS OF a.event_time AS p ON a.seller = p.id
+WHERE a.category = 10 AND p.state IN ('OR', 'ID', 'CA')
+GROUP BY p.state, window_start, window_end
+EOF
+cat >"$work_dir/q8.sql" <<'EOF'
+SELECT p.state, window_start, window_end, COUNT(*) AS auctions
+FROM TUMBLE(auctions, event_time, INTERVAL '10' SECOND) AS a
+JOIN persons AS p ON a.seller = p.id
+  AND p.event_time BETWEEN a.event_time - INTERVAL '10' SECOND AND a.event_time
+GROUP BY p.state, window_start, window_end
+EOF
+# Per query: its inputs (`--input` arguments) and its input rows.
+declare -A inputs=(
+  [enrich]="clicks=$DATA/clicks.parquet users=$DATA/users.parquet"
+  [q3]="auctions=$DATA/auctions.parquet sellers=$DATA/persons.parquet"
+  [q8]="auctions=$DATA/auctions.parquet persons=$DATA/persons.parquet"
+)
+declare -A rows=(
+  [enrich]=$((CLICKS + USERS + USERS / 5))
+  [q3]=$((CLICKS + USERS))
+  [q8]=$((CLICKS + USERS))
+)
 
-# Prints `<rows> <sum of clicks>` of a results file ([final]: of its `_final` rows), or nothing.
+# Prints `<rows> <sum of the count>` of a results file ([final]: of its `_final` rows), or nothing.
 count_results() {
   [[ -z "$duckdb_error" && -f "$1" ]] || return 0
   "$VENV/bin/python" scripts/lib/bench_joins_duckdb.py --count "$@" || true
@@ -128,42 +180,53 @@ check_counts() {
   if [[ -z "$ours" || -z "$theirs" ]]; then
     echo "==> check $what: skipped (no counts)" >&2
   elif [[ "$ours" != "$theirs" ]]; then
-    echo "WARNING: $what: runnel has $ours (rows, sum(clicks)), DuckDB $theirs" >&2
+    echo "WARNING: $what: runnel has $ours (rows, sum of the count), DuckDB $theirs" >&2
   else
-    echo "==> check $what: $ours (rows, sum(clicks)) as DuckDB" >&2
+    echo "==> check $what: $ours (rows, sum of the count) as DuckDB" >&2
   fi
 }
 
+# run_join QUERY MODE [FLAGS...]
 run_join() {
-  local mode="$1" name="join_enrich_$1"
-  shift
+  local query="$1" mode="$2" name="join_$1_$2" input
+  shift 2
   if [[ -n "$runnel_error" ]]; then
     unavailable "$name" "$runnel_error"
     unavailable "${name}_rss" "$runnel_error"
     return
   fi
+  local args=()
+  for input in ${inputs[$query]}; do
+    args+=(--input "$input")
+  done
   echo "==> $name" >&2
   run_figures "$name ${name}_rss" \
-    env BENCH_PROCESS_UNIT=rows/s python3 scripts/lib/bench_process.py "$name" "$CLICKS" "$RUNS" -- \
-    "$runnel_bin" --config "$work_dir/runnel.toml" run --sql "$work_dir/enrich.sql" \
-    --input "clicks=$DATA/clicks.parquet" --input "users=$DATA/users.parquet" \
-    --out "$work_dir/$name.parquet" --mode "$mode" "$@"
+    env BENCH_PROCESS_UNIT=rows/s python3 scripts/lib/bench_process.py "$name" "${rows[$query]}" "$RUNS" -- \
+    "$runnel_bin" --config "$work_dir/runnel.toml" run --sql "$work_dir/$query.sql" \
+    "${args[@]}" --out "$work_dir/$name.parquet" --mode "$mode" "$@"
 }
 
-run_join live --max-out-of-orderness 5s
-run_join recompute
+for query in enrich q3 q8; do
+  run_join "$query" live --max-out-of-orderness 5s
+  run_join "$query" recompute
+  name="join_${query}_duckdb"
+  if [[ -n "$data_error" ]]; then
+    unavailable "$name" "$data_error"
+    unavailable "${name}_rss" "$data_error"
+  else
+    echo "==> $name" >&2
+    run_figures "$name ${name}_rss" \
+      "$VENV/bin/python" scripts/lib/bench_joins_duckdb.py --copy "$query" \
+      "$DATA" "$work_dir/$name.parquet" "$THREADS" "${rows[$query]}" "$RUNS"
+  fi
+  duckdb_counts="$(count_results "$work_dir/join_${query}_duckdb.parquet")"
+  check_counts "$query recompute" "$(count_results "$work_dir/join_${query}_recompute.parquet")" \
+    "$duckdb_counts"
+  check_counts "$query live _final" \
+    "$(count_results "$work_dir/join_${query}_live.parquet" final)" "$duckdb_counts"
+done
 
-if [[ -n "$data_error" ]]; then
-  unavailable join_enrich_duckdb "$data_error"
-  unavailable join_enrich_duckdb_rss "$data_error"
-else
-  echo "==> join_enrich_duckdb" >&2
-  run_figures "join_enrich_duckdb join_enrich_duckdb_rss" \
-    "$VENV/bin/python" scripts/lib/bench_joins_duckdb.py --copy enrich "$DATA" \
-    "$work_dir/join_enrich_duckdb.parquet" "$THREADS" "$CLICKS" "$RUNS"
-fi
-
-# The live join's table state, from the summary `runnel run` prints.
+# The live AS OF join's table state (enrich), from the summary `runnel run` prints.
 if [[ -z "$runnel_error" ]]; then
   summary="$("$runnel_bin" --config "$work_dir/runnel.toml" run --sql "$work_dir/enrich.sql" \
     --input "clicks=$DATA/clicks.parquet" --input "users=$DATA/users.parquet" \
@@ -177,11 +240,7 @@ else
   unavailable join_state_bytes_per_row "$runnel_error"
 fi
 
-duckdb_counts="$(count_results "$work_dir/join_enrich_duckdb.parquet")"
-check_counts "enrich recompute" "$(count_results "$work_dir/join_enrich_recompute.parquet")" \
-  "$duckdb_counts"
-check_counts "enrich live _final" "$(count_results "$work_dir/join_enrich_live.parquet" final)" \
-  "$duckdb_counts"
-
-ratio join_enrich_live_vs_duckdb join_enrich_live join_enrich_duckdb
-ratio join_enrich_recompute_vs_duckdb join_enrich_recompute join_enrich_duckdb
+for query in enrich q3 q8; do
+  ratio "join_${query}_live_vs_duckdb" "join_${query}_live" "join_${query}_duckdb"
+  ratio "join_${query}_recompute_vs_duckdb" "join_${query}_recompute" "join_${query}_duckdb"
+done

@@ -14,14 +14,20 @@ integer arithmetic on the row number, so the files are the same on every machine
   the clicks' time, in time order, every 50th a delete; `updated_at` (epoch ms), `user_id`,
   `country` (50 values), `plan` (3 values), `deleted`.
 
-`--copy enrich` runs the enrichment query RUNS times, each on a new connection with
+- DIR/persons.parquet: N_USERS persons registering evenly over the clicks' time (Nexmark's
+  new persons): `event_time`, `id`, `name`, `state` (50 values, among them OR, ID and CA).
+- DIR/auctions.parquet: N_CLICKS auctions, 5,000 per second: `event_time`, `id`, `seller`
+  (a person who registered up to 40 s before), `category` (0 to 19).
+
+`--copy QUERY` runs a query (`enrich`, `q3` or `q8`, as scripts/bench-joins.sh describes)
+RUNS times; `--copy enrich`, for one, runs the enrichment query, each on a new connection with
 `SET threads = THREADS`: each click with the version of its user valid at its time
 (DuckDB's ASOF JOIN), deleted users' clicks dropped, counted per country and minute, written
 with `COPY (...) TO OUT.parquet`. Prints `BENCH join_enrich_duckdb <N_ROWS / best seconds>
 rows/s` and `BENCH join_enrich_duckdb_rss <MiB> MiB` (this process's peak). Python's start
 and `import duckdb` are not in the time.
-`--count` prints `<rows> <sum of clicks>` of a results file; with `final`, of the rows whose
-`_final` is true (runnel's live results).
+`--count` prints `<rows> <sum of its count column>` of a results file (the column `clicks`,
+or `auctions`); with `final`, of the rows whose `_final` is true (runnel's live results).
 """
 
 import os
@@ -68,12 +74,61 @@ WHERE NOT u.deleted
 GROUP BY u.country, window_start
 """
 
-QUERIES = {"enrich": ENRICH}
+PERSONS = """
+COPY (
+    SELECT 1700000000000 + j * ({clicks} // 5) // {users} AS event_time, j AS id,
+           'p' || j AS name,
+           CASE j % 50 WHEN 0 THEN 'OR' WHEN 1 THEN 'ID' WHEN 2 THEN 'CA' ELSE 's' || (j % 50) END
+               AS state
+    FROM range(0, {users}) AS persons(j)
+    ORDER BY j
+) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 122880)
+"""
+
+# Auction i's seller registered up to 40 s (20,000 persons at the default sizes) before it.
+AUCTIONS = """
+COPY (
+    SELECT event_time, id,
+           greatest(0, least({users} - 1,
+               (event_time - 1700000000000) * {users} // ({clicks} // 5) - (id * 7919) % ({users} // 50)))
+               AS seller,
+           (id * 31) % 20 AS category
+    FROM (SELECT 1700000000000 + i // 5 AS event_time, i AS id FROM range(0, {clicks}) AS rows(i))
+    ORDER BY id
+) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 122880)
+"""
+
+# Nexmark q3 as of each auction's time: auctions of category 10 by sellers in OR, ID or CA.
+Q3 = """
+SELECT p.state, a.event_time - a.event_time % 60000 AS window_start, COUNT(*) AS auctions
+FROM read_parquet('{dir}/auctions.parquet') AS a
+ASOF JOIN read_parquet('{dir}/persons.parquet') AS p
+    ON a.seller = p.id AND a.event_time >= p.event_time
+WHERE a.category = 10 AND p.state IN ('OR', 'ID', 'CA')
+GROUP BY p.state, window_start
+"""
+
+# Nexmark q8-style: auctions by sellers who registered in the 10 s before, per state and
+# 10 s window (an interval join).
+Q8 = """
+SELECT p.state, a.event_time - a.event_time % 10000 AS window_start, COUNT(*) AS auctions
+FROM read_parquet('{dir}/auctions.parquet') AS a
+JOIN read_parquet('{dir}/persons.parquet') AS p
+    ON a.seller = p.id AND p.event_time BETWEEN a.event_time - 10000 AND a.event_time
+GROUP BY p.state, window_start
+"""
+
+QUERIES = {"enrich": ENRICH, "q3": Q3, "q8": Q8}
 
 
 def generate(directory, n_clicks, n_users):
     os.makedirs(directory, exist_ok=True)
-    for name, template in (("clicks", CLICKS), ("users", USERS)):
+    for name, template in (
+        ("clicks", CLICKS),
+        ("users", USERS),
+        ("persons", PERSONS),
+        ("auctions", AUCTIONS),
+    ):
         path = os.path.join(directory, f"{name}.parquet")
         if os.path.exists(path):
             continue
@@ -105,10 +160,15 @@ def copy(query, directory, out, threads, n_rows, runs):
 
 def count(path, final):
     where = "WHERE _final" if final else ""
-    rows, clicks = duckdb.connect().execute(
-        f"SELECT COUNT(*), SUM(clicks) FROM read_parquet('{path}') {where}"
+    connection = duckdb.connect()
+    columns = [row[0] for row in connection.execute(
+        f"DESCRIBE SELECT * FROM read_parquet('{path}')"
+    ).fetchall()]
+    counted = "clicks" if "clicks" in columns else "auctions"
+    rows, total = connection.execute(
+        f"SELECT COUNT(*), SUM({counted}) FROM read_parquet('{path}') {where}"
     ).fetchone()
-    print(rows, clicks)
+    print(rows, total)
 
 
 def main():
