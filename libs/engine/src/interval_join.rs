@@ -58,7 +58,7 @@ use arrow::array::{
 };
 use arrow::buffer::NullBuffer;
 use arrow::compute::interleave;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, UInt64Type};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, SortField};
@@ -66,7 +66,9 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::error::{EngineError, EventError};
 use crate::snapshot::{decode_option, encode_option, fnv1a};
-use crate::temporal_join::{JoinKind, check_schema, duration_ms, event_times, late_rows};
+use crate::temporal_join::{
+    JoinKind, check_join_inputs, check_schema, duration_ms, event_times, late_rows,
+};
 
 /// Format of [`IntervalJoin::snapshot`].
 const SNAPSHOT_FORMAT: &str = "runnel.interval-join.1";
@@ -413,53 +415,18 @@ impl IntervalJoin {
     /// Arrow's row format cannot hold, event time columns that are not int64 or timestamps
     /// in milliseconds, `lower_ms > upper_ms`, an input without partitions.
     pub fn new(spec: IntervalJoinSpec) -> Result<IntervalJoin, EngineError> {
-        let field = |schema: &SchemaRef, index: usize, what: &str| {
-            schema.fields().get(index).cloned().ok_or_else(|| {
-                EngineError::plan(format!(
-                    "the join's {what} column {index} is not in its input"
-                ))
-            })
-        };
-        for (schema, index, what) in [
-            (&spec.left_schema, spec.left_time, "left event time"),
-            (&spec.right_schema, spec.right_time, "right event time"),
-        ] {
-            let time = field(schema, index, what)?;
-            if !matches!(
-                time.data_type(),
-                DataType::Int64 | DataType::Timestamp(TimeUnit::Millisecond, _)
-            ) {
-                return Err(EngineError::plan(format!(
-                    "the join's {what} column `{}` has type {}; it must be an int64 of epoch milliseconds or a timestamp in milliseconds",
-                    time.name(),
-                    time.data_type()
-                )));
-            }
-        }
-        if spec.left_keys.len() != spec.right_keys.len() || spec.left_keys.is_empty() {
-            return Err(EngineError::plan(format!(
-                "the join has {} left key columns and {} right key columns",
-                spec.left_keys.len(),
-                spec.right_keys.len()
-            )));
-        }
-        let mut sort_fields = Vec::new();
-        for (&left_key, &right_key) in spec.left_keys.iter().zip(&spec.right_keys) {
-            let (left_field, right_field) = (
-                field(&spec.left_schema, left_key, "left key")?,
-                field(&spec.right_schema, right_key, "right key")?,
-            );
-            if left_field.data_type() != right_field.data_type() {
-                return Err(EngineError::plan(format!(
-                    "the join compares `{}` ({}) with `{}` ({})",
-                    left_field.name(),
-                    left_field.data_type(),
-                    right_field.name(),
-                    right_field.data_type()
-                )));
-            }
-            sort_fields.push(SortField::new(left_field.data_type().clone()));
-        }
+        let sort_fields: Vec<SortField> = check_join_inputs(
+            ("left", &spec.left_schema, spec.left_time, &spec.left_keys),
+            (
+                "right",
+                &spec.right_schema,
+                spec.right_time,
+                &spec.right_keys,
+            ),
+        )?
+        .iter()
+        .map(|field| SortField::new(field.data_type().clone()))
+        .collect();
         if spec.lower_ms > spec.upper_ms {
             return Err(EngineError::plan(format!(
                 "the join's interval [{}, {}] ms is empty: its lower bound is above its upper bound",

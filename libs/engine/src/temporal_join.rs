@@ -156,46 +156,20 @@ impl TemporalJoin {
                 ))
             })
         };
-        for (schema, index, what) in [
-            (&spec.stream_schema, spec.stream_time, "stream event time"),
-            (&spec.table_schema, spec.table_time, "table event time"),
-        ] {
-            let time = field(schema, index, what)?;
-            if !matches!(
-                time.data_type(),
-                DataType::Int64 | DataType::Timestamp(_, _)
-            ) {
-                return Err(EngineError::plan(format!(
-                    "the join's {what} column `{}` has type {}; it must be an int64 of epoch milliseconds or a timestamp",
-                    time.name(),
-                    time.data_type()
-                )));
-            }
-        }
-        if spec.stream_keys.len() != spec.table_keys.len() || spec.stream_keys.is_empty() {
-            return Err(EngineError::plan(format!(
-                "the join has {} stream key columns and {} table key columns",
-                spec.stream_keys.len(),
-                spec.table_keys.len()
-            )));
-        }
-        let mut key_fields = Vec::new();
-        for (&stream_key, &table_key) in spec.stream_keys.iter().zip(&spec.table_keys) {
-            let (stream_field, table_field) = (
-                field(&spec.stream_schema, stream_key, "stream key")?,
-                field(&spec.table_schema, table_key, "table key")?,
-            );
-            if stream_field.data_type() != table_field.data_type() {
-                return Err(EngineError::plan(format!(
-                    "the join compares `{}` ({}) with `{}` ({})",
-                    stream_field.name(),
-                    stream_field.data_type(),
-                    table_field.name(),
-                    table_field.data_type()
-                )));
-            }
-            key_fields.push(table_field);
-        }
+        let key_fields = check_join_inputs(
+            (
+                "stream",
+                &spec.stream_schema,
+                spec.stream_time,
+                &spec.stream_keys,
+            ),
+            (
+                "table",
+                &spec.table_schema,
+                spec.table_time,
+                &spec.table_keys,
+            ),
+        )?;
         if let Some(tombstone) = spec.tombstone {
             let tombstone = field(&spec.table_schema, tombstone, "tombstone")?;
             if tombstone.data_type() != &DataType::Boolean {
@@ -704,6 +678,67 @@ impl TemporalJoin {
 /// `duration` in whole milliseconds, at most `i64::MAX`.
 pub(crate) fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One input of a join, as [`check_join_inputs`] reads it: what it is called in errors, its
+/// columns, its event time column and its key columns.
+pub(crate) type JoinInput<'a> = (&'a str, &'a SchemaRef, usize, &'a [usize]);
+
+/// Checks the two inputs of a join: event time columns that are int64 epoch milliseconds or
+/// timestamps in milliseconds, and key columns of one count (at least one) and of equal
+/// types. Returns the second input's key fields.
+pub(crate) fn check_join_inputs(
+    (left_name, left_schema, left_time, left_keys): JoinInput<'_>,
+    (right_name, right_schema, right_time, right_keys): JoinInput<'_>,
+) -> Result<Vec<arrow::datatypes::FieldRef>, EngineError> {
+    let field = |schema: &SchemaRef, index: usize, what: &str| {
+        schema.fields().get(index).cloned().ok_or_else(|| {
+            EngineError::plan(format!(
+                "the join's {what} column {index} is not in its input"
+            ))
+        })
+    };
+    for (schema, index, name) in [
+        (left_schema, left_time, left_name),
+        (right_schema, right_time, right_name),
+    ] {
+        let time = field(schema, index, &format!("{name} event time"))?;
+        if !matches!(
+            time.data_type(),
+            DataType::Int64 | DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, _)
+        ) {
+            return Err(EngineError::plan(format!(
+                "the join's {name} event time column `{}` has type {}; it must be an int64 of epoch milliseconds or a timestamp in milliseconds",
+                time.name(),
+                time.data_type()
+            )));
+        }
+    }
+    if left_keys.len() != right_keys.len() || left_keys.is_empty() {
+        return Err(EngineError::plan(format!(
+            "the join has {} {left_name} key columns and {} {right_name} key columns",
+            left_keys.len(),
+            right_keys.len()
+        )));
+    }
+    let mut key_fields = Vec::with_capacity(right_keys.len());
+    for (&left_key, &right_key) in left_keys.iter().zip(right_keys) {
+        let (left_field, right_field) = (
+            field(left_schema, left_key, &format!("{left_name} key"))?,
+            field(right_schema, right_key, &format!("{right_name} key"))?,
+        );
+        if left_field.data_type() != right_field.data_type() {
+            return Err(EngineError::plan(format!(
+                "the join compares `{}` ({}) with `{}` ({})",
+                left_field.name(),
+                left_field.data_type(),
+                right_field.name(),
+                right_field.data_type()
+            )));
+        }
+        key_fields.push(right_field);
+    }
+    Ok(key_fields)
 }
 
 /// Refuses a `what` batch whose columns are not `schema`'s.
