@@ -222,6 +222,12 @@ pub struct JoinPlan {
     /// The other input's columns the job uses: the only ones the live join keeps (the
     /// others are null in its rows). Every column until the job is planned.
     pub(crate) right_values: Vec<usize>,
+    /// The WHERE's terms that read the stream's columns alone, as SQL over the stream: a
+    /// stream row they do not hold for is left out of the job's rows whatever the join
+    /// gives it, so it need not be joined.
+    pub(crate) stream_filter_sql: Option<String>,
+    /// `stream_filter_sql` over the stream's columns.
+    pub(crate) stream_filter: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
 }
 
 impl JoinPlan {
@@ -249,6 +255,37 @@ impl JoinPlan {
     /// rows').
     pub fn stream_schema(&self) -> SchemaRef {
         Arc::clone(&self.stream_schema)
+    }
+
+    /// The stream rows of `batch` that the job's WHERE can still keep: those its terms on
+    /// the stream's columns alone hold for. The others would be dropped after the join;
+    /// leaving them out before saves joining them. A batch the terms fail on (say, a
+    /// division by zero in one row) is returned whole: the window operator reports that
+    /// row.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures.
+    pub fn prefilter(
+        &self,
+        batch: arrow::array::RecordBatch,
+    ) -> Result<arrow::array::RecordBatch, EngineError> {
+        let Some(filter) = &self.stream_filter else {
+            return Ok(batch);
+        };
+        let Ok(keep) = filter
+            .evaluate(&batch)
+            .and_then(|value| value.into_array(batch.num_rows()))
+        else {
+            return Ok(batch);
+        };
+        let Some(keep) = keep.as_any().downcast_ref::<arrow::array::BooleanArray>() else {
+            return Ok(batch);
+        };
+        if keep.true_count() == batch.num_rows() {
+            return Ok(batch);
+        }
+        Ok(arrow::compute::filter_record_batch(&batch, keep)?)
     }
 
     /// For an interval join whose watermark is `watermark` and lateness `lateness`: every
@@ -430,6 +467,8 @@ pub(crate) struct JoinClause {
     references: Vec<(std::ops::Range<usize>, String, String, SqlPosition)>,
     /// Unqualified column names used outside the clause, with where.
     bare_names: Vec<(String, SqlPosition)>,
+    /// The WHERE's conjuncts (its top-level ANDs).
+    conjuncts: Vec<ast::Expr>,
 }
 
 fn position_at(location: Location) -> SqlPosition {
@@ -486,6 +525,21 @@ fn past_closing_paren(text: &str, from: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The top-level AND terms of `expr`.
+fn split_conjuncts(expr: &ast::Expr, into: &mut Vec<ast::Expr>) {
+    match unnest(expr) {
+        ast::Expr::BinaryOp {
+            left,
+            op: ast::BinaryOperator::And,
+            right,
+        } => {
+            split_conjuncts(left, into);
+            split_conjuncts(right, into);
+        }
+        other => into.push(other.clone()),
+    }
 }
 
 /// `expr` without the parentheses around it.
@@ -814,6 +868,15 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
         clause: clause_start..clause_end,
         references,
         bare_names,
+        conjuncts: select
+            .selection
+            .as_ref()
+            .map(|selection| {
+                let mut conjuncts = Vec::new();
+                split_conjuncts(selection, &mut conjuncts);
+                conjuncts
+            })
+            .unwrap_or_default(),
     }))
 }
 
@@ -1100,8 +1163,45 @@ impl JoinClause {
             right_key: table_key,
             right_values: (0..table_schema.fields().len()).collect(),
             joined_names,
+            stream_filter_sql: self.stream_filter_sql(stream_schema, &clashing),
+            stream_filter: None,
         };
         Ok((plan, text))
+    }
+
+    /// The WHERE's terms that name stream columns alone (qualified by the stream, or bare
+    /// and not the other input's), as SQL over the stream, ANDed; `None` without any.
+    fn stream_filter_sql(&self, stream_schema: &SchemaRef, clashing: &[String]) -> Option<String> {
+        let mut terms = Vec::new();
+        for conjunct in &self.conjuncts {
+            let mut term = conjunct.clone();
+            let mut stream_only = true;
+            let _ = ast::visit_expressions_mut(&mut term, |expr: &mut ast::Expr| {
+                match expr {
+                    ast::Expr::CompoundIdentifier(idents)
+                        if idents.len() == 2
+                            && idents[0].value.eq_ignore_ascii_case(&self.stream_alias) =>
+                    {
+                        *expr = ast::Expr::Identifier(idents[1].clone());
+                    }
+                    ast::Expr::CompoundIdentifier(_) => stream_only = false,
+                    ast::Expr::Identifier(ident)
+                        if column_index(stream_schema, &ident.value).is_none()
+                            || clashing.contains(&ident.value.to_lowercase())
+                            || ident.value.eq_ignore_ascii_case(WINDOW_START)
+                            || ident.value.eq_ignore_ascii_case(WINDOW_END) =>
+                    {
+                        stream_only = false;
+                    }
+                    _ => {}
+                }
+                ControlFlow::<()>::Continue(())
+            });
+            if stream_only {
+                terms.push(format!("({term})"));
+            }
+        }
+        (!terms.is_empty()).then(|| terms.join(" AND "))
     }
 
     /// The job's SQL with the join left out (blanks in its place): its window, stream and

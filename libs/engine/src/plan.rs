@@ -252,6 +252,25 @@ impl JobPlan {
         used.sort_unstable();
         used.dedup();
         join.right_values = used;
+        // The WHERE's stream-only terms, planned over the stream alone: the live join leaves
+        // out the rows they drop before joining them (the window operator would drop them
+        // after).
+        if let Some(filter) = &join.stream_filter_sql {
+            let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+            let filter_job = format!(
+                "SELECT COUNT(*) AS n FROM TUMBLE({}, {}, INTERVAL '1' SECOND) WHERE {filter} GROUP BY window_start, window_end",
+                quote(&plan.stream),
+                quote(event_time),
+            );
+            join.stream_filter = JobPlan::compile_one_source(
+                &filter_job,
+                Arc::clone(&join.stream_schema),
+                event_time,
+                &JobLimits::default(),
+            )
+            .ok()
+            .and_then(|filter_plan| filter_plan.filter);
+        }
         plan.sql = sql.to_string();
         plan.single_source_sql = single_source_sql;
         plan.join = Some(join);

@@ -515,7 +515,14 @@ pub async fn register_joined(
         crate::temporal_join::JoinKind::Left => "RIGHT JOIN",
     };
     let right = quote_ident(right_table);
-    let stream = quote_ident(stream_table);
+    // The WHERE's stream-only terms before the join: the rows they drop need no joining.
+    let stream = match &join.stream_filter_sql {
+        Some(filter) => format!(
+            "(SELECT * FROM {} WHERE {filter})",
+            quote_ident(stream_table)
+        ),
+        None => quote_ident(stream_table),
+    };
     let sql = match join.form {
         JoinForm::AsOf { tombstone } => {
             let not_deleted = match tombstone {

@@ -285,6 +285,11 @@ impl LiveJoin {
     /// Stream rows in: the joined rows out, as the window operator takes them, and how many
     /// rows were rejected (no event time) or late to the join.
     fn stream(&mut self, batch: &RecordBatch) -> anyhow::Result<(Vec<RecordBatch>, usize, usize)> {
+        let (LiveJoin::AsOf(_, plan) | LiveJoin::Interval { plan, .. }) = self;
+        let batch = &plan
+            .join()
+            .context("a join job")?
+            .prefilter(batch.clone())?;
         match self {
             LiveJoin::AsOf(join, _) => {
                 let out = join.process_stream(batch)?;
