@@ -940,13 +940,14 @@ impl SessionState {
             (targets, self.n_groups, Vec::new())
         };
         let mut values = Vec::with_capacity(self.accumulators.len());
-        for ((accumulator, expr), empty) in self
+        for (((accumulator, expr), empty), types) in self
             .accumulators
             .iter_mut()
             .zip(&self.aggregates)
             .zip(&self.empty_states)
+            .zip(&self.state_types)
         {
-            let state = accumulator.state(EmitTo::All)?;
+            let state = take_state(accumulator.as_mut(), types)?;
             if n_emitted > 0 {
                 let mut scratch = new_groups_accumulator(expr)?;
                 scratch.merge_batch(
@@ -1255,9 +1256,9 @@ impl SessionState {
             Arc::new(UInt32Array::from(versions)),
             Arc::new(BooleanArray::from(fired)),
         ];
-        for accumulator in &mut self.accumulators {
+        for (accumulator, types) in self.accumulators.iter_mut().zip(&self.state_types) {
             // Taking the state out empties the accumulator; it goes back as it was.
-            let state = accumulator.state(EmitTo::All)?;
+            let state = take_state(accumulator.as_mut(), types)?;
             accumulator.merge_batch(&state, &all_groups, self.n_groups)?;
             columns.extend(take_columns(&state, &slots)?);
         }
@@ -1373,6 +1374,28 @@ impl SessionState {
         }
         Ok(state)
     }
+}
+
+/// Every group's state out of `accumulator`, whose state has columns of `types`. An
+/// accumulator of DataFusion's that keeps a row accumulator per group (`COUNT(DISTINCT)`)
+/// gives no columns at all while it has no group, since it learns its columns from its
+/// first group's: then columns of `types` without rows.
+fn take_state(
+    accumulator: &mut dyn GroupsAccumulator,
+    types: &[DataType],
+) -> Result<Vec<ArrayRef>, EngineError> {
+    let state = accumulator.state(EmitTo::All)?;
+    if state.len() == types.len() {
+        return Ok(state);
+    }
+    if state.iter().all(|column| column.is_empty()) {
+        return Ok(types.iter().map(arrow::array::new_empty_array).collect());
+    }
+    Err(EngineError::plan(format!(
+        "an aggregate gave {} state columns for {} state types",
+        state.len(),
+        types.len()
+    )))
 }
 
 #[cfg(test)]

@@ -579,3 +579,53 @@ fn an_inputs_end_and_its_time_survive_a_snapshot() {
         "vouched up to 5,000 only: not idle at 11,000"
     );
 }
+
+/// A session job with `COUNT(DISTINCT)`, whose DataFusion accumulator learns its state's
+/// columns from its first group, snapshots with no session open: fresh, after its sessions
+/// fired, and restored from such a snapshot (the compose test's stream-processor failed
+/// there, on every restart, after a SIGKILL).
+#[test]
+fn a_session_job_with_count_distinct_snapshots_with_no_session_open() {
+    let plan = plan(
+        "SELECT k, window_start, window_end, COUNT(DISTINCT v) AS values_seen
+         FROM SESSION(s, ts, INTERVAL '3' SECOND) GROUP BY k, window_start, window_end",
+    );
+    let options = options(0, 0, None);
+    let restored = |operator: &mut WindowOperator| {
+        let bytes = operator.snapshot().expect("snapshot");
+        WindowOperator::restore(Arc::clone(&plan), options, &bytes).expect("restore")
+    };
+    let mut operator = WindowOperator::new(Arc::clone(&plan), options).expect("operator");
+    let mut operator = restored(&mut operator);
+    let event = |ts: i64, key: &str, value: i64| Event {
+        ts,
+        key: key.to_string(),
+        value,
+    };
+    let mut output = OperatorOutput::default();
+    output.append(
+        operator
+            .process(
+                0,
+                &batch_of(&[event(1_000, "a", 1), event(1_500, "a", 2)]),
+                0,
+            )
+            .expect("process"),
+    );
+    let mut operator = restored(&mut operator);
+    // Far later: the session of `a` fires and closes; none is open at the next snapshot.
+    output.append(
+        operator
+            .process(0, &batch_of(&[event(100_000, "b", 1)]), 1)
+            .expect("process"),
+    );
+    output.append(operator.finish().expect("finish"));
+    let mut operator = restored(&mut operator);
+    let mut operator = restored(&mut operator);
+    output.append(operator.finish().expect("finish"));
+    let rendered = rendered(&output);
+    assert!(
+        rendered.contains(r#""k":"a""#) && rendered.contains(r#""values_seen":2"#),
+        "{rendered}"
+    );
+}
