@@ -59,13 +59,13 @@ use arrow::array::{
 use arrow::buffer::NullBuffer;
 use arrow::compute::interleave;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, SortField};
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
 use crate::error::{EngineError, EventError};
-use crate::snapshot::{decode_option, encode_option, fnv1a};
+use crate::snapshot::{
+    decode_option, encode_option, fnv1a, ipc_bytes, join_parts, read_ipc, split_parts,
+};
 use crate::temporal_join::{
     JoinKind, check_join_inputs, check_schema, duration_ms, event_times, late_rows,
 };
@@ -592,14 +592,7 @@ impl IntervalJoin {
             )));
         }
         let times = event_times(batch, time_column)?;
-        let key_columns: Vec<ArrayRef> = key_columns
-            .iter()
-            .map(|&index| Arc::clone(batch.column(index)))
-            .collect();
-        let key_nulls = key_columns.iter().fold(None, |nulls, column| {
-            NullBuffer::union(nulls.as_ref(), column.logical_nulls().as_ref())
-        });
-        let key_rows = self.keys.convert_columns(&key_columns)?;
+        let (key_nulls, key_rows) = key_rows(&self.keys, batch, key_columns)?;
         // A LEFT join keeps its left rows with a null key, to emit them with nulls.
         let keep_null_keys = input == Input::Left && self.spec.kind == JoinKind::Left;
         let (lower, upper) = (
@@ -810,17 +803,13 @@ impl IntervalJoin {
         ] {
             metadata.insert(key.to_string(), value);
         }
-        let mut bytes = vec![0u8; 8];
-        write_side(&self.left, &self.spec.left_schema, metadata, &mut bytes)?;
-        let left_len = (bytes.len() - 8) as u64;
-        bytes[..8].copy_from_slice(&left_len.to_le_bytes());
-        write_side(
+        let left = side_snapshot(&self.left, &self.spec.left_schema, metadata)?;
+        let right = side_snapshot(
             &self.right,
             &self.spec.right_schema,
             std::collections::HashMap::new(),
-            &mut bytes,
         )?;
-        Ok(bytes)
+        Ok(join_parts(&left, &right))
     }
 
     /// A join of `spec` with the state of `bytes` (from [`snapshot`](Self::snapshot)).
@@ -832,24 +821,8 @@ impl IntervalJoin {
     pub fn restore(spec: IntervalJoinSpec, bytes: &[u8]) -> Result<IntervalJoin, EngineError> {
         let corrupt = |what: String| EngineError::Snapshot(what);
         let mut join = IntervalJoin::new(spec)?;
-        let (left_len, rest) = bytes
-            .split_first_chunk::<8>()
-            .ok_or_else(|| corrupt("a join snapshot shorter than its header".to_string()))?;
-        let left_len = usize::try_from(u64::from_le_bytes(*left_len))
-            .ok()
-            .filter(|len| *len <= rest.len())
-            .ok_or_else(|| corrupt("a join snapshot's left part runs past its end".to_string()))?;
-        let (left_bytes, right_bytes) = rest.split_at(left_len);
-        let read = |bytes: &[u8]| -> Result<RecordBatch, EngineError> {
-            let reader = StreamReader::try_new(bytes, None)
-                .map_err(|error| corrupt(format!("not an Arrow IPC stream: {error}")))?;
-            let schema = reader.schema();
-            let batches = reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| corrupt(format!("read a join snapshot: {error}")))?;
-            Ok(arrow::compute::concat_batches(&schema, &batches)?)
-        };
-        let left_rows = read(left_bytes)?;
+        let (left_bytes, right_bytes) = split_parts(bytes, "left")?;
+        let left_rows = read_ipc(left_bytes)?;
         let schema = left_rows.schema();
         let metadata = schema.metadata();
         let get = |key: &str| {
@@ -906,7 +879,7 @@ impl IntervalJoin {
             join.raise_watermark();
         }
         join.restore_side(Input::Left, &left_rows)?;
-        join.restore_side(Input::Right, &read(right_bytes)?)?;
+        join.restore_side(Input::Right, &read_ipc(right_bytes)?)?;
         Ok(join)
     }
 
@@ -947,14 +920,7 @@ impl IntervalJoin {
             .clone();
         let rows = rows.project(&(0..n_columns).collect::<Vec<_>>())?;
         let times = event_times(&rows, time_column)?;
-        let key_columns: Vec<ArrayRef> = key_columns
-            .iter()
-            .map(|&index| Arc::clone(rows.column(index)))
-            .collect();
-        let key_nulls = key_columns.iter().fold(None, |nulls, column| {
-            NullBuffer::union(nulls.as_ref(), column.logical_nulls().as_ref())
-        });
-        let key_rows = self.keys.convert_columns(&key_columns)?;
+        let (key_nulls, key_rows) = key_rows(&self.keys, &rows, key_columns)?;
         let keep_null_keys = input == Input::Left && self.spec.kind == JoinKind::Left;
         let batch_id = side.add_batch(&rows);
         for (row, time) in times.iter().enumerate() {
@@ -1055,12 +1021,11 @@ fn gather(
 
 /// Writes the stored rows of `side` (of `schema`) in (time, arrival) order, with `_seq` and
 /// `_matched`, as an Arrow IPC stream with `metadata` to `bytes`.
-fn write_side(
+fn side_snapshot(
     side: &Side,
     schema: &SchemaRef,
     metadata: std::collections::HashMap<String, String>,
-    bytes: &mut Vec<u8>,
-) -> Result<(), EngineError> {
+) -> Result<Vec<u8>, EngineError> {
     let stored = side.stored();
     // The bytes depend on the rows alone, not on the batches they are gathered from:
     // `interleave` builds validity bitmaps afresh, and the IPC writer leaves out a bitmap
@@ -1085,10 +1050,24 @@ fn write_side(
     fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
     fields.push(Field::new(MATCHED_COLUMN, DataType::Boolean, false));
     let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
-    let mut writer = StreamWriter::try_new(bytes, &schema)?;
-    writer.write(&RecordBatch::try_new(Arc::clone(&schema), columns)?)?;
-    writer.finish()?;
-    Ok(())
+    ipc_bytes(&RecordBatch::try_new(schema, columns)?)
+}
+
+/// The key of each row of `batch` (its columns `key_columns`) in `keys`' row format, and
+/// where any of them is null.
+fn key_rows(
+    keys: &RowConverter,
+    batch: &RecordBatch,
+    key_columns: &[usize],
+) -> Result<(Option<NullBuffer>, arrow::row::Rows), EngineError> {
+    let key_columns: Vec<ArrayRef> = key_columns
+        .iter()
+        .map(|&index| Arc::clone(batch.column(index)))
+        .collect();
+    let key_nulls = key_columns.iter().fold(None, |nulls, column| {
+        NullBuffer::union(nulls.as_ref(), column.logical_nulls().as_ref())
+    });
+    Ok((key_nulls, keys.convert_columns(&key_columns)?))
 }
 
 /// A fingerprint of what in `spec` shapes the state and the output.

@@ -87,6 +87,51 @@ fn snapshot_schema(
     Ok(Arc::new(Schema::new_with_metadata(fields, metadata)))
 }
 
+/// One batch as an Arrow IPC stream.
+pub(crate) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>, EngineError> {
+    let mut writer = StreamWriter::try_new(Vec::new(), &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// The rows of an Arrow IPC stream as one batch of its schema (metadata included).
+pub(crate) fn read_ipc(bytes: &[u8]) -> Result<RecordBatch, EngineError> {
+    let reader = StreamReader::try_new(bytes, None)
+        .map_err(|error| EngineError::Snapshot(format!("not an Arrow IPC stream: {error}")))?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| EngineError::Snapshot(format!("read a join snapshot: {error}")))?;
+    Ok(arrow::compute::concat_batches(&schema, &batches)?)
+}
+
+/// A join's snapshot of two parts (each an Arrow IPC stream): the first's length in 8
+/// bytes, little-endian, then the first, then the second.
+pub(crate) fn join_parts(first: &[u8], second: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + first.len() + second.len());
+    bytes.extend_from_slice(&(first.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(first);
+    bytes.extend_from_slice(second);
+    bytes
+}
+
+/// The two parts of a [`join_parts`] snapshot; `first` names the first in errors.
+pub(crate) fn split_parts<'a>(
+    bytes: &'a [u8],
+    first: &str,
+) -> Result<(&'a [u8], &'a [u8]), EngineError> {
+    let corrupt = |what: String| EngineError::Snapshot(what);
+    let (len, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or_else(|| corrupt("a join snapshot shorter than its header".to_string()))?;
+    let len = usize::try_from(u64::from_le_bytes(*len))
+        .ok()
+        .filter(|len| *len <= rest.len())
+        .ok_or_else(|| corrupt(format!("a join snapshot's {first} part runs past its end")))?;
+    Ok(rest.split_at(len))
+}
+
 pub(crate) fn encode_option(value: Option<i64>) -> String {
     value.map_or_else(|| "-".to_string(), |value| value.to_string())
 }

@@ -35,11 +35,9 @@ use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
 
 use crate::error::{EngineError, EventError};
-use crate::snapshot::{decode_option, encode_option};
+use crate::snapshot::{decode_option, encode_option, ipc_bytes, join_parts, read_ipc, split_parts};
 use crate::table::VersionedTable;
 
 /// Versions the table gains, at least, between two compactions.
@@ -409,14 +407,7 @@ impl TemporalJoin {
     ///
     /// Arrow failures.
     pub fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
-        let table = self.table.snapshot()?;
-        let mut bytes = vec![0u8; 8];
-        let mut writer = StreamWriter::try_new(&mut bytes, &table.schema())?;
-        writer.write(&table)?;
-        writer.finish()?;
-        drop(writer);
-        let table_len = (bytes.len() - 8) as u64;
-        bytes[..8].copy_from_slice(&table_len.to_le_bytes());
+        let table = ipc_bytes(&self.table.snapshot()?)?;
 
         let mut waiting: Vec<Waiting> = self.waiting.iter().map(|Reverse(next)| *next).collect();
         waiting.sort_unstable();
@@ -454,11 +445,8 @@ impl TemporalJoin {
         columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
             waiting.iter().map(|next| next.seq),
         )));
-        let mut writer = StreamWriter::try_new(&mut bytes, &schema)?;
-        writer.write(&RecordBatch::try_new(Arc::clone(&schema), columns)?)?;
-        writer.finish()?;
-        drop(writer);
-        Ok(bytes)
+        let waiting = ipc_bytes(&RecordBatch::try_new(schema, columns)?)?;
+        Ok(join_parts(&table, &waiting))
     }
 
     /// A join of `spec` with the state of `bytes` (from [`snapshot`](Self::snapshot)).
@@ -470,28 +458,12 @@ impl TemporalJoin {
     pub fn restore(spec: TemporalJoinSpec, bytes: &[u8]) -> Result<TemporalJoin, EngineError> {
         let corrupt = |what: String| EngineError::Snapshot(what);
         let mut join = TemporalJoin::new(spec)?;
-        let (table_len, rest) = bytes
-            .split_first_chunk::<8>()
-            .ok_or_else(|| corrupt("a join snapshot shorter than its header".to_string()))?;
-        let table_len = usize::try_from(u64::from_le_bytes(*table_len))
-            .ok()
-            .filter(|len| *len <= rest.len())
-            .ok_or_else(|| corrupt("a join snapshot's table part runs past its end".to_string()))?;
-        let (table_bytes, waiting_bytes) = rest.split_at(table_len);
-        let read = |bytes: &[u8]| -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
-            let reader = StreamReader::try_new(bytes, None)
-                .map_err(|error| corrupt(format!("not an Arrow IPC stream: {error}")))?;
-            let schema = reader.schema();
-            let batches = reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| corrupt(format!("read a join snapshot: {error}")))?;
-            Ok((schema, batches))
-        };
-        let (table_schema, table_batches) = read(table_bytes)?;
-        let table = arrow::compute::concat_batches(&table_schema, &table_batches)?;
+        let (table_bytes, waiting_bytes) = split_parts(bytes, "table")?;
+        let table = read_ipc(table_bytes)?;
         join.table = join.table.restore_like(&table)?;
 
-        let (schema, batches) = read(waiting_bytes)?;
+        let rows = read_ipc(waiting_bytes)?;
+        let schema = rows.schema();
         let metadata = schema.metadata();
         let get = |key: &str| {
             metadata
@@ -527,7 +499,6 @@ impl TemporalJoin {
         join.compact_at = usize::try_from(number("runnel.compact_at")?)
             .map_err(|_| corrupt("a join snapshot's compaction mark is negative".to_string()))?;
         join.stream_max = decode_option(get("runnel.stream_max")?)?;
-        let rows = arrow::compute::concat_batches(&schema, &batches)?;
         let n_stream = join.spec.stream_schema.fields().len();
         if rows.num_columns() != n_stream + 1
             || rows.schema().fields()[..n_stream] != join.spec.stream_schema.fields()[..]
