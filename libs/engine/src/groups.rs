@@ -58,6 +58,17 @@ pub(crate) fn new_groups_accumulator(
     }
 }
 
+/// Every group's keys, leaving `group_values` empty. DataFusion 55's multi-column
+/// `GroupValues` forgets its values on `emit(EmitTo::All)` but keeps its hash map, so keys
+/// interned after would be compared with values it no longer has (an index out of bounds in
+/// DataFusion, at the first snapshot of a job grouped by two columns): `clear_shrink` empties
+/// the map too.
+fn emit_all(group_values: &mut dyn GroupValues) -> Result<Vec<ArrayRef>, EngineError> {
+    let keys = group_values.emit(EmitTo::All)?;
+    group_values.clear_shrink(0);
+    Ok(keys)
+}
+
 fn new_accumulators(plan: &JobPlan) -> Result<Vec<Box<dyn GroupsAccumulator>>, EngineError> {
     plan.aggregates.iter().map(new_accumulator).collect()
 }
@@ -130,7 +141,7 @@ impl GroupTable {
         let n_groups = self.len();
         let keys = match &mut self.keys {
             KeyTable::Keys(group_values) => {
-                let keys = group_values.emit(EmitTo::All)?;
+                let keys = emit_all(group_values.as_mut())?;
                 if keep {
                     // Interning the emitted keys into the now empty table gives back the same
                     // indices in the same order.
@@ -180,7 +191,7 @@ impl GroupTable {
         let all_groups: Vec<usize> = (0..n_groups).collect();
         let keys = match &mut self.keys {
             KeyTable::Keys(group_values) => {
-                let keys = group_values.emit(EmitTo::All)?;
+                let keys = emit_all(group_values.as_mut())?;
                 let mut restored = Vec::with_capacity(n_groups);
                 group_values.intern(&keys, &mut restored)?;
                 keys

@@ -26,6 +26,12 @@ FROM HOP(s, ts, INTERVAL '5' SECOND, INTERVAL '15' SECOND) GROUP BY k, window_st
 const SESSION_JOB: &str = "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, AVG(v) AS mean
 FROM SESSION(s, ts, INTERVAL '3' SECOND) GROUP BY k, window_start, window_end";
 
+/// Grouped by two columns: DataFusion's multi-column group values (see `groups.rs`'s
+/// `emit_all`), where one column had a single key table.
+const TWO_KEYS_JOB: &str =
+    "SELECT k, v % 3 AS r, window_start, window_end, COUNT(*) AS n, SUM(v) AS total
+FROM TUMBLE(s, ts, INTERVAL '10' SECOND) GROUP BY k, v % 3, window_start, window_end";
+
 /// Largest disorder the generator produces: an event is at most this far behind the largest
 /// event time before it.
 const MAX_DISORDER_MS: i64 = 4_000;
@@ -149,6 +155,7 @@ fn window_job(window: u8, options: OperatorOptions) -> (Arc<JobPlan>, OperatorOp
     match window {
         0 => (plan(TUMBLE_JOB), options),
         1 => (plan(HOP_JOB), options),
+        3 => (plan(TWO_KEYS_JOB), options),
         _ => (
             plan(SESSION_JOB),
             OperatorOptions {
@@ -449,7 +456,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 1..12),
         restore_at in prop::collection::vec(0usize..12, 1..4),
         options in any_options(),
-        window in 0u8..3,
+        window in 0u8..4,
     ) {
         let (plan, options) = window_job(window, options);
         let batches = batches(&events, &cuts);
