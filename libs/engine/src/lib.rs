@@ -51,6 +51,7 @@ pub use recompute::{
 };
 pub use reorder::TimeOrder;
 pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};
+pub use snapshot::{join_parts as join_snapshot_parts, split_parts as split_snapshot_parts};
 pub use table::{Lookup, VersionedTable};
 pub use temporal_join::{
     JOIN_LATE_REASON_COLUMN, JOIN_LATE_WATERMARK_COLUMN, JoinKind, JoinOutput, TemporalJoin,

@@ -106,9 +106,10 @@ pub(crate) fn read_ipc(bytes: &[u8]) -> Result<RecordBatch, EngineError> {
     Ok(arrow::compute::concat_batches(&schema, &batches)?)
 }
 
-/// A join's snapshot of two parts (each an Arrow IPC stream): the first's length in 8
-/// bytes, little-endian, then the first, then the second.
-pub(crate) fn join_parts(first: &[u8], second: &[u8]) -> Vec<u8> {
+/// A snapshot of two parts (a join's: each an Arrow IPC stream; a join job's task: the
+/// windows' and the join's snapshots): the first's length in 8 bytes, little-endian, then
+/// the first, then the second.
+pub fn join_parts(first: &[u8], second: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(8 + first.len() + second.len());
     bytes.extend_from_slice(&(first.len() as u64).to_le_bytes());
     bytes.extend_from_slice(first);
@@ -117,10 +118,11 @@ pub(crate) fn join_parts(first: &[u8], second: &[u8]) -> Vec<u8> {
 }
 
 /// The two parts of a [`join_parts`] snapshot; `first` names the first in errors.
-pub(crate) fn split_parts<'a>(
-    bytes: &'a [u8],
-    first: &str,
-) -> Result<(&'a [u8], &'a [u8]), EngineError> {
+///
+/// # Errors
+///
+/// [`EngineError::Snapshot`]: bytes too short for the header or the first part.
+pub fn split_parts<'a>(bytes: &'a [u8], first: &str) -> Result<(&'a [u8], &'a [u8]), EngineError> {
     let corrupt = |what: String| EngineError::Snapshot(what);
     let (len, rest) = bytes
         .split_first_chunk::<8>()

@@ -567,12 +567,33 @@ impl TemporalJoin {
         Ok(output)
     }
 
+    /// Joins every waiting stream row now, with the table's versions as they stand, in
+    /// (time, arrival) order: for a caller that has read every table partition to its end as
+    /// of a time after those rows arrived, so that no version the table could still show them
+    /// has come yet (the table is idle, as an idle source is in Flink). The table's
+    /// watermark does not move: a changelog row still to come updates the table, and is
+    /// late only behind that watermark.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures.
+    pub fn release_waiting(&mut self) -> Result<JoinOutput, EngineError> {
+        let mut output = JoinOutput::default();
+        self.release_up_to(i64::MAX, &mut output)?;
+        Ok(output)
+    }
+
     /// Joins the waiting stream rows the table's watermark has reached, in (time, arrival)
     /// order.
     fn release(&mut self, output: &mut JoinOutput) -> Result<(), EngineError> {
+        self.release_up_to(self.table_watermark, output)
+    }
+
+    /// Joins the waiting stream rows at or before `up_to`, in (time, arrival) order.
+    fn release_up_to(&mut self, up_to: i64, output: &mut JoinOutput) -> Result<(), EngineError> {
         let mut released: Vec<Waiting> = Vec::new();
         while let Some(Reverse(next)) = self.waiting.peek() {
-            if next.time > self.table_watermark {
+            if next.time > up_to {
                 break;
             }
             released.push(*next);

@@ -41,6 +41,10 @@ pub struct CheckpointManifest {
     /// offset seen, below which copies (written again by a restarted router) are dropped.
     #[serde(default)]
     pub seen_source_offsets: Vec<Option<u64>>,
+    /// For a join job: per partition of its table's changelog, the next offset to read after
+    /// restoring the state (which holds the join's table).
+    #[serde(default)]
+    pub table_offsets: Vec<u64>,
 }
 
 /// The manifest of task `partition` of `job`'s newest complete checkpoint under `prefix`, if
@@ -497,6 +501,7 @@ mod tests {
             late_count: 0,
             state_bytes: bytes,
             seen_source_offsets: Vec::new(),
+            table_offsets: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use runnel_config::{Config, JobConfig};
-use runnel_engine::{JobLimits, JobPlan, OperatorOptions};
+use runnel_engine::{JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions, TableSource};
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
 
 use crate::JobsError;
@@ -71,6 +71,70 @@ pub struct Job {
     pub repartition: bool,
     /// The `[[jobs]]` entry it was compiled from.
     pub config: JobConfig,
+    /// A join job's table (`[[tables]]`): the stream rows are joined with it as of their
+    /// event time before the windows.
+    pub table: Option<JobTable>,
+}
+
+/// The table a join job joins, read from its changelog stream.
+#[derive(Debug, Clone)]
+pub struct JobTable {
+    /// The table's declared name.
+    pub name: String,
+    /// Its changelog stream.
+    pub stream: StreamSchema,
+    /// The changelog's partition count.
+    pub partitions: u32,
+    /// Indexes of the changelog's decoded columns that the join reads (as [`Job::input_columns`]).
+    pub input_columns: Vec<usize>,
+    /// The schema of the join's table input batches.
+    pub input_schema: SchemaRef,
+}
+
+impl JobTable {
+    /// A batch of the changelog's positioned columns as the join's table input.
+    ///
+    /// # Errors
+    ///
+    /// [`JobsError::Encode`]: a batch that lacks the columns.
+    pub fn project(&self, positioned: &RecordBatch) -> Result<RecordBatch, JobsError> {
+        project(positioned, &self.input_columns, &self.input_schema)
+    }
+}
+
+/// The columns of a stream's decoded batches (declared fields, `_partition`, `_offset`,
+/// `_ingest_time`) that a plan reads: all but `_partition`. Their indexes and schema.
+fn plan_input(stream: &StreamSchema) -> (Vec<usize>, SchemaRef) {
+    let positioned = stream.with_position();
+    let input_columns: Vec<usize> = positioned
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, field)| {
+            field.name() != runnel_events::PARTITION_COLUMN
+                && (stream.declared().index_of(field.name()).is_ok()
+                    || field.name() == OFFSET_COLUMN
+                    || field.name() == INGEST_TIME_COLUMN)
+        })
+        .map(|(index, _)| index)
+        .collect();
+    let input_schema = Arc::new(Schema::new(
+        input_columns
+            .iter()
+            .map(|&index| positioned.field(index).clone())
+            .collect::<Vec<_>>(),
+    ));
+    (input_columns, input_schema)
+}
+
+/// `positioned`'s columns `columns`, as a batch of `schema`.
+fn project(
+    positioned: &RecordBatch,
+    columns: &[usize],
+    schema: &SchemaRef,
+) -> Result<RecordBatch, JobsError> {
+    let input = positioned.project(columns).map_err(JobsError::Encode)?;
+    RecordBatch::try_new(Arc::clone(schema), input.columns().to_vec()).map_err(JobsError::Encode)
 }
 
 impl Job {
@@ -90,11 +154,7 @@ impl Job {
     ///
     /// [`JobsError::Encode`]: a batch that lacks the columns.
     pub fn project(&self, positioned: &RecordBatch) -> Result<RecordBatch, JobsError> {
-        let input = positioned
-            .project(&self.input_columns)
-            .map_err(JobsError::Encode)?;
-        RecordBatch::try_new(Arc::clone(&self.input_schema), input.columns().to_vec())
-            .map_err(JobsError::Encode)
+        project(positioned, &self.input_columns, &self.input_schema)
     }
 
     /// Reads the job's SQL and compiles it against its stream.
@@ -110,43 +170,66 @@ impl Job {
         };
         let sql = job.sql_text().map_err(|error| fail(error.to_string()))?;
         let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
-        if let Some(joined) = JobPlan::joined_of(&sql).map_err(|error| fail(error.to_string()))? {
-            return Err(fail(format!(
-                "joins `{joined}`: join jobs run in `runnel run` only so far; the stream-processor, backfills and serving do not run them yet"
-            )));
-        }
         let stream_config = config.stream(&stream_name).ok_or_else(|| {
             fail(format!(
                 "reads stream `{stream_name}`, which is not declared"
             ))
         })?;
         let stream = StreamSchema::new(stream_config);
-        let positioned = stream.with_position();
-        let input_columns: Vec<usize> = positioned
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, field)| {
-                field.name() != runnel_events::PARTITION_COLUMN
-                    && (stream.declared().index_of(field.name()).is_ok()
-                        || field.name() == OFFSET_COLUMN
-                        || field.name() == INGEST_TIME_COLUMN)
-            })
-            .map(|(index, _)| index)
-            .collect();
-        let input_schema = Arc::new(Schema::new(
-            input_columns
-                .iter()
-                .map(|&index| positioned.field(index).clone())
-                .collect::<Vec<_>>(),
-        ));
-        let plan = JobPlan::compile(
+        let (input_columns, input_schema) = plan_input(&stream);
+        let joined = JobPlan::joined_of(&sql).map_err(|error| fail(error.to_string()))?;
+        let mut sources = JoinSources::default();
+        let table = match joined {
+            None => None,
+            Some(joined) => {
+                let Some((table, changelog, key)) = config.table(&joined) else {
+                    return Err(fail(if config.stream(&joined).is_some() {
+                        format!(
+                            "joins the stream `{joined}`: interval joins of two streams run in `runnel run` only so far; the stream-processor and backfills run joins with a table ([[tables]]) only"
+                        )
+                    } else {
+                        format!(
+                            "joins `{joined}`, which the config declares neither as a table ([[tables]]) nor as a stream"
+                        )
+                    }));
+                };
+                let changelog_schema = StreamSchema::new(changelog);
+                let (columns, schema) = plan_input(&changelog_schema);
+                sources.tables.push(TableSource {
+                    name: table.name.clone(),
+                    schema: Arc::clone(&schema),
+                    key: key.to_string(),
+                    event_time: changelog.event_time.clone(),
+                    tombstone: table.tombstone.clone(),
+                });
+                Some(JobTable {
+                    name: table.name.clone(),
+                    stream: changelog_schema,
+                    partitions: changelog.partitions,
+                    input_columns: columns,
+                    input_schema: schema,
+                })
+            }
+        };
+        let plan = JobPlan::compile_joined(
             &sql,
             Arc::clone(&input_schema),
             &stream_config.event_time,
+            &sources,
             &job_limits(config),
         )
         .map_err(|error| fail(error.to_string()))?;
+        if plan
+            .join()
+            .is_some_and(|join| !matches!(join.form(), JoinForm::AsOf { .. }))
+        {
+            return Err(fail(format!(
+                "joins the stream `{}` in an interval: interval joins run in `runnel run` only so far",
+                plan.join()
+                    .map(|join| join.right_name())
+                    .unwrap_or_default()
+            )));
+        }
         // A task aggregates what its input partition holds; that is every event of a group
         // only when the stream is partitioned by a column the job groups by. Otherwise the
         // events go through the repartition topic first, keyed by their group.
@@ -154,6 +237,22 @@ impl Job {
             Some(key) => !plan.groups_by_column(key),
             None => true,
         };
+        if let Some(table) = &table
+            && repartition
+        {
+            // The routers key each stream row by its group, which a join job knows only
+            // after the join: that takes routers that join (and a repartition topic of joined
+            // rows), not built yet.
+            return Err(fail(format!(
+                "joins the table `{}` and groups by {}: a join job must group by its stream's key so far, since its routers cannot key rows by columns of the join",
+                table.name,
+                match &stream_config.key {
+                    Some(key) =>
+                        format!("no column that is the stream `{stream_name}`'s key `{key}`"),
+                    None => format!("the stream `{stream_name}`, which has no key,"),
+                }
+            )));
+        }
         let options = OperatorOptions {
             partitions: 1,
             max_out_of_orderness: job.max_out_of_orderness,
@@ -172,6 +271,7 @@ impl Job {
             input_columns,
             input_schema,
             config: job.clone(),
+            table,
         })
     }
 }
@@ -251,17 +351,68 @@ mod tests {
         );
     }
 
+    /// The embedded defaults with a `users` table over a changelog `user_updates`.
+    fn with_users_table(mut config: Config) -> Config {
+        let mut users = config.streams[0].clone();
+        users.name = "user_updates".to_string();
+        config.streams.push(users);
+        config.tables.push(runnel_config::TableConfig {
+            name: "users".to_string(),
+            stream: "user_updates".to_string(),
+            key: None,
+            tombstone: None,
+        });
+        config
+    }
+
     #[test]
-    fn a_join_job_is_refused_by_name_until_the_services_run_joins() {
+    fn a_join_job_grouped_by_the_streams_key_reads_the_stream_and_the_tables_changelog() {
+        let (config, job) = config_with_job(
+            "SELECT c.user_id, u.country, window_start, COUNT(*) AS n \
+             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
+             JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id \
+             GROUP BY c.user_id, u.country, window_start, window_end",
+        );
+        let job = Job::compile(&with_users_table(config), &job).expect("compiles");
+        assert!(!job.repartition);
+        let table = job.table.as_ref().expect("a table");
+        assert_eq!(
+            (table.name.as_str(), table.stream.name(), table.partitions),
+            ("users", "user_updates", 4)
+        );
+        assert!(table.input_schema.index_of("_offset").is_ok());
+        assert!(job.plan.join().is_some());
+    }
+
+    #[test]
+    fn join_jobs_the_services_cannot_run_yet_are_refused_by_name() {
+        // Grouped by a column of the table: the routers cannot key rows by it.
         let (config, job) = config_with_job(
             "SELECT u.country, window_start, COUNT(*) AS n \
              FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
              JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id \
              GROUP BY u.country, window_start, window_end",
         );
-        let error = Job::compile(&config, &job).unwrap_err().to_string();
+        let error = Job::compile(&with_users_table(config), &job)
+            .unwrap_err()
+            .to_string();
         assert!(
-            error.contains("joins `users`") && error.contains("runnel run"),
+            error.contains("the table `users`") && error.contains("stream's key"),
+            "{error}"
+        );
+        // An interval join of two streams.
+        let (config, job) = config_with_job(
+            "SELECT c.user_id, window_start, COUNT(*) AS n \
+             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
+             JOIN user_updates AS u ON c.user_id = u.user_id \
+             AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '1' MINUTE \
+             GROUP BY c.user_id, window_start, window_end",
+        );
+        let error = Job::compile(&with_users_table(config), &job)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`user_updates`") && error.contains("runnel run"),
             "{error}"
         );
     }

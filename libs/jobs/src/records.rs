@@ -98,6 +98,33 @@ pub fn late_records(
     source_partition: Option<u32>,
     timestamp: i64,
 ) -> Result<Vec<ProduceRecord>, JobsError> {
+    keyed_late_records("", batches, partition, source_partition, timestamp)
+}
+
+/// A join job's late changelog rows (the join's table, `table`, had passed their time) as
+/// late records for partition `partition`, keyed `<table>/<partition>:<offset>` (the
+/// changelog's partition and offset, which each batch's `_partition` and `_offset` hold),
+/// apart from the stream's late events.
+///
+/// # Errors
+///
+/// [`JobsError::Encode`] if a batch lacks `_offset` or `_partition`.
+pub fn late_table_records(
+    table: &str,
+    batches: &[RecordBatch],
+    partition: u32,
+    timestamp: i64,
+) -> Result<Vec<ProduceRecord>, JobsError> {
+    keyed_late_records(&format!("{table}/"), batches, partition, None, timestamp)
+}
+
+fn keyed_late_records(
+    prefix: &str,
+    batches: &[RecordBatch],
+    partition: u32,
+    source_partition: Option<u32>,
+    timestamp: i64,
+) -> Result<Vec<ProduceRecord>, JobsError> {
     let mut keys = Vec::new();
     let mut relabelled = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -114,7 +141,7 @@ pub fn late_records(
         let partitions = partitions.as_primitive::<arrow::datatypes::UInt32Type>();
         for row in 0..batch.num_rows() {
             keys.push(Bytes::from(format!(
-                "{}:{}",
+                "{prefix}{}:{}",
                 partitions.value(row),
                 offsets.value(row)
             )));

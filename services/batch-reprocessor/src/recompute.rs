@@ -373,6 +373,19 @@ pub async fn recompute_view(
         .map_err(|error| BatchError::Archive(Box::new(error)))?
         .map(|manifest| manifest.files)
         .unwrap_or_default();
+    // A join job's table: its changelog's history, every version before each chunk's end.
+    let changelog = match &job.table {
+        Some(table) => runnel_archive::load_manifest(
+            store.as_ref(),
+            &config.archive.prefix,
+            table.stream.name(),
+        )
+        .await
+        .map_err(|error| BatchError::Archive(Box::new(error)))?
+        .map(|manifest| manifest.files)
+        .unwrap_or_default(),
+        None => Vec::new(),
+    };
     let previous = load_view(store.as_ref(), VIEWS_PREFIX, &job.job_name, job.version).await?;
     let resumed = load_run_state(store.as_ref(), job).await?.filter(|state| {
         state.sql == job.plan.sql()
@@ -516,8 +529,21 @@ pub async fn recompute_view(
         context
             .register_table("history", Arc::new(table))
             .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+        let input = match &job.table {
+            None => "history",
+            Some(table) => {
+                register_table_history(
+                    job,
+                    (table, &changelog),
+                    chunk.events.end,
+                    (&context, Arc::clone(&store), request.workers),
+                )
+                .await?;
+                "joined"
+            }
+        };
         let started = std::time::Instant::now();
-        let streams = runnel_engine::recompute_windows(&job.plan, &context, "history")
+        let streams = runnel_engine::recompute_windows(&job.plan, &context, input)
             .await
             .map_err(|source| BatchError::Engine {
                 job: job.name.clone(),
@@ -1028,6 +1054,61 @@ impl TableProvider for HistoryTable {
         )?;
         Ok(Arc::new(scan))
     }
+}
+
+/// Registers in `context`, as `joined`, a join job's rows of the chunk (the table
+/// `history`) joined with its table: the table's changelog history (`changelog`, its files),
+/// every row before `end` (the chunk's), ordered within a time by the log offset. The
+/// table is its changelog as archived when the recompute runs: a version not yet archived
+/// is not seen (the archiver follows the log by its roll interval).
+async fn register_table_history(
+    job: &Job,
+    (table, changelog): (&runnel_jobs::JobTable, &[FileEntry]),
+    end: i64,
+    (context, store, workers): (
+        &datafusion::prelude::SessionContext,
+        Arc<dyn ObjectStore>,
+        usize,
+    ),
+) -> Result<(), BatchError> {
+    let before = i64::MIN..end;
+    let files: Vec<FileEntry> = changelog
+        .iter()
+        .filter(|file| file.rows > 0 && holds_events_in(file, &before))
+        .cloned()
+        .collect();
+    let history = HistoryTable {
+        groups: split(files, workers),
+        job_columns: table.input_columns.clone(),
+        positioned: Arc::new(with_string_views(table.stream.with_position())),
+        schema: Arc::new(with_string_views(&table.input_schema)),
+        chunk: Arc::new(ChunkRead {
+            store,
+            event_time_column: table.stream.event_time_index(),
+            events: before,
+            // The table's rows are not the job's events: none is counted, and the
+            // progress they would move is not the one shown.
+            own: 0..0,
+            counted: Arc::new(AtomicU64::new(0)),
+            progress: Arc::new(Progress::default()),
+        }),
+    };
+    context
+        .register_table("changelog", Arc::new(history))
+        .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+    runnel_engine::register_joined(
+        &job.plan,
+        context,
+        "history",
+        "changelog",
+        runnel_events::OFFSET_COLUMN,
+        "joined",
+    )
+    .await
+    .map_err(|source| BatchError::Engine {
+        job: job.name.clone(),
+        source,
+    })
 }
 
 /// The columns one scan reads, and how it turns them into its rows.

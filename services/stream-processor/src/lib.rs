@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod assignment;
+mod join;
 mod metrics;
 mod router;
 mod status;

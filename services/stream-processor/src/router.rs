@@ -134,7 +134,7 @@ impl Router {
         let start = (!self.fresh).then_some(self.offset);
         let mut source = self
             .context
-            .open_stream(&self.job, self.partition, start)
+            .open_stream(&self.job.stream, self.partition, start)
             .await?;
         if self.fresh {
             self.offset = source.position();
@@ -337,6 +337,7 @@ impl Router {
             late_count: 0,
             state_bytes: 0,
             seen_source_offsets: Vec::new(),
+            table_offsets: Vec::new(),
         };
         self.checkpoints
             .save(self.context.store.as_ref(), &manifest, Vec::new())

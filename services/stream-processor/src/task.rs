@@ -24,15 +24,17 @@ use arrow::datatypes::{Int64Type, TimestampMillisecondType};
 use object_store::ObjectStore;
 use runnel_archive::{HybridSource, HybridStart};
 use runnel_engine::{OperatorOutput, WindowOperator};
+use runnel_events::StreamSchema;
 use runnel_events::decode::EventDecoder;
 use runnel_log::{Log, OffsetCommit, PartitionReader, Record, StartOffset, TransactionalWriter};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::StreamProcessorError;
+use crate::join::{Joined, TableInput};
 use crate::status::{PartitionReporter, StatusRegistry};
 use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
-use runnel_jobs::records::{late_records, result_records};
+use runnel_jobs::records::{late_records, late_table_records, result_records};
 use runnel_jobs::{Job, job_group, late_topic, members_group, results_topic};
 
 /// How long a read waits for records before the task checks its checkpoint timer.
@@ -69,16 +71,17 @@ pub(crate) struct TaskContext {
 }
 
 impl TaskContext {
-    /// Opens `partition` of `job`'s stream through the hybrid source (its history, then its
-    /// live log) at `offset`, or at the first archived offset (the log's earliest when
-    /// nothing is archived) when there is none: where a direct task or a router reads.
+    /// Opens `partition` of `stream` through the hybrid source (its history, then its live
+    /// log) at `offset`, or at the first archived offset (the log's earliest when nothing is
+    /// archived) when there is none: where a direct task, a router or a join job's table
+    /// reads.
     ///
     /// # Errors
     ///
     /// [`StreamProcessorError::History`]: the manifest, or a gap between history and log.
     pub(crate) async fn open_stream(
         &self,
-        job: &Job,
+        stream: &StreamSchema,
         partition: u32,
         offset: Option<u64>,
     ) -> Result<HybridSource, StreamProcessorError> {
@@ -86,7 +89,7 @@ impl TaskContext {
             Arc::clone(&self.store),
             &self.history_prefix,
             Arc::clone(&self.log),
-            &job.stream,
+            stream,
             partition,
             offset.map_or(HybridStart::Earliest, HybridStart::Offset),
             self.read_batch_records,
@@ -125,6 +128,10 @@ pub(crate) struct Task {
     fresh: bool,
     /// Exactly-once: the task's transactional writer.
     transaction: Option<Transaction>,
+    /// A join job's table, joined with the stream rows before the windows.
+    table: Option<TableInput>,
+    /// Changelog rows late to the table, to go to the late topic with the next outputs.
+    late_table: Vec<RecordBatch>,
 }
 
 /// A task's Kafka transactions (`stream-processor.exactly-once`): its outputs since the last
@@ -285,18 +292,34 @@ impl Task {
         } else {
             (None, checkpoints.latest(context.store.as_ref()).await?)
         };
+        let engine_error = |source| StreamProcessorError::Engine {
+            job: job.name.clone(),
+            source,
+        };
+        let mut table = None;
         let (operator, offset, epoch) = match restored {
             Some(restored) => {
                 if job.repartition {
                     seen_source_offsets = restored.manifest.seen_source_offsets.clone();
                     seen_source_offsets.resize(source_partitions as usize, None);
                 }
-                let operator =
-                    WindowOperator::restore(Arc::clone(&job.plan), options, &restored.state)
-                        .map_err(|source| StreamProcessorError::Engine {
-                            job: job.name.clone(),
-                            source,
-                        })?;
+                // A join job's state is the windows' snapshot, then the join's.
+                let windows = match &job.table {
+                    Some(_) => {
+                        let (windows, join) =
+                            runnel_engine::split_snapshot_parts(&restored.state, "windows")
+                                .map_err(engine_error)?;
+                        table = Some(TableInput::open(
+                            &job,
+                            (partition, source_partitions),
+                            Some((join, &restored.manifest.table_offsets)),
+                        )?);
+                        windows
+                    }
+                    None => &restored.state[..],
+                };
+                let operator = WindowOperator::restore(Arc::clone(&job.plan), options, windows)
+                    .map_err(engine_error)?;
                 info!(
                     partition,
                     epoch = restored.manifest.epoch,
@@ -322,6 +345,13 @@ impl Task {
                     .earliest_offset(&topic, partition)
                     .await
                     .map_err(|source| StreamProcessorError::log(&topic, source))?;
+                if job.table.is_some() {
+                    table = Some(TableInput::open(
+                        &job,
+                        (partition, source_partitions),
+                        None,
+                    )?);
+                }
                 (operator, earliest, 0)
             }
         };
@@ -349,6 +379,8 @@ impl Task {
             seen_source_offsets,
             fresh: epoch == 0,
             transaction,
+            table,
+            late_table: Vec::new(),
         })
     }
 
@@ -378,9 +410,15 @@ impl Task {
     ) -> Result<(), StreamProcessorError> {
         let topic = self.topic.clone();
         let mut source = self.open_source().await?;
+        if let Some(table) = &mut self.table {
+            table.open_sources(&self.context).await?;
+        }
         // Where the task last found the end of its input.
         let mut last_end = self.offset;
         loop {
+            if self.table.is_some() {
+                self.poll_table().await?;
+            }
             // The read found nothing new: the task is at the end of its input.
             let at_end;
             match &mut source {
@@ -445,15 +483,64 @@ impl Task {
             }
             if (backlog_done || self.last_checkpoint.elapsed() >= self.context.checkpoint_interval)
                 && self.dirty
-                && self.offset != self.checkpointed_offset
+                && self.progressed()
             {
                 self.checkpoint().await?;
             }
         }
-        if self.offset != self.checkpointed_offset {
+        if self.progressed() {
             self.checkpoint().await?;
         }
         Ok(())
+    }
+
+    /// Whether the task has read past what its last checkpoint holds: its input, or a join
+    /// job's table.
+    fn progressed(&self) -> bool {
+        self.offset != self.checkpointed_offset
+            || self.table.as_ref().is_some_and(TableInput::progressed)
+    }
+
+    /// A join job: reads what its table's changelog has, and gives the windows the stream
+    /// rows that that lets through.
+    async fn poll_table(&mut self) -> Result<(), StreamProcessorError> {
+        let Some(table) = &mut self.table else {
+            return Ok(());
+        };
+        let joined = table.poll(&self.context).await?;
+        if joined.table_rows == 0 && joined.rows.is_empty() && joined.late_table.is_empty() {
+            return Ok(());
+        }
+        self.dirty = true;
+        // Rows the table lets through are the stream's, which arrived by the operator's
+        // arrival clock.
+        let arrival = self
+            .operator
+            .arrival_clock()
+            .unwrap_or_else(runnel_time::now_millis);
+        let output = self.windows(joined, arrival)?;
+        self.finish_batch(output, arrival, None, 0).await
+    }
+
+    /// A join's rows through the windows (input 0): the windows' output, with the stream
+    /// rows late to the join among its late events; the late changelog rows are kept for
+    /// the next outputs.
+    fn windows(
+        &mut self,
+        joined: Joined,
+        arrival: i64,
+    ) -> Result<OperatorOutput, StreamProcessorError> {
+        let mut output = OperatorOutput::default();
+        for rows in &joined.rows {
+            output.append(
+                self.operator
+                    .process(0, rows, arrival)
+                    .map_err(|source| self.engine_error(source))?,
+            );
+        }
+        output.late_events.extend(joined.late_stream);
+        self.late_table.extend(joined.late_table);
+        Ok(output)
     }
 
     /// Opens where the task reads: the stream through the hybrid source (its history, then
@@ -471,7 +558,7 @@ impl Task {
         let hybrid = self
             .context
             .open_stream(
-                &self.job,
+                &self.job.stream,
                 self.partition,
                 (!self.fresh).then_some(self.offset),
             )
@@ -497,10 +584,16 @@ impl Task {
             .as_primitive::<TimestampMillisecondType>();
         let arrival = arrow::compute::max(ingest_times).unwrap_or_default();
         let input = self.job.project(batch)?;
-        let output = self
-            .operator
-            .process(0, &input, arrival)
-            .map_err(|source| self.engine_error(source))?;
+        let output = match &mut self.table {
+            Some(table) => {
+                let joined = table.stream(self.partition, &input, arrival)?;
+                self.windows(joined, arrival)?
+            }
+            None => self
+                .operator
+                .process(0, &input, arrival)
+                .map_err(|source| self.engine_error(source))?,
+        };
         let next_offset = offsets
             .iter()
             .flatten()
@@ -705,6 +798,14 @@ impl Task {
             let topic = late_topic(&self.job.name);
             self.append(&topic, late).await?;
         }
+        if let Some(table) = &self.job.table
+            && !self.late_table.is_empty()
+        {
+            let late = late_table_records(&table.name, &self.late_table, self.partition, arrival)?;
+            self.late_table.clear();
+            let topic = late_topic(&self.job.name);
+            self.append(&topic, late).await?;
+        }
         Ok(())
     }
 
@@ -736,13 +837,19 @@ impl Task {
 
     async fn checkpoint(&mut self) -> Result<(), StreamProcessorError> {
         let started = Instant::now();
-        let state = self
-            .operator
-            .snapshot()
-            .map_err(|source| StreamProcessorError::Engine {
-                job: self.job.name.clone(),
-                source,
-            })?;
+        let mut state =
+            self.operator
+                .snapshot()
+                .map_err(|source| StreamProcessorError::Engine {
+                    job: self.job.name.clone(),
+                    source,
+                })?;
+        let mut table_offsets = Vec::new();
+        if let Some(table) = &self.table {
+            let (join, offsets) = table.snapshot()?;
+            state = runnel_engine::join_snapshot_parts(&state, &join);
+            table_offsets = offsets;
+        }
         self.epoch += 1;
         let manifest = CheckpointManifest {
             job: self.job.name.clone(),
@@ -753,6 +860,7 @@ impl Task {
             late_count: self.operator.late_count(),
             state_bytes: state.len() as u64,
             seen_source_offsets: self.seen_source_offsets.clone(),
+            table_offsets,
         };
         let topic = self.topic.as_str();
         let log_error = |source| StreamProcessorError::log(topic, source);
@@ -804,6 +912,9 @@ impl Task {
         }
         debug!(epoch = self.epoch, offset = self.offset, "checkpoint");
         self.checkpointed_offset = self.offset;
+        if let Some(table) = &mut self.table {
+            table.checkpointed(manifest.table_offsets.clone());
+        }
         self.last_checkpoint = Instant::now();
         self.dirty = false;
         self.status

@@ -5,6 +5,7 @@ mod demo;
 mod health;
 mod history;
 mod hostile;
+mod join_services;
 mod joins;
 mod log_repair;
 mod output;

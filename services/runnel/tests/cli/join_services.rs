@@ -1,0 +1,359 @@
+//! A join job in the services, as processes on one embedded log: clicks joined `LEFT` with
+//! the table `users` (its changelog `user_updates`, with deletes) as of each click's event
+//! time. `runnel stream-processor` runs it live to the log's end; `runnel archive --once`
+//! archives both streams; `runnel backfill --mode recompute` recomputes it over both
+//! histories. Every window of the batch view equals the live run's final window, and each
+//! equals what the table's versions say.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use runnel_config::Config;
+use runnel_log::{EmbeddedLog, Log, ProduceRecord, StartOffset};
+
+use crate::KillOnDrop;
+
+/// A multiple of the window (2026-11-22T00:00:00Z).
+const BASE_MS: i64 = 1_795_305_600_000;
+const MINUTE: i64 = 60_000;
+const USERS: i64 = 6;
+const CLICKS: i64 = 1_200;
+const COUNTRIES: [&str; 3] = ["fr", "de", "us"];
+const JOB: &str = "clicks_by_country";
+
+fn write_config(root: &Path) -> Config {
+    let path = root.join("runnel.toml");
+    let clicks = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "page"],
+    )
+    .toml();
+    let toml = format!(
+        r#"version = "1"
+[storage]
+data-dir = "{data}"
+[stream-processor]
+checkpoint-interval = "200ms"
+metrics-listen = "127.0.0.1:0"
+{clicks}
+[[streams]]
+name = "user_updates"
+partitions = 2
+key = "user_id"
+event-time = "event_time"
+schema = [
+  {{ name = "event_time", type = "timestamp" }},
+  {{ name = "user_id", type = "string" }},
+  {{ name = "country", type = "string", nullable = true }},
+  {{ name = "deleted", type = "bool", nullable = true }},
+]
+
+[[tables]]
+name = "users"
+stream = "user_updates"
+tombstone = "deleted"
+
+[[jobs]]
+name = "{JOB}"
+sql = """
+SELECT c.user_id, u.country, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+GROUP BY c.user_id, u.country, window_start, window_end
+"""
+max-out-of-orderness = "2s"
+allowed-lateness = "0s"
+"#,
+        data = root.join("data").display(),
+    );
+    std::fs::write(&path, toml).expect("write config");
+    Config::load(&[path], &Default::default()).expect("valid config")
+}
+
+/// User `user`'s country at `at`: from minute `m` (plus `user` seconds) on, the country
+/// `(user + m) % 3`; user 5 is deleted from minute 5 (plus 5 s) to minute 7.
+fn country_at(user: i64, at: i64) -> Option<&'static str> {
+    let since = |minute: i64| BASE_MS + minute * MINUTE + user * 1_000;
+    let minute = (0..10).rev().find(|&minute| since(minute) <= at)?;
+    if user == 5 && (5..7).contains(&minute) {
+        return None;
+    }
+    Some(COUNTRIES[((user + minute) % 3) as usize])
+}
+
+fn changelog() -> Vec<ProduceRecord> {
+    let mut records = Vec::new();
+    for minute in 0..10 {
+        for user in 0..USERS {
+            let at = BASE_MS + minute * MINUTE + user * 1_000;
+            let value = if user == 5 && (5..7).contains(&minute) {
+                format!(r#"{{"event_time":{at},"user_id":"u{user}","deleted":true}}"#)
+            } else {
+                let country = COUNTRIES[((user + minute) % 3) as usize];
+                format!(r#"{{"event_time":{at},"user_id":"u{user}","country":"{country}"}}"#)
+            };
+            records.push(ProduceRecord {
+                key: Some(Bytes::from(format!("u{user}"))),
+                value: Bytes::from(value),
+                timestamp: at,
+                headers: Vec::new(),
+                partition: None,
+            });
+        }
+    }
+    records
+}
+
+/// Click `n`: user `n % 6` every half second over ten minutes.
+fn click_at(n: i64) -> (i64, i64) {
+    (n % USERS, BASE_MS + n * 500)
+}
+
+fn clicks() -> Vec<ProduceRecord> {
+    (0..CLICKS)
+        .map(|n| {
+            let (user, at) = click_at(n);
+            ProduceRecord {
+                key: Some(Bytes::from(format!("u{user}"))),
+                value: Bytes::from(format!(
+                    r#"{{"event_time":{at},"user_id":"u{user}","page":"/p"}}"#
+                )),
+                timestamp: at,
+                headers: Vec::new(),
+                partition: None,
+            }
+        })
+        .collect()
+}
+
+/// (user, country, window start) to clicks.
+type Windows = BTreeMap<(String, Option<String>, i64), i64>;
+
+async fn open_log(config: &Config) -> Arc<EmbeddedLog> {
+    Arc::new(
+        EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
+            .await
+            .expect("open log"),
+    )
+}
+
+/// Each partition's end offset of `topic`.
+async fn ends(log: &EmbeddedLog, topic: &str) -> Vec<u64> {
+    let mut ends = Vec::new();
+    for partition in 0..2 {
+        ends.push(log.latest_offset(topic, partition).await.expect("end"));
+    }
+    ends
+}
+
+/// Whether every task of the job has checkpointed the clicks and the changelog to their
+/// ends.
+fn caught_up(root: &Path, clicks_ends: &[u64], changelog_ends: &[u64]) -> bool {
+    (0..2).all(|partition| {
+        let dir = root.join(format!("data/objects/checkpoints/{JOB}/{partition}"));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return false;
+        };
+        entries
+            .filter_map(|entry| std::fs::read(entry.ok()?.path().join("_checkpoint.json")).ok())
+            .filter_map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .any(|manifest| {
+                manifest["source_offset"].as_u64() == Some(clicks_ends[partition])
+                    && manifest["table_offsets"] == serde_json::json!(changelog_ends)
+            })
+    })
+}
+
+/// The live run's final windows, from the results topic.
+async fn live_finals(log: &EmbeddedLog) -> Windows {
+    let topic = runnel_jobs::results_topic(JOB);
+    let mut latest: BTreeMap<String, (u64, serde_json::Value)> = BTreeMap::new();
+    for partition in 0..2 {
+        let end = log.latest_offset(&topic, partition).await.expect("end");
+        let mut reader = log
+            .reader(&topic, partition, StartOffset::Earliest)
+            .await
+            .expect("reader");
+        while reader.position() < end {
+            for record in reader
+                .next_batch(10_000, Duration::from_secs(1))
+                .await
+                .expect("read")
+            {
+                let key = String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8");
+                let row: serde_json::Value = serde_json::from_slice(&record.value).expect("JSON");
+                let version = row["_version"].as_u64().expect("_version");
+                if latest.get(&key).is_none_or(|(seen, _)| *seen < version) {
+                    latest.insert(key, (version, row));
+                }
+            }
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, (_, row))| row["_final"].as_bool() == Some(true))
+        .map(|(key, (_, row))| {
+            let (_, start) = key.rsplit_once('@').expect("<key>@<window start>");
+            (
+                (
+                    row["user_id"].as_str().expect("user_id").to_string(),
+                    row["country"].as_str().map(str::to_string),
+                    start.parse().expect("epoch ms"),
+                ),
+                row["clicks"].as_i64().expect("clicks"),
+            )
+        })
+        .collect()
+}
+
+/// The batch view's windows, and its horizon.
+fn view(root: &Path) -> (Windows, i64) {
+    let objects = root.join("data/objects");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(objects.join(format!("views/{JOB}/1/_manifest.json"))).expect("manifest"),
+    )
+    .expect("JSON");
+    let mut windows = Windows::new();
+    for file in manifest["files"].as_array().expect("files") {
+        let path = objects.join(file["path"].as_str().expect("path"));
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).expect("open"))
+                .expect("Parquet")
+                .build()
+                .expect("reader");
+        for batch in reader {
+            let batch: RecordBatch = batch.expect("batch");
+            let column = |name: &str| batch.column_by_name(name).expect(name).clone();
+            let (users, countries) = (column("user_id"), column("country"));
+            let (starts, clicks) = (column("window_start"), column("clicks"));
+            for row in 0..batch.num_rows() {
+                let countries = countries.as_string::<i32>();
+                windows.insert(
+                    (
+                        users.as_string::<i32>().value(row).to_string(),
+                        countries
+                            .is_valid(row)
+                            .then(|| countries.value(row).to_string()),
+                        starts.as_primitive::<TimestampMillisecondType>().value(row),
+                    ),
+                    clicks.as_primitive::<Int64Type>().value(row),
+                );
+            }
+        }
+    }
+    let horizon = manifest["horizon_ms"].as_i64().expect("horizon_ms");
+    (windows, horizon)
+}
+
+/// What the windows ending by `horizon` hold, from the table's versions.
+fn expected(horizon: i64) -> Windows {
+    let mut windows = Windows::new();
+    for n in 0..CLICKS {
+        let (user, at) = click_at(n);
+        let start = at - at.rem_euclid(MINUTE);
+        if start + MINUTE <= horizon {
+            *windows
+                .entry((
+                    format!("u{user}"),
+                    country_at(user, at).map(str::to_string),
+                    start,
+                ))
+                .or_default() += 1;
+        }
+    }
+    windows
+}
+
+fn runnel(root: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .arg("--config")
+        .arg(root.join("runnel.toml"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run runnel");
+    assert!(
+        output.status.success(),
+        "runnel {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_job_runs_live_in_the_stream_processor_and_its_recompute_agrees() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let config = write_config(root);
+    let log = open_log(&config).await;
+    for topic in ["clicks", "user_updates"] {
+        log.ensure_topic(topic, 2).await.expect("topic");
+    }
+    log.append("user_updates", changelog())
+        .await
+        .expect("append");
+    log.append("clicks", clicks()).await.expect("append");
+    let (clicks_ends, changelog_ends) =
+        (ends(&log, "clicks").await, ends(&log, "user_updates").await);
+    log.close().await;
+
+    let process_log = root.join("stream-processor.log");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_runnel"))
+            .arg("--config")
+            .arg(root.join("runnel.toml"))
+            .arg("stream-processor")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&process_log).expect("log file"))
+            .spawn()
+            .expect("start runnel stream-processor"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !caught_up(root, &clicks_ends, &changelog_ends) {
+        let text = || std::fs::read_to_string(&process_log).unwrap_or_default();
+        if let Some(status) = child.0.try_wait().expect("poll") {
+            panic!("the stream-processor exited: {status}\n{}", text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not caught up in 120 s:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(child);
+
+    let log = open_log(&config).await;
+    let live = live_finals(&log).await;
+    log.close().await;
+    runnel(root, &["archive", "--once"]);
+    runnel(root, &["backfill", "--job", JOB, "--mode", "recompute"]);
+    let (recomputed, horizon) = view(root);
+
+    // Clicks run to 9:59 or later in both partitions, less 2 s of out-of-orderness: the
+    // windows up to 9:00 are complete, live and in the view.
+    assert!(
+        (BASE_MS + 9 * MINUTE..BASE_MS + 10 * MINUTE).contains(&horizon),
+        "horizon {horizon}"
+    );
+    let expected = expected(horizon);
+    assert!(
+        expected.keys().any(|(_, country, _)| country.is_none()),
+        "a deleted user's clicks"
+    );
+    assert_eq!(recomputed, expected, "recompute");
+    let live_covered: Windows = live
+        .into_iter()
+        .filter(|((_, _, start), _)| start + MINUTE <= horizon)
+        .collect();
+    assert_eq!(live_covered, expected, "live");
+}

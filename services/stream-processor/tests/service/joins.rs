@@ -1,0 +1,327 @@
+//! A join job in the service: clicks (2 partitions, keyed by user) joined `LEFT` with the
+//! table `users` (its changelog `user_updates`, 2 partitions, with a tombstone) as of each
+//! click's event time, counted per user, country and 10 s window.
+//!
+//! The service is stopped after the first clicks and started again: the join's table and
+//! its changelog offsets come back from the checkpoint (a changelog read again from the start
+//! would find its rows late, which the late topic would show), a changelog row behind the
+//! table's watermark goes to the late topic keyed `users/<partition>:<offset>`, and the final
+//! windows are those of the table's versions as of each click. Clicks after the table's
+//! watermark are joined once the changelog has been read to its end (the table is quiet).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use runnel_config::Config;
+use runnel_jobs::{late_topic, results_topic};
+use runnel_log::{EmbeddedLog, Log, ProduceRecord, Record, StartOffset};
+use runnel_stream_processor::StatusRegistry;
+use tokio_util::sync::CancellationToken;
+
+/// A multiple of the window.
+const BASE_MS: i64 = 1_795_305_600_000;
+const SECOND: i64 = 1_000;
+
+fn write_config(root: &Path) -> Config {
+    let path = root.join("runnel.toml");
+    let clicks = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "page"],
+    )
+    .toml();
+    let toml = format!(
+        r#"version = "1"
+[storage]
+data-dir = "{data}"
+[stream-processor]
+checkpoint-interval = "100ms"
+metrics-listen = "127.0.0.1:0"
+{clicks}
+[[streams]]
+name = "user_updates"
+partitions = 2
+key = "user_id"
+event-time = "event_time"
+schema = [
+  {{ name = "event_time", type = "timestamp" }},
+  {{ name = "user_id", type = "string" }},
+  {{ name = "country", type = "string", nullable = true }},
+  {{ name = "deleted", type = "bool", nullable = true }},
+]
+
+[[tables]]
+name = "users"
+stream = "user_updates"
+tombstone = "deleted"
+
+[[jobs]]
+name = "clicks_by_country"
+sql = """
+SELECT c.user_id, u.country, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND) AS c
+LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+GROUP BY c.user_id, u.country, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+allowed-lateness = "0s"
+"#,
+        data = root.join("data").display(),
+    );
+    std::fs::write(&path, toml).expect("write config");
+    Config::load(&[path], &Default::default()).expect("valid config")
+}
+
+/// User `user` lives in partition 0 (`a`) or 1 (`b`) of both streams.
+fn partition_of(user: &str) -> u32 {
+    u32::from(user != "a")
+}
+
+fn click(user: &str, second: i64) -> ProduceRecord {
+    let at = BASE_MS + second * SECOND;
+    ProduceRecord {
+        key: Some(Bytes::from(format!("user-{user}"))),
+        value: Bytes::from(format!(
+            r#"{{"event_time":{at},"user_id":"user-{user}","page":"/p"}}"#
+        )),
+        timestamp: at,
+        headers: Vec::new(),
+        partition: Some(partition_of(user)),
+    }
+}
+
+/// A changelog row: `country` for `user` from `second` on, or its delete (`None`).
+fn update(user: &str, second: i64, country: Option<&str>) -> ProduceRecord {
+    let at = BASE_MS + second * SECOND;
+    let value = match country {
+        Some(country) => {
+            format!(r#"{{"event_time":{at},"user_id":"user-{user}","country":"{country}"}}"#)
+        }
+        None => format!(r#"{{"event_time":{at},"user_id":"user-{user}","deleted":true}}"#),
+    };
+    ProduceRecord {
+        key: Some(Bytes::from(format!("user-{user}"))),
+        value: Bytes::from(value),
+        timestamp: at,
+        headers: Vec::new(),
+        partition: Some(partition_of(user)),
+    }
+}
+
+async fn read_all(log: &dyn Log, topic: &str) -> Vec<Record> {
+    let mut records = Vec::new();
+    for partition in 0..2 {
+        let end = log.latest_offset(topic, partition).await.expect("end");
+        let mut reader = log
+            .reader(topic, partition, StartOffset::Earliest)
+            .await
+            .expect("reader");
+        while reader.position() < end {
+            records.extend(
+                reader
+                    .next_batch(1000, Duration::from_secs(1))
+                    .await
+                    .expect("read"),
+            );
+        }
+    }
+    records
+}
+
+/// The final windows: (user, country, seconds from the base) to clicks.
+async fn final_windows(log: &dyn Log) -> BTreeMap<(String, Option<String>, i64), u64> {
+    let mut latest: BTreeMap<String, (u64, serde_json::Value)> = BTreeMap::new();
+    for record in read_all(log, &results_topic("clicks_by_country")).await {
+        let key = String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8");
+        let row: serde_json::Value = serde_json::from_slice(&record.value).expect("JSON");
+        let version = row["_version"].as_u64().expect("_version");
+        if latest.get(&key).is_none_or(|(seen, _)| *seen < version) {
+            latest.insert(key, (version, row));
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, (_, row))| row["_final"].as_bool() == Some(true))
+        .map(|(key, (_, row))| {
+            let (_, start) = key.rsplit_once('@').expect("<key>@<window start>");
+            let start: i64 = start.parse().expect("epoch ms");
+            (
+                (
+                    row["user_id"].as_str().expect("user_id").to_string(),
+                    row["country"].as_str().map(str::to_string),
+                    (start - BASE_MS) / SECOND,
+                ),
+                row["clicks"].as_u64().expect("clicks"),
+            )
+        })
+        .collect()
+}
+
+struct Running {
+    embedded: Arc<EmbeddedLog>,
+    log: Arc<dyn Log>,
+    status: Arc<StatusRegistry>,
+    shutdown: CancellationToken,
+    service: tokio::task::JoinHandle<Result<(), runnel_stream_processor::StreamProcessorError>>,
+}
+
+impl Running {
+    async fn start(root: &Path) -> Running {
+        let config = write_config(root);
+        let embedded = Arc::new(
+            EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
+                .await
+                .expect("open log"),
+        );
+        for topic in ["clicks", "user_updates"] {
+            embedded.ensure_topic(topic, 2).await.expect("topic");
+        }
+        let log: Arc<dyn Log> = Arc::clone(&embedded) as Arc<dyn Log>;
+        let status = Arc::new(StatusRegistry::new());
+        let shutdown = CancellationToken::new();
+        let service = tokio::spawn(runnel_stream_processor::run_with_status(
+            config,
+            Arc::clone(&log),
+            Arc::clone(&status),
+            shutdown.clone(),
+        ));
+        Running {
+            embedded,
+            log,
+            status,
+            shutdown,
+            service,
+        }
+    }
+
+    async fn wait_for_events(&self, events: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let read = self
+                .status
+                .job("clicks_by_country")
+                .map_or(0, |job| job.events_total);
+            if read >= events {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{events} events not read in 60 s: {:?}",
+                self.status.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.service.await.expect("join").expect("clean stop");
+        self.embedded.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = Running::start(dir.path()).await;
+    // a: FR, then DE from 15 s. b: US, deleted at 25 s. The table's watermark stops at 14 s
+    // (the smaller partition's largest time, 15 s, less 1 s): later clicks are joined once
+    // the changelog is read to its end.
+    running
+        .log
+        .append(
+            "user_updates",
+            vec![
+                update("a", 0, Some("FR")),
+                update("a", 15, Some("DE")),
+                update("b", 0, Some("US")),
+                update("b", 25, None),
+            ],
+        )
+        .await
+        .expect("append");
+    running
+        .log
+        .append(
+            "clicks",
+            vec![click("a", 1), click("a", 12), click("b", 5), click("b", 21)],
+        )
+        .await
+        .expect("append");
+    running.wait_for_events(4).await;
+    running.stop().await;
+
+    let running = Running::start(dir.path()).await;
+    // Behind the table's watermark: late, and the table keeps FR for a at 12 s.
+    running
+        .log
+        .append("user_updates", vec![update("a", 11, Some("ES"))])
+        .await
+        .expect("append");
+    running
+        .log
+        .append(
+            "clicks",
+            vec![
+                click("a", 16),
+                click("a", 22),
+                click("b", 26),
+                // Close the windows up to 50 s in both partitions.
+                click("a", 60),
+                click("b", 60),
+            ],
+        )
+        .await
+        .expect("append");
+    let expected: BTreeMap<(String, Option<String>, i64), u64> = [
+        (("user-a", Some("FR"), 0), 1),
+        (("user-a", Some("FR"), 10), 1),
+        (("user-a", Some("DE"), 10), 1),
+        (("user-a", Some("DE"), 20), 1),
+        (("user-b", Some("US"), 0), 1),
+        (("user-b", Some("US"), 20), 1),
+        (("user-b", None, 20), 1),
+    ]
+    .into_iter()
+    .map(|((user, country, second), clicks)| {
+        (
+            (user.to_string(), country.map(str::to_string), second),
+            clicks,
+        )
+    })
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let windows = final_windows(running.log.as_ref()).await;
+        if windows == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "final windows {windows:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one late row is the changelog row behind the table's watermark: the restart read
+    // the changelog on from its checkpointed offsets, not again from the start.
+    let late: Vec<(String, serde_json::Value)> =
+        read_all(running.log.as_ref(), &late_topic("clicks_by_country"))
+            .await
+            .into_iter()
+            .map(|record| {
+                (
+                    String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8"),
+                    serde_json::from_slice(&record.value).expect("JSON"),
+                )
+            })
+            .collect();
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].0, "users/0:2", "{late:?}");
+    assert_eq!(late[0].1["country"], "ES", "{late:?}");
+    let reason = late[0].1["_reason"].as_str().expect("_reason");
+    assert!(reason.contains("table's watermark"), "{reason}");
+    running.stop().await;
+}
