@@ -163,6 +163,14 @@ impl Config {
             && streams_origin != EMBEDDED_ORIGIN
             && merged.origins.origin_of("jobs") == EMBEDDED_ORIGIN
             && matches!(table.get("jobs"), Some(toml::Value::Array(jobs)) if !jobs.is_empty());
+        // Likewise the example table reads the example changelog: a config with its own
+        // streams keeps only the tables it declares.
+        if table.contains_key("streams")
+            && streams_origin != EMBEDDED_ORIGIN
+            && merged.origins.origin_of("tables") == EMBEDDED_ORIGIN
+        {
+            table.remove("tables");
+        }
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|error| {
                 let path = error.path().to_string();
@@ -497,6 +505,8 @@ mod tests {
         assert_eq!(config.streams.len(), 1);
         assert_eq!(config.streams[0].name, "orders");
         assert!(config.jobs.is_empty());
+        // The example table over the example changelog goes with the example streams.
+        assert!(config.tables.is_empty());
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! version valid at the row's event time (Flink SQL's `JOIN t FOR SYSTEM_TIME AS OF
 //! s.event_time ON s.k = t.k`), inner or `LEFT`.
 //!
-//! A job's SQL asks for it (`join_plan.rs`); `runnel run` drives it, the stream-processor
-//! does not yet; recompute joins in DataFusion instead ([`crate::register_joined`]).
+//! A job's SQL asks for it (`join_plan.rs`); `runnel run` and the stream-processor's join
+//! tasks drive it; recompute joins in DataFusion instead ([`crate::register_joined`]).
 //!
 //! Semantics:
 //! - The table side's watermark is the smallest, over its input partitions, of the largest
-//!   event time each has shown less `table_out_of_orderness` (no partition idles yet). It
-//!   never goes back.
+//!   event time each has shown less `table_out_of_orderness`. It never goes back. A caller
+//!   that knows the table holds every version that arrived before the waiting rows (it read
+//!   every partition to its end after they came) joins them at once with
+//!   [`TemporalJoin::release_waiting`].
 //! - A stream row waits until the table's watermark reaches its event time, so that every
 //!   table version that can be valid then has come; then it is joined (Flink's rule for
 //!   event-time temporal joins). A row whose time the watermark has already reached is

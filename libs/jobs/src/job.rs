@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
-use runnel_config::{Config, JobConfig};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
+use runnel_config::{Config, FieldConfig, FieldType, JobConfig, StreamConfig};
 use runnel_engine::{JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions, TableSource};
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
 
@@ -74,6 +74,117 @@ pub struct Job {
     /// A join job's table (`[[tables]]`): the stream rows are joined with it as of their
     /// event time before the windows.
     pub table: Option<JobTable>,
+    /// What `<job>.repartition` carries, for a repartitioned job: its stream's rows, or for a
+    /// join job the joined rows (its routers join).
+    pub routed: Routed,
+}
+
+/// The rows a repartitioned job's routers write to its repartition topic, in the record
+/// format, and how its window tasks read them back as the plan's input.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The rows as a stream: its declared fields are what a record holds (the plan's input
+    /// but `_offset` and `_ingest_time`, which the record's headers and timestamp carry).
+    pub stream: StreamSchema,
+    /// Indexes of the plan's input columns that are `stream`'s declared fields, in order:
+    /// what a router encodes.
+    pub declared_columns: Vec<usize>,
+    /// Indexes of the decoded columns (`stream`'s, positioned) that make the plan's input.
+    pub input_columns: Vec<usize>,
+    /// The plan's input schema.
+    pub input_schema: SchemaRef,
+}
+
+impl Routed {
+    /// Decoded repartition records (`stream`'s positioned columns) as the plan's input.
+    ///
+    /// # Errors
+    ///
+    /// [`JobsError::Encode`]: a batch that lacks the columns.
+    pub fn project(&self, positioned: &RecordBatch) -> Result<RecordBatch, JobsError> {
+        project(positioned, &self.input_columns, &self.input_schema)
+    }
+
+    /// The plan's input rows as the columns a router encodes.
+    ///
+    /// # Errors
+    ///
+    /// [`JobsError::Encode`]: rows that lack the columns.
+    pub fn declared(&self, rows: &RecordBatch) -> Result<RecordBatch, JobsError> {
+        rows.project(&self.declared_columns)
+            .map_err(JobsError::Encode)
+    }
+
+    /// The routed rows of a job that is not a join: its stream's.
+    fn of_stream(
+        stream: &StreamSchema,
+        input_columns: &[usize],
+        input_schema: &SchemaRef,
+    ) -> Routed {
+        Routed {
+            stream: stream.clone(),
+            declared_columns: (0..stream.declared().fields().len()).collect(),
+            input_columns: input_columns.to_vec(),
+            input_schema: Arc::clone(input_schema),
+        }
+    }
+
+    /// The routed rows of a join job: the joined rows (`joined`, the plan's input) of
+    /// `stream`, as a stream named after the repartition topic.
+    fn of_join(job: &str, stream: &StreamConfig, joined: &SchemaRef) -> Result<Routed, String> {
+        let mut schema = Vec::new();
+        let mut declared_columns = Vec::new();
+        for (index, field) in joined.fields().iter().enumerate() {
+            if field.name() == OFFSET_COLUMN || field.name() == INGEST_TIME_COLUMN {
+                continue;
+            }
+            let field_type = match field.data_type() {
+                DataType::Utf8 => FieldType::String,
+                DataType::Int64 => FieldType::Int64,
+                DataType::Float64 => FieldType::Float64,
+                DataType::Boolean => FieldType::Bool,
+                DataType::Timestamp(TimeUnit::Millisecond, None) => FieldType::Timestamp,
+                other => {
+                    return Err(format!(
+                        "the joined column `{}` is {other}, which its repartition topic cannot carry",
+                        field.name()
+                    ));
+                }
+            };
+            schema.push(FieldConfig {
+                name: field.name().clone(),
+                field_type,
+                nullable: true,
+            });
+            declared_columns.push(index);
+        }
+        let config = StreamConfig {
+            name: repartition_topic(job),
+            partitions: stream.partitions,
+            key: None,
+            event_time: stream.event_time.clone(),
+            schema,
+            max_event_time_ahead: stream.max_event_time_ahead,
+            max_event_time_behind: stream.max_event_time_behind,
+        };
+        let routed = StreamSchema::new(&config);
+        let positioned = routed.with_position();
+        let input_columns = joined
+            .fields()
+            .iter()
+            .map(|field| {
+                positioned
+                    .index_of(field.name())
+                    .map_err(|_| format!("the joined column `{}` is not routed", field.name()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Routed {
+            stream: routed,
+            declared_columns,
+            input_columns,
+            input_schema: Arc::clone(joined),
+        })
+    }
 }
 
 /// The table a join job joins, read from its changelog stream.
@@ -237,22 +348,12 @@ impl Job {
             Some(key) => !plan.groups_by_column(key),
             None => true,
         };
-        if let Some(table) = &table
-            && repartition
-        {
-            // The routers key each stream row by its group, which a join job knows only
-            // after the join: that takes routers that join (and a repartition topic of joined
-            // rows), not built yet.
-            return Err(fail(format!(
-                "joins the table `{}` and groups by {}: a join job must group by its stream's key so far, since its routers cannot key rows by columns of the join",
-                table.name,
-                match &stream_config.key {
-                    Some(key) =>
-                        format!("no column that is the stream `{stream_name}`'s key `{key}`"),
-                    None => format!("the stream `{stream_name}`, which has no key,"),
-                }
-            )));
-        }
+        let routed = match &table {
+            None => Routed::of_stream(&stream, &input_columns, &input_schema),
+            Some(_) => {
+                Routed::of_join(&job.id(), stream_config, &plan.stream_schema()).map_err(fail)?
+            }
+        };
         let options = OperatorOptions {
             partitions: 1,
             max_out_of_orderness: job.max_out_of_orderness,
@@ -272,6 +373,7 @@ impl Job {
             input_schema,
             config: job.clone(),
             table,
+            routed,
         })
     }
 }
@@ -351,29 +453,15 @@ mod tests {
         );
     }
 
-    /// The embedded defaults with a `users` table over a changelog `user_updates`.
-    fn with_users_table(mut config: Config) -> Config {
-        let mut users = config.streams[0].clone();
-        users.name = "user_updates".to_string();
-        config.streams.push(users);
-        config.tables.push(runnel_config::TableConfig {
-            name: "users".to_string(),
-            stream: "user_updates".to_string(),
-            key: None,
-            tombstone: None,
-        });
-        config
-    }
-
     #[test]
     fn a_join_job_grouped_by_the_streams_key_reads_the_stream_and_the_tables_changelog() {
         let (config, job) = config_with_job(
-            "SELECT c.user_id, u.country, window_start, COUNT(*) AS n \
+            "SELECT c.user_id, u.plan, window_start, COUNT(*) AS n \
              FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
              JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id \
-             GROUP BY c.user_id, u.country, window_start, window_end",
+             GROUP BY c.user_id, u.plan, window_start, window_end",
         );
-        let job = Job::compile(&with_users_table(config), &job).expect("compiles");
+        let job = Job::compile(&config, &job).expect("compiles");
         assert!(!job.repartition);
         let table = job.table.as_ref().expect("a table");
         assert_eq!(
@@ -385,21 +473,40 @@ mod tests {
     }
 
     #[test]
-    fn join_jobs_the_services_cannot_run_yet_are_refused_by_name() {
-        // Grouped by a column of the table: the routers cannot key rows by it.
+    fn a_join_job_grouped_by_a_table_column_routes_the_joined_rows() {
         let (config, job) = config_with_job(
-            "SELECT u.country, window_start, COUNT(*) AS n \
+            "SELECT u.plan, window_start, COUNT(*) AS n \
              FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
              JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id \
-             GROUP BY u.country, window_start, window_end",
+             GROUP BY u.plan, window_start, window_end",
         );
-        let error = Job::compile(&with_users_table(config), &job)
-            .unwrap_err()
-            .to_string();
+        let job = Job::compile(&config, &job).expect("compiles");
+        assert!(job.repartition);
+        assert_eq!(job.routed.stream.name(), "j.repartition");
+        let routed: Vec<&str> = job
+            .routed
+            .stream
+            .declared()
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+            .collect();
+        // The stream's fields, then the table's the job reads; `_offset` and `_ingest_time`
+        // travel as the record's position.
         assert!(
-            error.contains("the table `users`") && error.contains("stream's key"),
-            "{error}"
+            routed.starts_with(&["event_time", "user_id", "page", "country", "duration_ms"]),
+            "{routed:?}"
         );
+        assert!(routed.contains(&"plan"), "{routed:?}");
+        assert!(!routed.contains(&"_offset"), "{routed:?}");
+        assert_eq!(
+            job.routed.input_schema.fields().len(),
+            job.plan.stream_schema().fields().len()
+        );
+    }
+
+    #[test]
+    fn an_interval_join_is_refused_by_name_in_the_services() {
         // An interval join of two streams.
         let (config, job) = config_with_job(
             "SELECT c.user_id, window_start, COUNT(*) AS n \
@@ -408,9 +515,7 @@ mod tests {
              AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '1' MINUTE \
              GROUP BY c.user_id, window_start, window_end",
         );
-        let error = Job::compile(&with_users_table(config), &job)
-            .unwrap_err()
-            .to_string();
+        let error = Job::compile(&config, &job).unwrap_err().to_string();
         assert!(
             error.contains("`user_updates`") && error.contains("runnel run"),
             "{error}"

@@ -21,11 +21,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{RecordBatch, UInt32Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use runnel_archive::HybridSource;
 use runnel_engine::{JoinOutput, LATE_PARTITION_COLUMN, TemporalJoin, TemporalJoinSpec};
 use runnel_jobs::{Job, JobTable};
+use tokio_util::sync::CancellationToken;
 
 use crate::StreamProcessorError;
 use crate::task::TaskContext;
@@ -198,27 +199,7 @@ impl TableInput {
         context: &TaskContext,
     ) -> Result<Joined, StreamProcessorError> {
         let mut joined = Joined::default();
-        for partition in 0..self.sources.len() {
-            self.drained[partition] = false;
-            for _ in 0..TABLE_BATCHES_PER_POLL {
-                let batch = self.sources[partition]
-                    .next_batch(Duration::ZERO)
-                    .await
-                    .map_err(StreamProcessorError::History)?;
-                self.offsets[partition] = self.sources[partition].position();
-                let Some(batch) = batch else {
-                    self.drained[partition] = true;
-                    break;
-                };
-                let input = self.table().project(&batch)?;
-                joined.table_rows += input.num_rows();
-                let output = self
-                    .join
-                    .process_table(partition as u32, &input)
-                    .map_err(|source| self.engine(source))?;
-                self.add(&mut joined, output, partition as u32, None)?;
-            }
-        }
+        self.read_changelog(&mut joined).await?;
         if self.join.waiting() > 0
             && self.drained.iter().all(|drained| *drained)
             && self
@@ -239,6 +220,99 @@ impl TableInput {
             }
         }
         Ok(joined)
+    }
+
+    /// For a router: joins every row of `input` (stream rows of partition `partition` that
+    /// arrived by `arrival`) with the table once it holds every version that can be valid at
+    /// their times: its watermark has reached their largest time, or every changelog
+    /// partition has been read to the log's end as asked after they arrived. Reads the
+    /// changelog until then. The joined rows come out in the rows' stream order (the window
+    /// tasks drop a copy by its source offset, so a router sends a partition's rows in
+    /// offset order). `None` if `shutdown` came first.
+    pub(crate) async fn join_whole(
+        &mut self,
+        context: &TaskContext,
+        (partition, input, arrival): (u32, &RecordBatch, i64),
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Joined>, StreamProcessorError> {
+        let plan = Arc::clone(&self.job.plan);
+        let time = input
+            .schema()
+            .index_of(plan.event_time())
+            .map_err(StreamProcessorError::Encode)?;
+        let times = arrow::compute::cast(input.column(time), &DataType::Int64)
+            .map_err(StreamProcessorError::Encode)?;
+        let latest = arrow::compute::max(times.as_primitive::<Int64Type>());
+        let mut joined = Joined::default();
+        loop {
+            self.read_changelog(&mut joined).await?;
+            if latest.is_none_or(|latest| latest <= self.join.table_watermark()) {
+                break;
+            }
+            if self.drained.iter().all(|drained| *drained) {
+                let as_of = runnel_time::now_millis();
+                if arrival <= as_of
+                    && at_end(context, self.table().stream.name(), self.offsets.clone()).await?
+                {
+                    break;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(None),
+                    () = tokio::time::sleep(crate::task::READ_WAIT) => {}
+                }
+            }
+        }
+        let mut stream = self.stream(partition, input, arrival)?;
+        let output = self
+            .join
+            .release_waiting()
+            .map_err(|source| self.engine(source))?;
+        self.add(&mut stream, output, partition, None)?;
+        joined.late_stream = stream.late_stream;
+        if !stream.rows.is_empty() {
+            let rows = arrow::compute::concat_batches(&plan.stream_schema(), &stream.rows)
+                .map_err(StreamProcessorError::Encode)?;
+            let offsets = rows
+                .column_by_name(runnel_events::OFFSET_COLUMN)
+                .ok_or_else(|| StreamProcessorError::Job {
+                    job: self.job.name.clone(),
+                    message: "joined rows without `_offset`".to_string(),
+                })?;
+            let order = arrow::compute::sort_to_indices(offsets, None, None)
+                .map_err(StreamProcessorError::Encode)?;
+            joined.rows = vec![
+                arrow::compute::take_record_batch(&rows, &order)
+                    .map_err(StreamProcessorError::Encode)?,
+            ];
+        }
+        Ok(Some(joined))
+    }
+
+    /// Reads what the changelog has, a bounded number of batches per partition, into the
+    /// table; marks the partitions whose read found nothing new.
+    async fn read_changelog(&mut self, joined: &mut Joined) -> Result<(), StreamProcessorError> {
+        for partition in 0..self.sources.len() {
+            self.drained[partition] = false;
+            for _ in 0..TABLE_BATCHES_PER_POLL {
+                let batch = self.sources[partition]
+                    .next_batch(Duration::ZERO)
+                    .await
+                    .map_err(StreamProcessorError::History)?;
+                self.offsets[partition] = self.sources[partition].position();
+                let Some(batch) = batch else {
+                    self.drained[partition] = true;
+                    break;
+                };
+                let input = self.table().project(&batch)?;
+                joined.table_rows += input.num_rows();
+                let output = self
+                    .join
+                    .process_table(partition as u32, &input)
+                    .map_err(|source| self.engine(source))?;
+                self.add(joined, output, partition as u32, None)?;
+            }
+        }
+        Ok(())
     }
 
     /// Adds a join output: its rows widened to the joined rows the plan takes; its late

@@ -33,6 +33,13 @@
 //! So a router that stops routing (its broker restarting, its process moving) while its
 //! partition takes events holds the watermark back, instead of letting the others' events
 //! make its own late.
+//!
+//! A join job's routers join (`join.rs`): a window task needs every row of its groups, and
+//! the groups are known only after the join. Each router holds the whole table and joins
+//! each batch once the table holds every version valid at its rows' times
+//! ([`TableInput::join_whole`]), in offset order; the copies are the joined rows in the
+//! record format of the job's routed rows (`runnel_jobs::Routed`). Its checkpoint holds the
+//! table and the changelog offsets; rows late to the join go to the job's late topic.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,12 +52,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::StreamProcessorError;
+use crate::join::TableInput;
 use crate::task::{
     SOURCE_AT_END_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER,
     TaskContext,
 };
 use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints};
-use runnel_jobs::{Job, repartition_topic};
+use runnel_jobs::records::{late_records, late_table_records};
+use runnel_jobs::{Job, late_topic, repartition_topic};
 
 /// How long a router asks the log for a partition's end before it takes it as not known.
 const CAUGHT_UP_CHECK: Duration = Duration::from_secs(2);
@@ -80,6 +89,8 @@ pub(crate) struct Router {
     told_at_end: Option<Instant>,
     /// The largest ingest time routed since the router started.
     last_ingest_time: Option<i64>,
+    /// A join job's table, which the router joins each batch with before routing it.
+    table: Option<TableInput>,
 }
 
 impl Router {
@@ -105,6 +116,16 @@ impl Router {
         let (offset, epoch) = restored.as_ref().map_or((0, 0), |restored| {
             (restored.manifest.source_offset, restored.manifest.epoch)
         });
+        let table = match &job.table {
+            Some(_) => Some(TableInput::open(
+                &job,
+                (partition, job.stream.config().partitions),
+                restored
+                    .as_ref()
+                    .map(|restored| (&restored.state[..], &restored.manifest.table_offsets[..])),
+            )?),
+            None => None,
+        };
         Ok(Router {
             job,
             partition,
@@ -118,6 +139,7 @@ impl Router {
             announced: Vec::new(),
             told_at_end: None,
             last_ingest_time: None,
+            table,
         })
     }
 
@@ -148,6 +170,9 @@ impl Router {
             .await
             .map_err(|error| StreamProcessorError::log(&target, error))?;
         self.announced = vec![None; targets as usize];
+        if let Some(table) = &mut self.table {
+            table.open_sources(&self.context).await?;
+        }
         self.context
             .status
             .routed(&self.job.name, self.partition, self.offset, true);
@@ -161,7 +186,10 @@ impl Router {
             let routed = match batch {
                 Some(batch) => {
                     self.told_at_end = None;
-                    self.route(&batch)?
+                    let Some(rows) = self.rows(&batch, &shutdown).await? else {
+                        break;
+                    };
+                    self.route(&batch, &rows)?
                 }
                 None if self
                     .told_at_end
@@ -170,7 +198,16 @@ impl Router {
                     // Taken before the log is asked: whatever arrived up to then is below
                     // the end it answers.
                     let as_of = runnel_time::now_millis();
-                    if self.caught_up(source.is_live(), source.position()).await {
+                    let log = Arc::clone(&self.context.log);
+                    let (job, partition) = (Arc::clone(&self.job), self.partition);
+                    if caught_up(
+                        log.as_ref(),
+                        &job,
+                        partition,
+                        (source.is_live(), source.position()),
+                    )
+                    .await
+                    {
                         self.told_at_end = Some(Instant::now());
                         self.end_markers(as_of)
                     } else {
@@ -193,42 +230,111 @@ impl Router {
                 .status
                 .routed(&self.job.name, self.partition, self.offset, false);
             if self.last_checkpoint.elapsed() >= self.context.checkpoint_interval
-                && self.offset != self.checkpointed_offset
+                && self.progressed()
             {
                 self.checkpoint().await?;
             }
         }
-        if self.offset != self.checkpointed_offset {
+        if self.progressed() {
             self.checkpoint().await?;
         }
         Ok(())
     }
 
-    /// Copies of the rows of `batch` (the stream's positioned rows, from the history or the
-    /// log) keyed by their group, each in the repartition partition its key picks, then a
-    /// progress marker for each partition that has not seen the largest event time among them.
-    fn route(&mut self, batch: &RecordBatch) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+    /// Whether the router has read past what its last checkpoint holds: its partition, or a
+    /// join job's table.
+    fn progressed(&self) -> bool {
+        self.offset != self.checkpointed_offset
+            || self.table.as_ref().is_some_and(TableInput::progressed)
+    }
+
+    /// The rows of `batch` (the stream's positioned rows) to route, as the plan's input: the
+    /// batch's, or for a join job the joined rows (the rows late to the join go to the late
+    /// topic). `None` if `shutdown` came while the join waited for its table.
+    async fn rows(
+        &mut self,
+        batch: &RecordBatch,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<RecordBatch>, StreamProcessorError> {
         let input = self.job.project(batch)?;
-        let keys = self.job.plan.group_key_texts(&input).map_err(|source| {
+        let Some(table) = &mut self.table else {
+            return Ok(Some(input));
+        };
+        let arrival = input
+            .column_by_name(runnel_events::INGEST_TIME_COLUMN)
+            .and_then(|times| {
+                arrow::compute::max(times.as_primitive_opt::<TimestampMillisecondType>()?)
+            })
+            .unwrap_or_default();
+        let Some(joined) = table
+            .join_whole(&self.context, (self.partition, &input, arrival), shutdown)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut late = late_records(&joined.late_stream, self.partition, None, arrival)?;
+        if let Some(table) = &self.job.table {
+            late.extend(late_table_records(
+                &table.name,
+                &joined.late_table,
+                self.partition,
+                arrival,
+            )?);
+        }
+        if !late.is_empty() {
+            let topic = late_topic(&self.job.name);
+            self.context
+                .log
+                .append(&topic, late)
+                .await
+                .map_err(|error| StreamProcessorError::log(&topic, error))?;
+        }
+        let schema = self.job.plan.stream_schema();
+        Ok(Some(match joined.rows.as_slice() {
+            [rows] => rows.clone(),
+            rows => arrow::compute::concat_batches(&schema, rows)
+                .map_err(StreamProcessorError::Encode)?,
+        }))
+    }
+
+    /// Copies of `rows` (the plan's input rows of `batch`, the stream's positioned rows from
+    /// the history or the log) keyed by their group, each in the repartition partition its
+    /// key picks, then a progress marker for each partition that has not seen the largest
+    /// event time of the batch.
+    fn route(
+        &mut self,
+        batch: &RecordBatch,
+        rows: &RecordBatch,
+    ) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+        let input = rows;
+        let keys = self.job.plan.group_key_texts(input).map_err(|source| {
             StreamProcessorError::Engine {
                 job: self.job.name.clone(),
                 source,
             }
         })?;
-        let values = runnel_events::encode_records(&self.job.stream, batch)
+        let routed = &self.job.routed;
+        let values = runnel_events::encode_records(&routed.stream, &routed.declared(input)?)
             .map_err(StreamProcessorError::Encode)?;
-        let declared = self.job.stream.declared().fields().len();
-        let offsets = batch.column(declared + 1).as_primitive::<Int64Type>();
-        let ingest_times = batch
-            .column(declared + 2)
-            .as_primitive::<TimestampMillisecondType>();
+        let column = |name: &str| {
+            input
+                .column_by_name(name)
+                .ok_or_else(|| StreamProcessorError::Job {
+                    job: self.job.name.clone(),
+                    message: format!("routed rows without `{name}`"),
+                })
+        };
+        let offsets = column(runnel_events::OFFSET_COLUMN)?.as_primitive::<Int64Type>();
+        let ingest_times =
+            column(runnel_events::INGEST_TIME_COLUMN)?.as_primitive::<TimestampMillisecondType>();
         // Event times by row (epoch ms; `None` where missing, which the task drops too).
-        let event_times: Option<Vec<Option<i64>>> = arrow::compute::cast(
-            input.column(self.job.stream.event_time_index()),
-            &arrow::datatypes::DataType::Int64,
-        )
-        .ok()
-        .map(|times| times.as_primitive::<Int64Type>().iter().collect());
+        let event_times = |rows: &RecordBatch| -> Option<Vec<Option<i64>>> {
+            let time = rows.schema().index_of(self.job.plan.event_time()).ok()?;
+            arrow::compute::cast(rows.column(time), &arrow::datatypes::DataType::Int64)
+                .ok()
+                .map(|times| times.as_primitive::<Int64Type>().iter().collect())
+        };
+        let (row_times, batch_times) = (event_times(input), event_times(&self.job.project(batch)?));
         let mut routed = Vec::with_capacity(input.num_rows());
         for (row, value) in values.into_iter().enumerate() {
             // A row whose key fails goes on with an empty key; the window task that gets it
@@ -239,7 +345,7 @@ impl Router {
                 keys.value(row).as_bytes()
             };
             let target = partition_for_key(key, self.announced.len() as u32);
-            if let Some(time) = event_times
+            if let Some(time) = row_times
                 .as_ref()
                 .and_then(|times| times.get(row).copied().flatten())
             {
@@ -257,10 +363,18 @@ impl Router {
                 partition: Some(target),
             });
         }
-        let progress = event_times
+        // The whole batch was routed (a join's unmatched rows too: they are dropped or late),
+        // so its largest event time is the partition's progress.
+        let progress = batch_times
             .as_ref()
             .and_then(|times| times.iter().flatten().max().copied());
-        let last_ingest_time = arrow::compute::max(ingest_times);
+        let last_ingest_time = self
+            .job
+            .project(batch)?
+            .column_by_name(runnel_events::INGEST_TIME_COLUMN)
+            .and_then(|times| {
+                arrow::compute::max(times.as_primitive_opt::<TimestampMillisecondType>()?)
+            });
         self.last_ingest_time = self.last_ingest_time.max(last_ingest_time);
         if let (Some(progress), Some(last_ingest_time)) = (progress, last_ingest_time) {
             for (target, announced) in self.announced.iter_mut().enumerate() {
@@ -277,35 +391,6 @@ impl Router {
             }
         }
         Ok(routed)
-    }
-
-    /// Whether the source, which just read nothing, has read everything its live log
-    /// partition holds now (`live`: it reads the live log; `position`: its next offset). An
-    /// empty read alone does not say so: while a broker restarts or a leader moves, reads
-    /// come back empty with records still to come, and a source partition told at its end
-    /// may turn idle in the window tasks and let the watermark pass its unread events. When
-    /// the log's end cannot be had within [`CAUGHT_UP_CHECK`], the answer is no: the
-    /// watermark waits.
-    async fn caught_up(&self, live: bool, position: u64) -> bool {
-        if !live {
-            return false;
-        }
-        let end = tokio::time::timeout(
-            CAUGHT_UP_CHECK,
-            self.context
-                .log
-                .latest_offset(self.job.stream.name(), self.partition),
-        )
-        .await;
-        match end {
-            Ok(Ok(end)) => position >= end,
-            Ok(Err(error)) => {
-                debug!(job = %self.job.name, partition = self.partition, %error,
-                    "the log's end is unknown; not telling the window tasks this source is at its end");
-                false
-            }
-            Err(_) => false,
-        }
     }
 
     /// An end marker for every repartition partition: this source partition holds nothing
@@ -327,6 +412,10 @@ impl Router {
     }
 
     async fn checkpoint(&mut self) -> Result<(), StreamProcessorError> {
+        let (state, table_offsets) = match &self.table {
+            Some(table) => table.snapshot()?,
+            None => (Vec::new(), Vec::new()),
+        };
         self.epoch += 1;
         let manifest = CheckpointManifest {
             job: format!("{}.router", self.job.name),
@@ -335,13 +424,16 @@ impl Router {
             source_offset: self.offset,
             watermark: i64::MIN,
             late_count: 0,
-            state_bytes: 0,
+            state_bytes: state.len() as u64,
             seen_source_offsets: Vec::new(),
-            table_offsets: Vec::new(),
+            table_offsets,
         };
         self.checkpoints
-            .save(self.context.store.as_ref(), &manifest, Vec::new())
+            .save(self.context.store.as_ref(), &manifest, state)
             .await?;
+        if let Some(table) = &mut self.table {
+            table.checkpointed(manifest.table_offsets.clone());
+        }
         debug!(
             epoch = self.epoch,
             offset = self.offset,
@@ -350,6 +442,38 @@ impl Router {
         self.checkpointed_offset = self.offset;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+/// Whether the source, which just read nothing, has read everything its live log
+/// partition holds now (`live`: it reads the live log; `position`: its next offset). An
+/// empty read alone does not say so: while a broker restarts or a leader moves, reads
+/// come back empty with records still to come, and a source partition told at its end
+/// may turn idle in the window tasks and let the watermark pass its unread events. When
+/// the log's end cannot be had within [`CAUGHT_UP_CHECK`], the answer is no: the
+/// watermark waits.
+async fn caught_up(
+    log: &dyn runnel_log::Log,
+    job: &Job,
+    partition: u32,
+    (live, position): (bool, u64),
+) -> bool {
+    if !live {
+        return false;
+    }
+    let end = tokio::time::timeout(
+        CAUGHT_UP_CHECK,
+        log.latest_offset(job.stream.name(), partition),
+    )
+    .await;
+    match end {
+        Ok(Ok(end)) => position >= end,
+        Ok(Err(error)) => {
+            debug!(job = %job.name, partition, %error,
+                "the log's end is unknown; not telling the window tasks this source is at its end");
+            false
+        }
+        Err(_) => false,
     }
 }
 

@@ -303,9 +303,10 @@ impl Task {
                     seen_source_offsets = restored.manifest.seen_source_offsets.clone();
                     seen_source_offsets.resize(source_partitions as usize, None);
                 }
-                // A join job's state is the windows' snapshot, then the join's.
+                // A direct join task's state is the windows' snapshot, then the join's (a
+                // repartitioned join job's routers join).
                 let windows = match &job.table {
-                    Some(_) => {
+                    Some(_) if !job.repartition => {
                         let (windows, join) =
                             runnel_engine::split_snapshot_parts(&restored.state, "windows")
                                 .map_err(engine_error)?;
@@ -316,7 +317,7 @@ impl Task {
                         )?);
                         windows
                     }
-                    None => &restored.state[..],
+                    _ => &restored.state[..],
                 };
                 let operator = WindowOperator::restore(Arc::clone(&job.plan), options, windows)
                     .map_err(engine_error)?;
@@ -345,7 +346,7 @@ impl Task {
                     .earliest_offset(&topic, partition)
                     .await
                     .map_err(|source| StreamProcessorError::log(&topic, source))?;
-                if job.table.is_some() {
+                if job.table.is_some() && !job.repartition {
                     table = Some(TableInput::open(
                         &job,
                         (partition, source_partitions),
@@ -362,7 +363,7 @@ impl Task {
             (epoch > 0).then_some(epoch),
         );
         Ok(Task {
-            decoder: EventDecoder::new(&job.stream),
+            decoder: EventDecoder::new(&job.routed.stream),
             job,
             partition,
             context,
@@ -654,8 +655,8 @@ impl Task {
         }
     }
 
-    /// Decodes records into the plan's input (declared fields, `_offset`, `_ingest_time`);
-    /// undecodable records are logged and left out.
+    /// Decodes repartitioned records (the job's routed rows: its stream's, or a join job's
+    /// joined rows) into the plan's input; undecodable records are logged and left out.
     fn decode(&self, records: &[Record]) -> Result<RecordBatch, StreamProcessorError> {
         let decoded = self.decoder.decode(records)?;
         for bad in &decoded.undecodable {
@@ -666,7 +667,7 @@ impl Task {
                 "undecodable record skipped"
             );
         }
-        Ok(self.job.project(&decoded.batch)?)
+        Ok(self.job.routed.project(&decoded.batch)?)
     }
 
     /// Records of the repartition topic: back in their stream coordinates (partition and

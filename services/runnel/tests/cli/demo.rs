@@ -1,6 +1,6 @@
 //! `runnel demo` as the README runs it: the four services in one process on a fresh embedded
-//! log, live results over gRPC, a replay that switches the active version and a recompute;
-//! Ctrl-C (SIGINT) stops it cleanly.
+//! log, live results over gRPC (the join job's too: users' clicks with their plan), a replay
+//! that switches the active version and a recompute; Ctrl-C (SIGINT) stops it cleanly.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -41,15 +41,16 @@ fn the_demo_switches_versions_recomputes_and_stops_on_ctrl_c() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(180);
-    let (mut switched, mut recomputed, mut from_batch, mut top_pages) =
-        (false, false, false, false);
+    let (mut switched, mut recomputed, mut from_batch, mut top_pages, mut plans) =
+        (false, false, false, false, false);
     let mut last = Vec::new();
-    while !(switched && recomputed && from_batch && top_pages) {
+    while !(switched && recomputed && from_batch && top_pages && plans) {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let Ok(line) = lines_rx.recv_timeout(remaining) else {
             panic!(
                 "within 180 s: switched {switched}, recomputed {recomputed}, batch answers \
-                 {from_batch}, top pages {top_pages}; last lines:\n{}",
+                 {from_batch}, top pages {top_pages}, users with their plans {plans}; last \
+                 lines:\n{}",
                 last.join("\n")
             );
         };
@@ -57,6 +58,11 @@ fn the_demo_switches_versions_recomputes_and_stops_on_ctrl_c() {
         recomputed |= line.contains("batch view of page_views:");
         from_batch |= line.contains("from the batch view");
         top_pages |= line.trim_start().starts_with("/home ");
+        // The join job: a user's clicks with the plan the table gave them.
+        plans |= line.trim_start().starts_with('u')
+            && ["free", "pro", "team"]
+                .iter()
+                .any(|plan| line.contains(&format!(" plan {plan} ")));
         last.push(line);
         if last.len() > 60 {
             last.remove(0);

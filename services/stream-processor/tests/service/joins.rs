@@ -1,6 +1,7 @@
-//! A join job in the service: clicks (2 partitions, keyed by user) joined `LEFT` with the
+//! Join jobs in the service: clicks (2 partitions, keyed by user) joined `LEFT` with the
 //! table `users` (its changelog `user_updates`, 2 partitions, with a tombstone) as of each
-//! click's event time, counted per user, country and 10 s window.
+//! click's event time, counted per user, country and 10 s window (the tasks join), and per
+//! country and window (repartitioned: the routers join).
 //!
 //! The service is stopped after the first clicks and started again: the join's table and
 //! its changelog offsets come back from the checkpoint (a changelog read again from the start
@@ -68,6 +69,17 @@ GROUP BY c.user_id, u.country, window_start, window_end
 """
 max-out-of-orderness = "1s"
 allowed-lateness = "0s"
+
+[[jobs]]
+name = "clicks_per_country"
+sql = """
+SELECT u.country, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND) AS c
+LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+GROUP BY u.country, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+allowed-lateness = "0s"
 "#,
         data = root.join("data").display(),
     );
@@ -131,10 +143,13 @@ async fn read_all(log: &dyn Log, topic: &str) -> Vec<Record> {
     records
 }
 
-/// The final windows: (user, country, seconds from the base) to clicks.
-async fn final_windows(log: &dyn Log) -> BTreeMap<(String, Option<String>, i64), u64> {
+/// (user, country, seconds from the base) to clicks; `clicks_per_country` has no user.
+type Windows = BTreeMap<(Option<String>, Option<String>, i64), u64>;
+
+/// The final windows of `job`.
+async fn final_windows(log: &dyn Log, job: &str) -> Windows {
     let mut latest: BTreeMap<String, (u64, serde_json::Value)> = BTreeMap::new();
-    for record in read_all(log, &results_topic("clicks_by_country")).await {
+    for record in read_all(log, &results_topic(job)).await {
         let key = String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8");
         let row: serde_json::Value = serde_json::from_slice(&record.value).expect("JSON");
         let version = row["_version"].as_u64().expect("_version");
@@ -150,7 +165,7 @@ async fn final_windows(log: &dyn Log) -> BTreeMap<(String, Option<String>, i64),
             let start: i64 = start.parse().expect("epoch ms");
             (
                 (
-                    row["user_id"].as_str().expect("user_id").to_string(),
+                    row["user_id"].as_str().map(str::to_string),
                     row["country"].as_str().map(str::to_string),
                     (start - BASE_MS) / SECOND,
                 ),
@@ -197,14 +212,13 @@ impl Running {
         }
     }
 
+    /// Waits until both jobs' window tasks have read `events` events (the routers of
+    /// `clicks_per_country` have joined them: they had read the changelog first).
     async fn wait_for_events(&self, events: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let read = self
-                .status
-                .job("clicks_by_country")
-                .map_or(0, |job| job.events_total);
-            if read >= events {
+            let read = |job: &str| self.status.job(job).map_or(0, |job| job.events_total);
+            if read("clicks_by_country") >= events && read("clicks_per_country") >= events {
                 return;
             }
             assert!(
@@ -251,6 +265,8 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
         )
         .await
         .expect("append");
+    // Both jobs have joined these clicks before the stop: the table they restore has its
+    // watermark at 14 s, which makes the next changelog row late.
     running.wait_for_events(4).await;
     running.stop().await;
 
@@ -276,7 +292,7 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
         )
         .await
         .expect("append");
-    let expected: BTreeMap<(String, Option<String>, i64), u64> = [
+    let expected: Windows = [
         (("user-a", Some("FR"), 0), 1),
         (("user-a", Some("FR"), 10), 1),
         (("user-a", Some("DE"), 10), 1),
@@ -288,40 +304,55 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
     .into_iter()
     .map(|((user, country, second), clicks)| {
         (
-            (user.to_string(), country.map(str::to_string), second),
+            (Some(user.to_string()), country.map(str::to_string), second),
             clicks,
         )
     })
     .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let windows = final_windows(running.log.as_ref()).await;
-        if windows == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "final windows {windows:?}, not {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // The same clicks per country: the routers join, the window tasks count.
+    let mut per_country = Windows::new();
+    for ((_, country, second), clicks) in &expected {
+        *per_country
+            .entry((None, country.clone(), *second))
+            .or_default() += clicks;
     }
-    // The one late row is the changelog row behind the table's watermark: the restart read
-    // the changelog on from its checkpointed offsets, not again from the start.
-    let late: Vec<(String, serde_json::Value)> =
-        read_all(running.log.as_ref(), &late_topic("clicks_by_country"))
-            .await
-            .into_iter()
-            .map(|record| {
-                (
-                    String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8"),
-                    serde_json::from_slice(&record.value).expect("JSON"),
-                )
-            })
-            .collect();
-    assert_eq!(late.len(), 1, "{late:?}");
-    assert_eq!(late[0].0, "users/0:2", "{late:?}");
-    assert_eq!(late[0].1["country"], "ES", "{late:?}");
-    let reason = late[0].1["_reason"].as_str().expect("_reason");
-    assert!(reason.contains("table's watermark"), "{reason}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (job, expected) in [
+        ("clicks_by_country", &expected),
+        ("clicks_per_country", &per_country),
+    ] {
+        loop {
+            let windows = final_windows(running.log.as_ref(), job).await;
+            if windows == *expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{job}: final windows {windows:?}, not {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The one late row of each job is the changelog row behind the table's watermark (for
+    // `clicks_per_country` its routers': they join): the restart read the changelog on from
+    // its checkpointed offsets, not again from the start.
+    for job in ["clicks_by_country", "clicks_per_country"] {
+        let late: Vec<(String, serde_json::Value)> =
+            read_all(running.log.as_ref(), &late_topic(job))
+                .await
+                .into_iter()
+                .map(|record| {
+                    (
+                        String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8"),
+                        serde_json::from_slice(&record.value).expect("JSON"),
+                    )
+                })
+                .collect();
+        assert_eq!(late.len(), 1, "{job}: {late:?}");
+        assert_eq!(late[0].0, "users/0:2", "{job}: {late:?}");
+        assert_eq!(late[0].1["country"], "ES", "{job}: {late:?}");
+        let reason = late[0].1["_reason"].as_str().expect("_reason");
+        assert!(reason.contains("table's watermark"), "{job}: {reason}");
+    }
     running.stop().await;
 }

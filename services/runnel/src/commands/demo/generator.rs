@@ -1,5 +1,6 @@
 //! The demo's click stream: users clicking in bursts over Zipf-like pages, some events late,
-//! sent to the ingest service over gRPC.
+//! sent to the ingest service over gRPC; and the users' changelog (`user_updates`, the table
+//! `users`): each user's plan at the start, then a plan change or a deleted user now and then.
 
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -47,6 +48,39 @@ const PAGES: [&str; 12] = [
     "/pricing",
 ];
 const COUNTRIES: [&str; 8] = ["de", "fr", "us", "br", "jp", "in", "gb", "es"];
+const PLANS: [&str; 3] = ["free", "pro", "team"];
+
+/// Sends `events` to `stream`: how many were accepted and rejected, or the refusal.
+async fn send(
+    client: &mut IngestClient<Connection>,
+    stream: &str,
+    events: Vec<Bytes>,
+) -> Result<(u64, u64), tonic::Status> {
+    let sent = events.len() as u64;
+    match client
+        .ingest(IngestRequest {
+            stream: stream.to_string(),
+            all_or_nothing: false,
+            events: Some(Events::Json(JsonEvents { events })),
+        })
+        .await
+    {
+        Ok(response) => {
+            let response = response.into_inner();
+            Ok((response.accepted, response.rejected))
+        }
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => Ok((0, sent)),
+        Err(status) => Err(status),
+    }
+}
+
+/// A `user_updates` row: `user`'s plan from `at` on, or (`None`) the user deleted.
+fn user_update(user: u64, at: i64, plan: Option<&str>) -> Bytes {
+    Bytes::from(match plan {
+        Some(plan) => format!(r#"{{"event_time":{at},"user_id":"u{user}","plan":"{plan}"}}"#),
+        None => format!(r#"{{"event_time":{at},"user_id":"u{user}","deleted":true}}"#),
+    })
+}
 
 /// Counters the screen shows.
 #[derive(Debug, Default)]
@@ -57,7 +91,9 @@ pub(super) struct Generated {
 }
 
 /// Users click in bursts (a click every 0.3-3 s, ending with 15% chance after each), then
-/// idle 15-60 s; pages are Zipf-like, 2% of events are sent late.
+/// idle 15-60 s; pages are Zipf-like, 2% of events are sent late. Every user has a plan from
+/// two minutes before the start (before any late click); about every 200 ms a user changes
+/// plan, and one change in ten deletes the user (whose clicks then join no plan).
 pub(super) async fn generate(
     mut client: IngestClient<Connection>,
     rate: u32,
@@ -71,6 +107,20 @@ pub(super) async fn generate(
     let mut next: BinaryHeap<std::cmp::Reverse<(i64, u64)>> = (0..users)
         .map(|user| std::cmp::Reverse((started + random.below(30_000) as i64, user)))
         .collect();
+    let plans: Vec<Bytes> = (0..users)
+        .map(|user| {
+            user_update(
+                user,
+                started - 120_000,
+                Some(PLANS[(user % PLANS.len() as u64) as usize]),
+            )
+        })
+        .collect();
+    for chunk in plans.chunks(1_000) {
+        send(&mut client, "user_updates", chunk.to_vec())
+            .await
+            .map_err(|status| anyhow::anyhow!("ingest refused the demo's users: {status}"))?;
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -105,37 +155,29 @@ pub(super) async fn generate(
             };
             next.push(std::cmp::Reverse((at + gap as i64, user)));
         }
-        if events.is_empty() {
-            continue;
+        let mut updates = Vec::new();
+        if random.chance(50) {
+            let user = random.below(users);
+            let plan = (!random.chance(10)).then(|| PLANS[random.below(3) as usize]);
+            updates.push(user_update(user, now, plan));
         }
-        let sent = events.len() as u64;
-        let answer = client
-            .ingest(IngestRequest {
-                stream: "clicks".to_string(),
-                all_or_nothing: false,
-                events: Some(Events::Json(JsonEvents { events })),
-            })
-            .await;
-        match answer {
-            Ok(response) => {
-                let response = response.into_inner();
-                counters
-                    .events
-                    .fetch_add(response.accepted, Ordering::Relaxed);
-                counters
-                    .rejected
-                    .fetch_add(response.rejected, Ordering::Relaxed);
+        for (stream, events) in [("user_updates", updates), ("clicks", events)] {
+            if events.is_empty() {
+                continue;
             }
-            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                counters.rejected.fetch_add(sent, Ordering::Relaxed);
-            }
-            Err(status) => {
-                if shutdown.is_cancelled() {
-                    return Ok(());
+            match send(&mut client, stream, events).await {
+                Ok((accepted, rejected)) => {
+                    counters.events.fetch_add(accepted, Ordering::Relaxed);
+                    counters.rejected.fetch_add(rejected, Ordering::Relaxed);
                 }
-                return Err(anyhow::anyhow!(
-                    "ingest refused the demo's events: {status}"
-                ));
+                Err(status) => {
+                    if shutdown.is_cancelled() {
+                        return Ok(());
+                    }
+                    return Err(anyhow::anyhow!(
+                        "ingest refused the demo's events: {status}"
+                    ));
+                }
             }
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! The four services run as tasks over one embedded log in a fresh folder. A generator
 //! sends a click stream (users clicking in bursts, popular and rare pages, about 2% of the
-//! events late by 5 to 60 s) to the ingest service over gRPC; three jobs run on it (tumbling
-//! page views, hopping country traffic, user sessions). Every second the terminal shows what
+//! events late by 5 to 60 s) and the users' plans (the changelog of the table `users`) to the
+//! ingest service over gRPC; four jobs run on them (tumbling page views, hopping country
+//! traffic, user sessions, and clicks per user joined with the user's plan as of each
+//! click). Every second the terminal shows what
 //! the serving service answers over gRPC. After one phase the demo replays version 2 of
 //! `user_sessions` (a longer session gap), which becomes the active version once it has
 //! caught up with the live log; every three it recomputes `page_views` over the archived
@@ -108,6 +110,16 @@ idle-timeout = "5s"
 name = "user_sessions"
 sql = """
 {SESSIONS_V1}
+"""
+max-out-of-orderness = "2s"
+
+[[jobs]]
+name = "user_plans"
+sql = """
+SELECT c.user_id, u.plan, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND) AS c
+LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+GROUP BY c.user_id, u.plan, window_start, window_end
 """
 max-out-of-orderness = "2s"
 "#,

@@ -160,6 +160,31 @@ pub(super) async fn frame(
         ));
     }
     out.push('\n');
+    let plans = client
+        .top_k(proto::TopKRequest {
+            job: "user_plans".to_string(),
+            window_start_ms: page_window,
+            k: 3,
+            order_by: "clicks".to_string(),
+            ascending: false,
+        })
+        .await?
+        .into_inner();
+    out.push_str(&format!(
+        "\nuser_plans: the busiest users of {}-{} with their plan as of their clicks (a join AS OF the table users)\n",
+        clock(page_window),
+        clock(page_window + 10_000)
+    ));
+    for window in &plans.windows {
+        out.push_str(&format!(
+            "  {:<8} plan {:<5} {:>3} clicks  v{} {}\n",
+            column(window, &plans.column_names, "user_id"),
+            column(window, &plans.column_names, "plan"),
+            column(window, &plans.column_names, "clicks"),
+            window.version,
+            if window.r#final { "final" } else { "early" },
+        ));
+    }
     for user in ["u1", "u2", "u3", "u4", "u5"] {
         let sessions = client
             .query_windows(proto::QueryWindowsRequest {
