@@ -8,11 +8,22 @@
 //! batch. Each case also runs with every event in its own batch, and must give the same
 //! results and late events: the operator's output may not depend on batching.
 //!
-//! A join case's `options.json` has a `table` (`name`, `schema`, `key`, `event_time`,
-//! optional `tombstone`, `partitions`, `out_of_orderness_ms`, `stream_out_of_orderness_ms`),
-//! and its `input.jsonl` the table's changelog rows as `{"t": partition, "at": arrival_ms,
-//! "e": {row}}`: stream rows go through a `TemporalJoin` on partition 0 and its rows on into
-//! the window operator; the join's late rows are `late_stream` and `late_table` lines.
+//! A join case's `options.json` has a `table` or a `stream`, the other input of the join,
+//! and its `input.jsonl` that input's rows besides the stream's. The join is driven as
+//! `runnel run` drives it (stream rows through `JoinPlan::prefilter` first), and its rows
+//! go on into the window operator as its one input (partition 0), in the order the join
+//! lets them out; an interval join's left input has the case's `partitions` (an AS OF join
+//! takes stream rows without a partition).
+//! - A `table` (`name`, `schema`, `key`, `event_time`, optional `tombstone`, `partitions`,
+//!   `out_of_orderness_ms`, `stream_out_of_orderness_ms`) is joined AS OF by a
+//!   `TemporalJoin`; its changelog rows are `{"t": partition, "at": arrival_ms, "e": {row}}`
+//!   lines, and the join's late rows `late_stream` and `late_table` lines.
+//! - A `stream` (`name`, `schema`, `event_time`, `partitions`) is joined within an interval
+//!   by an `IntervalJoin` (the stream's rows on its left) with the job's
+//!   `max_out_of_orderness_ms` and `allowed_lateness_ms`; its rows are `{"r": partition,
+//!   "at": arrival_ms, "e": {row}}` lines. The join's rows are held in a `TimeOrder` and let
+//!   out up to `JoinPlan::release_before` the join's watermark after each call; its late rows
+//!   are `late_left` and `late_right` lines.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +32,8 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use runnel_engine::{
-    JobPlan, JoinOutput, JoinSources, OperatorOptions, OperatorOutput, TableSource, TemporalJoin,
+    EventError, IntervalJoin, IntervalJoinOutput, JobPlan, JoinOutput, JoinSources,
+    OperatorOptions, OperatorOutput, StreamSource, TableSource, TemporalJoin, TimeOrder,
     WindowOperator,
 };
 use serde_json::Value;
@@ -46,20 +58,45 @@ enum Step {
         event_time: i64,
         arrival: i64,
     },
-    /// Changelog rows of the joined table's partition.
-    Table {
+    /// Rows of a partition of the join's other input: the table's changelog (`t` lines) or
+    /// the second stream (`r` lines).
+    Joined {
         partition: u32,
         arrival: i64,
         events: Vec<Value>,
     },
 }
 
-/// The joined table of a join case, and its join's settings.
-struct JoinedTable {
-    source: TableSource,
-    partitions: u32,
-    out_of_orderness: Duration,
-    stream_out_of_orderness: Duration,
+/// The other input of a join case, and its join's settings.
+enum JoinedInput {
+    Table {
+        source: TableSource,
+        partitions: u32,
+        out_of_orderness: Duration,
+        stream_out_of_orderness: Duration,
+    },
+    /// Joined within an interval, with the job's out-of-orderness and lateness.
+    Stream {
+        source: StreamSource,
+        partitions: u32,
+    },
+}
+
+impl JoinedInput {
+    fn schema(&self) -> &SchemaRef {
+        match self {
+            JoinedInput::Table { source, .. } => &source.schema,
+            JoinedInput::Stream { source, .. } => &source.schema,
+        }
+    }
+
+    /// The `input.jsonl` key of its rows' lines.
+    fn line_key(&self) -> &'static str {
+        match self {
+            JoinedInput::Table { .. } => "t",
+            JoinedInput::Stream { .. } => "r",
+        }
+    }
 }
 
 struct Case {
@@ -68,7 +105,7 @@ struct Case {
     event_time: String,
     options: OperatorOptions,
     steps: Vec<Step>,
-    table: Option<JoinedTable>,
+    joined: Option<JoinedInput>,
 }
 
 fn case_dir(name: &str) -> PathBuf {
@@ -113,22 +150,33 @@ fn load(name: &str) -> Case {
             })
             .collect()
     };
-    let table = options.get("table").map(|table| {
-        let text = |key: &str| table[key].as_str().map(str::to_string);
-        JoinedTable {
+    let text = |input: &Value, key: &str| input[key].as_str().map(str::to_string);
+    let partitions = |input: &Value| input["partitions"].as_u64().unwrap_or(1) as u32;
+    let joined = match (options.get("table"), options.get("stream")) {
+        (Some(_), Some(_)) => panic!("{name}/options.json: a job joins a table or a stream"),
+        (Some(table), None) => Some(JoinedInput::Table {
             source: TableSource {
-                name: text("name").expect("table.name"),
+                name: text(table, "name").expect("table.name"),
                 schema: Arc::new(Schema::new(fields(&table["schema"]))),
-                key: text("key").expect("table.key"),
-                event_time: text("event_time").expect("table.event_time"),
-                tombstone: text("tombstone"),
+                key: text(table, "key").expect("table.key"),
+                event_time: text(table, "event_time").expect("table.event_time"),
+                tombstone: text(table, "tombstone"),
             },
-            partitions: table["partitions"].as_u64().unwrap_or(1) as u32,
+            partitions: partitions(table),
             out_of_orderness: duration(table, "out_of_orderness_ms").unwrap_or_default(),
             stream_out_of_orderness: duration(table, "stream_out_of_orderness_ms")
                 .unwrap_or(Duration::MAX),
-        }
-    });
+        }),
+        (None, Some(stream)) => Some(JoinedInput::Stream {
+            source: StreamSource {
+                name: text(stream, "name").expect("stream.name"),
+                schema: Arc::new(Schema::new(fields(&stream["schema"]))),
+                event_time: text(stream, "event_time").expect("stream.event_time"),
+            },
+            partitions: partitions(stream),
+        }),
+        (None, None) => None,
+    };
     let fields = fields(&options["schema"]);
     let mut steps: Vec<Step> = Vec::new();
     for (line_idx, line) in read("input.jsonl").lines().enumerate() {
@@ -158,17 +206,26 @@ fn load(name: &str) -> Case {
         }
         let arrival = value["at"].as_i64().unwrap_or(0);
         let event = value["e"].clone();
-        if let Some(partition) = value["t"].as_u64() {
+        let joined_key = joined.as_ref().map(JoinedInput::line_key);
+        for key in ["t", "r"] {
+            assert!(
+                value.get(key).is_none() || joined_key == Some(key),
+                "{name}/input.jsonl line {}: `{key}` rows, but options.json has no {}",
+                line_idx + 1,
+                if key == "t" { "table" } else { "stream" },
+            );
+        }
+        if let Some(partition) = joined_key.and_then(|key| value[key].as_u64()) {
             let partition = partition as u32;
             match steps.last_mut() {
-                Some(Step::Table {
+                Some(Step::Joined {
                     partition: last_partition,
                     arrival: last_arrival,
                     events,
                 }) if *last_partition == partition && *last_arrival == arrival => {
                     events.push(event)
                 }
-                _ => steps.push(Step::Table {
+                _ => steps.push(Step::Joined {
                     partition,
                     arrival,
                     events: vec![event],
@@ -205,7 +262,7 @@ fn load(name: &str) -> Case {
             early_emit_interval: duration(&options, "early_emit_ms"),
         },
         steps,
-        table,
+        joined,
     }
 }
 
@@ -217,17 +274,184 @@ fn to_batch(schema: &SchemaRef, events: &[Value]) -> RecordBatch {
     decoder.flush().expect("flush").expect("a batch")
 }
 
+/// A join case's live join, driven as `runnel run` drives it.
+enum LiveJoin {
+    AsOf(Box<TemporalJoin>),
+    /// An interval join, its rows put back in time order before the windows take them.
+    Interval {
+        join: Box<IntervalJoin>,
+        in_order: TimeOrder,
+        lateness: Duration,
+    },
+}
+
+/// What one call of the join gave: the rows the windows may take now (the job's joined
+/// rows, in order), the late rows of the stream and of the other input, and the errors.
+struct JoinStep {
+    rows: Vec<RecordBatch>,
+    late: [Vec<RecordBatch>; 2],
+    errors: Vec<EventError>,
+}
+
+impl From<JoinOutput> for JoinStep {
+    fn from(out: JoinOutput) -> JoinStep {
+        JoinStep {
+            rows: out.rows,
+            late: [out.late_stream, out.late_table],
+            errors: out.errors,
+        }
+    }
+}
+
+impl From<IntervalJoinOutput> for JoinStep {
+    fn from(out: IntervalJoinOutput) -> JoinStep {
+        JoinStep {
+            rows: out.rows,
+            late: [out.late_left, out.late_right],
+            errors: out.errors,
+        }
+    }
+}
+
+impl LiveJoin {
+    fn new(case: &Case, plan: &JobPlan) -> Option<LiveJoin> {
+        let joined = case.joined.as_ref()?;
+        let join_plan = plan.join().expect("a join case's job joins");
+        let stream_time = case.schema.index_of(&case.event_time).expect("event time");
+        Some(match joined {
+            JoinedInput::Table {
+                partitions,
+                out_of_orderness,
+                stream_out_of_orderness,
+                ..
+            } => LiveJoin::AsOf(Box::new(
+                TemporalJoin::new(
+                    join_plan
+                        .temporal_join_spec(
+                            stream_time,
+                            *partitions,
+                            *out_of_orderness,
+                            *stream_out_of_orderness,
+                        )
+                        .expect("an AS OF join"),
+                )
+                .expect("join"),
+            )),
+            JoinedInput::Stream { partitions, .. } => {
+                let spec = join_plan
+                    .interval_join_spec(
+                        stream_time,
+                        (case.options.partitions, *partitions),
+                        case.options.max_out_of_orderness,
+                        case.options.allowed_lateness,
+                    )
+                    .expect("an interval join");
+                LiveJoin::Interval {
+                    join: Box::new(IntervalJoin::new(spec).expect("join")),
+                    in_order: TimeOrder::new(plan.stream_schema(), stream_time),
+                    lateness: case.options.allowed_lateness,
+                }
+            }
+        })
+    }
+
+    /// The names of the late lines: the stream's late rows, then the other input's.
+    fn late_names(&self) -> [&'static str; 2] {
+        match self {
+            LiveJoin::AsOf(_) => ["late_stream", "late_table"],
+            LiveJoin::Interval { .. } => ["late_left", "late_right"],
+        }
+    }
+
+    /// Rows of the stream's partition `partition` in.
+    fn stream(&mut self, plan: &JobPlan, partition: u32, batch: &RecordBatch) -> JoinStep {
+        let join_plan = plan.join().expect("a join job");
+        let batch = join_plan.prefilter(batch.clone()).expect("prefilter");
+        let step = match self {
+            LiveJoin::AsOf(join) => join.process_stream(&batch).expect("stream rows").into(),
+            LiveJoin::Interval { join, .. } => join
+                .process_left(partition, &batch)
+                .expect("left rows")
+                .into(),
+        };
+        self.for_windows(plan, step)
+    }
+
+    /// Rows of the other input's partition `partition` in.
+    fn other(&mut self, plan: &JobPlan, partition: u32, batch: &RecordBatch) -> JoinStep {
+        let join_plan = plan.join().expect("a join job");
+        let step = match self {
+            LiveJoin::AsOf(join) => join
+                .process_table(partition, batch)
+                .expect("table rows")
+                .into(),
+            LiveJoin::Interval { join, .. } => {
+                let rows = join_plan
+                    .right_rows(batch)
+                    .expect("the right stream's rows");
+                join.process_right(partition, &rows)
+                    .expect("right rows")
+                    .into()
+            }
+        };
+        self.for_windows(plan, step)
+    }
+
+    /// The inputs' end: the rows the join still holds.
+    fn finish(&mut self, plan: &JobPlan) -> JoinStep {
+        let step = match self {
+            LiveJoin::AsOf(join) => join.finish().expect("join finish").into(),
+            LiveJoin::Interval { join, .. } => join.finish().expect("join finish").into(),
+        };
+        let step = self.for_windows(plan, step);
+        if let LiveJoin::Interval { in_order, .. } = self {
+            assert!(in_order.is_empty(), "rows held in time order after the end");
+        }
+        step
+    }
+
+    /// The join's rows as the window operator takes them; an interval join's held in time
+    /// order and let out up to where no earlier one can still come (`release_before` its
+    /// watermark, which its `finish` sets to the largest).
+    fn for_windows(&mut self, plan: &JobPlan, step: JoinStep) -> JoinStep {
+        let rows = step
+            .rows
+            .iter()
+            .map(|rows| plan.joined_rows(rows).expect("joined rows"));
+        let rows = match self {
+            LiveJoin::AsOf(_) => rows.collect(),
+            LiveJoin::Interval {
+                join,
+                in_order,
+                lateness,
+            } => {
+                for rows in rows {
+                    in_order.push(rows).expect("hold the join's rows");
+                }
+                let up_to = plan
+                    .join()
+                    .expect("a join job")
+                    .release_before(join.watermark(), *lateness);
+                in_order
+                    .release(up_to)
+                    .expect("release the join's rows")
+                    .into_iter()
+                    .collect()
+            }
+        };
+        JoinStep { rows, ..step }
+    }
+}
+
 /// Runs the case; with `split`, every event is its own batch. Returns (results and late
 /// events, errors), rendered.
 fn run(case: &Case, split: bool) -> (String, String) {
-    let sources = JoinSources {
-        tables: case
-            .table
-            .iter()
-            .map(|table| table.source.clone())
-            .collect(),
-        streams: Vec::new(),
-    };
+    let mut sources = JoinSources::default();
+    match &case.joined {
+        Some(JoinedInput::Table { source, .. }) => sources.tables.push(source.clone()),
+        Some(JoinedInput::Stream { source, .. }) => sources.streams.push(source.clone()),
+        None => {}
+    }
     let plan = Arc::new(
         JobPlan::compile_joined(
             &case.sql,
@@ -238,27 +462,12 @@ fn run(case: &Case, split: bool) -> (String, String) {
         )
         .expect("job compiles"),
     );
-    let mut join = match (&case.table, plan.join()) {
-        (Some(table), Some(join_plan)) => Some(
-            TemporalJoin::new(
-                join_plan
-                    .temporal_join_spec(
-                        case.schema.index_of(&case.event_time).expect("event time"),
-                        table.partitions,
-                        table.out_of_orderness,
-                        table.stream_out_of_orderness,
-                    )
-                    .expect("an AS OF join"),
-            )
-            .expect("join"),
-        ),
-        _ => None,
-    };
+    let mut join = LiveJoin::new(case, &plan);
     let last_arrival = case
         .steps
         .iter()
         .map(|step| match step {
-            Step::Batch { arrival, .. } | Step::Table { arrival, .. } | Step::Tick(arrival) => {
+            Step::Batch { arrival, .. } | Step::Joined { arrival, .. } | Step::Tick(arrival) => {
                 *arrival
             }
             Step::Advance { arrival, .. } => *arrival,
@@ -266,21 +475,27 @@ fn run(case: &Case, split: bool) -> (String, String) {
         })
         .max()
         .unwrap_or(0);
-    let mut operator = WindowOperator::new(Arc::clone(&plan), case.options).expect("operator");
+    // In a join case the window operator's one input is the join.
+    let options = match join {
+        Some(_) => OperatorOptions {
+            partitions: 1,
+            ..case.options
+        },
+        None => case.options,
+    };
+    let mut operator = WindowOperator::new(Arc::clone(&plan), options).expect("operator");
     let mut output = OperatorOutput::default();
-    let (mut late_stream, mut late_table) = (Vec::new(), Vec::new());
-    let mut joined = |joined: JoinOutput,
+    let mut late: [Vec<RecordBatch>; 2] = Default::default();
+    let mut joined = |step: JoinStep,
                       operator: &mut WindowOperator,
                       output: &mut OperatorOutput,
                       arrival: i64| {
-        late_stream.extend(joined.late_stream);
-        late_table.extend(joined.late_table);
-        for error in joined.errors {
-            output.errors.push(error);
+        for (late, rows) in late.iter_mut().zip(step.late) {
+            late.extend(rows);
         }
-        for rows in &joined.rows {
-            let rows = plan.joined_rows(rows).expect("joined rows");
-            output.append(operator.process(0, &rows, arrival).expect("process"));
+        output.errors.extend(step.errors);
+        for rows in &step.rows {
+            output.append(operator.process(0, rows, arrival).expect("process"));
         }
     };
     let chunks = |events: &[Value]| -> Vec<Vec<Value>> {
@@ -307,19 +522,19 @@ fn run(case: &Case, split: bool) -> (String, String) {
                     .advance_partition(*partition, *event_time, *arrival)
                     .expect("advance"),
             ),
-            Step::Table {
+            Step::Joined {
                 partition,
                 arrival,
                 events,
             } => {
-                let (join, table) = (
-                    join.as_mut().expect("a join case has a table"),
-                    case.table.as_ref().expect("a join case has a table"),
+                let (join, other) = (
+                    join.as_mut().expect("a join case"),
+                    case.joined.as_ref().expect("a join case"),
                 );
                 for chunk in chunks(events) {
-                    let batch = to_batch(&table.source.schema, &chunk);
-                    let out = join.process_table(*partition, &batch).expect("table rows");
-                    joined(out, &mut operator, &mut output, *arrival);
+                    let batch = to_batch(other.schema(), &chunk);
+                    let step = join.other(&plan, *partition, &batch);
+                    joined(step, &mut operator, &mut output, *arrival);
                 }
             }
             Step::Batch {
@@ -331,8 +546,8 @@ fn run(case: &Case, split: bool) -> (String, String) {
                     let batch = to_batch(&case.schema, &chunk);
                     match join.as_mut() {
                         Some(join) => {
-                            let out = join.process_stream(&batch).expect("stream rows");
-                            joined(out, &mut operator, &mut output, *arrival);
+                            let step = join.stream(&plan, *partition, &batch);
+                            joined(step, &mut operator, &mut output, *arrival);
                         }
                         None => output.append(
                             operator
@@ -344,16 +559,21 @@ fn run(case: &Case, split: bool) -> (String, String) {
             }
         }
     }
-    if let Some(join) = join.as_mut() {
-        let out = join.finish().expect("join finish");
-        joined(out, &mut operator, &mut output, last_arrival);
-    }
+    let late_names = match join.as_mut() {
+        Some(live) => {
+            let step = live.finish(&plan);
+            joined(step, &mut operator, &mut output, last_arrival);
+            live.late_names()
+        }
+        None => ["late_stream", "late_table"],
+    };
     output.append(operator.finish().expect("finish"));
     let mut text = String::new();
     render(&output.results, "result", &mut text);
     render(&output.late_events, "late", &mut text);
-    render(&late_stream, "late_stream", &mut text);
-    render(&late_table, "late_table", &mut text);
+    for (name, rows) in late_names.iter().zip(&late) {
+        render(rows, name, &mut text);
+    }
     let mut errors = String::new();
     for error in &output.errors {
         errors.push_str(&format!(
@@ -415,6 +635,9 @@ golden!(
     session_gap_boundaries,
     join_table_versions,
     join_left_late_rows,
+    join_interval_edges,
+    join_interval_left_expiry,
+    join_interval_late_rows,
 );
 
 /// Recompute leaves out the events live reports as errors (failing expressions, unusable
