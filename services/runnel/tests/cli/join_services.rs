@@ -3,8 +3,8 @@
 //! time, counted per user (the tasks join) and per country (repartitioned: the routers
 //! join). `runnel stream-processor` runs them live to the log's end; `runnel archive --once`
 //! archives both streams; `runnel backfill --mode recompute` recomputes them over both
-//! histories. The live final windows and the batch views' windows are what the table's
-//! versions say.
+//! histories, and `--mode replay` runs their version 2 over both histories and the log. The
+//! live, recomputed and replayed final windows are what the table's versions say.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,6 +31,28 @@ const JOB: &str = "clicks_by_country";
 /// The same clicks per country: grouped by a column of the table, so repartitioned, and its
 /// routers join.
 const PER_COUNTRY: &str = "clicks_per_country";
+
+/// Both jobs' `[[jobs]]` tables, at `version`.
+fn jobs_toml(version: u32) -> String {
+    let job = |name: &str, user: &str| {
+        format!(
+            r#"
+[[jobs]]
+name = "{name}"
+version = {version}
+sql = """
+SELECT {user}u.country, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
+GROUP BY {user}u.country, window_start, window_end
+"""
+max-out-of-orderness = "2s"
+allowed-lateness = "0s"
+"#
+        )
+    };
+    format!("{}{}", job(JOB, "c.user_id, "), job(PER_COUNTRY, ""))
+}
 
 fn write_config(root: &Path) -> Config {
     let path = root.join("runnel.toml");
@@ -65,29 +87,9 @@ name = "users"
 stream = "user_updates"
 tombstone = "deleted"
 
-[[jobs]]
-name = "{JOB}"
-sql = """
-SELECT c.user_id, u.country, window_start, window_end, COUNT(*) AS clicks
-FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
-LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
-GROUP BY c.user_id, u.country, window_start, window_end
-"""
-max-out-of-orderness = "2s"
-allowed-lateness = "0s"
-
-[[jobs]]
-name = "{PER_COUNTRY}"
-sql = """
-SELECT u.country, window_start, window_end, COUNT(*) AS clicks
-FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
-LEFT JOIN users FOR SYSTEM_TIME AS OF c.event_time AS u ON c.user_id = u.user_id
-GROUP BY u.country, window_start, window_end
-"""
-max-out-of-orderness = "2s"
-allowed-lateness = "0s"
-"#,
+{jobs}"#,
         data = root.join("data").display(),
+        jobs = jobs_toml(1),
     );
     std::fs::write(&path, toml).expect("write config");
     Config::load(&[path], &Default::default()).expect("valid config")
@@ -282,7 +284,7 @@ fn runnel(root: &Path, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_join_job_runs_live_in_the_stream_processor_and_its_recompute_agrees() {
+async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     let config = write_config(root);
@@ -360,6 +362,42 @@ async fn a_join_job_runs_live_in_the_stream_processor_and_its_recompute_agrees()
         recomputed_per_country, complete_per_country,
         "recompute per country"
     );
+
+    // Replay: version 2 of each job, the live tasks (and routers) over the history of both
+    // streams and then the log.
+    let path = root.join("runnel.toml");
+    let toml = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, format!("{toml}{}", jobs_toml(2))).expect("write config");
+    for job in [JOB, PER_COUNTRY] {
+        let summary = runnel(
+            root,
+            &[
+                "backfill",
+                "--job",
+                job,
+                "--version",
+                "2",
+                "--mode",
+                "replay",
+                "--stop-when-caught-up",
+            ],
+        );
+        assert!(summary.contains("caught up"), "{summary}");
+    }
+    let log = open_log(&config).await;
+    let replayed = (
+        covered(
+            live_finals(&log, &format!("{JOB}.v2")).await,
+            BASE_MS + 9 * MINUTE,
+        ),
+        covered(
+            live_finals(&log, &format!("{PER_COUNTRY}.v2")).await,
+            BASE_MS + 9 * MINUTE,
+        ),
+    );
+    log.close().await;
+    assert_eq!(replayed.0, complete, "replay");
+    assert_eq!(replayed.1, complete_per_country, "replay per country");
 }
 
 /// The windows of `windows` that end by `horizon`.
