@@ -23,6 +23,7 @@ mod groups;
 mod guard;
 mod interval_join;
 mod join_plan;
+mod live_join;
 mod operator;
 mod plan;
 mod recompute;
@@ -37,6 +38,7 @@ mod window;
 pub use error::{EngineError, EventError, SqlPosition};
 pub use interval_join::{IntervalJoin, IntervalJoinOutput, IntervalJoinSpec};
 pub use join_plan::{JoinForm, JoinPlan, JoinSources, StreamSource, TableSource};
+pub use live_join::{LiveJoin, LiveJoinOptions, LiveJoinOutput};
 pub use operator::{
     LATE_PARTITION_COLUMN, LATE_REASON_COLUMN, LATE_WATERMARK_COLUMN, LATE_WINDOW_START_COLUMN,
     OperatorOptions, OperatorOutput, WindowOperator,

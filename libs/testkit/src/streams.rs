@@ -1,5 +1,6 @@
 //! The test streams' config: the `clicks` stream (users clicking pages) in the shape each
-//! test needs, as the TOML of one `[[streams]]` table.
+//! test needs, as the TOML of one `[[streams]]` table; and the join tests' table `users`
+//! over its changelog `user_updates`.
 
 /// A `[[streams]]` table.
 #[derive(Debug, Clone)]
@@ -12,6 +13,8 @@ pub struct Stream {
     fields: Vec<(String, String, bool)>,
     /// Further `key = value` lines of the table, as written.
     options: Vec<String>,
+    /// A `[[tables]]` table over the stream: its name and tombstone field.
+    table: Option<(String, String)>,
 }
 
 impl Stream {
@@ -42,6 +45,31 @@ impl Stream {
             event_time: "event_time".to_string(),
             fields,
             options: Vec::new(),
+            table: None,
+        }
+    }
+
+    /// The join tests' changelog `user_updates` over `partitions` partitions, keyed by
+    /// `user_id`: `event_time`, `user_id`, `country` (may be null) and `deleted` (a bool that
+    /// marks a delete, may be null), followed by the `[[tables]]` table `users` over it with
+    /// `deleted` as its tombstone ([`Stream::toml`] writes both).
+    pub fn user_updates(partitions: u32) -> Stream {
+        let field = |name: &str, data_type: &str, nullable: bool| {
+            (name.to_string(), data_type.to_string(), nullable)
+        };
+        Stream {
+            name: "user_updates".to_string(),
+            partitions,
+            key: Some("user_id".to_string()),
+            event_time: "event_time".to_string(),
+            fields: vec![
+                field("event_time", "timestamp", false),
+                field("user_id", "string", false),
+                field("country", "string", true),
+                field("deleted", "bool", true),
+            ],
+            options: Vec::new(),
+            table: Some(("users".to_string(), "deleted".to_string())),
         }
     }
 
@@ -67,7 +95,7 @@ impl Stream {
         self
     }
 
-    /// The table's TOML, ending with a newline.
+    /// The table's TOML (and the `[[tables]]` table over it, if any), ending with a newline.
     pub fn toml(&self) -> String {
         let mut out = format!(
             "[[streams]]\nname = \"{}\"\npartitions = {}\n",
@@ -88,6 +116,12 @@ impl Stream {
             ));
         }
         out.push_str("]\n");
+        if let Some((table, tombstone)) = &self.table {
+            out.push_str(&format!(
+                "\n[[tables]]\nname = \"{table}\"\nstream = \"{}\"\ntombstone = \"{tombstone}\"\n",
+                self.name
+            ));
+        }
         out
     }
 }

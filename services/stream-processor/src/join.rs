@@ -1,7 +1,7 @@
 //! A join job's table in its task: the table's whole changelog, every partition, read
 //! through the hybrid source (its history, then its live log) into the task's
-//! [`TemporalJoin`], which joins each stream row with the table's version valid at the row's
-//! event time before the windows see it.
+//! live join (`runnel_engine::LiveJoin`, AS OF the table), which joins each stream row with
+//! the table's version valid at the row's event time before the windows see it.
 //!
 //! Every task of a join job holds the whole table, as Kafka Streams' global tables are held
 //! by every instance: the stream needs no repartitioning by the join key, and a task's
@@ -10,13 +10,13 @@
 //! When stream rows wait and the table is quiet: a stream row waits until the table's
 //! watermark reaches its event time, and a table that gets no updates never moves its
 //! watermark. So once every changelog partition has been read to the log's end, as asked of
-//! the log after the waiting rows arrived (their largest ingest time at or before the time
-//! taken just before asking), the waiting rows are joined with the table as it stands
-//! ([`TemporalJoin::release_waiting`]): no version that arrived before them is missing, as
-//! with an idle source in Flink. A changelog row that comes after still updates the table,
-//! and is late only behind the table's watermark. The release depends on when the task
-//! looked, so a join job's result versions may differ between runs (its final aggregates do
-//! not when the table's updates come before the stream rows they concern).
+//! the log after the waiting rows were read, the waiting rows are joined with the table as
+//! it stands (`LiveJoin::release_waiting`): every version appended before them is in it, as
+//! with an idle source in Flink. (No ingest time is compared with a clock: a producer's
+//! timestamps may run ahead of this machine's.) A changelog row that comes after still
+//! updates the table, and is late only behind the table's watermark. The release depends on
+//! when the task looked, so a join job's result versions may differ between runs (its final
+//! aggregates do not when the table's updates come before the stream rows they concern).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use runnel_archive::HybridSource;
-use runnel_engine::{JoinOutput, LATE_PARTITION_COLUMN, TemporalJoin, TemporalJoinSpec};
+use runnel_engine::{LATE_PARTITION_COLUMN, LiveJoin, LiveJoinOptions, LiveJoinOutput};
 use runnel_jobs::{Job, JobTable};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,7 @@ const END_CHECK: Duration = Duration::from_millis(100);
 /// A join job's table and its changelog readers, in one task.
 pub(crate) struct TableInput {
     job: Arc<Job>,
-    join: TemporalJoin,
+    join: LiveJoin,
     /// The task's stream partition, and the stream's partition count: every task sees every
     /// late changelog row, and the one whose partition is the row's changelog partition
     /// modulo the count reports it.
@@ -54,10 +54,17 @@ pub(crate) struct TableInput {
     checkpointed: Vec<u64>,
     /// Whether each partition's last read found nothing new.
     drained: Vec<bool>,
-    /// The largest ingest time of the stream rows given to the join.
-    stream_arrival: Option<i64>,
     /// When the changelog's end offsets were last asked for.
     end_checked: Option<Instant>,
+}
+
+/// Which input a join call was for.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The stream's partition.
+    Stream(u32),
+    /// The changelog's partition.
+    Changelog(u32),
 }
 
 /// What the join gave for the windows and the late topic.
@@ -86,7 +93,7 @@ impl TableInput {
         task: (u32, u32),
         restored: Option<(&[u8], &[u64])>,
     ) -> Result<TableInput, StreamProcessorError> {
-        let (spec, table) = join_spec(job)?;
+        let (options, table) = join_options(job)?;
         let partitions = table.partitions as usize;
         let engine = |source| StreamProcessorError::Engine {
             job: job.name.clone(),
@@ -105,11 +112,14 @@ impl TableInput {
                     });
                 }
                 (
-                    TemporalJoin::restore(spec, state).map_err(engine)?,
+                    LiveJoin::restore(Arc::clone(&job.plan), &options, state).map_err(engine)?,
                     offsets.to_vec(),
                 )
             }
-            None => (TemporalJoin::new(spec).map_err(engine)?, Vec::new()),
+            None => (
+                LiveJoin::new(Arc::clone(&job.plan), &options).map_err(engine)?,
+                Vec::new(),
+            ),
         };
         Ok(TableInput {
             job: Arc::clone(job),
@@ -119,7 +129,6 @@ impl TableInput {
             checkpointed: offsets.clone(),
             offsets,
             drained: vec![false; partitions],
-            stream_arrival: None,
             end_checked: None,
         })
     }
@@ -169,31 +178,24 @@ impl TableInput {
         self.offsets != self.checkpointed
     }
 
-    /// Stream rows (the plan's stream input) that arrived by `arrival` into the join.
+    /// Stream rows (the plan's stream input) of partition `partition` into the join.
     pub(crate) fn stream(
         &mut self,
         partition: u32,
         input: &RecordBatch,
-        arrival: i64,
     ) -> Result<Joined, StreamProcessorError> {
-        let plan = Arc::clone(&self.job.plan);
-        let join_plan = plan.join().expect("a join job has a join");
-        let input = join_plan
-            .prefilter(input.clone())
-            .map_err(|source| self.engine(source))?;
-        self.stream_arrival = Some(self.stream_arrival.map_or(arrival, |max| max.max(arrival)));
         let output = self
             .join
-            .process_stream(&input)
+            .stream(0, input)
             .map_err(|source| self.engine(source))?;
         let mut joined = Joined::default();
-        self.add(&mut joined, output, partition, Some(&input))?;
+        self.add(&mut joined, output, Side::Stream(partition))?;
         Ok(joined)
     }
 
     /// Reads what the changelog has (a bounded number of batches per partition) into the
     /// table; when every partition is at the log's end, as asked after the waiting stream
-    /// rows arrived, joins them with the table as it stands (see the module docs).
+    /// rows were read, joins them with the table as it stands (see the module docs).
     pub(crate) async fn poll(
         &mut self,
         context: &TaskContext,
@@ -207,32 +209,28 @@ impl TableInput {
                 .is_none_or(|checked| checked.elapsed() >= END_CHECK)
         {
             self.end_checked = Some(Instant::now());
-            let as_of = runnel_time::now_millis();
-            // Rows restored from a checkpoint arrived before it, so before now.
-            if self.stream_arrival.is_none_or(|arrival| arrival <= as_of)
-                && at_end(context, self.table().stream.name(), self.offsets.clone()).await?
-            {
+            if at_end(context, self.table().stream.name(), self.offsets.clone()).await? {
                 let output = self
                     .join
                     .release_waiting()
                     .map_err(|source| self.engine(source))?;
-                self.add(&mut joined, output, 0, None)?;
+                self.add(&mut joined, output, Side::Stream(self.task.0))?;
             }
         }
         Ok(joined)
     }
 
-    /// For a router: joins every row of `input` (stream rows of partition `partition` that
-    /// arrived by `arrival`) with the table once it holds every version that can be valid at
-    /// their times: its watermark has reached their largest time, or every changelog
-    /// partition has been read to the log's end as asked after they arrived. Reads the
+    /// For a router: joins every row of `input` (stream rows of partition `partition`) with
+    /// the table once it holds every version that can be valid at their times: its watermark
+    /// has reached their largest time, or every changelog partition has been read to the
+    /// log's end as asked after they were read. Reads the
     /// changelog until then. The joined rows come out in the rows' stream order (the window
     /// tasks drop a copy by its source offset, so a router sends a partition's rows in
     /// offset order). `None` if `shutdown` came first.
     pub(crate) async fn join_whole(
         &mut self,
         context: &TaskContext,
-        (partition, input, arrival): (u32, &RecordBatch, i64),
+        (partition, input): (u32, &RecordBatch),
         shutdown: &CancellationToken,
     ) -> Result<Option<Joined>, StreamProcessorError> {
         let plan = Arc::clone(&self.job.plan);
@@ -246,14 +244,11 @@ impl TableInput {
         let mut joined = Joined::default();
         loop {
             self.read_changelog(&mut joined).await?;
-            if latest.is_none_or(|latest| latest <= self.join.table_watermark()) {
+            if latest.is_none_or(|latest| latest <= self.join.other_watermark()) {
                 break;
             }
             if self.drained.iter().all(|drained| *drained) {
-                let as_of = runnel_time::now_millis();
-                if arrival <= as_of
-                    && at_end(context, self.table().stream.name(), self.offsets.clone()).await?
-                {
+                if at_end(context, self.table().stream.name(), self.offsets.clone()).await? {
                     break;
                 }
                 tokio::select! {
@@ -262,12 +257,12 @@ impl TableInput {
                 }
             }
         }
-        let mut stream = self.stream(partition, input, arrival)?;
+        let mut stream = self.stream(partition, input)?;
         let output = self
             .join
             .release_waiting()
             .map_err(|source| self.engine(source))?;
-        self.add(&mut stream, output, partition, None)?;
+        self.add(&mut stream, output, Side::Stream(partition))?;
         joined.late_stream = stream.late_stream;
         if !stream.rows.is_empty() {
             let rows = arrow::compute::concat_batches(&plan.stream_schema(), &stream.rows)
@@ -307,84 +302,58 @@ impl TableInput {
                 joined.table_rows += input.num_rows();
                 let output = self
                     .join
-                    .process_table(partition as u32, &input)
+                    .other(partition as u32, &input)
                     .map_err(|source| self.engine(source))?;
-                self.add(joined, output, partition as u32, None)?;
+                self.add(joined, output, Side::Changelog(partition as u32))?;
             }
         }
         Ok(())
     }
 
-    /// Adds a join output: its rows widened to the joined rows the plan takes; its late
-    /// stream rows (and stream rows it refused, `refused_from` being their batch) as late
-    /// events of stream partition `partition`; its late changelog rows (and changelog rows
-    /// it refused) as late rows of changelog partition `partition`, if this task reports
-    /// that partition's.
+    /// Adds a join output of a call for `side`: its rows; its late stream rows and the
+    /// stream rows it refused as late events of the stream's partition; its late changelog
+    /// rows as late rows of the changelog's partition, if this task reports that partition's
+    /// (the changelog rows it refused are logged: they changed nothing).
     fn add(
         &self,
         joined: &mut Joined,
-        output: JoinOutput,
-        partition: u32,
-        refused_from: Option<&RecordBatch>,
+        output: LiveJoinOutput,
+        side: Side,
     ) -> Result<(), StreamProcessorError> {
-        let plan = &self.job.plan;
-        for rows in output.rows {
-            joined.rows.push(
-                plan.joined_rows(&rows)
-                    .map_err(|source| self.engine(source))?,
-            );
-        }
+        joined.rows.extend(output.rows);
+        let stream_partition = match side {
+            Side::Stream(partition) => partition,
+            Side::Changelog(_) => self.task.0,
+        };
         for late in output.late_stream {
-            joined.late_stream.push(with_partition(&late, partition)?);
+            joined
+                .late_stream
+                .push(with_partition(&late, stream_partition)?);
         }
-        if partition % self.task.1.max(1) == self.task.0 {
-            for late in output.late_table {
-                joined.late_table.push(with_partition(&late, partition)?);
+        match side {
+            Side::Stream(partition) => {
+                for refused in output.refused {
+                    joined
+                        .late_stream
+                        .push(with_partition(&refused, partition)?);
+                }
             }
-        }
-        if output.errors.is_empty() {
-            return Ok(());
-        }
-        // A row the join could not use (no event time, a null key in the changelog) goes to
-        // the late topic with its reason, as the windows' failed events do.
-        let (batch, into) = match refused_from {
-            Some(stream_rows) => (stream_rows.clone(), &mut joined.late_stream),
-            None => {
-                // Changelog errors name rows of the batch just read, which `poll` no longer
-                // holds; log them, they changed nothing.
+            Side::Changelog(partition) => {
+                if partition % self.task.1.max(1) == self.task.0 {
+                    for late in output.late_other {
+                        joined.late_table.push(with_partition(&late, partition)?);
+                    }
+                }
                 for error in &output.errors {
                     tracing::warn!(
                         table = %self.table().name,
-                        partition = error.partition,
+                        partition,
                         reason = %error.reason,
                         "changelog row left out of the table"
                     );
                 }
-                return Ok(());
             }
-        };
-        let rows = UInt32Array::from_iter_values(output.errors.iter().map(|e| e.row as u32));
-        let refused = arrow::compute::take_record_batch(&batch, &rows)
-            .map_err(StreamProcessorError::Encode)?;
-        let reasons = arrow::array::StringArray::from_iter_values(
-            output.errors.iter().map(|error| error.reason.as_str()),
-        );
-        let mut fields: Vec<Field> = refused
-            .schema()
-            .fields()
-            .iter()
-            .map(|field| field.as_ref().clone())
-            .collect();
-        fields.push(Field::new(
-            runnel_engine::JOIN_LATE_REASON_COLUMN,
-            DataType::Utf8,
-            false,
-        ));
-        let mut columns = refused.columns().to_vec();
-        columns.push(Arc::new(reasons));
-        let refused = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-            .map_err(StreamProcessorError::Encode)?;
-        into.push(with_partition(&refused, partition)?);
+        }
         Ok(())
     }
 
@@ -396,36 +365,32 @@ impl TableInput {
     }
 }
 
-/// The live join's specification for `job`, and its table. The table's rows may come the
-/// job's out-of-orderness behind their partition's largest event time; stream rows are kept
-/// as far back as the windows still take them: the out-of-orderness, the lateness and a
+/// The live join's options for `job`, and its table. The table's rows may come the job's
+/// out-of-orderness behind their partition's largest event time; stream rows are kept as
+/// far back as the windows still take them: the out-of-orderness, the lateness and a
 /// window's length.
-fn join_spec(job: &Job) -> Result<(TemporalJoinSpec, &JobTable), StreamProcessorError> {
-    let not_a_join = || StreamProcessorError::Job {
-        job: job.name.clone(),
-        message: "a join job without its table".to_string(),
-    };
-    let table = job.table.as_ref().ok_or_else(not_a_join)?;
-    let join_plan = job.plan.join().ok_or_else(not_a_join)?;
-    let stream_time = join_plan
-        .stream_schema()
-        .index_of(job.plan.event_time())
-        .map_err(|_| not_a_join())?;
+fn join_options(job: &Job) -> Result<(LiveJoinOptions, &JobTable), StreamProcessorError> {
+    let table = job
+        .table
+        .as_ref()
+        .ok_or_else(|| StreamProcessorError::Job {
+            job: job.name.clone(),
+            message: "a join job without its table".to_string(),
+        })?;
     let window = Duration::from_millis(u64::try_from(job.plan.window().size_ms()).unwrap_or(0));
-    let stream_out_of_orderness = job
-        .options
-        .max_out_of_orderness
-        .saturating_add(job.options.allowed_lateness)
-        .saturating_add(window);
-    let spec = join_plan
-        .temporal_join_spec(
-            stream_time,
-            table.partitions,
-            job.options.max_out_of_orderness,
-            stream_out_of_orderness,
-        )
-        .ok_or_else(not_a_join)?;
-    Ok((spec, table))
+    let options = LiveJoinOptions {
+        stream_partitions: 1,
+        other_partitions: table.partitions,
+        table_out_of_orderness: job.options.max_out_of_orderness,
+        stream_out_of_orderness: job
+            .options
+            .max_out_of_orderness
+            .saturating_add(job.options.allowed_lateness)
+            .saturating_add(window),
+        max_out_of_orderness: job.options.max_out_of_orderness,
+        allowed_lateness: job.options.allowed_lateness,
+    };
+    Ok((options, table))
 }
 
 /// Whether topic `topic` has nothing past `offsets` (per partition, the next offset to

@@ -267,7 +267,7 @@ impl Router {
             })
             .unwrap_or_default();
         let Some(joined) = table
-            .join_whole(&self.context, (self.partition, &input, arrival), shutdown)
+            .join_whole(&self.context, (self.partition, &input), shutdown)
             .await?
         else {
             return Ok(None);

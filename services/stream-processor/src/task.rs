@@ -587,7 +587,7 @@ impl Task {
         let input = self.job.project(batch)?;
         let output = match &mut self.table {
             Some(table) => {
-                let joined = table.stream(self.partition, &input, arrival)?;
+                let joined = table.stream(self.partition, &input)?;
                 self.windows(joined, arrival)?
             }
             None => self

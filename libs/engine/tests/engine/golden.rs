@@ -10,7 +10,7 @@
 //!
 //! A join case's `options.json` has a `table` or a `stream`, the other input of the join,
 //! and its `input.jsonl` that input's rows besides the stream's. The join is driven as
-//! `runnel run` drives it (stream rows through `JoinPlan::prefilter` first), and its rows
+//! `runnel run` drives it (the engine's `LiveJoin`: stream rows through `JoinPlan::prefilter` first), and its rows
 //! go on into the window operator as its one input (partition 0), in the order the join
 //! lets them out; an interval join's left input has the case's `partitions` (an AS OF join
 //! takes stream rows without a partition).
@@ -32,9 +32,8 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use runnel_engine::{
-    EventError, IntervalJoin, IntervalJoinOutput, JobPlan, JoinOutput, JoinSources,
-    OperatorOptions, OperatorOutput, StreamSource, TableSource, TemporalJoin, TimeOrder,
-    WindowOperator,
+    JobPlan, JoinSources, LiveJoin, LiveJoinOptions, LiveJoinOutput, OperatorOptions,
+    OperatorOutput, StreamSource, TableSource, WindowOperator,
 };
 use serde_json::Value;
 
@@ -274,173 +273,42 @@ fn to_batch(schema: &SchemaRef, events: &[Value]) -> RecordBatch {
     decoder.flush().expect("flush").expect("a batch")
 }
 
-/// A join case's live join, driven as `runnel run` drives it.
-enum LiveJoin {
-    AsOf(Box<TemporalJoin>),
-    /// An interval join, its rows put back in time order before the windows take them.
-    Interval {
-        join: Box<IntervalJoin>,
-        in_order: TimeOrder,
-        lateness: Duration,
-    },
-}
-
-/// What one call of the join gave: the rows the windows may take now (the job's joined
-/// rows, in order), the late rows of the stream and of the other input, and the errors.
-struct JoinStep {
-    rows: Vec<RecordBatch>,
-    late: [Vec<RecordBatch>; 2],
-    errors: Vec<EventError>,
-}
-
-impl From<JoinOutput> for JoinStep {
-    fn from(out: JoinOutput) -> JoinStep {
-        JoinStep {
-            rows: out.rows,
-            late: [out.late_stream, out.late_table],
-            errors: out.errors,
-        }
-    }
-}
-
-impl From<IntervalJoinOutput> for JoinStep {
-    fn from(out: IntervalJoinOutput) -> JoinStep {
-        JoinStep {
-            rows: out.rows,
-            late: [out.late_left, out.late_right],
-            errors: out.errors,
-        }
-    }
-}
-
-impl LiveJoin {
-    fn new(case: &Case, plan: &JobPlan) -> Option<LiveJoin> {
-        let joined = case.joined.as_ref()?;
-        let join_plan = plan.join().expect("a join case's job joins");
-        let stream_time = case.schema.index_of(&case.event_time).expect("event time");
-        Some(match joined {
-            JoinedInput::Table {
-                partitions,
-                out_of_orderness,
-                stream_out_of_orderness,
-                ..
-            } => LiveJoin::AsOf(Box::new(
-                TemporalJoin::new(
-                    join_plan
-                        .temporal_join_spec(
-                            stream_time,
-                            *partitions,
-                            *out_of_orderness,
-                            *stream_out_of_orderness,
-                        )
-                        .expect("an AS OF join"),
-                )
-                .expect("join"),
-            )),
-            JoinedInput::Stream { partitions, .. } => {
-                let spec = join_plan
-                    .interval_join_spec(
-                        stream_time,
-                        (case.options.partitions, *partitions),
-                        case.options.max_out_of_orderness,
-                        case.options.allowed_lateness,
-                    )
-                    .expect("an interval join");
-                LiveJoin::Interval {
-                    join: Box::new(IntervalJoin::new(spec).expect("join")),
-                    in_order: TimeOrder::new(plan.stream_schema(), stream_time),
-                    lateness: case.options.allowed_lateness,
-                }
-            }
-        })
-    }
-
-    /// The names of the late lines: the stream's late rows, then the other input's.
-    fn late_names(&self) -> [&'static str; 2] {
-        match self {
-            LiveJoin::AsOf(_) => ["late_stream", "late_table"],
-            LiveJoin::Interval { .. } => ["late_left", "late_right"],
-        }
-    }
-
-    /// Rows of the stream's partition `partition` in.
-    fn stream(&mut self, plan: &JobPlan, partition: u32, batch: &RecordBatch) -> JoinStep {
-        let join_plan = plan.join().expect("a join job");
-        let batch = join_plan.prefilter(batch.clone()).expect("prefilter");
-        let step = match self {
-            LiveJoin::AsOf(join) => join.process_stream(&batch).expect("stream rows").into(),
-            LiveJoin::Interval { join, .. } => join
-                .process_left(partition, &batch)
-                .expect("left rows")
-                .into(),
-        };
-        self.for_windows(plan, step)
-    }
-
-    /// Rows of the other input's partition `partition` in.
-    fn other(&mut self, plan: &JobPlan, partition: u32, batch: &RecordBatch) -> JoinStep {
-        let join_plan = plan.join().expect("a join job");
-        let step = match self {
-            LiveJoin::AsOf(join) => join
-                .process_table(partition, batch)
-                .expect("table rows")
-                .into(),
-            LiveJoin::Interval { join, .. } => {
-                let rows = join_plan
-                    .right_rows(batch)
-                    .expect("the right stream's rows");
-                join.process_right(partition, &rows)
-                    .expect("right rows")
-                    .into()
-            }
-        };
-        self.for_windows(plan, step)
-    }
-
-    /// The inputs' end: the rows the join still holds.
-    fn finish(&mut self, plan: &JobPlan) -> JoinStep {
-        let step = match self {
-            LiveJoin::AsOf(join) => join.finish().expect("join finish").into(),
-            LiveJoin::Interval { join, .. } => join.finish().expect("join finish").into(),
-        };
-        let step = self.for_windows(plan, step);
-        if let LiveJoin::Interval { in_order, .. } = self {
-            assert!(in_order.is_empty(), "rows held in time order after the end");
-        }
-        step
-    }
-
-    /// The join's rows as the window operator takes them; an interval join's held in time
-    /// order and let out up to where no earlier one can still come (`release_before` its
-    /// watermark, which its `finish` sets to the largest).
-    fn for_windows(&mut self, plan: &JobPlan, step: JoinStep) -> JoinStep {
-        let rows = step
-            .rows
-            .iter()
-            .map(|rows| plan.joined_rows(rows).expect("joined rows"));
-        let rows = match self {
-            LiveJoin::AsOf(_) => rows.collect(),
-            LiveJoin::Interval {
-                join,
-                in_order,
-                lateness,
-            } => {
-                for rows in rows {
-                    in_order.push(rows).expect("hold the join's rows");
-                }
-                let up_to = plan
-                    .join()
-                    .expect("a join job")
-                    .release_before(join.watermark(), *lateness);
-                in_order
-                    .release(up_to)
-                    .expect("release the join's rows")
-                    .into_iter()
-                    .collect()
-            }
-        };
-        JoinStep { rows, ..step }
-    }
+/// A join case's live join (the engine's `LiveJoin`, as `runnel run` drives it), and the
+/// names of its late lines: the stream's late rows, then the other input's.
+fn live_join(case: &Case, plan: &Arc<JobPlan>) -> Option<(LiveJoin, [&'static str; 2])> {
+    let (options, names) = match case.joined.as_ref()? {
+        JoinedInput::Table {
+            partitions,
+            out_of_orderness,
+            stream_out_of_orderness,
+            ..
+        } => (
+            LiveJoinOptions {
+                stream_partitions: 1,
+                other_partitions: *partitions,
+                table_out_of_orderness: *out_of_orderness,
+                stream_out_of_orderness: *stream_out_of_orderness,
+                max_out_of_orderness: case.options.max_out_of_orderness,
+                allowed_lateness: case.options.allowed_lateness,
+            },
+            ["late_stream", "late_table"],
+        ),
+        JoinedInput::Stream { partitions, .. } => (
+            LiveJoinOptions {
+                stream_partitions: case.options.partitions,
+                other_partitions: *partitions,
+                table_out_of_orderness: Duration::ZERO,
+                stream_out_of_orderness: Duration::MAX,
+                max_out_of_orderness: case.options.max_out_of_orderness,
+                allowed_lateness: case.options.allowed_lateness,
+            },
+            ["late_left", "late_right"],
+        ),
+    };
+    Some((
+        LiveJoin::new(Arc::clone(plan), &options).expect("the live join"),
+        names,
+    ))
 }
 
 /// Runs the case; with `split`, every event is its own batch. Returns (results and late
@@ -462,7 +330,10 @@ fn run(case: &Case, split: bool) -> (String, String) {
         )
         .expect("job compiles"),
     );
-    let mut join = LiveJoin::new(case, &plan);
+    let (mut join, late_names) = match live_join(case, &plan) {
+        Some((join, names)) => (Some(join), names),
+        None => (None, ["late_stream", "late_table"]),
+    };
     let last_arrival = case
         .steps
         .iter()
@@ -486,13 +357,12 @@ fn run(case: &Case, split: bool) -> (String, String) {
     let mut operator = WindowOperator::new(Arc::clone(&plan), options).expect("operator");
     let mut output = OperatorOutput::default();
     let mut late: [Vec<RecordBatch>; 2] = Default::default();
-    let mut joined = |step: JoinStep,
+    let mut joined = |step: LiveJoinOutput,
                       operator: &mut WindowOperator,
                       output: &mut OperatorOutput,
                       arrival: i64| {
-        for (late, rows) in late.iter_mut().zip(step.late) {
-            late.extend(rows);
-        }
+        late[0].extend(step.late_stream);
+        late[1].extend(step.late_other);
         output.errors.extend(step.errors);
         for rows in &step.rows {
             output.append(operator.process(0, rows, arrival).expect("process"));
@@ -533,7 +403,9 @@ fn run(case: &Case, split: bool) -> (String, String) {
                 );
                 for chunk in chunks(events) {
                     let batch = to_batch(other.schema(), &chunk);
-                    let step = join.other(&plan, *partition, &batch);
+                    let step = join
+                        .other(*partition, &batch)
+                        .expect("the other input's rows");
                     joined(step, &mut operator, &mut output, *arrival);
                 }
             }
@@ -546,7 +418,7 @@ fn run(case: &Case, split: bool) -> (String, String) {
                     let batch = to_batch(&case.schema, &chunk);
                     match join.as_mut() {
                         Some(join) => {
-                            let step = join.stream(&plan, *partition, &batch);
+                            let step = join.stream(*partition, &batch).expect("stream rows");
                             joined(step, &mut operator, &mut output, *arrival);
                         }
                         None => output.append(
@@ -559,14 +431,11 @@ fn run(case: &Case, split: bool) -> (String, String) {
             }
         }
     }
-    let late_names = match join.as_mut() {
-        Some(live) => {
-            let step = live.finish(&plan);
-            joined(step, &mut operator, &mut output, last_arrival);
-            live.late_names()
-        }
-        None => ["late_stream", "late_table"],
-    };
+    if let Some(live) = join.as_mut() {
+        let step = live.finish().expect("the join's end");
+        joined(step, &mut operator, &mut output, last_arrival);
+        assert_eq!(live.waiting(), 0, "rows held by the join after the end");
+    }
     output.append(operator.finish().expect("finish"));
     let mut text = String::new();
     render(&output.results, "result", &mut text);

@@ -14,8 +14,8 @@ use clap::{Args, ValueEnum};
 use parquet::arrow::ArrowWriter;
 use runnel_config::Config;
 use runnel_engine::{
-    IntervalJoin, JobPlan, JoinForm, JoinSources, OperatorOptions, OperatorOutput, PreparedBatch,
-    ShardedOperator, StreamSource, TableSource, TemporalJoin, TimeOrder,
+    JobPlan, JoinSources, LiveJoin, LiveJoinOptions, OperatorOptions, OperatorOutput,
+    PreparedBatch, ShardedOperator, StreamSource, TableSource,
 };
 
 use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
@@ -269,92 +269,6 @@ fn read_joined(
     })
 }
 
-/// The live join of a join job, with the plan whose rows it makes.
-enum LiveJoin {
-    AsOf(Box<TemporalJoin>, Arc<JobPlan>),
-    /// An interval join, its rows put back in time order before the windows see them.
-    Interval {
-        join: Box<IntervalJoin>,
-        in_order: TimeOrder,
-        plan: Arc<JobPlan>,
-        lateness: Duration,
-    },
-}
-
-impl LiveJoin {
-    /// Stream rows in: the joined rows out, as the window operator takes them, and how many
-    /// rows were rejected (no event time) or late to the join.
-    fn stream(&mut self, batch: &RecordBatch) -> anyhow::Result<(Vec<RecordBatch>, usize, usize)> {
-        let (LiveJoin::AsOf(_, plan) | LiveJoin::Interval { plan, .. }) = self;
-        let batch = &plan
-            .join()
-            .context("a join job")?
-            .prefilter(batch.clone())?;
-        match self {
-            LiveJoin::AsOf(join, _) => {
-                let out = join.process_stream(batch)?;
-                let late = out.late_stream.iter().map(RecordBatch::num_rows).sum();
-                Ok((self.joined(out.rows)?, out.errors.len(), late))
-            }
-            LiveJoin::Interval { join, .. } => {
-                let out = join.process_left(0, batch)?;
-                let watermark = join.watermark();
-                let late = out.late_left.iter().map(RecordBatch::num_rows).sum();
-                Ok((self.in_order(out.rows, watermark)?, out.errors.len(), late))
-            }
-        }
-    }
-
-    /// The inputs' end: the rows still held.
-    fn finish(&mut self) -> anyhow::Result<Vec<RecordBatch>> {
-        match self {
-            LiveJoin::AsOf(join, _) => {
-                let rows = join.finish()?.rows;
-                self.joined(rows)
-            }
-            LiveJoin::Interval { join, .. } => {
-                let rows = join.finish()?.rows;
-                self.in_order(rows, i64::MAX)
-            }
-        }
-    }
-
-    /// The join's rows as the window operator takes them.
-    fn joined(&self, rows: Vec<RecordBatch>) -> anyhow::Result<Vec<RecordBatch>> {
-        let (LiveJoin::AsOf(_, plan) | LiveJoin::Interval { plan, .. }) = self;
-        rows.iter()
-            .map(|rows| Ok(plan.joined_rows(rows)?))
-            .collect()
-    }
-
-    /// An interval join's rows, held until no earlier one can come: those that can go, in
-    /// time order.
-    fn in_order(
-        &mut self,
-        rows: Vec<RecordBatch>,
-        watermark: i64,
-    ) -> anyhow::Result<Vec<RecordBatch>> {
-        let rows = self.joined(rows)?;
-        let LiveJoin::Interval {
-            in_order,
-            plan,
-            lateness,
-            ..
-        } = self
-        else {
-            return Ok(rows);
-        };
-        for rows in rows {
-            in_order.push(rows)?;
-        }
-        let up_to = plan
-            .join()
-            .context("a join job")?
-            .release_before(watermark, *lateness);
-        Ok(in_order.release(up_to)?.into_iter().collect())
-    }
-}
-
 /// Runs `runnel run`.
 pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(&args.sql)
@@ -415,50 +329,29 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     // join's watermark waits for the stream), and a stream row is late to the join only when
     // it is later than the out-of-orderness and lateness allow, as for the windows.
     let mut table_state = None;
-    let join = match (&joined, plan.join()) {
-        (Some(joined), Some(join_plan)) => {
-            let stream_time = join_plan
-                .stream_schema()
-                .index_of(plan.event_time())
-                .context("the event time among the stream's columns")?;
+    let join = match &joined {
+        Some(joined) => {
+            let mut join = LiveJoin::new(
+                Arc::clone(&plan),
+                &LiveJoinOptions {
+                    stream_partitions: 1,
+                    other_partitions: 1,
+                    table_out_of_orderness: Duration::MAX,
+                    stream_out_of_orderness: Duration::MAX,
+                    max_out_of_orderness: args.max_out_of_orderness,
+                    allowed_lateness: args.allowed_lateness,
+                },
+            )?;
             let mut skipped = 0;
-            let join = match join_plan.form() {
-                JoinForm::AsOf { .. } => {
-                    let spec = join_plan
-                        .temporal_join_spec(stream_time, 1, Duration::MAX, Duration::MAX)
-                        .context("an AS OF join")?;
-                    let mut join = TemporalJoin::new(spec)?;
-                    for batch in &joined.batches {
-                        skipped += join.process_table(0, batch)?.errors.len();
-                    }
-                    join.finish()?;
-                    table_state = Some((join.table_versions(), join.state_bytes()));
-                    LiveJoin::AsOf(Box::new(join), Arc::clone(&plan))
-                }
-                JoinForm::Interval { .. } => {
-                    let spec = join_plan
-                        .interval_join_spec(
-                            stream_time,
-                            (1, 1),
-                            args.max_out_of_orderness,
-                            args.allowed_lateness,
-                        )
-                        .context("an interval join")?;
-                    let mut join = IntervalJoin::new(spec)?;
-                    for batch in &joined.batches {
-                        skipped += join
-                            .process_right(0, &join_plan.right_rows(batch)?)?
-                            .errors
-                            .len();
-                    }
-                    LiveJoin::Interval {
-                        join: Box::new(join),
-                        in_order: TimeOrder::new(plan.stream_schema(), stream_time),
-                        plan: Arc::clone(&plan),
-                        lateness: args.allowed_lateness,
-                    }
-                }
-            };
+            for batch in &joined.batches {
+                skipped += join.other(0, batch)?.errors.len();
+            }
+            // A changelog is whole: the table's watermark goes to the end of time. (A second
+            // stream's rows are all stored; the join's watermark waits for the stream.)
+            if !joined.sources.tables.is_empty() {
+                join.table_ended()?;
+                table_state = Some((join.other_rows(), join.state_bytes()));
+            }
             if skipped > 0 {
                 tracing::warn!(
                     rows = skipped,
@@ -468,7 +361,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             }
             Some(join)
         }
-        _ => None,
+        None => None,
     };
     let options = OperatorOptions {
         partitions: 1,
@@ -514,7 +407,9 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             let Some(join) = join.as_mut() else {
                 return Ok(vec![PreparedBatch::new(&preparer_plan, 0, batch)?]);
             };
-            let (rows, rejected, late) = join.stream(&batch)?;
+            let out = join.stream(0, &batch)?;
+            let (rows, rejected) = (out.rows, out.errors.len());
+            let late = out.late_stream.iter().map(RecordBatch::num_rows).sum();
             if rejected > 0
                 && preparer_rejected.fetch_add(rejected, std::sync::atomic::Ordering::Relaxed) < 20
             {
@@ -542,7 +437,11 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         }
         // The stream's end: what the join still holds (an interval join's unmatched rows).
         if let Some(join) = join.as_mut() {
-            send(join.finish().and_then(prepare_joined));
+            send(
+                join.finish()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|out| prepare_joined(out.rows)),
+            );
         }
     });
     let (output_sender, outputs) = std::sync::mpsc::sync_channel::<OperatorOutput>(4);

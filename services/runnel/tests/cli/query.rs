@@ -359,7 +359,8 @@ fn archive_flush_puts_every_acknowledged_event_in_the_history_for_a_recompute() 
             &all.ingest,
         ],
     );
-    assert!(flushed.contains("flushed 4 of 4 partitions"), "{flushed}");
+    // Every partition of both default streams, clicks and user_updates (empty), 4 each.
+    assert!(flushed.contains("flushed 8 of 8 partitions"), "{flushed}");
     let after = succeeds(dir.path(), &recompute);
     assert!(!after.contains("not yet in the history"), "{after}");
     // One file per partition, each finished early by the flush.

@@ -34,6 +34,7 @@ fn write_config(root: &Path) -> Config {
         &["event_time", "user_id", "page"],
     )
     .toml();
+    let user_updates = runnel_testkit::streams::Stream::user_updates(2).toml();
     let toml = format!(
         r#"version = "1"
 [storage]
@@ -42,23 +43,7 @@ data-dir = "{data}"
 checkpoint-interval = "100ms"
 metrics-listen = "127.0.0.1:0"
 {clicks}
-[[streams]]
-name = "user_updates"
-partitions = 2
-key = "user_id"
-event-time = "event_time"
-schema = [
-  {{ name = "event_time", type = "timestamp" }},
-  {{ name = "user_id", type = "string" }},
-  {{ name = "country", type = "string", nullable = true }},
-  {{ name = "deleted", type = "bool", nullable = true }},
-]
-
-[[tables]]
-name = "users"
-stream = "user_updates"
-tombstone = "deleted"
-
+{user_updates}
 [[jobs]]
 name = "clicks_by_country"
 sql = """
