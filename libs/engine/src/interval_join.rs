@@ -393,6 +393,10 @@ pub struct IntervalJoin {
     left_max: Vec<Option<i64>>,
     /// Per right partition, the largest event time it has shown.
     right_max: Vec<Option<i64>>,
+    /// Per right partition, whether it is idle ([`IntervalJoin::right_at_end`]) and does not
+    /// hold the watermark back until it shows a row again. Not in snapshots: a restored join's
+    /// partitions hold it until their reader says so again.
+    right_idle: Vec<bool>,
     /// Partitions of either side that have shown no row yet.
     unseen: usize,
     /// Once `unseen` is 0: the smallest of the partitions' largest event times.
@@ -466,6 +470,7 @@ impl IntervalJoin {
             left_max: vec![None; spec.left_partitions as usize],
             right_max: vec![None; spec.right_partitions as usize],
             unseen: spec.left_partitions as usize + spec.right_partitions as usize,
+            right_idle: vec![false; spec.right_partitions as usize],
             slowest: i64::MIN,
             watermark: i64::MIN,
             out_of_orderness_ms: duration_ms(spec.max_out_of_orderness),
@@ -528,6 +533,43 @@ impl IntervalJoin {
         self.process(Input::Right, partition, batch)
     }
 
+    /// Right partition `partition` has nothing more for now (its reader has read it to the
+    /// log's end): it stops holding the watermark back until it shows a row again, as an idle
+    /// source in Flink; then what the watermark expires goes (a `LEFT` join emits its
+    /// unmatched left rows then). A row it shows later behind the watermark less the lateness
+    /// is late.
+    ///
+    /// # Errors
+    ///
+    /// An unknown partition; Arrow failures.
+    pub fn right_at_end(&mut self, partition: u32) -> Result<IntervalJoinOutput, EngineError> {
+        let partitions = self.right_idle.len();
+        let Some(idle) = self.right_idle.get_mut(partition as usize) else {
+            return Err(EngineError::Misuse(format!(
+                "right partition {partition} is outside the join's {partitions} right partitions"
+            )));
+        };
+        let mut output = IntervalJoinOutput::default();
+        if *idle {
+            return Ok(output);
+        }
+        *idle = true;
+        self.raise_watermark();
+        let (lower, upper) = (
+            i128::from(self.spec.lower_ms),
+            i128::from(self.spec.upper_ms),
+        );
+        let horizon = self.horizon();
+        let mut pairs = Vec::new();
+        self.expire_before(horizon - upper, horizon + lower, &mut pairs);
+        if !pairs.is_empty() {
+            output.rows.push(self.build(&pairs)?);
+        }
+        self.left.drop_unheld();
+        self.right.drop_unheld();
+        Ok(output)
+    }
+
     /// Ends both inputs: the watermark goes to `i64::MAX`, a `LEFT` join emits its unmatched
     /// left rows with nulls (in (time, arrival) order), and every stored row goes.
     ///
@@ -583,6 +625,10 @@ impl IntervalJoin {
             return Err(EngineError::Misuse(format!(
                 "{what} partition {partition} is outside the join's {partitions} {what} partitions"
             )));
+        }
+        if input == Input::Right && batch.num_rows() > 0 {
+            // An idle partition that shows rows holds the watermark again.
+            self.right_idle[partition as usize] = false;
         }
         if u32::try_from(batch.num_rows()).is_err() {
             return Err(EngineError::Misuse(format!(
@@ -709,15 +755,16 @@ impl IntervalJoin {
             Some(old) if old >= time => return,
             Some(old) => {
                 *max = Some(time);
-                // Only the slowest partition moves the smallest of the largest times.
-                if self.unseen > 0 || old != self.slowest {
+                // Only the slowest partition moves the smallest of the largest times (with
+                // idle partitions, which `slowest` leaves out, it is found again).
+                if !self.any_idle() && (self.unseen > 0 || old != self.slowest) {
                     return;
                 }
             }
             None => {
                 *max = Some(time);
                 self.unseen -= 1;
-                if self.unseen > 0 {
+                if self.unseen > 0 && !self.any_idle() {
                     return;
                 }
             }
@@ -725,17 +772,21 @@ impl IntervalJoin {
         self.raise_watermark();
     }
 
-    /// Sets `slowest` from the partitions' largest times, and raises the watermark to it less
-    /// the out-of-orderness if that is higher.
+    fn any_idle(&self) -> bool {
+        self.right_idle.iter().any(|idle| *idle)
+    }
+
+    /// Sets `slowest` from the largest times of the partitions that are not idle, and raises
+    /// the watermark to it less the out-of-orderness if that is higher.
     fn raise_watermark(&mut self) {
-        let Some(slowest) = self
-            .left_max
-            .iter()
-            .chain(&self.right_max)
-            .copied()
-            .min()
-            .flatten()
-        else {
+        let holding = self.left_max.iter().chain(
+            self.right_max
+                .iter()
+                .zip(&self.right_idle)
+                .filter(|(_, idle)| !**idle)
+                .map(|(max, _)| max),
+        );
+        let Some(slowest) = holding.copied().min().flatten() else {
             return;
         };
         self.slowest = slowest;
@@ -1428,6 +1479,36 @@ mod tests {
             join.process_left(2, &batch),
             Err(EngineError::Misuse(_))
         ));
+    }
+
+    #[test]
+    fn a_right_partition_at_its_end_stops_holding_the_watermark_until_it_shows_a_row() {
+        let mut spec = spec(JoinKind::Left, 0, 10, 0, 0);
+        spec.right_partitions = 2;
+        let mut join = IntervalJoin::new(spec).expect("join");
+        let on = |join: &mut IntervalJoin, partition: u32, rows: &[(i64, &str, i64)]| {
+            let rows: Vec<_> = rows.iter().map(|r| (Some(r.0), Some(r.1), r.2)).collect();
+            let batch = payments(join, &rows);
+            join.process_right(partition, &batch).expect("right")
+        };
+        left(&mut join, &[(100, "o1", "a"), (300, "o9", "z")]);
+        on(&mut join, 0, &[(300, "o8", 1)]);
+        // Right partition 1 has shown nothing: the watermark waits, o1 is kept.
+        assert_eq!(join.watermark(), i64::MIN);
+        let output = join.right_at_end(1).expect("at end");
+        // Without it the watermark is the others' (300): o1 (100..110) expires unmatched.
+        assert_eq!(join.watermark(), 300);
+        assert_eq!(rendered(&output.rows), ["100 o1 a | NULL NULL NULL"]);
+        assert!(join.right_at_end(1).expect("again").rows.is_empty());
+        // It shows a row again: one behind the watermark is late, and it holds the watermark
+        // once more (the others move on, the watermark stays at its 350).
+        let late = on(&mut join, 1, &[(250, "o9", 2)]);
+        assert_eq!(late.late_right.len(), 1);
+        on(&mut join, 1, &[(350, "o9", 3)]);
+        left(&mut join, &[(500, "o7", "q")]);
+        on(&mut join, 0, &[(500, "o8", 4)]);
+        assert_eq!(join.watermark(), 350);
+        assert!(matches!(join.right_at_end(2), Err(EngineError::Misuse(_))));
     }
 
     #[test]

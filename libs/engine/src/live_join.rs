@@ -72,6 +72,7 @@ impl LiveJoinOutput {
 #[derive(Debug)]
 pub struct LiveJoin {
     plan: Arc<JobPlan>,
+    options: LiveJoinOptions,
     kind: Kind,
 }
 
@@ -172,15 +173,18 @@ impl LiveJoin {
             }
             JoinForm::Interval { .. } => interval(&plan, options, None)?,
         };
-        Ok(LiveJoin { plan, kind })
+        Ok(LiveJoin {
+            plan,
+            options: *options,
+            kind,
+        })
     }
 
     /// A live join of `plan` restored from [`LiveJoin::snapshot`]'s bytes.
     ///
     /// # Errors
     ///
-    /// As [`LiveJoin::new`]; bytes that are not such a snapshot of this join; an interval
-    /// join (its snapshot is not built yet: the rows held in time order would be lost).
+    /// As [`LiveJoin::new`]; bytes that are not such a snapshot of this join.
     pub fn restore(
         plan: Arc<JobPlan>,
         options: &LiveJoinOptions,
@@ -193,18 +197,29 @@ impl LiveJoin {
             )?)),
             JoinForm::Interval { .. } => interval(&plan, options, Some(bytes))?,
         };
-        Ok(LiveJoin { plan, kind })
+        Ok(LiveJoin {
+            plan,
+            options: *options,
+            kind,
+        })
     }
 
-    /// The whole state as bytes (an AS OF join's: [`TemporalJoin::snapshot`]).
+    /// The whole state as bytes: an AS OF join's [`TemporalJoin::snapshot`]; an interval
+    /// join's [`IntervalJoin::snapshot`], then the rows it holds in time order (an Arrow IPC
+    /// stream), framed as two parts. Which partitions of the other input are idle is not in
+    /// it: a restored join's partitions hold its watermark until said to be at their end
+    /// again.
     ///
     /// # Errors
     ///
-    /// An interval join (not built yet, see [`LiveJoin::restore`]); Arrow failures.
+    /// Arrow failures.
     pub fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
         match &self.kind {
             Kind::AsOf(join) => join.snapshot(),
-            Kind::Interval { .. } => Err(interval_snapshot_missing()),
+            Kind::Interval { join, in_order, .. } => Ok(crate::snapshot::join_parts(
+                &join.snapshot()?,
+                &crate::snapshot::ipc_bytes(&in_order.snapshot()?)?,
+            )),
         }
     }
 
@@ -247,17 +262,26 @@ impl LiveJoin {
         self.for_windows(with_refused(output, &seen)?)
     }
 
-    /// AS OF: every waiting stream row joined now with the table as it stands
-    /// ([`TemporalJoin::release_waiting`]), for a caller that has read every changelog
-    /// partition to its end after those rows came. An interval join gives nothing.
+    /// Every partition of the other input has been read to the log's end, as asked after the
+    /// stream rows the join holds were read: nothing that was appended before them is still
+    /// to come. AS OF: the waiting stream rows are joined now with the table as it stands
+    /// ([`TemporalJoin::release_waiting`]). Interval: the other stream's partitions stop
+    /// holding the watermark back until they show rows again ([`IntervalJoin::right_at_end`]),
+    /// so unmatched `LEFT` rows expire and held rows go.
     ///
     /// # Errors
     ///
     /// Arrow failures.
-    pub fn release_waiting(&mut self) -> Result<LiveJoinOutput, EngineError> {
+    pub fn other_at_end(&mut self) -> Result<LiveJoinOutput, EngineError> {
         let output = match &mut self.kind {
             Kind::AsOf(join) => join.release_waiting()?.into(),
-            Kind::Interval { .. } => LiveJoinOutput::default(),
+            Kind::Interval { join, .. } => {
+                let mut output = LiveJoinOutput::default();
+                for partition in 0..self.options.other_partitions {
+                    output.append(join.right_at_end(partition)?.into());
+                }
+                output
+            }
         };
         self.for_windows(output)
     }
@@ -381,9 +405,6 @@ fn interval(
     options: &LiveJoinOptions,
     snapshot: Option<&[u8]>,
 ) -> Result<Kind, EngineError> {
-    if snapshot.is_some() {
-        return Err(interval_snapshot_missing());
-    }
     let stream_time = stream_time(plan)?;
     let spec = join_plan(plan)?
         .interval_join_spec(
@@ -393,16 +414,26 @@ fn interval(
             options.allowed_lateness,
         )
         .ok_or_else(|| EngineError::Misuse("an interval join's plan".to_string()))?;
+    let (join, in_order) = match snapshot {
+        None => (
+            IntervalJoin::new(spec)?,
+            TimeOrder::new(plan.stream_schema(), stream_time),
+        ),
+        Some(bytes) => {
+            let (join, held) = crate::snapshot::split_parts(bytes, "interval join")?;
+            (
+                IntervalJoin::restore(spec, join)?,
+                TimeOrder::restore(
+                    plan.stream_schema(),
+                    stream_time,
+                    crate::snapshot::read_ipc(held)?,
+                )?,
+            )
+        }
+    };
     Ok(Kind::Interval {
-        join: Box::new(IntervalJoin::new(spec)?),
-        in_order: TimeOrder::new(plan.stream_schema(), stream_time),
+        join: Box::new(join),
+        in_order,
         lateness: options.allowed_lateness,
     })
-}
-
-fn interval_snapshot_missing() -> EngineError {
-    EngineError::Misuse(
-        "an interval join's live state cannot be snapshotted yet (the rows it holds in time order are not in its snapshot)"
-            .to_string(),
-    )
 }

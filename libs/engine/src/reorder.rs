@@ -105,6 +105,62 @@ impl TimeOrder {
         if rows.is_empty() {
             return Ok(None);
         }
+        let released = self.gather(&rows)?;
+        for (batch, _) in &rows {
+            if let Some(entry) = self.batches.get_mut(batch) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.batches.remove(batch);
+                }
+            }
+        }
+        Ok(Some(released))
+    }
+
+    /// The rows held, in the order they would be let out, as one batch (none: an empty one):
+    /// a [`TimeOrder::restore`]d buffer holds them again, in that order. The buffer is
+    /// unchanged.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures.
+    pub fn snapshot(&self) -> Result<RecordBatch, EngineError> {
+        let mut held: Vec<(i64, u64, u64, u32)> =
+            self.held.iter().map(|Reverse(entry)| *entry).collect();
+        held.sort_unstable();
+        let rows: Vec<(u64, u32)> = held
+            .iter()
+            .map(|&(_, _, batch, row)| (batch, row))
+            .collect();
+        if rows.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        self.gather(&rows)
+    }
+
+    /// A buffer of rows of `schema` ordered by `time_column`, holding `rows` (a
+    /// [`TimeOrder::snapshot`]) in their order.
+    ///
+    /// # Errors
+    ///
+    /// Rows of another schema; a time column of another type.
+    pub fn restore(
+        schema: SchemaRef,
+        time_column: usize,
+        rows: RecordBatch,
+    ) -> Result<TimeOrder, EngineError> {
+        if rows.schema().fields() != schema.fields() {
+            return Err(EngineError::Snapshot(
+                "held rows of another schema than the join's".to_string(),
+            ));
+        }
+        let mut order = TimeOrder::new(schema, time_column);
+        order.push(rows)?;
+        Ok(order)
+    }
+
+    /// The rows `rows` (batch, row) of the held batches, in that order.
+    fn gather(&self, rows: &[(u64, u32)]) -> Result<RecordBatch, EngineError> {
         let ids: Vec<u64> = {
             let mut ids: Vec<u64> = rows.iter().map(|(batch, _)| *batch).collect();
             ids.sort_unstable();
@@ -124,16 +180,7 @@ impl TimeOrder {
                 .collect();
             columns.push(interleave(&arrays, &indices)?);
         }
-        let released = RecordBatch::try_new(self.schema.clone(), columns)?;
-        for (batch, _) in &rows {
-            if let Some(entry) = self.batches.get_mut(batch) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
-                    self.batches.remove(batch);
-                }
-            }
-        }
-        Ok(Some(released))
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 
@@ -182,5 +229,29 @@ mod tests {
         let out = order.release(i64::MAX).expect("release").expect("rows");
         assert_eq!(values(&out), ["c", "d"]);
         assert!(order.is_empty() && order.batches.is_empty());
+    }
+
+    #[test]
+    fn a_restored_buffer_lets_its_rows_out_as_the_original_would() {
+        let first = batch(&[(30, "c"), (10, "a"), (20, "b1")]);
+        let mut order = TimeOrder::new(first.schema(), 0);
+        order.push(first.clone()).expect("push");
+        order.push(batch(&[(20, "b2"), (40, "d")])).expect("push");
+        order.release(10).expect("release");
+        let snapshot = order.snapshot().expect("snapshot");
+        assert_eq!(values(&snapshot), ["b1", "b2", "c", "d"]);
+        let mut restored = TimeOrder::restore(first.schema(), 0, snapshot).expect("restore");
+        for order in [&mut order, &mut restored] {
+            order.push(batch(&[(20, "b3")])).expect("push");
+        }
+        for time in [20, i64::MAX] {
+            let out =
+                |order: &mut TimeOrder| values(&order.release(time).expect("r").expect("rows"));
+            assert_eq!(out(&mut order), out(&mut restored));
+        }
+        let empty = TimeOrder::new(first.schema(), 0)
+            .snapshot()
+            .expect("snapshot");
+        assert_eq!(empty.num_rows(), 0);
     }
 }

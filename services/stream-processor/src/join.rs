@@ -11,7 +11,7 @@
 //! watermark reaches its event time, and a table that gets no updates never moves its
 //! watermark. So once every changelog partition has been read to the log's end, as asked of
 //! the log after the waiting rows were read, the waiting rows are joined with the table as
-//! it stands (`LiveJoin::release_waiting`): every version appended before them is in it, as
+//! it stands (`LiveJoin::other_at_end`): every version appended before them is in it, as
 //! with an idle source in Flink. (No ingest time is compared with a clock: a producer's
 //! timestamps may run ahead of this machine's.) A changelog row that comes after still
 //! updates the table, and is late only behind the table's watermark. The release depends on
@@ -212,7 +212,7 @@ impl TableInput {
             if at_end(context, self.table().stream.name(), self.offsets.clone()).await? {
                 let output = self
                     .join
-                    .release_waiting()
+                    .other_at_end()
                     .map_err(|source| self.engine(source))?;
                 self.add(&mut joined, output, Side::Stream(self.task.0))?;
             }
@@ -260,7 +260,7 @@ impl TableInput {
         let mut stream = self.stream(partition, input)?;
         let output = self
             .join
-            .release_waiting()
+            .other_at_end()
             .map_err(|source| self.engine(source))?;
         self.add(&mut stream, output, Side::Stream(partition))?;
         joined.late_stream = stream.late_stream;

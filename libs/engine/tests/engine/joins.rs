@@ -16,8 +16,9 @@ use arrow::datatypes::{
 use datafusion::prelude::SessionContext;
 use proptest::prelude::*;
 use runnel_engine::{
-    EngineError, IntervalJoin, JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions,
-    OperatorOutput, StreamSource, TableSource, TemporalJoin, TimeOrder, WindowOperator,
+    EngineError, JobLimits, JobPlan, JoinForm, JoinSources, LiveJoin, LiveJoinOptions,
+    LiveJoinOutput, OperatorOptions, OperatorOutput, StreamSource, TableSource, TemporalJoin,
+    WindowOperator,
 };
 
 const WINDOW_MS: i64 = 10_000;
@@ -736,15 +737,17 @@ fn interval_reference(orders: &[Row], payments: &[Row], left: bool) -> IntervalF
     finals
 }
 
-/// The job live: orders (`order` true) and payments through the interval join, its rows
-/// put back in time order, then through the window operator.
+/// The job live: orders (`order` true) and payments through the interval join (the
+/// engine's `LiveJoin`, which puts its rows back in time order), then through the window
+/// operator; before step `restore_at`, if any, both are snapshotted and replaced by ones
+/// restored from the snapshots.
 fn interval_live(
     plan: &Arc<JobPlan>,
     orders: &[Vec<Row>],
     payments: &[Vec<Row>],
     order: &[bool],
+    restore_at: Option<usize>,
 ) -> OperatorOutput {
-    let join_plan = plan.join().expect("a join job");
     let disorder = Duration::from_millis(DISORDER_MS as u64);
     let options = OperatorOptions {
         partitions: 1,
@@ -753,50 +756,58 @@ fn interval_live(
         idle_timeout: None,
         early_emit_interval: None,
     };
-    let spec = join_plan
-        .interval_join_spec(0, (1, 1), disorder, Duration::ZERO)
-        .expect("an interval join");
-    let mut join = IntervalJoin::new(spec).expect("join");
-    let mut in_order = TimeOrder::new(plan.stream_schema(), 0);
+    let join_options = LiveJoinOptions {
+        stream_partitions: 1,
+        other_partitions: 1,
+        table_out_of_orderness: Duration::ZERO,
+        stream_out_of_orderness: Duration::MAX,
+        max_out_of_orderness: disorder,
+        allowed_lateness: Duration::ZERO,
+    };
+    let mut join = LiveJoin::new(Arc::clone(plan), &join_options).expect("join");
     let mut windows = WindowOperator::new(Arc::clone(plan), options).expect("operator");
     let mut output = OperatorOutput::default();
-    let mut take = |joined: runnel_engine::IntervalJoinOutput,
-                    watermark: i64,
-                    windows: &mut WindowOperator,
-                    output: &mut OperatorOutput,
-                    step: i64| {
-        assert!(joined.late_left.is_empty() && joined.late_right.is_empty());
-        for rows in joined.rows {
-            in_order
-                .push(plan.joined_rows(&rows).expect("joined rows"))
-                .expect("hold");
-        }
-        let up_to = join_plan.release_before(watermark, Duration::ZERO);
-        if let Some(rows) = in_order.release(up_to).expect("release") {
-            output.append(windows.process(0, &rows, step).expect("process"));
+    let take = |joined: LiveJoinOutput,
+                windows: &mut WindowOperator,
+                output: &mut OperatorOutput,
+                step: i64| {
+        assert!(joined.late_stream.is_empty() && joined.late_other.is_empty());
+        for rows in &joined.rows {
+            output.append(windows.process(0, rows, step).expect("process"));
         }
     };
     let (mut next_order, mut next_payment, mut step) = (0, 0, 0i64);
     let mut order = order.iter().copied();
     while next_order < orders.len() || next_payment < payments.len() {
+        if restore_at == Some(step as usize) {
+            join = LiveJoin::restore(
+                Arc::clone(plan),
+                &join_options,
+                &join.snapshot().expect("snapshot the join"),
+            )
+            .expect("restore the join");
+            windows = WindowOperator::restore(
+                Arc::clone(plan),
+                options,
+                &windows.snapshot().expect("snapshot the windows"),
+            )
+            .expect("restore the windows");
+        }
         let orders_next = order.next().unwrap_or(next_payment >= payments.len());
         let joined =
             if (orders_next && next_order < orders.len()) || next_payment >= payments.len() {
                 next_order += 1;
-                join.process_left(0, &orders_batch(&orders[next_order - 1]))
+                join.stream(0, &orders_batch(&orders[next_order - 1]))
             } else {
                 next_payment += 1;
-                let rows = join_plan
-                    .right_rows(&payments_batch(&payments[next_payment - 1]))
-                    .expect("payments");
-                join.process_right(0, &rows)
+                join.other(0, &payments_batch(&payments[next_payment - 1]))
             }
             .expect("join");
-        take(joined, join.watermark(), &mut windows, &mut output, step);
+        take(joined, &mut windows, &mut output, step);
         step += 1;
     }
     let joined = join.finish().expect("finish");
-    take(joined, i64::MAX, &mut windows, &mut output, step);
+    take(joined, &mut windows, &mut output, step);
     output.append(windows.finish().expect("finish"));
     output
 }
@@ -894,6 +905,7 @@ fn an_interval_joins_edges_are_inclusive() {
             std::slice::from_ref(&orders),
             std::slice::from_ref(&payments),
             &[false, true],
+            None,
         );
         let mut expected = IntervalFinals::new();
         expected.insert(("r1".into(), 20_000), (2, 2, Some(6)));
@@ -908,6 +920,7 @@ fn an_interval_joins_edges_are_inclusive() {
         std::slice::from_ref(&orders),
         std::slice::from_ref(&late_payment),
         &[true, false],
+        None,
     );
     let mut expected = IntervalFinals::new();
     expected.insert(("r1".into(), 20_000), (1, 0, None));
@@ -928,10 +941,32 @@ proptest! {
         left in any::<bool>(),
     ) {
         let plan = interval_job(left);
-        let output = interval_live(&plan, &cut(&orders, &order_cuts), &cut(&payments, &payment_cuts), &order);
+        let output = interval_live(&plan, &cut(&orders, &order_cuts), &cut(&payments, &payment_cuts), &order, None);
         prop_assert!(output.late_events.is_empty(), "late: {:?}", output.late_events);
         let live = interval_finals(&output.results);
         prop_assert_eq!(&live, &interval_reference(&orders, &payments, left));
         prop_assert_eq!(&live, &interval_recomputed(&plan, &orders, &payments));
+    }
+
+    #[test]
+    fn an_interval_join_job_restored_at_a_random_step_continues_like_the_original(
+        orders in stream_rows(3),
+        payments in stream_rows(50),
+        order_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        payment_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        order in prop::collection::vec(any::<bool>(), 0..20),
+        left in any::<bool>(),
+        restore_at in 0usize..16,
+    ) {
+        let plan = interval_job(left);
+        let (orders, payments) = (cut(&orders, &order_cuts), cut(&payments, &payment_cuts));
+        let unbroken = interval_live(&plan, &orders, &payments, &order, None);
+        let restored = interval_live(&plan, &orders, &payments, &order, Some(restore_at));
+        let rendered = |output: &OperatorOutput| {
+            let mut text = String::new();
+            crate::support::render(&output.results, "result", &mut text);
+            text
+        };
+        prop_assert_eq!(rendered(&unbroken), rendered(&restored));
     }
 }
