@@ -323,6 +323,21 @@ impl LiveJoin {
         }
     }
 
+    /// Interval: the time before which no joined row is still to come (the rows before it are
+    /// out, in time order): the windows after the join may take it as their input's progress
+    /// (`WindowOperator::advance_partition`), or the last rows' windows would wait for rows
+    /// past the interval's upper bound to be let out. `None` before the join has a watermark,
+    /// and for an AS OF join, whose rows come out as its stream's do.
+    pub fn released_to(&self) -> Option<i64> {
+        match &self.kind {
+            Kind::AsOf(_) => None,
+            Kind::Interval { join, lateness, .. } => (join.watermark() > i64::MIN)
+                .then(|| join_plan(&self.plan).ok())
+                .flatten()
+                .map(|plan| plan.release_before(join.watermark(), *lateness)),
+        }
+    }
+
     /// Stream rows the join holds: waiting for the table, or stored (interval).
     pub fn waiting(&self) -> usize {
         match &self.kind {

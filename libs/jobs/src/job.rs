@@ -6,7 +6,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use runnel_config::{Config, FieldConfig, FieldType, JobConfig, StreamConfig};
-use runnel_engine::{JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions, TableSource};
+use runnel_engine::{
+    JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions, StreamSource, TableSource,
+};
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
 
 use crate::JobsError;
@@ -71,9 +73,10 @@ pub struct Job {
     pub repartition: bool,
     /// The `[[jobs]]` entry it was compiled from.
     pub config: JobConfig,
-    /// A join job's table (`[[tables]]`): the stream rows are joined with it as of their
-    /// event time before the windows.
-    pub table: Option<JobTable>,
+    /// A join job's other input: a table (`[[tables]]`), whose version as of each stream
+    /// row's event time is joined with it, or a second stream, joined within an interval
+    /// around each row's event time; before the windows.
+    pub joined: Option<JoinedInput>,
     /// What `<job>.repartition` carries, for a repartitioned job: its stream's rows, or for a
     /// join job the joined rows (its routers join).
     pub routed: Routed,
@@ -187,23 +190,25 @@ impl Routed {
     }
 }
 
-/// The table a join job joins, read from its changelog stream.
+/// The other input of a join job: a table, read from its changelog stream, or a second
+/// stream.
 #[derive(Debug, Clone)]
-pub struct JobTable {
-    /// The table's declared name.
+pub struct JoinedInput {
+    /// Its name in the job's SQL: the table's, or the stream's.
     pub name: String,
-    /// Its changelog stream.
+    /// The stream it is read from: the table's changelog, or the second stream.
     pub stream: StreamSchema,
-    /// The changelog's partition count.
+    /// That stream's partition count.
     pub partitions: u32,
-    /// Indexes of the changelog's decoded columns that the join reads (as [`Job::input_columns`]).
+    /// Indexes of that stream's decoded columns that the join reads (as
+    /// [`Job::input_columns`]).
     pub input_columns: Vec<usize>,
-    /// The schema of the join's table input batches.
+    /// The schema of the join's batches of this input.
     pub input_schema: SchemaRef,
 }
 
-impl JobTable {
-    /// A batch of the changelog's positioned columns as the join's table input.
+impl JoinedInput {
+    /// A batch of the stream's positioned columns as the join's input.
     ///
     /// # Errors
     ///
@@ -290,33 +295,40 @@ impl Job {
         let (input_columns, input_schema) = plan_input(&stream);
         let joined = JobPlan::joined_of(&sql).map_err(|error| fail(error.to_string()))?;
         let mut sources = JoinSources::default();
-        let table = match joined {
+        let joined = match joined {
             None => None,
             Some(joined) => {
-                let Some((table, changelog, key)) = config.table(&joined) else {
-                    return Err(fail(if config.stream(&joined).is_some() {
-                        format!(
-                            "joins the stream `{joined}`: interval joins of two streams run in `runnel run` only so far; the stream-processor and backfills run joins with a table ([[tables]]) only"
-                        )
-                    } else {
-                        format!(
-                            "joins `{joined}`, which the config declares neither as a table ([[tables]]) nor as a stream"
-                        )
-                    }));
+                let (other, table) = match config.table(&joined) {
+                    Some((table, changelog, key)) => (changelog, Some((table, key))),
+                    None => (
+                        config.stream(&joined).ok_or_else(|| {
+                            fail(format!(
+                                "joins `{joined}`, which the config declares neither as a table ([[tables]]) nor as a stream"
+                            ))
+                        })?,
+                        None,
+                    ),
                 };
-                let changelog_schema = StreamSchema::new(changelog);
-                let (columns, schema) = plan_input(&changelog_schema);
-                sources.tables.push(TableSource {
-                    name: table.name.clone(),
-                    schema: Arc::clone(&schema),
-                    key: key.to_string(),
-                    event_time: changelog.event_time.clone(),
-                    tombstone: table.tombstone.clone(),
-                });
-                Some(JobTable {
-                    name: table.name.clone(),
-                    stream: changelog_schema,
-                    partitions: changelog.partitions,
+                let other_schema = StreamSchema::new(other);
+                let (columns, schema) = plan_input(&other_schema);
+                match table {
+                    Some((table, key)) => sources.tables.push(TableSource {
+                        name: table.name.clone(),
+                        schema: Arc::clone(&schema),
+                        key: key.to_string(),
+                        event_time: other.event_time.clone(),
+                        tombstone: table.tombstone.clone(),
+                    }),
+                    None => sources.streams.push(StreamSource {
+                        name: other.name.clone(),
+                        schema: Arc::clone(&schema),
+                        event_time: other.event_time.clone(),
+                    }),
+                }
+                Some(JoinedInput {
+                    name: table.map_or_else(|| other.name.clone(), |(table, _)| table.name.clone()),
+                    stream: other_schema,
+                    partitions: other.partitions,
                     input_columns: columns,
                     input_schema: schema,
                 })
@@ -330,17 +342,6 @@ impl Job {
             &job_limits(config),
         )
         .map_err(|error| fail(error.to_string()))?;
-        if plan
-            .join()
-            .is_some_and(|join| !matches!(join.form(), JoinForm::AsOf { .. }))
-        {
-            return Err(fail(format!(
-                "joins the stream `{}` in an interval: interval joins run in `runnel run` only so far",
-                plan.join()
-                    .map(|join| join.right_name())
-                    .unwrap_or_default()
-            )));
-        }
         // A task aggregates what its input partition holds; that is every event of a group
         // only when the stream is partitioned by a column the job groups by. Otherwise the
         // events go through the repartition topic first, keyed by their group.
@@ -348,7 +349,26 @@ impl Job {
             Some(key) => !plan.groups_by_column(key),
             None => true,
         };
-        let routed = match &table {
+        if repartition
+            && plan
+                .join()
+                .is_some_and(|join| matches!(join.form(), JoinForm::Interval { .. }))
+        {
+            // A router sends a partition's rows in offset order (the window tasks drop copies
+            // by it); an interval join lets a row out when its match comes or its interval
+            // expires, out of that order.
+            return Err(fail(format!(
+                "joins the stream `{}` in an interval and groups by {}: an interval join job must group by its stream's key so far",
+                plan.join()
+                    .map(|join| join.right_name())
+                    .unwrap_or_default(),
+                match &stream_config.key {
+                    Some(key) => format!("no column that is the key `{key}` of `{stream_name}`"),
+                    None => format!("columns of `{stream_name}`, which has no key"),
+                }
+            )));
+        }
+        let routed = match &joined {
             None => Routed::of_stream(&stream, &input_columns, &input_schema),
             Some(_) => {
                 Routed::of_join(&job.id(), stream_config, &plan.stream_schema()).map_err(fail)?
@@ -372,7 +392,7 @@ impl Job {
             input_columns,
             input_schema,
             config: job.clone(),
-            table,
+            joined,
             routed,
         })
     }
@@ -463,7 +483,7 @@ mod tests {
         );
         let job = Job::compile(&config, &job).expect("compiles");
         assert!(!job.repartition);
-        let table = job.table.as_ref().expect("a table");
+        let table = job.joined.as_ref().expect("a table");
         assert_eq!(
             (table.name.as_str(), table.stream.name(), table.partitions),
             ("users", "user_updates", 4)
@@ -506,18 +526,28 @@ mod tests {
     }
 
     #[test]
-    fn an_interval_join_is_refused_by_name_in_the_services() {
-        // An interval join of two streams.
-        let (config, job) = config_with_job(
-            "SELECT c.user_id, window_start, COUNT(*) AS n \
-             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
-             JOIN user_updates AS u ON c.user_id = u.user_id \
-             AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '1' MINUTE \
-             GROUP BY c.user_id, window_start, window_end",
+    fn an_interval_join_runs_when_grouped_by_the_streams_key_and_is_refused_otherwise() {
+        let sql = |group: &str| {
+            format!(
+                "SELECT {group}, window_start, COUNT(*) AS n \
+                 FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c \
+                 JOIN user_updates AS u ON c.user_id = u.user_id \
+                 AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '1' MINUTE \
+                 GROUP BY {group}, window_start, window_end"
+            )
+        };
+        let (config, job) = config_with_job(&sql("c.user_id"));
+        let job = Job::compile(&config, &job).expect("compiles");
+        assert!(!job.repartition);
+        let joined = job.joined.as_ref().expect("the second stream");
+        assert_eq!(
+            (joined.name.as_str(), joined.partitions),
+            ("user_updates", 4)
         );
+        let (config, job) = config_with_job(&sql("c.page"));
         let error = Job::compile(&config, &job).unwrap_err().to_string();
         assert!(
-            error.contains("`user_updates`") && error.contains("runnel run"),
+            error.contains("`user_updates` in an interval") && error.contains("stream's key"),
             "{error}"
         );
     }

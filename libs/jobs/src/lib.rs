@@ -31,7 +31,7 @@ pub use catalog::{
     active_path, load_active, register, registered_versions, save_active, version_path,
 };
 pub use job::{
-    Job, JobTable, job_group, job_limits, late_topic, members_group, members_topic,
+    Job, JoinedInput, job_group, job_limits, late_topic, members_group, members_topic,
     repartition_topic, results_topic,
 };
 

@@ -373,8 +373,9 @@ pub async fn recompute_view(
         .map_err(|error| BatchError::Archive(Box::new(error)))?
         .map(|manifest| manifest.files)
         .unwrap_or_default();
-    // A join job's table: its changelog's history, every version before each chunk's end.
-    let changelog = match &job.table {
+    // A join job's other input: a table's changelog, every version before each chunk's
+    // end; or a second stream, its rows within the interval around the chunk's.
+    let changelog = match &job.joined {
         Some(table) => runnel_archive::load_manifest(
             store.as_ref(),
             &config.archive.prefix,
@@ -397,10 +398,20 @@ pub async fn recompute_view(
     });
     let horizon = match &resumed {
         Some(state) => state.horizon_ms,
-        None => history_horizon(job, &history).map(|horizon| match request.to_ms {
-            Some(to) => horizon.min(to),
-            None => horizon,
-        }),
+        None => history_horizon(job, &history)
+            .map(|horizon| match interval_of(job) {
+                // An interval join's rows up to the horizon pair with the second stream's up
+                // to the horizon plus the interval's upper bound: its history must hold them.
+                Some((_, upper)) if !changelog.is_empty() => horizon.min(
+                    history_horizon(job, &changelog)
+                        .map_or(i64::MIN, |other| other.saturating_sub(upper.max(0))),
+                ),
+                _ => horizon,
+            })
+            .map(|horizon| match request.to_ms {
+                Some(to) => horizon.min(to),
+                None => horizon,
+            }),
     };
     let from = request.from_ms.unwrap_or(i64::MIN);
     let end = horizon.unwrap_or(i64::MIN);
@@ -529,13 +540,13 @@ pub async fn recompute_view(
         context
             .register_table("history", Arc::new(table))
             .map_err(|source| BatchError::DataFusion(source.to_string()))?;
-        let input = match &job.table {
+        let input = match &job.joined {
             None => "history",
             Some(table) => {
                 register_table_history(
                     job,
                     (table, &changelog),
-                    chunk.events.end,
+                    &chunk.events,
                     (&context, Arc::clone(&store), request.workers),
                 )
                 .await?;
@@ -1056,22 +1067,36 @@ impl TableProvider for HistoryTable {
     }
 }
 
+/// An interval join job's bounds (ms), `None` for any other job.
+fn interval_of(job: &Job) -> Option<(i64, i64)> {
+    match job.plan.join()?.form() {
+        runnel_engine::JoinForm::Interval { lower_ms, upper_ms } => Some((lower_ms, upper_ms)),
+        runnel_engine::JoinForm::AsOf { .. } => None,
+    }
+}
+
 /// Registers in `context`, as `joined`, a join job's rows of the chunk (the table
-/// `history`) joined with its table: the table's changelog history (`changelog`, its files),
-/// every row before `end` (the chunk's), ordered within a time by the log offset. The
-/// table is its changelog as archived when the recompute runs: a version not yet archived
-/// is not seen (the archiver follows the log by its roll interval).
+/// `history`, rows of `events`) joined with its other input's history (`changelog`, its
+/// files): a table's changelog, every row before the chunk's end, ordered within a time by
+/// the log offset (the table is its changelog as archived when the recompute runs: a
+/// version not yet archived is not seen, the archiver following the log by its roll
+/// interval); or a second stream, its rows within the interval around the chunk's.
 async fn register_table_history(
     job: &Job,
-    (table, changelog): (&runnel_jobs::JobTable, &[FileEntry]),
-    end: i64,
+    (table, changelog): (&runnel_jobs::JoinedInput, &[FileEntry]),
+    events: &Range<i64>,
     (context, store, workers): (
         &datafusion::prelude::SessionContext,
         Arc<dyn ObjectStore>,
         usize,
     ),
 ) -> Result<(), BatchError> {
-    let before = i64::MIN..end;
+    let before = match interval_of(job) {
+        Some((lower, upper)) => {
+            events.start.saturating_add(lower)..events.end.saturating_add(upper).saturating_add(1)
+        }
+        None => i64::MIN..events.end,
+    };
     let files: Vec<FileEntry> = changelog
         .iter()
         .filter(|file| file.rows > 0 && holds_events_in(file, &before))

@@ -1,11 +1,13 @@
-//! A join job's table in its task: the table's whole changelog, every partition, read
-//! through the hybrid source (its history, then its live log) into the task's
-//! live join (`runnel_engine::LiveJoin`, AS OF the table), which joins each stream row with
-//! the table's version valid at the row's event time before the windows see it.
+//! A join job's other input in its task: a table's whole changelog (AS OF) or a whole second
+//! stream (an interval join), every partition, read through the hybrid source (its history,
+//! then its live log) into the task's live join (`runnel_engine::LiveJoin`), which joins the
+//! stream's rows before the windows see them.
 //!
-//! Every task of a join job holds the whole table, as Kafka Streams' global tables are held
-//! by every instance: the stream needs no repartitioning by the join key, and a task's
-//! table is whole whatever the partitioning of the two streams.
+//! Every task of a join job holds all of the other input, as Kafka Streams' global tables
+//! are held by every instance: the stream needs no repartitioning by the join key, and a
+//! task's table is whole whatever the partitioning of the two streams. For an interval join
+//! each stream row lives in one task, so each pair is made once, and the second stream's
+//! rows stay only as long as an interval can still need them.
 //!
 //! When stream rows wait and the table is quiet: a stream row waits until the table's
 //! watermark reaches its event time, and a table that gets no updates never moves its
@@ -17,6 +19,8 @@
 //! updates the table, and is late only behind the table's watermark. The release depends on
 //! when the task looked, so a join job's result versions may differ between runs (its final
 //! aggregates do not when the table's updates come before the stream rows they concern).
+//! An interval join's second stream read to its end likewise stops holding the join's
+//! watermark (`LiveJoin::other_at_end`), so `LEFT` rows expire on the stream's time alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +29,13 @@ use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use runnel_archive::HybridSource;
 use runnel_engine::{LATE_PARTITION_COLUMN, LiveJoin, LiveJoinOptions, LiveJoinOutput};
-use runnel_jobs::{Job, JobTable};
+use runnel_jobs::{Job, JoinedInput};
 use tokio_util::sync::CancellationToken;
 
 use crate::StreamProcessorError;
 use crate::task::TaskContext;
 
-/// Table batches read per changelog partition per call of [`TableInput::poll`], so that a
+/// Table batches read per changelog partition per call of [`JoinInput::poll`], so that a
 /// long changelog does not hold the stream back for its whole length at once.
 const TABLE_BATCHES_PER_POLL: usize = 16;
 
@@ -39,14 +43,14 @@ const TABLE_BATCHES_PER_POLL: usize = 16;
 const END_CHECK: Duration = Duration::from_millis(100);
 
 /// A join job's table and its changelog readers, in one task.
-pub(crate) struct TableInput {
+pub(crate) struct JoinInput {
     job: Arc<Job>,
     join: LiveJoin,
     /// The task's stream partition, and the stream's partition count: every task sees every
     /// late changelog row, and the one whose partition is the row's changelog partition
     /// modulo the count reports it.
     task: (u32, u32),
-    /// Per changelog partition, its reader (opened by [`TableInput::open_sources`]).
+    /// Per changelog partition, its reader (opened by [`JoinInput::open_sources`]).
     sources: Vec<HybridSource>,
     /// Per changelog partition, the next offset to read.
     offsets: Vec<u64>,
@@ -81,7 +85,7 @@ pub(crate) struct Joined {
     pub(crate) table_rows: usize,
 }
 
-impl TableInput {
+impl JoinInput {
     /// The table of `job` (a join job), new or restored from `state` (the join's part of a
     /// checkpoint) with `offsets`, the changelog offsets that checkpoint holds.
     ///
@@ -92,7 +96,7 @@ impl TableInput {
         job: &Arc<Job>,
         task: (u32, u32),
         restored: Option<(&[u8], &[u64])>,
-    ) -> Result<TableInput, StreamProcessorError> {
+    ) -> Result<JoinInput, StreamProcessorError> {
         let (options, table) = join_options(job)?;
         let partitions = table.partitions as usize;
         let engine = |source| StreamProcessorError::Engine {
@@ -121,7 +125,7 @@ impl TableInput {
                 Vec::new(),
             ),
         };
-        Ok(TableInput {
+        Ok(JoinInput {
             job: Arc::clone(job),
             join,
             task,
@@ -143,7 +147,7 @@ impl TableInput {
         &mut self,
         context: &TaskContext,
     ) -> Result<(), StreamProcessorError> {
-        let table = self.table();
+        let table = self.input();
         let stream = table.stream.clone();
         let mut sources = Vec::new();
         for partition in 0..table.partitions {
@@ -158,8 +162,16 @@ impl TableInput {
         Ok(())
     }
 
-    fn table(&self) -> &JobTable {
-        self.job.table.as_ref().expect("a join job has a table")
+    fn input(&self) -> &JoinedInput {
+        self.job
+            .joined
+            .as_ref()
+            .expect("a join job has its other input")
+    }
+
+    /// See `LiveJoin::released_to`.
+    pub(crate) fn released_to(&self) -> Option<i64> {
+        self.join.released_to()
     }
 
     /// The join's snapshot, and the changelog offsets it goes with.
@@ -209,7 +221,7 @@ impl TableInput {
                 .is_none_or(|checked| checked.elapsed() >= END_CHECK)
         {
             self.end_checked = Some(Instant::now());
-            if at_end(context, self.table().stream.name(), self.offsets.clone()).await? {
+            if at_end(context, self.input().stream.name(), self.offsets.clone()).await? {
                 let output = self
                     .join
                     .other_at_end()
@@ -248,7 +260,7 @@ impl TableInput {
                 break;
             }
             if self.drained.iter().all(|drained| *drained) {
-                if at_end(context, self.table().stream.name(), self.offsets.clone()).await? {
+                if at_end(context, self.input().stream.name(), self.offsets.clone()).await? {
                     break;
                 }
                 tokio::select! {
@@ -298,7 +310,7 @@ impl TableInput {
                     self.drained[partition] = true;
                     break;
                 };
-                let input = self.table().project(&batch)?;
+                let input = self.input().project(&batch)?;
                 joined.table_rows += input.num_rows();
                 let output = self
                     .join
@@ -346,10 +358,10 @@ impl TableInput {
                 }
                 for error in &output.errors {
                     tracing::warn!(
-                        table = %self.table().name,
+                        table = %self.input().name,
                         partition,
                         reason = %error.reason,
-                        "changelog row left out of the table"
+                        "row of the joined input left out of the join"
                     );
                 }
             }
@@ -369,9 +381,9 @@ impl TableInput {
 /// out-of-orderness behind their partition's largest event time; stream rows are kept as
 /// far back as the windows still take them: the out-of-orderness, the lateness and a
 /// window's length.
-fn join_options(job: &Job) -> Result<(LiveJoinOptions, &JobTable), StreamProcessorError> {
+fn join_options(job: &Job) -> Result<(LiveJoinOptions, &JoinedInput), StreamProcessorError> {
     let table = job
-        .table
+        .joined
         .as_ref()
         .ok_or_else(|| StreamProcessorError::Job {
             job: job.name.clone(),

@@ -37,7 +37,7 @@
 //! A join job's routers join (`join.rs`): a window task needs every row of its groups, and
 //! the groups are known only after the join. Each router holds the whole table and joins
 //! each batch once the table holds every version valid at its rows' times
-//! ([`TableInput::join_whole`]), in offset order; the copies are the joined rows in the
+//! ([`JoinInput::join_whole`]), in offset order; the copies are the joined rows in the
 //! record format of the job's routed rows (`runnel_jobs::Routed`). Its checkpoint holds the
 //! table and the changelog offsets; rows late to the join go to the job's late topic.
 
@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::StreamProcessorError;
-use crate::join::TableInput;
+use crate::join::JoinInput;
 use crate::task::{
     SOURCE_AT_END_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER,
     TaskContext,
@@ -90,7 +90,7 @@ pub(crate) struct Router {
     /// The largest ingest time routed since the router started.
     last_ingest_time: Option<i64>,
     /// A join job's table, which the router joins each batch with before routing it.
-    table: Option<TableInput>,
+    table: Option<JoinInput>,
 }
 
 impl Router {
@@ -116,8 +116,8 @@ impl Router {
         let (offset, epoch) = restored.as_ref().map_or((0, 0), |restored| {
             (restored.manifest.source_offset, restored.manifest.epoch)
         });
-        let table = match &job.table {
-            Some(_) => Some(TableInput::open(
+        let table = match &job.joined {
+            Some(_) => Some(JoinInput::open(
                 &job,
                 (partition, job.stream.config().partitions),
                 restored
@@ -245,7 +245,7 @@ impl Router {
     /// join job's table.
     fn progressed(&self) -> bool {
         self.offset != self.checkpointed_offset
-            || self.table.as_ref().is_some_and(TableInput::progressed)
+            || self.table.as_ref().is_some_and(JoinInput::progressed)
     }
 
     /// The rows of `batch` (the stream's positioned rows) to route, as the plan's input: the
@@ -273,7 +273,7 @@ impl Router {
             return Ok(None);
         };
         let mut late = late_records(&joined.late_stream, self.partition, None, arrival)?;
-        if let Some(table) = &self.job.table {
+        if let Some(table) = &self.job.joined {
             late.extend(late_table_records(
                 &table.name,
                 &joined.late_table,

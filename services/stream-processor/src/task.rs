@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::StreamProcessorError;
-use crate::join::{Joined, TableInput};
+use crate::join::{JoinInput, Joined};
 use crate::status::{PartitionReporter, StatusRegistry};
 use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
 use runnel_jobs::records::{late_records, late_table_records, result_records};
@@ -129,7 +129,7 @@ pub(crate) struct Task {
     /// Exactly-once: the task's transactional writer.
     transaction: Option<Transaction>,
     /// A join job's table, joined with the stream rows before the windows.
-    table: Option<TableInput>,
+    table: Option<JoinInput>,
     /// Changelog rows late to the table, to go to the late topic with the next outputs.
     late_table: Vec<RecordBatch>,
 }
@@ -305,12 +305,12 @@ impl Task {
                 }
                 // A direct join task's state is the windows' snapshot, then the join's (a
                 // repartitioned join job's routers join).
-                let windows = match &job.table {
+                let windows = match &job.joined {
                     Some(_) if !job.repartition => {
                         let (windows, join) =
                             runnel_engine::split_snapshot_parts(&restored.state, "windows")
                                 .map_err(engine_error)?;
-                        table = Some(TableInput::open(
+                        table = Some(JoinInput::open(
                             &job,
                             (partition, source_partitions),
                             Some((join, &restored.manifest.table_offsets)),
@@ -346,12 +346,8 @@ impl Task {
                     .earliest_offset(&topic, partition)
                     .await
                     .map_err(|source| StreamProcessorError::log(&topic, source))?;
-                if job.table.is_some() && !job.repartition {
-                    table = Some(TableInput::open(
-                        &job,
-                        (partition, source_partitions),
-                        None,
-                    )?);
+                if job.joined.is_some() && !job.repartition {
+                    table = Some(JoinInput::open(&job, (partition, source_partitions), None)?);
                 }
                 (operator, earliest, 0)
             }
@@ -499,7 +495,7 @@ impl Task {
     /// job's table.
     fn progressed(&self) -> bool {
         self.offset != self.checkpointed_offset
-            || self.table.as_ref().is_some_and(TableInput::progressed)
+            || self.table.as_ref().is_some_and(JoinInput::progressed)
     }
 
     /// A join job: reads what its table's changelog has, and gives the windows the stream
@@ -536,6 +532,16 @@ impl Task {
             output.append(
                 self.operator
                     .process(0, rows, arrival)
+                    .map_err(|source| self.engine_error(source))?,
+            );
+        }
+        // An interval join's last rows are held until the join knows no earlier one can
+        // come: the windows take that as their input's progress, or they would wait for rows
+        // past the interval to fire.
+        if let Some(progress) = self.table.as_ref().and_then(JoinInput::released_to) {
+            output.append(
+                self.operator
+                    .advance_partition(0, progress, arrival)
                     .map_err(|source| self.engine_error(source))?,
             );
         }
@@ -799,7 +805,7 @@ impl Task {
             let topic = late_topic(&self.job.name);
             self.append(&topic, late).await?;
         }
-        if let Some(table) = &self.job.table
+        if let Some(table) = &self.job.joined
             && !self.late_table.is_empty()
         {
             let late = late_table_records(&table.name, &self.late_table, self.partition, arrival)?;

@@ -31,6 +31,11 @@ const JOB: &str = "clicks_by_country";
 /// The same clicks per country: grouped by a column of the table, so repartitioned, and its
 /// routers join.
 const PER_COUNTRY: &str = "clicks_per_country";
+/// Each click with the updates of its user in the 30 s after it: an interval join of two
+/// streams (`user_updates` read as a stream), `LEFT`; its `clicks` column counts the clicks'
+/// updates (a click with none counts 0, and makes a window of its own).
+const THEN_UPDATED: &str = "clicks_then_updated";
+const INTERVAL_MS: i64 = 30_000;
 
 /// Both jobs' `[[jobs]]` tables, at `version`.
 fn jobs_toml(version: u32) -> String {
@@ -51,7 +56,24 @@ allowed-lateness = "0s"
 "#
         )
     };
-    format!("{}{}", job(JOB, "c.user_id, "), job(PER_COUNTRY, ""))
+    format!(
+        r#"{}{}
+[[jobs]]
+name = "{THEN_UPDATED}"
+version = {version}
+sql = """
+SELECT c.user_id, window_start, window_end, COUNT(u.event_time) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+LEFT JOIN user_updates AS u ON c.user_id = u.user_id
+  AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '30' SECOND
+GROUP BY c.user_id, window_start, window_end
+"""
+max-out-of-orderness = "2s"
+allowed-lateness = "0s"
+"#,
+        job(JOB, "c.user_id, "),
+        job(PER_COUNTRY, "")
+    )
 }
 
 fn write_config(root: &Path) -> Config {
@@ -212,16 +234,19 @@ fn view(root: &Path, job: &str) -> (Windows, i64) {
         for batch in reader {
             let batch: RecordBatch = batch.expect("batch");
             let column = |name: &str| batch.column_by_name(name).expect(name).clone();
-            let (users, countries) = (batch.column_by_name("user_id"), column("country"));
+            let text = |name: &str, row: usize| {
+                batch
+                    .column_by_name(name)
+                    .map(|column| column.as_string::<i32>())
+                    .filter(|column| column.is_valid(row))
+                    .map(|column| column.value(row).to_string())
+            };
             let (starts, clicks) = (column("window_start"), column("clicks"));
             for row in 0..batch.num_rows() {
-                let countries = countries.as_string::<i32>();
                 windows.insert(
                     (
-                        users.map(|users| users.as_string::<i32>().value(row).to_string()),
-                        countries
-                            .is_valid(row)
-                            .then(|| countries.value(row).to_string()),
+                        text("user_id", row),
+                        text("country", row),
                         starts.as_primitive::<TimestampMillisecondType>().value(row),
                     ),
                     clicks.as_primitive::<Int64Type>().value(row),
@@ -248,6 +273,27 @@ fn expected(horizon: i64) -> Windows {
                 ))
                 .or_default() += 1;
         }
+    }
+    windows
+}
+
+/// What the interval job's windows ending by `horizon` hold: per user and minute, the
+/// updates of the user in the 30 s after each click (bounds inclusive).
+fn expected_interval(horizon: i64) -> Windows {
+    let mut windows = Windows::new();
+    for n in 0..CLICKS {
+        let (user, at) = click_at(n);
+        let start = at - at.rem_euclid(MINUTE);
+        if start + MINUTE > horizon {
+            continue;
+        }
+        let updates = (0..10)
+            .map(|minute| BASE_MS + minute * MINUTE + user * 1_000)
+            .filter(|update| (at..=at + INTERVAL_MS).contains(update))
+            .count() as i64;
+        *windows
+            .entry((Some(format!("u{user}")), None, start))
+            .or_default() += updates;
     }
     windows
 }
@@ -303,6 +349,11 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         "a deleted user's clicks"
     );
     let complete_per_country = per_country(&complete);
+    let complete_interval = expected_interval(BASE_MS + 9 * MINUTE);
+    assert!(
+        complete_interval.values().all(|pairs| *pairs > 0),
+        "clicks with an update in their interval: {complete_interval:?}"
+    );
     // Live: read while the stream-processor runs (another process on the same log folder),
     // until both jobs' final windows are the table's versions' (the repartitioned one's
     // window tasks may still be reading after the direct job has checkpointed its end).
@@ -312,8 +363,15 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         let live = (
             covered(live_finals(&log, JOB).await, BASE_MS + 9 * MINUTE),
             covered(live_finals(&log, PER_COUNTRY).await, BASE_MS + 9 * MINUTE),
+            covered(live_finals(&log, THEN_UPDATED).await, BASE_MS + 9 * MINUTE),
         );
-        if live == (complete.clone(), complete_per_country.clone()) {
+        if live
+            == (
+                complete.clone(),
+                complete_per_country.clone(),
+                complete_interval.clone(),
+            )
+        {
             break;
         }
         let text = || std::fs::read_to_string(&process_log).unwrap_or_default();
@@ -322,7 +380,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         }
         assert!(
             Instant::now() < deadline,
-            "live final windows after 120 s: {live:?}, not {complete:?} and {complete_per_country:?}; its log:\n{}",
+            "live final windows after 120 s: {live:?}, not {complete:?}, {complete_per_country:?} and {complete_interval:?}; its log:\n{}",
             text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -332,12 +390,23 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
 
     runnel(root, &["archive", "--once"]);
     runnel(root, &["backfill", "--job", JOB, "--mode", "recompute"]);
-    runnel(
-        root,
-        &["backfill", "--job", PER_COUNTRY, "--mode", "recompute"],
-    );
+    for job in [PER_COUNTRY, THEN_UPDATED] {
+        runnel(root, &["backfill", "--job", job, "--mode", "recompute"]);
+    }
     let (recomputed, horizon) = view(root, JOB);
     let (recomputed_per_country, _) = view(root, PER_COUNTRY);
+    // The interval job's horizon also waits for the updates' history: its clicks pair with
+    // updates up to 30 s later.
+    let (recomputed_interval, interval_horizon) = view(root, THEN_UPDATED);
+    assert!(
+        (BASE_MS + 8 * MINUTE..=horizon - INTERVAL_MS).contains(&interval_horizon),
+        "interval horizon {interval_horizon}, horizon {horizon}"
+    );
+    assert_eq!(
+        recomputed_interval,
+        expected_interval(interval_horizon),
+        "recompute of the interval join"
+    );
     assert!(
         (BASE_MS + 9 * MINUTE..BASE_MS + 10 * MINUTE).contains(&horizon),
         "horizon {horizon}"
@@ -353,7 +422,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
     let path = root.join("runnel.toml");
     let toml = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, format!("{toml}{}", jobs_toml(2))).expect("write config");
-    for job in [JOB, PER_COUNTRY] {
+    for job in [JOB, PER_COUNTRY, THEN_UPDATED] {
         let summary = runnel(
             root,
             &[
@@ -380,7 +449,15 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
             BASE_MS + 9 * MINUTE,
         ),
     );
+    let replayed_interval = covered(
+        live_finals(&log, &format!("{THEN_UPDATED}.v2")).await,
+        BASE_MS + 9 * MINUTE,
+    );
     log.close().await;
+    assert_eq!(
+        replayed_interval, complete_interval,
+        "replay of the interval join"
+    );
     assert_eq!(replayed.0, complete, "replay");
     assert_eq!(replayed.1, complete_per_country, "replay per country");
 }

@@ -26,25 +26,9 @@ use tokio_util::sync::CancellationToken;
 const BASE_MS: i64 = 1_795_305_600_000;
 const SECOND: i64 = 1_000;
 
-fn write_config(root: &Path) -> Config {
-    let path = root.join("runnel.toml");
-    let clicks = runnel_testkit::streams::Stream::clicks(
-        2,
-        Some("user_id"),
-        &["event_time", "user_id", "page"],
-    )
-    .toml();
-    let user_updates = runnel_testkit::streams::Stream::user_updates(2).toml();
-    let toml = format!(
-        r#"version = "1"
-[storage]
-data-dir = "{data}"
-[stream-processor]
-checkpoint-interval = "100ms"
-metrics-listen = "127.0.0.1:0"
-{clicks}
-{user_updates}
-[[jobs]]
+/// The AS OF jobs: per user and country (the tasks join), and per country (repartitioned:
+/// the routers join).
+const AS_OF_JOBS: &str = r#"[[jobs]]
 name = "clicks_by_country"
 sql = """
 SELECT c.user_id, u.country, window_start, window_end, COUNT(*) AS clicks
@@ -65,7 +49,28 @@ GROUP BY u.country, window_start, window_end
 """
 max-out-of-orderness = "1s"
 allowed-lateness = "0s"
-"#,
+"#;
+
+/// The config of the test's streams and the table `users`, with `jobs`.
+fn write_config(root: &Path, jobs: &str) -> Config {
+    let path = root.join("runnel.toml");
+    let clicks = runnel_testkit::streams::Stream::clicks(
+        2,
+        Some("user_id"),
+        &["event_time", "user_id", "page"],
+    )
+    .toml();
+    let user_updates = runnel_testkit::streams::Stream::user_updates(2).toml();
+    let toml = format!(
+        r#"version = "1"
+[storage]
+data-dir = "{data}"
+[stream-processor]
+checkpoint-interval = "100ms"
+metrics-listen = "127.0.0.1:0"
+{clicks}
+{user_updates}
+{jobs}"#,
         data = root.join("data").display(),
     );
     std::fs::write(&path, toml).expect("write config");
@@ -131,8 +136,27 @@ async fn read_all(log: &dyn Log, topic: &str) -> Vec<Record> {
 /// (user, country, seconds from the base) to clicks; `clicks_per_country` has no user.
 type Windows = BTreeMap<(Option<String>, Option<String>, i64), u64>;
 
-/// The final windows of `job`.
+/// The final windows of `job`, an AS OF job.
 async fn final_windows(log: &dyn Log, job: &str) -> Windows {
+    final_rows(log, job)
+        .await
+        .into_iter()
+        .map(|(second, row)| {
+            (
+                (
+                    row["user_id"].as_str().map(str::to_string),
+                    row["country"].as_str().map(str::to_string),
+                    second,
+                ),
+                row["clicks"].as_u64().expect("clicks"),
+            )
+        })
+        .collect()
+}
+
+/// The latest version of each final window of `job`: its start (seconds from the base) and
+/// its row.
+async fn final_rows(log: &dyn Log, job: &str) -> Vec<(i64, serde_json::Value)> {
     let mut latest: BTreeMap<String, (u64, serde_json::Value)> = BTreeMap::new();
     for record in read_all(log, &results_topic(job)).await {
         let key = String::from_utf8(record.key.expect("key").to_vec()).expect("utf-8");
@@ -148,14 +172,7 @@ async fn final_windows(log: &dyn Log, job: &str) -> Windows {
         .map(|(key, (_, row))| {
             let (_, start) = key.rsplit_once('@').expect("<key>@<window start>");
             let start: i64 = start.parse().expect("epoch ms");
-            (
-                (
-                    row["user_id"].as_str().map(str::to_string),
-                    row["country"].as_str().map(str::to_string),
-                    (start - BASE_MS) / SECOND,
-                ),
-                row["clicks"].as_u64().expect("clicks"),
-            )
+            ((start - BASE_MS) / SECOND, row)
         })
         .collect()
 }
@@ -169,8 +186,9 @@ struct Running {
 }
 
 impl Running {
-    async fn start(root: &Path) -> Running {
-        let config = write_config(root);
+    /// The service over the test's streams in `root`, running `jobs`.
+    async fn start(root: &Path, jobs: &str) -> Running {
+        let config = write_config(root, jobs);
         let embedded = Arc::new(
             EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
                 .await
@@ -199,11 +217,11 @@ impl Running {
 
     /// Waits until both jobs' window tasks have read `events` events (the routers of
     /// `clicks_per_country` have joined them: they had read the changelog first).
-    async fn wait_for_events(&self, events: u64) {
+    async fn wait_for_events(&self, jobs: &[&str], events: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let read = |job: &str| self.status.job(job).map_or(0, |job| job.events_total);
-            if read("clicks_by_country") >= events && read("clicks_per_country") >= events {
+            if jobs.iter().all(|job| read(job) >= events) {
                 return;
             }
             assert!(
@@ -225,7 +243,7 @@ impl Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_across_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let running = Running::start(dir.path()).await;
+    let running = Running::start(dir.path(), AS_OF_JOBS).await;
     // a: FR, then DE from 15 s. b: US, deleted at 25 s. The table's watermark stops at 14 s
     // (the smaller partition's largest time, 15 s, less 1 s): later clicks are joined once
     // the changelog is read to its end.
@@ -252,10 +270,12 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
         .expect("append");
     // Both jobs have joined these clicks before the stop: the table they restore has its
     // watermark at 14 s, which makes the next changelog row late.
-    running.wait_for_events(4).await;
+    running
+        .wait_for_events(&["clicks_by_country", "clicks_per_country"], 4)
+        .await;
     running.stop().await;
 
-    let running = Running::start(dir.path()).await;
+    let running = Running::start(dir.path(), AS_OF_JOBS).await;
     // Behind the table's watermark: late, and the table keeps FR for a at 12 s.
     running
         .log
@@ -339,5 +359,109 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
         let reason = late[0].1["_reason"].as_str().expect("_reason");
         assert!(reason.contains("table's watermark"), "{job}: {reason}");
     }
+    running.stop().await;
+}
+
+/// The interval join: `clicks` paired with the updates of their user within the 5 s after
+/// them (bounds inclusive), `LEFT`, counted per user and window. Every task holds the
+/// updates (the second stream, broadcast as the table is); a click with none is counted
+/// with nulls once the interval has passed. The updates stream goes quiet before the last
+/// clicks: once it is read to its end it stops holding the join's watermark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_join_job_pairs_each_click_with_the_updates_in_its_interval_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = "clicks_then_updates";
+    let jobs = r#"
+[[jobs]]
+name = "clicks_then_updates"
+sql = """
+SELECT c.user_id, window_start, window_end, COUNT(*) AS pairs, COUNT(u.country) AS updated
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND) AS c
+LEFT JOIN user_updates AS u ON c.user_id = u.user_id
+  AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '5' SECOND
+GROUP BY c.user_id, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+allowed-lateness = "0s"
+"#;
+    let running = Running::start(dir.path(), jobs).await;
+    // a: clicks at 1 and 12, updates at 3 (paired with 1) and 20 (after 12's interval).
+    // b: clicks at 5 and 21, updates at 5 (at 5's lower edge), 26 (at 21's upper edge), 27.
+    running
+        .log
+        .append(
+            "user_updates",
+            vec![update("a", 3, Some("FR")), update("b", 5, Some("US"))],
+        )
+        .await
+        .expect("append");
+    running
+        .log
+        .append("clicks", vec![click("a", 1), click("b", 5), click("a", 12)])
+        .await
+        .expect("append");
+    running.wait_for_events(&[job], 3).await;
+    running.stop().await;
+
+    let running = Running::start(dir.path(), jobs).await;
+    running
+        .log
+        .append(
+            "user_updates",
+            vec![
+                update("a", 20, Some("DE")),
+                update("b", 26, Some("US")),
+                update("b", 27, Some("US")),
+            ],
+        )
+        .await
+        .expect("append");
+    running
+        .log
+        .append(
+            "clicks",
+            vec![click("b", 21), click("a", 60), click("b", 60)],
+        )
+        .await
+        .expect("append");
+    // (user, window start) to (pairs, updated).
+    let expected: BTreeMap<(String, i64), (u64, u64)> = [
+        (("user-a", 0), (1, 1)),
+        (("user-b", 0), (1, 1)),
+        (("user-a", 10), (1, 0)),
+        (("user-b", 20), (1, 1)),
+    ]
+    .into_iter()
+    .map(|((user, second), counts)| ((user.to_string(), second), counts))
+    .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let windows: BTreeMap<(String, i64), (u64, u64)> = final_rows(running.log.as_ref(), job)
+            .await
+            .into_iter()
+            .map(|(second, row)| {
+                (
+                    (
+                        row["user_id"].as_str().expect("user_id").to_string(),
+                        second,
+                    ),
+                    (
+                        row["pairs"].as_u64().expect("pairs"),
+                        row["updated"].as_u64().expect("updated"),
+                    ),
+                )
+            })
+            .collect();
+        if windows == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "final windows {windows:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = read_all(running.log.as_ref(), &late_topic(job)).await;
+    assert!(late.is_empty(), "{late:?}");
     running.stop().await;
 }
