@@ -126,6 +126,21 @@ impl Stream {
     }
 }
 
+/// The join tests' config: `clicks` (event_time, user_id, page) and `user_updates`, 2
+/// partitions each, keyed by `user_id`, with the table `users` over the second; data in
+/// `data_dir`; the stream-processor checkpointing every `checkpoint_interval` (e.g.
+/// `"100ms"`), its metrics on a free port; then `jobs`, as written.
+pub fn join_config(data_dir: &std::path::Path, checkpoint_interval: &str, jobs: &str) -> String {
+    let clicks = Stream::clicks(2, Some("user_id"), &["event_time", "user_id", "page"]).toml();
+    let user_updates = Stream::user_updates(2).toml();
+    format!(
+        "version = \"1\"\n[storage]\ndata-dir = \"{}\"\n[stream-processor]\n\
+         checkpoint-interval = \"{checkpoint_interval}\"\nmetrics-listen = \"127.0.0.1:0\"\n\
+         {clicks}\n{user_updates}\n{jobs}",
+        data_dir.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,25 +54,7 @@ allowed-lateness = "0s"
 /// The config of the test's streams and the table `users`, with `jobs`.
 fn write_config(root: &Path, jobs: &str) -> Config {
     let path = root.join("runnel.toml");
-    let clicks = runnel_testkit::streams::Stream::clicks(
-        2,
-        Some("user_id"),
-        &["event_time", "user_id", "page"],
-    )
-    .toml();
-    let user_updates = runnel_testkit::streams::Stream::user_updates(2).toml();
-    let toml = format!(
-        r#"version = "1"
-[storage]
-data-dir = "{data}"
-[stream-processor]
-checkpoint-interval = "100ms"
-metrics-listen = "127.0.0.1:0"
-{clicks}
-{user_updates}
-{jobs}"#,
-        data = root.join("data").display(),
-    );
+    let toml = runnel_testkit::streams::join_config(&root.join("data"), "100ms", jobs);
     std::fs::write(&path, toml).expect("write config");
     Config::load(&[path], &Default::default()).expect("valid config")
 }
