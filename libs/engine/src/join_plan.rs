@@ -478,11 +478,11 @@ fn position_at(location: Location) -> SqlPosition {
     }
 }
 
-fn position_of(node: &impl Spanned) -> SqlPosition {
+pub(crate) fn position_of(node: &impl Spanned) -> SqlPosition {
     position_at(node.span().start)
 }
 
-fn unsupported(position: SqlPosition, message: impl Into<String>) -> EngineError {
+pub(crate) fn unsupported(position: SqlPosition, message: impl Into<String>) -> EngineError {
     EngineError::Unsupported {
         position,
         message: message.into(),
@@ -490,7 +490,7 @@ fn unsupported(position: SqlPosition, message: impl Into<String>) -> EngineError
 }
 
 /// The byte offset of `location` (line and column from 1, columns in characters) in `text`.
-fn byte_offset(text: &str, location: Location) -> Option<usize> {
+pub(crate) fn byte_offset(text: &str, location: Location) -> Option<usize> {
     let mut line_start = 0;
     for _ in 1..location.line {
         line_start += text[line_start..].find('\n')? + 1;
@@ -506,7 +506,7 @@ fn byte_offset(text: &str, location: Location) -> Option<usize> {
 
 /// The byte offset just past the parenthesis that closes the one opening at or after
 /// `from`, skipping quoted text.
-fn past_closing_paren(text: &str, from: usize) -> Option<usize> {
+pub(crate) fn past_closing_paren(text: &str, from: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
     for (offset, ch) in text[from..].char_indices() {
@@ -528,7 +528,7 @@ fn past_closing_paren(text: &str, from: usize) -> Option<usize> {
 }
 
 /// The top-level AND terms of `expr`.
-fn split_conjuncts(expr: &ast::Expr, into: &mut Vec<ast::Expr>) {
+pub(crate) fn split_conjuncts(expr: &ast::Expr, into: &mut Vec<ast::Expr>) {
     match unnest(expr) {
         ast::Expr::BinaryOp {
             left,
@@ -543,7 +543,7 @@ fn split_conjuncts(expr: &ast::Expr, into: &mut Vec<ast::Expr>) {
 }
 
 /// `expr` without the parentheses around it.
-fn unnest(mut expr: &ast::Expr) -> &ast::Expr {
+pub(crate) fn unnest(mut expr: &ast::Expr) -> &ast::Expr {
     while let ast::Expr::Nested(inner) = expr {
         expr = inner;
     }
@@ -898,7 +898,7 @@ fn sql_name(name: &str) -> String {
 
 /// Finds the column `name` (as SQL compares names: case-insensitively unless quoted;
 /// here, exactly first, then case-insensitively).
-fn column_index(schema: &Schema, name: &str) -> Option<usize> {
+pub(crate) fn column_index(schema: &Schema, name: &str) -> Option<usize> {
     schema.index_of(name).ok().or_else(|| {
         schema
             .fields()

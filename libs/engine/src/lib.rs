@@ -34,6 +34,7 @@ mod snapshot;
 mod table;
 mod temporal_join;
 mod window;
+mod window_join;
 
 pub use error::{EngineError, EventError, SqlPosition};
 pub use interval_join::{IntervalJoin, IntervalJoinOutput, IntervalJoinSpec};
@@ -60,3 +61,4 @@ pub use temporal_join::{
     TemporalJoinSpec,
 };
 pub use window::{EVENT_TIME_RANGE_MS, MAX_WINDOW_INTERVAL_MS, WindowSpec};
+pub use window_join::{WindowJoin, WindowJoinPlan, recompute_window_join};

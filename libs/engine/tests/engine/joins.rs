@@ -207,7 +207,7 @@ fn changes_batch(changes: &[Change]) -> RecordBatch {
 }
 
 /// Largest disorder of the generated clicks.
-const DISORDER_MS: i64 = 3_000;
+pub(crate) const DISORDER_MS: i64 = 3_000;
 
 fn clicks() -> impl Strategy<Value = Vec<Click>> {
     prop::collection::vec((0i64..1_500, 0i64..=DISORDER_MS, 0u8..5, 1i64..100), 0..120).prop_map(
@@ -243,7 +243,7 @@ fn changes() -> impl Strategy<Value = Vec<Change>> {
     })
 }
 
-fn cut<T: Clone>(rows: &[T], cuts: &[usize]) -> Vec<Vec<T>> {
+pub(crate) fn cut<T: Clone>(rows: &[T], cuts: &[usize]) -> Vec<Vec<T>> {
     let mut pieces = Vec::new();
     let mut start = 0;
     for &cut in cuts {
@@ -580,7 +580,7 @@ GROUP BY o.region, window_start, window_end";
 const INTERVAL_LOWER_MS: i64 = -1_000;
 const INTERVAL_UPPER_MS: i64 = 5_000;
 
-fn orders_schema() -> SchemaRef {
+pub(crate) fn orders_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("ts", DataType::Int64, true),
         Field::new("oid", DataType::Utf8, true),
@@ -588,7 +588,7 @@ fn orders_schema() -> SchemaRef {
     ]))
 }
 
-fn payments_schema() -> SchemaRef {
+pub(crate) fn payments_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("ts", DataType::Int64, true),
         Field::new("oid", DataType::Utf8, true),
@@ -598,9 +598,9 @@ fn payments_schema() -> SchemaRef {
 
 /// An order or a payment: event time (ms), order id, and a region (orders) or amount
 /// (payments).
-type Row = (i64, String, i64);
+pub(crate) type Row = (i64, String, i64);
 
-fn orders_batch(rows: &[Row]) -> RecordBatch {
+pub(crate) fn orders_batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(
         orders_schema(),
         vec![
@@ -616,7 +616,7 @@ fn orders_batch(rows: &[Row]) -> RecordBatch {
     .expect("orders batch")
 }
 
-fn payments_batch(rows: &[Row]) -> RecordBatch {
+pub(crate) fn payments_batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(
         payments_schema(),
         vec![
@@ -631,7 +631,7 @@ fn payments_batch(rows: &[Row]) -> RecordBatch {
 }
 
 /// Rows with at most `DISORDER_MS` of disorder over 6 order ids.
-fn stream_rows(values: u8) -> impl Strategy<Value = Vec<Row>> {
+pub(crate) fn stream_rows(values: u8) -> impl Strategy<Value = Vec<Row>> {
     prop::collection::vec(
         (0i64..1_500, 0i64..=DISORDER_MS, 0u8..6, 0u8..values),
         0..80,

@@ -6,3 +6,4 @@ mod joins;
 mod memory;
 mod properties;
 mod support;
+mod window_joins;
