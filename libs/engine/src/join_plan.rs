@@ -584,6 +584,12 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
         ));
     }
     let how = "a join is `[LEFT] JOIN <table> FOR SYSTEM_TIME AS OF <stream>.<event time> AS <alias> ON <stream>.<column> = <alias>.<key>`, or `[LEFT] JOIN <stream> AS <alias> ON <stream>.<column> = <alias>.<column> AND <alias>.<event time> BETWEEN <stream>.<event time> + INTERVAL ... AND <stream>.<event time> + INTERVAL ...`";
+    if matches!(from.relation, TableFactor::Derived { .. }) {
+        return Err(unsupported(
+            position_of(&from.relation),
+            "a join of two windowed aggregates (`FROM (SELECT ...) AS a JOIN (SELECT ...) AS b`) is a window join: compile it with WindowJoinPlan",
+        ));
+    }
     let TableFactor::Table {
         name: window_name,
         alias: stream_alias,

@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use runnel_config::{Config, FieldConfig, FieldType, JobConfig, StreamConfig};
 use runnel_engine::{
     JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions, StreamSource, TableSource,
+    WindowJoinPlan,
 };
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
 
@@ -285,6 +286,15 @@ impl Job {
             message,
         };
         let sql = job.sql_text().map_err(|error| fail(error.to_string()))?;
+        if WindowJoinPlan::streams_of(&sql)
+            .map_err(|error| fail(error.to_string()))?
+            .is_some()
+        {
+            return Err(fail(
+                "joins two windowed aggregates on their windows, which `runnel run` runs (live and recompute) but the services do not yet: run each side as a job of its own"
+                    .to_string(),
+            ));
+        }
         let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
         let stream_config = config.stream(&stream_name).ok_or_else(|| {
             fail(format!(
@@ -548,6 +558,25 @@ mod tests {
         let error = Job::compile(&config, &job).unwrap_err().to_string();
         assert!(
             error.contains("`user_updates` in an interval") && error.contains("stream's key"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_join_of_two_windowed_aggregates_is_refused_by_name() {
+        let (config, job) = config_with_job(
+            "SELECT c.user_id, c.window_start, c.n, u.updates \
+             FROM (SELECT user_id, window_start, window_end, COUNT(*) AS n \
+                   FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
+                   GROUP BY user_id, window_start, window_end) AS c \
+             JOIN (SELECT user_id, window_start, window_end, COUNT(*) AS updates \
+                   FROM TUMBLE(user_updates, event_time, INTERVAL '1' MINUTE) \
+                   GROUP BY user_id, window_start, window_end) AS u \
+             ON c.user_id = u.user_id AND c.window_start = u.window_start",
+        );
+        let error = Job::compile(&config, &job).unwrap_err().to_string();
+        assert!(
+            error.contains("joins two windowed aggregates") && error.contains("`runnel run`"),
             "{error}"
         );
     }

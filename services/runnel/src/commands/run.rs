@@ -15,7 +15,8 @@ use parquet::arrow::ArrowWriter;
 use runnel_config::Config;
 use runnel_engine::{
     JobPlan, JoinSources, LiveJoin, LiveJoinOptions, OperatorOptions, OperatorOutput,
-    PreparedBatch, ShardedOperator, StreamSource, TableSource,
+    PreparedBatch, ShardedOperator, StreamSource, TableSource, WindowJoin, WindowJoinPlan,
+    WindowOperator,
 };
 
 use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
@@ -31,7 +32,8 @@ pub(crate) struct RunArgs {
     /// otherwise the Parquet schema, or inferred from the first 1000 rows. A job that joins
     /// a table takes two, by name: `--input clicks=clicks.jsonl --input users=users.jsonl`
     /// (a table's changelog, declared with `[[tables]]`, or the other stream of an interval
-    /// join, is read whole before the stream).
+    /// join, is read whole before the stream). A join of two windowed aggregates takes each
+    /// side's stream by name, read a batch of each in turn.
     #[arg(long, value_name = "[NAME=]FILE", required = true)]
     input: Vec<String>,
     /// Results: `.parquet` or `.jsonl`. Late events go beside it, in `<name>.late.<ext>`.
@@ -142,8 +144,9 @@ fn times_as_rfc3339(batch: &RecordBatch) -> anyhow::Result<RecordBatch> {
     )?)
 }
 
-/// `results.jsonl` -> `results.late.jsonl`.
-fn late_path(out: &Path) -> PathBuf {
+/// `results.jsonl` -> `results.late.jsonl`; with a stream (a window join's sides, whose late
+/// events differ in their columns), `results.late.<stream>.jsonl`.
+fn late_path(out: &Path, stream: Option<&str>) -> PathBuf {
     let stem = out
         .file_stem()
         .map(|stem| stem.to_string_lossy().into_owned())
@@ -152,7 +155,10 @@ fn late_path(out: &Path) -> PathBuf {
         .extension()
         .map(|extension| extension.to_string_lossy().into_owned())
         .unwrap_or_default();
-    out.with_file_name(format!("{stem}.late.{extension}"))
+    match stream {
+        Some(stream) => out.with_file_name(format!("{stem}.late.{stream}.{extension}")),
+        None => out.with_file_name(format!("{stem}.late.{extension}")),
+    }
 }
 
 /// The files `--input` names: the stream's, and the joined table's changelog or stream's.
@@ -187,7 +193,7 @@ impl Inputs {
                     .is_some_and(|name| name.eq_ignore_ascii_case(table))
             {
                 if table_file.replace((table.to_string(), path)).is_some() {
-                    bail!("--input names the table `{table}` twice");
+                    bail!("--input names `{table}` twice");
                 }
             } else if is(&name, stream) {
                 if stream_file.replace(path).is_some() {
@@ -196,7 +202,7 @@ impl Inputs {
             } else {
                 let name = name.unwrap_or_default();
                 let reads = match table {
-                    Some(table) => format!("the stream `{stream}` and the table `{table}`"),
+                    Some(table) => format!("`{stream}` and `{table}`"),
                     None => format!("the stream `{stream}`"),
                 };
                 bail!("--input names `{name}`, but the job reads {reads}");
@@ -214,6 +220,58 @@ impl Inputs {
             table: table_file,
         })
     }
+}
+
+/// A stream's file as `runnel run` reads it: with the schema the config declares for the
+/// stream (not for Parquet, which carries its own), else the file's own or one inferred;
+/// and the stream's event time column (the declared one, else the SQL's).
+fn read_stream(
+    config: &Config,
+    stream: &str,
+    time_column: &str,
+    path: &Path,
+    batch_size: usize,
+) -> anyhow::Result<(SchemaRef, String, FileFormat, BatchIter)> {
+    let format = FileFormat::of(path)?;
+    let declared = config
+        .stream(stream)
+        .filter(|_| format != FileFormat::Parquet);
+    let (schema, batches) = open_input(
+        path,
+        format,
+        declared.map(declared_schema),
+        time_column,
+        batch_size,
+    )?;
+    let event_time = declared.map_or(time_column, |stream| stream.event_time.as_str());
+    Ok((schema, event_time.to_string(), format, batches))
+}
+
+/// Registers a file read by [`read_stream`] as the table `name` of a recompute: a Parquet
+/// file where it is, any other read whole into memory with `schema`.
+fn register_input(
+    context: &datafusion::prelude::SessionContext,
+    name: &str,
+    (path, format, batches): (&Path, FileFormat, BatchIter),
+    schema: SchemaRef,
+) -> anyhow::Result<()> {
+    if format == FileFormat::Parquet {
+        let file = path.to_string_lossy().into_owned();
+        tokio::runtime::Handle::current()
+            .block_on(context.register_parquet(
+                name,
+                &file,
+                datafusion::prelude::ParquetReadOptions::default(),
+            ))
+            .with_context(|| format!("register {}", path.display()))?;
+    } else {
+        let batches = batches
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("read {}", path.display()))?;
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+        context.register_table(name, Arc::new(table))?;
+    }
+    Ok(())
 }
 
 /// The other input of a join job, read whole: a table's changelog, or a second stream.
@@ -273,28 +331,28 @@ fn read_joined(
 pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(&args.sql)
         .with_context(|| format!("read {}", args.sql.display()))?;
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if let Some(streams) =
+        WindowJoinPlan::streams_of(&sql).with_context(|| format!("check {}", args.sql.display()))?
+    {
+        return run_window_join(&args, config, &sql, streams);
+    }
     let (stream, time_column) =
         JobPlan::source_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
     let table =
         JobPlan::joined_of(&sql).with_context(|| format!("check {}", args.sql.display()))?;
-    if args.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let inputs = Inputs::of(&args.input, &stream, table.as_deref())?;
-    let input_format = FileFormat::of(&inputs.stream)?;
     let output_format =
         FileFormat::of_one_of(&args.out, &[FileFormat::Parquet, FileFormat::Jsonl])?;
-    let declared = config
-        .stream(&stream)
-        .filter(|_| input_format != FileFormat::Parquet);
-    let (schema, batches) = open_input(
-        &inputs.stream,
-        input_format,
-        declared.map(declared_schema),
+    let (schema, event_time, input_format, batches) = read_stream(
+        config,
+        &stream,
         &time_column,
+        &inputs.stream,
         args.batch_size,
     )?;
-    let event_time = declared.map_or(time_column.as_str(), |stream| stream.event_time.as_str());
     let joined = inputs
         .table
         .as_ref()
@@ -304,7 +362,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         JobPlan::compile_joined(
             &sql,
             schema,
-            event_time,
+            &event_time,
             &joined
                 .as_ref()
                 .map_or_else(JoinSources::default, |joined| joined.sources.clone()),
@@ -376,7 +434,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
         None => std::thread::available_parallelism().map_or(1, |cores| cores.get().max(2) - 1),
     };
     let mut operator = ShardedOperator::new(Arc::clone(&plan), options, shards)?;
-    let late_out = late_path(&args.out);
+    let late_out = late_path(&args.out, None);
     let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
     let mut late_file = OutputFile::create(&late_out, output_format, operator.late_schema())?;
     // Four threads in a pipeline, a few batches apart: the file is read and decoded on one,
@@ -551,25 +609,10 @@ fn run_recompute(
     );
     const STREAM: &str = "runnel_input";
     let runtime = tokio::runtime::Handle::current();
-    if input_format == FileFormat::Parquet {
-        let path = input.to_string_lossy().into_owned();
-        runtime
-            .block_on(context.register_parquet(
-                STREAM,
-                &path,
-                datafusion::prelude::ParquetReadOptions::default(),
-            ))
-            .with_context(|| format!("register {}", input.display()))?;
-    } else {
-        let batches = batches
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("read {}", input.display()))?;
-        let schema = plan
-            .join()
-            .map_or_else(|| plan.stream_schema(), |join| join.stream_schema());
-        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-        context.register_table(STREAM, Arc::new(table))?;
-    }
+    let schema = plan
+        .join()
+        .map_or_else(|| plan.stream_schema(), |join| join.stream_schema());
+    register_input(&context, STREAM, (input, input_format, batches), schema)?;
     let mut table = STREAM;
     if let (Some(joined), Some(join_plan)) = (joined, plan.join()) {
         const RIGHT: &str = "runnel_joined_input";
@@ -614,6 +657,179 @@ fn run_recompute(
         "{} results to {}",
         results.iter().map(RecordBatch::num_rows).sum::<usize>(),
         args.out.display()
+    ))
+}
+
+/// `runnel run` of a join of two windowed aggregates: each side's stream through its own
+/// window operator (live: a batch of each file in turn, both sides' results and watermarks
+/// into the `WindowJoin`), or each side recomputed and the two joined (recompute).
+fn run_window_join(
+    args: &RunArgs,
+    config: &Config,
+    sql: &str,
+    streams: [(String, String); 2],
+) -> anyhow::Result<()> {
+    if args.early_emit.is_some() {
+        bail!(
+            "a join of two windowed aggregates joins final results only: --early-emit does not apply"
+        );
+    }
+    if args.shards.is_some_and(|shards| shards != 1) {
+        bail!(
+            "a join of two windowed aggregates runs one operator per side: --shards does not apply"
+        );
+    }
+    let inputs = Inputs::of(&args.input, &streams[0].0, Some(&streams[1].0))?;
+    let Some((_, right_path)) = &inputs.table else {
+        bail!(
+            "give the stream `{}`'s events: --input {0}=FILE",
+            streams[1].0
+        );
+    };
+    let paths = [inputs.stream.as_path(), right_path.as_path()];
+    let output_format =
+        FileFormat::of_one_of(&args.out, &[FileFormat::Parquet, FileFormat::Jsonl])?;
+    let [left, right] = [0, 1].map(|side| {
+        read_stream(
+            config,
+            &streams[side].0,
+            &streams[side].1,
+            paths[side],
+            args.batch_size,
+        )
+    });
+    let (
+        (left_schema, left_time, left_format, left_batches),
+        (right_schema, right_time, right_format, right_batches),
+    ) = (left?, right?);
+    let plan = Arc::new(
+        WindowJoinPlan::compile(
+            sql,
+            [
+                (left_schema, left_time.as_str()),
+                (right_schema, right_time.as_str()),
+            ],
+            &runnel_jobs::job_limits(config),
+        )
+        .with_context(|| format!("compile {}", args.sql.display()))?,
+    );
+    if args.mode == RunMode::Recompute {
+        let limit = config.batch_reprocessor.recompute_memory_limit;
+        let context = runnel_engine::recompute_context(
+            runnel_engine::recompute_config(),
+            runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))?,
+        );
+        const TABLES: [&str; 2] = ["runnel_left_input", "runnel_right_input"];
+        register_input(
+            &context,
+            TABLES[0],
+            (paths[0], left_format, left_batches),
+            plan.left().stream_schema(),
+        )?;
+        register_input(
+            &context,
+            TABLES[1],
+            (paths[1], right_format, right_batches),
+            plan.right().stream_schema(),
+        )?;
+        let results = tokio::runtime::Handle::current()
+            .block_on(runnel_engine::recompute_window_join(
+                &plan, &context, TABLES,
+            ))
+            .context("recompute the job")?;
+        let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
+        results_file.write(&results)?;
+        results_file.finish()?;
+        return print_summary(&format!(
+            "{} results to {}",
+            results.iter().map(RecordBatch::num_rows).sum::<usize>(),
+            args.out.display()
+        ));
+    }
+    let options = OperatorOptions {
+        partitions: 1,
+        max_out_of_orderness: args.max_out_of_orderness,
+        allowed_lateness: args.allowed_lateness,
+        idle_timeout: None,
+        early_emit_interval: None,
+    };
+    let mut operators = [
+        WindowOperator::new(Arc::clone(plan.left()), options)?,
+        WindowOperator::new(Arc::clone(plan.right()), options)?,
+    ];
+    let mut join = WindowJoin::new(Arc::clone(&plan), args.allowed_lateness);
+    let late_paths = [0, 1].map(|side| late_path(&args.out, Some(&streams[side].0)));
+    let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
+    let mut late_files = [
+        OutputFile::create(&late_paths[0], output_format, operators[0].late_schema())?,
+        OutputFile::create(&late_paths[1], output_format, operators[1].late_schema())?,
+    ];
+    let mut batches = [left_batches, right_batches];
+    let (mut n_events, mut n_results, mut n_late, mut n_errors) =
+        ([0usize; 2], 0usize, [0usize; 2], 0usize);
+    let mut ended = [false, false];
+    // One batch of each side in turn, as two logs read side by side; a side's end finishes
+    // its operator (its watermark to the end of time).
+    while ended != [true, true] {
+        for side in 0..2 {
+            if ended[side] {
+                continue;
+            }
+            let (output, watermark) = match batches[side].next() {
+                Some(batch) => {
+                    let batch = batch.with_context(|| {
+                        format!(
+                            "read {} after {} events",
+                            paths[side].display(),
+                            n_events[side]
+                        )
+                    })?;
+                    let start = n_events[side];
+                    n_events[side] += batch.num_rows();
+                    let output = operators[side].process(0, &batch, 0)?;
+                    for error in &output.errors {
+                        n_errors += 1;
+                        if n_errors <= 20 {
+                            tracing::warn!(file = %paths[side].display(), row = start + error.row, reason = %error.reason, "event rejected");
+                        }
+                    }
+                    (output, operators[side].watermark())
+                }
+                None => {
+                    ended[side] = true;
+                    (operators[side].finish()?, i64::MAX)
+                }
+            };
+            n_late[side] += output
+                .late_events
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum::<usize>();
+            late_files[side].write(&output.late_events)?;
+            join.results(side, &output.results)?;
+            let joined = join.advance(side, watermark)?;
+            n_results += joined.iter().map(RecordBatch::num_rows).sum::<usize>();
+            results_file.write(&joined)?;
+        }
+    }
+    results_file
+        .finish()
+        .with_context(|| format!("write {}", args.out.display()))?;
+    for (file, path) in late_files.into_iter().zip(&late_paths) {
+        file.finish()
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    print_summary(&format!(
+        "{} {} events and {} {} events: {n_results} results to {}, {} late to {}, {} late to {}, {n_errors} rejected",
+        n_events[0],
+        streams[0].0,
+        n_events[1],
+        streams[1].0,
+        args.out.display(),
+        n_late[0],
+        late_paths[0].display(),
+        n_late[1],
+        late_paths[1].display(),
     ))
 }
 
@@ -667,12 +883,16 @@ mod tests {
     #[test]
     fn late_events_go_beside_the_results() {
         assert_eq!(
-            late_path(Path::new("out/results.jsonl")),
+            late_path(Path::new("out/results.jsonl"), None),
             Path::new("out/results.late.jsonl")
         );
         assert_eq!(
-            late_path(Path::new("r.parquet")),
+            late_path(Path::new("r.parquet"), None),
             Path::new("r.late.parquet")
+        );
+        assert_eq!(
+            late_path(Path::new("r.jsonl"), Some("payments")),
+            Path::new("r.late.payments.jsonl")
         );
     }
 }
