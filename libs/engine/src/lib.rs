@@ -16,6 +16,10 @@
 //!   an interval of event time ([`IntervalJoin`], its rows put back in order by
 //!   [`TimeOrder`]); the windows then run over the joined rows, and recompute joins in
 //!   DataFusion ([`register_joined`]).
+//! - A job may join two windowed aggregates on their windows ([`WindowJoinPlan`], Nexmark
+//!   q8 as written): each side runs as its own job, and [`WindowJoin`] pairs their final
+//!   results of a window once neither side can change them; recompute joins the two sides'
+//!   recomputed results ([`recompute_window_join`]).
 #![warn(missing_docs)]
 
 mod error;
