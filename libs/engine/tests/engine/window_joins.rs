@@ -41,11 +41,25 @@ fn compile(sql: &str) -> Result<WindowJoinPlan, EngineError> {
 }
 
 fn job(left: bool) -> Arc<WindowJoinPlan> {
-    let sql = if left {
+    hop_job(left, false)
+}
+
+/// [`JOB`], `LEFT` or not, with 10 s windows every 5 s where `hop`.
+fn hop_job(left: bool, hop: bool) -> Arc<WindowJoinPlan> {
+    let mut sql = if left {
         JOB.replace("\nJOIN", "\nLEFT JOIN")
     } else {
         JOB.to_string()
     };
+    if hop {
+        for stream in ["orders", "payments"] {
+            sql = sql.replace(
+                &format!("TUMBLE({stream}, ts, INTERVAL '10' SECOND)"),
+                &format!("HOP({stream}, ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND)"),
+            );
+        }
+        assert!(!sql.contains("TUMBLE"));
+    }
     Arc::new(compile(&sql).expect("compiles"))
 }
 
@@ -276,24 +290,32 @@ fn joined(results: &[RecordBatch]) -> Joined {
     rows
 }
 
-/// The plain rule: each side grouped by order id and window, then joined on both.
-fn reference(orders: &[Row], payments: &[Row], left: bool) -> Joined {
-    let window = |ts: i64| ts.div_euclid(WINDOW_MS) * WINDOW_MS;
+/// The plain rule: each side grouped by order id and window, then joined on both. Windows
+/// are 10 s long, every 10 s, or every 5 s where `hop`.
+fn reference(orders: &[Row], payments: &[Row], left: bool, hop: bool) -> Joined {
+    let slide = if hop { WINDOW_MS / 2 } else { WINDOW_MS };
+    // The starts of the windows `[start, start + 10 s)` that hold `ts`.
+    let windows = |ts: i64| {
+        let last = ts.div_euclid(slide) * slide;
+        (0..WINDOW_MS / slide).map(move |nth| last - nth * slide)
+    };
     let mut per_order: BTreeMap<(i64, String), (i64, String)> = BTreeMap::new();
     for (ts, oid, region) in orders {
-        let entry = per_order
-            .entry((window(*ts), oid.clone()))
-            .or_insert((0, format!("r{region}")));
-        entry.0 += 1;
-        entry.1 = entry.1.clone().min(format!("r{region}"));
+        for start in windows(*ts) {
+            let entry = per_order
+                .entry((start, oid.clone()))
+                .or_insert((0, format!("r{region}")));
+            entry.0 += 1;
+            entry.1 = entry.1.clone().min(format!("r{region}"));
+        }
     }
     let mut per_payment: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
     for (ts, oid, paid) in payments {
-        let entry = per_payment
-            .entry((window(*ts), oid.clone()))
-            .or_insert((0, 0));
-        entry.0 += 1;
-        entry.1 += paid;
+        for start in windows(*ts) {
+            let entry = per_payment.entry((start, oid.clone())).or_insert((0, 0));
+            entry.0 += 1;
+            entry.1 += paid;
+        }
     }
     per_order
         .into_iter()
@@ -481,16 +503,17 @@ proptest! {
         payment_cuts in prop::collection::vec(any::<usize>(), 0..8),
         order in prop::collection::vec(any::<bool>(), 0..20),
         left in any::<bool>(),
+        hop in any::<bool>(),
         lateness_ms in prop_oneof![Just(0u64), 1u64..8_000],
     ) {
-        let plan = job(left);
+        let plan = hop_job(left, hop);
         let batches = [
             cut(&orders, &order_cuts).iter().map(|rows| orders_batch(rows)).collect(),
             cut(&payments, &payment_cuts).iter().map(|rows| payments_batch(rows)).collect(),
         ];
         let output = live(&plan, batches, &order, Duration::from_millis(lateness_ms));
         prop_assert_eq!(output.late, [0, 0]);
-        prop_assert_eq!(joined(&output.results), reference(&orders, &payments, left));
+        prop_assert_eq!(joined(&output.results), reference(&orders, &payments, left, hop));
         prop_assert_eq!(rendered(&output.results), rendered(&recomputed(&plan, &orders, &payments)));
     }
 }
