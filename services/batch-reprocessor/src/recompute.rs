@@ -375,7 +375,7 @@ pub async fn recompute_view(
         .unwrap_or_default();
     // A join job's other input: a table's changelog, every version before each chunk's
     // end; or a second stream, its rows within the interval around the chunk's.
-    let changelog = match &job.joined {
+    let other_history = match &job.joined {
         Some(table) => runnel_archive::load_manifest(
             store.as_ref(),
             &config.archive.prefix,
@@ -402,8 +402,8 @@ pub async fn recompute_view(
             .map(|horizon| match interval_of(job) {
                 // An interval join's rows up to the horizon pair with the second stream's up
                 // to the horizon plus the interval's upper bound: its history must hold them.
-                Some((_, upper)) if !changelog.is_empty() => horizon.min(
-                    history_horizon(job, &changelog)
+                Some((_, upper)) if !other_history.is_empty() => horizon.min(
+                    history_horizon(job, &other_history)
                         .map_or(i64::MIN, |other| other.saturating_sub(upper.max(0))),
                 ),
                 _ => horizon,
@@ -545,7 +545,7 @@ pub async fn recompute_view(
             Some(table) => {
                 register_table_history(
                     job,
-                    (table, &changelog),
+                    (table, &other_history),
                     &chunk.events,
                     (&context, Arc::clone(&store), request.workers),
                 )

@@ -215,13 +215,12 @@ impl JoinInput {
         let mut joined = Joined::default();
         self.read_changelog(&mut joined).await?;
         if self.join.waiting() > 0
-            && self.drained.iter().all(|drained| *drained)
             && self
                 .end_checked
                 .is_none_or(|checked| checked.elapsed() >= END_CHECK)
         {
             self.end_checked = Some(Instant::now());
-            if at_end(context, self.input().stream.name(), self.offsets.clone()).await? {
+            if self.read_to_end(context).await? {
                 let output = self
                     .join
                     .other_at_end()
@@ -260,7 +259,7 @@ impl JoinInput {
                 break;
             }
             if self.drained.iter().all(|drained| *drained) {
-                if at_end(context, self.input().stream.name(), self.offsets.clone()).await? {
+                if self.read_to_end(context).await? {
                     break;
                 }
                 tokio::select! {
@@ -293,6 +292,14 @@ impl JoinInput {
             ];
         }
         Ok(Some(joined))
+    }
+
+    /// Whether every partition's last read found nothing new and the log, asked now, holds
+    /// nothing past where it was read to. (`&mut`: a `&self` held across the await would ask
+    /// the readers to be `Sync`.)
+    async fn read_to_end(&mut self, context: &TaskContext) -> Result<bool, StreamProcessorError> {
+        Ok(self.drained.iter().all(|drained| *drained)
+            && at_end(context, self.input().stream.name(), self.offsets.clone()).await?)
     }
 
     /// Reads what the changelog has, a bounded number of batches per partition, into the

@@ -186,10 +186,11 @@ impl Router {
             let routed = match batch {
                 Some(batch) => {
                     self.told_at_end = None;
-                    let Some(rows) = self.rows(&batch, &shutdown).await? else {
+                    let input = self.job.project(&batch)?;
+                    let Some(rows) = self.rows(&input, &shutdown).await? else {
                         break;
                     };
-                    self.route(&batch, &rows)?
+                    self.route(&input, &rows)?
                 }
                 None if self
                     .told_at_end
@@ -248,17 +249,16 @@ impl Router {
             || self.table.as_ref().is_some_and(JoinInput::progressed)
     }
 
-    /// The rows of `batch` (the stream's positioned rows) to route, as the plan's input: the
-    /// batch's, or for a join job the joined rows (the rows late to the join go to the late
-    /// topic). `None` if `shutdown` came while the join waited for its table.
+    /// The rows to route of `input` (a batch of the stream, as the plan's input): `input`'s,
+    /// or for a join job the joined rows (the rows late to the join go to the late topic).
+    /// `None` if `shutdown` came while the join waited for its table.
     async fn rows(
         &mut self,
-        batch: &RecordBatch,
+        input: &RecordBatch,
         shutdown: &CancellationToken,
     ) -> Result<Option<RecordBatch>, StreamProcessorError> {
-        let input = self.job.project(batch)?;
         let Some(table) = &mut self.table else {
-            return Ok(Some(input));
+            return Ok(Some(input.clone()));
         };
         let arrival = input
             .column_by_name(runnel_events::INGEST_TIME_COLUMN)
@@ -267,7 +267,7 @@ impl Router {
             })
             .unwrap_or_default();
         let Some(joined) = table
-            .join_whole(&self.context, (self.partition, &input), shutdown)
+            .join_whole(&self.context, (self.partition, input), shutdown)
             .await?
         else {
             return Ok(None);
@@ -297,28 +297,28 @@ impl Router {
         }))
     }
 
-    /// Copies of `rows` (the plan's input rows of `batch`, the stream's positioned rows from
-    /// the history or the log) keyed by their group, each in the repartition partition its
-    /// key picks, then a progress marker for each partition that has not seen the largest
-    /// event time of the batch.
+    /// Copies of `rows` (the rows to route of `input`, a batch of the stream from the history
+    /// or the log as the plan's input) keyed by their group, each in the repartition
+    /// partition its key picks, then a progress marker for each partition that has not seen
+    /// the largest event time of `input`.
     fn route(
         &mut self,
-        batch: &RecordBatch,
+        input: &RecordBatch,
         rows: &RecordBatch,
     ) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
-        let input = rows;
-        let keys = self.job.plan.group_key_texts(input).map_err(|source| {
-            StreamProcessorError::Engine {
-                job: self.job.name.clone(),
-                source,
-            }
-        })?;
+        let keys =
+            self.job
+                .plan
+                .group_key_texts(rows)
+                .map_err(|source| StreamProcessorError::Engine {
+                    job: self.job.name.clone(),
+                    source,
+                })?;
         let routed = &self.job.routed;
-        let values = runnel_events::encode_records(&routed.stream, &routed.declared(input)?)
+        let values = runnel_events::encode_records(&routed.stream, &routed.declared(rows)?)
             .map_err(StreamProcessorError::Encode)?;
         let column = |name: &str| {
-            input
-                .column_by_name(name)
+            rows.column_by_name(name)
                 .ok_or_else(|| StreamProcessorError::Job {
                     job: self.job.name.clone(),
                     message: format!("routed rows without `{name}`"),
@@ -334,8 +334,13 @@ impl Router {
                 .ok()
                 .map(|times| times.as_primitive::<Int64Type>().iter().collect())
         };
-        let (row_times, batch_times) = (event_times(input), event_times(&self.job.project(batch)?));
-        let mut routed = Vec::with_capacity(input.num_rows());
+        let row_times = event_times(rows);
+        // A join's rows are not the batch's (an inner join drops some): the batch's own.
+        let batch_times = match &self.table {
+            Some(_) => event_times(input),
+            None => None,
+        };
+        let mut routed = Vec::with_capacity(rows.num_rows());
         for (row, value) in values.into_iter().enumerate() {
             // A row whose key fails goes on with an empty key; the window task that gets it
             // finds the same failure and sends the event to the late topic with its reason.
@@ -367,10 +372,9 @@ impl Router {
         // so its largest event time is the partition's progress.
         let progress = batch_times
             .as_ref()
+            .or(row_times.as_ref())
             .and_then(|times| times.iter().flatten().max().copied());
-        let last_ingest_time = self
-            .job
-            .project(batch)?
+        let last_ingest_time = input
             .column_by_name(runnel_events::INGEST_TIME_COLUMN)
             .and_then(|times| {
                 arrow::compute::max(times.as_primitive_opt::<TimestampMillisecondType>()?)
