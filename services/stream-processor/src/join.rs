@@ -214,7 +214,10 @@ impl JoinInput {
     ) -> Result<Joined, StreamProcessorError> {
         let mut joined = Joined::default();
         self.read_changelog(&mut joined).await?;
+        // The throttle starts only once every partition is drained (before that, each poll
+        // reads on and asks the log nothing).
         if self.join.waiting() > 0
+            && self.drained.iter().all(|drained| *drained)
             && self
                 .end_checked
                 .is_none_or(|checked| checked.elapsed() >= END_CHECK)
