@@ -42,6 +42,7 @@ use datafusion::sql::sqlparser::ast::{
     self, GroupByExpr, JoinConstraint, JoinOperator, SelectItem, SetExpr, Spanned, Statement,
     TableFactor,
 };
+use futures::TryStreamExt;
 
 use crate::error::{EngineError, SqlPosition};
 use crate::join_plan::{
@@ -912,8 +913,26 @@ pub async fn recompute_window_join(
 ) -> Result<Vec<RecordBatch>, EngineError> {
     const SIDES: [&str; 2] = ["__runnel_window_join_left", "__runnel_window_join_right"];
     for (side, (job, table)) in plan.sides.iter().zip(tables).enumerate() {
-        let results = crate::recompute(job, context, table).await?;
-        let memory = MemTable::try_new(job.result_schema(), vec![results])?;
+        // Each side unordered (the join's ORDER BY is over its far fewer rows), one task per
+        // output partition, kept as the in-memory table's partitions.
+        let tasks: Vec<_> = crate::recompute_windows(job, context, table)
+            .await?
+            .into_iter()
+            .map(|stream| {
+                datafusion::common::runtime::SpawnedTask::spawn(
+                    stream
+                        .map_ok(|(results, _)| results)
+                        .try_collect::<Vec<RecordBatch>>(),
+                )
+            })
+            .collect();
+        let mut partitions = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            partitions.push(task.join().await.map_err(|error| {
+                EngineError::plan(format!("a window join side's recompute failed: {error}"))
+            })??);
+        }
+        let memory = MemTable::try_new(job.result_schema(), partitions)?;
         context.deregister_table(SIDES[side])?;
         context.register_table(SIDES[side], Arc::new(memory))?;
     }
