@@ -25,7 +25,7 @@
 //! then joined by DataFusion) give the same rows in the same order: by window start, then
 //! the left key, then the right key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +43,7 @@ use datafusion::sql::sqlparser::ast::{
     TableFactor,
 };
 use futures::TryStreamExt;
+use hashbrown::HashMap;
 
 use crate::error::{EngineError, SqlPosition};
 use crate::join_plan::{
@@ -572,12 +573,8 @@ impl WindowJoinPlan {
         let mut left_rows = Vec::new();
         let mut right_rows: Vec<Option<u32>> = Vec::new();
         for &l in &left_order {
-            let mut found = matches
-                .get(&l)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .to_vec();
-            found.sort_by_key(|&r| right_rank[r as usize]);
+            let mut found = matches[l as usize].clone();
+            found.sort_unstable_by_key(|&r| right_rank[r as usize]);
             if found.is_empty() {
                 if self.kind == JoinKind::Left {
                     left_rows.push(l);
@@ -624,14 +621,12 @@ impl WindowJoinPlan {
         &self,
         left: &RecordBatch,
         right: &RecordBatch,
-    ) -> Result<HashMap<u32, Vec<u32>>, EngineError> {
-        let mut matches: HashMap<u32, Vec<u32>> = HashMap::new();
+    ) -> Result<Vec<Vec<u32>>, EngineError> {
         if self.keys.is_empty() {
-            for l in 0..left.num_rows() as u32 {
-                matches.insert(l, (0..right.num_rows() as u32).collect());
-            }
-            return Ok(matches);
+            let all: Vec<u32> = (0..right.num_rows() as u32).collect();
+            return Ok(vec![all; left.num_rows()]);
         }
+        let mut matches = vec![Vec::new(); left.num_rows()];
         let fields = self
             .keys
             .iter()
@@ -660,12 +655,12 @@ impl WindowJoinPlan {
                     .push(row as u32);
             }
         }
-        for row in 0..left.num_rows() {
+        for (row, matched) in matches.iter_mut().enumerate() {
             if has_null(&left_keys, row) {
                 continue;
             }
             if let Some(found) = by_key.get(&left_rows.row(row)) {
-                matches.insert(row as u32, found.clone());
+                matched.clone_from(found);
             }
         }
         Ok(matches)
@@ -723,7 +718,8 @@ fn key_column(batch: &RecordBatch) -> &StringArray {
 fn by_key(batch: &RecordBatch) -> Vec<u32> {
     let keys = key_column(batch);
     let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_by(|&a, &b| keys.value(a as usize).cmp(keys.value(b as usize)));
+    // Keys are unique (one row per key), so an unstable sort gives one order.
+    order.sort_unstable_by(|&a, &b| keys.value(a as usize).cmp(keys.value(b as usize)));
     order
 }
 
@@ -861,10 +857,13 @@ impl WindowJoin {
             let left = self.held[0].remove(&start);
             let right = self.held[1].remove(&start);
             let Some(left) = left else { continue };
-            let left = last_versions(&self.plan.sides[0].result_schema(), &left)?;
+            // Without lateness a key's row of a window is final once: nothing to drop.
+            let deduplicate = self.lateness_ms > 0;
+            let left = last_versions(&self.plan.sides[0].result_schema(), &left, deduplicate)?;
             let right = last_versions(
                 &self.plan.sides[1].result_schema(),
                 right.as_deref().unwrap_or_default(),
+                deduplicate,
             )?;
             out.extend(self.plan.join_window(start, &left, &right)?);
         }
@@ -881,9 +880,17 @@ impl WindowJoin {
     }
 }
 
-/// One window's result rows of a side, the last version of each key kept.
-fn last_versions(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch, EngineError> {
+/// One window's result rows of a side, the last version of each key kept (where
+/// `deduplicate`; else each key has one).
+fn last_versions(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    deduplicate: bool,
+) -> Result<RecordBatch, EngineError> {
     let all = concat_batches(schema, batches)?;
+    if !deduplicate {
+        return Ok(all);
+    }
     let keys = key_column(&all);
     let mut last: HashMap<&str, u32> = HashMap::with_capacity(all.num_rows());
     for row in 0..all.num_rows() {
