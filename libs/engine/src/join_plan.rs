@@ -489,6 +489,26 @@ pub(crate) fn unsupported(position: SqlPosition, message: impl Into<String>) -> 
     }
 }
 
+/// The kind of `join` and its constraint: `[INNER] JOIN` or `LEFT JOIN`; any other refused
+/// at its position, `how` saying what to write.
+pub(crate) fn join_kind<'a>(
+    join: &'a ast::Join,
+    how: &str,
+) -> Result<(JoinKind, &'a JoinConstraint), EngineError> {
+    match &join.join_operator {
+        JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
+            Ok((JoinKind::Inner, constraint))
+        }
+        JoinOperator::Left(constraint) | JoinOperator::LeftOuter(constraint) => {
+            Ok((JoinKind::Left, constraint))
+        }
+        _ => Err(unsupported(
+            position_of(&join.relation),
+            format!("only [INNER] JOIN and LEFT JOIN are supported; {how}"),
+        )),
+    }
+}
+
 /// The byte offset of `location` (line and column from 1, columns in characters) in `text`.
 pub(crate) fn byte_offset(text: &str, location: Location) -> Option<usize> {
     let mut line_start = 0;
@@ -628,20 +648,7 @@ pub(crate) fn split_join(sql: &str) -> Result<Option<JoinClause>, EngineError> {
     let table_alias = table_alias
         .as_ref()
         .map_or_else(|| table.clone(), |alias| alias.name.value.clone());
-    let (kind, constraint) = match &join.join_operator {
-        JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
-            (JoinKind::Inner, constraint)
-        }
-        JoinOperator::Left(constraint) | JoinOperator::LeftOuter(constraint) => {
-            (JoinKind::Left, constraint)
-        }
-        _ => {
-            return Err(unsupported(
-                position_of(&join.relation),
-                format!("only [INNER] JOIN and LEFT JOIN are supported; {how}"),
-            ));
-        }
-    };
+    let (kind, constraint) = join_kind(join, how)?;
     let JoinConstraint::On(on) = constraint else {
         return Err(unsupported(
             table_position,

@@ -488,6 +488,24 @@ impl JobPlan {
 }
 
 /// Windows are reported as timestamps in milliseconds, without a time zone (UTC).
+/// The columns every result row ends with, after the user's.
+pub(crate) const BOOKKEEPING_COLUMNS: [&str; 4] = [
+    KEY_COLUMN,
+    WINDOW_START_COLUMN,
+    VERSION_COLUMN,
+    FINAL_COLUMN,
+];
+
+/// The fields of [`BOOKKEEPING_COLUMNS`].
+pub(crate) fn bookkeeping_fields() -> [Field; 4] {
+    [
+        Field::new(KEY_COLUMN, DataType::Utf8, false),
+        Field::new(WINDOW_START_COLUMN, window_time_type(), false),
+        Field::new(VERSION_COLUMN, DataType::UInt32, false),
+        Field::new(FINAL_COLUMN, DataType::Boolean, false),
+    ]
+}
+
 pub(crate) fn window_time_type() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, None)
 }
@@ -1182,12 +1200,7 @@ fn lower(
         .iter()
         .map(|field| field.as_ref().clone())
         .collect();
-    for reserved in [
-        KEY_COLUMN,
-        WINDOW_START_COLUMN,
-        VERSION_COLUMN,
-        FINAL_COLUMN,
-    ] {
+    for reserved in BOOKKEEPING_COLUMNS {
         if result_fields.iter().any(|field| field.name() == reserved) {
             return Err(EngineError::Invalid {
                 position: locator.output_name_position(reserved),
@@ -1197,10 +1210,7 @@ fn lower(
             });
         }
     }
-    result_fields.push(Field::new(KEY_COLUMN, DataType::Utf8, false));
-    result_fields.push(Field::new(WINDOW_START_COLUMN, window_time_type(), false));
-    result_fields.push(Field::new(VERSION_COLUMN, DataType::UInt32, false));
-    result_fields.push(Field::new(FINAL_COLUMN, DataType::Boolean, false));
+    result_fields.extend(bookkeeping_fields());
 
     Ok(JobPlan {
         sql: sql.to_string(),

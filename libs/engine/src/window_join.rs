@@ -34,31 +34,29 @@ use arrow::array::{
     TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::{concat_batches, take};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    self, GroupByExpr, JoinConstraint, JoinOperator, SelectItem, SetExpr, Spanned, Statement,
-    TableFactor,
+    self, GroupByExpr, JoinConstraint, SelectItem, SetExpr, Spanned, Statement, TableFactor,
 };
 use futures::TryStreamExt;
 use hashbrown::HashMap;
 
 use crate::error::{EngineError, SqlPosition};
 use crate::join_plan::{
-    byte_offset, column_index, parse_statements, past_closing_paren, position_of, split_conjuncts,
-    unnest, unsupported,
+    byte_offset, column_index, join_kind, parse_statements, past_closing_paren, position_of,
+    split_conjuncts, unnest, unsupported,
 };
 use crate::plan::{
-    FINAL_COLUMN, JobLimits, JobPlan, KEY_COLUMN, VERSION_COLUMN, WINDOW_END, WINDOW_START,
-    WINDOW_START_COLUMN, window_time_type,
+    BOOKKEEPING_COLUMNS, JobLimits, JobPlan, WINDOW_END, WINDOW_START, bookkeeping_fields,
 };
 use crate::temporal_join::JoinKind;
 use crate::window::WindowSpec;
 
-/// The columns every result row ends with, after the user's.
-const BOOKKEEPING: usize = 4;
+/// How many columns every result row ends with, after the user's.
+const BOOKKEEPING: usize = BOOKKEEPING_COLUMNS.len();
 
 const HOW: &str = "a join of two windowed aggregates is `SELECT <a>.<column>, ... FROM (<windowed job>) AS <a> [LEFT] JOIN (<windowed job>) AS <b> ON <a>.window_start = <b>.window_start [AND <a>.<column> = <b>.<column> ...]`";
 
@@ -210,20 +208,7 @@ fn split_window_join(sql: &str) -> Result<Option<WindowJoinClause>, EngineError>
             format!("a windowed aggregate in FROM is joined with exactly one other; {HOW}"),
         ));
     };
-    let (kind, constraint) = match &join.join_operator {
-        JoinOperator::Join(constraint) | JoinOperator::Inner(constraint) => {
-            (JoinKind::Inner, constraint)
-        }
-        JoinOperator::Left(constraint) | JoinOperator::LeftOuter(constraint) => {
-            (JoinKind::Left, constraint)
-        }
-        _ => {
-            return Err(unsupported(
-                position_of(&join.relation),
-                format!("only [INNER] JOIN and LEFT JOIN are supported; {HOW}"),
-            ));
-        }
-    };
+    let (kind, constraint) = join_kind(join, HOW)?;
     let JoinConstraint::On(on) = constraint else {
         return Err(unsupported(position_of(&join.relation), HOW));
     };
@@ -475,13 +460,7 @@ impl WindowJoinPlan {
                 None => return Err(no_column(column)),
             };
             let name = alias.clone().unwrap_or_else(|| column.name.clone());
-            if name.starts_with('_')
-                && [
-                    KEY_COLUMN,
-                    WINDOW_START_COLUMN,
-                    VERSION_COLUMN,
-                    FINAL_COLUMN,
-                ]
+            if BOOKKEEPING_COLUMNS
                 .iter()
                 .any(|reserved| name.eq_ignore_ascii_case(reserved))
             {
@@ -510,10 +489,7 @@ impl WindowJoinPlan {
             ));
             projection.push((side, index, name));
         }
-        fields.push(Field::new(KEY_COLUMN, DataType::Utf8, false));
-        fields.push(Field::new(WINDOW_START_COLUMN, window_time_type(), false));
-        fields.push(Field::new(VERSION_COLUMN, DataType::UInt32, false));
-        fields.push(Field::new(FINAL_COLUMN, DataType::Boolean, false));
+        fields.extend(bookkeeping_fields());
         Ok(WindowJoinPlan {
             sql: sql.to_string(),
             sides,
