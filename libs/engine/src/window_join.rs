@@ -58,6 +58,10 @@ use crate::window::WindowSpec;
 /// How many columns every result row ends with, after the user's.
 const BOOKKEEPING: usize = BOOKKEEPING_COLUMNS.len();
 
+/// A [`WindowJoin::snapshot`]'s metadata keys.
+const SNAPSHOT_FINGERPRINT: &str = "runnel.window_join.fingerprint";
+const SNAPSHOT_WATERMARKS: &str = "runnel.window_join.watermarks";
+
 const HOW: &str = "a join of two windowed aggregates is `SELECT <a>.<column>, ... FROM (<windowed job>) AS <a> [LEFT] JOIN (<windowed job>) AS <b> ON <a>.window_start = <b>.window_start [AND <a>.<column> = <b>.<column> ...]`";
 
 /// A column the outer query names, as written.
@@ -844,6 +848,82 @@ impl WindowJoin {
             out.extend(self.plan.join_window(start, &left, &right)?);
         }
         Ok(out)
+    }
+
+    /// Serializes the join's state: each side's held rows (in window order, each window's in
+    /// arrival order), the left's with the watermarks and the job's fingerprint in its
+    /// schema's metadata, framed as two parts ([`crate::join_snapshot_parts`]).
+    ///
+    /// # Errors
+    ///
+    /// Failures inside Arrow.
+    pub fn snapshot(&self) -> Result<Vec<u8>, EngineError> {
+        let side = |side: usize, metadata: HashMap<String, String>| {
+            let schema = self.plan.sides[side].result_schema();
+            let held: Vec<RecordBatch> = self.held[side].values().flatten().cloned().collect();
+            let rows = concat_batches(&schema, &held)?;
+            let schema = Arc::new(Schema::new_with_metadata(
+                schema.fields().clone(),
+                metadata.into_iter().collect(),
+            ));
+            crate::snapshot::ipc_bytes(&RecordBatch::try_new(schema, rows.columns().to_vec())?)
+        };
+        let metadata = HashMap::from([
+            (
+                SNAPSHOT_FINGERPRINT.to_string(),
+                crate::snapshot::fnv1a(&self.plan.sql),
+            ),
+            (
+                SNAPSHOT_WATERMARKS.to_string(),
+                format!("{} {}", self.watermarks[0], self.watermarks[1]),
+            ),
+        ]);
+        Ok(crate::snapshot::join_parts(
+            &side(0, metadata)?,
+            &side(1, HashMap::new())?,
+        ))
+    }
+
+    /// Rebuilds a join from [`WindowJoin::snapshot`] bytes; it continues exactly as the one
+    /// that took the snapshot would have.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Snapshot`]: bytes that are not such a snapshot, or one of another job.
+    pub fn restore(
+        plan: Arc<WindowJoinPlan>,
+        allowed_lateness: Duration,
+        bytes: &[u8],
+    ) -> Result<WindowJoin, EngineError> {
+        let (left, right) = crate::snapshot::split_parts(bytes, "left side")?;
+        let (left, right) = (
+            crate::snapshot::read_ipc(left)?,
+            crate::snapshot::read_ipc(right)?,
+        );
+        let metadata = left.schema().metadata().clone();
+        let corrupt = |what: &str| EngineError::Snapshot(format!("a window join snapshot {what}"));
+        if metadata.get(SNAPSHOT_FINGERPRINT) != Some(&crate::snapshot::fnv1a(&plan.sql)) {
+            return Err(corrupt("of another job"));
+        }
+        let watermarks: Vec<i64> = metadata
+            .get(SNAPSHOT_WATERMARKS)
+            .ok_or_else(|| corrupt("without watermarks"))?
+            .split(' ')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|_| corrupt("with unreadable watermarks"))?;
+        let [left_mark, right_mark] = watermarks[..] else {
+            return Err(corrupt("without two watermarks"));
+        };
+        let mut join = WindowJoin::new(plan, allowed_lateness);
+        for (side, rows) in [left, right].into_iter().enumerate() {
+            let schema = join.plan.sides[side].result_schema();
+            let rows = RecordBatch::try_new(schema, rows.columns().to_vec())
+                .map_err(|error| corrupt(&format!("whose side {side} does not fit: {error}")))?;
+            join.results(side, &[rows])?;
+        }
+        join.watermarks = [left_mark, right_mark];
+        Ok(join)
     }
 
     /// Result rows held, over both sides.

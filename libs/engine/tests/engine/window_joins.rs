@@ -188,6 +188,18 @@ fn live(
     order: &[bool],
     lateness: Duration,
 ) -> Live {
+    live_restored(plan, batches, order, lateness, None)
+}
+
+/// [`live`]; with `restore_at`, both window operators and the join are snapshotted and
+/// restored from their snapshots before that batch.
+fn live_restored(
+    plan: &Arc<WindowJoinPlan>,
+    batches: [Vec<RecordBatch>; 2],
+    order: &[bool],
+    lateness: Duration,
+    restore_at: Option<usize>,
+) -> Live {
     let options = OperatorOptions {
         partitions: 1,
         max_out_of_orderness: Duration::from_millis(DISORDER_MS as u64),
@@ -208,6 +220,16 @@ fn live(
     let mut steps = order.iter().copied().chain(std::iter::repeat(true));
     let mut arrival = 0;
     let mut step = |side: usize, batch: Option<RecordBatch>, out: &mut Live| {
+        if restore_at.is_some_and(|at| at as i64 == arrival) {
+            for (side, plan) in [plan.left(), plan.right()].into_iter().enumerate() {
+                let bytes = operators[side].snapshot().expect("snapshot the windows");
+                operators[side] = WindowOperator::restore(Arc::clone(plan), options, &bytes)
+                    .expect("restore the windows");
+            }
+            let bytes = join.snapshot().expect("snapshot the join");
+            join =
+                WindowJoin::restore(Arc::clone(plan), lateness, &bytes).expect("restore the join");
+        }
         arrival += 1;
         let (output, watermark) = match batch {
             Some(batch) => {
@@ -516,4 +538,38 @@ proptest! {
         prop_assert_eq!(joined(&output.results), reference(&orders, &payments, left, hop));
         prop_assert_eq!(rendered(&output.results), rendered(&recomputed(&plan, &orders, &payments)));
     }
+
+    #[test]
+    fn a_window_join_restored_at_a_random_step_continues_like_the_original(
+        orders in stream_rows(3),
+        payments in stream_rows(50),
+        order_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        payment_cuts in prop::collection::vec(any::<usize>(), 0..8),
+        order in prop::collection::vec(any::<bool>(), 0..20),
+        left in any::<bool>(),
+        lateness_ms in prop_oneof![Just(0u64), 1u64..8_000],
+        restore_at in 0usize..18,
+    ) {
+        let plan = job(left);
+        let batches = || -> [Vec<RecordBatch>; 2] {[
+            cut(&orders, &order_cuts).iter().map(|rows| orders_batch(rows)).collect(),
+            cut(&payments, &payment_cuts).iter().map(|rows| payments_batch(rows)).collect(),
+        ]};
+        let lateness = Duration::from_millis(lateness_ms);
+        let unbroken = live(&plan, batches(), &order, lateness);
+        let restored = live_restored(&plan, batches(), &order, lateness, Some(restore_at));
+        prop_assert_eq!(rendered(&unbroken.results), rendered(&restored.results));
+        prop_assert_eq!(unbroken.late, restored.late);
+    }
+}
+
+#[test]
+fn a_window_join_snapshot_of_another_job_is_refused() {
+    let join = WindowJoin::new(job(false), Duration::ZERO);
+    let bytes = join.snapshot().expect("snapshot");
+    let error = WindowJoin::restore(job(true), Duration::ZERO, &bytes)
+        .expect_err("another job's snapshot")
+        .to_string();
+    assert!(error.contains("of another job"), "{error}");
+    assert!(WindowJoin::restore(job(false), Duration::ZERO, &bytes[..10]).is_err());
 }
