@@ -346,6 +346,14 @@ impl LiveJoin {
         }
     }
 
+    /// Says that about `rows` rows of the other input are coming at once (`runnel run` reads
+    /// it whole first): a table makes room for as many keys.
+    pub fn other_rows_hint(&mut self, rows: usize) {
+        if let Kind::AsOf(join) = &mut self.kind {
+            join.reserve_table(rows);
+        }
+    }
+
     /// Rows of the other input the join holds: the table's versions, or the second stream's
     /// stored rows.
     pub fn other_rows(&self) -> usize {

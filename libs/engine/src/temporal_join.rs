@@ -226,6 +226,11 @@ impl TemporalJoin {
         self.table_watermark
     }
 
+    /// Makes room in the table for `keys` more keys (see [`VersionedTable::reserve`]).
+    pub fn reserve_table(&mut self, keys: usize) {
+        self.table.reserve(keys);
+    }
+
     /// The table's versions held (a delete is one).
     pub fn table_versions(&self) -> usize {
         self.table.n_versions()
