@@ -377,6 +377,23 @@ fn row(ts: i64, oid: &str, value: i64) -> Row {
     (ts, oid.to_string(), value)
 }
 
+/// One batch of side `side` through its operator into the join: the joined rows it lets
+/// out, and how many of its events were late.
+fn feed(
+    join: &mut WindowJoin,
+    operator: &mut WindowOperator,
+    side: usize,
+    batch: &RecordBatch,
+) -> (Vec<RecordBatch>, usize) {
+    let out = operator.process(0, batch, 0).expect("process");
+    join.results(side, &out.results).expect("results");
+    let late = out.late_events.iter().map(RecordBatch::num_rows).sum();
+    (
+        join.advance(side, operator.watermark()).expect("advance"),
+        late,
+    )
+}
+
 #[test]
 fn a_window_is_joined_once_both_sides_are_past_its_end_and_lateness() {
     let plan = job(true);
@@ -391,52 +408,52 @@ fn a_window_is_joined_once_both_sides_are_past_its_end_and_lateness() {
     let mut orders_op = WindowOperator::new(Arc::clone(plan.left()), options).expect("op");
     let mut payments_op = WindowOperator::new(Arc::clone(plan.right()), options).expect("op");
     let mut join = WindowJoin::new(Arc::clone(&plan), lateness);
-    let mut feed_orders = |join: &mut WindowJoin, rows: &[Row]| {
-        let out = orders_op
-            .process(0, &orders_batch(rows), 0)
-            .expect("orders");
-        join.results(0, &out.results).expect("results");
-        let late = out
-            .late_events
-            .iter()
-            .map(RecordBatch::num_rows)
-            .sum::<usize>();
-        (
-            join.advance(0, orders_op.watermark()).expect("advance"),
-            late,
-        )
-    };
-    let mut feed_payments = |join: &mut WindowJoin, rows: &[Row]| {
-        let out = payments_op
-            .process(0, &payments_batch(rows), 0)
-            .expect("payments");
-        join.results(1, &out.results).expect("results");
-        let late = out
-            .late_events
-            .iter()
-            .map(RecordBatch::num_rows)
-            .sum::<usize>();
-        (
-            join.advance(1, payments_op.watermark()).expect("advance"),
-            late,
-        )
-    };
     // Window [0 s, 10 s): o1 paid at 9.999 s (in it) and at 10 s (the next window's); o2
     // never pays in it (LEFT: nulls).
-    feed_orders(&mut join, &[row(1_000, "o1", 1), row(2_000, "o2", 2)]);
-    feed_payments(&mut join, &[row(9_999, "o1", 4), row(10_000, "o1", 8)]);
+    feed(
+        &mut join,
+        &mut orders_op,
+        0,
+        &orders_batch(&[row(1_000, "o1", 1), row(2_000, "o2", 2)]),
+    );
+    feed(
+        &mut join,
+        &mut payments_op,
+        1,
+        &payments_batch(&[row(9_999, "o1", 4), row(10_000, "o1", 8)]),
+    );
     // Both watermarks past the window's end: it has fired on both sides, but a late event
     // may still update it for 5 s, so nothing is joined yet.
-    let (out, _) = feed_orders(&mut join, &[row(12_000, "o3", 1)]);
+    let (out, _) = feed(
+        &mut join,
+        &mut orders_op,
+        0,
+        &orders_batch(&[row(12_000, "o3", 1)]),
+    );
     assert!(out.is_empty());
     // A late payment within the lateness updates the payments' window [0, 10 s).
-    let (out, late) = feed_payments(&mut join, &[row(3_000, "o1", 16), row(14_000, "o3", 1)]);
+    let (out, late) = feed(
+        &mut join,
+        &mut payments_op,
+        1,
+        &payments_batch(&[row(3_000, "o1", 16), row(14_000, "o3", 1)]),
+    );
     assert_eq!((out.len(), late), (0, 0));
     // The orders reach 15 s (the window's end plus the lateness); the payments are at 14 s:
     // the join waits for the slower side.
-    let (out, _) = feed_orders(&mut join, &[row(15_000, "o3", 1)]);
+    let (out, _) = feed(
+        &mut join,
+        &mut orders_op,
+        0,
+        &orders_batch(&[row(15_000, "o3", 1)]),
+    );
     assert!(out.is_empty());
-    let (out, late) = feed_payments(&mut join, &[row(15_000, "o9", 1), row(3_500, "o2", 32)]);
+    let (out, late) = feed(
+        &mut join,
+        &mut payments_op,
+        1,
+        &payments_batch(&[row(15_000, "o9", 1), row(3_500, "o2", 32)]),
+    );
     // The payment at 3.5 s came at watermark 15 s: too late, not counted anywhere.
     assert_eq!(late, 1);
     let rows = joined(&out);
