@@ -563,6 +563,7 @@ pub async fn register_joined(
     Ok(())
 }
 
-fn quote_ident(name: &str) -> String {
+/// `name` as a quoted SQL identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -50,13 +50,24 @@ use crate::join_plan::{
     split_conjuncts, unnest, unsupported,
 };
 use crate::plan::{
-    BOOKKEEPING_COLUMNS, JobLimits, JobPlan, WINDOW_END, WINDOW_START, bookkeeping_fields,
+    BOOKKEEPING_COLUMNS, FINAL_COLUMN, JobLimits, JobPlan, KEY_COLUMN, WINDOW_END, WINDOW_START,
+    WINDOW_START_COLUMN, bookkeeping_fields,
 };
+use crate::recompute::quote_ident;
 use crate::temporal_join::JoinKind;
 use crate::window::WindowSpec;
 
 /// How many columns every result row ends with, after the user's.
 const BOOKKEEPING: usize = BOOKKEEPING_COLUMNS.len();
+
+/// The index of the bookkeeping column `column` among a result's `n_columns`.
+fn bookkeeping_index(n_columns: usize, column: &str) -> usize {
+    let at = BOOKKEEPING_COLUMNS
+        .iter()
+        .position(|name| *name == column)
+        .expect("one of BOOKKEEPING_COLUMNS");
+    n_columns - BOOKKEEPING + at
+}
 
 /// A [`WindowJoin::snapshot`]'s metadata keys.
 const SNAPSHOT_FINGERPRINT: &str = "runnel.window_join.fingerprint";
@@ -98,6 +109,19 @@ struct SideClause {
     alias: String,
     sql: String,
     position: SqlPosition,
+}
+
+impl SideClause {
+    /// The side's SQL, refused at its position when it joins anything itself.
+    fn one_source_sql(&self) -> Result<&str, EngineError> {
+        if JobPlan::joined_of(&self.sql)?.is_some() {
+            return Err(unsupported(
+                self.position,
+                "a side of a window join reads one stream, without a join of its own",
+            ));
+        }
+        Ok(&self.sql)
+    }
 }
 
 /// A window join as parsed, before the streams' schemas are known.
@@ -299,15 +323,7 @@ impl WindowJoinPlan {
         let Some(clause) = split_window_join(sql)? else {
             return Ok(None);
         };
-        let side = |side: &SideClause| -> Result<(String, String), EngineError> {
-            if JobPlan::joined_of(&side.sql)?.is_some() {
-                return Err(unsupported(
-                    side.position,
-                    "a side of a window join reads one stream, without a join of its own",
-                ));
-            }
-            JobPlan::source_of(&side.sql)
-        };
+        let side = |side: &SideClause| JobPlan::source_of(side.one_source_sql()?);
         Ok(Some([side(&clause.sides[0])?, side(&clause.sides[1])?]))
     }
 
@@ -330,13 +346,7 @@ impl WindowJoinPlan {
         };
         let [(left_schema, left_time), (right_schema, right_time)] = inputs;
         let compile_side = |side: &SideClause, schema: SchemaRef, time: &str| {
-            if JobPlan::joined_of(&side.sql)?.is_some() {
-                return Err(unsupported(
-                    side.position,
-                    "a side of a window join reads one stream, without a join of its own",
-                ));
-            }
-            JobPlan::compile(&side.sql, schema, time, limits).map(Arc::new)
+            JobPlan::compile(side.one_source_sql()?, schema, time, limits).map(Arc::new)
         };
         let sides = [
             compile_side(&clause.sides[0], left_schema, left_time)?,
@@ -458,9 +468,10 @@ impl WindowJoinPlan {
             let index = match user_column(&sides[side], &column.name) {
                 Some(index) => index,
                 // The window's start is in every result row, selected or not.
-                None if is_named(column, WINDOW_START) => {
-                    sides[side].result_schema().fields().len() - BOOKKEEPING + 1
-                }
+                None if is_named(column, WINDOW_START) => bookkeeping_index(
+                    sides[side].result_schema().fields().len(),
+                    WINDOW_START_COLUMN,
+                ),
                 None => return Err(no_column(column)),
             };
             let name = alias.clone().unwrap_or_else(|| column.name.clone());
@@ -549,11 +560,11 @@ impl WindowJoinPlan {
         for (rank, &row) in by_key(right).iter().enumerate() {
             right_rank[row as usize] = rank;
         }
-        let matches = self.matches(left, right)?;
+        let mut matches = self.matches(left, right)?;
         let mut left_rows = Vec::new();
         let mut right_rows: Vec<Option<u32>> = Vec::new();
         for &l in &left_order {
-            let mut found = matches[l as usize].clone();
+            let found = &mut matches[l as usize];
             found.sort_unstable_by_key(|&r| right_rank[r as usize]);
             if found.is_empty() {
                 if self.kind == JoinKind::Left {
@@ -562,7 +573,7 @@ impl WindowJoinPlan {
                 }
                 continue;
             }
-            for r in found {
+            for &r in found.iter() {
                 left_rows.push(l);
                 right_rows.push(Some(r));
             }
@@ -690,7 +701,7 @@ fn user_column(plan: &JobPlan, name: &str) -> Option<usize> {
 
 fn key_column(batch: &RecordBatch) -> &StringArray {
     batch
-        .column(batch.num_columns() - BOOKKEEPING)
+        .column(bookkeeping_index(batch.num_columns(), KEY_COLUMN))
         .as_string::<i32>()
 }
 
@@ -774,9 +785,11 @@ impl WindowJoin {
                 )));
             }
             let n = batch.num_columns();
-            let finals = batch.column(n - 1).as_boolean();
+            let finals = batch
+                .column(bookkeeping_index(n, FINAL_COLUMN))
+                .as_boolean();
             let starts = batch
-                .column(n - 3)
+                .column(bookkeeping_index(n, WINDOW_START_COLUMN))
                 .as_primitive::<TimestampMillisecondType>();
             let mut by_start: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
             for row in 0..batch.num_rows() {
@@ -818,10 +831,8 @@ impl WindowJoin {
         };
         *mark = (*mark).max(watermark);
         let closed_to = self.watermarks[0].min(self.watermarks[1]);
-        let size_ms = match self.plan.window() {
-            WindowSpec::Tumble { size_ms } | WindowSpec::Hop { size_ms, .. } => size_ms,
-            WindowSpec::Session { gap_ms } => gap_ms,
-        };
+        // Both sides TUMBLE or HOP (compile refuses sessions): a window is `size_ms` long.
+        let size_ms = self.plan.window().size_ms();
         let closes = |start: i64| {
             start
                 .saturating_add(size_ms)
@@ -999,29 +1010,24 @@ pub async fn recompute_window_join(
         context.deregister_table(SIDES[side])?;
         context.register_table(SIDES[side], Arc::new(memory))?;
     }
-    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
     let column = |side: usize, index: usize| {
         format!(
             "{}.{}",
             ["l", "r"][side],
-            quote(plan.sides[side].result_schema().field(index).name())
+            quote_ident(plan.sides[side].result_schema().field(index).name())
         )
     };
-    let n = |side: usize| plan.sides[side].result_schema().fields().len();
+    let (key, window_start) = (quote_ident(KEY_COLUMN), quote_ident(WINDOW_START_COLUMN));
     let mut select: Vec<String> = plan
         .projection
         .iter()
         .enumerate()
         .map(|(at, &(side, index, _))| format!("{} AS c{at}", column(side, index)))
         .collect();
-    select.push(format!("{} AS lk", column(0, n(0) - BOOKKEEPING)));
-    select.push(format!("{} AS rk", column(1, n(1) - BOOKKEEPING)));
-    select.push(format!("{} AS ws", column(0, n(0) - BOOKKEEPING + 1)));
-    let mut on = vec![format!(
-        "{} = {}",
-        column(0, n(0) - BOOKKEEPING + 1),
-        column(1, n(1) - BOOKKEEPING + 1)
-    )];
+    select.push(format!("l.{key} AS lk"));
+    select.push(format!("r.{key} AS rk"));
+    select.push(format!("l.{window_start} AS ws"));
+    let mut on = vec![format!("l.{window_start} = r.{window_start}")];
     on.extend(
         plan.keys
             .iter()

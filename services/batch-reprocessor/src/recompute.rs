@@ -1076,14 +1076,14 @@ fn interval_of(job: &Job) -> Option<(i64, i64)> {
 }
 
 /// Registers in `context`, as `joined`, a join job's rows of the chunk (the table
-/// `history`, rows of `events`) joined with its other input's history (`changelog`, its
-/// files): a table's changelog, every row before the chunk's end, ordered within a time by
+/// `history`, rows of `events`) joined with its other input's history (`other_history`,
+/// its files): a table's changelog, every row before the chunk's end, ordered within a time by
 /// the log offset (the table is its changelog as archived when the recompute runs: a
 /// version not yet archived is not seen, the archiver following the log by its roll
 /// interval); or a second stream, its rows within the interval around the chunk's.
 async fn register_table_history(
     job: &Job,
-    (table, changelog): (&runnel_jobs::JoinedInput, &[FileEntry]),
+    (joined, other_history): (&runnel_jobs::JoinedInput, &[FileEntry]),
     events: &Range<i64>,
     (context, store, workers): (
         &datafusion::prelude::SessionContext,
@@ -1097,21 +1097,21 @@ async fn register_table_history(
         }
         None => i64::MIN..events.end,
     };
-    let files: Vec<FileEntry> = changelog
+    let files: Vec<FileEntry> = other_history
         .iter()
         .filter(|file| file.rows > 0 && holds_events_in(file, &before))
         .cloned()
         .collect();
     let history = HistoryTable {
         groups: split(files, workers),
-        job_columns: table.input_columns.clone(),
-        positioned: Arc::new(with_string_views(table.stream.with_position())),
-        schema: Arc::new(with_string_views(&table.input_schema)),
+        job_columns: joined.input_columns.clone(),
+        positioned: Arc::new(with_string_views(joined.stream.with_position())),
+        schema: Arc::new(with_string_views(&joined.input_schema)),
         chunk: Arc::new(ChunkRead {
             store,
-            event_time_column: table.stream.event_time_index(),
+            event_time_column: joined.stream.event_time_index(),
             events: before,
-            // The table's rows are not the job's events: none is counted, and the
+            // The other input's rows are not the job's events: none is counted, and the
             // progress they would move is not the one shown.
             own: 0..0,
             counted: Arc::new(AtomicU64::new(0)),
@@ -1119,13 +1119,13 @@ async fn register_table_history(
         }),
     };
     context
-        .register_table("changelog", Arc::new(history))
+        .register_table("other_history", Arc::new(history))
         .map_err(|source| BatchError::DataFusion(source.to_string()))?;
     runnel_engine::register_joined(
         &job.plan,
         context,
         "history",
-        "changelog",
+        "other_history",
         runnel_events::OFFSET_COLUMN,
         "joined",
     )

@@ -603,11 +603,7 @@ fn run_recompute(
     joined: Option<Joined>,
     output_format: FileFormat,
 ) -> anyhow::Result<()> {
-    let limit = config.batch_reprocessor.recompute_memory_limit;
-    let context = runnel_engine::recompute_context(
-        runnel_engine::recompute_config(),
-        runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))?,
-    );
+    let context = recompute_context(config)?;
     const STREAM: &str = "runnel_input";
     let runtime = tokio::runtime::Handle::current();
     let schema = plan
@@ -651,13 +647,32 @@ fn run_recompute(
     let results = runtime
         .block_on(runnel_engine::recompute(plan, &context, table))
         .context("recompute the job")?;
-    let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
-    results_file.write(&results)?;
+    write_recomputed(&args.out, output_format, plan.result_schema(), &results)
+}
+
+/// A recompute's session: `batch-reprocessor.recompute-memory-limit` bytes, then spilling.
+fn recompute_context(config: &Config) -> anyhow::Result<datafusion::prelude::SessionContext> {
+    let limit = config.batch_reprocessor.recompute_memory_limit;
+    Ok(runnel_engine::recompute_context(
+        runnel_engine::recompute_config(),
+        runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))?,
+    ))
+}
+
+/// Writes a recompute's results to `out` and says how many.
+fn write_recomputed(
+    out: &Path,
+    format: FileFormat,
+    schema: SchemaRef,
+    results: &[RecordBatch],
+) -> anyhow::Result<()> {
+    let mut results_file = OutputFile::create(out, format, schema)?;
+    results_file.write(results)?;
     results_file.finish()?;
     print_summary(&format!(
         "{} results to {}",
         results.iter().map(RecordBatch::num_rows).sum::<usize>(),
-        args.out.display()
+        out.display()
     ))
 }
 
@@ -715,11 +730,7 @@ fn run_window_join(
         .with_context(|| format!("compile {}", args.sql.display()))?,
     );
     if args.mode == RunMode::Recompute {
-        let limit = config.batch_reprocessor.recompute_memory_limit;
-        let context = runnel_engine::recompute_context(
-            runnel_engine::recompute_config(),
-            runnel_engine::recompute_runtime(usize::try_from(limit).unwrap_or(usize::MAX))?,
-        );
+        let context = recompute_context(config)?;
         const TABLES: [&str; 2] = ["runnel_left_input", "runnel_right_input"];
         register_input(
             &context,
@@ -738,14 +749,7 @@ fn run_window_join(
                 &plan, &context, TABLES,
             ))
             .context("recompute the job")?;
-        let mut results_file = OutputFile::create(&args.out, output_format, plan.result_schema())?;
-        results_file.write(&results)?;
-        results_file.finish()?;
-        return print_summary(&format!(
-            "{} results to {}",
-            results.iter().map(RecordBatch::num_rows).sum::<usize>(),
-            args.out.display()
-        ));
+        return write_recomputed(&args.out, output_format, plan.result_schema(), &results);
     }
     let options = OperatorOptions {
         partitions: 1,
