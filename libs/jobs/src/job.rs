@@ -81,6 +81,20 @@ pub struct Job {
     /// What `<job>.repartition` carries, for a repartitioned job: its stream's rows, or for a
     /// join job the joined rows (its routers join).
     pub routed: Routed,
+    /// A join of two windowed aggregates on their windows: `plan` is then its left side, read
+    /// from `stream` (grouped by its key: never repartitioned), and this holds the whole join
+    /// and its right side's stream, which every task reads whole.
+    pub window_join: Option<WindowJoined>,
+}
+
+/// A job that joins two windowed aggregates on their windows: the join, and the stream its
+/// right side reads.
+#[derive(Debug, Clone)]
+pub struct WindowJoined {
+    /// The whole join; its left side is [`Job::plan`].
+    pub plan: Arc<WindowJoinPlan>,
+    /// The right side's stream (`name` is the stream's).
+    pub right: JoinedInput,
 }
 
 /// The rows a repartitioned job's routers write to its repartition topic, in the record
@@ -255,6 +269,31 @@ fn project(
 }
 
 impl Job {
+    /// The schema of the job's results: its window join's, or its plan's.
+    pub fn result_schema(&self) -> SchemaRef {
+        match &self.window_join {
+            Some(window_join) => window_join.plan.result_schema(),
+            None => self.plan.result_schema(),
+        }
+    }
+
+    /// The job's SQL, whole (a window join's plan holds only its left side's).
+    pub fn sql(&self) -> &str {
+        match &self.window_join {
+            Some(window_join) => window_join.plan.sql(),
+            None => self.plan.sql(),
+        }
+    }
+
+    /// The input a join job reads besides its stream: its table's changelog, its second
+    /// stream, or its window join's right side's stream.
+    pub fn other_input(&self) -> Option<&JoinedInput> {
+        self.joined.as_ref().or(self
+            .window_join
+            .as_ref()
+            .map(|window_join| &window_join.right))
+    }
+
     /// The topic the window tasks read: the stream's, or the job's repartition topic.
     pub fn input_topic(&self) -> String {
         if self.repartition {
@@ -286,14 +325,10 @@ impl Job {
             message,
         };
         let sql = job.sql_text().map_err(|error| fail(error.to_string()))?;
-        if WindowJoinPlan::streams_of(&sql)
-            .map_err(|error| fail(error.to_string()))?
-            .is_some()
+        if let Some(streams) =
+            WindowJoinPlan::streams_of(&sql).map_err(|error| fail(error.to_string()))?
         {
-            return Err(fail(
-                "joins two windowed aggregates on their windows, which `runnel run` runs (live and recompute) but the services do not yet: run each side as a job of its own"
-                    .to_string(),
-            ));
+            return Job::compile_window_join(config, job, &sql, streams).map_err(fail);
         }
         let (stream_name, _) = JobPlan::source_of(&sql).map_err(|error| fail(error.to_string()))?;
         let stream_config = config.stream(&stream_name).ok_or_else(|| {
@@ -404,6 +439,88 @@ impl Job {
             config: job.clone(),
             joined,
             routed,
+            window_join: None,
+        })
+    }
+
+    /// Compiles a join of two windowed aggregates on their windows, whose sides read
+    /// `streams` (left, then right: stream and event time column). Each task runs the left
+    /// side over its own partition, so the left must group by its stream's key; it reads the
+    /// right side's stream whole.
+    fn compile_window_join(
+        config: &Config,
+        job: &JobConfig,
+        sql: &str,
+        streams: [(String, String); 2],
+    ) -> Result<Job, String> {
+        let [(left_name, _), (right_name, _)] = &streams;
+        let declared = |name: &str| {
+            config
+                .stream(name)
+                .ok_or_else(|| format!("reads stream `{name}`, which is not declared"))
+        };
+        let (left_config, right_config) = (declared(left_name)?, declared(right_name)?);
+        let stream = StreamSchema::new(left_config);
+        let (input_columns, input_schema) = plan_input(&stream);
+        let right = StreamSchema::new(right_config);
+        let (right_columns, right_schema) = plan_input(&right);
+        let plan = WindowJoinPlan::compile(
+            sql,
+            [
+                (Arc::clone(&input_schema), &left_config.event_time),
+                (Arc::clone(&right_schema), &right_config.event_time),
+            ],
+            &job_limits(config),
+        )
+        .map_err(|error| error.to_string())?;
+        let grouped_by_key = left_config
+            .key
+            .as_ref()
+            .is_some_and(|key| plan.left().groups_by_column(key));
+        if !grouped_by_key {
+            return Err(format!(
+                "joins two windowed aggregates, and its left side groups by {}: each task runs the left side over its own partition, so it must group by its stream's key so far",
+                match &left_config.key {
+                    Some(key) => format!("no column that is the key `{key}` of `{left_name}`"),
+                    None => format!("columns of `{left_name}`, which has no key"),
+                }
+            ));
+        }
+        if job.early_emit_interval.is_some() {
+            return Err(
+                "joins two windowed aggregates, which joins final results only: early-emit-interval does not apply"
+                    .to_string(),
+            );
+        }
+        Ok(Job {
+            repartition: false,
+            name: job.id(),
+            job_name: job.name.clone(),
+            version: job.version,
+            plan: Arc::clone(plan.left()),
+            options: OperatorOptions {
+                partitions: 1,
+                max_out_of_orderness: job.max_out_of_orderness,
+                allowed_lateness: job.allowed_lateness,
+                idle_timeout: job.idle_timeout,
+                early_emit_interval: None,
+            },
+            routed: Routed::of_stream(&stream, &input_columns, &input_schema),
+            stream,
+            input_columns,
+            input_schema,
+            config: job.clone(),
+            joined: None,
+            window_join: Some(WindowJoined {
+                plan: Arc::new(plan),
+                right: JoinedInput {
+                    name: right_config.name.clone(),
+                    stream: right,
+                    partitions: right_config.partitions,
+                    input_columns: right_columns,
+                    input_schema: right_schema,
+                },
+            }),
         })
     }
 }
@@ -563,20 +680,40 @@ mod tests {
     }
 
     #[test]
-    fn a_join_of_two_windowed_aggregates_is_refused_by_name() {
-        let (config, job) = config_with_job(
-            "SELECT c.user_id, c.window_start, c.n, u.updates \
-             FROM (SELECT user_id, window_start, window_end, COUNT(*) AS n \
-                   FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
-                   GROUP BY user_id, window_start, window_end) AS c \
-             JOIN (SELECT user_id, window_start, window_end, COUNT(*) AS updates \
-                   FROM TUMBLE(user_updates, event_time, INTERVAL '1' MINUTE) \
-                   GROUP BY user_id, window_start, window_end) AS u \
-             ON c.user_id = u.user_id AND c.window_start = u.window_start",
+    fn a_join_of_two_windowed_aggregates_runs_when_its_left_groups_by_the_streams_key() {
+        let sql = |group: &str| {
+            format!(
+                "SELECT c.{group}, c.window_start, c.n, u.updates \
+                 FROM (SELECT {group}, window_start, window_end, COUNT(*) AS n \
+                       FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) \
+                       GROUP BY {group}, window_start, window_end) AS c \
+                 JOIN (SELECT user_id, window_start, window_end, COUNT(*) AS updates \
+                       FROM TUMBLE(user_updates, event_time, INTERVAL '1' MINUTE) \
+                       GROUP BY user_id, window_start, window_end) AS u \
+                 ON c.{group} = u.user_id AND c.window_start = u.window_start"
+            )
+        };
+        let (config, job) = config_with_job(&sql("user_id"));
+        let job = Job::compile(&config, &job).expect("compiles");
+        assert!(!job.repartition && job.joined.is_none());
+        let window_join = job.window_join.as_ref().expect("a window join");
+        assert_eq!(
+            (
+                window_join.right.name.as_str(),
+                window_join.right.partitions
+            ),
+            ("user_updates", 4)
         );
+        assert_eq!(
+            job.other_input().map(|input| input.name.as_str()),
+            Some("user_updates")
+        );
+        assert_eq!(job.result_schema(), window_join.plan.result_schema());
+        assert!(job.sql().contains("JOIN (SELECT"), "{}", job.sql());
+        let (config, job) = config_with_job(&sql("page"));
         let error = Job::compile(&config, &job).unwrap_err().to_string();
         assert!(
-            error.contains("joins two windowed aggregates") && error.contains("`runnel run`"),
+            error.contains("joins two windowed aggregates") && error.contains("stream's key"),
             "{error}"
         );
     }

@@ -276,7 +276,7 @@ pub(crate) async fn add_version(
     } else {
         stream
     };
-    let layout = ResultLayout::new(job.plan.result_schema(), job.plan.window());
+    let layout = ResultLayout::new(job.result_schema(), job.plan.window());
     let view = Arc::new(VersionView::new(
         job.name.clone(),
         job.version,
