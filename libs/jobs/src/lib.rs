@@ -31,8 +31,8 @@ pub use catalog::{
     active_path, load_active, register, registered_versions, save_active, version_path,
 };
 pub use job::{
-    Job, JoinedInput, job_group, job_limits, late_topic, members_group, members_topic,
-    repartition_topic, results_topic,
+    Job, JoinedInput, WindowJoined, job_group, job_limits, late_topic, members_group,
+    members_topic, repartition_topic, results_topic,
 };
 
 /// Everything reading or writing what the stages share can fail with.

@@ -29,18 +29,194 @@ use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 use runnel_archive::HybridSource;
 use runnel_engine::{LATE_PARTITION_COLUMN, LiveJoin, LiveJoinOptions, LiveJoinOutput};
+use runnel_events::StreamSchema;
 use runnel_jobs::{Job, JoinedInput};
 use tokio_util::sync::CancellationToken;
 
 use crate::StreamProcessorError;
 use crate::task::TaskContext;
 
-/// Table batches read per changelog partition per call of [`JoinInput::poll`], so that a
-/// long changelog does not hold the stream back for its whole length at once.
-const TABLE_BATCHES_PER_POLL: usize = 16;
+/// Batches read per partition of a join job's other input per poll, so that a long
+/// changelog or second stream does not hold the task's own stream back for its whole length
+/// at once.
+pub(crate) const OTHER_BATCHES_PER_POLL: usize = 16;
 
-/// How often, at most, the changelog's end offsets are asked for while stream rows wait.
-const END_CHECK: Duration = Duration::from_millis(100);
+/// How often, at most, the other input's end offsets are asked for while rows wait on it.
+pub(crate) const END_CHECK: Duration = Duration::from_millis(100);
+
+/// Every partition of a join job's other input (a table's changelog, or a second stream),
+/// read through the hybrid source (its history, then its live log) by each of the job's
+/// tasks, and where it has been read to.
+pub(crate) struct WholeStream {
+    stream: StreamSchema,
+    /// Per partition, its reader (opened by [`WholeStream::open`]).
+    sources: Vec<HybridSource>,
+    /// Per partition, the next offset to read.
+    offsets: Vec<u64>,
+    /// `offsets` at the last checkpoint.
+    checkpointed: Vec<u64>,
+    /// Whether each partition's last read found nothing new.
+    drained: Vec<bool>,
+}
+
+impl WholeStream {
+    /// `input` of job `job`, to be read from `restored` (a checkpoint's offsets, one per
+    /// partition) or, without one, from each partition's start.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::Job`]: a checkpoint of another partition count.
+    pub(crate) fn new(
+        job: &str,
+        input: &JoinedInput,
+        restored: Option<&[u64]>,
+    ) -> Result<WholeStream, StreamProcessorError> {
+        let partitions = input.partitions as usize;
+        let offsets = restored.map(<[u64]>::to_vec).unwrap_or_default();
+        if restored.is_some() && offsets.len() != partitions {
+            return Err(StreamProcessorError::Job {
+                job: job.to_string(),
+                message: format!(
+                    "its checkpoint holds offsets of {} partitions of `{}`, which has {partitions}",
+                    offsets.len(),
+                    input.stream.name()
+                ),
+            });
+        }
+        Ok(WholeStream {
+            stream: input.stream.clone(),
+            sources: Vec::new(),
+            checkpointed: offsets.clone(),
+            offsets,
+            drained: vec![false; partitions],
+        })
+    }
+
+    /// Opens the readers: at the restored offsets, or at each partition's first archived
+    /// offset (the log's earliest when nothing is archived).
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::History`]: a manifest, or a gap between history and log.
+    pub(crate) async fn open(&mut self, context: &TaskContext) -> Result<(), StreamProcessorError> {
+        let mut sources = Vec::new();
+        for partition in 0..self.drained.len() {
+            let start = self.offsets.get(partition).copied();
+            sources.push(
+                context
+                    .open_stream(&self.stream, partition as u32, start)
+                    .await?,
+            );
+        }
+        self.offsets = sources.iter().map(HybridSource::position).collect();
+        if self.checkpointed.is_empty() {
+            self.checkpointed = self.offsets.clone();
+        }
+        self.sources = sources;
+        Ok(())
+    }
+
+    /// The partition count.
+    pub(crate) fn partitions(&self) -> usize {
+        self.drained.len()
+    }
+
+    /// Up to `max` batches of partition `partition` (the stream's positioned columns) that
+    /// are there now; marks the partition drained if a read found nothing new.
+    ///
+    /// # Errors
+    ///
+    /// [`StreamProcessorError::History`]: a history file or the log failed.
+    pub(crate) async fn read(
+        &mut self,
+        partition: usize,
+        max: usize,
+    ) -> Result<Vec<RecordBatch>, StreamProcessorError> {
+        let mut batches = Vec::new();
+        let Some(source) = self.sources.get_mut(partition) else {
+            return Ok(batches);
+        };
+        self.drained[partition] = false;
+        for _ in 0..max {
+            let batch = source
+                .next_batch(Duration::ZERO)
+                .await
+                .map_err(StreamProcessorError::History)?;
+            self.offsets[partition] = source.position();
+            let Some(batch) = batch else {
+                self.drained[partition] = true;
+                break;
+            };
+            batches.push(batch);
+        }
+        Ok(batches)
+    }
+
+    /// Whether every partition's last read found nothing new.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained.iter().all(|drained| *drained)
+    }
+
+    /// Per partition, whether its last read found nothing new and the log, asked now, holds
+    /// nothing past where it was read to. (`&mut`: a `&self` held across the await would ask
+    /// the readers to be `Sync`.)
+    ///
+    /// # Errors
+    ///
+    /// The log's failures.
+    pub(crate) async fn partitions_at_end(
+        &mut self,
+        context: &TaskContext,
+    ) -> Result<Vec<bool>, StreamProcessorError> {
+        let topic = self.stream.name();
+        let mut at_end = Vec::with_capacity(self.offsets.len());
+        for (partition, offset) in self.offsets.iter().enumerate() {
+            if !self.drained[partition] {
+                at_end.push(false);
+                continue;
+            }
+            let end = context
+                .log
+                .latest_offset(topic, partition as u32)
+                .await
+                .map_err(|source| StreamProcessorError::log(topic, source))?;
+            at_end.push(*offset >= end);
+        }
+        Ok(at_end)
+    }
+
+    /// Whether every partition is at its end (see [`WholeStream::partitions_at_end`]).
+    ///
+    /// # Errors
+    ///
+    /// The log's failures.
+    pub(crate) async fn at_end(
+        &mut self,
+        context: &TaskContext,
+    ) -> Result<bool, StreamProcessorError> {
+        Ok(self.drained()
+            && self
+                .partitions_at_end(context)
+                .await?
+                .into_iter()
+                .all(|at_end| at_end))
+    }
+
+    /// The next offset to read, per partition.
+    pub(crate) fn offsets(&self) -> Vec<u64> {
+        self.offsets.clone()
+    }
+
+    /// The offsets of a checkpoint just taken.
+    pub(crate) fn checkpointed(&mut self, offsets: Vec<u64>) {
+        self.checkpointed = offsets;
+    }
+
+    /// Whether the stream was read past where the last checkpoint holds.
+    pub(crate) fn progressed(&self) -> bool {
+        self.offsets != self.checkpointed
+    }
+}
 
 /// A join job's table and its changelog readers, in one task.
 pub(crate) struct JoinInput {
@@ -50,14 +226,8 @@ pub(crate) struct JoinInput {
     /// late changelog row, and the one whose partition is the row's changelog partition
     /// modulo the count reports it.
     task: (u32, u32),
-    /// Per changelog partition, its reader (opened by [`JoinInput::open_sources`]).
-    sources: Vec<HybridSource>,
-    /// Per changelog partition, the next offset to read.
-    offsets: Vec<u64>,
-    /// `offsets` at the last checkpoint.
-    checkpointed: Vec<u64>,
-    /// Whether each partition's last read found nothing new.
-    drained: Vec<bool>,
+    /// The changelog.
+    changelog: WholeStream,
     /// When the changelog's end offsets were last asked for.
     end_checked: Option<Instant>,
 }
@@ -98,47 +268,27 @@ impl JoinInput {
         restored: Option<(&[u8], &[u64])>,
     ) -> Result<JoinInput, StreamProcessorError> {
         let (options, table) = join_options(job)?;
-        let partitions = table.partitions as usize;
+        let changelog = WholeStream::new(&job.name, table, restored.map(|(_, offsets)| offsets))?;
         let engine = |source| StreamProcessorError::Engine {
             job: job.name.clone(),
             source,
         };
-        let (join, offsets) = match restored {
-            Some((state, offsets)) => {
-                if offsets.len() != partitions {
-                    return Err(StreamProcessorError::Job {
-                        job: job.name.clone(),
-                        message: format!(
-                            "its checkpoint holds offsets of {} partitions of the table `{}`'s changelog, which has {partitions}",
-                            offsets.len(),
-                            table.name
-                        ),
-                    });
-                }
-                (
-                    LiveJoin::restore(Arc::clone(&job.plan), &options, state).map_err(engine)?,
-                    offsets.to_vec(),
-                )
+        let join = match restored {
+            Some((state, _)) => {
+                LiveJoin::restore(Arc::clone(&job.plan), &options, state).map_err(engine)?
             }
-            None => (
-                LiveJoin::new(Arc::clone(&job.plan), &options).map_err(engine)?,
-                Vec::new(),
-            ),
+            None => LiveJoin::new(Arc::clone(&job.plan), &options).map_err(engine)?,
         };
         Ok(JoinInput {
             job: Arc::clone(job),
             join,
             task,
-            sources: Vec::new(),
-            checkpointed: offsets.clone(),
-            offsets,
-            drained: vec![false; partitions],
+            changelog,
             end_checked: None,
         })
     }
 
-    /// Opens the changelog's readers: at the restored offsets, or at each partition's first
-    /// archived offset (the log's earliest when nothing is archived).
+    /// Opens the changelog's readers (see [`WholeStream::open`]).
     ///
     /// # Errors
     ///
@@ -147,19 +297,7 @@ impl JoinInput {
         &mut self,
         context: &TaskContext,
     ) -> Result<(), StreamProcessorError> {
-        let table = self.input();
-        let stream = table.stream.clone();
-        let mut sources = Vec::new();
-        for partition in 0..table.partitions {
-            let start = self.offsets.get(partition as usize).copied();
-            sources.push(context.open_stream(&stream, partition, start).await?);
-        }
-        self.offsets = sources.iter().map(HybridSource::position).collect();
-        if self.checkpointed.is_empty() {
-            self.checkpointed = self.offsets.clone();
-        }
-        self.sources = sources;
-        Ok(())
+        self.changelog.open(context).await
     }
 
     fn input(&self) -> &JoinedInput {
@@ -177,17 +315,17 @@ impl JoinInput {
     /// The join's snapshot, and the changelog offsets it goes with.
     pub(crate) fn snapshot(&self) -> Result<(Vec<u8>, Vec<u64>), StreamProcessorError> {
         let state = self.join.snapshot().map_err(|source| self.engine(source))?;
-        Ok((state, self.offsets.clone()))
+        Ok((state, self.changelog.offsets()))
     }
 
     /// The offsets of a checkpoint just taken.
     pub(crate) fn checkpointed(&mut self, offsets: Vec<u64>) {
-        self.checkpointed = offsets;
+        self.changelog.checkpointed(offsets);
     }
 
     /// Whether the changelog was read past where the last checkpoint holds.
     pub(crate) fn progressed(&self) -> bool {
-        self.offsets != self.checkpointed
+        self.changelog.progressed()
     }
 
     /// Stream rows (the plan's stream input) of partition `partition` into the join.
@@ -217,13 +355,13 @@ impl JoinInput {
         // The throttle starts only once every partition is drained (before that, each poll
         // reads on and asks the log nothing).
         if self.join.waiting() > 0
-            && self.drained.iter().all(|drained| *drained)
+            && self.changelog.drained()
             && self
                 .end_checked
                 .is_none_or(|checked| checked.elapsed() >= END_CHECK)
         {
             self.end_checked = Some(Instant::now());
-            if self.read_to_end(context).await? {
+            if self.changelog.at_end(context).await? {
                 let output = self
                     .join
                     .other_at_end()
@@ -261,8 +399,8 @@ impl JoinInput {
             if latest.is_none_or(|latest| latest <= self.join.other_watermark()) {
                 break;
             }
-            if self.drained.iter().all(|drained| *drained) {
-                if self.read_to_end(context).await? {
+            if self.changelog.drained() {
+                if self.changelog.at_end(context).await? {
                     break;
                 }
                 tokio::select! {
@@ -297,29 +435,15 @@ impl JoinInput {
         Ok(Some(joined))
     }
 
-    /// Whether every partition's last read found nothing new and the log, asked now, holds
-    /// nothing past where it was read to. (`&mut`: a `&self` held across the await would ask
-    /// the readers to be `Sync`.)
-    async fn read_to_end(&mut self, context: &TaskContext) -> Result<bool, StreamProcessorError> {
-        Ok(self.drained.iter().all(|drained| *drained)
-            && at_end(context, self.input().stream.name(), self.offsets.clone()).await?)
-    }
-
     /// Reads what the changelog has, a bounded number of batches per partition, into the
-    /// table; marks the partitions whose read found nothing new.
+    /// table.
     async fn read_changelog(&mut self, joined: &mut Joined) -> Result<(), StreamProcessorError> {
-        for partition in 0..self.sources.len() {
-            self.drained[partition] = false;
-            for _ in 0..TABLE_BATCHES_PER_POLL {
-                let batch = self.sources[partition]
-                    .next_batch(Duration::ZERO)
-                    .await
-                    .map_err(StreamProcessorError::History)?;
-                self.offsets[partition] = self.sources[partition].position();
-                let Some(batch) = batch else {
-                    self.drained[partition] = true;
-                    break;
-                };
+        for partition in 0..self.changelog.partitions() {
+            for batch in self
+                .changelog
+                .read(partition, OTHER_BATCHES_PER_POLL)
+                .await?
+            {
                 let input = self.input().project(&batch)?;
                 joined.table_rows += input.num_rows();
                 let output = self
@@ -413,26 +537,6 @@ fn join_options(job: &Job) -> Result<(LiveJoinOptions, &JoinedInput), StreamProc
         allowed_lateness: job.options.allowed_lateness,
     };
     Ok((options, table))
-}
-
-/// Whether topic `topic` has nothing past `offsets` (per partition, the next offset to
-/// read) now.
-async fn at_end(
-    context: &TaskContext,
-    topic: &str,
-    offsets: Vec<u64>,
-) -> Result<bool, StreamProcessorError> {
-    for (partition, offset) in offsets.into_iter().enumerate() {
-        let end = context
-            .log
-            .latest_offset(topic, partition as u32)
-            .await
-            .map_err(|source| StreamProcessorError::log(topic, source))?;
-        if offset < end {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// `batch` with a `_partition` column of `partition` (UInt32), as late records are keyed.

@@ -33,6 +33,7 @@ mod metrics;
 mod router;
 mod status;
 mod task;
+mod window_join;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use crate::StreamProcessorError;
 use crate::join::{JoinInput, Joined};
 use crate::status::{PartitionReporter, StatusRegistry};
+use crate::window_join::WindowJoinInput;
 use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints, commit_metadata};
 use runnel_jobs::records::{late_records, late_table_records, result_records};
 use runnel_jobs::{Job, job_group, late_topic, members_group, results_topic};
@@ -130,7 +131,10 @@ pub(crate) struct Task {
     transaction: Option<Transaction>,
     /// A join job's table, joined with the stream rows before the windows.
     table: Option<JoinInput>,
-    /// Changelog rows late to the table, to go to the late topic with the next outputs.
+    /// A window join job's right side and join; the task's operator is its left side.
+    window_join: Option<WindowJoinInput>,
+    /// Rows of the other input (a changelog's rows late to the table, or a window join's
+    /// right events late to their windows), to go to the late topic with the next outputs.
     late_table: Vec<RecordBatch>,
 }
 
@@ -297,6 +301,7 @@ impl Task {
             source,
         };
         let mut table = None;
+        let mut window_join = None;
         let (operator, offset, epoch) = match restored {
             Some(restored) => {
                 if job.repartition {
@@ -304,8 +309,20 @@ impl Task {
                     seen_source_offsets.resize(source_partitions as usize, None);
                 }
                 // A direct join task's state is the windows' snapshot, then the join's (a
-                // repartitioned join job's routers join).
+                // repartitioned join job's routers join); a window join task's, the left
+                // side's, then the right side's and the join's.
                 let windows = match &job.joined {
+                    None if job.window_join.is_some() => {
+                        let (windows, join) =
+                            runnel_engine::split_snapshot_parts(&restored.state, "windows")
+                                .map_err(engine_error)?;
+                        window_join = Some(WindowJoinInput::open(
+                            &job,
+                            (partition, source_partitions),
+                            Some((join, &restored.manifest.table_offsets)),
+                        )?);
+                        windows
+                    }
                     Some(_) if !job.repartition => {
                         let (windows, join) =
                             runnel_engine::split_snapshot_parts(&restored.state, "windows")
@@ -349,6 +366,13 @@ impl Task {
                 if job.joined.is_some() && !job.repartition {
                     table = Some(JoinInput::open(&job, (partition, source_partitions), None)?);
                 }
+                if job.window_join.is_some() {
+                    window_join = Some(WindowJoinInput::open(
+                        &job,
+                        (partition, source_partitions),
+                        None,
+                    )?);
+                }
                 (operator, earliest, 0)
             }
         };
@@ -377,6 +401,7 @@ impl Task {
             fresh: epoch == 0,
             transaction,
             table,
+            window_join,
             late_table: Vec::new(),
         })
     }
@@ -410,11 +435,17 @@ impl Task {
         if let Some(table) = &mut self.table {
             table.open_sources(&self.context).await?;
         }
+        if let Some(window_join) = &mut self.window_join {
+            window_join.open_sources(&self.context).await?;
+        }
         // Where the task last found the end of its input.
         let mut last_end = self.offset;
         loop {
             if self.table.is_some() {
                 self.poll_table().await?;
+            }
+            if self.window_join.is_some() {
+                self.poll_window_join().await?;
             }
             // The read found nothing new: the task is at the end of its input.
             let at_end;
@@ -492,10 +523,33 @@ impl Task {
     }
 
     /// Whether the task has read past what its last checkpoint holds: its input, or a join
-    /// job's table.
+    /// job's other input.
     fn progressed(&self) -> bool {
         self.offset != self.checkpointed_offset
             || self.table.as_ref().is_some_and(JoinInput::progressed)
+            || self
+                .window_join
+                .as_ref()
+                .is_some_and(WindowJoinInput::progressed)
+    }
+
+    /// A window join job: reads what its right stream has through the right side, and emits
+    /// the joined rows of the windows that closes.
+    async fn poll_window_join(&mut self) -> Result<(), StreamProcessorError> {
+        let Some(window_join) = &mut self.window_join else {
+            return Ok(());
+        };
+        let polled = window_join.poll(&self.context).await?;
+        if polled.events == 0 && polled.output.results.is_empty() && polled.late.is_empty() {
+            return Ok(());
+        }
+        self.dirty = true;
+        self.late_table.extend(polled.late);
+        let arrival = self
+            .operator
+            .arrival_clock()
+            .unwrap_or_else(runnel_time::now_millis);
+        self.finish_batch(polled.output, arrival, None, 0).await
     }
 
     /// A join job: reads what its table's changelog has, and gives the windows the stream
@@ -596,10 +650,16 @@ impl Task {
                 let joined = table.stream(self.partition, &input)?;
                 self.windows(joined, arrival)?
             }
-            None => self
-                .operator
-                .process(0, &input, arrival)
-                .map_err(|source| self.engine_error(source))?,
+            None => {
+                let mut output = self
+                    .operator
+                    .process(0, &input, arrival)
+                    .map_err(|source| self.engine_error(source))?;
+                if let Some(window_join) = &mut self.window_join {
+                    window_join.left(&mut output, self.operator.watermark())?;
+                }
+                output
+            }
         };
         let next_offset = offsets
             .iter()
@@ -805,10 +865,10 @@ impl Task {
             let topic = late_topic(&self.job.name);
             self.append(&topic, late).await?;
         }
-        if let Some(table) = &self.job.joined
+        if let Some(other) = self.job.other_input()
             && !self.late_table.is_empty()
         {
-            let late = late_table_records(&table.name, &self.late_table, self.partition, arrival)?;
+            let late = late_table_records(&other.name, &self.late_table, self.partition, arrival)?;
             self.late_table.clear();
             let topic = late_topic(&self.job.name);
             self.append(&topic, late).await?;
@@ -854,6 +914,11 @@ impl Task {
         let mut table_offsets = Vec::new();
         if let Some(table) = &self.table {
             let (join, offsets) = table.snapshot()?;
+            state = runnel_engine::join_snapshot_parts(&state, &join);
+            table_offsets = offsets;
+        }
+        if let Some(window_join) = &mut self.window_join {
+            let (join, offsets) = window_join.snapshot()?;
             state = runnel_engine::join_snapshot_parts(&state, &join);
             table_offsets = offsets;
         }
@@ -921,6 +986,9 @@ impl Task {
         self.checkpointed_offset = self.offset;
         if let Some(table) = &mut self.table {
             table.checkpointed(manifest.table_offsets.clone());
+        }
+        if let Some(window_join) = &mut self.window_join {
+            window_join.checkpointed(manifest.table_offsets.clone());
         }
         self.last_checkpoint = Instant::now();
         self.dirty = false;

@@ -447,3 +447,166 @@ allowed-lateness = "0s"
     assert!(late.is_empty(), "{late:?}");
     running.stop().await;
 }
+
+/// A join of two windowed aggregates: per user and 10 s window, the clicks (the task's own
+/// partition) and the updates (the whole `user_updates` stream, in every task), `LEFT`. The
+/// service stops while a window's left rows wait for the right side's watermark: they, the
+/// right side's windows and the right stream's offsets come back from the checkpoint. Each
+/// joined row is emitted once, final; a right event past its window goes to the late topic
+/// once (one task reports it), keyed `user_updates/<partition>:<offset>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = "clicks_and_updates";
+    let jobs = r#"
+[[jobs]]
+name = "clicks_and_updates"
+sql = """
+SELECT c.user_id, c.window_start, c.clicks, u.updates
+FROM (SELECT user_id, window_start, window_end, COUNT(*) AS clicks
+      FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND)
+      GROUP BY user_id, window_start, window_end) AS c
+LEFT JOIN (SELECT user_id, window_start, window_end, COUNT(*) AS updates
+      FROM TUMBLE(user_updates, event_time, INTERVAL '10' SECOND)
+      GROUP BY user_id, window_start, window_end) AS u
+ON c.user_id = u.user_id AND c.window_start = u.window_start
+"""
+max-out-of-orderness = "1s"
+allowed-lateness = "0s"
+"#;
+    let running = Running::start(dir.path(), jobs).await;
+    // Clicks: a at 1, 2 and 12, b at 5. Updates: a at 3 and 4, b at 5. The left side of
+    // task 0 has closed the window at 0 s (its watermark is 11 s), the right side has not
+    // (3 s): its left rows wait in the join.
+    running
+        .log
+        .append(
+            "user_updates",
+            vec![
+                update("a", 3, Some("FR")),
+                update("a", 4, Some("FR")),
+                update("b", 5, Some("US")),
+            ],
+        )
+        .await
+        .expect("append");
+    running
+        .log
+        .append(
+            "clicks",
+            vec![click("a", 1), click("a", 2), click("b", 5), click("a", 12)],
+        )
+        .await
+        .expect("append");
+    running.wait_for_events(&[job], 4).await;
+    running.stop().await;
+
+    let running = Running::start(dir.path(), jobs).await;
+    // b at 15 has no click in its window (no row: the join is `LEFT`); a has no update in
+    // the window at 10 s (a row with no updates).
+    running
+        .log
+        .append(
+            "user_updates",
+            vec![
+                update("a", 20, Some("DE")),
+                update("b", 15, Some("US")),
+                update("b", 27, Some("US")),
+                update("a", 60, Some("DE")),
+                update("b", 60, Some("US")),
+            ],
+        )
+        .await
+        .expect("append");
+    running
+        .log
+        .append(
+            "clicks",
+            vec![click("b", 21), click("a", 60), click("b", 60)],
+        )
+        .await
+        .expect("append");
+    // (user, window start) to (clicks, updates).
+    let expected: BTreeMap<(String, i64), (u64, Option<u64>)> = [
+        (("user-a", 0), (2, Some(2))),
+        (("user-b", 0), (1, Some(1))),
+        (("user-a", 10), (1, None)),
+        (("user-b", 20), (1, Some(1))),
+    ]
+    .into_iter()
+    .map(|((user, second), counts)| ((user.to_string(), second), counts))
+    .collect();
+    let joined =
+        |rows: Vec<(i64, serde_json::Value)>| -> BTreeMap<(String, i64), (u64, Option<u64>)> {
+            rows.into_iter()
+                .map(|(second, row)| {
+                    assert_eq!(row["_version"].as_u64(), Some(1), "{row}");
+                    (
+                        (
+                            row["user_id"].as_str().expect("user_id").to_string(),
+                            second,
+                        ),
+                        (
+                            row["clicks"].as_u64().expect("clicks"),
+                            row["updates"].as_u64(),
+                        ),
+                    )
+                })
+                .collect()
+        };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let windows = joined(final_rows(running.log.as_ref(), job).await);
+        if windows == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "joined windows {windows:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Each joined row once: no window was joined twice, before or after the restart.
+    let results = read_all(running.log.as_ref(), &results_topic(job)).await;
+    assert_eq!(results.len(), expected.len(), "{results:?}");
+    assert!(
+        read_all(running.log.as_ref(), &late_topic(job))
+            .await
+            .is_empty(),
+        "nothing is late before the late update"
+    );
+
+    // An update of b at 2 s, long after the right side closed that window: late, reported
+    // once, and the joined row stays.
+    running
+        .log
+        .append("user_updates", vec![update("b", 2, Some("US"))])
+        .await
+        .expect("append");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if !read_all(running.log.as_ref(), &late_topic(job))
+            .await
+            .is_empty()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no late update in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other task saw it too; give it the time to (wrongly) report it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = read_all(running.log.as_ref(), &late_topic(job)).await;
+    assert_eq!(late.len(), 1, "{late:?}");
+    let key = String::from_utf8(late[0].key.clone().expect("key").to_vec()).expect("utf-8");
+    // b's updates are partition 1's: at 5, 15, 27, 60, then this one at offset 4.
+    assert_eq!(key, "user_updates/1:4", "{key}");
+    let row: serde_json::Value = serde_json::from_slice(&late[0].value).expect("JSON");
+    assert_eq!(row["user_id"], "user-b", "{row}");
+    assert_eq!(
+        joined(final_rows(running.log.as_ref(), job).await),
+        expected,
+        "the late update changed nothing"
+    );
+    running.stop().await;
+}
