@@ -14,6 +14,10 @@
 //! exactly a session's end would join it), so every window it holds counted every archived
 //! event that belongs to it.
 //!
+//! A join of two windowed aggregates recomputes both sides over the same chunks (the right
+//! side's history read as a second table, its rows not counted as the job's events) and
+//! joins them per chunk; its horizon is the earlier of the two histories'.
+//!
 //! Two guards keep one bad event from costing the platform its memory or its results. The
 //! range runs from the history's actual earliest event time (or `from`) to the horizon, and
 //! its chunks are counted, in checked arithmetic, before any is planned: beyond
@@ -349,6 +353,10 @@ pub struct RecomputeOutcome {
 /// any is planned, and a range that needs more than `batch-reprocessor.max-recompute-chunks`
 /// is refused before anything is read or written.
 ///
+/// A join of two windowed aggregates is recomputed whole, each chunk's windows from both
+/// streams' histories; its horizon is the earlier of the two, and none (nothing to
+/// recompute) while either stream has nothing archived.
+///
 /// The new view replaces the previous one whole, so one that holds fewer windows or events
 /// is refused unless `request.allow_shrink`: its files are deleted and the previous view
 /// stays.
@@ -374,12 +382,13 @@ pub async fn recompute_view(
         .map(|manifest| manifest.files)
         .unwrap_or_default();
     // A join job's other input: a table's changelog, every version before each chunk's
-    // end; or a second stream, its rows within the interval around the chunk's.
-    let other_history = match &job.joined {
-        Some(table) => runnel_archive::load_manifest(
+    // end; or a second stream, its rows within the interval around the chunk's; or a window
+    // join's right side's stream, its rows of the chunk's windows.
+    let other_history = match job.other_input() {
+        Some(other) => runnel_archive::load_manifest(
             store.as_ref(),
             &config.archive.prefix,
-            table.stream.name(),
+            other.stream.name(),
         )
         .await
         .map_err(|error| BatchError::Archive(Box::new(error)))?
@@ -389,7 +398,7 @@ pub async fn recompute_view(
     };
     let previous = load_view(store.as_ref(), VIEWS_PREFIX, &job.job_name, job.version).await?;
     let resumed = load_run_state(store.as_ref(), job).await?.filter(|state| {
-        state.sql == job.plan.sql()
+        state.sql == job.sql()
             && state.from_ms == request.from_ms
             && state.to_ms == request.to_ms
             && previous
@@ -399,14 +408,24 @@ pub async fn recompute_view(
     let horizon = match &resumed {
         Some(state) => state.horizon_ms,
         None => history_horizon(job, &history)
-            .map(|horizon| match interval_of(job) {
+            .and_then(|horizon| match interval_of(job) {
                 // An interval join's rows up to the horizon pair with the second stream's up
                 // to the horizon plus the interval's upper bound: its history must hold them.
-                Some((_, upper)) if !other_history.is_empty() => horizon.min(
-                    history_horizon(job, &other_history)
-                        .map_or(i64::MIN, |other| other.saturating_sub(upper.max(0))),
+                Some((_, upper)) if !other_history.is_empty() => Some(
+                    horizon.min(
+                        history_horizon(job, &other_history)
+                            .map_or(i64::MIN, |other| other.saturating_sub(upper.max(0))),
+                    ),
                 ),
-                _ => horizon,
+                // A window join's window is complete when both sides' histories hold it. A
+                // right side with nothing archived leaves no horizon, as a left side with
+                // nothing archived does: its stream's events may be in the log, not yet
+                // archived, and the view would hold its left rows unmatched until the next
+                // recompute.
+                _ if job.window_join.is_some() => {
+                    history_horizon(job, &other_history).map(|right| horizon.min(right))
+                }
+                _ => Some(horizon),
             })
             .map(|horizon| match request.to_ms {
                 Some(to) => horizon.min(to),
@@ -457,7 +476,7 @@ pub async fn recompute_view(
         }
     };
     let mut state = resumed.unwrap_or_else(|| RunState {
-        sql: job.plan.sql().to_string(),
+        sql: job.sql().to_string(),
         from_ms: request.from_ms,
         to_ms: request.to_ms,
         horizon_ms: horizon,
@@ -540,26 +559,54 @@ pub async fn recompute_view(
         context
             .register_table("history", Arc::new(table))
             .map_err(|source| BatchError::DataFusion(source.to_string()))?;
-        let input = match &job.joined {
-            None => "history",
-            Some(table) => {
-                register_table_history(
-                    job,
-                    (table, &other_history),
-                    &chunk.events,
-                    (&context, Arc::clone(&store), request.workers),
+        let started = std::time::Instant::now();
+        let streams = match (&job.window_join, &job.joined) {
+            (Some(window_join), _) => {
+                // Both sides have the same windows: the right side's rows of the chunk's
+                // events are those of its windows.
+                let right = other_input_history(
+                    &window_join.right,
+                    &other_history,
+                    chunk.events.clone(),
+                    (Arc::clone(&store), request.workers),
+                );
+                context
+                    .register_table("right_history", Arc::new(right))
+                    .map_err(|source| BatchError::DataFusion(source.to_string()))?;
+                let joined = runnel_engine::recompute_window_join(
+                    &window_join.plan,
+                    &context,
+                    ["history", "right_history"],
                 )
-                .await?;
-                "joined"
+                .await
+                .map_err(|source| BatchError::Engine {
+                    job: job.name.clone(),
+                    source,
+                })?;
+                vec![window_join_results(joined, job.plan.window())?]
+            }
+            (None, joined) => {
+                let input = match joined {
+                    None => "history",
+                    Some(table) => {
+                        register_table_history(
+                            job,
+                            (table, &other_history),
+                            &chunk.events,
+                            (&context, Arc::clone(&store), request.workers),
+                        )
+                        .await?;
+                        "joined"
+                    }
+                };
+                runnel_engine::recompute_windows(&job.plan, &context, input)
+                    .await
+                    .map_err(|source| BatchError::Engine {
+                        job: job.name.clone(),
+                        source,
+                    })?
             }
         };
-        let started = std::time::Instant::now();
-        let streams = runnel_engine::recompute_windows(&job.plan, &context, input)
-            .await
-            .map_err(|source| BatchError::Engine {
-                job: job.name.clone(),
-                source,
-            })?;
         // Each output partition is aggregated, filtered and encoded on its own task, into
         // its own file.
         let starts = chunk.starts.start.max(keep_from)..chunk.starts.end;
@@ -572,7 +619,7 @@ pub async fn recompute_view(
                     .clone()
                     .join(format!("part-{index:05}-{part:03}.parquet"));
                 let (schema, starts, store, name) = (
-                    job.plan.result_schema(),
+                    job.result_schema(),
                     starts.clone(),
                     Arc::clone(&store),
                     job.name.clone(),
@@ -1097,27 +1144,7 @@ async fn register_table_history(
         }
         None => i64::MIN..events.end,
     };
-    let files: Vec<FileEntry> = other_history
-        .iter()
-        .filter(|file| file.rows > 0 && holds_events_in(file, &before))
-        .cloned()
-        .collect();
-    let history = HistoryTable {
-        groups: split(files, workers),
-        job_columns: joined.input_columns.clone(),
-        positioned: Arc::new(with_string_views(joined.stream.with_position())),
-        schema: Arc::new(with_string_views(&joined.input_schema)),
-        chunk: Arc::new(ChunkRead {
-            store,
-            event_time_column: joined.stream.event_time_index(),
-            events: before,
-            // The other input's rows are not the job's events: none is counted, and the
-            // progress they would move is not the one shown.
-            own: 0..0,
-            counted: Arc::new(AtomicU64::new(0)),
-            progress: Arc::new(Progress::default()),
-        }),
-    };
+    let history = other_input_history(joined, other_history, before, (store, workers));
     context
         .register_table("other_history", Arc::new(history))
         .map_err(|source| BatchError::DataFusion(source.to_string()))?;
@@ -1134,6 +1161,61 @@ async fn register_table_history(
         job: job.name.clone(),
         source,
     })
+}
+
+/// A join job's other input (its table's changelog, its second stream, or its window join's
+/// right side's stream) as a table of its rows with event times in `events`, from the files
+/// of `other_history` that can hold them, split among `workers`.
+fn other_input_history(
+    other: &runnel_jobs::JoinedInput,
+    other_history: &[FileEntry],
+    events: Range<i64>,
+    (store, workers): (Arc<dyn ObjectStore>, usize),
+) -> HistoryTable {
+    let files: Vec<FileEntry> = other_history
+        .iter()
+        .filter(|file| file.rows > 0 && holds_events_in(file, &events))
+        .cloned()
+        .collect();
+    HistoryTable {
+        groups: split(files, workers),
+        job_columns: other.input_columns.clone(),
+        positioned: Arc::new(with_string_views(other.stream.with_position())),
+        schema: Arc::new(with_string_views(&other.input_schema)),
+        chunk: Arc::new(ChunkRead {
+            store,
+            event_time_column: other.stream.event_time_index(),
+            events,
+            // The other input's rows are not the job's events: none is counted, and the
+            // progress they would move is not the one shown.
+            own: 0..0,
+            counted: Arc::new(AtomicU64::new(0)),
+            progress: Arc::new(Progress::default()),
+        }),
+    }
+}
+
+/// A window join's recomputed rows as the results [`write_view_file`] writes: each batch
+/// with its rows' window ends, `_window_start` plus the length of `window` (both sides'
+/// tumbling or hopping window).
+fn window_join_results(
+    batches: Vec<RecordBatch>,
+    window: WindowSpec,
+) -> Result<runnel_engine::WindowResults, BatchError> {
+    let arrow = |source: arrow::error::ArrowError| BatchError::Arrow(source.to_string());
+    let size_ms = window.size_ms();
+    let mut results = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let starts = batch.column_by_name("_window_start").ok_or_else(|| {
+            BatchError::Arrow("window join results without `_window_start`".to_string())
+        })?;
+        let starts = arrow::compute::cast(starts, &DataType::Int64).map_err(arrow)?;
+        let ends: Int64Array = starts
+            .as_primitive::<Int64Type>()
+            .unary(|start| start.saturating_add(size_ms));
+        results.push(Ok((batch, ends)));
+    }
+    Ok(futures::stream::iter(results).boxed())
 }
 
 /// The columns one scan reads, and how it turns them into its rows.
