@@ -4,7 +4,9 @@
 //! join). `runnel stream-processor` runs them live to the log's end; `runnel archive --once`
 //! archives both streams; `runnel backfill --mode recompute` recomputes them over both
 //! histories, and `--mode replay` runs their version 2 over both histories and the log. The
-//! live, recomputed and replayed final windows are what the table's versions say.
+//! live, recomputed and replayed final windows are what the table's versions say. So are
+//! those of a join of two windowed aggregates: each user's clicks per minute, `LEFT` joined
+//! with their updates that minute to a country other than `fr`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,6 +38,9 @@ const PER_COUNTRY: &str = "clicks_per_country";
 /// updates (a click with none counts 0, and makes a window of its own).
 const THEN_UPDATED: &str = "clicks_then_updated";
 const INTERVAL_MS: i64 = 30_000;
+/// Per user and minute, the clicks, and (`LEFT`) the updates to a country other than `fr`:
+/// a join of two windowed aggregates.
+const CLICKS_AND_UPDATES: &str = "clicks_and_updates";
 
 /// Both jobs' `[[jobs]]` tables, at `version`.
 fn jobs_toml(version: u32) -> String {
@@ -67,6 +72,23 @@ FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
 LEFT JOIN user_updates AS u ON c.user_id = u.user_id
   AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '30' SECOND
 GROUP BY c.user_id, window_start, window_end
+"""
+max-out-of-orderness = "2s"
+allowed-lateness = "0s"
+
+[[jobs]]
+name = "{CLICKS_AND_UPDATES}"
+version = {version}
+sql = """
+SELECT c.user_id, c.window_start, c.clicks, u.updates
+FROM (SELECT user_id, window_start, window_end, COUNT(*) AS clicks
+      FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE)
+      GROUP BY user_id, window_start, window_end) AS c
+LEFT JOIN (SELECT user_id, window_start, window_end, COUNT(*) AS updates
+      FROM TUMBLE(user_updates, event_time, INTERVAL '1' MINUTE)
+      WHERE country <> 'fr'
+      GROUP BY user_id, window_start, window_end) AS u
+ON c.user_id = u.user_id AND c.window_start = u.window_start
 """
 max-out-of-orderness = "2s"
 allowed-lateness = "0s"
@@ -153,12 +175,52 @@ async fn open_log(config: &Config) -> Arc<EmbeddedLog> {
 /// The live run's final windows of `job`, from its results topic (none before the
 /// stream-processor has made it).
 async fn live_finals(log: &EmbeddedLog, job: &str) -> Windows {
+    live_rows(log, job)
+        .await
+        .into_iter()
+        .map(|(start, row)| {
+            (
+                (
+                    row["user_id"].as_str().map(str::to_string),
+                    row["country"].as_str().map(str::to_string),
+                    start,
+                ),
+                row["clicks"].as_i64().expect("clicks"),
+            )
+        })
+        .collect()
+}
+
+/// (user, window start) to clicks and updates: the window join's rows.
+type Joined = BTreeMap<(String, i64), (i64, Option<i64>)>;
+
+/// The live run's rows of the window join (each must be final, and its first version).
+async fn live_joined(log: &EmbeddedLog, job: &str) -> Joined {
+    live_rows(log, job)
+        .await
+        .into_iter()
+        .map(|(start, row)| {
+            assert_eq!(row["_version"].as_i64(), Some(1), "{row}");
+            (
+                (row["user_id"].as_str().expect("user_id").to_string(), start),
+                (
+                    row["clicks"].as_i64().expect("clicks"),
+                    row["updates"].as_i64(),
+                ),
+            )
+        })
+        .filter(|((_, start), _)| start + MINUTE <= BASE_MS + 9 * MINUTE)
+        .collect()
+}
+
+/// The latest version of each final window of `job`: its start and its row.
+async fn live_rows(log: &EmbeddedLog, job: &str) -> Vec<(i64, serde_json::Value)> {
     let topic = runnel_jobs::results_topic(job);
     let mut latest: BTreeMap<String, (u64, serde_json::Value)> = BTreeMap::new();
     for partition in 0..2 {
         let end = match log.latest_offset(&topic, partition).await {
             Ok(end) => end,
-            Err(runnel_log::LogError::UnknownTopic(_)) => return Windows::new(),
+            Err(runnel_log::LogError::UnknownTopic(_)) => return Vec::new(),
             Err(error) => panic!("{topic}: {error}"),
         };
         let mut reader = log
@@ -185,26 +247,19 @@ async fn live_finals(log: &EmbeddedLog, job: &str) -> Windows {
         .filter(|(_, (_, row))| row["_final"].as_bool() == Some(true))
         .map(|(key, (_, row))| {
             let (_, start) = key.rsplit_once('@').expect("<key>@<window start>");
-            (
-                (
-                    row["user_id"].as_str().map(str::to_string),
-                    row["country"].as_str().map(str::to_string),
-                    start.parse().expect("epoch ms"),
-                ),
-                row["clicks"].as_i64().expect("clicks"),
-            )
+            (start.parse().expect("epoch ms"), row)
         })
         .collect()
 }
 
-/// The batch view's windows of `job`, and its horizon.
-fn view(root: &Path, job: &str) -> (Windows, i64) {
+/// The batch view of `job`: its rows, read back from its Parquet files, and its horizon.
+fn view_batches(root: &Path, job: &str) -> (Vec<RecordBatch>, i64) {
     let objects = root.join("data/objects");
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(objects.join(format!("views/{job}/1/_manifest.json"))).expect("manifest"),
     )
     .expect("JSON");
-    let mut windows = Windows::new();
+    let mut batches = Vec::new();
     for file in manifest["files"].as_array().expect("files") {
         let path = objects.join(file["path"].as_str().expect("path"));
         let reader =
@@ -212,31 +267,91 @@ fn view(root: &Path, job: &str) -> (Windows, i64) {
                 .expect("Parquet")
                 .build()
                 .expect("reader");
-        for batch in reader {
-            let batch: RecordBatch = batch.expect("batch");
-            let column = |name: &str| batch.column_by_name(name).expect(name).clone();
-            let text = |name: &str, row: usize| {
-                batch
-                    .column_by_name(name)
-                    .map(|column| column.as_string::<i32>())
-                    .filter(|column| column.is_valid(row))
-                    .map(|column| column.value(row).to_string())
-            };
-            let (starts, clicks) = (column("window_start"), column("clicks"));
-            for row in 0..batch.num_rows() {
-                windows.insert(
-                    (
-                        text("user_id", row),
-                        text("country", row),
-                        starts.as_primitive::<TimestampMillisecondType>().value(row),
-                    ),
+        batches.extend(reader.map(|batch| batch.expect("batch")));
+    }
+    (
+        batches,
+        manifest["horizon_ms"].as_i64().expect("horizon_ms"),
+    )
+}
+
+/// The text of column `name` in `row` of `batch`, if it has one.
+fn text(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+    batch
+        .column_by_name(name)
+        .map(|column| column.as_string::<i32>())
+        .filter(|column| column.is_valid(row))
+        .map(|column| column.value(row).to_string())
+}
+
+/// The batch view of the window join: its rows, and its horizon.
+fn view_joined(root: &Path, job: &str) -> (Joined, i64) {
+    let (batches, horizon) = view_batches(root, job);
+    let mut joined = Joined::new();
+    for batch in batches {
+        let column = |name: &str| batch.column_by_name(name).expect(name).clone();
+        let (starts, clicks, updates) =
+            (column("window_start"), column("clicks"), column("updates"));
+        let updates = updates.as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            joined.insert(
+                (
+                    text(&batch, "user_id", row).expect("user_id"),
+                    starts.as_primitive::<TimestampMillisecondType>().value(row),
+                ),
+                (
                     clicks.as_primitive::<Int64Type>().value(row),
-                );
-            }
+                    updates.is_valid(row).then(|| updates.value(row)),
+                ),
+            );
         }
     }
-    let horizon = manifest["horizon_ms"].as_i64().expect("horizon_ms");
+    (joined, horizon)
+}
+
+/// The batch view's windows of `job`, and its horizon.
+fn view(root: &Path, job: &str) -> (Windows, i64) {
+    let (batches, horizon) = view_batches(root, job);
+    let mut windows = Windows::new();
+    for batch in batches {
+        let column = |name: &str| batch.column_by_name(name).expect(name).clone();
+        let (starts, clicks) = (column("window_start"), column("clicks"));
+        for row in 0..batch.num_rows() {
+            windows.insert(
+                (
+                    text(&batch, "user_id", row),
+                    text(&batch, "country", row),
+                    starts.as_primitive::<TimestampMillisecondType>().value(row),
+                ),
+                clicks.as_primitive::<Int64Type>().value(row),
+            );
+        }
+    }
     (windows, horizon)
+}
+
+/// The window join's rows of the windows ending by `horizon`: per user and minute, the
+/// clicks, and the updates to a country other than `fr` (none: no row on the right).
+fn expected_joined(horizon: i64) -> Joined {
+    let mut joined = Joined::new();
+    for n in 0..CLICKS {
+        let (user, at) = click_at(n);
+        let start = at - at.rem_euclid(MINUTE);
+        if start + MINUTE <= horizon {
+            joined
+                .entry((format!("u{user}"), start))
+                .or_insert((0, None))
+                .0 += 1;
+        }
+    }
+    for ((user, start), (_, updates)) in &mut joined {
+        let user: i64 = user[1..].parse().expect("u<n>");
+        let update = start + user * 1_000;
+        *updates = country_at(user, update)
+            .filter(|country| *country != "fr")
+            .map(|_| 1);
+    }
+    joined
 }
 
 /// What the windows ending by `horizon` hold, from the table's versions.
@@ -335,6 +450,16 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         complete_interval.values().all(|pairs| *pairs > 0),
         "clicks with an update in their interval: {complete_interval:?}"
     );
+    let complete_joined = expected_joined(BASE_MS + 9 * MINUTE);
+    assert!(
+        complete_joined
+            .values()
+            .any(|(_, updates)| updates.is_none())
+            && complete_joined
+                .values()
+                .any(|(_, updates)| updates.is_some()),
+        "windows with and without a right row: {complete_joined:?}"
+    );
     // Live: read while the stream-processor runs (another process on the same log folder),
     // until both jobs' final windows are the table's versions' (the repartitioned one's
     // window tasks may still be reading after the direct job has checkpointed its end).
@@ -345,12 +470,14 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
             covered(live_finals(&log, JOB).await, BASE_MS + 9 * MINUTE),
             covered(live_finals(&log, PER_COUNTRY).await, BASE_MS + 9 * MINUTE),
             covered(live_finals(&log, THEN_UPDATED).await, BASE_MS + 9 * MINUTE),
+            live_joined(&log, CLICKS_AND_UPDATES).await,
         );
         if live
             == (
                 complete.clone(),
                 complete_per_country.clone(),
                 complete_interval.clone(),
+                complete_joined.clone(),
             )
         {
             break;
@@ -361,7 +488,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         }
         assert!(
             Instant::now() < deadline,
-            "live final windows after 120 s: {live:?}, not {complete:?}, {complete_per_country:?} and {complete_interval:?}; its log:\n{}",
+            "live final windows after 120 s: {live:?}, not {complete:?}, {complete_per_country:?}, {complete_interval:?} and {complete_joined:?}; its log:\n{}",
             text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -371,7 +498,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
 
     runnel(root, &["archive", "--once"]);
     runnel(root, &["backfill", "--job", JOB, "--mode", "recompute"]);
-    for job in [PER_COUNTRY, THEN_UPDATED] {
+    for job in [PER_COUNTRY, THEN_UPDATED, CLICKS_AND_UPDATES] {
         runnel(root, &["backfill", "--job", job, "--mode", "recompute"]);
     }
     let (recomputed, horizon) = view(root, JOB);
@@ -393,6 +520,17 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         "horizon {horizon}"
     );
     assert_eq!(recomputed, complete, "recompute");
+    // The window join's horizon is the earlier of its two streams': the updates end at 9:05.
+    let (recomputed_joined, joined_horizon) = view_joined(root, CLICKS_AND_UPDATES);
+    assert!(
+        (BASE_MS + 9 * MINUTE..=horizon).contains(&joined_horizon),
+        "window join horizon {joined_horizon}, horizon {horizon}"
+    );
+    assert_eq!(
+        recomputed_joined,
+        expected_joined(joined_horizon),
+        "recompute of the window join"
+    );
     assert_eq!(
         recomputed_per_country, complete_per_country,
         "recompute per country"
@@ -403,7 +541,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
     let path = root.join("runnel.toml");
     let toml = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, format!("{toml}{}", jobs_toml(2))).expect("write config");
-    for job in [JOB, PER_COUNTRY, THEN_UPDATED] {
+    for job in [JOB, PER_COUNTRY, THEN_UPDATED, CLICKS_AND_UPDATES] {
         let summary = runnel(
             root,
             &[
@@ -434,10 +572,15 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         live_finals(&log, &format!("{THEN_UPDATED}.v2")).await,
         BASE_MS + 9 * MINUTE,
     );
+    let replayed_joined = live_joined(&log, &format!("{CLICKS_AND_UPDATES}.v2")).await;
     log.close().await;
     assert_eq!(
         replayed_interval, complete_interval,
         "replay of the interval join"
+    );
+    assert_eq!(
+        replayed_joined, complete_joined,
+        "replay of the window join"
     );
     assert_eq!(replayed.0, complete, "replay");
     assert_eq!(replayed.1, complete_per_country, "replay per country");
