@@ -943,13 +943,23 @@ impl WindowOperator {
             .min()
     }
 
-    /// The minimum watermark over partitions that are not idle; `None` if all are idle.
+    /// The minimum watermark over partitions that are not idle. When every one is idle, the
+    /// largest of theirs, as Flink's watermark valve does when all its channels turn idle:
+    /// each has said it holds nothing more. (With a nonzero idle timeout that takes a
+    /// [`tick`](Self::tick): the partition whose batch moved the arrival clock last is not idle
+    /// before the clock has moved on by the timeout. A window join's right side idles at
+    /// zero.) `None` for an operator without partitions.
     fn all_partitions_watermark(&self) -> Option<i64> {
-        self.partitions
-            .iter()
-            .filter(|clock| !self.is_idle(clock))
-            .map(|clock| self.partition_watermark(clock))
+        let watermarks = || {
+            self.partitions
+                .iter()
+                .map(|clock| (self.is_idle(clock), self.partition_watermark(clock)))
+        };
+        watermarks()
+            .filter(|(idle, _)| !idle)
+            .map(|(_, watermark)| watermark)
             .min()
+            .or_else(|| watermarks().map(|(_, watermark)| watermark).max())
             .map(|watermark| watermark.max(self.watermark))
     }
 

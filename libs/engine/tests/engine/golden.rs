@@ -495,6 +495,7 @@ golden!(
     idle_partitions,
     idle_partitions_catching_up,
     idle_partitions_stale_end,
+    idle_partitions_all_at_end,
     partition_progress,
     early_emission,
     expressions_and_aggregates,

@@ -98,7 +98,12 @@ fn update(user: &str, second: i64, country: Option<&str>) -> ProduceRecord {
 async fn read_all(log: &dyn Log, topic: &str) -> Vec<Record> {
     let mut records = Vec::new();
     for partition in 0..2 {
-        let end = log.latest_offset(topic, partition).await.expect("end");
+        let end = match log.latest_offset(topic, partition).await {
+            Ok(end) => end,
+            // Nothing written yet.
+            Err(runnel_log::LogError::UnknownTopic(_)) => return records,
+            Err(error) => panic!("{topic}: {error}"),
+        };
         let mut reader = log
             .reader(topic, partition, StartOffset::Earliest)
             .await
@@ -448,17 +453,9 @@ allowed-lateness = "0s"
     running.stop().await;
 }
 
-/// A join of two windowed aggregates: per user and 10 s window, the clicks (the task's own
-/// partition) and the updates (the whole `user_updates` stream, in every task), `LEFT`. The
-/// service stops while a window's left rows wait for the right side's watermark: they, the
-/// right side's windows and the right stream's offsets come back from the checkpoint. Each
-/// joined row is emitted once, final; a right event past its window goes to the late topic
-/// once (one task reports it), keyed `user_updates/<partition>:<offset>`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_across_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let job = "clicks_and_updates";
-    let jobs = r#"
+/// Per user and 10 s window, the clicks and the updates, `LEFT`: a join of two windowed
+/// aggregates.
+const WINDOW_JOIN_JOB: &str = r#"
 [[jobs]]
 name = "clicks_and_updates"
 sql = """
@@ -474,6 +471,32 @@ ON c.user_id = u.user_id AND c.window_start = u.window_start
 max-out-of-orderness = "1s"
 allowed-lateness = "0s"
 "#;
+
+/// `records` stamped with the log time of now, as the ingest service stamps them: a window
+/// join's right side lets a partition read to its end idle only until a record that arrived
+/// after that comes elsewhere, by the records' log times.
+fn arriving_now(records: Vec<ProduceRecord>) -> Vec<ProduceRecord> {
+    let now = runnel_time::now_millis();
+    records
+        .into_iter()
+        .map(|record| ProduceRecord {
+            timestamp: now,
+            ..record
+        })
+        .collect()
+}
+
+/// A join of two windowed aggregates: per user and 10 s window, the clicks (the task's own
+/// partition) and the updates (the whole `user_updates` stream, in every task), `LEFT`. The
+/// service stops while a window's left rows wait for the right side's watermark: they, the
+/// right side's windows and the right stream's offsets come back from the checkpoint. Each
+/// joined row is emitted once, final; a right event past its window goes to the late topic
+/// once (one task reports it), keyed `user_updates/<partition>:<offset>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_across_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = "clicks_and_updates";
+    let jobs = WINDOW_JOIN_JOB;
     let running = Running::start(dir.path(), jobs).await;
     // Clicks: a at 1, 2 and 12, b at 5. Updates: a at 3 and 4, b at 5. The left side of
     // task 0 has closed the window at 0 s (its watermark is 11 s), the right side has not
@@ -482,11 +505,11 @@ allowed-lateness = "0s"
         .log
         .append(
             "user_updates",
-            vec![
+            arriving_now(vec![
                 update("a", 3, Some("FR")),
                 update("a", 4, Some("FR")),
                 update("b", 5, Some("US")),
-            ],
+            ]),
         )
         .await
         .expect("append");
@@ -494,7 +517,12 @@ allowed-lateness = "0s"
         .log
         .append(
             "clicks",
-            vec![click("a", 1), click("a", 2), click("b", 5), click("a", 12)],
+            arriving_now(vec![
+                click("a", 1),
+                click("a", 2),
+                click("b", 5),
+                click("a", 12),
+            ]),
         )
         .await
         .expect("append");
@@ -508,13 +536,13 @@ allowed-lateness = "0s"
         .log
         .append(
             "user_updates",
-            vec![
+            arriving_now(vec![
                 update("a", 20, Some("DE")),
                 update("b", 15, Some("US")),
                 update("b", 27, Some("US")),
                 update("a", 60, Some("DE")),
                 update("b", 60, Some("US")),
-            ],
+            ]),
         )
         .await
         .expect("append");
@@ -522,7 +550,7 @@ allowed-lateness = "0s"
         .log
         .append(
             "clicks",
-            vec![click("b", 21), click("a", 60), click("b", 60)],
+            arriving_now(vec![click("b", 21), click("a", 60), click("b", 60)]),
         )
         .await
         .expect("append");
@@ -580,7 +608,10 @@ allowed-lateness = "0s"
     // once, and the joined row stays.
     running
         .log
-        .append("user_updates", vec![update("b", 2, Some("US"))])
+        .append(
+            "user_updates",
+            arriving_now(vec![update("b", 2, Some("US"))]),
+        )
         .await
         .expect("append");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -608,5 +639,68 @@ allowed-lateness = "0s"
         expected,
         "the late update changed nothing"
     );
+    running.stop().await;
+}
+
+/// A window join whose right stream has a partition that never gets an event: read to the
+/// log's end, it does not hold the right side's watermark, and the windows are joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = "clicks_and_updates";
+    let running = Running::start(dir.path(), WINDOW_JOIN_JOB).await;
+    // Only a's partition (0) of `user_updates` gets updates; b's clicks close b's windows.
+    running
+        .log
+        .append(
+            "user_updates",
+            arriving_now(vec![
+                update("a", 3, Some("FR")),
+                update("a", 30, Some("FR")),
+            ]),
+        )
+        .await
+        .expect("append");
+    running
+        .log
+        .append(
+            "clicks",
+            arriving_now(vec![
+                click("a", 1),
+                click("a", 30),
+                click("b", 2),
+                click("b", 30),
+            ]),
+        )
+        .await
+        .expect("append");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: BTreeMap<(String, i64), Option<u64>> = final_rows(running.log.as_ref(), job)
+            .await
+            .into_iter()
+            .map(|(second, row)| {
+                (
+                    (
+                        row["user_id"].as_str().expect("user_id").to_string(),
+                        second,
+                    ),
+                    row["updates"].as_u64(),
+                )
+            })
+            .collect();
+        let expected = BTreeMap::from([
+            (("user-a".to_string(), 0), Some(1)),
+            (("user-b".to_string(), 0), None),
+        ]);
+        if rows == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "joined windows {rows:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     running.stop().await;
 }
