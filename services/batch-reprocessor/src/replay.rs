@@ -10,6 +10,12 @@
 //! live. A stream-processor service that declares the same version shares its partitions
 //! through the job's group and resumes from the same checkpoints.
 //!
+//! A direct join job's tasks each read the job's other input whole (a table's changelog, a
+//! second stream, a window join's right stream): they have caught up once they have also read
+//! it to its end as it was when the replay started (the tasks report how far,
+//! `PartitionStatus::other_offsets`). A repartitioned join job's routers read the changelog;
+//! their progress in it is not watched.
+//!
 //! A job read through its repartition topic replays the same way: its routers read the
 //! history and then the log as direct tasks do. It has caught up once every router has
 //! routed the stream's end as it was when the replay started, and then every window task
@@ -74,6 +80,14 @@ pub async fn replay(
     crate::register_version(store.as_ref(), job_config).await?;
     let stream = job.stream.name().to_string();
     let ends = end_offsets(log.as_ref(), &stream).await?;
+    // A direct join job's tasks each read its other input whole: they have caught up once
+    // they have read it to its end as it was when the replay started, too.
+    let other_ends = match job.other_input() {
+        Some(other) if !job.repartition => {
+            Some(end_offsets(log.as_ref(), other.stream.name()).await?)
+        }
+        _ => None,
+    };
     // A repartitioned job's window tasks read the repartition topic: the ends they must
     // reach are that topic's, read once the routers have routed the stream's `ends`.
     let mut repartition_ends: Option<Vec<u64>> = None;
@@ -159,6 +173,16 @@ pub async fn replay(
         }
         progress.events_total.store(done + left, Ordering::Relaxed);
         progress.events_done.store(done, Ordering::Relaxed);
+        if let Some(other_ends) = &other_ends {
+            caught_up &= job_status.partitions.iter().all(|partition| {
+                partition.other_offsets.len() == other_ends.len()
+                    && partition
+                        .other_offsets
+                        .iter()
+                        .zip(other_ends)
+                        .all(|(offset, end)| offset >= end)
+            });
+        }
         if caught_up && job.repartition {
             let topic = job.input_topic();
             let topic_ends = match &repartition_ends {

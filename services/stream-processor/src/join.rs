@@ -203,8 +203,8 @@ impl WholeStream {
     }
 
     /// The next offset to read, per partition.
-    pub(crate) fn offsets(&self) -> Vec<u64> {
-        self.offsets.clone()
+    pub(crate) fn offsets(&self) -> &[u64] {
+        &self.offsets
     }
 
     /// The offsets of a checkpoint just taken.
@@ -315,7 +315,12 @@ impl JoinInput {
     /// The join's snapshot, and the changelog offsets it goes with.
     pub(crate) fn snapshot(&self) -> Result<(Vec<u8>, Vec<u64>), StreamProcessorError> {
         let state = self.join.snapshot().map_err(|source| self.engine(source))?;
-        Ok((state, self.changelog.offsets()))
+        Ok((state, self.changelog.offsets().to_vec()))
+    }
+
+    /// The changelog's next offset to read, per partition.
+    pub(crate) fn offsets(&self) -> &[u64] {
+        self.changelog.offsets()
     }
 
     /// The offsets of a checkpoint just taken.

@@ -219,6 +219,7 @@ mod tests {
             results_total: 0,
             errors_total: 0,
             last_checkpoint: None,
+            other_offsets: Vec::new(),
         }
     }
 

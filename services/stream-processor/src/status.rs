@@ -122,6 +122,11 @@ pub struct PartitionStatus {
     pub errors_total: u64,
     /// The newest checkpoint, taken or restored by this process.
     pub last_checkpoint: Option<CheckpointStatus>,
+    /// A direct join task's other input (a table's changelog, a second stream, a window
+    /// join's right stream), which it reads whole: per partition, the next offset it will
+    /// read. Empty for any other task.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_offsets: Vec<u64>,
 }
 
 /// A task's newest checkpoint.
@@ -175,6 +180,7 @@ struct PartitionState {
     results_total: u64,
     errors_total: u64,
     last_checkpoint: Option<CheckpointStatus>,
+    other_offsets: Vec<u64>,
     /// `(when, events_total then)`, oldest first: the samples `events_per_second` is
     /// measured over. Invariant: not empty.
     rate_samples: VecDeque<(Instant, u64)>,
@@ -203,6 +209,7 @@ impl StatusRegistry {
             results_total: 0,
             errors_total: 0,
             last_checkpoint: None,
+            other_offsets: Vec::new(),
             rate_samples: VecDeque::from([(Instant::now(), 0)]),
         }));
         let mut jobs = lock(&self.jobs);
@@ -376,6 +383,7 @@ impl PartitionState {
             results_total: self.results_total,
             errors_total: self.errors_total,
             last_checkpoint: self.last_checkpoint.clone(),
+            other_offsets: self.other_offsets.clone(),
         }
     }
 
@@ -482,6 +490,13 @@ impl PartitionReporter {
         let mut state = lock(&self.state);
         state.end_offset = end_offset.max(state.source_offset);
         state.sample(now);
+    }
+
+    /// A join task's other input is read up to `offsets` (per partition, the next offset).
+    pub(crate) fn other_offsets(&self, offsets: &[u64]) {
+        let mut state = lock(&self.state);
+        state.other_offsets.clear();
+        state.other_offsets.extend_from_slice(offsets);
     }
 
     /// Checkpoint `epoch`, resuming from `source_offset`, is complete; it took `duration`.

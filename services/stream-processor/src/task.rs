@@ -447,6 +447,14 @@ impl Task {
             if self.window_join.is_some() {
                 self.poll_window_join().await?;
             }
+            if let Some(offsets) = self
+                .table
+                .as_ref()
+                .map(JoinInput::offsets)
+                .or(self.window_join.as_ref().map(WindowJoinInput::offsets))
+            {
+                self.status.other_offsets(offsets);
+            }
             // The read found nothing new: the task is at the end of its input.
             let at_end;
             match &mut source {

@@ -238,8 +238,13 @@ impl WindowJoinInput {
         let join = self.join.snapshot().map_err(|source| self.engine(source))?;
         Ok((
             runnel_engine::join_snapshot_parts(&right, &join),
-            self.stream.offsets(),
+            self.stream.offsets().to_vec(),
         ))
+    }
+
+    /// The right stream's next offset to read, per partition.
+    pub(crate) fn offsets(&self) -> &[u64] {
+        self.stream.offsets()
     }
 
     /// The offsets of a checkpoint just taken.
