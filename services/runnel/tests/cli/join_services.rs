@@ -496,6 +496,69 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
     log.close().await;
     drop(child);
 
+    // Serving shows the window join like any other job: one window's rows over gRPC.
+    let (_serving, urls) = crate::start_listening(
+        root,
+        &["--config", "runnel.toml", "serving"],
+        &[],
+        &["serving"],
+    );
+    let window = BASE_MS + 3 * MINUTE;
+    let wanted: Joined = complete_joined
+        .iter()
+        .filter(|((_, start), _)| *start == window)
+        .map(|(key, value)| (key.clone(), *value))
+        .collect();
+    assert_eq!(wanted.len(), USERS as usize, "{wanted:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let served: Joined = runnel(
+            root,
+            &[
+                "query",
+                "window",
+                "--job",
+                CLICKS_AND_UPDATES,
+                "--start",
+                &window.to_string(),
+                "--all",
+                "--format",
+                "jsonl",
+                "--url",
+                &urls["serving"],
+            ],
+        )
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).expect("JSON");
+            assert_eq!(row["final"], true, "{line}");
+            let row = &row["values"];
+            (
+                (
+                    row["user_id"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("user_id in {line}"))
+                        .to_string(),
+                    window,
+                ),
+                (
+                    row["clicks"].as_i64().expect("clicks"),
+                    row["updates"].as_i64(),
+                ),
+            )
+        })
+        .collect();
+        if served == wanted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "served {served:?}, not {wanted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(_serving);
+
     runnel(root, &["archive", "--once"]);
     runnel(root, &["backfill", "--job", JOB, "--mode", "recompute"]);
     for job in [PER_COUNTRY, THEN_UPDATED, CLICKS_AND_UPDATES] {
