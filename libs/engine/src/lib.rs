@@ -15,7 +15,8 @@
 //!   event time ([`TemporalJoin`] over a [`VersionedTable`]), or with a second stream within
 //!   an interval of event time ([`IntervalJoin`], its rows put back in order by
 //!   [`TimeOrder`]); the windows then run over the joined rows, and recompute joins in
-//!   DataFusion ([`register_joined`]).
+//!   DataFusion ([`register_joined`]). A router of a repartitioned interval join job puts
+//!   the joined rows back in their stream's offset order ([`OffsetOrder`]).
 //! - A job may join two windowed aggregates on their windows ([`WindowJoinPlan`], Nexmark
 //!   q8 as written): each side runs as its own job, and [`WindowJoin`] pairs their final
 //!   results of a window once neither side can change them; recompute joins the two sides'
@@ -28,6 +29,7 @@ mod guard;
 mod interval_join;
 mod join_plan;
 mod live_join;
+mod offset_order;
 mod operator;
 mod plan;
 mod recompute;
@@ -44,6 +46,7 @@ pub use error::{EngineError, EventError, SqlPosition};
 pub use interval_join::{IntervalJoin, IntervalJoinOutput, IntervalJoinSpec};
 pub use join_plan::{JoinForm, JoinPlan, JoinSources, StreamSource, TableSource};
 pub use live_join::{LiveJoin, LiveJoinOptions, LiveJoinOutput};
+pub use offset_order::{OffsetOrder, OffsetOrdered};
 pub use operator::{
     LATE_PARTITION_COLUMN, LATE_REASON_COLUMN, LATE_WATERMARK_COLUMN, LATE_WINDOW_START_COLUMN,
     OperatorOptions, OperatorOutput, WindowOperator,

@@ -41,6 +41,11 @@ pub struct CheckpointManifest {
     /// offset seen, below which copies (written again by a restarted router) are dropped.
     #[serde(default)]
     pub seen_source_offsets: Vec<Option<u64>>,
+    /// For a task reading an interval join job's repartition topic: per source partition,
+    /// the number of the last copy seen of the row at `seen_source_offsets` (a stream row
+    /// joins into several rows, numbered in one order); absent, 0.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seen_source_copies: Vec<u32>,
     /// For a join job: per partition of its table's changelog, the next offset to read after
     /// restoring the state (which holds the join's table).
     #[serde(default)]
@@ -501,6 +506,7 @@ mod tests {
             late_count: 0,
             state_bytes: bytes,
             seen_source_offsets: Vec::new(),
+            seen_source_copies: Vec::new(),
             table_offsets: Vec::new(),
         }
     }

@@ -7,8 +7,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use runnel_config::{Config, FieldConfig, FieldType, JobConfig, StreamConfig};
 use runnel_engine::{
-    JobLimits, JobPlan, JoinForm, JoinSources, OperatorOptions, StreamSource, TableSource,
-    WindowJoinPlan,
+    JobLimits, JobPlan, JoinSources, OperatorOptions, StreamSource, TableSource, WindowJoinPlan,
 };
 use runnel_events::{INGEST_TIME_COLUMN, OFFSET_COLUMN, StreamSchema};
 
@@ -394,25 +393,6 @@ impl Job {
             Some(key) => !plan.groups_by_column(key),
             None => true,
         };
-        if repartition
-            && plan
-                .join()
-                .is_some_and(|join| matches!(join.form(), JoinForm::Interval { .. }))
-        {
-            // A router sends a partition's rows in offset order (the window tasks drop copies
-            // by it); an interval join lets a row out when its match comes or its interval
-            // expires, out of that order.
-            return Err(fail(format!(
-                "joins the stream `{}` in an interval and groups by {}: an interval join job must group by its stream's key so far",
-                plan.join()
-                    .map(|join| join.right_name())
-                    .unwrap_or_default(),
-                match &stream_config.key {
-                    Some(key) => format!("no column that is the key `{key}` of `{stream_name}`"),
-                    None => format!("columns of `{stream_name}`, which has no key"),
-                }
-            )));
-        }
         let routed = match &joined {
             None => Routed::of_stream(&stream, &input_columns, &input_schema),
             Some(_) => {
@@ -653,7 +633,7 @@ mod tests {
     }
 
     #[test]
-    fn an_interval_join_runs_when_grouped_by_the_streams_key_and_is_refused_otherwise() {
+    fn an_interval_join_grouped_by_another_column_routes_the_joined_rows() {
         let sql = |group: &str| {
             format!(
                 "SELECT {group}, window_start, COUNT(*) AS n \
@@ -672,11 +652,9 @@ mod tests {
             ("user_updates", 4)
         );
         let (config, job) = config_with_job(&sql("c.page"));
-        let error = Job::compile(&config, &job).unwrap_err().to_string();
-        assert!(
-            error.contains("`user_updates` in an interval") && error.contains("stream's key"),
-            "{error}"
-        );
+        let job = Job::compile(&config, &job).expect("compiles");
+        assert!(job.repartition);
+        assert_eq!(job.routed.stream.name(), "j.repartition");
     }
 
     #[test]

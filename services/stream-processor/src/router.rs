@@ -40,23 +40,34 @@
 //! ([`JoinInput::join_whole`]), in offset order; the copies are the joined rows in the
 //! record format of the job's routed rows (`runnel_jobs::Routed`). Its checkpoint holds the
 //! table and the changelog offsets; rows late to the join go to the job's late topic.
+//!
+//! An interval join's router feeds its rows to the join as they come, and the second
+//! stream's as it reads them, and the join gives a row's rows as its matches come, or its
+//! `LEFT` row once its interval has passed. So the router holds them in a
+//! `runnel_engine::OffsetOrder` and routes a row's rows only once every row before it has all
+//! of its own (the join's `released_to` has passed their times): in offset order, each row's
+//! in one order whatever the order they came in, each copy numbered among its row's
+//! (header `runnel-source-copy`), so that a window task drops a copy by its (offset, number).
+//! Its progress markers carry `released_to`: no row before it is still to come. It says it is
+//! at its end only when it holds nothing. Its checkpoint holds the join, then the held rows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, TimestampMillisecondType};
+use arrow::array::{Array, AsArray, Int64Array, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Int64Type, TimestampMillisecondType};
 use bytes::Bytes;
 use runnel_log::{Header, ProduceRecord, partition_for_key};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::StreamProcessorError;
-use crate::join::JoinInput;
+use crate::join::{JoinInput, Joined};
 use crate::task::{
-    SOURCE_AT_END_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_PROGRESS_HEADER,
-    TaskContext,
+    SOURCE_AT_END_HEADER, SOURCE_COPY_HEADER, SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER,
+    SOURCE_PROGRESS_HEADER, TaskContext,
 };
+use runnel_engine::{JoinForm, OffsetOrder};
 use runnel_jobs::checkpoint::{CheckpointManifest, TaskCheckpoints};
 use runnel_jobs::records::{late_records, late_table_records};
 use runnel_jobs::{Job, late_topic, repartition_topic};
@@ -91,6 +102,8 @@ pub(crate) struct Router {
     last_ingest_time: Option<i64>,
     /// A join job's table, which the router joins each batch with before routing it.
     table: Option<JoinInput>,
+    /// An interval join job's joined rows, held until they can go in offset order.
+    order: Option<OffsetOrder>,
 }
 
 impl Router {
@@ -116,13 +129,40 @@ impl Router {
         let (offset, epoch) = restored.as_ref().map_or((0, 0), |restored| {
             (restored.manifest.source_offset, restored.manifest.epoch)
         });
+        let interval = job
+            .plan
+            .join()
+            .is_some_and(|join| matches!(join.form(), JoinForm::Interval { .. }));
+        let engine = |source| StreamProcessorError::Engine {
+            job: job.name.clone(),
+            source,
+        };
+        // An interval join's state is the join's, then the held rows'.
+        let (join_state, order) = match restored.as_ref().map(|restored| &restored.state[..]) {
+            Some(state) if interval => {
+                let (join, held) =
+                    runnel_engine::split_snapshot_parts(state, "join").map_err(engine)?;
+                let (schema, offset) = order_columns(&job)?;
+                (
+                    Some(join),
+                    Some(OffsetOrder::restore(schema, offset, held).map_err(engine)?),
+                )
+            }
+            state if interval => {
+                let (schema, offset) = order_columns(&job)?;
+                (state, Some(OffsetOrder::new(schema, offset)))
+            }
+            state => (state, None),
+        };
         let table = match &job.joined {
             Some(_) => Some(JoinInput::open(
                 &job,
                 (partition, job.stream.config().partitions),
-                restored
-                    .as_ref()
-                    .map(|restored| (&restored.state[..], &restored.manifest.table_offsets[..])),
+                join_state.zip(
+                    restored
+                        .as_ref()
+                        .map(|restored| &restored.manifest.table_offsets[..]),
+                ),
             )?),
             None => None,
         };
@@ -140,6 +180,7 @@ impl Router {
             told_at_end: None,
             last_ingest_time: None,
             table,
+            order,
         })
     }
 
@@ -177,21 +218,42 @@ impl Router {
             .status
             .routed(&self.job.name, self.partition, self.offset, true);
         loop {
+            // An interval join's second stream moves its matches and its watermark.
+            let mut routed = match self.order.is_some() {
+                true => {
+                    let joined = self.poll_join().await?;
+                    self.ordered(joined).await?
+                }
+                false => Vec::new(),
+            };
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break,
                 read = source.next_batch(crate::task::READ_WAIT) => {
                     read.map_err(StreamProcessorError::History)?
                 }
             };
-            let routed = match batch {
+            routed.extend(match batch {
                 Some(batch) => {
                     self.told_at_end = None;
                     let input = self.job.project(&batch)?;
-                    let Some(rows) = self.rows(&input, &shutdown).await? else {
-                        break;
-                    };
-                    self.route(&input, &rows)?
+                    self.last_ingest_time = self.last_ingest_time.max(ingest_time(&input));
+                    if self.order.is_some() {
+                        let joined = self.join_interval(&input)?;
+                        self.ordered(joined).await?
+                    } else {
+                        let Some(rows) = self.rows(&input, &shutdown).await? else {
+                            break;
+                        };
+                        // The whole batch was routed (a join's unmatched rows too: they are
+                        // dropped or late), so its largest event time is the partition's
+                        // progress.
+                        let progress = event_times(&self.job, &input)
+                            .and_then(|times| times.into_iter().flatten().max());
+                        self.route(&rows, None, progress)?
+                    }
                 }
+                // Rows held for their order are still to go: not at the end.
+                None if self.order.as_ref().is_some_and(|order| !order.is_empty()) => Vec::new(),
                 None if self
                     .told_at_end
                     .is_none_or(|told| told.elapsed() >= END_REFRESH) =>
@@ -216,7 +278,7 @@ impl Router {
                     }
                 }
                 None => Vec::new(),
-            };
+            });
             if !routed.is_empty() {
                 self.context
                     .log
@@ -249,33 +311,84 @@ impl Router {
             || self.table.as_ref().is_some_and(JoinInput::progressed)
     }
 
-    /// The rows to route of `input` (a batch of the stream, as the plan's input): `input`'s,
-    /// or for a join job the joined rows (the rows late to the join go to the late topic).
-    /// `None` if `shutdown` came while the join waited for its table.
-    async fn rows(
+    /// An interval join job: what the second stream has, into the join.
+    async fn poll_join(&mut self) -> Result<Joined, StreamProcessorError> {
+        match &mut self.table {
+            Some(table) => table.poll(&self.context).await,
+            None => Ok(Joined::default()),
+        }
+    }
+
+    /// An interval join job: a batch of the stream (as the plan's input) into the join, and
+    /// its rows' offsets and times into the order.
+    fn join_interval(&mut self, input: &RecordBatch) -> Result<Joined, StreamProcessorError> {
+        let missing = |what: &str| StreamProcessorError::Job {
+            job: self.job.name.clone(),
+            message: format!("stream rows without {what}"),
+        };
+        let offsets = input
+            .column_by_name(runnel_events::OFFSET_COLUMN)
+            .and_then(|offsets| offsets.as_primitive_opt::<Int64Type>())
+            .ok_or_else(|| missing("`_offset`"))?
+            .clone();
+        let times: Int64Array = event_times(&self.job, input)
+            .ok_or_else(|| missing("an event time"))?
+            .into_iter()
+            .collect();
+        if let Some(order) = &mut self.order {
+            order
+                .stream(&offsets, &times)
+                .map_err(|source| StreamProcessorError::Engine {
+                    job: self.job.name.clone(),
+                    source,
+                })?;
+        }
+        match &mut self.table {
+            Some(table) => table.stream(self.partition, input),
+            None => Ok(Joined::default()),
+        }
+    }
+
+    /// An interval join job: `joined` (the join's output) into the order, its late rows to the
+    /// late topic, and the copies and progress markers of the rows now in order.
+    async fn ordered(
         &mut self,
-        input: &RecordBatch,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<RecordBatch>, StreamProcessorError> {
-        let Some(table) = &mut self.table else {
-            return Ok(Some(input.clone()));
+        joined: Joined,
+    ) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
+        self.send_late(&joined).await?;
+        let engine = |source| StreamProcessorError::Engine {
+            job: self.job.name.clone(),
+            source,
         };
-        let arrival = input
-            .column_by_name(runnel_events::INGEST_TIME_COLUMN)
-            .and_then(|times| {
-                arrow::compute::max(times.as_primitive_opt::<TimestampMillisecondType>()?)
-            })
-            .unwrap_or_default();
-        let Some(joined) = table
-            .join_whole(&self.context, (self.partition, input), shutdown)
-            .await?
-        else {
-            return Ok(None);
+        let released_to = self.table.as_ref().and_then(JoinInput::released_to);
+        let Some(order) = &mut self.order else {
+            return Ok(Vec::new());
         };
+        for rows in joined.rows {
+            order.push(rows).map_err(engine)?;
+        }
+        let Some(released_to) = released_to else {
+            return Ok(Vec::new());
+        };
+        match order.release(released_to).map_err(engine)? {
+            Some(ordered) => self.route(&ordered.rows, Some(&ordered.copies), Some(released_to)),
+            // No row to route, but the progress may be news.
+            None => self.route(
+                &RecordBatch::new_empty(self.job.plan.stream_schema()),
+                None,
+                Some(released_to),
+            ),
+        }
+    }
+
+    /// Appends the rows late to a join (stream rows, and the other input's) to the late
+    /// topic. (`&mut`: a `&self` held across the await would ask the readers to be `Sync`.)
+    async fn send_late(&mut self, joined: &Joined) -> Result<(), StreamProcessorError> {
+        let arrival = self.last_ingest_time.unwrap_or_default();
         let mut late = late_records(&joined.late_stream, self.partition, None, arrival)?;
-        if let Some(table) = &self.job.joined {
+        if let Some(other) = &self.job.joined {
             late.extend(late_table_records(
-                &table.name,
+                &other.name,
                 &joined.late_table,
                 self.partition,
                 arrival,
@@ -289,6 +402,27 @@ impl Router {
                 .await
                 .map_err(|error| StreamProcessorError::log(&topic, error))?;
         }
+        Ok(())
+    }
+
+    /// The rows to route of `input` (a batch of the stream, as the plan's input): `input`'s,
+    /// or for an AS OF join job the joined rows (the rows late to the join go to the late
+    /// topic). `None` if `shutdown` came while the join waited for its table.
+    async fn rows(
+        &mut self,
+        input: &RecordBatch,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<RecordBatch>, StreamProcessorError> {
+        let Some(table) = &mut self.table else {
+            return Ok(Some(input.clone()));
+        };
+        let Some(joined) = table
+            .join_whole(&self.context, (self.partition, input), shutdown)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.send_late(&joined).await?;
         let schema = self.job.plan.stream_schema();
         Ok(Some(match joined.rows.as_slice() {
             [rows] => rows.clone(),
@@ -297,14 +431,15 @@ impl Router {
         }))
     }
 
-    /// Copies of `rows` (the rows to route of `input`, a batch of the stream from the history
-    /// or the log as the plan's input) keyed by their group, each in the repartition
+    /// Copies of `rows` (the rows to route, in offset order; `copies`: each one's number among
+    /// its stream row's, for an interval join) keyed by their group, each in the repartition
     /// partition its key picks, then a progress marker for each partition that has not seen
-    /// the largest event time of `input`.
+    /// `progress` (no row before that event time is still to come).
     fn route(
         &mut self,
-        input: &RecordBatch,
         rows: &RecordBatch,
+        copies: Option<&UInt32Array>,
+        progress: Option<i64>,
     ) -> Result<Vec<ProduceRecord>, StreamProcessorError> {
         let keys =
             self.job
@@ -327,19 +462,7 @@ impl Router {
         let offsets = column(runnel_events::OFFSET_COLUMN)?.as_primitive::<Int64Type>();
         let ingest_times =
             column(runnel_events::INGEST_TIME_COLUMN)?.as_primitive::<TimestampMillisecondType>();
-        // Event times by row (epoch ms; `None` where missing, which the task drops too).
-        let event_times = |rows: &RecordBatch| -> Option<Vec<Option<i64>>> {
-            let time = rows.schema().index_of(self.job.plan.event_time()).ok()?;
-            arrow::compute::cast(rows.column(time), &arrow::datatypes::DataType::Int64)
-                .ok()
-                .map(|times| times.as_primitive::<Int64Type>().iter().collect())
-        };
-        let row_times = event_times(rows);
-        // A join's rows are not the batch's (an inner join drops some): the batch's own.
-        let batch_times = match &self.table {
-            Some(_) => event_times(input),
-            None => None,
-        };
+        let row_times = event_times(&self.job, rows);
         let mut routed = Vec::with_capacity(rows.num_rows());
         for (row, value) in values.into_iter().enumerate() {
             // A row whose key fails goes on with an empty key; the window task that gets it
@@ -357,30 +480,22 @@ impl Router {
                 let announced = &mut self.announced[target as usize];
                 *announced = Some(announced.map_or(time, |announced| announced.max(time)));
             }
+            let mut headers = vec![
+                header(SOURCE_PARTITION_HEADER, &self.partition),
+                header(SOURCE_OFFSET_HEADER, &offsets.value(row)),
+            ];
+            if let Some(copies) = copies {
+                headers.push(header(SOURCE_COPY_HEADER, &copies.value(row)));
+            }
             routed.push(ProduceRecord {
                 key: Some(Bytes::copy_from_slice(key)),
                 value,
                 timestamp: ingest_times.value(row),
-                headers: vec![
-                    header(SOURCE_PARTITION_HEADER, &self.partition),
-                    header(SOURCE_OFFSET_HEADER, &offsets.value(row)),
-                ],
+                headers,
                 partition: Some(target),
             });
         }
-        // The whole batch was routed (a join's unmatched rows too: they are dropped or late),
-        // so its largest event time is the partition's progress.
-        let progress = batch_times
-            .as_ref()
-            .or(row_times.as_ref())
-            .and_then(|times| times.iter().flatten().max().copied());
-        let last_ingest_time = input
-            .column_by_name(runnel_events::INGEST_TIME_COLUMN)
-            .and_then(|times| {
-                arrow::compute::max(times.as_primitive_opt::<TimestampMillisecondType>()?)
-            });
-        self.last_ingest_time = self.last_ingest_time.max(last_ingest_time);
-        if let (Some(progress), Some(last_ingest_time)) = (progress, last_ingest_time) {
+        if let (Some(progress), Some(last_ingest_time)) = (progress, self.last_ingest_time) {
             for (target, announced) in self.announced.iter_mut().enumerate() {
                 if announced.is_some_and(|announced| announced >= progress) {
                     continue;
@@ -416,10 +531,19 @@ impl Router {
     }
 
     async fn checkpoint(&mut self) -> Result<(), StreamProcessorError> {
-        let (state, table_offsets) = match &self.table {
+        let (mut state, table_offsets) = match &self.table {
             Some(table) => table.snapshot()?,
             None => (Vec::new(), Vec::new()),
         };
+        if let Some(order) = &self.order {
+            let held = order
+                .snapshot()
+                .map_err(|source| StreamProcessorError::Engine {
+                    job: self.job.name.clone(),
+                    source,
+                })?;
+            state = runnel_engine::join_snapshot_parts(&state, &held);
+        }
         self.epoch += 1;
         let manifest = CheckpointManifest {
             job: format!("{}.router", self.job.name),
@@ -430,6 +554,7 @@ impl Router {
             late_count: 0,
             state_bytes: state.len() as u64,
             seen_source_offsets: Vec::new(),
+            seen_source_copies: Vec::new(),
             table_offsets,
         };
         self.checkpoints
@@ -479,6 +604,37 @@ async fn caught_up(
         }
         Err(_) => false,
     }
+}
+
+/// The event times of `rows` (epoch ms by row; `None` where missing, which the join and the
+/// window task refuse too), `None` if they have no event time column of a time type.
+fn event_times(job: &Job, rows: &RecordBatch) -> Option<Vec<Option<i64>>> {
+    let time = rows.schema().index_of(job.plan.event_time()).ok()?;
+    arrow::compute::cast(rows.column(time), &DataType::Int64)
+        .ok()
+        .map(|times| times.as_primitive::<Int64Type>().iter().collect())
+}
+
+/// The largest ingest time of `input` (the plan's input).
+fn ingest_time(input: &RecordBatch) -> Option<i64> {
+    input
+        .column_by_name(runnel_events::INGEST_TIME_COLUMN)
+        .and_then(|times| {
+            arrow::compute::max(times.as_primitive_opt::<TimestampMillisecondType>()?)
+        })
+}
+
+/// The joined rows' schema and their `_offset` column, for an interval join's order.
+fn order_columns(job: &Job) -> Result<(arrow::datatypes::SchemaRef, usize), StreamProcessorError> {
+    let schema = job.plan.stream_schema();
+    let offset =
+        schema
+            .index_of(runnel_events::OFFSET_COLUMN)
+            .map_err(|_| StreamProcessorError::Job {
+                job: job.name.clone(),
+                message: "joined rows without `_offset`".to_string(),
+            })?;
+    Ok((schema, offset))
 }
 
 /// A header of a routed record.

@@ -124,7 +124,9 @@ pub(crate) struct Task {
     /// The topic the task reads: the stream's, or the job's repartition topic.
     topic: String,
     /// Reading a repartition topic: per source partition, the highest source offset seen.
-    seen_source_offsets: Vec<Option<u64>>,
+    /// With the number of the last copy of that row seen (an interval join's stream row
+    /// joins into several rows; 0 for any other).
+    seen_source_offsets: Vec<Option<(u64, u32)>>,
     /// No checkpoint: a direct task starts at the history's first offset (or the log's).
     fresh: bool,
     /// Exactly-once: the task's transactional writer.
@@ -181,6 +183,10 @@ pub(crate) const SOURCE_PARTITION_HEADER: &str = "runnel-source-partition";
 /// Header of a repartitioned record: its offset in the stream.
 pub(crate) const SOURCE_OFFSET_HEADER: &str = "runnel-source-offset";
 
+/// Header of a repartitioned record of an interval join job: its number among the joined
+/// rows of its stream row (absent: 0).
+pub(crate) const SOURCE_COPY_HEADER: &str = "runnel-source-copy";
+
 /// Header of a router's progress marker: the largest event time its source partition has
 /// reached (epoch ms); the marker has no key and no value.
 pub(crate) const SOURCE_PROGRESS_HEADER: &str = "runnel-source-progress";
@@ -220,6 +226,14 @@ fn header_text<'a>(record: &'a Record, name: &str) -> Option<&'a str> {
         .iter()
         .find(|header| header.key == name)
         .and_then(|header| std::str::from_utf8(&header.value).ok())
+}
+
+/// A repartitioned record's number among the joined rows of its stream row (an interval
+/// join's router numbers them), from its header; 0 without one.
+fn source_copy(record: &Record) -> u32 {
+    header_text(record, SOURCE_COPY_HEADER)
+        .and_then(|copy| copy.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A repartitioned record's position in the stream, from its headers.
@@ -305,7 +319,17 @@ impl Task {
         let (operator, offset, epoch) = match restored {
             Some(restored) => {
                 if job.repartition {
-                    seen_source_offsets = restored.manifest.seen_source_offsets.clone();
+                    let copies = &restored.manifest.seen_source_copies;
+                    seen_source_offsets = restored
+                        .manifest
+                        .seen_source_offsets
+                        .iter()
+                        .enumerate()
+                        .map(|(partition, offset)| {
+                            offset
+                                .map(|offset| (offset, copies.get(partition).copied().unwrap_or(0)))
+                        })
+                        .collect();
                     seen_source_offsets.resize(source_partitions as usize, None);
                 }
                 // A direct join task's state is the windows' snapshot, then the join's (a
@@ -793,10 +817,11 @@ impl Task {
                 );
                 continue;
             };
-            if seen.is_some_and(|seen| offset <= seen) {
+            let position = (offset, source_copy(record));
+            if seen.is_some_and(|seen| position <= seen) {
                 continue;
             }
-            *seen = Some(offset);
+            *seen = Some(position);
             if run_partition.is_some_and(|current| current != partition) {
                 self.flush_run(&mut run, &mut run_partition, arrival, &mut output)?;
             }
@@ -939,7 +964,24 @@ impl Task {
             watermark: self.operator.watermark(),
             late_count: self.operator.late_count(),
             state_bytes: state.len() as u64,
-            seen_source_offsets: self.seen_source_offsets.clone(),
+            seen_source_offsets: self
+                .seen_source_offsets
+                .iter()
+                .map(|seen| seen.map(|(offset, _)| offset))
+                .collect(),
+            seen_source_copies: if self
+                .seen_source_offsets
+                .iter()
+                .flatten()
+                .any(|(_, copy)| *copy > 0)
+            {
+                self.seen_source_offsets
+                    .iter()
+                    .map(|seen| seen.map_or(0, |(_, copy)| copy))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             table_offsets,
         };
         let topic = self.topic.as_str();

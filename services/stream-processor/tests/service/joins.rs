@@ -51,10 +51,11 @@ max-out-of-orderness = "1s"
 allowed-lateness = "0s"
 "#;
 
-/// The config of the test's streams and the table `users`, with `jobs`.
-fn write_config(root: &Path, jobs: &str) -> Config {
+/// The config of the test's streams and the table `users`, with `jobs`, checkpointing every
+/// `checkpoint_interval`.
+fn write_config(root: &Path, jobs: &str, checkpoint_interval: &str) -> Config {
     let path = root.join("runnel.toml");
-    let toml = runnel_testkit::streams::join_config(&root.join("data"), "100ms", jobs);
+    let toml = runnel_testkit::streams::join_config(&root.join("data"), checkpoint_interval, jobs);
     std::fs::write(&path, toml).expect("write config");
     Config::load(&[path], &Default::default()).expect("valid config")
 }
@@ -175,7 +176,12 @@ struct Running {
 impl Running {
     /// The service over the test's streams in `root`, running `jobs`.
     async fn start(root: &Path, jobs: &str) -> Running {
-        let config = write_config(root, jobs);
+        Running::start_checkpointing(root, jobs, "100ms").await
+    }
+
+    /// The service, checkpointing every `checkpoint_interval`.
+    async fn start_checkpointing(root: &Path, jobs: &str, checkpoint_interval: &str) -> Running {
+        let config = write_config(root, jobs, checkpoint_interval);
         let embedded = Arc::new(
             EmbeddedLog::open(&config.embedded_log_dir(), &config.storage.log.embedded)
                 .await
@@ -223,6 +229,14 @@ impl Running {
     async fn stop(self) {
         self.shutdown.cancel();
         self.service.await.expect("join").expect("clean stop");
+        self.embedded.close().await;
+    }
+
+    /// Stops the service as a crash would: its tasks and routers dropped where they are, no
+    /// last checkpoint.
+    async fn crash(self) {
+        self.service.abort();
+        assert!(self.service.await.is_err_and(|error| error.is_cancelled()));
         self.embedded.close().await;
     }
 }
@@ -702,5 +716,123 @@ async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    running.stop().await;
+}
+
+/// An interval join job grouped by a column of the second stream: its routers join, and
+/// route each click's rows (one per update in its interval, or its `LEFT` row) in offset
+/// order, numbered. The service crashes before any checkpoint: the routers route everything
+/// again, and the window tasks, reading the repartition topic from its start, drop every
+/// copy by its offset and number. The final windows count each pair once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_join_job_grouped_by_the_other_streams_column_counts_each_pair_once_across_a_crash()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let job = "updates_after_clicks";
+    let jobs = r#"
+[[jobs]]
+name = "updates_after_clicks"
+sql = """
+SELECT u.country, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '10' SECOND) AS c
+LEFT JOIN user_updates AS u ON c.user_id = u.user_id
+  AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '5' SECOND
+GROUP BY u.country, window_start, window_end
+"""
+max-out-of-orderness = "1s"
+allowed-lateness = "0s"
+"#;
+    // a: clicks at 1, 12 and 60; updates at 3 (FR, with 1) and 20 (after 12's interval).
+    // b: clicks at 5, 21 and 60; updates at 5 (at 5's lower edge), 23 and 26 (both in 21's,
+    // the second at its upper edge) and 27 (after it).
+    let append = |log: Arc<dyn Log>| async move {
+        log.append(
+            "user_updates",
+            vec![
+                update("a", 3, Some("FR")),
+                update("b", 5, Some("US")),
+                update("a", 20, Some("DE")),
+                update("b", 23, Some("US")),
+                update("b", 26, Some("US")),
+                update("b", 27, Some("US")),
+            ],
+        )
+        .await
+        .expect("append");
+        log.append(
+            "clicks",
+            vec![
+                click("a", 1),
+                click("b", 5),
+                click("a", 12),
+                click("b", 21),
+                click("a", 60),
+                click("b", 60),
+            ],
+        )
+        .await
+        .expect("append");
+    };
+    // (country, window start) to clicks.
+    let expected: Windows = [
+        (Some("FR"), 0, 1),
+        (Some("US"), 0, 1),
+        (None, 10, 1),
+        (Some("US"), 20, 2),
+    ]
+    .into_iter()
+    .map(|(country, second, clicks)| ((None, country.map(str::to_string), second), clicks))
+    .collect();
+    // No checkpoint before the crash: an hour between two.
+    let running = Running::start_checkpointing(dir.path(), jobs, "1h").await;
+    append(Arc::clone(&running.log)).await;
+    let expected = &expected;
+    let wait_for = |log: Arc<dyn Log>, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let windows = final_windows(log.as_ref(), job).await;
+            if windows == *expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: final windows {windows:?}, not {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    wait_for(Arc::clone(&running.log), "before the crash").await;
+    let routed = read_all(running.log.as_ref(), &format!("{job}.repartition")).await;
+    let copies = routed
+        .iter()
+        .filter(|record| {
+            record
+                .headers
+                .iter()
+                .any(|header| header.key == "runnel-source-copy" && header.value.as_ref() == b"1")
+        })
+        .count();
+    assert_eq!(
+        copies, 1,
+        "b's click at 21 joins two updates: its second row is copy 1"
+    );
+    running.crash().await;
+
+    let running = Running::start(dir.path(), jobs).await;
+    // The routers start again from the stream's start: every row is routed twice.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_all(running.log.as_ref(), &format!("{job}.repartition"))
+        .await
+        .iter()
+        .filter(|record| record.key.is_some())
+        .count()
+        < 2 * routed.iter().filter(|record| record.key.is_some()).count()
+    {
+        assert!(Instant::now() < deadline, "the routers did not route again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for(Arc::clone(&running.log), "after the crash").await;
+    let late = read_all(running.log.as_ref(), &late_topic(job)).await;
+    assert!(late.is_empty(), "{late:?}");
     running.stop().await;
 }

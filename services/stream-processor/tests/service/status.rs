@@ -271,6 +271,15 @@ async fn status(address: &str) -> Vec<JobStatus> {
                             duration_seconds: checkpoint["duration_seconds"].as_f64(),
                         }
                     }),
+                    other_offsets: partition["other_offsets"]
+                        .as_array()
+                        .map(|offsets| {
+                            offsets
+                                .iter()
+                                .map(|offset| offset.as_u64().expect("offset"))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect(),
             routed: serde_json::from_value::<Vec<serde_json::Value>>(job["routed"].clone())
