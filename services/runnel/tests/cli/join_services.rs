@@ -5,7 +5,9 @@
 //! archives both streams; `runnel backfill --mode recompute` recomputes them over both
 //! histories, and `--mode replay` runs their version 2 over both histories and the log. The
 //! live, recomputed and replayed final windows are what the table's versions say. So are
-//! those of a join of two windowed aggregates: each user's clicks per minute, `LEFT` joined
+//! those of an interval join of the clicks with the updates in the 30 s after each, per user
+//! (the tasks join) and per country of the update (repartitioned: the routers join), and of
+//! a join of two windowed aggregates: each user's clicks per minute, `LEFT` joined
 //! with their updates that minute to a country other than `fr`.
 
 use std::collections::BTreeMap;
@@ -38,6 +40,10 @@ const PER_COUNTRY: &str = "clicks_per_country";
 /// updates (a click with none counts 0, and makes a window of its own).
 const THEN_UPDATED: &str = "clicks_then_updated";
 const INTERVAL_MS: i64 = 30_000;
+/// The same pairs counted per country of the update (`LEFT`: a click with none counts under
+/// no country): grouped by a column of the second stream, so repartitioned, and its routers
+/// join.
+const UPDATED_PER_COUNTRY: &str = "updates_per_country";
 /// Per user and minute, the clicks, and (`LEFT`) the updates to a country other than `fr`:
 /// a join of two windowed aggregates.
 const CLICKS_AND_UPDATES: &str = "clicks_and_updates";
@@ -72,6 +78,19 @@ FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
 LEFT JOIN user_updates AS u ON c.user_id = u.user_id
   AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '30' SECOND
 GROUP BY c.user_id, window_start, window_end
+"""
+max-out-of-orderness = "2s"
+allowed-lateness = "0s"
+
+[[jobs]]
+name = "{UPDATED_PER_COUNTRY}"
+version = {version}
+sql = """
+SELECT u.country, window_start, window_end, COUNT(*) AS clicks
+FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) AS c
+LEFT JOIN user_updates AS u ON c.user_id = u.user_id
+  AND u.event_time BETWEEN c.event_time AND c.event_time + INTERVAL '30' SECOND
+GROUP BY u.country, window_start, window_end
 """
 max-out-of-orderness = "2s"
 allowed-lateness = "0s"
@@ -394,6 +413,32 @@ fn expected_interval(horizon: i64) -> Windows {
     windows
 }
 
+/// What the repartitioned interval job's windows ending by `horizon` hold: per country of
+/// the update (none for a delete) and minute, the pairs of a click with an update of its user
+/// in the 30 s after it; a click with none counts under no country.
+fn expected_interval_per_country(horizon: i64) -> Windows {
+    let mut windows = Windows::new();
+    for n in 0..CLICKS {
+        let (user, at) = click_at(n);
+        let start = at - at.rem_euclid(MINUTE);
+        if start + MINUTE > horizon {
+            continue;
+        }
+        let updates: Vec<i64> = (0..10)
+            .map(|minute| BASE_MS + minute * MINUTE + user * 1_000)
+            .filter(|update| (at..=at + INTERVAL_MS).contains(update))
+            .collect();
+        if updates.is_empty() {
+            *windows.entry((None, None, start)).or_default() += 1;
+        }
+        for update in updates {
+            let country = country_at(user, update).map(str::to_string);
+            *windows.entry((None, country, start)).or_default() += 1;
+        }
+    }
+    windows
+}
+
 fn runnel(root: &Path, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_runnel"))
         .arg("--config")
@@ -450,6 +495,13 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         complete_interval.values().all(|pairs| *pairs > 0),
         "clicks with an update in their interval: {complete_interval:?}"
     );
+    let complete_interval_per_country = expected_interval_per_country(BASE_MS + 9 * MINUTE);
+    assert!(
+        complete_interval_per_country
+            .keys()
+            .any(|(_, country, _)| country.is_none()),
+        "clicks without an update, or with a delete: {complete_interval_per_country:?}"
+    );
     let complete_joined = expected_joined(BASE_MS + 9 * MINUTE);
     assert!(
         complete_joined
@@ -471,6 +523,10 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
             covered(live_finals(&log, PER_COUNTRY).await, BASE_MS + 9 * MINUTE),
             covered(live_finals(&log, THEN_UPDATED).await, BASE_MS + 9 * MINUTE),
             live_joined(&log, CLICKS_AND_UPDATES).await,
+            covered(
+                live_finals(&log, UPDATED_PER_COUNTRY).await,
+                BASE_MS + 9 * MINUTE,
+            ),
         );
         if live
             == (
@@ -478,6 +534,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
                 complete_per_country.clone(),
                 complete_interval.clone(),
                 complete_joined.clone(),
+                complete_interval_per_country.clone(),
             )
         {
             break;
@@ -488,7 +545,7 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         }
         assert!(
             Instant::now() < deadline,
-            "live final windows after 120 s: {live:?}, not {complete:?}, {complete_per_country:?}, {complete_interval:?} and {complete_joined:?}; its log:\n{}",
+            "live final windows after 120 s: {live:?}, not {complete:?}, {complete_per_country:?}, {complete_interval:?}, {complete_joined:?} and {complete_interval_per_country:?}; its log:\n{}",
             text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -561,7 +618,12 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
 
     runnel(root, &["archive", "--once"]);
     runnel(root, &["backfill", "--job", JOB, "--mode", "recompute"]);
-    for job in [PER_COUNTRY, THEN_UPDATED, CLICKS_AND_UPDATES] {
+    for job in [
+        PER_COUNTRY,
+        THEN_UPDATED,
+        CLICKS_AND_UPDATES,
+        UPDATED_PER_COUNTRY,
+    ] {
         runnel(root, &["backfill", "--job", job, "--mode", "recompute"]);
     }
     let (recomputed, horizon) = view(root, JOB);
@@ -577,6 +639,13 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         recomputed_interval,
         expected_interval(interval_horizon),
         "recompute of the interval join"
+    );
+    let (recomputed_interval_per_country, per_country_horizon) = view(root, UPDATED_PER_COUNTRY);
+    assert_eq!(per_country_horizon, interval_horizon);
+    assert_eq!(
+        recomputed_interval_per_country,
+        expected_interval_per_country(interval_horizon),
+        "recompute of the repartitioned interval join"
     );
     assert!(
         (BASE_MS + 9 * MINUTE..BASE_MS + 10 * MINUTE).contains(&horizon),
@@ -604,7 +673,13 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
     let path = root.join("runnel.toml");
     let toml = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, format!("{toml}{}", jobs_toml(2))).expect("write config");
-    for job in [JOB, PER_COUNTRY, THEN_UPDATED, CLICKS_AND_UPDATES] {
+    for job in [
+        JOB,
+        PER_COUNTRY,
+        THEN_UPDATED,
+        CLICKS_AND_UPDATES,
+        UPDATED_PER_COUNTRY,
+    ] {
         let summary = runnel(
             root,
             &[
@@ -636,7 +711,15 @@ async fn join_jobs_run_live_and_their_recompute_and_replay_agree() {
         BASE_MS + 9 * MINUTE,
     );
     let replayed_joined = live_joined(&log, &format!("{CLICKS_AND_UPDATES}.v2")).await;
+    let replayed_interval_per_country = covered(
+        live_finals(&log, &format!("{UPDATED_PER_COUNTRY}.v2")).await,
+        BASE_MS + 9 * MINUTE,
+    );
     log.close().await;
+    assert_eq!(
+        replayed_interval_per_country, complete_interval_per_country,
+        "replay of the repartitioned interval join"
+    );
     assert_eq!(
         replayed_interval, complete_interval,
         "replay of the interval join"
