@@ -133,6 +133,8 @@ pub(crate) struct Task {
     transaction: Option<Transaction>,
     /// A join job's table, joined with the stream rows before the windows.
     table: Option<JoinInput>,
+    /// An interval join's `released_to` as the windows last took it.
+    released_to: Option<i64>,
     /// A window join job's right side and join; the task's operator is its left side.
     window_join: Option<WindowJoinInput>,
     /// Rows of the other input (a changelog's rows late to the table, or a window join's
@@ -425,6 +427,7 @@ impl Task {
             fresh: epoch == 0,
             transaction,
             table,
+            released_to: None,
             window_join,
             late_table: Vec::new(),
         })
@@ -591,9 +594,17 @@ impl Task {
             return Ok(());
         };
         let joined = table.poll(&self.context).await?;
-        if joined.table_rows == 0 && joined.rows.is_empty() && joined.late_table.is_empty() {
+        // An interval join's progress may move with no row (its second stream idle): the
+        // windows take it all the same.
+        let released_to = table.released_to();
+        if joined.table_rows == 0
+            && joined.rows.is_empty()
+            && joined.late_table.is_empty()
+            && released_to == self.released_to
+        {
             return Ok(());
         }
+        self.released_to = released_to;
         self.dirty = true;
         // Rows the table lets through are the stream's, which arrived by the operator's
         // arrival clock.
@@ -625,6 +636,7 @@ impl Task {
         // come: the windows take that as their input's progress, or they would wait for rows
         // past the interval to fire.
         if let Some(progress) = self.table.as_ref().and_then(JoinInput::released_to) {
+            self.released_to = Some(progress);
             output.append(
                 self.operator
                     .advance_partition(0, progress, arrival)
