@@ -460,6 +460,10 @@ pub struct IntervalJoin {
     /// hold the watermark back until it shows a row again. Not in snapshots: a restored join's
     /// partitions hold it until their reader says so again.
     right_idle: Vec<bool>,
+    /// The right input has ended ([`IntervalJoin::right_ended`]): no right row will come, so
+    /// a left row is joined with the right rows stored and not stored itself. Not in
+    /// snapshots (a restored join stores its left rows again: the same output).
+    right_ended: bool,
     /// Partitions of either side that have shown no row yet.
     unseen: usize,
     /// Once `unseen` is 0: the smallest of the partitions' largest event times.
@@ -534,6 +538,7 @@ impl IntervalJoin {
             right_max: vec![None; spec.right_partitions as usize],
             unseen: spec.left_partitions as usize + spec.right_partitions as usize,
             right_idle: vec![false; spec.right_partitions as usize],
+            right_ended: false,
             slowest: i64::MIN,
             watermark: i64::MIN,
             out_of_orderness_ms: duration_ms(spec.max_out_of_orderness),
@@ -633,6 +638,35 @@ impl IntervalJoin {
         Ok(output)
     }
 
+    /// Ends the right input: no right row will come again (`runnel run` reads a second stream
+    /// whole before the stream). Its partitions stop holding the watermark back for good, and
+    /// from here a left row is joined with the right rows stored, at once, and never stored
+    /// (a `LEFT` join emits it with nulls at once if none matches): no row it could match is
+    /// still to come. The output is the same rows as without it; only the unmatched `LEFT`
+    /// rows come sooner. What the watermark then expires goes.
+    ///
+    /// # Errors
+    ///
+    /// Arrow failures.
+    pub fn right_ended(&mut self) -> Result<IntervalJoinOutput, EngineError> {
+        self.right_ended = true;
+        let mut output = IntervalJoinOutput::default();
+        for partition in 0..self.right_idle.len() as u32 {
+            let expired = self.right_at_end(partition)?;
+            output.rows.extend(expired.rows);
+        }
+        // The left rows stored so far can match no right row any more: a `LEFT` join's
+        // unmatched ones go now, the others with nothing.
+        let mut pairs = Vec::new();
+        self.expire_before(i128::MAX, i128::MIN, &mut pairs);
+        if !pairs.is_empty() {
+            output.rows.push(self.build(&pairs)?);
+        }
+        self.left.drop_unheld();
+        self.right.drop_unheld();
+        Ok(output)
+    }
+
     /// Ends both inputs: the watermark goes to `i64::MAX`, a `LEFT` join emits its unmatched
     /// left rows with nulls (in (time, arrival) order), and every stored row goes.
     ///
@@ -690,6 +724,11 @@ impl IntervalJoin {
             )));
         }
         if input == Input::Right && batch.num_rows() > 0 {
+            if self.right_ended {
+                return Err(EngineError::Misuse(
+                    "right rows after the right input ended".to_string(),
+                ));
+            }
             // An idle partition that shows rows holds the watermark again.
             self.right_idle[partition as usize] = false;
         }
@@ -704,6 +743,10 @@ impl IntervalJoin {
         let (key_nulls, key_rows) = key_rows(&self.keys, batch, key_columns)?;
         // A LEFT join keeps its left rows with a null key, to emit them with nulls.
         let keep_null_keys = input == Input::Left && self.spec.kind == JoinKind::Left;
+        // Once the right input has ended a left row can match only the right rows stored:
+        // it is joined at once and not stored (a `LEFT` row without a match goes at once).
+        let store = !(input == Input::Left && self.right_ended);
+        let emit_unmatched = !store && self.spec.kind == JoinKind::Left;
         let (lower, upper) = (
             i128::from(self.spec.lower_ms),
             i128::from(self.spec.upper_ms),
@@ -764,9 +807,16 @@ impl IntervalJoin {
                         }
                     }));
                 }
-                Some(this.slot_for(hash, key)?)
+                store.then(|| this.slot_for(hash, key)).transpose()?
             };
-            if let Some(slot) = slot {
+            if !store {
+                if emit_unmatched && !matched {
+                    pairs.push(Pair {
+                        left: this_row,
+                        right: None,
+                    });
+                }
+            } else if let Some(slot) = slot {
                 let seq = this.next_seq;
                 this.next_seq += 1;
                 this.store(
@@ -1731,6 +1781,43 @@ mod tests {
         prop::collection::vec(step, 0..16)
     }
 
+    /// The nested-loop interval join of every row of `steps`, as sorted rendered rows: every
+    /// pair of an equal non-null key within the interval, and for `LEFT` each left row
+    /// without one, with nulls.
+    fn nested_loop(spec: &IntervalJoinSpec, steps: &[Step]) -> Vec<String> {
+        let kind = spec.kind;
+        let rows = |want_left: bool| -> Vec<(i64, Option<u8>, u8)> {
+            steps
+                .iter()
+                .filter_map(|step| match step {
+                    Step::Left(_, rows) if want_left => Some(rows.clone()),
+                    Step::Right(_, rows) if !want_left => Some(rows.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .map(|(time, key, payload)| (time.expect("a time"), key, payload))
+                .collect()
+        };
+        let key = |key: Option<u8>| key.map_or("NULL", |key| KEYS[key as usize]);
+        let mut want = Vec::new();
+        for (lt, lk, item) in rows(true) {
+            let left_row = format!("{lt} {} {}", key(lk), ["a", "b", "c"][item as usize]);
+            let mut matched = false;
+            for (rt, rk, amount) in rows(false) {
+                if lk.is_some() && lk == rk && (spec.lower_ms..=spec.upper_ms).contains(&(rt - lt))
+                {
+                    matched = true;
+                    want.push(format!("{left_row} | {rt} {} {amount}", key(rk)));
+                }
+            }
+            if kind == JoinKind::Left && !matched {
+                want.push(format!("{left_row} | NULL NULL NULL"));
+            }
+        }
+        want.sort();
+        want
+    }
+
     /// Steps whose rows are never more than `out_of_orderness` behind the largest time of
     /// their partition, so that none is late: each partition's clock moves on by the row's
     /// step (0..7) and the row is up to `out_of_orderness` behind it.
@@ -1791,36 +1878,34 @@ mod tests {
             let steps = steps_without_late_rows(&steps, settings.2);
             let (mut got, late_left, late_right, errors) = run(&spec, &steps, &[]);
             prop_assert!(late_left.is_empty() && late_right.is_empty() && errors == 0);
-            let rows = |want_left: bool| -> Vec<(i64, Option<u8>, u8)> {
-                steps
-                    .iter()
-                    .filter_map(|step| match step {
-                        Step::Left(_, rows) if want_left => Some(rows.clone()),
-                        Step::Right(_, rows) if !want_left => Some(rows.clone()),
-                        _ => None,
-                    })
-                    .flatten()
-                    .map(|(time, key, payload)| (time.expect("a time"), key, payload))
-                    .collect()
-            };
-            let key = |key: Option<u8>| key.map_or("NULL", |key| KEYS[key as usize]);
-            let mut want = Vec::new();
-            for (lt, lk, item) in rows(true) {
-                let left_row = format!("{lt} {} {}", key(lk), ["a", "b", "c"][item as usize]);
-                let mut matched = false;
-                for (rt, rk, amount) in rows(false) {
-                    if lk.is_some() && lk == rk && (spec.lower_ms..=spec.upper_ms).contains(&(rt - lt)) {
-                        matched = true;
-                        want.push(format!("{left_row} | {rt} {} {amount}", key(rk)));
-                    }
-                }
-                if kind == JoinKind::Left && !matched {
-                    want.push(format!("{left_row} | NULL NULL NULL"));
-                }
-            }
-            want.sort();
             got.sort();
-            prop_assert_eq!(got, want);
+            prop_assert_eq!(got, nested_loop(&spec, &steps));
+        }
+
+        /// A right input given whole and ended first: each left row is joined at once and not
+        /// stored, and the output is still the nested-loop join of the whole input.
+        #[test]
+        fn with_the_right_input_ended_first_it_is_the_nested_loop_join(
+            steps in steps(),
+            settings in settings(),
+            is_left in any::<bool>(),
+        ) {
+            let kind = if is_left { JoinKind::Left } else { JoinKind::Inner };
+            let spec = property_spec(kind, settings);
+            let steps = steps_without_late_rows(&steps, settings.2);
+            let (rights, lefts): (Vec<Step>, Vec<Step>) =
+                steps.iter().cloned().partition(|step| matches!(step, Step::Right(..)));
+            let mut join = IntervalJoin::new(spec.clone()).expect("join");
+            let mut outcome = Outcome::default();
+            feed(&mut join, &rights, &[], &mut outcome);
+            take(&mut outcome, join.right_ended().expect("right ended"));
+            feed(&mut join, &lefts, &[], &mut outcome);
+            prop_assert_eq!(join.stored_rows().0, 0, "no left row is stored");
+            take(&mut outcome, join.finish().expect("finish"));
+            let (mut got, late_left, late_right, errors) = outcome;
+            prop_assert!(late_left.is_empty() && late_right.is_empty() && errors == 0);
+            got.sort();
+            prop_assert_eq!(got, nested_loop(&spec, &steps));
         }
 
         /// A join restored from a snapshot taken after any step goes on exactly as the

@@ -286,18 +286,19 @@ impl LiveJoin {
         self.for_windows(output)
     }
 
-    /// AS OF: the changelog has ended, so the table's watermark goes to the end of time and
-    /// every stream row, waiting or to come, is joined with the versions it has
-    /// ([`TemporalJoin::finish`]; `runnel run` reads the whole changelog first). An interval
-    /// join gives nothing: its watermark stays with its inputs.
+    /// The other input has ended (`runnel run` reads it whole first). AS OF: the table's
+    /// watermark goes to the end of time and every stream row, waiting or to come, is joined
+    /// with the versions it has ([`TemporalJoin::finish`]). Interval: the second stream stops
+    /// holding the join's watermark, and each stream row is joined with its stored rows at
+    /// once and not stored ([`IntervalJoin::right_ended`]).
     ///
     /// # Errors
     ///
     /// Arrow failures.
-    pub fn table_ended(&mut self) -> Result<LiveJoinOutput, EngineError> {
+    pub fn other_ended(&mut self) -> Result<LiveJoinOutput, EngineError> {
         let output = match &mut self.kind {
             Kind::AsOf(join) => join.finish()?.into(),
-            Kind::Interval { .. } => LiveJoinOutput::default(),
+            Kind::Interval { join, .. } => join.right_ended()?.into(),
         };
         self.for_windows(output)
     }

@@ -383,9 +383,10 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
     // A join job: the other input goes into the join whole, before the stream, so that all
     // of it is there when the stream's rows come. A table's changelog: every version, none
     // late whatever the file's order (of rows at one time, the later in the file wins), and
-    // stream rows are never late to it. A second stream: its rows are all stored (the
-    // join's watermark waits for the stream), and a stream row is late to the join only when
-    // it is later than the out-of-orderness and lateness allow, as for the windows.
+    // stream rows are never late to it. A second stream: its rows are all stored, then it
+    // ends (the join's watermark is the stream's), each stream row is joined with them at
+    // once and not stored, and a stream row is late to the join only when it is later than
+    // the out-of-orderness and lateness allow, as for the windows.
     let mut table_state = None;
     let join = match &joined {
         Some(joined) => {
@@ -405,10 +406,10 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
             for batch in &joined.batches {
                 skipped += join.other(0, batch)?.errors.len();
             }
-            // A changelog is whole: the table's watermark goes to the end of time. (A second
-            // stream's rows are all stored; the join's watermark waits for the stream.)
+            // The other input is whole: a table's watermark goes to the end of time; a second
+            // stream's rows are all stored, and each stream row is joined with them at once.
+            join.other_ended()?;
             if !joined.sources.tables.is_empty() {
-                join.table_ended()?;
                 table_state = Some((join.other_rows(), join.state_bytes()));
             }
             if skipped > 0 {
