@@ -226,6 +226,11 @@ impl Running {
         }
     }
 
+    /// Appends `records` to `topic`.
+    async fn append(&self, topic: &str, records: Vec<ProduceRecord>) {
+        self.log.append(topic, records).await.expect("append");
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.service.await.expect("join").expect("clean stop");
@@ -249,7 +254,6 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
     // (the smaller partition's largest time, 15 s, less 1 s): later clicks are joined once
     // the changelog is read to its end.
     running
-        .log
         .append(
             "user_updates",
             vec![
@@ -259,16 +263,13 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
                 update("b", 25, None),
             ],
         )
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append(
             "clicks",
             vec![click("a", 1), click("a", 12), click("b", 5), click("b", 21)],
         )
-        .await
-        .expect("append");
+        .await;
     // Both jobs have joined these clicks before the stop: the table they restore has its
     // watermark at 14 s, which makes the next changelog row late.
     running
@@ -279,12 +280,9 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
     let running = Running::start(dir.path(), AS_OF_JOBS).await;
     // Behind the table's watermark: late, and the table keeps FR for a at 12 s.
     running
-        .log
         .append("user_updates", vec![update("a", 11, Some("ES"))])
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append(
             "clicks",
             vec![
@@ -296,8 +294,7 @@ async fn a_join_job_counts_each_click_with_the_users_version_as_of_its_time_acro
                 click("b", 60),
             ],
         )
-        .await
-        .expect("append");
+        .await;
     let expected: Windows = [
         (("user-a", Some("FR"), 0), 1),
         (("user-a", Some("FR"), 10), 1),
@@ -389,24 +386,19 @@ allowed-lateness = "0s"
     // a: clicks at 1 and 12, updates at 3 (paired with 1) and 20 (after 12's interval).
     // b: clicks at 5 and 21, updates at 5 (at 5's lower edge), 26 (at 21's upper edge), 27.
     running
-        .log
         .append(
             "user_updates",
             vec![update("a", 3, Some("FR")), update("b", 5, Some("US"))],
         )
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append("clicks", vec![click("a", 1), click("b", 5), click("a", 12)])
-        .await
-        .expect("append");
+        .await;
     running.wait_for_events(&[job], 3).await;
     running.stop().await;
 
     let running = Running::start(dir.path(), jobs).await;
     running
-        .log
         .append(
             "user_updates",
             vec![
@@ -415,16 +407,13 @@ allowed-lateness = "0s"
                 update("b", 27, Some("US")),
             ],
         )
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append(
             "clicks",
             vec![click("b", 21), click("a", 60), click("b", 60)],
         )
-        .await
-        .expect("append");
+        .await;
     // (user, window start) to (pairs, updated).
     let expected: BTreeMap<(String, i64), (u64, u64)> = [
         (("user-a", 0), (1, 1)),
@@ -516,7 +505,6 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
     // task 0 has closed the window at 0 s (its watermark is 11 s), the right side has not
     // (3 s): its left rows wait in the join.
     running
-        .log
         .append(
             "user_updates",
             arriving_now(vec![
@@ -525,10 +513,8 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
                 update("b", 5, Some("US")),
             ]),
         )
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append(
             "clicks",
             arriving_now(vec![
@@ -538,8 +524,7 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
                 click("a", 12),
             ]),
         )
-        .await
-        .expect("append");
+        .await;
     running.wait_for_events(&[job], 4).await;
     running.stop().await;
 
@@ -547,7 +532,6 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
     // b at 15 has no click in its window (no row: the join is `LEFT`); a has no update in
     // the window at 10 s (a row with no updates).
     running
-        .log
         .append(
             "user_updates",
             arriving_now(vec![
@@ -558,16 +542,13 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
                 update("b", 60, Some("US")),
             ]),
         )
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append(
             "clicks",
             arriving_now(vec![click("b", 21), click("a", 60), click("b", 60)]),
         )
-        .await
-        .expect("append");
+        .await;
     // (user, window start) to (clicks, updates).
     let expected: BTreeMap<(String, i64), (u64, Option<u64>)> = [
         (("user-a", 0), (2, Some(2))),
@@ -621,13 +602,11 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
     // An update of b at 2 s, long after the right side closed that window: late, reported
     // once, and the joined row stays.
     running
-        .log
         .append(
             "user_updates",
             arriving_now(vec![update("b", 2, Some("US"))]),
         )
-        .await
-        .expect("append");
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if !read_all(running.log.as_ref(), &late_topic(job))
@@ -665,7 +644,6 @@ async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
     let running = Running::start(dir.path(), WINDOW_JOIN_JOB).await;
     // Only a's partition (0) of `user_updates` gets updates; b's clicks close b's windows.
     running
-        .log
         .append(
             "user_updates",
             arriving_now(vec![
@@ -673,10 +651,8 @@ async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
                 update("a", 30, Some("FR")),
             ]),
         )
-        .await
-        .expect("append");
+        .await;
     running
-        .log
         .append(
             "clicks",
             arriving_now(vec![
@@ -686,8 +662,7 @@ async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
                 click("b", 30),
             ]),
         )
-        .await
-        .expect("append");
+        .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows: BTreeMap<(String, i64), Option<u64>> = final_rows(running.log.as_ref(), job)
