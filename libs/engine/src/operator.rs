@@ -947,8 +947,8 @@ impl WindowOperator {
     /// largest of theirs, as Flink's watermark valve does when all its channels turn idle:
     /// each has said it holds nothing more. (With a nonzero idle timeout that takes a
     /// [`tick`](Self::tick): the partition whose batch moved the arrival clock last is not idle
-    /// before the clock has moved on by the timeout. A window join's right side idles at
-    /// zero.) `None` for an operator without partitions.
+    /// before the clock has moved on by the timeout.) `None` for an operator without
+    /// partitions.
     fn all_partitions_watermark(&self) -> Option<i64> {
         let watermarks = || {
             self.partitions

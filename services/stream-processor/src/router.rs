@@ -218,21 +218,21 @@ impl Router {
             .status
             .routed(&self.job.name, self.partition, self.offset, true);
         loop {
-            // An interval join's second stream moves its matches and its watermark.
-            let mut routed = match self.order.is_some() {
-                true => {
-                    let joined = self.poll_join().await?;
-                    self.ordered(joined).await?
-                }
-                false => Vec::new(),
-            };
+            // An interval join's second stream moves its matches and its watermark. What that
+            // lets out goes now: the order no longer holds it, and a shutdown during the read
+            // below would lose it.
+            if self.order.is_some() {
+                let joined = self.poll_join().await?;
+                let routed = self.ordered(joined).await?;
+                self.append(&target, routed).await?;
+            }
             let batch = tokio::select! {
                 () = shutdown.cancelled() => break,
                 read = source.next_batch(crate::task::READ_WAIT) => {
                     read.map_err(StreamProcessorError::History)?
                 }
             };
-            routed.extend(match batch {
+            let routed = match batch {
                 Some(batch) => {
                     self.told_at_end = None;
                     let input = self.job.project(&batch)?;
@@ -278,15 +278,8 @@ impl Router {
                     }
                 }
                 None => Vec::new(),
-            });
-            if !routed.is_empty() {
-                self.context
-                    .log
-                    .append(&target, routed)
-                    .await
-                    .map_err(|error| StreamProcessorError::log(&target, error))?;
-                tokio::task::yield_now().await;
-            }
+            };
+            self.append(&target, routed).await?;
             // Everything before the source's position is routed, or was undecodable.
             self.offset = self.offset.max(source.position());
             self.context
@@ -309,6 +302,24 @@ impl Router {
     fn progressed(&self) -> bool {
         self.offset != self.checkpointed_offset
             || self.table.as_ref().is_some_and(JoinInput::progressed)
+    }
+
+    /// Appends `routed` to the repartition topic `target`, and gives the other tasks a turn.
+    async fn append(
+        &mut self,
+        target: &str,
+        routed: Vec<ProduceRecord>,
+    ) -> Result<(), StreamProcessorError> {
+        if routed.is_empty() {
+            return Ok(());
+        }
+        self.context
+            .log
+            .append(target, routed)
+            .await
+            .map_err(|error| StreamProcessorError::log(target, error))?;
+        tokio::task::yield_now().await;
+        Ok(())
     }
 
     /// An interval join job: what the second stream has, into the join.

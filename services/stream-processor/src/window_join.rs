@@ -12,16 +12,17 @@
 //!
 //! The right operator's inputs are the right stream's partitions, each with its own
 //! watermark. A partition read to the log's end is told so (`WindowOperator::input_at_end`,
-//! as a router's end marker does), and turns idle (after the job's idle timeout, if it has
-//! one) until it sends again, as an interval join's second stream's partitions do: one
-//! that gets nothing does not hold the right side's watermark back. A right event that then
-//! comes behind the watermark is late.
+//! as a router's end marker does), so that under the job's `idle-timeout` one that gets
+//! nothing turns idle and does not hold the right side's watermark back, as a repartitioned
+//! job's source partitions do; without one, a silent right partition holds every window
+//! until it sends again. (At its end alone is not enough to idle: a record stamped before
+//! the log was asked may be appended after, and would be late. A test found that.)
 //!
 //! A right event late to its windows is reported by one task: the one whose partition is
 //! the event's partition modulo the left stream's partition count.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::TimestampMillisecondType;
@@ -79,11 +80,6 @@ impl WindowJoinInput {
         };
         let options = OperatorOptions {
             partitions: window_join.right.partitions,
-            // A right partition read to the log's end stops holding the right side's
-            // watermark until it sends again, as an interval join's second stream's does
-            // (the job's idle timeout, if set, is waited first): a partition that never
-            // gets an event would otherwise hold every window.
-            idle_timeout: Some(job.options.idle_timeout.unwrap_or(Duration::ZERO)),
             ..job.options
         };
         let plan = Arc::clone(&window_join.plan);

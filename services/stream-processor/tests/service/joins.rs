@@ -635,13 +635,15 @@ async fn a_window_join_job_joins_each_window_once_both_sides_have_passed_it_acro
     running.stop().await;
 }
 
-/// A window join whose right stream has a partition that never gets an event: read to the
-/// log's end, it does not hold the right side's watermark, and the windows are joined.
+/// A window join with an idle timeout whose right stream has a partition that never gets an
+/// event: read to the log's end while the other partition's records arrive a second later,
+/// it turns idle, does not hold the right side's watermark, and the windows are joined.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
     let dir = tempfile::tempdir().expect("temp dir");
     let job = "clicks_and_updates";
-    let running = Running::start(dir.path(), WINDOW_JOIN_JOB).await;
+    let jobs = format!("{WINDOW_JOIN_JOB}idle-timeout = \"1s\"\n");
+    let running = Running::start(dir.path(), &jobs).await;
     // Only a's partition (0) of `user_updates` gets updates; b's clicks close b's windows.
     running
         .append(
@@ -661,6 +663,15 @@ async fn a_window_join_is_not_held_by_a_right_partition_without_events() {
                 click("b", 2),
                 click("b", 30),
             ]),
+        )
+        .await;
+    // Partition 1 is idle only once records arrive (by their log time) a second after its
+    // last word, or after the task started: a's update at 40, a second later.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    running
+        .append(
+            "user_updates",
+            arriving_now(vec![update("a", 40, Some("FR"))]),
         )
         .await;
     let deadline = Instant::now() + Duration::from_secs(60);
