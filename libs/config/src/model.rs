@@ -273,9 +273,10 @@ pub struct JobConfig {
     /// Early (non-final) results each time the watermark crosses a multiple of this.
     #[serde(default, with = "humantime_serde")]
     pub early_emit_interval: Option<Duration>,
-    /// For a job read through its repartition topic: a source partition that sent nothing
-    /// for this long (log time) stops holding the watermark back. Unset, a silent source
-    /// partition holds it back until it sends again.
+    /// For a job read through its repartition topic, and for the right side of a join of two
+    /// windowed aggregates: a source partition that sent nothing for this long (log time)
+    /// stops holding the watermark back. Unset, a silent source partition holds it back until
+    /// it sends again.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
 }
