@@ -136,8 +136,15 @@ async fn read_partition(log: &KafkaLog, topic: &str, partition: u32) -> Vec<Stri
 
 /// One scenario, as the brokers can be killed only once: broker 1 dies while records are
 /// appended and while a transaction whose group coordinator it is stays open; then broker 2.
+/// Bounded: a client that hangs fails the test in 5 minutes instead of holding CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicated_topic_keeps_every_acknowledged_record_when_a_broker_dies() {
+    tokio::time::timeout(Duration::from_secs(300), replicated_topic_scenario())
+        .await
+        .expect("the scenario ended within 5 minutes");
+}
+
+async fn replicated_topic_scenario() {
     let Some((bootstrap, pids)) = cluster() else {
         return;
     };
