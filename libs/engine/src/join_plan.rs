@@ -228,6 +228,10 @@ pub struct JoinPlan {
     pub(crate) stream_filter_sql: Option<String>,
     /// `stream_filter_sql` over the stream's columns.
     pub(crate) stream_filter: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+    /// The WHERE's terms that read the other input's columns alone, as SQL over its columns
+    /// (by their names there), ANDed: in an inner join, a joined row whose table version or
+    /// other stream row they do not hold for is left out of the job's rows.
+    pub(crate) right_filter_sql: Option<String>,
 }
 
 impl JoinPlan {
@@ -909,6 +913,11 @@ fn sql_name(name: &str) -> String {
     }
 }
 
+/// Whether `name` is `window_start` or `window_end`, the columns the window adds.
+fn is_window_column(name: &str) -> bool {
+    name.eq_ignore_ascii_case(WINDOW_START) || name.eq_ignore_ascii_case(WINDOW_END)
+}
+
 /// Finds the column `name` (as SQL compares names: case-insensitively unless quoted;
 /// here, exactly first, then case-insensitively).
 pub(crate) fn column_index(schema: &Schema, name: &str) -> Option<usize> {
@@ -1081,11 +1090,8 @@ impl JoinClause {
 
         // Joined names: a table column keeps its name unless the stream (or the window)
         // has that name; then it is `<table alias>_<column>`.
-        let taken = |name: &str| {
-            column_index(stream_schema, name).is_some()
-                || name.eq_ignore_ascii_case(WINDOW_START)
-                || name.eq_ignore_ascii_case(WINDOW_END)
-        };
+        let taken =
+            |name: &str| column_index(stream_schema, name).is_some() || is_window_column(name);
         let mut joined_names = Vec::with_capacity(table_schema.fields().len());
         let mut clashing = Vec::new();
         for field in table_schema.fields() {
@@ -1124,9 +1130,7 @@ impl JoinClause {
         let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
         for (range, qualifier, column, position) in &self.references {
             let name = if qualifier.eq_ignore_ascii_case(&self.stream_alias) {
-                if column.eq_ignore_ascii_case(WINDOW_START)
-                    || column.eq_ignore_ascii_case(WINDOW_END)
-                {
+                if is_window_column(column) {
                     column.to_lowercase()
                 } else {
                     stream_schema
@@ -1178,6 +1182,7 @@ impl JoinClause {
             joined_names,
             stream_filter_sql: self.stream_filter_sql(stream_schema, &clashing),
             stream_filter: None,
+            right_filter_sql: self.right_filter_sql(stream_schema, table_schema),
         };
         Ok((plan, text))
     }
@@ -1185,32 +1190,83 @@ impl JoinClause {
     /// The WHERE's terms that name stream columns alone (qualified by the stream, or bare
     /// and not the other input's), as SQL over the stream, ANDed; `None` without any.
     fn stream_filter_sql(&self, stream_schema: &SchemaRef, clashing: &[String]) -> Option<String> {
+        self.side_filter_sql(|expr| match expr {
+            ast::Expr::CompoundIdentifier(idents)
+                if idents.len() == 2
+                    && idents[0].value.eq_ignore_ascii_case(&self.stream_alias) =>
+            {
+                *expr = ast::Expr::Identifier(idents[1].clone());
+                true
+            }
+            ast::Expr::CompoundIdentifier(_) => false,
+            ast::Expr::Identifier(ident) => {
+                column_index(stream_schema, &ident.value).is_some()
+                    && !clashing.contains(&ident.value.to_lowercase())
+                    && !is_window_column(&ident.value)
+            }
+            _ => true,
+        })
+    }
+
+    /// The WHERE's terms that name the other input's columns alone (qualified by its alias,
+    /// or bare and not the stream's), as SQL over the other input's columns, each quoted as
+    /// its schema spells it, ANDed; `None` without any.
+    fn right_filter_sql(&self, stream_schema: &SchemaRef, right_schema: &Schema) -> Option<String> {
+        let quoted = |index: usize| {
+            ast::Expr::Identifier(ast::Ident::with_quote(
+                '"',
+                right_schema.field(index).name().clone(),
+            ))
+        };
+        self.side_filter_sql(|expr| match expr {
+            ast::Expr::CompoundIdentifier(idents)
+                if idents.len() == 2 && idents[0].value.eq_ignore_ascii_case(&self.table_alias) =>
+            {
+                match column_index(right_schema, &idents[1].value) {
+                    Some(index) => {
+                        *expr = quoted(index);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            ast::Expr::CompoundIdentifier(_) => false,
+            ast::Expr::Identifier(ident) => {
+                if column_index(stream_schema, &ident.value).is_some()
+                    || is_window_column(&ident.value)
+                {
+                    return false;
+                }
+                match column_index(right_schema, &ident.value) {
+                    Some(index) => {
+                        *expr = quoted(index);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => true,
+        })
+    }
+
+    /// The WHERE's terms whose every column reference `rewrite` takes (rewriting it in
+    /// place, returning true) as SQL, each in parentheses, ANDed; `None` without any.
+    fn side_filter_sql(&self, mut rewrite: impl FnMut(&mut ast::Expr) -> bool) -> Option<String> {
         let mut terms = Vec::new();
         for conjunct in &self.conjuncts {
             let mut term = conjunct.clone();
-            let mut stream_only = true;
+            let mut one_side = true;
             let _ = ast::visit_expressions_mut(&mut term, |expr: &mut ast::Expr| {
-                match expr {
-                    ast::Expr::CompoundIdentifier(idents)
-                        if idents.len() == 2
-                            && idents[0].value.eq_ignore_ascii_case(&self.stream_alias) =>
-                    {
-                        *expr = ast::Expr::Identifier(idents[1].clone());
-                    }
-                    ast::Expr::CompoundIdentifier(_) => stream_only = false,
-                    ast::Expr::Identifier(ident)
-                        if column_index(stream_schema, &ident.value).is_none()
-                            || clashing.contains(&ident.value.to_lowercase())
-                            || ident.value.eq_ignore_ascii_case(WINDOW_START)
-                            || ident.value.eq_ignore_ascii_case(WINDOW_END) =>
-                    {
-                        stream_only = false;
-                    }
-                    _ => {}
+                if matches!(
+                    expr,
+                    ast::Expr::Identifier(_) | ast::Expr::CompoundIdentifier(_)
+                ) && !rewrite(expr)
+                {
+                    one_side = false;
                 }
                 ControlFlow::<()>::Continue(())
             });
-            if stream_only {
+            if one_side {
                 terms.push(format!("({term})"));
             }
         }

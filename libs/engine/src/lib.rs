@@ -39,6 +39,7 @@ mod sharded;
 mod snapshot;
 mod table;
 mod temporal_join;
+mod versions;
 mod window;
 mod window_join;
 

@@ -35,11 +35,14 @@ use crate::error::EngineError;
 use crate::join_plan::JoinForm;
 use crate::operator::render_keys;
 use crate::plan::{JobPlan, WINDOW_END, WINDOW_START, parse_job_sql};
+use crate::versions::{VALID_FROM, VALID_UNTIL, VersionsSpec, register_versions};
 use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec};
 
 const KEY_PREFIX: &str = "__runnel_k";
 const WINDOW_START_ALIAS: &str = "__runnel_ws";
 const WINDOW_END_ALIAS: &str = "__runnel_we";
+/// The name of a join's table versions: the joined rows' name and this.
+const VERSIONS_SUFFIX: &str = "__runnel_versions";
 
 /// Returns the DataFusion configuration recompute runs best with: twice as many target
 /// partitions as cores and 32768-row batches.
@@ -533,19 +536,30 @@ pub async fn register_joined(
                 None => String::new(),
             };
             let table_time = right_time("");
-            // A version lasts until the next row of its key. One window over the changelog
-            // sorted by key, then time, then log order, not one per key: `PARTITION BY` a key
-            // with a million values kept a buffer per key, hashed as scalar values row by row
-            // (most of q3's recompute time in `scripts/bench-joins.sh`).
-            let order = quote_ident(order_column);
-            let next = format!("OVER (ORDER BY {right_key}, {table_time}, {order})");
+            // In an inner join, a version the WHERE's terms on the table's columns do not
+            // hold for gives no row: it need not be joined (it still ends the one before).
+            let filter_sql = match join.kind {
+                crate::temporal_join::JoinKind::Inner => join.right_filter_sql.as_deref(),
+                crate::temporal_join::JoinKind::Left => None,
+            };
+            let versions = format!("{name}{VERSIONS_SUFFIX}");
+            register_versions(
+                context,
+                &VersionsSpec {
+                    changelog: right_table,
+                    key: right_schema.field(join.right_key).name(),
+                    time_ms_sql: &table_time,
+                    order: order_column,
+                    filter_sql,
+                },
+                &versions,
+            )
+            .await?;
             format!(
-                "SELECT {columns} FROM (\
-                   SELECT *, {table_time} AS __runnel_from, \
-                     CASE WHEN LEAD({right_key}) {next} = {right_key} THEN LEAD({table_time}) {next} END AS __runnel_until \
-                   FROM {right}) AS v {kind} {stream} AS s \
-                 ON s.{stream_key} = v.{right_key} AND v.__runnel_from <= {stream_time} \
-                   AND (v.__runnel_until IS NULL OR {stream_time} < v.__runnel_until){not_deleted}",
+                "SELECT {columns} FROM {versions} AS v {kind} {stream} AS s \
+                 ON s.{stream_key} = v.{right_key} AND v.{VALID_FROM} <= {stream_time} \
+                   AND (v.{VALID_UNTIL} IS NULL OR {stream_time} < v.{VALID_UNTIL}){not_deleted}",
+                versions = quote_ident(&versions),
             )
         }
         JoinForm::Interval { lower_ms, upper_ms } => format!(
