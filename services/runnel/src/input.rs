@@ -16,7 +16,10 @@ use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchReader};
 use arrow::compute::{cast, cast_with_options};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
 use runnel_config::StreamConfig;
 use tokio::sync::mpsc;
 
@@ -527,6 +530,60 @@ fn parquet_batches(path: &Path, batch_size: usize) -> anyhow::Result<BatchIter> 
     Ok(Box::new(parquet_reader(File::open(path)?, batch_size)?))
 }
 
+/// Reads the whole Parquet file at `path` as batches of at most `batch_size` rows, in file
+/// order, its row groups split in runs decoded on one thread per core (a changelog of a
+/// million rows took a fifth of a recompute's wall time to read on one).
+pub(crate) fn read_parquet_whole(
+    path: &Path,
+    batch_size: usize,
+) -> anyhow::Result<(SchemaRef, Vec<RecordBatch>)> {
+    let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::default())
+        .with_context(|| format!("read the Parquet metadata of {}", path.display()))?;
+    let schema = Arc::clone(metadata.schema());
+    let n_row_groups = metadata.metadata().num_row_groups();
+    let n_threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, n_row_groups.max(1));
+    let row_groups: Vec<usize> = (0..n_row_groups).collect();
+    let runs: Vec<&[usize]> = row_groups
+        .chunks(n_row_groups.div_ceil(n_threads).max(1))
+        .collect();
+    let read_run = |row_groups: &[usize]| -> anyhow::Result<Vec<RecordBatch>> {
+        let file = File::open(path).with_context(|| format!("open {}", path.display()))?;
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata.clone())
+            .with_row_groups(row_groups.to_vec())
+            .with_batch_size(batch_size)
+            .build()
+            .with_context(|| format!("read {}", path.display()))?;
+        reader
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("read {}", path.display()))
+    };
+    let read: Vec<anyhow::Result<Vec<RecordBatch>>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = runs
+            .iter()
+            .skip(1)
+            .map(|run| scope.spawn(|| read_run(run)))
+            .collect();
+        let first = runs
+            .first()
+            .map_or_else(|| Ok(Vec::new()), |run| read_run(run));
+        std::iter::once(first)
+            .chain(threads.into_iter().map(|thread| {
+                thread
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a reader thread panicked")))
+            }))
+            .collect()
+    });
+    let mut batches = Vec::new();
+    for run in read {
+        batches.extend(run?);
+    }
+    Ok((schema, batches))
+}
+
 /// A Parquet file's reader, `batch_size` rows at a time.
 fn parquet_reader(file: File, batch_size: usize) -> anyhow::Result<ParquetRecordBatchReader> {
     ParquetRecordBatchReaderBuilder::try_new(file)
@@ -621,6 +678,45 @@ mod tests {
     use runnel_config::Config;
 
     use super::*;
+
+    #[test]
+    fn a_whole_parquet_file_reads_in_file_order_over_its_row_groups() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("rows.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(3))
+            .build();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            File::create(&path).expect("create the file"),
+            Arc::clone(&schema),
+            Some(properties),
+        )
+        .expect("writer");
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(Int64Array::from_iter_values(0..10))],
+        )
+        .expect("batch");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let (read_schema, batches) = read_parquet_whole(&path, 2).expect("read");
+        assert_eq!(read_schema, schema);
+        let values: Vec<i64> = batches
+            .iter()
+            .flat_map(|batch| {
+                assert!(batch.num_rows() <= 2);
+                batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("int64")
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(values, (0..10).collect::<Vec<i64>>());
+    }
 
     #[test]
     fn rows_become_json_objects_with_millisecond_times() {

@@ -19,7 +19,7 @@ use runnel_engine::{
     WindowOperator,
 };
 
-use crate::input::{BatchIter, FileFormat, declared_schema, open_input};
+use crate::input::{BatchIter, FileFormat, declared_schema, open_input, read_parquet_whole};
 
 /// Arguments of `runnel run`.
 #[derive(Debug, Args)]
@@ -300,11 +300,17 @@ fn read_joined(
             "the job joins `{name}`, which the config declares neither as a table ([[tables]]) nor as a stream ([[streams]])"
         );
     };
-    let declared = (format != FileFormat::Parquet).then(|| declared_schema(stream));
-    let (schema, batches) = open_input(path, format, declared, &stream.event_time, batch_size)?;
-    let batches = batches
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("read {}", path.display()))?;
+    let (schema, batches) = if format == FileFormat::Parquet {
+        read_parquet_whole(path, batch_size)?
+    } else {
+        let declared = declared_schema(stream);
+        let (schema, batches) =
+            open_input(path, format, Some(declared), &stream.event_time, batch_size)?;
+        let batches = batches
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("read {}", path.display()))?;
+        (schema, batches)
+    };
     let mut sources = JoinSources::default();
     match table {
         Some((table_config, _, key)) => sources.tables.push(TableSource {
