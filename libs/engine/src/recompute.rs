@@ -17,6 +17,7 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{ScalarValue, exec_err};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::DiskManagerBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -38,8 +39,10 @@ use crate::plan::{JobPlan, WINDOW_END, WINDOW_START, parse_job_sql};
 use crate::versions::{VALID_FROM, VALID_UNTIL, VersionsSpec, register_versions};
 use crate::window::{EVENT_TIME_RANGE_MS, WindowSpec};
 
-const KEY_PREFIX: &str = "__runnel_k";
-const WINDOW_START_ALIAS: &str = "__runnel_ws";
+/// The batch query's column of a key's values: this and the key's number.
+pub(crate) const KEY_PREFIX: &str = "__runnel_k";
+/// The batch query's column of the window start.
+pub(crate) const WINDOW_START_ALIAS: &str = "__runnel_ws";
 const WINDOW_END_ALIAS: &str = "__runnel_we";
 /// The name of a join's table versions: the joined rows' name and this.
 const VERSIONS_SUFFIX: &str = "__runnel_versions";
@@ -133,9 +136,8 @@ pub async fn recompute_windows(
     context: &SessionContext,
     table: &str,
 ) -> Result<Vec<WindowResults>, EngineError> {
-    let frame = batch_frame(plan, context, table, false).await?;
-    let streams = frame.execute_stream_partitioned().await?;
-    Ok(streams
+    Ok(window_rows(plan, context, table)
+        .await?
         .into_iter()
         .map(|stream| {
             let (schema, n_keys) = (Arc::clone(&plan.result_schema), plan.keys.len());
@@ -148,6 +150,24 @@ pub async fn recompute_windows(
                 .boxed()
         })
         .collect())
+}
+
+/// The batch query's rows of `plan` over `table`, unordered, one stream per output
+/// partition of the plan: the user's columns (as the query gives them, e.g. strings as
+/// `Utf8View`), then the values of each key (`__runnel_k0`, ...), the window start
+/// (`__runnel_ws`) and the window end (`__runnel_we`, epoch milliseconds); no `_key`
+/// rendered.
+///
+/// # Errors
+///
+/// Planning or execution errors from DataFusion.
+pub(crate) async fn window_rows(
+    plan: &JobPlan,
+    context: &SessionContext,
+    table: &str,
+) -> Result<Vec<SendableRecordBatchStream>, EngineError> {
+    let frame = batch_frame(plan, context, table, false).await?;
+    Ok(frame.execute_stream_partitioned().await?)
 }
 
 /// One output partition of [`recompute_windows`]: results with their window ends.

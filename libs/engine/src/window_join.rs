@@ -33,7 +33,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, StringBuilder,
     TimestampMillisecondArray, UInt32Array,
 };
-use arrow::compute::{concat_batches, take};
+use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take};
 use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use datafusion::datasource::MemTable;
@@ -49,11 +49,12 @@ use crate::join_plan::{
     byte_offset, column_index, join_kind, parse_statements, past_closing_paren, position_of,
     split_conjuncts, unnest, unsupported,
 };
+use crate::operator::render_keys;
 use crate::plan::{
     BOOKKEEPING_COLUMNS, FINAL_COLUMN, JobLimits, JobPlan, KEY_COLUMN, WINDOW_END, WINDOW_START,
     WINDOW_START_COLUMN, bookkeeping_fields,
 };
-use crate::recompute::quote_ident;
+use crate::recompute::{KEY_PREFIX, WINDOW_START_ALIAS, quote_ident};
 use crate::temporal_join::JoinKind;
 use crate::window::WindowSpec;
 
@@ -974,7 +975,7 @@ fn last_versions(
 
 /// [`crate::recompute`] of a window join: each side over its table (`tables`: the left
 /// side's stream, then the right's, as registered in `context`), then the two sides'
-/// results joined by DataFusion on the window's start and the keys. The rows are those
+/// rows joined by DataFusion on the window's start and the keys. The rows are those
 /// [`WindowJoin`] gives with nothing late, in the same order.
 ///
 /// # Errors
@@ -987,15 +988,29 @@ pub async fn recompute_window_join(
 ) -> Result<Vec<RecordBatch>, EngineError> {
     const SIDES: [&str; 2] = ["__runnel_window_join_left", "__runnel_window_join_right"];
     for (side, (job, table)) in plan.sides.iter().zip(tables).enumerate() {
-        // Each side unordered (the join's ORDER BY is over its far fewer rows), one task per
-        // output partition, kept as the in-memory table's partitions.
-        let tasks: Vec<_> = crate::recompute_windows(job, context, table)
-            .await?
+        // Each side unordered (the join's order is over its far fewer rows), one task per
+        // output partition, kept as the in-memory table's partitions. A side's `_key` is
+        // rendered for the joined rows alone: most of a side's rows find no match.
+        let streams = crate::recompute::window_rows(job, context, table).await?;
+        let Some(first) = streams.first() else {
+            return Err(EngineError::plan(
+                "a window join side's recompute has no output",
+            ));
+        };
+        let schema = side_rows_schema(job, &first.schema());
+        let tasks: Vec<_> = streams
             .into_iter()
             .map(|stream| {
+                let schema = Arc::clone(&schema);
                 datafusion::common::runtime::SpawnedTask::spawn(
                     stream
-                        .map_ok(|(results, _)| results)
+                        .map_err(EngineError::from)
+                        .and_then(move |batch| {
+                            futures::future::ready(
+                                RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
+                                    .map_err(EngineError::from),
+                            )
+                        })
                         .try_collect::<Vec<RecordBatch>>(),
                 )
             })
@@ -1006,7 +1021,7 @@ pub async fn recompute_window_join(
                 EngineError::plan(format!("a window join side's recompute failed: {error}"))
             })??);
         }
-        let memory = MemTable::try_new(job.result_schema(), partitions)?;
+        let memory = MemTable::try_new(schema, partitions)?;
         context.deregister_table(SIDES[side])?;
         context.register_table(SIDES[side], Arc::new(memory))?;
     }
@@ -1017,16 +1032,28 @@ pub async fn recompute_window_join(
             quote_ident(plan.sides[side].result_schema().field(index).name())
         )
     };
-    let (key, window_start) = (quote_ident(KEY_COLUMN), quote_ident(WINDOW_START_COLUMN));
+    let key_column = |side: usize, index: usize| {
+        format!(
+            "{}.{}",
+            ["l", "r"][side],
+            quote_ident(&format!("{KEY_PREFIX}{index}"))
+        )
+    };
+    let window_start = quote_ident(WINDOW_START_ALIAS);
+    let n_keys = plan.sides.each_ref().map(|side| side.keys.len());
     let mut select: Vec<String> = plan
         .projection
         .iter()
         .enumerate()
         .map(|(at, &(side, index, _))| format!("{} AS c{at}", column(side, index)))
         .collect();
-    select.push(format!("l.{key} AS lk"));
-    select.push(format!("r.{key} AS rk"));
+    for (side, &n_side_keys) in n_keys.iter().enumerate() {
+        select.extend(
+            (0..n_side_keys).map(|index| format!("{} AS k{side}_{index}", key_column(side, index))),
+        );
+    }
     select.push(format!("l.{window_start} AS ws"));
+    select.push(format!("r.{window_start} IS NOT NULL AS matched"));
     let mut on = vec![format!("l.{window_start} = r.{window_start}")];
     on.extend(
         plan.keys
@@ -1038,54 +1065,116 @@ pub async fn recompute_window_join(
         JoinKind::Left => "LEFT JOIN",
     };
     let sql = format!(
-        "SELECT {} FROM {} l {join} {} r ON {} ORDER BY ws, lk, rk",
+        "SELECT {} FROM {} l {join} {} r ON {}",
         select.join(", "),
         SIDES[0],
         SIDES[1],
         on.join(" AND ")
     );
-    let batches = context
+    let frame = context
         .sql(&sql)
         .await
-        .map_err(|error| EngineError::plan(format!("plan the window join's recompute: {error}")))?
-        .collect()
-        .await?;
+        .map_err(|error| EngineError::plan(format!("plan the window join's recompute: {error}")))?;
+    let joined_schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await?;
     for side in SIDES {
         context.deregister_table(side)?;
     }
-    let n_right_keys = plan.sides[1].keys.len();
-    batches
+    let joined = concat_batches(&joined_schema, &batches)?;
+    if joined.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(vec![joined_results(plan, &joined, n_keys)?])
+}
+
+/// The results of a window join's recompute from its joined rows `joined` (the projection's
+/// columns, each side's `n_keys` key values, the window start, and whether a right row
+/// matched): with the joined `_key`, in the live order (window start, left key, right key).
+fn joined_results(
+    plan: &WindowJoinPlan,
+    joined: &RecordBatch,
+    n_keys: [usize; 2],
+) -> Result<RecordBatch, EngineError> {
+    let n_rows = joined.num_rows();
+    let width = plan.projection.len();
+    let left_keys = render_keys(&joined.columns()[width..width + n_keys[0]], n_rows)?;
+    let right_keys = render_keys(
+        &joined.columns()[width + n_keys[0]..width + n_keys[0] + n_keys[1]],
+        n_rows,
+    )?;
+    let at = width + n_keys[0] + n_keys[1];
+    let window_start = arrow::compute::cast(
+        joined.column(at),
+        plan.result_schema.field(width + 1).data_type(),
+    )?;
+    let matched = joined
+        .column(at + 1)
+        .as_boolean_opt()
+        .ok_or_else(|| EngineError::Schema("a window join's match flag is not boolean".into()))?;
+    // A right key is none (null, ordered last) where no right row matched.
+    let right_keys = arrow::compute::nullif(&right_keys, &arrow::compute::not(matched)?)?;
+    let right_keys = right_keys.as_string::<i32>();
+    let mut keys = StringBuilder::with_capacity(n_rows, n_rows * 16);
+    for row in 0..n_rows {
+        let right = right_keys.is_valid(row).then(|| right_keys.value(row));
+        keys.append_value(joined_key(left_keys.value(row), right, n_keys[1]));
+    }
+    let last = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    let order = lexsort_to_indices(
+        &[
+            SortColumn {
+                values: Arc::clone(&window_start),
+                options: Some(last),
+            },
+            SortColumn {
+                values: Arc::new(left_keys),
+                options: Some(last),
+            },
+            SortColumn {
+                values: Arc::new(right_keys.clone()),
+                options: Some(last),
+            },
+        ],
+        None,
+    )?;
+    let mut columns: Vec<ArrayRef> = joined.columns()[..width].to_vec();
+    // The projection's columns come back with the join's types (a side's strings as
+    // `Utf8View`) and nullability.
+    for (column, field) in columns.iter_mut().zip(plan.result_schema.fields()) {
+        if column.data_type() != field.data_type() {
+            *column = arrow::compute::cast(column, field.data_type())?;
+        }
+    }
+    columns.push(Arc::new(keys.finish()));
+    columns.push(window_start);
+    columns.push(Arc::new(UInt32Array::from(vec![1u32; n_rows])));
+    columns.push(Arc::new(BooleanArray::from(vec![true; n_rows])));
+    let columns = arrow::compute::take_arrays(&columns, &order, None)?;
+    Ok(RecordBatch::try_new(
+        Arc::clone(&plan.result_schema),
+        columns,
+    )?)
+}
+
+/// A window join side's rows as the batch query gives them (`rows`), their user columns
+/// named as `job`'s results' so that the join's SQL reads them by those names.
+fn side_rows_schema(job: &JobPlan, rows: &SchemaRef) -> SchemaRef {
+    let results = job.result_schema();
+    let fields: Vec<Field> = rows
+        .fields()
         .iter()
-        .filter(|batch| batch.num_rows() > 0)
-        .map(|batch| {
-            let width = plan.projection.len();
-            let (left_keys, right_keys) = (
-                batch.column(width).as_string::<i32>(),
-                batch.column(width + 1).as_string::<i32>(),
-            );
-            let mut keys = StringBuilder::with_capacity(batch.num_rows(), batch.num_rows() * 16);
-            for row in 0..batch.num_rows() {
-                let right = (!right_keys.is_null(row)).then(|| right_keys.value(row));
-                keys.append_value(joined_key(left_keys.value(row), right, n_right_keys));
+        .enumerate()
+        .map(|(index, field)| match results.fields().get(index) {
+            Some(result) if index + BOOKKEEPING_COLUMNS.len() < results.fields().len() => {
+                field.as_ref().clone().with_name(result.name())
             }
-            let mut columns: Vec<ArrayRef> = batch.columns()[..width].to_vec();
-            // The projection's columns come back with the join's nullability.
-            for (column, field) in columns.iter_mut().zip(plan.result_schema.fields()) {
-                if column.data_type() != field.data_type() {
-                    *column = arrow::compute::cast(column, field.data_type())?;
-                }
-            }
-            let rows = batch.num_rows();
-            columns.push(Arc::new(keys.finish()));
-            columns.push(Arc::clone(batch.column(width + 2)));
-            columns.push(Arc::new(UInt32Array::from(vec![1u32; rows])));
-            columns.push(Arc::new(BooleanArray::from(vec![true; rows])));
-            Ok(RecordBatch::try_new(
-                Arc::clone(&plan.result_schema),
-                columns,
-            )?)
+            _ => field.as_ref().clone(),
         })
-        .collect()
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 #[cfg(test)]
