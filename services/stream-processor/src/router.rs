@@ -626,8 +626,9 @@ fn event_times(job: &Job, rows: &RecordBatch) -> Option<Vec<Option<i64>>> {
         .map(|times| times.as_primitive::<Int64Type>().iter().collect())
 }
 
-/// The largest ingest time of `input` (the plan's input).
-fn ingest_time(input: &RecordBatch) -> Option<i64> {
+/// The largest ingest time of `input` (a batch with an `_ingest_time` column: the plan's
+/// input, or a join's other input), if it has rows.
+pub(crate) fn ingest_time(input: &RecordBatch) -> Option<i64> {
     input
         .column_by_name(runnel_events::INGEST_TIME_COLUMN)
         .and_then(|times| {

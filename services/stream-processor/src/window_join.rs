@@ -24,10 +24,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{AsArray, RecordBatch};
-use arrow::datatypes::TimestampMillisecondType;
+use arrow::array::RecordBatch;
 use runnel_engine::{OperatorOptions, OperatorOutput, WindowJoin, WindowOperator};
-use runnel_jobs::{Job, JoinedInput, WindowJoined};
+use runnel_jobs::{Job, WindowJoined};
 
 use crate::StreamProcessorError;
 use crate::join::{END_CHECK, OTHER_BATCHES_PER_POLL, WholeStream};
@@ -167,7 +166,7 @@ impl WindowJoinInput {
                 let batch = input.project(&batch)?;
                 polled.events += batch.num_rows();
                 // Its arrival time is its largest log timestamp, as a task's own batches'.
-                let arrival = arrival_of(input, &batch)
+                let arrival = crate::router::ingest_time(&batch)
                     .or(self.right.arrival_clock())
                     .unwrap_or_else(runnel_time::now_millis);
                 let output = self
@@ -269,17 +268,4 @@ fn window_joined(job: &Job) -> Result<&WindowJoined, StreamProcessorError> {
             job: job.name.clone(),
             message: "not a join of two windowed aggregates".to_string(),
         })
-}
-
-/// The largest ingest time of `batch` (`input`'s projected rows), if it has rows.
-fn arrival_of(input: &JoinedInput, batch: &RecordBatch) -> Option<i64> {
-    let column = input
-        .input_schema
-        .index_of(runnel_events::INGEST_TIME_COLUMN)
-        .ok()?;
-    arrow::compute::max(
-        batch
-            .column(column)
-            .as_primitive::<TimestampMillisecondType>(),
-    )
 }
