@@ -1522,6 +1522,8 @@ pub(crate) fn render_keys(
         .collect();
     let mut builder = StringBuilder::with_capacity(n_rows, n_rows * 16);
     let mut text = String::new();
+    // A quoted value as formatted, before escaping.
+    let mut value = String::new();
     for row in 0..n_rows {
         text.clear();
         text.push('[');
@@ -1532,22 +1534,65 @@ pub(crate) fn render_keys(
             if key.is_null(row) {
                 text.push_str("null");
             } else if quoted[idx] {
+                value.clear();
+                formatter.value(row).write(&mut value)?;
                 text.push('"');
-                for ch in formatter.value(row).to_string().chars() {
-                    match ch {
-                        '"' => text.push_str("\\\""),
-                        '\\' => text.push_str("\\\\"),
-                        ch if ch.is_control() => text.push_str(&format!("\\u{:04x}", ch as u32)),
-                        ch => text.push(ch),
+                let plain = value
+                    .bytes()
+                    .all(|byte| (0x20..0x7f).contains(&byte) && byte != b'"' && byte != b'\\');
+                if plain {
+                    text.push_str(&value);
+                } else {
+                    for ch in value.chars() {
+                        match ch {
+                            '"' => text.push_str("\\\""),
+                            '\\' => text.push_str("\\\\"),
+                            ch if ch.is_control() => {
+                                text.push_str(&format!("\\u{:04x}", ch as u32));
+                            }
+                            ch => text.push(ch),
+                        }
                     }
                 }
                 text.push('"');
             } else {
-                text.push_str(&formatter.value(row).to_string());
+                formatter.value(row).write(&mut text)?;
             }
         }
         text.push(']');
         builder.append_value(&text);
     }
     Ok(builder.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{BooleanArray, Int64Array, StringArray};
+
+    use super::*;
+
+    #[test]
+    fn keys_render_as_json_arrays_with_strings_escaped() {
+        let keys: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![
+                Some("plain"),
+                Some("a \"quote\" and a \\ backslash"),
+                Some("tab\tand \u{1}, é, \u{85}"),
+                None,
+            ])),
+            Arc::new(Int64Array::from(vec![Some(1), Some(-2), None, Some(30)])),
+            Arc::new(BooleanArray::from(vec![true, false, true, false])),
+        ];
+        let rendered = render_keys(&keys, 4).expect("render");
+        let rendered: Vec<&str> = rendered.iter().map(|key| key.expect("a key")).collect();
+        assert_eq!(
+            rendered,
+            [
+                r#"["plain",1,true]"#,
+                r#"["a \"quote\" and a \\ backslash",-2,false]"#,
+                r#"["tab\u0009and \u0001, é, \u0085",null,true]"#,
+                r#"[null,30,false]"#,
+            ]
+        );
+    }
 }

@@ -25,6 +25,7 @@
 //! then joined by DataFusion) give the same rows in the same order: by window start, then
 //! the left key, then the right key.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +34,8 @@ use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, StringBuilder,
     TimestampMillisecondArray, UInt32Array,
 };
-use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take};
-use arrow::datatypes::{Field, Schema, SchemaRef, TimestampMillisecondType};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
@@ -726,22 +727,40 @@ fn take_all(batch: &RecordBatch, rows: &UInt32Array) -> Result<Vec<ArrayRef>, En
 /// A joined row's `_key`: the left key's values, then the right's (`n_right` nulls for
 /// none), as one JSON array.
 fn joined_key(left: &str, right: Option<&str>, n_right: usize) -> String {
-    let inner = |key: &str| -> String {
+    let mut key = String::new();
+    push_joined_key(&mut key, left, right, n_right);
+    key
+}
+
+/// Appends [`joined_key`] to `out`.
+fn push_joined_key(out: &mut String, left: &str, right: Option<&str>, n_right: usize) {
+    /// A key's values, without the brackets around them.
+    fn values(key: &str) -> &str {
         key.strip_prefix('[')
             .and_then(|key| key.strip_suffix(']'))
             .unwrap_or(key)
-            .to_string()
-    };
-    let right = match right {
-        Some(right) => inner(right),
-        None => vec!["null"; n_right].join(","),
-    };
-    let left = inner(left);
-    let parts: Vec<&str> = [left.as_str(), right.as_str()]
-        .into_iter()
-        .filter(|part| !part.is_empty())
-        .collect();
-    format!("[{}]", parts.join(","))
+    }
+    let left = values(left);
+    out.push('[');
+    out.push_str(left);
+    match right.map(values) {
+        Some("") => {}
+        Some(right) => {
+            if !left.is_empty() {
+                out.push(',');
+            }
+            out.push_str(right);
+        }
+        None => {
+            for index in 0..n_right {
+                if index > 0 || !left.is_empty() {
+                    out.push(',');
+                }
+                out.push_str("null");
+            }
+        }
+    }
+    out.push(']');
 }
 
 /// The live half of a window join: takes both sides' window operators' results and
@@ -1111,35 +1130,34 @@ fn joined_results(
         .column(at + 1)
         .as_boolean_opt()
         .ok_or_else(|| EngineError::Schema("a window join's match flag is not boolean".into()))?;
-    // A right key is none (null, ordered last) where no right row matched.
-    let right_keys = arrow::compute::nullif(&right_keys, &arrow::compute::not(matched)?)?;
-    let right_keys = right_keys.as_string::<i32>();
+    // Rows in the live order: window start, then left key, then right key, none last (where
+    // no right row matched). Keys are unique per side and window: the order is total.
+    let starts = arrow::compute::cast(&window_start, &DataType::Int64)?;
+    let starts = starts.as_primitive::<Int64Type>();
+    let right_key = |row: usize| matched.value(row).then(|| right_keys.value(row));
+    let mut order: Vec<u32> = (0..n_rows as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        let (a, b) = (a as usize, b as usize);
+        starts
+            .value(a)
+            .cmp(&starts.value(b))
+            .then_with(|| left_keys.value(a).cmp(left_keys.value(b)))
+            .then_with(|| match (right_key(a), right_key(b)) {
+                (Some(a), Some(b)) => a.cmp(b),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            })
+    });
     let mut keys = StringBuilder::with_capacity(n_rows, n_rows * 16);
-    for row in 0..n_rows {
-        let right = right_keys.is_valid(row).then(|| right_keys.value(row));
-        keys.append_value(joined_key(left_keys.value(row), right, n_keys[1]));
+    let mut key = String::new();
+    for &row in &order {
+        let row = row as usize;
+        key.clear();
+        push_joined_key(&mut key, left_keys.value(row), right_key(row), n_keys[1]);
+        keys.append_value(&key);
     }
-    let last = SortOptions {
-        descending: false,
-        nulls_first: false,
-    };
-    let order = lexsort_to_indices(
-        &[
-            SortColumn {
-                values: Arc::clone(&window_start),
-                options: Some(last),
-            },
-            SortColumn {
-                values: Arc::new(left_keys),
-                options: Some(last),
-            },
-            SortColumn {
-                values: Arc::new(right_keys.clone()),
-                options: Some(last),
-            },
-        ],
-        None,
-    )?;
+    let order = UInt32Array::from(order);
     let mut columns: Vec<ArrayRef> = joined.columns()[..width].to_vec();
     // The projection's columns come back with the join's types (a side's strings as
     // `Utf8View`) and nullability.
@@ -1148,11 +1166,13 @@ fn joined_results(
             *column = arrow::compute::cast(column, field.data_type())?;
         }
     }
+    columns.push(window_start);
+    let mut columns = arrow::compute::take_arrays(&columns, &order, None)?;
+    let window_start = columns.pop().expect("the window start was pushed last");
     columns.push(Arc::new(keys.finish()));
     columns.push(window_start);
     columns.push(Arc::new(UInt32Array::from(vec![1u32; n_rows])));
     columns.push(Arc::new(BooleanArray::from(vec![true; n_rows])));
-    let columns = arrow::compute::take_arrays(&columns, &order, None)?;
     Ok(RecordBatch::try_new(
         Arc::clone(&plan.result_schema),
         columns,
@@ -1191,5 +1211,6 @@ mod tests {
         assert_eq!(joined_key("[]", Some("[2]"), 1), "[2]");
         assert_eq!(joined_key("[3]", Some("[]"), 0), "[3]");
         assert_eq!(joined_key("[]", None, 0), "[]");
+        assert_eq!(joined_key("[]", None, 2), "[null,null]");
     }
 }
