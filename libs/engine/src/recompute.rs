@@ -17,7 +17,6 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{ScalarValue, exec_err};
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::DiskManagerBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -138,6 +137,8 @@ pub async fn recompute_windows(
 ) -> Result<Vec<WindowResults>, EngineError> {
     Ok(window_rows(plan, context, table)
         .await?
+        .execute_stream_partitioned()
+        .await?
         .into_iter()
         .map(|stream| {
             let (schema, n_keys) = (Arc::clone(&plan.result_schema), plan.keys.len());
@@ -152,22 +153,20 @@ pub async fn recompute_windows(
         .collect())
 }
 
-/// The batch query's rows of `plan` over `table`, unordered, one stream per output
-/// partition of the plan: the user's columns (as the query gives them, e.g. strings as
-/// `Utf8View`), then the values of each key (`__runnel_k0`, ...), the window start
-/// (`__runnel_ws`) and the window end (`__runnel_we`, epoch milliseconds); no `_key`
-/// rendered.
+/// The batch query's rows of `plan` over `table`, unordered: the user's columns (as the
+/// query gives them, e.g. strings as `Utf8View`), then the values of each key
+/// (`__runnel_k0`, ...), the window start (`__runnel_ws`) and the window end
+/// (`__runnel_we`, epoch milliseconds); no `_key` rendered.
 ///
 /// # Errors
 ///
-/// Planning or execution errors from DataFusion.
+/// Planning errors from DataFusion.
 pub(crate) async fn window_rows(
     plan: &JobPlan,
     context: &SessionContext,
     table: &str,
-) -> Result<Vec<SendableRecordBatchStream>, EngineError> {
-    let frame = batch_frame(plan, context, table, false).await?;
-    Ok(frame.execute_stream_partitioned().await?)
+) -> Result<DataFrame, EngineError> {
+    batch_frame(plan, context, table, false).await
 }
 
 /// One output partition of [`recompute_windows`]: results with their window ends.

@@ -37,12 +37,11 @@ use arrow::array::{
 use arrow::compute::{concat_batches, take};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType};
 use arrow::row::{RowConverter, SortField};
-use datafusion::datasource::MemTable;
+use datafusion::logical_expr::Expr;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
     self, GroupByExpr, JoinConstraint, SelectItem, SetExpr, Spanned, Statement, TableFactor,
 };
-use futures::TryStreamExt;
 use hashbrown::HashMap;
 
 use crate::error::{EngineError, SqlPosition};
@@ -1007,42 +1006,25 @@ pub async fn recompute_window_join(
 ) -> Result<Vec<RecordBatch>, EngineError> {
     const SIDES: [&str; 2] = ["__runnel_window_join_left", "__runnel_window_join_right"];
     for (side, (job, table)) in plan.sides.iter().zip(tables).enumerate() {
-        // Each side unordered (the join's order is over its far fewer rows), one task per
-        // output partition, kept as the in-memory table's partitions. A side's `_key` is
-        // rendered for the joined rows alone: most of a side's rows find no match.
-        let streams = crate::recompute::window_rows(job, context, table).await?;
-        let Some(first) = streams.first() else {
-            return Err(EngineError::plan(
-                "a window join side's recompute has no output",
-            ));
-        };
-        let schema = side_rows_schema(job, &first.schema());
-        let tasks: Vec<_> = streams
+        // Each side's rows unordered, as a view the join plans with (its columns named as
+        // the side's results): the join's order is over its far fewer rows, and a side's
+        // `_key` is rendered for the joined rows alone (most of a side's rows find no match).
+        let rows = crate::recompute::window_rows(job, context, table).await?;
+        let results = job.result_schema();
+        let n_user = results.fields().len() - BOOKKEEPING_COLUMNS.len();
+        let columns: Vec<Expr> = rows
+            .schema()
+            .columns()
             .into_iter()
-            .map(|stream| {
-                let schema = Arc::clone(&schema);
-                datafusion::common::runtime::SpawnedTask::spawn(
-                    stream
-                        .map_err(EngineError::from)
-                        .and_then(move |batch| {
-                            futures::future::ready(
-                                RecordBatch::try_new(Arc::clone(&schema), batch.columns().to_vec())
-                                    .map_err(EngineError::from),
-                            )
-                        })
-                        .try_collect::<Vec<RecordBatch>>(),
-                )
+            .enumerate()
+            .map(|(index, column)| match results.fields().get(index) {
+                Some(result) if index < n_user => Expr::Column(column).alias(result.name()),
+                _ => Expr::Column(column),
             })
             .collect();
-        let mut partitions = Vec::with_capacity(tasks.len());
-        for task in tasks {
-            partitions.push(task.join().await.map_err(|error| {
-                EngineError::plan(format!("a window join side's recompute failed: {error}"))
-            })??);
-        }
-        let memory = MemTable::try_new(schema, partitions)?;
+        let rows = rows.select(columns)?;
         context.deregister_table(SIDES[side])?;
-        context.register_table(SIDES[side], Arc::new(memory))?;
+        context.register_table(SIDES[side], rows.into_view())?;
     }
     let column = |side: usize, index: usize| {
         format!(
@@ -1177,24 +1159,6 @@ fn joined_results(
         Arc::clone(&plan.result_schema),
         columns,
     )?)
-}
-
-/// A window join side's rows as the batch query gives them (`rows`), their user columns
-/// named as `job`'s results' so that the join's SQL reads them by those names.
-fn side_rows_schema(job: &JobPlan, rows: &SchemaRef) -> SchemaRef {
-    let results = job.result_schema();
-    let fields: Vec<Field> = rows
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(index, field)| match results.fields().get(index) {
-            Some(result) if index + BOOKKEEPING_COLUMNS.len() < results.fields().len() => {
-                field.as_ref().clone().with_name(result.name())
-            }
-            _ => field.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
 }
 
 #[cfg(test)]
