@@ -42,74 +42,144 @@ const TOMBSTONE_COLUMN: &str = "_tombstone";
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Version {
     valid_from: i64,
-    value: Option<Box<[u8]>>,
+    value: Option<RowBytes>,
 }
 
-/// Longest key, in row-format bytes, held inside its map slot.
-const INLINE_KEY_BYTES: usize = 22;
-
-/// A key's row-format bytes: inside the map's slot when short (an int64 key is 9 bytes, a
-/// short string's one block 34), so that a probe compares them without following a pointer
-/// to another cache line; on the heap otherwise.
+/// A key's versions in event-time order: the only one inside the map's slot (most keys of
+/// a changelog have one, and a lookup then reads nothing outside the slot), more on the
+/// heap.
+// Invariant: `Many` holds at least two versions.
 #[derive(Debug, Clone)]
-enum KeyBytes {
+enum Versions {
+    One(Version),
+    Many(Vec<Version>),
+}
+
+impl Versions {
+    fn as_slice(&self) -> &[Version] {
+        match self {
+            Versions::One(version) => std::slice::from_ref(version),
+            Versions::Many(versions) => versions,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Version] {
+        match self {
+            Versions::One(version) => std::slice::from_mut(version),
+            Versions::Many(versions) => versions,
+        }
+    }
+
+    /// Versions held on the heap.
+    fn n_on_heap(&self) -> usize {
+        match self {
+            Versions::One(_) => 0,
+            Versions::Many(versions) => versions.len(),
+        }
+    }
+
+    /// Puts `version` at `at` (in event-time order).
+    fn insert(&mut self, at: usize, version: Version) {
+        let mut versions = match std::mem::replace(self, Versions::Many(Vec::new())) {
+            Versions::One(only) => {
+                let mut versions = Vec::with_capacity(2);
+                versions.push(only);
+                versions
+            }
+            Versions::Many(versions) => versions,
+        };
+        versions.insert(at, version);
+        *self = Versions::Many(versions);
+    }
+
+    /// Drops the first `n` versions (fewer than held), and returns them.
+    fn drain_first(&mut self, n: usize) -> Vec<Version> {
+        let Versions::Many(versions) = self else {
+            return Vec::new();
+        };
+        let dropped: Vec<Version> = versions.drain(..n).collect();
+        let only = if versions.len() == 1 {
+            versions.pop()
+        } else {
+            None
+        };
+        if let Some(only) = only {
+            *self = Versions::One(only);
+        }
+        dropped
+    }
+}
+
+/// Longest row, in row-format bytes, held inline.
+const INLINE_ROW_BYTES: usize = 22;
+
+/// A key's or a value's row-format bytes: inline when short (an int64 is 9 bytes, a string
+/// of up to 8 bytes 10), so that a probe compares a key and reads its value without
+/// following a pointer to another cache line; on the heap otherwise.
+#[derive(Debug, Clone)]
+enum RowBytes {
     Inline {
         len: u8,
-        bytes: [u8; INLINE_KEY_BYTES],
+        bytes: [u8; INLINE_ROW_BYTES],
     },
     Heap(Box<[u8]>),
 }
 
-impl KeyBytes {
-    fn new(key: &[u8]) -> KeyBytes {
-        if key.len() <= INLINE_KEY_BYTES {
-            let mut bytes = [0; INLINE_KEY_BYTES];
-            bytes[..key.len()].copy_from_slice(key);
-            KeyBytes::Inline {
-                len: key.len() as u8,
+impl RowBytes {
+    fn new(row: &[u8]) -> RowBytes {
+        if row.len() <= INLINE_ROW_BYTES {
+            let mut bytes = [0; INLINE_ROW_BYTES];
+            bytes[..row.len()].copy_from_slice(row);
+            RowBytes::Inline {
+                len: row.len() as u8,
                 bytes,
             }
         } else {
-            KeyBytes::Heap(key.into())
+            RowBytes::Heap(row.into())
         }
     }
 
     fn as_slice(&self) -> &[u8] {
         match self {
-            KeyBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            KeyBytes::Heap(bytes) => bytes,
+            RowBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            RowBytes::Heap(bytes) => bytes,
         }
     }
 
     /// Bytes held outside the map's slot.
     fn heap_bytes(&self) -> usize {
         match self {
-            KeyBytes::Inline { .. } => 0,
-            KeyBytes::Heap(bytes) => bytes.len(),
+            RowBytes::Inline { .. } => 0,
+            RowBytes::Heap(bytes) => bytes.len(),
         }
     }
 }
 
-impl Borrow<[u8]> for KeyBytes {
+impl Borrow<[u8]> for RowBytes {
     fn borrow(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
-// As `[u8]` hashes and compares, so that a map of `KeyBytes` is probed with `&[u8]`.
-impl Hash for KeyBytes {
+// As `[u8]` hashes and compares, so that a map of `RowBytes` is probed with `&[u8]`.
+impl Hash for RowBytes {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_slice().hash(state);
     }
 }
 
-impl PartialEq for KeyBytes {
-    fn eq(&self, other: &KeyBytes) -> bool {
+impl PartialEq for RowBytes {
+    fn eq(&self, other: &RowBytes) -> bool {
         self.as_slice() == other.as_slice()
     }
 }
 
-impl Eq for KeyBytes {}
+impl Eq for RowBytes {}
+
+/// The bytes a value holds on the heap.
+fn value_heap_bytes(value: &Option<RowBytes>) -> usize {
+    value.as_ref().map_or(0, RowBytes::heap_bytes)
+}
 
 /// The versions of each key's value by event time (see the module docs).
 #[derive(Debug)]
@@ -118,11 +188,13 @@ pub struct VersionedTable {
     value_fields: Fields,
     keys: RowConverter,
     values: RowConverter,
-    versions: HashMap<KeyBytes, Vec<Version>>,
-    /// Bytes of the keys and values held.
+    versions: HashMap<RowBytes, Versions>,
+    /// Bytes of the keys and values held on the heap.
     held_bytes: usize,
     /// Versions held, over every key.
     n_versions: usize,
+    /// Versions held on the heap (of keys with more than one).
+    n_on_heap: usize,
 }
 
 /// What [`VersionedTable::lookup`] found for each probe row.
@@ -156,6 +228,7 @@ impl VersionedTable {
             versions: HashMap::new(),
             held_bytes: 0,
             n_versions: 0,
+            n_on_heap: 0,
         })
     }
 
@@ -194,7 +267,7 @@ impl VersionedTable {
                 .is_some_and(|tombstones| tombstones.is_valid(row) && tombstones.value(row));
             let version = Version {
                 valid_from,
-                value: (!deleted).then(|| value_rows.row(row).as_ref().into()),
+                value: (!deleted).then(|| RowBytes::new(value_rows.row(row).as_ref())),
             };
             self.insert(key_rows.row(row).as_ref(), version);
         }
@@ -204,25 +277,29 @@ impl VersionedTable {
     /// Puts `version` among `key`'s versions where its time puts it, replacing one at the
     /// same time.
     fn insert(&mut self, key: &[u8], version: Version) {
-        let added = version.value.as_ref().map_or(0, |value| value.len());
-        if !self.versions.contains_key(key) {
-            let key = KeyBytes::new(key);
+        self.held_bytes += value_heap_bytes(&version.value);
+        let Some(versions) = self.versions.get_mut(key) else {
+            let key = RowBytes::new(key);
             self.held_bytes += key.heap_bytes();
-            self.versions.insert(key, Vec::new());
-        }
-        let versions = self.versions.get_mut(key).expect("inserted above");
-        let at = versions.partition_point(|held| held.valid_from < version.valid_from);
-        match versions.get_mut(at) {
+            self.versions.insert(key, Versions::One(version));
+            self.n_versions += 1;
+            return;
+        };
+        let at = versions
+            .as_slice()
+            .partition_point(|held| held.valid_from < version.valid_from);
+        match versions.as_mut_slice().get_mut(at) {
             Some(held) if held.valid_from == version.valid_from => {
-                self.held_bytes -= held.value.as_ref().map_or(0, |value| value.len());
+                self.held_bytes -= value_heap_bytes(&held.value);
                 *held = version;
             }
             _ => {
+                let on_heap = versions.n_on_heap();
                 versions.insert(at, version);
+                self.n_on_heap += versions.n_on_heap() - on_heap;
                 self.n_versions += 1;
             }
         }
-        self.held_bytes += added;
     }
 
     /// For each probe row (`keys[..][i]` at `times[i]`), the value valid at that time.
@@ -242,7 +319,7 @@ impl VersionedTable {
             } else {
                 self.versions
                     .get(key_rows.row(row).as_ref())
-                    .and_then(|versions| valid_at(versions, time))
+                    .and_then(|versions| valid_at(versions.as_slice(), time))
             };
             indices.push(value.map(|value| {
                 found.push(value);
@@ -264,18 +341,23 @@ impl VersionedTable {
 
     /// Drops what no lookup at or after `watermark` can see (see the module docs).
     pub fn compact(&mut self, watermark: i64) {
-        let (mut freed_bytes, mut freed_versions) = (0, 0);
+        let (mut freed_bytes, mut freed_versions, mut freed_on_heap) = (0, 0, 0);
         self.versions.retain(|key, versions| {
-            let at_or_before = versions.partition_point(|held| held.valid_from <= watermark);
+            let at_or_before = versions
+                .as_slice()
+                .partition_point(|held| held.valid_from <= watermark);
             if at_or_before > 1 {
-                for dropped in versions.drain(..at_or_before - 1) {
-                    freed_bytes += dropped.value.map_or(0, |value| value.len());
+                let on_heap = versions.n_on_heap();
+                for dropped in versions.drain_first(at_or_before - 1) {
+                    freed_bytes += value_heap_bytes(&dropped.value);
                     freed_versions += 1;
                 }
+                freed_on_heap += on_heap - versions.n_on_heap();
             }
-            let deleted = versions.len() == 1
-                && versions[0].value.is_none()
-                && versions[0].valid_from <= watermark;
+            let deleted = match versions {
+                Versions::One(only) => only.value.is_none() && only.valid_from <= watermark,
+                Versions::Many(_) => false,
+            };
             if deleted {
                 freed_bytes += key.heap_bytes();
                 freed_versions += 1;
@@ -284,6 +366,7 @@ impl VersionedTable {
         });
         self.held_bytes -= freed_bytes;
         self.n_versions -= freed_versions;
+        self.n_on_heap -= freed_on_heap;
     }
 
     /// Makes room for `keys` more keys at once, for a caller that knows how many are coming
@@ -308,11 +391,12 @@ impl VersionedTable {
         self.n_versions
     }
 
-    /// Bytes of state: keys, values, versions and the map's slots.
+    /// Bytes of state: the map's slots (with the keys, values and versions inside them), and
+    /// the keys, values and versions held on the heap.
     pub fn size(&self) -> usize {
-        let per_key = std::mem::size_of::<(KeyBytes, Vec<Version>)>() + 1;
+        let per_key = std::mem::size_of::<(RowBytes, Versions)>() + 1;
         self.held_bytes
-            + self.n_versions * std::mem::size_of::<Version>()
+            + self.n_on_heap * std::mem::size_of::<Version>()
             + self.versions.capacity() * per_key
     }
 
@@ -341,16 +425,16 @@ impl VersionedTable {
     ///
     /// Arrow failures.
     pub fn snapshot(&self) -> Result<RecordBatch, EngineError> {
-        let mut keys: Vec<(&KeyBytes, &Vec<Version>)> = self.versions.iter().collect();
+        let mut keys: Vec<(&RowBytes, &Versions)> = self.versions.iter().collect();
         keys.sort_unstable_by(|(a, _), (b, _)| a.as_slice().cmp(b.as_slice()));
         let (mut key_bytes, mut times, mut tombstones, mut values) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (key, versions) in keys {
-            for version in versions {
+            for version in versions.as_slice() {
                 key_bytes.push(key.as_slice());
                 times.push(version.valid_from);
                 tombstones.push(version.value.is_none());
-                values.push(version.value.as_deref());
+                values.push(version.value.as_ref().map(RowBytes::as_slice));
             }
         }
         let key_parser = self.keys.parser();
@@ -416,14 +500,15 @@ impl VersionedTable {
             if table
                 .versions
                 .get(key.as_ref())
-                .and_then(|versions| versions.last())
+                .and_then(|versions| versions.as_slice().last())
                 .is_some_and(|last| last.valid_from >= valid_from)
             {
                 return Err(EngineError::Snapshot(format!(
                     "a table key's versions are out of time order at row {row}"
                 )));
             }
-            let value = (!tombstones.value(row)).then(|| value_rows.row(row).as_ref().into());
+            let value =
+                (!tombstones.value(row)).then(|| RowBytes::new(value_rows.row(row).as_ref()));
             table.insert(key.as_ref(), Version { valid_from, value });
         }
         Ok(table)
@@ -470,7 +555,11 @@ impl VersionedTable {
 /// The value of the last version at or before `time`, if that version is not a tombstone.
 fn valid_at(versions: &[Version], time: i64) -> Option<&[u8]> {
     let at_or_before = versions.partition_point(|version| version.valid_from <= time);
-    versions.get(at_or_before.checked_sub(1)?)?.value.as_deref()
+    versions
+        .get(at_or_before.checked_sub(1)?)?
+        .value
+        .as_ref()
+        .map(RowBytes::as_slice)
 }
 
 #[cfg(test)]
