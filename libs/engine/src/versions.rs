@@ -11,7 +11,7 @@
 //! q3's recompute in `scripts/bench-joins.sh`.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::kernels::cmp::eq;
@@ -19,9 +19,11 @@ use arrow::compute::{
     SortOptions, concat, filter_record_batch, not, nullif, prep_null_mask_filter,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{Column, DFSchema};
 use datafusion::error::{DataFusionError, Result as DataFusionResult};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, TableType};
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
@@ -32,7 +34,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt, TryFutureExt};
+use hashbrown::HashSet;
 
 use crate::error::EngineError;
 
@@ -176,6 +180,15 @@ impl TableProvider for VersionsTable {
                 .position(|&read| read == index)
                 .expect("the scan reads every column it uses")
         };
+        // A filter DataFusion cannot plan over the rows read is left to the job's WHERE.
+        let filter = self.filter.as_ref().and_then(|(expr, _)| {
+            let schema = DFSchema::try_from(rows.schema().as_ref().clone()).ok()?;
+            state.create_physical_expr(expr.clone(), &schema).ok()
+        });
+        let rows = match &filter {
+            Some(filter) => KeyFilter::plan(rows, at(self.key), Arc::clone(filter))?,
+            None => rows,
+        };
         // A key's rows all in one partition, each partition sorted on its own: no partition
         // waits for a merge of all of them.
         let sort_column = |index: usize| -> Arc<dyn PhysicalExpr> {
@@ -202,11 +215,6 @@ impl TableProvider for VersionsTable {
         let sorted: Arc<dyn ExecutionPlan> = Arc::new(
             SortExec::new(ordering, Arc::new(partitioned)).with_preserve_partitioning(true),
         );
-        // A filter DataFusion cannot plan over the sorted rows is left to the job's WHERE.
-        let filter = self.filter.as_ref().and_then(|(expr, _)| {
-            let schema = DFSchema::try_from(sorted.schema().as_ref().clone()).ok()?;
-            state.create_physical_expr(expr.clone(), &schema).ok()
-        });
         let output = Arc::new(self.schema.project(&wanted)?);
         let ends = Arc::new(VersionEnds {
             key: at(self.key),
@@ -303,19 +311,201 @@ impl VersionEnds {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(n_rows)),
         )?;
-        match self.kept(batch) {
+        match self
+            .filter
+            .as_ref()
+            .and_then(|filter| kept(filter.as_ref(), batch))
+        {
             Some(kept) => Ok(filter_record_batch(&versions, &kept)?),
             None => Ok(versions),
         }
     }
+}
 
-    /// The rows of `batch` the filter holds for; `None` for all of them, or when it fails
-    /// on the batch (the job's WHERE then drops the joined rows, or reports them).
-    fn kept(&self, batch: &RecordBatch) -> Option<BooleanArray> {
-        let value = self.filter.as_ref()?.evaluate(batch).ok()?;
-        let kept = value.into_array(batch.num_rows()).ok()?;
-        let kept = kept.as_any().downcast_ref::<BooleanArray>()?;
-        (kept.true_count() < batch.num_rows()).then(|| kept.clone())
+/// The rows of `batch` `filter` holds for; `None` for all of them, or when it fails on the
+/// batch (the job's WHERE then drops the joined rows, or reports them).
+fn kept(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Option<BooleanArray> {
+    let value = filter.evaluate(batch).ok()?;
+    let kept = value.into_array(batch.num_rows()).ok()?;
+    let kept = kept.as_any().downcast_ref::<BooleanArray>()?;
+    (kept.true_count() < batch.num_rows()).then(|| kept.clone())
+}
+
+/// The keys (row format) of the changelog rows a filter keeps: any other key's versions
+/// all go, so its rows need no sorting.
+#[derive(Debug)]
+struct KeptKeys {
+    keys: HashSet<Box<[u8]>>,
+    /// The keys' share of the memory pool, held as long as they are.
+    _reservation: MemoryReservation,
+}
+
+/// What a [`KeyFilter`]'s first pass found: the kept keys, or `None` to keep every row.
+type KeptKeysResult = Result<Option<Arc<KeptKeys>>, Arc<DataFusionError>>;
+
+/// The changelog's rows, without those of keys no row of which the filter keeps: a first
+/// pass over the rows finds the keys it keeps (all of a batch it fails on), a second reads
+/// the rows again and leaves out the others. Where the filter keeps a few keys (q3 of
+/// `scripts/bench-joins.sh`: 60,000 of a million), the sort then has that many rows. The
+/// first pass gives up, keeping every row, once it has seen [`KEY_FILTER_PROBE_ROWS`] rows
+/// and the filter kept more than half, or when the pool has no room for the keys.
+#[derive(Debug)]
+struct KeyFilter {
+    rows: Arc<dyn ExecutionPlan>,
+    /// The key column of `rows`.
+    key: usize,
+    filter: Arc<dyn PhysicalExpr>,
+    /// The first pass, started by the first partition to run, awaited by every one.
+    kept_keys: OnceLock<Shared<BoxFuture<'static, KeptKeysResult>>>,
+}
+
+/// Rows a [`KeyFilter`]'s first pass reads before it may give up.
+const KEY_FILTER_PROBE_ROWS: usize = 100_000;
+
+impl KeyFilter {
+    /// `rows` without those of keys no row of which `filter` keeps, in as many partitions.
+    fn plan(
+        rows: Arc<dyn ExecutionPlan>,
+        key: usize,
+        filter: Arc<dyn PhysicalExpr>,
+    ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
+        let schema = rows.schema();
+        let n_partitions = rows.properties().partitioning.partition_count();
+        let key_filter = Arc::new(KeyFilter {
+            rows,
+            key,
+            filter,
+            kept_keys: OnceLock::new(),
+        });
+        let partitions = (0..n_partitions)
+            .map(|partition| {
+                Arc::new(KeyFilterPartition {
+                    key_filter: Arc::clone(&key_filter),
+                    partition,
+                    schema: Arc::clone(&schema),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Ok(Arc::new(StreamingTableExec::try_new(
+            schema,
+            partitions,
+            None,
+            Vec::<LexOrdering>::new(),
+            false,
+            None,
+        )?))
+    }
+
+    /// The first pass, shared by every partition.
+    fn kept_keys(
+        self: &Arc<Self>,
+        context: Arc<TaskContext>,
+    ) -> Shared<BoxFuture<'static, KeptKeysResult>> {
+        self.kept_keys
+            .get_or_init(|| {
+                let key_filter = Arc::clone(self);
+                async move { key_filter.find_kept_keys(context).await.map_err(Arc::new) }
+                    .boxed()
+                    .shared()
+            })
+            .clone()
+    }
+
+    /// Reads every row once for the keys the filter keeps; `None` to keep every row.
+    async fn find_kept_keys(
+        &self,
+        context: Arc<TaskContext>,
+    ) -> DataFusionResult<Option<Arc<KeptKeys>>> {
+        let reservation =
+            MemoryConsumer::new("changelog key filter").register(context.memory_pool());
+        let converter = self.key_converter()?;
+        let mut keys = HashSet::new();
+        let (mut n_rows, mut n_kept) = (0usize, 0usize);
+        for partition in 0..self.rows.properties().partitioning.partition_count() {
+            let mut batches = self.rows.execute(partition, Arc::clone(&context))?;
+            while let Some(batch) = batches.next().await {
+                let batch = batch?;
+                let kept = kept(self.filter.as_ref(), &batch);
+                let key_rows = converter.convert_columns(&[Arc::clone(batch.column(self.key))])?;
+                let mut added = 0;
+                for row in 0..batch.num_rows() {
+                    if kept
+                        .as_ref()
+                        .is_none_or(|kept| kept.is_valid(row) && kept.value(row))
+                    {
+                        n_kept += 1;
+                        let key = key_rows.row(row);
+                        if !keys.contains(key.as_ref()) {
+                            added += key.as_ref().len() + KEPT_KEY_OVERHEAD;
+                            keys.insert(key.as_ref().into());
+                        }
+                    }
+                }
+                n_rows += batch.num_rows();
+                let kept_most = n_rows >= KEY_FILTER_PROBE_ROWS && 2 * n_kept > n_rows;
+                if kept_most || reservation.try_grow(added).is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(Arc::new(KeptKeys {
+            keys,
+            _reservation: reservation,
+        })))
+    }
+
+    fn key_converter(&self) -> DataFusionResult<RowConverter> {
+        let key_type = self.rows.schema().field(self.key).data_type().clone();
+        Ok(RowConverter::new(vec![SortField::new(key_type)])?)
+    }
+
+    /// The rows of `batch` of a kept key.
+    fn keep(&self, kept_keys: &KeptKeys, batch: RecordBatch) -> DataFusionResult<RecordBatch> {
+        let key_rows = self
+            .key_converter()?
+            .convert_columns(&[Arc::clone(batch.column(self.key))])?;
+        let kept: BooleanArray = (0..batch.num_rows())
+            .map(|row| Some(kept_keys.keys.contains(key_rows.row(row).as_ref())))
+            .collect();
+        Ok(filter_record_batch(&batch, &kept)?)
+    }
+}
+
+/// Bytes a kept key takes besides its own: its box and its place in the set.
+const KEPT_KEY_OVERHEAD: usize = 24;
+
+/// One partition of a [`KeyFilter`]'s second pass.
+#[derive(Debug)]
+struct KeyFilterPartition {
+    key_filter: Arc<KeyFilter>,
+    partition: usize,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for KeyFilterPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, context: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let key_filter = Arc::clone(&self.key_filter);
+        let partition = self.partition;
+        let rows = async move {
+            let kept_keys = key_filter
+                .kept_keys(Arc::clone(&context))
+                .await
+                .map_err(DataFusionError::Shared)?;
+            let rows = key_filter.rows.execute(partition, context)?;
+            Ok::<_, DataFusionError>(rows.map(move |batch| match &kept_keys {
+                Some(kept_keys) => batch.and_then(|batch| key_filter.keep(kept_keys, batch)),
+                None => batch,
+            }))
+        }
+        .try_flatten_stream();
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            rows,
+        ))
     }
 }
 
@@ -500,6 +690,70 @@ mod tests {
                 version(Some("k2"), 15, None, 1, "a"),
                 version(None, 5, None, 0, "a"),
             ],
+        );
+    }
+
+    #[test]
+    fn a_key_the_filter_keeps_no_version_of_goes_and_the_others_keep_their_ends() {
+        // k2's and the null key's only versions are in `a`; k1's in `a` still end the ones
+        // before them.
+        check(
+            &CHANGES,
+            Some("state <> 'a'"),
+            &[
+                version(Some("k1"), 10, Some(10), 2, "c"),
+                version(Some("k1"), 20, Some(30), 3, "b"),
+            ],
+        );
+    }
+
+    #[test]
+    fn the_key_filter_leaves_out_the_rows_of_keys_it_keeps_no_row_of() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        // The rows out of a key filter `filter_sql` over `n` changes of keys `k0`, `k1`,
+        // ... (`n_keys` of them, in turn).
+        let kept_rows = |n: usize, n_keys: usize, filter_sql: &str| -> usize {
+            runtime.block_on(async {
+                let context =
+                    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+                let keys =
+                    StringArray::from_iter_values((0..n).map(|i| format!("k{}", i % n_keys)));
+                let changelog = RecordBatch::try_from_iter([("key", Arc::new(keys) as ArrayRef)])
+                    .expect("changelog");
+                context
+                    .register_batch("changelog", changelog)
+                    .expect("register the changelog");
+                let rows = context
+                    .table("changelog")
+                    .await
+                    .expect("table")
+                    .create_physical_plan()
+                    .await
+                    .expect("plan");
+                let schema = DFSchema::try_from(rows.schema().as_ref().clone()).expect("schema");
+                let filter = context
+                    .create_physical_expr(
+                        context.parse_sql_expr(filter_sql, &schema).expect("parse"),
+                        &schema,
+                    )
+                    .expect("filter");
+                let filtered = KeyFilter::plan(rows, 0, filter).expect("key filter");
+                datafusion::physical_plan::collect(filtered, context.task_ctx())
+                    .await
+                    .expect("collect")
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum()
+            })
+        };
+        assert_eq!(kept_rows(100, 4, "key = 'k0'"), 25, "k0's rows alone");
+        assert_eq!(kept_rows(100, 4, "key <> 'k3'"), 75, "all but k3's");
+        // Where the filter keeps more than half the rows it has seen, every row goes on.
+        assert_eq!(
+            kept_rows(KEY_FILTER_PROBE_ROWS, 4, "key <> 'k3'"),
+            KEY_FILTER_PROBE_ROWS
         );
     }
 
