@@ -22,10 +22,11 @@
 //! types DataFusion groups by can key a table.
 
 use std::borrow::Borrow;
+use std::hash::BuildHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
@@ -188,7 +189,9 @@ pub struct VersionedTable {
     value_fields: Fields,
     keys: RowConverter,
     values: RowConverter,
-    versions: HashMap<RowBytes, Versions>,
+    /// Each key with its versions, found by the hash of its bytes (`hasher`).
+    versions: HashTable<(RowBytes, Versions)>,
+    hasher: DefaultHashBuilder,
     /// Bytes of the keys and values held on the heap.
     held_bytes: usize,
     /// Versions held, over every key.
@@ -225,7 +228,8 @@ impl VersionedTable {
             values: RowConverter::new(sort_fields(&value_fields))?,
             key_fields,
             value_fields,
-            versions: HashMap::new(),
+            versions: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
             held_bytes: 0,
             n_versions: 0,
             n_on_heap: 0,
@@ -274,14 +278,31 @@ impl VersionedTable {
         Ok(skipped)
     }
 
+    /// The versions of `key`, if the table holds it.
+    fn versions_of(&self, key: &[u8]) -> Option<&Versions> {
+        self.versions
+            .find(self.hasher.hash_one(key), |(held, _)| {
+                held.as_slice() == key
+            })
+            .map(|(_, versions)| versions)
+    }
+
     /// Puts `version` among `key`'s versions where its time puts it, replacing one at the
     /// same time.
     fn insert(&mut self, key: &[u8], version: Version) {
         self.held_bytes += value_heap_bytes(&version.value);
-        let Some(versions) = self.versions.get_mut(key) else {
+        let hash = self.hasher.hash_one(key);
+        let Some((_, versions)) = self
+            .versions
+            .find_mut(hash, |(held, _)| held.as_slice() == key)
+        else {
             let key = RowBytes::new(key);
             self.held_bytes += key.heap_bytes();
-            self.versions.insert(key, Versions::One(version));
+            let hasher = &self.hasher;
+            self.versions
+                .insert_unique(hash, (key, Versions::One(version)), |(key, _)| {
+                    hasher.hash_one(key.as_slice())
+                });
             self.n_versions += 1;
             return;
         };
@@ -311,15 +332,21 @@ impl VersionedTable {
         let n_rows = times.len();
         self.check_columns(keys, &self.key_fields, n_rows, "key")?;
         let key_rows = self.keys.convert_columns(keys)?;
+        // The hashes first, then the probes: a loop that only probes keeps more of them
+        // waiting on memory at once (a probe of a large table is a cache miss).
+        let hashes: Vec<u64> = (0..n_rows)
+            .map(|row| self.hasher.hash_one(key_rows.row(row).as_ref()))
+            .collect();
         let mut found: Vec<&[u8]> = Vec::new();
         let mut indices: Vec<Option<u32>> = Vec::with_capacity(n_rows);
-        for (row, &time) in times.iter().enumerate() {
+        for (row, (&time, &hash)) in times.iter().zip(&hashes).enumerate() {
             let value = if keys.iter().any(|column| column.is_null(row)) {
                 None
             } else {
+                let key = key_rows.row(row);
                 self.versions
-                    .get(key_rows.row(row).as_ref())
-                    .and_then(|versions| valid_at(versions.as_slice(), time))
+                    .find(hash, |(held, _)| held.as_slice() == key.as_ref())
+                    .and_then(|(_, versions)| valid_at(versions.as_slice(), time))
             };
             indices.push(value.map(|value| {
                 found.push(value);
@@ -342,7 +369,7 @@ impl VersionedTable {
     /// Drops what no lookup at or after `watermark` can see (see the module docs).
     pub fn compact(&mut self, watermark: i64) {
         let (mut freed_bytes, mut freed_versions, mut freed_on_heap) = (0, 0, 0);
-        self.versions.retain(|key, versions| {
+        self.versions.retain(|(key, versions)| {
             let at_or_before = versions
                 .as_slice()
                 .partition_point(|held| held.valid_from <= watermark);
@@ -373,7 +400,9 @@ impl VersionedTable {
     /// (growing a million-key table step by step was a fifth of a `runnel run` join's time,
     /// most of it the kernel zeroing each larger table's fresh pages).
     pub fn reserve(&mut self, keys: usize) {
-        self.versions.reserve(keys);
+        let hasher = &self.hasher;
+        self.versions
+            .reserve(keys, |(key, _)| hasher.hash_one(key.as_slice()));
     }
 
     /// Keys held (a key whose last version is a tombstone counts until it is compacted away).
@@ -425,7 +454,11 @@ impl VersionedTable {
     ///
     /// Arrow failures.
     pub fn snapshot(&self) -> Result<RecordBatch, EngineError> {
-        let mut keys: Vec<(&RowBytes, &Versions)> = self.versions.iter().collect();
+        let mut keys: Vec<(&RowBytes, &Versions)> = self
+            .versions
+            .iter()
+            .map(|(key, versions)| (key, versions))
+            .collect();
         keys.sort_unstable_by(|(a, _), (b, _)| a.as_slice().cmp(b.as_slice()));
         let (mut key_bytes, mut times, mut tombstones, mut values) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -498,8 +531,7 @@ impl VersionedTable {
             let key = key_rows.row(row);
             let valid_from = times.value(row);
             if table
-                .versions
-                .get(key.as_ref())
+                .versions_of(key.as_ref())
                 .and_then(|versions| versions.as_slice().last())
                 .is_some_and(|last| last.valid_from >= valid_from)
             {
