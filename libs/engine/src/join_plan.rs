@@ -232,6 +232,10 @@ pub struct JoinPlan {
     /// (by their names there), ANDed: in an inner join, a joined row whose table version or
     /// other stream row they do not hold for is left out of the job's rows.
     pub(crate) right_filter_sql: Option<String>,
+    /// `right_filter_sql` over the table's columns, in an inner AS OF join: the live join
+    /// keeps a version it does not hold for as a tombstone (see
+    /// [`TemporalJoinSpec::table_filter`]).
+    pub(crate) table_filter: Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
 }
 
 impl JoinPlan {
@@ -274,22 +278,17 @@ impl JoinPlan {
         &self,
         batch: arrow::array::RecordBatch,
     ) -> Result<arrow::array::RecordBatch, EngineError> {
-        let Some(filter) = &self.stream_filter else {
-            return Ok(batch);
-        };
-        let Ok(keep) = filter
-            .evaluate(&batch)
-            .and_then(|value| value.into_array(batch.num_rows()))
+        let Some(keep) = self
+            .stream_filter
+            .as_ref()
+            .and_then(|filter| filter_holds(filter, &batch))
         else {
-            return Ok(batch);
-        };
-        let Some(keep) = keep.as_any().downcast_ref::<arrow::array::BooleanArray>() else {
             return Ok(batch);
         };
         if keep.true_count() == batch.num_rows() {
             return Ok(batch);
         }
-        Ok(arrow::compute::filter_record_batch(&batch, keep)?)
+        Ok(arrow::compute::filter_record_batch(&batch, &keep)?)
     }
 
     /// For an interval join whose watermark is `watermark` and lateness `lateness`: every
@@ -366,6 +365,7 @@ impl JoinPlan {
             table_partitions,
             table_out_of_orderness,
             stream_out_of_orderness,
+            table_filter: self.table_filter.clone(),
         })
     }
 
@@ -1183,6 +1183,7 @@ impl JoinClause {
             stream_filter_sql: self.stream_filter_sql(stream_schema, &clashing),
             stream_filter: None,
             right_filter_sql: self.right_filter_sql(stream_schema, table_schema),
+            table_filter: None,
         };
         Ok((plan, text))
     }
@@ -1283,5 +1284,29 @@ impl JoinClause {
             .collect();
         text.replace_range(self.clause.clone(), &blanks);
         text
+    }
+}
+
+/// Where `filter` holds (true; false where it is false or null) over the rows of `batch`;
+/// `None` where it fails on the batch or is not boolean.
+pub(crate) fn filter_holds(
+    filter: &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    batch: &arrow::array::RecordBatch,
+) -> Option<arrow::array::BooleanArray> {
+    let holds = filter
+        .evaluate(batch)
+        .and_then(|value| value.into_array(batch.num_rows()))
+        .ok()?;
+    let holds = holds
+        .as_any()
+        .downcast_ref::<arrow::array::BooleanArray>()?;
+    Some(nulls_as_false(holds))
+}
+
+/// `flags` with its nulls as false.
+pub(crate) fn nulls_as_false(flags: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
+    match arrow::array::Array::nulls(flags) {
+        Some(_) => arrow::compute::prep_null_mask_filter(flags),
+        None => flags.clone(),
     }
 }

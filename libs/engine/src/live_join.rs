@@ -347,11 +347,19 @@ impl LiveJoin {
         }
     }
 
-    /// Says that about `rows` rows of the other input are coming at once (`runnel run` reads
-    /// it whole first): a table makes room for as many keys.
-    pub fn other_rows_hint(&mut self, rows: usize) {
-        if let Kind::AsOf(join) = &mut self.kind {
-            join.reserve_table(rows);
+    /// Says that `batches` are the whole other input, to come next as [`LiveJoin::other`]
+    /// of partition 0 in this order, then [`LiveJoin::other_ended`] (`runnel run` reads it
+    /// whole first). A table makes room for its keys at once, and leaves out the rows of
+    /// keys the job's WHERE would drop every version of
+    /// ([`TemporalJoin::expect_whole_table`]).
+    ///
+    /// # Errors
+    ///
+    /// A batch of another schema; Arrow failures.
+    pub fn expect_whole_other(&mut self, batches: &[RecordBatch]) -> Result<(), EngineError> {
+        match &mut self.kind {
+            Kind::AsOf(join) => join.expect_whole_table(batches),
+            Kind::Interval { .. } => Ok(()),
         }
     }
 

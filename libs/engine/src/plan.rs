@@ -27,6 +27,7 @@ use datafusion::sql::sqlparser::ast::{
 
 use crate::error::{EngineError, SqlPosition};
 use crate::join_plan::{JoinForm, JoinPlan, JoinSources, parse_statements, split_join};
+use crate::temporal_join::JoinKind;
 use crate::window::{MAX_WINDOW_INTERVAL_MS, WindowSpec};
 
 /// Name of the window start column a job groups by.
@@ -256,20 +257,16 @@ impl JobPlan {
         // out the rows they drop before joining them (the window operator would drop them
         // after).
         if let Some(filter) = &join.stream_filter_sql {
-            let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
-            let filter_job = format!(
-                "SELECT COUNT(*) AS n FROM TUMBLE({}, {}, INTERVAL '1' SECOND) WHERE {filter} GROUP BY window_start, window_end",
-                quote(&plan.stream),
-                quote(event_time),
-            );
-            join.stream_filter = JobPlan::compile_one_source(
-                &filter_job,
-                Arc::clone(&join.stream_schema),
-                event_time,
-                &JobLimits::default(),
-            )
-            .ok()
-            .and_then(|filter_plan| filter_plan.filter);
+            join.stream_filter = side_filter(filter, &plan.stream, &join.stream_schema, event_time);
+        }
+        // In an inner AS OF join, the WHERE's table-only terms, planned over the table: the
+        // live join keeps a version they drop as a tombstone.
+        if let (JoinForm::AsOf { .. }, JoinKind::Inner, Some(filter)) =
+            (&join.form, join.kind, &join.right_filter_sql)
+        {
+            let right_time = join.right_schema.field(join.right_time).name().clone();
+            join.table_filter =
+                side_filter(filter, &join.right_name, &join.right_schema, &right_time);
         }
         plan.sql = sql.to_string();
         plan.single_source_sql = single_source_sql;
@@ -1262,6 +1259,31 @@ fn check_aggregate(aggr_expr: &Expr, locator: &Locator<'_>) -> Result<(), Engine
         }),
         None => Err(locator.at_select(message)),
     }
+}
+
+/// The WHERE terms `filter_sql` over one input `source` of the join (its columns `schema`,
+/// its event time `event_time`) as a physical expression over that input's rows; `None`
+/// where they do not plan over it alone (the job's WHERE still holds them after the join).
+fn side_filter(
+    filter_sql: &str,
+    source: &str,
+    schema: &SchemaRef,
+    event_time: &str,
+) -> Option<Arc<dyn PhysicalExpr>> {
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let filter_job = format!(
+        "SELECT COUNT(*) AS n FROM TUMBLE({}, {}, INTERVAL '1' SECOND) WHERE {filter_sql} GROUP BY window_start, window_end",
+        quote(source),
+        quote(event_time),
+    );
+    JobPlan::compile_one_source(
+        &filter_job,
+        Arc::clone(schema),
+        event_time,
+        &JobLimits::default(),
+    )
+    .ok()
+    .and_then(|filter_plan| filter_plan.filter)
 }
 
 #[cfg(test)]

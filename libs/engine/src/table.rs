@@ -278,6 +278,17 @@ impl VersionedTable {
         Ok(skipped)
     }
 
+    /// Key columns as the table holds keys (Arrow's row format).
+    ///
+    /// # Errors
+    ///
+    /// Columns that do not match the table's key fields.
+    pub(crate) fn key_rows(&self, keys: &[ArrayRef]) -> Result<arrow::row::Rows, EngineError> {
+        let n_rows = keys.first().map_or(0, |column| column.len());
+        self.check_columns(keys, &self.key_fields, n_rows, "key")?;
+        Ok(self.keys.convert_columns(keys)?)
+    }
+
     /// The versions of `key`, if the table holds it.
     fn versions_of(&self, key: &[u8]) -> Option<&Versions> {
         self.versions

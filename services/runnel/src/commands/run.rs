@@ -407,7 +407,7 @@ pub(crate) fn run(args: RunArgs, config: &Config) -> anyhow::Result<()> {
                     allowed_lateness: args.allowed_lateness,
                 },
             )?;
-            join.other_rows_hint(joined.batches.iter().map(RecordBatch::num_rows).sum());
+            join.expect_whole_other(&joined.batches)?;
             let mut skipped = 0;
             for batch in &joined.batches {
                 skipped += join.other(0, batch)?.errors.len();
