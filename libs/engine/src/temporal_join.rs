@@ -31,13 +31,14 @@
 //!   as the original.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, SchemaRef};
 use datafusion::physical_expr::PhysicalExpr;
+use hashbrown::HashSet;
 
 use crate::error::{EngineError, EventError};
 use crate::snapshot::{decode_option, encode_option, ipc_bytes, join_parts, read_ipc, split_parts};
