@@ -16,8 +16,11 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::error::{DataFusionError, Result as DataFusionResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Operator;
 use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::expressions::{
+    BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, Literal, NotExpr,
+};
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -94,9 +97,35 @@ pub(crate) fn guard_expressions(plan: &JobPlan) -> Vec<Arc<dyn PhysicalExpr>> {
     expressions
 }
 
-/// A column or a constant: nothing to evaluate that could fail.
-fn cannot_fail(expr: &Arc<dyn PhysicalExpr>) -> bool {
-    expr.downcast_ref::<Column>().is_some() || expr.downcast_ref::<Literal>().is_some()
+/// An expression no row can make fail: a column, a constant, and comparisons (`=`, `<>`,
+/// `<`, `<=`, `>`, `>=`, `IS [NOT] DISTINCT FROM`), `AND`, `OR`, `NOT`, `IS [NOT] NULL` and
+/// `IN` lists of such. Arithmetic, casts (a comparison of two types has one) and functions
+/// may fail on a row: a division by zero, a failed cast, an overflow.
+pub(crate) fn cannot_fail(expr: &Arc<dyn PhysicalExpr>) -> bool {
+    if expr.downcast_ref::<Column>().is_some() || expr.downcast_ref::<Literal>().is_some() {
+        return true;
+    }
+    if let Some(binary) = expr.downcast_ref::<BinaryExpr>() {
+        return matches!(
+            binary.op(),
+            Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq
+                | Operator::IsDistinctFrom
+                | Operator::IsNotDistinctFrom
+                | Operator::And
+                | Operator::Or
+        ) && cannot_fail(binary.left())
+            && cannot_fail(binary.right());
+    }
+    (expr.downcast_ref::<NotExpr>().is_some()
+        || expr.downcast_ref::<IsNullExpr>().is_some()
+        || expr.downcast_ref::<IsNotNullExpr>().is_some()
+        || expr.downcast_ref::<InListExpr>().is_some())
+        && expr.children().into_iter().all(cannot_fail)
 }
 
 /// The caller's table, read through the live operator's row preparation.
@@ -258,5 +287,40 @@ impl PartitionStream for GuardedPartition {
             schema,
             stream.map(move |batch| batch.and_then(|batch| scan.guard(batch))),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    /// Whether the WHERE `condition` of a job over clicks can fail on no row.
+    fn where_cannot_fail(condition: &str) -> bool {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_time", DataType::Int64, false),
+            Field::new("page", DataType::Utf8, true),
+            Field::new("duration_ms", DataType::Int64, true),
+        ]));
+        let sql = format!(
+            "SELECT window_start, window_end, COUNT(*) AS n \
+             FROM TUMBLE(clicks, event_time, INTERVAL '1' MINUTE) WHERE {condition} \
+             GROUP BY window_start, window_end"
+        );
+        let plan =
+            JobPlan::compile(&sql, schema, "event_time", &JobLimits::default()).expect("compiles");
+        cannot_fail(plan.filter.as_ref().expect("a WHERE"))
+    }
+
+    #[test]
+    fn comparisons_of_columns_and_constants_cannot_fail_arithmetic_and_casts_can() {
+        assert!(where_cannot_fail("duration_ms = 10"));
+        assert!(where_cannot_fail(
+            "page IN ('a', 'b') AND NOT (duration_ms >= 5 OR page IS NULL) AND page <> 'c'"
+        ));
+        assert!(!where_cannot_fail("100 / duration_ms > 1"));
+        assert!(!where_cannot_fail("CAST(page AS BIGINT) > 1"));
+        assert!(!where_cannot_fail("page = 'a' AND duration_ms + 1 > 2"));
     }
 }

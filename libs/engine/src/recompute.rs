@@ -537,13 +537,16 @@ pub async fn register_joined(
         crate::temporal_join::JoinKind::Left => "RIGHT JOIN",
     };
     let right = quote_ident(right_table);
-    // The WHERE's stream-only terms before the join: the rows they drop need no joining.
-    let stream = match &join.stream_filter_sql {
-        Some(filter) => format!(
+    // The WHERE's stream-only terms before the join, where no row can make them fail: the
+    // rows they drop need no joining. Terms that can fail on a row (arithmetic, casts) are
+    // left to the job's WHERE after the join, whose guard leaves such a row out (live
+    // reports it and does not count it) instead of failing the run.
+    let stream = match (&join.stream_filter_sql, &join.stream_filter) {
+        (Some(filter), Some(expr)) if crate::guard::cannot_fail(expr) => format!(
             "(SELECT * FROM {} WHERE {filter})",
             quote_ident(stream_table)
         ),
-        None => quote_ident(stream_table),
+        _ => quote_ident(stream_table),
     };
     let sql = match join.form {
         JoinForm::AsOf { tombstone } => {

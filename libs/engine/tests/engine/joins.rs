@@ -500,6 +500,39 @@ fn a_click_takes_the_version_valid_at_its_time() {
     }
 }
 
+#[test]
+fn a_stream_term_failing_on_one_row_leaves_that_row_out_live_and_in_recompute() {
+    // `100 / c.amount` fails on the click of amount 0 (division by zero): live reports that
+    // row and counts the others; recompute, which applies the stream's terms before the
+    // join, leaves it out too instead of failing the run.
+    let sql = COUNTRY_JOB.replace("\nGROUP BY", "\nWHERE 100 / c.amount >= 1\nGROUP BY");
+    let plan = Arc::new(compile(&sql).expect("compiles"));
+    let clicks = vec![
+        (20_000, "u1".to_string(), 5),
+        (21_000, "u1".to_string(), 0),
+        (22_000, "u1".to_string(), 7),
+    ];
+    let changes = vec![(19_000, "u1".to_string(), "c0".to_string(), false)];
+    let output = live(
+        &plan,
+        std::slice::from_ref(&clicks),
+        std::slice::from_ref(&changes),
+        &[false, true],
+        None,
+    );
+    let expected = Finals::from([((Some("c0".to_string()), 20_000), (2, 12))]);
+    assert_eq!(finals(&output.results), expected);
+    assert_eq!(
+        output
+            .late_events
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>(),
+        1
+    );
+    assert_eq!(recomputed(&plan, &clicks, &changes), expected);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
