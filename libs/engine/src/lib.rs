@@ -57,8 +57,8 @@ pub use plan::{
     WINDOW_START_COLUMN,
 };
 pub use recompute::{
-    WindowResults, recompute, recompute_config, recompute_context, recompute_runtime,
-    recompute_windows, register_joined,
+    WindowResults, partition_streams_exec, recompute, recompute_config, recompute_context,
+    recompute_runtime, recompute_windows, register_joined,
 };
 pub use reorder::TimeOrder;
 pub use sharded::{MAX_SHARDS, PreparedBatch, ShardedOperator};

@@ -17,12 +17,16 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::Int64Type;
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{ScalarValue, exec_err};
+use datafusion::error::Result as DataFusionResult;
 use datafusion::execution::disk_manager::DiskManagerBuilder;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{self, GroupByExpr, SetExpr, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -602,4 +606,24 @@ pub async fn register_joined(
 /// `name` as a quoted SQL identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A plan of `partitions`, each a stream of rows of `schema`, in no order (one way to make
+/// a DataFusion scan of streams the caller computes).
+///
+/// # Errors
+///
+/// A partition of another schema.
+pub fn partition_streams_exec(
+    schema: SchemaRef,
+    partitions: Vec<Arc<dyn PartitionStream>>,
+) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(StreamingTableExec::try_new(
+        schema,
+        partitions,
+        None,
+        Vec::<LexOrdering>::new(),
+        false,
+        None,
+    )?))
 }

@@ -31,7 +31,7 @@ use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::SessionContext;
 use futures::future::{BoxFuture, Shared};
@@ -235,14 +235,7 @@ impl TableProvider for VersionsTable {
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(
-            output,
-            partitions,
-            None,
-            Vec::<LexOrdering>::new(),
-            false,
-            None,
-        )?))
+        crate::recompute::partition_streams_exec(output, partitions)
     }
 }
 
@@ -386,14 +379,7 @@ impl KeyFilter {
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
-        Ok(Arc::new(StreamingTableExec::try_new(
-            schema,
-            partitions,
-            None,
-            Vec::<LexOrdering>::new(),
-            false,
-            None,
-        )?))
+        crate::recompute::partition_streams_exec(schema, partitions)
     }
 
     /// The first pass, shared by every partition.

@@ -36,10 +36,9 @@ use bytes::Bytes;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, TableType};
-use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::streaming::PartitionStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -1102,15 +1101,7 @@ impl TableProvider for HistoryTable {
                 }) as Arc<dyn PartitionStream>
             })
             .collect();
-        let scan = StreamingTableExec::try_new(
-            schema,
-            partitions,
-            None,
-            Vec::<LexOrdering>::new(),
-            false,
-            None,
-        )?;
-        Ok(Arc::new(scan))
+        runnel_engine::partition_streams_exec(schema, partitions)
     }
 }
 

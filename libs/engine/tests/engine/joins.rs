@@ -255,6 +255,17 @@ pub(crate) fn cut<T: Clone>(rows: &[T], cuts: &[usize]) -> Vec<Vec<T>> {
     pieces
 }
 
+/// The window operator's options of these tests: one input, the clicks' disorder allowed.
+fn window_options() -> OperatorOptions {
+    OperatorOptions {
+        partitions: 1,
+        max_out_of_orderness: Duration::from_millis(DISORDER_MS as u64),
+        allowed_lateness: Duration::ZERO,
+        idle_timeout: None,
+        early_emit_interval: None,
+    }
+}
+
 /// The job live: the clicks through the temporal join and the joined rows through the
 /// window operator, the two inputs' batches interleaved as `order` says (true: the next
 /// clicks batch). With `snapshot_at`, both operators are snapshotted and restored before
@@ -266,13 +277,7 @@ fn live(
     order: &[bool],
     snapshot_at: Option<usize>,
 ) -> OperatorOutput {
-    let options = OperatorOptions {
-        partitions: 1,
-        max_out_of_orderness: Duration::from_millis(DISORDER_MS as u64),
-        allowed_lateness: Duration::ZERO,
-        idle_timeout: None,
-        early_emit_interval: None,
-    };
+    let options = window_options();
     let join_plan = plan.join().expect("a join job");
     let spec = join_plan
         .temporal_join_spec(0, 1, Duration::ZERO, Duration::MAX)
@@ -620,13 +625,7 @@ proptest! {
         };
         prop_assert_eq!(join.table_versions(), held);
 
-        let options = OperatorOptions {
-            partitions: 1,
-            max_out_of_orderness: Duration::from_millis(DISORDER_MS as u64),
-            allowed_lateness: Duration::ZERO,
-            idle_timeout: None,
-            early_emit_interval: None,
-        };
+        let options = window_options();
         let mut windows = WindowOperator::new(Arc::clone(&plan), options).expect("operator");
         let mut output = OperatorOutput::default();
         for (step, rows) in cut(&clicks, &click_cuts).iter().enumerate() {
