@@ -14,9 +14,12 @@
 //! - A key with a null in it never matches, as SQL's `=` never holds for NULL: such rows are
 //!   not kept, and [`VersionedTable::apply`] returns them for the caller to report.
 //! - [`VersionedTable::compact`] drops what no lookup at or after a watermark can see: the
-//!   versions before the last one at or before the watermark, and a key whose only version
-//!   left is a tombstone at or before it. Lookups at or after the watermark answer as
-//!   before; earlier ones are the caller's to refuse (they are late).
+//!   versions before the last one at or before the watermark. It also drops a key whose
+//!   only version left is a tombstone at or before the time up to which no version can
+//!   still come (the table's own watermark, at or after the lookups'): a lookup of that
+//!   key finds no value at any time, as of a key never seen, and no earlier version can
+//!   come to be ended by it. Lookups at or after the watermark answer as before; earlier
+//!   ones are the caller's to refuse (they are late).
 //!
 //! Keys and values are held in Arrow's row format (one [`RowConverter`] each), so any column
 //! types DataFusion groups by can key a table.
@@ -377,8 +380,10 @@ impl VersionedTable {
         Ok(Lookup { values, matched })
     }
 
-    /// Drops what no lookup at or after `watermark` can see (see the module docs).
-    pub fn compact(&mut self, watermark: i64) {
+    /// Drops what no lookup at or after `watermark` can see, where no version at or before
+    /// `settled` (at least `watermark`) can still come (see the module docs).
+    pub fn compact(&mut self, watermark: i64, settled: i64) {
+        let settled = settled.max(watermark);
         let (mut freed_bytes, mut freed_versions, mut freed_on_heap) = (0, 0, 0);
         self.versions.retain(|(key, versions)| {
             let at_or_before = versions
@@ -393,7 +398,7 @@ impl VersionedTable {
                 freed_on_heap += on_heap - versions.n_on_heap();
             }
             let deleted = match versions {
-                Versions::One(only) => only.value.is_none() && only.valid_from <= watermark,
+                Versions::One(only) => only.value.is_none() && only.valid_from <= settled,
                 Versions::Many(_) => false,
             };
             if deleted {
@@ -749,6 +754,20 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_a_tombstone_alone_goes_once_no_version_can_come_before_it() {
+        let mut table = table();
+        apply(
+            &mut table,
+            &[(Some("u1"), 30, None), (Some("u2"), 10, Some(("de", 1)))],
+        );
+        table.compact(5, 20);
+        assert_eq!(table.len(), 2, "a version of u1 before 30 can still come");
+        table.compact(5, 30);
+        assert_eq!(table.len(), 1, "u1 goes");
+        assert_eq!(table.n_versions(), 1);
+    }
+
+    #[test]
     fn compaction_keeps_what_lookups_from_the_watermark_on_can_see() {
         let mut table = table();
         apply(
@@ -762,7 +781,7 @@ mod tests {
             ],
         );
         let before = table.size();
-        table.compact(25);
+        table.compact(25, 25);
         assert_eq!(
             table.n_versions(),
             2,
@@ -824,6 +843,7 @@ mod tests {
             changes in prop::collection::vec((0u8..4, 0i64..50, prop::option::of(0i64..100)), 0..60),
             probes in prop::collection::vec((0u8..5, 0i64..60), 1..40),
             watermark in 0i64..60,
+            settled in 0i64..60,
         ) {
             let names = ["u0", "u1", "u2", "u3", "u4"];
             let rows: Vec<Change<'_>> = changes
@@ -849,7 +869,7 @@ mod tests {
                 .collect();
             let want: Vec<_> = probes.iter().map(|(key, t)| reference(key.expect("key"), *t)).collect();
             prop_assert_eq!(lookup(&table, &probes), want.clone());
-            table.compact(watermark);
+            table.compact(watermark, settled);
             let later: Vec<usize> = (0..probes.len()).filter(|i| probes[*i].1 >= watermark).collect();
             let found = lookup(&table, &later.iter().map(|i| probes[*i]).collect::<Vec<_>>());
             prop_assert_eq!(found, later.iter().map(|i| want[*i].clone()).collect::<Vec<_>>());

@@ -757,11 +757,15 @@ impl TemporalJoin {
     /// every key, so sweeping at each horizon step cost O(keys) per batch (80% of a 1M-key
     /// enrichment's time); by doubling, each version added pays O(1) of sweeping, and the
     /// table holds at most about twice the versions an eager compaction would keep.
-    /// Compaction only drops versions no row at or after the horizon can need, so when it
-    /// happens changes no output.
+    /// Compaction only drops versions no row at or after the horizon can need, and keys of a
+    /// tombstone alone at or before the table's watermark (no version can come before it),
+    /// so when it happens changes no output. It is due when the horizon has moved, or while
+    /// the table's watermark is ahead of it (the table filter's tombstones go then).
     fn compact(&mut self) {
-        if self.horizon > self.compacted_to && self.table.n_versions() >= self.compact_at {
-            self.table.compact(self.horizon);
+        if (self.horizon > self.compacted_to || self.table_watermark > self.horizon)
+            && self.table.n_versions() >= self.compact_at
+        {
+            self.table.compact(self.horizon, self.table_watermark);
             self.compacted_to = self.horizon;
             let left = self.table.n_versions();
             self.compact_at = (2 * left).max(left + COMPACT_SLACK);
@@ -1016,6 +1020,32 @@ mod tests {
             .expect("table");
         assert_eq!(rendered(&output.rows), ["25 u1 /d fr"]);
         assert_eq!(join.waiting(), 0);
+    }
+
+    #[test]
+    fn a_key_of_a_tombstone_alone_goes_once_the_tables_watermark_passes_it() {
+        let mut join = TemporalJoin::new(spec(JoinKind::Inner, 5)).expect("join");
+        // No stream row yet, so the horizon is at the start of time and no version is old
+        // enough to go. The table's watermark is 31 - 5 = 26: no version of u1 can come
+        // before its delete at 10 any more, so u1 goes; u3's delete at 30 stays.
+        join.process_table(
+            0,
+            &users(
+                &join,
+                &[
+                    (10, "u1", None),
+                    (12, "u2", Some("de")),
+                    (30, "u3", None),
+                    (31, "u4", Some("fr")),
+                ],
+            ),
+        )
+        .expect("table");
+        assert_eq!(join.table_versions(), 3);
+        let output = join
+            .process_stream(&clicks(&join, &[(15, "u1", "/a"), (15, "u2", "/b")]))
+            .expect("stream");
+        assert_eq!(rendered(&output.rows), ["15 u2 /b de"]);
     }
 
     #[test]
