@@ -281,7 +281,7 @@ impl JoinPlan {
         let Some(keep) = self
             .stream_filter
             .as_ref()
-            .and_then(|filter| filter_holds(filter, &batch))
+            .and_then(|filter| filter_holds(filter.as_ref(), &batch))
         else {
             return Ok(batch);
         };
@@ -1290,7 +1290,7 @@ impl JoinClause {
 /// Where `filter` holds (true; false where it is false or null) over the rows of `batch`;
 /// `None` where it fails on the batch or is not boolean.
 pub(crate) fn filter_holds(
-    filter: &Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    filter: &dyn datafusion::physical_expr::PhysicalExpr,
     batch: &arrow::array::RecordBatch,
 ) -> Option<arrow::array::BooleanArray> {
     let holds = filter

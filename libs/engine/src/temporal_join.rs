@@ -347,6 +347,26 @@ impl TemporalJoin {
         let times = event_times(batch, self.spec.table_time)?;
         let (mut keep, mut kept_times, mut late) = (Vec::new(), Vec::new(), Vec::new());
         let lag = duration_ms(self.spec.table_out_of_orderness);
+        // While the whole table comes (`kept_keys`): a row of a key the filter holds for no
+        // row of is left out; a row whose key has a null is kept, for `apply` to report.
+        let of_a_kept_key: Option<Vec<bool>> = match &self.kept_keys {
+            Some(kept_keys) => {
+                let key_rows = self.table.key_rows(&self.key_columns(batch))?;
+                Some(
+                    (0..batch.num_rows())
+                        .map(|row| {
+                            kept_keys.contains(key_rows.row(row).as_ref())
+                                || self
+                                    .spec
+                                    .table_keys
+                                    .iter()
+                                    .any(|&index| batch.column(index).is_null(row))
+                        })
+                        .collect(),
+                )
+            }
+            None => None,
+        };
         for (row, time) in times.iter().enumerate() {
             let Some(time) = *time else {
                 output.errors.push(EventError {
@@ -359,7 +379,7 @@ impl TemporalJoin {
             // The watermark before this row, as if rows came one at a time.
             if time <= self.table_watermark {
                 late.push((row, self.table_watermark));
-            } else {
+            } else if of_a_kept_key.as_ref().is_none_or(|kept| kept[row]) {
                 keep.push(row as u32);
                 kept_times.push(time);
             }
@@ -369,22 +389,6 @@ impl TemporalJoin {
                 self.table_watermark = self.table_watermark.max(smallest.saturating_sub(lag));
             }
             self.raise_horizon();
-        }
-        if let Some(kept_keys) = &self.kept_keys {
-            let key_rows = self.table.key_rows(&self.key_columns(batch))?;
-            keep.retain(|&row| {
-                let (row, key) = (row as usize, key_rows.row(row as usize));
-                kept_keys.contains(key.as_ref())
-                    || self
-                        .spec
-                        .table_keys
-                        .iter()
-                        .any(|&index| batch.column(index).is_null(row))
-            });
-            kept_times = keep
-                .iter()
-                .map(|&row| times[row as usize].unwrap_or_default())
-                .collect();
         }
         if !keep.is_empty() {
             let rows = arrow::compute::take_record_batch(
@@ -457,7 +461,7 @@ impl TemporalJoin {
         let (mut kept_keys, mut n_rows, mut n_held) = (HashSet::new(), 0, 0);
         for batch in batches {
             check_schema(batch, &self.spec.table_schema, "table")?;
-            let Some(holds) = crate::join_plan::filter_holds(filter, batch) else {
+            let Some(holds) = crate::join_plan::filter_holds(filter.as_ref(), batch) else {
                 return Ok(None);
             };
             let key_rows = self.table.key_rows(&self.key_columns(batch))?;
@@ -487,13 +491,13 @@ impl TemporalJoin {
             .spec
             .tombstone
             .map(|index| crate::join_plan::nulls_as_false(rows.column(index).as_boolean()));
-        let dropped = match &self.spec.table_filter {
-            Some(filter) => match crate::join_plan::filter_holds(filter, rows) {
-                Some(holds) => Some(arrow::compute::not(&holds)?),
-                None => None,
-            },
-            None => None,
-        };
+        let dropped = self
+            .spec
+            .table_filter
+            .as_ref()
+            .and_then(|filter| crate::join_plan::filter_holds(filter.as_ref(), rows))
+            .map(|holds| arrow::compute::not(&holds))
+            .transpose()?;
         Ok(match (marked, dropped) {
             (Some(marked), Some(dropped)) => Some(arrow::compute::or(&marked, &dropped)?),
             (marked, dropped) => marked.or(dropped),

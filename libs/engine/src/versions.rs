@@ -15,9 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, RecordBatchOptions};
 use arrow::compute::kernels::cmp::eq;
-use arrow::compute::{
-    SortOptions, concat, filter_record_batch, not, nullif, prep_null_mask_filter,
-};
+use arrow::compute::{SortOptions, concat, filter_record_batch, not, nullif};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{Session, TableProvider};
@@ -285,11 +283,8 @@ impl VersionEnds {
         };
         // A row's version lasts until the next row's time where that row has its key (a
         // null key is no key: its rows never match anything).
-        let same_key = eq(batch.column(self.key), &following(self.key)?)?;
-        let same_key = match same_key.nulls() {
-            Some(_) => prep_null_mask_filter(&same_key),
-            None => same_key,
-        };
+        let same_key =
+            crate::join_plan::nulls_as_false(&eq(batch.column(self.key), &following(self.key)?)?);
         let until = nullif(following(self.from)?.as_ref(), &not(&same_key)?)?;
         let columns: Vec<ArrayRef> = self
             .output_columns
@@ -318,10 +313,8 @@ impl VersionEnds {
 /// The rows of `batch` `filter` holds for; `None` for all of them, or when it fails on the
 /// batch (the job's WHERE then drops the joined rows, or reports them).
 fn kept(filter: &dyn PhysicalExpr, batch: &RecordBatch) -> Option<BooleanArray> {
-    let value = filter.evaluate(batch).ok()?;
-    let kept = value.into_array(batch.num_rows()).ok()?;
-    let kept = kept.as_any().downcast_ref::<BooleanArray>()?;
-    (kept.true_count() < batch.num_rows()).then(|| kept.clone())
+    crate::join_plan::filter_holds(filter, batch)
+        .filter(|kept| kept.true_count() < batch.num_rows())
 }
 
 /// The keys (row format) of the changelog rows a filter keeps: any other key's versions
